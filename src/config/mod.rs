@@ -1,0 +1,1 @@
+//! Configuration: defaults < YAML file < `ROCKETMQ_*` environment, one typed, validated tree.

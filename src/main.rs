@@ -1,0 +1,5 @@
+//! The `rocketmq-webhook` command line.
+
+fn main() {
+    println!("rocketmq-webhook");
+}

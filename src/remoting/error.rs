@@ -1,0 +1,106 @@
+//! The protocol layer's error type.
+
+use super::code::ResponseCode;
+
+/// Everything that can go wrong turning bytes into protocol values (or a response into a typed
+/// result). Variants carry the offending values so the caller can log them without re-parsing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemotingError {
+    /// The 4-byte length prefix announced a frame larger than the configured limit.
+    #[error("frame of {actual} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge {
+        /// Configured maximum frame length.
+        limit: usize,
+        /// Length announced by the peer.
+        actual: usize,
+    },
+    /// The length prefix was negative or too small to hold the header-length field.
+    #[error("invalid frame length {value}")]
+    InvalidFrameLength {
+        /// The raw length prefix.
+        value: i32,
+    },
+    /// The header length does not fit in the frame.
+    #[error("header length {header_len} exceeds frame length {frame_len}")]
+    HeaderTooLong {
+        /// Announced header length.
+        header_len: usize,
+        /// Bytes available after the header-length field.
+        frame_len: usize,
+    },
+    /// The serialize-type byte is neither JSON (0) nor ROCKETMQ (1).
+    #[error("unknown header serialize type {0}")]
+    UnknownSerializeType(u8),
+    /// The header bytes could not be parsed.
+    #[error("malformed {encoding} header: {reason}")]
+    MalformedHeader {
+        /// `JSON` or `ROCKETMQ`.
+        encoding: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A required ext field is missing from a command.
+    #[error("missing header field `{field}`")]
+    MissingField {
+        /// Java field name.
+        field: &'static str,
+    },
+    /// An ext field is present but its value does not parse.
+    #[error("invalid value {value:?} for header field `{field}`")]
+    InvalidField {
+        /// Java field name.
+        field: &'static str,
+        /// The raw value.
+        value: String,
+    },
+    /// A JSON (or fastjson-style) body did not parse.
+    #[error("malformed {what} body: {reason}")]
+    MalformedBody {
+        /// Which body, e.g. `route data`.
+        what: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A message record in a pull or consume-directly body is malformed.
+    #[error("malformed message record at byte {at}: {reason}")]
+    MalformedMessage {
+        /// Byte offset of the record within the body.
+        at: usize,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A message body could not be decompressed.
+    #[error("cannot decompress message body ({algorithm}): {reason}")]
+    Decompress {
+        /// `zlib`, `zstd` or `lz4`.
+        algorithm: &'static str,
+        /// What the decompressor said.
+        reason: String,
+    },
+    /// A message cannot be encoded for sending (too large properties, empty batch, ...).
+    #[error("cannot encode message: {reason}")]
+    Encode {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The peer answered with a response code this call does not map to a value.
+    #[error("peer answered {code}: {}", remark.as_deref().unwrap_or(""))]
+    Status {
+        /// The response code.
+        code: ResponseCode,
+        /// The peer's remark, if any.
+        remark: Option<String>,
+    },
+}
+
+impl RemotingError {
+    /// Whether retrying the same call later may succeed. Malformed input never does; a status
+    /// answer depends on its code.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Status { code, .. } => code.is_retriable(),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The [`Handler`](crate::consumer::Handler) that delivers batches to an HTTP endpoint.
