@@ -6,8 +6,11 @@
 //! - [`consumer`]: the push-consumer engine (rebalance, pull, process queues, offsets).
 //! - [`webhook`], [`config`], [`admin`]: the daemon around the engine.
 
+pub mod admin;
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod consumer;
+pub mod echo;
 pub mod remoting;
 pub mod webhook;

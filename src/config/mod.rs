@@ -1,1 +1,549 @@
 //! Configuration: defaults < YAML file < `ROCKETMQ_*` environment, one typed, validated tree.
+//!
+//! [`Config::load`] reads the layers given in [`Sources`] (never the process environment unless
+//! [`Sources::from_process`] was used), merges them, deserialises the result with figment into
+//! this tree and runs [`Config::validate`]; any failure is a [`ConfigError`] naming the key, its
+//! [`Origin`] (file and line, profile, environment variable or default) and the bad value, and
+//! the daemon exits with [`EXIT_CONFIG`] before anything binds or connects.
+//!
+//! Precedence, lowest first:
+//! 1. defaults in code (the `Default` impls below; `config/reference.yaml` lists them all);
+//! 2. the profile (`profile:` or `ROCKETMQ_PROFILE`): `config/profiles/<name>.yaml`, compiled in;
+//! 3. the YAML file;
+//! 4. the environment (see [`env`](mod@env) for the variable table and units).
+//!
+//! Subscriptions are a list, and lists do not merge key by key, so per-subscription settings
+//! layer differently: code default < profile `subscription_defaults` < file
+//! `subscription_defaults` < per-subscription environment variables (`ROCKETMQ_CONSUMER_GROUP`,
+//! `ROCKETMQ_PULL_BATCH_SIZE`, ...) < the subscription's own entry in the file <
+//! `ROCKETMQ_SUBSCRIPTIONS__<index>__<key>` overrides. The environment variables are thus
+//! defaults for every subscription of the file, and the file wins where it says something.
+//! With no `subscriptions:` in the file, those defaults become the one subscription (the
+//! no-file mode driven by `ROCKETMQ_CONSUMER_GROUP`, `ROCKETMQ_TOPIC`, `ROCKETMQ_WEBHOOK_URL`).
+//!
+//! Invariants: a loaded [`Config`] has passed [`Config::validate`], every subscription has a
+//! non-empty unique `name` and a `webhook.concurrency`, and secrets only leave through
+//! [`Secret::expose`].
+
+// A `ConfigError` is built once, at startup, on the way to exit code 2: its size never matters,
+// and keeping origins and values inline keeps the messages complete.
+#![allow(clippy::result_large_err)]
+
+pub mod env;
+mod error;
+mod load;
+mod profile;
+mod tree;
+mod validate;
+mod values;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::consumer::ConsumeMode;
+
+pub use error::{ConfigError, ConfigWarning, Origin, EXIT_CONFIG};
+pub use load::Sources;
+pub use values::{
+    AllocateStrategy, ConsumeFrom, ConsumeTimestamp, ExpressionType, HttpMethod, LogFormat,
+    MessageModel, NameServers, OrderlyDlqPolicy, Profile, Secret, StatusClass, WebhookFormat,
+};
+
+use tree::Provenance;
+
+/// The daemon's whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Name-server addresses, `host:port` separated by `;` (or a YAML list).
+    /// Env: `ROCKETMQ_NAMESRV_ADDR`, else `NAMESRV_ADDR`. Default `127.0.0.1:9876`.
+    pub namesrv_addr: NameServers,
+    /// Client instance name (the part after `@` in the client id the broker sees). Default:
+    /// none, meaning the process id (see [`Config::resolved_instance_name`]).
+    /// Env: `ROCKETMQ_INSTANCE_NAME`.
+    pub instance_name: Option<String>,
+    /// Connection-level settings shared by every subscription.
+    pub client: ClientConfig,
+    /// The admin HTTP server (`/metrics`, `/healthz`, `/readyz`, `/status`).
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Shutdown behaviour.
+    pub shutdown: ShutdownConfig,
+    /// A built-in set of defaults applied under the file (`high_throughput`, `low_latency`,
+    /// `resource_saving`). Env: `ROCKETMQ_PROFILE`. Default: none.
+    pub profile: Option<Profile>,
+    /// What to consume and where to deliver it. At least one. (The file may also hold
+    /// `subscription_defaults:`, a partial subscription merged under every entry; it is folded
+    /// in at load time and not kept in this tree.)
+    pub subscriptions: Vec<Subscription>,
+    /// Where each value came from, for error messages.
+    #[serde(skip)]
+    provenance: Provenance,
+    /// Non-fatal findings of the loader.
+    #[serde(skip)]
+    warnings: Vec<ConfigWarning>,
+}
+
+impl Config {
+    /// The instance name to register with: `instance_name`, or the process id when unset (the
+    /// Java client's behaviour for the default name), so two sidecars on one host differ.
+    pub fn resolved_instance_name(&self) -> String {
+        self.instance_name
+            .clone()
+            .unwrap_or_else(|| std::process::id().to_string())
+    }
+
+    /// Non-fatal findings of [`Config::load`] (unknown `ROCKETMQ_*` variables), to be logged.
+    pub fn warnings(&self) -> &[ConfigWarning] {
+        &self.warnings
+    }
+
+    /// The configuration as YAML with every secret (and sensitive-looking header) as `***`:
+    /// what `check-config` prints. Loading the output again gives the same configuration,
+    /// secrets aside.
+    pub fn redacted_yaml(&self) -> String {
+        serde_yaml::to_string(self)
+            .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
+    }
+
+    /// Where the value at `key` (a dotted path such as `subscriptions.0.webhook.url`) came from.
+    pub fn origin(&self, key: &str) -> Origin {
+        let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+        self.provenance.origin(&path)
+    }
+}
+
+/// Connection-level settings shared by every subscription.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// How often to send heartbeats (subscriptions, client id) to every broker. Default `30s`.
+    #[serde(with = "values::duration")]
+    pub heartbeat_interval: Duration,
+    /// How often to refresh topic routes from the name server. Default `30s`.
+    #[serde(with = "values::duration")]
+    pub poll_name_server_interval: Duration,
+    /// How often to recompute queue allocation (also triggered by broker notifications).
+    /// Default `20s`.
+    #[serde(with = "values::duration")]
+    pub rebalance_interval: Duration,
+    /// Deadline of one request to a name server or broker (pulls add their long-poll time).
+    /// Default `3s`.
+    #[serde(with = "values::duration")]
+    pub rpc_timeout: Duration,
+    /// ACL access key; set together with `secret_key` to sign every request.
+    /// Env: `ROCKETMQ_ACCESS_KEY`. Default: none.
+    pub access_key: Option<String>,
+    /// ACL secret key. Env: `ROCKETMQ_SECRET_KEY`. Default: none.
+    pub secret_key: Option<Secret>,
+    /// TLS to name servers and brokers.
+    pub tls: TlsConfig,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(30),
+            poll_name_server_interval: Duration::from_secs(30),
+            rebalance_interval: Duration::from_secs(20),
+            rpc_timeout: Duration::from_secs(3),
+            access_key: None,
+            secret_key: None,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// TLS to name servers and brokers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Use TLS for every remoting connection. Default `false`.
+    pub enabled: bool,
+    /// PEM file of CA certificates to trust instead of the built-in web roots. Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain for mutual TLS (with `key_file`). Default: none.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`. Default: none.
+    pub key_file: Option<PathBuf>,
+    /// Accept any server certificate. For tests only. Default `false`.
+    pub insecure_skip_verify: bool,
+    /// Name to verify the server certificate against, instead of the host of each address.
+    /// Default: none.
+    pub server_name: Option<String>,
+}
+
+/// The admin HTTP server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Socket address to serve `/metrics`, `/healthz`, `/readyz` and `/status` on.
+    /// Default `0.0.0.0:9090`: all interfaces, because kubelet probes and Prometheus scrapes
+    /// arrive on the pod IP, not on loopback; nothing on it changes state. Use
+    /// `127.0.0.1:9090` to keep it local. Env: `ROCKETMQ_ADMIN_LISTEN`.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` (human-readable lines) or `json` (one object per line).
+    /// Env: `ROCKETMQ_LOG_FORMAT`. Default `pretty`.
+    pub format: LogFormat,
+    /// `tracing` filter directive, e.g. `info` or `info,rocketmq_webhook::client=debug`.
+    /// Env: `ROCKETMQ_LOG_LEVEL`. Default `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Shutdown behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Time allowed after SIGTERM to stop pulling, drain in-flight deliveries, persist offsets
+    /// and unlock orderly queues; stragglers are then aborted. Default `30s`.
+    #[serde(with = "values::duration")]
+    pub grace_period: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One consumer group subscribed to one topic, delivering to one webhook.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Subscription {
+    /// Label used in logs, metrics and `/status`; unique. Default `<group>/<topic>`.
+    pub name: String,
+    /// Consumer group. Required. Env: `ROCKETMQ_CONSUMER_GROUP`.
+    pub group: String,
+    /// Topic. Required. Env: `ROCKETMQ_TOPIC`.
+    pub topic: String,
+    /// Filter: tags (`*`, `a || b`) or a SQL92 condition. Env: `ROCKETMQ_EXPRESSION`.
+    /// Default `*`.
+    pub expression: String,
+    /// `TAG` or `SQL92`. Env: `ROCKETMQ_EXPRESSION_TYPE`. Default `TAG`.
+    pub expression_type: ExpressionType,
+    /// `CLUSTERING` or `BROADCASTING`. Env: `ROCKETMQ_MESSAGE_MODEL`. Default `CLUSTERING`.
+    pub message_model: MessageModel,
+    /// `CONCURRENT` or `ORDERLY`. Env: `ROCKETMQ_CONSUME_MODE`. Default `CONCURRENT`.
+    #[serde(with = "values::consume_mode")]
+    pub consume_mode: ConsumeMode,
+    /// Start point for a group with no committed offset: `LAST_OFFSET`, `FIRST_OFFSET` or
+    /// `TIMESTAMP` (Java `CONSUME_FROM_*` names accepted). Env: `ROCKETMQ_CONSUME_FROM_WHERE`.
+    /// Default `LAST_OFFSET`.
+    pub consume_from: ConsumeFrom,
+    /// For `TIMESTAMP`: RFC 3339 or `yyyyMMddHHmmss` (UTC). Default: none, meaning 30 minutes
+    /// before start (the Java default). Env: `ROCKETMQ_CONSUME_TIMESTAMP`.
+    pub consume_timestamp: Option<ConsumeTimestamp>,
+    /// `AVERAGE`, `AVERAGE_BY_CIRCLE`, `CONSISTENT_HASH` or `CONFIG` (Java `AVG`,
+    /// `AVG_BY_CIRCLE` and `hash` accepted). Env: `ROCKETMQ_ALLOCATE_STRATEGY`.
+    /// Default `AVERAGE`.
+    pub allocate_strategy: AllocateStrategy,
+    /// For `CONFIG`: the queues this instance consumes. Default: empty.
+    pub allocate_queues: Vec<AllocateQueue>,
+    /// Minimum consume concurrency (count, 1..=1000). Env: `ROCKETMQ_CONSUME_THREAD_MIN`.
+    /// Default `20`.
+    pub consume_thread_min: u32,
+    /// Maximum consume concurrency (count, 1..=1000, >= min). Env:
+    /// `ROCKETMQ_CONSUME_THREAD_MAX`. Default `20`.
+    pub consume_thread_max: u32,
+    /// Messages per handler call / webhook request (count, 1..=1024).
+    /// Env: `ROCKETMQ_CONSUME_BATCH_SIZE`. Default `1`.
+    pub consume_batch_size: u32,
+    /// Messages per pull request (count, 1..=1024). Env: `ROCKETMQ_PULL_BATCH_SIZE`.
+    /// Default `32`.
+    pub pull_batch_size: u32,
+    /// A message in the process queue longer than this is sent back for retry (the Java
+    /// `consumeTimeout`). Env: `ROCKETMQ_CONSUME_TIMEOUT` in minutes. Default `15m`.
+    #[serde(with = "values::duration")]
+    pub consume_timeout: Duration,
+    /// Deliveries before a message goes to `%DLQ%<group>` (orderly too). Env:
+    /// `ROCKETMQ_MAX_RETRY_TIMES` (`-1` = default). Default `16`.
+    pub max_reconsume_times: u32,
+    /// Flow control: stop pulling a queue holding this many messages (count, 1..=65535).
+    /// Env: `ROCKETMQ_MAX_CACHE_COUNT_PER_QUEUE`. Default `1000`.
+    pub max_cache_count_per_queue: u32,
+    /// Flow control: stop pulling a queue holding this many body bytes (1MiB..=1024MiB).
+    /// Env: `ROCKETMQ_MAX_CACHE_SIZE_PER_QUEUE` in MiB. Default `100MiB`.
+    #[serde(with = "values::bytes")]
+    pub max_cache_size_per_queue: ByteSize,
+    /// Flow control (concurrent): stop pulling when the offsets held span more than this
+    /// (count, 1..=65535). Default `2000`.
+    pub max_span: u32,
+    /// Pause between pulls of one queue (0s..=65535ms); `0s` relies on long polling.
+    /// Default `0s`.
+    #[serde(with = "values::duration")]
+    pub pull_interval: Duration,
+    /// How often consumed offsets are committed. Env: `ROCKETMQ_PERSIST_INTERVAL` in
+    /// milliseconds. Default `5s`.
+    #[serde(with = "values::duration")]
+    pub persist_interval: Duration,
+    /// Directory of the local offset store (BROADCASTING); `~` is the home directory.
+    /// Env: `ROCKETMQ_OFFSET_STORE_PATH`. Default `~/.rocketmq_offsets`.
+    pub offset_store_path: PathBuf,
+    /// Orderly: pause of a queue after a failed batch before retrying it in place.
+    /// Env: `ROCKETMQ_SUSPEND_CURRENT_QUEUE_TIME_MILLIS` in milliseconds. Default `1s`.
+    #[serde(with = "values::duration")]
+    pub suspend_current_queue_time: Duration,
+    /// Orderly: how long the client trusts a broker queue lock without renewing it (1s..=60s;
+    /// must stay under the broker's 60s). Env: `ROCKETMQ_LOCK_EXPIRE_TIME` in milliseconds.
+    /// Default `30s`.
+    #[serde(with = "values::duration")]
+    pub lock_expire_time: Duration,
+    /// Orderly: `DLQ` (after max reconsume times, dead-letter it and move on) or `BLOCK`
+    /// (retry forever in place). Default `DLQ`.
+    pub orderly_dlq_policy: OrderlyDlqPolicy,
+    /// Restart a queue's pull loop with backoff after a broker or connection failure;
+    /// `false` fails the subscription instead (readiness goes down).
+    /// Env: `ROCKETMQ_ENABLE_AUTO_RECOVERY`. Default `true`.
+    pub enable_auto_recovery: bool,
+    /// Where and how to deliver.
+    pub webhook: WebhookConfig,
+}
+
+impl Default for Subscription {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            group: String::new(),
+            topic: String::new(),
+            expression: "*".to_owned(),
+            expression_type: ExpressionType::Tag,
+            message_model: MessageModel::Clustering,
+            consume_mode: ConsumeMode::Concurrent,
+            consume_from: ConsumeFrom::LastOffset,
+            consume_timestamp: None,
+            allocate_strategy: AllocateStrategy::Average,
+            allocate_queues: Vec::new(),
+            consume_thread_min: 20,
+            consume_thread_max: 20,
+            consume_batch_size: 1,
+            pull_batch_size: 32,
+            consume_timeout: Duration::from_secs(15 * 60),
+            max_reconsume_times: 16,
+            max_cache_count_per_queue: 1000,
+            max_cache_size_per_queue: ByteSize::mib(100),
+            max_span: 2000,
+            pull_interval: Duration::ZERO,
+            persist_interval: Duration::from_secs(5),
+            offset_store_path: PathBuf::from("~/.rocketmq_offsets"),
+            suspend_current_queue_time: Duration::from_secs(1),
+            lock_expire_time: Duration::from_secs(30),
+            orderly_dlq_policy: OrderlyDlqPolicy::Dlq,
+            enable_auto_recovery: true,
+            webhook: WebhookConfig::default(),
+        }
+    }
+}
+
+impl Subscription {
+    /// Deliveries allowed in flight at once: `webhook.concurrency`, else `consume_thread_max`.
+    pub fn webhook_concurrency(&self) -> u32 {
+        self.webhook.concurrency.unwrap_or(self.consume_thread_max)
+    }
+}
+
+/// One queue for `allocate_strategy: CONFIG`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocateQueue {
+    /// Broker name from the topic route (not an address).
+    pub broker_name: String,
+    /// Queue number on that broker.
+    pub queue_id: u32,
+}
+
+/// Where and how a subscription delivers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` endpoint. Required. Env: `ROCKETMQ_WEBHOOK_URL`.
+    pub url: String,
+    /// `POST`, `PUT` or `PATCH`. Default `POST`.
+    pub method: HttpMethod,
+    /// `json`, `raw`, `cloudevents` (binary) or `cloudevents_batch`.
+    /// Env: `ROCKETMQ_WEBHOOK_FORMAT`. Default `json`.
+    pub format: WebhookFormat,
+    /// Deadline of one request, connection included. Default `10s`.
+    #[serde(with = "values::duration")]
+    pub timeout: Duration,
+    /// Requests in flight at once. Default: `consume_thread_max`.
+    pub concurrency: Option<u32>,
+    /// Extra request headers. Values of sensitive-looking names (authorization, cookie, and
+    /// names containing key, token, secret, password or auth) print as `***`. Default: none.
+    #[serde(serialize_with = "redact_headers")]
+    pub headers: BTreeMap<String, String>,
+    /// Sent as `Authorization: Bearer <token>`. Env: `ROCKETMQ_WEBHOOK_TOKEN`. Default: none.
+    pub bearer_token: Option<Secret>,
+    /// Standard Webhooks signing secret (`whsec_` + base64): adds `webhook-id`,
+    /// `webhook-timestamp` and `webhook-signature` (HMAC-SHA256).
+    /// Env: `ROCKETMQ_WEBHOOK_SECRET`. Default: none (unsigned).
+    pub signing_secret: Option<Secret>,
+    /// Status codes or classes (`429`, `5xx`) that mean RETRY. Timeouts and transport errors
+    /// always retry; other 4xx not listed in `drop_codes` retry too.
+    /// Default `[408, 425, 429, 5xx]`.
+    pub retry_codes: Vec<StatusClass>,
+    /// Status codes or classes that mean DROP (to the DLQ, never lost).
+    /// Default `[400, 404, 410, 413, 415, 422]`.
+    pub drop_codes: Vec<StatusClass>,
+    /// Longest pause honoured from a `Retry-After` answer; `0s` ignores `Retry-After`.
+    /// Default `60s`.
+    #[serde(with = "values::duration")]
+    pub retry_after_cap: Duration,
+    /// Stops spending reconsume attempts while the endpoint is down.
+    pub circuit_breaker: CircuitBreakerConfig,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        let codes = |list: &[u16]| {
+            list.iter()
+                .filter_map(|c| StatusClass::code(*c).ok())
+                .collect::<Vec<_>>()
+        };
+        let mut retry_codes = codes(&[408, 425, 429]);
+        retry_codes.extend(StatusClass::hundred(5).ok());
+        Self {
+            url: String::new(),
+            method: HttpMethod::Post,
+            format: WebhookFormat::Json,
+            timeout: Duration::from_secs(10),
+            concurrency: None,
+            headers: BTreeMap::new(),
+            bearer_token: None,
+            signing_secret: None,
+            retry_codes,
+            drop_codes: codes(&[400, 404, 410, 413, 415, 422]),
+            retry_after_cap: Duration::from_secs(60),
+            circuit_breaker: CircuitBreakerConfig::default(),
+        }
+    }
+}
+
+/// What an HTTP status means for the messages of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusAction {
+    /// 2xx not listed elsewhere: delivered (the body may still say otherwise).
+    Success,
+    /// Consume again later.
+    Retry,
+    /// Dead-letter without retrying.
+    Drop,
+}
+
+impl WebhookConfig {
+    /// Classifies a status code: the most specific matching entry of `retry_codes` /
+    /// `drop_codes` wins (an exact code beats a class), then 2xx is success and anything else
+    /// retries.
+    pub fn status_action(&self, status: u16) -> StatusAction {
+        let pick = |list: &[StatusClass], exact: bool| {
+            list.iter()
+                .any(|c| c.is_hundred() != exact && c.contains(status))
+        };
+        for exact in [true, false] {
+            if pick(&self.drop_codes, exact) {
+                return StatusAction::Drop;
+            }
+            if pick(&self.retry_codes, exact) {
+                return StatusAction::Retry;
+            }
+        }
+        if (200..300).contains(&status) {
+            StatusAction::Success
+        } else {
+            StatusAction::Retry
+        }
+    }
+
+    /// The HMAC key of `signing_secret`: base64 after the optional `whsec_` prefix. `None`
+    /// when unset; validation guarantees it decodes when set.
+    pub fn signing_key(&self) -> Option<Vec<u8>> {
+        let secret = self.signing_secret.as_ref()?;
+        validate::decode_signing_secret(secret.expose()).ok()
+    }
+}
+
+/// Header names whose values are redacted in output.
+pub(crate) fn is_sensitive_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "cookie"
+        || ["auth", "key", "token", "secret", "password"]
+            .iter()
+            .any(|word| name.contains(word))
+}
+
+fn redact_headers<S: Serializer>(
+    headers: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let shown: BTreeMap<&str, &str> = headers
+        .iter()
+        .map(|(k, v)| {
+            let v = if is_sensitive_header(k) {
+                "***"
+            } else {
+                v.as_str()
+            };
+            (k.as_str(), v)
+        })
+        .collect();
+    shown.serialize(s)
+}
+
+/// The circuit breaker of one webhook.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Consecutive failed requests (retryable status, timeout, transport error) that open the
+    /// circuit. Default `5`.
+    pub failure_threshold: u32,
+    /// How long the circuit stays open before one probe request; doubles after each failed
+    /// probe. Default `5s`.
+    #[serde(with = "values::duration")]
+    pub open_duration: Duration,
+    /// Upper bound of the doubling open period. Default `60s`.
+    #[serde(with = "values::duration")]
+    pub max_open_duration: Duration,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_duration: Duration::from_secs(5),
+            max_open_duration: Duration::from_secs(60),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

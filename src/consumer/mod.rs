@@ -7,4 +7,7 @@ pub mod handler;
 pub mod offset_store;
 pub mod process_queue;
 
+pub use allocate::AllocateStrategy;
 pub use handler::{Batch, ConsumeMode, Handler, Outcome};
+pub use offset_store::{FileFault, LocalFileStore, OffsetStoreError, OffsetTable};
+pub use process_queue::{Cached, FlowControl, FlowLimits, ProcessQueue};

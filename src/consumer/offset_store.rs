@@ -1,1 +1,638 @@
-//! (in progress)
+//! Consumer offsets: the in-memory [`OffsetTable`] of one consumer group and the
+//! [`LocalFileStore`] that persists it in BROADCASTING mode (rocketmq-remoting.md section 7.9).
+//!
+//! # Sharing the table
+//!
+//! One `OffsetTable` per group is shared (behind an `Arc`) by the queue workers that advance
+//! offsets, the persist task that reads them every few seconds, the rebalancer that removes
+//! revoked queues, and the admin endpoints that report them. It is a `std::sync::Mutex` around a
+//! map, as in mini-redis's `Db` (style.md rule 6): every method locks, does one map operation and
+//! returns owned data, so no guard ever leaves a method and none can be held across an `.await`.
+//! Giving each worker its own offset and funnelling updates through a channel was rejected: the
+//! readers (persist, rebalance, admin) need a consistent view of all queues at arbitrary times,
+//! which a channel would turn into request/response round trips for a few integer writes.
+//!
+//! Each entry carries a dirty marker, set when its offset changes and cleared by
+//! [`OffsetTable::mark_persisted`] only if the offset is still the one that was persisted, so an
+//! update racing with a persist is never lost. The marker only tells a persister whether anything
+//! changed (e.g. to skip an fsync); persisting still sends every held queue, like Java.
+//!
+//! # The local file
+//!
+//! [`LocalFileStore`] keeps the Java layout `<dir>/<client id>/<group>/offsets.json`, in fastjson's
+//! pretty, object-keyed format, so a Java consumer's file is readable and vice versa. Writes are
+//! atomic (temp file, fsync, rename, directory fsync) and the previous good content is kept in
+//! `offsets.json.bak`; loading falls back to it. A file that cannot be read is an error, never a
+//! silent reset to "no offsets" (which would re-consume or skip a whole topic). The store uses
+//! blocking `std::fs`: writes are small and rare, fsync has no async form anyway, and the caller
+//! runs `load`/`save` under `tokio::task::spawn_blocking`.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::remoting::body::offset_table::{parse_offset_table, write_offset_table};
+use crate::remoting::{MessageQueue, RemotingError};
+
+/// The committed offsets of one consumer group, per queue. See the module documentation.
+#[derive(Debug, Default)]
+pub struct OffsetTable {
+    entries: Mutex<HashMap<MessageQueue, Entry>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    offset: i64,
+    /// Changed since the last persist of this value.
+    dirty: bool,
+}
+
+impl OffsetTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<MessageQueue, Entry>> {
+        // Every critical section is a single map operation, so a panic elsewhere cannot leave
+        // the map half-updated: the data behind a poisoned lock is still consistent.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the offset of `mq`. With `increase_only` a value not larger than the current one is
+    /// ignored (concurrent consumption commits); without it the value always wins (orderly
+    /// commits, offset resets). Returns whether the stored offset changed.
+    pub fn update(&self, mq: &MessageQueue, offset: i64, increase_only: bool) -> bool {
+        let mut entries = self.lock();
+        match entries.get_mut(mq) {
+            Some(entry) => {
+                if entry.offset == offset || (increase_only && offset < entry.offset) {
+                    return false;
+                }
+                *entry = Entry {
+                    offset,
+                    dirty: true,
+                };
+            }
+            None => {
+                entries.insert(
+                    mq.clone(),
+                    Entry {
+                        offset,
+                        dirty: true,
+                    },
+                );
+            }
+        }
+        true
+    }
+
+    /// Records an offset just read from storage (the broker or the local file): overwrites the
+    /// entry and leaves it clean, since storage already has it.
+    pub fn insert_stored(&self, mq: MessageQueue, offset: i64) {
+        self.lock().insert(
+            mq,
+            Entry {
+                offset,
+                dirty: false,
+            },
+        );
+    }
+
+    /// The offset held for `mq`, if any.
+    pub fn read(&self, mq: &MessageQueue) -> Option<i64> {
+        self.lock().get(mq).map(|entry| entry.offset)
+    }
+
+    /// Forgets `mq` (the queue was revoked and its offset persisted); returns its last offset.
+    pub fn remove(&self, mq: &MessageQueue) -> Option<i64> {
+        self.lock().remove(mq).map(|entry| entry.offset)
+    }
+
+    /// Keeps only the queues for which `keep` is true (Java's persist drops entries of queues no
+    /// longer held); returns the removed entries.
+    pub fn retain(&self, mut keep: impl FnMut(&MessageQueue) -> bool) -> Vec<(MessageQueue, i64)> {
+        let mut entries = self.lock();
+        let gone: Vec<MessageQueue> = entries.keys().filter(|mq| !keep(mq)).cloned().collect();
+        let mut removed: Vec<(MessageQueue, i64)> = gone
+            .into_iter()
+            .filter_map(|mq| entries.remove(&mq).map(|entry| (mq, entry.offset)))
+            .collect();
+        removed.sort();
+        removed
+    }
+
+    /// Every held offset, sorted by queue.
+    pub fn snapshot(&self) -> Vec<(MessageQueue, i64)> {
+        self.collect(|_| true)
+    }
+
+    /// The offsets changed since they were last persisted, sorted by queue.
+    pub fn dirty(&self) -> Vec<(MessageQueue, i64)> {
+        self.collect(|entry| entry.dirty)
+    }
+
+    /// Whether any offset changed since it was last persisted.
+    pub fn has_dirty(&self) -> bool {
+        self.lock().values().any(|entry| entry.dirty)
+    }
+
+    fn collect(&self, pick: impl Fn(&Entry) -> bool) -> Vec<(MessageQueue, i64)> {
+        let mut out: Vec<(MessageQueue, i64)> = self
+            .lock()
+            .iter()
+            .filter(|(_, entry)| pick(entry))
+            .map(|(mq, entry)| (mq.clone(), entry.offset))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Marks these offsets as stored. An entry updated since the snapshot was taken has a
+    /// different offset and stays dirty, so the next persist sends it.
+    pub fn mark_persisted(&self, persisted: &[(MessageQueue, i64)]) {
+        let mut entries = self.lock();
+        for (mq, offset) in persisted {
+            if let Some(entry) = entries.get_mut(mq) {
+                if entry.offset == *offset {
+                    entry.dirty = false;
+                }
+            }
+        }
+    }
+
+    /// Number of queues held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no queue is held.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+/// Why one offset file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileFault {
+    /// The file does not exist.
+    #[error("missing")]
+    Missing,
+    /// The file exists but is empty.
+    #[error("empty")]
+    Empty,
+    /// The file could not be read.
+    #[error("unreadable: {0}")]
+    Io(#[source] io::Error),
+    /// The content is not an offset table (boxed: the protocol error is large and rare).
+    #[error("not an offset table: {0}")]
+    Parse(#[source] Box<RemotingError>),
+}
+
+/// Errors of the local offset file store; each names the file(s) involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OffsetStoreError {
+    /// Writing (or creating the directory of) an offset file failed.
+    #[error("cannot write offset file {}: {source}", .path.display())]
+    Write {
+        /// The file or directory being written.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Neither the offset file nor its backup could be loaded. Starting from nothing would
+    /// re-consume or skip whole queues, so the operator must decide.
+    #[error(
+        "offset file {} is unusable ({fault}) and so is its backup {} ({backup_fault})",
+        .path.display(),
+        .backup.display()
+    )]
+    Unusable {
+        /// `offsets.json`.
+        path: PathBuf,
+        /// What is wrong with it.
+        fault: FileFault,
+        /// `offsets.json.bak`.
+        backup: PathBuf,
+        /// What is wrong with the backup.
+        backup_fault: FileFault,
+    },
+}
+
+impl OffsetStoreError {
+    /// Whether trying again later may succeed (a write may, after space is freed; unusable
+    /// files need an operator).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Write { .. } => true,
+            Self::Unusable { .. } => false,
+        }
+    }
+}
+
+/// Offsets of one group in BROADCASTING mode, kept in a local file (Java
+/// `LocalFileOffsetStore`). See the module documentation for the write protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalFileStore {
+    dir: PathBuf,
+}
+
+impl LocalFileStore {
+    /// The offset file's name.
+    pub const FILE_NAME: &'static str = "offsets.json";
+
+    /// The store of `group` for `client_id` under `offset_store_dir` (Java
+    /// `rocketmq.client.localOffsetStoreDir`, default `$HOME/.rocketmq_offsets`):
+    /// `<offset_store_dir>/<client_id>/<group>/offsets.json`. Both names are used as path
+    /// components, so they must be valid RocketMQ names (no `/`, not `..`).
+    pub fn new(offset_store_dir: impl AsRef<Path>, client_id: &str, group: &str) -> Self {
+        Self {
+            dir: offset_store_dir.as_ref().join(client_id).join(group),
+        }
+    }
+
+    /// The directory holding `offsets.json` and its backup.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `<dir>/offsets.json`.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(Self::FILE_NAME)
+    }
+
+    /// `<dir>/offsets.json.bak`, the previous good content.
+    pub fn backup_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.bak", Self::FILE_NAME))
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.tmp", Self::FILE_NAME))
+    }
+
+    /// Reads the stored offsets: `offsets.json`, or `offsets.json.bak` if that is missing or
+    /// unusable (with a warning naming the file). Neither file existing is a new consumer: an
+    /// empty table.
+    ///
+    /// # Errors
+    ///
+    /// [`OffsetStoreError::Unusable`] when a file exists but neither it nor the backup loads.
+    pub fn load(&self) -> Result<Vec<(MessageQueue, i64)>, OffsetStoreError> {
+        let path = self.path();
+        let fault = match read_table(&path) {
+            Ok(table) => return Ok(table),
+            Err(fault) => fault,
+        };
+        let backup = self.backup_path();
+        match (fault, read_table(&backup)) {
+            (FileFault::Missing, Err(FileFault::Missing)) => Ok(Vec::new()),
+            (fault, Ok(table)) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    backup = %backup.display(),
+                    %fault,
+                    "Offset file is unusable; loaded its backup."
+                );
+                Ok(table)
+            }
+            (fault, Err(backup_fault)) => Err(OffsetStoreError::Unusable {
+                path,
+                fault,
+                backup,
+                backup_fault,
+            }),
+        }
+    }
+
+    /// Replaces the stored offsets with `offsets`, atomically: the current file (if it loads)
+    /// is copied to `offsets.json.bak`, the new content goes to `offsets.json.tmp`, is fsynced
+    /// and renamed over `offsets.json`, and the directory is fsynced so the rename is durable.
+    /// A crash at any point leaves a loadable `offsets.json` or `.bak`.
+    ///
+    /// # Errors
+    ///
+    /// [`OffsetStoreError::Write`] naming the file that could not be written.
+    pub fn save(&self, offsets: &[(MessageQueue, i64)]) -> Result<(), OffsetStoreError> {
+        fs::create_dir_all(&self.dir).map_err(|source| OffsetStoreError::Write {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let path = self.path();
+        match read_table_bytes(&path) {
+            // Only content that loads is worth keeping: copying a corrupt file over a good
+            // backup would destroy the one fallback we have.
+            Ok(bytes) => write_synced(&self.backup_path(), &bytes)?,
+            Err(FileFault::Missing) => {}
+            Err(fault) => tracing::warn!(
+                path = %path.display(),
+                %fault,
+                "Offset file is unusable; keeping the previous backup."
+            ),
+        }
+        let content = write_offset_table(offsets, true);
+        let temp = self.temp_path();
+        write_synced(&temp, content.as_bytes())?;
+        fs::rename(&temp, &path).map_err(|source| OffsetStoreError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        sync_dir(&self.dir)
+    }
+}
+
+/// Reads and parses one offset file.
+fn read_table(path: &Path) -> Result<Vec<(MessageQueue, i64)>, FileFault> {
+    let bytes = read_bytes(path)?;
+    parse_offset_table(&bytes).map_err(|err| FileFault::Parse(Box::new(err)))
+}
+
+/// Reads one offset file and returns its bytes if they parse.
+fn read_table_bytes(path: &Path) -> Result<Vec<u8>, FileFault> {
+    let bytes = read_bytes(path)?;
+    parse_offset_table(&bytes).map_err(|err| FileFault::Parse(Box::new(err)))?;
+    Ok(bytes)
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>, FileFault> {
+    match fs::read(path) {
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Err(FileFault::Empty),
+        Ok(bytes) => Ok(bytes),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Err(FileFault::Missing),
+        Err(err) => Err(FileFault::Io(err)),
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), OffsetStoreError> {
+    let write = || -> io::Result<()> {
+        let mut file = File::create(path)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    };
+    write().map_err(|source| OffsetStoreError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Makes a rename in `dir` durable. Only Unix can open and fsync a directory.
+fn sync_dir(dir: &Path) -> Result<(), OffsetStoreError> {
+    #[cfg(unix)]
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| OffsetStoreError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn mq(topic: &str, broker: &str, id: i32) -> MessageQueue {
+        MessageQueue::new(topic, broker, id)
+    }
+
+    #[test]
+    fn update_respects_increase_only_and_marks_dirty() {
+        let table = OffsetTable::new();
+        let q = mq("T", "b", 0);
+        assert_eq!(table.read(&q), None);
+        assert!(table.update(&q, 10, true));
+        assert!(
+            !table.update(&q, 5, true),
+            "increase-only ignores a smaller value"
+        );
+        assert!(!table.update(&q, 10, true), "same value is no change");
+        assert_eq!(table.read(&q), Some(10));
+        assert!(table.update(&q, 5, false), "orderly/reset may move back");
+        assert_eq!(table.read(&q), Some(5));
+        assert_eq!(table.dirty(), vec![(q.clone(), 5)]);
+        assert_eq!(table.remove(&q), Some(5));
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn mark_persisted_keeps_racing_updates_dirty() {
+        let table = OffsetTable::new();
+        let (a, b) = (mq("T", "b", 0), mq("T", "b", 1));
+        table.update(&a, 1, true);
+        table.update(&b, 1, true);
+        let snap = table.snapshot();
+        table.update(&b, 2, true); // lands while the snapshot is being persisted
+        table.mark_persisted(&snap);
+        assert_eq!(table.dirty(), vec![(b.clone(), 2)]);
+        assert!(table.has_dirty());
+        assert_eq!(table.snapshot(), vec![(a.clone(), 1), (b, 2)]);
+        table.insert_stored(mq("T", "b", 2), 7);
+        assert_eq!(table.dirty().len(), 1, "stored values are clean");
+        assert_eq!(table.len(), 3);
+        let removed = table.retain(|q| q.queue_id != 0);
+        assert_eq!(removed, vec![(a, 1)]);
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn table_is_shared_between_threads() {
+        let table = Arc::new(OffsetTable::new());
+        let q = mq("T", "b", 0);
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                let table = Arc::clone(&table);
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        table.update(&q, i * 4 + t, true);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("worker thread panicked");
+        }
+        assert_eq!(table.read(&q), Some(399));
+    }
+
+    proptest! {
+        #[test]
+        fn increase_only_never_decreases(values in prop::collection::vec(-5..1000i64, 1..50)) {
+            let table = OffsetTable::new();
+            let q = mq("T", "b", 0);
+            let mut max = i64::MIN;
+            for v in values {
+                let before = table.read(&q);
+                table.update(&q, v, true);
+                max = max.max(v);
+                prop_assert_eq!(table.read(&q), Some(max));
+                prop_assert!(before.is_none_or(|b| Some(b) <= table.read(&q)));
+            }
+        }
+    }
+
+    fn sample() -> Vec<(MessageQueue, i64)> {
+        vec![
+            (mq("T1", "broker-a", 0), 42),
+            (mq("T1", "broker-a", 1), 17),
+            (mq("%RETRY%g", "broker-b", 0), 0),
+        ]
+    }
+
+    fn sorted(mut v: Vec<(MessageQueue, i64)>) -> Vec<(MessageQueue, i64)> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn path_follows_the_java_layout() {
+        let store = LocalFileStore::new("/home/u/.rocketmq_offsets", "10.0.0.1@DEFAULT", "g1");
+        assert_eq!(
+            store.path(),
+            PathBuf::from("/home/u/.rocketmq_offsets/10.0.0.1@DEFAULT/g1/offsets.json")
+        );
+        assert_eq!(
+            store.backup_path(),
+            PathBuf::from("/home/u/.rocketmq_offsets/10.0.0.1@DEFAULT/g1/offsets.json.bak")
+        );
+    }
+
+    #[test]
+    fn missing_files_load_as_empty() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalFileStore::new(dir.path(), "c", "g");
+        assert_eq!(store.load().expect("load"), Vec::new());
+    }
+
+    #[test]
+    fn round_trip_and_backup_of_previous_content() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalFileStore::new(dir.path(), "10.0.0.1@DEFAULT", "g");
+        store.save(&sample()).expect("first save");
+        assert_eq!(sorted(store.load().expect("load")), sorted(sample()));
+        assert!(
+            !store.backup_path().exists(),
+            "nothing to back up on the first save"
+        );
+
+        let second = vec![(mq("T1", "broker-a", 0), 50)];
+        store.save(&second).expect("second save");
+        assert_eq!(store.load().expect("load"), second);
+        let backup = fs::read(store.backup_path()).expect("backup written");
+        assert_eq!(
+            sorted(parse_offset_table(&backup).expect("backup parses")),
+            sorted(sample())
+        );
+        assert!(!store.temp_path().exists(), "temp file renamed away");
+    }
+
+    #[test]
+    fn corrupt_file_falls_back_to_backup() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalFileStore::new(dir.path(), "c", "g");
+        store.save(&sample()).expect("save");
+        store
+            .save(&sample())
+            .expect("save again, creating the backup");
+        fs::write(store.path(), b"{\"offsetTable\":{{garbage").expect("corrupt");
+        assert_eq!(sorted(store.load().expect("backup used")), sorted(sample()));
+        // Saving now must not copy the garbage over the good backup.
+        let newer = vec![(mq("T1", "broker-a", 0), 99)];
+        store.save(&newer).expect("save over corrupt file");
+        assert_eq!(store.load().expect("load"), newer);
+        let backup = fs::read(store.backup_path()).expect("backup");
+        assert_eq!(
+            sorted(parse_offset_table(&backup).expect("backup still good")),
+            sorted(sample())
+        );
+    }
+
+    #[test]
+    fn empty_file_falls_back_to_backup() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalFileStore::new(dir.path(), "c", "g");
+        store.save(&sample()).expect("save");
+        store.save(&sample()).expect("save again");
+        fs::write(store.path(), b"").expect("truncate");
+        assert_eq!(sorted(store.load().expect("backup used")), sorted(sample()));
+    }
+
+    #[test]
+    fn both_corrupt_is_an_error_naming_both_files() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalFileStore::new(dir.path(), "c", "g");
+        fs::create_dir_all(store.dir()).expect("dir");
+        fs::write(store.path(), b"not json").expect("write");
+        fs::write(store.backup_path(), b"{\"offsetTable\":[").expect("write");
+        let err = store.load().expect_err("must not reset silently");
+        let text = err.to_string();
+        assert!(text.contains(&store.path().display().to_string()), "{text}");
+        assert!(
+            text.contains(&store.backup_path().display().to_string()),
+            "{text}"
+        );
+        assert!(!err.is_retriable());
+        assert!(matches!(
+            err,
+            OffsetStoreError::Unusable {
+                fault: FileFault::Parse(_),
+                backup_fault: FileFault::Parse(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn corrupt_file_without_backup_is_an_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalFileStore::new(dir.path(), "c", "g");
+        fs::create_dir_all(store.dir()).expect("dir");
+        fs::write(store.path(), b"\x00\x01").expect("write");
+        let err = store.load().expect_err("no silent reset");
+        assert!(matches!(
+            err,
+            OffsetStoreError::Unusable {
+                backup_fault: FileFault::Missing,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn write_error_names_the_path() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A file where the store's directory should be.
+        let blocker = dir.path().join("c");
+        fs::write(&blocker, b"").expect("write");
+        let store = LocalFileStore::new(dir.path(), "c", "g");
+        let err = store.save(&sample()).expect_err("cannot create dir");
+        assert!(err.is_retriable());
+        assert!(
+            err.to_string().contains(&store.dir().display().to_string()),
+            "{err}"
+        );
+    }
+
+    /// The file a Java broadcasting consumer writes: fastjson pretty format, tab-indented,
+    /// MessageQueue objects as keys (section 7.9).
+    const JAVA_PRETTY: &str = "{\n\t\"offsetTable\":{{\n\t\t\t\"brokerName\":\"broker-a\",\n\t\t\t\"queueId\":0,\n\t\t\t\"topic\":\"T1\"\n\t\t}:42,{\n\t\t\t\"brokerName\":\"broker-a\",\n\t\t\t\"queueId\":1,\n\t\t\t\"topic\":\"T1\"\n\t\t}:17,{\n\t\t\t\"brokerName\":\"broker-b\",\n\t\t\t\"queueId\":0,\n\t\t\t\"topic\":\"%RETRY%g\"\n\t\t}:0\n\t}\n}";
+
+    #[test]
+    fn reads_a_java_written_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalFileStore::new(dir.path(), "10.0.0.1@DEFAULT", "g");
+        fs::create_dir_all(store.dir()).expect("dir");
+        fs::write(store.path(), JAVA_PRETTY).expect("write");
+        assert_eq!(sorted(store.load().expect("load")), sorted(sample()));
+    }
+}

@@ -1,0 +1,221 @@
+//! The connection pool: one [`Connection`] per peer address, shared by every caller.
+//!
+//! Invariants:
+//! - at most one live connection per address; a closed one is replaced on the next request;
+//! - concurrent callers for the same address share one connect attempt (they queue on the
+//!   address's connect lock and find the fresh connection when it is their turn);
+//! - after a failed connect the address backs off exponentially (100 ms doubling to 10 s, reset
+//!   on success); within that window callers fail fast with [`ClientError::Backoff`] instead of
+//!   hammering a dead broker;
+//! - [`Pool::invalidate`] closes a connection only if it is still the cached one, so a caller
+//!   holding an old handle never tears down the connection another caller just opened
+//!   (rskafka's generation check);
+//! - no lock is held across an `.await` except the per-address connect lock (a tokio mutex).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::remoting::rpc::Rpc;
+
+use super::backoff::Backoff;
+use super::connection::{ConnectOptions, Connection, InboundHandler};
+use super::ClientError;
+
+/// Connections to name servers and brokers, keyed by address. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: ConnectOptions,
+    inbound: Arc<dyn InboundHandler>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    backoff: Backoff,
+}
+
+/// One address.
+struct Slot {
+    /// The cached connection; read on the fast path without waiting for a connect.
+    current: Mutex<Option<Connection>>,
+    /// Serialises connect attempts and holds the backoff state.
+    connect: tokio::sync::Mutex<Attempts>,
+}
+
+struct Attempts {
+    backoff: Backoff,
+    retry_at: Option<Instant>,
+    /// Number of connections opened so far (for logs).
+    generation: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded maps stay consistent even if a holder panicked.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Slot {
+    fn live(&self) -> Option<Connection> {
+        lock(&self.current).as_ref().filter(|c| !c.is_closed()).cloned()
+    }
+}
+
+impl Pool {
+    /// A pool opening connections with `options`; broker-initiated requests on any of them go
+    /// to `inbound`.
+    pub fn new(options: ConnectOptions, inbound: Arc<dyn InboundHandler>) -> Self {
+        Self::with_backoff(options, inbound, Backoff::default())
+    }
+
+    pub(crate) fn with_backoff(
+        options: ConnectOptions,
+        inbound: Arc<dyn InboundHandler>,
+        backoff: Backoff,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                options,
+                inbound,
+                slots: Mutex::new(HashMap::new()),
+                backoff,
+            }),
+        }
+    }
+
+    /// The options connections are opened with.
+    pub fn options(&self) -> &ConnectOptions {
+        &self.inner.options
+    }
+
+    /// The live connection to `addr`, opening one if needed.
+    ///
+    /// # Errors
+    /// [`ClientError::Backoff`] while `addr` is backing off after a failed connect;
+    /// otherwise the errors of [`Connection::connect`].
+    pub async fn connection(&self, addr: &str) -> Result<Connection, ClientError> {
+        let slot = self.slot(addr);
+        if let Some(conn) = slot.live() {
+            return Ok(conn);
+        }
+        let mut attempts = slot.connect.lock().await;
+        // Another caller may have connected while we waited for the lock.
+        if let Some(conn) = slot.live() {
+            return Ok(conn);
+        }
+        let now = Instant::now();
+        if let Some(at) = attempts.retry_at.filter(|at| *at > now) {
+            return Err(ClientError::Backoff {
+                addr: addr.to_owned(),
+                retry_in: at - now,
+            });
+        }
+        match Connection::connect(addr, &self.inner.options, Arc::clone(&self.inner.inbound)).await
+        {
+            Ok(conn) => {
+                attempts.backoff.reset();
+                attempts.retry_at = None;
+                attempts.generation += 1;
+                debug!(%addr, generation = attempts.generation, "Pool connection opened.");
+                *lock(&slot.current) = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                let delay = attempts.backoff.fail();
+                attempts.retry_at = Some(Instant::now() + delay);
+                warn!(%addr, error = %e, retry_in = ?delay, "Connect failed.");
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends a typed request to `addr` (connecting if needed) and parses the response.
+    ///
+    /// # Errors
+    /// As [`Pool::connection`] and [`Connection::call`].
+    pub async fn call<R: Rpc>(
+        &self,
+        addr: &str,
+        rpc: &R,
+        timeout: Duration,
+    ) -> Result<R::Response, ClientError> {
+        self.connection(addr).await?.call(rpc, timeout).await
+    }
+
+    /// Sends a typed oneway request to `addr` (connecting if needed).
+    ///
+    /// # Errors
+    /// As [`Pool::connection`] and [`Connection::oneway`].
+    pub async fn oneway<R: Rpc>(&self, addr: &str, rpc: &R) -> Result<(), ClientError> {
+        self.connection(addr).await?.oneway(rpc).await
+    }
+
+    /// Closes `conn` and forgets it, but only if it is still the pool's connection for its
+    /// address (a newer one is left alone).
+    pub fn invalidate(&self, conn: &Connection) {
+        let slot = lock(&self.inner.slots).get(conn.addr()).cloned();
+        if let Some(slot) = slot {
+            let mut current = lock(&slot.current);
+            if current.as_ref().is_some_and(|c| c.same_as(conn)) {
+                *current = None;
+            }
+        }
+        conn.close();
+    }
+
+    /// Closes every connection; waiters fail with a local close reason. The pool stays usable
+    /// and reconnects on the next request.
+    pub fn close_all(&self) {
+        let slots: Vec<Arc<Slot>> = lock(&self.inner.slots).drain().map(|(_, s)| s).collect();
+        for slot in slots {
+            if let Some(conn) = lock(&slot.current).take() {
+                conn.close();
+            }
+        }
+    }
+
+    /// Addresses with a live connection, sorted.
+    pub fn addrs(&self) -> Vec<String> {
+        let slots: Vec<(String, Arc<Slot>)> = lock(&self.inner.slots)
+            .iter()
+            .map(|(a, s)| (a.clone(), Arc::clone(s)))
+            .collect();
+        let mut addrs: Vec<String> = slots
+            .into_iter()
+            .filter(|(_, s)| s.live().is_some())
+            .map(|(a, _)| a)
+            .collect();
+        addrs.sort();
+        addrs
+    }
+
+    fn slot(&self, addr: &str) -> Arc<Slot> {
+        let mut slots = lock(&self.inner.slots);
+        if let Some(slot) = slots.get(addr) {
+            return Arc::clone(slot);
+        }
+        let slot = Arc::new(Slot {
+            current: Mutex::new(None),
+            connect: tokio::sync::Mutex::new(Attempts {
+                backoff: self.inner.backoff.clone(),
+                retry_at: None,
+                generation: 0,
+            }),
+        });
+        slots.insert(addr.to_owned(), Arc::clone(&slot));
+        slot
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("options", &self.inner.options)
+            .field("addrs", &self.addrs())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,271 @@
+//! Route snapshots: what the name servers said about each topic, published through `watch`.
+//!
+//! Invariants (style.md rule 6):
+//! - a [`Routes`] value is immutable; every update builds a new one and publishes it as an
+//!   `Arc`, so readers never lock and always see a consistent topic table and broker table;
+//! - the broker table (`broker name -> {broker id -> address}`) is derived from the topic table
+//!   on every update, so a broker no longer in any route disappears from it;
+//! - subscribers are woken only when a route actually changed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::remoting::body::route::TopicRouteData;
+use crate::remoting::MessageQueue;
+
+/// `PERM_READ`: the queue data may be consumed (rocketmq-remoting.md section 3).
+const PERM_READ: i32 = 1 << 2;
+/// Broker id of a master.
+const MASTER_ID: i64 = 0;
+
+/// One immutable view of every known route.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Routes {
+    topics: HashMap<String, Arc<TopicRouteData>>,
+    brokers: BTreeMap<String, BTreeMap<i64, String>>,
+}
+
+impl Routes {
+    /// The route of `topic`, if known.
+    pub fn topic(&self, topic: &str) -> Option<&Arc<TopicRouteData>> {
+        self.topics.get(topic)
+    }
+
+    /// Topics with a known route.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.topics.keys().map(String::as_str)
+    }
+
+    /// Address of the master (broker id 0) of `broker_name`.
+    pub fn master_addr(&self, broker_name: &str) -> Option<&str> {
+        self.brokers
+            .get(broker_name)?
+            .get(&MASTER_ID)
+            .map(String::as_str)
+    }
+
+    /// An address of `broker_name`: the master if known, otherwise the slave with the lowest id.
+    pub fn any_addr(&self, broker_name: &str) -> Option<&str> {
+        let addrs = self.brokers.get(broker_name)?;
+        addrs
+            .get(&MASTER_ID)
+            .or_else(|| addrs.values().next())
+            .map(String::as_str)
+    }
+
+    /// Addresses of `broker_name` by broker id.
+    pub fn broker(&self, broker_name: &str) -> Option<&BTreeMap<i64, String>> {
+        self.brokers.get(broker_name)
+    }
+
+    /// The queues of `topic` a consumer may be assigned: for every queue data with read
+    /// permission, queue ids `0..readQueueNums`. Sorted; empty when the route is unknown.
+    pub fn subscribe_queues(&self, topic: &str) -> Vec<MessageQueue> {
+        self.topics
+            .get(topic)
+            .map(|route| subscribe_queues(topic, route))
+            .unwrap_or_default()
+    }
+
+    /// Every known broker address (masters and slaves), sorted and without duplicates.
+    pub fn broker_addrs(&self) -> Vec<&str> {
+        let set: BTreeSet<&str> = self
+            .brokers
+            .values()
+            .flat_map(|ids| ids.values().map(String::as_str))
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// Master addresses, one per broker name that has a master, sorted.
+    pub fn master_addrs(&self) -> Vec<&str> {
+        let set: BTreeSet<&str> = self
+            .brokers
+            .values()
+            .filter_map(|ids| ids.get(&MASTER_ID).map(String::as_str))
+            .collect();
+        set.into_iter().collect()
+    }
+
+    fn rebuild_brokers(&mut self) {
+        let mut brokers: BTreeMap<String, BTreeMap<i64, String>> = BTreeMap::new();
+        for route in self.topics.values() {
+            for data in &route.broker_datas {
+                let entry = brokers.entry(data.broker_name.clone()).or_default();
+                for (id, addr) in &data.broker_addrs {
+                    entry.insert(*id, addr.clone());
+                }
+            }
+        }
+        self.brokers = brokers;
+    }
+}
+
+/// The consumer queue set of one route (rocketmq-remoting.md section 3, "Subscribe").
+pub fn subscribe_queues(topic: &str, route: &TopicRouteData) -> Vec<MessageQueue> {
+    let mut queues: Vec<MessageQueue> = route
+        .queue_datas
+        .iter()
+        .filter(|q| q.perm & PERM_READ != 0)
+        .flat_map(|q| {
+            (0..q.read_queue_nums.max(0))
+                .map(move |id| MessageQueue::new(topic, q.broker_name.clone(), id))
+        })
+        .collect();
+    queues.sort();
+    queues.dedup();
+    queues
+}
+
+/// The publisher of [`Routes`] snapshots. Cheap to clone; clones publish to the same
+/// subscribers.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    tx: Arc<watch::Sender<Arc<Routes>>>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RouteTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self {
+            tx: Arc::new(watch::Sender::new(Arc::new(Routes::default()))),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Routes> {
+        Arc::clone(&self.tx.borrow())
+    }
+
+    /// A receiver that sees every future snapshot (and the current one).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Routes>> {
+        self.tx.subscribe()
+    }
+
+    /// Sets the route of `topic`; publishes a new snapshot and returns `true` only if it
+    /// differs from the known one.
+    pub fn update(&self, topic: &str, route: TopicRouteData) -> bool {
+        self.tx.send_if_modified(|current| {
+            if current.topics.get(topic).is_some_and(|known| **known == route) {
+                return false;
+            }
+            let mut next = Routes::clone(current);
+            next.topics.insert(topic.to_owned(), Arc::new(route));
+            next.rebuild_brokers();
+            *current = Arc::new(next);
+            true
+        })
+    }
+
+    /// Forgets the route of `topic`; returns whether it was known.
+    pub fn remove(&self, topic: &str) -> bool {
+        self.tx.send_if_modified(|current| {
+            if !current.topics.contains_key(topic) {
+                return false;
+            }
+            let mut next = Routes::clone(current);
+            next.topics.remove(topic);
+            next.rebuild_brokers();
+            *current = Arc::new(next);
+            true
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remoting::body::route::{BrokerData, QueueData};
+
+    fn route(brokers: &[(&str, &[(i64, &str)])], queues: &[(&str, i32, i32)]) -> TopicRouteData {
+        TopicRouteData {
+            queue_datas: queues
+                .iter()
+                .map(|(name, read, perm)| QueueData {
+                    broker_name: (*name).to_owned(),
+                    read_queue_nums: *read,
+                    write_queue_nums: *read,
+                    perm: *perm,
+                    ..QueueData::default()
+                })
+                .collect(),
+            broker_datas: brokers
+                .iter()
+                .map(|(name, addrs)| BrokerData {
+                    cluster: "c".to_owned(),
+                    broker_name: (*name).to_owned(),
+                    broker_addrs: addrs.iter().map(|(id, a)| (*id, (*a).to_owned())).collect(),
+                    ..BrokerData::default()
+                })
+                .collect(),
+            ..TopicRouteData::default()
+        }
+    }
+
+    #[test]
+    fn addresses_and_queues() {
+        let table = RouteTable::new();
+        let mut rx = table.subscribe();
+        assert!(table.update(
+            "T",
+            route(
+                &[("a", &[(0, "h:1"), (1, "h:2")]), ("b", &[(2, "h:4"), (1, "h:3")])],
+                &[("a", 2, 6), ("b", 1, 6), ("c", 3, 2)],
+            ),
+        ));
+        assert!(rx.has_changed().expect("sender alive"));
+        let routes = rx.borrow_and_update().clone();
+        assert_eq!(routes.master_addr("a"), Some("h:1"));
+        assert_eq!(routes.master_addr("b"), None);
+        assert_eq!(routes.any_addr("b"), Some("h:3"));
+        assert_eq!(routes.any_addr("zzz"), None);
+        assert_eq!(routes.broker_addrs(), ["h:1", "h:2", "h:3", "h:4"]);
+        assert_eq!(routes.master_addrs(), ["h:1"]);
+        // "c" is write-only: not consumable.
+        assert_eq!(
+            routes.subscribe_queues("T"),
+            [
+                MessageQueue::new("T", "a", 0),
+                MessageQueue::new("T", "a", 1),
+                MessageQueue::new("T", "b", 0),
+            ]
+        );
+        assert!(routes.subscribe_queues("other").is_empty());
+    }
+
+    #[test]
+    fn unchanged_routes_do_not_wake_subscribers() {
+        let table = RouteTable::new();
+        let r = route(&[("a", &[(0, "h:1")])], &[("a", 4, 6)]);
+        assert!(table.update("T", r.clone()));
+        let mut rx = table.subscribe();
+        rx.borrow_and_update();
+        assert!(!table.update("T", r));
+        assert!(!rx.has_changed().expect("sender alive"));
+        assert!(table.remove("T"));
+        assert!(rx.has_changed().expect("sender alive"));
+        assert!(table.snapshot().broker_addrs().is_empty());
+        assert!(!table.remove("T"));
+    }
+
+    #[test]
+    fn brokers_are_merged_across_topics() {
+        let table = RouteTable::new();
+        table.update("T1", route(&[("a", &[(0, "h:1")])], &[("a", 1, 6)]));
+        table.update("T2", route(&[("b", &[(0, "h:2")])], &[("b", 1, 6)]));
+        let snap = table.snapshot();
+        assert_eq!(snap.broker_addrs(), ["h:1", "h:2"]);
+        table.remove("T1");
+        assert_eq!(table.snapshot().broker_addrs(), ["h:2"]);
+        // The old snapshot is untouched.
+        assert_eq!(snap.broker_addrs(), ["h:1", "h:2"]);
+    }
+}

@@ -1,0 +1,869 @@
+//! Component tests of the client layer against fake peers on `127.0.0.1:0`.
+//!
+//! The fakes speak raw bytes with hand-built JSON headers (not this crate's codec), so they also
+//! check that our frames are what a Java-shaped peer expects. Every await that depends on a peer
+//! runs under [`within`], so a hang fails the test instead of blocking it.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::*;
+use crate::remoting::command::{ExtFields, RemotingCommand};
+use crate::remoting::{RemotingError, RequestCode, ResponseCode};
+
+const STEP: Duration = Duration::from_secs(5);
+
+async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(STEP, f)
+        .await
+        .expect("test step did not finish in time")
+}
+
+/// A frame as the fake peer sees it.
+#[derive(Debug)]
+struct Frame {
+    header: Value,
+}
+
+impl Frame {
+    fn int(&self, key: &str) -> i64 {
+        self.header
+            .get(key)
+            .and_then(Value::as_i64)
+            .unwrap_or_else(|| panic!("header has no integer `{key}`: {}", self.header))
+    }
+    fn opaque(&self) -> i32 {
+        i32::try_from(self.int("opaque")).expect("opaque fits i32")
+    }
+    fn ext(&self, key: &str) -> Option<&str> {
+        self.header.get("extFields")?.get(key)?.as_str()
+    }
+}
+
+async fn read_frame(s: &mut TcpStream) -> io::Result<Frame> {
+    let total = s.read_u32().await? as usize;
+    let mut content = vec![0u8; total];
+    s.read_exact(&mut content).await?;
+    let word = u32::from_be_bytes([content[0], content[1], content[2], content[3]]);
+    assert_eq!(word >> 24, 0, "requests are sent with JSON headers");
+    let header_len = (word & 0x00FF_FFFF) as usize;
+    let header = serde_json::from_slice(&content[4..4 + header_len]).expect("JSON header");
+    Ok(Frame { header })
+}
+
+fn encode(header: &Value, body: &[u8]) -> Vec<u8> {
+    let header = header.to_string().into_bytes();
+    let header_len = u32::try_from(header.len()).expect("small header");
+    let body_len = u32::try_from(body.len()).expect("small body");
+    let mut out = Vec::new();
+    out.extend_from_slice(&(4 + header_len + body_len).to_be_bytes());
+    out.extend_from_slice(&header_len.to_be_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(body);
+    out
+}
+
+/// A response frame as a Java/Rust server writes it.
+fn response(opaque: i32, code: i32, remark: &str, body: &[u8]) -> Vec<u8> {
+    encode(
+        &json!({
+            "code": code, "flag": 1, "language": "JAVA", "opaque": opaque,
+            "remark": remark, "serializeTypeCurrentRPC": "JSON", "version": 479,
+            "extFields": null,
+        }),
+        body,
+    )
+}
+
+/// A broker-initiated request frame.
+fn broker_request(code: i32, opaque: i32, oneway: bool) -> Vec<u8> {
+    encode(
+        &json!({
+            "code": code, "flag": if oneway { 2 } else { 0 }, "language": "JAVA",
+            "opaque": opaque, "serializeTypeCurrentRPC": "JSON", "version": 479,
+            "extFields": {"consumerGroup": "g"},
+        }),
+        b"",
+    )
+}
+
+/// A request whose ext field `tag` the fake peers echo back as the remark.
+fn tagged(tag: &str) -> RemotingCommand {
+    RemotingCommand::request(
+        RequestCode::GetConsumerListByGroup,
+        ExtFields::new().with("tag", tag),
+        Bytes::new(),
+    )
+}
+
+async fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("local addr").to_string();
+    (l, addr)
+}
+
+/// A port nobody listens on (bound, then released).
+async fn dead_addr() -> String {
+    let (l, addr) = listener().await;
+    drop(l);
+    addr
+}
+
+/// Answers every request on every accepted connection with `answer(request)`, until dropped.
+fn serve<F>(tasks: &mut JoinSet<()>, l: TcpListener, answer: F)
+where
+    F: Fn(&Frame) -> Vec<u8> + Send + Sync + 'static,
+{
+    let answer = Arc::new(answer);
+    tasks.spawn(async move {
+        let mut conns = JoinSet::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let answer = Arc::clone(&answer);
+            conns.spawn(async move {
+                while let Ok(frame) = read_frame(&mut s).await {
+                    if s.write_all(&answer(&frame)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Echoes the `tag` ext field as the remark of a SUCCESS answer.
+fn echo_tag(frame: &Frame) -> Vec<u8> {
+    response(frame.opaque(), 0, frame.ext("tag").unwrap_or(""), b"")
+}
+
+async fn connect(addr: &str) -> Connection {
+    within(Connection::connect(
+        addr,
+        &ConnectOptions::default(),
+        Arc::new(NotSupported),
+    ))
+    .await
+    .expect("connect")
+}
+
+fn assert_closed_by_protocol(
+    result: Result<RemotingCommand, ClientError>,
+    check: impl Fn(&RemotingError) -> bool,
+) {
+    match result {
+        Err(ClientError::ConnectionClosed {
+            reason: CloseReason::Protocol(e),
+            ..
+        }) if check(&e) => {}
+        other => panic!("expected a protocol close, got {other:?}"),
+    }
+}
+
+// === Connection ===
+
+#[tokio::test]
+async fn concurrent_calls_are_matched_by_opaque() {
+    let (l, addr) = listener().await;
+    let peer = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let a = read_frame(&mut s).await.expect("first request");
+        let b = read_frame(&mut s).await.expect("second request");
+        assert_ne!(a.opaque(), b.opaque());
+        assert_eq!(a.int("code"), 38);
+        assert_eq!(a.int("flag"), 0);
+        assert_eq!(a.header["language"], "RUST");
+        assert_eq!(a.header["serializeTypeCurrentRPC"], "JSON");
+        // Answer in reverse order.
+        for f in [&b, &a] {
+            let body = format!("body-{}", f.ext("tag").unwrap_or(""));
+            let answer = response(f.opaque(), 0, f.ext("tag").unwrap_or(""), body.as_bytes());
+            s.write_all(&answer).await.expect("write");
+        }
+        s
+    });
+    let conn = connect(&addr).await;
+    let (one, two) = within(async {
+        tokio::join!(
+            conn.call_raw(tagged("one"), STEP),
+            conn.call_raw(tagged("two"), STEP)
+        )
+    })
+    .await;
+    let (one, two) = (one.expect("one"), two.expect("two"));
+    assert_eq!(one.remark.as_deref(), Some("one"));
+    assert_eq!(&one.body[..], b"body-one");
+    assert_eq!(two.remark.as_deref(), Some("two"));
+    assert_eq!(&two.body[..], b"body-two");
+    assert!(one.is_response());
+    assert_eq!(conn.pending_len(), 0);
+    let _socket = within(peer).await.expect("peer");
+    assert!(!conn.is_closed());
+}
+
+#[tokio::test]
+async fn timeout_removes_the_waiter_and_a_late_response_is_ignored() {
+    let (l, addr) = listener().await;
+    let (late_tx, mut late_rx) = mpsc::channel::<()>(1);
+    let peer = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let slow = read_frame(&mut s).await.expect("slow request");
+        // Answer only after the client gave up.
+        late_rx.recv().await;
+        s.write_all(&response(slow.opaque(), 0, "late", b"")).await.expect("write");
+        let next = read_frame(&mut s).await.expect("next request");
+        s.write_all(&echo_tag(&next)).await.expect("write");
+        s
+    });
+    let conn = connect(&addr).await;
+    let after = Duration::from_millis(200);
+    match within(conn.call_raw(tagged("slow"), after)).await {
+        Err(ClientError::Timeout {
+            code: RequestCode::GetConsumerListByGroup,
+            after: a,
+            ref addr,
+        }) if a == after && *addr == conn.addr() => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(conn.pending_len(), 0, "the timed-out waiter is removed");
+    late_tx.send(()).await.expect("peer alive");
+    let next = within(conn.call_raw(tagged("next"), STEP)).await.expect("next");
+    assert_eq!(next.remark.as_deref(), Some("next"), "the late answer went nowhere");
+    assert!(!conn.is_closed());
+    let _socket = within(peer).await.expect("peer");
+}
+
+/// A peer that waits for two requests, then writes `garbage`.
+async fn garbage_peer(garbage: Vec<u8>) -> (String, tokio::task::JoinHandle<TcpStream>) {
+    let (l, addr) = listener().await;
+    let peer = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        read_frame(&mut s).await.expect("first");
+        read_frame(&mut s).await.expect("second");
+        s.write_all(&garbage).await.expect("write");
+        s
+    });
+    (addr, peer)
+}
+
+async fn check_malformed(garbage: Vec<u8>, check: fn(&RemotingError) -> bool) {
+    let mut tasks = JoinSet::new();
+    let (healthy, healthy_addr) = listener().await;
+    serve(&mut tasks, healthy, echo_tag);
+    let (addr, peer) = garbage_peer(garbage).await;
+
+    let bad = connect(&addr).await;
+    let good = connect(&healthy_addr).await;
+    let (a, b) = within(async {
+        tokio::join!(
+            bad.call_raw(tagged("a"), STEP),
+            bad.call_raw(tagged("b"), STEP)
+        )
+    })
+    .await;
+    assert_closed_by_protocol(a, check);
+    assert_closed_by_protocol(b, check);
+    assert!(bad.is_closed());
+    assert_eq!(bad.pending_len(), 0);
+    // Later calls fail at once with the same reason.
+    assert_closed_by_protocol(within(bad.call_raw(tagged("c"), STEP)).await, check);
+    // Another connection is unaffected.
+    let ok = within(good.call_raw(tagged("fine"), STEP)).await.expect("healthy peer");
+    assert_eq!(ok.remark.as_deref(), Some("fine"));
+    let _socket = within(peer).await.expect("peer");
+}
+
+#[tokio::test]
+async fn garbage_header_closes_the_connection() {
+    let mut garbage = Vec::new();
+    garbage.extend_from_slice(&12u32.to_be_bytes());
+    garbage.extend_from_slice(&8u32.to_be_bytes());
+    garbage.extend_from_slice(b"{not jso");
+    check_malformed(garbage, |e| {
+        matches!(e, RemotingError::MalformedHeader { .. })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_serialize_type_closes_the_connection() {
+    let mut garbage = Vec::new();
+    garbage.extend_from_slice(&8u32.to_be_bytes());
+    garbage.extend_from_slice(&((7u32 << 24) | 4).to_be_bytes());
+    garbage.extend_from_slice(b"abcd");
+    check_malformed(garbage, |e| {
+        matches!(e, RemotingError::UnknownSerializeType(7))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn negative_length_closes_the_connection() {
+    check_malformed((-16i32).to_be_bytes().to_vec(), |e| {
+        matches!(e, RemotingError::InvalidFrameLength { value: -16 })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_length_closes_the_connection() {
+    let len = 16 * 1024 * 1024 + 1;
+    let mut garbage = u32::try_from(len).expect("fits").to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0, 0, 0, 4]);
+    check_malformed(garbage, |e| {
+        matches!(e, RemotingError::FrameTooLarge { actual, .. } if *actual == 16 * 1024 * 1024 + 1)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn eof_mid_frame_fails_the_waiters() {
+    let (l, addr) = listener().await;
+    let peer = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        read_frame(&mut s).await.expect("first");
+        read_frame(&mut s).await.expect("second");
+        // Half a frame, then the peer goes away.
+        let mut partial = Vec::new();
+        partial.extend_from_slice(&100u32.to_be_bytes());
+        partial.extend_from_slice(&50u32.to_be_bytes());
+        partial.extend_from_slice(b"{\"code\"");
+        s.write_all(&partial).await.expect("write");
+    });
+    let conn = connect(&addr).await;
+    let (a, b) = within(async {
+        tokio::join!(
+            conn.call_raw(tagged("a"), STEP),
+            conn.call_raw(tagged("b"), STEP)
+        )
+    })
+    .await;
+    within(peer).await.expect("peer");
+    for r in [a, b] {
+        match r {
+            Err(ClientError::ConnectionClosed {
+                reason: CloseReason::EofMidFrame { buffered: 15 },
+                ..
+            }) => {}
+            other => panic!("expected EOF mid-frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn peer_close_between_frames_fails_the_waiter() {
+    let (l, addr) = listener().await;
+    let peer = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        read_frame(&mut s).await.expect("request");
+        // Close without answering.
+    });
+    let conn = connect(&addr).await;
+    match within(conn.call_raw(tagged("a"), STEP)).await {
+        Err(e @ ClientError::ConnectionClosed {
+            reason: CloseReason::PeerClosed,
+            ..
+        }) => {
+            assert!(e.is_retriable());
+            assert_eq!(e.origin(), Origin::Network);
+        }
+        other => panic!("expected a peer close, got {other:?}"),
+    }
+    within(peer).await.expect("peer");
+}
+
+/// Records broker requests; answers code 307 with `pong:<code>`, never finishes code 309.
+#[derive(Debug)]
+struct Recorder {
+    seen: mpsc::Sender<(String, i32, i32)>,
+}
+
+impl InboundHandler for Recorder {
+    fn handle(&self, from: &str, request: RemotingCommand) -> BoxFuture<Option<RemotingCommand>> {
+        let seen = self.seen.clone();
+        let from = from.to_owned();
+        Box::pin(async move {
+            let _ = seen.send((from, request.code, request.opaque)).await;
+            if request.code == 309 {
+                std::future::pending::<()>().await;
+            }
+            let remark = format!("pong:{}", request.code);
+            Some(RemotingCommand::response_to(
+                &request,
+                ResponseCode::Success,
+                Some(remark),
+            ))
+        })
+    }
+}
+
+#[tokio::test]
+async fn broker_requests_are_answered_with_their_opaque() {
+    let (l, addr) = listener().await;
+    let (seen_tx, mut seen) = mpsc::channel(16);
+    let options = ConnectOptions {
+        inbound_concurrency: 2,
+        ..ConnectOptions::default()
+    };
+    let conn = within(Connection::connect(
+        &addr,
+        &options,
+        Arc::new(Recorder { seen: seen_tx }),
+    ))
+    .await
+    .expect("connect");
+    let (mut s, _) = within(l.accept()).await.expect("accept");
+
+    // A oneway request is handled but not answered; the next answer is for opaque 78.
+    s.write_all(&broker_request(40, 77, true)).await.expect("write");
+    s.write_all(&broker_request(307, 78, false)).await.expect("write");
+    let answer = within(read_frame(&mut s)).await.expect("answer");
+    assert_eq!(answer.opaque(), 78);
+    assert_eq!(answer.int("flag") & 1, 1, "response bit set");
+    assert_eq!(answer.int("flag") & 2, 0, "oneway bit clear");
+    assert_eq!(answer.int("code"), 0);
+    assert_eq!(answer.header["remark"], "pong:307");
+    let mut got = vec![within(seen.recv()).await.expect("seen"), within(seen.recv()).await.expect("seen")];
+    got.sort_by_key(|(_, code, _)| *code);
+    assert_eq!(got, [(addr.clone(), 40, 77), (addr.clone(), 307, 78)]);
+
+    // Two handlers that never finish fill the limit; reading goes on and a third request is
+    // answered SYSTEM_BUSY.
+    s.write_all(&broker_request(309, 80, false)).await.expect("write");
+    s.write_all(&broker_request(309, 81, false)).await.expect("write");
+    within(seen.recv()).await.expect("seen");
+    within(seen.recv()).await.expect("seen");
+    s.write_all(&broker_request(307, 82, false)).await.expect("write");
+    let busy = within(read_frame(&mut s)).await.expect("busy answer");
+    assert_eq!(busy.opaque(), 82);
+    assert_eq!(busy.int("code"), 2);
+
+    // Our own calls still work while handlers hang.
+    let call = conn.call_raw(tagged("mine"), STEP);
+    let serve_one = async {
+        let req = read_frame(&mut s).await.expect("request");
+        s.write_all(&echo_tag(&req)).await.expect("write");
+    };
+    let (mine, ()) = within(async { tokio::join!(call, serve_one) }).await;
+    assert_eq!(mine.expect("call").remark.as_deref(), Some("mine"));
+    // The oneway request (77) was never answered: the next frame on the wire would show it.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), read_frame(&mut s))
+            .await
+            .is_err(),
+        "nothing else is written"
+    );
+}
+
+#[tokio::test]
+async fn unsupported_broker_requests_get_code_3() {
+    let (l, addr) = listener().await;
+    let conn = connect(&addr).await;
+    let (mut s, _) = within(l.accept()).await.expect("accept");
+    s.write_all(&broker_request(221, 5, false)).await.expect("write");
+    let answer = within(read_frame(&mut s)).await.expect("answer");
+    assert_eq!((answer.opaque(), answer.int("code"), answer.int("flag")), (5, 3, 1));
+    assert!(!conn.is_closed());
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_closes_the_socket() {
+    let (l, addr) = listener().await;
+    let conn = connect(&addr).await;
+    let clone = conn.clone();
+    let (mut s, _) = within(l.accept()).await.expect("accept");
+    drop(conn);
+    // One handle left: the socket stays open.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), s.read_u8())
+            .await
+            .is_err()
+    );
+    drop(clone);
+    let eof = within(s.read_u8()).await;
+    assert!(eof.is_err(), "socket closed after the last handle dropped");
+}
+
+#[tokio::test]
+async fn close_fails_waiters_locally() {
+    let (l, addr) = listener().await;
+    let conn = connect(&addr).await;
+    let (_s, _) = within(l.accept()).await.expect("accept");
+    let call = conn.call_raw(tagged("x"), STEP);
+    let closer = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        conn.close();
+    };
+    let (r, ()) = within(async { tokio::join!(call, closer) }).await;
+    assert!(matches!(
+        r,
+        Err(ClientError::ConnectionClosed {
+            reason: CloseReason::Local,
+            ..
+        })
+    ));
+    assert!(conn.is_closed());
+}
+
+// === Pool ===
+
+#[tokio::test]
+async fn pool_shares_one_connection_per_address() {
+    let (l, addr) = listener().await;
+    let pool = Pool::new(ConnectOptions::default(), Arc::new(NotSupported));
+    let conns = within(async {
+        let mut set = JoinSet::new();
+        for _ in 0..8 {
+            let pool = pool.clone();
+            let addr = addr.clone();
+            set.spawn(async move { pool.connection(&addr).await });
+        }
+        let mut conns = Vec::new();
+        while let Some(c) = set.join_next().await {
+            conns.push(c.expect("task").expect("connect"));
+        }
+        conns
+    })
+    .await;
+    assert!(conns.iter().all(|c| c.same_as(&conns[0])));
+    let _socket = within(l.accept()).await.expect("one connection");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), l.accept())
+            .await
+            .is_err(),
+        "only one connect attempt"
+    );
+    assert_eq!(pool.addrs(), [addr.clone()]);
+    pool.close_all();
+    assert!(conns[0].is_closed());
+    assert!(pool.addrs().is_empty());
+}
+
+#[tokio::test]
+async fn pool_backs_off_and_reconnects_after_the_peer_restarts() {
+    let (l, addr) = listener().await;
+    let pool = Pool::new(ConnectOptions::default(), Arc::new(NotSupported));
+
+    let mut tasks = JoinSet::new();
+    serve(&mut tasks, l, echo_tag);
+    let first = within(pool.connection(&addr)).await.expect("connect");
+    let r = within(first.call_raw(tagged("1"), STEP)).await.expect("call");
+    assert_eq!(r.remark.as_deref(), Some("1"));
+
+    // The peer dies: listener and connections go away.
+    tasks.shutdown().await;
+    within(async {
+        while !first.is_closed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    match within(pool.connection(&addr)).await {
+        Err(ClientError::Connect { addr: a, .. }) => assert_eq!(a, addr),
+        other => panic!("expected a refused connect, got {other:?}"),
+    }
+    match within(pool.connection(&addr)).await {
+        Err(e @ ClientError::Backoff { .. }) => {
+            assert!(e.is_retriable());
+            if let ClientError::Backoff { retry_in, .. } = e {
+                assert!(retry_in <= Duration::from_millis(100));
+            }
+        }
+        other => panic!("expected a backoff, got {other:?}"),
+    }
+
+    // The peer comes back on the same address.
+    let l = TcpListener::bind(&addr).await.expect("rebind");
+    serve(&mut tasks, l, echo_tag);
+    let second = within(async {
+        loop {
+            match pool.connection(&addr).await {
+                Ok(c) => return c,
+                Err(ClientError::Backoff { retry_in, .. }) => tokio::time::sleep(retry_in).await,
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(!second.same_as(&first));
+    let r = within(second.call_raw(tagged("2"), STEP)).await.expect("call");
+    assert_eq!(r.remark.as_deref(), Some("2"));
+}
+
+#[tokio::test]
+async fn invalidate_spares_a_newer_connection() {
+    let (l, addr) = listener().await;
+    let mut tasks = JoinSet::new();
+    serve(&mut tasks, l, echo_tag);
+    let pool = Pool::new(ConnectOptions::default(), Arc::new(NotSupported));
+    let old = within(pool.connection(&addr)).await.expect("connect");
+    pool.invalidate(&old);
+    assert!(old.is_closed());
+    let new = within(pool.connection(&addr)).await.expect("reconnect");
+    assert!(!new.same_as(&old));
+    // A stale handle must not tear down the new connection.
+    pool.invalidate(&old);
+    assert!(!new.is_closed());
+    let same = within(pool.connection(&addr)).await.expect("cached");
+    assert!(same.same_as(&new));
+}
+
+// === Name server ===
+
+const ROUTE_JSON: &str = r#"{"brokerDatas":[{"brokerAddrs":{"0":"127.0.0.1:10911"},"brokerName":"broker-a","cluster":"DefaultCluster","enableActingMaster":false,"zoneName":null}],"filterServerTable":{},"queueDatas":[{"brokerName":"broker-a","perm":6,"readQueueNums":4,"topicSysFlag":0,"writeQueueNums":4}],"topicQueueMappingInfo":null,"orderTopicConf":null}"#;
+
+fn namesrv_answer(frame: &Frame) -> Vec<u8> {
+    assert_eq!(frame.int("code"), 105);
+    match frame.ext("topic") {
+        Some("T") => response(frame.opaque(), 0, "", ROUTE_JSON.as_bytes()),
+        _ => response(frame.opaque(), 17, "Topic route was not found", b""),
+    }
+}
+
+#[tokio::test]
+async fn name_server_fails_over_to_the_next_address() {
+    let mut tasks = JoinSet::new();
+    let (l, live) = listener().await;
+    serve(&mut tasks, l, namesrv_answer);
+    let dead = dead_addr().await;
+    let pool = Pool::new(ConnectOptions::default(), Arc::new(NotSupported));
+    let ns = NameServer::new(&format!("{dead};{live}"), pool.clone()).expect("addrs");
+
+    let route = within(ns.route("T")).await.expect("route from the second name server");
+    assert_eq!(route.broker_datas.len(), 1);
+    assert_eq!(route.broker_datas[0].broker_addrs.get(&0).map(String::as_str), Some("127.0.0.1:10911"));
+    assert_eq!(route.queue_datas[0].read_queue_nums, 4);
+    // The next look-up starts at the good one, so the dead address is not even tried.
+    assert!(matches!(
+        within(ns.route("missing")).await,
+        Err(ClientError::NoRoute { ref topic }) if topic == "missing"
+    ));
+    assert_eq!(pool.addrs(), [live.clone()]);
+
+    // Through the client instance the route is published.
+    let client = Client::new(
+        ClientConfig {
+            namesrv_addr: format!("{dead};{live}"),
+            ..ClientConfig::default()
+        },
+        Arc::new(NotSupported),
+    )
+    .expect("client");
+    let mut rx = client.routes().subscribe();
+    within(client.refresh_route("T")).await.expect("refresh");
+    assert!(rx.has_changed().expect("table alive"));
+    let routes = rx.borrow_and_update().clone();
+    assert_eq!(routes.master_addr("broker-a"), Some("127.0.0.1:10911"));
+    assert_eq!(routes.subscribe_queues("T").len(), 4);
+}
+
+#[tokio::test]
+async fn no_name_server_answering_is_reported_with_the_last_error() {
+    let (a, b) = (dead_addr().await, dead_addr().await);
+    let pool = Pool::new(ConnectOptions::default(), Arc::new(NotSupported));
+    let ns = NameServer::new(&format!("{a};{b}"), pool).expect("addrs");
+    match within(ns.route("T")).await {
+        Err(e @ ClientError::NoNameServer { .. }) => {
+            assert!(e.is_retriable());
+            if let ClientError::NoNameServer { addrs, last } = e {
+                assert_eq!(addrs, [a, b.clone()]);
+                assert!(matches!(*last, ClientError::Connect { ref addr, .. } if *addr == b));
+            }
+        }
+        other => panic!("expected NoNameServer, got {other:?}"),
+    }
+}
+
+// === ACL ===
+
+#[tokio::test]
+async fn requests_are_signed_when_acl_is_configured() {
+    use crate::remoting::acl::AclCredentials;
+
+    let (l, addr) = listener().await;
+    let peer = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let f = read_frame(&mut s).await.expect("request");
+        s.write_all(&echo_tag(&f)).await.expect("write");
+        (s, f)
+    });
+    let options = ConnectOptions {
+        acl: Some(AclCredentials::new("ak", "sk")),
+        ..ConnectOptions::default()
+    };
+    let conn = within(Connection::connect(&addr, &options, Arc::new(NotSupported)))
+        .await
+        .expect("connect");
+    within(conn.call_raw(tagged("signed"), STEP)).await.expect("call");
+    let (_s, f) = within(peer).await.expect("peer");
+    assert_eq!(f.ext("AccessKey"), Some("ak"));
+    // Values sorted by key (AccessKey, tag), no body: HMAC-SHA1("sk", "aksigned").
+    let mut expected = RemotingCommand::request(
+        RequestCode::GetConsumerListByGroup,
+        ExtFields::new().with("tag", "signed"),
+        Bytes::new(),
+    );
+    AclCredentials::new("ak", "sk").sign(&mut expected);
+    assert!(f.ext("Signature").is_some_and(|s| s.len() == 28));
+    assert_eq!(f.ext("Signature"), expected.ext_fields.get("Signature"));
+}
+
+// === TLS ===
+//
+// testdata/: a test CA (`ca.pem`) and a leaf for `localhost` / 127.0.0.1 (`leaf.pem`,
+// PKCS#8 `leaf.key`), ECDSA P-256, valid until 2126; made with `openssl req -x509` (CA) and
+// `openssl x509 -req` (leaf). The CA key was discarded.
+
+const CA_PEM: &str = include_str!("testdata/ca.pem");
+const LEAF_PEM: &str = include_str!("testdata/leaf.pem");
+const LEAF_KEY: &str = include_str!("testdata/leaf.key");
+
+/// A TLS fake peer that answers every request with `echo_tag`; with `client_auth` it demands a
+/// client certificate signed by the test CA.
+async fn tls_peer(tasks: &mut JoinSet<()>, client_auth: bool) -> String {
+    use tokio_rustls::rustls::{self, crypto::ring, server::WebPkiClientVerifier};
+
+    let certs = rustls_pemfile::certs(&mut LEAF_PEM.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("leaf cert");
+    let key = rustls_pemfile::private_key(&mut LEAF_KEY.as_bytes())
+        .expect("leaf key")
+        .expect("a key");
+    let provider = Arc::new(ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let builder = if client_auth {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in rustls_pemfile::certs(&mut CA_PEM.as_bytes()) {
+            roots.add(ca.expect("CA cert")).expect("add CA");
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .expect("client verifier");
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder
+        .with_single_cert(certs, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (l, addr) = listener().await;
+    tasks.spawn(async move {
+        let mut conns = JoinSet::new();
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            conns.spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                while let Ok(total) = s.read_u32().await {
+                    let mut content = vec![0u8; total as usize];
+                    if s.read_exact(&mut content).await.is_err() {
+                        return;
+                    }
+                    let header_len = (u32::from_be_bytes([content[0], content[1], content[2], content[3]])
+                        & 0x00FF_FFFF) as usize;
+                    let header: Value =
+                        serde_json::from_slice(&content[4..4 + header_len]).expect("JSON header");
+                    let answer = echo_tag(&Frame { header });
+                    if s.write_all(&answer).await.is_err() || s.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn tls_call(addr: &str, tls: TlsConfig) -> Result<RemotingCommand, ClientError> {
+    let options = ConnectOptions {
+        tls: Some(tls),
+        ..ConnectOptions::default()
+    };
+    let conn = within(Connection::connect(addr, &options, Arc::new(NotSupported))).await?;
+    within(conn.call_raw(tagged("over tls"), STEP)).await
+}
+
+#[tokio::test]
+async fn tls_without_verification_like_the_java_client() {
+    let mut tasks = JoinSet::new();
+    let addr = tls_peer(&mut tasks, false).await;
+    let answer = tls_call(&addr, TlsConfig::default()).await.expect("TLS call");
+    assert_eq!(answer.remark.as_deref(), Some("over tls"));
+}
+
+#[tokio::test]
+async fn tls_verifies_against_the_configured_ca() {
+    let mut tasks = JoinSet::new();
+    let addr = tls_peer(&mut tasks, false).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, CA_PEM).expect("write CA");
+
+    let verified = TlsConfig {
+        ca_file: Some(ca),
+        insecure_skip_verify: false,
+        ..TlsConfig::default()
+    };
+    let answer = tls_call(&addr, verified.clone()).await.expect("verified TLS call");
+    assert_eq!(answer.remark.as_deref(), Some("over tls"));
+
+    // The certificate is not valid for another name.
+    let wrong_name = TlsConfig {
+        server_name: Some("broker.example".to_owned()),
+        ..verified
+    };
+    assert!(matches!(
+        tls_call(&addr, wrong_name).await,
+        Err(ClientError::Connect { .. })
+    ));
+    // Nor is the test CA among the public roots.
+    let public_roots = TlsConfig {
+        insecure_skip_verify: false,
+        ..TlsConfig::default()
+    };
+    assert!(matches!(
+        tls_call(&addr, public_roots).await,
+        Err(ClientError::Connect { .. })
+    ));
+}
+
+#[tokio::test]
+async fn tls_presents_the_client_certificate() {
+    let mut tasks = JoinSet::new();
+    let addr = tls_peer(&mut tasks, true).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("leaf.pem"), dir.path().join("leaf.key"));
+    std::fs::write(&cert, LEAF_PEM).expect("write cert");
+    std::fs::write(&key, LEAF_KEY).expect("write key");
+
+    let with_cert = TlsConfig {
+        client_cert: Some(cert),
+        client_key: Some(key),
+        ..TlsConfig::default()
+    };
+    let answer = tls_call(&addr, with_cert).await.expect("mutual TLS call");
+    assert_eq!(answer.remark.as_deref(), Some("over tls"));
+
+    // Without a certificate the server refuses the session (during or right after the
+    // handshake, depending on the TLS version).
+    let refused = tls_call(&addr, TlsConfig::default()).await;
+    assert!(
+        matches!(
+            refused,
+            Err(ClientError::Connect { .. } | ClientError::ConnectionClosed { .. })
+        ),
+        "{refused:?}"
+    );
+}

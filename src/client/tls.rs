@@ -1,0 +1,284 @@
+//! TLS on the remoting port (rocketmq-remoting.md section 9.2): rustls with the ring provider.
+//!
+//! RocketMQ serves TLS and plaintext on the same port and its Java client, by default, does not
+//! verify the server certificate (`tls.client.authServer=false`, `tls.test.mode.enable=true`).
+//! [`TlsConfig::insecure_skip_verify`] therefore defaults to `true`; set it to `false` to verify
+//! against `ca_file` (or the webpki roots when no file is given).
+//!
+//! Invariants: the frame format inside TLS is unchanged, so the connection code is the same for
+//! both transports; certificate files are read each time a connector is built, so a rotated
+//! client certificate takes effect on the next reconnect.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::crypto::{self, CryptoProvider};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{self, ClientConfig, DigitallySignedStruct, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+use super::ClientError;
+
+/// How to open TLS connections to name servers and brokers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM file with the CA certificates that sign the server certificates. Without it the
+    /// public webpki roots are used (only relevant when verifying).
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain presented to servers that ask for a client certificate.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// Accept any server certificate (the Java client's default behaviour). The handshake
+    /// signatures are still checked, so the session is encrypted, but not authenticated.
+    pub insecure_skip_verify: bool,
+    /// Name to verify the server certificate against (and to send as SNI); defaults to the
+    /// host part of the address being connected to.
+    pub server_name: Option<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            insecure_skip_verify: true,
+            server_name: None,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Builds a connector from this configuration, reading the certificate and key files.
+    ///
+    /// # Errors
+    /// [`ClientError::Tls`] when a file cannot be read or parsed, when only one of
+    /// `client_cert` and `client_key` is set, or when rustls rejects the combination.
+    pub fn connector(&self) -> Result<TlsConnector, ClientError> {
+        let provider = Arc::new(crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error("protocol versions", None, &e))?;
+        let builder = if self.insecure_skip_verify {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert { provider }))
+        } else {
+            let mut roots = RootCertStore::empty();
+            match &self.ca_file {
+                Some(path) => {
+                    for cert in read_certs(path, "CA file")? {
+                        roots
+                            .add(cert)
+                            .map_err(|e| tls_error("CA file", Some(path), &e))?;
+                    }
+                }
+                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            }
+            builder.with_root_certificates(roots)
+        };
+        let config = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                let chain = read_certs(cert, "client certificate")?;
+                let key = read_key(key)?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| tls_error("client certificate", Some(cert), &e))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            (Some(path), None) | (None, Some(path)) => {
+                return Err(ClientError::Tls {
+                    what: "client certificate",
+                    path: Some(path.clone()),
+                    reason: "client_cert and client_key must be set together".to_owned(),
+                })
+            }
+        };
+        Ok(TlsConnector::from(Arc::new(config)))
+    }
+
+    /// The name to present for `addr` (`host:port`).
+    pub(crate) fn server_name(&self, addr: &str) -> Result<ServerName<'static>, ClientError> {
+        let host = match &self.server_name {
+            Some(name) => name.as_str(),
+            None => host_of(addr),
+        };
+        ServerName::try_from(host.to_owned()).map_err(|e| ClientError::Tls {
+            what: "server name",
+            path: None,
+            reason: format!("`{host}`: {e}"),
+        })
+    }
+}
+
+/// The host part of `host:port` (brackets of an IPv6 literal removed).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+fn tls_error(what: &'static str, path: Option<&Path>, e: &dyn std::fmt::Display) -> ClientError {
+    ClientError::Tls {
+        what,
+        path: path.map(Path::to_path_buf),
+        reason: e.to_string(),
+    }
+}
+
+fn open(path: &Path, what: &'static str) -> Result<BufReader<File>, ClientError> {
+    File::open(path)
+        .map(BufReader::new)
+        .map_err(|e| tls_error(what, Some(path), &e))
+}
+
+fn read_certs(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let mut reader = open(path, what)?;
+    let certs = rustls_pemfile::certs(&mut reader)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_error(what, Some(path), &e))?;
+    if certs.is_empty() {
+        return Err(tls_error(what, Some(path), &"no PEM certificate found"));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ClientError> {
+    let mut reader = open(path, "client key")?;
+    rustls_pemfile::private_key(&mut reader)
+        .map_err(|e| tls_error("client key", Some(path), &e))?
+        .ok_or_else(|| tls_error("client key", Some(path), &"no PEM private key found"))
+}
+
+/// The Java client's default: any server certificate is accepted.
+#[derive(Debug)]
+struct AcceptAnyServerCert {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AcceptAnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_builds() {
+        let config = TlsConfig::default();
+        assert!(config.insecure_skip_verify);
+        assert!(config.connector().is_ok());
+        let verifying = TlsConfig {
+            insecure_skip_verify: false,
+            ..TlsConfig::default()
+        };
+        assert!(verifying.connector().is_ok());
+    }
+
+    #[test]
+    fn missing_files_are_reported_with_their_path() {
+        let config = TlsConfig {
+            ca_file: Some(PathBuf::from("/nonexistent/ca.pem")),
+            insecure_skip_verify: false,
+            ..TlsConfig::default()
+        };
+        match config.connector().map(|_| ()) {
+            Err(ClientError::Tls {
+                what: "CA file",
+                path: Some(p),
+                ..
+            }) => assert_eq!(p, PathBuf::from("/nonexistent/ca.pem")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_pem_and_half_client_auth_are_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, b"not a pem").expect("write");
+        let config = TlsConfig {
+            ca_file: Some(empty.clone()),
+            insecure_skip_verify: false,
+            ..TlsConfig::default()
+        };
+        assert!(matches!(
+            config.connector(),
+            Err(ClientError::Tls { what: "CA file", .. })
+        ));
+        let half = TlsConfig {
+            client_cert: Some(empty),
+            ..TlsConfig::default()
+        };
+        assert!(matches!(
+            half.connector(),
+            Err(ClientError::Tls { what: "client certificate", .. })
+        ));
+    }
+
+    #[test]
+    fn server_name_defaults_to_host() {
+        let config = TlsConfig::default();
+        assert_eq!(
+            config.server_name("broker-1.example:10911").expect("name"),
+            ServerName::try_from("broker-1.example").expect("literal")
+        );
+        assert!(matches!(
+            config.server_name("127.0.0.1:10911").expect("ip"),
+            ServerName::IpAddress(_)
+        ));
+        assert_eq!(host_of("[::1]:10911"), "::1");
+    }
+}

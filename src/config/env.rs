@@ -1,0 +1,510 @@
+//! The environment layer: an explicit table of known variables, each with its key, its unit and
+//! its parser, instead of figment's `Env` provider.
+//!
+//! Why a table: figment's `Env::prefixed("ROCKETMQ_")` would also read `ROCKETMQ_HOME` (set by
+//! RocketMQ's own images) as an unknown key, and it guesses types from the text, so a group named
+//! `0001` would become the number 1. Here text values stay text, numbers are parsed only for
+//! numeric keys, and the original design's units (minutes, milliseconds, MiB) are converted to
+//! typed values with their unit written out.
+//!
+//! Rules:
+//! - an empty value counts as unset (Kubernetes manifests often template empty variables);
+//! - `ROCKETMQ_HOME` is ignored; other unknown `ROCKETMQ_*` names are warnings (other RocketMQ
+//!   tools set their own), with a suggestion when the name looks like a typo of a known one;
+//! - `ROCKETMQ_<KEY>__<KEY>...` (double underscore) sets any key of the tree by path, e.g.
+//!   `ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__URL` or `ROCKETMQ_CLIENT__TLS__ENABLED=true`; such
+//!   names are ours, so a wrong key there is an error;
+//! - per-subscription variables are defaults for every subscription (see the module docs of
+//!   [`crate::config`]).
+
+use std::collections::HashMap;
+
+use figment::value::Value;
+
+use super::error::{closest, ConfigError, ConfigWarning, Origin};
+use super::tree::{display_path, Path};
+
+/// Where a variable's value goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// A top-level key of the tree.
+    Global,
+    /// A key of every subscription (through `subscription_defaults`).
+    Subscription,
+}
+
+/// How a variable's text is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Text, kept as written (never turned into a number).
+    Text,
+    /// A whole number (a count).
+    Count,
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+    Bool,
+    /// A bare number is minutes; a duration with a unit (`90s`) is accepted too.
+    Minutes,
+    /// A bare number is milliseconds; a duration with a unit is accepted too.
+    Millis,
+    /// A bare number is MiB; a size with a unit (`512KiB`) is accepted too.
+    Mebibytes,
+    /// A count where `-1` means "the default" (the Java convention).
+    CountOrDefault,
+}
+
+/// One known environment variable.
+#[derive(Debug, Clone, Copy)]
+pub struct Variable {
+    /// The name.
+    pub name: &'static str,
+    /// Top-level or per-subscription.
+    pub scope: Scope,
+    /// The key it sets, relative to the scope.
+    pub key: &'static [&'static str],
+    /// How its text is read.
+    pub unit: Unit,
+}
+
+const fn var(
+    name: &'static str,
+    scope: Scope,
+    key: &'static [&'static str],
+    unit: Unit,
+) -> Variable {
+    Variable {
+        name,
+        scope,
+        key,
+        unit,
+    }
+}
+
+use Scope::{Global as G, Subscription as S};
+
+/// Every variable read, in the order applied (a later one wins over an earlier one with the same
+/// key: `ROCKETMQ_NAMESRV_ADDR` over `NAMESRV_ADDR`).
+pub const VARIABLES: &[Variable] = &[
+    var("NAMESRV_ADDR", G, &["namesrv_addr"], Unit::Text),
+    var("ROCKETMQ_NAMESRV_ADDR", G, &["namesrv_addr"], Unit::Text),
+    var("ROCKETMQ_INSTANCE_NAME", G, &["instance_name"], Unit::Text),
+    var("ROCKETMQ_ADMIN_LISTEN", G, &["admin", "listen"], Unit::Text),
+    var(
+        "ROCKETMQ_ACCESS_KEY",
+        G,
+        &["client", "access_key"],
+        Unit::Text,
+    ),
+    var(
+        "ROCKETMQ_SECRET_KEY",
+        G,
+        &["client", "secret_key"],
+        Unit::Text,
+    ),
+    var("ROCKETMQ_LOG_FORMAT", G, &["log", "format"], Unit::Text),
+    var("ROCKETMQ_LOG_LEVEL", G, &["log", "level"], Unit::Text),
+    var("ROCKETMQ_PROFILE", G, &["profile"], Unit::Text),
+    var("ROCKETMQ_CONSUMER_GROUP", S, &["group"], Unit::Text),
+    var("ROCKETMQ_TOPIC", S, &["topic"], Unit::Text),
+    var("ROCKETMQ_EXPRESSION", S, &["expression"], Unit::Text),
+    var(
+        "ROCKETMQ_EXPRESSION_TYPE",
+        S,
+        &["expression_type"],
+        Unit::Text,
+    ),
+    var("ROCKETMQ_CONSUME_MODE", S, &["consume_mode"], Unit::Text),
+    var("ROCKETMQ_MESSAGE_MODEL", S, &["message_model"], Unit::Text),
+    var(
+        "ROCKETMQ_CONSUME_FROM_WHERE",
+        S,
+        &["consume_from"],
+        Unit::Text,
+    ),
+    var(
+        "ROCKETMQ_CONSUME_TIMESTAMP",
+        S,
+        &["consume_timestamp"],
+        Unit::Text,
+    ),
+    var(
+        "ROCKETMQ_ALLOCATE_STRATEGY",
+        S,
+        &["allocate_strategy"],
+        Unit::Text,
+    ),
+    var(
+        "ROCKETMQ_CONSUME_THREAD_MIN",
+        S,
+        &["consume_thread_min"],
+        Unit::Count,
+    ),
+    var(
+        "ROCKETMQ_CONSUME_THREAD_MAX",
+        S,
+        &["consume_thread_max"],
+        Unit::Count,
+    ),
+    var(
+        "ROCKETMQ_CONSUME_BATCH_SIZE",
+        S,
+        &["consume_batch_size"],
+        Unit::Count,
+    ),
+    var(
+        "ROCKETMQ_PULL_BATCH_SIZE",
+        S,
+        &["pull_batch_size"],
+        Unit::Count,
+    ),
+    var(
+        "ROCKETMQ_CONSUME_TIMEOUT",
+        S,
+        &["consume_timeout"],
+        Unit::Minutes,
+    ),
+    var(
+        "ROCKETMQ_MAX_RETRY_TIMES",
+        S,
+        &["max_reconsume_times"],
+        Unit::CountOrDefault,
+    ),
+    var(
+        "ROCKETMQ_MAX_CACHE_COUNT_PER_QUEUE",
+        S,
+        &["max_cache_count_per_queue"],
+        Unit::Count,
+    ),
+    var(
+        "ROCKETMQ_MAX_CACHE_SIZE_PER_QUEUE",
+        S,
+        &["max_cache_size_per_queue"],
+        Unit::Mebibytes,
+    ),
+    var(
+        "ROCKETMQ_PERSIST_INTERVAL",
+        S,
+        &["persist_interval"],
+        Unit::Millis,
+    ),
+    var(
+        "ROCKETMQ_OFFSET_STORE_PATH",
+        S,
+        &["offset_store_path"],
+        Unit::Text,
+    ),
+    var(
+        "ROCKETMQ_SUSPEND_CURRENT_QUEUE_TIME_MILLIS",
+        S,
+        &["suspend_current_queue_time"],
+        Unit::Millis,
+    ),
+    var(
+        "ROCKETMQ_LOCK_EXPIRE_TIME",
+        S,
+        &["lock_expire_time"],
+        Unit::Millis,
+    ),
+    var(
+        "ROCKETMQ_ENABLE_AUTO_RECOVERY",
+        S,
+        &["enable_auto_recovery"],
+        Unit::Bool,
+    ),
+    var("ROCKETMQ_WEBHOOK_URL", S, &["webhook", "url"], Unit::Text),
+    var(
+        "ROCKETMQ_WEBHOOK_FORMAT",
+        S,
+        &["webhook", "format"],
+        Unit::Text,
+    ),
+    var(
+        "ROCKETMQ_WEBHOOK_TOKEN",
+        S,
+        &["webhook", "bearer_token"],
+        Unit::Text,
+    ),
+    var(
+        "ROCKETMQ_WEBHOOK_SECRET",
+        S,
+        &["webhook", "signing_secret"],
+        Unit::Text,
+    ),
+];
+
+/// Variables that are known to be someone else's and are skipped without a warning.
+const IGNORED: &[&str] = &["ROCKETMQ_HOME"];
+
+const PREFIX: &str = "ROCKETMQ_";
+
+/// The key a [`Scope::Subscription`] variable is staged under before it is copied into each
+/// subscription.
+pub(crate) const SUBSCRIPTION_DEFAULTS: &str = "subscription_defaults";
+
+/// One key set from the environment.
+#[derive(Debug, Clone)]
+pub(crate) struct EnvEntry {
+    pub(crate) variable: String,
+    /// Full path in the layer tree (`subscription_defaults.*` for per-subscription variables,
+    /// `subscriptions.<i>.*` for indexed overrides).
+    pub(crate) path: Path,
+    pub(crate) value: Value,
+}
+
+/// The environment, read.
+#[derive(Debug, Default)]
+pub(crate) struct EnvLayer {
+    pub(crate) entries: Vec<EnvEntry>,
+    pub(crate) errors: Vec<ConfigError>,
+    pub(crate) warnings: Vec<ConfigWarning>,
+    /// `HOME`, for expanding `~` in paths.
+    pub(crate) home: Option<String>,
+}
+
+impl EnvLayer {
+    /// The entry that sets `path`, if any (the last one wins).
+    pub(crate) fn find(&self, path: &[&str]) -> Option<&EnvEntry> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.path.iter().map(String::as_str).eq(path.iter().copied()))
+    }
+}
+
+/// Reads `pairs` (name, value). Later duplicates of a name win, as in a process environment.
+pub(crate) fn read(pairs: &[(String, String)]) -> EnvLayer {
+    let vars: HashMap<&str, &str> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut layer = EnvLayer {
+        home: vars.get("HOME").map(|h| (*h).to_owned()),
+        ..EnvLayer::default()
+    };
+    for known in VARIABLES {
+        let Some(text) = vars.get(known.name).map(|v| v.trim()) else {
+            continue;
+        };
+        if text.is_empty() {
+            continue;
+        }
+        let mut path: Path = match known.scope {
+            Scope::Global => Vec::new(),
+            Scope::Subscription => vec![SUBSCRIPTION_DEFAULTS.to_owned()],
+        };
+        path.extend(known.key.iter().map(|k| (*k).to_owned()));
+        match convert(text, known.unit) {
+            Ok(Some(value)) => layer.entries.push(EnvEntry {
+                variable: known.name.to_owned(),
+                path,
+                value,
+            }),
+            Ok(None) => {}
+            Err(reason) => layer.errors.push(ConfigError::Invalid {
+                key: display_path(&path),
+                origin: Origin::Env {
+                    variable: known.name.to_owned(),
+                },
+                value: if is_secret_key(known.key) {
+                    "***".to_owned()
+                } else {
+                    format!("{text:?}")
+                },
+                reason,
+            }),
+        }
+    }
+    let mut names: Vec<&str> = vars.keys().copied().collect();
+    names.sort_unstable();
+    for name in names {
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        if IGNORED.contains(&name) || VARIABLES.iter().any(|v| v.name == name) {
+            continue;
+        }
+        let text = vars.get(name).map_or("", |v| v.trim());
+        if rest.contains("__") {
+            if text.is_empty() {
+                continue;
+            }
+            let path: Path = rest.split("__").map(str::to_ascii_lowercase).collect();
+            if path.iter().any(String::is_empty) {
+                layer.errors.push(ConfigError::UnknownKey {
+                    key: display_path(&path),
+                    origin: Origin::Env {
+                        variable: name.to_owned(),
+                    },
+                    suggestion: None,
+                });
+                continue;
+            }
+            layer.entries.push(EnvEntry {
+                variable: name.to_owned(),
+                path,
+                value: Value::from(text.to_owned()),
+            });
+        } else {
+            layer.warnings.push(ConfigWarning {
+                variable: name.to_owned(),
+                suggestion: closest(name, VARIABLES.iter().map(|v| v.name)).map(str::to_owned),
+            });
+        }
+    }
+    layer
+}
+
+/// Whether a key holds a credential (its value is never echoed).
+pub(crate) fn is_secret_key(key: &[impl AsRef<str>]) -> bool {
+    key.last()
+        .is_some_and(|k| matches!(k.as_ref(), "secret_key" | "bearer_token" | "signing_secret"))
+}
+
+/// Converts one value; `Ok(None)` means "leave the default".
+fn convert(text: &str, unit: Unit) -> Result<Option<Value>, String> {
+    let whole = || text.parse::<u64>().ok();
+    let value = match unit {
+        Unit::Text => Value::from(text.to_owned()),
+        Unit::Count => {
+            Value::from(whole().ok_or_else(|| format!("expected a whole number, got `{text}`"))?)
+        }
+        Unit::CountOrDefault => {
+            if text == "-1" {
+                return Ok(None);
+            }
+            Value::from(whole().ok_or_else(|| {
+                format!("expected a whole number (or -1 for the default), got `{text}`")
+            })?)
+        }
+        Unit::Bool => match text.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Value::from(true),
+            "false" | "0" | "no" | "off" => Value::from(false),
+            _ => return Err(format!("expected true or false, got `{text}`")),
+        },
+        Unit::Minutes => Value::from(with_unit(text, "m", "minutes")?),
+        Unit::Millis => Value::from(with_unit(text, "ms", "milliseconds")?),
+        Unit::Mebibytes => {
+            if let Some(n) = whole() {
+                Value::from(format!("{n}MiB"))
+            } else if text.parse::<bytesize::ByteSize>().is_ok() {
+                Value::from(text.to_owned())
+            } else {
+                return Err(format!(
+                    "expected a whole number of MiB (or a size such as `512MiB`), got `{text}`"
+                ));
+            }
+        }
+    };
+    Ok(Some(value))
+}
+
+/// A bare number gets `unit`; text with its own unit must parse as a duration.
+fn with_unit(text: &str, unit: &str, unit_name: &str) -> Result<String, String> {
+    if let Ok(n) = text.parse::<u64>() {
+        Ok(format!("{n}{unit}"))
+    } else if humantime::parse_duration(text).is_ok() {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "expected a whole number of {unit_name} (or a duration such as `30s`), got `{text}`"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn value(layer: &EnvLayer, path: &[&str]) -> Option<Value> {
+        layer.find(path).map(|e| e.value.clone())
+    }
+
+    #[test]
+    fn units_are_written_out() {
+        let layer = read(&env(&[
+            ("ROCKETMQ_CONSUME_TIMEOUT", "15"),
+            ("ROCKETMQ_PERSIST_INTERVAL", "5000"),
+            ("ROCKETMQ_MAX_CACHE_SIZE_PER_QUEUE", "100"),
+            ("ROCKETMQ_LOCK_EXPIRE_TIME", "90s"),
+            ("ROCKETMQ_PULL_BATCH_SIZE", "64"),
+            ("ROCKETMQ_ENABLE_AUTO_RECOVERY", "off"),
+        ]));
+        assert!(layer.errors.is_empty(), "{:?}", layer.errors);
+        let d = |k: &str| value(&layer, &[SUBSCRIPTION_DEFAULTS, k]);
+        assert_eq!(d("consume_timeout"), Some(Value::from("15m")));
+        assert_eq!(d("persist_interval"), Some(Value::from("5000ms")));
+        assert_eq!(d("max_cache_size_per_queue"), Some(Value::from("100MiB")));
+        assert_eq!(d("lock_expire_time"), Some(Value::from("90s")));
+        assert_eq!(d("pull_batch_size"), Some(Value::from(64u64)));
+        assert_eq!(d("enable_auto_recovery"), Some(Value::from(false)));
+    }
+
+    #[test]
+    fn text_stays_text_and_home_is_ignored() {
+        let layer = read(&env(&[
+            ("ROCKETMQ_CONSUMER_GROUP", "0001"),
+            ("ROCKETMQ_HOME", "/home/rocketmq/rocketmq-5.3.0"),
+            ("ROCKETMQ_EMPTY_THING", ""),
+        ]));
+        assert_eq!(
+            value(&layer, &[SUBSCRIPTION_DEFAULTS, "group"]),
+            Some(Value::from("0001"))
+        );
+        assert_eq!(layer.entries.len(), 1);
+        assert_eq!(layer.warnings.len(), 1, "{:?}", layer.warnings);
+        assert_eq!(layer.warnings[0].variable, "ROCKETMQ_EMPTY_THING");
+    }
+
+    #[test]
+    fn typos_warn_with_a_suggestion() {
+        let layer = read(&env(&[("ROCKETMQ_CONSUME_THREAD_MAXX", "4")]));
+        assert!(layer.errors.is_empty());
+        assert_eq!(
+            layer.warnings[0].suggestion.as_deref(),
+            Some("ROCKETMQ_CONSUME_THREAD_MAX")
+        );
+    }
+
+    #[test]
+    fn bad_numbers_name_the_variable() {
+        let layer = read(&env(&[("ROCKETMQ_CONSUME_TIMEOUT", "soon")]));
+        let text = layer.errors[0].to_string();
+        assert!(
+            text.contains("environment ROCKETMQ_CONSUME_TIMEOUT"),
+            "{text}"
+        );
+        assert!(text.contains("minutes"), "{text}");
+    }
+
+    #[test]
+    fn rocketmq_prefix_beats_plain_namesrv_addr_and_minus_one_is_default() {
+        let layer = read(&env(&[
+            ("ROCKETMQ_NAMESRV_ADDR", "b:2"),
+            ("NAMESRV_ADDR", "a:1"),
+            ("ROCKETMQ_MAX_RETRY_TIMES", "-1"),
+        ]));
+        assert_eq!(value(&layer, &["namesrv_addr"]), Some(Value::from("b:2")));
+        assert_eq!(
+            value(&layer, &[SUBSCRIPTION_DEFAULTS, "max_reconsume_times"]),
+            None
+        );
+    }
+
+    #[test]
+    fn nested_variables_set_paths() {
+        let layer = read(&env(&[(
+            "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__URL",
+            "http://h/x",
+        )]));
+        assert_eq!(
+            value(&layer, &["subscriptions", "0", "webhook", "url"]),
+            Some(Value::from("http://h/x"))
+        );
+    }
+}

@@ -1,0 +1,455 @@
+//! Loading: read the layers named by [`Sources`], merge them into one figment tree with
+//! provenance, extract the typed [`Config`] and validate it.
+//!
+//! The layers are merged here rather than by stacking figment providers because
+//! `subscriptions:` is a list: figment replaces lists wholesale, but the environment and
+//! `subscription_defaults` must fill in each entry key by key. figment still does the typed
+//! extraction (lossy, so `"32"` from the environment can fill a number while `"0001"` stays a
+//! string), and its error paths are mapped back to file lines and variable names.
+
+use std::path::PathBuf;
+
+use figment::providers::Serialized;
+use figment::value::{Dict, Value};
+use figment::Figment;
+
+use super::env::{self, EnvLayer, SUBSCRIPTION_DEFAULTS};
+use super::error::{closest, ConfigError, Origin};
+use super::tree::{
+    display_path, key_path, overlay, render_value, set_path, value_at, Layer, LineIndex, Path,
+    Provenance,
+};
+use super::values::Profile;
+use super::Config;
+
+/// Where configuration comes from. Tests build one by hand; the daemon uses
+/// [`Sources::from_process`].
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The YAML file, if any.
+    pub file: Option<PathBuf>,
+    /// Environment variables as (name, value) pairs; later duplicates win.
+    pub env: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// The process environment plus an optional file. Variables whose name or value is not
+    /// UTF-8 are skipped (none of ours can be).
+    pub fn from_process(file: Option<PathBuf>) -> Self {
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        Self { file, env }
+    }
+
+    /// Sets the file.
+    pub fn with_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.file = Some(file.into());
+        self
+    }
+
+    /// Adds one environment variable.
+    pub fn with_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// Identity keys: when the file lists no subscriptions, any of these set in the defaults makes
+/// the defaults a subscription of their own.
+const IDENTITY: &[&[&str]] = &[&["group"], &["topic"], &["webhook", "url"]];
+
+impl Config {
+    /// Loads, merges and validates the configuration (see the [module docs](crate::config) for
+    /// precedence). Nothing connects or binds here.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the key, its origin and the bad value, for an unreadable file,
+    /// invalid YAML, an unknown key (with the closest valid key), a value of the wrong type or
+    /// out of range, or a failed cross-field check. Several problems come as
+    /// [`ConfigError::Several`].
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        let file = match &sources.file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some((path.clone(), text))
+            }
+            None => None,
+        };
+        let mut env = env::read(&sources.env);
+        let mut errors = Vec::new();
+
+        let file_dict = match &file {
+            Some((path, text)) => {
+                let index = LineIndex::new(text);
+                for (key, first, again) in index.duplicates() {
+                    errors.push(ConfigError::Invalid {
+                        key: display_path(key),
+                        origin: Origin::File {
+                            path: path.clone(),
+                            line: Some(*again),
+                            written: None,
+                        },
+                        value: "(repeated)".to_owned(),
+                        reason: format!("the key is already set on line {first}"),
+                    });
+                }
+                parse_yaml(text, Some(path))?
+            }
+            None => Dict::new(),
+        };
+
+        let profile = match choose_profile(&env, &file_dict, file.as_ref().map(|f| &f.0)) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+        let profile_dict = match profile {
+            Some(p) => parse_yaml(p.yaml(), None)?,
+            None => Dict::new(),
+        };
+
+        let mut prov = Provenance::new(
+            file.as_ref()
+                .map(|(path, text)| (path.clone(), LineIndex::new(text))),
+            profile.map(|p| LineIndex::new(p.yaml())),
+        );
+        let mut tree = Dict::new();
+        if let Some(p) = profile {
+            overlay(
+                &mut tree,
+                &profile_dict,
+                &[],
+                &[],
+                &Layer::Profile(p),
+                &mut prov,
+            );
+        }
+        overlay(&mut tree, &file_dict, &[], &[], &Layer::File, &mut prov);
+        let (indexed, plain): (Vec<_>, Vec<_>) = env
+            .entries
+            .iter()
+            .partition(|e| e.path.first().map(String::as_str) == Some("subscriptions"));
+        for entry in plain {
+            let layer = Layer::Env(entry.variable.clone());
+            set_path(
+                &mut tree,
+                &entry.path,
+                entry.value.clone(),
+                &layer,
+                &mut prov,
+            );
+        }
+
+        let subscriptions = expand_subscriptions(&mut tree, &mut prov, &mut errors);
+        let mut subscriptions = subscriptions.unwrap_or_default();
+        for entry in indexed {
+            apply_indexed(entry, &mut subscriptions, &mut prov, &mut errors);
+        }
+        tree.insert("subscriptions".to_owned(), Value::from(subscriptions));
+
+        errors.append(&mut env.errors);
+        if let Some(error) = ConfigError::from_list(errors) {
+            return Err(error);
+        }
+
+        let mut config: Self = Figment::from(Serialized::defaults(&tree))
+            .extract_lossy()
+            .map_err(|e| map_figment_error(e, &tree, &prov))?;
+        config.provenance = prov;
+        config.warnings = env.warnings.clone();
+        config.resolve(&env);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Fills the values whose default depends on other values.
+    fn resolve(&mut self, env: &EnvLayer) {
+        for sub in &mut self.subscriptions {
+            if sub.name.trim().is_empty() && !sub.group.is_empty() && !sub.topic.is_empty() {
+                sub.name = format!("{}/{}", sub.group, sub.topic);
+            }
+            if sub.webhook.concurrency.is_none() {
+                sub.webhook.concurrency = Some(sub.consume_thread_max);
+            }
+            if let (Some(home), Ok(rest)) = (&env.home, sub.offset_store_path.strip_prefix("~")) {
+                sub.offset_store_path = PathBuf::from(home).join(rest);
+            }
+        }
+    }
+}
+
+/// Parses YAML text into a figment map; an empty document is an empty map.
+fn parse_yaml(text: &str, file: Option<&PathBuf>) -> Result<Dict, ConfigError> {
+    let origin = |line: Option<usize>| match file {
+        Some(path) => Origin::File {
+            path: path.clone(),
+            line,
+            written: None,
+        },
+        None => Origin::Default,
+    };
+    let value: Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+        origin: origin(e.location().map(|l| l.line())),
+        message: e.to_string(),
+    })?;
+    match value {
+        Value::Dict(_, dict) => Ok(dict),
+        Value::Empty(..) => Ok(Dict::new()),
+        other => Err(ConfigError::Syntax {
+            origin: origin(Some(1)),
+            message: format!(
+                "the top level must be a mapping of keys, found {}",
+                render_value(Some(&other))
+            ),
+        }),
+    }
+}
+
+/// `ROCKETMQ_PROFILE` wins over the file's `profile:`.
+fn choose_profile(
+    env: &EnvLayer,
+    file: &Dict,
+    file_path: Option<&PathBuf>,
+) -> Result<Option<Profile>, ConfigError> {
+    let (value, origin) = if let Some(entry) = env.find(&["profile"]) {
+        (
+            entry.value.clone(),
+            Origin::Env {
+                variable: entry.variable.clone(),
+            },
+        )
+    } else if let Some(value) = file.get("profile") {
+        let origin = Origin::File {
+            path: file_path.cloned().unwrap_or_default(),
+            line: None,
+            written: None,
+        };
+        (value.clone(), origin)
+    } else {
+        return Ok(None);
+    };
+    match &value {
+        Value::Empty(..) => Ok(None),
+        Value::String(_, name) => name
+            .parse::<Profile>()
+            .map(Some)
+            .map_err(|reason| invalid(&["profile".to_owned()], origin, &value, reason)),
+        other => Err(invalid(
+            &["profile".to_owned()],
+            origin,
+            other,
+            format!("expected one of {}", Profile::NAMES.join(", ")),
+        )),
+    }
+}
+
+fn invalid(path: &[String], origin: Origin, value: &Value, reason: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: display_path(path),
+        origin,
+        value: render_value(Some(value)),
+        reason,
+    }
+}
+
+/// Folds `subscription_defaults` into every entry of `subscriptions` (or into a single
+/// subscription when the list is empty and the defaults name one) and removes both from the
+/// tree. Returns the merged entries.
+fn expand_subscriptions(
+    tree: &mut Dict,
+    prov: &mut Provenance,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Vec<Value>> {
+    let defaults_path = key_path![SUBSCRIPTION_DEFAULTS];
+    let defaults = match tree.remove(SUBSCRIPTION_DEFAULTS) {
+        None | Some(Value::Empty(..)) => Dict::new(),
+        Some(Value::Dict(_, dict)) => dict,
+        Some(other) => {
+            errors.push(invalid(
+                &defaults_path,
+                prov.origin(&defaults_path),
+                &other,
+                "expected a mapping of subscription keys".to_owned(),
+            ));
+            return None;
+        }
+    };
+    let list_path = key_path!["subscriptions"];
+    let list = match tree.remove("subscriptions") {
+        None | Some(Value::Empty(..)) => Vec::new(),
+        Some(Value::Array(_, items)) => items,
+        Some(other) => {
+            errors.push(invalid(
+                &list_path,
+                prov.origin(&list_path),
+                &other,
+                "expected a list of subscriptions (`- group: ...`)".to_owned(),
+            ));
+            return None;
+        }
+    };
+
+    let mut merged = Vec::new();
+    if list.is_empty() {
+        let names_one = IDENTITY.iter().any(|key| {
+            let key: Path = key.iter().map(|k| (*k).to_owned()).collect();
+            value_at(&defaults, &key).is_some()
+        });
+        if names_one {
+            prov.copy(
+                &defaults_path,
+                &["subscriptions".to_owned(), "0".to_owned()],
+            );
+            merged.push(Value::from(defaults));
+        }
+        return Some(merged);
+    }
+    for (i, item) in list.into_iter().enumerate() {
+        let item_path = key_path!["subscriptions", i];
+        let Value::Dict(_, item) = item else {
+            errors.push(invalid(
+                &item_path,
+                prov.origin(&item_path),
+                &item,
+                "expected a mapping (`group: ...`, `topic: ...`)".to_owned(),
+            ));
+            continue;
+        };
+        // The entry's own keys were recorded when the file was merged; re-record them on top of
+        // the defaults' provenance.
+        let item_layer = prov.layer(&item_path).cloned().unwrap_or(Layer::File);
+        let mut sub = defaults.clone();
+        prov.copy(&defaults_path, &item_path);
+        overlay(&mut sub, &item, &item_path, &item_path, &item_layer, prov);
+        merged.push(Value::from(sub));
+    }
+    Some(merged)
+}
+
+/// Applies `ROCKETMQ_SUBSCRIPTIONS__<i>__...` to entry `i`.
+fn apply_indexed(
+    entry: &env::EnvEntry,
+    subscriptions: &mut [Value],
+    prov: &mut Provenance,
+    errors: &mut Vec<ConfigError>,
+) {
+    let origin = Origin::Env {
+        variable: entry.variable.clone(),
+    };
+    let index = entry.path.get(1).and_then(|i| i.parse::<usize>().ok());
+    let Some(index) = index else {
+        errors.push(ConfigError::UnknownKey {
+            key: display_path(&entry.path),
+            origin,
+            suggestion: Some("subscriptions[<index>].<key>".to_owned()),
+        });
+        return;
+    };
+    let Some(Value::Dict(_, sub)) = subscriptions.get_mut(index) else {
+        errors.push(ConfigError::Invalid {
+            key: display_path(&entry.path),
+            origin,
+            value: render_value(Some(&entry.value)),
+            reason: format!(
+                "there is no subscription {index}: {} are defined",
+                subscriptions.len()
+            ),
+        });
+        return;
+    };
+    // Paths inside the entry are relative to it; provenance is kept by full path.
+    let layer = Layer::Env(entry.variable.clone());
+    set_path(
+        sub,
+        &entry.path[2..],
+        entry.value.clone(),
+        &layer,
+        &mut Provenance::default(),
+    );
+    prov.assign(&entry.path, &entry.value, &layer);
+}
+
+/// Turns a figment extraction error into a [`ConfigError`] with origin and value.
+fn map_figment_error(error: figment::Error, tree: &Dict, prov: &Provenance) -> ConfigError {
+    use figment::error::Kind;
+
+    let errors = error
+        .into_iter()
+        .map(|e| {
+            let path: Path = e.path.clone();
+            let origin = prov.origin(&path);
+            let value = || {
+                if env::is_secret_key(&path) {
+                    "***".to_owned()
+                } else {
+                    render_value(value_at(tree, &path))
+                }
+            };
+            match &e.kind {
+                Kind::UnknownField(field, expected) => ConfigError::UnknownKey {
+                    key: display_path(&prov.written_key(&path)),
+                    origin,
+                    suggestion: closest(field, expected.iter().copied()).map(str::to_owned),
+                },
+                Kind::UnknownVariant(given, expected) => ConfigError::Invalid {
+                    key: display_path(&path),
+                    origin,
+                    value: value(),
+                    reason: format!(
+                        "unknown value `{given}`, expected one of {}",
+                        expected.join(", ")
+                    ),
+                },
+                Kind::InvalidType(actual, expected) => {
+                    let mut reason = format!("expected {expected}, found {actual}");
+                    if expected.contains("string") && is_number(value_at(tree, &path)) {
+                        reason.push_str(
+                            "; quote it in YAML (e.g. \"0001\") to keep it text, leading zeros \
+                             included",
+                        );
+                    }
+                    ConfigError::Invalid {
+                        key: display_path(&path),
+                        origin,
+                        value: value(),
+                        reason,
+                    }
+                }
+                Kind::MissingField(field) => {
+                    let mut full = path.clone();
+                    full.push(field.to_string());
+                    ConfigError::Invalid {
+                        key: display_path(&full),
+                        origin: prov.origin(&full),
+                        value: "(not set)".to_owned(),
+                        reason: "this key is required".to_owned(),
+                    }
+                }
+                Kind::Message(message) => ConfigError::Invalid {
+                    key: display_path(&path),
+                    origin,
+                    value: value(),
+                    reason: message.clone(),
+                },
+                other => ConfigError::Invalid {
+                    key: display_path(&path),
+                    origin,
+                    value: value(),
+                    reason: other.to_string(),
+                },
+            }
+        })
+        .collect();
+    ConfigError::from_list(errors).unwrap_or(ConfigError::NoSubscriptions)
+}
+
+fn is_number(value: Option<&Value>) -> bool {
+    matches!(value, Some(Value::Num(..)))
+}

@@ -1,0 +1,1317 @@
+//! Loader tests: every layer, every precedence rule and every class of bad configuration, with
+//! environments passed as pairs (never `set_var`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+
+use super::*;
+
+const IDENTITY: &[(&str, &str)] = &[
+    ("ROCKETMQ_CONSUMER_GROUP", "g"),
+    ("ROCKETMQ_TOPIC", "t"),
+    ("ROCKETMQ_WEBHOOK_URL", "http://127.0.0.1:8080/hook"),
+];
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Loads `yaml` (written to `config.yaml` in a temporary directory) under `vars`.
+fn load(yaml: Option<&str>, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = yaml.map(|text| {
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    });
+    Config::load(&Sources {
+        file,
+        env: env(vars),
+    })
+}
+
+fn ok(yaml: Option<&str>, vars: &[(&str, &str)]) -> Config {
+    match load(yaml, vars) {
+        Ok(config) => config,
+        Err(e) => panic!("expected a valid config, got: {e}"),
+    }
+}
+
+fn fail(yaml: Option<&str>, vars: &[(&str, &str)]) -> ConfigError {
+    match load(yaml, vars) {
+        Ok(config) => panic!("expected an error, got {config:#?}"),
+        Err(e) => {
+            assert_eq!(e.exit_code(), EXIT_CONFIG);
+            e
+        }
+    }
+}
+
+/// The single `Invalid` error's (key, origin, value, reason).
+fn invalid(e: &ConfigError) -> (&str, &Origin, &str, &str) {
+    match e {
+        ConfigError::Invalid {
+            key,
+            origin,
+            value,
+            reason,
+        } => (key, origin, value, reason),
+        other => panic!("expected one Invalid error, got: {other}"),
+    }
+}
+
+/// Asserts that some error of `e` is about `key` and its message contains every `needle`.
+fn assert_error(e: &ConfigError, key: &str, needles: &[&str]) {
+    let text = e.to_string();
+    let found = e.errors().into_iter().any(|one| {
+        let msg = one.to_string();
+        msg.contains(&format!("`{key}`")) && needles.iter().all(|n| msg.contains(n))
+    });
+    assert!(
+        found,
+        "no error about `{key}` containing {needles:?} in:\n{text}"
+    );
+}
+
+fn one_sub(yaml_tail: &str) -> String {
+    format!(
+        "subscriptions:\n  - group: g\n    topic: t\n    webhook:\n      url: http://h/x\n{yaml_tail}"
+    )
+}
+
+// === defaults and layers ===
+
+#[test]
+fn defaults_fill_everything_not_set() {
+    let config = ok(None, IDENTITY);
+    assert_eq!(config.namesrv_addr.addrs(), ["127.0.0.1:9876"]);
+    assert_eq!(config.instance_name, None);
+    assert_eq!(
+        config.resolved_instance_name(),
+        std::process::id().to_string()
+    );
+    assert_eq!(config.admin.listen.to_string(), "0.0.0.0:9090");
+    assert_eq!(config.log.format, LogFormat::Pretty);
+    assert_eq!(config.log.level, "info");
+    assert_eq!(config.shutdown.grace_period, Duration::from_secs(30));
+    assert_eq!(config.client.heartbeat_interval, Duration::from_secs(30));
+    assert_eq!(
+        config.client.poll_name_server_interval,
+        Duration::from_secs(30)
+    );
+    assert_eq!(config.client.rebalance_interval, Duration::from_secs(20));
+    assert_eq!(config.client.rpc_timeout, Duration::from_secs(3));
+    assert!(!config.client.tls.enabled);
+    assert_eq!(config.profile, None);
+    assert_eq!(config.subscriptions.len(), 1);
+    let sub = &config.subscriptions[0];
+    assert_eq!(sub.name, "g/t");
+    assert_eq!((sub.group.as_str(), sub.topic.as_str()), ("g", "t"));
+    assert_eq!(sub.expression, "*");
+    assert_eq!(sub.expression_type, ExpressionType::Tag);
+    assert_eq!(sub.message_model, MessageModel::Clustering);
+    assert_eq!(sub.consume_mode, ConsumeMode::Concurrent);
+    assert_eq!(sub.consume_from, ConsumeFrom::LastOffset);
+    assert_eq!(sub.allocate_strategy, AllocateStrategy::Average);
+    assert_eq!((sub.consume_thread_min, sub.consume_thread_max), (20, 20));
+    assert_eq!((sub.consume_batch_size, sub.pull_batch_size), (1, 32));
+    assert_eq!(sub.consume_timeout, Duration::from_secs(900));
+    assert_eq!(sub.max_reconsume_times, 16);
+    assert_eq!(sub.max_cache_count_per_queue, 1000);
+    assert_eq!(sub.max_cache_size_per_queue, ByteSize::mib(100));
+    assert_eq!(sub.max_span, 2000);
+    assert_eq!(sub.pull_interval, Duration::ZERO);
+    assert_eq!(sub.persist_interval, Duration::from_secs(5));
+    assert_eq!(sub.offset_store_path, PathBuf::from("~/.rocketmq_offsets"));
+    assert_eq!(sub.suspend_current_queue_time, Duration::from_secs(1));
+    assert_eq!(sub.lock_expire_time, Duration::from_secs(30));
+    assert_eq!(sub.orderly_dlq_policy, OrderlyDlqPolicy::Dlq);
+    assert!(sub.enable_auto_recovery);
+    let hook = &sub.webhook;
+    assert_eq!(hook.url, "http://127.0.0.1:8080/hook");
+    assert_eq!(hook.method, HttpMethod::Post);
+    assert_eq!(hook.format, WebhookFormat::Json);
+    assert_eq!(hook.timeout, Duration::from_secs(10));
+    assert_eq!(hook.concurrency, Some(20));
+    assert_eq!(sub.webhook_concurrency(), 20);
+    assert!(hook.bearer_token.is_none() && hook.signing_secret.is_none());
+    assert_eq!(hook.retry_after_cap, Duration::from_secs(60));
+    assert_eq!(hook.circuit_breaker.failure_threshold, 5);
+    assert_eq!(hook.circuit_breaker.open_duration, Duration::from_secs(5));
+    assert_eq!(
+        hook.circuit_breaker.max_open_duration,
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        config.origin("subscriptions.0.pull_batch_size"),
+        Origin::Default
+    );
+    assert!(config.warnings().is_empty());
+}
+
+#[test]
+fn status_codes_default_to_the_delivery_contract() {
+    let hook = WebhookConfig::default();
+    for code in [408, 425, 429, 500, 503, 599, 401, 403, 409, 302, 100] {
+        assert_eq!(hook.status_action(code), StatusAction::Retry, "{code}");
+    }
+    for code in [400, 404, 410, 413, 415, 422] {
+        assert_eq!(hook.status_action(code), StatusAction::Drop, "{code}");
+    }
+    for code in [200, 201, 204] {
+        assert_eq!(hook.status_action(code), StatusAction::Success, "{code}");
+    }
+    let custom = WebhookConfig {
+        retry_codes: vec!["4xx".parse().expect("class")],
+        drop_codes: vec!["404".parse().expect("code"), "5xx".parse().expect("class")],
+        ..WebhookConfig::default()
+    };
+    assert_eq!(
+        custom.status_action(404),
+        StatusAction::Drop,
+        "exact beats class"
+    );
+    assert_eq!(custom.status_action(400), StatusAction::Retry);
+    assert_eq!(custom.status_action(502), StatusAction::Drop);
+}
+
+const FULL: &str = r#"
+namesrv_addr: "ns1:9876;ns2:9876"
+instance_name: sidecar-1
+client:
+  heartbeat_interval: 10s
+  rpc_timeout: 1500ms
+  access_key: AK
+  secret_key: SK-very-secret
+admin:
+  listen: 127.0.0.1:9191
+log:
+  format: json
+  level: debug
+shutdown:
+  grace_period: 1m
+subscriptions:
+  - name: orders
+    group: "0001"
+    topic: orders
+    expression: "created || paid"
+    consume_mode: orderly
+    consume_from: TIMESTAMP
+    consume_timestamp: "2024-05-01T08:00:00Z"
+    allocate_strategy: AVG_BY_CIRCLE
+    pull_batch_size: 16
+    max_cache_size_per_queue: 64MiB
+    orderly_dlq_policy: BLOCK
+    webhook:
+      url: https://app.example/orders
+      method: PUT
+      format: cloudevents
+      timeout: 2s
+      headers:
+        X-Tenant: acme
+        X-Api-Key: key-very-secret
+      bearer_token: token-very-secret
+      signing_secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+      retry_codes: [429, 5xx]
+      drop_codes: ["400", 404]
+      circuit_breaker:
+        failure_threshold: 2
+  - group: audit
+    topic: orders
+    message_model: BROADCASTING
+    consume_from: CONSUME_FROM_FIRST_OFFSET
+    allocate_strategy: CONFIG
+    allocate_queues:
+      - {broker_name: broker-a, queue_id: 0}
+      - {broker_name: broker-a, queue_id: 1}
+    webhook: {url: "http://audit:8080/", format: raw}
+"#;
+
+#[test]
+fn yaml_file_is_read_into_the_tree() {
+    let config = ok(Some(FULL), &[("HOME", "/home/app")]);
+    assert_eq!(config.namesrv_addr.addrs(), ["ns1:9876", "ns2:9876"]);
+    assert_eq!(config.instance_name.as_deref(), Some("sidecar-1"));
+    assert_eq!(config.resolved_instance_name(), "sidecar-1");
+    assert_eq!(config.client.heartbeat_interval, Duration::from_secs(10));
+    assert_eq!(config.client.rpc_timeout, Duration::from_millis(1500));
+    assert_eq!(config.client.access_key.as_deref(), Some("AK"));
+    assert_eq!(
+        config.client.secret_key.as_ref().map(Secret::expose),
+        Some("SK-very-secret")
+    );
+    assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9191");
+    assert_eq!(config.log.format, LogFormat::Json);
+    assert_eq!(config.shutdown.grace_period, Duration::from_secs(60));
+
+    let orders = &config.subscriptions[0];
+    assert_eq!(orders.name, "orders");
+    assert_eq!(orders.group, "0001");
+    assert_eq!(orders.consume_mode, ConsumeMode::Orderly);
+    assert_eq!(orders.consume_from, ConsumeFrom::Timestamp);
+    assert_eq!(
+        orders
+            .consume_timestamp
+            .as_ref()
+            .map(ConsumeTimestamp::unix_millis),
+        Some(1_714_550_400_000)
+    );
+    assert_eq!(orders.allocate_strategy, AllocateStrategy::AverageByCircle);
+    assert_eq!(orders.pull_batch_size, 16);
+    assert_eq!(orders.max_cache_size_per_queue, ByteSize::mib(64));
+    assert_eq!(orders.orderly_dlq_policy, OrderlyDlqPolicy::Block);
+    assert_eq!(orders.webhook.method, HttpMethod::Put);
+    assert_eq!(orders.webhook.format, WebhookFormat::CloudEvents);
+    assert_eq!(orders.webhook.timeout, Duration::from_secs(2));
+    assert_eq!(
+        orders.webhook.headers.get("X-Tenant").map(String::as_str),
+        Some("acme")
+    );
+    assert_eq!(orders.webhook.retry_codes.len(), 2);
+    assert_eq!(orders.webhook.status_action(400), StatusAction::Drop);
+    assert_eq!(orders.webhook.status_action(422), StatusAction::Retry);
+    assert_eq!(orders.webhook.circuit_breaker.failure_threshold, 2);
+    assert_eq!(
+        orders.webhook.circuit_breaker.open_duration,
+        Duration::from_secs(5)
+    );
+    assert_eq!(
+        orders.webhook.signing_key().map(|k| k.len()),
+        Some(24),
+        "whsec_ base64 decodes"
+    );
+    assert_eq!(
+        orders.offset_store_path,
+        PathBuf::from("/home/app/.rocketmq_offsets"),
+        "~ expands with HOME"
+    );
+
+    let audit = &config.subscriptions[1];
+    assert_eq!(audit.name, "audit/orders");
+    assert_eq!(audit.message_model, MessageModel::Broadcasting);
+    assert_eq!(audit.consume_from, ConsumeFrom::FirstOffset);
+    assert_eq!(audit.allocate_queues.len(), 2);
+    assert_eq!(audit.allocate_queues[1].queue_id, 1);
+    assert_eq!(audit.webhook.format, WebhookFormat::Raw);
+    assert_eq!(audit.consume_mode, ConsumeMode::Concurrent);
+
+    match config.origin("subscriptions.0.pull_batch_size") {
+        Origin::File { line, .. } => assert_eq!(line, Some(25)),
+        other => panic!("expected the file, got {other}"),
+    }
+}
+
+#[test]
+fn environment_overrides_the_file_and_fills_subscriptions() {
+    let yaml = "\
+namesrv_addr: a:1
+log: {format: json}
+subscriptions:
+  - group: g1
+    topic: t1
+    pull_batch_size: 16
+    webhook: {url: http://h/1}
+  - group: g2
+    topic: t2
+    webhook: {url: http://h/2}
+";
+    let config = ok(
+        Some(yaml),
+        &[
+            ("ROCKETMQ_NAMESRV_ADDR", "b:2"),
+            ("ROCKETMQ_LOG_FORMAT", "pretty"),
+            ("ROCKETMQ_PULL_BATCH_SIZE", "64"),
+            ("ROCKETMQ_WEBHOOK_TOKEN", "tok"),
+            (
+                "ROCKETMQ_SUBSCRIPTIONS__1__WEBHOOK__URL",
+                "https://override/2",
+            ),
+            ("ROCKETMQ_SUBSCRIPTIONS__0__CONSUME_THREAD_MAX", "40"),
+        ],
+    );
+    assert_eq!(
+        config.namesrv_addr.addrs(),
+        ["b:2"],
+        "env beats file at top level"
+    );
+    assert_eq!(config.log.format, LogFormat::Pretty);
+    // Per-subscription variables are defaults: the entry that sets the key keeps its value.
+    assert_eq!(config.subscriptions[0].pull_batch_size, 16);
+    assert_eq!(config.subscriptions[1].pull_batch_size, 64);
+    for sub in &config.subscriptions {
+        assert_eq!(
+            sub.webhook.bearer_token.as_ref().map(Secret::expose),
+            Some("tok")
+        );
+    }
+    // Indexed variables beat the entry.
+    assert_eq!(config.subscriptions[1].webhook.url, "https://override/2");
+    assert_eq!(config.subscriptions[0].webhook.url, "http://h/1");
+    assert_eq!(config.subscriptions[0].consume_thread_max, 40);
+    assert_eq!(config.subscriptions[0].webhook_concurrency(), 40);
+
+    assert_eq!(
+        config.origin("subscriptions.1.pull_batch_size"),
+        Origin::Env {
+            variable: "ROCKETMQ_PULL_BATCH_SIZE".into()
+        }
+    );
+    assert_eq!(
+        config.origin("namesrv_addr"),
+        Origin::Env {
+            variable: "ROCKETMQ_NAMESRV_ADDR".into()
+        }
+    );
+    assert!(matches!(
+        config.origin("subscriptions.0.pull_batch_size"),
+        Origin::File { line: Some(6), .. }
+    ));
+}
+
+#[test]
+fn env_only_mode_runs_one_subscription() {
+    let config = ok(
+        None,
+        &[
+            ("NAMESRV_ADDR", "10.0.0.1:9876;10.0.0.2:9876"),
+            ("ROCKETMQ_CONSUMER_GROUP", "GID_orders"),
+            ("ROCKETMQ_TOPIC", "orders"),
+            ("ROCKETMQ_EXPRESSION", "a || b"),
+            ("ROCKETMQ_EXPRESSION_TYPE", "TAG"),
+            ("ROCKETMQ_CONSUME_MODE", "ORDERLY"),
+            ("ROCKETMQ_WEBHOOK_URL", "http://localhost:3000/events"),
+            ("ROCKETMQ_WEBHOOK_FORMAT", "cloudevents_batch"),
+            ("ROCKETMQ_ADMIN_LISTEN", "127.0.0.1:9000"),
+            ("ROCKETMQ_INSTANCE_NAME", "pod-7"),
+            ("ROCKETMQ_MESSAGE_MODEL", "BROADCASTING"),
+            ("ROCKETMQ_CONSUME_FROM_WHERE", "CONSUME_FROM_TIMESTAMP"),
+            ("ROCKETMQ_CONSUME_TIMESTAMP", "20240501080000"),
+            ("ROCKETMQ_ALLOCATE_STRATEGY", "hash"),
+            ("ROCKETMQ_CONSUME_THREAD_MIN", "4"),
+            ("ROCKETMQ_CONSUME_THREAD_MAX", "8"),
+            ("ROCKETMQ_CONSUME_BATCH_SIZE", "10"),
+            ("ROCKETMQ_MAX_CACHE_COUNT_PER_QUEUE", "500"),
+            ("ROCKETMQ_MAX_RETRY_TIMES", "3"),
+            ("ROCKETMQ_ENABLE_AUTO_RECOVERY", "false"),
+            ("ROCKETMQ_OFFSET_STORE_PATH", "/data/offsets"),
+            ("ROCKETMQ_SUSPEND_CURRENT_QUEUE_TIME_MILLIS", "250"),
+            ("ROCKETMQ_LOCK_EXPIRE_TIME", "20000"),
+            ("ROCKETMQ_ACCESS_KEY", "ak"),
+            ("ROCKETMQ_SECRET_KEY", "sk"),
+            ("ROCKETMQ_LOG_FORMAT", "json"),
+        ],
+    );
+    assert_eq!(config.namesrv_addr.addrs().len(), 2);
+    assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9000");
+    assert_eq!(config.instance_name.as_deref(), Some("pod-7"));
+    assert_eq!(config.client.access_key.as_deref(), Some("ak"));
+    assert_eq!(config.log.format, LogFormat::Json);
+    let [sub] = config.subscriptions.as_slice() else {
+        panic!("expected one subscription");
+    };
+    assert_eq!(sub.name, "GID_orders/orders");
+    assert_eq!(sub.expression, "a || b");
+    assert_eq!(sub.consume_mode, ConsumeMode::Orderly);
+    assert_eq!(sub.message_model, MessageModel::Broadcasting);
+    assert_eq!(sub.consume_from, ConsumeFrom::Timestamp);
+    assert_eq!(
+        sub.consume_timestamp
+            .as_ref()
+            .map(ConsumeTimestamp::unix_millis),
+        Some(1_714_550_400_000)
+    );
+    assert_eq!(sub.allocate_strategy, AllocateStrategy::ConsistentHash);
+    assert_eq!((sub.consume_thread_min, sub.consume_thread_max), (4, 8));
+    assert_eq!(sub.consume_batch_size, 10);
+    assert_eq!(sub.max_cache_count_per_queue, 500);
+    assert_eq!(sub.max_reconsume_times, 3);
+    assert!(!sub.enable_auto_recovery);
+    assert_eq!(sub.offset_store_path, PathBuf::from("/data/offsets"));
+    assert_eq!(sub.suspend_current_queue_time, Duration::from_millis(250));
+    assert_eq!(sub.lock_expire_time, Duration::from_secs(20));
+    assert_eq!(sub.webhook.format, WebhookFormat::CloudEventsBatch);
+    assert_eq!(sub.webhook_concurrency(), 8);
+}
+
+#[test]
+fn original_units_of_the_environment() {
+    let config = ok(
+        None,
+        &[
+            IDENTITY[0],
+            IDENTITY[1],
+            IDENTITY[2],
+            ("ROCKETMQ_CONSUME_TIMEOUT", "15"),
+            ("ROCKETMQ_PERSIST_INTERVAL", "5000"),
+            ("ROCKETMQ_MAX_CACHE_SIZE_PER_QUEUE", "100"),
+            ("ROCKETMQ_SUSPEND_CURRENT_QUEUE_TIME_MILLIS", "1500"),
+        ],
+    );
+    let sub = &config.subscriptions[0];
+    assert_eq!(sub.consume_timeout, Duration::from_secs(15 * 60));
+    assert_eq!(sub.persist_interval, Duration::from_secs(5));
+    assert_eq!(sub.max_cache_size_per_queue, ByteSize::mib(100));
+    assert_eq!(sub.suspend_current_queue_time, Duration::from_millis(1500));
+
+    let config = ok(
+        None,
+        &[
+            IDENTITY[0],
+            IDENTITY[1],
+            IDENTITY[2],
+            ("ROCKETMQ_CONSUME_TIMEOUT", "3"),
+            ("ROCKETMQ_PERSIST_INTERVAL", "250"),
+            ("ROCKETMQ_MAX_CACHE_SIZE_PER_QUEUE", "7"),
+        ],
+    );
+    let sub = &config.subscriptions[0];
+    assert_eq!(sub.consume_timeout, Duration::from_secs(180));
+    assert_eq!(sub.persist_interval, Duration::from_millis(250));
+    assert_eq!(sub.max_cache_size_per_queue, ByteSize::mib(7));
+}
+
+#[test]
+fn rocketmq_home_is_ignored() {
+    let config = ok(
+        Some(&one_sub("")),
+        &[
+            ("ROCKETMQ_HOME", "/home/rocketmq/rocketmq-4.9.7"),
+            ("ROCKETMQ_SOMETHING_ELSE", "x"),
+        ],
+    );
+    assert_eq!(config.subscriptions.len(), 1);
+    let warned: Vec<&str> = config
+        .warnings()
+        .iter()
+        .map(|w| w.variable.as_str())
+        .collect();
+    assert_eq!(
+        warned,
+        ["ROCKETMQ_SOMETHING_ELSE"],
+        "HOME is not even a warning"
+    );
+}
+
+#[test]
+fn numeric_looking_strings_stay_strings() {
+    let config = ok(
+        Some(&one_sub("").replace("group: g", "group: \"0001\"")),
+        &[],
+    );
+    assert_eq!(config.subscriptions[0].group, "0001");
+    let config = ok(Some(&one_sub("").replace("group: g", "group: '007'")), &[]);
+    assert_eq!(config.subscriptions[0].group, "007");
+    // serde_yaml reads an unquoted leading-zero number as text, so it survives too.
+    let config = ok(Some(&one_sub("").replace("group: g", "group: 0001")), &[]);
+    assert_eq!(config.subscriptions[0].group, "0001");
+
+    let config = ok(
+        None,
+        &[
+            ("ROCKETMQ_CONSUMER_GROUP", "0001"),
+            ("ROCKETMQ_TOPIC", "1e3"),
+            ("ROCKETMQ_INSTANCE_NAME", "42"),
+            ("ROCKETMQ_WEBHOOK_URL", "http://h/x"),
+        ],
+    );
+    assert_eq!(config.subscriptions[0].group, "0001");
+    assert_eq!(config.subscriptions[0].topic, "1e3");
+    assert_eq!(config.instance_name.as_deref(), Some("42"));
+    assert_eq!(config.subscriptions[0].name, "0001/1e3");
+
+    // Nested overrides are text too, yet fill numeric keys.
+    let config = ok(
+        Some(&one_sub("")),
+        &[
+            ("ROCKETMQ_SUBSCRIPTIONS__0__GROUP", "0002"),
+            ("ROCKETMQ_SUBSCRIPTIONS__0__PULL_BATCH_SIZE", "0064"),
+        ],
+    );
+    assert_eq!(config.subscriptions[0].group, "0002");
+    assert_eq!(config.subscriptions[0].pull_batch_size, 64);
+}
+
+#[test]
+fn unquoted_number_for_a_string_key_says_to_quote_it() {
+    let e = fail(Some(&one_sub("").replace("group: g", "group: 1234")), &[]);
+    assert_error(&e, "subscriptions[0].group", &["line 2", "quote it"]);
+}
+
+// === unknown keys ===
+
+#[test]
+fn unknown_key_names_the_key_and_suggests_the_close_one() {
+    let e = fail(Some(&one_sub("    topc: x\n")), &[]);
+    match &e {
+        ConfigError::UnknownKey {
+            key,
+            origin,
+            suggestion,
+        } => {
+            assert_eq!(key, "subscriptions[0].topc");
+            assert_eq!(suggestion.as_deref(), Some("topic"));
+            assert!(
+                matches!(origin, Origin::File { line: Some(6), .. }),
+                "{origin}"
+            );
+        }
+        other => panic!("expected UnknownKey, got {other}"),
+    }
+    let text = e.to_string();
+    assert!(text.contains("did you mean `topic`"), "{text}");
+    assert!(text.contains("config.yaml line 6"), "{text}");
+
+    let e = fail(Some(&format!("namesrv_adr: a:1\n{}", one_sub(""))), &[]);
+    assert_error(
+        &e,
+        "namesrv_adr",
+        &["did you mean `namesrv_addr`", "line 1"],
+    );
+
+    let e = fail(
+        Some(&one_sub("      circuit_breaker: {failure_treshold: 3}\n")),
+        &[],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.circuit_breaker.failure_treshold",
+        &["did you mean `failure_threshold`"],
+    );
+
+    let e = fail(Some(&format!("completely_new: 1\n{}", one_sub(""))), &[]);
+    match e {
+        ConfigError::UnknownKey { suggestion, .. } => assert_eq!(suggestion, None),
+        other => panic!("expected UnknownKey, got {other}"),
+    }
+}
+
+#[test]
+fn unknown_keys_in_defaults_and_nested_variables_name_their_source() {
+    let yaml = format!(
+        "subscription_defaults:\n  pull_bach_size: 8\n{}",
+        one_sub("")
+    );
+    let e = fail(Some(&yaml), &[]);
+    assert_error(
+        &e,
+        "subscription_defaults.pull_bach_size",
+        &["line 2", "did you mean `pull_batch_size`"],
+    );
+
+    let e = fail(Some(&one_sub("")), &[("ROCKETMQ_CLIENT__RPC_TIMOUT", "5s")]);
+    assert_error(
+        &e,
+        "client.rpc_timout",
+        &[
+            "environment ROCKETMQ_CLIENT__RPC_TIMOUT",
+            "did you mean `rpc_timeout`",
+        ],
+    );
+
+    let e = fail(
+        Some(&one_sub("")),
+        &[("ROCKETMQ_SUBSCRIPTIONS__3__TOPIC", "x")],
+    );
+    assert_error(
+        &e,
+        "subscriptions[3].topic",
+        &[
+            "environment ROCKETMQ_SUBSCRIPTIONS__3__TOPIC",
+            "no subscription 3",
+        ],
+    );
+}
+
+// === validation classes ===
+
+#[test]
+fn required_keys_are_reported_with_their_variable() {
+    let e = fail(None, &[("ROCKETMQ_TOPIC", "t")]);
+    assert_error(
+        &e,
+        "subscriptions[0].group",
+        &["ROCKETMQ_CONSUMER_GROUP", "(default)"],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.url",
+        &["ROCKETMQ_WEBHOOK_URL"],
+    );
+
+    let e = fail(
+        Some("subscriptions:\n  - topic: t\n    webhook: {url: http://h}\n"),
+        &[],
+    );
+    assert_error(&e, "subscriptions[0].group", &["required", "line 2"]);
+
+    let e = fail(
+        None,
+        &[
+            ("ROCKETMQ_CONSUMER_GROUP", "bad group!"),
+            IDENTITY[1],
+            IDENTITY[2],
+        ],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].group",
+        &["environment ROCKETMQ_CONSUMER_GROUP", "\"bad group!\""],
+    );
+}
+
+#[test]
+fn no_subscriptions_is_an_error() {
+    assert!(matches!(fail(None, &[]), ConfigError::NoSubscriptions));
+    assert!(matches!(
+        fail(
+            Some("namesrv_addr: a:1\n"),
+            &[("ROCKETMQ_PULL_BATCH_SIZE", "8")]
+        ),
+        ConfigError::NoSubscriptions
+    ));
+    assert!(matches!(fail(Some(""), &[]), ConfigError::NoSubscriptions));
+}
+
+#[test]
+fn bad_urls_are_rejected() {
+    for (url, needle) in [
+        ("ftp://h/x", "scheme is `ftp`"),
+        ("not a url", "not a URL"),
+        ("http://", "not a URL"),
+    ] {
+        let e = fail(
+            None,
+            &[IDENTITY[0], IDENTITY[1], ("ROCKETMQ_WEBHOOK_URL", url)],
+        );
+        assert_error(
+            &e,
+            "subscriptions[0].webhook.url",
+            &[needle, "environment ROCKETMQ_WEBHOOK_URL"],
+        );
+    }
+}
+
+#[test]
+fn bad_name_server_addresses_are_rejected() {
+    for addr in ["localhost", "h:0", "h:port", "a:1;b"] {
+        let e = fail(
+            None,
+            &[
+                ("ROCKETMQ_NAMESRV_ADDR", addr),
+                IDENTITY[0],
+                IDENTITY[1],
+                IDENTITY[2],
+            ],
+        );
+        let (key, origin, value, _) = invalid(&e);
+        assert_eq!(key, "namesrv_addr");
+        assert_eq!(value, format!("{addr:?}"));
+        assert_eq!(origin.to_string(), "environment ROCKETMQ_NAMESRV_ADDR");
+    }
+    let e = fail(Some(&format!("namesrv_addr: \"h:\"\n{}", one_sub(""))), &[]);
+    assert_error(&e, "namesrv_addr", &["line 1"]);
+}
+
+#[test]
+fn java_ranges_are_enforced() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "consume_thread_min: 30",
+            "subscriptions[0].consume_thread_min",
+            "consume_thread_max (20)",
+        ),
+        (
+            "consume_thread_max: 1001",
+            "subscriptions[0].consume_thread_max",
+            "between 1 and 1000",
+        ),
+        (
+            "pull_batch_size: 0",
+            "subscriptions[0].pull_batch_size",
+            "between 1 and 1024",
+        ),
+        (
+            "pull_batch_size: 1025",
+            "subscriptions[0].pull_batch_size",
+            "between 1 and 1024",
+        ),
+        (
+            "consume_batch_size: 2000",
+            "subscriptions[0].consume_batch_size",
+            "between 1 and 1024",
+        ),
+        (
+            "max_cache_count_per_queue: 70000",
+            "subscriptions[0].max_cache_count_per_queue",
+            "65535",
+        ),
+        (
+            "max_cache_size_per_queue: 2GiB",
+            "subscriptions[0].max_cache_size_per_queue",
+            "1024MiB",
+        ),
+        (
+            "max_cache_size_per_queue: 100",
+            "subscriptions[0].max_cache_size_per_queue",
+            "bare number is bytes",
+        ),
+        (
+            "max_span: 0",
+            "subscriptions[0].max_span",
+            "between 1 and 65535",
+        ),
+        (
+            "lock_expire_time: 90s",
+            "subscriptions[0].lock_expire_time",
+            "60s",
+        ),
+        (
+            "persist_interval: 0s",
+            "subscriptions[0].persist_interval",
+            "longer than 0s",
+        ),
+        (
+            "pull_interval: 2m",
+            "subscriptions[0].pull_interval",
+            "65535ms",
+        ),
+    ];
+    for (line, key, needle) in cases {
+        let e = fail(Some(&one_sub(&format!("    {line}\n"))), &[]);
+        assert_error(&e, key, &[needle, "config.yaml line 6"]);
+    }
+    let e = fail(
+        None,
+        &[
+            IDENTITY[0],
+            IDENTITY[1],
+            IDENTITY[2],
+            ("ROCKETMQ_PULL_BATCH_SIZE", "5000"),
+        ],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].pull_batch_size",
+        &["5000", "environment ROCKETMQ_PULL_BATCH_SIZE"],
+    );
+}
+
+#[test]
+fn wrong_types_and_enum_values_are_reported() {
+    let e = fail(Some(&one_sub("    pull_batch_size: lots\n")), &[]);
+    assert_error(
+        &e,
+        "subscriptions[0].pull_batch_size",
+        &["\"lots\"", "line 6"],
+    );
+
+    let e = fail(Some(&one_sub("    consume_timeout: 15\n")), &[]);
+    assert_error(&e, "subscriptions[0].consume_timeout", &["no unit", "15m"]);
+
+    let e = fail(Some(&one_sub("    message_model: BROADCAST\n")), &[]);
+    assert_error(
+        &e,
+        "subscriptions[0].message_model",
+        &["did you mean `BROADCASTING`", "line 6"],
+    );
+
+    let e = fail(
+        None,
+        &[
+            IDENTITY[0],
+            IDENTITY[1],
+            IDENTITY[2],
+            ("ROCKETMQ_CONSUME_MODE", "PARALLEL"),
+        ],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].consume_mode",
+        &["environment ROCKETMQ_CONSUME_MODE", "CONCURRENT, ORDERLY"],
+    );
+
+    let e = fail(
+        None,
+        &[
+            IDENTITY[0],
+            IDENTITY[1],
+            IDENTITY[2],
+            ("ROCKETMQ_ENABLE_AUTO_RECOVERY", "maybe"),
+        ],
+    );
+    assert_error(
+        &e,
+        "subscription_defaults.enable_auto_recovery",
+        &["ROCKETMQ_ENABLE_AUTO_RECOVERY"],
+    );
+
+    let e = fail(
+        Some(&format!("admin: {{listen: \"nowhere\"}}\n{}", one_sub(""))),
+        &[],
+    );
+    assert_error(&e, "admin.listen", &["line 1"]);
+
+    let e = fail(Some("subscriptions: {group: g}\n"), &[]);
+    assert_error(&e, "subscriptions", &["expected a list"]);
+}
+
+#[test]
+fn timestamps_must_parse() {
+    let e = fail(
+        Some(&one_sub(
+            "    consume_from: TIMESTAMP\n    consume_timestamp: yesterday\n",
+        )),
+        &[],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].consume_timestamp",
+        &["line 7", "yyyyMMddHHmmss"],
+    );
+    let e = fail(
+        None,
+        &[
+            IDENTITY[0],
+            IDENTITY[1],
+            IDENTITY[2],
+            ("ROCKETMQ_CONSUME_TIMESTAMP", "2024-13-01"),
+        ],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].consume_timestamp",
+        &["ROCKETMQ_CONSUME_TIMESTAMP"],
+    );
+}
+
+#[test]
+fn config_strategy_needs_queues() {
+    let e = fail(Some(&one_sub("    allocate_strategy: CONFIG\n")), &[]);
+    assert_error(
+        &e,
+        "subscriptions[0].allocate_queues",
+        &["CONFIG needs the queues"],
+    );
+    let e = fail(
+        Some(&one_sub(
+            "    allocate_queues: [{broker_name: b, queue_id: 0}]\n",
+        )),
+        &[],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].allocate_queues",
+        &["only used with allocate_strategy CONFIG"],
+    );
+}
+
+#[test]
+fn duplicate_subscriptions_are_rejected() {
+    let yaml = "\
+subscriptions:
+  - {group: g, topic: t, webhook: {url: http://h/1}}
+  - {group: g, topic: t, webhook: {url: http://h/2}}
+  - {name: same, group: g2, topic: t, webhook: {url: http://h/3}}
+  - {name: same, group: g3, topic: t, webhook: {url: http://h/4}}
+";
+    let e = fail(Some(yaml), &[]);
+    assert_error(
+        &e,
+        "subscriptions[1].name",
+        &["subscriptions[0] has the same name", "line 3"],
+    );
+    assert_error(
+        &e,
+        "subscriptions[3].name",
+        &["subscriptions[2] has the same name", "line 5"],
+    );
+    assert_eq!(e.errors().len(), 2, "{e}");
+
+    let e = fail(
+        Some("subscriptions:\n  - {name: a, group: g, topic: t, webhook: {url: http://h}}\n  - {name: b, group: g, topic: t, webhook: {url: http://h}}\n"),
+        &[],
+    );
+    assert_error(
+        &e,
+        "subscriptions[1].topic",
+        &["one group can subscribe a topic once"],
+    );
+}
+
+#[test]
+fn webhook_and_client_cross_checks() {
+    let e = fail(Some(&one_sub("      signing_secret: not-base64!\n")), &[]);
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.signing_secret",
+        &["whsec_", "***"],
+    );
+    assert!(!e.to_string().contains("not-base64!"), "{e}");
+
+    let e = fail(
+        Some(&one_sub(
+            "      bearer_token: t\n      headers: {Authorization: Basic x}\n",
+        )),
+        &[],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.bearer_token",
+        &["one or the other"],
+    );
+
+    let e = fail(Some(&one_sub("      retry_codes: [404]\n")), &[]);
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.drop_codes[1]",
+        &["also listed in retry_codes[0]"],
+    );
+
+    let e = fail(Some(&one_sub("      drop_codes: [2xx]\n")), &[]);
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.drop_codes[0]",
+        &["2xx means success"],
+    );
+
+    let e = fail(Some(&one_sub("      retry_codes: [700]\n")), &[]);
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.retry_codes[0]",
+        &["100..=599"],
+    );
+
+    let e = fail(
+        Some(&one_sub(
+            "      circuit_breaker: {open_duration: 2m, max_open_duration: 1m}\n",
+        )),
+        &[],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.circuit_breaker.max_open_duration",
+        &["open_duration (2m)"],
+    );
+
+    let e = fail(Some(&one_sub("")), &[("ROCKETMQ_ACCESS_KEY", "ak")]);
+    assert_error(&e, "client.secret_key", &["both access_key and secret_key"]);
+
+    let e = fail(
+        Some(&format!(
+            "client: {{tls: {{enabled: true, ca_file: /nonexistent/ca.pem}}}}\n{}",
+            one_sub("")
+        )),
+        &[],
+    );
+    assert_error(&e, "client.tls.ca_file", &["does not exist", "line 1"]);
+
+    let e = fail(
+        Some(&format!("log: {{level: \"info,=[\"}}\n{}", one_sub(""))),
+        &[],
+    );
+    assert_error(&e, "log.level", &["tracing filter"]);
+}
+
+#[test]
+fn several_problems_are_reported_together() {
+    let e = fail(
+        Some(
+            &one_sub("    pull_batch_size: 0\n    max_span: 0\n").replace("http://h/x", "ftp://h"),
+        ),
+        &[],
+    );
+    assert_eq!(e.errors().len(), 3, "{e}");
+}
+
+#[test]
+fn syntax_errors_name_the_file_and_line() {
+    let e = fail(Some("subscriptions:\n  - group: [unclosed\n"), &[]);
+    match e {
+        ConfigError::Syntax { origin, .. } => {
+            assert!(
+                matches!(origin, Origin::File { line: Some(_), .. }),
+                "{origin}"
+            );
+        }
+        other => panic!("expected Syntax, got {other}"),
+    }
+    let e = fail(Some("just a string\n"), &[]);
+    assert!(matches!(e, ConfigError::Syntax { .. }), "{e}");
+    let e = fail(Some(&format!("{}    topic: again\n", one_sub(""))), &[]);
+    assert_error(
+        &e,
+        "subscriptions[0].topic",
+        &["already set on line 3", "line 6"],
+    );
+}
+
+#[test]
+fn unreadable_file_is_an_error() {
+    let e = Config::load(&Sources::default().with_file("/nonexistent/rocketmq-webhook.yaml"))
+        .expect_err("missing file");
+    assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+    assert_eq!(e.exit_code(), 2);
+}
+
+// === profiles ===
+
+#[test]
+fn profiles_sit_under_the_file_and_the_environment() {
+    let yaml = format!(
+        "profile: high_throughput\n{}",
+        one_sub("    consume_batch_size: 4\n")
+    );
+    let config = ok(Some(&yaml), &[("ROCKETMQ_PULL_BATCH_SIZE", "100")]);
+    let sub = &config.subscriptions[0];
+    assert_eq!(config.profile, Some(Profile::HighThroughput));
+    assert_eq!(sub.consume_thread_max, 64, "from the profile");
+    assert_eq!(
+        sub.max_cache_size_per_queue,
+        ByteSize::mib(512),
+        "from the profile"
+    );
+    assert_eq!(sub.consume_batch_size, 4, "file beats profile");
+    assert_eq!(sub.pull_batch_size, 100, "environment beats profile");
+    assert!(matches!(
+        config.origin("subscriptions.0.consume_thread_max"),
+        Origin::Profile {
+            profile: Profile::HighThroughput,
+            line: Some(_),
+            ..
+        }
+    ));
+
+    // ROCKETMQ_PROFILE beats the file's `profile:`.
+    let config = ok(Some(&yaml), &[("ROCKETMQ_PROFILE", "resource-saving")]);
+    assert_eq!(config.profile, Some(Profile::ResourceSaving));
+    assert_eq!(config.subscriptions[0].consume_thread_max, 4);
+    assert_eq!(
+        config.client.poll_name_server_interval,
+        Duration::from_secs(60)
+    );
+
+    let config = ok(
+        None,
+        &[
+            IDENTITY[0],
+            IDENTITY[1],
+            IDENTITY[2],
+            ("ROCKETMQ_PROFILE", "low_latency"),
+        ],
+    );
+    assert_eq!(
+        config.subscriptions[0].webhook.timeout,
+        Duration::from_secs(3)
+    );
+    assert_eq!(config.client.rebalance_interval, Duration::from_secs(10));
+
+    let e = fail(Some(&format!("profile: turbo\n{}", one_sub(""))), &[]);
+    assert_error(
+        &e,
+        "profile",
+        &["high_throughput, low_latency, resource_saving"],
+    );
+}
+
+#[test]
+fn profile_values_differ_from_the_defaults() {
+    let base = ok(None, IDENTITY);
+    for profile in [
+        Profile::HighThroughput,
+        Profile::LowLatency,
+        Profile::ResourceSaving,
+    ] {
+        let mut vars = IDENTITY.to_vec();
+        vars.push(("ROCKETMQ_PROFILE", profile.as_str()));
+        let config = ok(None, &vars);
+        assert_ne!(
+            config
+                .redacted_yaml()
+                .replace(&format!("profile: {profile}"), "profile: null"),
+            base.redacted_yaml(),
+            "{profile} changes something"
+        );
+    }
+}
+
+// === secrets and output ===
+
+#[test]
+fn secrets_never_appear_in_debug_or_redacted_output() {
+    let config = ok(
+        Some(FULL),
+        &[("ROCKETMQ_WEBHOOK_SECRET", "whsec_ZW52LXNlY3JldC12YWx1ZQ==")],
+    );
+    let debug = format!("{config:?}");
+    let yaml = config.redacted_yaml();
+    for secret in [
+        "SK-very-secret",
+        "token-very-secret",
+        "key-very-secret",
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "ZW52LXNlY3JldC12YWx1ZQ",
+    ] {
+        assert!(!yaml.contains(secret), "{secret} in:\n{yaml}");
+        if secret != "key-very-secret" {
+            // Header values are plain strings in memory; only the YAML view masks them.
+            assert!(!debug.contains(secret), "{secret} in:\n{debug}");
+        }
+    }
+    assert!(yaml.contains("***"));
+    assert!(yaml.contains("X-Tenant: acme"), "{yaml}");
+    // The environment secret reached the second subscription only (the first sets its own).
+    assert!(config.subscriptions[1].webhook.signing_secret.is_some());
+    assert_eq!(
+        config.subscriptions[0]
+            .webhook
+            .signing_key()
+            .map(|k| k.len()),
+        Some(24)
+    );
+}
+
+#[test]
+fn redacted_output_loads_back_to_the_same_configuration() {
+    let config = ok(Some(FULL), &[]);
+    let yaml = config.redacted_yaml();
+    // Secrets come back as "***", which is not a valid signing secret; drop them.
+    let reloadable: String = yaml
+        .lines()
+        .filter(|l| !l.contains("signing_secret") && !l.contains("bearer_token: '***'"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let again = ok(Some(&reloadable), &[]);
+    let strip = |s: String| {
+        s.lines()
+            .filter(|l| !l.contains("signing_secret") && !l.contains("bearer_token"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(strip(again.redacted_yaml()), strip(yaml));
+}
+
+#[test]
+fn every_file_in_the_config_directory_loads() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+    let reference = Config::load(&Sources::default().with_file(root.join("reference.yaml")))
+        .unwrap_or_else(|e| panic!("reference.yaml: {e}"));
+    assert!(!reference.subscriptions.is_empty());
+
+    let mut count = 0;
+    let profiles = std::fs::read_dir(root.join("profiles")).expect("config/profiles exists");
+    for entry in profiles {
+        let path = entry.expect("dir entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let mut sources = Sources::default().with_file(&path);
+        for (k, v) in IDENTITY {
+            sources = sources.with_env(*k, *v);
+        }
+        let config = Config::load(&sources).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(config.subscriptions.len(), 1);
+        // The file is the same data as the built-in profile of that name.
+        let name = path.file_stem().and_then(|s| s.to_str()).expect("name");
+        let profile: Profile = name.parse().expect("file named after a profile");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(profile.yaml(), text);
+        count += 1;
+    }
+    assert_eq!(count, 3);
+}
+
+#[test]
+fn reference_file_lists_every_key_with_its_default() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+    let text = std::fs::read_to_string(root.join("reference.yaml")).expect("reference.yaml");
+    // Every key of the default tree (one subscription) appears in the reference.
+    let defaults = ok(None, IDENTITY);
+    let value: serde_yaml::Value = serde_yaml::from_str(&defaults.redacted_yaml()).expect("yaml");
+    let mut keys = Vec::new();
+    collect_keys(&value, &mut keys);
+    for key in keys {
+        assert!(
+            text.contains(&format!("{key}:")),
+            "config/reference.yaml does not mention `{key}`"
+        );
+    }
+    assert!(text.contains("subscription_defaults:"));
+}
+
+fn collect_keys(value: &serde_yaml::Value, out: &mut Vec<String>) {
+    match value {
+        serde_yaml::Value::Mapping(map) => {
+            for (k, v) in map {
+                if let Some(k) = k.as_str() {
+                    out.push(k.to_owned());
+                }
+                collect_keys(v, out);
+            }
+        }
+        serde_yaml::Value::Sequence(items) => {
+            for item in items {
+                collect_keys(item, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn sources_from_process_reads_the_environment() {
+    let sources = Sources::from_process(Some(PathBuf::from("x.yaml")));
+    assert_eq!(sources.file, Some(PathBuf::from("x.yaml")));
+    // PATH is set in every test environment we run in; no variable is set by this test.
+    assert!(sources.env.iter().any(|(k, _)| k == "PATH"));
+}
+
+#[test]
+fn nested_variables_reach_subscription_defaults() {
+    let yaml = format!(
+        "subscription_defaults:\n  pull_interval: 1s\n{}",
+        one_sub("")
+    );
+    let config = ok(
+        Some(&yaml),
+        &[("ROCKETMQ_SUBSCRIPTION_DEFAULTS__PULL_INTERVAL", "250ms")],
+    );
+    assert_eq!(
+        config.subscriptions[0].pull_interval,
+        Duration::from_millis(250)
+    );
+    let config = ok(Some(&yaml), &[]);
+    assert_eq!(
+        config.subscriptions[0].pull_interval,
+        Duration::from_secs(1)
+    );
+    assert!(matches!(
+        config.origin("subscriptions.0.pull_interval"),
+        Origin::File {
+            line: Some(2),
+            written: Some(_),
+            ..
+        }
+    ));
+}
+
+proptest::proptest! {
+    #[test]
+    fn group_names_from_the_environment_stay_verbatim(
+        group in "[0-9]{1,12}|[A-Za-z0-9_%|-]{1,40}",
+    ) {
+        let config = ok(
+            None,
+            &[
+                ("ROCKETMQ_CONSUMER_GROUP", group.as_str()),
+                IDENTITY[1],
+                IDENTITY[2],
+            ],
+        );
+        proptest::prop_assert_eq!(&config.subscriptions[0].group, &group);
+    }
+}

@@ -1,0 +1,442 @@
+//! Cross-field and range checks run by [`Config::load`] before anything connects: everything
+//! serde cannot express (Java's accepted ranges, URL schemes, pairs that must be set together,
+//! unique names). Every problem is reported, not just the first.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytesize::ByteSize;
+
+use super::error::ConfigError;
+use super::tree::{display_path, key_path, Path};
+use super::values::AllocateStrategy;
+use super::{is_sensitive_header, Config, Subscription, WebhookConfig};
+
+/// Collects problems with their origins.
+struct Checker<'a> {
+    config: &'a Config,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, key: Path, value: impl Display, reason: impl Into<String>) {
+        self.errors.push(ConfigError::Invalid {
+            key: display_path(&key),
+            origin: self.config.provenance.origin(&key),
+            value: value.to_string(),
+            reason: reason.into(),
+        });
+    }
+
+    fn range(&mut self, key: Path, value: u32, min: u32, max: u32) {
+        if !(min..=max).contains(&value) {
+            self.fail(key, value, format!("must be between {min} and {max}"));
+        }
+    }
+
+    fn positive(&mut self, key: Path, value: Duration) {
+        if value.is_zero() {
+            self.fail(key, show(value), "must be longer than 0s");
+        }
+    }
+}
+
+fn show(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
+
+/// Consumer group and topic names: RocketMQ's `^[%|a-zA-Z0-9_-]+$`.
+fn valid_resource_name(name: &str) -> bool {
+    name.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '%' | '|' | '_' | '-'))
+}
+
+/// Decodes a Standard Webhooks secret: optional `whsec_` prefix, then standard base64.
+pub(crate) fn decode_signing_secret(secret: &str) -> Result<Vec<u8>, String> {
+    let body = secret.strip_prefix("whsec_").unwrap_or(secret);
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .map_err(|_| "must be `whsec_` followed by base64 (Standard Webhooks)".to_owned())?;
+    if key.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    Ok(key)
+}
+
+impl Config {
+    /// Checks everything that can be checked without connecting: required keys, Java's ranges,
+    /// URL and address formats, TLS files, cross-field rules, unique subscription names.
+    /// [`Config::load`] runs it; call it again after changing a loaded config in code.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] (or [`ConfigError::Several`]) naming each bad key with its
+    /// origin, or [`ConfigError::NoSubscriptions`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut c = Checker {
+            config: self,
+            errors: Vec::new(),
+        };
+        self.check_global(&mut c);
+        if self.subscriptions.is_empty() {
+            c.errors.push(ConfigError::NoSubscriptions);
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut pairs: HashMap<(&str, &str), usize> = HashMap::new();
+        for (i, sub) in self.subscriptions.iter().enumerate() {
+            sub.check(i, &mut c);
+            let name = sub.name.as_str();
+            if !name.is_empty() {
+                if let Some(first) = names.insert(name, i) {
+                    c.fail(
+                        key_path!["subscriptions", i, "name"],
+                        format!("{name:?}"),
+                        format!(
+                            "subscriptions[{first}] has the same name; names must be unique \
+                             (the default is <group>/<topic>)"
+                        ),
+                    );
+                }
+            }
+            if !sub.group.is_empty() && !sub.topic.is_empty() {
+                let pair = (sub.group.as_str(), sub.topic.as_str());
+                if let Some(first) = pairs.insert(pair, i) {
+                    if self.subscriptions[first].name != sub.name {
+                        c.fail(
+                            key_path!["subscriptions", i, "topic"],
+                            format!("{:?}", sub.topic),
+                            format!(
+                                "subscriptions[{first}] already subscribes group {:?} to this \
+                                 topic; one group can subscribe a topic once",
+                                sub.group
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        match ConfigError::from_list(c.errors) {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    fn check_global(&self, c: &mut Checker<'_>) {
+        if let Some(name) = &self.instance_name {
+            if name.trim().is_empty() || name.contains('@') {
+                c.fail(
+                    key_path!["instance_name"],
+                    format!("{name:?}"),
+                    "must be non-empty and must not contain `@` (the client id separator)",
+                );
+            }
+        }
+        let client = &self.client;
+        c.positive(
+            key_path!["client", "heartbeat_interval"],
+            client.heartbeat_interval,
+        );
+        c.positive(
+            key_path!["client", "poll_name_server_interval"],
+            client.poll_name_server_interval,
+        );
+        c.positive(
+            key_path!["client", "rebalance_interval"],
+            client.rebalance_interval,
+        );
+        c.positive(key_path!["client", "rpc_timeout"], client.rpc_timeout);
+        match (&client.access_key, &client.secret_key) {
+            (Some(_), None) => c.fail(
+                key_path!["client", "secret_key"],
+                "(not set)",
+                "access_key is set; ACL needs both access_key and secret_key",
+            ),
+            (None, Some(_)) => c.fail(
+                key_path!["client", "access_key"],
+                "(not set)",
+                "secret_key is set; ACL needs both access_key and secret_key",
+            ),
+            (Some(ak), Some(sk)) if ak.is_empty() || sk.expose().is_empty() => c.fail(
+                key_path!["client", "access_key"],
+                "***",
+                "access_key and secret_key must not be empty",
+            ),
+            _ => {}
+        }
+        let tls = &client.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            let missing = if tls.cert_file.is_some() {
+                "key_file"
+            } else {
+                "cert_file"
+            };
+            c.fail(
+                key_path!["client", "tls", missing],
+                "(not set)",
+                "cert_file and key_file must be set together (mutual TLS)",
+            );
+        }
+        if tls.enabled {
+            for (key, file) in [
+                ("ca_file", &tls.ca_file),
+                ("cert_file", &tls.cert_file),
+                ("key_file", &tls.key_file),
+            ] {
+                if let Some(file) = file {
+                    if !file.is_file() {
+                        c.fail(
+                            key_path!["client", "tls", key],
+                            file.display(),
+                            "the file does not exist or is not a regular file",
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(name) = &tls.server_name {
+            if name.trim().is_empty() {
+                c.fail(
+                    key_path!["client", "tls", "server_name"],
+                    "\"\"",
+                    "must not be empty",
+                );
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            c.fail(
+                key_path!["log", "level"],
+                format!("{:?}", self.log.level),
+                format!(
+                    "not a tracing filter ({e}); use e.g. `info` or `info,rocketmq_webhook=debug`"
+                ),
+            );
+        }
+    }
+}
+
+impl Subscription {
+    fn check(&self, i: usize, c: &mut Checker<'_>) {
+        let key = |k: &str| key_path!["subscriptions", i, k];
+        for (field, value, max_len, variable) in [
+            ("group", &self.group, 255, "ROCKETMQ_CONSUMER_GROUP"),
+            ("topic", &self.topic, 127, "ROCKETMQ_TOPIC"),
+        ] {
+            if value.is_empty() {
+                c.fail(
+                    key(field),
+                    "\"\"",
+                    format!("required: set `{field}:` in the subscription or {variable}"),
+                );
+            } else if value.len() > max_len || !valid_resource_name(value) {
+                c.fail(
+                    key(field),
+                    format!("{value:?}"),
+                    format!(
+                        "must be at most {max_len} characters of letters, digits, `-`, `_`, \
+                         `%` and `|`"
+                    ),
+                );
+            }
+        }
+        if self.expression.trim().is_empty() {
+            c.fail(
+                key("expression"),
+                "\"\"",
+                "must not be empty (`*` takes every tag)",
+            );
+        }
+        c.range(key("consume_thread_min"), self.consume_thread_min, 1, 1000);
+        c.range(key("consume_thread_max"), self.consume_thread_max, 1, 1000);
+        if self.consume_thread_min > self.consume_thread_max {
+            c.fail(
+                key("consume_thread_min"),
+                self.consume_thread_min,
+                format!(
+                    "must not exceed consume_thread_max ({})",
+                    self.consume_thread_max
+                ),
+            );
+        }
+        c.range(key("consume_batch_size"), self.consume_batch_size, 1, 1024);
+        c.range(key("pull_batch_size"), self.pull_batch_size, 1, 1024);
+        c.range(
+            key("max_cache_count_per_queue"),
+            self.max_cache_count_per_queue,
+            1,
+            65535,
+        );
+        c.range(key("max_span"), self.max_span, 1, 65535);
+        let size = self.max_cache_size_per_queue;
+        if size < ByteSize::mib(1) || size > ByteSize::mib(1024) {
+            c.fail(
+                key("max_cache_size_per_queue"),
+                super::values::bytes::render(size),
+                "must be between 1MiB and 1024MiB (a bare number is bytes; write e.g. `100MiB`)",
+            );
+        }
+        if self.consume_timeout < Duration::from_secs(1) {
+            c.fail(
+                key("consume_timeout"),
+                show(self.consume_timeout),
+                "must be at least 1s",
+            );
+        }
+        if self.pull_interval > Duration::from_millis(65535) {
+            c.fail(
+                key("pull_interval"),
+                show(self.pull_interval),
+                "must be at most 65535ms",
+            );
+        }
+        c.positive(key("persist_interval"), self.persist_interval);
+        c.positive(
+            key("suspend_current_queue_time"),
+            self.suspend_current_queue_time,
+        );
+        if self.lock_expire_time < Duration::from_secs(1)
+            || self.lock_expire_time > Duration::from_secs(60)
+        {
+            c.fail(
+                key("lock_expire_time"),
+                show(self.lock_expire_time),
+                "must be between 1s and 60s (the broker drops an unrenewed lock after 60s)",
+            );
+        }
+        if self.offset_store_path.as_os_str().is_empty() {
+            c.fail(key("offset_store_path"), "\"\"", "must not be empty");
+        }
+        match (self.allocate_strategy, self.allocate_queues.is_empty()) {
+            (AllocateStrategy::Config, true) => c.fail(
+                key("allocate_queues"),
+                "[]",
+                "allocate_strategy CONFIG needs the queues to consume \
+                 (`- {broker_name: broker-a, queue_id: 0}`)",
+            ),
+            (AllocateStrategy::Config, false) | (_, true) => {}
+            (other, false) => c.fail(
+                key("allocate_queues"),
+                "(a list)",
+                format!("only used with allocate_strategy CONFIG, not {other}"),
+            ),
+        }
+        self.webhook.check(i, c);
+    }
+}
+
+impl WebhookConfig {
+    fn check(&self, i: usize, c: &mut Checker<'_>) {
+        let key = |k: &str| key_path!["subscriptions", i, "webhook", k];
+        if self.url.trim().is_empty() {
+            c.fail(
+                key("url"),
+                "\"\"",
+                "required: set `webhook: {url: ...}` in the subscription or ROCKETMQ_WEBHOOK_URL",
+            );
+        } else {
+            match reqwest::Url::parse(&self.url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+                Ok(url) => c.fail(
+                    key("url"),
+                    format!("{:?}", self.url),
+                    format!(
+                        "must be an http:// or https:// URL with a host (scheme is `{}`)",
+                        url.scheme()
+                    ),
+                ),
+                Err(e) => c.fail(
+                    key("url"),
+                    format!("{:?}", self.url),
+                    format!("not a URL ({e})"),
+                ),
+            }
+        }
+        c.positive(key("timeout"), self.timeout);
+        if let Some(n) = self.concurrency {
+            c.range(key("concurrency"), n, 1, 10_000);
+        }
+        for (name, value) in &self.headers {
+            let header_key = key_path!["subscriptions", i, "webhook", "headers", name];
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                c.fail(
+                    header_key.clone(),
+                    format!("{name:?}"),
+                    "not a valid HTTP header name",
+                );
+            }
+            if reqwest::header::HeaderValue::from_str(value).is_err() {
+                let shown = if is_sensitive_header(name) {
+                    "***".to_owned()
+                } else {
+                    format!("{value:?}")
+                };
+                c.fail(header_key, shown, "not a valid HTTP header value");
+            }
+        }
+        if let Some(token) = &self.bearer_token {
+            if token.expose().trim().is_empty() {
+                c.fail(key("bearer_token"), "***", "must not be empty");
+            }
+            if self
+                .headers
+                .keys()
+                .any(|h| h.eq_ignore_ascii_case("authorization"))
+            {
+                c.fail(
+                    key("bearer_token"),
+                    "***",
+                    "headers already set Authorization; use one or the other",
+                );
+            }
+        }
+        if let Some(secret) = &self.signing_secret {
+            if let Err(reason) = decode_signing_secret(secret.expose()) {
+                c.fail(key("signing_secret"), "***", reason);
+            }
+        }
+        self.check_codes(i, c);
+        let breaker = &self.circuit_breaker;
+        let bkey = |k: &str| key_path!["subscriptions", i, "webhook", "circuit_breaker", k];
+        c.range(
+            bkey("failure_threshold"),
+            breaker.failure_threshold,
+            1,
+            1_000_000,
+        );
+        c.positive(bkey("open_duration"), breaker.open_duration);
+        if breaker.max_open_duration < breaker.open_duration {
+            c.fail(
+                bkey("max_open_duration"),
+                show(breaker.max_open_duration),
+                format!(
+                    "must be at least open_duration ({})",
+                    show(breaker.open_duration)
+                ),
+            );
+        }
+    }
+
+    fn check_codes(&self, i: usize, c: &mut Checker<'_>) {
+        for (list_name, list) in [
+            ("retry_codes", &self.retry_codes),
+            ("drop_codes", &self.drop_codes),
+        ] {
+            for (j, class) in list.iter().enumerate() {
+                let key = key_path!["subscriptions", i, "webhook", list_name, j];
+                if (200..=299).any(|status| class.contains(status)) {
+                    c.fail(key, class, "2xx means success; list only non-2xx codes");
+                }
+            }
+        }
+        for (j, retry) in self.retry_codes.iter().enumerate() {
+            if let Some(k) = self.drop_codes.iter().position(|d| d == retry) {
+                c.fail(
+                    key_path!["subscriptions", i, "webhook", "drop_codes", k],
+                    retry,
+                    format!("also listed in retry_codes[{j}]; a code can only mean one thing"),
+                );
+            }
+        }
+    }
+}

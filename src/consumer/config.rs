@@ -1,0 +1,169 @@
+//! The engine's settings for one subscription: typed, with units, validated by the daemon's
+//! configuration layer before anything connects.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::allocate::AllocateStrategy;
+use super::handler::ConsumeMode;
+
+/// Where a group with no stored offset starts (rocketmq-remoting.md section 7.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeFrom {
+    /// The queue's max offset (but see the broker's "young queue answers 0" shortcut).
+    LastOffset,
+    /// Offset 0 (corrected by the broker when older messages were deleted).
+    FirstOffset,
+    /// The first message stored at or after this time (milliseconds since the epoch).
+    Timestamp(i64),
+}
+
+/// Clustering (the group shares the queues) or broadcasting (every member gets everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    /// Queues are divided among the group; offsets live on the broker.
+    Clustering,
+    /// Every consumer reads every queue; offsets live in a local file.
+    Broadcasting,
+}
+
+/// TAG or SQL92 filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    /// `*` or `a || b || c`.
+    Tag(String),
+    /// An SQL92 expression over message properties (the broker needs `enablePropertyFilter`).
+    Sql92(String),
+}
+
+/// What an orderly consumer does with a message that failed `max_reconsume_times` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderlyExhausted {
+    /// Send it to `%DLQ%group` and move on (the default).
+    DeadLetter,
+    /// Keep retrying it in place, blocking the queue.
+    Block,
+}
+
+/// Flow-control limits of one process queue; pulling pauses while any is exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Max cached messages per queue (Java `pullThresholdForQueue`, 1000).
+    pub max_cached_messages: usize,
+    /// Max cached body bytes per queue (Java `pullThresholdSizeForQueue`, 100 MiB).
+    pub max_cached_bytes: u64,
+    /// Max offset span cached per queue in concurrent mode (Java `consumeConcurrentlyMaxSpan`).
+    pub max_span: u64,
+}
+
+/// Settings of one subscription. Defaults are the Java push consumer's.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Consumer group.
+    pub group: String,
+    /// Subscribed topic.
+    pub topic: String,
+    /// Tag or SQL92 filter.
+    pub filter: Filter,
+    /// Clustering or broadcasting.
+    pub model: Model,
+    /// Concurrent or orderly.
+    pub mode: ConsumeMode,
+    /// Start position for a group without a stored offset.
+    pub consume_from: ConsumeFrom,
+    /// How queues are divided among the group.
+    pub strategy: AllocateStrategy,
+    /// Messages per handler call.
+    pub consume_batch_size: usize,
+    /// Messages per pull (`maxMsgNums`).
+    pub pull_batch_size: i32,
+    /// Max batches in flight for the whole subscription (Java `consumeThreadMax`).
+    pub consume_concurrency: usize,
+    /// Handler deadline per batch; a late batch counts as `Retry`.
+    pub consume_timeout: Duration,
+    /// Retries before a message goes to the DLQ.
+    pub max_reconsume_times: i32,
+    /// Process-queue limits.
+    pub limits: Limits,
+    /// Pause between pulls of one queue after messages were found.
+    pub pull_interval: Duration,
+    /// How often offsets are persisted.
+    pub persist_interval: Duration,
+    /// Root of the broadcasting offset files.
+    pub offset_store_dir: PathBuf,
+    /// Orderly: pause of a queue after a failed batch.
+    pub suspend_time: Duration,
+    /// Orderly: a lock not renewed for this long counts as lost (Java 30 s).
+    pub lock_ttl: Duration,
+    /// Orderly: how often held locks are renewed (Java 20 s).
+    pub lock_renew_interval: Duration,
+    /// Orderly: what happens after `max_reconsume_times`.
+    pub orderly_exhausted: OrderlyExhausted,
+    /// Heartbeat period (Java 30 s).
+    pub heartbeat_interval: Duration,
+    /// Periodic rebalance (Java 20 s).
+    pub rebalance_interval: Duration,
+    /// Route refresh (Java 30 s).
+    pub route_interval: Duration,
+    /// Timeout of ordinary broker calls (Java 3 s).
+    pub rpc_timeout: Duration,
+    /// Time in-flight batches get to finish when a queue is revoked or at shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// Settings with the Java defaults for `group` consuming `topic` with `*`.
+    pub fn new(group: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self {
+            group: group.into(),
+            topic: topic.into(),
+            filter: Filter::Tag("*".into()),
+            model: Model::Clustering,
+            mode: ConsumeMode::Concurrent,
+            consume_from: ConsumeFrom::LastOffset,
+            strategy: AllocateStrategy::Average,
+            consume_batch_size: 1,
+            pull_batch_size: 32,
+            consume_concurrency: 20,
+            consume_timeout: Duration::from_secs(15 * 60),
+            max_reconsume_times: 16,
+            limits: Limits {
+                max_cached_messages: 1000,
+                max_cached_bytes: 100 * 1024 * 1024,
+                max_span: 2000,
+            },
+            pull_interval: Duration::ZERO,
+            persist_interval: Duration::from_secs(5),
+            offset_store_dir: default_offset_dir(),
+            suspend_time: Duration::from_secs(1),
+            lock_ttl: Duration::from_secs(30),
+            lock_renew_interval: Duration::from_secs(20),
+            orderly_exhausted: OrderlyExhausted::DeadLetter,
+            heartbeat_interval: Duration::from_secs(30),
+            rebalance_interval: Duration::from_secs(20),
+            route_interval: Duration::from_secs(30),
+            rpc_timeout: Duration::from_secs(3),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// `%RETRY%<group>`: where concurrent retries come back from.
+    pub fn retry_topic(&self) -> String {
+        format!("%RETRY%{}", self.group)
+    }
+
+    /// The topics this subscription pulls: the topic, plus the retry topic in clustering mode.
+    pub fn topics(&self) -> Vec<String> {
+        match self.model {
+            Model::Clustering => vec![self.topic.clone(), self.retry_topic()],
+            Model::Broadcasting => vec![self.topic.clone()],
+        }
+    }
+}
+
+fn default_offset_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".rocketmq_offsets")
+}

@@ -1,0 +1,688 @@
+//! The running consumer: owns every task of one subscription and the state they share.
+//!
+//! Task tree (all owned by [`Consumer`], all cancelled by its token, all joined at shutdown):
+//! - the rebalancer, which owns one [`worker`](super::worker) task per assigned queue;
+//! - the route refresher, the heartbeat, the offset persister, the orderly lock renewer;
+//! - the broker-request task that answers what brokers ask this client.
+//!
+//! Shared state lives in [`Shared`]: immutable settings plus a few maps behind std mutexes held
+//! for short synchronous sections only (style rule 6). Queue workers own their process queues
+//! outright.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::client::{Client, ClientError};
+use crate::metrics::Metrics;
+use crate::remoting::body::heartbeat::{
+    ConsumeFromWhere, ConsumeType, ConsumerData, ExpressionType, HeartbeatData, MessageModel,
+    SubscriptionData,
+};
+use crate::remoting::body::lock::{LockBatchRequest, UnlockBatchRequest};
+use crate::remoting::body::route::TopicRouteData;
+use crate::remoting::filter;
+use crate::remoting::rpc::{
+    ConsumerSendMsgBack, GetMaxOffset, HeartBeat, LockBatchMq, QueryConsumerOffset,
+    SearchOffsetByTimestamp, UnlockBatchMq, UnregisterClient, UpdateConsumerOffset,
+};
+use crate::remoting::{MessageExt, MessageQueue, ResponseCode};
+
+use super::config::{ConsumeFrom, Config, Filter, Model};
+use super::error::ConsumerError;
+use super::handler::{ConsumeMode, Handler};
+use super::inbound::{self, BrokerEvent};
+use super::offset_store::{LocalFileStore, OffsetTable};
+use super::rebalance::{Rebalancer, ResetRequest};
+use super::stats::{Stats, StatsSnapshot};
+
+/// State shared by the tasks of one subscription.
+#[derive(Debug)]
+pub(crate) struct Shared<H> {
+    pub(crate) config: Config,
+    pub(crate) client: Client,
+    pub(crate) client_id: String,
+    pub(crate) handler: Arc<H>,
+    pub(crate) offsets: OffsetTable,
+    pub(crate) local_store: Option<LocalFileStore>,
+    pub(crate) routes: Mutex<HashMap<String, Arc<TopicRouteData>>>,
+    pub(crate) metrics: Metrics,
+    pub(crate) stats: Stats,
+    /// Batches in flight across the subscription (Java `consumeThreadMax`).
+    pub(crate) consume_slots: Arc<Semaphore>,
+    pub(crate) rebalance_now: Notify,
+    pub(crate) heartbeat_now: Notify,
+    /// Orderly: when each held queue's broker lock was last confirmed.
+    pub(crate) locks: Mutex<HashMap<MessageQueue, Instant>>,
+    /// `subVersion` of the subscription; bumped when the assignment changes.
+    pub(crate) sub_version: AtomicI64,
+    /// Routes fetched and the first rebalance done.
+    pub(crate) ready: AtomicBool,
+    /// Offset resets asked for by brokers, applied by the rebalancer.
+    pub(crate) resets: mpsc::Sender<ResetRequest>,
+}
+
+/// Milliseconds since the Unix epoch (the protocol's timestamps).
+pub(crate) fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Locks a std mutex; poisoning only means another task panicked mid-update of plain data.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<H: Handler> Shared<H> {
+    pub(crate) fn group(&self) -> &str {
+        &self.config.group
+    }
+
+    pub(crate) fn labels(&self) -> [&str; 2] {
+        [&self.config.group, &self.config.topic]
+    }
+
+    pub(crate) fn count_error(&self, stage: &str, err: &dyn std::fmt::Display) {
+        let kind = error_type(&err.to_string());
+        self.metrics
+            .errors
+            .with_label_values(&[&self.config.group, &self.config.topic, kind, stage])
+            .inc();
+    }
+
+    /// Master address of `broker_name` from the known routes.
+    pub(crate) fn master_addr(&self, broker_name: &str) -> Result<String, ConsumerError> {
+        let routes = lock(&self.routes);
+        routes
+            .values()
+            .find_map(|r| r.master_addr(broker_name).map(str::to_owned))
+            .ok_or_else(|| ConsumerError::NoBrokerAddress {
+                broker: broker_name.to_owned(),
+            })
+    }
+
+    /// Every broker address (masters and slaves) of the subscribed topics.
+    pub(crate) fn broker_addrs(&self) -> BTreeSet<String> {
+        let routes = lock(&self.routes);
+        routes
+            .values()
+            .flat_map(|r| r.broker_addrs().map(|(_, _, addr)| addr.to_owned()).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// The readable queues of `topic`, sorted; `None` when the topic has no route yet.
+    pub(crate) fn subscribe_queues(&self, topic: &str) -> Option<Vec<MessageQueue>> {
+        lock(&self.routes).get(topic).map(|r| r.subscribe_queues(topic))
+    }
+
+    pub(crate) async fn call<R: crate::remoting::Rpc>(
+        &self,
+        addr: &str,
+        rpc: &R,
+    ) -> Result<R::Response, ClientError> {
+        self.client.pool().call(addr, rpc, self.config.rpc_timeout).await
+    }
+
+    /// Fetches the routes of every subscribed topic. A missing `%RETRY%` route is normal before
+    /// the first heartbeat created it.
+    pub(crate) async fn refresh_routes(&self) -> bool {
+        let mut main_ok = true;
+        for topic in self.config.topics() {
+            match self.client.namesrv().route(&topic).await {
+                Ok(route) => {
+                    lock(&self.routes).insert(topic, Arc::new(route));
+                }
+                Err(e) if topic != self.config.topic => {
+                    debug!(group = %self.group(), %topic, error = %e, "Retry topic has no route yet.");
+                }
+                Err(e) => {
+                    main_ok = false;
+                    self.count_error("route", &e);
+                    warn!(group = %self.group(), %topic, error = %e, "Route refresh failed.");
+                }
+            }
+        }
+        main_ok
+    }
+
+    /// The subscription as the broker sees it (filter normalised: the broker under test skips
+    /// messages silently when `||` has spaces around it).
+    pub(crate) fn subscription_data(&self, topic: &str) -> SubscriptionData {
+        let version = self.sub_version.load(Ordering::Relaxed);
+        if topic != self.config.topic {
+            return filter::subscription(topic, "*", ExpressionType::Tag, version);
+        }
+        match &self.config.filter {
+            Filter::Tag(expr) => filter::subscription(
+                topic,
+                &filter::normalize_tag_expression(expr),
+                ExpressionType::Tag,
+                version,
+            ),
+            Filter::Sql92(expr) => filter::subscription(topic, expr, ExpressionType::Sql92, version),
+        }
+    }
+
+    pub(crate) fn heartbeat_data(&self) -> HeartbeatData {
+        let subscriptions = self
+            .config
+            .topics()
+            .iter()
+            .map(|t| self.subscription_data(t))
+            .collect();
+        HeartbeatData {
+            client_id: self.client_id.clone(),
+            producer_data_set: Vec::new(),
+            consumer_data_set: vec![ConsumerData {
+                group_name: self.config.group.clone(),
+                consume_type: ConsumeType::Passively,
+                message_model: match self.config.model {
+                    Model::Clustering => MessageModel::Clustering,
+                    Model::Broadcasting => MessageModel::Broadcasting,
+                },
+                consume_from_where: match self.config.consume_from {
+                    ConsumeFrom::LastOffset => ConsumeFromWhere::LastOffset,
+                    ConsumeFrom::FirstOffset => ConsumeFromWhere::FirstOffset,
+                    ConsumeFrom::Timestamp(_) => ConsumeFromWhere::Timestamp,
+                },
+                subscription_data_set: subscriptions,
+                unit_mode: false,
+            }],
+            ..HeartbeatData::default()
+        }
+    }
+
+    /// Heartbeats every known broker; returns how many answered.
+    pub(crate) async fn heartbeat_all(&self) -> usize {
+        let data = self.heartbeat_data();
+        let mut ok = 0;
+        for addr in self.broker_addrs() {
+            match self.call(&addr, &HeartBeat { data: data.clone() }).await {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    self.count_error("heartbeat", &e);
+                    warn!(group = %self.group(), broker = %addr, error = %e, "Heartbeat failed.");
+                }
+            }
+        }
+        ok
+    }
+
+    /// Where a newly assigned queue starts (rocketmq-remoting.md section 7.6).
+    pub(crate) async fn start_offset(&self, mq: &MessageQueue) -> Result<i64, ConsumerError> {
+        let stored = match self.config.model {
+            Model::Clustering => {
+                let addr = self.master_addr(&mq.broker_name)?;
+                self.call(
+                    &addr,
+                    &QueryConsumerOffset {
+                        consumer_group: self.config.group.clone(),
+                        topic: mq.topic.clone(),
+                        queue_id: mq.queue_id,
+                        set_zero_if_not_found: None,
+                    },
+                )
+                .await?
+            }
+            Model::Broadcasting => self.offsets.read(mq),
+        };
+        if let Some(offset) = stored.filter(|o| *o >= 0) {
+            return Ok(offset);
+        }
+        let is_retry = mq.topic.starts_with("%RETRY%");
+        let offset = match self.config.consume_from {
+            ConsumeFrom::LastOffset if is_retry => 0,
+            ConsumeFrom::FirstOffset => 0,
+            ConsumeFrom::LastOffset => self.max_offset(mq).await?,
+            ConsumeFrom::Timestamp(_) if is_retry => self.max_offset(mq).await?,
+            ConsumeFrom::Timestamp(ts) => {
+                let addr = self.master_addr(&mq.broker_name)?;
+                self.call(
+                    &addr,
+                    &SearchOffsetByTimestamp {
+                        topic: mq.topic.clone(),
+                        queue_id: mq.queue_id,
+                        timestamp: ts,
+                        boundary: crate::remoting::rpc::Boundary::Lower,
+                    },
+                )
+                .await?
+            }
+        };
+        info!(group = %self.group(), queue = %mq, offset, "No stored offset; starting from the configured position.");
+        Ok(offset)
+    }
+
+    pub(crate) async fn max_offset(&self, mq: &MessageQueue) -> Result<i64, ConsumerError> {
+        let addr = self.master_addr(&mq.broker_name)?;
+        Ok(self
+            .call(
+                &addr,
+                &GetMaxOffset {
+                    topic: mq.topic.clone(),
+                    queue_id: mq.queue_id,
+                },
+            )
+            .await?)
+    }
+
+    /// Persists the in-memory offset of `mq` now (clustering: to the broker; broadcasting: the
+    /// whole local file).
+    pub(crate) async fn persist(&self, mq: &MessageQueue) {
+        match self.config.model {
+            Model::Clustering => {
+                let Some(offset) = self.offsets.read(mq) else {
+                    return;
+                };
+                let result = match self.master_addr(&mq.broker_name) {
+                    Ok(addr) => self
+                        .call(
+                            &addr,
+                            &UpdateConsumerOffset {
+                                consumer_group: self.config.group.clone(),
+                                topic: mq.topic.clone(),
+                                queue_id: mq.queue_id,
+                                commit_offset: offset,
+                            },
+                        )
+                        .await
+                        .map_err(ConsumerError::from),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(()) => self.metrics.offset_commits.with_label_values(&self.labels()).inc(),
+                    Err(e) => {
+                        self.count_error("offset", &e);
+                        warn!(group = %self.group(), queue = %mq, offset, error = %e, "Offset persist failed.");
+                    }
+                }
+            }
+            Model::Broadcasting => self.persist_local().await,
+        }
+    }
+
+    /// Persists every held queue's offset (the periodic task and shutdown).
+    pub(crate) async fn persist_all(&self, held: &[MessageQueue]) {
+        match self.config.model {
+            Model::Clustering => {
+                for mq in held {
+                    self.persist(mq).await;
+                }
+            }
+            Model::Broadcasting => self.persist_local().await,
+        }
+    }
+
+    async fn persist_local(&self) {
+        let Some(store) = &self.local_store else {
+            return;
+        };
+        let snapshot = self.offsets.snapshot();
+        let store = store.clone();
+        let result = tokio::task::spawn_blocking(move || store.save(&snapshot)).await;
+        match result {
+            Ok(Ok(())) => self.metrics.offset_commits.with_label_values(&self.labels()).inc(),
+            Ok(Err(e)) => {
+                self.count_error("offset", &e);
+                warn!(group = %self.group(), error = %e, "Writing the local offset file failed.");
+            }
+            Err(e) => warn!(group = %self.group(), error = %e, "Offset writer task failed."),
+        }
+    }
+
+    /// Hands a message back to the broker: `%RETRY%group` with `delay_level` (0 = broker
+    /// default) or, with a negative level, `%DLQ%group`. Sent to the master of the broker that
+    /// stores the message (it looks the message up by commit-log offset).
+    pub(crate) async fn send_back(
+        &self,
+        mq: &MessageQueue,
+        msg: &MessageExt,
+        delay_level: i32,
+    ) -> Result<(), ConsumerError> {
+        let addr = self.master_addr(&mq.broker_name)?;
+        let rpc = ConsumerSendMsgBack {
+            offset: msg.commit_log_offset,
+            group: self.config.group.clone(),
+            delay_level,
+            origin_msg_id: msg.msg_id(),
+            origin_topic: msg.topic.clone(),
+            max_reconsume_times: self.config.max_reconsume_times,
+            broker_name: Some(mq.broker_name.clone()),
+        };
+        self.client
+            .pool()
+            .call(&addr, &rpc, Duration::from_secs(5).max(self.config.rpc_timeout))
+            .await?;
+        let target = if delay_level < 0 || msg.reconsume_times >= self.config.max_reconsume_times {
+            "dlq"
+        } else {
+            "retry"
+        };
+        self.metrics
+            .send_back
+            .with_label_values(&[&self.config.group, &self.config.topic, target])
+            .inc();
+        Ok(())
+    }
+
+    /// Restores the real topic of a message pulled from `%RETRY%group` (section 7.11).
+    pub(crate) fn restore_topic(&self, msg: &mut MessageExt) {
+        if msg.topic.starts_with("%RETRY%") {
+            if let Some(real) = msg.property("RETRY_TOPIC") {
+                msg.topic = real.to_owned();
+            }
+        }
+    }
+
+    /// Orderly: whether the broker lock of `mq` is held and fresh.
+    pub(crate) fn lock_valid(&self, mq: &MessageQueue) -> bool {
+        if self.config.model == Model::Broadcasting {
+            return true;
+        }
+        lock(&self.locks)
+            .get(mq)
+            .is_some_and(|at| at.elapsed() < self.config.lock_ttl)
+    }
+
+    /// Locks `mqs` (all on one broker) and records the ones granted.
+    pub(crate) async fn lock_queues(&self, broker_name: &str, mqs: Vec<MessageQueue>) -> Vec<MessageQueue> {
+        let addr = match self.master_addr(broker_name) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(group = %self.group(), broker = %broker_name, error = %e, "Cannot lock queues.");
+                return Vec::new();
+            }
+        };
+        let rpc = LockBatchMq {
+            body: LockBatchRequest {
+                consumer_group: self.config.group.clone(),
+                client_id: self.client_id.clone(),
+                only_this_broker: false,
+                mq_set: mqs.clone(),
+            },
+        };
+        match self.client.pool().call(&addr, &rpc, Duration::from_secs(1).max(self.config.rpc_timeout)).await {
+            Ok(granted) => {
+                let now = Instant::now();
+                let mut locks = lock(&self.locks);
+                for mq in &mqs {
+                    if granted.contains(mq) {
+                        locks.insert(mq.clone(), now);
+                    }
+                }
+                granted
+            }
+            Err(e) => {
+                self.count_error("lock", &e);
+                warn!(group = %self.group(), broker = %broker_name, error = %e, "Locking queues failed.");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Releases the broker lock of `mq`.
+    pub(crate) async fn unlock_queue(&self, mq: &MessageQueue) {
+        lock(&self.locks).remove(mq);
+        let Ok(addr) = self.master_addr(&mq.broker_name) else {
+            return;
+        };
+        let rpc = UnlockBatchMq {
+            body: UnlockBatchRequest {
+                consumer_group: self.config.group.clone(),
+                client_id: self.client_id.clone(),
+                only_this_broker: false,
+                mq_set: vec![mq.clone()],
+            },
+        };
+        if let Err(e) = self.call(&addr, &rpc).await {
+            warn!(group = %self.group(), queue = %mq, error = %e, "Unlock failed; the broker expires it in 60 s.");
+        }
+    }
+
+    pub(crate) fn is_orderly_clustering(&self) -> bool {
+        self.config.mode == ConsumeMode::Orderly && self.config.model == Model::Clustering
+    }
+}
+
+/// A coarse, low-cardinality error type label from an error's text.
+fn error_type(text: &str) -> &'static str {
+    let t = text.to_ascii_lowercase();
+    if t.contains("timed out") || t.contains("timeout") {
+        "timeout"
+    } else if t.contains("connect") || t.contains("closed") || t.contains("i/o") {
+        "network"
+    } else if t.contains("answered") || t.contains("broker") {
+        "broker"
+    } else {
+        "other"
+    }
+}
+
+/// A running subscription. Dropping it cancels every task; call [`Consumer::shutdown`] for the
+/// orderly drain (finish in-flight batches, persist offsets, unlock, unregister).
+#[derive(Debug)]
+pub struct Consumer<H: Handler> {
+    shared: Arc<Shared<H>>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+    rebalancer: Option<tokio::task::JoinHandle<Vec<MessageQueue>>>,
+}
+
+/// Everything the engine needs besides the subscription settings.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// Where metrics go.
+    pub metrics: Metrics,
+}
+
+impl<H: Handler> Consumer<H> {
+    /// Connects, loads offsets (broadcasting), heartbeats and starts every task.
+    ///
+    /// # Errors
+    /// A bad setting, or an unreadable broadcasting offset file. Unreachable name servers or
+    /// brokers are not errors: the engine keeps retrying and `/readyz` says not ready.
+    pub async fn start(
+        client_config: crate::client::ClientConfig,
+        config: Config,
+        handler: H,
+        runtime: Runtime,
+    ) -> Result<Self, ConsumerError> {
+        if config.group.is_empty() {
+            return Err(ConsumerError::Invalid { field: "group", reason: "empty".into() });
+        }
+        if config.topic.is_empty() {
+            return Err(ConsumerError::Invalid { field: "topic", reason: "empty".into() });
+        }
+        let (events_tx, events_rx) = mpsc::channel::<BrokerEvent>(64);
+        let (resets_tx, resets_rx) = mpsc::channel::<ResetRequest>(8);
+        let client = Client::new(client_config, inbound::forwarder(events_tx))?;
+        let client_id = client.client_id().to_owned();
+        let offsets = OffsetTable::default();
+        let local_store = match config.model {
+            Model::Broadcasting => {
+                let store = LocalFileStore::new(&config.offset_store_dir, &client_id, &config.group);
+                let store2 = store.clone();
+                let loaded = tokio::task::spawn_blocking(move || store2.load())
+                    .await
+                    .map_err(|e| ConsumerError::Invalid { field: "offset_store_path", reason: e.to_string() })??;
+                for (mq, offset) in loaded {
+                    offsets.update(&mq, offset, false);
+                }
+                Some(store)
+            }
+            Model::Clustering => None,
+        };
+        let shared = Arc::new(Shared {
+            consume_slots: Arc::new(Semaphore::new(config.consume_concurrency.max(1))),
+            config,
+            client,
+            client_id,
+            handler: Arc::new(handler),
+            offsets,
+            local_store,
+            routes: Mutex::new(HashMap::new()),
+            metrics: runtime.metrics,
+            stats: Stats::new(),
+            rebalance_now: Notify::new(),
+            heartbeat_now: Notify::new(),
+            locks: Mutex::new(HashMap::new()),
+            sub_version: AtomicI64::new(now_millis()),
+            ready: AtomicBool::new(false),
+            resets: resets_tx,
+        });
+        info!(group = %shared.config.group, topic = %shared.config.topic, client_id = %shared.client_id, "Consumer starting.");
+
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(route_task(Arc::clone(&shared), cancel.child_token()));
+        tasks.spawn(heartbeat_task(Arc::clone(&shared), cancel.child_token()));
+        tasks.spawn(persist_task(Arc::clone(&shared), cancel.child_token()));
+        if shared.is_orderly_clustering() {
+            tasks.spawn(lock_task(Arc::clone(&shared), cancel.child_token()));
+        }
+        tasks.spawn(inbound::run(Arc::clone(&shared), events_rx, cancel.child_token()));
+        let rebalancer = Rebalancer::new(Arc::clone(&shared), resets_rx);
+        let rebalancer = Some(tokio::spawn(rebalancer.run(cancel.child_token())));
+        Ok(Self { shared, cancel, tasks, rebalancer })
+    }
+
+    /// This consumer's client id (`ip@instance`).
+    pub fn client_id(&self) -> &str {
+        &self.shared.client_id
+    }
+
+    /// Statistics for `/status`.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Whether routes are known and the first rebalance ran.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Relaxed)
+    }
+
+    /// The subscription settings.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Orderly shutdown: stop pulling, let in-flight batches finish within the drain timeout
+    /// (unfinished ones stay uncommitted and are redelivered later), persist offsets, unlock
+    /// orderly queues, unregister from every broker.
+    pub async fn shutdown(mut self) {
+        info!(group = %self.shared.config.group, "Consumer shutting down.");
+        self.cancel.cancel();
+        // The rebalancer cancels its workers; each drains its in-flight batches, persists its
+        // offset and releases its orderly lock before it ends.
+        let held = match self.rebalancer.take() {
+            Some(h) => h.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if self.shared.config.model == Model::Broadcasting {
+            self.shared.persist_all(&held).await;
+        }
+        while self.tasks.join_next().await.is_some() {}
+        for addr in self.shared.broker_addrs() {
+            let rpc = UnregisterClient {
+                client_id: self.shared.client_id.clone(),
+                producer_group: None,
+                consumer_group: Some(self.shared.config.group.clone()),
+            };
+            if let Err(e) = self.shared.call(&addr, &rpc).await {
+                warn!(broker = %addr, error = %e, "Unregister failed.");
+            }
+        }
+        self.shared.client.pool().close_all();
+        info!(group = %self.shared.config.group, "Consumer stopped.");
+    }
+}
+
+impl<H: Handler> Drop for Consumer<H> {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn route_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken) {
+    let mut first = true;
+    loop {
+        let ok = shared.refresh_routes().await;
+        if first && ok {
+            first = false;
+            // Brokers learn the group (and create %RETRY%group) from the heartbeat; then the
+            // retry topic's route appears and the rebalancer can assign it.
+            shared.heartbeat_now.notify_one();
+            shared.rebalance_now.notify_one();
+        }
+        let wait = if ok { shared.config.route_interval } else { Duration::from_secs(3) };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn heartbeat_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = shared.heartbeat_now.notified() => {}
+            _ = tokio::time::sleep(shared.config.heartbeat_interval) => {}
+        }
+        shared.heartbeat_all().await;
+    }
+}
+
+async fn persist_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(shared.config.persist_interval) => {}
+        }
+        let held: Vec<MessageQueue> = shared.stats.queues().into_keys().collect();
+        shared.persist_all(&held).await;
+    }
+}
+
+/// Orderly: renews every held lock (Java `lockAll`, every 20 s). A queue missing from the
+/// broker's answer loses its lock; its worker stops consuming until a later renewal succeeds.
+async fn lock_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(shared.config.lock_renew_interval) => {}
+        }
+        let held: Vec<MessageQueue> = shared.stats.queues().into_keys().collect();
+        let mut by_broker: HashMap<String, Vec<MessageQueue>> = HashMap::new();
+        for mq in held {
+            by_broker.entry(mq.broker_name.clone()).or_default().push(mq);
+        }
+        let mut count = 0;
+        for (broker, mqs) in by_broker {
+            let granted = shared.lock_queues(&broker, mqs.clone()).await;
+            count += granted.len();
+            for mq in mqs.iter().filter(|m| !granted.contains(m)) {
+                warn!(group = %shared.group(), queue = %mq, "Queue lock not renewed by the broker.");
+            }
+        }
+        shared.metrics.locks_held.with_label_values(&shared.labels()).set(count as i64);
+    }
+}
+
+/// Whether a pull error means the broker lacks our subscription (heartbeat again).
+pub(crate) fn needs_heartbeat(err: &ClientError) -> bool {
+    matches!(
+        err,
+        ClientError::Broker { code: ResponseCode::SubscriptionNotExist | ResponseCode::SubscriptionNotLatest, .. }
+    )
+}
+

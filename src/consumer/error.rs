@@ -1,0 +1,41 @@
+//! The engine's error type.
+
+use crate::client::ClientError;
+
+/// What can stop the engine from starting or make one of its steps fail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerError {
+    /// A broker or name-server call failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The broadcasting offset file could not be read or written.
+    #[error(transparent)]
+    OffsetStore(#[from] super::offset_store::OffsetStoreError),
+    /// The subscription cannot be started as configured.
+    #[error("invalid consumer setting `{field}`: {reason}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// No route (or no master address) is known for a broker the engine needs.
+    #[error("no address known for broker `{broker}`")]
+    NoBrokerAddress {
+        /// Broker name.
+        broker: String,
+    },
+}
+
+impl ConsumerError {
+    /// Whether the failed step may succeed when retried later (the engine retries these on its
+    /// own schedule; the others need an operator).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Client(e) => e.is_retriable(),
+            Self::OffsetStore(_) | Self::Invalid { .. } => false,
+            Self::NoBrokerAddress { .. } => true,
+        }
+    }
+}

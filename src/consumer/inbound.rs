@@ -1,0 +1,216 @@
+//! Requests brokers send to this client (rocketmq-remoting.md section 5), answered by the
+//! engine: group changes trigger a rebalance, offset resets go to the rebalancer, running info
+//! and status come from the engine's state, consume-directly runs the handler once.
+//!
+//! The connection task hands each request to a [`Forwarder`], which passes it over a bounded
+//! channel to the engine's inbound task and waits for the answer; the connection is never
+//! blocked by engine work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::remoting::body::consume_directly::{ConsumeMessageDirectlyResult, ConsumeResult};
+use crate::remoting::body::offset_table::write_offset_table;
+use crate::remoting::body::running_info::{ConsumerRunningInfo, ProcessQueueInfo};
+use crate::remoting::command::RemotingCommand;
+use crate::remoting::rpc::BrokerRequest;
+use crate::remoting::ResponseCode;
+
+use super::engine::{now_millis, Shared};
+use super::handler::{Batch, ConsumeMode, Handler, Outcome};
+use super::rebalance::ResetRequest;
+
+/// One request from a broker and the way back to its connection.
+#[derive(Debug)]
+pub(crate) struct BrokerEvent {
+    pub(crate) from: String,
+    pub(crate) request: RemotingCommand,
+    pub(crate) reply: oneshot::Sender<Option<RemotingCommand>>,
+}
+
+/// Passes broker requests from connection tasks to the engine.
+#[derive(Debug, Clone)]
+pub(crate) struct Forwarder {
+    tx: mpsc::Sender<BrokerEvent>,
+}
+
+pub(crate) fn forwarder(tx: mpsc::Sender<BrokerEvent>) -> Arc<Forwarder> {
+    Arc::new(Forwarder { tx })
+}
+
+impl Forwarder {
+    /// Forwards `request` and waits for the engine's answer (none for oneway requests).
+    pub(crate) async fn forward(&self, from: String, request: RemotingCommand) -> Option<RemotingCommand> {
+        let (reply, answer) = oneshot::channel();
+        // A full channel means the engine is far behind; the broker retries these requests.
+        if self.tx.try_send(BrokerEvent { from, request, reply }).is_err() {
+            return None;
+        }
+        tokio::time::timeout(Duration::from_secs(60), answer).await.ok()?.ok()?
+    }
+}
+
+/// The engine side: answers broker requests until `cancel`.
+pub(crate) async fn run<H: Handler>(
+    shared: Arc<Shared<H>>,
+    mut events: mpsc::Receiver<BrokerEvent>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => return,
+            e = events.recv() => match e {
+                Some(e) => e,
+                None => return,
+            },
+        };
+        let answer = answer(&shared, &event.from, &event.request).await;
+        let _ = event.reply.send(answer);
+    }
+}
+
+async fn answer<H: Handler>(shared: &Arc<Shared<H>>, from: &str, request: &RemotingCommand) -> Option<RemotingCommand> {
+    let parsed = match BrokerRequest::parse(request) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(broker = %from, error = %e, "Malformed request from broker.");
+            return Some(RemotingCommand::response_to(request, ResponseCode::SystemError, Some(e.to_string())));
+        }
+    };
+    let group = shared.config.group.as_str();
+    match parsed {
+        BrokerRequest::NotifyConsumerIdsChanged { consumer_group } => {
+            if consumer_group == group {
+                info!(%group, broker = %from, "Group membership changed; rebalancing.");
+                shared.rebalance_now.notify_one();
+            }
+            None
+        }
+        BrokerRequest::ResetOffset { topic, group: g, offsets, .. } => {
+            if g == group && (topic == shared.config.topic || topic == shared.config.retry_topic()) {
+                let _ = shared.resets.send(ResetRequest { offsets }).await;
+            }
+            None
+        }
+        BrokerRequest::ConsumerStatus { topic, group: g } => {
+            if g != group {
+                return Some(not_this_group(request, &g));
+            }
+            let table: Vec<_> = shared
+                .offsets
+                .snapshot()
+                .into_iter()
+                .filter(|(mq, _)| mq.topic == topic)
+                .collect();
+            let body = format!("{{\"messageQueueTable\":{},\"consumerTable\":{{}}}}", inner_table(&write_offset_table(&table, false)));
+            Some(RemotingCommand::response_to(request, ResponseCode::Success, None).with_body(body.into_bytes()))
+        }
+        BrokerRequest::RunningInfo { consumer_group, .. } => {
+            if consumer_group != group {
+                return Some(not_this_group(request, &consumer_group));
+            }
+            let info = running_info(shared);
+            Some(RemotingCommand::response_to(request, ResponseCode::Success, None).with_body(info.to_json()))
+        }
+        BrokerRequest::ConsumeDirectly { consumer_group, mut message, .. } => {
+            if consumer_group != group {
+                return Some(not_this_group(request, &consumer_group));
+            }
+            shared.restore_topic(&mut message);
+            let batch = Batch {
+                group: shared.config.group.clone(),
+                topic: shared.config.topic.clone(),
+                queue: crate::remoting::MessageQueue::new(message.topic.clone(), "", message.queue_id),
+                mode: shared.config.mode,
+                messages: vec![message],
+            };
+            let started = Instant::now();
+            let outcome = tokio::time::timeout(shared.config.consume_timeout, shared.handler.handle(&batch))
+                .await
+                .ok()
+                .and_then(|o| o.first().copied());
+            let consume_result = match outcome {
+                Some(Outcome::Success) => ConsumeResult::Success,
+                Some(Outcome::Retry { .. } | Outcome::Later { .. }) => ConsumeResult::Later,
+                Some(Outcome::Drop) => ConsumeResult::Rollback,
+                None => ConsumeResult::ThrowException,
+            };
+            debug!(%group, ?consume_result, "Consumed a message directly for the broker.");
+            let result = ConsumeMessageDirectlyResult {
+                order: shared.config.mode == ConsumeMode::Orderly,
+                auto_commit: true,
+                consume_result,
+                remark: None,
+                spent_time_mills: started.elapsed().as_millis() as i64,
+            };
+            Some(RemotingCommand::response_to(request, ResponseCode::Success, None).with_body(result.to_json()))
+        }
+        BrokerRequest::Other { code } => {
+            if request.is_oneway() {
+                None
+            } else {
+                Some(RemotingCommand::response_to(
+                    request,
+                    ResponseCode::RequestCodeNotSupported,
+                    Some(format!(" request type {code} not supported")),
+                ))
+            }
+        }
+    }
+}
+
+fn not_this_group(request: &RemotingCommand, group: &str) -> RemotingCommand {
+    RemotingCommand::response_to(
+        request,
+        ResponseCode::SystemError,
+        Some(format!("The Consumer Group {group} not exist in this consumer")),
+    )
+}
+
+/// `write_offset_table` writes `{"offsetTable":{...}}`; the status body wants the inner map.
+fn inner_table(wrapped: &str) -> String {
+    let trimmed = wrapped.trim();
+    match (trimmed.find(':'), trimmed.rfind('}')) {
+        (Some(colon), Some(end)) if end > colon => trimmed[colon + 1..end].trim().to_owned(),
+        _ => "{}".to_owned(),
+    }
+}
+
+fn running_info<H: Handler>(shared: &Arc<Shared<H>>) -> ConsumerRunningInfo {
+    let cfg = &shared.config;
+    let snapshot = shared.stats.snapshot();
+    let mut info = ConsumerRunningInfo::default();
+    info.properties.insert("consumerGroup".into(), cfg.group.clone());
+    info.properties.insert("PROP_CONSUME_TYPE".into(), "CONSUME_PASSIVELY".into());
+    info.properties.insert(
+        "PROP_CONSUMEORDERLY".into(),
+        (cfg.mode == ConsumeMode::Orderly).to_string(),
+    );
+    info.properties.insert("PROP_THREADPOOL_CORE_SIZE".into(), cfg.consume_concurrency.to_string());
+    info.properties.insert("PROP_CLIENT_VERSION".into(), format!("rocketmq-webhook {}", env!("CARGO_PKG_VERSION")));
+    info.properties.insert("PROP_CONSUMER_START_TIMESTAMP".into(), (now_millis() - snapshot.uptime_secs as i64 * 1000).to_string());
+    info.properties.insert("consumeBatchSize".into(), cfg.consume_batch_size.to_string());
+    info.properties.insert("pullBatchSize".into(), cfg.pull_batch_size.to_string());
+    info.properties.insert("maxReconsumeTimes".into(), cfg.max_reconsume_times.to_string());
+    info.subscription_set = cfg.topics().iter().map(|t| shared.subscription_data(t)).collect();
+    for (mq, q) in shared.stats.queues() {
+        info.mq_table.push((
+            mq,
+            ProcessQueueInfo {
+                commit_offset: q.committed_offset.unwrap_or(-1),
+                cached_msg_min_offset: q.cached_range.map_or(0, |r| r.0),
+                cached_msg_max_offset: q.cached_range.map_or(0, |r| r.1),
+                cached_msg_count: q.cached_messages as i32,
+                cached_msg_size_in_mib: (q.cached_bytes / (1024 * 1024)) as i32,
+                locked: q.locked,
+                ..ProcessQueueInfo::default()
+            },
+        ));
+    }
+    info
+}

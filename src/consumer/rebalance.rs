@@ -1,0 +1,264 @@
+//! The rebalancer: decides which queues this member consumes and owns their workers.
+//!
+//! Runs every `rebalance_interval`, at once when a broker says the group changed
+//! (NOTIFY_CONSUMER_IDS_CHANGED), and after one second while the last run could not finish
+//! ("not balanced", like the Java client). Revoked queues are drained by their worker before
+//! the worker persists the offset and releases the queue; a queue is never re-added while its
+//! previous worker is still draining, so one queue never has two workers.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::remoting::rpc::GetConsumerList;
+use crate::remoting::MessageQueue;
+
+use super::config::Model;
+use super::engine::{now_millis, Shared};
+use super::handler::Handler;
+use super::worker;
+
+/// An offset reset asked for by a broker (RESET_CONSUMER_CLIENT_OFFSET).
+#[derive(Debug)]
+pub(crate) struct ResetRequest {
+    pub(crate) offsets: Vec<(MessageQueue, i64)>,
+}
+
+pub(crate) struct Rebalancer<H> {
+    shared: Arc<Shared<H>>,
+    resets: mpsc::Receiver<ResetRequest>,
+    workers: JoinSet<MessageQueue>,
+    active: HashMap<MessageQueue, CancellationToken>,
+    retiring: HashSet<MessageQueue>,
+    ids: HashMap<tokio::task::Id, MessageQueue>,
+}
+
+impl<H: Handler> Rebalancer<H> {
+    pub(crate) fn new(shared: Arc<Shared<H>>, resets: mpsc::Receiver<ResetRequest>) -> Self {
+        Self {
+            shared,
+            resets,
+            workers: JoinSet::new(),
+            active: HashMap::new(),
+            retiring: HashSet::new(),
+            ids: HashMap::new(),
+        }
+    }
+
+    /// Runs until `cancel`, then stops every worker (each drains and persists) and returns the
+    /// queues that were held.
+    pub(crate) async fn run(mut self, cancel: CancellationToken) -> Vec<MessageQueue> {
+        let mut wait = self.shared.config.rebalance_interval;
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(done) = self.workers.join_next_with_id(), if !self.workers.is_empty() => {
+                    let id = match &done { Ok((id, _)) => *id, Err(e) => e.id() };
+                    if let Some(mq) = self.ids.remove(&id) {
+                        self.retiring.remove(&mq);
+                        if self.active.get(&mq).is_some_and(|t| t.is_cancelled()) {
+                            self.active.remove(&mq);
+                        }
+                    }
+                    if let Err(e) = done {
+                        warn!(error = %e, "Queue worker ended abnormally.");
+                    }
+                    continue;
+                }
+                Some(reset) = self.resets.recv() => {
+                    self.reset(reset).await;
+                    wait = Duration::from_millis(100);
+                    continue;
+                }
+                _ = self.shared.rebalance_now.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let balanced = self.rebalance().await;
+            wait = if balanced {
+                self.shared.config.rebalance_interval
+            } else {
+                Duration::from_secs(1)
+            };
+        }
+        let held: Vec<MessageQueue> = self.active.keys().cloned().collect();
+        for token in self.active.values() {
+            token.cancel();
+        }
+        while self.workers.join_next().await.is_some() {}
+        held
+    }
+
+    /// One pass; returns whether every topic was balanced.
+    async fn rebalance(&mut self) -> bool {
+        let shared = Arc::clone(&self.shared);
+        let mut balanced = true;
+        let mut target: BTreeSet<MessageQueue> = BTreeSet::new();
+        for topic in shared.config.topics() {
+            let Some(mq_all) = shared.subscribe_queues(&topic) else {
+                if topic == shared.config.topic {
+                    balanced = false;
+                }
+                continue;
+            };
+            match shared.config.model {
+                Model::Broadcasting => target.extend(mq_all),
+                Model::Clustering => match self.consumer_ids(&mq_all).await {
+                    Some(cids) => {
+                        let mine = shared.config.strategy.allocate(
+                            &shared.config.group,
+                            &shared.client_id,
+                            &mq_all,
+                            &cids,
+                        );
+                        debug!(group = %shared.group(), %topic, members = cids.len(), queues = mq_all.len(), assigned = mine.len(), "Allocation computed.");
+                        target.extend(mine);
+                    }
+                    None => {
+                        // Keep what we hold for this topic: an unreachable broker is no reason
+                        // to stop consuming.
+                        balanced = false;
+                        target.extend(self.active.keys().filter(|mq| mq.topic == topic).cloned());
+                    }
+                },
+            }
+        }
+
+        let mut changed = false;
+        let held: Vec<MessageQueue> = self.active.keys().cloned().collect();
+        for mq in held {
+            if !target.contains(&mq) {
+                self.revoke(&mq);
+                changed = true;
+            }
+        }
+        for mq in target {
+            if self.active.contains_key(&mq) {
+                continue;
+            }
+            if self.retiring.contains(&mq) {
+                balanced = false;
+                continue;
+            }
+            if shared.is_orderly_clustering() {
+                let granted = shared.lock_queues(&mq.broker_name, vec![mq.clone()]).await;
+                if !granted.contains(&mq) {
+                    debug!(queue = %mq, "Queue is locked by another member; retrying soon.");
+                    balanced = false;
+                    continue;
+                }
+            }
+            match shared.start_offset(&mq).await {
+                Ok(offset) => {
+                    self.spawn(mq, offset);
+                    changed = true;
+                }
+                Err(e) => {
+                    shared.count_error("rebalance", &e);
+                    warn!(group = %shared.group(), queue = %mq, error = %e, "Cannot compute the start offset; retrying soon.");
+                    balanced = false;
+                }
+            }
+        }
+        if changed {
+            shared.stats.record_rebalance();
+            shared.metrics.rebalances.with_label_values(&shared.labels()).inc();
+            shared.sub_version.store(now_millis(), Ordering::Relaxed);
+            shared.heartbeat_now.notify_one();
+            info!(group = %shared.group(), queues = self.active.len(), "Assignment changed.");
+        }
+        shared
+            .metrics
+            .assigned_queues
+            .with_label_values(&shared.labels())
+            .set(self.active.len() as i64);
+        if shared.subscribe_queues(&shared.config.topic).is_some() {
+            shared.ready.store(true, Ordering::Relaxed);
+        }
+        balanced
+    }
+
+    /// The group's members, sorted, from a master broker of the topic.
+    async fn consumer_ids(&self, mq_all: &[MessageQueue]) -> Option<Vec<String>> {
+        let brokers: BTreeSet<&str> = mq_all.iter().map(|mq| mq.broker_name.as_str()).collect();
+        for broker in brokers {
+            let Ok(addr) = self.shared.master_addr(broker) else {
+                continue;
+            };
+            let rpc = GetConsumerList {
+                consumer_group: self.shared.config.group.clone(),
+            };
+            match self.shared.call(&addr, &rpc).await {
+                Ok(mut ids) => {
+                    ids.sort();
+                    ids.dedup();
+                    if !ids.contains(&self.shared.client_id) {
+                        // The broker has not seen our heartbeat yet.
+                        self.shared.heartbeat_now.notify_one();
+                        return None;
+                    }
+                    return Some(ids);
+                }
+                Err(e) => {
+                    self.shared.count_error("rebalance", &e);
+                    debug!(broker = %addr, error = %e, "Consumer list unavailable.");
+                }
+            }
+        }
+        None
+    }
+
+    fn spawn(&mut self, mq: MessageQueue, offset: i64) {
+        let token = CancellationToken::new();
+        let shared = Arc::clone(&self.shared);
+        let queue = mq.clone();
+        let t = token.clone();
+        let handle = self.workers.spawn(async move {
+            worker::run(shared, queue.clone(), offset, t).await;
+            queue
+        });
+        self.ids.insert(handle.id(), mq.clone());
+        self.active.insert(mq, token);
+    }
+
+    fn revoke(&mut self, mq: &MessageQueue) {
+        if let Some(token) = self.active.remove(mq) {
+            info!(group = %self.shared.group(), queue = %mq, "Queue revoked; draining.");
+            token.cancel();
+            self.retiring.insert(mq.clone());
+        }
+    }
+
+    /// Applies a broker-requested offset reset: stop the affected workers, let them drain, set
+    /// the new offsets, persist them, and let the next rebalance start the queues again.
+    async fn reset(&mut self, reset: ResetRequest) {
+        for (mq, _) in &reset.offsets {
+            self.revoke(mq);
+        }
+        // Wait for the affected workers to finish so their final commit cannot overwrite the
+        // reset offset.
+        while reset.offsets.iter().any(|(mq, _)| self.retiring.contains(mq)) {
+            match self.workers.join_next_with_id().await {
+                Some(done) => {
+                    let id = match &done { Ok((id, _)) => *id, Err(e) => e.id() };
+                    if let Some(mq) = self.ids.remove(&id) {
+                        self.retiring.remove(&mq);
+                    }
+                }
+                None => break,
+            }
+        }
+        for (mq, offset) in &reset.offsets {
+            info!(group = %self.shared.group(), queue = %mq, offset, "Offset reset by the broker.");
+            self.shared.offsets.update(mq, *offset, false);
+            self.shared.persist(mq).await;
+        }
+        self.shared.rebalance_now.notify_one();
+    }
+}

@@ -1,0 +1,702 @@
+//! One task per assigned queue: long-polling pull -> process queue -> handler -> offsets.
+//!
+//! The worker owns its [`ProcessQueue`] outright. Handler batches run as child tasks in the
+//! worker's `JoinSet`, holding a permit of the subscription's consume semaphore; their results
+//! come back to the worker, which is the only place that mutates the process queue and moves the
+//! committed offset. Completions are handled before new pulls (`biased` select) so acks never
+//! wait behind fresh messages (style rule 5).
+//!
+//! Invariant (at-least-once): the committed offset is the lowest offset not yet finished, where
+//! finished means the handler accepted the message, or the message was handed back to the broker
+//! (retry or DLQ topic). A message whose send-back fails stays in the process queue and is tried
+//! again; it is never dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::client::ClientError;
+use crate::remoting::body::heartbeat::ExpressionType;
+use crate::remoting::filter;
+use crate::remoting::rpc::{PullMessage, PullResult, PullStatus};
+use crate::remoting::{MessageExt, MessageQueue, ResponseCode};
+
+use super::config::{Model, OrderlyExhausted};
+use super::engine::{needs_heartbeat, Shared};
+use super::handler::{Batch, ConsumeMode, Handler, Outcome};
+use super::process_queue::{FlowLimits, ProcessQueue};
+use super::stats::QueueState;
+
+/// Broker hold time of a long poll (Java 15 s).
+const SUSPEND_MILLIS: i64 = 15_000;
+/// Client timeout of a long poll: must exceed the hold time (Java 30 s).
+const PULL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a pull error (Java `pullTimeDelayMillsWhenException`).
+const PULL_ERROR_DELAY: Duration = Duration::from_secs(3);
+/// Pause after FLOW_CONTROL (Java 20 ms).
+const PULL_FLOW_CONTROL_DELAY: Duration = Duration::from_millis(20);
+/// Re-check interval while a process-queue limit is exceeded (Java 50 ms).
+const FLOW_CONTROL_RECHECK: Duration = Duration::from_millis(50);
+/// Redelivery delay after a failed send-back (Java 5 s).
+const SEND_BACK_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+const SYS_FLAG_COMMIT_OFFSET: i32 = 0x1;
+const SYS_FLAG_SUSPEND: i32 = 0x2;
+const SYS_FLAG_SUBSCRIPTION: i32 = 0x4;
+
+type PullFuture = Pin<Box<dyn Future<Output = (Result<PullResult, ClientError>, Duration)> + Send>>;
+
+/// What to do later with a message that is not finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// Offer it to the handler again.
+    Deliver,
+    /// Try the DLQ send-back again.
+    DeadLetter,
+}
+
+/// Result of one batch task.
+#[derive(Debug)]
+struct Done {
+    finished: Vec<i64>,
+    later: Vec<(MessageExt, Duration, Pending)>,
+    /// Orderly only: the raw outcomes, to decide commit or rollback.
+    orderly_retry: bool,
+    orderly_suspend: Option<Duration>,
+    orderly_retry_offsets: Vec<i64>,
+}
+
+struct Worker<H> {
+    shared: Arc<Shared<H>>,
+    mq: MessageQueue,
+    is_retry_queue: bool,
+    pq: ProcessQueue,
+    next_offset: i64,
+    /// Concurrent: pulled messages waiting for a consume slot, in offset order.
+    ready: VecDeque<MessageExt>,
+    /// Messages to offer again (or dead-letter again) at a time.
+    delayed: Vec<(Instant, MessageExt, Pending)>,
+    in_flight: JoinSet<Done>,
+    pull: Option<PullFuture>,
+    pull_not_before: Instant,
+    max_offset: Option<i64>,
+    paused: Option<String>,
+    /// Orderly: local reconsume counts (retries never leave the process queue).
+    local_reconsume: HashMap<i64, i32>,
+    suspended_until: Option<Instant>,
+    lock_was_valid: bool,
+    /// Orderly: the lock came back after being lost; re-read the offset before pulling.
+    recompute_offset: bool,
+}
+
+/// Runs the worker of `mq` from `start_offset` until `cancel` fires, then drains, persists the
+/// queue's offset and (orderly) releases its broker lock.
+pub(crate) async fn run<H: Handler>(
+    shared: Arc<Shared<H>>,
+    mq: MessageQueue,
+    start_offset: i64,
+    cancel: CancellationToken,
+) {
+    shared.offsets.update(&mq, start_offset, false);
+    shared.stats.set_queue(
+        &mq,
+        QueueState {
+            committed_offset: Some(start_offset),
+            next_pull_offset: start_offset,
+            locked: shared.is_orderly_clustering() && shared.lock_valid(&mq),
+            ..QueueState::default()
+        },
+    );
+    let mut w = Worker {
+        is_retry_queue: mq.topic.starts_with("%RETRY%"),
+        shared,
+        mq,
+        pq: ProcessQueue::new(),
+        next_offset: start_offset,
+        ready: VecDeque::new(),
+        delayed: Vec::new(),
+        in_flight: JoinSet::new(),
+        pull: None,
+        pull_not_before: Instant::now(),
+        max_offset: None,
+        paused: None,
+        local_reconsume: HashMap::new(),
+        suspended_until: None,
+        lock_was_valid: true,
+        recompute_offset: false,
+    };
+    info!(group = %w.shared.group(), queue = %w.mq, offset = start_offset, "Queue assigned.");
+    w.run(cancel).await;
+    w.drain().await;
+    w.shared.persist(&w.mq).await;
+    if w.shared.is_orderly_clustering() {
+        w.shared.unlock_queue(&w.mq).await;
+    }
+    w.shared.stats.remove_queue(&w.mq);
+    info!(group = %w.shared.group(), queue = %w.mq, "Queue released.");
+}
+
+impl<H: Handler> Worker<H> {
+    fn orderly(&self) -> bool {
+        self.shared.config.mode == ConsumeMode::Orderly
+    }
+
+    async fn run(&mut self, cancel: CancellationToken) {
+        loop {
+            if self.recompute_offset && self.in_flight.is_empty() {
+                self.relocate().await;
+            }
+            self.move_due_delayed();
+            self.maybe_pull();
+            let wake = self.next_wake();
+            let wants_slot = self.wants_slot();
+            let slots = Arc::clone(&self.shared.consume_slots);
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    match done {
+                        Ok(done) => self.on_done(done).await,
+                        Err(e) => warn!(queue = %self.mq, error = %e, "Batch task failed; its messages stay uncommitted."),
+                    }
+                }
+                result = poll_pull(&mut self.pull), if self.pull.is_some() => {
+                    self.pull = None;
+                    self.on_pull(result.0, result.1).await;
+                }
+                permit = slots.acquire_owned(), if wants_slot => {
+                    if let Ok(permit) = permit {
+                        self.dispatch(permit);
+                    }
+                }
+                _ = sleep_until(wake) => {}
+            }
+            self.publish_state();
+        }
+    }
+
+    /// The next time something is due: a delayed message, the pull back-off, a suspension, or a
+    /// periodic re-check (lock state, flow control).
+    fn next_wake(&self) -> Instant {
+        let mut wake = Instant::now() + Duration::from_secs(1);
+        if let Some(t) = self.delayed.iter().map(|(t, _, _)| *t).min() {
+            wake = wake.min(t);
+        }
+        if self.pull.is_none() && self.paused.is_none() {
+            wake = wake.min(self.pull_not_before);
+        }
+        if self.paused.is_some() {
+            wake = wake.min(Instant::now() + FLOW_CONTROL_RECHECK);
+        }
+        if let Some(t) = self.suspended_until {
+            wake = wake.min(t);
+        }
+        wake
+    }
+
+    fn move_due_delayed(&mut self) {
+        if self.delayed.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut due: Vec<(MessageExt, Pending)> = Vec::new();
+        self.delayed.retain(|(t, m, p)| {
+            if *t <= now {
+                due.push((m.clone(), *p));
+                false
+            } else {
+                true
+            }
+        });
+        due.sort_by_key(|(m, _)| m.queue_offset);
+        for (msg, pending) in due {
+            match pending {
+                Pending::Deliver => self.ready.push_back(msg),
+                Pending::DeadLetter => {
+                    let shared = Arc::clone(&self.shared);
+                    let mq = self.mq.clone();
+                    self.in_flight.spawn(async move {
+                        let mut done = Done::empty();
+                        match shared.send_back(&mq, &msg, -1).await {
+                            Ok(()) => done.finished.push(msg.queue_offset),
+                            Err(e) => {
+                                shared.count_error("send_back", &e);
+                                done.later.push((msg, SEND_BACK_RETRY_DELAY, Pending::DeadLetter));
+                            }
+                        }
+                        done
+                    });
+                }
+            }
+        }
+    }
+
+    fn wants_slot(&self) -> bool {
+        if self.orderly() {
+            self.in_flight.is_empty()
+                && self.suspended_until.is_none_or(|t| t <= Instant::now())
+                && !self.pq.is_empty()
+                && self.lock_ok()
+        } else {
+            !self.ready.is_empty()
+        }
+    }
+
+    fn lock_ok(&self) -> bool {
+        !self.shared.is_orderly_clustering() || self.shared.lock_valid(&self.mq)
+    }
+
+    /// Starts a handler batch with the acquired consume slot.
+    fn dispatch(&mut self, permit: OwnedSemaphorePermit) {
+        let size = self.shared.config.consume_batch_size.max(1);
+        let msgs: Vec<MessageExt> = if self.orderly() {
+            if !self.wants_slot() {
+                return;
+            }
+            self.suspended_until = None;
+            let mut taken = self.pq.take(size);
+            for m in &mut taken {
+                if let Some(extra) = self.local_reconsume.get(&m.queue_offset) {
+                    m.reconsume_times += *extra;
+                }
+            }
+            taken
+        } else {
+            let n = size.min(self.ready.len());
+            self.ready.drain(..n).collect()
+        };
+        if msgs.is_empty() {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let mq = self.mq.clone();
+        self.in_flight.spawn(async move {
+            let done = consume(&shared, &mq, msgs).await;
+            drop(permit);
+            done
+        });
+    }
+
+    async fn on_done(&mut self, done: Done) {
+        if self.orderly() {
+            self.on_orderly_done(done).await;
+            return;
+        }
+        for (msg, after, pending) in done.later {
+            self.delayed.push((Instant::now() + after, msg, pending));
+        }
+        if let Some(offset) = self.pq.remove(&done.finished) {
+            self.shared.offsets.update(&self.mq, offset, true);
+        }
+    }
+
+    async fn on_orderly_done(&mut self, done: Done) {
+        if done.orderly_retry {
+            for off in &done.orderly_retry_offsets {
+                *self.local_reconsume.entry(*off).or_insert(0) += 1;
+            }
+            self.pq.rollback();
+            let pause = done
+                .orderly_suspend
+                .unwrap_or(self.shared.config.suspend_time)
+                .clamp(Duration::from_millis(10), Duration::from_secs(30).max(self.shared.config.suspend_time));
+            self.suspended_until = Some(Instant::now() + pause);
+            debug!(queue = %self.mq, ?pause, "Orderly batch not accepted; queue suspended.");
+        } else if let Some(offset) = self.pq.commit() {
+            for off in &done.finished {
+                self.local_reconsume.remove(off);
+            }
+            self.shared.offsets.update(&self.mq, offset, false);
+        }
+    }
+
+    fn maybe_pull(&mut self) {
+        if self.pull.is_some() || self.recompute_offset || Instant::now() < self.pull_not_before {
+            return;
+        }
+        if self.shared.is_orderly_clustering() {
+            let valid = self.shared.lock_valid(&self.mq);
+            if !valid {
+                if self.lock_was_valid {
+                    warn!(queue = %self.mq, "Queue lock lost; pausing this queue until it is renewed.");
+                }
+                self.lock_was_valid = false;
+                self.paused = Some("orderly lock not held".into());
+                self.pull_not_before = Instant::now() + Duration::from_secs(1);
+                return;
+            }
+            if !self.lock_was_valid {
+                // Another consumer may have owned the queue meanwhile: restart from the offset
+                // the broker has, like the Java consumer does after re-locking.
+                self.lock_was_valid = true;
+                self.recompute_offset = true;
+                return;
+            }
+        }
+        let limits = FlowLimits {
+            max_count: self.shared.config.limits.max_cached_messages,
+            max_bytes: self.shared.config.limits.max_cached_bytes,
+            max_span: if self.orderly() { None } else { Some(self.shared.config.limits.max_span) },
+        };
+        if let Some(reason) = self.pq.flow_control(&limits) {
+            if self.paused.is_none() {
+                self.shared
+                    .metrics
+                    .flow_control
+                    .with_label_values(&[&self.shared.config.group, &self.shared.config.topic, reason.limit_name()])
+                    .inc();
+                debug!(queue = %self.mq, %reason, "Pull paused by flow control.");
+            }
+            self.paused = Some(reason.to_string());
+            self.pull_not_before = Instant::now() + FLOW_CONTROL_RECHECK;
+            return;
+        }
+        self.paused = None;
+        let addr = match self.shared.master_addr(&self.mq.broker_name) {
+            Ok(a) => a,
+            Err(e) => {
+                debug!(queue = %self.mq, error = %e, "No broker address; retrying the pull later.");
+                self.pull_not_before = Instant::now() + PULL_ERROR_DELAY;
+                return;
+            }
+        };
+        let clustering = self.shared.config.model == Model::Clustering;
+        let commit_offset = if clustering { self.shared.offsets.read(&self.mq).unwrap_or(0) } else { 0 };
+        let sub = self.shared.subscription_data(&self.mq.topic);
+        let mut sys_flag = SYS_FLAG_SUSPEND | SYS_FLAG_SUBSCRIPTION;
+        if commit_offset > 0 {
+            sys_flag |= SYS_FLAG_COMMIT_OFFSET;
+        }
+        let request = PullMessage {
+            consumer_group: self.shared.config.group.clone(),
+            topic: self.mq.topic.clone(),
+            queue_id: self.mq.queue_id,
+            queue_offset: self.next_offset,
+            max_msg_nums: self.shared.config.pull_batch_size,
+            sys_flag,
+            commit_offset,
+            suspend_timeout_millis: SUSPEND_MILLIS,
+            subscription: Some(sub.sub_string.clone()),
+            sub_version: sub.sub_version,
+            expression_type: match sub.expression_type {
+                ExpressionType::Sql92 => "SQL92".to_owned(),
+                _ => "TAG".to_owned(),
+            },
+            max_msg_bytes: None,
+            broker_name: Some(self.mq.broker_name.clone()),
+        };
+        let pool = self.shared.client.pool().clone();
+        self.pull = Some(Box::pin(async move {
+            let started = Instant::now();
+            let r = pool.call(&addr, &request, PULL_TIMEOUT).await;
+            (r, started.elapsed())
+        }));
+    }
+
+    async fn on_pull(&mut self, result: Result<PullResult, ClientError>, elapsed: Duration) {
+        self.shared
+            .metrics
+            .pull_duration
+            .with_label_values(&self.shared.labels())
+            .observe(elapsed.as_secs_f64());
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let delay = match &e {
+                    ClientError::Broker { code: ResponseCode::FlowControl, .. } => PULL_FLOW_CONTROL_DELAY,
+                    _ => PULL_ERROR_DELAY,
+                };
+                if needs_heartbeat(&e) {
+                    self.shared.heartbeat_now.notify_one();
+                }
+                self.shared.count_error("pull", &e);
+                warn!(group = %self.shared.group(), queue = %self.mq, offset = self.next_offset, error = %e, "Pull failed; retrying.");
+                self.pull_not_before = Instant::now() + delay;
+                return;
+            }
+        };
+        self.max_offset = Some(result.max_offset);
+        match result.status {
+            PullStatus::Found => {
+                self.next_offset = result.next_begin_offset;
+                let sub = self.shared.subscription_data(&self.mq.topic);
+                let check_tags = !self.is_retry_queue;
+                let mut kept: Vec<MessageExt> = result
+                    .messages
+                    .into_iter()
+                    .filter(|m| !check_tags || filter::matches_tags(&sub, m.tags()))
+                    .collect();
+                for m in &mut kept {
+                    self.shared.restore_topic(m);
+                }
+                if kept.is_empty() {
+                    if self.pq.is_empty() {
+                        self.shared.offsets.update(&self.mq, self.next_offset, true);
+                    }
+                } else {
+                    self.pq.put(kept.clone());
+                    if !self.orderly() {
+                        self.ready.extend(kept);
+                    }
+                }
+                self.pull_not_before = Instant::now() + self.shared.config.pull_interval;
+            }
+            PullStatus::NoNewMsg | PullStatus::NoMatchedMsg => {
+                self.next_offset = result.next_begin_offset;
+                if self.pq.is_empty() {
+                    self.shared.offsets.update(&self.mq, self.next_offset, true);
+                }
+            }
+            PullStatus::OffsetIllegal => {
+                warn!(
+                    group = %self.shared.group(),
+                    queue = %self.mq,
+                    requested = self.next_offset,
+                    corrected = result.next_begin_offset,
+                    "Broker moved the pull offset; continuing from the corrected offset.",
+                );
+                self.next_offset = result.next_begin_offset;
+                self.shared.offsets.update(&self.mq, self.next_offset, false);
+                self.shared.persist(&self.mq).await;
+            }
+        }
+    }
+
+    /// Orderly: after the lock came back, drop what is cached and continue from the offset the
+    /// broker has (the queue may have been consumed by another member meanwhile).
+    async fn relocate(&mut self) {
+        match self.shared.start_offset(&self.mq).await {
+            Ok(offset) => {
+                info!(queue = %self.mq, offset, "Queue re-locked; resuming from the broker's offset.");
+                self.recompute_offset = false;
+                self.pq = ProcessQueue::new();
+                self.local_reconsume.clear();
+                self.next_offset = offset;
+                self.shared.offsets.update(&self.mq, offset, false);
+            }
+            Err(e) => {
+                warn!(queue = %self.mq, error = %e, "Cannot read the offset after re-locking; retrying.");
+                self.pull_not_before = Instant::now() + PULL_ERROR_DELAY;
+            }
+        }
+    }
+
+    fn publish_state(&self) {
+        let committed = self.shared.offsets.read(&self.mq);
+        let state = QueueState {
+            committed_offset: committed,
+            next_pull_offset: self.next_offset,
+            max_offset: self.max_offset,
+            lag: match (self.max_offset, committed) {
+                (Some(max), Some(c)) => Some((max - c).max(0)),
+                _ => None,
+            },
+            cached_messages: self.pq.cached_count(),
+            cached_bytes: self.pq.cached_bytes(),
+            cached_range: self.pq.offset_range(),
+            locked: self.shared.is_orderly_clustering() && self.shared.lock_valid(&self.mq),
+            paused: self.paused.clone(),
+        };
+        self.shared.stats.set_queue(&self.mq, state);
+    }
+
+    /// Stops pulling and gives in-flight batches the drain timeout to finish. Whatever is not
+    /// finished by then stays uncommitted and is redelivered to the next owner.
+    async fn drain(&mut self) {
+        self.pull = None;
+        let deadline = Instant::now() + self.shared.config.drain_timeout;
+        while !self.in_flight.is_empty() {
+            match tokio::time::timeout_at(deadline, self.in_flight.join_next()).await {
+                Ok(Some(Ok(done))) => {
+                    // Results that ask for a later retry are simply left uncommitted.
+                    let done = Done { later: Vec::new(), ..done };
+                    self.on_done(done).await;
+                }
+                Ok(Some(Err(_))) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(queue = %self.mq, batches = self.in_flight.len(), "Drain timeout; unfinished batches will be redelivered.");
+                    self.in_flight.abort_all();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Done {
+    fn empty() -> Self {
+        Self {
+            finished: Vec::new(),
+            later: Vec::new(),
+            orderly_retry: false,
+            orderly_suspend: None,
+            orderly_retry_offsets: Vec::new(),
+        }
+    }
+}
+
+async fn poll_pull(pull: &mut Option<PullFuture>) -> (Result<PullResult, ClientError>, Duration) {
+    match pull.as_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the handler on one batch and settles every message: finished (accepted, or handed back
+/// to the broker) or to be offered again later.
+async fn consume<H: Handler>(shared: &Arc<Shared<H>>, mq: &MessageQueue, msgs: Vec<MessageExt>) -> Done {
+    let cfg = &shared.config;
+    let batch = Batch {
+        group: cfg.group.clone(),
+        topic: cfg.topic.clone(),
+        queue: mq.clone(),
+        mode: cfg.mode,
+        messages: msgs,
+    };
+    let labels = shared.labels();
+    shared.metrics.batches_in_flight.with_label_values(&labels).inc();
+    shared.metrics.batch_size.with_label_values(&labels).observe(batch.messages.len() as f64);
+    let started = Instant::now();
+    let outcomes = match timeout(cfg.consume_timeout, shared.handler.handle(&batch)).await {
+        Ok(o) => o,
+        Err(_) => {
+            warn!(group = %cfg.group, queue = %mq, timeout = ?cfg.consume_timeout, "Handler missed the consume timeout; the batch will be retried.");
+            Vec::new()
+        }
+    };
+    let elapsed = started.elapsed();
+    shared.metrics.batches_in_flight.with_label_values(&labels).dec();
+    shared.metrics.batch_duration.with_label_values(&labels).observe(elapsed.as_secs_f64());
+
+    let mut done = Done::empty();
+    let (mut ok, mut retried, mut dropped, mut deferred) = (0u64, 0u64, 0u64, 0u64);
+    let orderly = cfg.mode == ConsumeMode::Orderly;
+    for (i, msg) in batch.messages.into_iter().enumerate() {
+        let outcome = outcomes.get(i).copied().unwrap_or(Outcome::Retry { delay_level: None });
+        let name = match outcome {
+            Outcome::Success => "success",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Drop => "drop",
+            Outcome::Later { .. } => "later",
+        };
+        shared.metrics.messages.with_label_values(&[&cfg.group, &cfg.topic, name]).inc();
+        match outcome {
+            Outcome::Success => {
+                ok += 1;
+                done.finished.push(msg.queue_offset);
+            }
+            Outcome::Later { after } => {
+                deferred += 1;
+                if orderly {
+                    done.orderly_retry = true;
+                    done.orderly_suspend = Some(done.orderly_suspend.map_or(after, |d| d.max(after)));
+                } else {
+                    done.later.push((msg, after, Pending::Deliver));
+                }
+            }
+            Outcome::Drop => {
+                dropped += 1;
+                settle_drop(shared, mq, msg, &mut done).await;
+            }
+            Outcome::Retry { delay_level } => {
+                retried += 1;
+                if orderly {
+                    settle_orderly_retry(shared, mq, msg, &mut done).await;
+                } else {
+                    settle_retry(shared, mq, msg, delay_level, &mut done).await;
+                }
+            }
+        }
+    }
+    shared.stats.record_batch(elapsed, ok, retried, dropped, deferred);
+    done
+}
+
+async fn settle_drop<H: Handler>(shared: &Arc<Shared<H>>, mq: &MessageQueue, msg: MessageExt, done: &mut Done) {
+    if shared.config.model == Model::Broadcasting {
+        // Broadcasting has no broker DLQ: the message is given up, loudly.
+        warn!(group = %shared.group(), msg_id = %msg.msg_id(), "Broadcasting message dropped by the handler.");
+        shared.metrics.dropped.with_label_values(&shared.labels()).inc();
+        done.finished.push(msg.queue_offset);
+        return;
+    }
+    match shared.send_back(mq, &msg, -1).await {
+        Ok(()) => done.finished.push(msg.queue_offset),
+        Err(e) => {
+            shared.count_error("send_back", &e);
+            warn!(msg_id = %msg.msg_id(), error = %e, "DLQ send-back failed; retrying it later.");
+            if shared.config.mode == ConsumeMode::Orderly {
+                done.orderly_retry = true;
+            } else {
+                done.later.push((msg, SEND_BACK_RETRY_DELAY, Pending::DeadLetter));
+            }
+        }
+    }
+}
+
+async fn settle_retry<H: Handler>(
+    shared: &Arc<Shared<H>>,
+    mq: &MessageQueue,
+    mut msg: MessageExt,
+    delay_level: Option<i32>,
+    done: &mut Done,
+) {
+    let cfg = &shared.config;
+    if cfg.model == Model::Broadcasting {
+        // No retry topic in broadcasting: retry locally with back-off, then give up.
+        if msg.reconsume_times >= cfg.max_reconsume_times {
+            warn!(group = %cfg.group, msg_id = %msg.msg_id(), attempts = msg.reconsume_times + 1, "Broadcasting message failed too often; dropped.");
+            shared.metrics.dropped.with_label_values(&shared.labels()).inc();
+            done.finished.push(msg.queue_offset);
+        } else {
+            let backoff = Duration::from_secs(1 << msg.reconsume_times.clamp(0, 6));
+            msg.reconsume_times += 1;
+            done.later.push((msg, backoff, Pending::Deliver));
+        }
+        return;
+    }
+    match shared.send_back(mq, &msg, delay_level.unwrap_or(0)).await {
+        Ok(()) => done.finished.push(msg.queue_offset),
+        Err(e) => {
+            shared.count_error("send_back", &e);
+            warn!(msg_id = %msg.msg_id(), error = %e, "Send-back failed; consuming the message again locally in 5 s.");
+            msg.reconsume_times += 1;
+            done.later.push((msg, SEND_BACK_RETRY_DELAY, Pending::Deliver));
+        }
+    }
+}
+
+async fn settle_orderly_retry<H: Handler>(shared: &Arc<Shared<H>>, mq: &MessageQueue, msg: MessageExt, done: &mut Done) {
+    let cfg = &shared.config;
+    let exhausted = msg.reconsume_times >= cfg.max_reconsume_times;
+    if exhausted && cfg.orderly_exhausted == OrderlyExhausted::DeadLetter {
+        if shared.config.model == Model::Broadcasting {
+            warn!(msg_id = %msg.msg_id(), "Orderly broadcasting message failed too often; dropped.");
+            shared.metrics.dropped.with_label_values(&shared.labels()).inc();
+            done.finished.push(msg.queue_offset);
+            return;
+        }
+        match shared.send_back(mq, &msg, -1).await {
+            Ok(()) => {
+                info!(group = %cfg.group, msg_id = %msg.msg_id(), "Orderly message exhausted its retries; moved to the DLQ.");
+                done.finished.push(msg.queue_offset);
+            }
+            Err(e) => {
+                shared.count_error("send_back", &e);
+                done.orderly_retry = true;
+            }
+        }
+        return;
+    }
+    done.orderly_retry = true;
+    done.orderly_retry_offsets.push(msg.queue_offset);
+}

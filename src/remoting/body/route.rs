@@ -1,0 +1,363 @@
+//! Topic route data: the GET_ROUTEINFO_BY_TOPIC answer of the name server (section 3), and the
+//! queue sets consumers and producers derive from it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{fastjson, nullable};
+use crate::remoting::{MessageQueue, RemotingError};
+
+/// `perm` bit: consumers may read the queues.
+pub const PERM_READ: i32 = 1 << 2;
+/// `perm` bit: producers may write the queues.
+pub const PERM_WRITE: i32 = 1 << 1;
+/// `perm` bit: template topic (TBW102 only).
+pub const PERM_INHERIT: i32 = 1;
+/// Broker id of a master in `brokerAddrs`.
+pub const MASTER_ID: i64 = 0;
+
+/// Where a topic lives: its queues per broker and the brokers' addresses.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicRouteData {
+    /// Ordered-topic override `brokerName:queueNums;...` (only with namesrv `orderMessageEnable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_topic_conf: Option<String>,
+    /// One entry per broker hosting the topic.
+    #[serde(default, deserialize_with = "nullable")]
+    pub queue_datas: Vec<QueueData>,
+    /// The brokers named by `queue_datas`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub broker_datas: Vec<BrokerData>,
+    /// 5.x static-topic mapping, kept raw: present only for static topics, which this client does
+    /// not support (a caller can refuse them by checking for `Some`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_queue_mapping_by_broker: Option<serde_json::Value>,
+}
+
+/// The queues of a topic on one broker.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueData {
+    /// Broker name (not an address).
+    #[serde(default, deserialize_with = "nullable")]
+    pub broker_name: String,
+    /// Queues consumers read: `0..read_queue_nums`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub read_queue_nums: i32,
+    /// Queues producers write: `0..write_queue_nums`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub write_queue_nums: i32,
+    /// Permission bits ([`PERM_READ`], [`PERM_WRITE`], [`PERM_INHERIT`]).
+    #[serde(default, deserialize_with = "nullable")]
+    pub perm: i32,
+    /// Unit-topic flags; normally 0.
+    #[serde(default, deserialize_with = "nullable")]
+    pub topic_sys_flag: i32,
+}
+
+/// One broker (a master and its slaves).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerData {
+    /// Cluster name.
+    #[serde(default, deserialize_with = "nullable")]
+    pub cluster: String,
+    /// Broker name.
+    #[serde(default, deserialize_with = "nullable")]
+    pub broker_name: String,
+    /// Broker id ([`MASTER_ID`] = master, ≥ 1 = slaves) → `host:port`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub broker_addrs: BTreeMap<i64, String>,
+    /// Zone (5.x); the Rust name server writes `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_name: Option<String>,
+    /// 5.x acting-master mode.
+    #[serde(default, deserialize_with = "nullable")]
+    pub enable_acting_master: bool,
+}
+
+impl BrokerData {
+    /// The master's address, if the broker has a live master.
+    pub fn master_addr(&self) -> Option<&str> {
+        self.broker_addrs.get(&MASTER_ID).map(String::as_str)
+    }
+}
+
+impl TopicRouteData {
+    /// Parses a route body in either of the name server's forms (standard JSON or fastjson
+    /// with unquoted broker-id keys), tolerating `null`s and unknown keys.
+    ///
+    /// # Errors
+    /// [`RemotingError::MalformedBody`] if the body is not (fast)JSON of this shape.
+    pub fn parse(body: &[u8]) -> Result<Self, RemotingError> {
+        fastjson::from_slice(body, "topic route")
+    }
+
+    /// Standard JSON (quoted broker-id keys), as a name server answering version ≥ 4.9.4 writes.
+    pub fn to_json(&self) -> Vec<u8> {
+        fastjson::to_string(self).into_bytes()
+    }
+
+    /// The queues consumers of `topic` may read, sorted (topic, broker name, queue id).
+    pub fn subscribe_queues(&self, topic: &str) -> Vec<MessageQueue> {
+        let mut queues: Vec<MessageQueue> = self
+            .queue_datas
+            .iter()
+            .filter(|q| q.perm & PERM_READ != 0)
+            .flat_map(|q| {
+                (0..q.read_queue_nums).map(|i| MessageQueue::new(topic, &q.broker_name, i))
+            })
+            .collect();
+        queues.sort();
+        queues.dedup();
+        queues
+    }
+
+    /// The queues producers of `topic` may write: brokers with write permission and a master,
+    /// sorted by broker name then queue id. A non-empty `order_topic_conf` replaces this list
+    /// (in its own order), as in Java.
+    pub fn publish_queues(&self, topic: &str) -> Vec<MessageQueue> {
+        if let Some(conf) = self.order_topic_conf.as_deref().filter(|c| !c.is_empty()) {
+            return conf
+                .split(';')
+                .filter_map(|item| {
+                    let (broker, nums) = item.split_once(':')?;
+                    Some((broker, nums.trim().parse::<i32>().ok()?))
+                })
+                .flat_map(|(broker, nums)| {
+                    (0..nums).map(move |i| MessageQueue::new(topic, broker, i))
+                })
+                .collect();
+        }
+        let mut datas: Vec<&QueueData> = self
+            .queue_datas
+            .iter()
+            .filter(|q| q.perm & PERM_WRITE != 0 && self.master_addr(&q.broker_name).is_some())
+            .collect();
+        datas.sort_by(|a, b| a.broker_name.cmp(&b.broker_name));
+        datas
+            .into_iter()
+            .flat_map(|q| {
+                (0..q.write_queue_nums).map(|i| MessageQueue::new(topic, &q.broker_name, i))
+            })
+            .collect()
+    }
+
+    /// The broker named `broker_name`.
+    pub fn broker(&self, broker_name: &str) -> Option<&BrokerData> {
+        self.broker_datas
+            .iter()
+            .find(|b| b.broker_name == broker_name)
+    }
+
+    /// The master address of `broker_name`.
+    pub fn master_addr(&self, broker_name: &str) -> Option<&str> {
+        self.broker(broker_name).and_then(BrokerData::master_addr)
+    }
+
+    /// Every known address as (broker name, broker id, address): masters and slaves, the set a
+    /// consumer heartbeats to.
+    pub fn broker_addrs(&self) -> impl Iterator<Item = (&str, i64, &str)> + '_ {
+        self.broker_datas.iter().flat_map(|b| {
+            b.broker_addrs
+                .iter()
+                .map(move |(id, addr)| (b.broker_name.as_str(), *id, addr.as_str()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const STANDARD: &str = r#"{"brokerDatas":[{"brokerAddrs":{"0":"127.0.0.1:10911"},"brokerName":"broker-a","cluster":"DefaultCluster","enableActingMaster":false}],
+ "filterServerTable":{},
+ "queueDatas":[{"brokerName":"broker-a","perm":6,"readQueueNums":4,"topicSysFlag":0,"writeQueueNums":4}]}"#;
+
+    #[test]
+    fn parses_the_standard_form() {
+        let r = TopicRouteData::parse(STANDARD.as_bytes()).unwrap();
+        assert_eq!(r.queue_datas.len(), 1);
+        assert_eq!(
+            r.queue_datas[0],
+            QueueData {
+                broker_name: "broker-a".into(),
+                read_queue_nums: 4,
+                write_queue_nums: 4,
+                perm: 6,
+                topic_sys_flag: 0,
+            }
+        );
+        assert_eq!(r.broker_datas[0].cluster, "DefaultCluster");
+        assert_eq!(r.master_addr("broker-a"), Some("127.0.0.1:10911"));
+        assert_eq!(r.master_addr("broker-b"), None);
+        let subs = r.subscribe_queues("T1");
+        assert_eq!(subs.len(), 4);
+        assert_eq!(subs[3], MessageQueue::new("T1", "broker-a", 3));
+    }
+
+    #[test]
+    fn parses_unquoted_broker_ids_and_rust_nulls() {
+        let body = r#"{"orderTopicConf":null,"queueDatas":[{"brokerName":"b","readQueueNums":2,"writeQueueNums":2,"perm":6,"topicSysFlag":0}],
+            "brokerDatas":[{"cluster":"C","brokerName":"b","brokerAddrs":{0:"127.0.0.1:10911",1:"127.0.0.1:10921"},"zoneName":null,"enableActingMaster":false}],
+            "topicQueueMappingInfo":null,"filterServerTable":{}}"#;
+        let r = TopicRouteData::parse(body.as_bytes()).unwrap();
+        assert_eq!(r.order_topic_conf, None);
+        assert_eq!(r.broker_datas[0].zone_name, None);
+        assert_eq!(r.broker_datas[0].broker_addrs[&1], "127.0.0.1:10921");
+        let addrs: Vec<_> = r.broker_addrs().collect();
+        assert_eq!(
+            addrs,
+            vec![("b", 0, "127.0.0.1:10911"), ("b", 1, "127.0.0.1:10921")]
+        );
+        assert!(
+            TopicRouteData::parse(b"{\"queueDatas\":null,\"brokerDatas\":null}")
+                .unwrap()
+                .queue_datas
+                .is_empty()
+        );
+        assert!(TopicRouteData::parse(b"[1]").is_err());
+        assert!(TopicRouteData::parse(b"{\"queueDatas\":").is_err());
+    }
+
+    #[test]
+    fn permission_and_master_filters() {
+        let r = TopicRouteData {
+            queue_datas: vec![
+                QueueData {
+                    broker_name: "c".into(),
+                    read_queue_nums: 1,
+                    write_queue_nums: 1,
+                    perm: 6,
+                    topic_sys_flag: 0,
+                },
+                QueueData {
+                    broker_name: "a".into(),
+                    read_queue_nums: 2,
+                    write_queue_nums: 1,
+                    perm: PERM_READ,
+                    topic_sys_flag: 0,
+                },
+                QueueData {
+                    broker_name: "b".into(),
+                    read_queue_nums: 1,
+                    write_queue_nums: 2,
+                    perm: PERM_WRITE,
+                    topic_sys_flag: 0,
+                },
+                QueueData {
+                    broker_name: "d".into(),
+                    read_queue_nums: 1,
+                    write_queue_nums: 1,
+                    perm: 6,
+                    topic_sys_flag: 0,
+                },
+            ],
+            broker_datas: ["a", "b", "c"]
+                .iter()
+                .map(|n| BrokerData {
+                    broker_name: (*n).into(),
+                    broker_addrs: [(0, format!("{n}:1"))].into(),
+                    ..BrokerData::default()
+                })
+                .chain([BrokerData {
+                    broker_name: "d".into(),
+                    broker_addrs: [(1, "d:2".into())].into(),
+                    ..BrokerData::default()
+                }])
+                .collect(),
+            ..TopicRouteData::default()
+        };
+        let mq = |b: &str, i| MessageQueue::new("T", b, i);
+        assert_eq!(
+            r.subscribe_queues("T"),
+            vec![mq("a", 0), mq("a", 1), mq("c", 0), mq("d", 0)]
+        );
+        // "d" has no master; "a" cannot be written.
+        assert_eq!(
+            r.publish_queues("T"),
+            vec![mq("b", 0), mq("b", 1), mq("c", 0)]
+        );
+        let ordered = TopicRouteData {
+            order_topic_conf: Some("c:2;bad;a:1".into()),
+            ..r
+        };
+        assert_eq!(
+            ordered.publish_queues("T"),
+            vec![mq("c", 0), mq("c", 1), mq("a", 0)]
+        );
+    }
+
+    fn route() -> impl Strategy<Value = TopicRouteData> {
+        let queue =
+            ("[a-z]{1,8}", 0i32..16, 0i32..16, 0i32..16, 0i32..4).prop_map(|(n, r, w, p, f)| {
+                QueueData {
+                    broker_name: n,
+                    read_queue_nums: r,
+                    write_queue_nums: w,
+                    perm: p,
+                    topic_sys_flag: f,
+                }
+            });
+        let broker = (
+            "[A-Za-z]{1,8}",
+            "[a-z-]{1,8}",
+            prop::collection::btree_map(0i64..4, "[0-9.]{7,15}:[0-9]{1,5}", 0..3),
+            prop::option::of("[a-z]{1,5}"),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(cluster, broker_name, broker_addrs, zone_name, enable_acting_master)| {
+                    BrokerData {
+                        cluster,
+                        broker_name,
+                        broker_addrs,
+                        zone_name,
+                        enable_acting_master,
+                    }
+                },
+            );
+        (
+            prop::option::of("[a-z]{1,4}:[0-9]"),
+            prop::collection::vec(queue, 0..4),
+            prop::collection::vec(broker, 0..4),
+        )
+            .prop_map(
+                |(order_topic_conf, queue_datas, broker_datas)| TopicRouteData {
+                    order_topic_conf,
+                    queue_datas,
+                    broker_datas,
+                    topic_queue_mapping_by_broker: None,
+                },
+            )
+    }
+
+    /// The pre-4.9.4 fastjson form: broker-id keys without quotes.
+    fn unquote_ids(json: &str) -> String {
+        let mut out = json.to_owned();
+        for id in 0..4 {
+            out = out.replace(&format!("\"{id}\":\""), &format!("{id}:\""));
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(r in route()) {
+            let json = String::from_utf8(r.to_json()).unwrap();
+            prop_assert_eq!(&TopicRouteData::parse(json.as_bytes()).unwrap(), &r);
+            prop_assert_eq!(&TopicRouteData::parse(unquote_ids(&json).as_bytes()).unwrap(), &r);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5000))]
+        #[test]
+        fn parse_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = TopicRouteData::parse(&bytes);
+        }
+    }
+}

@@ -1,0 +1,707 @@
+//! Message records (rocketmq-remoting.md section 6): the stored-record format of PULL and
+//! CONSUME_MESSAGE_DIRECTLY bodies, the SEND_BATCH body (section 4.10), properties, compression
+//! and message ids.
+//!
+//! Invariants:
+//! * decoding never panics and never allocates more than the input length (plus bounded
+//!   decompression output, see [`compression::MAX_DECOMPRESSED_LEN`]): every length field is
+//!   checked against the bytes that remain before it is used;
+//! * a decoded [`MessageExt`] holds the *decompressed* body with the compressed bit cleared from
+//!   `sys_flag` (as the Java client does), and 5.x inner batches are already unwrapped.
+
+pub mod compression;
+pub mod id;
+pub mod properties;
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+pub use compression::Compression;
+pub use id::{offset_msg_id, parse_offset_msg_id, UniqKeyGenerator};
+pub use properties::Properties;
+
+use crate::remoting::RemotingError;
+
+/// MessageSysFlag bits (section 6.3).
+pub mod sys_flag {
+    /// The stored body is compressed.
+    pub const COMPRESSED: i32 = 0x1;
+    /// Legacy, unused.
+    pub const MULTI_TAGS: i32 = 0x2;
+    /// Transaction state bits (not-type / prepared / commit / rollback).
+    pub const TRANSACTION_MASK: i32 = 0xC;
+    /// Transaction state: half message.
+    pub const TRANSACTION_PREPARED: i32 = 0x4;
+    /// The born host is IPv6 (20 bytes on the wire).
+    pub const BORN_HOST_V6: i32 = 0x10;
+    /// The store host is IPv6 (20 bytes on the wire).
+    pub const STORE_HOST_V6: i32 = 0x20;
+    /// 5.x inner batch the client must unwrap.
+    pub const NEED_UNWRAP: i32 = 0x40;
+    /// 5.x inner batch.
+    pub const INNER_BATCH: i32 = 0x80;
+    /// Compression type bits 8-10.
+    pub const COMPRESSION_TYPE_MASK: i32 = 0x700;
+}
+
+/// Magic of a V1 record (1-byte topic length).
+pub const MAGIC_V1: i32 = 0xDAA3_20A7_u32 as i32;
+/// Magic of a V2 record (2-byte topic length, 5.1+ brokers).
+pub const MAGIC_V2: i32 = 0xDAA3_20AB_u32 as i32;
+/// Longest properties string a record can carry (signed 16-bit length).
+pub const MAX_PROPERTIES_LEN: usize = i16::MAX as usize;
+
+/// Record layout version, chosen by the magic code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageVersion {
+    /// 1-byte topic length; topics up to 127 bytes.
+    V1,
+    /// 2-byte topic length.
+    V2,
+}
+
+/// A message as stored by a broker and delivered by a pull.
+///
+/// `msg_id()` is what users call the message id (the producer's `UNIQ_KEY`); the offset msgId
+/// names the stored record and is what send-back needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageExt {
+    /// Topic the record is stored under (`%RETRY%<group>` for retries, see
+    /// [`Self::retry_topic_restored`]).
+    pub topic: String,
+    /// Queue within the broker.
+    pub queue_id: i32,
+    /// User flag set by the producer.
+    pub flag: i32,
+    /// Logical offset in the consume queue: the offset consumers commit.
+    pub queue_offset: i64,
+    /// Physical commit-log offset, used for send-back and the offset msgId.
+    pub commit_log_offset: i64,
+    /// MessageSysFlag ([`sys_flag`]), with [`sys_flag::COMPRESSED`] cleared after decoding.
+    pub sys_flag: i32,
+    /// Producer clock, ms since the epoch.
+    pub born_timestamp: i64,
+    /// Producer address.
+    pub born_host: SocketAddr,
+    /// Broker clock at store time, ms since the epoch.
+    pub store_timestamp: i64,
+    /// Broker that stored the record.
+    pub store_host: SocketAddr,
+    /// Number of previous consumption attempts.
+    pub reconsume_times: i32,
+    /// Transaction prepare offset; 0 normally.
+    pub prepared_transaction_offset: i64,
+    /// CRC32 of the stored (possibly compressed) body, masked to 31 bits. Not checked on decode
+    /// (Java does not either) and recomputed on encode.
+    pub body_crc: i32,
+    /// The body, decompressed.
+    pub body: Bytes,
+    /// Properties (section 6.5 keys in [`properties`]).
+    pub properties: Properties,
+}
+
+impl MessageExt {
+    /// The user-visible id: `UNIQ_KEY` if present, else the offset msgId.
+    pub fn msg_id(&self) -> String {
+        match self.property(properties::UNIQ_KEY) {
+            Some(id) => id.to_owned(),
+            None => self.offset_msg_id(),
+        }
+    }
+
+    /// The offset msgId of this record (store host + commit-log offset).
+    pub fn offset_msg_id(&self) -> String {
+        offset_msg_id(self.store_host, self.commit_log_offset)
+    }
+
+    /// The `TAGS` property.
+    pub fn tags(&self) -> Option<&str> {
+        self.property(properties::TAGS)
+    }
+
+    /// The `KEYS` property split on spaces (empty if absent).
+    pub fn keys(&self) -> Vec<&str> {
+        self.property(properties::KEYS)
+            .map(|k| k.split(' ').filter(|k| !k.is_empty()).collect())
+            .unwrap_or_default()
+    }
+
+    /// One property by name.
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties.get(name).map(String::as_str)
+    }
+
+    /// The topic the application sees (section 7.11): for a message in `%RETRY%<group>` with a
+    /// `RETRY_TOPIC` property, that property; otherwise the stored topic.
+    pub fn retry_topic_restored(&self, group: &str) -> &str {
+        match self.property(properties::RETRY_TOPIC) {
+            Some(real) if is_retry_topic_of(&self.topic, group) => real,
+            _ => &self.topic,
+        }
+    }
+
+    /// Replaces a `%RETRY%<group>` topic with the `RETRY_TOPIC` property in place; returns
+    /// whether the topic changed.
+    pub fn restore_retry_topic(&mut self, group: &str) -> bool {
+        let restored = self.retry_topic_restored(group);
+        if restored == self.topic {
+            return false;
+        }
+        self.topic = restored.to_owned();
+        true
+    }
+}
+
+/// Whether `topic` is `%RETRY%<group>`.
+fn is_retry_topic_of(topic: &str, group: &str) -> bool {
+    topic
+        .strip_prefix("%RETRY%")
+        .is_some_and(|rest| rest == group)
+}
+
+/// A message to send (test producer, retry fallback).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Message {
+    /// Destination topic.
+    pub topic: String,
+    /// User flag.
+    pub flag: i32,
+    /// Body, uncompressed.
+    pub body: Bytes,
+    /// Properties; see the `with_*` helpers.
+    pub properties: Properties,
+}
+
+impl Message {
+    /// A message for `topic` carrying `body`, no properties.
+    pub fn new(topic: impl Into<String>, body: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            flag: 0,
+            body: body.into(),
+            properties: Properties::new(),
+        }
+    }
+
+    /// Sets a property. Empty values are dropped by receivers (section 6.4).
+    #[must_use]
+    pub fn with_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the tag (`TAGS`).
+    #[must_use]
+    pub fn with_tags(self, tags: impl Into<String>) -> Self {
+        self.with_property(properties::TAGS, tags)
+    }
+
+    /// Sets the business keys (`KEYS`, joined with spaces).
+    #[must_use]
+    pub fn with_keys<I, S>(self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let joined = keys
+            .into_iter()
+            .map(|k| k.as_ref().to_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        self.with_property(properties::KEYS, joined)
+    }
+
+    /// Sets the unique key (`UNIQ_KEY`), e.g. from [`UniqKeyGenerator`].
+    #[must_use]
+    pub fn with_uniq_key(self, id: impl Into<String>) -> Self {
+        self.with_property(properties::UNIQ_KEY, id)
+    }
+
+    /// Sets `WAIT` (whether the broker answers only after storing).
+    #[must_use]
+    pub fn with_wait(self, wait: bool) -> Self {
+        self.with_property(properties::WAIT, if wait { "true" } else { "false" })
+    }
+
+    /// Sets the delay level (`DELAY`, 1..=18 on default brokers).
+    #[must_use]
+    pub fn with_delay_level(self, level: i32) -> Self {
+        self.with_property(properties::DELAY, level.to_string())
+    }
+
+    /// The `UNIQ_KEY` property.
+    pub fn uniq_key(&self) -> Option<&str> {
+        self.properties
+            .get(properties::UNIQ_KEY)
+            .map(String::as_str)
+    }
+}
+
+// === decoding ===
+
+/// Bytes of the fixed fields before the born host (totalSize .. bornTimestamp).
+const HEAD_LEN: usize = 48;
+
+/// Decodes a PULL body: a concatenation of stored records. Inner batches are unwrapped and
+/// compressed bodies inflated.
+///
+/// # Errors
+/// [`RemotingError::MalformedMessage`] for a truncated or inconsistent record (the whole body is
+/// rejected: a broker does not send half-valid bodies), [`RemotingError::Decompress`] for a body
+/// that does not inflate.
+pub fn decode_messages(body: &[u8]) -> Result<Vec<MessageExt>, RemotingError> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < body.len() {
+        let (msg, len) = decode_record(body, at)?;
+        at += len;
+        unwrap_into(msg, at - len, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Decodes a body that carries one stored record (CONSUME_MESSAGE_DIRECTLY). Returns the first
+/// message if the record is an inner batch; bytes after the first record are ignored.
+///
+/// # Errors
+/// As [`decode_messages`], plus [`RemotingError::MalformedMessage`] for an empty body.
+pub fn decode_message(body: &[u8]) -> Result<MessageExt, RemotingError> {
+    if body.is_empty() {
+        return Err(malformed(0, "empty body".into()));
+    }
+    let (msg, _) = decode_record(body, 0)?;
+    let mut out = Vec::new();
+    unwrap_into(msg, 0, &mut out)?;
+    out.into_iter()
+        .next()
+        .ok_or_else(|| malformed(0, "inner batch without messages".into()))
+}
+
+fn malformed(at: usize, reason: String) -> RemotingError {
+    RemotingError::MalformedMessage { at, reason }
+}
+
+/// A bounds-checked big-endian cursor over one record; errors name the record's start.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], RemotingError> {
+        let left = self.buf.len() - self.pos;
+        if n > left {
+            return Err(malformed(
+                self.at,
+                format!(
+                    "{what} needs {n} bytes at record byte {}, {left} left",
+                    self.pos
+                ),
+            ));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], RemotingError> {
+        let s = self.take(N, what)?;
+        let mut a = [0; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    fn i16(&mut self, what: &str) -> Result<i16, RemotingError> {
+        self.array(what).map(i16::from_be_bytes)
+    }
+
+    fn i32(&mut self, what: &str) -> Result<i32, RemotingError> {
+        self.array(what).map(i32::from_be_bytes)
+    }
+
+    fn i64(&mut self, what: &str) -> Result<i64, RemotingError> {
+        self.array(what).map(i64::from_be_bytes)
+    }
+
+    /// A length field: negative values are errors, not huge allocations.
+    fn len(&mut self, width: usize, what: &str) -> Result<usize, RemotingError> {
+        let value = match width {
+            1 => i64::from(i8::from_be_bytes(self.array(what)?)),
+            2 => i64::from(self.i16(what)?),
+            _ => i64::from(self.i32(what)?),
+        };
+        usize::try_from(value).map_err(|_| malformed(self.at, format!("negative {what} {value}")))
+    }
+
+    fn host(&mut self, v6: bool, what: &str) -> Result<SocketAddr, RemotingError> {
+        let ip = if v6 {
+            Ipv6Addr::from(self.array::<16>(what)?).into()
+        } else {
+            Ipv4Addr::from(self.array::<4>(what)?).into()
+        };
+        let port = self.i32(what)?;
+        let port = u16::try_from(port)
+            .map_err(|_| malformed(self.at, format!("{what} port {port} out of range")))?;
+        Ok(match ip {
+            std::net::IpAddr::V4(v4) => SocketAddr::new(v4.into(), port),
+            std::net::IpAddr::V6(v6) => SocketAddrV6::new(v6, port, 0, 0).into(),
+        })
+    }
+}
+
+/// Decodes the record starting at `at`; returns it (body decompressed, not yet unwrapped) and its
+/// total length.
+fn decode_record(body: &[u8], at: usize) -> Result<(MessageExt, usize), RemotingError> {
+    let rest = &body[at..];
+    let mut head = Cursor {
+        buf: rest,
+        pos: 0,
+        at,
+    };
+    let total = head.len(4, "totalSize")?;
+    if total < HEAD_LEN {
+        return Err(malformed(at, format!("totalSize {total} is too small")));
+    }
+    if total > rest.len() {
+        return Err(malformed(
+            at,
+            format!("totalSize {total} exceeds the {} bytes left", rest.len()),
+        ));
+    }
+    let mut c = Cursor {
+        buf: &rest[..total],
+        pos: 4,
+        at,
+    };
+    let version = match c.i32("magicCode")? {
+        MAGIC_V1 => MessageVersion::V1,
+        MAGIC_V2 => MessageVersion::V2,
+        other => {
+            return Err(malformed(
+                at,
+                format!("unknown magic code {:#010X}", other as u32),
+            ));
+        }
+    };
+    let body_crc = c.i32("bodyCRC")?;
+    let queue_id = c.i32("queueId")?;
+    let flag = c.i32("flag")?;
+    let queue_offset = c.i64("queueOffset")?;
+    let commit_log_offset = c.i64("physicalOffset")?;
+    let mut sys_flag = c.i32("sysFlag")?;
+    let born_timestamp = c.i64("bornTimestamp")?;
+    let born_host = c.host(sys_flag & sys_flag::BORN_HOST_V6 != 0, "bornHost")?;
+    let store_timestamp = c.i64("storeTimestamp")?;
+    let store_host = c.host(sys_flag & sys_flag::STORE_HOST_V6 != 0, "storeHost")?;
+    let reconsume_times = c.i32("reconsumeTimes")?;
+    let prepared_transaction_offset = c.i64("preparedTransactionOffset")?;
+    let body_len = c.len(4, "bodyLength")?;
+    let stored_body = c.take(body_len, "body")?;
+    let topic_width = match version {
+        MessageVersion::V1 => 1,
+        MessageVersion::V2 => 2,
+    };
+    let topic_len = c.len(topic_width, "topicLength")?;
+    let topic = String::from_utf8_lossy(c.take(topic_len, "topic")?).into_owned();
+    let props_len = c.len(2, "propertiesLength")?;
+    let props = properties::decode(&String::from_utf8_lossy(c.take(props_len, "properties")?));
+
+    let body = if sys_flag & sys_flag::COMPRESSED != 0 {
+        let algorithm = Compression::from_sys_flag(sys_flag)?;
+        sys_flag &= !sys_flag::COMPRESSED;
+        Bytes::from(compression::decompress(algorithm, stored_body)?)
+    } else {
+        Bytes::copy_from_slice(stored_body)
+    };
+    let msg = MessageExt {
+        topic,
+        queue_id,
+        flag,
+        queue_offset,
+        commit_log_offset,
+        sys_flag,
+        born_timestamp,
+        born_host,
+        store_timestamp,
+        store_host,
+        reconsume_times,
+        prepared_transaction_offset,
+        body_crc,
+        body,
+        properties: props,
+    };
+    Ok((msg, total))
+}
+
+/// Pushes `msg`, or the messages of its inner batch (section 6.1), onto `out`.
+fn unwrap_into(msg: MessageExt, at: usize, out: &mut Vec<MessageExt>) -> Result<(), RemotingError> {
+    const BATCH: i32 = sys_flag::NEED_UNWRAP | sys_flag::INNER_BATCH;
+    if msg.sys_flag & BATCH != BATCH {
+        out.push(msg);
+        return Ok(());
+    }
+    let inner = decode_batch(&msg.body).map_err(|e| match e {
+        RemotingError::MalformedMessage {
+            at: inner_at,
+            reason,
+        } => malformed(
+            at,
+            format!("inner batch record at byte {inner_at}: {reason}"),
+        ),
+        other => other,
+    })?;
+    for (i, item) in inner.into_iter().enumerate() {
+        out.push(MessageExt {
+            // The expanded messages are plain messages now.
+            sys_flag: msg.sys_flag & !BATCH,
+            queue_offset: msg.queue_offset.wrapping_add(i as i64),
+            flag: item.flag,
+            body_crc: item.body_crc,
+            body: item.body,
+            properties: item.properties,
+            topic: msg.topic.clone(),
+            ..msg.clone()
+        });
+    }
+    Ok(())
+}
+
+/// One element of a batch body (section 4.10 layout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchItem {
+    /// User flag.
+    pub flag: i32,
+    /// Body CRC as written (0 from producers).
+    pub body_crc: i32,
+    /// Body.
+    pub body: Bytes,
+    /// Properties.
+    pub properties: Properties,
+}
+
+/// Decodes a batch body (SEND_BATCH_MESSAGE body, or a 5.x inner batch).
+///
+/// # Errors
+/// [`RemotingError::MalformedMessage`] for truncated or inconsistent elements.
+pub fn decode_batch(body: &[u8]) -> Result<Vec<BatchItem>, RemotingError> {
+    // 4 totalSize + 4 magic + 4 crc + 4 flag + 4 bodyLen + 2 propsLen.
+    const MIN: usize = 22;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < body.len() {
+        let rest = &body[at..];
+        let mut c = Cursor {
+            buf: rest,
+            pos: 0,
+            at,
+        };
+        let total = c.len(4, "totalSize")?;
+        if total < MIN || total > rest.len() {
+            return Err(malformed(
+                at,
+                format!(
+                    "batch element totalSize {total} with {} bytes left",
+                    rest.len()
+                ),
+            ));
+        }
+        c.buf = &rest[..total];
+        let _magic = c.i32("magicCode")?;
+        let body_crc = c.i32("bodyCRC")?;
+        let flag = c.i32("flag")?;
+        let body_len = c.len(4, "bodyLength")?;
+        let item_body = Bytes::copy_from_slice(c.take(body_len, "body")?);
+        let props_len = c.len(2, "propertiesLength")?;
+        let props = properties::decode(&String::from_utf8_lossy(c.take(props_len, "properties")?));
+        out.push(BatchItem {
+            flag,
+            body_crc,
+            body: item_body,
+            properties: props,
+        });
+        at += total;
+    }
+    Ok(out)
+}
+
+// === encoding ===
+
+/// CRC32 (IEEE) of a stored body masked to 31 bits, as the broker writes it in `bodyCRC`.
+pub fn body_crc(stored_body: &[u8]) -> i32 {
+    (crc32fast::hash(stored_body) & 0x7FFF_FFFF) as i32
+}
+
+fn encode_error(reason: String) -> RemotingError {
+    RemotingError::Encode { reason }
+}
+
+fn checked_properties(props: &Properties) -> Result<String, RemotingError> {
+    if properties::contains_separator(props) {
+        return Err(encode_error(
+            "a property key or value contains a separator character (0x01/0x02)".into(),
+        ));
+    }
+    let s = properties::encode(props);
+    if s.len() > MAX_PROPERTIES_LEN {
+        return Err(encode_error(format!(
+            "properties take {} bytes, more than {MAX_PROPERTIES_LEN}",
+            s.len()
+        )));
+    }
+    Ok(s)
+}
+
+fn i32_len(len: usize, what: &str) -> Result<i32, RemotingError> {
+    i32::try_from(len).map_err(|_| encode_error(format!("{what} of {len} bytes is too long")))
+}
+
+/// Encodes `msg` as a broker stores it (the inverse of [`decode_messages`] for one record),
+/// choosing V1 for topics up to 127 bytes and V2 otherwise. Used by test brokers and round trips.
+///
+/// If `sys_flag` has [`sys_flag::COMPRESSED`], the body is compressed with the algorithm of the
+/// type bits. The host-family bits follow the addresses; `body_crc` is recomputed.
+///
+/// # Errors
+/// [`RemotingError::Encode`] for over-long fields or unencodable properties.
+pub fn encode_message(msg: &MessageExt) -> Result<Bytes, RemotingError> {
+    let version = if msg.topic.len() <= i8::MAX as usize {
+        MessageVersion::V1
+    } else {
+        MessageVersion::V2
+    };
+    encode_message_as(msg, version)
+}
+
+/// [`encode_message`] with an explicit record version.
+///
+/// # Errors
+/// As [`encode_message`], plus a topic longer than the version allows.
+pub fn encode_message_as(
+    msg: &MessageExt,
+    version: MessageVersion,
+) -> Result<Bytes, RemotingError> {
+    let mut sys_flag = msg.sys_flag & !(sys_flag::BORN_HOST_V6 | sys_flag::STORE_HOST_V6);
+    if msg.born_host.is_ipv6() {
+        sys_flag |= sys_flag::BORN_HOST_V6;
+    }
+    if msg.store_host.is_ipv6() {
+        sys_flag |= sys_flag::STORE_HOST_V6;
+    }
+    let stored: Bytes = if sys_flag & sys_flag::COMPRESSED != 0 {
+        let algorithm =
+            Compression::from_sys_flag(sys_flag).map_err(|e| encode_error(e.to_string()))?;
+        compression::compress(algorithm, &msg.body)?.into()
+    } else {
+        msg.body.clone()
+    };
+    let props = checked_properties(&msg.properties)?;
+    let (magic, topic_width, topic_max) = match version {
+        MessageVersion::V1 => (MAGIC_V1, 1, i8::MAX as usize),
+        MessageVersion::V2 => (MAGIC_V2, 2, i16::MAX as usize),
+    };
+    if msg.topic.len() > topic_max {
+        return Err(encode_error(format!(
+            "topic of {} bytes does not fit a {version:?} record",
+            msg.topic.len()
+        )));
+    }
+    let host_len = |a: &SocketAddr| if a.is_ipv6() { 20 } else { 8 };
+    let total = HEAD_LEN
+        + host_len(&msg.born_host)
+        + 8
+        + host_len(&msg.store_host)
+        + 4
+        + 8
+        + 4
+        + stored.len()
+        + topic_width
+        + msg.topic.len()
+        + 2
+        + props.len();
+    let total_i32 = i32_len(total, "record")?;
+    let mut buf = BytesMut::with_capacity(total);
+    buf.put_i32(total_i32);
+    buf.put_i32(magic);
+    buf.put_i32(body_crc(&stored));
+    buf.put_i32(msg.queue_id);
+    buf.put_i32(msg.flag);
+    buf.put_i64(msg.queue_offset);
+    buf.put_i64(msg.commit_log_offset);
+    buf.put_i32(sys_flag);
+    buf.put_i64(msg.born_timestamp);
+    put_host(&mut buf, msg.born_host);
+    buf.put_i64(msg.store_timestamp);
+    put_host(&mut buf, msg.store_host);
+    buf.put_i32(msg.reconsume_times);
+    buf.put_i64(msg.prepared_transaction_offset);
+    buf.put_i32(i32_len(stored.len(), "body")?);
+    buf.put_slice(&stored);
+    // Both casts are in range: checked against topic_max above.
+    match version {
+        MessageVersion::V1 => buf.put_i8(msg.topic.len() as i8),
+        MessageVersion::V2 => buf.put_i16(msg.topic.len() as i16),
+    }
+    buf.put_slice(msg.topic.as_bytes());
+    // In range: checked_properties bounds it by MAX_PROPERTIES_LEN.
+    buf.put_i16(props.len() as i16);
+    buf.put_slice(props.as_bytes());
+    Ok(buf.freeze())
+}
+
+fn put_host(buf: &mut BytesMut, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(a) => buf.put_slice(&a.ip().octets()),
+        SocketAddr::V6(a) => buf.put_slice(&a.ip().octets()),
+    }
+    buf.put_i32(i32::from(addr.port()));
+}
+
+/// Encodes a SEND_BATCH_MESSAGE body (section 4.10). Every message must carry its own
+/// `UNIQ_KEY` if the caller wants distinct ids (this function does not invent them).
+///
+/// # Errors
+/// [`RemotingError::Encode`] for an empty batch, mixed topics, a delayed message, a `%RETRY%`
+/// topic, mixed `WAIT` values or unencodable properties (the rules Java's `MessageBatch` enforces).
+pub fn encode_batch(msgs: &[Message]) -> Result<Bytes, RemotingError> {
+    let Some(first) = msgs.first() else {
+        return Err(encode_error("empty batch".into()));
+    };
+    let wait = first.properties.get(properties::WAIT);
+    let mut buf = BytesMut::new();
+    for m in msgs {
+        if m.topic != first.topic {
+            return Err(encode_error(format!(
+                "batch mixes topics {:?} and {:?}",
+                first.topic, m.topic
+            )));
+        }
+        if m.topic.starts_with("%RETRY%") {
+            return Err(encode_error("a batch cannot target a retry topic".into()));
+        }
+        if m.properties.contains_key(properties::DELAY) {
+            return Err(encode_error(
+                "a batch cannot contain delayed messages".into(),
+            ));
+        }
+        if m.properties.get(properties::WAIT) != wait {
+            return Err(encode_error("batch mixes WAIT settings".into()));
+        }
+        let props = checked_properties(&m.properties)?;
+        let total = 20 + m.body.len() + 2 + props.len();
+        buf.reserve(total);
+        buf.put_i32(i32_len(total, "batch element")?);
+        buf.put_i32(0);
+        buf.put_i32(0);
+        buf.put_i32(m.flag);
+        buf.put_i32(i32_len(m.body.len(), "body")?);
+        buf.put_slice(&m.body);
+        buf.put_i16(props.len() as i16);
+        buf.put_slice(props.as_bytes());
+    }
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,131 @@
+//! The message properties string (rocketmq-remoting.md section 6.4) and the well-known keys
+//! (section 6.5).
+//!
+//! Wire form: `key 0x01 value 0x02` per entry, UTF-8, with a trailing `0x02` (as Java writes it).
+//! Decoding is Java's lenient `string2messageProperties`: segments without a separator or with an
+//! empty key or value are skipped, never rejected, because brokers relay whatever producers wrote.
+
+use std::collections::BTreeMap;
+
+/// Message properties: an ordered map so encodings are deterministic (Java uses a `HashMap`, so
+/// order carries no meaning on the wire).
+pub type Properties = BTreeMap<String, String>;
+
+/// Separates a key from its value (`NAME_VALUE_SEPARATOR`, char 1).
+pub const NAME_VALUE_SEPARATOR: char = '\u{1}';
+/// Terminates an entry (`PROPERTY_SEPARATOR`, char 2).
+pub const PROPERTY_SEPARATOR: char = '\u{2}';
+
+/// The message tag, used for tag filtering.
+pub const TAGS: &str = "TAGS";
+/// Business keys, space separated.
+pub const KEYS: &str = "KEYS";
+/// The producer-generated unique id: the msgId users see.
+pub const UNIQ_KEY: &str = "UNIQ_KEY";
+/// `"true"`/`"false"`: whether the producer waits for the store.
+pub const WAIT: &str = "WAIT";
+/// Requested delay level.
+pub const DELAY: &str = "DELAY";
+/// Original topic of a message in a `%RETRY%` topic.
+pub const RETRY_TOPIC: &str = "RETRY_TOPIC";
+/// Original topic of a delayed or half message.
+pub const REAL_TOPIC: &str = "REAL_TOPIC";
+/// Original queue of a delayed or half message.
+pub const REAL_QID: &str = "REAL_QID";
+/// msgId of the first delivery of a retried message.
+pub const ORIGIN_MESSAGE_ID: &str = "ORIGIN_MESSAGE_ID";
+/// Reconsume count carried by a client-side fallback send.
+pub const RECONSUME_TIME: &str = "RECONSUME_TIME";
+/// Retry limit carried by a client-side fallback send.
+pub const MAX_RECONSUME_TIMES: &str = "MAX_RECONSUME_TIMES";
+/// Queue minimum offset at pull time (added by the consumer).
+pub const MIN_OFFSET: &str = "MIN_OFFSET";
+/// Queue maximum offset at pull time (added by the consumer).
+pub const MAX_OFFSET: &str = "MAX_OFFSET";
+/// `"true"` for transactional half messages.
+pub const TRAN_MSG: &str = "TRAN_MSG";
+/// When consumption started (ms), for the consume timeout.
+pub const CONSUME_START_TIME: &str = "CONSUME_START_TIME";
+/// Cluster that stored the message.
+pub const CLUSTER: &str = "CLUSTER";
+/// Sharding key of ordered messages.
+pub const SHARDING_KEY: &str = "__SHARDINGKEY";
+
+/// Encodes `props` in the wire form, trailing separator included.
+///
+/// Keys and values must not contain the two separator characters; [`contains_separator`] checks
+/// that (the record and batch encoders reject such properties instead of corrupting them).
+pub fn encode(props: &Properties) -> String {
+    let len = props.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut out = String::with_capacity(len);
+    for (key, value) in props {
+        out.push_str(key);
+        out.push(NAME_VALUE_SEPARATOR);
+        out.push_str(value);
+        out.push(PROPERTY_SEPARATOR);
+    }
+    out
+}
+
+/// Decodes the wire form leniently: entries without a name/value separator, or with an empty key
+/// or empty value, are skipped (Java keeps only pairs where both are non-empty). A later
+/// duplicate key wins, as with Java's `HashMap.put`.
+pub fn decode(s: &str) -> Properties {
+    let mut props = Properties::new();
+    for segment in s.split(PROPERTY_SEPARATOR) {
+        if let Some((key, value)) = segment.split_once(NAME_VALUE_SEPARATOR) {
+            if !key.is_empty() && !value.is_empty() {
+                props.insert(key.to_owned(), value.to_owned());
+            }
+        }
+    }
+    props
+}
+
+/// Whether any key or value contains a separator character and so cannot be encoded faithfully.
+pub fn contains_separator(props: &Properties) -> bool {
+    let bad = |s: &String| s.contains([NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR]);
+    props.iter().any(|(k, v)| bad(k) || bad(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn encodes_with_trailing_separator() {
+        let mut p = Properties::new();
+        p.insert("TAGS".into(), "TagA".into());
+        p.insert("KEYS".into(), "k0".into());
+        assert_eq!(encode(&p), "KEYS\u{1}k0\u{2}TAGS\u{1}TagA\u{2}");
+        assert_eq!(encode(&Properties::new()), "");
+    }
+
+    #[test]
+    fn decodes_leniently() {
+        let p = decode("A\u{1}1\u{2}\u{2}junk\u{2}\u{1}novalue\u{2}nokey\u{1}\u{2}B\u{1}x\u{1}y");
+        assert_eq!(p.len(), 2);
+        assert_eq!(p["A"], "1");
+        // Only the first separator splits; the rest belongs to the value.
+        assert_eq!(p["B"], "x\u{1}y");
+        assert!(decode("").is_empty());
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        "[^\u{1}\u{2}]{1,12}"
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(props in prop::collection::btree_map(text(), text(), 0..8)) {
+            prop_assert!(!contains_separator(&props));
+            prop_assert_eq!(decode(&encode(&props)), props);
+        }
+
+        #[test]
+        fn decode_never_panics(s in ".*") {
+            let _ = decode(&s);
+        }
+    }
+}

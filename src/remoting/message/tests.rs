@@ -1,0 +1,382 @@
+//! Record codec tests: the golden record of Appendix A.3, round trips and fuzzing.
+
+use super::*;
+use proptest::prelude::*;
+
+/// Appendix A.3, fixed fields as printed in the document, properties spelled out.
+fn golden_record() -> Vec<u8> {
+    let fixed = concat!(
+        "000000e5",
+        "daa320a7",
+        "154677bc",
+        "00000000",
+        "00000000",
+        "0000000000000000",
+        "0000000000000000",
+        "00000000",
+        "000001a20c608ca5",
+        "7f000001000088b4",
+        "000001a20c608ca8",
+        "7f00000100005597",
+        "00000000",
+        "0000000000000000",
+        "00000007",
+        "68656c6c6f2d30",
+        "02",
+        "5431",
+        "0081",
+    );
+    let props = "UNIQ_KEY\u{1}1CA780108D008FDEC8E81E59FB7C0F13\u{2}WAIT\u{1}true\u{2}TAGS\u{1}TagA\u{2}\
+                 KEYS\u{1}k0\u{2}CLUSTER\u{1}TestCluster\u{2}MSG_REGION\u{1}DefaultRegion\u{2}TRACE_ON\u{1}true\u{2}";
+    let mut bytes = hex::decode(fixed).unwrap();
+    assert_eq!(props.len(), 0x81);
+    bytes.extend_from_slice(props.as_bytes());
+    bytes
+}
+
+#[test]
+fn golden_record_decodes() {
+    let bytes = golden_record();
+    assert_eq!(bytes.len(), 229);
+    assert_eq!(body_crc(b"hello-0"), 0x154677bc);
+    let msgs = decode_messages(&bytes).unwrap();
+    assert_eq!(msgs.len(), 1);
+    let m = &msgs[0];
+    assert_eq!(m.topic, "T1");
+    assert_eq!(m.queue_id, 0);
+    assert_eq!(m.flag, 0);
+    assert_eq!(m.queue_offset, 0);
+    assert_eq!(m.commit_log_offset, 0);
+    assert_eq!(m.sys_flag, 0);
+    assert_eq!(m.born_timestamp, 0x01a2_0c60_8ca5);
+    assert_eq!(m.born_host, "127.0.0.1:34996".parse().unwrap());
+    assert_eq!(m.store_timestamp, 0x01a2_0c60_8ca8);
+    assert_eq!(m.store_host, "127.0.0.1:21911".parse().unwrap());
+    assert_eq!(m.reconsume_times, 0);
+    assert_eq!(m.prepared_transaction_offset, 0);
+    assert_eq!(m.body_crc, 0x154677bc);
+    assert_eq!(&m.body[..], b"hello-0");
+    assert_eq!(m.properties.len(), 7);
+    assert_eq!(m.tags(), Some("TagA"));
+    assert_eq!(m.keys(), vec!["k0"]);
+    assert_eq!(m.property("CLUSTER"), Some("TestCluster"));
+    assert_eq!(m.property("MSG_REGION"), Some("DefaultRegion"));
+    assert_eq!(m.property("TRACE_ON"), Some("true"));
+    assert_eq!(m.property("WAIT"), Some("true"));
+    assert_eq!(m.offset_msg_id(), "7F000001000055970000000000000000");
+    assert_eq!(m.msg_id(), "1CA780108D008FDEC8E81E59FB7C0F13");
+    assert_eq!(decode_message(&bytes).unwrap(), *m);
+
+    // Re-encoding reproduces every byte up to the properties (whose order is free).
+    let again = encode_message(m).unwrap();
+    assert_eq!(again.len(), bytes.len());
+    assert_eq!(again[..100], bytes[..100]);
+    assert_eq!(decode_messages(&again).unwrap(), msgs);
+}
+
+#[test]
+fn truncated_and_corrupt_records_are_errors() {
+    let bytes = golden_record();
+    for cut in [1, 3, 4, 47, 48, 100, 228] {
+        assert!(decode_messages(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut bad_magic = bytes.clone();
+    bad_magic[4] = 0xCB;
+    assert!(matches!(
+        decode_messages(&bad_magic),
+        Err(RemotingError::MalformedMessage { at: 0, .. })
+    ));
+    // A body length larger than the record.
+    let mut long_body = bytes.clone();
+    long_body[84..88].copy_from_slice(&i32::MAX.to_be_bytes());
+    assert!(decode_messages(&long_body).is_err());
+    // A negative topic length (V1 reads a signed byte).
+    let mut neg_topic = bytes.clone();
+    neg_topic[95] = 0x80;
+    assert!(decode_messages(&neg_topic).is_err());
+    // The second record's error names its offset.
+    let mut two = bytes.clone();
+    two.extend_from_slice(&bytes[..50]);
+    assert!(matches!(
+        decode_messages(&two),
+        Err(RemotingError::MalformedMessage { at: 229, .. })
+    ));
+    assert!(decode_messages(&[]).unwrap().is_empty());
+    assert!(decode_message(&[]).is_err());
+}
+
+fn sample(topic: &str) -> MessageExt {
+    MessageExt {
+        topic: topic.to_owned(),
+        queue_id: 3,
+        flag: 7,
+        queue_offset: 100,
+        commit_log_offset: 4096,
+        sys_flag: 0,
+        born_timestamp: 1,
+        born_host: "10.0.0.1:5000".parse().unwrap(),
+        store_timestamp: 2,
+        store_host: "[::1]:10911".parse().unwrap(),
+        reconsume_times: 2,
+        prepared_transaction_offset: 0,
+        body_crc: 0,
+        body: Bytes::from_static(b"payload"),
+        properties: Properties::new(),
+    }
+}
+
+#[test]
+fn compressed_bodies_are_inflated_and_flag_cleared() {
+    for (algorithm, type_bits) in [
+        (None, 0x000),
+        (Some(Compression::Zlib), 0x300),
+        (Some(Compression::Lz4), 0x100),
+        (Some(Compression::Zstd), 0x200),
+    ] {
+        let mut m = sample("T");
+        m.body = Bytes::from(vec![b'x'; 10_000]);
+        m.sys_flag = sys_flag::COMPRESSED | type_bits;
+        let bytes = encode_message(&m).unwrap();
+        // The stored body really is compressed.
+        assert!(bytes.len() < 5_000, "{algorithm:?}");
+        let got = decode_message(&bytes).unwrap();
+        assert_eq!(got.body, m.body);
+        assert_eq!(got.sys_flag, type_bits | sys_flag::STORE_HOST_V6);
+        // Type 0 is zlib (pre-4.9.4 producers).
+        if let Some(a) = algorithm {
+            assert_eq!(Compression::from_sys_flag(m.sys_flag).unwrap(), a);
+        }
+    }
+    let mut m = sample("T");
+    m.sys_flag = sys_flag::COMPRESSED | 0x300;
+    let mut bytes = encode_message(&m).unwrap().to_vec();
+    // Corrupt the zlib header of the stored body.
+    let body_at = 48 + 8 + 8 + 20 + 4 + 8 + 4;
+    bytes[body_at] ^= 0xFF;
+    assert!(matches!(
+        decode_messages(&bytes),
+        Err(RemotingError::Decompress {
+            algorithm: "zlib",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn v2_records_have_two_byte_topic_length() {
+    let long = "L".repeat(200);
+    let m = sample(&long);
+    let bytes = encode_message(&m).unwrap();
+    assert_eq!(bytes[4..8], MAGIC_V2.to_be_bytes());
+    assert_eq!(decode_message(&bytes).unwrap().topic, long);
+    let short = encode_message_as(&sample("T"), MessageVersion::V2).unwrap();
+    assert_eq!(decode_message(&short).unwrap().topic, "T");
+    assert!(encode_message_as(&m, MessageVersion::V1).is_err());
+}
+
+#[test]
+fn inner_batches_are_unwrapped() {
+    let inner = encode_batch(&[
+        Message::new("T", "a").with_tags("x").with_uniq_key("ID0"),
+        Message::new("T", "bb").with_uniq_key("ID1"),
+        Message::new("T", "ccc"),
+    ])
+    .unwrap();
+    let mut outer = sample("T");
+    outer.body = inner;
+    outer.sys_flag = sys_flag::NEED_UNWRAP | sys_flag::INNER_BATCH;
+    outer.properties.insert("UNIQ_KEY".into(), "OUTER".into());
+    let bytes = encode_message(&outer).unwrap();
+    let msgs = decode_messages(&bytes).unwrap();
+    assert_eq!(msgs.len(), 3);
+    for (i, m) in msgs.iter().enumerate() {
+        assert_eq!(m.queue_offset, 100 + i as i64);
+        assert_eq!(m.topic, "T");
+        assert_eq!(m.commit_log_offset, 4096);
+        assert_eq!(
+            m.sys_flag & (sys_flag::NEED_UNWRAP | sys_flag::INNER_BATCH),
+            0
+        );
+        assert_eq!(m.body.len(), i + 1);
+    }
+    assert_eq!(msgs[0].tags(), Some("x"));
+    assert_eq!(msgs[0].msg_id(), "ID0");
+    assert_eq!(msgs[1].msg_id(), "ID1");
+    assert_eq!(msgs[2].msg_id(), msgs[2].offset_msg_id());
+    assert_eq!(decode_message(&bytes).unwrap(), msgs[0]);
+}
+
+#[test]
+fn batch_layout_and_rules() {
+    let body = encode_batch(&[Message::new("T", "hi").with_tags("A")]).unwrap();
+    let props = "TAGS\u{1}A\u{2}";
+    let mut want = Vec::new();
+    want.extend_from_slice(&((20 + 2 + 2 + props.len()) as i32).to_be_bytes());
+    want.extend_from_slice(&[0; 8]);
+    want.extend_from_slice(&0i32.to_be_bytes());
+    want.extend_from_slice(&2i32.to_be_bytes());
+    want.extend_from_slice(b"hi");
+    want.extend_from_slice(&(props.len() as i16).to_be_bytes());
+    want.extend_from_slice(props.as_bytes());
+    assert_eq!(&body[..], &want[..]);
+
+    assert!(encode_batch(&[]).is_err());
+    assert!(encode_batch(&[Message::new("A", ""), Message::new("B", "")]).is_err());
+    assert!(encode_batch(&[Message::new("%RETRY%g", "")]).is_err());
+    assert!(encode_batch(&[Message::new("A", "").with_delay_level(3)]).is_err());
+    assert!(encode_batch(&[Message::new("A", "").with_wait(true), Message::new("A", "")]).is_err());
+    assert!(encode_batch(&[Message::new("A", "").with_property("k", "a\u{2}b")]).is_err());
+    let huge = "v".repeat(MAX_PROPERTIES_LEN);
+    assert!(encode_batch(&[Message::new("A", "").with_property("k", huge)]).is_err());
+}
+
+#[test]
+fn retry_topic_restore() {
+    let mut m = sample("%RETRY%G1");
+    assert_eq!(m.retry_topic_restored("G1"), "%RETRY%G1");
+    m.properties
+        .insert(properties::RETRY_TOPIC.into(), "T1".into());
+    assert_eq!(m.retry_topic_restored("G1"), "T1");
+    // Another group's retry topic is left alone.
+    assert_eq!(m.retry_topic_restored("G2"), "%RETRY%G1");
+    assert!(m.restore_retry_topic("G1"));
+    assert_eq!(m.topic, "T1");
+    assert!(!m.restore_retry_topic("G1"));
+}
+
+#[test]
+fn message_builders() {
+    let m = Message::new("T", "b")
+        .with_tags("TagA")
+        .with_keys(["k1", "k2"])
+        .with_uniq_key("U")
+        .with_wait(false);
+    assert_eq!(m.properties["TAGS"], "TagA");
+    assert_eq!(m.properties["KEYS"], "k1 k2");
+    assert_eq!(m.uniq_key(), Some("U"));
+    assert_eq!(m.properties["WAIT"], "false");
+}
+
+// === property tests ===
+
+fn socket() -> impl Strategy<Value = SocketAddr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>())
+            .prop_map(|(ip, port)| SocketAddr::new(Ipv4Addr::from(ip).into(), port)),
+        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddrV6::new(
+            Ipv6Addr::from(ip),
+            port,
+            0,
+            0
+        )
+        .into()),
+    ]
+}
+
+fn props() -> impl Strategy<Value = Properties> {
+    prop::collection::btree_map("[^\u{1}\u{2}]{1,10}", "[^\u{1}\u{2}]{1,20}", 0..6)
+}
+
+prop_compose! {
+    fn message_ext()(
+        topic in "[%A-Za-z0-9_-]{1,40}|[a-z]{128,200}",
+        queue_id in any::<i32>(),
+        flag in any::<i32>(),
+        queue_offset in any::<i64>(),
+        commit_log_offset in any::<i64>(),
+        // Any bits except compression/batch/host bits, which the encoder derives.
+        base_flag in any::<i32>().prop_map(|f| f & !0x7FF),
+        compression in 0i32..5,
+        born_timestamp in any::<i64>(),
+        born_host in socket(),
+        store_timestamp in any::<i64>(),
+        store_host in socket(),
+        reconsume_times in any::<i32>(),
+        prepared_transaction_offset in any::<i64>(),
+        body in prop::collection::vec(any::<u8>(), 0..600),
+        properties in props(),
+    ) -> MessageExt {
+        // 0: plain; 1..=4: compressed with type 0 (zlib), 1 (lz4), 2 (zstd), 3 (zlib).
+        let sys_flag = match compression {
+            0 => base_flag,
+            n => base_flag | sys_flag::COMPRESSED | ((n - 1) << 8),
+        };
+        MessageExt {
+            topic, queue_id, flag, queue_offset, commit_log_offset, sys_flag, born_timestamp,
+            born_host, store_timestamp, store_host, reconsume_times, prepared_transaction_offset,
+            body_crc: 0, body: body.into(), properties,
+        }
+    }
+}
+
+/// What decoding `m`'s encoding must give back.
+fn expected(m: &MessageExt, stored: &[u8]) -> MessageExt {
+    let mut want = m.clone();
+    want.sys_flag &= !sys_flag::COMPRESSED;
+    if m.born_host.is_ipv6() {
+        want.sys_flag |= sys_flag::BORN_HOST_V6;
+    }
+    if m.store_host.is_ipv6() {
+        want.sys_flag |= sys_flag::STORE_HOST_V6;
+    }
+    want.body_crc = i32::from_be_bytes([stored[8], stored[9], stored[10], stored[11]]);
+    want
+}
+
+proptest! {
+    #[test]
+    fn record_round_trip(msgs in prop::collection::vec(message_ext(), 1..4)) {
+        let mut body = Vec::new();
+        let mut want = Vec::new();
+        for m in &msgs {
+            let bytes = encode_message(m).unwrap();
+            want.push(expected(m, &bytes));
+            body.extend_from_slice(&bytes);
+        }
+        prop_assert_eq!(decode_messages(&body).unwrap(), want);
+    }
+
+    #[test]
+    fn batch_round_trip(items in prop::collection::vec(
+        (any::<i32>(), prop::collection::vec(any::<u8>(), 0..100), props()), 1..6)
+    ) {
+        let msgs: Vec<Message> = items.iter().map(|(flag, body, p)| {
+            let mut p = p.clone();
+            p.remove(properties::DELAY);
+            p.remove(properties::WAIT);
+            Message { topic: "T".into(), flag: *flag, body: body.clone().into(), properties: p }
+        }).collect();
+        let decoded = decode_batch(&encode_batch(&msgs).unwrap()).unwrap();
+        prop_assert_eq!(decoded.len(), msgs.len());
+        for (d, m) in decoded.iter().zip(&msgs) {
+            prop_assert_eq!(d.flag, m.flag);
+            prop_assert_eq!(&d.body, &m.body);
+            prop_assert_eq!(&d.properties, &m.properties);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(5000))]
+
+    #[test]
+    fn decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        let _ = decode_messages(&bytes);
+        let _ = decode_message(&bytes);
+        let _ = decode_batch(&bytes);
+    }
+
+    /// Mutations of a valid record reach deeper branches than random bytes.
+    #[test]
+    fn decode_mutated_never_panics(
+        edits in prop::collection::vec((0usize..229, any::<u8>()), 1..6),
+        cut in 0usize..=229,
+    ) {
+        let mut bytes = golden_record();
+        for (i, b) in edits {
+            bytes[i] = b;
+        }
+        bytes.truncate(cut);
+        let _ = decode_messages(&bytes);
+    }
+}

@@ -1,0 +1,1039 @@
+//! Request encoding: the headers and body of one HTTP request for each delivery format.
+//!
+//! Pure: message views in, [`EncodedRequest`] out; method, URL, configured headers and
+//! authentication are added by the sender. Formats (architecture.md section 5):
+//! - [`Format::Json`]: one envelope per batch, `{"topic", "consumerGroup", "messages": [...]}`,
+//!   each body as text when valid UTF-8, otherwise base64 in `bodyBase64`;
+//! - [`Format::Raw`]: exactly one message, body untouched, `Content-Type` from the message's
+//!   `CONTENT_TYPE` property (default `application/octet-stream`);
+//! - [`Format::CloudEvents`]: CloudEvents 1.0 HTTP binary mode, one message, `ce-*` headers;
+//! - [`Format::CloudEventsBatch`]: `application/cloudevents-batch+json`, an array of structured
+//!   events with `data` (JSON or text) or `data_base64`.
+//!
+//! Invariants: every request carries `rocketmq-topic`, `rocketmq-consumer-group` and
+//! `rocketmq-message-count`; a request with one message also carries its metadata as
+//! `rocketmq-*` headers. A body that already is a structured CloudEvent is forwarded as-is
+//! (structured mode for one message, the array element in a batch), never wrapped twice. Metadata
+//! that cannot be an HTTP header value is left out of headers, never sent mangled.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::{Duration, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use serde::de::IgnoredAny;
+use serde::Serialize;
+
+use crate::remoting::message::{properties, Properties};
+use crate::remoting::MessageExt;
+
+/// Header: the subscribed topic.
+pub const HEADER_TOPIC: &str = "rocketmq-topic";
+/// Header: the consumer group.
+pub const HEADER_CONSUMER_GROUP: &str = "rocketmq-consumer-group";
+/// Header: how many messages the request carries.
+pub const HEADER_MESSAGE_COUNT: &str = "rocketmq-message-count";
+/// Prefix of message properties sent as headers (`rocketmq-property-<lowercased key>`).
+pub const HEADER_PROPERTY_PREFIX: &str = "rocketmq-property-";
+
+/// The property a producer sets to describe the body's media type.
+pub const CONTENT_TYPE_PROPERTY: &str = "CONTENT_TYPE";
+/// The default CloudEvents `type`.
+pub const DEFAULT_CLOUDEVENTS_TYPE: &str = "org.apache.rocketmq.message";
+
+/// Property headers stop being added beyond this many bytes: servers commonly refuse requests
+/// with more than 8 KiB of headers (431), which would retry the message forever. The JSON body
+/// carries every property anyway.
+const PROPERTY_HEADER_BUDGET: usize = 4096;
+
+/// Properties already sent under their own header name.
+const PROPERTIES_WITH_OWN_HEADER: [&str; 3] = ["UNIQ_KEY", "TAGS", "KEYS"];
+
+const OCTET_STREAM: &str = "application/octet-stream";
+const APPLICATION_JSON: &str = "application/json";
+const CE_STRUCTURED: &str = "application/cloudevents+json; charset=utf-8";
+const CE_BATCH: &str = "application/cloudevents-batch+json; charset=utf-8";
+
+/// How messages are put into HTTP requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Format {
+    /// One JSON envelope per batch.
+    #[default]
+    Json,
+    /// One message per request, body untouched.
+    Raw,
+    /// CloudEvents binary mode, one message per request.
+    CloudEvents,
+    /// CloudEvents batch mode, one array per batch.
+    CloudEventsBatch,
+}
+
+impl Format {
+    /// Whether each request carries exactly one message (the sender splits batches).
+    pub fn one_message_per_request(self) -> bool {
+        matches!(self, Self::Raw | Self::CloudEvents)
+    }
+
+    /// `json`, `raw`, `cloudevents` or `cloudevents-batch`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Raw => "raw",
+            Self::CloudEvents => "cloudevents",
+            Self::CloudEventsBatch => "cloudevents-batch",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown format name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown webhook format {0:?}: expected json, raw, cloudevents or cloudevents-batch")]
+pub struct FormatParseError(pub String);
+
+impl FromStr for Format {
+    type Err = FormatParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "json" => Ok(Self::Json),
+            "raw" => Ok(Self::Raw),
+            "cloudevents" | "cloudevents-binary" => Ok(Self::CloudEvents),
+            "cloudevents-batch" => Ok(Self::CloudEventsBatch),
+            _ => Err(FormatParseError(s.to_owned())),
+        }
+    }
+}
+
+/// Why a request could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// A one-message format was given another number of messages (a bug in the caller).
+    #[error("format {format} carries exactly one message per request, got {count}")]
+    NotOneMessage {
+        /// The format.
+        format: Format,
+        /// How many messages were given.
+        count: usize,
+    },
+    /// JSON serialisation failed.
+    #[error("JSON encoding failed: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl EncodeError {
+    /// Never: encoding the same input again fails the same way.
+    pub fn is_retriable(&self) -> bool {
+        false
+    }
+}
+
+/// What the encoder needs to know about one message: a borrowed view of a pulled message plus
+/// the broker it came from.
+#[derive(Debug, Clone)]
+pub struct MessageView<'a> {
+    /// The msgId users see (`UNIQ_KEY`, or the offset msgId when absent).
+    pub msg_id: String,
+    /// The broker-assigned id (store host + commit log offset).
+    pub offset_msg_id: String,
+    /// The message's (real) topic.
+    pub topic: &'a str,
+    /// Queue id.
+    pub queue_id: i32,
+    /// The broker the message was pulled from.
+    pub broker_name: &'a str,
+    /// Queue offset.
+    pub queue_offset: i64,
+    /// Tag, if any.
+    pub tags: Option<&'a str>,
+    /// Business keys (space separated), if any.
+    pub keys: Option<&'a str>,
+    /// Earlier delivery attempts.
+    pub reconsume_times: i32,
+    /// Producer time, ms since the epoch.
+    pub born_timestamp: i64,
+    /// Broker store time, ms since the epoch.
+    pub store_timestamp: i64,
+    /// Producer address.
+    pub born_host: SocketAddr,
+    /// Broker address.
+    pub store_host: SocketAddr,
+    /// All properties.
+    pub properties: &'a Properties,
+    /// The (decompressed) body.
+    pub body: &'a Bytes,
+}
+
+impl<'a> MessageView<'a> {
+    /// A view of `msg`, pulled from `broker_name`.
+    pub fn new(msg: &'a MessageExt, broker_name: &'a str) -> Self {
+        Self {
+            msg_id: msg.msg_id(),
+            offset_msg_id: msg.offset_msg_id(),
+            topic: &msg.topic,
+            queue_id: msg.queue_id,
+            broker_name,
+            queue_offset: msg.queue_offset,
+            tags: msg.tags(),
+            keys: msg.property(properties::KEYS),
+            reconsume_times: msg.reconsume_times,
+            born_timestamp: msg.born_timestamp,
+            store_timestamp: msg.store_timestamp,
+            born_host: msg.born_host,
+            store_host: msg.store_host,
+            properties: &msg.properties,
+            body: &msg.body,
+        }
+    }
+
+    fn content_type(&self) -> Option<&str> {
+        self.properties
+            .get(CONTENT_TYPE_PROPERTY)
+            .map(String::as_str)
+            .filter(|ct| !ct.trim().is_empty())
+    }
+}
+
+/// The subscription a request belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// Consumer group.
+    pub group: &'a str,
+    /// Subscribed topic.
+    pub topic: &'a str,
+}
+
+/// Headers and body of one request (method, URL and authentication are the sender's).
+#[derive(Debug, Clone)]
+pub struct EncodedRequest {
+    /// Content type, `rocketmq-*` and `ce-*` headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// Builds requests in one format.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    format: Format,
+    ce_type: String,
+    ce_source: Option<String>,
+}
+
+impl Encoder {
+    /// An encoder for `format`. `ce_type` is the CloudEvents `type` (see
+    /// [`DEFAULT_CLOUDEVENTS_TYPE`]); `ce_source` the `source`, by default
+    /// `rocketmq://<brokerName>/<topic>`.
+    pub fn new(format: Format, ce_type: impl Into<String>, ce_source: Option<String>) -> Self {
+        Self {
+            format,
+            ce_type: ce_type.into(),
+            ce_source,
+        }
+    }
+
+    /// The format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Encodes one request carrying `messages` (exactly one for one-message formats).
+    ///
+    /// # Errors
+    /// [`EncodeError::NotOneMessage`] when a one-message format gets another count;
+    /// [`EncodeError::Json`] if serialisation fails.
+    pub fn encode(
+        &self,
+        ctx: Context<'_>,
+        messages: &[MessageView<'_>],
+    ) -> Result<EncodedRequest, EncodeError> {
+        let mut headers = HeaderMap::new();
+        common_headers(&mut headers, ctx, messages);
+        let body = match (self.format, messages) {
+            (Format::Json, _) => {
+                set(&mut headers, CONTENT_TYPE, APPLICATION_JSON);
+                Bytes::from(serde_json::to_vec(&Envelope {
+                    topic: ctx.topic,
+                    consumer_group: ctx.group,
+                    messages: messages.iter().map(JsonMessage::new).collect(),
+                })?)
+            }
+            (Format::Raw, [msg]) => {
+                let ct = msg.content_type().unwrap_or(OCTET_STREAM);
+                set(&mut headers, CONTENT_TYPE, ct);
+                if !headers.contains_key(CONTENT_TYPE) {
+                    set(&mut headers, CONTENT_TYPE, OCTET_STREAM);
+                }
+                msg.body.clone()
+            }
+            (Format::CloudEvents, [msg]) => {
+                if is_structured_cloudevent(msg.body) {
+                    set(&mut headers, CONTENT_TYPE, CE_STRUCTURED);
+                } else {
+                    self.binary_headers(&mut headers, msg);
+                }
+                msg.body.clone()
+            }
+            (Format::CloudEventsBatch, _) => {
+                set(&mut headers, CONTENT_TYPE, CE_BATCH);
+                let mut out = Vec::with_capacity(
+                    messages
+                        .iter()
+                        .map(|m| m.body.len() * 4 / 3 + 512)
+                        .sum::<usize>()
+                        + 2,
+                );
+                out.push(b'[');
+                for (i, msg) in messages.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    self.structured_event(&mut out, msg)?;
+                }
+                out.push(b']');
+                Bytes::from(out)
+            }
+            (format @ (Format::Raw | Format::CloudEvents), _) => {
+                return Err(EncodeError::NotOneMessage {
+                    format,
+                    count: messages.len(),
+                });
+            }
+        };
+        Ok(EncodedRequest { headers, body })
+    }
+
+    fn source(&self, msg: &MessageView<'_>) -> String {
+        self.ce_source
+            .clone()
+            .unwrap_or_else(|| format!("rocketmq://{}/{}", msg.broker_name, msg.topic))
+    }
+
+    /// CloudEvents HTTP binary mode: attributes as `ce-*` headers, data as the body.
+    fn binary_headers(&self, headers: &mut HeaderMap, msg: &MessageView<'_>) {
+        set(
+            headers,
+            CONTENT_TYPE,
+            msg.content_type().unwrap_or(OCTET_STREAM),
+        );
+        if !headers.contains_key(CONTENT_TYPE) {
+            set(headers, CONTENT_TYPE, OCTET_STREAM);
+        }
+        set(headers, ce("specversion"), "1.0");
+        set(headers, ce("id"), &msg.msg_id);
+        set(headers, ce("source"), &self.source(msg));
+        set(headers, ce("type"), &self.ce_type);
+        set(headers, ce("time"), &rfc3339(msg.store_timestamp));
+        if let Some(tags) = msg.tags {
+            set(headers, ce("subject"), tags);
+        }
+        for (name, value) in extensions(msg) {
+            set(headers, ce(name), &value.to_string());
+        }
+    }
+
+    /// Appends one structured-mode event (JSON object) to `out`.
+    fn structured_event(
+        &self,
+        out: &mut Vec<u8>,
+        msg: &MessageView<'_>,
+    ) -> Result<(), EncodeError> {
+        if is_structured_cloudevent(msg.body) {
+            // Already a complete, valid JSON event: forward it byte for byte.
+            out.extend_from_slice(msg.body.trim_ascii());
+            return Ok(());
+        }
+        let data = Data::of(msg);
+        let source = self.source(msg);
+        let time = rfc3339(msg.store_timestamp);
+        let mut attributes = serde_json::Map::new();
+        for (name, value) in extensions(msg) {
+            let value = match value {
+                Extension::Text(s) => serde_json::Value::from(s),
+                Extension::Int(i) => serde_json::Value::from(i),
+            };
+            attributes.insert(name.to_owned(), value);
+        }
+        let event = StructuredEvent {
+            specversion: "1.0",
+            id: &msg.msg_id,
+            source: &source,
+            ty: &self.ce_type,
+            time: &time,
+            subject: msg.tags,
+            datacontenttype: data.content_type,
+            data_text: match &data.value {
+                DataValue::Text(s) => Some(*s),
+                _ => None,
+            },
+            data_base64: match &data.value {
+                DataValue::Base64(s) => Some(s.as_str()),
+                _ => None,
+            },
+            extensions: attributes,
+        };
+        let start = out.len();
+        serde_json::to_writer(&mut *out, &event)?;
+        if let DataValue::Json(raw) = data.value {
+            // Splice the already-validated JSON body in as `data`, so numbers and formatting
+            // survive exactly (a parse/re-serialise round trip would lose big-number precision).
+            if out.last() == Some(&b'}') && out.len() > start {
+                out.pop();
+                if out.len() > start + 1 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(br#""data":"#);
+                out.extend_from_slice(raw);
+                out.push(b'}');
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The header name `ce-<attribute>`.
+fn ce(attribute: &str) -> HeaderName {
+    HeaderName::from_str(&format!("ce-{attribute}"))
+        .unwrap_or_else(|_| HeaderName::from_static("ce-invalid"))
+}
+
+/// Inserts a header when `value` is a valid header value; leaves it out otherwise.
+fn set(headers: &mut HeaderMap, name: impl reqwest::header::IntoHeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+fn common_headers(headers: &mut HeaderMap, ctx: Context<'_>, messages: &[MessageView<'_>]) {
+    set(headers, HEADER_TOPIC, ctx.topic);
+    set(headers, HEADER_CONSUMER_GROUP, ctx.group);
+    headers.insert(HEADER_MESSAGE_COUNT, HeaderValue::from(messages.len()));
+    let [msg] = messages else { return };
+    set(headers, "rocketmq-msg-id", &msg.msg_id);
+    set(headers, "rocketmq-offset-msg-id", &msg.offset_msg_id);
+    set(headers, "rocketmq-queue-id", &msg.queue_id.to_string());
+    set(headers, "rocketmq-broker-name", msg.broker_name);
+    set(
+        headers,
+        "rocketmq-queue-offset",
+        &msg.queue_offset.to_string(),
+    );
+    if let Some(tags) = msg.tags {
+        set(headers, "rocketmq-tags", tags);
+    }
+    if let Some(keys) = msg.keys {
+        set(headers, "rocketmq-keys", keys);
+    }
+    set(
+        headers,
+        "rocketmq-reconsume-times",
+        &msg.reconsume_times.to_string(),
+    );
+    set(
+        headers,
+        "rocketmq-born-timestamp",
+        &msg.born_timestamp.to_string(),
+    );
+    set(
+        headers,
+        "rocketmq-store-timestamp",
+        &msg.store_timestamp.to_string(),
+    );
+    set(headers, "rocketmq-born-host", &msg.born_host.to_string());
+    set(headers, "rocketmq-store-host", &msg.store_host.to_string());
+    let mut budget = PROPERTY_HEADER_BUDGET;
+    for (key, value) in msg.properties {
+        if PROPERTIES_WITH_OWN_HEADER.contains(&key.as_str()) {
+            continue;
+        }
+        let name = format!("{HEADER_PROPERTY_PREFIX}{}", key.to_ascii_lowercase());
+        let cost = name.len() + value.len() + 4;
+        if cost > budget {
+            break;
+        }
+        if let (Ok(name), Ok(value)) = (HeaderName::from_str(&name), HeaderValue::from_str(value)) {
+            budget -= cost;
+            headers.append(name, value);
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds; timestamps before the epoch read as the epoch.
+fn rfc3339(ms: i64) -> String {
+    let ms = u64::try_from(ms).unwrap_or(0);
+    let t = UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms))
+        .unwrap_or(UNIX_EPOCH);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A CloudEvents extension attribute value.
+#[derive(Debug)]
+enum Extension<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+impl fmt::Display for Extension<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Text(s) => f.write_str(s),
+            Self::Int(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+/// RocketMQ metadata as CloudEvents extension attributes (names: lowercase alphanumeric, at most
+/// 20 characters, as the spec recommends).
+fn extensions<'a>(msg: &'a MessageView<'a>) -> Vec<(&'static str, Extension<'a>)> {
+    let mut out = vec![
+        ("rocketmqtopic", Extension::Text(msg.topic)),
+        ("rocketmqbroker", Extension::Text(msg.broker_name)),
+        ("rocketmqqueueid", Extension::Int(i64::from(msg.queue_id))),
+        ("rocketmqqueueoffset", Extension::Int(msg.queue_offset)),
+        ("rocketmqoffsetmsgid", Extension::Text(&msg.offset_msg_id)),
+        (
+            "rocketmqreconsume",
+            Extension::Int(i64::from(msg.reconsume_times)),
+        ),
+        ("rocketmqborntime", Extension::Int(msg.born_timestamp)),
+    ];
+    if let Some(keys) = msg.keys {
+        out.push(("rocketmqkeys", Extension::Text(keys)));
+    }
+    out
+}
+
+/// Whether `body` is a JSON object with the four required CloudEvents attributes as non-empty
+/// strings (`specversion`, `id`, `source`, `type`).
+pub fn is_structured_cloudevent(body: &[u8]) -> bool {
+    let trimmed = body.trim_ascii_start();
+    if !trimmed.starts_with(b"{") || !contains(body, b"\"specversion\"") {
+        return false;
+    }
+    #[derive(serde::Deserialize)]
+    struct Required<'a> {
+        #[serde(borrow)]
+        specversion: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        source: std::borrow::Cow<'a, str>,
+        #[serde(borrow, rename = "type")]
+        ty: std::borrow::Cow<'a, str>,
+    }
+    match serde_json::from_slice::<Required<'_>>(body) {
+        Ok(r) => [r.specversion, r.id, r.source, r.ty]
+            .iter()
+            .all(|s| !s.trim().is_empty()),
+        Err(_) => false,
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn is_valid_json(body: &[u8]) -> bool {
+    serde_json::from_slice::<IgnoredAny>(body).is_ok()
+}
+
+/// The media type without parameters, lowercased.
+fn media_type(ct: &str) -> String {
+    ct.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+fn is_json_media(ct: &str) -> bool {
+    let m = media_type(ct);
+    m == APPLICATION_JSON || m == "text/json" || m.ends_with("+json")
+}
+
+fn is_text_media(ct: &str) -> bool {
+    let m = media_type(ct);
+    m.starts_with("text/")
+        || m.ends_with("+xml")
+        || m == "application/xml"
+        || m == "application/x-www-form-urlencoded"
+        || ct.to_ascii_lowercase().contains("charset=")
+}
+
+#[derive(Debug)]
+enum DataValue<'a> {
+    Json(&'a [u8]),
+    Text(&'a str),
+    Base64(String),
+}
+
+/// How a body goes into a structured event (CloudEvents JSON format section 3.1).
+#[derive(Debug)]
+struct Data<'a> {
+    content_type: &'a str,
+    value: DataValue<'a>,
+}
+
+impl<'a> Data<'a> {
+    fn of(msg: &'a MessageView<'a>) -> Self {
+        let body: &'a [u8] = msg.body;
+        let declared = msg.content_type();
+        let text = std::str::from_utf8(body).ok();
+        let json_ok = declared.is_none_or(is_json_media) && is_valid_json(body);
+        if json_ok {
+            return Self {
+                content_type: declared.unwrap_or(APPLICATION_JSON),
+                value: DataValue::Json(body),
+            };
+        }
+        match (declared, text) {
+            (None, Some(t)) => Self {
+                content_type: "text/plain; charset=utf-8",
+                value: DataValue::Text(t),
+            },
+            // A body declared JSON that does not parse goes as base64: a JSON content type with
+            // a string `data` would claim the string itself is the JSON value.
+            (Some(ct), Some(t)) if is_text_media(ct) && !is_json_media(ct) => Self {
+                content_type: ct,
+                value: DataValue::Text(t),
+            },
+            (declared, _) => Self {
+                content_type: declared.unwrap_or(OCTET_STREAM),
+                value: DataValue::Base64(BASE64.encode(body)),
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct StructuredEvent<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    ty: &'a str,
+    time: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    datacontenttype: &'a str,
+    #[serde(rename = "data", skip_serializing_if = "Option::is_none")]
+    data_text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_base64: Option<&'a str>,
+    #[serde(flatten)]
+    extensions: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    topic: &'a str,
+    consumer_group: &'a str,
+    messages: Vec<JsonMessage<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonMessage<'a> {
+    msg_id: &'a str,
+    offset_msg_id: &'a str,
+    topic: &'a str,
+    queue_id: i32,
+    broker_name: &'a str,
+    queue_offset: i64,
+    tags: Option<&'a str>,
+    keys: Option<&'a str>,
+    reconsume_times: i32,
+    born_timestamp: i64,
+    store_timestamp: i64,
+    born_host: String,
+    store_host: String,
+    properties: &'a Properties,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+}
+
+impl<'a> JsonMessage<'a> {
+    fn new(msg: &'a MessageView<'a>) -> Self {
+        let text = std::str::from_utf8(msg.body).ok();
+        Self {
+            msg_id: &msg.msg_id,
+            offset_msg_id: &msg.offset_msg_id,
+            topic: msg.topic,
+            queue_id: msg.queue_id,
+            broker_name: msg.broker_name,
+            queue_offset: msg.queue_offset,
+            tags: msg.tags,
+            keys: msg.keys,
+            reconsume_times: msg.reconsume_times,
+            born_timestamp: msg.born_timestamp,
+            store_timestamp: msg.store_timestamp,
+            born_host: msg.born_host.to_string(),
+            store_host: msg.store_host.to_string(),
+            properties: msg.properties,
+            body: text,
+            body_base64: text.is_none().then(|| BASE64.encode(msg.body)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    struct Fixture {
+        props: Properties,
+        body: Bytes,
+    }
+
+    impl Fixture {
+        fn new(body: &[u8], props: &[(&str, &str)]) -> Self {
+            Self {
+                props: props
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                body: Bytes::copy_from_slice(body),
+            }
+        }
+
+        fn view(&self, id: &str) -> MessageView<'_> {
+            MessageView {
+                msg_id: id.to_owned(),
+                offset_msg_id: "0A00000100002A9F0000000000000010".to_owned(),
+                topic: "orders",
+                queue_id: 3,
+                broker_name: "broker-a",
+                queue_offset: 42,
+                tags: Some("TagA"),
+                keys: Some("k1 k2"),
+                reconsume_times: 1,
+                born_timestamp: 1_700_000_000_123,
+                store_timestamp: 1_700_000_000_456,
+                born_host: "10.0.0.2:50000".parse().unwrap(),
+                store_host: "10.0.0.1:10911".parse().unwrap(),
+                properties: &self.props,
+                body: &self.body,
+            }
+        }
+    }
+
+    const CTX: Context<'static> = Context {
+        group: "g1",
+        topic: "orders",
+    };
+
+    fn encoder(format: Format) -> Encoder {
+        Encoder::new(format, DEFAULT_CLOUDEVENTS_TYPE, None)
+    }
+
+    fn header<'h>(r: &'h EncodedRequest, name: &str) -> Option<&'h str> {
+        r.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    fn json_body(r: &EncodedRequest) -> Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    #[test]
+    fn json_envelope_for_a_batch() {
+        let text = Fixture::new(b"hello", &[("UNIQ_KEY", "ID1"), ("TAGS", "TagA")]);
+        let binary = Fixture::new(&[0xff, 0x00, 0x80], &[]);
+        let r = encoder(Format::Json)
+            .encode(CTX, &[text.view("ID1"), binary.view("ID2")])
+            .unwrap();
+        assert_eq!(header(&r, "content-type"), Some("application/json"));
+        assert_eq!(header(&r, HEADER_TOPIC), Some("orders"));
+        assert_eq!(header(&r, HEADER_CONSUMER_GROUP), Some("g1"));
+        assert_eq!(header(&r, HEADER_MESSAGE_COUNT), Some("2"));
+        // Batch requests carry no per-message headers.
+        assert_eq!(header(&r, "rocketmq-msg-id"), None);
+        let v = json_body(&r);
+        assert_eq!(
+            v["messages"][0],
+            json!({
+                "msgId": "ID1",
+                "offsetMsgId": "0A00000100002A9F0000000000000010",
+                "topic": "orders",
+                "queueId": 3,
+                "brokerName": "broker-a",
+                "queueOffset": 42,
+                "tags": "TagA",
+                "keys": "k1 k2",
+                "reconsumeTimes": 1,
+                "bornTimestamp": 1_700_000_000_123_i64,
+                "storeTimestamp": 1_700_000_000_456_i64,
+                "bornHost": "10.0.0.2:50000",
+                "storeHost": "10.0.0.1:10911",
+                "properties": {"UNIQ_KEY": "ID1", "TAGS": "TagA"},
+                "body": "hello"
+            })
+        );
+        assert_eq!(v["topic"], "orders");
+        assert_eq!(v["consumerGroup"], "g1");
+        assert_eq!(v["messages"][1]["bodyBase64"], "/wCA");
+        assert!(v["messages"][1].get("body").is_none());
+        assert!(v["messages"][0].get("bodyBase64").is_none());
+    }
+
+    #[test]
+    fn single_message_requests_carry_metadata_headers() {
+        let f = Fixture::new(
+            b"x",
+            &[
+                ("UNIQ_KEY", "ID1"),
+                ("Color", "red"),
+                ("bad header", "v"),
+                ("NEWLINE", "a\nb"),
+            ],
+        );
+        let r = encoder(Format::Json).encode(CTX, &[f.view("ID1")]).unwrap();
+        assert_eq!(header(&r, HEADER_MESSAGE_COUNT), Some("1"));
+        assert_eq!(header(&r, "rocketmq-msg-id"), Some("ID1"));
+        assert_eq!(
+            header(&r, "rocketmq-offset-msg-id"),
+            Some("0A00000100002A9F0000000000000010")
+        );
+        assert_eq!(header(&r, "rocketmq-queue-id"), Some("3"));
+        assert_eq!(header(&r, "rocketmq-broker-name"), Some("broker-a"));
+        assert_eq!(header(&r, "rocketmq-queue-offset"), Some("42"));
+        assert_eq!(header(&r, "rocketmq-tags"), Some("TagA"));
+        assert_eq!(header(&r, "rocketmq-keys"), Some("k1 k2"));
+        assert_eq!(header(&r, "rocketmq-reconsume-times"), Some("1"));
+        assert_eq!(header(&r, "rocketmq-born-timestamp"), Some("1700000000123"));
+        assert_eq!(
+            header(&r, "rocketmq-store-timestamp"),
+            Some("1700000000456")
+        );
+        assert_eq!(header(&r, "rocketmq-born-host"), Some("10.0.0.2:50000"));
+        assert_eq!(header(&r, "rocketmq-store-host"), Some("10.0.0.1:10911"));
+        assert_eq!(header(&r, "rocketmq-property-color"), Some("red"));
+        assert_eq!(header(&r, "rocketmq-property-uniq_key"), None);
+        assert_eq!(header(&r, "rocketmq-property-newline"), None);
+        assert!(!r.headers.keys().any(|k| k.as_str().contains("bad")));
+    }
+
+    #[test]
+    fn property_headers_are_bounded() {
+        let big = "v".repeat(1000);
+        let props: Vec<(String, String)> =
+            (0..20).map(|i| (format!("P{i:02}"), big.clone())).collect();
+        let props: Vec<(&str, &str)> = props
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let f = Fixture::new(b"x", &props);
+        let r = encoder(Format::Raw).encode(CTX, &[f.view("ID1")]).unwrap();
+        let n = r
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with(HEADER_PROPERTY_PREFIX))
+            .count();
+        // Each costs 21 + 1000 + 4 bytes: three fit in the 4096-byte budget.
+        assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn raw_is_one_untouched_body() {
+        let f = Fixture::new(&[0xff, 1, 2], &[]);
+        let r = encoder(Format::Raw).encode(CTX, &[f.view("ID1")]).unwrap();
+        assert_eq!(&r.body[..], &[0xff, 1, 2]);
+        assert_eq!(header(&r, "content-type"), Some(OCTET_STREAM));
+        assert_eq!(header(&r, "rocketmq-msg-id"), Some("ID1"));
+        let f = Fixture::new(b"<a/>", &[(CONTENT_TYPE_PROPERTY, "application/xml")]);
+        let r = encoder(Format::Raw).encode(CTX, &[f.view("ID1")]).unwrap();
+        assert_eq!(header(&r, "content-type"), Some("application/xml"));
+        assert_eq!(&r.body[..], b"<a/>");
+        let err = encoder(Format::Raw)
+            .encode(CTX, &[f.view("A"), f.view("B")])
+            .unwrap_err();
+        assert!(matches!(err, EncodeError::NotOneMessage { count: 2, .. }));
+        assert!(!err.is_retriable());
+        assert!(encoder(Format::CloudEvents).encode(CTX, &[]).is_err());
+    }
+
+    #[test]
+    fn cloudevents_binary_mode() {
+        let f = Fixture::new(
+            br#"{"a":1}"#,
+            &[(CONTENT_TYPE_PROPERTY, "application/json")],
+        );
+        let r = encoder(Format::CloudEvents)
+            .encode(CTX, &[f.view("ID1")])
+            .unwrap();
+        assert_eq!(&r.body[..], br#"{"a":1}"#);
+        assert_eq!(header(&r, "content-type"), Some("application/json"));
+        assert_eq!(header(&r, "ce-specversion"), Some("1.0"));
+        assert_eq!(header(&r, "ce-id"), Some("ID1"));
+        assert_eq!(header(&r, "ce-source"), Some("rocketmq://broker-a/orders"));
+        assert_eq!(header(&r, "ce-type"), Some("org.apache.rocketmq.message"));
+        assert_eq!(header(&r, "ce-time"), Some("2023-11-14T22:13:20.456Z"));
+        assert_eq!(header(&r, "ce-subject"), Some("TagA"));
+        assert_eq!(header(&r, "ce-rocketmqqueueoffset"), Some("42"));
+        assert_eq!(header(&r, "ce-rocketmqkeys"), Some("k1 k2"));
+        assert_eq!(header(&r, "rocketmq-msg-id"), Some("ID1"));
+        let custom = Encoder::new(
+            Format::CloudEvents,
+            "com.example.order",
+            Some("/orders".into()),
+        );
+        let r = custom.encode(CTX, &[f.view("ID1")]).unwrap();
+        assert_eq!(header(&r, "ce-type"), Some("com.example.order"));
+        assert_eq!(header(&r, "ce-source"), Some("/orders"));
+        let plain = Fixture::new(b"bytes", &[]);
+        let r = custom.encode(CTX, &[plain.view("ID1")]).unwrap();
+        assert_eq!(header(&r, "content-type"), Some(OCTET_STREAM));
+    }
+
+    const EVENT: &str = r#" {"specversion":"1.0","id":"e1","source":"/app","type":"t","data":{"n":12345678901234567890123}} "#;
+
+    #[test]
+    fn cloudevents_are_not_wrapped_twice() {
+        let f = Fixture::new(EVENT.as_bytes(), &[]);
+        let r = encoder(Format::CloudEvents)
+            .encode(CTX, &[f.view("ID1")])
+            .unwrap();
+        assert_eq!(&r.body[..], EVENT.as_bytes());
+        assert_eq!(header(&r, "content-type"), Some(CE_STRUCTURED));
+        assert_eq!(header(&r, "ce-id"), None);
+        assert_eq!(header(&r, "rocketmq-msg-id"), Some("ID1"));
+
+        let other = Fixture::new(b"plain", &[]);
+        let r = encoder(Format::CloudEventsBatch)
+            .encode(CTX, &[f.view("ID1"), other.view("ID2")])
+            .unwrap();
+        let text = std::str::from_utf8(&r.body).unwrap();
+        // The event is embedded byte for byte (the big number is not rounded).
+        assert!(text.starts_with(&format!("[{},", EVENT.trim())), "{text}");
+        let v = json_body(&r);
+        assert_eq!(v[0]["id"], "e1");
+        assert_eq!(v[1]["id"], "ID2");
+        assert_eq!(v[1]["data"], "plain");
+    }
+
+    #[test]
+    fn structured_detection() {
+        assert!(is_structured_cloudevent(EVENT.as_bytes()));
+        for body in [
+            "",
+            "[]",
+            r#"{"specversion":"1.0","id":"e1","source":"/app"}"#,
+            r#"{"specversion":"1.0","id":"","source":"/app","type":"t"}"#,
+            r#"{"specversion":1,"id":"e1","source":"/app","type":"t"}"#,
+            r#"{"specversion":"1.0","id":"e1","source":"/app","type":"t""#,
+            r#"{"id":"e1","source":"/app","type":"t"}"#,
+        ] {
+            assert!(!is_structured_cloudevent(body.as_bytes()), "{body}");
+        }
+    }
+
+    #[test]
+    fn cloudevents_batch_data_forms() {
+        let json_body = Fixture::new(br#"{"big":12345678901234567890123}"#, &[]);
+        let text = Fixture::new(b"hi", &[]);
+        let binary = Fixture::new(&[0xff, 0x00], &[]);
+        let xml = Fixture::new(b"<a/>", &[(CONTENT_TYPE_PROPERTY, "application/xml")]);
+        let bad_json = Fixture::new(b"{oops", &[(CONTENT_TYPE_PROPERTY, "application/json")]);
+        let r = encoder(Format::CloudEventsBatch)
+            .encode(
+                CTX,
+                &[
+                    json_body.view("A"),
+                    text.view("B"),
+                    binary.view("C"),
+                    xml.view("D"),
+                    bad_json.view("E"),
+                ],
+            )
+            .unwrap();
+        assert_eq!(header(&r, "content-type"), Some(CE_BATCH));
+        assert_eq!(header(&r, HEADER_MESSAGE_COUNT), Some("5"));
+        let body = std::str::from_utf8(&r.body).unwrap();
+        assert!(
+            body.contains(r#""data":{"big":12345678901234567890123}}"#),
+            "{body}"
+        );
+        let v = json_body_of(body);
+        assert_eq!(v[0]["datacontenttype"], "application/json");
+        assert_eq!(v[0]["specversion"], "1.0");
+        assert_eq!(v[0]["id"], "A");
+        assert_eq!(v[0]["source"], "rocketmq://broker-a/orders");
+        assert_eq!(v[0]["type"], DEFAULT_CLOUDEVENTS_TYPE);
+        assert_eq!(v[0]["time"], "2023-11-14T22:13:20.456Z");
+        assert_eq!(v[0]["subject"], "TagA");
+        assert_eq!(v[0]["rocketmqqueueid"], 3);
+        assert_eq!(v[1]["data"], "hi");
+        assert_eq!(v[1]["datacontenttype"], "text/plain; charset=utf-8");
+        assert_eq!(v[2]["data_base64"], "/wA=");
+        assert_eq!(v[2]["datacontenttype"], OCTET_STREAM);
+        assert!(v[2].get("data").is_none());
+        assert_eq!(v[3]["data"], "<a/>");
+        assert_eq!(v[3]["datacontenttype"], "application/xml");
+        assert_eq!(v[4]["data_base64"], BASE64.encode(b"{oops"));
+        let empty = encoder(Format::CloudEventsBatch).encode(CTX, &[]).unwrap();
+        assert_eq!(&empty.body[..], b"[]");
+    }
+
+    fn json_body_of(s: &str) -> Value {
+        serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn format_names() {
+        for f in [
+            Format::Json,
+            Format::Raw,
+            Format::CloudEvents,
+            Format::CloudEventsBatch,
+        ] {
+            assert_eq!(f.as_str().parse::<Format>(), Ok(f));
+        }
+        assert_eq!(
+            "CloudEvents_Batch".parse::<Format>(),
+            Ok(Format::CloudEventsBatch)
+        );
+        assert!("xml".parse::<Format>().is_err());
+        assert!(Format::Raw.one_message_per_request());
+        assert!(Format::CloudEvents.one_message_per_request());
+        assert!(!Format::Json.one_message_per_request());
+        assert!(!Format::CloudEventsBatch.one_message_per_request());
+        assert_eq!(Format::default(), Format::Json);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn json_body_round_trips(body in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let f = Fixture::new(&body, &[]);
+            let r = encoder(Format::Json).encode(CTX, &[f.view("A")]).unwrap();
+            let v = json_body(&r);
+            let m = &v["messages"][0];
+            let decoded = match m.get("body") {
+                Some(Value::String(s)) => s.as_bytes().to_vec(),
+                _ => BASE64.decode(m["bodyBase64"].as_str().unwrap()).unwrap(),
+            };
+            proptest::prop_assert_eq!(decoded, body);
+        }
+
+        #[test]
+        fn cloudevents_batch_is_valid_json(body in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let f = Fixture::new(&body, &[]);
+            let r = encoder(Format::CloudEventsBatch).encode(CTX, &[f.view("A"), f.view("B")]).unwrap();
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            proptest::prop_assert_eq!(v.as_array().map(Vec::len), Some(2));
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! `Webhook` against a real HTTP server on 127.0.0.1:0 (axum), answering from a script.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes as AxumBytes;
+use axum::http::{HeaderMap as AxumHeaders, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::remoting::message::{MessageExt, Properties};
+use crate::remoting::MessageQueue;
+
+/// Guards every await: a hang fails the test instead of blocking the suite.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// One scripted answer.
+#[derive(Clone)]
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+    delay: Duration,
+}
+
+fn reply(status: u16) -> Reply {
+    Reply {
+        status,
+        headers: Vec::new(),
+        body: String::new(),
+        delay: Duration::ZERO,
+    }
+}
+
+/// What the server saw.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    headers: AxumHeaders,
+    body: AxumBytes,
+}
+
+#[derive(Default)]
+struct Script {
+    replies: Mutex<VecDeque<Reply>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+struct Server {
+    addr: SocketAddr,
+    script: Arc<Script>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(replies: Vec<Reply>) -> Self {
+        let script = Arc::new(Script {
+            replies: Mutex::new(replies.into()),
+            seen: Mutex::default(),
+        });
+        let state = Arc::clone(&script);
+        let app = Router::new().route(
+            "/hook",
+            any(
+                move |method: axum::http::Method, headers: AxumHeaders, body: AxumBytes| {
+                    let state = Arc::clone(&state);
+                    async move {
+                        state.seen.lock().unwrap().push(Seen {
+                            method: method.to_string(),
+                            headers,
+                            body,
+                        });
+                        let next = state.replies.lock().unwrap().pop_front();
+                        let r = next.unwrap_or_else(|| reply(200));
+                        tokio::time::sleep(r.delay).await;
+                        let mut resp: Response = r.body.into_response();
+                        *resp.status_mut() = StatusCode::from_u16(r.status).unwrap();
+                        for (k, v) in r.headers {
+                            resp.headers_mut().insert(k, v.parse().unwrap());
+                        }
+                        resp
+                    }
+                },
+            ),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { addr, script, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.script.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn message(id: &str, body: &str) -> MessageExt {
+    let mut properties = Properties::new();
+    properties.insert("UNIQ_KEY".to_owned(), id.to_owned());
+    properties.insert("TAGS".to_owned(), "TagA".to_owned());
+    MessageExt {
+        topic: "orders".to_owned(),
+        queue_id: 1,
+        flag: 0,
+        queue_offset: 7,
+        commit_log_offset: 1234,
+        sys_flag: 0,
+        born_timestamp: 1_700_000_000_000,
+        born_host: "10.0.0.2:50000".parse().unwrap(),
+        store_timestamp: 1_700_000_000_100,
+        store_host: "10.0.0.1:10911".parse().unwrap(),
+        reconsume_times: 0,
+        prepared_transaction_offset: 0,
+        body_crc: 0,
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        properties,
+    }
+}
+
+fn batch(ids: &[&str], mode: ConsumeMode) -> Batch {
+    Batch {
+        group: "g1".to_owned(),
+        topic: "orders".to_owned(),
+        queue: MessageQueue::new("orders", "broker-a", 1),
+        mode,
+        messages: ids
+            .iter()
+            .map(|id| message(id, &format!("body-{id}")))
+            .collect(),
+    }
+}
+
+async fn handle(webhook: &Webhook, batch: &Batch) -> Vec<Outcome> {
+    tokio::time::timeout(LIMIT, webhook.handle(batch))
+        .await
+        .expect("delivery hung")
+}
+
+fn options(url: String) -> WebhookOptions {
+    let mut o = WebhookOptions::new(url);
+    o.timeout = Duration::from_secs(5);
+    o
+}
+
+const RETRY: Outcome = Outcome::Retry { delay_level: None };
+
+#[tokio::test]
+async fn success_sends_the_json_envelope() {
+    let server = Server::start(vec![reply(200)]).await;
+    let webhook = Webhook::new(options(server.url())).unwrap();
+    let outcomes = handle(&webhook, &batch(&["A", "B"], ConsumeMode::Concurrent)).await;
+    assert_eq!(outcomes, vec![Outcome::Success; 2]);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].headers["content-type"], "application/json");
+    assert_eq!(seen[0].headers["rocketmq-message-count"], "2");
+    assert_eq!(seen[0].headers["rocketmq-consumer-group"], "g1");
+    let v: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(v["messages"][1]["msgId"], "B");
+    assert_eq!(v["messages"][1]["body"], "body-B");
+    assert_eq!(v["messages"][1]["brokerName"], "broker-a");
+    let stats = webhook.stats();
+    assert_eq!(stats.requests(stats::RequestClass::Success), 1);
+    assert_eq!(stats.outcomes(stats::OutcomeKind::Success), 2);
+    assert_eq!(stats.latency().count, 1);
+    assert_eq!(stats.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn error_codes_map_to_retry_and_drop() {
+    let server = Server::start(vec![reply(500), reply(404), reply(401)]).await;
+    let webhook = Webhook::new(options(server.url())).unwrap();
+    let b = batch(&["A"], ConsumeMode::Concurrent);
+    assert_eq!(handle(&webhook, &b).await, vec![RETRY]);
+    assert_eq!(handle(&webhook, &b).await, vec![Outcome::Drop]);
+    assert_eq!(handle(&webhook, &b).await, vec![RETRY]);
+    assert_eq!(
+        webhook.stats().requests(stats::RequestClass::ServerError),
+        1
+    );
+    assert_eq!(
+        webhook.stats().requests(stats::RequestClass::ClientError),
+        2
+    );
+}
+
+#[tokio::test]
+async fn retry_after_defers_without_spending_attempts() {
+    let mut throttled = reply(429);
+    throttled.headers.push(("retry-after", "120".to_owned()));
+    let server = Server::start(vec![throttled]).await;
+    let mut o = options(server.url());
+    o.retry_after_cap = Duration::from_secs(30);
+    let webhook = Webhook::new(o).unwrap();
+    let b = batch(&["A", "B"], ConsumeMode::Concurrent);
+    let later = Outcome::Later {
+        after: Duration::from_secs(30),
+    };
+    assert_eq!(handle(&webhook, &b).await, vec![later; 2]);
+    // The endpoint is paused: the next batch is not sent at all.
+    let outcomes = handle(&webhook, &b).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Later { after } if *after > Duration::from_secs(25))),
+        "{outcomes:?}"
+    );
+    assert_eq!(server.seen().len(), 1);
+    assert_eq!(webhook.stats().requests(stats::RequestClass::NotSent), 1);
+    assert_eq!(webhook.circuit_state(), CircuitState::Closed);
+}
+
+#[tokio::test]
+async fn timeout_retries() {
+    let mut slow = reply(200);
+    slow.delay = Duration::from_secs(3);
+    let server = Server::start(vec![slow]).await;
+    let mut o = options(server.url());
+    o.timeout = Duration::from_millis(200);
+    let webhook = Webhook::new(o).unwrap();
+    let outcomes = handle(&webhook, &batch(&["A"], ConsumeMode::Concurrent)).await;
+    assert_eq!(outcomes, vec![RETRY]);
+    assert_eq!(webhook.stats().requests(stats::RequestClass::Timeout), 1);
+}
+
+#[tokio::test]
+async fn unreachable_endpoint_opens_the_circuit() {
+    // A port that was just free: connections are refused.
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut o = options(format!("http://{addr}/hook"));
+    o.breaker = BreakerConfig {
+        failure_threshold: 3,
+        open_duration: Duration::from_secs(30),
+        max_open_duration: Duration::from_secs(60),
+    };
+    let webhook = Webhook::new(o).unwrap();
+    let b = batch(&["A", "B"], ConsumeMode::Concurrent);
+    for _ in 0..3 {
+        assert_eq!(handle(&webhook, &b).await, vec![RETRY; 2]);
+    }
+    assert_eq!(webhook.circuit_state(), CircuitState::Open);
+    for _ in 0..5 {
+        let outcomes = handle(&webhook, &b).await;
+        assert!(
+            outcomes.iter().all(|o| matches!(o, Outcome::Later { .. })),
+            "{outcomes:?}"
+        );
+    }
+    let stats = webhook.stats();
+    assert_eq!(stats.requests(stats::RequestClass::TransportError), 3);
+    assert_eq!(stats.requests(stats::RequestClass::NotSent), 5);
+    // Only the three attempts before the circuit opened cost reconsume attempts.
+    assert_eq!(stats.outcomes(stats::OutcomeKind::Retry), 6);
+}
+
+#[tokio::test]
+async fn probe_closes_the_circuit_when_the_endpoint_returns() {
+    let mut failing = vec![reply(503); 2];
+    failing.push(reply(200));
+    let server = Server::start(failing).await;
+    let mut o = options(server.url());
+    o.breaker = BreakerConfig {
+        failure_threshold: 2,
+        open_duration: Duration::from_millis(200),
+        max_open_duration: Duration::from_secs(1),
+    };
+    let webhook = Webhook::new(o).unwrap();
+    let b = batch(&["A"], ConsumeMode::Concurrent);
+    assert_eq!(handle(&webhook, &b).await, vec![RETRY]);
+    assert_eq!(handle(&webhook, &b).await, vec![RETRY]);
+    assert_eq!(webhook.circuit_state(), CircuitState::Open);
+    let Outcome::Later { after } = handle(&webhook, &b).await[0] else {
+        panic!("expected Later while open");
+    };
+    tokio::time::sleep(after).await;
+    assert_eq!(handle(&webhook, &b).await, vec![Outcome::Success]);
+    assert_eq!(webhook.circuit_state(), CircuitState::Closed);
+    assert_eq!(server.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn per_message_statuses() {
+    let mut partial = reply(200);
+    partial.body = r#"{"statuses":[{"entryId":"A","status":"SUCCESS"},{"id":"B","status":"DROP"},{"id":"C","status":"RETRY","delayLevel":5}]}"#.to_owned();
+    let server = Server::start(vec![partial]).await;
+    let webhook = Webhook::new(options(server.url())).unwrap();
+    let outcomes = handle(
+        &webhook,
+        &batch(&["A", "B", "C", "D"], ConsumeMode::Concurrent),
+    )
+    .await;
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Success,
+            Outcome::Drop,
+            Outcome::Retry {
+                delay_level: Some(5)
+            },
+            RETRY
+        ]
+    );
+}
+
+#[tokio::test]
+async fn raw_format_splits_the_batch() {
+    let server = Server::start(Vec::new()).await;
+    let mut o = options(server.url());
+    o.format = Format::Raw;
+    o.method = Method::PUT;
+    let webhook = Webhook::new(o).unwrap();
+    let outcomes = handle(&webhook, &batch(&["A", "B", "C"], ConsumeMode::Concurrent)).await;
+    assert_eq!(outcomes, vec![Outcome::Success; 3]);
+    let mut seen = server.seen();
+    assert_eq!(seen.len(), 3);
+    seen.sort_by(|a, b| a.body.cmp(&b.body));
+    for (s, id) in seen.iter().zip(["A", "B", "C"]) {
+        assert_eq!(s.method, "PUT");
+        assert_eq!(s.body, format!("body-{id}").as_bytes());
+        assert_eq!(s.headers["rocketmq-msg-id"], id);
+        assert_eq!(s.headers["rocketmq-message-count"], "1");
+        assert_eq!(s.headers["content-type"], "application/octet-stream");
+    }
+}
+
+#[tokio::test]
+async fn orderly_stops_at_the_first_failure() {
+    let server = Server::start(vec![reply(200), reply(500), reply(200)]).await;
+    let mut o = options(server.url());
+    o.format = Format::CloudEvents;
+    let webhook = Webhook::new(o).unwrap();
+    let outcomes = handle(&webhook, &batch(&["A", "B", "C"], ConsumeMode::Orderly)).await;
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Success,
+            RETRY,
+            Outcome::Later {
+                after: Duration::ZERO
+            }
+        ]
+    );
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].headers["ce-id"], "A");
+    assert_eq!(seen[1].headers["ce-id"], "B");
+    assert_eq!(seen[0].headers["ce-specversion"], "1.0");
+}
+
+#[tokio::test]
+async fn signing_and_bearer_token() {
+    let server = Server::start(Vec::new()).await;
+    let mut o = options(server.url());
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    o.signing_secret = Some(SigningSecret::parse(secret).unwrap());
+    o.bearer_token = Some(BearerToken::new("tok-123").unwrap());
+    o.headers = vec![("x-api-key".to_owned(), "k".to_owned())];
+    let shown = format!("{o:?}");
+    assert!(
+        !shown.contains("MfKQ9r8G") && !shown.contains("tok-123"),
+        "{shown}"
+    );
+    let webhook = Webhook::new(o).unwrap();
+    assert_eq!(
+        handle(&webhook, &batch(&["A"], ConsumeMode::Concurrent)).await,
+        vec![Outcome::Success]
+    );
+    let seen = server.seen();
+    let h = &seen[0].headers;
+    assert_eq!(h["authorization"], "Bearer tok-123");
+    assert_eq!(h["x-api-key"], "k");
+    assert_eq!(h["webhook-id"], "A");
+    let timestamp: u64 = h["webhook-timestamp"].to_str().unwrap().parse().unwrap();
+    let expected = SigningSecret::parse(secret)
+        .unwrap()
+        .signature("A", timestamp, &seen[0].body);
+    assert_eq!(h["webhook-signature"], expected.as_str());
+    assert!(!format!("{webhook:?}").contains("tok-123"));
+}
+
+#[tokio::test]
+async fn concurrency_is_bounded() {
+    let mut slow = reply(200);
+    slow.delay = Duration::from_millis(300);
+    let server = Server::start(vec![slow; 4]).await;
+    let mut o = options(server.url());
+    o.format = Format::Raw;
+    o.concurrency = 2;
+    let webhook = Webhook::new(o).unwrap();
+    let b = batch(&["A", "B", "C", "D"], ConsumeMode::Concurrent);
+    let watcher = {
+        let stats = Arc::clone(webhook.stats());
+        tokio::spawn(async move {
+            let mut peak = 0;
+            for _ in 0..100 {
+                peak = peak.max(stats.in_flight());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            peak
+        })
+    };
+    assert_eq!(handle(&webhook, &b).await, vec![Outcome::Success; 4]);
+    let peak = tokio::time::timeout(LIMIT, watcher).await.unwrap().unwrap();
+    assert_eq!(peak, 2);
+}
+
+#[test]
+fn invalid_options_are_refused() {
+    assert!(matches!(
+        Webhook::new(WebhookOptions::new("ftp://x/")),
+        Err(WebhookError::InvalidUrl { .. })
+    ));
+    let err = Webhook::new(WebhookOptions::new("http://user:pw@[::1/x?token=s")).unwrap_err();
+    assert!(!err.to_string().contains("pw"), "{err}");
+    let mut o = WebhookOptions::new("http://localhost/x");
+    o.concurrency = 0;
+    assert!(matches!(
+        Webhook::new(o),
+        Err(WebhookError::InvalidOption {
+            name: "concurrency",
+            ..
+        })
+    ));
+    let mut o = WebhookOptions::new("http://localhost/x");
+    o.headers = vec![("bad header".to_owned(), "v".to_owned())];
+    assert!(matches!(
+        Webhook::new(o),
+        Err(WebhookError::InvalidHeader { .. })
+    ));
+    let mut o = WebhookOptions::new("http://user:pw@localhost/x?token=s3cr3t");
+    o.headers = vec![("x-api-key".to_owned(), "k3y-value".to_owned())];
+    let shown = format!("{o:?} {:?}", Webhook::new(o.clone()).unwrap());
+    for secret in ["pw", "s3cr3t", "k3y-value"] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    assert_eq!(
+        redact_url("https://user:pw@example.com:8443/a/b?token=s"),
+        "https://redacted@example.com:8443/a/b?redacted"
+    );
+}
