@@ -134,6 +134,8 @@ configStorePath = "$dir/namesrv/namesrv.properties"
 EOF
   # Java-style properties (converted by the broker). brokerIP1 keeps it from advertising the
   # external address; haListenPort must be set or a second broker on the host cannot start.
+  # (The properties form cannot set the bind address: the broker listens on 0.0.0.0.)
+  # 64 MiB commit-log files instead of 1 GiB keep a demo store small.
   cat >"$dir/broker.properties" <<EOF
 brokerClusterName=DefaultCluster
 brokerName=broker-local
@@ -141,6 +143,8 @@ brokerId=0
 brokerIP1=127.0.0.1
 listenPort=$broker_port
 haListenPort=$((broker_port + 1))
+haListenAddress=127.0.0.1
+mappedFileSizeCommitLog=67108864
 namesrvAddr=127.0.0.1:$namesrv_port
 storePathRootDir=$store
 autoCreateTopicEnable=true

@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod consumer;
+pub mod daemon;
 pub mod echo;
 pub mod remoting;
 pub mod webhook;

@@ -6,7 +6,7 @@
 //! a metric anywhere else.
 
 use prometheus::{
-    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 /// Metric names, so docs and tests refer to the same strings as the code.
@@ -48,9 +48,8 @@ pub mod names {
     pub const ERRORS_TOTAL: &str = "rocketmq_webhook_errors_total";
     /// Webhook HTTP requests by status class (2xx, 3xx, 4xx, 5xx, timeout, transport).
     pub const WEBHOOK_REQUESTS_TOTAL: &str = "rocketmq_webhook_webhook_requests_total";
-    /// Webhook HTTP request duration.
-    pub const WEBHOOK_REQUEST_DURATION_SECONDS: &str =
-        "rocketmq_webhook_webhook_request_duration_seconds";
+    /// Webhook HTTP requests in flight.
+    pub const WEBHOOK_REQUESTS_IN_FLIGHT: &str = "rocketmq_webhook_webhook_requests_in_flight";
     /// Circuit breaker state: 0 closed, 1 half-open, 2 open.
     pub const WEBHOOK_CIRCUIT_STATE: &str = "rocketmq_webhook_webhook_circuit_state";
     /// Constant 1 with the version as a label.
@@ -102,12 +101,6 @@ pub struct Metrics {
     pub pull_duration: HistogramVec,
     /// See [`names::ERRORS_TOTAL`].
     pub errors: IntCounterVec,
-    /// See [`names::WEBHOOK_REQUESTS_TOTAL`].
-    pub webhook_requests: IntCounterVec,
-    /// See [`names::WEBHOOK_REQUEST_DURATION_SECONDS`].
-    pub webhook_duration: HistogramVec,
-    /// See [`names::WEBHOOK_CIRCUIT_STATE`].
-    pub circuit_state: GaugeVec,
 }
 
 impl Metrics {
@@ -136,14 +129,6 @@ impl Metrics {
         fn with(extra: &str) -> [&str; 3] {
             [GT[0], GT[1], extra]
         }
-        let circuit_state = GaugeVec::new(
-            Opts::new(names::WEBHOOK_CIRCUIT_STATE, "Circuit breaker state: 0 closed, 1 half-open, 2 open."),
-            GT,
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(circuit_state.clone()))
-            .expect("metric registered once");
         let build = IntGaugeVec::new(
             Opts::new(names::BUILD_INFO, "Build information; always 1."),
             &["version"],
@@ -169,9 +154,6 @@ impl Metrics {
             locks_held: gauge(names::QUEUE_LOCKS_HELD, "Orderly queue locks held.", GT),
             pull_duration: histogram(names::PULL_DURATION_SECONDS, "Pull round trips, long polls included.", PULL_BUCKETS, GT),
             errors: counter(names::ERRORS_TOTAL, "Errors by type and stage.", &["consumer_group", "topic", "error_type", "stage"]),
-            webhook_requests: counter(names::WEBHOOK_REQUESTS_TOTAL, "Webhook requests by status class.", &with("status_class")),
-            webhook_duration: histogram(names::WEBHOOK_REQUEST_DURATION_SECONDS, "Webhook request duration.", LATENCY_BUCKETS, GT),
-            circuit_state,
             registry,
         }
     }

@@ -364,7 +364,11 @@ impl Connection {
     /// # Errors
     /// As [`Connection::call_raw`]; in addition [`ClientError::Broker`] when the peer answers
     /// with an error status and [`ClientError::Protocol`] when the answer does not parse.
-    pub async fn call<R: Rpc>(&self, rpc: &R, timeout: Duration) -> Result<R::Response, ClientError> {
+    pub async fn call<R: Rpc>(
+        &self,
+        rpc: &R,
+        timeout: Duration,
+    ) -> Result<R::Response, ClientError> {
         let response = self.call_raw(rpc.command(), timeout).await?;
         rpc.parse(response)
             .map_err(|e| ClientError::from_response(self.addr(), e))

@@ -64,7 +64,10 @@ impl fmt::Display for CloseReason {
         match self {
             Self::PeerClosed => f.write_str("closed by peer"),
             Self::EofMidFrame { buffered } => {
-                write!(f, "closed by peer in the middle of a frame ({buffered} bytes buffered)")
+                write!(
+                    f,
+                    "closed by peer in the middle of a frame ({buffered} bytes buffered)"
+                )
             }
             Self::Io(e) => write!(f, "I/O error: {e}"),
             Self::Protocol(e) => write!(f, "malformed frame: {e}"),
@@ -94,7 +97,9 @@ pub enum ClientError {
         /// Time until the pool tries again.
         retry_in: Duration,
     },
-    /// Writing to or reading from `addr` failed outside of an established call.
+    /// Writing to or reading from `addr` failed outside of a connection's task. (Failures inside
+    /// a connection surface as [`ClientError::ConnectionClosed`] with [`CloseReason::Io`], since
+    /// every waiter shares them; no code path of this module produces this variant today.)
     #[error("I/O error with {addr}: {source}")]
     Io {
         /// Peer address.
@@ -159,7 +164,7 @@ pub enum ClientError {
         addrs: Vec<String>,
         /// The last failure.
         #[source]
-        last: Box<ClientError>,
+        last: Box<Self>,
     },
     /// An address (`host:port`) in the configuration is invalid.
     #[error("invalid address `{addr}`: {reason}")]

@@ -47,12 +47,17 @@ impl Client {
     /// # Errors
     /// [`ClientError::InvalidAddress`] for a bad name-server list, [`ClientError::Tls`] for an
     /// unusable TLS configuration (checked now rather than at the first connect).
-    pub fn new(config: ClientConfig, inbound: Arc<dyn InboundHandler>) -> Result<Self, ClientError> {
+    pub fn new(
+        config: ClientConfig,
+        inbound: Arc<dyn InboundHandler>,
+    ) -> Result<Self, ClientError> {
         if let Some(tls) = &config.connect.tls {
             tls.connector()?;
         }
         let addrs = parse_addrs(&config.namesrv_addr)?;
-        let ip = config.client_ip.unwrap_or_else(|| local_ipv4(&addrs).to_string());
+        let ip = config
+            .client_ip
+            .unwrap_or_else(|| local_ipv4(&addrs).to_string());
         let instance = config.instance_name.unwrap_or_else(default_instance_name);
         let pool = Pool::new(config.connect, inbound);
         let namesrv = NameServer::new(&config.namesrv_addr, pool.clone())?;
@@ -121,7 +126,9 @@ fn local_ipv4(namesrv_addrs: &[String]) -> Ipv4Addr {
         .filter(SocketAddr::is_ipv4)
         .chain(std::iter::once(SocketAddr::from(([192, 0, 2, 1], 9))));
     for target in candidates {
-        if let Some(ip) = source_ip_for(target).filter(|ip| !ip.is_loopback() && !ip.is_unspecified()) {
+        if let Some(ip) =
+            source_ip_for(target).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        {
             return ip;
         }
     }

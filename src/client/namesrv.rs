@@ -96,7 +96,9 @@ impl NameServer {
                 }
             }
         }
-        let order = (0..n).map(|i| self.addrs[(start + i) % n].clone()).collect();
+        let order = (0..n)
+            .map(|i| self.addrs[(start + i) % n].clone())
+            .collect();
         Err(ClientError::NoNameServer {
             addrs: order,
             last: Box::new(last.unwrap_or(ClientError::NoRoute {
@@ -129,7 +131,9 @@ pub(crate) fn validate_addr(addr: &str) -> Result<(), ClientError> {
         addr: addr.to_owned(),
         reason,
     };
-    let (host, port) = addr.rsplit_once(':').ok_or_else(|| invalid("missing `:port`"))?;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("missing `:port`"))?;
     if host.is_empty() || host == "[]" {
         return Err(invalid("missing host"));
     }

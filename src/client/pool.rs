@@ -61,7 +61,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Slot {
     fn live(&self) -> Option<Connection> {
-        lock(&self.current).as_ref().filter(|c| !c.is_closed()).cloned()
+        lock(&self.current)
+            .as_ref()
+            .filter(|c| !c.is_closed())
+            .cloned()
     }
 }
 

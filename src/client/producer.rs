@@ -96,8 +96,9 @@ impl QueueSelector {
 
 /// Java's `String.hashCode` (over UTF-16 code units), the hash of `SelectMessageQueueByHash`.
 fn java_string_hash(s: &str) -> i32 {
-    s.encode_utf16()
-        .fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(i32::from(unit)))
+    s.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    })
 }
 
 /// The outcome of a stored single message.
@@ -180,7 +181,9 @@ impl ProducerError {
     pub fn is_retriable(&self) -> bool {
         match self {
             Self::Client(e) => e.is_retriable(),
-            Self::NoWritableQueue { .. } | Self::NoBroker { .. } | Self::RouteTimeout { .. } => true,
+            Self::NoWritableQueue { .. } | Self::NoBroker { .. } | Self::RouteTimeout { .. } => {
+                true
+            }
             Self::InvalidMessage { .. } | Self::Encode { .. } => false,
         }
     }
@@ -247,11 +250,16 @@ impl Producer {
     ) -> Result<SendResult, ProducerError> {
         let message = self.prepare(message)?;
         let topic = message.topic.clone();
-        let mut header = SendMessageHeader::for_message(&self.inner.config.group, &message, 0, now_ms());
+        let mut header =
+            SendMessageHeader::for_message(&self.inner.config.group, &message, 0, now_ms());
         let mut body = message.body.clone();
         if body.len() >= self.inner.config.compress_over {
-            let compressed = compression::compress(Compression::Zlib, &body)
-                .map_err(|source| ProducerError::Encode { topic: topic.clone(), source })?;
+            let compressed = compression::compress(Compression::Zlib, &body).map_err(|source| {
+                ProducerError::Encode {
+                    topic: topic.clone(),
+                    source,
+                }
+            })?;
             body = compressed.into();
             header.sys_flag |= Compression::Zlib.sys_flag_bits();
         }
@@ -264,8 +272,17 @@ impl Producer {
         loop {
             let (queue, addr) = self.pick_queue(&topic, selector, attempt > 0).await?;
             header.queue_id = queue.queue_id;
-            let rpc = SendMessage { header: header.clone(), body: body.clone() };
-            match self.inner.client.pool().call(&addr, &rpc, self.inner.config.send_timeout).await {
+            let rpc = SendMessage {
+                header: header.clone(),
+                body: body.clone(),
+            };
+            match self
+                .inner
+                .client
+                .pool()
+                .call(&addr, &rpc, self.inner.config.send_timeout)
+                .await
+            {
                 Ok(wire) => {
                     return Ok(SendResult {
                         status: wire.status,
@@ -302,7 +319,10 @@ impl Producer {
             });
         };
         let topic = first.topic.clone();
-        let invalid = |reason: String| ProducerError::InvalidMessage { topic: topic.clone(), reason };
+        let invalid = |reason: String| ProducerError::InvalidMessage {
+            topic: topic.clone(),
+            reason,
+        };
         if topic.starts_with("%RETRY%") {
             return Err(invalid("batches cannot target a retry topic".to_owned()));
         }
@@ -310,7 +330,10 @@ impl Producer {
         let mut total = 0usize;
         for message in messages {
             if message.topic != topic {
-                return Err(invalid(format!("mixed topics in one batch (`{}`)", message.topic)));
+                return Err(invalid(format!(
+                    "mixed topics in one batch (`{}`)",
+                    message.topic
+                )));
             }
             if message.properties.contains_key(properties::DELAY) {
                 return Err(invalid("batched messages cannot be delayed".to_owned()));
@@ -327,19 +350,35 @@ impl Producer {
         }
         let msg_ids: Vec<String> = prepared
             .iter()
-            .map(|m| m.properties.get(properties::UNIQ_KEY).cloned().unwrap_or_default())
+            .map(|m| {
+                m.properties
+                    .get(properties::UNIQ_KEY)
+                    .cloned()
+                    .unwrap_or_default()
+            })
             .collect();
         // The batch's own properties are just WAIT, as in Java's MessageBatch.
         let envelope = Message::new(topic.clone(), bytes::Bytes::new()).with_wait(true);
-        let mut header = SendMessageHeader::for_message(&self.inner.config.group, &envelope, 0, now_ms());
+        let mut header =
+            SendMessageHeader::for_message(&self.inner.config.group, &envelope, 0, now_ms());
         header.batch = true;
         let mut attempt = 0;
         loop {
             let (queue, addr) = self.pick_queue(&topic, selector, attempt > 0).await?;
             header.queue_id = queue.queue_id;
-            let rpc = SendBatchMessage::new(header.clone(), &prepared)
-                .map_err(|source| ProducerError::Encode { topic: topic.clone(), source })?;
-            match self.inner.client.pool().call(&addr, &rpc, self.inner.config.send_timeout).await {
+            let rpc = SendBatchMessage::new(header.clone(), &prepared).map_err(|source| {
+                ProducerError::Encode {
+                    topic: topic.clone(),
+                    source,
+                }
+            })?;
+            match self
+                .inner
+                .client
+                .pool()
+                .call(&addr, &rpc, self.inner.config.send_timeout)
+                .await
+            {
                 Ok(wire) => {
                     return Ok(BatchSendResult {
                         status: wire.status,
@@ -369,7 +408,8 @@ impl Producer {
         queues: u16,
         order: bool,
     ) -> Result<TopicRouteData, ProducerError> {
-        let route = create_topic(&self.inner.client, topic, queues, order, TOPIC_ROUTE_WAIT).await?;
+        let route =
+            create_topic(&self.inner.client, topic, queues, order, TOPIC_ROUTE_WAIT).await?;
         self.inner.client.routes().update(topic, route.clone());
         lock(&self.inner.fetched).insert(topic.to_owned(), Instant::now());
         Ok(route)
@@ -395,11 +435,15 @@ impl Producer {
             )));
         }
         if properties::contains_separator(&message.properties) {
-            return Err(invalid("a property contains a separator character (\\u0001 or \\u0002)".to_owned()));
+            return Err(invalid(
+                "a property contains a separator character (\\u0001 or \\u0002)".to_owned(),
+            ));
         }
         if !message.properties.contains_key(properties::UNIQ_KEY) {
             let id = lock(&self.inner.uniq).next(millis_since_month_start(now_ms()));
-            message.properties.insert(properties::UNIQ_KEY.to_owned(), id);
+            message
+                .properties
+                .insert(properties::UNIQ_KEY.to_owned(), id);
         }
         message
             .properties
@@ -418,18 +462,26 @@ impl Producer {
         let route = self.route(topic, refresh).await?;
         let queues = route.publish_queues(topic);
         if queues.is_empty() {
-            return Err(ProducerError::NoWritableQueue { topic: topic.to_owned() });
+            return Err(ProducerError::NoWritableQueue {
+                topic: topic.to_owned(),
+            });
         }
         let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
         let queue = queues[selector.index(queues.len(), turn)].clone();
         let addr = route
             .master_addr(&queue.broker_name)
             .map(str::to_owned)
-            .ok_or_else(|| ProducerError::NoWritableQueue { topic: topic.to_owned() })?;
+            .ok_or_else(|| ProducerError::NoWritableQueue {
+                topic: topic.to_owned(),
+            })?;
         Ok((queue, addr))
     }
 
-    async fn route(&self, topic: &str, refresh: bool) -> Result<Arc<TopicRouteData>, ProducerError> {
+    async fn route(
+        &self,
+        topic: &str,
+        refresh: bool,
+    ) -> Result<Arc<TopicRouteData>, ProducerError> {
         let fresh = lock(&self.inner.fetched)
             .get(topic)
             .is_some_and(|at| at.elapsed() < self.inner.config.route_ttl);
@@ -466,17 +518,24 @@ pub async fn create_topic(
     let template = match client.namesrv().route(DEFAULT_TOPIC).await {
         Ok(route) => route,
         Err(ClientError::NoRoute { .. }) => {
-            return Err(ProducerError::NoBroker { topic: topic.to_owned() })
+            return Err(ProducerError::NoBroker {
+                topic: topic.to_owned(),
+            })
         }
         Err(e) => return Err(e.into()),
     };
     let masters: Vec<(String, String)> = template
         .broker_datas
         .iter()
-        .filter_map(|b| b.master_addr().map(|addr| (b.broker_name.clone(), addr.to_owned())))
+        .filter_map(|b| {
+            b.master_addr()
+                .map(|addr| (b.broker_name.clone(), addr.to_owned()))
+        })
         .collect();
     if masters.is_empty() {
-        return Err(ProducerError::NoBroker { topic: topic.to_owned() });
+        return Err(ProducerError::NoBroker {
+            topic: topic.to_owned(),
+        });
     }
     let rpc = UpdateAndCreateTopic {
         topic: topic.to_owned(),
@@ -486,7 +545,10 @@ pub async fn create_topic(
         order,
     };
     for (_, addr) in &masters {
-        client.pool().call(addr, &rpc, Duration::from_secs(5)).await?;
+        client
+            .pool()
+            .call(addr, &rpc, Duration::from_secs(5))
+            .await?;
     }
     let deadline = Instant::now() + wait;
     loop {
@@ -496,7 +558,10 @@ pub async fn create_topic(
             Err(e) => return Err(e.into()),
         }
         if Instant::now() >= deadline {
-            return Err(ProducerError::RouteTimeout { topic: topic.to_owned(), after: wait });
+            return Err(ProducerError::RouteTimeout {
+                topic: topic.to_owned(),
+                after: wait,
+            });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -505,10 +570,9 @@ pub async fn create_topic(
 /// Whether `route` lists every broker of `masters` with `queues` write queues.
 fn route_shows(route: &TopicRouteData, masters: &[(String, String)], queues: i32) -> bool {
     masters.iter().all(|(name, _)| {
-        route
-            .queue_datas
-            .iter()
-            .any(|q| &q.broker_name == name && q.write_queue_nums == queues && q.read_queue_nums == queues)
+        route.queue_datas.iter().any(|q| {
+            &q.broker_name == name && q.write_queue_nums == queues && q.read_queue_nums == queues
+        })
     })
 }
 
@@ -538,13 +602,21 @@ mod tests {
         // Surrogate pairs count as two UTF-16 units, as in Java.
         assert_eq!(java_string_hash("\u{1F600}\u{e9}"), 54_960_102);
         // Overflow wraps and the result may be negative.
-        assert_eq!(java_string_hash("The quick brown fox jumps over the lazy dog"), -609_428_141);
-        assert_eq!(QueueSelector::Hash("The quick brown fox jumps over the lazy dog".into()).index(8, 0), 609_428_141 % 8);
+        assert_eq!(
+            java_string_hash("The quick brown fox jumps over the lazy dog"),
+            -609_428_141
+        );
+        assert_eq!(
+            QueueSelector::Hash("The quick brown fox jumps over the lazy dog".into()).index(8, 0),
+            609_428_141 % 8
+        );
     }
 
     #[test]
     fn round_robin_cycles() {
-        let picks: Vec<usize> = (0..6).map(|t| QueueSelector::RoundRobin.index(4, t)).collect();
+        let picks: Vec<usize> = (0..6)
+            .map(|t| QueueSelector::RoundRobin.index(4, t))
+            .collect();
         assert_eq!(picks, [0, 1, 2, 3, 0, 1]);
     }
 

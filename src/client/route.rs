@@ -154,7 +154,11 @@ impl RouteTable {
     /// differs from the known one.
     pub fn update(&self, topic: &str, route: TopicRouteData) -> bool {
         self.tx.send_if_modified(|current| {
-            if current.topics.get(topic).is_some_and(|known| **known == route) {
+            if current
+                .topics
+                .get(topic)
+                .is_some_and(|known| **known == route)
+            {
                 return false;
             }
             let mut next = Routes::clone(current);
@@ -217,7 +221,10 @@ mod tests {
         assert!(table.update(
             "T",
             route(
-                &[("a", &[(0, "h:1"), (1, "h:2")]), ("b", &[(2, "h:4"), (1, "h:3")])],
+                &[
+                    ("a", &[(0, "h:1"), (1, "h:2")]),
+                    ("b", &[(2, "h:4"), (1, "h:3")])
+                ],
                 &[("a", 2, 6), ("b", 1, 6), ("c", 3, 2)],
             ),
         ));

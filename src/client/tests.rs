@@ -217,7 +217,9 @@ async fn timeout_removes_the_waiter_and_a_late_response_is_ignored() {
         let slow = read_frame(&mut s).await.expect("slow request");
         // Answer only after the client gave up.
         late_rx.recv().await;
-        s.write_all(&response(slow.opaque(), 0, "late", b"")).await.expect("write");
+        s.write_all(&response(slow.opaque(), 0, "late", b""))
+            .await
+            .expect("write");
         let next = read_frame(&mut s).await.expect("next request");
         s.write_all(&echo_tag(&next)).await.expect("write");
         s
@@ -234,8 +236,14 @@ async fn timeout_removes_the_waiter_and_a_late_response_is_ignored() {
     }
     assert_eq!(conn.pending_len(), 0, "the timed-out waiter is removed");
     late_tx.send(()).await.expect("peer alive");
-    let next = within(conn.call_raw(tagged("next"), STEP)).await.expect("next");
-    assert_eq!(next.remark.as_deref(), Some("next"), "the late answer went nowhere");
+    let next = within(conn.call_raw(tagged("next"), STEP))
+        .await
+        .expect("next");
+    assert_eq!(
+        next.remark.as_deref(),
+        Some("next"),
+        "the late answer went nowhere"
+    );
     assert!(!conn.is_closed());
     let _socket = within(peer).await.expect("peer");
 }
@@ -275,7 +283,9 @@ async fn check_malformed(garbage: Vec<u8>, check: fn(&RemotingError) -> bool) {
     // Later calls fail at once with the same reason.
     assert_closed_by_protocol(within(bad.call_raw(tagged("c"), STEP)).await, check);
     // Another connection is unaffected.
-    let ok = within(good.call_raw(tagged("fine"), STEP)).await.expect("healthy peer");
+    let ok = within(good.call_raw(tagged("fine"), STEP))
+        .await
+        .expect("healthy peer");
     assert_eq!(ok.remark.as_deref(), Some("fine"));
     let _socket = within(peer).await.expect("peer");
 }
@@ -367,10 +377,12 @@ async fn peer_close_between_frames_fails_the_waiter() {
     });
     let conn = connect(&addr).await;
     match within(conn.call_raw(tagged("a"), STEP)).await {
-        Err(e @ ClientError::ConnectionClosed {
-            reason: CloseReason::PeerClosed,
-            ..
-        }) => {
+        Err(
+            e @ ClientError::ConnectionClosed {
+                reason: CloseReason::PeerClosed,
+                ..
+            },
+        ) => {
             assert!(e.is_retriable());
             assert_eq!(e.origin(), Origin::Network);
         }
@@ -422,25 +434,38 @@ async fn broker_requests_are_answered_with_their_opaque() {
     let (mut s, _) = within(l.accept()).await.expect("accept");
 
     // A oneway request is handled but not answered; the next answer is for opaque 78.
-    s.write_all(&broker_request(40, 77, true)).await.expect("write");
-    s.write_all(&broker_request(307, 78, false)).await.expect("write");
+    s.write_all(&broker_request(40, 77, true))
+        .await
+        .expect("write");
+    s.write_all(&broker_request(307, 78, false))
+        .await
+        .expect("write");
     let answer = within(read_frame(&mut s)).await.expect("answer");
     assert_eq!(answer.opaque(), 78);
     assert_eq!(answer.int("flag") & 1, 1, "response bit set");
     assert_eq!(answer.int("flag") & 2, 0, "oneway bit clear");
     assert_eq!(answer.int("code"), 0);
     assert_eq!(answer.header["remark"], "pong:307");
-    let mut got = vec![within(seen.recv()).await.expect("seen"), within(seen.recv()).await.expect("seen")];
+    let mut got = vec![
+        within(seen.recv()).await.expect("seen"),
+        within(seen.recv()).await.expect("seen"),
+    ];
     got.sort_by_key(|(_, code, _)| *code);
     assert_eq!(got, [(addr.clone(), 40, 77), (addr.clone(), 307, 78)]);
 
     // Two handlers that never finish fill the limit; reading goes on and a third request is
     // answered SYSTEM_BUSY.
-    s.write_all(&broker_request(309, 80, false)).await.expect("write");
-    s.write_all(&broker_request(309, 81, false)).await.expect("write");
+    s.write_all(&broker_request(309, 80, false))
+        .await
+        .expect("write");
+    s.write_all(&broker_request(309, 81, false))
+        .await
+        .expect("write");
     within(seen.recv()).await.expect("seen");
     within(seen.recv()).await.expect("seen");
-    s.write_all(&broker_request(307, 82, false)).await.expect("write");
+    s.write_all(&broker_request(307, 82, false))
+        .await
+        .expect("write");
     let busy = within(read_frame(&mut s)).await.expect("busy answer");
     assert_eq!(busy.opaque(), 82);
     assert_eq!(busy.int("code"), 2);
@@ -467,10 +492,55 @@ async fn unsupported_broker_requests_get_code_3() {
     let (l, addr) = listener().await;
     let conn = connect(&addr).await;
     let (mut s, _) = within(l.accept()).await.expect("accept");
-    s.write_all(&broker_request(221, 5, false)).await.expect("write");
+    s.write_all(&broker_request(221, 5, false))
+        .await
+        .expect("write");
     let answer = within(read_frame(&mut s)).await.expect("answer");
-    assert_eq!((answer.opaque(), answer.int("code"), answer.int("flag")), (5, 3, 1));
+    assert_eq!(
+        (answer.opaque(), answer.int("code"), answer.int("flag")),
+        (5, 3, 1)
+    );
     assert!(!conn.is_closed());
+}
+
+#[tokio::test]
+async fn oneway_requests_carry_the_flag_and_wait_for_nothing() {
+    use crate::remoting::rpc::GetRouteInfo;
+
+    let (l, addr) = listener().await;
+    let conn = connect(&addr).await;
+    let (mut s, _) = within(l.accept()).await.expect("accept");
+    let rpc = GetRouteInfo {
+        topic: "T".to_owned(),
+    };
+    within(conn.oneway(&rpc)).await.expect("oneway");
+    let f = within(read_frame(&mut s)).await.expect("oneway frame");
+    assert_eq!((f.int("code"), f.int("flag")), (105, 2));
+    assert_eq!(f.ext("topic"), Some("T"));
+    assert_eq!(conn.pending_len(), 0);
+
+    // A typed call maps an error status to `Broker` with the peer's address.
+    let call = conn.call(&rpc, STEP);
+    let answer = async {
+        let f = read_frame(&mut s).await.expect("request");
+        assert_eq!(f.int("flag"), 0);
+        s.write_all(&response(f.opaque(), 2, "[OVERLOAD] busy", b""))
+            .await
+            .expect("write");
+    };
+    let (result, ()) = within(async { tokio::join!(call, answer) }).await;
+    match result {
+        Err(
+            e @ ClientError::Broker {
+                code: ResponseCode::SystemBusy,
+                ..
+            },
+        ) => {
+            assert!(e.is_retriable());
+            assert_eq!(e.addr(), Some(addr.as_str()));
+        }
+        other => panic!("expected SYSTEM_BUSY, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -540,7 +610,7 @@ async fn pool_shares_one_connection_per_address() {
             .is_err(),
         "only one connect attempt"
     );
-    assert_eq!(pool.addrs(), [addr.clone()]);
+    assert_eq!(pool.addrs(), [addr.as_str()]);
     pool.close_all();
     assert!(conns[0].is_closed());
     assert!(pool.addrs().is_empty());
@@ -554,7 +624,9 @@ async fn pool_backs_off_and_reconnects_after_the_peer_restarts() {
     let mut tasks = JoinSet::new();
     serve(&mut tasks, l, echo_tag);
     let first = within(pool.connection(&addr)).await.expect("connect");
-    let r = within(first.call_raw(tagged("1"), STEP)).await.expect("call");
+    let r = within(first.call_raw(tagged("1"), STEP))
+        .await
+        .expect("call");
     assert_eq!(r.remark.as_deref(), Some("1"));
 
     // The peer dies: listener and connections go away.
@@ -594,7 +666,9 @@ async fn pool_backs_off_and_reconnects_after_the_peer_restarts() {
     })
     .await;
     assert!(!second.same_as(&first));
-    let r = within(second.call_raw(tagged("2"), STEP)).await.expect("call");
+    let r = within(second.call_raw(tagged("2"), STEP))
+        .await
+        .expect("call");
     assert_eq!(r.remark.as_deref(), Some("2"));
 }
 
@@ -637,16 +711,24 @@ async fn name_server_fails_over_to_the_next_address() {
     let pool = Pool::new(ConnectOptions::default(), Arc::new(NotSupported));
     let ns = NameServer::new(&format!("{dead};{live}"), pool.clone()).expect("addrs");
 
-    let route = within(ns.route("T")).await.expect("route from the second name server");
+    let route = within(ns.route("T"))
+        .await
+        .expect("route from the second name server");
     assert_eq!(route.broker_datas.len(), 1);
-    assert_eq!(route.broker_datas[0].broker_addrs.get(&0).map(String::as_str), Some("127.0.0.1:10911"));
+    assert_eq!(
+        route.broker_datas[0]
+            .broker_addrs
+            .get(&0)
+            .map(String::as_str),
+        Some("127.0.0.1:10911")
+    );
     assert_eq!(route.queue_datas[0].read_queue_nums, 4);
     // The next look-up starts at the good one, so the dead address is not even tried.
     assert!(matches!(
         within(ns.route("missing")).await,
         Err(ClientError::NoRoute { ref topic }) if topic == "missing"
     ));
-    assert_eq!(pool.addrs(), [live.clone()]);
+    assert_eq!(pool.addrs(), [live.as_str()]);
 
     // Through the client instance the route is published.
     let client = Client::new(
@@ -702,7 +784,9 @@ async fn requests_are_signed_when_acl_is_configured() {
     let conn = within(Connection::connect(&addr, &options, Arc::new(NotSupported)))
         .await
         .expect("connect");
-    within(conn.call_raw(tagged("signed"), STEP)).await.expect("call");
+    within(conn.call_raw(tagged("signed"), STEP))
+        .await
+        .expect("call");
     let (_s, f) = within(peer).await.expect("peer");
     assert_eq!(f.ext("AccessKey"), Some("ak"));
     // Values sorted by key (AccessKey, tag), no body: HMAC-SHA1("sk", "aksigned").
@@ -753,9 +837,7 @@ async fn tls_peer(tasks: &mut JoinSet<()>, client_auth: bool) -> String {
     } else {
         builder.with_no_client_auth()
     };
-    let config = builder
-        .with_single_cert(certs, key)
-        .expect("server config");
+    let config = builder.with_single_cert(certs, key).expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let (l, addr) = listener().await;
     tasks.spawn(async move {
@@ -771,8 +853,9 @@ async fn tls_peer(tasks: &mut JoinSet<()>, client_auth: bool) -> String {
                     if s.read_exact(&mut content).await.is_err() {
                         return;
                     }
-                    let header_len = (u32::from_be_bytes([content[0], content[1], content[2], content[3]])
-                        & 0x00FF_FFFF) as usize;
+                    let header_len =
+                        (u32::from_be_bytes([content[0], content[1], content[2], content[3]])
+                            & 0x00FF_FFFF) as usize;
                     let header: Value =
                         serde_json::from_slice(&content[4..4 + header_len]).expect("JSON header");
                     let answer = echo_tag(&Frame { header });
@@ -799,7 +882,9 @@ async fn tls_call(addr: &str, tls: TlsConfig) -> Result<RemotingCommand, ClientE
 async fn tls_without_verification_like_the_java_client() {
     let mut tasks = JoinSet::new();
     let addr = tls_peer(&mut tasks, false).await;
-    let answer = tls_call(&addr, TlsConfig::default()).await.expect("TLS call");
+    let answer = tls_call(&addr, TlsConfig::default())
+        .await
+        .expect("TLS call");
     assert_eq!(answer.remark.as_deref(), Some("over tls"));
 }
 
@@ -816,7 +901,9 @@ async fn tls_verifies_against_the_configured_ca() {
         insecure_skip_verify: false,
         ..TlsConfig::default()
     };
-    let answer = tls_call(&addr, verified.clone()).await.expect("verified TLS call");
+    let answer = tls_call(&addr, verified.clone())
+        .await
+        .expect("verified TLS call");
     assert_eq!(answer.remark.as_deref(), Some("over tls"));
 
     // The certificate is not valid for another name.

@@ -256,7 +256,10 @@ mod tests {
         };
         assert!(matches!(
             config.connector(),
-            Err(ClientError::Tls { what: "CA file", .. })
+            Err(ClientError::Tls {
+                what: "CA file",
+                ..
+            })
         ));
         let half = TlsConfig {
             client_cert: Some(empty),
@@ -264,7 +267,10 @@ mod tests {
         };
         assert!(matches!(
             half.connector(),
-            Err(ClientError::Tls { what: "client certificate", .. })
+            Err(ClientError::Tls {
+                what: "client certificate",
+                ..
+            })
         ));
     }
 

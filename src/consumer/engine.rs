@@ -54,7 +54,7 @@ pub(crate) struct Shared<H> {
     pub(crate) local_store: Option<LocalFileStore>,
     pub(crate) routes: Mutex<HashMap<String, Arc<TopicRouteData>>>,
     pub(crate) metrics: Metrics,
-    pub(crate) stats: Stats,
+    pub(crate) stats: Arc<Stats>,
     /// Batches in flight across the subscription (Java `consumeThreadMax`).
     pub(crate) consume_slots: Arc<Semaphore>,
     pub(crate) rebalance_now: Notify,
@@ -64,7 +64,7 @@ pub(crate) struct Shared<H> {
     /// `subVersion` of the subscription; bumped when the assignment changes.
     pub(crate) sub_version: AtomicI64,
     /// Routes fetched and the first rebalance done.
-    pub(crate) ready: AtomicBool,
+    pub(crate) ready: Arc<AtomicBool>,
     /// Offset resets asked for by brokers, applied by the rebalancer.
     pub(crate) resets: mpsc::Sender<ResetRequest>,
 }
@@ -228,7 +228,11 @@ impl<H: Handler> Shared<H> {
                         consumer_group: self.config.group.clone(),
                         topic: mq.topic.clone(),
                         queue_id: mq.queue_id,
-                        set_zero_if_not_found: None,
+                        // A young queue would answer 0 instead of "not found" (the broker's
+                        // shortcut of rocketmq-remoting.md 7.6), replaying the whole queue for a
+                        // group that asked for LAST_OFFSET or a timestamp. Ask for the truth and
+                        // apply consume-from-where ourselves; the retry topic starts at 0 anyway.
+                        set_zero_if_not_found: Some(false),
                     },
                 )
                 .await?
@@ -477,6 +481,31 @@ pub struct Consumer<H: Handler> {
     rebalancer: Option<tokio::task::JoinHandle<Vec<MessageQueue>>>,
 }
 
+/// Read-only view of a running consumer for status and readiness.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    stats: Arc<Stats>,
+    ready: Arc<AtomicBool>,
+    client_id: String,
+}
+
+impl Probe {
+    /// Statistics now.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Routes known and the first rebalance done.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The consumer's client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+}
+
 /// Everything the engine needs besides the subscription settings.
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -531,12 +560,12 @@ impl<H: Handler> Consumer<H> {
             local_store,
             routes: Mutex::new(HashMap::new()),
             metrics: runtime.metrics,
-            stats: Stats::new(),
+            stats: Arc::new(Stats::new()),
             rebalance_now: Notify::new(),
             heartbeat_now: Notify::new(),
             locks: Mutex::new(HashMap::new()),
             sub_version: AtomicI64::new(now_millis()),
-            ready: AtomicBool::new(false),
+            ready: Arc::new(AtomicBool::new(false)),
             resets: resets_tx,
         });
         info!(group = %shared.config.group, topic = %shared.config.topic, client_id = %shared.client_id, "Consumer starting.");
@@ -568,6 +597,15 @@ impl<H: Handler> Consumer<H> {
     /// Whether routes are known and the first rebalance ran.
     pub fn is_ready(&self) -> bool {
         self.shared.ready.load(Ordering::Relaxed)
+    }
+
+    /// A cheap handle for status pages that outlives borrowing the consumer.
+    pub fn probe(&self) -> Probe {
+        Probe {
+            stats: Arc::clone(&self.shared.stats),
+            ready: Arc::clone(&self.shared.ready),
+            client_id: self.shared.client_id.clone(),
+        }
     }
 
     /// The subscription settings.

@@ -199,7 +199,7 @@ fn running_info<H: Handler>(shared: &Arc<Shared<H>>) -> ConsumerRunningInfo {
     info.properties.insert("maxReconsumeTimes".into(), cfg.max_reconsume_times.to_string());
     info.subscription_set = cfg.topics().iter().map(|t| shared.subscription_data(t)).collect();
     for (mq, q) in shared.stats.queues() {
-        info.mq_table.push((
+        info.mq_table.insert(
             mq,
             ProcessQueueInfo {
                 commit_offset: q.committed_offset.unwrap_or(-1),
@@ -210,7 +210,15 @@ fn running_info<H: Handler>(shared: &Arc<Shared<H>>) -> ConsumerRunningInfo {
                 locked: q.locked,
                 ..ProcessQueueInfo::default()
             },
-        ));
+        );
     }
     info
+}
+
+impl crate::client::InboundHandler for Forwarder {
+    fn handle(&self, from: &str, request: RemotingCommand) -> crate::client::BoxFuture<Option<RemotingCommand>> {
+        let this = self.clone();
+        let from = from.to_owned();
+        Box::pin(async move { this.forward(from, request).await })
+    }
 }

@@ -26,13 +26,13 @@ use tracing::{debug, info, warn};
 use crate::client::ClientError;
 use crate::remoting::body::heartbeat::ExpressionType;
 use crate::remoting::filter;
-use crate::remoting::rpc::{PullMessage, PullResult, PullStatus};
+use crate::remoting::rpc::{PullMessage, PullResult, PullStatus, PullSysFlag};
 use crate::remoting::{MessageExt, MessageQueue, ResponseCode};
 
 use super::config::{Model, OrderlyExhausted};
 use super::engine::{needs_heartbeat, Shared};
 use super::handler::{Batch, ConsumeMode, Handler, Outcome};
-use super::process_queue::{FlowLimits, ProcessQueue};
+use super::process_queue::{FlowControl, FlowLimits, ProcessQueue};
 use super::stats::QueueState;
 
 /// Broker hold time of a long poll (Java 15 s).
@@ -48,9 +48,6 @@ const FLOW_CONTROL_RECHECK: Duration = Duration::from_millis(50);
 /// Redelivery delay after a failed send-back (Java 5 s).
 const SEND_BACK_RETRY_DELAY: Duration = Duration::from_secs(5);
 
-const SYS_FLAG_COMMIT_OFFSET: i32 = 0x1;
-const SYS_FLAG_SUSPEND: i32 = 0x2;
-const SYS_FLAG_SUBSCRIPTION: i32 = 0x4;
 
 type PullFuture = Pin<Box<dyn Future<Output = (Result<PullResult, ClientError>, Duration)> + Send>>;
 
@@ -293,7 +290,7 @@ impl<H: Handler> Worker<H> {
         for (msg, after, pending) in done.later {
             self.delayed.push((Instant::now() + after, msg, pending));
         }
-        if let Some(offset) = self.pq.remove(&done.finished) {
+        if let Some(offset) = self.pq.remove(done.finished.iter().copied()) {
             self.shared.offsets.update(&self.mq, offset, true);
         }
     }
@@ -346,16 +343,22 @@ impl<H: Handler> Worker<H> {
             max_bytes: self.shared.config.limits.max_cached_bytes,
             max_span: if self.orderly() { None } else { Some(self.shared.config.limits.max_span) },
         };
-        if let Some(reason) = self.pq.flow_control(&limits) {
+        // Full (not only over-full, as in Java) pauses too: pulls are sized to the room left,
+        // so the cached count never exceeds the limit.
+        let full = (self.pq.cached_count() >= limits.max_count).then_some(FlowControl::Count {
+            cached: self.pq.cached_count(),
+            limit: limits.max_count,
+        });
+        if let Some(reason) = full.or_else(|| self.pq.flow_control(&limits)) {
             if self.paused.is_none() {
                 self.shared
                     .metrics
                     .flow_control
-                    .with_label_values(&[&self.shared.config.group, &self.shared.config.topic, reason.limit_name()])
+                    .with_label_values(&[&self.shared.config.group, &self.shared.config.topic, reason.label()])
                     .inc();
-                debug!(queue = %self.mq, %reason, "Pull paused by flow control.");
+                debug!(queue = %self.mq, ?reason, "Pull paused by flow control.");
             }
-            self.paused = Some(reason.to_string());
+            self.paused = Some(describe_flow_control(&reason));
             self.pull_not_before = Instant::now() + FLOW_CONTROL_RECHECK;
             return;
         }
@@ -371,16 +374,22 @@ impl<H: Handler> Worker<H> {
         let clustering = self.shared.config.model == Model::Clustering;
         let commit_offset = if clustering { self.shared.offsets.read(&self.mq).unwrap_or(0) } else { 0 };
         let sub = self.shared.subscription_data(&self.mq.topic);
-        let mut sys_flag = SYS_FLAG_SUSPEND | SYS_FLAG_SUBSCRIPTION;
+        let mut sys_flag = PullSysFlag::SUSPEND | PullSysFlag::SUBSCRIPTION;
         if commit_offset > 0 {
-            sys_flag |= SYS_FLAG_COMMIT_OFFSET;
+            sys_flag |= PullSysFlag::COMMIT_OFFSET;
         }
         let request = PullMessage {
             consumer_group: self.shared.config.group.clone(),
             topic: self.mq.topic.clone(),
             queue_id: self.mq.queue_id,
             queue_offset: self.next_offset,
-            max_msg_nums: self.shared.config.pull_batch_size,
+            // Never ask for more than fits under the count limit, so the cached count stays
+            // within max_cached_messages exactly (the Java client may overshoot by a batch).
+            max_msg_nums: self
+                .shared
+                .config
+                .pull_batch_size
+                .min(i32::try_from(limits.max_count - self.pq.cached_count()).unwrap_or(i32::MAX)),
             sys_flag,
             commit_offset,
             suspend_timeout_millis: SUSPEND_MILLIS,
@@ -501,7 +510,7 @@ impl<H: Handler> Worker<H> {
             },
             cached_messages: self.pq.cached_count(),
             cached_bytes: self.pq.cached_bytes(),
-            cached_range: self.pq.offset_range(),
+            cached_range: self.pq.first().map(|m| m.queue_offset).zip(self.pq.queue_offset_max()),
             locked: self.shared.is_orderly_clustering() && self.shared.lock_valid(&self.mq),
             paused: self.paused.clone(),
         };
@@ -541,6 +550,14 @@ impl Done {
             orderly_suspend: None,
             orderly_retry_offsets: Vec::new(),
         }
+    }
+}
+
+fn describe_flow_control(reason: &FlowControl) -> String {
+    match reason {
+        FlowControl::Count { cached, limit } => format!("{cached} cached messages exceed the limit of {limit}"),
+        FlowControl::Bytes { cached, limit } => format!("{cached} cached bytes exceed the limit of {limit}"),
+        FlowControl::Span { span, limit } => format!("cached offset span {span} exceeds the limit of {limit}"),
     }
 }
 

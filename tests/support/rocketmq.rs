@@ -4,8 +4,13 @@ use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use rocketmq_webhook::client::producer::{Producer, ProducerConfig, QueueSelector, SendResult};
+use rocketmq_webhook::client::{Client, ClientConfig, InboundHandler, NotSupported};
+use rocketmq_webhook::remoting::body::route::TopicRouteData;
+use rocketmq_webhook::remoting::message::Message;
 use tokio::time::{sleep, Instant};
 
 use super::raw;
@@ -115,6 +120,72 @@ impl RocketMq {
     /// The cluster name (`brokerClusterName`).
     pub(crate) fn cluster_name(&self) -> &'static str {
         CLUSTER_NAME
+    }
+
+    /// A new client of this name server with a unique instance name; broker requests are
+    /// declined.
+    pub(crate) fn client(&self) -> Client {
+        self.client_with(Arc::new(NotSupported))
+    }
+
+    /// A new client of this name server with a unique instance name (so its client id differs
+    /// from every other client's) whose broker requests go to `inbound`.
+    pub(crate) fn client_with(&self, inbound: Arc<dyn InboundHandler>) -> Client {
+        Client::new(
+            ClientConfig {
+                namesrv_addr: self.namesrv_addr(),
+                instance_name: Some(super::unique("test-client")),
+                client_ip: Some("127.0.0.1".to_owned()),
+                ..ClientConfig::default()
+            },
+            inbound,
+        )
+        .unwrap_or_else(|e| panic!("cannot build a client for {}: {e}", self.namesrv_addr()))
+    }
+
+    /// A producer on a new client.
+    pub(crate) fn producer(&self) -> Producer {
+        Producer::new(self.client(), ProducerConfig::default())
+    }
+
+    /// Creates `topic` with `queues` read/write queues on the broker (UPDATE_AND_CREATE_TOPIC)
+    /// and waits until the name server shows its route.
+    ///
+    /// # Panics
+    /// When the broker refuses or the route does not appear.
+    pub(crate) async fn create_topic(&self, topic: &str, queues: u16) -> TopicRouteData {
+        self.producer()
+            .create_topic(topic, queues, false)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create topic {topic}: {e}\n{}", self.log_tails(20)))
+    }
+
+    /// Sends `count` messages with bodies `<prefix>-<i>` (and `tag`, if given) round-robin to
+    /// `topic`, one by one; returns the results in send order.
+    ///
+    /// # Panics
+    /// When a send fails.
+    pub(crate) async fn produce(
+        &self,
+        topic: &str,
+        count: usize,
+        prefix: &str,
+        tag: Option<&str>,
+    ) -> Vec<SendResult> {
+        let producer = self.producer();
+        let mut results = Vec::with_capacity(count);
+        for i in 0..count {
+            let mut message = Message::new(topic, format!("{prefix}-{i}"));
+            if let Some(tag) = tag {
+                message = message.with_tags(tag);
+            }
+            let result = producer
+                .send(message, &QueueSelector::RoundRobin)
+                .await
+                .unwrap_or_else(|e| panic!("send {i} to {topic} failed: {e}\n{}", self.log_tails(20)));
+            results.push(result);
+        }
+        results
     }
 
     /// The instance's scratch directory (configs, logs, store).
@@ -296,10 +367,13 @@ impl RocketMq {
         );
         std::fs::write(dir.join("namesrv.toml"), namesrv)?;
         // Java properties (converted by the broker). brokerIP1 keeps it from advertising the
-        // external address; haListenPort must be free too or a second broker cannot start.
+        // external address; haListenPort must be free too or a second broker cannot start. The
+        // properties form cannot set the bind address (the broker listens on 0.0.0.0), and
+        // 64 MiB commit-log files keep the temporary store small.
         let broker = format!(
             "brokerClusterName={CLUSTER_NAME}\nbrokerName={BROKER_NAME}\nbrokerId=0\n\
-             brokerIP1=127.0.0.1\nlistenPort={}\nhaListenPort={}\nnamesrvAddr={}\n\
+             brokerIP1=127.0.0.1\nlistenPort={}\nhaListenPort={}\nhaListenAddress=127.0.0.1\n\
+             mappedFileSizeCommitLog=67108864\nnamesrvAddr={}\n\
              storePathRootDir={}\nautoCreateTopicEnable=true\nautoCreateSubscriptionGroup=true\n",
             self.ports.broker,
             self.ports.ha,

@@ -1,0 +1,412 @@
+//! The daemon: turns a validated [`config::Config`](crate::config::Config) into running
+//! consumers (one per subscription, each delivering to its webhook), the admin server and
+//! metrics, and shuts them down in order.
+//!
+//! Everything that can be wrong with the configuration is found in [`Plan::new`], before any
+//! socket is opened, so bad configuration exits with code 2 and touches nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::client::{ClientConfig, ConnectOptions};
+use crate::config;
+use crate::consumer::{self, Consumer, Probe, Runtime};
+use crate::metrics::{names, Metrics};
+use crate::remoting::acl::AclCredentials;
+use crate::remoting::MessageQueue;
+use crate::webhook::stats::RequestClass;
+use crate::webhook::{
+    BearerToken, BreakerConfig, Format, SigningSecret, StatusClasses, StatusPattern, Webhook,
+    WebhookOptions,
+};
+
+/// A configuration problem found while planning (after the config module's own validation).
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct PlanError {
+    /// The configuration key.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// One subscription, ready to start.
+#[derive(Debug)]
+pub struct PlannedSubscription {
+    /// The subscription's name (for logs and `/status`).
+    pub name: String,
+    /// Engine settings.
+    pub consumer: consumer::Config,
+    /// The webhook handler.
+    pub webhook: Webhook,
+}
+
+/// Everything the daemon will run, built without I/O.
+#[derive(Debug)]
+pub struct Plan {
+    /// Client settings shared by all subscriptions.
+    pub client: ClientConfig,
+    /// The subscriptions.
+    pub subscriptions: Vec<PlannedSubscription>,
+    /// Admin listen address.
+    pub admin: std::net::SocketAddr,
+    /// Shutdown drain budget.
+    pub grace: Duration,
+}
+
+impl Plan {
+    /// Maps the configuration onto engine and webhook settings.
+    ///
+    /// # Errors
+    /// A webhook that cannot be built (URL, header or secret the HTTP layer rejects).
+    pub fn new(cfg: &config::Config) -> Result<Self, PlanError> {
+        let mut connect = ConnectOptions::default();
+        connect.acl = match (&cfg.client.access_key, &cfg.client.secret_key) {
+            (Some(ak), Some(sk)) => Some(AclCredentials::new(ak.clone(), sk.expose().to_owned())),
+            _ => None,
+        };
+        if cfg.client.tls.enabled {
+            let t = &cfg.client.tls;
+            connect.tls = Some(crate::client::TlsConfig {
+                ca_file: t.ca_file.clone(),
+                client_cert: t.cert_file.clone(),
+                client_key: t.key_file.clone(),
+                insecure_skip_verify: t.insecure_skip_verify,
+                server_name: t.server_name.clone(),
+            });
+        }
+        let client = ClientConfig {
+            namesrv_addr: cfg.namesrv_addr.addrs().join(";"),
+            connect,
+            instance_name: Some(cfg.resolved_instance_name()),
+            client_ip: None,
+        };
+        let mut subscriptions = Vec::new();
+        for (i, sub) in cfg.subscriptions.iter().enumerate() {
+            let key = |k: &str| format!("subscriptions[{i}].{k}");
+            let consumer = consumer_config(cfg, sub, i)?;
+            let webhook = Webhook::new(webhook_options(sub, &key)?).map_err(|e| PlanError {
+                key: key("webhook"),
+                reason: e.to_string(),
+            })?;
+            subscriptions.push(PlannedSubscription {
+                name: sub.name.clone(),
+                consumer,
+                webhook,
+            });
+        }
+        Ok(Self {
+            client,
+            subscriptions,
+            admin: cfg.admin.listen,
+            grace: cfg.shutdown.grace_period,
+        })
+    }
+}
+
+fn consumer_config(
+    cfg: &config::Config,
+    sub: &config::Subscription,
+    index: usize,
+) -> Result<consumer::Config, PlanError> {
+    let mut c = consumer::Config::new(sub.group.clone(), sub.topic.clone());
+    c.filter = match sub.expression_type {
+        config::ExpressionType::Tag => consumer::Filter::Tag(sub.expression.clone()),
+        config::ExpressionType::Sql92 => consumer::Filter::Sql92(sub.expression.clone()),
+    };
+    c.model = match sub.message_model {
+        config::MessageModel::Clustering => consumer::Model::Clustering,
+        config::MessageModel::Broadcasting => consumer::Model::Broadcasting,
+    };
+    c.mode = sub.consume_mode;
+    c.consume_from = match sub.consume_from {
+        config::ConsumeFrom::LastOffset => consumer::ConsumeFrom::LastOffset,
+        config::ConsumeFrom::FirstOffset => consumer::ConsumeFrom::FirstOffset,
+        config::ConsumeFrom::Timestamp => consumer::ConsumeFrom::Timestamp(match &sub.consume_timestamp {
+            Some(ts) => ts.unix_millis() as i64,
+            // Java's default: half an hour ago.
+            None => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64 - 30 * 60 * 1000)
+                .unwrap_or(0),
+        }),
+    };
+    c.strategy = match sub.allocate_strategy {
+        config::AllocateStrategy::Average => consumer::AllocateStrategy::Average,
+        config::AllocateStrategy::AverageByCircle => consumer::AllocateStrategy::AverageByCircle,
+        config::AllocateStrategy::ConsistentHash => consumer::AllocateStrategy::ConsistentHash {
+            virtual_nodes: consumer::allocate::DEFAULT_VIRTUAL_NODES,
+        },
+        config::AllocateStrategy::Config => {
+            let mut queues: Vec<MessageQueue> = Vec::new();
+            for q in &sub.allocate_queues {
+                let id = i32::try_from(q.queue_id).map_err(|_| PlanError {
+                    key: format!("subscriptions[{index}].allocate_queues"),
+                    reason: format!("queue id {} is out of range", q.queue_id),
+                })?;
+                queues.push(MessageQueue::new(sub.topic.clone(), q.broker_name.clone(), id));
+                // The retry topic's queue 0 of the same broker, so retries of these queues are
+                // consumed too.
+                let retry = MessageQueue::new(format!("%RETRY%{}", sub.group), q.broker_name.clone(), 0);
+                if !queues.contains(&retry) {
+                    queues.push(retry);
+                }
+            }
+            consumer::AllocateStrategy::Config(queues)
+        }
+    };
+    c.consume_batch_size = sub.consume_batch_size.max(1) as usize;
+    c.pull_batch_size = sub.pull_batch_size as i32;
+    c.consume_concurrency = sub.consume_thread_max.max(1) as usize;
+    c.consume_timeout = sub.consume_timeout;
+    c.max_reconsume_times = sub.max_reconsume_times.min(i32::MAX as u32) as i32;
+    c.limits = consumer::Limits {
+        max_cached_messages: sub.max_cache_count_per_queue as usize,
+        max_cached_bytes: sub.max_cache_size_per_queue.as_u64(),
+        max_span: u64::from(sub.max_span),
+    };
+    c.pull_interval = sub.pull_interval;
+    c.persist_interval = sub.persist_interval;
+    c.offset_store_dir = sub.offset_store_path.clone();
+    c.suspend_time = sub.suspend_current_queue_time;
+    c.lock_ttl = sub.lock_expire_time;
+    c.orderly_exhausted = match sub.orderly_dlq_policy {
+        config::OrderlyDlqPolicy::Dlq => consumer::OrderlyExhausted::DeadLetter,
+        config::OrderlyDlqPolicy::Block => consumer::OrderlyExhausted::Block,
+    };
+    c.heartbeat_interval = cfg.client.heartbeat_interval;
+    c.rebalance_interval = cfg.client.rebalance_interval;
+    c.route_interval = cfg.client.poll_name_server_interval;
+    c.rpc_timeout = cfg.client.rpc_timeout;
+    c.drain_timeout = cfg.shutdown.grace_period;
+    Ok(c)
+}
+
+fn webhook_options(
+    sub: &config::Subscription,
+    key: &dyn Fn(&str) -> String,
+) -> Result<WebhookOptions, PlanError> {
+    let w = &sub.webhook;
+    let mut o = WebhookOptions::new(w.url.clone());
+    o.method = match w.method {
+        config::HttpMethod::Post => reqwest::Method::POST,
+        config::HttpMethod::Put => reqwest::Method::PUT,
+        config::HttpMethod::Patch => reqwest::Method::PATCH,
+    };
+    o.format = match w.format {
+        config::WebhookFormat::Json => Format::Json,
+        config::WebhookFormat::Raw => Format::Raw,
+        config::WebhookFormat::CloudEvents => Format::CloudEvents,
+        config::WebhookFormat::CloudEventsBatch => Format::CloudEventsBatch,
+    };
+    o.timeout = w.timeout;
+    o.concurrency = sub.webhook_concurrency().max(1) as usize;
+    o.headers = w.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Some(token) = &w.bearer_token {
+        o.bearer_token = Some(BearerToken::new(token.expose()).map_err(|e| PlanError {
+            key: key("webhook.bearer_token"),
+            reason: e.to_string(),
+        })?);
+    }
+    if let Some(secret) = &w.signing_secret {
+        o.signing_secret = Some(SigningSecret::parse(secret.expose()).map_err(|e| PlanError {
+            key: key("webhook.signing_secret"),
+            reason: e.to_string(),
+        })?);
+    }
+    let pattern = |c: &config::StatusClass| -> StatusPattern {
+        if c.is_hundred() {
+            StatusPattern::Class((c_first_digit(c)) as u8)
+        } else {
+            StatusPattern::Code(c_first_code(c))
+        }
+    };
+    o.status_classes = StatusClasses {
+        success: StatusClasses::default().success,
+        retry: w.retry_codes.iter().map(pattern).collect(),
+        drop: w.drop_codes.iter().map(pattern).collect(),
+    };
+    o.retry_after_cap = w.retry_after_cap;
+    o.breaker = BreakerConfig {
+        failure_threshold: w.circuit_breaker.failure_threshold,
+        open_duration: w.circuit_breaker.open_duration,
+        max_open_duration: w.circuit_breaker.max_open_duration,
+    };
+    Ok(o)
+}
+
+/// The lowest code a status class contains (`404` for "404", `500` for "5xx").
+fn c_first_code(c: &config::StatusClass) -> u16 {
+    (100..600).find(|code| c.contains(*code)).unwrap_or(0)
+}
+
+fn c_first_digit(c: &config::StatusClass) -> u16 {
+    c_first_code(c) / 100
+}
+
+/// Exposes the webhooks' own counters (requests by status class, circuit state) on the
+/// registry at scrape time, so the webhook module needs no Prometheus dependency.
+#[derive(Debug)]
+struct WebhookCollector {
+    requests: IntCounterVec,
+    circuit: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    webhooks: Vec<(String, String, Webhook)>,
+}
+
+impl WebhookCollector {
+    fn new(webhooks: Vec<(String, String, Webhook)>) -> Self {
+        let labels = ["consumer_group", "topic"];
+        Self {
+            requests: IntCounterVec::new(
+                Opts::new(names::WEBHOOK_REQUESTS_TOTAL, "Webhook requests by status class."),
+                &["consumer_group", "topic", "status_class"],
+            )
+            .expect("valid metric"),
+            circuit: IntGaugeVec::new(
+                Opts::new(names::WEBHOOK_CIRCUIT_STATE, "Circuit breaker state: 0 closed, 1 half-open, 2 open."),
+                &labels,
+            )
+            .expect("valid metric"),
+            in_flight: IntGaugeVec::new(
+                Opts::new(names::WEBHOOK_REQUESTS_IN_FLIGHT, "Webhook requests in flight."),
+                &labels,
+            )
+            .expect("valid metric"),
+            webhooks,
+        }
+    }
+}
+
+impl Collector for WebhookCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut d = self.requests.desc();
+        d.extend(self.circuit.desc());
+        d.extend(self.in_flight.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.requests.reset();
+        for (group, topic, hook) in &self.webhooks {
+            let stats = hook.stats();
+            for class in RequestClass::ALL {
+                let n = stats.requests(class);
+                if n > 0 {
+                    self.requests
+                        .with_label_values(&[group, topic, class.as_str()])
+                        .inc_by(n);
+                }
+            }
+            self.circuit
+                .with_label_values(&[group, topic])
+                .set(i64::from(hook.circuit_state().gauge_value()));
+            self.in_flight
+                .with_label_values(&[group, topic])
+                .set(stats.in_flight());
+        }
+        let mut out = self.requests.collect();
+        out.extend(self.circuit.collect());
+        out.extend(self.in_flight.collect());
+        out
+    }
+}
+
+/// `/status` and `/readyz` over the running consumers.
+struct DaemonStatus {
+    subs: Vec<(String, consumer::Config, Probe, Webhook)>,
+}
+
+impl crate::admin::StatusSource for DaemonStatus {
+    fn ready(&self) -> bool {
+        self.subs.iter().all(|(_, _, p, _)| p.is_ready())
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let subs: Vec<serde_json::Value> = self
+            .subs
+            .iter()
+            .map(|(name, c, probe, hook)| {
+                serde_json::json!({
+                    "name": name,
+                    "group": c.group,
+                    "topic": c.topic,
+                    "client_id": probe.client_id(),
+                    "mode": c.mode,
+                    "model": format!("{:?}", c.model).to_uppercase(),
+                    "ready": probe.is_ready(),
+                    "circuit": hook.circuit_state().as_str(),
+                    "stats": probe.stats(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "ready": self.ready(),
+            "subscriptions": subs,
+        })
+    }
+}
+
+/// Runs the plan until `shutdown` completes, then drains within the grace period.
+///
+/// # Errors
+/// The admin address cannot be bound, or a consumer cannot start (unreadable offset file).
+pub async fn run(
+    plan: Plan,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let metrics = Metrics::new();
+    let collector = WebhookCollector::new(
+        plan.subscriptions
+            .iter()
+            .map(|s| (s.consumer.group.clone(), s.consumer.topic.clone(), s.webhook.clone()))
+            .collect(),
+    );
+    metrics.registry().register(Box::new(collector))?;
+
+    let cancel = CancellationToken::new();
+    let mut consumers = Vec::new();
+    let mut status = Vec::new();
+    for sub in plan.subscriptions {
+        let runtime = Runtime { metrics: metrics.clone() };
+        let hook = sub.webhook.clone();
+        let consumer = Consumer::start(plan.client.clone(), sub.consumer.clone(), sub.webhook, runtime).await?;
+        info!(subscription = %sub.name, group = %sub.consumer.group, topic = %sub.consumer.topic, client_id = %consumer.client_id(), "Subscription started.");
+        status.push((sub.name, sub.consumer, consumer.probe(), hook));
+        consumers.push(consumer);
+    }
+    let source = Arc::new(DaemonStatus { subs: status });
+    let (bound, admin) = crate::admin::serve(plan.admin, metrics.clone(), source, cancel.clone())
+        .await
+        .map_err(|e| format!("cannot bind the admin server to {}: {e}", plan.admin))?;
+    info!(admin = %bound, "Admin server listening (/metrics, /healthz, /readyz, /status).");
+
+    shutdown.await;
+    info!(grace = ?plan.grace, "Shutting down: draining in-flight deliveries.");
+    let drain = futures_join_all(consumers.into_iter().map(|c| c.shutdown()));
+    if tokio::time::timeout(plan.grace + Duration::from_secs(5), drain).await.is_err() {
+        warn!("Shutdown grace period exceeded; exiting with deliveries still in flight (they will be redelivered).");
+    }
+    cancel.cancel();
+    if let Err(e) = admin.await {
+        error!(error = %e, "Admin server task failed.");
+    }
+    info!("Stopped.");
+    Ok(())
+}
+
+/// Awaits every future concurrently (a tiny join_all without another dependency).
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures: impl Iterator<Item = F>) {
+    let mut set = tokio::task::JoinSet::new();
+    for f in futures {
+        set.spawn(f);
+    }
+    while set.join_next().await.is_some() {}
+}
