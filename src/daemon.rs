@@ -66,21 +66,25 @@ impl Plan {
     /// # Errors
     /// A webhook that cannot be built (URL, header or secret the HTTP layer rejects).
     pub fn new(cfg: &config::Config) -> Result<Self, PlanError> {
-        let mut connect = ConnectOptions::default();
-        connect.acl = match (&cfg.client.access_key, &cfg.client.secret_key) {
+        let acl = match (&cfg.client.access_key, &cfg.client.secret_key) {
             (Some(ak), Some(sk)) => Some(AclCredentials::new(ak.clone(), sk.expose().to_owned())),
             _ => None,
         };
-        if cfg.client.tls.enabled {
+        let tls = cfg.client.tls.enabled.then(|| {
             let t = &cfg.client.tls;
-            connect.tls = Some(crate::client::TlsConfig {
+            crate::client::TlsConfig {
                 ca_file: t.ca_file.clone(),
                 client_cert: t.cert_file.clone(),
                 client_key: t.key_file.clone(),
                 insecure_skip_verify: t.insecure_skip_verify,
                 server_name: t.server_name.clone(),
-            });
-        }
+            }
+        });
+        let connect = ConnectOptions {
+            acl,
+            tls,
+            ..ConnectOptions::default()
+        };
         let client = ClientConfig {
             namesrv_addr: cfg.namesrv_addr.addrs().join(";"),
             connect,
@@ -128,14 +132,16 @@ fn consumer_config(
     c.consume_from = match sub.consume_from {
         config::ConsumeFrom::LastOffset => consumer::ConsumeFrom::LastOffset,
         config::ConsumeFrom::FirstOffset => consumer::ConsumeFrom::FirstOffset,
-        config::ConsumeFrom::Timestamp => consumer::ConsumeFrom::Timestamp(match &sub.consume_timestamp {
-            Some(ts) => ts.unix_millis() as i64,
-            // Java's default: half an hour ago.
-            None => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64 - 30 * 60 * 1000)
-                .unwrap_or(0),
-        }),
+        config::ConsumeFrom::Timestamp => {
+            consumer::ConsumeFrom::Timestamp(match &sub.consume_timestamp {
+                Some(ts) => ts.unix_millis() as i64,
+                // Java's default: half an hour ago.
+                None => SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64 - 30 * 60 * 1000)
+                    .unwrap_or(0),
+            })
+        }
     };
     c.strategy = match sub.allocate_strategy {
         config::AllocateStrategy::Average => consumer::AllocateStrategy::Average,
@@ -150,10 +156,15 @@ fn consumer_config(
                     key: format!("subscriptions[{index}].allocate_queues"),
                     reason: format!("queue id {} is out of range", q.queue_id),
                 })?;
-                queues.push(MessageQueue::new(sub.topic.clone(), q.broker_name.clone(), id));
+                queues.push(MessageQueue::new(
+                    sub.topic.clone(),
+                    q.broker_name.clone(),
+                    id,
+                ));
                 // The retry topic's queue 0 of the same broker, so retries of these queues are
                 // consumed too.
-                let retry = MessageQueue::new(format!("%RETRY%{}", sub.group), q.broker_name.clone(), 0);
+                let retry =
+                    MessageQueue::new(format!("%RETRY%{}", sub.group), q.broker_name.clone(), 0);
                 if !queues.contains(&retry) {
                     queues.push(retry);
                 }
@@ -207,7 +218,11 @@ fn webhook_options(
     };
     o.timeout = w.timeout;
     o.concurrency = sub.webhook_concurrency().max(1) as usize;
-    o.headers = w.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    o.headers = w
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     if let Some(token) = &w.bearer_token {
         o.bearer_token = Some(BearerToken::new(token.expose()).map_err(|e| PlanError {
             key: key("webhook.bearer_token"),
@@ -215,10 +230,12 @@ fn webhook_options(
         })?);
     }
     if let Some(secret) = &w.signing_secret {
-        o.signing_secret = Some(SigningSecret::parse(secret.expose()).map_err(|e| PlanError {
-            key: key("webhook.signing_secret"),
-            reason: e.to_string(),
-        })?);
+        o.signing_secret = Some(
+            SigningSecret::parse(secret.expose()).map_err(|e| PlanError {
+                key: key("webhook.signing_secret"),
+                reason: e.to_string(),
+            })?,
+        );
     }
     let pattern = |c: &config::StatusClass| -> StatusPattern {
         if c.is_hundred() {
@@ -265,17 +282,26 @@ impl WebhookCollector {
         let labels = ["consumer_group", "topic"];
         Self {
             requests: IntCounterVec::new(
-                Opts::new(names::WEBHOOK_REQUESTS_TOTAL, "Webhook requests by status class."),
+                Opts::new(
+                    names::WEBHOOK_REQUESTS_TOTAL,
+                    "Webhook requests by status class.",
+                ),
                 &["consumer_group", "topic", "status_class"],
             )
             .expect("valid metric"),
             circuit: IntGaugeVec::new(
-                Opts::new(names::WEBHOOK_CIRCUIT_STATE, "Circuit breaker state: 0 closed, 1 half-open, 2 open."),
+                Opts::new(
+                    names::WEBHOOK_CIRCUIT_STATE,
+                    "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+                ),
                 &labels,
             )
             .expect("valid metric"),
             in_flight: IntGaugeVec::new(
-                Opts::new(names::WEBHOOK_REQUESTS_IN_FLIGHT, "Webhook requests in flight."),
+                Opts::new(
+                    names::WEBHOOK_REQUESTS_IN_FLIGHT,
+                    "Webhook requests in flight.",
+                ),
                 &labels,
             )
             .expect("valid metric"),
@@ -306,7 +332,7 @@ impl Collector for WebhookCollector {
             }
             self.circuit
                 .with_label_values(&[group, topic])
-                .set(i64::from(hook.circuit_state().gauge_value()));
+                .set(hook.circuit_state().gauge_value());
             self.in_flight
                 .with_label_values(&[group, topic])
                 .set(stats.in_flight());
@@ -366,7 +392,13 @@ pub async fn run(
     let collector = WebhookCollector::new(
         plan.subscriptions
             .iter()
-            .map(|s| (s.consumer.group.clone(), s.consumer.topic.clone(), s.webhook.clone()))
+            .map(|s| {
+                (
+                    s.consumer.group.clone(),
+                    s.consumer.topic.clone(),
+                    s.webhook.clone(),
+                )
+            })
             .collect(),
     );
     metrics.registry().register(Box::new(collector))?;
@@ -375,9 +407,17 @@ pub async fn run(
     let mut consumers = Vec::new();
     let mut status = Vec::new();
     for sub in plan.subscriptions {
-        let runtime = Runtime { metrics: metrics.clone() };
+        let runtime = Runtime {
+            metrics: metrics.clone(),
+        };
         let hook = sub.webhook.clone();
-        let consumer = Consumer::start(plan.client.clone(), sub.consumer.clone(), sub.webhook, runtime).await?;
+        let consumer = Consumer::start(
+            plan.client.clone(),
+            sub.consumer.clone(),
+            sub.webhook,
+            runtime,
+        )
+        .await?;
         info!(subscription = %sub.name, group = %sub.consumer.group, topic = %sub.consumer.topic, client_id = %consumer.client_id(), "Subscription started.");
         status.push((sub.name, sub.consumer, consumer.probe(), hook));
         consumers.push(consumer);
@@ -391,7 +431,10 @@ pub async fn run(
     shutdown.await;
     info!(grace = ?plan.grace, "Shutting down: draining in-flight deliveries.");
     let drain = futures_join_all(consumers.into_iter().map(|c| c.shutdown()));
-    if tokio::time::timeout(plan.grace + Duration::from_secs(5), drain).await.is_err() {
+    if tokio::time::timeout(plan.grace + Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
         warn!("Shutdown grace period exceeded; exiting with deliveries still in flight (they will be redelivered).");
     }
     cancel.cancel();
@@ -403,7 +446,9 @@ pub async fn run(
 }
 
 /// Awaits every future concurrently (a tiny join_all without another dependency).
-async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures: impl Iterator<Item = F>) {
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) {
     let mut set = tokio::task::JoinSet::new();
     for f in futures {
         set.spawn(f);

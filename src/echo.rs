@@ -8,9 +8,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::Router;
 use base64::Engine as _;
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
-use std::sync::Arc;
 
 #[derive(Clone)]
 struct EchoState {
@@ -36,7 +36,9 @@ pub async fn serve(
     let app = Router::new().fallback(handle).with_state(state);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     eprintln!("echo: listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn handle(

@@ -9,9 +9,9 @@
 pub mod admin;
 pub mod client;
 pub mod config;
-pub mod metrics;
 pub mod consumer;
 pub mod daemon;
 pub mod echo;
+pub mod metrics;
 pub mod remoting;
 pub mod webhook;

@@ -16,12 +16,23 @@ use clap::{Parser, Subcommand};
 #[command(name = "rocketmq-webhook", version, about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Options of `run`, the default command.
+    #[command(flatten)]
+    run: cli::daemon::RunArgs,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Consume the configured subscriptions and deliver them to their webhooks (the default).
+    Run(cli::daemon::RunArgs),
+    /// Load and validate the configuration, print it with secrets redacted (exit 2 on error).
+    CheckConfig(cli::daemon::CheckConfigArgs),
+    /// A small webhook receiver printing one JSON line per request (demo, compose, tests).
+    Echo(cli::daemon::EchoArgs),
+    /// Probe the admin server's /healthz (or /readyz); for container health checks.
+    Healthcheck(cli::daemon::HealthcheckArgs),
     /// Manage topics (test and demo setup).
     #[command(subcommand)]
     Topic(cli::topic::TopicCommand),
@@ -37,9 +48,14 @@ fn main() -> ExitCode {
         Err(err) => return cli::report_clap_error(&err),
     };
     let result = match cli.command {
-        Command::Topic(cmd) => cli::block_on(cli::topic::run(cmd)),
-        Command::Produce(args) => cli::block_on(cli::produce::run(args)),
-        Command::Route(args) => cli::block_on(cli::route::run(args)),
+        None => return cli::daemon::run(cli.run),
+        Some(Command::Run(args)) => return cli::daemon::run(args),
+        Some(Command::CheckConfig(args)) => return cli::daemon::check_config(args),
+        Some(Command::Echo(args)) => return cli::daemon::echo(args),
+        Some(Command::Healthcheck(args)) => return cli::daemon::healthcheck(args),
+        Some(Command::Topic(cmd)) => cli::block_on(cli::topic::run(cmd)),
+        Some(Command::Produce(args)) => cli::block_on(cli::produce::run(args)),
+        Some(Command::Route(args)) => cli::block_on(cli::route::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

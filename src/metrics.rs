@@ -5,9 +5,7 @@
 //! `stage`; never a message id or queue id. Subsystems add to these collectors; nothing registers
 //! a metric anywhere else.
 
-use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Metric names, so docs and tests refer to the same strings as the code.
 pub mod names {
@@ -60,7 +58,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
 ];
-const PULL_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 15.0, 20.0, 30.0];
+const PULL_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 15.0, 20.0, 30.0,
+];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 
 const GT: &[&str] = &["consumer_group", "topic"];
@@ -109,12 +109,16 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("metric registered once");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
             c
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("metric registered once");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
             g
         };
         let histogram = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
@@ -123,7 +127,9 @@ impl Metrics {
                 labels,
             )
             .expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("metric registered once");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("metric registered once");
             h
         };
         fn with(extra: &str) -> [&str; 3] {
@@ -134,26 +140,87 @@ impl Metrics {
             &["version"],
         )
         .expect("valid metric");
-        registry.register(Box::new(build.clone())).expect("metric registered once");
+        registry
+            .register(Box::new(build.clone()))
+            .expect("metric registered once");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
         Self {
-            messages: counter(names::CONSUMER_MESSAGES_TOTAL, "Messages handled, by outcome.", &with("outcome")),
-            batch_duration: histogram(names::CONSUMER_BATCH_DURATION_SECONDS, "Time the handler took per batch.", LATENCY_BUCKETS, GT),
-            batch_size: histogram(names::CONSUMER_BATCH_SIZE_MESSAGES, "Messages per batch.", BATCH_BUCKETS, GT),
-            batches_in_flight: gauge(names::CONSUMER_BATCHES_IN_FLIGHT, "Batches being handled now.", GT),
-            cached_messages: gauge(names::PROCESS_QUEUE_CACHED_MESSAGES, "Messages pulled and not yet finished.", GT),
-            cached_bytes: gauge(names::PROCESS_QUEUE_CACHED_BYTES, "Body bytes pulled and not yet finished.", GT),
-            flow_control: counter(names::PROCESS_QUEUE_FLOW_CONTROL_TOTAL, "Pull pauses by flow-control limit.", &with("limit")),
-            lag: gauge(names::CONSUMER_LAG_MESSAGES, "Messages between the committed offset and the broker's max offset.", GT),
-            send_back: counter(names::CONSUMER_SEND_BACK_TOTAL, "Messages sent back to the broker, by target.", &with("target")),
-            dropped: counter(names::CONSUMER_DROPPED_TOTAL, "Messages given up without a broker DLQ (broadcasting).", GT),
+            messages: counter(
+                names::CONSUMER_MESSAGES_TOTAL,
+                "Messages handled, by outcome.",
+                &with("outcome"),
+            ),
+            batch_duration: histogram(
+                names::CONSUMER_BATCH_DURATION_SECONDS,
+                "Time the handler took per batch.",
+                LATENCY_BUCKETS,
+                GT,
+            ),
+            batch_size: histogram(
+                names::CONSUMER_BATCH_SIZE_MESSAGES,
+                "Messages per batch.",
+                BATCH_BUCKETS,
+                GT,
+            ),
+            batches_in_flight: gauge(
+                names::CONSUMER_BATCHES_IN_FLIGHT,
+                "Batches being handled now.",
+                GT,
+            ),
+            cached_messages: gauge(
+                names::PROCESS_QUEUE_CACHED_MESSAGES,
+                "Messages pulled and not yet finished.",
+                GT,
+            ),
+            cached_bytes: gauge(
+                names::PROCESS_QUEUE_CACHED_BYTES,
+                "Body bytes pulled and not yet finished.",
+                GT,
+            ),
+            flow_control: counter(
+                names::PROCESS_QUEUE_FLOW_CONTROL_TOTAL,
+                "Pull pauses by flow-control limit.",
+                &with("limit"),
+            ),
+            lag: gauge(
+                names::CONSUMER_LAG_MESSAGES,
+                "Messages between the committed offset and the broker's max offset.",
+                GT,
+            ),
+            send_back: counter(
+                names::CONSUMER_SEND_BACK_TOTAL,
+                "Messages sent back to the broker, by target.",
+                &with("target"),
+            ),
+            dropped: counter(
+                names::CONSUMER_DROPPED_TOTAL,
+                "Messages given up without a broker DLQ (broadcasting).",
+                GT,
+            ),
             offset_commits: counter(names::OFFSET_COMMITS_TOTAL, "Offset commits persisted.", GT),
-            rebalances: counter(names::REBALANCE_TOTAL, "Rebalances that changed the assignment.", GT),
-            assigned_queues: gauge(names::REBALANCE_ASSIGNED_QUEUES, "Queues assigned to this daemon.", GT),
+            rebalances: counter(
+                names::REBALANCE_TOTAL,
+                "Rebalances that changed the assignment.",
+                GT,
+            ),
+            assigned_queues: gauge(
+                names::REBALANCE_ASSIGNED_QUEUES,
+                "Queues assigned to this daemon.",
+                GT,
+            ),
             locks_held: gauge(names::QUEUE_LOCKS_HELD, "Orderly queue locks held.", GT),
-            pull_duration: histogram(names::PULL_DURATION_SECONDS, "Pull round trips, long polls included.", PULL_BUCKETS, GT),
-            errors: counter(names::ERRORS_TOTAL, "Errors by type and stage.", &["consumer_group", "topic", "error_type", "stage"]),
+            pull_duration: histogram(
+                names::PULL_DURATION_SECONDS,
+                "Pull round trips, long polls included.",
+                PULL_BUCKETS,
+                GT,
+            ),
+            errors: counter(
+                names::ERRORS_TOTAL,
+                "Errors by type and stage.",
+                &["consumer_group", "topic", "error_type", "stage"],
+            ),
             registry,
         }
     }
@@ -189,7 +256,7 @@ mod tests {
         let text = m.render();
         assert!(text.contains("rocketmq_webhook_consumer_messages_total{consumer_group=\"g\",outcome=\"success\",topic=\"t\"} 1"));
         for family in m.registry().gather() {
-            let name = family.get_name();
+            let name = family.name();
             assert!(name.starts_with("rocketmq_webhook_"), "{name}");
         }
     }

@@ -121,8 +121,11 @@ async fn start<H: Handler>(
 }
 
 async fn producer(mq: &RocketMq) -> Producer {
-    let client = Client::new(client_config(mq, &unique("producer")), Arc::new(NotSupported))
-        .expect("client");
+    let client = Client::new(
+        client_config(mq, &unique("producer")),
+        Arc::new(NotSupported),
+    )
+    .expect("client");
     Producer::new(client, ProducerConfig::default())
 }
 
@@ -161,7 +164,11 @@ async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool
 }
 
 fn bodies_seen(seen: &Arc<Mutex<Vec<Seen>>>) -> BTreeSet<String> {
-    seen.lock().unwrap().iter().map(|s| s.body.clone()).collect()
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.body.clone())
+        .collect()
 }
 
 fn assigned(c: &Consumer<Recorder>, topic: &str) -> BTreeSet<String> {
@@ -179,44 +186,66 @@ async fn three_members_share_eight_queues_and_take_over_when_one_leaves() {
     let topic = unique("T_share");
     let group = unique("G_share");
     let p = producer(&mq).await;
-    p.create_topic(&topic, 8, false).await.expect("topic created");
+    p.create_topic(&topic, 8, false)
+        .await
+        .expect("topic created");
 
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut members = Vec::new();
     for i in 0..3 {
         let name = format!("m{i}");
-        members.push(start(&mq, &unique(&name), fast_config(&group, &topic), Recorder::new(&name, &seen)).await);
+        members.push(
+            start(
+                &mq,
+                &unique(&name),
+                fast_config(&group, &topic),
+                Recorder::new(&name, &seen),
+            )
+            .await,
+        );
     }
-    eventually(Duration::from_secs(60), "3 members own disjoint queues covering all 8", || {
-        let sets: Vec<_> = members.iter().map(|m| assigned(m, &topic)).collect();
-        let total: usize = sets.iter().map(BTreeSet::len).sum();
-        let union: BTreeSet<_> = sets.iter().flatten().cloned().collect();
-        total == 8 && union.len() == 8 && sets.iter().all(|s| !s.is_empty())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "3 members own disjoint queues covering all 8",
+        || {
+            let sets: Vec<_> = members.iter().map(|m| assigned(m, &topic)).collect();
+            let total: usize = sets.iter().map(BTreeSet::len).sum();
+            let union: BTreeSet<_> = sets.iter().flatten().cloned().collect();
+            total == 8 && union.len() == 8 && sets.iter().all(|s| !s.is_empty())
+        },
+    )
     .await;
 
     let first = bodies("share", 200);
     produce(&p, &topic, &first, None).await;
-    eventually(Duration::from_secs(60), "first 200 messages handled", || {
-        first.iter().all(|b| bodies_seen(&seen).contains(b))
-    })
+    eventually(
+        Duration::from_secs(60),
+        "first 200 messages handled",
+        || first.iter().all(|b| bodies_seen(&seen).contains(b)),
+    )
     .await;
 
     let leaving = members.pop().unwrap();
     leaving.shutdown().await;
-    eventually(Duration::from_secs(60), "2 remaining members cover all 8 queues", || {
-        let sets: Vec<_> = members.iter().map(|m| assigned(m, &topic)).collect();
-        let total: usize = sets.iter().map(BTreeSet::len).sum();
-        let union: BTreeSet<_> = sets.iter().flatten().cloned().collect();
-        total == 8 && union.len() == 8
-    })
+    eventually(
+        Duration::from_secs(60),
+        "2 remaining members cover all 8 queues",
+        || {
+            let sets: Vec<_> = members.iter().map(|m| assigned(m, &topic)).collect();
+            let total: usize = sets.iter().map(BTreeSet::len).sum();
+            let union: BTreeSet<_> = sets.iter().flatten().cloned().collect();
+            total == 8 && union.len() == 8
+        },
+    )
     .await;
 
     let second = bodies("after", 200);
     produce(&p, &topic, &second, None).await;
-    eventually(Duration::from_secs(60), "messages after the departure handled", || {
-        second.iter().all(|b| bodies_seen(&seen).contains(b))
-    })
+    eventually(
+        Duration::from_secs(60),
+        "messages after the departure handled",
+        || second.iter().all(|b| bodies_seen(&seen).contains(b)),
+    )
     .await;
     for m in members {
         m.shutdown().await;
@@ -229,7 +258,9 @@ async fn retry_redelivers_with_reconsume_times_then_dead_letters() {
     let topic = unique("T_retry");
     let group = unique("G_retry");
     let p = producer(&mq).await;
-    p.create_topic(&topic, 2, false).await.expect("topic created");
+    p.create_topic(&topic, 2, false)
+        .await
+        .expect("topic created");
 
     let seen = Arc::new(Mutex::new(Vec::new()));
     // "fail" always asks for a retry with delay level 1 (1 s); "drop" goes to the DLQ at once.
@@ -243,19 +274,42 @@ async fn retry_redelivers_with_reconsume_times_then_dead_letters() {
     let mut cfg = fast_config(&group, &topic);
     cfg.max_reconsume_times = 2;
     let consumer = start(&mq, &unique("c"), cfg, handler).await;
-    produce(&p, &topic, &["ok".into(), "fail".into(), "drop".into()], None).await;
+    produce(
+        &p,
+        &topic,
+        &["ok".into(), "fail".into(), "drop".into()],
+        None,
+    )
+    .await;
 
-    eventually(Duration::from_secs(90), "the failing message seen 3 times (0, 1, 2 reconsumes)", || {
-        let s = seen.lock().unwrap();
-        let times: BTreeSet<i32> = s.iter().filter(|x| x.body == "fail").map(|x| x.reconsume_times).collect();
-        times == BTreeSet::from([0, 1, 2])
-    })
+    eventually(
+        Duration::from_secs(90),
+        "the failing message seen 3 times (0, 1, 2 reconsumes)",
+        || {
+            let s = seen.lock().unwrap();
+            let times: BTreeSet<i32> = s
+                .iter()
+                .filter(|x| x.body == "fail")
+                .map(|x| x.reconsume_times)
+                .collect();
+            times == BTreeSet::from([0, 1, 2])
+        },
+    )
     .await;
     {
         let s = seen.lock().unwrap();
         // Retried messages show their real topic, not %RETRY%group.
-        assert!(s.iter().filter(|x| x.body == "fail").all(|x| x.topic == topic), "{s:?}");
-        assert_eq!(s.iter().filter(|x| x.body == "drop").count(), 1, "drop is not redelivered: {s:?}");
+        assert!(
+            s.iter()
+                .filter(|x| x.body == "fail")
+                .all(|x| x.topic == topic),
+            "{s:?}"
+        );
+        assert_eq!(
+            s.iter().filter(|x| x.body == "drop").count(),
+            1,
+            "drop is not redelivered: {s:?}"
+        );
         assert_eq!(s.iter().filter(|x| x.body == "ok").count(), 1);
     }
 
@@ -282,7 +336,11 @@ async fn retry_redelivers_with_reconsume_times_then_dead_letters() {
                 max_msg_bytes: None,
                 broker_name: None,
             };
-            if let Ok(r) = client.pool().call(&mq.broker_addr(), &pull, Duration::from_secs(5)).await {
+            if let Ok(r) = client
+                .pool()
+                .call(&mq.broker_addr(), &pull, Duration::from_secs(5))
+                .await
+            {
                 if r.status == PullStatus::Found {
                     found = r.messages;
                 }
@@ -290,8 +348,14 @@ async fn retry_redelivers_with_reconsume_times_then_dead_letters() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let dlq_bodies: BTreeSet<String> = found.iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()).collect();
-    assert_eq!(dlq_bodies, BTreeSet::from(["drop".to_owned(), "fail".to_owned()]));
+    let dlq_bodies: BTreeSet<String> = found
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    assert_eq!(
+        dlq_bodies,
+        BTreeSet::from(["drop".to_owned(), "fail".to_owned()])
+    );
     consumer.shutdown().await;
 }
 
@@ -301,7 +365,9 @@ async fn tag_expression_with_spaces_delivers_exactly_the_tagged_messages() {
     let topic = unique("T_tags");
     let group = unique("G_tags");
     let p = producer(&mq).await;
-    p.create_topic(&topic, 4, false).await.expect("topic created");
+    p.create_topic(&topic, 4, false)
+        .await
+        .expect("topic created");
     let a = bodies("a", 20);
     let b = bodies("b", 20);
     let c = bodies("c", 20);
@@ -314,7 +380,12 @@ async fn tag_expression_with_spaces_delivers_exactly_the_tagged_messages() {
     cfg.filter = Filter::Tag("TagA || TagB".into());
     let consumer = start(&mq, &unique("c"), cfg, Recorder::new("c", &seen)).await;
     let wanted: BTreeSet<String> = a.iter().chain(&b).cloned().collect();
-    eventually(Duration::from_secs(60), "all TagA and TagB messages", || bodies_seen(&seen) == wanted).await;
+    eventually(
+        Duration::from_secs(60),
+        "all TagA and TagB messages",
+        || bodies_seen(&seen) == wanted,
+    )
+    .await;
     // Let any stray TagC delivery surface before asserting there is none.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let s = seen.lock().unwrap().clone();
@@ -328,7 +399,9 @@ async fn new_groups_start_from_first_last_or_timestamp() {
     let mq = RocketMq::start().await;
     let topic = unique("T_from");
     let p = producer(&mq).await;
-    p.create_topic(&topic, 2, false).await.expect("topic created");
+    p.create_topic(&topic, 2, false)
+        .await
+        .expect("topic created");
     let old = bodies("old", 10);
     produce(&p, &topic, &old, None).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -354,9 +427,11 @@ async fn new_groups_start_from_first_last_or_timestamp() {
         seen_by.insert(name, seen);
     }
     // Wait until every consumer holds both queues, then produce the "new" messages.
-    eventually(Duration::from_secs(60), "each group holds both queues", || {
-        consumers.iter().all(|c| assigned(c, &topic).len() == 2)
-    })
+    eventually(
+        Duration::from_secs(60),
+        "each group holds both queues",
+        || consumers.iter().all(|c| assigned(c, &topic).len() == 2),
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let new = bodies("new", 10);
@@ -365,11 +440,15 @@ async fn new_groups_start_from_first_last_or_timestamp() {
     let all: BTreeSet<String> = old.iter().chain(&middle).chain(&new).cloned().collect();
     let after_boundary: BTreeSet<String> = middle.iter().chain(&new).cloned().collect();
     let only_new: BTreeSet<String> = new.iter().cloned().collect();
-    eventually(Duration::from_secs(60), "each group got its messages", || {
-        bodies_seen(&seen_by["first"]) == all
-            && bodies_seen(&seen_by["time"]) == after_boundary
-            && bodies_seen(&seen_by["last"]) == only_new
-    })
+    eventually(
+        Duration::from_secs(60),
+        "each group got its messages",
+        || {
+            bodies_seen(&seen_by["first"]) == all
+                && bodies_seen(&seen_by["time"]) == after_boundary
+                && bodies_seen(&seen_by["last"]) == only_new
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(bodies_seen(&seen_by["first"]), all);
@@ -386,7 +465,9 @@ async fn flow_control_keeps_the_cache_within_its_limit() {
     let topic = unique("T_flow");
     let group = unique("G_flow");
     let p = producer(&mq).await;
-    p.create_topic(&topic, 1, false).await.expect("topic created");
+    p.create_topic(&topic, 1, false)
+        .await
+        .expect("topic created");
     produce(&p, &topic, &bodies("flow", 300), None).await;
 
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -404,7 +485,10 @@ async fn flow_control_keeps_the_cache_within_its_limit() {
     let mut paused_seen = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while seen.lock().unwrap().len() < 300 {
-        assert!(tokio::time::Instant::now() < deadline, "not all messages handled");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all messages handled"
+        );
         let stats = consumer.stats();
         for q in stats.queues.values() {
             max_cached = max_cached.max(q.cached_messages);
@@ -413,7 +497,10 @@ async fn flow_control_keeps_the_cache_within_its_limit() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(max_cached <= 20, "cached {max_cached} > limit 20");
-    assert!(max_cached >= 10, "the cache never filled up ({max_cached}); the test did not exercise flow control");
+    assert!(
+        max_cached >= 10,
+        "the cache never filled up ({max_cached}); the test did not exercise flow control"
+    );
     assert!(paused_seen, "pulling never paused");
     consumer.shutdown().await;
 }
@@ -424,7 +511,9 @@ async fn broadcasting_members_each_get_everything_and_keep_offsets_across_restar
     let topic = unique("T_bcast");
     let group = unique("G_bcast");
     let p = producer(&mq).await;
-    p.create_topic(&topic, 2, false).await.expect("topic created");
+    p.create_topic(&topic, 2, false)
+        .await
+        .expect("topic created");
     let dir = tempfile::tempdir().unwrap();
     let config = |dir: &std::path::Path| {
         let mut c = fast_config(&group, &topic);
@@ -435,18 +524,34 @@ async fn broadcasting_members_each_get_everything_and_keep_offsets_across_restar
 
     let seen_a = Arc::new(Mutex::new(Vec::new()));
     let seen_b = Arc::new(Mutex::new(Vec::new()));
-    let a = start(&mq, "bcast-a", config(dir.path()), Recorder::new("a", &seen_a)).await;
-    let b = start(&mq, "bcast-b", config(dir.path()), Recorder::new("b", &seen_b)).await;
-    eventually(Duration::from_secs(60), "both members hold both queues", || {
-        assigned(&a, &topic).len() == 2 && assigned(&b, &topic).len() == 2
-    })
+    let a = start(
+        &mq,
+        "bcast-a",
+        config(dir.path()),
+        Recorder::new("a", &seen_a),
+    )
+    .await;
+    let b = start(
+        &mq,
+        "bcast-b",
+        config(dir.path()),
+        Recorder::new("b", &seen_b),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "both members hold both queues",
+        || assigned(&a, &topic).len() == 2 && assigned(&b, &topic).len() == 2,
+    )
     .await;
     let first = bodies("b1", 40);
     produce(&p, &topic, &first, None).await;
     let want: BTreeSet<String> = first.iter().cloned().collect();
-    eventually(Duration::from_secs(60), "both members got every message", || {
-        bodies_seen(&seen_a) == want && bodies_seen(&seen_b) == want
-    })
+    eventually(
+        Duration::from_secs(60),
+        "both members got every message",
+        || bodies_seen(&seen_a) == want && bodies_seen(&seen_b) == want,
+    )
     .await;
     a.shutdown().await;
     b.shutdown().await;
@@ -456,17 +561,36 @@ async fn broadcasting_members_each_get_everything_and_keep_offsets_across_restar
     let second = bodies("b2", 10);
     produce(&p, &topic, &second, None).await;
     let seen_a2 = Arc::new(Mutex::new(Vec::new()));
-    let a = start(&mq, "bcast-a", config(dir.path()), Recorder::new("a", &seen_a2)).await;
+    let a = start(
+        &mq,
+        "bcast-a",
+        config(dir.path()),
+        Recorder::new("a", &seen_a2),
+    )
+    .await;
     let want2: BTreeSet<String> = second.iter().cloned().collect();
-    eventually(Duration::from_secs(60), "restarted member got the new messages", || bodies_seen(&seen_a2) == want2).await;
+    eventually(
+        Duration::from_secs(60),
+        "restarted member got the new messages",
+        || bodies_seen(&seen_a2) == want2,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(bodies_seen(&seen_a2), want2, "a restarted broadcasting member replayed old messages");
+    assert_eq!(
+        bodies_seen(&seen_a2),
+        want2,
+        "a restarted broadcasting member replayed old messages"
+    );
     let client_id = a.client_id().to_owned();
     a.shutdown().await;
 
     // Corrupt offsets file and backup: the consumer refuses to start with an error naming both,
     // instead of silently starting over.
-    let file = dir.path().join(&client_id).join(&group).join("offsets.json");
+    let file = dir
+        .path()
+        .join(&client_id)
+        .join(&group)
+        .join("offsets.json");
     assert!(file.exists(), "offsets file at {}", file.display());
     std::fs::write(&file, b"{not json").unwrap();
     std::fs::write(file.with_extension("json.bak"), b"garbage").unwrap();
@@ -474,7 +598,9 @@ async fn broadcasting_members_each_get_everything_and_keep_offsets_across_restar
         client_config(&mq, "bcast-a"),
         config(dir.path()),
         Recorder::new("a", &seen_a2),
-        Runtime { metrics: Metrics::new() },
+        Runtime {
+            metrics: Metrics::new(),
+        },
     )
     .await
     .err()
@@ -490,13 +616,21 @@ async fn orderly_keeps_per_key_order_across_a_rebalance() {
     let topic = unique("T_order");
     let group = unique("G_order");
     let p = producer(&mq).await;
-    p.create_topic(&topic, 4, true).await.expect("topic created");
+    p.create_topic(&topic, 4, true)
+        .await
+        .expect("topic created");
 
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut cfg = fast_config(&group, &topic);
     cfg.mode = ConsumeMode::Orderly;
     cfg.lock_renew_interval = Duration::from_secs(2);
-    let first = start(&mq, &unique("o1"), cfg.clone(), Recorder::new("o1", &seen).slow(Duration::from_millis(5))).await;
+    let first = start(
+        &mq,
+        &unique("o1"),
+        cfg.clone(),
+        Recorder::new("o1", &seen).slow(Duration::from_millis(5)),
+    )
+    .await;
 
     let keys: Vec<String> = (0..8).map(|k| format!("key{k}")).collect();
     let send_round = |round: std::ops::Range<usize>| {
@@ -506,19 +640,29 @@ async fn orderly_keeps_per_key_order_across_a_rebalance() {
         async move {
             for i in round {
                 for k in keys {
-                    let m = Message::new(topic.as_str(), format!("{k}:{i}").into_bytes()).with_keys([k.as_str()]);
-                    p.send(m, &QueueSelector::Hash(k.clone())).await.expect("sent");
+                    let m = Message::new(topic.as_str(), format!("{k}:{i}").into_bytes())
+                        .with_keys([k.as_str()]);
+                    p.send(m, &QueueSelector::Hash(k.clone()))
+                        .await
+                        .expect("sent");
                 }
             }
         }
     };
     send_round(0..15).await;
     // A second member joins mid-stream: queues move between them.
-    let second = start(&mq, &unique("o2"), cfg, Recorder::new("o2", &seen).slow(Duration::from_millis(5))).await;
+    let second = start(
+        &mq,
+        &unique("o2"),
+        cfg,
+        Recorder::new("o2", &seen).slow(Duration::from_millis(5)),
+    )
+    .await;
     send_round(15..30).await;
     eventually(Duration::from_secs(90), "every message handled", || {
         let got = bodies_seen(&seen);
-        keys.iter().all(|k| (0..30).all(|i| got.contains(&format!("{k}:{i}"))))
+        keys.iter()
+            .all(|k| (0..30).all(|i| got.contains(&format!("{k}:{i}"))))
     })
     .await;
     eventually(Duration::from_secs(30), "both members hold queues", || {
@@ -532,12 +676,18 @@ async fn orderly_keeps_per_key_order_across_a_rebalance() {
     let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for x in &s {
         let (k, i) = x.body.split_once(':').unwrap();
-        by_key.entry(k.to_owned()).or_default().push(i.parse().unwrap());
+        by_key
+            .entry(k.to_owned())
+            .or_default()
+            .push(i.parse().unwrap());
     }
     for (k, seq) in by_key {
         let mut next = 0;
         for i in &seq {
-            assert!(*i <= next, "key {k}: got {i} before {next} was delivered: {seq:?}");
+            assert!(
+                *i <= next,
+                "key {k}: got {i} before {next} was delivered: {seq:?}"
+            );
             if *i == next {
                 next += 1;
             }

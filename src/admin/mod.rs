@@ -106,9 +106,14 @@ mod tests {
         metrics.rebalances.with_label_values(&["g", "t"]).inc();
         let fake = Arc::new(Fake(AtomicBool::new(false)));
         let cancel = CancellationToken::new();
-        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), metrics, fake.clone(), cancel.clone())
-            .await
-            .unwrap();
+        let (addr, task) = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            metrics,
+            Arc::clone(&fake) as Arc<dyn StatusSource>,
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
         let base = format!("http://{addr}");
         let http = reqwest::Client::new();
         let get = |p: &str| http.get(format!("{base}{p}")).send();
@@ -117,7 +122,10 @@ mod tests {
         fake.0.store(true, Ordering::Relaxed);
         assert_eq!(get("/readyz").await.unwrap().status(), 200);
         let text = get("/metrics").await.unwrap().text().await.unwrap();
-        assert!(text.contains("rocketmq_webhook_rebalance_total{consumer_group=\"g\",topic=\"t\"} 1"), "{text}");
+        assert!(
+            text.contains("rocketmq_webhook_rebalance_total{consumer_group=\"g\",topic=\"t\"} 1"),
+            "{text}"
+        );
         let status: serde_json::Value = get("/status").await.unwrap().json().await.unwrap();
         assert_eq!(status["subscriptions"][0]["group"], "g");
         cancel.cancel();

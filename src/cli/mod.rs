@@ -5,6 +5,7 @@
 //! one line on stderr naming the address, topic or argument involved. Regular output goes to
 //! stdout, progress to stderr.
 
+pub(crate) mod daemon;
 pub(crate) mod produce;
 pub(crate) mod route;
 pub(crate) mod topic;
@@ -107,7 +108,10 @@ pub(crate) fn init_tool_logging() {
 /// handler that declines broker requests (the tools never register as consumers).
 pub(crate) fn tool_client(namesrv: &[String]) -> Result<Client, CliError> {
     Client::new(
-        ClientConfig { namesrv_addr: namesrv.join(";"), ..ClientConfig::default() },
+        ClientConfig {
+            namesrv_addr: namesrv.join(";"),
+            ..ClientConfig::default()
+        },
         Arc::new(NotSupported),
     )
     .map_err(|e| CliError::usage(format!("invalid --namesrv: {e}")))
@@ -143,22 +147,24 @@ impl NamesrvArg {
     /// # Errors
     /// [`CliError::Usage`] when none is given or one is not `host:port`.
     pub(crate) fn addrs(&self) -> Result<Vec<String>, CliError> {
-        let (raw, source) = match &self.namesrv {
-            Some(v) => (v.clone(), "--namesrv"),
-            None => match env_value("ROCKETMQ_NAMESRV_ADDR") {
-                Some(v) => (v, "ROCKETMQ_NAMESRV_ADDR"),
-                None => match env_value("NAMESRV_ADDR") {
-                    Some(v) => (v, "NAMESRV_ADDR"),
-                    None => {
-                        return Err(CliError::usage(
+        let (raw, source) =
+            match &self.namesrv {
+                Some(v) => (v.clone(), "--namesrv"),
+                None => match env_value("ROCKETMQ_NAMESRV_ADDR") {
+                    Some(v) => (v, "ROCKETMQ_NAMESRV_ADDR"),
+                    None => match env_value("NAMESRV_ADDR") {
+                        Some(v) => (v, "NAMESRV_ADDR"),
+                        None => return Err(CliError::usage(
                             "no name server given: pass --namesrv HOST:PORT or set NAMESRV_ADDR",
-                        ))
-                    }
+                        )),
+                    },
                 },
-            },
-        };
-        parse_namesrv_list(&raw)
-            .map_err(|bad| CliError::usage(format!("invalid {source} address '{bad}': expected HOST:PORT")))
+            };
+        parse_namesrv_list(&raw).map_err(|bad| {
+            CliError::usage(format!(
+                "invalid {source} address '{bad}': expected HOST:PORT"
+            ))
+        })
     }
 }
 
@@ -178,9 +184,9 @@ fn parse_namesrv_list(raw: &str) -> Result<Vec<String>, String> {
         return Err(raw.to_owned());
     }
     for addr in &addrs {
-        let valid = addr
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        let valid = addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
         if !valid {
             return Err(addr.clone());
         }
@@ -193,7 +199,9 @@ fn parse_namesrv_list(raw: &str) -> Result<Vec<String>, String> {
 pub(crate) fn validate_topic(topic: &str) -> Result<(), CliError> {
     let ok = !topic.is_empty()
         && topic.len() <= 127
-        && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '%' | '|' | '-' | '_'));
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '%' | '|' | '-' | '_'));
     if ok {
         Ok(())
     } else {

@@ -131,9 +131,14 @@ impl Plan {
             )));
         }
         if args.sharding_key_count.is_some() && args.selector != SelectorArg::Hash {
-            return Err(CliError::usage("--sharding-key-count needs --selector hash"));
+            return Err(CliError::usage(
+                "--sharding-key-count needs --selector hash",
+            ));
         }
-        if args.selector == SelectorArg::Hash && args.sharding_key_count.is_none() && args.key.is_none() {
+        if args.selector == SelectorArg::Hash
+            && args.sharding_key_count.is_none()
+            && args.key.is_none()
+        {
             return Err(CliError::usage(
                 "--selector hash needs --sharding-key-count K or --key KEY to hash",
             ));
@@ -214,7 +219,11 @@ pub(crate) fn group_sends(plan: &Plan, indexes: std::ops::Range<u64>) -> Vec<Vec
     let mut out = Vec::new();
     let mut open: BTreeMap<Option<String>, Vec<u64>> = BTreeMap::new();
     for i in indexes {
-        let key = if plan.sharding_key_count.is_some() { plan.sharding_key(i) } else { None };
+        let key = if plan.sharding_key_count.is_some() {
+            plan.sharding_key(i)
+        } else {
+            None
+        };
         let group = open.entry(key.clone()).or_default();
         group.push(i);
         if group.len() >= plan.batch {
@@ -235,7 +244,10 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), CliError> {
     let client = tool_client(&addrs)?;
     let producer = Producer::new(
         client,
-        ProducerConfig { group: args.group.clone(), ..ProducerConfig::default() },
+        ProducerConfig {
+            group: args.group.clone(),
+            ..ProducerConfig::default()
+        },
     );
     let list = plan.count <= LIST_LIMIT;
     let start = Instant::now();
@@ -262,16 +274,29 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), CliError> {
                 )),
             };
             if plan.batch == 1 {
-                let message = messages.into_iter().next().ok_or_else(|| CliError::runtime("empty send"))?;
+                let message = messages
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| CliError::runtime("empty send"))?;
                 let result = producer.send(message, &selector).await.map_err(fail)?;
                 if list {
-                    println!("{} {} offset={}", result.msg_id, result.queue, result.queue_offset);
+                    println!(
+                        "{} {} offset={}",
+                        result.msg_id, result.queue, result.queue_offset
+                    );
                 }
             } else {
-                let result = producer.send_batch(messages, &selector).await.map_err(fail)?;
+                let result = producer
+                    .send_batch(messages, &selector)
+                    .await
+                    .map_err(fail)?;
                 if list {
                     for (k, id) in result.msg_ids.iter().enumerate() {
-                        println!("{id} {} offset={}", result.queue, result.queue_offset + k as i64);
+                        println!(
+                            "{id} {} offset={}",
+                            result.queue,
+                            result.queue_offset + k as i64
+                        );
                     }
                 }
             }
@@ -325,7 +350,10 @@ mod tests {
         assert_eq!(body.len(), 1024);
         assert!(body.starts_with(b"message 7 "));
         assert_eq!(plan(&[]).unwrap().body(3), Bytes::from_static(b"message 3"));
-        assert_eq!(plan(&["--body", "hi"]).unwrap().body(3), Bytes::from_static(b"hi"));
+        assert_eq!(
+            plan(&["--body", "hi"]).unwrap().body(3),
+            Bytes::from_static(b"hi")
+        );
     }
 
     #[test]
@@ -346,8 +374,17 @@ mod tests {
 
     #[test]
     fn sharded_batches_never_mix_keys_and_keep_order() {
-        let p = plan(&["--selector", "hash", "--sharding-key-count", "3", "--batch", "2", "--count", "10"])
-            .unwrap();
+        let p = plan(&[
+            "--selector",
+            "hash",
+            "--sharding-key-count",
+            "3",
+            "--batch",
+            "2",
+            "--count",
+            "10",
+        ])
+        .unwrap();
         let sends = group_sends(&p, 0..10);
         let mut seen: Vec<u64> = Vec::new();
         for send in &sends {
@@ -365,6 +402,9 @@ mod tests {
     #[test]
     fn unsharded_batches_are_consecutive_runs() {
         let p = plan(&["--batch", "4"]).unwrap();
-        assert_eq!(group_sends(&p, 0..10), vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
+        assert_eq!(
+            group_sends(&p, 0..10),
+            vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]
+        );
     }
 }

@@ -106,6 +106,9 @@ mod tests {
         assert!(text.contains("broker-a"), "{text}");
         assert!(text.contains("id=0 (master) 127.0.0.1:10911"), "{text}");
         assert!(text.contains("read=4 write=4 perm=rw (6)"), "{text}");
-        assert!(text.contains("total: 4 readable and 4 writable queues on 1 broker(s)"), "{text}");
+        assert!(
+            text.contains("total: 4 readable and 4 writable queues on 1 broker(s)"),
+            "{text}"
+        );
     }
 }

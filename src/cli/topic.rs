@@ -39,12 +39,18 @@ async fn create(args: CreateArgs) -> Result<(), CliError> {
     let addrs = args.namesrv.addrs()?;
     validate_topic(&args.topic)?;
     let client = tool_client(&addrs)?;
-    let route = create_topic(&client, &args.topic, args.queues, args.order, TOPIC_ROUTE_WAIT)
-        .await
-        .map_err(|e| match e {
-            ProducerError::Client(e) => describe(&e, &addrs),
-            other => CliError::runtime(other),
-        })?;
+    let route = create_topic(
+        &client,
+        &args.topic,
+        args.queues,
+        args.order,
+        TOPIC_ROUTE_WAIT,
+    )
+    .await
+    .map_err(|e| match e {
+        ProducerError::Client(e) => describe(&e, &addrs),
+        other => CliError::runtime(other),
+    })?;
     for q in &route.queue_datas {
         let addr = route.master_addr(&q.broker_name).unwrap_or("-");
         println!(

@@ -35,7 +35,7 @@ use crate::remoting::rpc::{
 };
 use crate::remoting::{MessageExt, MessageQueue, ResponseCode};
 
-use super::config::{ConsumeFrom, Config, Filter, Model};
+use super::config::{Config, ConsumeFrom, Filter, Model};
 use super::error::ConsumerError;
 use super::handler::{ConsumeMode, Handler};
 use super::inbound::{self, BrokerEvent};
@@ -115,13 +115,19 @@ impl<H: Handler> Shared<H> {
         let routes = lock(&self.routes);
         routes
             .values()
-            .flat_map(|r| r.broker_addrs().map(|(_, _, addr)| addr.to_owned()).collect::<Vec<_>>())
+            .flat_map(|r| {
+                r.broker_addrs()
+                    .map(|(_, _, addr)| addr.to_owned())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
     /// The readable queues of `topic`, sorted; `None` when the topic has no route yet.
     pub(crate) fn subscribe_queues(&self, topic: &str) -> Option<Vec<MessageQueue>> {
-        lock(&self.routes).get(topic).map(|r| r.subscribe_queues(topic))
+        lock(&self.routes)
+            .get(topic)
+            .map(|r| r.subscribe_queues(topic))
     }
 
     pub(crate) async fn call<R: crate::remoting::Rpc>(
@@ -129,7 +135,10 @@ impl<H: Handler> Shared<H> {
         addr: &str,
         rpc: &R,
     ) -> Result<R::Response, ClientError> {
-        self.client.pool().call(addr, rpc, self.config.rpc_timeout).await
+        self.client
+            .pool()
+            .call(addr, rpc, self.config.rpc_timeout)
+            .await
     }
 
     /// Fetches the routes of every subscribed topic. A missing `%RETRY%` route is normal before
@@ -168,7 +177,9 @@ impl<H: Handler> Shared<H> {
                 ExpressionType::Tag,
                 version,
             ),
-            Filter::Sql92(expr) => filter::subscription(topic, expr, ExpressionType::Sql92, version),
+            Filter::Sql92(expr) => {
+                filter::subscription(topic, expr, ExpressionType::Sql92, version)
+            }
         }
     }
 
@@ -303,7 +314,11 @@ impl<H: Handler> Shared<H> {
                     Err(e) => Err(e),
                 };
                 match result {
-                    Ok(()) => self.metrics.offset_commits.with_label_values(&self.labels()).inc(),
+                    Ok(()) => self
+                        .metrics
+                        .offset_commits
+                        .with_label_values(&self.labels())
+                        .inc(),
                     Err(e) => {
                         self.count_error("offset", &e);
                         warn!(group = %self.group(), queue = %mq, offset, error = %e, "Offset persist failed.");
@@ -334,7 +349,11 @@ impl<H: Handler> Shared<H> {
         let store = store.clone();
         let result = tokio::task::spawn_blocking(move || store.save(&snapshot)).await;
         match result {
-            Ok(Ok(())) => self.metrics.offset_commits.with_label_values(&self.labels()).inc(),
+            Ok(Ok(())) => self
+                .metrics
+                .offset_commits
+                .with_label_values(&self.labels())
+                .inc(),
             Ok(Err(e)) => {
                 self.count_error("offset", &e);
                 warn!(group = %self.group(), error = %e, "Writing the local offset file failed.");
@@ -364,7 +383,11 @@ impl<H: Handler> Shared<H> {
         };
         self.client
             .pool()
-            .call(&addr, &rpc, Duration::from_secs(5).max(self.config.rpc_timeout))
+            .call(
+                &addr,
+                &rpc,
+                Duration::from_secs(5).max(self.config.rpc_timeout),
+            )
             .await?;
         let target = if delay_level < 0 || msg.reconsume_times >= self.config.max_reconsume_times {
             "dlq"
@@ -398,7 +421,11 @@ impl<H: Handler> Shared<H> {
     }
 
     /// Locks `mqs` (all on one broker) and records the ones granted.
-    pub(crate) async fn lock_queues(&self, broker_name: &str, mqs: Vec<MessageQueue>) -> Vec<MessageQueue> {
+    pub(crate) async fn lock_queues(
+        &self,
+        broker_name: &str,
+        mqs: Vec<MessageQueue>,
+    ) -> Vec<MessageQueue> {
         let addr = match self.master_addr(broker_name) {
             Ok(a) => a,
             Err(e) => {
@@ -414,7 +441,16 @@ impl<H: Handler> Shared<H> {
                 mq_set: mqs.clone(),
             },
         };
-        match self.client.pool().call(&addr, &rpc, Duration::from_secs(1).max(self.config.rpc_timeout)).await {
+        match self
+            .client
+            .pool()
+            .call(
+                &addr,
+                &rpc,
+                Duration::from_secs(1).max(self.config.rpc_timeout),
+            )
+            .await
+        {
             Ok(granted) => {
                 let now = Instant::now();
                 let mut locks = lock(&self.locks);
@@ -526,10 +562,16 @@ impl<H: Handler> Consumer<H> {
         runtime: Runtime,
     ) -> Result<Self, ConsumerError> {
         if config.group.is_empty() {
-            return Err(ConsumerError::Invalid { field: "group", reason: "empty".into() });
+            return Err(ConsumerError::Invalid {
+                field: "group",
+                reason: "empty".into(),
+            });
         }
         if config.topic.is_empty() {
-            return Err(ConsumerError::Invalid { field: "topic", reason: "empty".into() });
+            return Err(ConsumerError::Invalid {
+                field: "topic",
+                reason: "empty".into(),
+            });
         }
         let (events_tx, events_rx) = mpsc::channel::<BrokerEvent>(64);
         let (resets_tx, resets_rx) = mpsc::channel::<ResetRequest>(8);
@@ -538,11 +580,15 @@ impl<H: Handler> Consumer<H> {
         let offsets = OffsetTable::default();
         let local_store = match config.model {
             Model::Broadcasting => {
-                let store = LocalFileStore::new(&config.offset_store_dir, &client_id, &config.group);
+                let store =
+                    LocalFileStore::new(&config.offset_store_dir, &client_id, &config.group);
                 let store2 = store.clone();
                 let loaded = tokio::task::spawn_blocking(move || store2.load())
                     .await
-                    .map_err(|e| ConsumerError::Invalid { field: "offset_store_path", reason: e.to_string() })??;
+                    .map_err(|e| ConsumerError::Invalid {
+                        field: "offset_store_path",
+                        reason: e.to_string(),
+                    })??;
                 for (mq, offset) in loaded {
                     offsets.update(&mq, offset, false);
                 }
@@ -578,10 +624,19 @@ impl<H: Handler> Consumer<H> {
         if shared.is_orderly_clustering() {
             tasks.spawn(lock_task(Arc::clone(&shared), cancel.child_token()));
         }
-        tasks.spawn(inbound::run(Arc::clone(&shared), events_rx, cancel.child_token()));
+        tasks.spawn(inbound::run(
+            Arc::clone(&shared),
+            events_rx,
+            cancel.child_token(),
+        ));
         let rebalancer = Rebalancer::new(Arc::clone(&shared), resets_rx);
         let rebalancer = Some(tokio::spawn(rebalancer.run(cancel.child_token())));
-        Ok(Self { shared, cancel, tasks, rebalancer })
+        Ok(Self {
+            shared,
+            cancel,
+            tasks,
+            rebalancer,
+        })
     }
 
     /// This consumer's client id (`ip@instance`).
@@ -661,7 +716,11 @@ async fn route_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToke
             shared.heartbeat_now.notify_one();
             shared.rebalance_now.notify_one();
         }
-        let wait = if ok { shared.config.route_interval } else { Duration::from_secs(3) };
+        let wait = if ok {
+            shared.config.route_interval
+        } else {
+            Duration::from_secs(3)
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
@@ -702,7 +761,10 @@ async fn lock_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken
         let held: Vec<MessageQueue> = shared.stats.queues().into_keys().collect();
         let mut by_broker: HashMap<String, Vec<MessageQueue>> = HashMap::new();
         for mq in held {
-            by_broker.entry(mq.broker_name.clone()).or_default().push(mq);
+            by_broker
+                .entry(mq.broker_name.clone())
+                .or_default()
+                .push(mq);
         }
         let mut count = 0;
         for (broker, mqs) in by_broker {
@@ -712,7 +774,11 @@ async fn lock_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken
                 warn!(group = %shared.group(), queue = %mq, "Queue lock not renewed by the broker.");
             }
         }
-        shared.metrics.locks_held.with_label_values(&shared.labels()).set(count as i64);
+        shared
+            .metrics
+            .locks_held
+            .with_label_values(&shared.labels())
+            .set(count as i64);
     }
 }
 
@@ -720,7 +786,9 @@ async fn lock_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken
 pub(crate) fn needs_heartbeat(err: &ClientError) -> bool {
     matches!(
         err,
-        ClientError::Broker { code: ResponseCode::SubscriptionNotExist | ResponseCode::SubscriptionNotLatest, .. }
+        ClientError::Broker {
+            code: ResponseCode::SubscriptionNotExist | ResponseCode::SubscriptionNotLatest,
+            ..
+        }
     )
 }
-

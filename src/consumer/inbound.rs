@@ -45,13 +45,28 @@ pub(crate) fn forwarder(tx: mpsc::Sender<BrokerEvent>) -> Arc<Forwarder> {
 
 impl Forwarder {
     /// Forwards `request` and waits for the engine's answer (none for oneway requests).
-    pub(crate) async fn forward(&self, from: String, request: RemotingCommand) -> Option<RemotingCommand> {
+    pub(crate) async fn forward(
+        &self,
+        from: String,
+        request: RemotingCommand,
+    ) -> Option<RemotingCommand> {
         let (reply, answer) = oneshot::channel();
         // A full channel means the engine is far behind; the broker retries these requests.
-        if self.tx.try_send(BrokerEvent { from, request, reply }).is_err() {
+        if self
+            .tx
+            .try_send(BrokerEvent {
+                from,
+                request,
+                reply,
+            })
+            .is_err()
+        {
             return None;
         }
-        tokio::time::timeout(Duration::from_secs(60), answer).await.ok()?.ok()?
+        tokio::time::timeout(Duration::from_secs(60), answer)
+            .await
+            .ok()?
+            .ok()?
     }
 }
 
@@ -74,12 +89,20 @@ pub(crate) async fn run<H: Handler>(
     }
 }
 
-async fn answer<H: Handler>(shared: &Arc<Shared<H>>, from: &str, request: &RemotingCommand) -> Option<RemotingCommand> {
+async fn answer<H: Handler>(
+    shared: &Arc<Shared<H>>,
+    from: &str,
+    request: &RemotingCommand,
+) -> Option<RemotingCommand> {
     let parsed = match BrokerRequest::parse(request) {
         Ok(p) => p,
         Err(e) => {
             warn!(broker = %from, error = %e, "Malformed request from broker.");
-            return Some(RemotingCommand::response_to(request, ResponseCode::SystemError, Some(e.to_string())));
+            return Some(RemotingCommand::response_to(
+                request,
+                ResponseCode::SystemError,
+                Some(e.to_string()),
+            ));
         }
     };
     let group = shared.config.group.as_str();
@@ -91,8 +114,14 @@ async fn answer<H: Handler>(shared: &Arc<Shared<H>>, from: &str, request: &Remot
             }
             None
         }
-        BrokerRequest::ResetOffset { topic, group: g, offsets, .. } => {
-            if g == group && (topic == shared.config.topic || topic == shared.config.retry_topic()) {
+        BrokerRequest::ResetOffset {
+            topic,
+            group: g,
+            offsets,
+            ..
+        } => {
+            if g == group && (topic == shared.config.topic || topic == shared.config.retry_topic())
+            {
                 let _ = shared.resets.send(ResetRequest { offsets }).await;
             }
             None
@@ -107,17 +136,30 @@ async fn answer<H: Handler>(shared: &Arc<Shared<H>>, from: &str, request: &Remot
                 .into_iter()
                 .filter(|(mq, _)| mq.topic == topic)
                 .collect();
-            let body = format!("{{\"messageQueueTable\":{},\"consumerTable\":{{}}}}", inner_table(&write_offset_table(&table, false)));
-            Some(RemotingCommand::response_to(request, ResponseCode::Success, None).with_body(body.into_bytes()))
+            let body = format!(
+                "{{\"messageQueueTable\":{},\"consumerTable\":{{}}}}",
+                inner_table(&write_offset_table(&table, false))
+            );
+            Some(
+                RemotingCommand::response_to(request, ResponseCode::Success, None)
+                    .with_body(body.into_bytes()),
+            )
         }
         BrokerRequest::RunningInfo { consumer_group, .. } => {
             if consumer_group != group {
                 return Some(not_this_group(request, &consumer_group));
             }
             let info = running_info(shared);
-            Some(RemotingCommand::response_to(request, ResponseCode::Success, None).with_body(info.to_json()))
+            Some(
+                RemotingCommand::response_to(request, ResponseCode::Success, None)
+                    .with_body(info.to_json()),
+            )
         }
-        BrokerRequest::ConsumeDirectly { consumer_group, mut message, .. } => {
+        BrokerRequest::ConsumeDirectly {
+            consumer_group,
+            mut message,
+            ..
+        } => {
             if consumer_group != group {
                 return Some(not_this_group(request, &consumer_group));
             }
@@ -125,15 +167,20 @@ async fn answer<H: Handler>(shared: &Arc<Shared<H>>, from: &str, request: &Remot
             let batch = Batch {
                 group: shared.config.group.clone(),
                 topic: shared.config.topic.clone(),
-                queue: crate::remoting::MessageQueue::new(message.topic.clone(), "", message.queue_id),
+                queue: crate::remoting::MessageQueue::new(
+                    message.topic.clone(),
+                    "",
+                    message.queue_id,
+                ),
                 mode: shared.config.mode,
                 messages: vec![message],
             };
             let started = Instant::now();
-            let outcome = tokio::time::timeout(shared.config.consume_timeout, shared.handler.handle(&batch))
-                .await
-                .ok()
-                .and_then(|o| o.first().copied());
+            let outcome =
+                tokio::time::timeout(shared.config.consume_timeout, shared.handler.handle(&batch))
+                    .await
+                    .ok()
+                    .and_then(|o| o.first().copied());
             let consume_result = match outcome {
                 Some(Outcome::Success) => ConsumeResult::Success,
                 Some(Outcome::Retry { .. } | Outcome::Later { .. }) => ConsumeResult::Later,
@@ -148,7 +195,10 @@ async fn answer<H: Handler>(shared: &Arc<Shared<H>>, from: &str, request: &Remot
                 remark: None,
                 spent_time_mills: started.elapsed().as_millis() as i64,
             };
-            Some(RemotingCommand::response_to(request, ResponseCode::Success, None).with_body(result.to_json()))
+            Some(
+                RemotingCommand::response_to(request, ResponseCode::Success, None)
+                    .with_body(result.to_json()),
+            )
         }
         BrokerRequest::Other { code } => {
             if request.is_oneway() {
@@ -168,7 +218,9 @@ fn not_this_group(request: &RemotingCommand, group: &str) -> RemotingCommand {
     RemotingCommand::response_to(
         request,
         ResponseCode::SystemError,
-        Some(format!("The Consumer Group {group} not exist in this consumer")),
+        Some(format!(
+            "The Consumer Group {group} not exist in this consumer"
+        )),
     )
 }
 
@@ -185,19 +237,41 @@ fn running_info<H: Handler>(shared: &Arc<Shared<H>>) -> ConsumerRunningInfo {
     let cfg = &shared.config;
     let snapshot = shared.stats.snapshot();
     let mut info = ConsumerRunningInfo::default();
-    info.properties.insert("consumerGroup".into(), cfg.group.clone());
-    info.properties.insert("PROP_CONSUME_TYPE".into(), "CONSUME_PASSIVELY".into());
+    info.properties
+        .insert("consumerGroup".into(), cfg.group.clone());
+    info.properties
+        .insert("PROP_CONSUME_TYPE".into(), "CONSUME_PASSIVELY".into());
     info.properties.insert(
         "PROP_CONSUMEORDERLY".into(),
         (cfg.mode == ConsumeMode::Orderly).to_string(),
     );
-    info.properties.insert("PROP_THREADPOOL_CORE_SIZE".into(), cfg.consume_concurrency.to_string());
-    info.properties.insert("PROP_CLIENT_VERSION".into(), format!("rocketmq-webhook {}", env!("CARGO_PKG_VERSION")));
-    info.properties.insert("PROP_CONSUMER_START_TIMESTAMP".into(), (now_millis() - snapshot.uptime_secs as i64 * 1000).to_string());
-    info.properties.insert("consumeBatchSize".into(), cfg.consume_batch_size.to_string());
-    info.properties.insert("pullBatchSize".into(), cfg.pull_batch_size.to_string());
-    info.properties.insert("maxReconsumeTimes".into(), cfg.max_reconsume_times.to_string());
-    info.subscription_set = cfg.topics().iter().map(|t| shared.subscription_data(t)).collect();
+    info.properties.insert(
+        "PROP_THREADPOOL_CORE_SIZE".into(),
+        cfg.consume_concurrency.to_string(),
+    );
+    info.properties.insert(
+        "PROP_CLIENT_VERSION".into(),
+        format!("rocketmq-webhook {}", env!("CARGO_PKG_VERSION")),
+    );
+    info.properties.insert(
+        "PROP_CONSUMER_START_TIMESTAMP".into(),
+        (now_millis() - snapshot.uptime_secs as i64 * 1000).to_string(),
+    );
+    info.properties.insert(
+        "consumeBatchSize".into(),
+        cfg.consume_batch_size.to_string(),
+    );
+    info.properties
+        .insert("pullBatchSize".into(), cfg.pull_batch_size.to_string());
+    info.properties.insert(
+        "maxReconsumeTimes".into(),
+        cfg.max_reconsume_times.to_string(),
+    );
+    info.subscription_set = cfg
+        .topics()
+        .iter()
+        .map(|t| shared.subscription_data(t))
+        .collect();
     for (mq, q) in shared.stats.queues() {
         info.mq_table.insert(
             mq,
@@ -216,7 +290,11 @@ fn running_info<H: Handler>(shared: &Arc<Shared<H>>) -> ConsumerRunningInfo {
 }
 
 impl crate::client::InboundHandler for Forwarder {
-    fn handle(&self, from: &str, request: RemotingCommand) -> crate::client::BoxFuture<Option<RemotingCommand>> {
+    fn handle(
+        &self,
+        from: &str,
+        request: RemotingCommand,
+    ) -> crate::client::BoxFuture<Option<RemotingCommand>> {
         let this = self.clone();
         let from = from.to_owned();
         Box::pin(async move { this.forward(from, request).await })

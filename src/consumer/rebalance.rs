@@ -168,7 +168,11 @@ impl<H: Handler> Rebalancer<H> {
         }
         if changed {
             shared.stats.record_rebalance();
-            shared.metrics.rebalances.with_label_values(&shared.labels()).inc();
+            shared
+                .metrics
+                .rebalances
+                .with_label_values(&shared.labels())
+                .inc();
             shared.sub_version.store(now_millis(), Ordering::Relaxed);
             shared.heartbeat_now.notify_one();
             info!(group = %shared.group(), queues = self.active.len(), "Assignment changed.");
@@ -243,10 +247,17 @@ impl<H: Handler> Rebalancer<H> {
         }
         // Wait for the affected workers to finish so their final commit cannot overwrite the
         // reset offset.
-        while reset.offsets.iter().any(|(mq, _)| self.retiring.contains(mq)) {
+        while reset
+            .offsets
+            .iter()
+            .any(|(mq, _)| self.retiring.contains(mq))
+        {
             match self.workers.join_next_with_id().await {
                 Some(done) => {
-                    let id = match &done { Ok((id, _)) => *id, Err(e) => e.id() };
+                    let id = match &done {
+                        Ok((id, _)) => *id,
+                        Err(e) => e.id(),
+                    };
                     if let Some(mq) = self.ids.remove(&id) {
                         self.retiring.remove(&mq);
                     }

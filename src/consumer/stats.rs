@@ -126,7 +126,14 @@ impl Stats {
     }
 
     /// Records one handler invocation and the outcome counts of its messages.
-    pub fn record_batch(&self, elapsed: Duration, succeeded: u64, retried: u64, dropped: u64, deferred: u64) {
+    pub fn record_batch(
+        &self,
+        elapsed: Duration,
+        succeeded: u64,
+        retried: u64,
+        dropped: u64,
+        deferred: u64,
+    ) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.succeeded.fetch_add(succeeded, Ordering::Relaxed);
         self.retried.fetch_add(retried, Ordering::Relaxed);
@@ -220,7 +227,11 @@ impl Stats {
         let all = succeeded + retried + dropped;
         StatsSnapshot {
             consume_tps: tps,
-            success_rate: if all == 0 { 1.0 } else { succeeded as f64 / all as f64 },
+            success_rate: if all == 0 {
+                1.0
+            } else {
+                succeeded as f64 / all as f64
+            },
             processed: succeeded,
             failed: retried + dropped,
             retried,
@@ -234,7 +245,10 @@ impl Stats {
             rebalances: self.rebalances.load(Ordering::Relaxed),
             cached_messages: queues.values().map(|q| q.cached_messages).sum(),
             lag: queues.values().filter_map(|q| q.lag).sum(),
-            queues: queues.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            queues: queues
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             uptime_secs: now_sec,
         }
     }

@@ -48,7 +48,6 @@ const FLOW_CONTROL_RECHECK: Duration = Duration::from_millis(50);
 /// Redelivery delay after a failed send-back (Java 5 s).
 const SEND_BACK_RETRY_DELAY: Duration = Duration::from_secs(5);
 
-
 type PullFuture = Pin<Box<dyn Future<Output = (Result<PullResult, ClientError>, Duration)> + Send>>;
 
 /// What to do later with a message that is not finished.
@@ -226,7 +225,8 @@ impl<H: Handler> Worker<H> {
                             Ok(()) => done.finished.push(msg.queue_offset),
                             Err(e) => {
                                 shared.count_error("send_back", &e);
-                                done.later.push((msg, SEND_BACK_RETRY_DELAY, Pending::DeadLetter));
+                                done.later
+                                    .push((msg, SEND_BACK_RETRY_DELAY, Pending::DeadLetter));
                             }
                         }
                         done
@@ -304,7 +304,10 @@ impl<H: Handler> Worker<H> {
             let pause = done
                 .orderly_suspend
                 .unwrap_or(self.shared.config.suspend_time)
-                .clamp(Duration::from_millis(10), Duration::from_secs(30).max(self.shared.config.suspend_time));
+                .clamp(
+                    Duration::from_millis(10),
+                    Duration::from_secs(30).max(self.shared.config.suspend_time),
+                );
             self.suspended_until = Some(Instant::now() + pause);
             debug!(queue = %self.mq, ?pause, "Orderly batch not accepted; queue suspended.");
         } else if let Some(offset) = self.pq.commit() {
@@ -341,7 +344,11 @@ impl<H: Handler> Worker<H> {
         let limits = FlowLimits {
             max_count: self.shared.config.limits.max_cached_messages,
             max_bytes: self.shared.config.limits.max_cached_bytes,
-            max_span: if self.orderly() { None } else { Some(self.shared.config.limits.max_span) },
+            max_span: if self.orderly() {
+                None
+            } else {
+                Some(self.shared.config.limits.max_span)
+            },
         };
         // Full (not only over-full, as in Java) pauses too: pulls are sized to the room left,
         // so the cached count never exceeds the limit.
@@ -354,7 +361,11 @@ impl<H: Handler> Worker<H> {
                 self.shared
                     .metrics
                     .flow_control
-                    .with_label_values(&[&self.shared.config.group, &self.shared.config.topic, reason.label()])
+                    .with_label_values(&[
+                        &self.shared.config.group,
+                        &self.shared.config.topic,
+                        reason.label(),
+                    ])
                     .inc();
                 debug!(queue = %self.mq, ?reason, "Pull paused by flow control.");
             }
@@ -372,36 +383,39 @@ impl<H: Handler> Worker<H> {
             }
         };
         let clustering = self.shared.config.model == Model::Clustering;
-        let commit_offset = if clustering { self.shared.offsets.read(&self.mq).unwrap_or(0) } else { 0 };
+        let commit_offset = if clustering {
+            self.shared.offsets.read(&self.mq).unwrap_or(0)
+        } else {
+            0
+        };
         let sub = self.shared.subscription_data(&self.mq.topic);
         let mut sys_flag = PullSysFlag::SUSPEND | PullSysFlag::SUBSCRIPTION;
         if commit_offset > 0 {
             sys_flag |= PullSysFlag::COMMIT_OFFSET;
         }
-        let request = PullMessage {
-            consumer_group: self.shared.config.group.clone(),
-            topic: self.mq.topic.clone(),
-            queue_id: self.mq.queue_id,
-            queue_offset: self.next_offset,
-            // Never ask for more than fits under the count limit, so the cached count stays
-            // within max_cached_messages exactly (the Java client may overshoot by a batch).
-            max_msg_nums: self
-                .shared
-                .config
-                .pull_batch_size
-                .min(i32::try_from(limits.max_count - self.pq.cached_count()).unwrap_or(i32::MAX)),
-            sys_flag,
-            commit_offset,
-            suspend_timeout_millis: SUSPEND_MILLIS,
-            subscription: Some(sub.sub_string.clone()),
-            sub_version: sub.sub_version,
-            expression_type: match sub.expression_type {
-                ExpressionType::Sql92 => "SQL92".to_owned(),
-                _ => "TAG".to_owned(),
-            },
-            max_msg_bytes: None,
-            broker_name: Some(self.mq.broker_name.clone()),
-        };
+        let request =
+            PullMessage {
+                consumer_group: self.shared.config.group.clone(),
+                topic: self.mq.topic.clone(),
+                queue_id: self.mq.queue_id,
+                queue_offset: self.next_offset,
+                // Never ask for more than fits under the count limit, so the cached count stays
+                // within max_cached_messages exactly (the Java client may overshoot by a batch).
+                max_msg_nums: self.shared.config.pull_batch_size.min(
+                    i32::try_from(limits.max_count - self.pq.cached_count()).unwrap_or(i32::MAX),
+                ),
+                sys_flag,
+                commit_offset,
+                suspend_timeout_millis: SUSPEND_MILLIS,
+                subscription: Some(sub.sub_string.clone()),
+                sub_version: sub.sub_version,
+                expression_type: match sub.expression_type {
+                    ExpressionType::Sql92 => "SQL92".to_owned(),
+                    _ => "TAG".to_owned(),
+                },
+                max_msg_bytes: None,
+                broker_name: Some(self.mq.broker_name.clone()),
+            };
         let pool = self.shared.client.pool().clone();
         self.pull = Some(Box::pin(async move {
             let started = Instant::now();
@@ -420,7 +434,10 @@ impl<H: Handler> Worker<H> {
             Ok(r) => r,
             Err(e) => {
                 let delay = match &e {
-                    ClientError::Broker { code: ResponseCode::FlowControl, .. } => PULL_FLOW_CONTROL_DELAY,
+                    ClientError::Broker {
+                        code: ResponseCode::FlowControl,
+                        ..
+                    } => PULL_FLOW_CONTROL_DELAY,
                     _ => PULL_ERROR_DELAY,
                 };
                 if needs_heartbeat(&e) {
@@ -473,7 +490,9 @@ impl<H: Handler> Worker<H> {
                     "Broker moved the pull offset; continuing from the corrected offset.",
                 );
                 self.next_offset = result.next_begin_offset;
-                self.shared.offsets.update(&self.mq, self.next_offset, false);
+                self.shared
+                    .offsets
+                    .update(&self.mq, self.next_offset, false);
                 self.shared.persist(&self.mq).await;
             }
         }
@@ -510,7 +529,11 @@ impl<H: Handler> Worker<H> {
             },
             cached_messages: self.pq.cached_count(),
             cached_bytes: self.pq.cached_bytes(),
-            cached_range: self.pq.first().map(|m| m.queue_offset).zip(self.pq.queue_offset_max()),
+            cached_range: self
+                .pq
+                .first()
+                .map(|m| m.queue_offset)
+                .zip(self.pq.queue_offset_max()),
             locked: self.shared.is_orderly_clustering() && self.shared.lock_valid(&self.mq),
             paused: self.paused.clone(),
         };
@@ -526,7 +549,10 @@ impl<H: Handler> Worker<H> {
             match tokio::time::timeout_at(deadline, self.in_flight.join_next()).await {
                 Ok(Some(Ok(done))) => {
                     // Results that ask for a later retry are simply left uncommitted.
-                    let done = Done { later: Vec::new(), ..done };
+                    let done = Done {
+                        later: Vec::new(),
+                        ..done
+                    };
                     self.on_done(done).await;
                 }
                 Ok(Some(Err(_))) => {}
@@ -555,9 +581,15 @@ impl Done {
 
 fn describe_flow_control(reason: &FlowControl) -> String {
     match reason {
-        FlowControl::Count { cached, limit } => format!("{cached} cached messages exceed the limit of {limit}"),
-        FlowControl::Bytes { cached, limit } => format!("{cached} cached bytes exceed the limit of {limit}"),
-        FlowControl::Span { span, limit } => format!("cached offset span {span} exceeds the limit of {limit}"),
+        FlowControl::Count { cached, limit } => {
+            format!("{cached} cached messages exceed the limit of {limit}")
+        }
+        FlowControl::Bytes { cached, limit } => {
+            format!("{cached} cached bytes exceed the limit of {limit}")
+        }
+        FlowControl::Span { span, limit } => {
+            format!("cached offset span {span} exceeds the limit of {limit}")
+        }
     }
 }
 
@@ -570,7 +602,11 @@ async fn poll_pull(pull: &mut Option<PullFuture>) -> (Result<PullResult, ClientE
 
 /// Runs the handler on one batch and settles every message: finished (accepted, or handed back
 /// to the broker) or to be offered again later.
-async fn consume<H: Handler>(shared: &Arc<Shared<H>>, mq: &MessageQueue, msgs: Vec<MessageExt>) -> Done {
+async fn consume<H: Handler>(
+    shared: &Arc<Shared<H>>,
+    mq: &MessageQueue,
+    msgs: Vec<MessageExt>,
+) -> Done {
     let cfg = &shared.config;
     let batch = Batch {
         group: cfg.group.clone(),
@@ -580,8 +616,16 @@ async fn consume<H: Handler>(shared: &Arc<Shared<H>>, mq: &MessageQueue, msgs: V
         messages: msgs,
     };
     let labels = shared.labels();
-    shared.metrics.batches_in_flight.with_label_values(&labels).inc();
-    shared.metrics.batch_size.with_label_values(&labels).observe(batch.messages.len() as f64);
+    shared
+        .metrics
+        .batches_in_flight
+        .with_label_values(&labels)
+        .inc();
+    shared
+        .metrics
+        .batch_size
+        .with_label_values(&labels)
+        .observe(batch.messages.len() as f64);
     let started = Instant::now();
     let outcomes = match timeout(cfg.consume_timeout, shared.handler.handle(&batch)).await {
         Ok(o) => o,
@@ -591,21 +635,36 @@ async fn consume<H: Handler>(shared: &Arc<Shared<H>>, mq: &MessageQueue, msgs: V
         }
     };
     let elapsed = started.elapsed();
-    shared.metrics.batches_in_flight.with_label_values(&labels).dec();
-    shared.metrics.batch_duration.with_label_values(&labels).observe(elapsed.as_secs_f64());
+    shared
+        .metrics
+        .batches_in_flight
+        .with_label_values(&labels)
+        .dec();
+    shared
+        .metrics
+        .batch_duration
+        .with_label_values(&labels)
+        .observe(elapsed.as_secs_f64());
 
     let mut done = Done::empty();
     let (mut ok, mut retried, mut dropped, mut deferred) = (0u64, 0u64, 0u64, 0u64);
     let orderly = cfg.mode == ConsumeMode::Orderly;
     for (i, msg) in batch.messages.into_iter().enumerate() {
-        let outcome = outcomes.get(i).copied().unwrap_or(Outcome::Retry { delay_level: None });
+        let outcome = outcomes
+            .get(i)
+            .copied()
+            .unwrap_or(Outcome::Retry { delay_level: None });
         let name = match outcome {
             Outcome::Success => "success",
             Outcome::Retry { .. } => "retry",
             Outcome::Drop => "drop",
             Outcome::Later { .. } => "later",
         };
-        shared.metrics.messages.with_label_values(&[&cfg.group, &cfg.topic, name]).inc();
+        shared
+            .metrics
+            .messages
+            .with_label_values(&[&cfg.group, &cfg.topic, name])
+            .inc();
         match outcome {
             Outcome::Success => {
                 ok += 1;
@@ -615,7 +674,8 @@ async fn consume<H: Handler>(shared: &Arc<Shared<H>>, mq: &MessageQueue, msgs: V
                 deferred += 1;
                 if orderly {
                     done.orderly_retry = true;
-                    done.orderly_suspend = Some(done.orderly_suspend.map_or(after, |d| d.max(after)));
+                    done.orderly_suspend =
+                        Some(done.orderly_suspend.map_or(after, |d| d.max(after)));
                 } else {
                     done.later.push((msg, after, Pending::Deliver));
                 }
@@ -634,15 +694,26 @@ async fn consume<H: Handler>(shared: &Arc<Shared<H>>, mq: &MessageQueue, msgs: V
             }
         }
     }
-    shared.stats.record_batch(elapsed, ok, retried, dropped, deferred);
+    shared
+        .stats
+        .record_batch(elapsed, ok, retried, dropped, deferred);
     done
 }
 
-async fn settle_drop<H: Handler>(shared: &Arc<Shared<H>>, mq: &MessageQueue, msg: MessageExt, done: &mut Done) {
+async fn settle_drop<H: Handler>(
+    shared: &Arc<Shared<H>>,
+    mq: &MessageQueue,
+    msg: MessageExt,
+    done: &mut Done,
+) {
     if shared.config.model == Model::Broadcasting {
         // Broadcasting has no broker DLQ: the message is given up, loudly.
         warn!(group = %shared.group(), msg_id = %msg.msg_id(), "Broadcasting message dropped by the handler.");
-        shared.metrics.dropped.with_label_values(&shared.labels()).inc();
+        shared
+            .metrics
+            .dropped
+            .with_label_values(&shared.labels())
+            .inc();
         done.finished.push(msg.queue_offset);
         return;
     }
@@ -654,7 +725,8 @@ async fn settle_drop<H: Handler>(shared: &Arc<Shared<H>>, mq: &MessageQueue, msg
             if shared.config.mode == ConsumeMode::Orderly {
                 done.orderly_retry = true;
             } else {
-                done.later.push((msg, SEND_BACK_RETRY_DELAY, Pending::DeadLetter));
+                done.later
+                    .push((msg, SEND_BACK_RETRY_DELAY, Pending::DeadLetter));
             }
         }
     }
@@ -672,7 +744,11 @@ async fn settle_retry<H: Handler>(
         // No retry topic in broadcasting: retry locally with back-off, then give up.
         if msg.reconsume_times >= cfg.max_reconsume_times {
             warn!(group = %cfg.group, msg_id = %msg.msg_id(), attempts = msg.reconsume_times + 1, "Broadcasting message failed too often; dropped.");
-            shared.metrics.dropped.with_label_values(&shared.labels()).inc();
+            shared
+                .metrics
+                .dropped
+                .with_label_values(&shared.labels())
+                .inc();
             done.finished.push(msg.queue_offset);
         } else {
             let backoff = Duration::from_secs(1 << msg.reconsume_times.clamp(0, 6));
@@ -687,18 +763,28 @@ async fn settle_retry<H: Handler>(
             shared.count_error("send_back", &e);
             warn!(msg_id = %msg.msg_id(), error = %e, "Send-back failed; consuming the message again locally in 5 s.");
             msg.reconsume_times += 1;
-            done.later.push((msg, SEND_BACK_RETRY_DELAY, Pending::Deliver));
+            done.later
+                .push((msg, SEND_BACK_RETRY_DELAY, Pending::Deliver));
         }
     }
 }
 
-async fn settle_orderly_retry<H: Handler>(shared: &Arc<Shared<H>>, mq: &MessageQueue, msg: MessageExt, done: &mut Done) {
+async fn settle_orderly_retry<H: Handler>(
+    shared: &Arc<Shared<H>>,
+    mq: &MessageQueue,
+    msg: MessageExt,
+    done: &mut Done,
+) {
     let cfg = &shared.config;
     let exhausted = msg.reconsume_times >= cfg.max_reconsume_times;
     if exhausted && cfg.orderly_exhausted == OrderlyExhausted::DeadLetter {
         if shared.config.model == Model::Broadcasting {
             warn!(msg_id = %msg.msg_id(), "Orderly broadcasting message failed too often; dropped.");
-            shared.metrics.dropped.with_label_values(&shared.labels()).inc();
+            shared
+                .metrics
+                .dropped
+                .with_label_values(&shared.labels())
+                .inc();
             done.finished.push(msg.queue_offset);
             return;
         }

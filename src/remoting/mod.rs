@@ -19,12 +19,12 @@ pub mod message;
 pub mod queue;
 pub mod rpc;
 
+pub use acl::AclCredentials;
 pub use code::{RequestCode, ResponseCode};
+pub use command::{ExtFields, LanguageCode, RemotingCommand, SerializeType};
 pub use error::RemotingError;
+pub use frame::FrameDecoder;
 pub use message::MessageExt;
 pub use message::{Message, Properties};
 pub use queue::MessageQueue;
-pub use acl::AclCredentials;
-pub use command::{ExtFields, LanguageCode, RemotingCommand, SerializeType};
-pub use frame::FrameDecoder;
 pub use rpc::{BrokerRequest, Rpc};

@@ -61,7 +61,9 @@ pub(crate) fn encode_request(code: i32, opaque: i32, ext_fields: &[(&str, &str)]
 
 async fn exchange(addr: &str, code: i32, ext_fields: &[(&str, &str)]) -> io::Result<RawResponse> {
     let mut stream = TcpStream::connect(addr).await?;
-    stream.write_all(&encode_request(code, 1, ext_fields)).await?;
+    stream
+        .write_all(&encode_request(code, 1, ext_fields))
+        .await?;
     let total = stream.read_u32().await? as usize;
     if !(4..=16 * 1024 * 1024).contains(&total) {
         return Err(invalid(format!("frame length {total}")));
@@ -71,7 +73,9 @@ async fn exchange(addr: &str, code: i32, ext_fields: &[(&str, &str)]) -> io::Res
     let len_and_type = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
     let header_len = (len_and_type & 0x00FF_FFFF) as usize;
     if header_len > total - 4 {
-        return Err(invalid(format!("header length {header_len} > frame {total}")));
+        return Err(invalid(format!(
+            "header length {header_len} > frame {total}"
+        )));
     }
     let header: serde_json::Value = serde_json::from_slice(&frame[4..4 + header_len])
         .map_err(|e| invalid(format!("response header is not JSON: {e}")))?;
@@ -79,8 +83,15 @@ async fn exchange(addr: &str, code: i32, ext_fields: &[(&str, &str)]) -> io::Res
         .get("code")
         .and_then(serde_json::Value::as_i64)
         .ok_or_else(|| invalid("response header has no code".to_owned()))?;
-    let remark = header.get("remark").and_then(|r| r.as_str()).map(str::to_owned);
-    Ok(RawResponse { code, remark, body: frame[4 + header_len..].to_vec() })
+    let remark = header
+        .get("remark")
+        .and_then(|r| r.as_str())
+        .map(str::to_owned);
+    Ok(RawResponse {
+        code,
+        remark,
+        body: frame[4 + header_len..].to_vec(),
+    })
 }
 
 fn invalid(msg: String) -> io::Error {

@@ -92,14 +92,18 @@ impl RocketMq {
             match mq.launch().await {
                 Ok(()) => return mq,
                 Err(LaunchError::Exited(msg)) => {
-                    eprintln!("RocketMQ start attempt {attempt} failed, retrying on new ports: {msg}");
+                    eprintln!(
+                        "RocketMQ start attempt {attempt} failed, retrying on new ports: {msg}"
+                    );
                     last_failure = msg;
                 }
                 Err(LaunchError::NotReady(msg)) => panic!("{msg}"),
             }
             // `mq` drops here: whatever still runs is killed before the next attempt.
         }
-        panic!("RocketMQ did not start after {START_ATTEMPTS} attempts; last failure: {last_failure}");
+        panic!(
+            "RocketMQ did not start after {START_ATTEMPTS} attempts; last failure: {last_failure}"
+        );
     }
 
     /// The name-server address, `127.0.0.1:<port>`.
@@ -182,7 +186,9 @@ impl RocketMq {
             let result = producer
                 .send(message, &QueueSelector::RoundRobin)
                 .await
-                .unwrap_or_else(|e| panic!("send {i} to {topic} failed: {e}\n{}", self.log_tails(20)));
+                .unwrap_or_else(|e| {
+                    panic!("send {i} to {topic} failed: {e}\n{}", self.log_tails(20))
+                });
             results.push(result);
         }
         results
@@ -278,7 +284,8 @@ impl RocketMq {
     // === startup ===
 
     async fn launch(&mut self) -> Result<(), LaunchError> {
-        self.write_configs().map_err(|e| LaunchError::NotReady(e.to_string()))?;
+        self.write_configs()
+            .map_err(|e| LaunchError::NotReady(e.to_string()))?;
         self.namesrv = Some(self.spawn_namesrv().map_err(LaunchError::NotReady)?);
         // The broker registers at start and then only every 30 s: the name server must listen
         // before the broker starts, or the first registration is lost.
@@ -287,7 +294,10 @@ impl RocketMq {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(msg) = self.exited() {
-                return Err(LaunchError::Exited(format!("{msg}\n{}", self.log_tails(20))));
+                return Err(LaunchError::Exited(format!(
+                    "{msg}\n{}",
+                    self.log_tails(20)
+                )));
             }
             if self.route_ready().await {
                 return Ok(());
@@ -307,9 +317,15 @@ impl RocketMq {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(msg) = self.exited() {
-                return Err(LaunchError::Exited(format!("{msg}\n{}", self.log_tails(20))));
+                return Err(LaunchError::Exited(format!(
+                    "{msg}\n{}",
+                    self.log_tails(20)
+                )));
             }
-            if tokio::net::TcpStream::connect(self.namesrv_addr()).await.is_ok() {
+            if tokio::net::TcpStream::connect(self.namesrv_addr())
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -333,16 +349,17 @@ impl RocketMq {
         )
         .await
         {
-            Ok(resp) => {
-                resp.code == 0 && String::from_utf8_lossy(&resp.body).contains(BROKER_NAME)
-            }
+            Ok(resp) => resp.code == 0 && String::from_utf8_lossy(&resp.body).contains(BROKER_NAME),
             Err(_) => false,
         }
     }
 
     /// Describes a child that has exited, if any.
     fn exited(&mut self) -> Option<String> {
-        for (name, child) in [("name server", &mut self.namesrv), ("broker", &mut self.broker)] {
+        for (name, child) in [
+            ("name server", &mut self.namesrv),
+            ("broker", &mut self.broker),
+        ] {
             if let Some(child) = child {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Some(format!("the {name} exited during startup with {status}"));
@@ -385,7 +402,11 @@ impl RocketMq {
 
     fn spawn_namesrv(&self) -> Result<Child, String> {
         let config = self.dir.path().join("namesrv.toml");
-        self.spawn(&self.binaries.namesrv, "namesrv", &["-c".as_ref(), config.as_os_str()])
+        self.spawn(
+            &self.binaries.namesrv,
+            "namesrv",
+            &["-c".as_ref(), config.as_os_str()],
+        )
     }
 
     fn spawn_broker(&self) -> Result<Child, String> {
@@ -395,7 +416,12 @@ impl RocketMq {
         self.spawn(
             &self.binaries.broker,
             "broker",
-            &["-c".as_ref(), config.as_os_str(), "-n".as_ref(), namesrv.as_ref()],
+            &[
+                "-c".as_ref(),
+                config.as_os_str(),
+                "-n".as_ref(),
+                namesrv.as_ref(),
+            ],
         )
     }
 
@@ -413,7 +439,9 @@ impl RocketMq {
             .append(true)
             .open(&log_path)
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        let log_err = log.try_clone().map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
         Command::new(program)
             .args(args)
             .current_dir(dir)
@@ -433,7 +461,10 @@ impl Drop for RocketMq {
     fn drop(&mut self) {
         // SIGKILL and reap: the store is thrown away, so there is nothing to flush, and this
         // runs during panics too.
-        for child in [self.broker.take(), self.namesrv.take()].into_iter().flatten() {
+        for child in [self.broker.take(), self.namesrv.take()]
+            .into_iter()
+            .flatten()
+        {
             let mut child = child;
             let _ = child.kill();
             let _ = child.wait();
@@ -478,7 +509,11 @@ fn pick_ports() -> Ports {
         }
     };
     let ha = any();
-    let ports = Ports { namesrv: port_of(&namesrv), broker: port_of(&broker), ha: port_of(&ha) };
+    let ports = Ports {
+        namesrv: port_of(&namesrv),
+        broker: port_of(&broker),
+        ha: port_of(&ha),
+    };
     drop((namesrv, broker, vip, ha));
     ports
 }
@@ -490,10 +525,13 @@ fn pick_ports() -> Ports {
 /// When they are not found: integration tests fail rather than skip.
 fn find_binaries() -> Binaries {
     let in_dir = |dir: &Path| {
-        let b = Binaries { namesrv: dir.join(NAMESRV_BIN), broker: dir.join(BROKER_BIN) };
+        let b = Binaries {
+            namesrv: dir.join(NAMESRV_BIN),
+            broker: dir.join(BROKER_BIN),
+        };
         (b.namesrv.is_file() && b.broker.is_file()).then_some(b)
     };
-    if let Some(dir) = std::env::var_os("ROCKETMQ_BIN_DIR") {
+    if let Some(dir) = std::env::var_os("ROCKETMQ_BIN_DIR").filter(|d| !d.is_empty()) {
         let dir = PathBuf::from(dir);
         return in_dir(&dir).unwrap_or_else(|| {
             panic!(
@@ -503,13 +541,16 @@ fn find_binaries() -> Binaries {
             )
         });
     }
-    let root = std::env::var_os("ROCKETMQ_TOOLS_DIR").map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").map(|home| {
-            PathBuf::from(home)
-                .join(".cache/rocketmq-webhook")
-                .join(format!("rocketmq-rust-{ROCKETMQ_VERSION}"))
-        })
-    });
+    let root = std::env::var_os("ROCKETMQ_TOOLS_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| {
+                PathBuf::from(home)
+                    .join(".cache/rocketmq-webhook")
+                    .join(format!("rocketmq-rust-{ROCKETMQ_VERSION}"))
+            })
+        });
     if let Some(found) = root.as_deref().and_then(|root| in_dir(&root.join("bin"))) {
         return found;
     }

@@ -1,0 +1,212 @@
+//! `run`, `check-config`, `echo` and `healthcheck`: the daemon's own subcommands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rocketmq_webhook::config::{self, Config, ConfigError, Sources};
+use rocketmq_webhook::daemon::{self, Plan};
+
+/// `rocketmq-webhook run` (also the default when no subcommand is given).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct RunArgs {
+    /// YAML configuration file; without it, the configuration comes from ROCKETMQ_* variables.
+    #[arg(long, short = 'c', env = "ROCKETMQ_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// `rocketmq-webhook check-config`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct CheckConfigArgs {
+    /// YAML configuration file; without it, the configuration comes from ROCKETMQ_* variables.
+    #[arg(long, short = 'c', env = "ROCKETMQ_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// `rocketmq-webhook echo`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
+    /// HTTP status to answer every request with.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) status: u16,
+}
+
+/// `rocketmq-webhook healthcheck`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct HealthcheckArgs {
+    /// The admin server's address.
+    #[arg(long, default_value = "127.0.0.1:9090", env = "ROCKETMQ_ADMIN_LISTEN")]
+    pub(crate) admin: String,
+    /// Check readiness (`/readyz`) instead of liveness (`/healthz`).
+    #[arg(long)]
+    pub(crate) ready: bool,
+}
+
+/// Loads and validates the configuration, printing every problem (exit code 2) on failure.
+fn load(file: Option<PathBuf>) -> Result<(Config, Plan), ExitCode> {
+    let sources = Sources::from_process(file);
+    let cfg = match Config::load(&sources) {
+        Ok(c) => c,
+        Err(e) => {
+            report_config_error(&e);
+            return Err(ExitCode::from(config::EXIT_CONFIG as u8));
+        }
+    };
+    for w in cfg.warnings() {
+        eprintln!("rocketmq-webhook: warning: {w}");
+    }
+    match Plan::new(&cfg) {
+        Ok(plan) => Ok((cfg, plan)),
+        Err(e) => {
+            eprintln!("rocketmq-webhook: invalid configuration: {e}");
+            Err(ExitCode::from(config::EXIT_CONFIG as u8))
+        }
+    }
+}
+
+fn report_config_error(e: &ConfigError) {
+    let errors = e.errors();
+    if errors.len() <= 1 {
+        eprintln!("rocketmq-webhook: invalid configuration: {e}");
+    } else {
+        eprintln!(
+            "rocketmq-webhook: invalid configuration ({} problems):",
+            errors.len()
+        );
+        for err in errors {
+            eprintln!("  - {err}");
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    // RUST_LOG wins over the configured level, as operators expect.
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| {
+            eprintln!("rocketmq-webhook: cannot start the async runtime: {e}");
+            std::process::exit(1)
+        })
+}
+
+/// Waits for SIGTERM or SIGINT; a second signal exits at once.
+async fn shutdown_signal() {
+    wait_signal().await;
+    tracing::info!("Signal received; draining (send it again to exit at once).");
+    tokio::spawn(async {
+        wait_signal().await;
+        eprintln!("rocketmq-webhook: second signal, exiting without draining");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub(crate) fn run(args: RunArgs) -> ExitCode {
+    let (cfg, plan) = match load(args.config) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    init_logging(&cfg);
+    match runtime().block_on(daemon::run(plan, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rocketmq-webhook: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub(crate) fn check_config(args: CheckConfigArgs) -> ExitCode {
+    match load(args.config) {
+        Ok((cfg, _)) => {
+            print!("{}", cfg.redacted_yaml());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+pub(crate) fn echo(args: EchoArgs) -> ExitCode {
+    let result = runtime().block_on(rocketmq_webhook::echo::serve(
+        args.listen,
+        args.status,
+        async {
+            wait_signal().await;
+        },
+    ));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "rocketmq-webhook: echo cannot serve on {}: {e}",
+                args.listen
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub(crate) fn healthcheck(args: HealthcheckArgs) -> ExitCode {
+    let path = if args.ready { "readyz" } else { "healthz" };
+    // The admin server usually binds 0.0.0.0; probe it through loopback.
+    let host = args.admin.replace("0.0.0.0", "127.0.0.1");
+    let url = format!("http://{host}/{path}");
+    let result = runtime().block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| e.to_string())?;
+        client.get(&url).send().await.map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("rocketmq-webhook: {url} answered {}", r.status());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("rocketmq-webhook: {url} unreachable: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The `rocketmq-webhook` tools (`topic create`, `produce`, `route`) run as a user runs them:
+//! the built binary against the real name server and broker (tests/support), plus the error
+//! contract (one stderr line, exit 2 for bad arguments, 1 for runtime failures, no panic).
+
+mod support;
+
+use std::process::Output;
+
+use rocketmq_webhook::remoting::rpc::GetMaxOffset;
+use support::{unique, RocketMq};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rocketmq-webhook");
+
+/// Runs the binary with `args` and no name-server variables from the caller's environment.
+async fn run(args: &[&str]) -> Output {
+    run_env(args, &[]).await
+}
+
+async fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .env_remove("NAMESRV_ADDR")
+        .env_remove("ROCKETMQ_NAMESRV_ADDR")
+        .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "1")
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"))
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a failure: `code`, exactly one stderr line containing every `needles`, no panic.
+fn assert_one_line_failure(o: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stderr: {err}\nstdout: {}",
+        stdout(o)
+    );
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "expected one stderr line, got: {err}"
+    );
+    for needle in needles {
+        assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    }
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+fn is_msg_id(s: &str) -> bool {
+    s.len() == 32 && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+#[tokio::test]
+async fn topic_create_produce_and_route() {
+    let mq = RocketMq::start().await;
+    let ns = mq.namesrv_addr();
+    let topic = unique("CliTopic");
+
+    let out = run(&[
+        "topic",
+        "create",
+        "--namesrv",
+        &ns,
+        "--topic",
+        &topic,
+        "--queues",
+        "3",
+    ])
+    .await;
+    assert!(out.status.success(), "topic create: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&topic) && text.contains(mq.broker_name()),
+        "{text}"
+    );
+    assert!(text.contains("3 read / 3 write queues"), "{text}");
+
+    // The name server may also come from NAMESRV_ADDR.
+    let out = run_env(
+        &[
+            "produce", "--topic", &topic, "--count", "5", "--tag", "TagC", "--key", "K1",
+        ],
+        &[("NAMESRV_ADDR", &ns)],
+    )
+    .await;
+    assert!(out.status.success(), "produce: {}", stderr(&out));
+    let text = stdout(&out);
+    let ids: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(ids.len(), 5, "{text}");
+    assert!(ids.iter().all(|id| is_msg_id(id)), "{text}");
+    assert_eq!(
+        ids.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        5,
+        "ids are distinct: {text}"
+    );
+    assert!(
+        text.lines()
+            .all(|l| l.contains(&format!("{topic}@{}#", mq.broker_name()))),
+        "{text}"
+    );
+
+    // Cross-check with the broker: five messages across the three queues.
+    let client = mq.client();
+    let mut total = 0;
+    for queue_id in 0..3 {
+        let max = GetMaxOffset {
+            topic: topic.clone(),
+            queue_id,
+        };
+        total += client
+            .pool()
+            .call(&mq.broker_addr(), &max, std::time::Duration::from_secs(5))
+            .await
+            .expect("max offset");
+    }
+    assert_eq!(total, 5);
+
+    // Larger runs print a summary instead of ids; batches work through the CLI too.
+    let out = run(&[
+        "produce",
+        "--namesrv",
+        &ns,
+        "--topic",
+        &topic,
+        "--count",
+        "50",
+        "--batch",
+        "10",
+        "--size",
+        "100",
+    ])
+    .await;
+    assert!(out.status.success(), "produce batch: {}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.starts_with("sent 50 messages (5000 body bytes)"),
+        "{text}"
+    );
+
+    let out = run(&["route", "--namesrv", &ns, "--topic", &topic]).await;
+    assert!(out.status.success(), "route: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains(&mq.broker_addr()), "{text}");
+    assert!(text.contains("read=3 write=3"), "{text}");
+
+    let out = run(&["route", "--namesrv", &ns, "--topic", &topic, "--json"]).await;
+    assert!(out.status.success(), "route --json: {}", stderr(&out));
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("route --json is JSON");
+    assert_eq!(json["queueDatas"][0]["writeQueueNums"], 3, "{json}");
+    assert_eq!(
+        json["brokerDatas"][0]["brokerAddrs"]["0"],
+        mq.broker_addr(),
+        "{json}"
+    );
+}
+
+#[tokio::test]
+async fn errors_are_one_line_with_the_right_exit_code() {
+    // A port nobody listens on: bind, note, release.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let out = run(&["route", "--namesrv", &dead, "--topic", "T"]).await;
+    assert_one_line_failure(&out, 1, &[&dead]);
+    let out = run(&["produce", "--namesrv", &dead, "--topic", "T"]).await;
+    assert_one_line_failure(&out, 1, &[&dead]);
+    let out = run(&["topic", "create", "--namesrv", &dead, "--topic", "T"]).await;
+    assert_one_line_failure(&out, 1, &[&dead]);
+
+    // Bad arguments: exit 2, naming the argument.
+    let out = run(&[
+        "produce",
+        "--namesrv",
+        "127.0.0.1:9876",
+        "--topic",
+        "T",
+        "--count",
+        "abc",
+    ])
+    .await;
+    assert_one_line_failure(&out, 2, &["--count", "abc"]);
+    let out = run(&["produce", "--topic", "T"]).await;
+    assert_one_line_failure(&out, 2, &["--namesrv", "NAMESRV_ADDR"]);
+    let out = run(&["route", "--namesrv", "no-port", "--topic", "T"]).await;
+    assert_one_line_failure(&out, 2, &["no-port"]);
+    let out = run(&[
+        "route",
+        "--namesrv",
+        "127.0.0.1:9876",
+        "--topic",
+        "bad topic",
+    ])
+    .await;
+    assert_one_line_failure(&out, 2, &["--topic", "bad topic"]);
+    let out = run(&[
+        "produce",
+        "--namesrv",
+        "127.0.0.1:9876",
+        "--topic",
+        "T",
+        "--rate",
+        "0",
+    ])
+    .await;
+    assert_one_line_failure(&out, 2, &["--rate"]);
+    let out = run(&["no-such-command"]).await;
+    assert_one_line_failure(&out, 2, &["no-such-command"]);
+
+    // Unknown topic on a live name server: exit 1, naming the topic.
+    let mq = RocketMq::start().await;
+    let missing = unique("Missing");
+    let out = run(&[
+        "route",
+        "--namesrv",
+        &mq.namesrv_addr(),
+        "--topic",
+        &missing,
+    ])
+    .await;
+    assert_one_line_failure(&out, 1, &[&missing, &mq.namesrv_addr()]);
+    let out = run(&[
+        "produce",
+        "--namesrv",
+        &mq.namesrv_addr(),
+        "--topic",
+        &missing,
+    ])
+    .await;
+    assert_one_line_failure(&out, 1, &[&missing]);
+}
