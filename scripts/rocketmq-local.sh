@@ -66,12 +66,13 @@ read_pid() {
 }
 
 # Asks the name server for the route of TBW102 (the template topic every broker registers) with
-# one GET_ROUTEINFO_BY_TOPIC request; succeeds when the answer is code 0 with a broker in it.
+# one GET_ROUTEINFO_BY_TOPIC request; succeeds when the answer is code 0 and names our broker
+# address (args: host, port, broker address).
 # Python is on every supported machine and keeps the binary framing readable.
 route_ready() {
-  python3 - "$1" "$2" <<'PY'
+  python3 - "$1" "$2" "$3" <<'PY'
 import json, socket, struct, sys
-host, port = sys.argv[1], int(sys.argv[2])
+host, port, broker = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
 header = json.dumps({"code": 105, "extFields": {"topic": "TBW102"}, "flag": 0,
                      "language": "JAVA", "opaque": 1, "serializeTypeCurrentRPC": "JSON",
                      "version": 479}).encode()
@@ -92,7 +93,7 @@ try:
     hlen = struct.unpack(">i", frame[:4])[0] & 0xFFFFFF
     head = json.loads(frame[4:4 + hlen])
     body = frame[4 + hlen:]
-    ok = head.get("code") == 0 and b"brokerAddrs" in body
+    ok = head.get("code") == 0 and broker in body
     sys.exit(0 if ok else 1)
 except Exception:
     sys.exit(1)
@@ -116,6 +117,14 @@ start() {
   if pid_alive "$ns_pid" || pid_alive "$br_pid"; then
     die "already running from $dir (namesrv pid ${ns_pid:-none}, broker pid ${br_pid:-none}); run '$0 stop --dir $dir' first"
   fi
+
+  # A port already taken would make a server exit, and the readiness check could then talk to
+  # someone else's name server: refuse up front.
+  for p in "$namesrv_port" "$broker_port" "$((broker_port - 2))" "$((broker_port + 1))"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      die "port $p is already in use (the broker needs --broker-port P, P-2 and P+1); pick other ports or stop what runs there"
+    fi
+  done
 
   local bin
   bin="$(install_bin)"
@@ -176,7 +185,7 @@ EOF
 
   local deadline=$(( $(date +%s) + 60 ))
   while :; do
-    if route_ready 127.0.0.1 "$namesrv_port"; then
+    if route_ready 127.0.0.1 "$namesrv_port" "127.0.0.1:$broker_port"; then
       break
     fi
     for name in namesrv broker; do

@@ -812,9 +812,7 @@ async fn heartbeat_registers_members_and_a_join_notifies_the_others() {
 
     let notified = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let Some((from, request)) = rx.recv().await else {
-                return None;
-            };
+            let (from, request) = rx.recv().await?;
             if request.request_code() == RequestCode::NotifyConsumerIdsChanged {
                 return Some((from, request));
             }

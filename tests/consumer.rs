@@ -24,6 +24,8 @@ use support::{unique, RocketMq};
 #[derive(Debug, Clone)]
 struct Seen {
     body: String,
+    queue_id: i32,
+    queue_offset: i64,
     topic: String,
     reconsume_times: i32,
     tags: Option<String>,
@@ -71,6 +73,8 @@ impl Handler for Recorder {
             .map(|m| {
                 seen.push(Seen {
                     body: String::from_utf8_lossy(&m.body).into_owned(),
+                    queue_id: m.queue_id,
+                    queue_offset: m.queue_offset,
                     topic: m.topic.clone(),
                     reconsume_times: m.reconsume_times,
                     tags: m.tags().map(str::to_owned),
@@ -699,5 +703,99 @@ async fn orderly_keeps_per_key_order_across_a_rebalance() {
     let b = assigned(&second, &topic);
     assert!(a.is_disjoint(&b), "{a:?} / {b:?}");
     first.shutdown().await;
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_consumer_resumes_from_the_committed_offset() {
+    let mq = RocketMq::start().await;
+    let topic = unique("T_crash");
+    let group = unique("G_crash");
+    let p = producer(&mq).await;
+    p.create_topic(&topic, 4, false).await.expect("topic created");
+    let all = bodies("crash", 400);
+    produce(&p, &topic, &all, None).await;
+
+    // The first consumer runs on its own runtime; dropping that runtime mid-stream kills every
+    // task at its next await, without the shutdown path: no drain, no final persist.
+    let seen1 = Arc::new(Mutex::new(Vec::new()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Slow enough that several offset persists (every 500 ms) happen before the crash.
+    let handler = Recorder::new("c1", &seen1).slow(Duration::from_millis(10));
+    let mut cfg = fast_config(&group, &topic);
+    cfg.consume_concurrency = 2;
+    let client = client_config(&mq, &unique("crash1"));
+    rt.spawn(async move {
+        let consumer = Consumer::start(client, cfg, handler, Runtime { metrics: Metrics::new() })
+            .await
+            .expect("consumer starts");
+        // Keep it alive until the runtime is dropped.
+        std::future::pending::<()>().await;
+        drop(consumer);
+    });
+    eventually(Duration::from_secs(60), "the first consumer handled 150 messages", || {
+        seen1.lock().unwrap().len() >= 150
+    })
+    .await;
+    rt.shutdown_background();
+    let handled_before_crash: Vec<Seen> = seen1.lock().unwrap().clone();
+    assert!(handled_before_crash.len() < all.len(), "crash came too late to test anything");
+
+    // What the broker has as committed offsets right after the crash.
+    let client = Client::new(client_config(&mq, &unique("reader")), Arc::new(NotSupported)).unwrap();
+    let mut committed = BTreeMap::new();
+    for q in 0..4 {
+        let off = client
+            .pool()
+            .call(
+                &mq.broker_addr(),
+                &rocketmq_webhook::remoting::rpc::QueryConsumerOffset {
+                    consumer_group: group.clone(),
+                    topic: topic.clone(),
+                    queue_id: q,
+                    set_zero_if_not_found: Some(false),
+                },
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("offset query")
+            .unwrap_or(0);
+        committed.insert(q, off);
+    }
+    assert!(committed.values().sum::<i64>() > 0, "no offset was committed before the crash: {committed:?}");
+    // At-least-once: everything below the committed offset was handled before the crash.
+    let before: BTreeSet<(i32, i64)> = handled_before_crash.iter().map(|s| (s.queue_id, s.queue_offset)).collect();
+    for (q, c) in &committed {
+        for off in 0..*c {
+            assert!(before.contains(&(*q, off)), "queue {q} offset {off} committed ({c}) but never handled");
+        }
+    }
+
+    let seen2 = Arc::new(Mutex::new(Vec::new()));
+    let second = start(&mq, &unique("crash2"), fast_config(&group, &topic), Recorder::new("c2", &seen2)).await;
+    let want: BTreeSet<String> = all.iter().cloned().collect();
+    eventually(Duration::from_secs(60), "every message handled by one of the two", || {
+        let mut got = bodies_seen(&seen1);
+        got.extend(bodies_seen(&seen2));
+        got == want
+    })
+    .await;
+    // The restarted consumer starts at the committed offsets: nothing below them is redelivered,
+    // so duplicates are only the messages after the last persisted commit.
+    let after = seen2.lock().unwrap().clone();
+    for s in &after {
+        let c = committed[&s.queue_id];
+        assert!(s.queue_offset >= c, "queue {} offset {} redelivered below the committed offset {c}", s.queue_id, s.queue_offset);
+    }
+    let dupes = after.iter().filter(|s| before.contains(&(s.queue_id, s.queue_offset))).count();
+    eprintln!(
+        "crash test: handled before crash {}, after restart {}, duplicates {dupes}",
+        handled_before_crash.len(),
+        after.len()
+    );
     second.shutdown().await;
 }

@@ -23,6 +23,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::remoting::body::route::TopicRouteData;
+use crate::remoting::filter::java_hash;
 use crate::remoting::message::compression::{self, Compression};
 use crate::remoting::message::id::millis_since_month_start;
 use crate::remoting::message::{properties, Message, UniqKeyGenerator};
@@ -89,16 +90,11 @@ impl QueueSelector {
         match self {
             Self::RoundRobin => turn % len,
             Self::Random => rand::rng().random_range(0..len),
-            Self::Hash(key) => java_string_hash(key).unsigned_abs() as usize % len,
+            // Java's `String.hashCode`, as `SelectMessageQueueByHash` uses; `unsigned_abs`
+            // avoids Java's `Math.abs(Integer.MIN_VALUE) < 0` trap.
+            Self::Hash(key) => java_hash(key).unsigned_abs() as usize % len,
         }
     }
-}
-
-/// Java's `String.hashCode` (over UTF-16 code units), the hash of `SelectMessageQueueByHash`.
-fn java_string_hash(s: &str) -> i32 {
-    s.encode_utf16().fold(0i32, |h, unit| {
-        h.wrapping_mul(31).wrapping_add(i32::from(unit))
-    })
 }
 
 /// The outcome of a stored single message.
@@ -595,21 +591,95 @@ mod tests {
     #[test]
     fn java_hash_matches_known_values() {
         // Values of "…".hashCode() in Java.
-        assert_eq!(java_string_hash(""), 0);
-        assert_eq!(java_string_hash("a"), 97);
-        assert_eq!(java_string_hash("hello"), 99_162_322);
-        assert_eq!(java_string_hash("order-42"), 1_234_255_197);
+        assert_eq!(java_hash(""), 0);
+        assert_eq!(java_hash("a"), 97);
+        assert_eq!(java_hash("hello"), 99_162_322);
+        assert_eq!(java_hash("order-42"), 1_234_255_197);
         // Surrogate pairs count as two UTF-16 units, as in Java.
-        assert_eq!(java_string_hash("\u{1F600}\u{e9}"), 54_960_102);
+        assert_eq!(java_hash("\u{1F600}\u{e9}"), 54_960_102);
         // Overflow wraps and the result may be negative.
         assert_eq!(
-            java_string_hash("The quick brown fox jumps over the lazy dog"),
+            java_hash("The quick brown fox jumps over the lazy dog"),
             -609_428_141
         );
         assert_eq!(
             QueueSelector::Hash("The quick brown fox jumps over the lazy dog".into()).index(8, 0),
             609_428_141 % 8
         );
+    }
+
+    fn producer() -> Producer {
+        let client = Client::new(
+            crate::client::ClientConfig {
+                namesrv_addr: "127.0.0.1:9876".to_owned(),
+                client_ip: Some("10.1.2.3".to_owned()),
+                ..crate::client::ClientConfig::default()
+            },
+            Arc::new(crate::client::NotSupported),
+        )
+        .expect("client");
+        Producer::new(client, ProducerConfig::default())
+    }
+
+    #[tokio::test]
+    async fn prepare_adds_a_unique_key_and_wait() {
+        let p = producer();
+        let a = p.prepare(Message::new("T", "x")).expect("valid");
+        let b = p.prepare(Message::new("T", "y")).expect("valid");
+        let id = a.properties.get(properties::UNIQ_KEY).expect("UNIQ_KEY");
+        assert_eq!(id.len(), 32);
+        // The prefix is the client's IP, as in Java's MessageClientIDSetter.
+        assert!(id.starts_with("0A010203"), "{id}");
+        assert_ne!(Some(id), b.properties.get(properties::UNIQ_KEY));
+        assert_eq!(
+            a.properties.get(properties::WAIT).map(String::as_str),
+            Some("true")
+        );
+        let kept = p
+            .prepare(Message::new("T", "x").with_uniq_key("MINE"))
+            .expect("valid");
+        assert_eq!(
+            kept.properties
+                .get(properties::UNIQ_KEY)
+                .map(String::as_str),
+            Some("MINE")
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_messages_are_refused_before_any_io() {
+        let p = producer();
+        let invalid = |r: Result<Message, ProducerError>| {
+            matches!(r, Err(ProducerError::InvalidMessage { .. }))
+        };
+        assert!(invalid(p.prepare(Message::new("T", ""))));
+        assert!(invalid(p.prepare(Message::new("", "x"))));
+        assert!(invalid(p.prepare(Message::new(
+            "T",
+            vec![0u8; DEFAULT_MAX_MESSAGE_SIZE + 1]
+        ))));
+        assert!(invalid(
+            p.prepare(Message::new("T", "x").with_property("k", "a\u{1}b"))
+        ));
+
+        let any = QueueSelector::RoundRobin;
+        for batch in [
+            vec![],
+            vec![Message::new("T", "a"), Message::new("U", "b")],
+            vec![Message::new("T", "a").with_delay_level(2)],
+            vec![Message::new("%RETRY%g", "a")],
+            vec![
+                Message::new("T", vec![0u8; 3 << 20]),
+                Message::new("T", vec![0u8; 2 << 20]),
+            ],
+        ] {
+            let err = p.send_batch(batch, &any).await.expect_err("invalid batch");
+            assert!(
+                matches!(err, ProducerError::InvalidMessage { .. }),
+                "{err:?}"
+            );
+            assert!(!err.is_retriable());
+        }
     }
 
     #[test]

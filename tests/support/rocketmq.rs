@@ -442,7 +442,18 @@ impl RocketMq {
         let log_err = log
             .try_clone()
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        Command::new(program)
+        // Drop covers panics; `setpriv --pdeathsig` also covers a test binary that is killed
+        // outright (a CI timeout), which would otherwise leave orphaned servers. It fires when
+        // the spawning thread exits, which for a test is after Drop has run anyway.
+        let mut command = match find_in_path("setpriv") {
+            Some(setpriv) => {
+                let mut c = Command::new(setpriv);
+                c.args(["--pdeathsig", "KILL", "--"]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        command
             .args(args)
             .current_dir(dir)
             .env("ROCKETMQ_HOME", dir.join("home"))
@@ -565,6 +576,14 @@ fn find_binaries() -> Binaries {
          (about 18 minutes the first time); integration tests are never skipped.",
         root.map(|r| r.join("bin").display().to_string()).unwrap_or_else(|| "the install root".into())
     );
+}
+
+/// The first executable named `name` on `PATH`.
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
 }
 
 /// The last `lines` lines of a file (or a note that it cannot be read).
