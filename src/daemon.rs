@@ -94,6 +94,9 @@ impl Plan {
         let mut subscriptions = Vec::new();
         for (i, sub) in cfg.subscriptions.iter().enumerate() {
             let key = |k: &str| format!("subscriptions[{i}].{k}");
+            if !sub.enable_auto_recovery {
+                warn!(subscription = %sub.name, "enable_auto_recovery=false has no effect: queue workers always back off and retry.");
+            }
             let consumer = consumer_config(cfg, sub, i)?;
             let webhook = Webhook::new(webhook_options(sub, &key)?).map_err(|e| PlanError {
                 key: key("webhook"),

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Creates the Python virtual environment the daemon's end-to-end tests use as independent
+# verifiers (tests/python/): `standardwebhooks` checks webhook signatures and `cloudevents`
+# parses CloudEvents requests, so the tests do not only check our output with our own code.
+#
+# The environment lives in .tools/venv (git-ignored; override with ROCKETMQ_PYTHON_VENV). It is
+# created once; later runs find both packages importable and skip the install.
+# Prints the environment's python path on the last line of stdout (scripts/test.sh exports it as
+# ROCKETMQ_TEST_PYTHON).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${ROCKETMQ_PYTHON_VENV:-$PWD/.tools/venv}"
+PY="$VENV/bin/python"
+PACKAGES=(standardwebhooks cloudevents)
+
+have() {
+  [ -x "$PY" ] && "$PY" -c 'import standardwebhooks, cloudevents.http' >/dev/null 2>&1
+}
+
+if have; then
+  echo "python tools already installed in $VENV" >&2
+  echo "$PY"
+  exit 0
+fi
+
+mkdir -p "$(dirname "$VENV")"
+# A lock so two concurrent callers (parallel test binaries) do not install twice.
+exec 9>"$(dirname "$VENV")/.python-tools.lock"
+if ! flock -n 9; then
+  echo "another install of the python tools is running; waiting for it..." >&2
+  flock 9
+fi
+if have; then
+  echo "$PY"
+  exit 0
+fi
+
+echo "creating $VENV with ${PACKAGES[*]}" >&2
+python3 -m venv "$VENV" >&2
+"$PY" -m pip install --quiet --disable-pip-version-check "${PACKAGES[@]}" >&2
+if ! have; then
+  echo "the python tools were installed but do not import; see the pip output above" >&2
+  exit 1
+fi
+echo "$PY"
