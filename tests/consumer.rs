@@ -712,7 +712,9 @@ async fn a_crashed_consumer_resumes_from_the_committed_offset() {
     let topic = unique("T_crash");
     let group = unique("G_crash");
     let p = producer(&mq).await;
-    p.create_topic(&topic, 4, false).await.expect("topic created");
+    p.create_topic(&topic, 4, false)
+        .await
+        .expect("topic created");
     let all = bodies("crash", 400);
     produce(&p, &topic, &all, None).await;
 
@@ -730,23 +732,39 @@ async fn a_crashed_consumer_resumes_from_the_committed_offset() {
     cfg.consume_concurrency = 2;
     let client = client_config(&mq, &unique("crash1"));
     rt.spawn(async move {
-        let consumer = Consumer::start(client, cfg, handler, Runtime { metrics: Metrics::new() })
-            .await
-            .expect("consumer starts");
+        let consumer = Consumer::start(
+            client,
+            cfg,
+            handler,
+            Runtime {
+                metrics: Metrics::new(),
+            },
+        )
+        .await
+        .expect("consumer starts");
         // Keep it alive until the runtime is dropped.
         std::future::pending::<()>().await;
         drop(consumer);
     });
-    eventually(Duration::from_secs(60), "the first consumer handled 150 messages", || {
-        seen1.lock().unwrap().len() >= 150
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the first consumer handled 150 messages",
+        || seen1.lock().unwrap().len() >= 150,
+    )
     .await;
     rt.shutdown_background();
     let handled_before_crash: Vec<Seen> = seen1.lock().unwrap().clone();
-    assert!(handled_before_crash.len() < all.len(), "crash came too late to test anything");
+    assert!(
+        handled_before_crash.len() < all.len(),
+        "crash came too late to test anything"
+    );
 
     // What the broker has as committed offsets right after the crash.
-    let client = Client::new(client_config(&mq, &unique("reader")), Arc::new(NotSupported)).unwrap();
+    let client = Client::new(
+        client_config(&mq, &unique("reader")),
+        Arc::new(NotSupported),
+    )
+    .unwrap();
     let mut committed = BTreeMap::new();
     for q in 0..4 {
         let off = client
@@ -766,32 +784,59 @@ async fn a_crashed_consumer_resumes_from_the_committed_offset() {
             .unwrap_or(0);
         committed.insert(q, off);
     }
-    assert!(committed.values().sum::<i64>() > 0, "no offset was committed before the crash: {committed:?}");
+    assert!(
+        committed.values().sum::<i64>() > 0,
+        "no offset was committed before the crash: {committed:?}"
+    );
     // At-least-once: everything below the committed offset was handled before the crash.
-    let before: BTreeSet<(i32, i64)> = handled_before_crash.iter().map(|s| (s.queue_id, s.queue_offset)).collect();
+    let before: BTreeSet<(i32, i64)> = handled_before_crash
+        .iter()
+        .map(|s| (s.queue_id, s.queue_offset))
+        .collect();
     for (q, c) in &committed {
         for off in 0..*c {
-            assert!(before.contains(&(*q, off)), "queue {q} offset {off} committed ({c}) but never handled");
+            assert!(
+                before.contains(&(*q, off)),
+                "queue {q} offset {off} committed ({c}) but never handled"
+            );
         }
     }
 
     let seen2 = Arc::new(Mutex::new(Vec::new()));
-    let second = start(&mq, &unique("crash2"), fast_config(&group, &topic), Recorder::new("c2", &seen2)).await;
+    let second = start(
+        &mq,
+        &unique("crash2"),
+        fast_config(&group, &topic),
+        Recorder::new("c2", &seen2),
+    )
+    .await;
     let want: BTreeSet<String> = all.iter().cloned().collect();
-    eventually(Duration::from_secs(60), "every message handled by one of the two", || {
-        let mut got = bodies_seen(&seen1);
-        got.extend(bodies_seen(&seen2));
-        got == want
-    })
+    eventually(
+        Duration::from_secs(60),
+        "every message handled by one of the two",
+        || {
+            let mut got = bodies_seen(&seen1);
+            got.extend(bodies_seen(&seen2));
+            got == want
+        },
+    )
     .await;
     // The restarted consumer starts at the committed offsets: nothing below them is redelivered,
     // so duplicates are only the messages after the last persisted commit.
     let after = seen2.lock().unwrap().clone();
     for s in &after {
         let c = committed[&s.queue_id];
-        assert!(s.queue_offset >= c, "queue {} offset {} redelivered below the committed offset {c}", s.queue_id, s.queue_offset);
+        assert!(
+            s.queue_offset >= c,
+            "queue {} offset {} redelivered below the committed offset {c}",
+            s.queue_id,
+            s.queue_offset
+        );
     }
-    let dupes = after.iter().filter(|s| before.contains(&(s.queue_id, s.queue_offset))).count();
+    let dupes = after
+        .iter()
+        .filter(|s| before.contains(&(s.queue_id, s.queue_offset)))
+        .count();
     eprintln!(
         "crash test: handled before crash {}, after restart {}, duplicates {dupes}",
         handled_before_crash.len(),

@@ -700,6 +700,17 @@ async fn consume<H: Handler>(
     done
 }
 
+/// Broadcasting has no broker DLQ: a message that cannot be delivered is given up, loudly.
+fn give_up<H: Handler>(shared: &Arc<Shared<H>>, msg: &MessageExt, why: &str, done: &mut Done) {
+    warn!(group = %shared.group(), msg_id = %msg.msg_id(), attempts = msg.reconsume_times + 1, why, "Broadcasting message dropped.");
+    shared
+        .metrics
+        .dropped
+        .with_label_values(&shared.labels())
+        .inc();
+    done.finished.push(msg.queue_offset);
+}
+
 async fn settle_drop<H: Handler>(
     shared: &Arc<Shared<H>>,
     mq: &MessageQueue,
@@ -707,14 +718,7 @@ async fn settle_drop<H: Handler>(
     done: &mut Done,
 ) {
     if shared.config.model == Model::Broadcasting {
-        // Broadcasting has no broker DLQ: the message is given up, loudly.
-        warn!(group = %shared.group(), msg_id = %msg.msg_id(), "Broadcasting message dropped by the handler.");
-        shared
-            .metrics
-            .dropped
-            .with_label_values(&shared.labels())
-            .inc();
-        done.finished.push(msg.queue_offset);
+        give_up(shared, &msg, "the handler asked to drop it", done);
         return;
     }
     match shared.send_back(mq, &msg, -1).await {
@@ -743,13 +747,7 @@ async fn settle_retry<H: Handler>(
     if cfg.model == Model::Broadcasting {
         // No retry topic in broadcasting: retry locally with back-off, then give up.
         if msg.reconsume_times >= cfg.max_reconsume_times {
-            warn!(group = %cfg.group, msg_id = %msg.msg_id(), attempts = msg.reconsume_times + 1, "Broadcasting message failed too often; dropped.");
-            shared
-                .metrics
-                .dropped
-                .with_label_values(&shared.labels())
-                .inc();
-            done.finished.push(msg.queue_offset);
+            give_up(shared, &msg, "it failed max_reconsume_times times", done);
         } else {
             let backoff = Duration::from_secs(1 << msg.reconsume_times.clamp(0, 6));
             msg.reconsume_times += 1;
@@ -769,6 +767,8 @@ async fn settle_retry<H: Handler>(
     }
 }
 
+/// Orderly retry: in place (the whole batch is rolled back and the queue suspended), or, once
+/// the message is out of attempts, to the DLQ like a drop.
 async fn settle_orderly_retry<H: Handler>(
     shared: &Arc<Shared<H>>,
     mq: &MessageQueue,
@@ -778,26 +778,8 @@ async fn settle_orderly_retry<H: Handler>(
     let cfg = &shared.config;
     let exhausted = msg.reconsume_times >= cfg.max_reconsume_times;
     if exhausted && cfg.orderly_exhausted == OrderlyExhausted::DeadLetter {
-        if shared.config.model == Model::Broadcasting {
-            warn!(msg_id = %msg.msg_id(), "Orderly broadcasting message failed too often; dropped.");
-            shared
-                .metrics
-                .dropped
-                .with_label_values(&shared.labels())
-                .inc();
-            done.finished.push(msg.queue_offset);
-            return;
-        }
-        match shared.send_back(mq, &msg, -1).await {
-            Ok(()) => {
-                info!(group = %cfg.group, msg_id = %msg.msg_id(), "Orderly message exhausted its retries; moved to the DLQ.");
-                done.finished.push(msg.queue_offset);
-            }
-            Err(e) => {
-                shared.count_error("send_back", &e);
-                done.orderly_retry = true;
-            }
-        }
+        info!(group = %cfg.group, msg_id = %msg.msg_id(), "Orderly message exhausted its retries; moving it to the DLQ.");
+        settle_drop(shared, mq, msg, done).await;
         return;
     }
     done.orderly_retry = true;
