@@ -12,10 +12,19 @@ cd "$(dirname "$0")/.."
 
 VENV="${ROCKETMQ_PYTHON_VENV:-$PWD/.tools/venv}"
 PY="$VENV/bin/python"
-PACKAGES=(standardwebhooks cloudevents)
+# Pinned: the cloudevents SDK says its API "might (and will) break with every update", and
+# tests/python/parse_cloudevents.py uses the 2.x API (cloudevents.core.bindings.http).
+STANDARDWEBHOOKS_VERSION=1.1.0
+CLOUDEVENTS_VERSION=2.2.0
+PACKAGES=("standardwebhooks==$STANDARDWEBHOOKS_VERSION" "cloudevents==$CLOUDEVENTS_VERSION")
 
 have() {
-  [ -x "$PY" ] && "$PY" -c 'import standardwebhooks, cloudevents.http' >/dev/null 2>&1
+  [ -x "$PY" ] && "$PY" - "$STANDARDWEBHOOKS_VERSION" "$CLOUDEVENTS_VERSION" >/dev/null 2>&1 <<'PYTHON'
+import sys
+from importlib.metadata import version
+import standardwebhooks.webhooks, cloudevents.core.bindings.http
+assert version("standardwebhooks") == sys.argv[1] and version("cloudevents") == sys.argv[2]
+PYTHON
 }
 
 if have; then

@@ -69,6 +69,17 @@ pub(crate) struct Shared<H> {
     pub(crate) resets: mpsc::Sender<ResetRequest>,
 }
 
+/// What one route refresh found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RouteRefresh {
+    /// The subscribed topic's route was fetched.
+    pub(crate) main_ok: bool,
+    /// Every topic (the retry topic too) has a route.
+    pub(crate) complete: bool,
+    /// Some route differs from the one known before.
+    pub(crate) changed: bool,
+}
+
 /// Milliseconds since the Unix epoch (the protocol's timestamps).
 pub(crate) fn now_millis() -> i64 {
     SystemTime::now()
@@ -143,24 +154,31 @@ impl<H: Handler> Shared<H> {
 
     /// Fetches the routes of every subscribed topic. A missing `%RETRY%` route is normal before
     /// the first heartbeat created it.
-    pub(crate) async fn refresh_routes(&self) -> bool {
-        let mut main_ok = true;
+    pub(crate) async fn refresh_routes(&self) -> RouteRefresh {
+        let mut outcome = RouteRefresh {
+            main_ok: true,
+            complete: true,
+            changed: false,
+        };
         for topic in self.config.topics() {
             match self.client.namesrv().route(&topic).await {
                 Ok(route) => {
-                    lock(&self.routes).insert(topic, Arc::new(route));
+                    let route = Arc::new(route);
+                    let previous = lock(&self.routes).insert(topic, Arc::clone(&route));
+                    outcome.changed |= previous.as_deref() != Some(&*route);
                 }
                 Err(e) if topic != self.config.topic => {
+                    outcome.complete &= lock(&self.routes).contains_key(&topic);
                     debug!(group = %self.group(), %topic, error = %e, "Retry topic has no route yet.");
                 }
                 Err(e) => {
-                    main_ok = false;
+                    outcome.main_ok = false;
                     self.count_error("route", &e);
                     warn!(group = %self.group(), %topic, error = %e, "Route refresh failed.");
                 }
             }
         }
-        main_ok
+        outcome
     }
 
     /// The subscription as the broker sees it (filter normalised: the broker under test skips
@@ -708,18 +726,23 @@ impl<H: Handler> Drop for Consumer<H> {
 async fn route_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken) {
     let mut first = true;
     loop {
-        let ok = shared.refresh_routes().await;
-        if first && ok {
+        let refresh = shared.refresh_routes().await;
+        if first && refresh.main_ok {
             first = false;
             // Brokers learn the group (and create %RETRY%group) from the heartbeat; then the
             // retry topic's route appears and the rebalancer can assign it.
             shared.heartbeat_now.notify_one();
+        }
+        if refresh.changed {
+            // New or vanished brokers and queues: re-allocate now rather than in 20 s.
             shared.rebalance_now.notify_one();
         }
-        let wait = if ok {
+        // Until every route is known (the retry topic appears after the first heartbeat), look
+        // again soon instead of waiting a whole interval.
+        let wait = if refresh.main_ok && refresh.complete {
             shared.config.route_interval
         } else {
-            Duration::from_secs(3)
+            Duration::from_secs(2).min(shared.config.route_interval)
         };
         tokio::select! {
             _ = cancel.cancelled() => return,

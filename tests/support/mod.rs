@@ -15,6 +15,8 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub(crate) mod daemon;
+pub(crate) mod http;
 pub(crate) mod raw;
 mod rocketmq;
 
