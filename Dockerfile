@@ -45,9 +45,9 @@ LABEL org.opencontainers.image.title="rocketmq-webhook" \
 
 COPY --from=build /out/rocketmq-webhook /usr/local/bin/rocketmq-webhook
 
-# Admin server: /metrics, /healthz, /readyz, /status (all interfaces inside the container).
-ENV ROCKETMQ_ADMIN_LISTEN=0.0.0.0:9090 \
-    ROCKETMQ_LOG_FORMAT=json
+# Admin server: /metrics, /healthz, /readyz, /status. admin.listen defaults to 0.0.0.0:9090.
+# No ROCKETMQ_* defaults are baked in with ENV: the environment wins over a config file, so an
+# image default would silently override the file's value.
 EXPOSE 9090
 
 # Distroless "nonroot" is uid/gid 65532 with HOME=/home/nonroot (the default local offset
@@ -55,8 +55,9 @@ EXPOSE 9090
 USER 65532:65532
 WORKDIR /home/nonroot
 
-# No shell tools in the image: the binary probes its own admin server. It reads
-# ROCKETMQ_ADMIN_LISTEN, so keep that variable in sync if you move the admin port.
+# No shell tools in the image: the binary probes its own admin server on 127.0.0.1:9090, or on
+# ROCKETMQ_ADMIN_LISTEN when set. If you move the admin port in a config file, set that variable
+# too (or override the health check).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/usr/local/bin/rocketmq-webhook", "healthcheck"]
 

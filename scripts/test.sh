@@ -4,7 +4,10 @@
 # 1. installs the real RocketMQ name server and broker when missing (about 18 minutes the
 #    first time on 2 cores, skipped afterwards),
 # 2. checks formatting and lints,
-# 3. runs every test: unit, property, component and integration tests against the real broker.
+# 3. runs every test: unit, property, component and integration tests against the real broker,
+#    the daemon end to end (webhook signatures and CloudEvents checked with the Python reference
+#    libraries, installed into .tools/venv once), the short fault suite and fuzz-style tests,
+# 4. checks the deployment files (Dockerfile, compose, Kubernetes, dashboard, example configs).
 #
 # Integration tests find the broker through ROCKETMQ_BIN_DIR, which this script exports.
 set -euo pipefail
@@ -17,13 +20,22 @@ ROCKETMQ_BIN_DIR="$(scripts/install-rocketmq.sh | tail -n 1)"
 export ROCKETMQ_BIN_DIR
 echo "using $ROCKETMQ_BIN_DIR"
 
+step "Python verifiers for the webhook tests (standardwebhooks, cloudevents; installed once)"
+ROCKETMQ_TEST_PYTHON="$(scripts/python-tools.sh | tail -n 1)"
+export ROCKETMQ_TEST_PYTHON
+echo "using $ROCKETMQ_TEST_PYTHON"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
+step "Deployment files: hadolint, compose, Kubernetes schemas, dashboard JSON, check-config on config/"
+scripts/check-deploy.sh
+
 step "cargo test (unit, property, component and integration tests)"
 # Test binaries run one after another (cargo's default); inside one binary tests run on two
 # threads so broker-backed tests do not starve each other on a 2-core machine.
 cargo test --locked -- --test-threads=2
+

@@ -844,3 +844,165 @@ async fn a_crashed_consumer_resumes_from_the_committed_offset() {
     );
     second.shutdown().await;
 }
+
+/// Sends an admin request to the broker, which relays it to the consumer and returns its answer.
+async fn admin_call(
+    mq: &RocketMq,
+    code: rocketmq_webhook::remoting::RequestCode,
+    fields: &[(&str, &str)],
+) -> rocketmq_webhook::remoting::RemotingCommand {
+    use rocketmq_webhook::remoting::command::{ExtFields, RemotingCommand};
+    let client = Client::new(client_config(mq, &unique("admin")), Arc::new(NotSupported)).unwrap();
+    let mut ext = ExtFields::new();
+    for (k, v) in fields {
+        ext.insert(*k, v);
+    }
+    let conn = client
+        .pool()
+        .connection(&mq.broker_addr())
+        .await
+        .expect("connect");
+    conn.call_raw(
+        RemotingCommand::request(code, ext, Vec::new()),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("admin call")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_get_running_info_direct_consumption_and_offset_resets() {
+    use rocketmq_webhook::remoting::{RequestCode, ResponseCode};
+    let mq = RocketMq::start().await;
+    let topic = unique("T_admin");
+    let group = unique("G_admin");
+    let p = producer(&mq).await;
+    p.create_topic(&topic, 2, false)
+        .await
+        .expect("topic created");
+    let first = bodies("adm", 20);
+    produce(&p, &topic, &first, None).await;
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let consumer = start(
+        &mq,
+        &unique("adm"),
+        fast_config(&group, &topic),
+        Recorder::new("c", &seen),
+    )
+    .await;
+    let want: BTreeSet<String> = first.iter().cloned().collect();
+    eventually(Duration::from_secs(60), "all messages consumed", || {
+        bodies_seen(&seen) == want
+    })
+    .await;
+    let client_id = consumer.client_id().to_owned();
+
+    // GET_CONSUMER_RUNNING_INFO: real figures from the engine.
+    let answer = admin_call(
+        &mq,
+        RequestCode::GetConsumerRunningInfo,
+        &[
+            ("consumerGroup", &group),
+            ("clientId", &client_id),
+            ("jstackEnable", "false"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        answer.response_code(),
+        ResponseCode::Success,
+        "{:?}",
+        answer.remark
+    );
+    let text = String::from_utf8_lossy(&answer.body).into_owned();
+    assert!(
+        text.contains(&topic),
+        "running info names the subscription: {text}"
+    );
+    assert!(text.contains("mqTable"), "{text}");
+    assert!(text.contains("commitOffset"), "{text}");
+
+    // CONSUME_MESSAGE_DIRECTLY: the handler runs once more on the stored message; no offset or
+    // send-back side effects.
+    let target = p
+        .send(
+            Message::new(topic.as_str(), b"direct".to_vec()),
+            &QueueSelector::RoundRobin,
+        )
+        .await
+        .expect("sent");
+    eventually(Duration::from_secs(30), "the new message consumed", || {
+        bodies_seen(&seen).contains("direct")
+    })
+    .await;
+    let before = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.body == "direct")
+        .count();
+    let answer = admin_call(
+        &mq,
+        RequestCode::ConsumeMessageDirectly,
+        &[
+            ("consumerGroup", &group),
+            ("clientId", &client_id),
+            ("msgId", &target.offset_msg_id),
+            ("topic", &topic),
+        ],
+    )
+    .await;
+    assert_eq!(
+        answer.response_code(),
+        ResponseCode::Success,
+        "{:?}",
+        answer.remark
+    );
+    let text = String::from_utf8_lossy(&answer.body).into_owned();
+    assert!(text.contains("CR_SUCCESS"), "{text}");
+    let after = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.body == "direct")
+        .count();
+    assert_eq!(
+        after,
+        before + 1,
+        "the handler ran once for the direct consumption"
+    );
+
+    // INVOKE_BROKER_TO_RESET_OFFSET to the beginning: the next pulls answer OFFSET_MOVED and the
+    // engine consumes the queue again from the reset offset.
+    seen.lock().unwrap().clear();
+    let answer = admin_call(
+        &mq,
+        RequestCode::InvokeBrokerToResetOffset,
+        &[
+            ("topic", &topic),
+            ("group", &group),
+            ("timestamp", "0"),
+            ("isForce", "true"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        answer.response_code(),
+        ResponseCode::Success,
+        "{:?}",
+        answer.remark
+    );
+    // A message produced now wakes the long polls; the answers carry the reset.
+    produce(&p, &topic, &["wake-0".into(), "wake-1".into()], None).await;
+    eventually(
+        Duration::from_secs(60),
+        "history replayed after the reset",
+        || {
+            let got = bodies_seen(&seen);
+            first.iter().all(|b| got.contains(b))
+        },
+    )
+    .await;
+    consumer.shutdown().await;
+}
