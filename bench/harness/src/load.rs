@@ -1,0 +1,255 @@
+//! Load generation and the ceilings: batched preloading, the open-loop producer, the pull
+//! ceiling (our client pulling and decoding as fast as it can, nothing delivered) and the
+//! sink's own request ceiling.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rocketmq_webhook::client::producer::{create_topic, Producer, ProducerConfig, QueueSelector};
+use rocketmq_webhook::client::{Client, ClientConfig, NotSupported};
+use rocketmq_webhook::remoting::message::Message;
+use rocketmq_webhook::remoting::rpc::{PullMessage, PullStatus, PullSysFlag};
+use tokio::time::Instant;
+
+/// A client for tools (no broker-initiated requests are served).
+pub fn client(namesrv: &str) -> Result<Client, String> {
+    Client::new(
+        ClientConfig {
+            namesrv_addr: namesrv.to_owned(),
+            ..ClientConfig::default()
+        },
+        Arc::new(NotSupported),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Creates `topic` with `queues` queues and waits for its route.
+pub async fn topic(client: &Client, topic: &str, queues: u16, order: bool) -> Result<(), String> {
+    create_topic(client, topic, queues, order, Duration::from_secs(30))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("create topic {topic}: {e}"))
+}
+
+/// A body of exactly `size` bytes, printable (the JSON envelope carries it as text).
+pub fn body(i: u64, size: usize) -> Bytes {
+    let mut text = format!("message {i} ").into_bytes();
+    text.resize(size.max(text.len()), b'.');
+    text.truncate(size.max(1));
+    Bytes::from(text)
+}
+
+/// Stores `count` messages of `size` bytes with batched sends (round robin over the queues),
+/// `tasks` senders in parallel. Returns the seconds it took.
+pub async fn preload(
+    producer: &Producer,
+    topic: &str,
+    count: u64,
+    size: usize,
+    tasks: u64,
+) -> Result<f64, String> {
+    let batch = ((2 * 1024 * 1024) / size.max(1)).clamp(1, 64) as u64;
+    let start = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let producer = producer.clone();
+        let topic = topic.to_owned();
+        let next = Arc::clone(&next);
+        handles.push(tokio::spawn(async move {
+            loop {
+                let low = next.fetch_add(batch, Ordering::SeqCst);
+                if low >= count {
+                    return Ok::<(), String>(());
+                }
+                let high = (low + batch).min(count);
+                let messages: Vec<Message> = (low..high)
+                    .map(|i| Message::new(topic.clone(), body(i, size)).with_tags("load"))
+                    .collect();
+                producer
+                    .send_batch(messages, &QueueSelector::RoundRobin)
+                    .await
+                    .map_err(|e| format!("preload {topic}: {e}"))?;
+            }
+        }));
+    }
+    for h in handles {
+        h.await.map_err(|e| e.to_string())??;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// A producer for the tools.
+pub fn producer(client: Client) -> Producer {
+    Producer::new(
+        client,
+        ProducerConfig {
+            group: "bench-producer".to_owned(),
+            ..ProducerConfig::default()
+        },
+    )
+}
+
+/// Sends `tag`ged single messages at `rate` per second for `duration` (open loop: sends are
+/// started on schedule whether or not earlier ones finished, up to 256 in flight). Returns how
+/// many were stored.
+pub async fn open_loop(
+    producer: &Producer,
+    topic: &str,
+    rate: f64,
+    duration: Duration,
+    size: usize,
+    tag: &str,
+) -> u64 {
+    let start = Instant::now();
+    let total = (rate * duration.as_secs_f64()).round() as u64;
+    let sent = Arc::new(AtomicU64::new(0));
+    let permits = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
+        let producer = producer.clone();
+        let message = Message::new(topic.to_owned(), body(i, size)).with_tags(tag.to_owned());
+        let sent = Arc::clone(&sent);
+        set.spawn(async move {
+            if producer
+                .send(message, &QueueSelector::RoundRobin)
+                .await
+                .is_ok()
+            {
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+        });
+        while set.try_join_next().is_some() {}
+    }
+    while set.join_next().await.is_some() {}
+    sent.load(Ordering::Relaxed)
+}
+
+/// The pull ceiling: every queue of `topic` pulled from offset 0 to its current end by one
+/// task per queue (`batch` messages per pull, decoded by our client, then discarded).
+/// Returns (messages, seconds).
+pub async fn pull_ceiling(client: &Client, topic: &str, batch: i32) -> Result<(u64, f64), String> {
+    let route = client
+        .refresh_route(topic)
+        .await
+        .map_err(|e| format!("route {topic}: {e}"))?;
+    let mut queues = Vec::new();
+    for q in &route.queue_datas {
+        let addr = route
+            .master_addr(&q.broker_name)
+            .ok_or_else(|| format!("no master for {}", q.broker_name))?
+            .to_owned();
+        for id in 0..q.read_queue_nums {
+            queues.push((addr.clone(), q.broker_name.clone(), id));
+        }
+    }
+    let group = format!("bench-ceiling-{}", crate::now_us());
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for (addr, broker, id) in queues {
+        let pool = client.pool().clone();
+        let topic = topic.to_owned();
+        let group = group.clone();
+        set.spawn(async move {
+            let (mut offset, mut end, mut got) = (0_i64, i64::MAX, 0_u64);
+            while offset < end {
+                let request = PullMessage {
+                    consumer_group: group.clone(),
+                    topic: topic.clone(),
+                    queue_id: id,
+                    queue_offset: offset,
+                    max_msg_nums: batch,
+                    sys_flag: PullSysFlag::SUBSCRIPTION,
+                    commit_offset: 0,
+                    suspend_timeout_millis: 0,
+                    subscription: Some("*".to_owned()),
+                    sub_version: 0,
+                    expression_type: "TAG".to_owned(),
+                    max_msg_bytes: None,
+                    broker_name: Some(broker.clone()),
+                };
+                let r = pool
+                    .call(&addr, &request, Duration::from_secs(10))
+                    .await
+                    .map_err(|e| format!("pull {topic}/{id}: {e}"))?;
+                if end == i64::MAX {
+                    end = r.max_offset;
+                }
+                got += r.messages.len() as u64;
+                match r.status {
+                    PullStatus::Found => offset = r.next_begin_offset,
+                    PullStatus::NoNewMsg => break,
+                    _ => offset = r.next_begin_offset.max(offset + 1),
+                }
+            }
+            Ok::<u64, String>(got)
+        });
+    }
+    let mut total = 0;
+    while let Some(r) = set.join_next().await {
+        total += r.map_err(|e| e.to_string())??;
+    }
+    Ok((total, start.elapsed().as_secs_f64()))
+}
+
+/// The sink's request ceiling: `concurrency` reqwest senders posting envelopes of `batch`
+/// messages of `size` bytes for `duration`. Returns (messages, requests, seconds).
+pub async fn sink_ceiling(
+    url: &str,
+    batch: usize,
+    size: usize,
+    duration: Duration,
+    concurrency: usize,
+) -> (u64, u64, f64) {
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    let msgs = Arc::new(AtomicU64::new(0));
+    let reqs = Arc::new(AtomicU64::new(0));
+    let text = String::from_utf8_lossy(&body(0, size)).into_owned();
+    let mut set = tokio::task::JoinSet::new();
+    for worker in 0..concurrency {
+        let (http, url, text) = (http.clone(), url.to_owned(), text.clone());
+        let (msgs, reqs) = (Arc::clone(&msgs), Arc::clone(&reqs));
+        set.spawn(async move {
+            let mut n = 0_u64;
+            while start.elapsed() < duration {
+                let now = crate::now_us() / 1000;
+                let messages: Vec<serde_json::Value> = (0..batch)
+                    .map(|k| {
+                        n += 1;
+                        serde_json::json!({
+                            "msgId": format!("C{worker}-{n}-{k}"), "topic": "ceiling", "queueId": 0,
+                            "queueOffset": n, "tags": "load", "reconsumeTimes": 0,
+                            "bornTimestamp": now, "storeTimestamp": now, "body": text,
+                        })
+                    })
+                    .collect();
+                let envelope = serde_json::json!({"topic": "ceiling", "consumerGroup": "c", "messages": messages});
+                let ok = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(serde_json::to_vec(&envelope).unwrap_or_default())
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    msgs.fetch_add(batch as u64, Ordering::Relaxed);
+                    reqs.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    (
+        msgs.load(Ordering::Relaxed),
+        reqs.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64(),
+    )
+}

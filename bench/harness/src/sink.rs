@@ -1,0 +1,228 @@
+//! The minimal HTTP sink every scenario delivers to: it parses the JSON envelope (the daemon's
+//! `json` format, which the peer imitates), records one receipt per message and answers 200.
+//!
+//! Receipt time is taken when the request body has arrived, before any injected latency, so
+//! latency figures measure delivery and not the sink's own sleep. Only messages of requests
+//! answered 2xx count as received: a 500 or an outage answer is a failed delivery.
+//! Invariants: the recorder is reset between runs; unique messages are keyed by msgId.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::Router;
+use serde::Deserialize;
+
+use crate::now_us;
+
+/// One received message.
+#[derive(Debug, Clone, Copy)]
+pub struct Receipt {
+    /// Unix microseconds when the request arrived.
+    pub recv_us: i64,
+    /// Producer wall clock, unix milliseconds.
+    pub born_ms: i64,
+    /// Broker wall clock, unix milliseconds.
+    pub store_ms: i64,
+    /// How often it was redelivered by the broker.
+    pub reconsume: i32,
+    /// Warm-up messages are excluded from figures.
+    pub warmup: bool,
+}
+
+/// What the sink saw since the last reset.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    /// First receipt of every unique message (by msgId).
+    pub receipts: Vec<Receipt>,
+    seen: HashSet<u64>,
+    last_offset: HashMap<(String, i32), i64>,
+    /// Requests answered 2xx.
+    pub requests: u64,
+    /// Requests answered 500 (injected failure) or 503 (outage).
+    pub failed_requests: u64,
+    /// Messages received again after a 2xx (at-least-once duplicates).
+    pub duplicates: u64,
+    /// Messages whose queue offset was below one already received on the same queue
+    /// (only meaningful for orderly subscriptions without failures).
+    pub order_violations: u64,
+    /// Body bytes of 2xx requests.
+    pub bytes: u64,
+    /// Requests whose body was not a parsable envelope.
+    pub bad_requests: u64,
+}
+
+impl Recorder {
+    /// Unique non-warm-up messages received.
+    pub fn count(&self) -> usize {
+        self.receipts.iter().filter(|r| !r.warmup).count()
+    }
+}
+
+/// Fault injection, changeable while the sink runs.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Added latency per request, microseconds.
+    pub latency_us: AtomicU64,
+    /// Requests failing with 500, per million.
+    pub fail_ppm: AtomicU64,
+    /// Until this unix-millisecond time every request gets 503.
+    pub outage_until_ms: AtomicU64,
+    /// From this unix-millisecond time (the outage window's start).
+    pub outage_from_ms: AtomicU64,
+}
+
+/// The running sink: its address, recorder and fault switches.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The shared recorder.
+    pub recorder: Arc<Mutex<Recorder>>,
+    /// The shared fault switches.
+    pub faults: Arc<Faults>,
+    /// Unique messages received, readable without the lock.
+    pub unique: Arc<AtomicU64>,
+}
+
+impl Sink {
+    /// Clears everything recorded and every fault.
+    pub fn reset(&self) {
+        *self.recorder.lock().expect("sink lock") = Recorder::default();
+        self.unique.store(0, Ordering::SeqCst);
+        self.faults.latency_us.store(0, Ordering::SeqCst);
+        self.faults.fail_ppm.store(0, Ordering::SeqCst);
+        self.faults.outage_from_ms.store(0, Ordering::SeqCst);
+        self.faults.outage_until_ms.store(0, Ordering::SeqCst);
+    }
+
+    /// Takes the recorder's content, leaving it empty.
+    pub fn take(&self) -> Recorder {
+        std::mem::take(&mut *self.recorder.lock().expect("sink lock"))
+    }
+
+    /// The URL to deliver to.
+    pub fn url(&self) -> String {
+        format!("http://{}/sink", self.addr)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    messages: Vec<Msg<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Msg<'a> {
+    msg_id: &'a str,
+    topic: &'a str,
+    queue_id: i32,
+    queue_offset: i64,
+    #[serde(default)]
+    tags: Option<&'a str>,
+    #[serde(default)]
+    reconsume_times: i32,
+    born_timestamp: i64,
+    store_timestamp: i64,
+}
+
+#[derive(Debug, Clone)]
+struct AppState {
+    sink: Sink,
+}
+
+/// Starts the sink on `listen` on the current runtime.
+pub async fn start(listen: SocketAddr) -> std::io::Result<Sink> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let sink = Sink {
+        addr,
+        recorder: Arc::default(),
+        faults: Arc::default(),
+        unique: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/sink", post(receive))
+        .with_state(AppState { sink: sink.clone() });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("bench sink stopped: {e}");
+        }
+    });
+    Ok(sink)
+}
+
+fn hash_id(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
+async fn receive(State(state): State<AppState>, body: Bytes) -> StatusCode {
+    let recv_us = now_us();
+    let faults = &state.sink.faults;
+    let now_ms = (recv_us / 1000) as u64;
+    let latency = faults.latency_us.load(Ordering::Relaxed);
+    let outage = now_ms >= faults.outage_from_ms.load(Ordering::Relaxed)
+        && now_ms < faults.outage_until_ms.load(Ordering::Relaxed);
+    let fail_ppm = faults.fail_ppm.load(Ordering::Relaxed);
+    let status = if outage {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if fail_ppm > 0 && rand::random_range(0..1_000_000) < fail_ppm {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_micros(latency)).await;
+    }
+    let parsed: Result<Envelope<'_>, _> = serde_json::from_slice(&body);
+    let mut rec = state.sink.recorder.lock().expect("sink lock");
+    if status != StatusCode::OK {
+        rec.failed_requests += 1;
+        return status;
+    }
+    let Ok(env) = parsed else {
+        rec.bad_requests += 1;
+        return StatusCode::BAD_REQUEST;
+    };
+    rec.requests += 1;
+    rec.bytes += body.len() as u64;
+    for m in env.messages {
+        if !rec.seen.insert(hash_id(m.msg_id)) {
+            rec.duplicates += 1;
+            continue;
+        }
+        if m.reconsume_times == 0 {
+            let key = (m.topic.to_owned(), m.queue_id);
+            match rec.last_offset.get_mut(&key) {
+                Some(last) if m.queue_offset < *last => rec.order_violations += 1,
+                Some(last) => *last = m.queue_offset,
+                None => {
+                    rec.last_offset.insert(key, m.queue_offset);
+                }
+            }
+        }
+        let warmup = m.tags == Some("warmup");
+        rec.receipts.push(Receipt {
+            recv_us,
+            born_ms: m.born_timestamp,
+            store_ms: m.store_timestamp,
+            reconsume: m.reconsume_times,
+            warmup,
+        });
+        if !warmup {
+            state.sink.unique.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    StatusCode::OK
+}
