@@ -31,6 +31,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
+step "cargo doc -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
+
 step "Deployment files: hadolint, compose, Kubernetes schemas, dashboard JSON, check-config on config/"
 scripts/check-deploy.sh
 

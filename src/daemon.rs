@@ -1,4 +1,4 @@
-//! The daemon: turns a validated [`config::Config`](crate::config::Config) into running
+//! The daemon: turns a validated [`Config`](crate::config::Config) into running
 //! consumers (one per subscription, each delivering to its webhook), the admin server and
 //! metrics, and shuts them down in order.
 //!

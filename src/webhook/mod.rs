@@ -1,4 +1,4 @@
-//! The [`Handler`](crate::consumer::Handler) that delivers batches to an HTTP endpoint.
+//! The `Handler` (`crate::consumer::Handler`) that delivers batches to an HTTP endpoint.
 //!
 //! [`Webhook`] turns each batch into one request (formats `json`, `cloudevents-batch`) or one
 //! request per message (`raw`, `cloudevents`), sends them through a keep-alive pool with a
