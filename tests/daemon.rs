@@ -104,12 +104,7 @@ fn messages(requests: &[Request]) -> Vec<Value> {
             r.header("content-type")
                 .is_some_and(|ct| ct.starts_with("application/json"))
         })
-        .flat_map(|r| {
-            r.json()["messages"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
+        .flat_map(|r| r.json()["messages"].as_array().cloned().unwrap_or_default())
         .collect()
 }
 
@@ -146,7 +141,10 @@ async fn produce(mq: &RocketMq, topic: &str, bodies: &[&str]) -> Vec<SendResult>
     for body in bodies {
         out.push(
             producer
-                .send(Message::new(topic, body.to_string()), &QueueSelector::RoundRobin)
+                .send(
+                    Message::new(topic, body.to_string()),
+                    &QueueSelector::RoundRobin,
+                )
                 .await
                 .unwrap_or_else(|e| panic!("send {body} to {topic}: {e}")),
         );
@@ -351,7 +349,10 @@ async fn delivers_the_json_envelope_with_every_documented_field() {
     assert_eq!(first.path, "/hook");
     assert_eq!(first.header("content-type"), Some("application/json"));
     assert_eq!(first.header("rocketmq-topic"), Some(topic.as_str()));
-    assert_eq!(first.header("rocketmq-consumer-group"), Some(group.as_str()));
+    assert_eq!(
+        first.header("rocketmq-consumer-group"),
+        Some(group.as_str())
+    );
     for r in &requests {
         let envelope = r.json();
         assert_eq!(envelope["topic"], json!(topic), "{envelope}");
@@ -402,7 +403,10 @@ async fn delivers_the_json_envelope_with_every_documented_field() {
         assert_eq!(m["storeHost"], json!(mq.broker_addr()), "{m}");
         assert_eq!(m["properties"]["color"], json!("blue"), "{m}");
         assert_eq!(m["properties"]["UNIQ_KEY"], json!(s.msg_id), "{m}");
-        assert!(m.get("bodyBase64").is_none(), "text bodies go in `body`: {m}");
+        assert!(
+            m.get("bodyBase64").is_none(),
+            "text bodies go in `body`: {m}"
+        );
     }
     drop(daemon);
 }
@@ -564,7 +568,11 @@ async fn http_500_is_retried_and_404_goes_to_the_dlq() {
         )
         .await;
     let counts = deliveries(&requests);
-    assert_eq!(counts.get("gone-0"), Some(&1), "404 is not retried: {counts:?}");
+    assert_eq!(
+        counts.get("gone-0"),
+        Some(&1),
+        "404 is not retried: {counts:?}"
+    );
     assert_eq!(counts.get("fine-0"), Some(&1), "{counts:?}");
 
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -576,7 +584,11 @@ async fn http_500_is_retried_and_404_goes_to_the_dlq() {
         }
         sleep(Duration::from_millis(300)).await;
     }
-    assert_eq!(dlq, vec!["gone-0".to_owned()], "%DLQ%{group} holds the 404 only");
+    assert_eq!(
+        dlq,
+        vec!["gone-0".to_owned()],
+        "%DLQ%{group} holds the 404 only"
+    );
 }
 
 // === 5. 429 + Retry-After ===
@@ -601,7 +613,9 @@ async fn retry_after_pauses_without_spending_a_reconsume_attempt() {
     let sent = produce(&mq, &topic, &["slow-down-0"]).await;
 
     let requests = receiver
-        .wait_until(Duration::from_secs(60), "a second request", |r| r.len() >= 2)
+        .wait_until(Duration::from_secs(60), "a second request", |r| {
+            r.len() >= 2
+        })
         .await;
     let delivered = messages(&requests);
     assert_eq!(
@@ -673,7 +687,10 @@ async fn an_endpoint_outage_loses_nothing_and_fills_no_dlq() {
             metric(
                 t,
                 "rocketmq_webhook_webhook_requests_total",
-                &[("consumer_group", &group), ("status_class", "transport_error")],
+                &[
+                    ("consumer_group", &group),
+                    ("status_class", "transport_error"),
+                ],
             ) >= 1.0
         },
     )
@@ -812,11 +829,7 @@ async fn a_slow_endpoint_times_out_and_is_retried_until_it_is_fast() {
 async fn signatures_and_cloudevents_verify_with_the_reference_libraries() {
     let mq = RocketMq::start().await;
     let receiver = Receiver::start().await;
-    let (t_signed, t_ce, t_batch) = (
-        unique("T_signed"),
-        unique("T_ce"),
-        unique("T_cebatch"),
-    );
+    let (t_signed, t_ce, t_batch) = (unique("T_signed"), unique("T_ce"), unique("T_cebatch"));
     for t in [&t_signed, &t_ce, &t_batch] {
         mq.create_topic(t, 1).await;
     }
@@ -840,7 +853,9 @@ async fn signatures_and_cloudevents_verify_with_the_reference_libraries() {
         let producer = mq.producer();
         let mut out = Vec::new();
         for message in [
-            Message::new(&t_ce, "plain text").with_tags("TagC").with_keys(["k-1"]),
+            Message::new(&t_ce, "plain text")
+                .with_tags("TagC")
+                .with_keys(["k-1"]),
             Message::new(&t_ce, r#"{"n":1}"#).with_property("CONTENT_TYPE", "application/json"),
             Message::new(&t_ce, structured.clone()),
         ] {
@@ -951,7 +966,11 @@ async fn signatures_and_cloudevents_verify_with_the_reference_libraries() {
     assert_eq!(json_event["datacontenttype"], json!("application/json"));
     assert_eq!(json_event["data_json"], json!({"n": 1}), "{json_event}");
     let forwarded = by_id("evt-1");
-    assert_eq!(forwarded["type"], json!("com.example.created"), "{forwarded}");
+    assert_eq!(
+        forwarded["type"],
+        json!("com.example.created"),
+        "{forwarded}"
+    );
     assert_eq!(
         forwarded["data_json"],
         json!({"x": 1}),
@@ -1082,7 +1101,9 @@ async fn bad_configuration_exits_2_naming_the_key_and_its_source_before_connecti
         },
         Case {
             name: "bare number as a duration",
-            launch: Launch::yaml(good(&[], &[]).replace("persist_interval: 1s", "persist_interval: 5")),
+            launch: Launch::yaml(
+                good(&[], &[]).replace("persist_interval: 1s", "persist_interval: 5"),
+            ),
             expect: vec!["persist_interval".into(), "line".into()],
             names_file: true,
         },
@@ -1160,7 +1181,11 @@ async fn environment_only_configuration_delivers() {
     assert_eq!(requests[0].json()["consumerGroup"], json!(group));
     assert_eq!(requests[0].json()["topic"], json!(topic));
     let status = daemon.status().await;
-    assert_eq!(status["subscriptions"][0]["group"], json!(group), "{status}");
+    assert_eq!(
+        status["subscriptions"][0]["group"],
+        json!(group),
+        "{status}"
+    );
 }
 
 // === 11. SIGTERM ===
@@ -1193,6 +1218,15 @@ async fn sigterm_drains_commits_and_a_restart_redelivers_nothing() {
     })
     .await;
 
+    // One delivery in flight when SIGTERM arrives: draining lets it finish and commits it.
+    receiver.respond(|_| Reply::ok().with_delay(Duration::from_secs(2)));
+    let in_flight_from = receiver.requests().len();
+    produce(&mq, &topic, &["inflight-0"]).await;
+    receiver
+        .wait_until(Duration::from_secs(60), "inflight-0 sent", |r| {
+            deliveries(&r[in_flight_from..]).contains_key("inflight-0")
+        })
+        .await;
     daemon.sigterm();
     // Grace period 10 s, plus the daemon's 5 s guard and process exit.
     let status = daemon.wait_exit(Duration::from_secs(20)).await;
@@ -1202,7 +1236,13 @@ async fn sigterm_drains_commits_and_a_restart_redelivers_nothing() {
         "SIGTERM must exit 0\n{}",
         daemon.output_tail(30)
     );
+    let output = daemon.output();
     drop(daemon);
+    assert!(
+        !output.contains("grace period exceeded"),
+        "the drain did not finish within the grace period:\n{output}"
+    );
+    receiver.respond(|_| Reply::ok());
 
     let before = receiver.requests().len();
     let _again = Daemon::start(&launch).await;
@@ -1223,7 +1263,7 @@ async fn sigterm_drains_commits_and_a_restart_redelivers_nothing() {
     let after = receiver.requests();
     let redelivered: Vec<String> = deliveries(&after[before..])
         .into_keys()
-        .filter(|b| b.starts_with("first-"))
+        .filter(|b| b.starts_with("first-") || b == "inflight-0")
         .collect();
     assert!(
         redelivered.is_empty(),
@@ -1272,18 +1312,23 @@ async fn metrics_and_status_show_what_was_delivered() {
         let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
         metric(text, name, &l)
     };
-    let text = wait_metrics(&daemon, Duration::from_secs(30), "5 successes and 1 drop", |t| {
-        value(
-            t,
-            "rocketmq_webhook_consumer_messages_total",
-            labels(("outcome", "success")),
-        ) >= 5.0
-            && value(
+    let text = wait_metrics(
+        &daemon,
+        Duration::from_secs(30),
+        "5 successes and 1 drop",
+        |t| {
+            value(
                 t,
                 "rocketmq_webhook_consumer_messages_total",
-                labels(("outcome", "drop")),
-            ) >= 1.0
-    })
+                labels(("outcome", "success")),
+            ) >= 5.0
+                && value(
+                    t,
+                    "rocketmq_webhook_consumer_messages_total",
+                    labels(("outcome", "drop")),
+                ) >= 1.0
+        },
+    )
     .await;
     assert!(
         value(

@@ -35,8 +35,8 @@ use rocketmq_webhook::remoting::message::{
     sys_flag, Message,
 };
 use rocketmq_webhook::remoting::rpc::{
-    GetConsumerList, GetMaxOffset, GetRouteInfo, HeartBeat, LockBatchMq, PullMessage,
-    PullSysFlag, QueryConsumerOffset, Rpc, SendMessage,
+    GetConsumerList, GetMaxOffset, GetRouteInfo, HeartBeat, LockBatchMq, PullMessage, PullSysFlag,
+    QueryConsumerOffset, Rpc, SendMessage,
 };
 use rocketmq_webhook::remoting::{
     BrokerRequest, ExtFields, FrameDecoder, LanguageCode, MessageExt, MessageQueue,
@@ -79,7 +79,10 @@ fn config(n: u32) -> ProptestConfig {
 fn assert_typed(err: &RemotingError) -> Result<(), TestCaseError> {
     prop_assert!(!err.to_string().is_empty());
     if !matches!(err, RemotingError::Status { .. }) {
-        prop_assert!(!err.is_retriable(), "malformed input marked retriable: {err}");
+        prop_assert!(
+            !err.is_retriable(),
+            "malformed input marked retriable: {err}"
+        );
     }
     Ok(())
 }
@@ -351,23 +354,20 @@ fn pull_body() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn batch_body() -> impl Strategy<Value = Vec<u8>> {
-    let valid = prop::collection::vec(
-        (prop::collection::vec(any::<u8>(), 1..32), props()),
-        1..4,
-    )
-    .prop_filter_map("encodable batch", |items| {
-        let msgs: Vec<Message> = items
-            .into_iter()
-            .map(|(body, p)| {
-                let mut m = Message::new("T", body);
-                for (k, v) in p {
-                    m = m.with_property(k, v);
-                }
-                m
-            })
-            .collect();
-        encode_batch(&msgs).ok().map(|b| b.to_vec())
-    });
+    let valid = prop::collection::vec((prop::collection::vec(any::<u8>(), 1..32), props()), 1..4)
+        .prop_filter_map("encodable batch", |items| {
+            let msgs: Vec<Message> = items
+                .into_iter()
+                .map(|(body, p)| {
+                    let mut m = Message::new("T", body);
+                    for (k, v) in p {
+                        m = m.with_property(k, v);
+                    }
+                    m
+                })
+                .collect();
+            encode_batch(&msgs).ok().map(|b| b.to_vec())
+        });
     prop_oneof![
         1 => prop::collection::vec(any::<u8>(), 0..128),
         3 => (valid, mutations()).prop_map(|(v, m)| apply(v, &m)),
@@ -481,10 +481,7 @@ fn parse_every_response(command: &RemotingCommand) -> Result<(), TestCaseError> 
 
 /// Splits `data` at the given points (taken modulo the length), feeding a decoder as a socket
 /// would; returns the frames and the error that ended the stream, if any.
-fn decode_stream(
-    data: &[u8],
-    cuts: &[usize],
-) -> (Vec<Bytes>, Option<RemotingError>, usize) {
+fn decode_stream(data: &[u8], cuts: &[usize]) -> (Vec<Bytes>, Option<RemotingError>, usize) {
     let mut decoder = FrameDecoder::new(TEST_MAX_FRAME);
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
     points.push(data.len());
@@ -577,7 +574,7 @@ proptest! {
         let mut sent = Vec::new();
         for (cmd, st) in cmds {
             if cmd.encode(st, &mut out).is_ok() {
-                sent.push(cmd);
+                sent.push((cmd, st));
             }
         }
         let data = out.to_vec();
@@ -585,14 +582,20 @@ proptest! {
         let (frames, error, _) = decode_stream(&data, &cuts);
         prop_assert!(error.is_none(), "{error:?}");
         prop_assert_eq!(frames.len(), sent.len());
-        for (frame, cmd) in frames.into_iter().zip(&sent) {
+        for (frame, (cmd, st)) in frames.into_iter().zip(&sent) {
             let back = RemotingCommand::decode(frame)
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(back.code, cmd.code);
             prop_assert_eq!(back.opaque, cmd.opaque);
             prop_assert_eq!(back.flag, cmd.flag);
             prop_assert_eq!(&back.body, &cmd.body);
-            prop_assert_eq!(back.ext_fields.len(), cmd.ext_fields.len());
+            // The binary header reads an empty key or value as Java's null, i.e. absent.
+            let expected: Vec<(&str, &str)> = cmd
+                .ext_fields
+                .iter()
+                .filter(|(k, v)| *st == SerializeType::Json || (!k.is_empty() && !v.is_empty()))
+                .collect();
+            prop_assert_eq!(back.ext_fields.iter().collect::<Vec<_>>(), expected);
         }
     }
 
@@ -621,7 +624,10 @@ proptest! {
     #[test]
     fn valid_records_decode(record in message_record()) {
         let (bytes, msg) = record;
-        prop_assume!(msg.sys_flag & sys_flag::INNER_BATCH == 0);
+        if msg.sys_flag & sys_flag::INNER_BATCH != 0 {
+            // Not a plain record: its body is a batch, covered by the mutation targets.
+            return Ok(());
+        }
         let got = decode_messages(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(got.len(), 1);
         prop_assert_eq!(&got[0].body, &msg.body);

@@ -234,7 +234,8 @@ pub fn classify_response(
 }
 
 /// Classifies a request that got no answer: every message retries, and the endpoint counts as
-/// failing.
+/// failing. (The webhook turns retries into `Later` when the endpoint was unreachable or the
+/// request was the probe of an open circuit; see `Inner::send`.)
 pub fn classify_failure(failure: Failure, count: usize) -> Answer {
     // Both kinds mean the same to RocketMQ; the distinction is kept for metrics and logs.
     let _ = failure;

@@ -55,6 +55,10 @@ use stats::RequestClass;
 /// memory.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
+/// When messages that could not be delivered (endpoint unreachable, probe failed) are offered
+/// again; the circuit breaker decides whether they are then sent or keep waiting.
+const UNREACHABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// Settings of one webhook (one subscription). The configuration layer maps its tree onto this.
 #[derive(Clone)]
 pub struct WebhookOptions {
@@ -489,7 +493,8 @@ impl Inner {
             self.transmit(&prepared.ids, request).await
         };
         let latency = started.elapsed();
-        let answer = match sent {
+        let unreachable = matches!(sent, Sent::Failed(Failure::Transport, _));
+        let mut answer = match sent {
             Sent::Answer {
                 status,
                 headers,
@@ -533,6 +538,18 @@ impl Inner {
                 classify::classify_failure(failure, count)
             }
         };
+        // Not the messages' fault: the endpoint could not be reached at all, or it failed the
+        // half-open probe of an open circuit. Offer them again without spending a reconsume
+        // attempt, so a dead application never drains the topic into the DLQ.
+        if !answer.healthy && (unreachable || admission == Admission::Probe) {
+            for o in &mut answer.outcomes {
+                if matches!(o, Outcome::Retry { .. }) {
+                    *o = Outcome::Later {
+                        after: UNREACHABLE_RETRY_AFTER,
+                    };
+                }
+            }
+        }
         {
             let now = Instant::now();
             let mut breaker = self.breaker();

@@ -258,8 +258,13 @@ async fn unreachable_endpoint_opens_the_circuit() {
     };
     let webhook = Webhook::new(o).unwrap();
     let b = batch(&["A", "B"], ConsumeMode::Concurrent);
+    // Refused connections never spend reconsume attempts: the messages wait (Later).
     for _ in 0..3 {
-        assert_eq!(handle(&webhook, &b).await, vec![RETRY; 2]);
+        let outcomes = handle(&webhook, &b).await;
+        assert!(
+            outcomes.iter().all(|o| matches!(o, Outcome::Later { .. })),
+            "{outcomes:?}"
+        );
     }
     assert_eq!(webhook.circuit_state(), CircuitState::Open);
     for _ in 0..5 {
@@ -272,8 +277,9 @@ async fn unreachable_endpoint_opens_the_circuit() {
     let stats = webhook.stats();
     assert_eq!(stats.requests(stats::RequestClass::TransportError), 3);
     assert_eq!(stats.requests(stats::RequestClass::NotSent), 5);
-    // Only the three attempts before the circuit opened cost reconsume attempts.
-    assert_eq!(stats.outcomes(stats::OutcomeKind::Retry), 6);
+    // No attempt cost a reconsume: all 16 message outcomes were deferrals.
+    assert_eq!(stats.outcomes(stats::OutcomeKind::Retry), 0);
+    assert_eq!(stats.outcomes(stats::OutcomeKind::Later), 16);
 }
 
 #[tokio::test]

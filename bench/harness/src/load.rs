@@ -49,8 +49,14 @@ pub async fn preload(
     count: u64,
     size: usize,
     tasks: u64,
+    queues: u64,
 ) -> Result<f64, String> {
-    let batch = ((2 * 1024 * 1024) / size.max(1)).clamp(1, 64) as u64;
+    // Batches of up to 64 (and 2 MiB), small enough that every queue gets a share: a batch
+    // lands on one queue.
+    let batch = (((2 * 1024 * 1024) / size.max(1)) as u64)
+        .min(64)
+        .min(count / queues.max(1))
+        .max(1);
     let start = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();

@@ -1,1 +1,203 @@
-fn main() {}
+//! The benchmark peer: the same workload as the daemon, through a push consumer built on the
+//! `rocketmq-client-rust` crate. Each batch the client hands over is forwarded to the sink as one
+//! JSON envelope (the daemon's `json` format, fields the sink reads) with reqwest; 2xx is
+//! success, anything else is "reconsume later" (concurrent) or "suspend" (orderly).
+//!
+//! usage: bench-peer --namesrv ADDR --sink URL [--batch N] [--orderly] --sub TOPIC:GROUP...
+
+use std::sync::Arc;
+
+use rocketmq_client_rust::{
+    ClientError, ClientResult, ClientRuntime, ClientRuntimeConfig, ConsumeConcurrentlyContext,
+    ConsumeConcurrentlyStatus, ConsumeOrderlyContext, ConsumeOrderlyStatus, DefaultMQPushConsumer,
+    MQPushConsumer, MessageListenerConcurrently, MessageListenerOrderly,
+};
+use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
+use rocketmq_model::common::message::message_ext::MessageExt;
+use rocketmq_runtime::{RuntimeConfig, RuntimeOwner};
+
+struct Forwarder {
+    http: reqwest::Client,
+    url: String,
+    group: String,
+    handle: tokio::runtime::Handle,
+}
+
+impl Forwarder {
+    /// Posts one envelope; true on 2xx. Runs on the client's blocking consume thread.
+    fn forward(&self, msgs: &[&MessageExt]) -> bool {
+        let messages: Vec<serde_json::Value> = msgs
+            .iter()
+            .map(|m| {
+                let id = m
+                    .properties()
+                    .iter()
+                    .find(|(k, _)| k.as_str() == "UNIQ_KEY")
+                    .map_or_else(|| m.msg_id().to_string(), |(_, v)| v.to_string());
+                let body = m.body().unwrap_or_default();
+                let mut v = serde_json::json!({
+                    "msgId": id,
+                    "topic": m.topic().as_str(),
+                    "queueId": m.queue_id(),
+                    "brokerName": m.broker_name(),
+                    "queueOffset": m.queue_offset(),
+                    "tags": m.get_tags().map(|t| t.to_string()),
+                    "reconsumeTimes": m.reconsume_times(),
+                    "bornTimestamp": m.born_timestamp(),
+                    "storeTimestamp": m.store_timestamp(),
+                });
+                match std::str::from_utf8(&body) {
+                    Ok(text) => v["body"] = serde_json::Value::from(text),
+                    Err(_) => {
+                        use base64::Engine as _;
+                        v["bodyBase64"] = base64::engine::general_purpose::STANDARD
+                            .encode(&body)
+                            .into();
+                    }
+                }
+                v
+            })
+            .collect();
+        let topic = msgs
+            .first()
+            .map(|m| m.topic().to_string())
+            .unwrap_or_default();
+        let envelope =
+            serde_json::json!({"topic": topic, "consumerGroup": self.group, "messages": messages});
+        let request = self.http.post(&self.url).json(&envelope).send();
+        // The listener is synchronous and runs on a blocking thread: wait for the answer there.
+        self.handle
+            .block_on(request)
+            .is_ok_and(|r| r.status().is_success())
+    }
+}
+
+impl MessageListenerConcurrently for Forwarder {
+    fn consume_message(
+        &self,
+        msgs: &[&MessageExt],
+        _context: &ConsumeConcurrentlyContext,
+    ) -> ClientResult<ConsumeConcurrentlyStatus> {
+        Ok(if self.forward(msgs) {
+            ConsumeConcurrentlyStatus::ConsumeSuccess
+        } else {
+            ConsumeConcurrentlyStatus::ReconsumeLater
+        })
+    }
+}
+
+impl MessageListenerOrderly for Forwarder {
+    fn consume_message(
+        &self,
+        msgs: &[&MessageExt],
+        context: &mut ConsumeOrderlyContext,
+    ) -> ClientResult<ConsumeOrderlyStatus> {
+        context.set_auto_commit(true);
+        Ok(if self.forward(msgs) {
+            ConsumeOrderlyStatus::Success
+        } else {
+            ConsumeOrderlyStatus::SuspendCurrentQueueAMoment
+        })
+    }
+}
+
+struct Args {
+    namesrv: String,
+    sink: String,
+    batch: u32,
+    orderly: bool,
+    subs: Vec<(String, String)>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        namesrv: String::new(),
+        sink: String::new(),
+        batch: 1,
+        orderly: false,
+        subs: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut val = || it.next().ok_or(format!("{k} needs a value"));
+        match k.as_str() {
+            "--namesrv" => a.namesrv = val()?,
+            "--sink" => a.sink = val()?,
+            "--batch" => a.batch = val()?.parse().map_err(|e| format!("--batch: {e}"))?,
+            "--orderly" => a.orderly = true,
+            "--sub" => {
+                let v = val()?;
+                let (t, g) = v.split_once(':').ok_or("--sub TOPIC:GROUP")?;
+                a.subs.push((t.to_owned(), g.to_owned()));
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if a.namesrv.is_empty() || a.sink.is_empty() || a.subs.is_empty() {
+        return Err("usage: bench-peer --namesrv ADDR --sink URL [--batch N] [--orderly] --sub TOPIC:GROUP...".into());
+    }
+    Ok(a)
+}
+
+#[tokio::main]
+async fn main() -> ClientResult<()> {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bench-peer: {e}");
+            std::process::exit(2);
+        }
+    };
+    let owner = RuntimeOwner::plan(RuntimeConfig {
+        thread_name: "bench-peer".to_owned(),
+        ..Default::default()
+    })
+    .map_err(|e| ClientError::internal("plan runtime", e))?
+    .build()
+    .map_err(|e| ClientError::internal("build runtime", e))?;
+    let telemetry = rocketmq_observability::install_global(
+        &rocketmq_observability::TelemetryBootstrapConfig::default(),
+    )
+    .map_err(|e| ClientError::internal("telemetry", e))?;
+    let runtime: Arc<ClientRuntime> = ClientRuntime::try_new(
+        owner.root_context().component("client"),
+        ClientRuntimeConfig::default(),
+        telemetry.handle(),
+    )?;
+    let http = reqwest::Client::new();
+    let mut consumers = Vec::new();
+    for (topic, group) in &args.subs {
+        let mut consumer = DefaultMQPushConsumer::builder(Arc::clone(&runtime))
+            .consumer_group(group.clone())
+            .name_server_addr(args.namesrv.clone())
+            .consume_message_batch_max_size(args.batch)
+            .pull_batch_size(args.batch.max(32))
+            .build();
+        consumer.subscribe(topic.as_str(), "*").await?;
+        consumer.set_consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset);
+        let forwarder = Forwarder {
+            http: http.clone(),
+            url: args.sink.clone(),
+            group: group.clone(),
+            handle: tokio::runtime::Handle::current(),
+        };
+        if args.orderly {
+            consumer.register_message_listener_orderly(forwarder);
+        } else {
+            consumer.register_message_listener_concurrently(forwarder);
+        }
+        consumer.start().await?;
+        consumers.push(consumer);
+    }
+    eprintln!("bench-peer: {} consumer(s) started", consumers.len());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| ClientError::internal("signal", e))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    for c in &mut consumers {
+        c.shutdown().await;
+    }
+    Ok(())
+}

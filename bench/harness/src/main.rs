@@ -1,0 +1,988 @@
+//! The benchmark driver behind `scripts/bench.sh`: runs the scenarios of issue 6 against a
+//! local broker, with the daemon (release build), the pull ceiling, the sink ceiling and the
+//! peer (a rocketmq-client-rust push consumer), and writes report.json and report.md.
+//!
+//! Every figure in the report comes from a measurement of this run; a figure that could not be
+//! measured is absent from the JSON and printed as "not measured: <reason>" in the markdown.
+
+mod load;
+mod proc;
+mod report;
+mod sink;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::time::Instant;
+
+use crate::sink::Sink;
+
+/// Unix time in microseconds.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Name server of the broker under test.
+    #[arg(long)]
+    namesrv: String,
+    /// The daemon binary (release build).
+    #[arg(long)]
+    daemon: PathBuf,
+    /// The peer binary; when missing, `--peer-missing` says why.
+    #[arg(long)]
+    peer: Option<PathBuf>,
+    /// Why the peer is not available.
+    #[arg(long, default_value = "peer binary not built")]
+    peer_missing: String,
+    /// Output directory (report.json, report.md, logs).
+    #[arg(long)]
+    out: PathBuf,
+    /// Short runs of every scenario, one repetition.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions per case (default 3, quick 1).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Scenario numbers or names (default: all).
+    scenarios: Vec<String>,
+}
+
+/// One measured run: metric name to value. Only measured metrics are present.
+pub type Run = BTreeMap<String, f64>;
+
+/// The runs of one case for one system.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaseResult {
+    pub scenario: String,
+    pub case: String,
+    /// `ours`, `peer`, `pull-ceiling` or `sink-ceiling`.
+    pub system: String,
+    pub runs: Vec<Run>,
+    /// Why runs are missing or incomplete.
+    pub note: Option<String>,
+}
+
+/// Which consumer runs a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Ours,
+    Peer,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ours => "ours",
+            Self::Peer => "peer",
+        }
+    }
+}
+
+/// One subscription of a consumer process.
+#[derive(Debug, Clone)]
+struct Sub {
+    topic: String,
+    group: String,
+}
+
+/// How a consumer process consumes.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    batch: usize,
+    orderly: bool,
+}
+
+struct Ctx {
+    args: Args,
+    sink: Sink,
+    client: rocketmq_webhook::client::Client,
+    producer: rocketmq_webhook::client::producer::Producer,
+    results: Vec<CaseResult>,
+    run_id: String,
+    seq: u64,
+    reps: usize,
+    sink_ceilings: BTreeMap<(usize, usize), Run>,
+}
+
+/// A running consumer process.
+struct Proc {
+    child: tokio::process::Child,
+    pid: u32,
+}
+
+impl Proc {
+    async fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.pid.to_string())
+            .status();
+        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+    fn cpu(&self) -> Option<f64> {
+        proc::cpu_secs(self.pid)
+    }
+}
+
+impl Ctx {
+    fn name(&mut self, what: &str) -> String {
+        self.seq += 1;
+        format!("bench-{}-{what}-{}", self.run_id, self.seq)
+    }
+
+    fn peer_available(&self) -> Result<PathBuf, String> {
+        match &self.args.peer {
+            Some(p) if p.exists() => Ok(p.clone()),
+            _ => Err(self.args.peer_missing.clone()),
+        }
+    }
+
+    async fn spawn(&mut self, kind: Kind, subs: &[Sub], mode: Mode) -> Result<Proc, String> {
+        let logs = self.args.out.join("logs");
+        std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+        let label = format!("{}-{}", kind.name(), self.seq);
+        let log =
+            std::fs::File::create(logs.join(format!("{label}.log"))).map_err(|e| e.to_string())?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = match kind {
+            Kind::Ours => {
+                let admin = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map_err(|e| e.to_string())?;
+                let mut yaml = format!(
+                    "namesrv_addr: \"{}\"\nadmin:\n  listen: \"{admin}\"\nlog:\n  level: warn\nshutdown:\n  grace_period: 5s\nsubscriptions:\n",
+                    self.args.namesrv
+                );
+                for s in subs {
+                    yaml.push_str(&format!(
+                        "  - group: \"{}\"\n    topic: \"{}\"\n    consume_from: FIRST_OFFSET\n    consume_mode: {}\n    consume_batch_size: {}\n    pull_batch_size: {}\n    webhook:\n      url: \"{}\"\n      timeout: 30s\n",
+                        s.group,
+                        s.topic,
+                        if mode.orderly { "ORDERLY" } else { "CONCURRENT" },
+                        mode.batch,
+                        mode.batch.max(32),
+                        self.sink.url()
+                    ));
+                }
+                let file = self.args.out.join("logs").join(format!("{label}.yaml"));
+                std::fs::write(&file, yaml).map_err(|e| e.to_string())?;
+                let mut c = tokio::process::Command::new(&self.args.daemon);
+                c.arg("run").arg("--config").arg(file);
+                c
+            }
+            Kind::Peer => {
+                let bin = self.peer_available()?;
+                let mut c = tokio::process::Command::new(bin);
+                c.arg("--namesrv")
+                    .arg(&self.args.namesrv)
+                    .arg("--sink")
+                    .arg(self.sink.url())
+                    .arg("--batch")
+                    .arg(mode.batch.to_string());
+                if mode.orderly {
+                    c.arg("--orderly");
+                }
+                for s in subs {
+                    c.arg("--sub").arg(format!("{}:{}", s.topic, s.group));
+                }
+                c
+            }
+        };
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ROCKETMQ_") || k == "NAMESRV_ADDR" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.stdout(log).stderr(err).kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", kind.name()))?;
+        let pid = child.id().ok_or("no pid")?;
+        Ok(Proc { child, pid })
+    }
+
+    fn push(&mut self, scenario: &str, case: &str, system: &str, run: Result<Run, String>) {
+        let entry = self
+            .results
+            .iter_mut()
+            .find(|r| r.scenario == scenario && r.case == case && r.system == system);
+        let entry = match entry {
+            Some(e) => e,
+            None => {
+                self.results.push(CaseResult {
+                    scenario: scenario.to_owned(),
+                    case: case.to_owned(),
+                    system: system.to_owned(),
+                    runs: Vec::new(),
+                    note: None,
+                });
+                self.results.last_mut().expect("just pushed")
+            }
+        };
+        match run {
+            Ok(r) => entry.runs.push(r),
+            Err(e) => {
+                eprintln!("  {scenario} / {case} / {system}: not measured: {e}");
+                entry.note = Some(format!("not measured: {e}"));
+            }
+        }
+    }
+
+    fn save(&self) {
+        let path = self.args.out.join("report.json");
+        let json = report::json(
+            &self.results,
+            &self.args.quick,
+            self.reps,
+            &self.args.namesrv,
+        );
+        if let Err(e) = std::fs::write(&path, json) {
+            eprintln!("cannot write {}: {e}", path.display());
+        }
+        let md = report::markdown(&self.results, self.args.quick, self.reps);
+        let _ = std::fs::write(self.args.out.join("report.md"), md);
+    }
+
+    /// The sink's request ceiling for this envelope shape, measured once per run.
+    async fn sink_ceiling(&mut self, scenario: &str, case: &str, batch: usize, size: usize) {
+        let run = if let Some(r) = self.sink_ceilings.get(&(batch, size)) {
+            r.clone()
+        } else {
+            self.sink.reset();
+            let secs = if self.args.quick { 3 } else { 10 };
+            let (msgs, reqs, el) =
+                load::sink_ceiling(&self.sink.url(), batch, size, Duration::from_secs(secs), 20)
+                    .await;
+            self.sink.reset();
+            let mut r = Run::new();
+            r.insert("messages".into(), msgs as f64);
+            r.insert("msgs_per_s".into(), msgs as f64 / el);
+            r.insert("requests_per_s".into(), reqs as f64 / el);
+            r.insert("mb_per_s".into(), msgs as f64 * size as f64 / el / 1e6);
+            self.sink_ceilings.insert((batch, size), r.clone());
+            r
+        };
+        self.push(scenario, case, "sink-ceiling", Ok(run));
+    }
+}
+
+/// Latency percentiles of non-warm-up receipts (first deliveries only), in milliseconds.
+fn latencies(run: &mut Run, rec: &sink::Recorder) {
+    let mut store: Vec<f64> = Vec::new();
+    let mut born: Vec<f64> = Vec::new();
+    for r in rec
+        .receipts
+        .iter()
+        .filter(|r| !r.warmup && r.reconsume == 0)
+    {
+        store.push((r.recv_us - r.store_ms * 1000) as f64 / 1000.0);
+        born.push((r.recv_us - r.born_ms * 1000) as f64 / 1000.0);
+    }
+    for (name, mut v) in [("store", store), ("born", born)] {
+        if v.is_empty() {
+            continue;
+        }
+        v.sort_by(f64::total_cmp);
+        for (p, label) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")] {
+            let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+            run.insert(format!("{name}_{label}_ms"), v[i]);
+        }
+    }
+}
+
+/// Common figures from the sink's recorder.
+fn sink_figures(run: &mut Run, rec: &sink::Recorder, size: usize) {
+    let real: Vec<&sink::Receipt> = rec.receipts.iter().filter(|r| !r.warmup).collect();
+    let n = real.len() as f64;
+    run.insert("messages".into(), n);
+    run.insert("requests".into(), rec.requests as f64);
+    run.insert("duplicates".into(), rec.duplicates as f64);
+    run.insert("order_violations".into(), rec.order_violations as f64);
+    run.insert("failed_requests".into(), rec.failed_requests as f64);
+    if let (Some(first), Some(last)) = (
+        real.iter().map(|r| r.recv_us).min(),
+        real.iter().map(|r| r.recv_us).max(),
+    ) {
+        let secs = ((last - first) as f64 / 1e6).max(1e-3);
+        run.insert("secs".into(), secs);
+        run.insert("msgs_per_s".into(), n / secs);
+        run.insert("mb_per_s".into(), n * size as f64 / secs / 1e6);
+    }
+}
+
+/// Waits until the sink holds `expected` unique messages (or `timeout`), sampling the
+/// process's CPU. Returns CPU seconds from just before the first receipt to completion.
+async fn wait_drained(
+    sink: &Sink,
+    p: &Proc,
+    expected: u64,
+    timeout: Duration,
+) -> (bool, Option<f64>) {
+    let deadline = Instant::now() + timeout;
+    let mut cpu_before = p.cpu();
+    loop {
+        let n = sink.unique.load(Ordering::Relaxed);
+        if n == 0 {
+            cpu_before = p.cpu();
+        }
+        if n >= expected {
+            return (true, p.cpu().zip(cpu_before).map(|(a, b)| a - b));
+        }
+        if Instant::now() >= deadline {
+            return (false, p.cpu().zip(cpu_before).map(|(a, b)| a - b));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Ctx {
+    /// Preloads fresh topics, then for ceiling, ours and peer: drain them through the sink.
+    #[allow(clippy::too_many_arguments)]
+    async fn drain_case(
+        &mut self,
+        scenario: &str,
+        case: &str,
+        topics: usize,
+        queues: u16,
+        total: u64,
+        size: usize,
+        mode: Mode,
+        sink_latency_us: u64,
+    ) {
+        let timeout = Duration::from_secs(if self.args.quick { 180 } else { 900 });
+        for rep in 0..self.reps {
+            eprintln!(
+                "[{scenario}] {case}: rep {}/{}: preloading {total} messages",
+                rep + 1,
+                self.reps
+            );
+            let mut names = Vec::new();
+            let per_topic = total / topics as u64;
+            let mut failed = None;
+            for _ in 0..topics {
+                let t = self.name("t");
+                if let Err(e) = load::topic(&self.client, &t, queues, mode.orderly).await {
+                    failed = Some(e);
+                    break;
+                }
+                if let Err(e) = load::preload(&self.producer, &t, per_topic, size, 4, u64::from(queues)).await {
+                    failed = Some(e);
+                    break;
+                }
+                names.push(t);
+            }
+            if let Some(e) = failed {
+                for sys in ["ours", "peer", "pull-ceiling"] {
+                    self.push(scenario, case, sys, Err(format!("preload failed: {e}")));
+                }
+                continue;
+            }
+            let expected = per_topic * topics as u64;
+            // Pull ceiling over the same data.
+            let mut ceiling = Run::new();
+            let mut ok = Ok(());
+            let (mut msgs, mut secs) = (0, 0.0_f64);
+            for t in &names {
+                match load::pull_ceiling(&self.client, t, mode.batch.max(32) as i32).await {
+                    Ok((m, s)) => {
+                        msgs += m;
+                        secs += s;
+                    }
+                    Err(e) => ok = Err(e),
+                }
+            }
+            let ceiling = ok.map(|()| {
+                ceiling.insert("messages".into(), msgs as f64);
+                ceiling.insert("secs".into(), secs);
+                ceiling.insert("msgs_per_s".into(), msgs as f64 / secs.max(1e-6));
+                ceiling.insert(
+                    "mb_per_s".into(),
+                    msgs as f64 * size as f64 / secs.max(1e-6) / 1e6,
+                );
+                ceiling
+            });
+            self.push(scenario, case, "pull-ceiling", ceiling);
+            for kind in [Kind::Ours, Kind::Peer] {
+                let subs: Vec<Sub> = names
+                    .iter()
+                    .map(|t| Sub {
+                        topic: t.clone(),
+                        group: format!("{t}-{}", kind.name()),
+                    })
+                    .collect();
+                let run = self
+                    .drain_one(kind, &subs, mode, expected, size, sink_latency_us, timeout)
+                    .await;
+                self.push(scenario, case, kind.name(), run);
+            }
+            self.save();
+        }
+        self.sink_ceiling(scenario, case, mode.batch, size).await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn drain_one(
+        &mut self,
+        kind: Kind,
+        subs: &[Sub],
+        mode: Mode,
+        expected: u64,
+        size: usize,
+        sink_latency_us: u64,
+        timeout: Duration,
+    ) -> Result<Run, String> {
+        self.sink.reset();
+        self.sink
+            .faults
+            .latency_us
+            .store(sink_latency_us, Ordering::SeqCst);
+        let p = self.spawn(kind, subs, mode).await?;
+        let (done, cpu) = wait_drained(&self.sink, &p, expected, timeout).await;
+        let peak = proc::peak_rss_mib(p.pid);
+        // Idle cost after the drain (long polling of every queue).
+        let idle = Duration::from_secs(if self.args.quick { 3 } else { 10 });
+        let cpu0 = p.cpu();
+        tokio::time::sleep(idle).await;
+        let idle_cpu = p
+            .cpu()
+            .zip(cpu0)
+            .map(|(a, b)| (a - b) / idle.as_secs_f64() * 60.0);
+        p.stop().await;
+        let rec = self.sink.take();
+        self.sink.reset();
+        let mut run = Run::new();
+        sink_figures(&mut run, &rec, size);
+        let n = rec.count() as f64;
+        if !done {
+            return Err(format!(
+                "{} of {expected} messages arrived within {} s",
+                n,
+                timeout.as_secs()
+            ));
+        }
+        if let Some(c) = cpu {
+            run.insert("cpu_s_per_m".into(), c / n * 1e6);
+        }
+        if let Some(p) = peak {
+            run.insert("peak_rss_mib".into(), p);
+        }
+        if let Some(c) = idle_cpu {
+            run.insert("idle_cpu_s_per_min".into(), c);
+        }
+        Ok(run)
+    }
+
+    /// Starts a consumer on a fresh empty topic and waits until it delivers a warm-up message.
+    async fn start_live(
+        &mut self,
+        kind: Kind,
+        queues: u16,
+        mode: Mode,
+    ) -> Result<(Proc, String), String> {
+        let topic = self.name("live");
+        load::topic(&self.client, &topic, queues, mode.orderly).await?;
+        self.sink.reset();
+        let subs = [Sub {
+            topic: topic.clone(),
+            group: format!("{topic}-{}", kind.name()),
+        }];
+        let p = self.spawn(kind, &subs, mode).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut i = 0;
+        loop {
+            let warm = self
+                .sink
+                .recorder
+                .lock()
+                .map(|r| r.receipts.len())
+                .unwrap_or(0);
+            if warm >= usize::from(queues).min(8) {
+                break;
+            }
+            if Instant::now() > deadline {
+                p.stop().await;
+                return Err("no warm-up message delivered within 60 s".into());
+            }
+            let m =
+                rocketmq_webhook::remoting::message::Message::new(topic.clone(), load::body(i, 64))
+                    .with_tags("warmup");
+            let _ = self
+                .producer
+                .send(
+                    m,
+                    &rocketmq_webhook::client::producer::QueueSelector::RoundRobin,
+                )
+                .await;
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let every queue's long poll settle.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok((p, topic))
+    }
+
+    /// Open-loop single sends at `rate` for `secs` while a consumer runs.
+    async fn latency_case(&mut self, scenario: &str, case: &str, rate: f64, secs: u64) {
+        for rep in 0..self.reps {
+            eprintln!("[{scenario}] {case}: rep {}/{}", rep + 1, self.reps);
+            for kind in [Kind::Ours, Kind::Peer] {
+                let run = self.latency_one(kind, rate, secs).await;
+                self.push(scenario, case, kind.name(), run);
+            }
+            self.save();
+        }
+        self.sink_ceiling(scenario, case, 1, 1024).await;
+        self.push(
+            scenario,
+            case,
+            "pull-ceiling",
+            Err("open loop: the rate is set by the producer, not the consumer".into()),
+        );
+    }
+
+    async fn latency_one(&mut self, kind: Kind, rate: f64, secs: u64) -> Result<Run, String> {
+        if kind == Kind::Peer {
+            self.peer_available()?;
+        }
+        let (p, topic) = self
+            .start_live(
+                kind,
+                8,
+                Mode {
+                    batch: 1,
+                    orderly: false,
+                },
+            )
+            .await?;
+        let cpu0 = p.cpu();
+        let sent = load::open_loop(
+            &self.producer,
+            &topic,
+            rate,
+            Duration::from_secs(secs),
+            1024,
+            "load",
+        )
+        .await;
+        let (done, _) = wait_drained(&self.sink, &p, sent, Duration::from_secs(30)).await;
+        let cpu = p.cpu().zip(cpu0).map(|(a, b)| a - b);
+        let peak = proc::peak_rss_mib(p.pid);
+        p.stop().await;
+        let rec = self.sink.take();
+        let mut run = Run::new();
+        sink_figures(&mut run, &rec, 1024);
+        latencies(&mut run, &rec);
+        run.insert("sent".into(), sent as f64);
+        run.insert("lost".into(), sent as f64 - rec.count() as f64);
+        if let Some(c) = cpu {
+            run.insert("cpu_s_per_m".into(), c / (rec.count().max(1) as f64) * 1e6);
+        }
+        if let Some(p) = peak {
+            run.insert("peak_rss_mib".into(), p);
+        }
+        if !done {
+            run.insert("incomplete".into(), 1.0);
+        }
+        Ok(run)
+    }
+
+    /// Scenario 6: open loop against a slow sink with random 500s and one outage.
+    async fn faults_one(
+        &mut self,
+        kind: Kind,
+        rate: f64,
+        secs: u64,
+        outage_at: u64,
+        outage_for: u64,
+    ) -> Result<Run, String> {
+        if kind == Kind::Peer {
+            self.peer_available()?;
+        }
+        let (p, topic) = self
+            .start_live(
+                kind,
+                8,
+                Mode {
+                    batch: 1,
+                    orderly: false,
+                },
+            )
+            .await?;
+        self.sink.faults.latency_us.store(10_000, Ordering::SeqCst);
+        self.sink.faults.fail_ppm.store(10_000, Ordering::SeqCst);
+        let start_ms = (now_us() / 1000) as u64;
+        let outage_from = start_ms + outage_at * 1000;
+        let outage_until = outage_from + outage_for * 1000;
+        self.sink
+            .faults
+            .outage_from_ms
+            .store(outage_from, Ordering::SeqCst);
+        self.sink
+            .faults
+            .outage_until_ms
+            .store(outage_until, Ordering::SeqCst);
+        let cpu0 = p.cpu();
+        let producer = self.producer.clone();
+        let t2 = topic.clone();
+        let sampler_pid = p.pid;
+        let sampler = tokio::spawn(async move {
+            let mut max_rss = 0.0_f64;
+            loop {
+                if let Some(r) = proc::rss_mib(sampler_pid) {
+                    max_rss = max_rss.max(r);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if (now_us() / 1000) as u64 > outage_until + 5_000 {
+                    return max_rss;
+                }
+            }
+        });
+        let sent = load::open_loop(
+            &producer,
+            &t2,
+            rate,
+            Duration::from_secs(secs),
+            1024,
+            "load",
+        )
+        .await;
+        // Retries come back through the retry topic after 10 s, 30 s, ...: wait for them.
+        let wait = Duration::from_secs(if self.args.quick { 90 } else { 240 });
+        let (done, _) = wait_drained(&self.sink, &p, sent, wait).await;
+        let cpu = p.cpu().zip(cpu0).map(|(a, b)| a - b);
+        let peak = proc::peak_rss_mib(p.pid);
+        let outage_rss = sampler.await.unwrap_or(0.0);
+        p.stop().await;
+        let rec = self.sink.take();
+        self.sink.reset();
+        let mut run = Run::new();
+        sink_figures(&mut run, &rec, 1024);
+        latencies(&mut run, &rec);
+        run.insert("sent".into(), sent as f64);
+        run.insert("lost".into(), sent as f64 - rec.count() as f64);
+        run.insert(
+            "retried_messages".into(),
+            rec.receipts.iter().filter(|r| r.reconsume > 0).count() as f64,
+        );
+        let until_us = outage_until as i64 * 1000;
+        let first_after = rec
+            .receipts
+            .iter()
+            .filter(|r| !r.warmup && r.recv_us >= until_us)
+            .map(|r| r.recv_us)
+            .min();
+        if let Some(f) = first_after {
+            run.insert(
+                "first_delivery_after_outage_s".into(),
+                (f - until_us) as f64 / 1e6,
+            );
+        }
+        let caught_up = rec
+            .receipts
+            .iter()
+            .filter(|r| !r.warmup && r.reconsume == 0 && r.store_ms * 1000 <= until_us)
+            .map(|r| r.recv_us)
+            .max();
+        if let Some(c) = caught_up {
+            run.insert("recovery_s".into(), ((c - until_us) as f64 / 1e6).max(0.0));
+        }
+        if let Some(c) = cpu {
+            run.insert("cpu_s_per_m".into(), c / (rec.count().max(1) as f64) * 1e6);
+        }
+        if let Some(p) = peak {
+            run.insert("peak_rss_mib".into(), p);
+        }
+        run.insert("outage_max_rss_mib".into(), outage_rss);
+        if !done {
+            run.insert("incomplete".into(), 1.0);
+        }
+        Ok(run)
+    }
+
+    /// Scenario 8: idle footprint, then a load burst.
+    async fn idle_one(
+        &mut self,
+        kind: Kind,
+        idle: Duration,
+        load_count: u64,
+    ) -> Result<Run, String> {
+        if kind == Kind::Peer {
+            self.peer_available()?;
+        }
+        let (p, topic) = self
+            .start_live(
+                kind,
+                8,
+                Mode {
+                    batch: 1,
+                    orderly: false,
+                },
+            )
+            .await?;
+        let cpu0 = p.cpu();
+        let start = Instant::now();
+        let mut rss = Vec::new();
+        while start.elapsed() < idle {
+            if let Some(r) = proc::rss_mib(p.pid) {
+                rss.push(r);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let idle_cpu = p
+            .cpu()
+            .zip(cpu0)
+            .map(|(a, b)| (a - b) / idle.as_secs_f64() * 60.0);
+        let idle_rss = rss.last().copied();
+        let idle_peak = proc::peak_rss_mib(p.pid);
+        let cpu1 = p.cpu();
+        let mut run = Run::new();
+        let pre = load::preload(&self.producer, &topic, load_count, 1024, 4, 8).await?;
+        let (done, _) = wait_drained(&self.sink, &p, load_count, Duration::from_secs(300)).await;
+        let cpu = p.cpu().zip(cpu1).map(|(a, b)| a - b);
+        let peak = proc::peak_rss_mib(p.pid);
+        p.stop().await;
+        let rec = self.sink.take();
+        self.sink.reset();
+        sink_figures(&mut run, &rec, 1024);
+        run.insert("producer_secs".into(), pre);
+        if let Some(v) = idle_cpu {
+            run.insert("idle_cpu_s_per_min".into(), v);
+        }
+        if let Some(v) = idle_rss {
+            run.insert("idle_rss_mib".into(), v);
+        }
+        if let Some(v) = idle_peak {
+            run.insert("idle_peak_rss_mib".into(), v);
+        }
+        if let Some(c) = cpu {
+            run.insert("cpu_s_per_m".into(), c / (rec.count().max(1) as f64) * 1e6);
+        }
+        if let Some(p) = peak {
+            run.insert("peak_rss_mib".into(), p);
+        }
+        if !done {
+            run.insert("incomplete".into(), 1.0);
+        }
+        Ok(run)
+    }
+}
+
+fn wanted(list: &[String], n: u32, name: &str) -> bool {
+    list.is_empty() || list.iter().any(|s| s == &n.to_string() || s == name)
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
+    let sink = sink::start("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
+        .await
+        .map_err(|e| format!("sink: {e}"))?;
+    let client = load::client(&args.namesrv)?;
+    let producer = load::producer(client.clone());
+    let reps = args.reps.unwrap_or(if args.quick { 1 } else { 3 });
+    let q = args.quick;
+    let list = args.scenarios.clone();
+    let mut ctx = Ctx {
+        args,
+        sink,
+        client,
+        producer,
+        results: Vec::new(),
+        run_id: format!("{}", now_us() / 1_000_000 % 1_000_000),
+        seq: 0,
+        reps,
+        sink_ceilings: BTreeMap::new(),
+    };
+    let started = Instant::now();
+    let one = Mode {
+        batch: 1,
+        orderly: false,
+    };
+    if wanted(&list, 1, "latency") {
+        let secs = if q { 5 } else { 30 };
+        ctx.latency_case("1 latency floor", "100 msg/s", 100.0, secs)
+            .await;
+        ctx.latency_case("1 latency floor", "1000 msg/s", 1000.0, secs)
+            .await;
+    }
+    if wanted(&list, 2, "throughput") {
+        let n = if q { 20_000 } else { 300_000 };
+        ctx.drain_case("2 max throughput", "batch 1", 1, 8, n, 1024, one, 0)
+            .await;
+    }
+    if wanted(&list, 3, "batched") {
+        let n = if q { 40_000 } else { 600_000 };
+        for b in [32, 100] {
+            ctx.drain_case(
+                "3 batched throughput",
+                &format!("batch {b}"),
+                1,
+                8,
+                n,
+                1024,
+                Mode {
+                    batch: b,
+                    orderly: false,
+                },
+                0,
+            )
+            .await;
+        }
+    }
+    if wanted(&list, 4, "backlog") {
+        let n = if q { 100_000 } else { 1_000_000 };
+        ctx.drain_case(
+            "4 backlog drain",
+            &format!("{n} msgs, batch 32"),
+            1,
+            8,
+            n,
+            1024,
+            Mode {
+                batch: 32,
+                orderly: false,
+            },
+            0,
+        )
+        .await;
+    }
+    if wanted(&list, 5, "orderly") {
+        for queues in [1_u16, 8] {
+            for lat_ms in [0_u64, 1, 10] {
+                for batch in [1_usize, 32] {
+                    // Enough messages for a few seconds at the rate the sink latency allows.
+                    let per_req_s = if lat_ms == 0 {
+                        0.0002
+                    } else {
+                        lat_ms as f64 / 1000.0 + 0.0005
+                    };
+                    let est = f64::from(queues) * batch as f64 / per_req_s;
+                    let secs = if q { 3.0 } else { 10.0 };
+                    let n = ((est * secs) as u64).clamp(500, if q { 20_000 } else { 200_000 });
+                    let n = n / u64::from(queues) * u64::from(queues);
+                    let case = format!("{queues} q, sink {lat_ms} ms, batch {batch}");
+                    ctx.drain_case(
+                        "5 orderly",
+                        &case,
+                        1,
+                        queues,
+                        n,
+                        1024,
+                        Mode {
+                            batch,
+                            orderly: true,
+                        },
+                        lat_ms * 1000,
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+    if wanted(&list, 6, "faults") {
+        let (rate, secs, at, outage) = if q {
+            (500.0, 20, 5, 8)
+        } else {
+            (1000.0, 90, 20, 30)
+        };
+        let case = format!("{rate} msg/s {secs} s, 10 ms, 1% 500, {outage} s outage");
+        for rep in 0..ctx.reps {
+            eprintln!("[6 slow and failing sink] rep {}/{}", rep + 1, ctx.reps);
+            for kind in [Kind::Ours, Kind::Peer] {
+                let r = ctx.faults_one(kind, rate, secs, at, outage).await;
+                ctx.push("6 slow and failing sink", &case, kind.name(), r);
+            }
+            ctx.save();
+        }
+    }
+    if wanted(&list, 7, "large") {
+        for (kib, n) in [
+            (64_usize, if q { 1_000 } else { 10_000 }),
+            (256, if q { 300 } else { 3_000 }),
+        ] {
+            ctx.drain_case(
+                "7 large messages",
+                &format!("{kib} KiB"),
+                1,
+                8,
+                n,
+                kib * 1024,
+                one,
+                0,
+            )
+            .await;
+        }
+    }
+    if wanted(&list, 8, "idle") {
+        let (idle, n) = if q { (20, 20_000) } else { (600, 200_000) };
+        let case = format!("{idle} s idle, then {n} msgs");
+        for rep in 0..ctx.reps {
+            eprintln!("[8 idle footprint] rep {}/{}", rep + 1, ctx.reps);
+            for kind in [Kind::Ours, Kind::Peer] {
+                let r = ctx.idle_one(kind, Duration::from_secs(idle), n).await;
+                ctx.push("8 idle footprint", &case, kind.name(), r);
+            }
+            ctx.save();
+        }
+    }
+    if wanted(&list, 9, "scale") {
+        let n = if q { 8_000 } else { 96_000 };
+        for queues in [1_u16, 8, 64] {
+            for subs in [1_usize, 4, 16] {
+                let case = format!("{queues} q x {subs} subs");
+                ctx.drain_case(
+                    "9 scale",
+                    &case,
+                    subs,
+                    queues,
+                    n / subs as u64 * subs as u64,
+                    1024,
+                    one,
+                    0,
+                )
+                .await;
+            }
+        }
+    }
+    ctx.save();
+    eprintln!(
+        "benchmark finished in {:.0} s; report in {}",
+        started.elapsed().as_secs_f64(),
+        ctx.args.out.display()
+    );
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _path(_: &Path) {}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The benchmark harness (issue 6): one command.
+#
+#   scripts/bench.sh [--quick] [scenario...]
+#
+# scenario: 1..9 or latency, throughput, batched, backlog, orderly, faults, large, idle, scale
+# (default: all). --quick runs every scenario briefly, once, as a smoke check of the harness.
+#
+# Starts a private name server and broker (scripts/rocketmq-local.sh, ports 19876 / 20911, store
+# in target/bench/rocketmq, removed first), builds the daemon (release) and the driver
+# (bench/harness, its own Cargo workspace and target dir, never part of the main build), uses the
+# peer (bench/peer, a rocketmq-client-rust push consumer) when it builds, and writes
+# target/bench/report.json, target/bench/report.md and target/bench/latency.png.
+# Preloading always uses batched sends: single sends on this broker cap at about 1.5k msg/s.
+# Environment: BENCH_NAMESRV_PORT, BENCH_BROKER_PORT, BENCH_SKIP_PEER_BUILD=1 (use a peer binary
+# only if already built), BENCH_REPS (repetitions, default 3, quick 1).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+out="$repo/target/bench"
+ns_port="${BENCH_NAMESRV_PORT:-19876}"
+br_port="${BENCH_BROKER_PORT:-20911}"
+mq_dir="$out/rocketmq"
+
+quick=()
+scenarios=()
+for a in "$@"; do
+  case "$a" in
+    --quick) quick=(--quick) ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+    -*) echo "bench: unknown option $a" >&2; exit 2 ;;
+    *) scenarios+=("$a") ;;
+  esac
+done
+
+mkdir -p "$out"
+echo "== building the daemon (release)" >&2
+(cd "$repo" && cargo build --release --bin rocketmq-webhook)
+echo "== building the driver (bench/harness, release)" >&2
+(cd "$repo/bench/harness" && cargo build --release)
+
+peer_args=()
+peer_bin="$repo/bench/peer/target/release/bench-peer"
+peer_log="$out/peer-build.log"
+if [ "${BENCH_SKIP_PEER_BUILD:-0}" != 1 ]; then
+  echo "== building the peer (bench/peer: rocketmq-client-rust; the first build takes long)" >&2
+  if ! (cd "$repo/bench/peer" && nice -n 10 cargo build --release) >"$peer_log" 2>&1; then
+    echo "bench: the peer did not build (see $peer_log); peer columns will say so" >&2
+    peer_args=(--peer-missing "the peer (bench/peer) did not build: $(grep -m1 '^error' "$peer_log" || tail -n 1 "$peer_log")")
+    peer_bin=""
+  fi
+fi
+if [ -n "$peer_bin" ] && [ -x "$peer_bin" ]; then
+  peer_args=(--peer "$peer_bin")
+elif [ ${#peer_args[@]} -eq 0 ]; then
+  peer_args=(--peer-missing "peer binary not built (BENCH_SKIP_PEER_BUILD=1)")
+fi
+
+"$here/rocketmq-local.sh" stop --dir "$mq_dir" >/dev/null 2>&1 || true
+rm -rf "$mq_dir"
+trap '"$here/rocketmq-local.sh" stop --dir "$mq_dir" >&2 || true' EXIT
+namesrv="$("$here/rocketmq-local.sh" start --dir "$mq_dir" --namesrv-port "$ns_port" --broker-port "$br_port" | tail -n 1)"
+
+reps=()
+[ -n "${BENCH_REPS:-}" ] && reps=(--reps "$BENCH_REPS")
+echo "== running scenarios ${scenarios[*]:-all}${quick:+ (quick)}" >&2
+"$repo/bench/harness/target/release/bench-harness" --namesrv "$namesrv" \
+  --daemon "$repo/target/release/rocketmq-webhook" --out "$out" \
+  "${peer_args[@]}" "${quick[@]}" "${reps[@]}" "${scenarios[@]}"
+
+# The plot: matplotlib in a private venv (git-ignored .tools/).
+venv="$repo/.tools/bench-venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+  python3 -m venv "$venv" && "$venv/bin/pip" install -q matplotlib >&2 || true
+fi
+if "$venv/bin/python" "$repo/bench/plot.py" "$out/report.json" "$out/latency.png"; then
+  echo "plot: $out/latency.png" >&2
+else
+  echo "bench: the latency plot could not be drawn (matplotlib missing?)" >&2
+fi
+echo "report: $out/report.md, $out/report.json" >&2
