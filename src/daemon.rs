@@ -23,7 +23,7 @@ use crate::remoting::MessageQueue;
 use crate::webhook::stats::RequestClass;
 use crate::webhook::{
     BearerToken, BreakerConfig, Format, SigningSecret, StatusClasses, StatusPattern, Webhook,
-    WebhookOptions,
+    WebhookOptions, WebhookTls,
 };
 
 /// A configuration problem found while planning (after the config module's own validation).
@@ -253,6 +253,12 @@ fn webhook_options(
         drop: w.drop_codes.iter().map(pattern).collect(),
     };
     o.retry_after_cap = w.retry_after_cap;
+    o.tls = WebhookTls {
+        ca_file: w.tls.ca_file.clone(),
+        client_cert: w.tls.cert_file.clone(),
+        client_key: w.tls.key_file.clone(),
+        insecure_skip_verify: w.tls.insecure_skip_verify,
+    };
     o.breaker = BreakerConfig {
         failure_threshold: w.circuit_breaker.failure_threshold,
         open_duration: w.circuit_breaker.open_duration,

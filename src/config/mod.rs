@@ -421,6 +421,23 @@ pub struct WebhookConfig {
     pub retry_after_cap: Duration,
     /// Stops spending reconsume attempts while the endpoint is down.
     pub circuit_breaker: CircuitBreakerConfig,
+    /// TLS to `https` endpoints: custom CA and client certificate (mutual TLS).
+    pub tls: WebhookTlsConfig,
+}
+
+/// TLS settings of a webhook endpoint. Default: verify `https` endpoints against the public web
+/// roots, no client certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookTlsConfig {
+    /// PEM bundle of CA certificates trusted in addition to the web roots. Default none.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS, with `key_file`. Default none.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`. Default none.
+    pub key_file: Option<PathBuf>,
+    /// Accept any server certificate (tests only). Default `false`.
+    pub insecure_skip_verify: bool,
 }
 
 impl Default for WebhookConfig {
@@ -445,6 +462,7 @@ impl Default for WebhookConfig {
             drop_codes: codes(&[400, 404, 410, 413, 415, 422]),
             retry_after_cap: Duration::from_secs(60),
             circuit_breaker: CircuitBreakerConfig::default(),
+            tls: WebhookTlsConfig::default(),
         }
     }
 }

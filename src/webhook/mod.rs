@@ -88,6 +88,21 @@ pub struct WebhookOptions {
     pub cloudevents_type: String,
     /// CloudEvents `source` attribute (default `rocketmq://<brokerName>/<topic>`).
     pub cloudevents_source: Option<String>,
+    /// TLS to `https` endpoints: custom CA, client certificate.
+    pub tls: WebhookTls,
+}
+
+/// TLS settings for `https` endpoints. By default the public web roots verify the endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookTls {
+    /// PEM bundle of CA certificates trusted in addition to the web roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS, with `client_key`.
+    pub client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<std::path::PathBuf>,
+    /// Accept any server certificate (tests only).
+    pub insecure_skip_verify: bool,
 }
 
 impl WebhookOptions {
@@ -108,6 +123,7 @@ impl WebhookOptions {
             breaker: BreakerConfig::default(),
             cloudevents_type: encode::DEFAULT_CLOUDEVENTS_TYPE.to_owned(),
             cloudevents_source: None,
+            tls: WebhookTls::default(),
         }
     }
 }
@@ -136,6 +152,7 @@ impl fmt::Debug for WebhookOptions {
             .field("breaker", &self.breaker)
             .field("cloudevents_type", &self.cloudevents_type)
             .field("cloudevents_source", &self.cloudevents_source)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -184,6 +201,16 @@ pub enum WebhookError {
         name: &'static str,
         /// What is wrong.
         reason: &'static str,
+    },
+    /// A TLS file cannot be read or does not hold what it should.
+    #[error("webhook TLS {what} {path}: {reason}")]
+    Tls {
+        /// `ca_file`, `client_cert` or `client_key`.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
     },
     /// The HTTP client could not be built (TLS backend initialisation).
     #[error("cannot build the HTTP client: {0}")]
@@ -265,7 +292,8 @@ impl Webhook {
             .connect_timeout(options.timeout)
             // A redirect is an answer (3xx -> retry by default), never followed: following it
             // would resend signed bodies to wherever the endpoint points.
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        let client = apply_tls(client, &options.tls)?
             .build()
             .map_err(WebhookError::Client)?;
         let encoder = Encoder::new(
@@ -660,3 +688,57 @@ fn log_answer(log: &LogFields, status: u16, count: usize, answer: &Answer) {
 
 #[cfg(test)]
 mod tests;
+
+/// Adds the custom CA, the client identity and the verification switch to the HTTP client.
+fn apply_tls(
+    mut builder: reqwest::ClientBuilder,
+    tls: &WebhookTls,
+) -> Result<reqwest::ClientBuilder, WebhookError> {
+    let read = |what: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| WebhookError::Tls {
+            what,
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    };
+    if let Some(path) = &tls.ca_file {
+        let pem = read("ca_file", path)?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| WebhookError::Tls {
+            what: "ca_file",
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if certs.is_empty() {
+            return Err(WebhookError::Tls {
+                what: "ca_file",
+                path: path.display().to_string(),
+                reason: "no PEM certificate in the file".to_owned(),
+            });
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read("client_cert", cert)?;
+            pem.push(b'\n');
+            pem.extend(read("client_key", key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| WebhookError::Tls {
+                what: "client_cert",
+                path: cert.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            builder = builder.identity(identity);
+        }
+        (None, None) => {}
+        (Some(path), None) | (None, Some(path)) => {
+            return Err(WebhookError::Tls {
+                what: "client_cert",
+                path: path.display().to_string(),
+                reason: "client_cert and client_key must be set together".to_owned(),
+            });
+        }
+    }
+    Ok(builder.danger_accept_invalid_certs(tls.insecure_skip_verify))
+}
