@@ -1367,3 +1367,85 @@ async fn metrics_and_status_show_what_was_delivered() {
         assert!(queues.contains(&key), "queue {key} missing: {status}");
     }
 }
+
+// === Secrets never leak ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_logs_status_or_check_config() {
+    let mq = RocketMq::start().await;
+    let topic = unique("T_secret");
+    let group = unique("G_secret");
+    mq.create_topic(&topic, 1).await;
+    let receiver = Receiver::start().await;
+    let token = "tok-SUPERSECRET-7f3a";
+    let signing = "whsec_c2VjcmV0LXNpZ25pbmcta2V5LTEyMzQ1Njc4OTA=";
+    let acl_secret = "acl-SUPERSECRET-91bd";
+    let launch = Launch::env_only()
+        .env("ROCKETMQ_NAMESRV_ADDR", mq.namesrv_addr())
+        .env("ROCKETMQ_CONSUMER_GROUP", group.clone())
+        .env("ROCKETMQ_TOPIC", topic.clone())
+        .env("ROCKETMQ_WEBHOOK_URL", receiver.url("/s"))
+        .env("ROCKETMQ_CONSUME_FROM_WHERE", "FIRST_OFFSET")
+        .env("ROCKETMQ_WEBHOOK_TOKEN", token)
+        .env("ROCKETMQ_WEBHOOK_SECRET", signing)
+        .env("ROCKETMQ_ACCESS_KEY", "ak-visible")
+        .env("ROCKETMQ_SECRET_KEY", acl_secret)
+        // Every level, every module.
+        .env("RUST_LOG", "trace");
+    let daemon = Daemon::start(&launch).await;
+    produce(&mq, &topic, &["s-0"]).await;
+    let requests = receiver
+        .wait_until(Duration::from_secs(60), "the message", |r| {
+            deliveries(r).len() == 1
+        })
+        .await;
+    // The endpoint does get them (that is their purpose)...
+    assert_eq!(
+        requests[0].header("authorization").as_deref(),
+        Some(format!("Bearer {token}").as_str())
+    );
+    assert!(requests[0].header("webhook-signature").is_some());
+    // ...but nothing the operator reads does.
+    let status = daemon.status().await.to_string();
+    let log = daemon.output();
+    assert!(
+        log.len() > 1000,
+        "trace logging produced output: {} bytes",
+        log.len()
+    );
+    for secret in [
+        token,
+        signing,
+        "c2VjcmV0LXNpZ25pbmcta2V5LTEyMzQ1Njc4OTA",
+        acl_secret,
+    ] {
+        assert!(!log.contains(secret), "secret {secret} in the log");
+        assert!(!status.contains(secret), "secret {secret} in /status");
+    }
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_rocketmq-webhook"))
+        .arg("check-config")
+        .env_clear()
+        .env("ROCKETMQ_NAMESRV_ADDR", mq.namesrv_addr())
+        .env("ROCKETMQ_CONSUMER_GROUP", &group)
+        .env("ROCKETMQ_TOPIC", &topic)
+        .env("ROCKETMQ_WEBHOOK_URL", receiver.url("/s"))
+        .env("ROCKETMQ_WEBHOOK_TOKEN", token)
+        .env("ROCKETMQ_WEBHOOK_SECRET", signing)
+        .env("ROCKETMQ_ACCESS_KEY", "ak-visible")
+        .env("ROCKETMQ_SECRET_KEY", acl_secret)
+        .output()
+        .expect("check-config runs");
+    assert!(check.status.success(), "{check:?}");
+    let printed = String::from_utf8_lossy(&check.stdout).into_owned()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(
+        printed.contains("ak-visible"),
+        "the non-secret access key is shown: {printed}"
+    );
+    for secret in [token, signing, acl_secret] {
+        assert!(
+            !printed.contains(secret),
+            "secret {secret} in check-config output: {printed}"
+        );
+    }
+}
