@@ -111,7 +111,12 @@ async fn misbehave(mut socket: TcpStream, how: Misbehaviour, stats: Arc<FakeStat
     stats.requests.fetch_add(1, Ordering::Relaxed);
     lock(&stats.used).insert(name_of(how));
     let mut out = BytesMut::new();
-    let silence = Duration::from_secs(20);
+    // How long a silent connection stays open: longer than the daemon's 2 s request timeout.
+    let silence = if full() {
+        Duration::from_secs(20)
+    } else {
+        Duration::from_secs(4)
+    };
     match how {
         Misbehaviour::TruncatedFrame => {
             let full_frame = response(&request, ExtFields::new());
@@ -336,7 +341,7 @@ async fn a_hostile_broker_does_not_stop_the_real_one() {
     let run_for = if full() {
         Duration::from_secs(120)
     } else {
-        Duration::from_secs(20)
+        Duration::from_secs(15)
     };
     let mq = RocketMq::start().await;
     let topic = unique("T_fake");
@@ -451,6 +456,12 @@ async fn a_hostile_broker_does_not_stop_the_real_one() {
     assert!(
         !output.contains("panicked"),
         "{name}: the daemon panicked:\n{output}"
+    );
+    // It said what went wrong, naming the broker.
+    assert!(
+        output.contains(&fake_broker_addr) || output.contains(FAKE_BROKER_NAME),
+        "{name}: the daemon never logged a problem with the fake broker:\n{}",
+        daemon.output_tail(40)
     );
     // The daemon is still serving: its admin server answers and its status is sane.
     let status = daemon.status().await;

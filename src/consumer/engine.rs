@@ -639,6 +639,7 @@ impl<H: Handler> Consumer<H> {
         tasks.spawn(route_task(Arc::clone(&shared), cancel.child_token()));
         tasks.spawn(heartbeat_task(Arc::clone(&shared), cancel.child_token()));
         tasks.spawn(persist_task(Arc::clone(&shared), cancel.child_token()));
+        tasks.spawn(gauge_task(Arc::clone(&shared), cancel.child_token()));
         if shared.is_orderly_clustering() {
             tasks.spawn(lock_task(Arc::clone(&shared), cancel.child_token()));
         }
@@ -759,6 +760,25 @@ async fn heartbeat_task<H: Handler>(shared: Arc<Shared<H>>, cancel: Cancellation
             _ = tokio::time::sleep(shared.config.heartbeat_interval) => {}
         }
         shared.heartbeat_all().await;
+    }
+}
+
+/// Keeps the per-subscription gauges (cached messages and bytes, lag) in step with the queue
+/// states the workers publish. Once a second is plenty for scrapes and costs one short lock.
+async fn gauge_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken) {
+    let labels = shared.labels();
+    let cached = shared.metrics.cached_messages.with_label_values(&labels);
+    let bytes = shared.metrics.cached_bytes.with_label_values(&labels);
+    let lag = shared.metrics.lag.with_label_values(&labels);
+    loop {
+        let queues = shared.stats.queues();
+        cached.set(queues.values().map(|q| q.cached_messages as i64).sum());
+        bytes.set(queues.values().map(|q| q.cached_bytes as i64).sum());
+        lag.set(queues.values().filter_map(|q| q.lag).sum());
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 
