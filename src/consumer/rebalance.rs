@@ -34,7 +34,8 @@ pub(crate) struct Rebalancer<H> {
     shared: Arc<Shared<H>>,
     resets: mpsc::Receiver<ResetRequest>,
     workers: JoinSet<MessageQueue>,
-    active: HashMap<MessageQueue, CancellationToken>,
+    /// Queues with a running worker: its cancel token and task id.
+    active: HashMap<MessageQueue, (CancellationToken, tokio::task::Id)>,
     retiring: HashSet<MessageQueue>,
     ids: HashMap<tokio::task::Id, MessageQueue>,
 }
@@ -60,16 +61,7 @@ impl<H: Handler> Rebalancer<H> {
                 biased;
                 _ = cancel.cancelled() => break,
                 Some(done) = self.workers.join_next_with_id(), if !self.workers.is_empty() => {
-                    let id = match &done { Ok((id, _)) => *id, Err(e) => e.id() };
-                    if let Some(mq) = self.ids.remove(&id) {
-                        self.retiring.remove(&mq);
-                        if self.active.get(&mq).is_some_and(|t| t.is_cancelled()) {
-                            self.active.remove(&mq);
-                        }
-                    }
-                    if let Err(e) = done {
-                        warn!(error = %e, "Queue worker ended abnormally.");
-                    }
+                    self.reap(done);
                     continue;
                 }
                 Some(reset) = self.resets.recv() => {
@@ -88,7 +80,7 @@ impl<H: Handler> Rebalancer<H> {
             };
         }
         let held: Vec<MessageQueue> = self.active.keys().cloned().collect();
-        for token in self.active.values() {
+        for (token, _) in self.active.values() {
             token.cancel();
         }
         while self.workers.join_next().await.is_some() {}
@@ -218,6 +210,34 @@ impl<H: Handler> Rebalancer<H> {
         None
     }
 
+    /// Books a finished worker. A revoked one frees its queue for re-assignment; one that ended
+    /// while still assigned (a panic: a bug) gives its queue up so the next rebalance, scheduled
+    /// at once, starts a fresh worker from the committed offset.
+    fn reap(&mut self, done: Result<(tokio::task::Id, MessageQueue), tokio::task::JoinError>) {
+        let id = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        let Some(mq) = self.ids.remove(&id) else {
+            return;
+        };
+        self.retiring.remove(&mq);
+        if self
+            .active
+            .get(&mq)
+            .is_some_and(|(_, active_id)| *active_id == id)
+        {
+            self.active.remove(&mq);
+            self.shared
+                .count_error("rebalance", &"worker ended while assigned");
+            warn!(queue = %mq, "Queue worker ended while still assigned; restarting it.");
+            self.shared.rebalance_now.notify_one();
+        }
+        if let Err(e) = done {
+            warn!(queue = %mq, error = %e, "Queue worker ended abnormally.");
+        }
+    }
+
     fn spawn(&mut self, mq: MessageQueue, offset: i64) {
         let token = CancellationToken::new();
         let shared = Arc::clone(&self.shared);
@@ -228,11 +248,11 @@ impl<H: Handler> Rebalancer<H> {
             queue
         });
         self.ids.insert(handle.id(), mq.clone());
-        self.active.insert(mq, token);
+        self.active.insert(mq, (token, handle.id()));
     }
 
     fn revoke(&mut self, mq: &MessageQueue) {
-        if let Some(token) = self.active.remove(mq) {
+        if let Some((token, _)) = self.active.remove(mq) {
             info!(group = %self.shared.group(), queue = %mq, "Queue revoked; draining.");
             token.cancel();
             self.retiring.insert(mq.clone());
@@ -253,15 +273,7 @@ impl<H: Handler> Rebalancer<H> {
             .any(|(mq, _)| self.retiring.contains(mq))
         {
             match self.workers.join_next_with_id().await {
-                Some(done) => {
-                    let id = match &done {
-                        Ok((id, _)) => *id,
-                        Err(e) => e.id(),
-                    };
-                    if let Some(mq) = self.ids.remove(&id) {
-                        self.retiring.remove(&mq);
-                    }
-                }
+                Some(done) => self.reap(done),
                 None => break,
             }
         }
