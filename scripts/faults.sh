@@ -62,12 +62,13 @@ elapsed=$(( $(date +%s) - started ))
   echo
   echo "| scenario | produced | delivered | duplicated | lost | dlq | max_rss_kib |"
   echo "|---|---|---|---|---|---|---|"
-  grep -E '^scenario=' "$log" | sed -E \
+  # libtest may print "test <name> ... " in front of a line, hence -o rather than ^.
+  grep -oE 'scenario=[^ ]+ produced=[0-9]+ delivered=[0-9]+ duplicated=[0-9]+ lost=[0-9]+ dlq=[0-9]+ max_rss_kib=[0-9]+' "$log" | grep -v '^detail' | sed -E \
     's/^scenario=([^ ]+) produced=([0-9]+) delivered=([0-9]+) duplicated=([0-9]+) lost=([0-9]+) dlq=([0-9]+) max_rss_kib=([0-9]+).*/| \1 | \2 | \3 | \4 | \5 | \6 | \7 |/'
   echo
   echo "Details:"
   echo
-  grep -E '^detail scenario=' "$log" | sed -E 's/^detail /- /'
+  grep -oE 'detail scenario=.*' "$log" | sed -E 's/^detail /- /'
   echo
   echo "Failures:"
   echo

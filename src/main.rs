@@ -65,3 +65,8 @@ fn main() -> ExitCode {
         }
     }
 }
+
+// The daemon's hot path allocates per message; mimalloc is markedly cheaper than glibc malloc
+// there (see the benchmark report).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

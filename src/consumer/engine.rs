@@ -34,6 +34,7 @@ use crate::remoting::rpc::{
     SearchOffsetByTimestamp, UnlockBatchMq, UnregisterClient, UpdateConsumerOffset,
 };
 use crate::remoting::{MessageExt, MessageQueue, ResponseCode};
+use prometheus::{Histogram, IntCounter, IntGauge};
 
 use super::config::{Config, ConsumeFrom, Filter, Model};
 use super::error::ConsumerError;
@@ -54,6 +55,8 @@ pub(crate) struct Shared<H> {
     pub(crate) local_store: Option<LocalFileStore>,
     pub(crate) routes: Mutex<HashMap<String, Arc<TopicRouteData>>>,
     pub(crate) metrics: Metrics,
+    /// The hot-path collectors with this subscription's labels resolved once.
+    pub(crate) meters: Meters,
     pub(crate) stats: Arc<Stats>,
     /// Batches in flight across the subscription (Java `consumeThreadMax`).
     pub(crate) consume_slots: Arc<Semaphore>,
@@ -67,6 +70,37 @@ pub(crate) struct Shared<H> {
     pub(crate) ready: Arc<AtomicBool>,
     /// Offset resets asked for by brokers, applied by the rebalancer.
     pub(crate) resets: mpsc::Sender<ResetRequest>,
+}
+
+/// Collectors the per-message path touches, resolved for one subscription's labels so the hot
+/// path does no label hashing.
+#[derive(Debug)]
+pub(crate) struct Meters {
+    pub(crate) success: IntCounter,
+    pub(crate) retry: IntCounter,
+    pub(crate) drop: IntCounter,
+    pub(crate) later: IntCounter,
+    pub(crate) in_flight: IntGauge,
+    pub(crate) batch_size: Histogram,
+    pub(crate) batch_duration: Histogram,
+    pub(crate) pull_duration: Histogram,
+}
+
+impl Meters {
+    fn new(metrics: &Metrics, group: &str, topic: &str) -> Self {
+        let outcome = |o: &str| metrics.messages.with_label_values(&[group, topic, o]);
+        let labels = [group, topic];
+        Self {
+            success: outcome("success"),
+            retry: outcome("retry"),
+            drop: outcome("drop"),
+            later: outcome("later"),
+            in_flight: metrics.batches_in_flight.with_label_values(&labels),
+            batch_size: metrics.batch_size.with_label_values(&labels),
+            batch_duration: metrics.batch_duration.with_label_values(&labels),
+            pull_duration: metrics.pull_duration.with_label_values(&labels),
+        }
+    }
 }
 
 /// What one route refresh found.
@@ -614,7 +648,9 @@ impl<H: Handler> Consumer<H> {
             }
             Model::Clustering => None,
         };
+        let meters = Meters::new(&runtime.metrics, &config.group, &config.topic);
         let shared = Arc::new(Shared {
+            meters,
             consume_slots: Arc::new(Semaphore::new(config.consume_concurrency.max(1))),
             config,
             client,

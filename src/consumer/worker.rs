@@ -32,7 +32,7 @@ use crate::remoting::{MessageExt, MessageQueue, ResponseCode};
 use super::config::{Model, OrderlyExhausted};
 use super::engine::{needs_heartbeat, Shared};
 use super::handler::{Batch, ConsumeMode, Handler, Outcome};
-use super::process_queue::{FlowControl, FlowLimits, ProcessQueue};
+use super::process_queue::{Cached, FlowControl, FlowLimits, ProcessQueue};
 use super::stats::QueueState;
 
 /// Broker hold time of a long poll (Java 15 s).
@@ -45,10 +45,53 @@ const PULL_ERROR_DELAY: Duration = Duration::from_secs(3);
 const PULL_FLOW_CONTROL_DELAY: Duration = Duration::from_millis(20);
 /// Re-check interval while a process-queue limit is exceeded (Java 50 ms).
 const FLOW_CONTROL_RECHECK: Duration = Duration::from_millis(50);
+/// How often a worker publishes its queue state (status page, gauges).
+const STATE_PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
 /// Redelivery delay after a failed send-back (Java 5 s).
 const SEND_BACK_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 type PullFuture = Pin<Box<dyn Future<Output = (Result<PullResult, ClientError>, Duration)> + Send>>;
+
+/// What a worker's process queue holds: in concurrent mode only the offset and size of each
+/// unfinished message (the message itself travels to its batch), in orderly mode the message
+/// (batches are taken from the process queue in order and may be rolled back).
+#[derive(Debug, Clone)]
+enum Entry {
+    Mark { offset: i64, size: u64 },
+    Message(MessageExt),
+}
+
+impl Entry {
+    fn mark(m: &MessageExt) -> Self {
+        Self::Mark {
+            offset: m.queue_offset,
+            size: m.size_bytes(),
+        }
+    }
+
+    fn into_message(self) -> Option<MessageExt> {
+        match self {
+            Self::Message(m) => Some(m),
+            Self::Mark { .. } => None,
+        }
+    }
+}
+
+impl Cached for Entry {
+    fn offset(&self) -> i64 {
+        match self {
+            Self::Mark { offset, .. } => *offset,
+            Self::Message(m) => m.queue_offset,
+        }
+    }
+
+    fn size_bytes(&self) -> u64 {
+        match self {
+            Self::Mark { size, .. } => *size,
+            Self::Message(m) => m.size_bytes(),
+        }
+    }
+}
 
 /// What to do later with a message that is not finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +117,7 @@ struct Worker<H> {
     shared: Arc<Shared<H>>,
     mq: MessageQueue,
     is_retry_queue: bool,
-    pq: ProcessQueue,
+    pq: ProcessQueue<Entry>,
     next_offset: i64,
     /// Concurrent: pulled messages waiting for a consume slot, in offset order.
     ready: VecDeque<MessageExt>,
@@ -91,6 +134,8 @@ struct Worker<H> {
     lock_was_valid: bool,
     /// Orderly: the lock came back after being lost; re-read the offset before pulling.
     recompute_offset: bool,
+    /// When the queue state was last published to the stats.
+    last_published: Instant,
 }
 
 /// Runs the worker of `mq` from `start_offset` until `cancel` fires, then drains, persists the
@@ -128,6 +173,7 @@ pub(crate) async fn run<H: Handler>(
         suspended_until: None,
         lock_was_valid: true,
         recompute_offset: false,
+        last_published: Instant::now(),
     };
     info!(group = %w.shared.group(), queue = %w.mq, offset = start_offset, "Queue assigned.");
     w.run(cancel).await;
@@ -175,7 +221,11 @@ impl<H: Handler> Worker<H> {
                 }
                 _ = sleep_until(wake) => {}
             }
-            self.publish_state();
+            // The status page and gauges need fresh-enough figures, not one update per message.
+            if self.last_published.elapsed() >= STATE_PUBLISH_INTERVAL {
+                self.publish_state();
+                self.last_published = Instant::now();
+            }
         }
     }
 
@@ -259,7 +309,12 @@ impl<H: Handler> Worker<H> {
                 return;
             }
             self.suspended_until = None;
-            let mut taken = self.pq.take(size);
+            let mut taken: Vec<MessageExt> = self
+                .pq
+                .take(size)
+                .into_iter()
+                .filter_map(Entry::into_message)
+                .collect();
             for m in &mut taken {
                 if let Some(extra) = self.local_reconsume.get(&m.queue_offset) {
                     m.reconsume_times += *extra;
@@ -426,9 +481,8 @@ impl<H: Handler> Worker<H> {
 
     async fn on_pull(&mut self, result: Result<PullResult, ClientError>, elapsed: Duration) {
         self.shared
-            .metrics
+            .meters
             .pull_duration
-            .with_label_values(&self.shared.labels())
             .observe(elapsed.as_secs_f64());
         let result = match result {
             Ok(r) => r,
@@ -467,11 +521,13 @@ impl<H: Handler> Worker<H> {
                     if self.pq.is_empty() {
                         self.shared.offsets.update(&self.mq, self.next_offset, true);
                     }
+                } else if self.orderly() {
+                    self.pq.put(kept.into_iter().map(Entry::Message));
                 } else {
-                    self.pq.put(kept.clone());
-                    if !self.orderly() {
-                        self.ready.extend(kept);
-                    }
+                    // Concurrent: the process queue only tracks offsets and sizes; the messages
+                    // themselves wait in `ready` until a batch takes them (no copy).
+                    self.pq.put(kept.iter().map(Entry::mark));
+                    self.ready.extend(kept);
                 }
                 self.pull_not_before = Instant::now() + self.shared.config.pull_interval;
             }
@@ -532,7 +588,7 @@ impl<H: Handler> Worker<H> {
             cached_range: self
                 .pq
                 .first()
-                .map(|m| m.queue_offset)
+                .map(Cached::offset)
                 .zip(self.pq.queue_offset_max()),
             locked: self.shared.is_orderly_clustering() && self.shared.lock_valid(&self.mq),
             paused: self.paused.clone(),
@@ -615,17 +671,9 @@ async fn consume<H: Handler>(
         mode: cfg.mode,
         messages: msgs,
     };
-    let labels = shared.labels();
-    shared
-        .metrics
-        .batches_in_flight
-        .with_label_values(&labels)
-        .inc();
-    shared
-        .metrics
-        .batch_size
-        .with_label_values(&labels)
-        .observe(batch.messages.len() as f64);
+    let meters = &shared.meters;
+    meters.in_flight.inc();
+    meters.batch_size.observe(batch.messages.len() as f64);
     let started = Instant::now();
     let outcomes = match timeout(cfg.consume_timeout, shared.handler.handle(&batch)).await {
         Ok(o) => o,
@@ -635,16 +683,8 @@ async fn consume<H: Handler>(
         }
     };
     let elapsed = started.elapsed();
-    shared
-        .metrics
-        .batches_in_flight
-        .with_label_values(&labels)
-        .dec();
-    shared
-        .metrics
-        .batch_duration
-        .with_label_values(&labels)
-        .observe(elapsed.as_secs_f64());
+    meters.in_flight.dec();
+    meters.batch_duration.observe(elapsed.as_secs_f64());
 
     let mut done = Done::empty();
     let (mut ok, mut retried, mut dropped, mut deferred) = (0u64, 0u64, 0u64, 0u64);
@@ -654,17 +694,13 @@ async fn consume<H: Handler>(
             .get(i)
             .copied()
             .unwrap_or(Outcome::Retry { delay_level: None });
-        let name = match outcome {
-            Outcome::Success => "success",
-            Outcome::Retry { .. } => "retry",
-            Outcome::Drop => "drop",
-            Outcome::Later { .. } => "later",
-        };
-        shared
-            .metrics
-            .messages
-            .with_label_values(&[&cfg.group, &cfg.topic, name])
-            .inc();
+        match outcome {
+            Outcome::Success => &meters.success,
+            Outcome::Retry { .. } => &meters.retry,
+            Outcome::Drop => &meters.drop,
+            Outcome::Later { .. } => &meters.later,
+        }
+        .inc();
         match outcome {
             Outcome::Success => {
                 ok += 1;

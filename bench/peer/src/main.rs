@@ -16,6 +16,9 @@ use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::common::message::message_ext::MessageExt;
 use rocketmq_runtime::{RuntimeConfig, RuntimeOwner};
 
+/// Batches in flight per consumer, as the daemon's default `consume_thread_max`.
+const CONCURRENCY: usize = 20;
+
 struct Forwarder {
     http: reqwest::Client,
     url: String,
@@ -148,13 +151,19 @@ async fn main() -> ClientResult<()> {
             std::process::exit(2);
         }
     };
-    let owner = RuntimeOwner::plan(RuntimeConfig {
-        thread_name: "bench-peer".to_owned(),
-        ..Default::default()
-    })
-    .map_err(|e| ClientError::internal("plan runtime", e))?
-    .build()
-    .map_err(|e| ClientError::internal("build runtime", e))?;
+    // The client runs listeners on its metadata-io blocking lane, whose default concurrency is
+    // 2 x cores (4 here): raise it to 20, the daemon's default requests in flight (and Java's
+    // consumeThreadMax), so both consumers get the same concurrency.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut config = RuntimeConfig::for_parallelism("bench-peer", cores)
+        .with_max_blocking_threads(64)
+        .map_err(|e| ClientError::internal("runtime config", e))?;
+    config.blocking_lane_policies.metadata_io.max_concurrency = CONCURRENCY;
+    config.blocking_lane_policies.metadata_io.max_queue_depth = 1024;
+    let owner = RuntimeOwner::plan(config)
+        .map_err(|e| ClientError::internal("plan runtime", e))?
+        .build()
+        .map_err(|e| ClientError::internal("build runtime", e))?;
     let telemetry = rocketmq_observability::install_global(
         &rocketmq_observability::TelemetryBootstrapConfig::default(),
     )
@@ -171,6 +180,8 @@ async fn main() -> ClientResult<()> {
             .consumer_group(group.clone())
             .name_server_addr(args.namesrv.clone())
             .consume_message_batch_max_size(args.batch)
+            .consume_thread_min(CONCURRENCY as u32)
+            .consume_thread_max(CONCURRENCY as u32)
             .pull_batch_size(args.batch.max(32))
             .build();
         consumer.subscribe(topic.as_str(), "*").await?;
