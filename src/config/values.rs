@@ -326,7 +326,7 @@ pub(crate) mod bytes {
         let n = size.as_u64();
         const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
         for (unit, name) in UNITS {
-            if n != 0 && n % unit == 0 {
+            if n != 0 && n.is_multiple_of(unit) {
                 return format!("{}{name}", n / unit);
             }
         }
