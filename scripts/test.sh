@@ -40,5 +40,5 @@ scripts/check-deploy.sh
 step "cargo test (unit, property, component and integration tests)"
 # Test binaries run one after another (cargo's default); inside one binary tests run on two
 # threads so broker-backed tests do not starve each other on a 2-core machine.
-cargo test --locked -- --test-threads=2
+cargo test --locked --no-fail-fast -- --test-threads=2
 

@@ -119,20 +119,29 @@ async fn topic_create_produce_and_route() {
         "{text}"
     );
 
-    // Cross-check with the broker: five messages across the three queues.
+    // Cross-check with the broker: five messages across the three queues. The broker's consume
+    // queues are built asynchronously after the commit log write, so a loaded machine may need a
+    // moment before the max offsets show every stored message.
     let client = mq.client();
-    let mut total = 0;
-    for queue_id in 0..3 {
-        let max = GetMaxOffset {
-            topic: topic.clone(),
-            queue_id,
-        };
-        total += client
-            .pool()
-            .call(&mq.broker_addr(), &max, std::time::Duration::from_secs(5))
-            .await
-            .expect("max offset");
-    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    let total = loop {
+        let mut total = 0;
+        for queue_id in 0..3 {
+            let max = GetMaxOffset {
+                topic: topic.clone(),
+                queue_id,
+            };
+            total += client
+                .pool()
+                .call(&mq.broker_addr(), &max, std::time::Duration::from_secs(5))
+                .await
+                .expect("max offset");
+        }
+        if total >= 5 || tokio::time::Instant::now() > deadline {
+            break total;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
     assert_eq!(total, 5);
 
     // Larger runs print a summary instead of ids; batches work through the CLI too.

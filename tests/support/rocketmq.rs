@@ -63,6 +63,8 @@ pub(crate) struct RocketMq {
     ports: Ports,
     namesrv: Option<Child>,
     broker: Option<Child>,
+    /// `key=value` lines appended to the broker's properties file (see [`Self::start_with`]).
+    extra_broker_properties: Vec<(String, String)>,
     // Declared last so it is removed after the processes are gone (Drop kills them first).
     dir: tempfile::TempDir,
 }
@@ -75,6 +77,28 @@ impl RocketMq {
     /// When the binaries are missing (the message names scripts/install-rocketmq.sh) or the
     /// servers do not come up; the message carries the last lines of both logs.
     pub(crate) async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`Self::start`], with `extra_broker_properties` appended to the broker's properties
+    /// file (e.g. `authenticationEnabled=true`). When there are any and they do not set
+    /// `authConfigPath`, it is pointed into the scratch directory: its default is under the
+    /// user's home, and an auth-enabled broker writes its user and ACL files there.
+    ///
+    /// # Panics
+    /// As [`Self::start`]; also when a key or value contains a line break (it would inject
+    /// another property).
+    pub(crate) async fn start_with(extra_broker_properties: &[(&str, &str)]) -> Self {
+        let extra_broker_properties: Vec<(String, String)> = extra_broker_properties
+            .iter()
+            .map(|(key, value)| {
+                assert!(
+                    !format!("{key}{value}").contains(['\n', '\r']),
+                    "broker property {key:?} contains a line break"
+                );
+                ((*key).to_owned(), (*value).to_owned())
+            })
+            .collect();
         let binaries = find_binaries();
         let mut last_failure = String::new();
         for attempt in 1..=START_ATTEMPTS {
@@ -87,6 +111,7 @@ impl RocketMq {
                 ports: pick_ports(),
                 namesrv: None,
                 broker: None,
+                extra_broker_properties: extra_broker_properties.clone(),
                 dir,
             };
             match mq.launch().await {
@@ -387,7 +412,7 @@ impl RocketMq {
         // external address; haListenPort must be free too or a second broker cannot start. The
         // properties form cannot set the bind address (the broker listens on 0.0.0.0), and
         // 64 MiB commit-log files keep the temporary store small.
-        let broker = format!(
+        let mut broker = format!(
             "brokerClusterName={CLUSTER_NAME}\nbrokerName={BROKER_NAME}\nbrokerId=0\n\
              brokerIP1=127.0.0.1\nlistenPort={}\nhaListenPort={}\nhaListenAddress=127.0.0.1\n\
              mappedFileSizeCommitLog=67108864\nnamesrvAddr={}\n\
@@ -397,6 +422,17 @@ impl RocketMq {
             self.namesrv_addr(),
             dir.join("store").display(),
         );
+        if !self.extra_broker_properties.is_empty()
+            && !self
+                .extra_broker_properties
+                .iter()
+                .any(|(key, _)| key == "authConfigPath")
+        {
+            let _ = writeln!(broker, "authConfigPath={}", dir.join("auth").display());
+        }
+        for (key, value) in &self.extra_broker_properties {
+            let _ = writeln!(broker, "{key}={value}");
+        }
         std::fs::write(dir.join("broker.properties"), broker)
     }
 

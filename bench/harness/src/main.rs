@@ -450,7 +450,7 @@ impl Ctx {
         let (done, cpu) = wait_drained(&self.sink, &p, expected, timeout).await;
         let peak = proc::peak_rss_mib(p.pid);
         // Idle cost after the drain (long polling of every queue).
-        let idle = Duration::from_secs(if self.args.quick { 3 } else { 10 });
+        let idle = Duration::from_secs(if self.args.quick { 1 } else { 10 });
         let cpu0 = p.cpu();
         tokio::time::sleep(idle).await;
         let idle_cpu = p
@@ -583,7 +583,7 @@ impl Ctx {
         sink_figures(&mut run, &rec, 1024);
         latencies(&mut run, &rec);
         run.insert("sent".into(), sent as f64);
-        run.insert("lost".into(), sent as f64 - rec.count() as f64);
+        run.insert("undelivered".into(), sent as f64 - rec.count() as f64);
         if let Some(c) = cpu {
             run.insert("cpu_s_per_m".into(), c / (rec.count().max(1) as f64) * 1e6);
         }
@@ -657,7 +657,7 @@ impl Ctx {
         )
         .await;
         // Retries come back through the retry topic after 10 s, 30 s, ...: wait for them.
-        let wait = Duration::from_secs(if self.args.quick { 90 } else { 240 });
+        let wait = Duration::from_secs(if self.args.quick { 75 } else { 240 });
         let (done, _) = wait_drained(&self.sink, &p, sent, wait).await;
         let cpu = p.cpu().zip(cpu0).map(|(a, b)| a - b);
         let peak = proc::peak_rss_mib(p.pid);
@@ -669,7 +669,7 @@ impl Ctx {
         sink_figures(&mut run, &rec, 1024);
         latencies(&mut run, &rec);
         run.insert("sent".into(), sent as f64);
-        run.insert("lost".into(), sent as f64 - rec.count() as f64);
+        run.insert("undelivered".into(), sent as f64 - rec.count() as f64);
         run.insert(
             "retried_messages".into(),
             rec.receipts.iter().filter(|r| r.reconsume > 0).count() as f64,
@@ -866,7 +866,7 @@ async fn run(args: Args) -> Result<(), String> {
                         lat_ms as f64 / 1000.0 + 0.0005
                     };
                     let est = f64::from(queues) * batch as f64 / per_req_s;
-                    let secs = if q { 3.0 } else { 10.0 };
+                    let secs = if q { 1.5 } else { 10.0 };
                     let n = ((est * secs) as u64).clamp(500, if q { 20_000 } else { 200_000 });
                     let n = n / u64::from(queues) * u64::from(queues);
                     let case = format!("{queues} q, sink {lat_ms} ms, batch {batch}");
@@ -923,7 +923,7 @@ async fn run(args: Args) -> Result<(), String> {
         }
     }
     if wanted(&list, 8, "idle") {
-        let (idle, n) = if q { (20, 20_000) } else { (600, 200_000) };
+        let (idle, n) = if q { (15, 20_000) } else { (600, 200_000) };
         let case = format!("{idle} s idle, then {n} msgs");
         for rep in 0..ctx.reps {
             eprintln!("[8 idle footprint] rep {}/{}", rep + 1, ctx.reps);

@@ -340,7 +340,7 @@ pub fn markdown(all: &[CaseResult], quick: bool, reps: usize) -> String {
                     ("duplicates", "duplicates"),
                     ("order_violations", "order violations"),
                     ("sent", "sent"),
-                    ("lost", "lost"),
+                    ("undelivered", "not delivered by the end"),
                     ("retried_messages", "retried"),
                     ("failed_requests", "failed requests"),
                     (
