@@ -1315,3 +1315,15 @@ proptest::proptest! {
         proptest::prop_assert_eq!(&config.subscriptions[0].group, &group);
     }
 }
+
+#[test]
+fn a_timestamp_ending_in_multibyte_text_is_an_error_not_a_panic() {
+    // Regression: tests/fuzz.rs found a panic splitting inside a multi-byte character.
+    for text in [
+        "\u{11350}aA!",
+        "2024-05-01T08:00:00+0\u{e9}00",
+        "\u{e9}\u{e9}\u{e9}\u{e9}",
+    ] {
+        assert!(text.parse::<ConsumeTimestamp>().is_err(), "{text}");
+    }
+}

@@ -553,13 +553,15 @@ impl FromStr for ConsumeTimestamp {
 /// RFC 3339 with any `±hh:mm` offset (humantime alone accepts only UTC).
 fn parse_rfc3339_with_offset(text: &str) -> Option<SystemTime> {
     let bytes = text.as_bytes();
-    if bytes.len() > 6 {
+    // The offset is the last 6 bytes; a multi-byte character there means there is none (and
+    // splitting inside it would panic: found by tests/fuzz.rs).
+    if bytes.len() > 6 && text.is_char_boundary(bytes.len() - 6) {
         let split = bytes.len() - 6;
         let (head, offset) = text.split_at(split);
         let ob = offset.as_bytes();
         if (ob[0] == b'+' || ob[0] == b'-') && ob[3] == b':' && head.contains(['T', 't', ' ']) {
-            let hours: u64 = offset[1..3].parse().ok()?;
-            let minutes: u64 = offset[4..6].parse().ok()?;
+            let hours: u64 = offset.get(1..3)?.parse().ok()?;
+            let minutes: u64 = offset.get(4..6)?.parse().ok()?;
             if hours > 23 || minutes > 59 {
                 return None;
             }
