@@ -16,7 +16,6 @@ use rocketmq_webhook::consumer::{
 };
 use rocketmq_webhook::metrics::Metrics;
 use rocketmq_webhook::remoting::message::Message;
-use rocketmq_webhook::remoting::rpc::{PullMessage, PullStatus, PullSysFlag};
 use rocketmq_webhook::remoting::MessageExt;
 use support::{unique, RocketMq};
 
@@ -318,44 +317,12 @@ async fn retry_redelivers_with_reconsume_times_then_dead_letters() {
     }
 
     // Both the exhausted and the dropped message end up in %DLQ%group.
-    let dlq = format!("%DLQ%{group}");
-    let client = Client::new(client_config(&mq, &unique("dlq")), Arc::new(NotSupported)).unwrap();
-    let mut found: Vec<MessageExt> = Vec::new();
+    let mut dlq_bodies = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while found.len() < 2 && tokio::time::Instant::now() < deadline {
-        found.clear();
-        if client.namesrv().route(&dlq).await.is_ok() {
-            let pull = PullMessage {
-                consumer_group: unique("G_dlq_reader"),
-                topic: dlq.clone(),
-                queue_id: 0,
-                queue_offset: 0,
-                max_msg_nums: 32,
-                sys_flag: PullSysFlag::SUBSCRIPTION,
-                commit_offset: 0,
-                suspend_timeout_millis: 0,
-                subscription: Some("*".into()),
-                sub_version: 0,
-                expression_type: "TAG".into(),
-                max_msg_bytes: None,
-                broker_name: None,
-            };
-            if let Ok(r) = client
-                .pool()
-                .call(&mq.broker_addr(), &pull, Duration::from_secs(5))
-                .await
-            {
-                if r.status == PullStatus::Found {
-                    found = r.messages;
-                }
-            }
-        }
+    while dlq_bodies.len() < 2 && tokio::time::Instant::now() < deadline {
+        dlq_bodies = mq.dlq_bodies(&group).await.into_iter().collect();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let dlq_bodies: BTreeSet<String> = found
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
-        .collect();
     assert_eq!(
         dlq_bodies,
         BTreeSet::from(["drop".to_owned(), "fail".to_owned()])

@@ -22,7 +22,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use rocketmq_webhook::client::producer::{QueueSelector, SendResult};
 use rocketmq_webhook::remoting::message::Message;
-use rocketmq_webhook::remoting::rpc::{PullMessage, PullStatus, PullSysFlag};
 use serde_json::{json, Value};
 use tokio::time::{sleep, Instant};
 
@@ -162,38 +161,7 @@ async fn produce_batch(mq: &RocketMq, messages: Vec<Message>) {
 
 /// The bodies in `%DLQ%<group>` queue 0 right now (empty when the topic does not exist).
 async fn dlq_bodies(mq: &RocketMq, group: &str) -> Vec<String> {
-    let dlq = format!("%DLQ%{group}");
-    let client = mq.client();
-    if client.namesrv().route(&dlq).await.is_err() {
-        return Vec::new();
-    }
-    let pull = PullMessage {
-        consumer_group: unique("G_dlq_reader"),
-        topic: dlq.clone(),
-        queue_id: 0,
-        queue_offset: 0,
-        max_msg_nums: 32,
-        sys_flag: PullSysFlag::SUBSCRIPTION,
-        commit_offset: 0,
-        suspend_timeout_millis: 0,
-        subscription: Some("*".into()),
-        sub_version: 0,
-        expression_type: "TAG".into(),
-        max_msg_bytes: None,
-        broker_name: None,
-    };
-    match client
-        .pool()
-        .call(&mq.broker_addr(), &pull, Duration::from_secs(5))
-        .await
-    {
-        Ok(r) if r.status == PullStatus::Found => r
-            .messages
-            .iter()
-            .map(|m| String::from_utf8_lossy(&m.body).into_owned())
-            .collect(),
-        _ => Vec::new(),
-    }
+    mq.dlq_bodies(group).await
 }
 
 /// Polls `/metrics` every 200 ms until `check` holds; returns the text.

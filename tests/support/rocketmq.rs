@@ -153,6 +153,48 @@ impl RocketMq {
 
     /// A new client of this name server with a unique instance name; broker requests are
     /// declined.
+    /// The bodies stored in `%DLQ%<group>` queue 0 right now (empty while that topic does not
+    /// exist yet).
+    pub(crate) async fn dlq_bodies(&self, group: &str) -> Vec<String> {
+        use rocketmq_webhook::remoting::rpc::{PullMessage, PullStatus, PullSysFlag};
+        let dlq = format!("%DLQ%{group}");
+        let client = self.client();
+        if client.namesrv().route(&dlq).await.is_err() {
+            return Vec::new();
+        }
+        let pull = PullMessage {
+            consumer_group: super::unique("G_dlq_reader"),
+            topic: dlq,
+            queue_id: 0,
+            queue_offset: 0,
+            max_msg_nums: 32,
+            sys_flag: PullSysFlag::SUBSCRIPTION,
+            commit_offset: 0,
+            suspend_timeout_millis: 0,
+            subscription: Some("*".into()),
+            sub_version: 0,
+            expression_type: "TAG".into(),
+            max_msg_bytes: None,
+            broker_name: None,
+        };
+        match client
+            .pool()
+            .call(
+                &self.broker_addr(),
+                &pull,
+                std::time::Duration::from_secs(5),
+            )
+            .await
+        {
+            Ok(r) if r.status == PullStatus::Found => r
+                .messages
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     pub(crate) fn client(&self) -> Client {
         self.client_with(Arc::new(NotSupported))
     }
