@@ -41,6 +41,10 @@ pub struct PlanError {
 pub struct PlannedSubscription {
     /// The subscription's name (for logs and `/status`).
     pub name: String,
+    /// Its client: each subscription has its own connections and client id, because brokers
+    /// bind a connection to one client id and the Rust broker closes the older connection when
+    /// the same id registers again from another one.
+    pub client: ClientConfig,
     /// Engine settings.
     pub consumer: consumer::Config,
     /// The webhook handler.
@@ -102,7 +106,13 @@ impl Plan {
                 key: key("webhook"),
                 reason: e.to_string(),
             })?;
+            let mut sub_client = client.clone();
+            if cfg.subscriptions.len() > 1 {
+                // Distinct, stable ids: `ip@<instance>-<index>`.
+                sub_client.instance_name = Some(format!("{}-{i}", cfg.resolved_instance_name()));
+            }
             subscriptions.push(PlannedSubscription {
+                client: sub_client,
                 name: sub.name.clone(),
                 consumer,
                 webhook,
@@ -421,7 +431,7 @@ pub async fn run(
         };
         let hook = sub.webhook.clone();
         let consumer = Consumer::start(
-            plan.client.clone(),
+            sub.client.clone(),
             sub.consumer.clone(),
             sub.webhook,
             runtime,

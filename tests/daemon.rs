@@ -1417,3 +1417,54 @@ async fn secrets_never_appear_in_logs_status_or_check_config() {
         );
     }
 }
+
+// === Several subscriptions in one daemon ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_subscriptions_share_a_daemon_without_disturbing_each_other() {
+    let mq = RocketMq::start().await;
+    let receiver = Receiver::start().await;
+    let mut subs = Vec::new();
+    let mut topics = Vec::new();
+    for i in 0..3 {
+        let topic = unique(&format!("T_multi{i}"));
+        mq.create_topic(&topic, 4).await;
+        subs.push(Sub::new(
+            &unique(&format!("G_multi{i}")),
+            &topic,
+            receiver.url(&format!("/s{i}")),
+        ));
+        topics.push(topic);
+    }
+    let daemon = Daemon::start(&Launch::yaml(yaml(&mq.namesrv_addr(), &subs))).await;
+    let mut all = Vec::new();
+    for topic in &topics {
+        let bodies: Vec<String> = (0..40).map(|n| format!("{topic}-{n}")).collect();
+        let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        produce(&mq, topic, &refs).await;
+        all.extend(bodies);
+    }
+    receiver
+        .wait_until(
+            Duration::from_secs(60),
+            "every message of every subscription",
+            |r| deliveries(r).len() == all.len(),
+        )
+        .await;
+    // Each subscription has its own client id; connections are not kicked by the broker (it
+    // closes a connection when the same client id registers on another one).
+    let status = daemon.status().await;
+    let ids: BTreeSet<String> = status["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["client_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3, "{status}");
+    let log = daemon.output();
+    assert!(
+        !log.contains("closed by peer"),
+        "the broker closed connections: {}",
+        daemon.output_tail(20)
+    );
+}
