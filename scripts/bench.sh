@@ -13,7 +13,8 @@
 # target/bench/report.json, target/bench/report.md and target/bench/latency.png.
 # Preloading always uses batched sends: single sends on this broker cap at about 1.5k msg/s.
 # Environment: BENCH_NAMESRV_PORT, BENCH_BROKER_PORT, BENCH_SKIP_PEER_BUILD=1 (use a peer binary
-# only if already built), BENCH_REPS (repetitions, default 3, quick 1).
+# only if already built), BENCH_REPS (repetitions, default 3, quick 1), BENCH_BROKER_LOG (broker
+# RUST_LOG, default warn).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -60,7 +61,9 @@ fi
 "$here/rocketmq-local.sh" stop --dir "$mq_dir" >/dev/null 2>&1 || true
 rm -rf "$mq_dir"
 trap '"$here/rocketmq-local.sh" stop --dir "$mq_dir" >&2 || true' EXIT
-namesrv="$("$here/rocketmq-local.sh" start --dir "$mq_dir" --namesrv-port "$ns_port" --broker-port "$br_port" | tail -n 1)"
+# The broker logs every request at INFO (tens of MB per run): warnings only, so its logging does
+# not eat the cores the consumers are measured on. Both consumers face the same broker.
+namesrv="$(RUST_LOG="${BENCH_BROKER_LOG:-warn}" "$here/rocketmq-local.sh" start --dir "$mq_dir" --namesrv-port "$ns_port" --broker-port "$br_port" | tail -n 1)"
 
 reps=()
 [ -n "${BENCH_REPS:-}" ] && reps=(--reps "$BENCH_REPS")

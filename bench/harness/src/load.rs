@@ -141,7 +141,12 @@ pub async fn open_loop(
 /// The pull ceiling: every queue of `topic` pulled from offset 0 to its current end by one
 /// task per queue (`batch` messages per pull, decoded by our client, then discarded).
 /// Returns (messages, seconds).
-pub async fn pull_ceiling(client: &Client, topic: &str, batch: i32) -> Result<(u64, f64), String> {
+pub async fn pull_ceiling(
+    client: &Client,
+    topic: &str,
+    batch: i32,
+    expected: u64,
+) -> Result<(u64, f64), String> {
     let route = client
         .refresh_route(topic)
         .await
@@ -157,6 +162,26 @@ pub async fn pull_ceiling(client: &Client, topic: &str, batch: i32) -> Result<(u
         }
     }
     let group = format!("bench-ceiling-{}", crate::now_us());
+    // The broker dispatches stored messages to its consume queues asynchronously: wait until
+    // every queue's max offset adds up to what was stored, so the loop does not stop early.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut sum = 0;
+        for (addr, broker, id) in &queues {
+            let probe = probe_request(&group, topic, *id, broker);
+            if let Ok(r) = client
+                .pool()
+                .call(addr, &probe, Duration::from_secs(10))
+                .await
+            {
+                sum += r.max_offset.max(0) as u64;
+            }
+        }
+        if sum >= expected || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for (addr, broker, id) in queues {
@@ -258,4 +283,23 @@ pub async fn sink_ceiling(
         reqs.load(Ordering::Relaxed),
         start.elapsed().as_secs_f64(),
     )
+}
+
+/// A one-message pull at offset 0 (its answer carries the queue's max offset).
+fn probe_request(group: &str, topic: &str, id: i32, broker: &str) -> PullMessage {
+    PullMessage {
+        consumer_group: group.to_owned(),
+        topic: topic.to_owned(),
+        queue_id: id,
+        queue_offset: 0,
+        max_msg_nums: 1,
+        sys_flag: PullSysFlag::SUBSCRIPTION,
+        commit_offset: 0,
+        suspend_timeout_millis: 0,
+        subscription: Some("*".to_owned()),
+        sub_version: 0,
+        expression_type: "TAG".to_owned(),
+        max_msg_bytes: None,
+        broker_name: Some(broker.to_owned()),
+    }
 }

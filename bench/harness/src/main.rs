@@ -50,6 +50,9 @@ struct Args {
     /// Repetitions per case (default 3, quick 1).
     #[arg(long)]
     reps: Option<usize>,
+    /// Only re-render report.md from an existing report.json in --out (no measurement).
+    #[arg(long)]
+    render_only: bool,
     /// Scenario numbers or names (default: all).
     scenarios: Vec<String>,
 }
@@ -58,7 +61,7 @@ struct Args {
 pub type Run = BTreeMap<String, f64>;
 
 /// The runs of one case for one system.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CaseResult {
     pub scenario: String,
     pub case: String,
@@ -311,6 +314,12 @@ fn sink_figures(run: &mut Run, rec: &sink::Recorder, size: usize) {
     run.insert("duplicates".into(), rec.duplicates as f64);
     run.insert("order_violations".into(), rec.order_violations as f64);
     run.insert("failed_requests".into(), rec.failed_requests as f64);
+    if rec.topic_first_us.len() > 1 {
+        let firsts = rec.topic_first_us.values();
+        let lo = firsts.clone().min().copied().unwrap_or(0);
+        let hi = firsts.max().copied().unwrap_or(0);
+        run.insert("subscription_start_spread_s".into(), (hi - lo) as f64 / 1e6);
+    }
     if let (Some(first), Some(last)) = (
         real.iter().map(|r| r.recv_us).min(),
         real.iter().map(|r| r.recv_us).max(),
@@ -377,7 +386,9 @@ impl Ctx {
                     failed = Some(e);
                     break;
                 }
-                if let Err(e) = load::preload(&self.producer, &t, per_topic, size, 4, u64::from(queues)).await {
+                if let Err(e) =
+                    load::preload(&self.producer, &t, per_topic, size, 4, u64::from(queues)).await
+                {
                     failed = Some(e);
                     break;
                 }
@@ -395,7 +406,9 @@ impl Ctx {
             let mut ok = Ok(());
             let (mut msgs, mut secs) = (0, 0.0_f64);
             for t in &names {
-                match load::pull_ceiling(&self.client, t, mode.batch.max(32) as i32).await {
+                match load::pull_ceiling(&self.client, t, mode.batch.max(32) as i32, per_topic)
+                    .await
+                {
                     Ok((m, s)) => {
                         msgs += m;
                         secs += s;
@@ -450,6 +463,7 @@ impl Ctx {
             .store(sink_latency_us, Ordering::SeqCst);
         let p = self.spawn(kind, subs, mode).await?;
         let (done, cpu) = wait_drained(&self.sink, &p, expected, timeout).await;
+        let at_deadline = self.sink.unique.load(Ordering::Relaxed);
         let peak = proc::peak_rss_mib(p.pid);
         // Idle cost after the drain (long polling of every queue).
         let idle = Duration::from_secs(if self.args.quick { 1 } else { 10 });
@@ -467,9 +481,9 @@ impl Ctx {
         let n = rec.count() as f64;
         if !done {
             return Err(format!(
-                "{} of {expected} messages arrived within {} s",
-                n,
-                timeout.as_secs()
+                "{at_deadline} of {expected} messages arrived within {} s ({n} by {} s later)",
+                timeout.as_secs(),
+                idle.as_secs()
             ));
         }
         if let Some(c) = cpu {
@@ -783,7 +797,29 @@ fn wanted(list: &[String], n: u32, name: &str) -> bool {
     list.is_empty() || list.iter().any(|s| s == &n.to_string() || s == name)
 }
 
+/// Re-renders report.md (and the targets in report.json) from report.json's runs.
+fn render_only(args: &Args) -> Result<(), String> {
+    let path = args.out.join("report.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let results: Vec<CaseResult> =
+        serde_json::from_value(v["cases"].clone()).map_err(|e| e.to_string())?;
+    let quick = v["quick"].as_bool().unwrap_or(false);
+    let reps = v["repetitions"].as_u64().unwrap_or(1) as usize;
+    let namesrv = v["namesrv"].as_str().unwrap_or_default();
+    std::fs::write(&path, report::json(&results, &quick, reps, namesrv))
+        .map_err(|e| e.to_string())?;
+    std::fs::write(
+        args.out.join("report.md"),
+        report::markdown(&results, quick, reps),
+    )
+    .map_err(|e| e.to_string())
+}
+
 async fn run(args: Args) -> Result<(), String> {
+    if args.render_only {
+        return render_only(&args);
+    }
     std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
     let sink = sink::start("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
         .await

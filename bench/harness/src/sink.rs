@@ -56,6 +56,8 @@ pub struct Recorder {
     pub bytes: u64,
     /// Requests whose body was not a parsable envelope.
     pub bad_requests: u64,
+    /// First receipt per topic (unix microseconds), warm-ups excluded.
+    pub topic_first_us: HashMap<String, i64>,
 }
 
 impl Recorder {
@@ -221,6 +223,9 @@ async fn receive(State(state): State<AppState>, body: Bytes) -> StatusCode {
             warmup,
         });
         if !warmup {
+            if !rec.topic_first_us.contains_key(m.topic) {
+                rec.topic_first_us.insert(m.topic.to_owned(), recv_us);
+            }
             state.sink.unique.fetch_add(1, Ordering::Relaxed);
         }
     }
