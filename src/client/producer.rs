@@ -28,8 +28,8 @@ use crate::remoting::message::compression::{self, Compression};
 use crate::remoting::message::id::millis_since_month_start;
 use crate::remoting::message::{properties, Message, UniqKeyGenerator};
 use crate::remoting::rpc::{
-    SendBatchMessage, SendMessage, SendMessageHeader, SendStatus, UpdateAndCreateTopic,
-    DEFAULT_TOPIC,
+    Rpc, SendBatchMessage, SendMessage, SendMessageHeader, SendResult as WireSendResult,
+    SendStatus, UpdateAndCreateTopic, DEFAULT_TOPIC,
 };
 use crate::remoting::{MessageQueue, RemotingError};
 
@@ -264,37 +264,22 @@ impl Producer {
             .get(properties::UNIQ_KEY)
             .cloned()
             .unwrap_or_default();
-        let mut attempt = 0;
-        loop {
-            let (queue, addr) = self.pick_queue(&topic, selector, attempt > 0).await?;
-            header.queue_id = queue.queue_id;
-            let rpc = SendMessage {
-                header: header.clone(),
-                body: body.clone(),
-            };
-            match self
-                .inner
-                .client
-                .pool()
-                .call(&addr, &rpc, self.inner.config.send_timeout)
-                .await
-            {
-                Ok(wire) => {
-                    return Ok(SendResult {
-                        status: wire.status,
-                        msg_id,
-                        offset_msg_id: wire.msg_id,
-                        queue: MessageQueue::new(&topic, &queue.broker_name, wire.queue_id),
-                        queue_offset: wire.queue_offset,
-                    })
-                }
-                Err(e) if e.is_retriable() && attempt < self.inner.config.retries => {
-                    tracing::debug!(%topic, %addr, error = %e, "Send failed; retrying on a fresh route.");
-                    attempt += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let (queue, wire) = self
+            .call_with_retries(&topic, selector, |queue_id| {
+                header.queue_id = queue_id;
+                Ok(SendMessage {
+                    header: header.clone(),
+                    body: body.clone(),
+                })
+            })
+            .await?;
+        Ok(SendResult {
+            status: wire.status,
+            msg_id,
+            offset_msg_id: wire.msg_id,
+            queue,
+            queue_offset: wire.queue_offset,
+        })
     }
 
     /// Sends `messages` (one topic, at least one) as one SEND_BATCH_MESSAGE to the queue
@@ -358,16 +343,39 @@ impl Producer {
         let mut header =
             SendMessageHeader::for_message(&self.inner.config.group, &envelope, 0, now_ms());
         header.batch = true;
+        let (queue, wire) = self
+            .call_with_retries(&topic, selector, |queue_id| {
+                header.queue_id = queue_id;
+                SendBatchMessage::new(header.clone(), &prepared).map_err(|source| {
+                    ProducerError::Encode {
+                        topic: topic.clone(),
+                        source,
+                    }
+                })
+            })
+            .await?;
+        Ok(BatchSendResult {
+            status: wire.status,
+            msg_ids,
+            offset_msg_ids: wire.msg_id.split(',').map(str::to_owned).collect(),
+            queue,
+            queue_offset: wire.queue_offset,
+        })
+    }
+
+    /// Sends the request `build` makes for the queue `selector` picks; a retriable failure is
+    /// retried (up to [`ProducerConfig::retries`] times) on a freshly fetched route. Returns the
+    /// queue the message went to (with the queue id the broker confirmed) and the answer.
+    async fn call_with_retries<R: Rpc<Response = WireSendResult>>(
+        &self,
+        topic: &str,
+        selector: &QueueSelector,
+        mut build: impl FnMut(i32) -> Result<R, ProducerError>,
+    ) -> Result<(MessageQueue, WireSendResult), ProducerError> {
         let mut attempt = 0;
         loop {
-            let (queue, addr) = self.pick_queue(&topic, selector, attempt > 0).await?;
-            header.queue_id = queue.queue_id;
-            let rpc = SendBatchMessage::new(header.clone(), &prepared).map_err(|source| {
-                ProducerError::Encode {
-                    topic: topic.clone(),
-                    source,
-                }
-            })?;
+            let (queue, addr) = self.pick_queue(topic, selector, attempt > 0).await?;
+            let rpc = build(queue.queue_id)?;
             match self
                 .inner
                 .client
@@ -376,16 +384,11 @@ impl Producer {
                 .await
             {
                 Ok(wire) => {
-                    return Ok(BatchSendResult {
-                        status: wire.status,
-                        msg_ids,
-                        offset_msg_ids: wire.msg_id.split(',').map(str::to_owned).collect(),
-                        queue: MessageQueue::new(&topic, &queue.broker_name, wire.queue_id),
-                        queue_offset: wire.queue_offset,
-                    })
+                    let confirmed = MessageQueue::new(topic, &queue.broker_name, wire.queue_id);
+                    return Ok((confirmed, wire));
                 }
                 Err(e) if e.is_retriable() && attempt < self.inner.config.retries => {
-                    tracing::debug!(%topic, %addr, error = %e, "Batch send failed; retrying on a fresh route.");
+                    tracing::debug!(%topic, %addr, error = %e, "Send failed; retrying on a fresh route.");
                     attempt += 1;
                 }
                 Err(e) => return Err(e.into()),
