@@ -27,7 +27,6 @@ use crate::remoting::body::heartbeat::{
     SubscriptionData,
 };
 use crate::remoting::body::lock::{LockBatchRequest, UnlockBatchRequest};
-use crate::remoting::body::route::TopicRouteData;
 use crate::remoting::filter;
 use crate::remoting::rpc::{
     ConsumerSendMsgBack, GetMaxOffset, HeartBeat, LockBatchMq, QueryConsumerOffset,
@@ -53,7 +52,6 @@ pub(crate) struct Shared<H> {
     pub(crate) handler: Arc<H>,
     pub(crate) offsets: OffsetTable,
     pub(crate) local_store: Option<LocalFileStore>,
-    pub(crate) routes: Mutex<HashMap<String, Arc<TopicRouteData>>>,
     pub(crate) metrics: Metrics,
     /// The hot-path collectors with this subscription's labels resolved once.
     pub(crate) meters: Meters,
@@ -146,10 +144,11 @@ impl<H: Handler> Shared<H> {
 
     /// Master address of `broker_name` from the known routes.
     pub(crate) fn master_addr(&self, broker_name: &str) -> Result<String, ConsumerError> {
-        let routes = lock(&self.routes);
-        routes
-            .values()
-            .find_map(|r| r.master_addr(broker_name).map(str::to_owned))
+        self.client
+            .routes()
+            .snapshot()
+            .master_addr(broker_name)
+            .map(str::to_owned)
             .ok_or_else(|| ConsumerError::NoBrokerAddress {
                 broker: broker_name.to_owned(),
             })
@@ -157,22 +156,18 @@ impl<H: Handler> Shared<H> {
 
     /// Every broker address (masters and slaves) of the subscribed topics.
     pub(crate) fn broker_addrs(&self) -> BTreeSet<String> {
-        let routes = lock(&self.routes);
+        let routes = self.client.routes().snapshot();
         routes
-            .values()
-            .flat_map(|r| {
-                r.broker_addrs()
-                    .map(|(_, _, addr)| addr.to_owned())
-                    .collect::<Vec<_>>()
-            })
+            .broker_addrs()
+            .into_iter()
+            .map(str::to_owned)
             .collect()
     }
 
     /// The readable queues of `topic`, sorted; `None` when the topic has no route yet.
     pub(crate) fn subscribe_queues(&self, topic: &str) -> Option<Vec<MessageQueue>> {
-        lock(&self.routes)
-            .get(topic)
-            .map(|r| r.subscribe_queues(topic))
+        let routes = self.client.routes().snapshot();
+        routes.topic(topic).map(|_| routes.subscribe_queues(topic))
     }
 
     pub(crate) async fn call<R: crate::remoting::Rpc>(
@@ -197,12 +192,10 @@ impl<H: Handler> Shared<H> {
         for topic in self.config.topics() {
             match self.client.namesrv().route(&topic).await {
                 Ok(route) => {
-                    let route = Arc::new(route);
-                    let previous = lock(&self.routes).insert(topic, Arc::clone(&route));
-                    outcome.changed |= previous.as_deref() != Some(&*route);
+                    outcome.changed |= self.client.routes().update(&topic, route);
                 }
                 Err(e) if topic != self.config.topic => {
-                    outcome.complete &= lock(&self.routes).contains_key(&topic);
+                    outcome.complete &= self.client.routes().snapshot().topic(&topic).is_some();
                     debug!(group = %self.group(), %topic, error = %e, "Retry topic has no route yet.");
                 }
                 Err(e) => {
@@ -658,7 +651,6 @@ impl<H: Handler> Consumer<H> {
             handler: Arc::new(handler),
             offsets,
             local_store,
-            routes: Mutex::new(HashMap::new()),
             metrics: runtime.metrics,
             stats: Arc::new(Stats::new()),
             rebalance_now: Notify::new(),
