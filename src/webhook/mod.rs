@@ -244,6 +244,9 @@ struct Inner {
     permits: Semaphore,
     breaker: Mutex<Breaker>,
     stats: Arc<WebhookStats>,
+    /// The log fields of the subscription this webhook serves (one per webhook in practice),
+    /// kept so a request does not allocate them again.
+    log: std::sync::OnceLock<LogFields>,
 }
 
 impl Webhook {
@@ -315,6 +318,7 @@ impl Webhook {
                 permits: Semaphore::new(options.concurrency),
                 breaker: Mutex::new(Breaker::new(options.breaker, options.timeout)),
                 stats: Arc::new(WebhookStats::default()),
+                log: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -350,7 +354,9 @@ impl Webhook {
         }
         if !self.inner.encoder.format().one_message_per_request() {
             let request = self.encode(ctx, &views);
-            return Arc::clone(&self.inner).send(ctx.log(), request).await;
+            return Arc::clone(&self.inner)
+                .send(self.inner.log_fields(ctx), request)
+                .await;
         }
         match batch.mode {
             ConsumeMode::Orderly => self.deliver_in_order(ctx, &views).await,
@@ -365,7 +371,7 @@ impl Webhook {
         for (i, view) in views.iter().enumerate() {
             let request = self.encode(ctx, std::slice::from_ref(view));
             let outcome = Arc::clone(&self.inner)
-                .send(ctx.log(), request)
+                .send(self.inner.log_fields(ctx), request)
                 .await
                 .pop()
                 .unwrap_or(Outcome::Retry { delay_level: None });
@@ -397,7 +403,7 @@ impl Webhook {
         for (i, view) in views.iter().enumerate() {
             let request = self.encode(ctx, std::slice::from_ref(view));
             let inner = Arc::clone(&self.inner);
-            let log = ctx.log();
+            let log = self.inner.log_fields(ctx);
             tasks.spawn(async move { (i, inner.send(log, request).await) });
         }
         let mut outcomes = vec![Outcome::Retry { delay_level: None }; views.len()];
@@ -445,15 +451,6 @@ struct LogFields {
     topic: Arc<str>,
 }
 
-impl Context<'_> {
-    fn log(self) -> LogFields {
-        LogFields {
-            group: self.group.into(),
-            topic: self.topic.into(),
-        }
-    }
-}
-
 /// What became of one attempt to send a request.
 enum Sent {
     Answer {
@@ -486,6 +483,21 @@ impl Inner {
     fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
         // The breaker's state is valid after any panic (plain fields), so poisoning is ignored.
         self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Log fields for `ctx`: the cached ones when they match (always, for a webhook that
+    /// serves one subscription), fresh ones otherwise.
+    fn log_fields(&self, ctx: Context<'_>) -> LogFields {
+        let fresh = || LogFields {
+            group: ctx.group.into(),
+            topic: ctx.topic.into(),
+        };
+        let cached = self.log.get_or_init(fresh);
+        if &*cached.group == ctx.group && &*cached.topic == ctx.topic {
+            cached.clone()
+        } else {
+            fresh()
+        }
     }
 
     /// Sends one prepared request and classifies the answer: one outcome per message.
@@ -602,11 +614,15 @@ impl Inner {
             headers: encoded,
             body,
         } = request;
-        let mut headers = self.headers.clone();
+        let mut headers = encoded;
         // Encoded headers (content type, metadata) win over configured ones of the same name;
         // authorization stays as configured because encoding never sets it.
-        for (name, value) in &encoded {
-            headers.insert(name.clone(), value.clone());
+        for name in self.headers.keys() {
+            if !headers.contains_key(name) {
+                for value in self.headers.get_all(name) {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
         }
         if let Some(secret) = &self.signing {
             let timestamp = SystemTime::now()
@@ -615,15 +631,12 @@ impl Inner {
             let id = sign::delivery_id(ids.iter().map(String::as_str));
             secret.sign(&mut headers, &id, timestamp, &body);
         }
+        // The request is assembled in place: the builder would copy every header once more.
+        let mut request = reqwest::Request::new(self.method.clone(), self.url.clone());
+        *request.headers_mut() = headers;
+        *request.body_mut() = Some(body.into());
         let exchange = async {
-            let mut response = self
-                .client
-                .request(self.method.clone(), self.url.clone())
-                .headers(headers)
-                .body(body)
-                .timeout(self.timeout)
-                .send()
-                .await?;
+            let mut response = self.client.execute(request).await?;
             let status = response.status().as_u16();
             let headers = std::mem::take(response.headers_mut());
             let mut body = Vec::new();
@@ -644,9 +657,9 @@ impl Inner {
                 truncated,
             })
         };
-        // reqwest's own timeout covers the exchange; the outer one is a guard in case a body
-        // stream stalls in a way the client does not time.
-        match tokio::time::timeout(self.timeout + Duration::from_millis(100), exchange).await {
+        // One timer covers the whole exchange, connection to the last byte of the answer
+        // (a second, per-request timer inside the client would double the timer work).
+        match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(sent)) => sent,
             Ok(Err(err)) => {
                 let kind = if err.is_timeout() {
