@@ -28,6 +28,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::de::IgnoredAny;
 use serde::Serialize;
 
+use super::json;
 use crate::remoting::message::{properties, Properties};
 use crate::remoting::MessageExt;
 
@@ -263,8 +264,8 @@ impl Encoder {
         let body = match (self.format, messages) {
             (Format::Json, _) => {
                 set(&mut headers, CONTENT_TYPE, APPLICATION_JSON);
-                // Sized up front: growing a buffer from serde's default 128 bytes to a few
-                // KiB costs several copies per request.
+                // Sized up front: growing a buffer from a small default to a few KiB costs
+                // several copies per request.
                 let mut out = Vec::with_capacity(
                     messages
                         .iter()
@@ -272,14 +273,7 @@ impl Encoder {
                         .sum::<usize>()
                         + 128,
                 );
-                serde_json::to_writer(
-                    &mut out,
-                    &Envelope {
-                        topic: ctx.topic,
-                        consumer_group: ctx.group,
-                        messages: messages.iter().map(JsonMessage::new).collect(),
-                    },
-                )?;
+                write_envelope(&mut out, ctx, messages);
                 Bytes::from(out)
             }
             (Format::Raw, [msg]) => {
@@ -668,68 +662,86 @@ struct StructuredEvent<'a> {
     extensions: serde_json::Map<String, serde_json::Value>,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Envelope<'a> {
-    topic: &'a str,
-    consumer_group: &'a str,
-    messages: Vec<JsonMessage<'a>>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JsonMessage<'a> {
-    msg_id: &'a str,
-    offset_msg_id: &'a str,
-    topic: &'a str,
-    queue_id: i32,
-    broker_name: &'a str,
-    queue_offset: i64,
-    tags: Option<&'a str>,
-    keys: Option<&'a str>,
-    reconsume_times: i32,
-    born_timestamp: i64,
-    store_timestamp: i64,
-    born_host: AsText<SocketAddr>,
-    store_host: AsText<SocketAddr>,
-    properties: &'a Properties,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    body_base64: Option<String>,
-}
-
-/// Serialises a value as its `Display` text, without an intermediate `String`.
-struct AsText<T>(T);
-
-impl<T: fmt::Display> Serialize for AsText<T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0)
+/// The `json` format: `{"topic", "consumerGroup", "messages": [...]}`, each message with its
+/// metadata, properties and the body as text (`body`) or, when not UTF-8, as `bodyBase64`.
+/// Written directly (see [`super::json`]); the field order is part of the output.
+fn write_envelope(out: &mut Vec<u8>, ctx: Context<'_>, messages: &[MessageView<'_>]) {
+    out.push(b'{');
+    json::key(out, "topic");
+    json::string(out, ctx.topic);
+    out.push(b',');
+    json::key(out, "consumerGroup");
+    json::string(out, ctx.group);
+    out.extend_from_slice(br#","messages":["#);
+    for (i, msg) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_message(out, msg);
     }
+    out.extend_from_slice(b"]}");
 }
 
-impl<'a> JsonMessage<'a> {
-    fn new(msg: &'a MessageView<'a>) -> Self {
-        let text = std::str::from_utf8(msg.body).ok();
-        Self {
-            msg_id: &msg.msg_id,
-            offset_msg_id: &msg.offset_msg_id,
-            topic: msg.topic,
-            queue_id: msg.queue_id,
-            broker_name: msg.broker_name,
-            queue_offset: msg.queue_offset,
-            tags: msg.tags,
-            keys: msg.keys,
-            reconsume_times: msg.reconsume_times,
-            born_timestamp: msg.born_timestamp,
-            store_timestamp: msg.store_timestamp,
-            born_host: AsText(msg.born_host),
-            store_host: AsText(msg.store_host),
-            properties: msg.properties,
-            body: text,
-            body_base64: text.is_none().then(|| BASE64.encode(msg.body)),
+fn write_message(out: &mut Vec<u8>, msg: &MessageView<'_>) {
+    let optional = |out: &mut Vec<u8>, value: Option<&str>| match value {
+        Some(v) => json::string(out, v),
+        None => out.extend_from_slice(b"null"),
+    };
+    out.extend_from_slice(br#"{"msgId":"#);
+    json::string(out, &msg.msg_id);
+    out.extend_from_slice(br#","offsetMsgId":"#);
+    json::string(out, &msg.offset_msg_id);
+    out.extend_from_slice(br#","topic":"#);
+    json::string(out, msg.topic);
+    out.extend_from_slice(br#","queueId":"#);
+    json::int(out, msg.queue_id);
+    out.extend_from_slice(br#","brokerName":"#);
+    json::string(out, msg.broker_name);
+    out.extend_from_slice(br#","queueOffset":"#);
+    json::int(out, msg.queue_offset);
+    out.extend_from_slice(br#","tags":"#);
+    optional(out, msg.tags);
+    out.extend_from_slice(br#","keys":"#);
+    optional(out, msg.keys);
+    out.extend_from_slice(br#","reconsumeTimes":"#);
+    json::int(out, msg.reconsume_times);
+    out.extend_from_slice(br#","bornTimestamp":"#);
+    json::int(out, msg.born_timestamp);
+    out.extend_from_slice(br#","storeTimestamp":"#);
+    json::int(out, msg.store_timestamp);
+    out.extend_from_slice(br#","bornHost":"#);
+    json::socket_addr(out, msg.born_host);
+    out.extend_from_slice(br#","storeHost":"#);
+    json::socket_addr(out, msg.store_host);
+    out.extend_from_slice(br#","properties":{"#);
+    for (i, (k, v)) in msg.properties.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::key(out, k);
+        json::string(out, v);
+    }
+    out.push(b'}');
+    match std::str::from_utf8(msg.body) {
+        Ok(text) => {
+            out.extend_from_slice(br#","body":"#);
+            json::string(out, text);
+        }
+        Err(_) => {
+            out.extend_from_slice(br#","bodyBase64":""#);
+            let start = out.len();
+            out.resize(
+                start + base64::encoded_len(msg.body.len(), true).unwrap_or(0),
+                0,
+            );
+            let written = BASE64
+                .encode_slice(msg.body, &mut out[start..])
+                .unwrap_or(0);
+            out.truncate(start + written);
+            out.push(b'"');
         }
     }
+    out.push(b'}');
 }
 
 #[cfg(test)]
@@ -1076,6 +1088,48 @@ mod tests {
             let r = encoder(Format::CloudEventsBatch).encode(CTX, &[f.view("A"), f.view("B")]).unwrap();
             let v: Value = serde_json::from_slice(&r.body).unwrap();
             proptest::prop_assert_eq!(v.as_array().map(Vec::len), Some(2));
+        }
+
+        #[test]
+        fn json_envelope_matches_an_independent_rendering(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            text in "\\PC{0,40}",
+            props in proptest::collection::btree_map("[A-Za-z_\"\\\\]{1,12}", "\\PC{0,20}", 0..6),
+            topic in "[a-z%\"]{1,10}",
+            use_text in proptest::bool::ANY,
+        ) {
+            let body = if use_text { text.into_bytes() } else { body };
+            let pairs: Vec<(&str, &str)> = props.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let f = Fixture::new(&body, &pairs);
+            let mut view = f.view("ID\"1");
+            view.topic = &topic;
+            view.tags = None;
+            let ctx = Context { group: "g\\1", topic: &topic };
+            let r = encoder(Format::Json).encode(ctx, &[view.clone(), view.clone()]).unwrap();
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            let mut expected = json!({
+                "msgId": view.msg_id,
+                "offsetMsgId": view.offset_msg_id,
+                "topic": topic,
+                "queueId": view.queue_id,
+                "brokerName": view.broker_name,
+                "queueOffset": view.queue_offset,
+                "tags": null,
+                "keys": view.keys,
+                "reconsumeTimes": view.reconsume_times,
+                "bornTimestamp": view.born_timestamp,
+                "storeTimestamp": view.store_timestamp,
+                "bornHost": view.born_host.to_string(),
+                "storeHost": view.store_host.to_string(),
+                "properties": props,
+            });
+            match std::str::from_utf8(&body) {
+                Ok(t) => expected["body"] = json!(t),
+                Err(_) => expected["bodyBase64"] = json!(BASE64.encode(&body)),
+            }
+            proptest::prop_assert_eq!(&v["topic"], &json!(topic));
+            proptest::prop_assert_eq!(&v["consumerGroup"], &json!("g\\1"));
+            proptest::prop_assert_eq!(&v["messages"], &json!([expected.clone(), expected]));
         }
     }
 }

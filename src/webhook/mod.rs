@@ -21,6 +21,7 @@
 pub mod breaker;
 pub mod classify;
 pub mod encode;
+mod json;
 pub mod sign;
 pub mod stats;
 
