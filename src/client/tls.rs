@@ -68,7 +68,7 @@ impl TlsConfig {
         let builder = if self.insecure_skip_verify {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert { provider }))
+                .with_custom_certificate_verifier(Self::accept_any_server_cert(provider))
         } else {
             let mut roots = RootCertStore::empty();
             match &self.ca_file {
@@ -101,6 +101,15 @@ impl TlsConfig {
             }
         };
         Ok(TlsConnector::from(Arc::new(config)))
+    }
+
+    /// A verifier that accepts any server certificate but still checks the handshake
+    /// signatures with `provider`. Shared with the webhook client (its `insecure_skip_verify`),
+    /// so there is one such verifier in the crate.
+    pub(crate) fn accept_any_server_cert(
+        provider: Arc<CryptoProvider>,
+    ) -> Arc<dyn ServerCertVerifier> {
+        Arc::new(AcceptAnyServerCert { provider })
     }
 
     /// The name to present for `addr` (`host:port`).

@@ -1,0 +1,501 @@
+//! The webhook transport against hand-written HTTP and TLS servers: what goes on the wire,
+//! connection reuse, redirects not followed, answer size limit, failure classification and TLS
+//! settings.
+
+use std::path::PathBuf;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
+
+use super::*;
+
+/// Guards every await: a hang fails the test instead of blocking the suite.
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn testdata(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/client/testdata")
+        .join(name)
+}
+
+/// One request as received: the connection it came on, its head (lowercased) and body.
+#[derive(Debug)]
+struct Received {
+    connection: usize,
+    head: String,
+    body: Vec<u8>,
+    alpn: Option<Vec<u8>>,
+}
+
+/// Reads one request (head and `content-length` body); `None` at a clean end of stream.
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut byte = [0u8; 1024];
+        let n = stream.read(&mut byte).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&byte[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().expect("content-length"));
+    let mut body = buf.split_off(end);
+    while body.len() < length {
+        let mut chunk = vec![0u8; length - body.len()];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Some((head, body))
+}
+
+/// Serves requests on one connection, answering each with `answer`.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    connection: usize,
+    alpn: Option<Vec<u8>>,
+    answer: Arc<Vec<u8>>,
+    seen: mpsc::UnboundedSender<Received>,
+) {
+    while let Some((head, body)) = read_request(&mut stream).await {
+        let _ = seen.send(Received {
+            connection,
+            head,
+            body,
+            alpn: alpn.clone(),
+        });
+        if stream.write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A server on 127.0.0.1 answering every request with `answer`, over TLS with the test
+/// certificate (`localhost`, `127.0.0.1`) when `tls` is set. Returns the port and what it
+/// saw.
+async fn server(
+    answer: &[u8],
+    tls: bool,
+) -> (
+    u16,
+    mpsc::UnboundedReceiver<Received>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let acceptor = tls.then(|| {
+        let certs = read_certs("ca_file", &testdata("leaf.pem")).expect("leaf");
+        let key = read_key(&testdata("leaf.key")).expect("key");
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(ring_provider::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .expect("server config");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        TlsAcceptor::from(Arc::new(config))
+    });
+    let answer = Arc::new(answer.to_vec());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        for connection in 0.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (answer, tx) = (Arc::clone(&answer), tx.clone());
+            match &acceptor {
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    connections.spawn(async move {
+                        // A client that rejects the certificate ends the handshake.
+                        if let Ok(stream) = acceptor.accept(tcp).await {
+                            let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                            serve(stream, connection, alpn, answer, tx).await;
+                        }
+                    });
+                }
+                None => {
+                    connections.spawn(serve(tcp, connection, None, answer, tx));
+                }
+            }
+        }
+    });
+    (port, rx, task)
+}
+
+fn request(body: &'static [u8]) -> EncodedRequest {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    EncodedRequest {
+        headers,
+        body: Bytes::from_static(body),
+    }
+}
+
+async fn transmit(webhook: &Webhook, body: &'static [u8]) -> Sent {
+    let ids = vec!["m1".to_owned()];
+    tokio::time::timeout(LIMIT, webhook.inner.transmit(&ids, request(body)))
+        .await
+        .expect("exchange hung")
+}
+
+async fn next(seen: &mut mpsc::UnboundedReceiver<Received>) -> Received {
+    tokio::time::timeout(LIMIT, seen.recv())
+        .await
+        .expect("server saw nothing")
+        .expect("server gone")
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+#[tokio::test]
+async fn request_on_the_wire_has_host_origin_form_and_no_credentials() {
+    let (port, mut seen, task) = server(OK, false).await;
+    let mut options =
+        WebhookOptions::new(format!("http://user:pw@127.0.0.1:{port}/hook?token=s3cr3t"));
+    options.headers = vec![("x-api-key".to_owned(), "k".to_owned())];
+    let webhook = Webhook::new(options).expect("webhook");
+    match transmit(&webhook, b"{\"a\":1}").await {
+        Sent::Answer {
+            status,
+            body,
+            truncated,
+            ..
+        } => {
+            assert_eq!(status, 200);
+            assert_eq!(&body[..], b"ok");
+            assert!(!truncated);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let got = next(&mut seen).await;
+    let mut lines = got.head.lines();
+    assert_eq!(lines.next(), Some("post /hook?token=s3cr3t http/1.1"));
+    let headers: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
+    for expected in [
+        format!("host: 127.0.0.1:{port}"),
+        "accept: */*".to_owned(),
+        "content-type: application/json".to_owned(),
+        "content-length: 7".to_owned(),
+        "x-api-key: k".to_owned(),
+    ] {
+        assert!(
+            headers.contains(&expected.as_str()),
+            "{expected}: {headers:?}"
+        );
+    }
+    // User info stays out of the request (reqwest with `Request::new` did not send it).
+    assert!(!got.head.contains("pw") && !got.head.contains("authorization"));
+    assert_eq!(got.body, b"{\"a\":1}");
+    task.abort();
+}
+
+#[tokio::test]
+async fn configured_accept_wins_and_method_is_kept() {
+    let (port, mut seen, task) = server(OK, false).await;
+    let mut options = WebhookOptions::new(format!("http://127.0.0.1:{port}/"));
+    options.method = Method::PUT;
+    options.headers = vec![("Accept".to_owned(), "application/json".to_owned())];
+    let webhook = Webhook::new(options).expect("webhook");
+    assert!(matches!(
+        transmit(&webhook, b"x").await,
+        Sent::Answer { status: 200, .. }
+    ));
+    let got = next(&mut seen).await;
+    assert!(got.head.starts_with("put / http/1.1\r\n"), "{}", got.head);
+    assert_eq!(got.head.matches("accept:").count(), 1, "{}", got.head);
+    assert!(got.head.contains("accept: application/json\r\n"));
+    task.abort();
+}
+
+#[tokio::test]
+async fn connections_are_kept_alive_and_reused() {
+    let (port, mut seen, task) = server(OK, false).await;
+    let webhook =
+        Webhook::new(WebhookOptions::new(format!("http://127.0.0.1:{port}/hook"))).unwrap();
+    for _ in 0..3 {
+        assert!(matches!(
+            transmit(&webhook, b"x").await,
+            Sent::Answer { status: 200, .. }
+        ));
+    }
+    let connections: Vec<usize> = [
+        next(&mut seen).await,
+        next(&mut seen).await,
+        next(&mut seen).await,
+    ]
+    .iter()
+    .map(|r| r.connection)
+    .collect();
+    assert_eq!(connections, vec![0, 0, 0]);
+    task.abort();
+}
+
+#[tokio::test]
+async fn redirects_are_answers_not_followed() {
+    let (port, mut seen, task) = server(
+        b"HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:1/x\r\ncontent-length: 0\r\n\r\n",
+        false,
+    )
+    .await;
+    let webhook =
+        Webhook::new(WebhookOptions::new(format!("http://127.0.0.1:{port}/hook"))).unwrap();
+    match transmit(&webhook, b"x").await {
+        Sent::Answer {
+            status, headers, ..
+        } => {
+            assert_eq!(status, 307);
+            assert_eq!(headers["location"], "http://127.0.0.1:1/x");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(next(&mut seen).await.head.starts_with("post /hook "));
+    task.abort();
+}
+
+#[tokio::test]
+async fn answers_are_cut_at_the_limit() {
+    let extra = 10;
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+        MAX_ANSWER_BYTES + extra
+    )
+    .into_bytes();
+    answer.resize(answer.len() + MAX_ANSWER_BYTES + extra, b'a');
+    let (port, _seen, task) = server(&answer, false).await;
+    let webhook =
+        Webhook::new(WebhookOptions::new(format!("http://127.0.0.1:{port}/hook"))).unwrap();
+    match transmit(&webhook, b"x").await {
+        Sent::Answer {
+            body, truncated, ..
+        } => {
+            assert!(truncated);
+            assert_eq!(body.len(), MAX_ANSWER_BYTES);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    task.abort();
+}
+
+#[test]
+fn append_limited_keeps_exactly_the_limit() {
+    let mut body = Vec::new();
+    assert!(append_limited(&mut body, &vec![1; MAX_ANSWER_BYTES - 1]));
+    assert!(append_limited(&mut body, &[2]));
+    assert_eq!(body.len(), MAX_ANSWER_BYTES);
+    assert!(append_limited(&mut body, &[]));
+    assert!(!append_limited(&mut body, &[3]));
+    assert_eq!(body.len(), MAX_ANSWER_BYTES);
+    assert_eq!(body.last(), Some(&2));
+
+    let mut body = vec![0; 10];
+    assert!(!append_limited(&mut body, &vec![4; MAX_ANSWER_BYTES]));
+    assert_eq!(body.len(), MAX_ANSWER_BYTES);
+    assert_eq!(body[10], 4);
+}
+
+#[tokio::test]
+async fn refused_connection_is_a_transport_failure_without_the_url() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    let webhook = Webhook::new(WebhookOptions::new(format!(
+        "http://user:pw@127.0.0.1:{port}/secret-path?token=s3cr3t"
+    )))
+    .unwrap();
+    match transmit(&webhook, b"x").await {
+        Sent::Failed(Failure::Transport, text) => {
+            // The source chain is there (the OS reason), the URL is not.
+            assert!(text.contains("refused"), "{text}");
+            for secret in ["pw", "s3cr3t", "secret-path", &port.to_string()] {
+                assert!(!text.contains(secret), "{text}");
+            }
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn silent_endpoint_times_out() {
+    // Accepts the connection, never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let mut options = WebhookOptions::new(format!("http://127.0.0.1:{port}/hook"));
+    options.timeout = Duration::from_millis(200);
+    let webhook = Webhook::new(options).unwrap();
+    assert!(matches!(
+        transmit(&webhook, b"x").await,
+        Sent::Failed(Failure::Timeout, _)
+    ));
+    task.abort();
+}
+
+/// An error with one source, like hyper-util's wrappers.
+#[derive(Debug, thiserror::Error)]
+#[error("outer")]
+struct Outer(#[source] std::io::Error);
+
+#[test]
+fn timeouts_anywhere_in_the_chain_are_timeouts() {
+    let connect_timeout = Outer(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "connect timed out",
+    ));
+    match failed(&connect_timeout) {
+        Sent::Failed(Failure::Timeout, text) => assert_eq!(text, "outer: connect timed out"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let refused = Outer(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+    assert!(matches!(
+        failed(&refused),
+        Sent::Failed(Failure::Transport, _)
+    ));
+}
+
+fn https_options(port: u16, tls: WebhookTls) -> WebhookOptions {
+    let mut options = WebhookOptions::new(format!("https://127.0.0.1:{port}/hook"));
+    options.timeout = Duration::from_secs(5);
+    options.tls = tls;
+    options
+}
+
+#[tokio::test]
+async fn https_with_custom_ca_offers_http11_alpn() {
+    let (port, mut seen, task) = server(OK, true).await;
+    let tls = WebhookTls {
+        ca_file: Some(testdata("ca.pem")),
+        ..WebhookTls::default()
+    };
+    let webhook = Webhook::new(https_options(port, tls)).unwrap();
+    assert!(matches!(
+        transmit(&webhook, b"x").await,
+        Sent::Answer { status: 200, .. }
+    ));
+    let got = next(&mut seen).await;
+    // The server also offers h2: only http/1.1 may be chosen.
+    assert_eq!(got.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert!(got.head.contains(&format!("host: 127.0.0.1:{port}\r\n")));
+    task.abort();
+}
+
+#[tokio::test]
+async fn unknown_issuer_fails_unless_verification_is_off() {
+    let (port, mut seen, task) = server(OK, true).await;
+    // Web roots only: the test CA is unknown.
+    let webhook = Webhook::new(https_options(port, WebhookTls::default())).unwrap();
+    match transmit(&webhook, b"x").await {
+        Sent::Failed(Failure::Transport, text) => {
+            assert!(text.to_lowercase().contains("certificate"), "{text}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let insecure = WebhookTls {
+        insecure_skip_verify: true,
+        ..WebhookTls::default()
+    };
+    let webhook = Webhook::new(https_options(port, insecure)).unwrap();
+    assert!(matches!(
+        transmit(&webhook, b"x").await,
+        Sent::Answer { status: 200, .. }
+    ));
+    assert_eq!(next(&mut seen).await.connection, 1);
+    task.abort();
+}
+
+fn tls_failure(tls: WebhookTls) -> (&'static str, String, String) {
+    match Webhook::new(https_options(1, tls)) {
+        Err(WebhookError::Tls { what, path, reason }) => (what, path, reason),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn bad_tls_files_are_configuration_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, b"not a pem").expect("write");
+    let shown = garbage.display().to_string();
+
+    let (what, path, reason) = tls_failure(WebhookTls {
+        ca_file: Some(garbage.clone()),
+        ..WebhookTls::default()
+    });
+    assert_eq!((what, path.as_str()), ("ca_file", shown.as_str()));
+    assert!(reason.contains("no PEM certificate"), "{reason}");
+
+    // A key file without a key (here: a certificate) is the key's fault.
+    let (what, path, reason) = tls_failure(WebhookTls {
+        client_cert: Some(testdata("leaf.pem")),
+        client_key: Some(testdata("leaf.pem")),
+        ..WebhookTls::default()
+    });
+    assert_eq!(what, "client_key");
+    assert_eq!(path, testdata("leaf.pem").display().to_string());
+    assert!(reason.contains("no PEM private key"), "{reason}");
+
+    let (what, _, reason) = tls_failure(WebhookTls {
+        client_cert: Some(testdata("leaf.pem")),
+        client_key: Some(PathBuf::from("/nonexistent/leaf.key")),
+        ..WebhookTls::default()
+    });
+    assert_eq!(what, "client_key");
+    assert!(!reason.is_empty());
+
+    let (what, path, _) = tls_failure(WebhookTls {
+        client_cert: Some(garbage.clone()),
+        client_key: Some(testdata("leaf.key")),
+        ..WebhookTls::default()
+    });
+    assert_eq!((what, path.as_str()), ("client_cert", shown.as_str()));
+
+    let (what, _, reason) = tls_failure(WebhookTls {
+        client_key: Some(testdata("leaf.key")),
+        ..WebhookTls::default()
+    });
+    assert_eq!(what, "client_cert");
+    assert!(reason.contains("together"), "{reason}");
+
+    // Verification off still reads the CA file: a broken path shows at startup.
+    let (what, _, _) = tls_failure(WebhookTls {
+        ca_file: Some(PathBuf::from("/nonexistent/ca.pem")),
+        insecure_skip_verify: true,
+        ..WebhookTls::default()
+    });
+    assert_eq!(what, "ca_file");
+}
+
+#[test]
+fn full_tls_config_builds_with_http11_alpn() {
+    let config = tls_config(&WebhookTls {
+        ca_file: Some(testdata("ca.pem")),
+        client_cert: Some(testdata("leaf.pem")),
+        client_key: Some(testdata("leaf.key")),
+        insecure_skip_verify: false,
+    })
+    .expect("config");
+    assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    assert!(config.client_auth_cert_resolver.has_certs());
+}
