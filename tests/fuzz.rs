@@ -603,7 +603,7 @@ proptest! {
     /// either yields messages whose bodies fit the input's decompression limit or a typed error.
     #[test]
     fn message_decoders_never_panic(body in pull_body()) {
-        match decode_messages(&body) {
+        match decode_messages(&Bytes::copy_from_slice(&body)) {
             Ok(msgs) => {
                 for m in &msgs {
                     let _ = m.msg_id();
@@ -628,7 +628,7 @@ proptest! {
             // Not a plain record: its body is a batch, covered by the mutation targets.
             return Ok(());
         }
-        let got = decode_messages(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let got = decode_messages(&Bytes::copy_from_slice(&bytes)).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(got.len(), 1);
         prop_assert_eq!(&got[0].body, &msg.body);
         prop_assert_eq!(&got[0].topic, &msg.topic);

@@ -250,7 +250,7 @@ const HEAD_LEN: usize = 48;
 /// [`RemotingError::MalformedMessage`] for a truncated or inconsistent record (the whole body is
 /// rejected: a broker does not send half-valid bodies), [`RemotingError::Decompress`] for a body
 /// that does not inflate.
-pub fn decode_messages(body: &[u8]) -> Result<Vec<MessageExt>, RemotingError> {
+pub fn decode_messages(body: &Bytes) -> Result<Vec<MessageExt>, RemotingError> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < body.len() {
@@ -270,7 +270,8 @@ pub fn decode_message(body: &[u8]) -> Result<MessageExt, RemotingError> {
     if body.is_empty() {
         return Err(malformed(0, "empty body".into()));
     }
-    let (msg, _) = decode_record(body, 0)?;
+    // A rare request: copying the body once is simpler than asking callers for `Bytes`.
+    let (msg, _) = decode_record(&Bytes::copy_from_slice(body), 0)?;
     let mut out = Vec::new();
     unwrap_into(msg, 0, &mut out)?;
     out.into_iter()
@@ -353,7 +354,7 @@ impl<'a> Cursor<'a> {
 
 /// Decodes the record starting at `at`; returns it (body decompressed, not yet unwrapped) and its
 /// total length.
-fn decode_record(body: &[u8], at: usize) -> Result<(MessageExt, usize), RemotingError> {
+fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize), RemotingError> {
     let rest = &body[at..];
     let mut head = Cursor {
         buf: rest,
@@ -413,7 +414,9 @@ fn decode_record(body: &[u8], at: usize) -> Result<(MessageExt, usize), Remoting
         sys_flag &= !sys_flag::COMPRESSED;
         Bytes::from(compression::decompress(algorithm, stored_body)?)
     } else {
-        Bytes::copy_from_slice(stored_body)
+        // A view into the pull response, not a copy: the response buffer lives until the last
+        // of its messages is consumed (at most one pull batch).
+        body.slice_ref(stored_body)
     };
     let msg = MessageExt {
         topic,

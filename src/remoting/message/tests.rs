@@ -35,11 +35,21 @@ fn golden_record() -> Vec<u8> {
 }
 
 #[test]
+fn bodies_are_views_into_the_response() {
+    let response = Bytes::from(golden_record());
+    let msgs = decode_messages(&response).unwrap();
+    let body = msgs[0].body.as_ptr_range();
+    let whole = response.as_ptr_range();
+    assert_eq!(msgs[0].body, b"hello-0"[..]);
+    assert!(whole.start <= body.start && body.end <= whole.end);
+}
+
+#[test]
 fn golden_record_decodes() {
     let bytes = golden_record();
     assert_eq!(bytes.len(), 229);
     assert_eq!(body_crc(b"hello-0"), 0x154677bc);
-    let msgs = decode_messages(&bytes).unwrap();
+    let msgs = decode_messages(&Bytes::copy_from_slice(&bytes)).unwrap();
     assert_eq!(msgs.len(), 1);
     let m = &msgs[0];
     assert_eq!(m.topic, "T1");
@@ -71,37 +81,43 @@ fn golden_record_decodes() {
     let again = encode_message(m).unwrap();
     assert_eq!(again.len(), bytes.len());
     assert_eq!(again[..100], bytes[..100]);
-    assert_eq!(decode_messages(&again).unwrap(), msgs);
+    assert_eq!(
+        decode_messages(&Bytes::copy_from_slice(&again)).unwrap(),
+        msgs
+    );
 }
 
 #[test]
 fn truncated_and_corrupt_records_are_errors() {
     let bytes = golden_record();
     for cut in [1, 3, 4, 47, 48, 100, 228] {
-        assert!(decode_messages(&bytes[..cut]).is_err(), "cut at {cut}");
+        assert!(
+            decode_messages(&Bytes::copy_from_slice(&bytes[..cut])).is_err(),
+            "cut at {cut}"
+        );
     }
     let mut bad_magic = bytes.clone();
     bad_magic[4] = 0xCB;
     assert!(matches!(
-        decode_messages(&bad_magic),
+        decode_messages(&Bytes::copy_from_slice(&bad_magic)),
         Err(RemotingError::MalformedMessage { at: 0, .. })
     ));
     // A body length larger than the record.
     let mut long_body = bytes.clone();
     long_body[84..88].copy_from_slice(&i32::MAX.to_be_bytes());
-    assert!(decode_messages(&long_body).is_err());
+    assert!(decode_messages(&Bytes::copy_from_slice(&long_body)).is_err());
     // A negative topic length (V1 reads a signed byte).
     let mut neg_topic = bytes.clone();
     neg_topic[95] = 0x80;
-    assert!(decode_messages(&neg_topic).is_err());
+    assert!(decode_messages(&Bytes::copy_from_slice(&neg_topic)).is_err());
     // The second record's error names its offset.
     let mut two = bytes.clone();
     two.extend_from_slice(&bytes[..50]);
     assert!(matches!(
-        decode_messages(&two),
+        decode_messages(&Bytes::copy_from_slice(&two)),
         Err(RemotingError::MalformedMessage { at: 229, .. })
     ));
-    assert!(decode_messages(&[]).unwrap().is_empty());
+    assert!(decode_messages(&Bytes::new()).unwrap().is_empty());
     assert!(decode_message(&[]).is_err());
 }
 
@@ -154,7 +170,7 @@ fn compressed_bodies_are_inflated_and_flag_cleared() {
     let body_at = 48 + 8 + 8 + 20 + 4 + 8 + 4;
     bytes[body_at] ^= 0xFF;
     assert!(matches!(
-        decode_messages(&bytes),
+        decode_messages(&Bytes::copy_from_slice(&bytes)),
         Err(RemotingError::Decompress {
             algorithm: "zlib",
             ..
@@ -187,7 +203,7 @@ fn inner_batches_are_unwrapped() {
     outer.sys_flag = sys_flag::NEED_UNWRAP | sys_flag::INNER_BATCH;
     outer.properties.insert("UNIQ_KEY".into(), "OUTER".into());
     let bytes = encode_message(&outer).unwrap();
-    let msgs = decode_messages(&bytes).unwrap();
+    let msgs = decode_messages(&Bytes::copy_from_slice(&bytes)).unwrap();
     assert_eq!(msgs.len(), 3);
     for (i, m) in msgs.iter().enumerate() {
         assert_eq!(m.queue_offset, 100 + i as i64);
@@ -333,7 +349,7 @@ proptest! {
             want.push(expected(m, &bytes));
             body.extend_from_slice(&bytes);
         }
-        prop_assert_eq!(decode_messages(&body).unwrap(), want);
+        prop_assert_eq!(decode_messages(&Bytes::copy_from_slice(&body)).unwrap(), want);
     }
 
     #[test]
@@ -361,7 +377,7 @@ proptest! {
 
     #[test]
     fn decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
-        let _ = decode_messages(&bytes);
+        let _ = decode_messages(&Bytes::copy_from_slice(&bytes));
         let _ = decode_message(&bytes);
         let _ = decode_batch(&bytes);
     }
@@ -377,6 +393,6 @@ proptest! {
             bytes[i] = b;
         }
         bytes.truncate(cut);
-        let _ = decode_messages(&bytes);
+        let _ = decode_messages(&Bytes::copy_from_slice(&bytes));
     }
 }
