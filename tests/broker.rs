@@ -645,7 +645,7 @@ async fn send_back_goes_to_the_retry_topic_and_negative_level_to_the_dlq() {
         offset: m.commit_log_offset,
         group: group.clone(),
         delay_level,
-        origin_msg_id: m.msg_id(),
+        origin_msg_id: m.msg_id().into_owned(),
         origin_topic: topic.clone(),
         max_reconsume_times: 16,
         broker_name: None,
@@ -919,7 +919,7 @@ async fn restarted_broker_keeps_its_messages() {
             Err(e) => panic!("no pull after restart: {e}"),
         }
     };
-    let ids: Vec<String> = stored.iter().map(MessageExt::msg_id).collect();
+    let ids: Vec<String> = stored.iter().map(|m| m.msg_id().into_owned()).collect();
     let want: Vec<String> = before
         .iter()
         .chain(&after)

@@ -421,7 +421,7 @@ impl<H: Handler> Shared<H> {
             offset: msg.commit_log_offset,
             group: self.config.group.clone(),
             delay_level,
-            origin_msg_id: msg.msg_id(),
+            origin_msg_id: msg.msg_id().into_owned(),
             origin_topic: msg.topic.clone(),
             max_reconsume_times: self.config.max_reconsume_times,
             broker_name: Some(mq.broker_name.clone()),

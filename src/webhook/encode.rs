@@ -16,6 +16,7 @@
 //! (structured mode for one message, the array element in a batch), never wrapped twice. Metadata
 //! that cannot be an HTTP header value is left out of headers, never sent mangled.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -144,7 +145,7 @@ impl EncodeError {
 #[derive(Debug, Clone)]
 pub struct MessageView<'a> {
     /// The msgId users see (`UNIQ_KEY`, or the offset msgId when absent).
-    pub msg_id: String,
+    pub msg_id: Cow<'a, str>,
     /// The broker-assigned id (store host + commit log offset).
     pub offset_msg_id: String,
     /// The message's (real) topic.
@@ -767,7 +768,7 @@ mod tests {
 
         fn view(&self, id: &str) -> MessageView<'_> {
             MessageView {
-                msg_id: id.to_owned(),
+                msg_id: id.to_owned().into(),
                 offset_msg_id: "0A00000100002A9F0000000000000010".to_owned(),
                 topic: "orders",
                 queue_id: 3,

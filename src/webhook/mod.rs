@@ -465,7 +465,7 @@ impl Webhook {
     }
 
     fn encode(&self, ctx: Context<'_>, views: &[MessageView<'_>]) -> Prepared {
-        let ids = views.iter().map(|v| v.msg_id.clone()).collect();
+        let ids = views.iter().map(|v| v.msg_id.to_string()).collect();
         let request = self.inner.encoder.encode(ctx, views).map_err(|err| {
             tracing::error!(%err, group = ctx.group, topic = ctx.topic, "Cannot encode webhook request.");
         });

@@ -102,11 +102,12 @@ pub struct MessageExt {
 }
 
 impl MessageExt {
-    /// The user-visible id: `UNIQ_KEY` if present, else the offset msgId.
-    pub fn msg_id(&self) -> String {
+    /// The user-visible id: `UNIQ_KEY` if present (borrowed: the usual case costs no copy),
+    /// else the offset msgId.
+    pub fn msg_id(&self) -> std::borrow::Cow<'_, str> {
         match self.property(properties::UNIQ_KEY) {
-            Some(id) => id.to_owned(),
-            None => self.offset_msg_id(),
+            Some(id) => id.into(),
+            None => self.offset_msg_id().into(),
         }
     }
 
