@@ -17,16 +17,18 @@ const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
 const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
 const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
 
-/// Whether any byte of `word` is zero (exact as a yes/no answer).
-const fn has_zero(word: u64) -> bool {
-    word.wrapping_sub(ONES) & !word & HIGHS != 0
+/// High bit set in the bytes of `word` that are zero; exact as a yes/no answer (a borrow can
+/// mark a byte above a real zero, never create one).
+const fn zero_bytes(word: u64) -> u64 {
+    word.wrapping_sub(ONES) & !word & HIGHS
 }
 
-/// Whether any byte of the eight in `word` must be escaped in a JSON string.
+/// Whether any byte of the eight in `word` must be escaped in a JSON string. One branch: the
+/// three tests are combined with `|`, not short-circuited.
 const fn needs_escape(word: u64) -> bool {
     // A byte below 0x20: the "has a byte less than n" test (exact for n <= 128).
-    let control = word.wrapping_sub(SPACES) & !word & HIGHS != 0;
-    control || has_zero(word ^ QUOTES) || has_zero(word ^ BACKSLASHES)
+    let control = word.wrapping_sub(SPACES) & !word & HIGHS;
+    (control | zero_bytes(word ^ QUOTES) | zero_bytes(word ^ BACKSLASHES)) != 0
 }
 
 /// Appends `s` as a quoted JSON string.
@@ -37,15 +39,8 @@ pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
     let mut clean_from = 0;
     let mut i = 0;
     while i < bytes.len() {
-        if let Some(chunk) = bytes.get(i..i + 8) {
-            let mut word = [0_u8; 8];
-            word.copy_from_slice(chunk);
-            if !needs_escape(u64::from_ne_bytes(word)) {
-                i += 8;
-                continue;
-            }
-        }
-        // A byte that may need escaping in the next eight (or the tail): look at each.
+        i += clean_words(&bytes[i..]);
+        // The next eight bytes (or the tail) may hold a byte to escape: look at each.
         let end = (i + 8).min(bytes.len());
         while i < end {
             let b = bytes[i];
@@ -67,6 +62,20 @@ pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[clean_from..]);
     out.push(b'"');
+}
+
+/// How many leading bytes of `bytes` are whole eight-byte words with nothing to escape.
+fn clean_words(bytes: &[u8]) -> usize {
+    let mut clean = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let mut word = [0_u8; 8];
+        word.copy_from_slice(chunk);
+        if needs_escape(u64::from_ne_bytes(word)) {
+            break;
+        }
+        clean += 8;
+    }
+    clean
 }
 
 enum Escape {

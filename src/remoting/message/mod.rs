@@ -408,7 +408,7 @@ fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize), Remotin
     let topic_len = c.len(topic_width, "topicLength")?;
     let topic = String::from_utf8_lossy(c.take(topic_len, "topic")?).into_owned();
     let props_len = c.len(2, "propertiesLength")?;
-    let props = properties::decode(&String::from_utf8_lossy(c.take(props_len, "properties")?));
+    let props = properties::decode(c.take(props_len, "properties")?);
 
     let body = if sys_flag & sys_flag::COMPRESSED != 0 {
         let algorithm = Compression::from_sys_flag(sys_flag)?;
@@ -518,7 +518,7 @@ pub fn decode_batch(body: &[u8]) -> Result<Vec<BatchItem>, RemotingError> {
         let body_len = c.len(4, "bodyLength")?;
         let item_body = Bytes::copy_from_slice(c.take(body_len, "body")?);
         let props_len = c.len(2, "propertiesLength")?;
-        let props = properties::decode(&String::from_utf8_lossy(c.take(props_len, "properties")?));
+        let props = properties::decode(c.take(props_len, "properties")?);
         out.push(BatchItem {
             flag,
             body_crc,

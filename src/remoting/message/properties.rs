@@ -69,14 +69,24 @@ pub fn encode(props: &Properties) -> String {
 
 /// Decodes the wire form leniently: entries without a name/value separator, or with an empty key
 /// or empty value, are skipped (Java keeps only pairs where both are non-empty). A later
-/// duplicate key wins, as with Java's `HashMap.put`.
-pub fn decode(s: &str) -> Properties {
+/// duplicate key wins, as with Java's `HashMap.put`. Bytes that are not UTF-8 become U+FFFD.
+///
+/// Works on bytes: the separators are ASCII, and this runs for every pulled message (a `char`
+/// split and a whole-string UTF-8 pass showed up in profiles).
+pub fn decode(raw: &[u8]) -> Properties {
+    const ENTRY_END: u8 = PROPERTY_SEPARATOR as u8;
+    const KEY_END: u8 = NAME_VALUE_SEPARATOR as u8;
     let mut props = Properties::new();
-    for segment in s.split(PROPERTY_SEPARATOR) {
-        if let Some((key, value)) = segment.split_once(NAME_VALUE_SEPARATOR) {
-            if !key.is_empty() && !value.is_empty() {
-                props.insert(key.to_owned(), value.to_owned());
-            }
+    for entry in raw.split(|&b| b == ENTRY_END) {
+        let Some(at) = entry.iter().position(|&b| b == KEY_END) else {
+            continue;
+        };
+        let (key, value) = (&entry[..at], &entry[at + 1..]);
+        if !key.is_empty() && !value.is_empty() {
+            props.insert(
+                String::from_utf8_lossy(key).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            );
         }
     }
     props
@@ -104,12 +114,14 @@ mod tests {
 
     #[test]
     fn decodes_leniently() {
-        let p = decode("A\u{1}1\u{2}\u{2}junk\u{2}\u{1}novalue\u{2}nokey\u{1}\u{2}B\u{1}x\u{1}y");
+        let p = decode(
+            "A\u{1}1\u{2}\u{2}junk\u{2}\u{1}novalue\u{2}nokey\u{1}\u{2}B\u{1}x\u{1}y".as_bytes(),
+        );
         assert_eq!(p.len(), 2);
         assert_eq!(p["A"], "1");
         // Only the first separator splits; the rest belongs to the value.
         assert_eq!(p["B"], "x\u{1}y");
-        assert!(decode("").is_empty());
+        assert!(decode(b"").is_empty());
     }
 
     fn text() -> impl Strategy<Value = String> {
@@ -120,12 +132,30 @@ mod tests {
         #[test]
         fn round_trip(props in prop::collection::btree_map(text(), text(), 0..8)) {
             prop_assert!(!contains_separator(&props));
-            prop_assert_eq!(decode(&encode(&props)), props);
+            prop_assert_eq!(decode(encode(&props).as_bytes()), props);
         }
 
         #[test]
         fn decode_never_panics(s in ".*") {
-            let _ = decode(&s);
+            let _ = decode(s.as_bytes());
+        }
+
+        /// Byte-level decoding equals splitting the lossily decoded text on the separator
+        /// characters (the definition), for any bytes, including invalid UTF-8 next to a
+        /// separator.
+        #[test]
+        fn bytes_decode_like_text(raw in prop::collection::vec(
+            prop::sample::select(vec![1_u8, 2, b'a', b'=', 0xc3, 0xa9, 0xff, 0x80]), 0..40)) {
+            let text = String::from_utf8_lossy(&raw);
+            let mut want = Properties::new();
+            for entry in text.split(PROPERTY_SEPARATOR) {
+                if let Some((k, v)) = entry.split_once(NAME_VALUE_SEPARATOR) {
+                    if !k.is_empty() && !v.is_empty() {
+                        want.insert(k.to_owned(), v.to_owned());
+                    }
+                }
+            }
+            prop_assert_eq!(decode(&raw), want);
         }
     }
 }
