@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
+use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION};
 use http::{Method, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
@@ -284,7 +284,7 @@ impl Webhook {
     /// [`WebhookError`] for a bad URL, header or option, or when the HTTP client cannot be
     /// built.
     pub fn new(options: WebhookOptions) -> Result<Self, WebhookError> {
-        let url = Url::parse(&options.url).map_err(|e| WebhookError::InvalidUrl {
+        let mut url = Url::parse(&options.url).map_err(|e| WebhookError::InvalidUrl {
             url: redact_url(&options.url),
             reason: e.to_string(),
         })?;
@@ -294,6 +294,7 @@ impl Webhook {
                 reason: "scheme must be http or https".to_owned(),
             });
         }
+        let basic = take_basic_auth(&mut url);
         // The WHATWG parse above validates and normalises (punycode, default path); hyper wants
         // an `http::Uri`, built once here from the normalised text.
         let uri = Uri::from_str(url.as_str()).map_err(|e| WebhookError::InvalidUrl {
@@ -321,6 +322,12 @@ impl Webhook {
         }
         if let Some(token) = &options.bearer_token {
             token.apply(&mut headers);
+        }
+        if let Some(basic) = basic {
+            // A configured bearer token or Authorization header is the explicit choice.
+            if !headers.contains_key(AUTHORIZATION) {
+                headers.insert(AUTHORIZATION, basic);
+            }
         }
         // reqwest sent `Accept: */*` by default; endpoints saw it, so it stays unless configured.
         if !headers.contains_key(ACCEPT) {
@@ -710,6 +717,33 @@ impl Inner {
             Err(_) => Sent::Failed(Failure::Timeout, "request timed out".to_owned()),
         }
     }
+}
+
+/// Removes user info from `url` and turns it into `Authorization: Basic` (what curl and browsers
+/// do with `http://user:password@host/`): credentials never go into the request line, and a
+/// URL with them keeps working.
+fn take_basic_auth(url: &mut Url) -> Option<HeaderValue> {
+    use base64::Engine as _;
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let credentials = format!(
+        "{}:{}",
+        decode(url.username()),
+        url.password().map(decode).unwrap_or_default()
+    );
+    // Infallible for http(s) URLs, which always have a host.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// Appends `chunk` to `body` up to [`MAX_ANSWER_BYTES`]; `false` when the chunk did not fit

@@ -201,8 +201,12 @@ async fn request_on_the_wire_has_host_origin_form_and_no_credentials() {
             "{expected}: {headers:?}"
         );
     }
-    // User info stays out of the request (reqwest with `Request::new` did not send it).
-    assert!(!got.head.contains("pw") && !got.head.contains("authorization"));
+    // User info becomes Basic authentication ("user:pw") and stays out of the request line.
+    assert!(
+        headers.contains(&"authorization: basic dxnlcjpwdw=="),
+        "{headers:?}"
+    );
+    assert!(!got.head.contains("user:pw"));
     assert_eq!(got.body, b"{\"a\":1}");
     task.abort();
 }
@@ -498,4 +502,40 @@ fn full_tls_config_builds_with_http11_alpn() {
     .expect("config");
     assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
     assert!(config.client_auth_cert_resolver.has_certs());
+}
+
+#[test]
+fn url_user_info_becomes_basic_auth_and_leaves_the_url() {
+    use base64::Engine as _;
+    let mut url = Url::parse("https://us%40er:p%3Aw@example.com/hook").unwrap();
+    let value = take_basic_auth(&mut url).expect("credentials");
+    let encoded = value.to_str().unwrap().strip_prefix("Basic ").unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    assert_eq!(decoded, b"us@er:p:w");
+    assert!(value.is_sensitive());
+    assert_eq!(url.as_str(), "https://example.com/hook");
+    let mut plain = Url::parse("http://example.com/").unwrap();
+    assert!(take_basic_auth(&mut plain).is_none());
+}
+
+#[tokio::test]
+async fn a_configured_bearer_token_wins_over_url_user_info() {
+    let (port, mut seen, task) = server(OK, false).await;
+    let mut options = WebhookOptions::new(format!("http://user:pw@127.0.0.1:{port}/hook"));
+    options.bearer_token = Some(BearerToken::new("t0ken").expect("token"));
+    let webhook = Webhook::new(options).expect("webhook");
+    assert!(matches!(
+        transmit(&webhook, b"{}").await,
+        Sent::Answer { status: 200, .. }
+    ));
+    let got = next(&mut seen).await;
+    assert!(
+        got.head.contains("authorization: bearer t0ken"),
+        "{}",
+        got.head
+    );
+    assert!(!got.head.contains("basic"));
+    task.abort();
 }
