@@ -20,20 +20,14 @@ use std::time::Duration;
 
 use rocketmq_webhook::client::producer::{Producer, ProducerConfig, ProducerError, QueueSelector};
 use rocketmq_webhook::client::{Client, ClientConfig, ClientError, ConnectOptions, NotSupported};
-use rocketmq_webhook::remoting::body::heartbeat::{
-    ConsumeFromWhere, ConsumeType, ConsumerData, ExpressionType, HeartbeatData, MessageModel,
-};
-use rocketmq_webhook::remoting::filter::subscription;
 use rocketmq_webhook::remoting::message::Message;
-use rocketmq_webhook::remoting::rpc::{
-    GetMaxOffset, HeartBeat, PullMessage, PullStatus, PullSysFlag,
-};
+use rocketmq_webhook::remoting::rpc::{GetMaxOffset, PullMessage, PullStatus};
 use rocketmq_webhook::remoting::{AclCredentials, ResponseCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use support::daemon::{Daemon, Launch};
-use support::http::{Receiver, Request};
-use support::{unique, RocketMq};
+use support::http::{body_of, messages, Receiver, Request};
+use support::{consumer_heartbeat, unique, RocketMq};
 
 /// The user the broker is seeded with (its AccessKey) and its password (the SecretKey).
 const ACCESS_KEY: &str = "webhook-ak";
@@ -77,43 +71,6 @@ fn producer(client: Client) -> Producer {
     Producer::new(client, ProducerConfig::default())
 }
 
-fn pull_request(group: &str, topic: &str, queue_id: i32) -> PullMessage {
-    PullMessage {
-        consumer_group: group.to_owned(),
-        topic: topic.to_owned(),
-        queue_id,
-        queue_offset: 0,
-        max_msg_nums: 32,
-        sys_flag: PullSysFlag::SUBSCRIPTION,
-        commit_offset: 0,
-        suspend_timeout_millis: 0,
-        subscription: Some("*".to_owned()),
-        sub_version: 0,
-        expression_type: "TAG".to_owned(),
-        max_msg_bytes: None,
-        broker_name: None,
-    }
-}
-
-fn consumer_heartbeat(client: &Client, group: &str, topic: &str) -> HeartBeat {
-    HeartBeat {
-        data: HeartbeatData {
-            client_id: client.client_id().to_owned(),
-            consumer_data_set: vec![ConsumerData {
-                consume_from_where: ConsumeFromWhere::FirstOffset,
-                consume_type: ConsumeType::Passively,
-                group_name: group.to_owned(),
-                message_model: MessageModel::Clustering,
-                subscription_data_set: vec![subscription(topic, "*", ExpressionType::Tag, 1)],
-                unit_mode: false,
-            }],
-            heartbeat_fingerprint: 0,
-            producer_data_set: Vec::new(),
-            without_sub: false,
-        },
-    }
-}
-
 /// Asserts that `error` is the broker's authentication refusal.
 fn assert_refused(error: &ClientError, what: &str) {
     match error {
@@ -132,15 +89,7 @@ fn assert_refused(error: &ClientError, what: &str) {
 
 /// The bodies of every message delivered in a JSON envelope.
 fn delivered_bodies(requests: &[Request]) -> BTreeSet<String> {
-    requests
-        .iter()
-        .filter(|r| {
-            r.header("content-type")
-                .is_some_and(|ct| ct.starts_with("application/json"))
-        })
-        .flat_map(|r| r.json()["messages"].as_array().cloned().unwrap_or_default())
-        .map(|m: Value| m["body"].as_str().unwrap_or_default().to_owned())
-        .collect()
+    messages(requests).iter().map(body_of).collect()
 }
 
 // === tests ===
@@ -186,7 +135,11 @@ async fn a_signed_client_creates_sends_pulls_and_heartbeats() {
 
     let pulled = client
         .pool()
-        .call(&addr, &pull_request(&group, &topic, queue_id), CALL_TIMEOUT)
+        .call(
+            &addr,
+            &PullMessage::all_tags(&group, &topic, queue_id, 0, 32),
+            CALL_TIMEOUT,
+        )
         .await
         .expect("pull");
     assert_eq!(pulled.status, PullStatus::Found);
@@ -198,7 +151,7 @@ async fn a_signed_client_creates_sends_pulls_and_heartbeats() {
         .pool()
         .call(
             &addr,
-            &consumer_heartbeat(&client, &group, &topic),
+            &consumer_heartbeat(&client, &group, &[&topic]),
             CALL_TIMEOUT,
         )
         .await
@@ -250,7 +203,7 @@ async fn unsigned_and_wrongly_signed_requests_are_refused() {
             .pool()
             .call(
                 &addr,
-                &consumer_heartbeat(&bad, "g_bad", &topic),
+                &consumer_heartbeat(&bad, "g_bad", &[&topic]),
                 CALL_TIMEOUT,
             )
             .await;
@@ -261,7 +214,11 @@ async fn unsigned_and_wrongly_signed_requests_are_refused() {
 
         let pull = bad
             .pool()
-            .call(&addr, &pull_request("g_bad", &topic, 0), CALL_TIMEOUT)
+            .call(
+                &addr,
+                &PullMessage::all_tags("g_bad", &topic, 0, 0, 32),
+                CALL_TIMEOUT,
+            )
             .await;
         match pull {
             Err(e) => assert_refused(&e, &format!("{what} pull")),

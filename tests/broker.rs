@@ -15,20 +15,16 @@ use rocketmq_webhook::client::producer::{QueueSelector, SendResult};
 use rocketmq_webhook::client::{
     BoxFuture, Client, ClientError, CloseReason, InboundHandler, Origin,
 };
-use rocketmq_webhook::remoting::body::heartbeat::{
-    ConsumeFromWhere, ConsumeType, ConsumerData, ExpressionType, HeartbeatData, MessageModel,
-};
 use rocketmq_webhook::remoting::body::lock::{LockBatchRequest, UnlockBatchRequest};
 use rocketmq_webhook::remoting::command::RemotingCommand;
-use rocketmq_webhook::remoting::filter::subscription;
 use rocketmq_webhook::remoting::message::{properties, sys_flag, Message};
 use rocketmq_webhook::remoting::rpc::{
     Boundary, ConsumerSendMsgBack, GetConsumerList, GetEarliestMsgStoreTime, GetMaxOffset,
-    GetMinOffset, HeartBeat, LockBatchMq, PullMessage, PullResult, PullStatus, PullSysFlag,
+    GetMinOffset, LockBatchMq, PullMessage, PullResult, PullStatus, PullSysFlag,
     QueryConsumerOffset, SearchOffsetByTimestamp, UnlockBatchMq, UpdateConsumerOffset,
 };
 use rocketmq_webhook::remoting::{MessageExt, MessageQueue, RequestCode};
-use support::{raw, unique, RocketMq};
+use support::{consumer_heartbeat, raw, unique, RocketMq};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -45,25 +41,12 @@ fn pull_request(
     offset: i64,
     suspend_ms: i64,
 ) -> PullMessage {
-    let mut sys_flag = PullSysFlag::SUBSCRIPTION;
+    let mut request = PullMessage::all_tags(group, topic, queue_id, offset, 32);
     if suspend_ms > 0 {
-        sys_flag |= PullSysFlag::SUSPEND;
+        request.sys_flag |= PullSysFlag::SUSPEND;
+        request.suspend_timeout_millis = suspend_ms;
     }
-    PullMessage {
-        consumer_group: group.to_owned(),
-        topic: topic.to_owned(),
-        queue_id,
-        queue_offset: offset,
-        max_msg_nums: 32,
-        sys_flag,
-        commit_offset: 0,
-        suspend_timeout_millis: suspend_ms,
-        subscription: Some("*".to_owned()),
-        sub_version: 0,
-        expression_type: "TAG".to_owned(),
-        max_msg_bytes: None,
-        broker_name: None,
-    }
+    request
 }
 
 async fn pull(
@@ -133,28 +116,6 @@ async fn pull_until_found(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!("no message in {topic} within {within:?} (last answer: {last})");
-}
-
-fn consumer_heartbeat(client: &Client, group: &str, topic: &str) -> HeartBeat {
-    HeartBeat {
-        data: HeartbeatData {
-            client_id: client.client_id().to_owned(),
-            consumer_data_set: vec![ConsumerData {
-                consume_from_where: ConsumeFromWhere::FirstOffset,
-                consume_type: ConsumeType::Passively,
-                group_name: group.to_owned(),
-                message_model: MessageModel::Clustering,
-                subscription_data_set: vec![
-                    subscription(topic, "*", ExpressionType::Tag, 1),
-                    subscription(&format!("%RETRY%{group}"), "*", ExpressionType::Tag, 1),
-                ],
-                unit_mode: false,
-            }],
-            heartbeat_fingerprint: 0,
-            producer_data_set: Vec::new(),
-            without_sub: false,
-        },
-    }
 }
 
 /// Forwards broker-initiated requests into a channel (and answers nothing: the ones tested are
@@ -436,7 +397,7 @@ async fn consumer_offsets_query_and_update() {
         .pool()
         .call(
             &addr,
-            &consumer_heartbeat(&client, &group, &topic),
+            &consumer_heartbeat(&client, &group, &[&topic, &format!("%RETRY%{group}")]),
             CALL_TIMEOUT,
         )
         .await
@@ -632,7 +593,7 @@ async fn send_back_goes_to_the_retry_topic_and_negative_level_to_the_dlq() {
         .pool()
         .call(
             &addr,
-            &consumer_heartbeat(&client, &group, &topic),
+            &consumer_heartbeat(&client, &group, &[&topic, &format!("%RETRY%{group}")]),
             CALL_TIMEOUT,
         )
         .await
@@ -776,7 +737,7 @@ async fn heartbeat_registers_members_and_a_join_notifies_the_others() {
         .pool()
         .call(
             &addr,
-            &consumer_heartbeat(&first, &group, &topic),
+            &consumer_heartbeat(&first, &group, &[&topic, &format!("%RETRY%{group}")]),
             CALL_TIMEOUT,
         )
         .await
@@ -795,7 +756,7 @@ async fn heartbeat_registers_members_and_a_join_notifies_the_others() {
         .pool()
         .call(
             &addr,
-            &consumer_heartbeat(&second, &group, &topic),
+            &consumer_heartbeat(&second, &group, &[&topic, &format!("%RETRY%{group}")]),
             CALL_TIMEOUT,
         )
         .await

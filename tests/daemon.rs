@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use tokio::time::{sleep, Instant};
 
 use support::daemon::{metric, Daemon, Launch};
-use support::http::{Receiver, Reply, Request};
+use support::http::{body_of, messages, Receiver, Reply, Request};
 use support::{unique, RocketMq};
 
 /// Standard Webhooks' example secret (`whsec_` + base64 key).
@@ -93,22 +93,6 @@ fn yaml(namesrv: &str, subs: &[Sub]) -> String {
         }
     }
     out
-}
-
-/// The messages of every JSON-envelope request, in arrival order.
-fn messages(requests: &[Request]) -> Vec<Value> {
-    requests
-        .iter()
-        .filter(|r| {
-            r.header("content-type")
-                .is_some_and(|ct| ct.starts_with("application/json"))
-        })
-        .flat_map(|r| r.json()["messages"].as_array().cloned().unwrap_or_default())
-        .collect()
-}
-
-fn body_of(m: &Value) -> String {
-    m["body"].as_str().unwrap_or_default().to_owned()
 }
 
 /// How often each body was delivered.

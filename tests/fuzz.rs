@@ -35,7 +35,7 @@ use rocketmq_webhook::remoting::message::{
     sys_flag, Message,
 };
 use rocketmq_webhook::remoting::rpc::{
-    GetConsumerList, GetMaxOffset, GetRouteInfo, HeartBeat, LockBatchMq, PullMessage, PullSysFlag,
+    GetConsumerList, GetMaxOffset, GetRouteInfo, HeartBeat, LockBatchMq, PullMessage,
     QueryConsumerOffset, Rpc, SendMessage,
 };
 use rocketmq_webhook::remoting::{
@@ -458,21 +458,7 @@ fn parse_every_response(command: &RemotingCommand) -> Result<(), TestCaseError> 
         },
     });
     check!(SendMessage::for_message("P", &Message::new("T", "x"), 0, 0));
-    check!(PullMessage {
-        consumer_group: "G".into(),
-        topic: "T".into(),
-        queue_id: 0,
-        queue_offset: 0,
-        max_msg_nums: 32,
-        sys_flag: PullSysFlag::SUBSCRIPTION,
-        commit_offset: 0,
-        suspend_timeout_millis: 0,
-        subscription: Some("*".into()),
-        sub_version: 0,
-        expression_type: "TAG".into(),
-        max_msg_bytes: None,
-        broker_name: None,
-    });
+    check!(PullMessage::all_tags("G", "T", 0, 0, 32));
     if let Err(e) = BrokerRequest::parse(command) {
         assert_typed(&e)?;
     }

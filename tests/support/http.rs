@@ -393,3 +393,20 @@ pub(crate) fn summary(requests: &[Request]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// The messages of every JSON-envelope request, in arrival order.
+pub(crate) fn messages(requests: &[Request]) -> Vec<serde_json::Value> {
+    requests
+        .iter()
+        .filter(|r| {
+            r.header("content-type")
+                .is_some_and(|ct| ct.starts_with("application/json"))
+        })
+        .flat_map(|r| r.json()["messages"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// The text body of one envelope message (empty when it has none).
+pub(crate) fn body_of(m: &serde_json::Value) -> String {
+    m["body"].as_str().unwrap_or_default().to_owned()
+}

@@ -29,3 +29,35 @@ pub(crate) fn unique(prefix: &str) -> String {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}_{}_{n}", std::process::id())
 }
+
+/// A heartbeat announcing `client` as a clustering consumer of `group`, subscribed to every tag
+/// of each of `topics`: enough for the broker to accept the group's pulls, offsets and locks.
+pub(crate) fn consumer_heartbeat(
+    client: &rocketmq_webhook::client::Client,
+    group: &str,
+    topics: &[&str],
+) -> rocketmq_webhook::remoting::rpc::HeartBeat {
+    use rocketmq_webhook::remoting::body::heartbeat::{
+        ConsumeFromWhere, ConsumeType, ConsumerData, ExpressionType, HeartbeatData, MessageModel,
+    };
+    use rocketmq_webhook::remoting::filter::subscription;
+    rocketmq_webhook::remoting::rpc::HeartBeat {
+        data: HeartbeatData {
+            client_id: client.client_id().to_owned(),
+            consumer_data_set: vec![ConsumerData {
+                consume_from_where: ConsumeFromWhere::FirstOffset,
+                consume_type: ConsumeType::Passively,
+                group_name: group.to_owned(),
+                message_model: MessageModel::Clustering,
+                subscription_data_set: topics
+                    .iter()
+                    .map(|topic| subscription(topic, "*", ExpressionType::Tag, 1))
+                    .collect(),
+                unit_mode: false,
+            }],
+            heartbeat_fingerprint: 0,
+            producer_data_set: Vec::new(),
+            without_sub: false,
+        },
+    }
+}

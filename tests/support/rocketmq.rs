@@ -156,27 +156,13 @@ impl RocketMq {
     /// The bodies stored in `%DLQ%<group>` queue 0 right now (empty while that topic does not
     /// exist yet).
     pub(crate) async fn dlq_bodies(&self, group: &str) -> Vec<String> {
-        use rocketmq_webhook::remoting::rpc::{PullMessage, PullStatus, PullSysFlag};
+        use rocketmq_webhook::remoting::rpc::{PullMessage, PullStatus};
         let dlq = format!("%DLQ%{group}");
         let client = self.client();
         if client.namesrv().route(&dlq).await.is_err() {
             return Vec::new();
         }
-        let pull = PullMessage {
-            consumer_group: super::unique("G_dlq_reader"),
-            topic: dlq,
-            queue_id: 0,
-            queue_offset: 0,
-            max_msg_nums: 32,
-            sys_flag: PullSysFlag::SUBSCRIPTION,
-            commit_offset: 0,
-            suspend_timeout_millis: 0,
-            subscription: Some("*".into()),
-            sub_version: 0,
-            expression_type: "TAG".into(),
-            max_msg_bytes: None,
-            broker_name: None,
-        };
+        let pull = PullMessage::all_tags(&super::unique("G_dlq_reader"), &dlq, 0, 0, 32);
         match client
             .pool()
             .call(

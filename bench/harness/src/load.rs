@@ -10,7 +10,7 @@ use bytes::Bytes;
 use rocketmq_webhook::client::producer::{create_topic, Producer, ProducerConfig, QueueSelector};
 use rocketmq_webhook::client::{Client, ClientConfig, NotSupported};
 use rocketmq_webhook::remoting::message::Message;
-use rocketmq_webhook::remoting::rpc::{PullMessage, PullStatus, PullSysFlag};
+use rocketmq_webhook::remoting::rpc::{PullMessage, PullStatus};
 use tokio::time::Instant;
 
 /// A client for tools (no broker-initiated requests are served).
@@ -192,19 +192,8 @@ pub async fn pull_ceiling(
             let (mut offset, mut end, mut got) = (0_i64, i64::MAX, 0_u64);
             while offset < end {
                 let request = PullMessage {
-                    consumer_group: group.clone(),
-                    topic: topic.clone(),
-                    queue_id: id,
-                    queue_offset: offset,
-                    max_msg_nums: batch,
-                    sys_flag: PullSysFlag::SUBSCRIPTION,
-                    commit_offset: 0,
-                    suspend_timeout_millis: 0,
-                    subscription: Some("*".to_owned()),
-                    sub_version: 0,
-                    expression_type: "TAG".to_owned(),
-                    max_msg_bytes: None,
                     broker_name: Some(broker.clone()),
+                    ..PullMessage::all_tags(&group, &topic, id, offset, batch)
                 };
                 let r = pool
                     .call(&addr, &request, Duration::from_secs(10))
@@ -288,18 +277,7 @@ pub async fn sink_ceiling(
 /// A one-message pull at offset 0 (its answer carries the queue's max offset).
 fn probe_request(group: &str, topic: &str, id: i32, broker: &str) -> PullMessage {
     PullMessage {
-        consumer_group: group.to_owned(),
-        topic: topic.to_owned(),
-        queue_id: id,
-        queue_offset: 0,
-        max_msg_nums: 1,
-        sys_flag: PullSysFlag::SUBSCRIPTION,
-        commit_offset: 0,
-        suspend_timeout_millis: 0,
-        subscription: Some("*".to_owned()),
-        sub_version: 0,
-        expression_type: "TAG".to_owned(),
-        max_msg_bytes: None,
         broker_name: Some(broker.to_owned()),
+        ..PullMessage::all_tags(group, topic, id, 0, 1)
     }
 }

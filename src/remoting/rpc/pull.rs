@@ -147,6 +147,36 @@ pub struct PullResult {
     pub messages: Vec<MessageExt>,
 }
 
+impl PullMessage {
+    /// A pull of every tag (`*`, carried in the request, so no heartbeat is needed) of up to
+    /// `max_msg_nums` messages from `queue_offset`, answered at once (no hold) and committing
+    /// nothing: the one-shot pull of tools, tests and the benchmark's pull ceiling. The
+    /// consumer's own pulls set every field themselves.
+    pub fn all_tags(
+        group: &str,
+        topic: &str,
+        queue_id: i32,
+        queue_offset: i64,
+        max_msg_nums: i32,
+    ) -> Self {
+        Self {
+            consumer_group: group.to_owned(),
+            topic: topic.to_owned(),
+            queue_id,
+            queue_offset,
+            max_msg_nums,
+            sys_flag: PullSysFlag::SUBSCRIPTION,
+            commit_offset: 0,
+            suspend_timeout_millis: 0,
+            subscription: Some("*".to_owned()),
+            sub_version: 0,
+            expression_type: "TAG".to_owned(),
+            max_msg_bytes: None,
+            broker_name: None,
+        }
+    }
+}
+
 impl Rpc for PullMessage {
     type Response = PullResult;
 

@@ -90,19 +90,10 @@ fn sample_message(queue_id: i32, queue_offset: i64) -> MessageExt {
 
 fn pull_request(queue_id: i32) -> PullMessage {
     PullMessage {
-        consumer_group: "G1".into(),
-        topic: "T1".into(),
-        queue_id,
-        queue_offset: 10,
-        max_msg_nums: 32,
         sys_flag: PullSysFlag::SUSPEND | PullSysFlag::SUBSCRIPTION,
-        commit_offset: 0,
         suspend_timeout_millis: 15_000,
-        subscription: Some("*".into()),
         sub_version: 1,
-        expression_type: "TAG".into(),
-        max_msg_bytes: None,
-        broker_name: None,
+        ..PullMessage::all_tags("G1", "T1", queue_id, 10, 32)
     }
 }
 
