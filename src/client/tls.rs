@@ -86,7 +86,7 @@ impl TlsConfig {
         let config = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => {
                 let chain = read_certs(cert, "client certificate")?;
-                let key = read_key(key)?;
+                let key = read_key(key, "client key")?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| tls_error("client certificate", Some(cert), &e))?
@@ -146,7 +146,9 @@ fn open(path: &Path, what: &'static str) -> Result<BufReader<File>, ClientError>
         .map_err(|e| tls_error(what, Some(path), &e))
 }
 
-fn read_certs(
+/// Every certificate of the PEM file at `path`, at least one; `what` names the file in errors.
+/// Shared with the webhook client's TLS settings.
+pub(crate) fn read_certs(
     path: &Path,
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, ClientError> {
@@ -160,11 +162,16 @@ fn read_certs(
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ClientError> {
-    let mut reader = open(path, "client key")?;
+/// The first private key (PKCS#8, PKCS#1 or SEC1) of the PEM file at `path`; `what` names the
+/// file in errors. Shared with the webhook client's TLS settings.
+pub(crate) fn read_key(
+    path: &Path,
+    what: &'static str,
+) -> Result<PrivateKeyDer<'static>, ClientError> {
+    let mut reader = open(path, what)?;
     rustls_pemfile::private_key(&mut reader)
-        .map_err(|e| tls_error("client key", Some(path), &e))?
-        .ok_or_else(|| tls_error("client key", Some(path), &"no PEM private key found"))
+        .map_err(|e| tls_error(what, Some(path), &e))?
+        .ok_or_else(|| tls_error(what, Some(path), &"no PEM private key found"))
 }
 
 /// The Java client's default: any server certificate is accepted.

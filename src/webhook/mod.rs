@@ -49,7 +49,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::rustls::crypto::ring as ring_provider;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use crate::consumer::{Batch, ConsumeMode, Handler, Outcome};
@@ -827,7 +826,7 @@ fn tls_config(tls: &WebhookTls) -> Result<ClientConfig, WebhookError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = &tls.ca_file {
-        for cert in read_certs("ca_file", path)? {
+        for cert in crate::client::read_certs(path, "ca_file").map_err(pem_error)? {
             roots
                 .add(cert)
                 .map_err(|e| tls_error("ca_file", path, e.to_string()))?;
@@ -842,8 +841,8 @@ fn tls_config(tls: &WebhookTls) -> Result<ClientConfig, WebhookError> {
     };
     let mut config = match (&tls.client_cert, &tls.client_key) {
         (Some(cert), Some(key)) => {
-            let chain = read_certs("client_cert", cert)?;
-            let key = read_key(key)?;
+            let chain = crate::client::read_certs(cert, "client_cert").map_err(pem_error)?;
+            let key = crate::client::read_key(key, "client_key").map_err(pem_error)?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| tls_error("client_cert", cert, e.to_string()))?
@@ -869,42 +868,20 @@ fn tls_error(what: &'static str, path: &std::path::Path, reason: String) -> Webh
     }
 }
 
-/// The whole file: TLS files are small, and reading first separates "unreadable" from "not PEM".
-fn read_pem(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, WebhookError> {
-    std::fs::read(path).map_err(|e| tls_error(what, path, e.to_string()))
-}
-
-/// Every certificate of a PEM file; at least one.
-fn read_certs(
-    what: &'static str,
-    path: &std::path::Path,
-) -> Result<Vec<CertificateDer<'static>>, WebhookError> {
-    let pem = read_pem(what, path)?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_error(what, path, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(tls_error(
+/// The broker client's PEM readers (crate::client), their errors as webhook TLS errors.
+fn pem_error(error: crate::client::ClientError) -> WebhookError {
+    match error {
+        crate::client::ClientError::Tls { what, path, reason } => WebhookError::Tls {
             what,
-            path,
-            "no PEM certificate in the file".to_owned(),
-        ));
+            path: path.map(|p| p.display().to_string()).unwrap_or_default(),
+            reason,
+        },
+        other => WebhookError::Tls {
+            what: "tls",
+            path: String::new(),
+            reason: other.to_string(),
+        },
     }
-    Ok(certs)
-}
-
-/// The first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
-fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, WebhookError> {
-    let pem = read_pem("client_key", path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|e| tls_error("client_key", path, e.to_string()))?
-        .ok_or_else(|| {
-            tls_error(
-                "client_key",
-                path,
-                "no PEM private key in the file".to_owned(),
-            )
-        })
 }
 
 /// The hyper-util client path: what goes on the wire, the pool, TLS, answer limits and error

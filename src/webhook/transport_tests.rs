@@ -96,8 +96,8 @@ async fn server(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let acceptor = tls.then(|| {
-        let certs = read_certs("ca_file", &testdata("leaf.pem")).expect("leaf");
-        let key = read_key(&testdata("leaf.key")).expect("key");
+        let certs = crate::client::read_certs(&testdata("leaf.pem"), "ca_file").expect("leaf");
+        let key = crate::client::read_key(&testdata("leaf.key"), "client_key").expect("key");
         let mut config =
             ServerConfig::builder_with_provider(Arc::new(ring_provider::default_provider()))
                 .with_safe_default_protocol_versions()
