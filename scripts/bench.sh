@@ -7,14 +7,14 @@
 # (default: all). --quick runs every scenario briefly, once, as a smoke check of the harness.
 #
 # Starts a private name server and broker (scripts/rocketmq-local.sh, ports 19876 / 20911, store
-# in target/bench/rocketmq, removed first), builds the daemon (release) and the driver
+# in target/bench/rocketmq, removed first and its store again at exit), builds the daemon (release) and the driver
 # (bench/harness, its own Cargo workspace and target dir, never part of the main build), uses the
 # peer (bench/peer, a rocketmq-client-rust push consumer) when it builds, and writes
 # target/bench/report.json, target/bench/report.md and target/bench/latency.png.
 # Preloading always uses batched sends: single sends on this broker cap at about 1.5k msg/s.
 # Environment: BENCH_NAMESRV_PORT, BENCH_BROKER_PORT, BENCH_SKIP_PEER_BUILD=1 (use a peer binary
 # only if already built), BENCH_REPS (repetitions, default 3, quick 1), BENCH_BROKER_LOG (broker
-# RUST_LOG, default warn).
+# RUST_LOG, default warn), BENCH_KEEP_STORE=1 (keep the broker's store after the run).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -60,7 +60,9 @@ fi
 
 "$here/rocketmq-local.sh" stop --dir "$mq_dir" >/dev/null 2>&1 || true
 rm -rf "$mq_dir"
-trap '"$here/rocketmq-local.sh" stop --dir "$mq_dir" >&2 || true' EXIT
+# The store (about 11 GB after a full run) goes with the servers; the logs stay for the report.
+# BENCH_KEEP_STORE=1 keeps it for a post-mortem.
+trap '"$here/rocketmq-local.sh" stop --dir "$mq_dir" >&2 || true; [ -n "${BENCH_KEEP_STORE:-}" ] || rm -rf "$mq_dir/store"' EXIT
 # The broker logs every request at INFO (tens of MB per run): warnings only, so its logging does
 # not eat the cores the consumers are measured on. Both consumers face the same broker.
 namesrv="$(RUST_LOG="${BENCH_BROKER_LOG:-warn}" "$here/rocketmq-local.sh" start --dir "$mq_dir" --namesrv-port "$ns_port" --broker-port "$br_port" | tail -n 1)"

@@ -133,6 +133,7 @@ start() {
 
   local home="$dir/home" store="$dir/store"
   mkdir -p "$home" "$store"
+  "$here/disk-headroom.sh" "$store" || exit 1
   # The name server refuses to start without ROCKETMQ_HOME; it only reads TOML configs.
   cat >"$dir/namesrv.toml" <<EOF
 listenPort = $namesrv_port

@@ -37,6 +37,12 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 step "Deployment files: hadolint, compose, Kubernetes schemas, dashboard JSON, check-config on config/"
 scripts/check-deploy.sh
 
+step "cargo test --no-run (builds the test binaries)"
+cargo test --locked --no-run
+
+step "Disk headroom for the brokers' stores (checked after the build has used its share)"
+scripts/disk-headroom.sh "${ROCKETMQ_TEST_SCRATCH_DIR:-${TMPDIR:-/tmp}}"
+
 step "cargo test (unit, property, component and integration tests)"
 # Test binaries run one after another (cargo's default); inside one binary tests run on two
 # threads so broker-backed tests do not starve each other on a 2-core machine.

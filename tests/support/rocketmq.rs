@@ -102,10 +102,16 @@ impl RocketMq {
         let binaries = find_binaries();
         let mut last_failure = String::new();
         for attempt in 1..=START_ATTEMPTS {
+            let root = scratch_root();
             let dir = tempfile::Builder::new()
                 .prefix("rocketmq-test-")
-                .tempdir()
-                .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
+                .tempdir_in(&root)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot create a temporary directory in {}: {e}",
+                        root.display()
+                    )
+                });
             let mut mq = Self {
                 binaries: binaries.clone(),
                 ports: pick_ports(),
@@ -127,7 +133,8 @@ impl RocketMq {
             // `mq` drops here: whatever still runs is killed before the next attempt.
         }
         panic!(
-            "RocketMQ did not start after {START_ATTEMPTS} attempts; last failure: {last_failure}"
+            "RocketMQ did not start after {START_ATTEMPTS} attempts; last failure: {last_failure}{}",
+            disk_note(&scratch_root())
         );
     }
 
@@ -407,7 +414,8 @@ impl RocketMq {
         }
     }
 
-    /// Describes a child that has exited, if any.
+    /// Describes a child that has exited, if any, with the broker's own reason when it logged
+    /// one (its log ends with a long shutdown sequence that buries it).
     fn exited(&mut self) -> Option<String> {
         for (name, child) in [
             ("name server", &mut self.namesrv),
@@ -415,7 +423,12 @@ impl RocketMq {
         ] {
             if let Some(child) = child {
                 if let Ok(Some(status)) = child.try_wait() {
-                    return Some(format!("the {name} exited during startup with {status}"));
+                    let cause = startup_failure_cause(&self.dir.path().join("broker.log"))
+                        .map(|line| format!("\nthe broker logged: {line}"))
+                        .unwrap_or_default();
+                    return Some(format!(
+                        "the {name} exited during startup with {status}{cause}"
+                    ));
                 }
             }
         }
@@ -651,6 +664,70 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 }
 
 /// The last `lines` lines of a file (or a note that it cannot be read).
+/// Where each instance's scratch directory (configs, logs, store) is created:
+/// `$ROCKETMQ_TEST_SCRATCH_DIR`, else the system temporary directory. (Not tmpfs: the broker's
+/// pulls return nothing from a store on /dev/shm here.)
+fn scratch_root() -> PathBuf {
+    std::env::var_os("ROCKETMQ_TEST_SCRATCH_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(std::env::temp_dir, PathBuf::from)
+}
+
+/// The line in which the broker names why its startup failed ("Rolling back broker startup
+/// ... cause=..."), if it logged one, without the colour codes it writes despite `NO_COLOR`.
+fn startup_failure_cause(log: &Path) -> Option<String> {
+    let text = std::fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    let line = text
+        .lines()
+        .find(|line| line.contains("Rolling back broker startup"))?;
+    let mut plain = String::with_capacity(line.len());
+    let mut in_escape = false;
+    for c in line.chars() {
+        match (in_escape, c) {
+            (false, '\u{1b}') => in_escape = true,
+            (false, c) => plain.push(c),
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+        }
+    }
+    Some(plain)
+}
+
+/// A hint when `dir`'s file system is at or near the broker's limit; empty otherwise or when
+/// `stat` cannot tell. The broker refuses to start (and later to accept writes) once its
+/// store's file system is 90 % used counting the blocks reserved for root, (total -
+/// available) / total, which `df`'s Use% does not show: CI failed this way with every
+/// broker-backed test while `df` said 72 %.
+fn disk_note(dir: &Path) -> String {
+    let Ok(out) = Command::new("stat")
+        .args(["-f", "-c", "%b %a"])
+        .arg(dir)
+        .output()
+    else {
+        return String::new();
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fields = text.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(total)), Some(Ok(available))) = (fields.next(), fields.next()) else {
+        return String::new();
+    };
+    if total == 0 {
+        return String::new();
+    }
+    let used = total.saturating_sub(available) as f64 / total as f64;
+    if used < 0.88 {
+        return String::new();
+    }
+    format!(
+        "\nnote: the file system of {} is {:.1} % used counting reserved blocks; the broker \
+         refuses to start at 90 %. Free space or set ROCKETMQ_TEST_SCRATCH_DIR to another \
+         file system.",
+        dir.display(),
+        used * 100.0
+    )
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     match std::fs::read(path) {
         Ok(bytes) => {
