@@ -3,8 +3,10 @@
 #
 # The broker refuses to start, and later to accept writes, once its store's file system is 90 %
 # used, measured as (total - available) / total: blocks reserved for root count as used, so
-# `df`'s Use% can read 72 % while the broker sees 89.6 % (CI failed that way). This prints the
-# broker's figure, warns from 85 %, and exits 1 with an explanation from 90 %.
+# `df`'s Use% can read 72 % while the broker sees 89.6 % (CI failed that way). From 85 % it
+# deletes its oldest commit-log files early, retention or not, so a test's messages can vanish
+# before they are consumed. This prints the broker's figure, warns from 85 %, and exits 1 with
+# an explanation from 90 %.
 #
 #   scripts/disk-headroom.sh DIR
 set -euo pipefail
@@ -31,7 +33,7 @@ MSG
   exit 1
 fi
 if [ "$used" -ge 850 ]; then
-  echo "disk-headroom: warning: '$dir' is $figure used counting reserved blocks ($free_gib GiB available); the broker stops at 90 %" >&2
+  echo "disk-headroom: warning: '$dir' is $figure used counting reserved blocks ($free_gib GiB available); from 85 % the broker deletes old commit-log files early, at 90 % it stops" >&2
 else
   echo "disk-headroom: '$dir' is $figure used counting reserved blocks ($free_gib GiB available); the broker needs under 90 %" >&2
 fi
