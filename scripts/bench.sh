@@ -14,7 +14,8 @@
 # Preloading always uses batched sends: single sends on this broker cap at about 1.5k msg/s.
 # Environment: BENCH_NAMESRV_PORT, BENCH_BROKER_PORT, BENCH_SKIP_PEER_BUILD=1 (use a peer binary
 # only if already built), BENCH_REPS (repetitions, default 3, quick 1), BENCH_BROKER_LOG (broker
-# RUST_LOG, default warn), BENCH_KEEP_STORE=1 (keep the broker's store after the run).
+# RUST_LOG, default warn), BENCH_KEEP_STORE=1 (keep the broker's store after the run),
+# BENCH_DAEMON=PATH (measure that daemon binary, e.g. an older build, instead of building one).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,15 +30,21 @@ scenarios=()
 for a in "$@"; do
   case "$a" in
     --quick) quick=(--quick) ;;
-    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,18p "$0"; exit 0 ;;
     -*) echo "bench: unknown option $a" >&2; exit 2 ;;
     *) scenarios+=("$a") ;;
   esac
 done
 
 mkdir -p "$out"
-echo "== building the daemon (release)" >&2
-(cd "$repo" && cargo build --release --bin rocketmq-webhook)
+daemon="${BENCH_DAEMON:-$repo/target/release/rocketmq-webhook}"
+if [ -n "${BENCH_DAEMON:-}" ]; then
+  [ -x "$daemon" ] || { echo "bench: BENCH_DAEMON '$daemon' is not an executable" >&2; exit 2; }
+  echo "== measuring $daemon (BENCH_DAEMON; not rebuilt)" >&2
+else
+  echo "== building the daemon (release)" >&2
+  (cd "$repo" && cargo build --release --bin rocketmq-webhook)
+fi
 echo "== building the driver (bench/harness, release)" >&2
 (cd "$repo/bench/harness" && cargo build --release)
 
@@ -71,7 +78,7 @@ reps=()
 [ -n "${BENCH_REPS:-}" ] && reps=(--reps "$BENCH_REPS")
 echo "== running scenarios ${scenarios[*]:-all}${quick:+ (quick)}" >&2
 "$repo/bench/harness/target/release/bench-harness" --namesrv "$namesrv" \
-  --daemon "$repo/target/release/rocketmq-webhook" --out "$out" \
+  --daemon "$daemon" --out "$out" \
   "${peer_args[@]}" "${quick[@]}" "${reps[@]}" "${scenarios[@]}"
 
 # The plot: matplotlib in a private venv (git-ignored .tools/).

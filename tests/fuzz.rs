@@ -333,7 +333,7 @@ fn message_record() -> impl Strategy<Value = (Bytes, MessageExt)> {
                     prepared_transaction_offset: 0,
                     body_crc: 0,
                     body: Bytes::from(body),
-                    properties: p,
+                    properties: p.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
                 };
                 encode_message(&msg).ok().map(|bytes| (bytes, msg))
             },
@@ -418,7 +418,7 @@ fn parse_every_body(body: &[u8]) -> Result<(), TestCaseError> {
     check!(parse_offset_table(body));
     check!(ConsumerRunningInfo::parse(body));
     check!(ConsumeMessageDirectlyResult::parse(body));
-    let _ = properties::decode(body);
+    let _ = properties::decode(&Bytes::copy_from_slice(body));
     Ok(())
 }
 

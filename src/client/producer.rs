@@ -26,6 +26,7 @@ use crate::remoting::body::route::TopicRouteData;
 use crate::remoting::filter::java_hash;
 use crate::remoting::message::compression::{self, Compression};
 use crate::remoting::message::id::millis_since_month_start;
+use crate::remoting::message::ByteString;
 use crate::remoting::message::{properties, Message, UniqKeyGenerator};
 use crate::remoting::rpc::{
     Rpc, SendBatchMessage, SendMessage, SendMessageHeader, SendResult as WireSendResult,
@@ -259,11 +260,7 @@ impl Producer {
             body = compressed.into();
             header.sys_flag |= Compression::Zlib.sys_flag_bits();
         }
-        let msg_id = message
-            .properties
-            .get(properties::UNIQ_KEY)
-            .cloned()
-            .unwrap_or_default();
+        let msg_id = message.uniq_key().unwrap_or_default().to_owned();
         let (queue, wire) = self
             .call_with_retries(&topic, selector, |queue_id| {
                 header.queue_id = queue_id;
@@ -331,12 +328,7 @@ impl Producer {
         }
         let msg_ids: Vec<String> = prepared
             .iter()
-            .map(|m| {
-                m.properties
-                    .get(properties::UNIQ_KEY)
-                    .cloned()
-                    .unwrap_or_default()
-            })
+            .map(|m| m.uniq_key().unwrap_or_default().to_owned())
             .collect();
         // The batch's own properties are just WAIT, as in Java's MessageBatch.
         let envelope = Message::new(topic.clone(), bytes::Bytes::new()).with_wait(true);
@@ -442,11 +434,12 @@ impl Producer {
             let id = lock(&self.inner.uniq).next(millis_since_month_start(now_ms()));
             message
                 .properties
-                .insert(properties::UNIQ_KEY.to_owned(), id);
+                .insert(ByteString::from_static(properties::UNIQ_KEY), id.into());
         }
-        message
-            .properties
-            .insert(properties::WAIT.to_owned(), "true".to_owned());
+        message.properties.insert(
+            ByteString::from_static(properties::WAIT),
+            ByteString::from_static("true"),
+        );
         Ok(message)
     }
 
@@ -635,18 +628,13 @@ mod tests {
         assert!(id.starts_with("0A010203"), "{id}");
         assert_ne!(Some(id), b.properties.get(properties::UNIQ_KEY));
         assert_eq!(
-            a.properties.get(properties::WAIT).map(String::as_str),
+            a.properties.get(properties::WAIT).map(|v| &**v),
             Some("true")
         );
         let kept = p
             .prepare(Message::new("T", "x").with_uniq_key("MINE"))
             .expect("valid");
-        assert_eq!(
-            kept.properties
-                .get(properties::UNIQ_KEY)
-                .map(String::as_str),
-            Some("MINE")
-        );
+        assert_eq!(kept.uniq_key(), Some("MINE"));
     }
 
     #[tokio::test]

@@ -201,7 +201,7 @@ impl<'a> MessageView<'a> {
     fn content_type(&self) -> Option<&str> {
         self.properties
             .get(CONTENT_TYPE_PROPERTY)
-            .map(String::as_str)
+            .map(|v| &**v)
             .filter(|ct| !ct.trim().is_empty())
     }
 }
@@ -465,7 +465,7 @@ fn common_headers(headers: &mut HeaderMap, ctx: Context<'_>, messages: &[Message
     let mut budget = PROPERTY_HEADER_BUDGET;
     let mut name = String::with_capacity(64);
     for (key, value) in msg.properties {
-        if PROPERTIES_WITH_OWN_HEADER.contains(&key.as_str()) {
+        if PROPERTIES_WITH_OWN_HEADER.contains(&&**key) {
             continue;
         }
         name.clear();
@@ -760,7 +760,7 @@ mod tests {
             Self {
                 props: props
                     .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .map(|(k, v)| ((*k).into(), (*v).into()))
                     .collect(),
                 body: Bytes::copy_from_slice(body),
             }

@@ -115,8 +115,8 @@ impl Drop for Server {
 
 fn message(id: &str, body: &str) -> MessageExt {
     let mut properties = Properties::new();
-    properties.insert("UNIQ_KEY".to_owned(), id.to_owned());
-    properties.insert("TAGS".to_owned(), "TagA".to_owned());
+    properties.insert("UNIQ_KEY".into(), id.into());
+    properties.insert("TAGS".into(), "TagA".into());
     MessageExt {
         topic: "orders".to_owned(),
         queue_id: 1,

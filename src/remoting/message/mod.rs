@@ -19,7 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 pub use compression::Compression;
 pub use id::{offset_msg_id, parse_offset_msg_id, UniqKeyGenerator};
-pub use properties::Properties;
+pub use properties::{ByteString, Properties};
 
 use crate::remoting::RemotingError;
 
@@ -130,7 +130,7 @@ impl MessageExt {
 
     /// One property by name.
     pub fn property(&self, name: &str) -> Option<&str> {
-        self.properties.get(name).map(String::as_str)
+        self.properties.get(name).map(|v| &**v)
     }
 
     /// The topic the application sees (section 7.11): for a message in `%RETRY%<group>` with a
@@ -187,15 +187,19 @@ impl Message {
 
     /// Sets a property. Empty values are dropped by receivers (section 6.4).
     #[must_use]
-    pub fn with_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_property(
+        mut self,
+        key: impl Into<ByteString>,
+        value: impl Into<ByteString>,
+    ) -> Self {
         self.properties.insert(key.into(), value.into());
         self
     }
 
     /// Sets the tag (`TAGS`).
     #[must_use]
-    pub fn with_tags(self, tags: impl Into<String>) -> Self {
-        self.with_property(properties::TAGS, tags)
+    pub fn with_tags(self, tags: impl Into<ByteString>) -> Self {
+        self.with_property(ByteString::from_static(properties::TAGS), tags)
     }
 
     /// Sets the business keys (`KEYS`, joined with spaces).
@@ -210,32 +214,36 @@ impl Message {
             .map(|k| k.as_ref().to_owned())
             .collect::<Vec<_>>()
             .join(" ");
-        self.with_property(properties::KEYS, joined)
+        self.with_property(ByteString::from_static(properties::KEYS), joined)
     }
 
     /// Sets the unique key (`UNIQ_KEY`), e.g. from [`UniqKeyGenerator`].
     #[must_use]
-    pub fn with_uniq_key(self, id: impl Into<String>) -> Self {
-        self.with_property(properties::UNIQ_KEY, id)
+    pub fn with_uniq_key(self, id: impl Into<ByteString>) -> Self {
+        self.with_property(ByteString::from_static(properties::UNIQ_KEY), id)
     }
 
     /// Sets `WAIT` (whether the broker answers only after storing).
     #[must_use]
     pub fn with_wait(self, wait: bool) -> Self {
-        self.with_property(properties::WAIT, if wait { "true" } else { "false" })
+        self.with_property(
+            ByteString::from_static(properties::WAIT),
+            ByteString::from_static(if wait { "true" } else { "false" }),
+        )
     }
 
     /// Sets the delay level (`DELAY`, 1..=18 on default brokers).
     #[must_use]
     pub fn with_delay_level(self, level: i32) -> Self {
-        self.with_property(properties::DELAY, level.to_string())
+        self.with_property(
+            ByteString::from_static(properties::DELAY),
+            level.to_string(),
+        )
     }
 
     /// The `UNIQ_KEY` property.
     pub fn uniq_key(&self) -> Option<&str> {
-        self.properties
-            .get(properties::UNIQ_KEY)
-            .map(String::as_str)
+        self.properties.get(properties::UNIQ_KEY).map(|v| &**v)
     }
 }
 
@@ -408,7 +416,7 @@ fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize), Remotin
     let topic_len = c.len(topic_width, "topicLength")?;
     let topic = String::from_utf8_lossy(c.take(topic_len, "topic")?).into_owned();
     let props_len = c.len(2, "propertiesLength")?;
-    let props = properties::decode(c.take(props_len, "properties")?);
+    let props = properties::decode(&body.slice_ref(c.take(props_len, "properties")?));
 
     let body = if sys_flag & sys_flag::COMPRESSED != 0 {
         let algorithm = Compression::from_sys_flag(sys_flag)?;
@@ -521,7 +529,8 @@ pub fn decode_batch(body: &[u8]) -> Result<Vec<BatchItem>, RemotingError> {
         let body_len = c.len(4, "bodyLength")?;
         let item_body = Bytes::copy_from_slice(c.take(body_len, "body")?);
         let props_len = c.len(2, "propertiesLength")?;
-        let props = properties::decode(c.take(props_len, "properties")?);
+        // A copy: batch bodies are small, and this path is not the consumer's.
+        let props = properties::decode(&Bytes::copy_from_slice(c.take(props_len, "properties")?));
         out.push(BatchItem {
             flag,
             body_crc,

@@ -290,7 +290,14 @@ fn socket() -> impl Strategy<Value = SocketAddr> {
 }
 
 fn props() -> impl Strategy<Value = Properties> {
-    prop::collection::btree_map("[^\u{1}\u{2}]{1,10}", "[^\u{1}\u{2}]{1,20}", 0..6)
+    prop::collection::btree_map("[^\u{1}\u{2}]{1,10}", "[^\u{1}\u{2}]{1,20}", 0..6).prop_map(
+        |pairs| {
+            pairs
+                .into_iter()
+                .map(|(k, v): (String, String)| (k.into(), v.into()))
+                .collect()
+        },
+    )
 }
 
 prop_compose! {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::{status_error, FromCommand, Rpc};
 use crate::remoting::command::{ExtFields, RemotingCommand};
-use crate::remoting::message::{decode_messages, properties};
+use crate::remoting::message::{decode_messages, properties, ByteString};
 use crate::remoting::{MessageExt, RemotingError, RequestCode, ResponseCode};
 
 /// The `sysFlag` bit set of a pull request.
@@ -214,7 +214,11 @@ impl Rpc for PullMessage {
         } else {
             Vec::new()
         };
-        let (min, max) = (min_offset.to_string(), max_offset.to_string());
+        // One string each per pull, shared by every message (a refcount, not a copy).
+        let (min, max) = (
+            ByteString::from(min_offset.to_string()),
+            ByteString::from(max_offset.to_string()),
+        );
         for message in &mut messages {
             // The stored record may carry another queue id (e.g. for logical queues); the
             // queue we asked for is the one offsets are committed to.
@@ -224,10 +228,10 @@ impl Rpc for PullMessage {
             }
             message
                 .properties
-                .insert(properties::MIN_OFFSET.to_owned(), min.clone());
+                .insert(ByteString::from_static(properties::MIN_OFFSET), min.clone());
             message
                 .properties
-                .insert(properties::MAX_OFFSET.to_owned(), max.clone());
+                .insert(ByteString::from_static(properties::MAX_OFFSET), max.clone());
         }
         Ok(PullResult {
             status,

@@ -67,8 +67,8 @@ const NAME: &str = "[a-zA-Z0-9%_-]{1,16}";
 
 fn sample_message(queue_id: i32, queue_offset: i64) -> MessageExt {
     let mut properties = Properties::new();
-    properties.insert(properties::UNIQ_KEY.to_owned(), "ID1".to_owned());
-    properties.insert(properties::TAGS.to_owned(), "TagA".to_owned());
+    properties.insert(properties::UNIQ_KEY.into(), "ID1".into());
+    properties.insert(properties::TAGS.into(), "TagA".into());
     MessageExt {
         topic: "T1".to_owned(),
         queue_id,
