@@ -6,10 +6,11 @@
 # scenario: 1..9 or latency, throughput, batched, backlog, orderly, faults, large, idle, scale
 # (default: all). --quick runs every scenario briefly, once, as a smoke check of the harness.
 #
-# Starts a private name server and broker (scripts/rocketmq-local.sh, ports 19876 / 20911, store
-# in target/bench/rocketmq, removed first and its store again at exit), builds the daemon (release) and the driver
-# (bench/harness, its own Cargo workspace and target dir, never part of the main build), uses the
-# peer (bench/peer, a rocketmq-client-rust push consumer) when it builds, and writes
+# Starts a private name server and broker (scripts/rocketmq-local.sh, ports 19876 / 20911, in
+# target/bench/rocketmq: removed before the run, its store removed after), builds the daemon
+# (release) and the driver (bench/harness, its own Cargo workspace and target dir, never part of
+# the main build), uses the peer (bench/peer, a rocketmq-client-rust push consumer) when it
+# builds, and writes
 # target/bench/report.json, target/bench/report.md and target/bench/latency.png.
 # Preloading always uses batched sends: single sends on this broker cap at about 1.5k msg/s.
 # Environment: BENCH_NAMESRV_PORT, BENCH_BROKER_PORT, BENCH_SKIP_PEER_BUILD=1 (use a peer binary
@@ -30,7 +31,7 @@ scenarios=()
 for a in "$@"; do
   case "$a" in
     --quick) quick=(--quick) ;;
-    -h|--help) sed -n 2,18p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
     -*) echo "bench: unknown option $a" >&2; exit 2 ;;
     *) scenarios+=("$a") ;;
   esac

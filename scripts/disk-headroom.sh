@@ -12,17 +12,21 @@
 set -euo pipefail
 
 dir="${1:?usage: $0 DIR}"
-read -r total available < <(stat -f -c '%b %a' "$dir") || {
-  echo "disk-headroom: cannot stat the file system of '$dir'; not checked" >&2
-  exit 0
-}
-if [ "${total:-0}" -eq 0 ]; then
+stats="$(stat -f -c '%b %a %S' "$dir" 2>/dev/null)" || stats=""
+read -r total available block_size <<<"$stats" || true
+case "$total$available$block_size" in
+  "" | *[!0-9]*)
+    echo "disk-headroom: cannot read the file system of '$dir'; not checked" >&2
+    exit 0
+    ;;
+esac
+if [ "$total" -eq 0 ]; then
   exit 0
 fi
 # Tenths of a percent, in integer arithmetic.
 used=$(( (total - available) * 1000 / total ))
 figure="$((used / 10)).$((used % 10)) %"
-free_gib=$(( available * $(stat -f -c '%S' "$dir") / 1024 / 1024 / 1024 ))
+free_gib=$(( available * block_size / 1024 / 1024 / 1024 ))
 if [ "$used" -ge 900 ]; then
   cat >&2 <<MSG
 disk-headroom: the file system of '$dir' is $figure used counting reserved blocks ($free_gib GiB

@@ -624,7 +624,7 @@ proptest! {
     /// Batch bodies (SEND_BATCH_MESSAGE, 5.x inner batches).
     #[test]
     fn batch_decoder_never_panics(body in batch_body()) {
-        if let Err(e) = decode_batch(&body) {
+        if let Err(e) = decode_batch(&Bytes::from(body)) {
             assert_typed(&e)?;
         }
     }

@@ -416,18 +416,27 @@ fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize), Remotin
     let topic_len = c.len(topic_width, "topicLength")?;
     let topic = String::from_utf8_lossy(c.take(topic_len, "topic")?).into_owned();
     let props_len = c.len(2, "propertiesLength")?;
-    let props = properties::decode(&body.slice_ref(c.take(props_len, "properties")?));
+    let stored_props = c.take(props_len, "properties")?;
+    let compressed = sys_flag & sys_flag::COMPRESSED != 0;
+    // Views into the pull response, like uncompressed bodies (see below). A compressed record's
+    // body is a new buffer, so its properties are copied too: otherwise they alone would keep
+    // the whole response alive while the message waits in a process queue.
+    let props = properties::decode(&if compressed {
+        Bytes::copy_from_slice(stored_props)
+    } else {
+        body.slice_ref(stored_props)
+    });
 
-    let body = if sys_flag & sys_flag::COMPRESSED != 0 {
+    let body = if compressed {
         let algorithm = Compression::from_sys_flag(sys_flag)?;
         sys_flag &= !sys_flag::COMPRESSED;
         Bytes::from(compression::decompress(algorithm, stored_body)?)
     } else {
         // A view into the pull response, not a copy (one allocation and memcpy less per
         // message). The buffer it shares, the connection's read buffer the frame was split
-        // from, stays alive until the last message in it is consumed: flow control counts
-        // bodies, so memory can exceed the cached bytes by up to that buffer's other frames
-        // (the bench showed no rise in peak RSS).
+        // from, stays alive until the last message in it is consumed (its properties point
+        // into it too): flow control counts bodies, so memory can exceed the cached bytes by up
+        // to that buffer's other frames (the bench showed no rise in peak RSS).
         body.slice_ref(stored_body)
     };
     let msg = MessageExt {
@@ -477,7 +486,8 @@ fn unwrap_into(msg: MessageExt, at: usize, out: &mut Vec<MessageExt>) -> Result<
             body: item.body,
             properties: item.properties,
             topic: msg.topic.clone(),
-            ..msg.clone()
+            // The remaining fields are Copy: this copies them, no clone of body or properties.
+            ..msg
         });
     }
     Ok(())
@@ -500,7 +510,10 @@ pub struct BatchItem {
 ///
 /// # Errors
 /// [`RemotingError::MalformedMessage`] for truncated or inconsistent elements.
-pub fn decode_batch(body: &[u8]) -> Result<Vec<BatchItem>, RemotingError> {
+///
+/// Bodies and properties are views into `body` (5.x brokers store batches as inner batches, so
+/// this runs for every message of such a pull).
+pub fn decode_batch(body: &Bytes) -> Result<Vec<BatchItem>, RemotingError> {
     // 4 totalSize + 4 magic + 4 crc + 4 flag + 4 bodyLen + 2 propsLen.
     const MIN: usize = 22;
     let mut out = Vec::new();
@@ -527,10 +540,9 @@ pub fn decode_batch(body: &[u8]) -> Result<Vec<BatchItem>, RemotingError> {
         let body_crc = c.i32("bodyCRC")?;
         let flag = c.i32("flag")?;
         let body_len = c.len(4, "bodyLength")?;
-        let item_body = Bytes::copy_from_slice(c.take(body_len, "body")?);
+        let item_body = body.slice_ref(c.take(body_len, "body")?);
         let props_len = c.len(2, "propertiesLength")?;
-        // A copy: batch bodies are small, and this path is not the consumer's.
-        let props = properties::decode(&Bytes::copy_from_slice(c.take(props_len, "properties")?));
+        let props = properties::decode(&body.slice_ref(c.take(props_len, "properties")?));
         out.push(BatchItem {
             flag,
             body_crc,

@@ -45,6 +45,27 @@ fn bodies_are_views_into_the_response() {
 }
 
 #[test]
+fn properties_are_views_unless_the_body_was_compressed() {
+    let within = |part: &[u8], whole: &Bytes| whole.as_ptr_range().contains(&part.as_ptr());
+    let response = Bytes::from(golden_record());
+    let msgs = decode_messages(&response).unwrap();
+    let tags = &msgs[0].properties["TAGS"];
+    assert_eq!(tags, "TagA");
+    assert!(within(tags.as_bytes(), &response));
+
+    // A compressed record's body is a new buffer; its properties must not pin the response.
+    let mut m = sample("T");
+    m.body = Bytes::from(vec![b'x'; 10_000]);
+    m.sys_flag = sys_flag::COMPRESSED;
+    m.properties.insert("TAGS".into(), "TagA".into());
+    let response = encode_message(&m).unwrap();
+    let msgs = decode_messages(&response).unwrap();
+    let tags = &msgs[0].properties["TAGS"];
+    assert_eq!(tags, "TagA");
+    assert!(!within(tags.as_bytes(), &response));
+}
+
+#[test]
 fn golden_record_decodes() {
     let bytes = golden_record();
     assert_eq!(bytes.len(), 229);
@@ -386,7 +407,7 @@ proptest! {
     fn decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
         let _ = decode_messages(&Bytes::copy_from_slice(&bytes));
         let _ = decode_message(&bytes);
-        let _ = decode_batch(&bytes);
+        let _ = decode_batch(&Bytes::from(bytes));
     }
 
     /// Mutations of a valid record reach deeper branches than random bytes.

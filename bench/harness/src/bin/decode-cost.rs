@@ -7,8 +7,8 @@
 //!
 //! The response holds 32 records of 1 KiB with the five properties a producer and the broker
 //! usually set (UNIQ_KEY, WAIT, TAGS, KEYS, CLUSTER), like the throughput scenarios' messages.
-//! Instructions per message = callgrind's total / (iterations x 32), less the setup (run with
-//! 0 iterations for it).
+//! Instructions per message = (total at N iterations - total at 0 iterations) / (N x 32):
+//! the run with 0 iterations measures the setup alone.
 
 use bytes::{Bytes, BytesMut};
 use rocketmq_webhook::remoting::message::{
