@@ -693,39 +693,16 @@ fn startup_failure_cause(log: &Path) -> Option<String> {
     Some(plain)
 }
 
-/// A hint when `dir`'s file system is at or near the broker's limits; empty otherwise or when
-/// `stat` cannot tell. Measured as the broker does, (total - available) / total, counting the
-/// blocks reserved for root, which `df`'s Use% does not show (CI failed every broker-backed
-/// test while `df` said 72 %): from 85 % the broker deletes old commit-log files early, at 90 %
-/// it refuses to start and to accept writes (scripts/disk-headroom.sh says the same).
+/// What scripts/disk-headroom.sh says of `dir`'s file system (its one definition of the
+/// broker's limits: at 90 % used counting reserved blocks the broker refuses to start, which
+/// `df`'s Use% hides; CI failed every broker-backed test that way), or nothing when it cannot
+/// run.
 fn disk_note(dir: &Path) -> String {
-    let Ok(out) = Command::new("stat")
-        .args(["-f", "-c", "%b %a"])
-        .arg(dir)
-        .output()
-    else {
-        return String::new();
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut fields = text.split_whitespace().map(str::parse::<u64>);
-    let (Some(Ok(total)), Some(Ok(available))) = (fields.next(), fields.next()) else {
-        return String::new();
-    };
-    if total == 0 {
-        return String::new();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/disk-headroom.sh");
+    match Command::new(&script).arg(dir).output() {
+        Ok(out) => format!("\n{}", String::from_utf8_lossy(&out.stderr).trim_end()),
+        Err(_) => String::new(),
     }
-    let used = total.saturating_sub(available) as f64 / total as f64;
-    if used < 0.85 {
-        return String::new();
-    }
-    format!(
-        "\nnote: the file system of {} is {:.1} % used counting reserved blocks; the broker \
-         deletes old commit-log files from 85 % and refuses to start at 90 %. Free space or \
-         set ROCKETMQ_TEST_SCRATCH_DIR to another \
-         file system.",
-        dir.display(),
-        used * 100.0
-    )
 }
 
 /// The last `lines` lines of a file (or a note that it cannot be read).
