@@ -436,7 +436,9 @@ fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize), Remotin
         // message). The buffer it shares, the connection's read buffer the frame was split
         // from, stays alive until the last message in it is consumed (its properties point
         // into it too): flow control counts bodies, so memory can exceed the cached bytes by up
-        // to that buffer's other frames (the bench showed no rise in peak RSS).
+        // to that buffer's other frames. Open: with 64 queues at the default cache limits the
+        // bench's scale scenario peaked at 227 MiB RSS for about 64 MiB of cached bodies
+        // (docs/performance.md); this retention is the suspected cause.
         body.slice_ref(stored_body)
     };
     let msg = MessageExt {
