@@ -16,7 +16,8 @@
 # Environment: BENCH_NAMESRV_PORT, BENCH_BROKER_PORT, BENCH_SKIP_PEER_BUILD=1 (use a peer binary
 # only if already built), BENCH_REPS (repetitions, default 3, quick 1), BENCH_BROKER_LOG (broker
 # RUST_LOG, default warn), BENCH_KEEP_STORE=1 (keep the broker's store after the run),
-# BENCH_DAEMON=PATH (measure that daemon binary, e.g. an older build, instead of building one).
+# BENCH_DAEMON=PATH (measure that daemon binary, e.g. an older build, instead of building one),
+# BENCH_SCALE_CASES (only these cases of scenario 9, e.g. 64x1,8x16: queues x subscriptions).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -77,10 +78,12 @@ namesrv="$(RUST_LOG="${BENCH_BROKER_LOG:-warn}" "$here/rocketmq-local.sh" start 
 
 reps=()
 [ -n "${BENCH_REPS:-}" ] && reps=(--reps "$BENCH_REPS")
+cases=()
+[ -n "${BENCH_SCALE_CASES:-}" ] && cases=(--scale-cases "$BENCH_SCALE_CASES")
 echo "== running scenarios ${scenarios[*]:-all}${quick:+ (quick)}" >&2
 "$repo/bench/harness/target/release/bench-harness" --namesrv "$namesrv" \
   --daemon "$daemon" --out "$out" \
-  "${peer_args[@]}" "${quick[@]}" "${reps[@]}" "${scenarios[@]}"
+  "${peer_args[@]}" "${quick[@]}" "${reps[@]}" "${cases[@]}" "${scenarios[@]}"
 
 # The plot: matplotlib in a private venv (git-ignored .tools/).
 venv="$repo/.tools/bench-venv"

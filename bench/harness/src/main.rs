@@ -53,6 +53,9 @@ struct Args {
     /// Only re-render report.md from an existing report.json in --out (no measurement).
     #[arg(long)]
     render_only: bool,
+    /// Only these cases of scenario 9, as QUEUESxSUBSCRIPTIONS (e.g. `64x1,8x16`); default all.
+    #[arg(long, value_delimiter = ',')]
+    scale_cases: Vec<String>,
     /// Scenario numbers or names (default: all).
     scenarios: Vec<String>,
 }
@@ -976,6 +979,10 @@ async fn run(args: Args) -> Result<(), String> {
         let n = if q { 8_000 } else { 96_000 };
         for queues in [1_u16, 8, 64] {
             for subs in [1_usize, 4, 16] {
+                let only = &ctx.args.scale_cases;
+                if !only.is_empty() && !only.contains(&format!("{queues}x{subs}")) {
+                    continue;
+                }
                 let case = format!("{queues} q x {subs} subs");
                 ctx.drain_case(
                     "9 scale",

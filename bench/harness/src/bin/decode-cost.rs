@@ -10,50 +10,12 @@
 //! Instructions per message = (total at N iterations - total at 0 iterations) / (N x 32):
 //! the run with 0 iterations measures the setup alone.
 
-use bytes::{Bytes, BytesMut};
-use rocketmq_webhook::remoting::message::{
-    decode_messages, encode_message, MessageExt, Properties,
-};
+use rocketmq_webhook::remoting::message::decode_messages;
 
-const RECORDS: i64 = 32;
+#[path = "../synthetic.rs"]
+mod synthetic;
 
-fn response() -> Bytes {
-    let mut buf = BytesMut::new();
-    for i in 0..RECORDS {
-        let mut props = Properties::new();
-        for (key, value) in [
-            ("UNIQ_KEY", format!("7F00000100002A9F0000000000{i:06X}")),
-            ("WAIT", "true".to_owned()),
-            ("TAGS", "TagA".to_owned()),
-            ("KEYS", format!("key-{i}")),
-            ("CLUSTER", "DefaultCluster".to_owned()),
-        ] {
-            props.insert(key.into(), value.into());
-        }
-        let record = MessageExt {
-            topic: "BenchTopic".into(),
-            queue_id: 0,
-            flag: 0,
-            queue_offset: i,
-            commit_log_offset: i * 1300,
-            sys_flag: 0,
-            born_timestamp: 1_700_000_000_000,
-            born_host: ([127, 0, 0, 1], 5000).into(),
-            store_timestamp: 1_700_000_000_001,
-            store_host: ([127, 0, 0, 1], 10911).into(),
-            reconsume_times: 0,
-            prepared_transaction_offset: 0,
-            body_crc: 0,
-            body: Bytes::from(vec![b'x'; 1024]),
-            properties: props,
-        };
-        match encode_message(&record) {
-            Ok(bytes) => buf.extend_from_slice(&bytes),
-            Err(e) => panic!("the synthetic record does not encode: {e}"),
-        }
-    }
-    buf.freeze()
-}
+use synthetic::{response, RECORDS};
 
 fn main() -> std::process::ExitCode {
     let iterations: usize = match std::env::args().nth(1).map(|a| a.parse()) {
@@ -64,7 +26,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let body = response();
+    let body = response(0);
     let mut properties = 0usize;
     for _ in 0..iterations {
         match decode_messages(&body) {
