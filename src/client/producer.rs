@@ -627,10 +627,7 @@ mod tests {
         // The prefix is the client's IP, as in Java's MessageClientIDSetter.
         assert!(id.starts_with("0A010203"), "{id}");
         assert_ne!(Some(id), b.properties.get(properties::UNIQ_KEY));
-        assert_eq!(
-            a.properties.get(properties::WAIT).map(|v| &**v),
-            Some("true")
-        );
+        assert_eq!(a.properties.get(properties::WAIT), Some("true"));
         let kept = p
             .prepare(Message::new("T", "x").with_uniq_key("MINE"))
             .expect("valid");

@@ -55,10 +55,13 @@ type PullFuture = Pin<Box<dyn Future<Output = (Result<PullResult, ClientError>, 
 /// What a worker's process queue holds: in concurrent mode only the offset and size of each
 /// unfinished message (the message itself travels to its batch), in orderly mode the message
 /// (batches are taken from the process queue in order and may be rolled back).
+///
+/// The message is boxed so that a mark stays 24 bytes: a process queue is a `BTreeMap` of
+/// entries, and unboxed every concurrent mark would take the 250-odd bytes of a `MessageExt`.
 #[derive(Debug, Clone)]
 enum Entry {
     Mark { offset: i64, size: u64 },
-    Message(MessageExt),
+    Message(Box<MessageExt>),
 }
 
 impl Entry {
@@ -71,7 +74,7 @@ impl Entry {
 
     fn into_message(self) -> Option<MessageExt> {
         match self {
-            Self::Message(m) => Some(m),
+            Self::Message(m) => Some(*m),
             Self::Mark { .. } => None,
         }
     }
@@ -522,7 +525,8 @@ impl<H: Handler> Worker<H> {
                         self.shared.offsets.update(&self.mq, self.next_offset, true);
                     }
                 } else if self.orderly() {
-                    self.pq.put(kept.into_iter().map(Entry::Message));
+                    self.pq
+                        .put(kept.into_iter().map(|m| Entry::Message(Box::new(m))));
                 } else {
                     // Concurrent: the process queue only tracks offsets and sizes; the messages
                     // themselves wait in `ready` until a batch takes them (no copy).

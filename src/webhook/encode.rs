@@ -201,7 +201,6 @@ impl<'a> MessageView<'a> {
     fn content_type(&self) -> Option<&str> {
         self.properties
             .get(CONTENT_TYPE_PROPERTY)
-            .map(|v| &**v)
             .filter(|ct| !ct.trim().is_empty())
     }
 }
@@ -465,7 +464,7 @@ fn common_headers(headers: &mut HeaderMap, ctx: Context<'_>, messages: &[Message
     let mut budget = PROPERTY_HEADER_BUDGET;
     let mut name = String::with_capacity(64);
     for (key, value) in msg.properties {
-        if PROPERTIES_WITH_OWN_HEADER.contains(&&**key) {
+        if PROPERTIES_WITH_OWN_HEADER.contains(&key) {
             continue;
         }
         name.clear();

@@ -130,7 +130,7 @@ impl MessageExt {
 
     /// One property by name.
     pub fn property(&self, name: &str) -> Option<&str> {
-        self.properties.get(name).map(|v| &**v)
+        self.properties.get(name)
     }
 
     /// The topic the application sees (section 7.11): for a message in `%RETRY%<group>` with a
@@ -243,7 +243,7 @@ impl Message {
 
     /// The `UNIQ_KEY` property.
     pub fn uniq_key(&self) -> Option<&str> {
-        self.properties.get(properties::UNIQ_KEY).map(|v| &**v)
+        self.properties.get(properties::UNIQ_KEY)
     }
 }
 

@@ -5,20 +5,220 @@
 //! Decoding is Java's lenient `string2messageProperties`: segments without a separator or with an
 //! empty key or value are skipped, never rejected, because brokers relay whatever producers wrote.
 
-use std::collections::BTreeMap;
+use std::fmt;
 
 use bytes::Bytes;
 pub use bytestring::ByteString;
 
-/// Message properties: an ordered map so encodings are deterministic (Java uses a `HashMap`, so
-/// order carries no meaning on the wire).
+/// Message properties: unique keys, each with one value.
 ///
-/// Keys and values are [`ByteString`]s: decoded ones are views into the pull response (like
-/// message bodies), so a pulled message's properties cost one map node instead of two string
-/// allocations per entry; in the batched benchmark's profile those allocations were 13 % of the
-/// daemon's CPU. Look up with `&str` (`props.get(TAGS)`); build keys with
-/// [`ByteString::from_static`] and values with `.into()`.
-pub type Properties = BTreeMap<ByteString, ByteString>;
+/// A pulled message keeps its properties in the wire form, a view into the pull response like
+/// its body, and finds a key by scanning it (a handful of short entries). A map with a node per
+/// message (the earlier `BTreeMap`) cost about 720 heap bytes per cached message on top of a
+/// 1 KiB body, and building it was a large share of decoding. Entries added later (the
+/// consumer's `MIN_OFFSET`/`MAX_OFFSET`, a producer's keys) live in a small sorted list beside
+/// it.
+///
+/// Iteration yields the wire entries in wire order, then the added ones sorted by key, so an
+/// encoding is deterministic; equality ignores order. Look up with `&str` (`props.get(TAGS)`);
+/// build keys with [`ByteString::from_static`] and values with `.into()`.
+#[derive(Clone, Default)]
+pub struct Properties {
+    /// Wire-form entries (`key 0x01 value 0x02`). Invariant, checked by [`decode`]: every entry
+    /// has a non-empty key and value, and no key appears twice or also in `added`.
+    wire: ByteString,
+    /// Entries set after decoding, or every entry of a message built here; sorted by key,
+    /// unique.
+    added: Vec<(ByteString, ByteString)>,
+}
+
+impl Properties {
+    /// No properties.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        match self.added.binary_search_by(|(k, _)| (**k).cmp(key)) {
+            Ok(i) => Some(&self.added[i].1),
+            Err(_) => wire_entries(&self.wire).find_map(|(k, v)| (k == key).then_some(v)),
+        }
+    }
+
+    /// Whether `key` has a value.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Sets `key` to `value`; returns the value it replaces.
+    pub fn insert(&mut self, key: ByteString, value: ByteString) -> Option<ByteString> {
+        if self.wire_has(&key) {
+            self.unpack();
+        }
+        match self.added.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => Some(std::mem::replace(&mut self.added[i].1, value)),
+            Err(i) => {
+                self.added.insert(i, (key, value));
+                None
+            }
+        }
+    }
+
+    /// Removes `key`; returns its value.
+    pub fn remove(&mut self, key: &str) -> Option<ByteString> {
+        if self.wire_has(key) {
+            self.unpack();
+        }
+        let i = self.added.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
+        Some(self.added.remove(i).1)
+    }
+
+    /// Room for `additional` more added entries, exactly: the consumer adds two to every pulled
+    /// message, and growth by doubling would allocate room for four.
+    pub fn reserve_exact(&mut self, additional: usize) {
+        self.added.reserve_exact(additional);
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        wire_entries(&self.wire).count() + self.added.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && wire_entries(&self.wire).next().is_none()
+    }
+
+    /// Every entry: the wire ones in wire order, then the added ones by key.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            wire: wire_entries(&self.wire),
+            added: self.added.iter(),
+        }
+    }
+
+    fn wire_has(&self, key: &str) -> bool {
+        wire_entries(&self.wire).any(|(k, _)| k == key)
+    }
+
+    /// Moves the wire entries into `added` (as views, no copy), before one of them changes.
+    fn unpack(&mut self) {
+        let wire = std::mem::take(&mut self.wire);
+        // The invariant keeps wire keys unique and out of `added`: a sort is enough.
+        self.added
+            .extend(wire_entries(&wire).map(|(k, v)| (wire.slice_ref(k), wire.slice_ref(v))));
+        self.added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    }
+
+    fn sorted(&self) -> Vec<(&str, &str)> {
+        let mut all: Vec<_> = self.iter().collect();
+        all.sort_unstable();
+        all
+    }
+}
+
+/// The entries of a wire form, by Java's lenient rule: an entry without a name/value separator,
+/// or with an empty key or value, is skipped (a later duplicate key is [`decode`]'s business).
+fn wire_entries(wire: &str) -> WireEntries<'_> {
+    WireEntries { rest: wire }
+}
+
+/// See [`wire_entries`]. One byte pass: the separators are ASCII, so every index found is a char
+/// boundary. (`str::split` plus `split_once` per entry cost about 600 instructions more per
+/// message in bench/harness's decode-cost, mostly setting up a char searcher per short string.)
+#[derive(Debug, Clone)]
+struct WireEntries<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for WireEntries<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        const ENTRY_END: u8 = PROPERTY_SEPARATOR as u8;
+        const KEY_END: u8 = NAME_VALUE_SEPARATOR as u8;
+        while !self.rest.is_empty() {
+            let bytes = self.rest.as_bytes();
+            let end = bytes
+                .iter()
+                .position(|&b| b == ENTRY_END)
+                .unwrap_or(bytes.len());
+            let entry = &self.rest[..end];
+            self.rest = self.rest.get(end + 1..).unwrap_or("");
+            if let Some(key_end) = entry.bytes().position(|b| b == KEY_END) {
+                let (key, value) = (&entry[..key_end], &entry[key_end + 1..]);
+                if !key.is_empty() && !value.is_empty() {
+                    return Some((key, value));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Iterator over [`Properties`]: `(key, value)`, wire entries first.
+#[derive(Debug, Clone)]
+pub struct Iter<'a> {
+    wire: WireEntries<'a>,
+    added: std::slice::Iter<'a, (ByteString, ByteString)>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.wire
+            .next()
+            .or_else(|| self.added.next().map(|(k, v)| (&**k, &**v)))
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        self.sorted() == other.sorted()
+    }
+}
+
+impl Eq for Properties {}
+
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl std::ops::Index<&str> for Properties {
+    type Output = str;
+
+    /// # Panics
+    /// When `key` has no value, like a map's index.
+    fn index(&self, key: &str) -> &str {
+        match self.get(key) {
+            Some(value) => value,
+            None => panic!("no property {key:?}"),
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Properties {
+    type Item = (&'a str, &'a str);
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl FromIterator<(ByteString, ByteString)> for Properties {
+    fn from_iter<I: IntoIterator<Item = (ByteString, ByteString)>>(iter: I) -> Self {
+        let mut props = Self::new();
+        for (k, v) in iter {
+            props.insert(k, v);
+        }
+        props
+    }
+}
 
 /// Separates a key from its value (`NAME_VALUE_SEPARATOR`, char 1).
 pub const NAME_VALUE_SEPARATOR: char = '\u{1}';
@@ -80,48 +280,51 @@ pub fn encode(props: &Properties) -> String {
 /// or empty value, are skipped (Java keeps only pairs where both are non-empty). A later
 /// duplicate key wins, as with Java's `HashMap.put`. Bytes that are not UTF-8 become U+FFFD.
 ///
-/// Valid UTF-8 (the normal case) is checked once for the whole string, and every key and value
-/// is a view into `raw`; only invalid input is copied, lossily.
+/// Valid UTF-8 without duplicate keys (the normal case) is kept as it is, a view into `raw`;
+/// otherwise the entries are sorted out once, still as views where the input was UTF-8.
 pub fn decode(raw: &Bytes) -> Properties {
-    match ByteString::try_from(raw.clone()) {
-        Ok(text) => split(&text),
-        Err(_) => split(&ByteString::from(String::from_utf8_lossy(raw).into_owned())),
+    let text = match ByteString::try_from(raw.clone()) {
+        Ok(text) => text,
+        Err(_) => ByteString::from(String::from_utf8_lossy(raw).into_owned()),
+    };
+    if unique_keys(&text) {
+        return Properties {
+            wire: text,
+            added: Vec::new(),
+        };
+    }
+    let mut added: Vec<(ByteString, ByteString)> = wire_entries(&text)
+        .map(|(k, v)| (text.slice_ref(k), text.slice_ref(v)))
+        .collect();
+    // Later duplicates win: reversed, a stable sort puts the last one of a key first, and
+    // `dedup_by` keeps the first of each run.
+    added.reverse();
+    added.sort_by(|a, b| a.0.cmp(&b.0));
+    added.dedup_by(|later, kept| later.0 == kept.0);
+    Properties {
+        wire: ByteString::new(),
+        added,
     }
 }
 
-/// One pass over the bytes: the separators are ASCII, so every index found is a char boundary.
-/// (`str::split` plus `split_once` per entry cost about 600 instructions more per message in
-/// bench/harness's decode-cost, mostly setting up a char searcher for each short string.)
-fn split(text: &ByteString) -> Properties {
-    const ENTRY_END: u8 = PROPERTY_SEPARATOR as u8;
-    const KEY_END: u8 = NAME_VALUE_SEPARATOR as u8;
-    let mut props = Properties::new();
-    let mut entry_start = 0;
-    let mut key_end = None;
-    let mut add = |start: usize, key_end: Option<usize>, end: usize| {
-        if let Some(key_end) = key_end {
-            let (key, value) = (&text[start..key_end], &text[key_end + 1..end]);
-            if !key.is_empty() && !value.is_empty() {
-                props.insert(text.slice_ref(key), text.slice_ref(value));
-            }
+/// Whether no key of `wire` appears twice, checked pairwise for the usual handful of entries;
+/// more than [`PAIRWISE_MAX`] take the sorting path whatever they hold, so a hostile 32 KiB
+/// properties string costs a sort, not millions of comparisons.
+fn unique_keys(wire: &str) -> bool {
+    const PAIRWISE_MAX: usize = 16;
+    let mut keys: [&str; PAIRWISE_MAX] = [""; PAIRWISE_MAX];
+    for (n, (key, _)) in wire_entries(wire).enumerate() {
+        if n == PAIRWISE_MAX || keys[..n].contains(&key) {
+            return false;
         }
-    };
-    for (i, &b) in text.as_bytes().iter().enumerate() {
-        if b == ENTRY_END {
-            add(entry_start, key_end, i);
-            entry_start = i + 1;
-            key_end = None;
-        } else if b == KEY_END && key_end.is_none() {
-            key_end = Some(i);
-        }
+        keys[n] = key;
     }
-    add(entry_start, key_end, text.len());
-    props
+    true
 }
 
 /// Whether any key or value contains a separator character and so cannot be encoded faithfully.
 pub fn contains_separator(props: &Properties) -> bool {
-    let bad = |s: &ByteString| s.contains([NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR]);
+    let bad = |s: &str| s.contains([NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR]);
     props.iter().any(|(k, v)| bad(k) || bad(v))
 }
 
@@ -149,9 +352,9 @@ mod tests {
             "A\u{1}1\u{2}\u{2}junk\u{2}\u{1}novalue\u{2}nokey\u{1}\u{2}B\u{1}x\u{1}y",
         ));
         assert_eq!(p.len(), 2);
-        assert_eq!(p["A"], "1");
+        assert_eq!(&p["A"], "1");
         // Only the first separator splits; the rest belongs to the value.
-        assert_eq!(p["B"], "x\u{1}y");
+        assert_eq!(&p["B"], "x\u{1}y");
         assert!(decode(&Bytes::new()).is_empty());
     }
 
@@ -172,10 +375,40 @@ mod tests {
     }
 
     #[test]
+    fn a_later_duplicate_wins_and_the_rest_stay_views() {
+        let raw = bytes("A\u{1}1\u{2}B\u{1}2\u{2}A\u{1}3\u{2}");
+        let range = raw.as_ptr_range();
+        let p = decode(&raw);
+        assert_eq!(p.len(), 2);
+        assert_eq!(&p["A"], "3");
+        assert!(p
+            .iter()
+            .all(|(k, v)| range.contains(&k.as_ptr()) && range.contains(&v.as_ptr())));
+    }
+
+    #[test]
+    fn added_entries_override_wire_entries() {
+        let mut p = decode(&bytes("TAGS\u{1}TagA\u{2}KEYS\u{1}k\u{2}"));
+        assert_eq!(
+            p.insert(ByteString::from_static(MIN_OFFSET), "0".into()),
+            None
+        );
+        assert_eq!(
+            p.insert(ByteString::from_static(TAGS), "TagB".into())
+                .as_deref(),
+            Some("TagA")
+        );
+        assert_eq!(p.remove(KEYS).as_deref(), Some("k"));
+        assert_eq!(p.get(TAGS), Some("TagB"));
+        assert_eq!(p.get(KEYS), None);
+        assert_eq!(encode(&p), "MIN_OFFSET\u{1}0\u{2}TAGS\u{1}TagB\u{2}");
+    }
+
+    #[test]
     fn invalid_utf8_is_replaced_not_rejected() {
         let p = decode(&Bytes::from_static(b"K\x01a\xffb\x02\xfe\x01v\x02"));
-        assert_eq!(p["K"], "a\u{FFFD}b");
-        assert_eq!(p["\u{FFFD}"], "v");
+        assert_eq!(&p["K"], "a\u{FFFD}b");
+        assert_eq!(&p["\u{FFFD}"], "v");
     }
 
     fn text() -> impl Strategy<Value = String> {
@@ -189,6 +422,58 @@ mod tests {
                 pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
             prop_assert!(!contains_separator(&props));
             prop_assert_eq!(decode(&bytes(&encode(&props))), props);
+        }
+
+        /// Decoded, then changed, properties behave like a map with Java's decoding rules:
+        /// against a `BTreeMap` model, for wire forms with duplicate keys, junk entries and more
+        /// entries than the pairwise duplicate check takes.
+        #[test]
+        fn behaves_like_a_map(
+            wire in prop::collection::vec(("[abc]{0,2}", "[xy]{0,2}", any::<bool>()), 0..24),
+            edits in prop::collection::vec(("[abcd]{1,2}", prop::option::of("[xyz]{1,2}")), 0..6),
+        ) {
+            let mut raw = String::new();
+            let mut model = std::collections::BTreeMap::new();
+            for (k, v, separated) in &wire {
+                raw.push_str(k);
+                if *separated {
+                    raw.push(NAME_VALUE_SEPARATOR);
+                    raw.push_str(v);
+                    if !k.is_empty() && !v.is_empty() {
+                        model.insert(k.clone(), v.clone());
+                    }
+                }
+                raw.push(PROPERTY_SEPARATOR);
+            }
+            let mut props = decode(&bytes(&raw));
+            for (k, v) in &edits {
+                match v {
+                    Some(v) => {
+                        let old = props.insert(k.clone().into(), v.clone().into());
+                        let want = model.insert(k.clone(), v.clone());
+                        prop_assert_eq!(old.as_deref(), want.as_deref());
+                    }
+                    None => {
+                        let (old, want) = (props.remove(k), model.remove(k));
+                        prop_assert_eq!(old.as_deref(), want.as_deref());
+                    }
+                }
+            }
+            prop_assert_eq!(props.len(), model.len());
+            prop_assert_eq!(props.is_empty(), model.is_empty());
+            for (k, v) in &model {
+                prop_assert_eq!(props.get(k), Some(v.as_str()));
+            }
+            prop_assert_eq!(props.get("zz"), None);
+            let mut seen: Vec<(&str, &str)> = props.iter().collect();
+            seen.sort_unstable();
+            let want: Vec<(&str, &str)> =
+                model.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            prop_assert_eq!(seen, want);
+            let rebuilt: Properties =
+                model.iter().map(|(k, v)| (k.clone().into(), v.clone().into())).collect();
+            prop_assert_eq!(&props, &rebuilt);
+            prop_assert_eq!(decode(&bytes(&encode(&props))), rebuilt);
         }
 
         #[test]

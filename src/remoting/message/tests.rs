@@ -288,10 +288,10 @@ fn message_builders() {
         .with_keys(["k1", "k2"])
         .with_uniq_key("U")
         .with_wait(false);
-    assert_eq!(m.properties["TAGS"], "TagA");
-    assert_eq!(m.properties["KEYS"], "k1 k2");
+    assert_eq!(&m.properties["TAGS"], "TagA");
+    assert_eq!(&m.properties["KEYS"], "k1 k2");
     assert_eq!(m.uniq_key(), Some("U"));
-    assert_eq!(m.properties["WAIT"], "false");
+    assert_eq!(&m.properties["WAIT"], "false");
 }
 
 // === property tests ===

@@ -210,7 +210,12 @@ impl Rpc for PullMessage {
         let suggest_which_broker_id = ext.optional_i64("suggestWhichBrokerId")?.unwrap_or(0);
         let offset_delta = ext.optional_i64("offsetDelta")?;
         let mut messages = if status == PullStatus::Found {
-            decode_messages(&response.body)?
+            // The frame is a slice of the connection's read buffer (64 KiB and up), shared with
+            // the frames read with it and with slack after them. Decoded messages are views and
+            // may wait in a process queue for minutes, so they get an exact-size copy of their
+            // own (one memcpy per pull, about 0.1 us per 1 KiB message) instead of keeping that
+            // whole buffer alive.
+            decode_messages(&Bytes::copy_from_slice(&response.body))?
         } else {
             Vec::new()
         };
@@ -226,6 +231,7 @@ impl Rpc for PullMessage {
             if let Some(delta) = offset_delta {
                 message.queue_offset = message.queue_offset.wrapping_add(delta);
             }
+            message.properties.reserve_exact(2);
             message
                 .properties
                 .insert(ByteString::from_static(properties::MIN_OFFSET), min.clone());
