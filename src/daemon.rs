@@ -193,6 +193,8 @@ fn consumer_config(
     c.limits = consumer::Limits {
         max_cached_messages: sub.max_cache_count_per_queue as usize,
         max_cached_bytes: sub.max_cache_size_per_queue.as_u64(),
+        max_cached_messages_per_subscription: sub.max_cache_count_per_subscription as usize,
+        max_cached_bytes_per_subscription: sub.max_cache_size_per_subscription.as_u64(),
         max_span: u64::from(sub.max_span),
     };
     c.pull_interval = sub.pull_interval;

@@ -58,6 +58,14 @@ fn drain_limit() -> Duration {
 
 // === the ledger: what the receiver accepted ===
 
+/// A receiver that accepts every request, and the ledger recording what it accepted.
+async fn accepting_receiver() -> (Receiver, Arc<Ledger>) {
+    let receiver = Receiver::start().await;
+    let ledger = Arc::new(Ledger::default());
+    ledger.install(&receiver, Arc::new(|_| Answer::OK));
+    (receiver, ledger)
+}
+
 /// One message of one accepted request.
 #[derive(Debug, Clone)]
 struct Delivery {
@@ -211,6 +219,17 @@ impl Load {
             stop,
             task: Some(task),
         }
+    }
+
+    /// The usual background load: 16 messages every 50 ms, round robin over the queues.
+    fn steady(producer: Producer, topic: &str) -> Self {
+        Self::start(
+            producer,
+            topic,
+            Shape::Spread,
+            16,
+            Duration::from_millis(50),
+        )
     }
 
     /// Stops sending and waits for the batch in flight.
@@ -555,9 +574,7 @@ async fn sigkill_scenario(orderly: bool) {
         .create_topic(&topic, QUEUES as u16, orderly)
         .await
         .unwrap_or_else(|e| panic!("create {topic}: {e}"));
-    let receiver = Receiver::start().await;
-    let ledger = Arc::new(Ledger::default());
-    ledger.install(&receiver, Arc::new(|_| Answer::OK));
+    let (receiver, ledger) = accepting_receiver().await;
     // A fixed instance name keeps the client id across restarts, as a restarted pod keeps its
     // name: the broker then hands an orderly queue lock back to the same client at once
     // instead of after its expiry.
@@ -719,19 +736,11 @@ async fn broker_restart_under_load() {
     let topic = unique("T_broker_restart");
     let group = unique("G_broker_restart");
     mq.create_topic(&topic, 4).await;
-    let receiver = Receiver::start().await;
-    let ledger = Arc::new(Ledger::default());
-    ledger.install(&receiver, Arc::new(|_| Answer::OK));
+    let (receiver, ledger) = accepting_receiver().await;
     let launch = Conf::new(&mq.namesrv_addr(), &group, &topic, receiver.url("/hook")).launch();
     let rss = Rss::default();
     let mut daemon = Daemon::start(&launch).await;
-    let mut load = Load::start(
-        mq.producer(),
-        &topic,
-        Shape::Spread,
-        16,
-        Duration::from_millis(50),
-    );
+    let mut load = Load::steady(mq.producer(), &topic);
     for _ in 0..restarts {
         sleep(Duration::from_secs(3)).await;
         mq.stop_broker().await;
@@ -807,9 +816,7 @@ async fn name_server_down_at_start() {
     let topic = unique("T_namesrv_late");
     let group = unique("G_namesrv_late");
     mq.create_topic(&topic, 4).await;
-    let receiver = Receiver::start().await;
-    let ledger = Arc::new(Ledger::default());
-    ledger.install(&receiver, Arc::new(|_| Answer::OK));
+    let (receiver, ledger) = accepting_receiver().await;
     // The daemon's name server is a relay that is not listening yet.
     let namesrv = free_port();
     let launch = Conf::new(&namesrv.to_string(), &group, &topic, receiver.url("/hook")).launch();
@@ -850,13 +857,7 @@ async fn name_server_down_at_start() {
         );
         sleep(Duration::from_millis(200)).await;
     }
-    let mut load = Load::start(
-        mq.producer(),
-        &topic,
-        Shape::Spread,
-        16,
-        Duration::from_millis(50),
-    );
+    let mut load = Load::steady(mq.producer(), &topic);
     sleep(size(Duration::from_secs(4), Duration::from_secs(15))).await;
     load.stop().await;
     ledger
@@ -1035,6 +1036,60 @@ async fn receiver_outage_errors_and_slowness() {
     daemon.wait_exit(Duration::from_secs(30)).await;
 }
 
+/// `max_cache_count_per_subscription` is shared by the queues a member holds: with the endpoint
+/// down and messages arriving on 8 queues, the whole subscription caches no more than the
+/// limit (the default per-queue limit of 1,000 alone would allow 8,000), and everything held
+/// back is delivered once the endpoint returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_cache_limit_is_shared_by_the_queues() {
+    let name = "subscription_cache_limit";
+    const QUEUES: u16 = 8;
+    const LIMIT: u64 = 40;
+    let mq = RocketMq::start().await;
+    let topic = unique("T_sublimit");
+    let group = unique("G_sublimit");
+    mq.create_topic(&topic, QUEUES).await;
+    let (receiver, ledger) = accepting_receiver().await;
+    let launch = Conf::new(&mq.namesrv_addr(), &group, &topic, receiver.url("/hook"))
+        .sub(&format!("max_cache_count_per_subscription: {LIMIT}"))
+        .launch();
+    let mut daemon = Daemon::start(&launch).await;
+    let mut load = Load::steady(mq.producer(), &topic);
+    sleep(Duration::from_secs(3)).await;
+    receiver.stop().await;
+    let mut peak = Cache::default();
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        peak = peak.max(Cache::now(&daemon, &group).await);
+        sleep(Duration::from_millis(200)).await;
+    }
+    receiver.resume().await;
+    load.stop().await;
+    ledger
+        .wait_all(&load, drain_limit(), &|| daemon.output_tail(40))
+        .await;
+    eprintln!(
+        "{name}: produced={} peak_cached_total={} peak_cached_queue={} limit={LIMIT}",
+        load.produced().len(),
+        peak.total_messages,
+        peak.queue_messages
+    );
+    assert!(
+        peak.total_messages >= LIMIT / 2,
+        "{name}: at most {} messages were ever cached during the outage; the limit was not \
+         reached, so this run shows nothing",
+        peak.total_messages
+    );
+    assert!(
+        peak.total_messages <= LIMIT,
+        "{name}: the subscription cached {} messages, above max_cache_count_per_subscription \
+         {LIMIT}",
+        peak.total_messages
+    );
+    daemon.sigterm();
+    daemon.wait_exit(Duration::from_secs(30)).await;
+}
+
 /// What the daemon holds in its process queues now.
 #[derive(Debug, Default, Clone, Copy)]
 struct Cache {
@@ -1088,22 +1143,14 @@ async fn churn_scenario(members: usize) {
     let topic = unique(&format!("T_churn{members}"));
     let group = unique(&format!("G_churn{members}"));
     mq.create_topic(&topic, 8).await;
-    let receiver = Receiver::start().await;
-    let ledger = Arc::new(Ledger::default());
-    ledger.install(&receiver, Arc::new(|_| Answer::OK));
+    let (receiver, ledger) = accepting_receiver().await;
     let launch = Conf::new(&mq.namesrv_addr(), &group, &topic, receiver.url("/hook")).launch();
     let rss = Rss::default();
     let mut slots: Vec<Option<Daemon>> = Vec::new();
     for _ in 0..members {
         slots.push(Some(Daemon::start(&launch).await));
     }
-    let mut load = Load::start(
-        mq.producer(),
-        &topic,
-        Shape::Spread,
-        16,
-        Duration::from_millis(50),
-    );
+    let mut load = Load::steady(mq.producer(), &topic);
     let until = Instant::now() + churn;
     let (mut joins, mut leaves, mut kills) = (0, 0, 0);
     while Instant::now() < until {

@@ -181,6 +181,18 @@ pub const VARIABLES: &[Variable] = &[
         Unit::Mebibytes,
     ),
     var(
+        "ROCKETMQ_MAX_CACHE_COUNT_PER_SUBSCRIPTION",
+        S,
+        &["max_cache_count_per_subscription"],
+        Unit::Count,
+    ),
+    var(
+        "ROCKETMQ_MAX_CACHE_SIZE_PER_SUBSCRIPTION",
+        S,
+        &["max_cache_size_per_subscription"],
+        Unit::Mebibytes,
+    ),
+    var(
         "ROCKETMQ_PERSIST_INTERVAL",
         S,
         &["persist_interval"],
@@ -431,6 +443,7 @@ mod tests {
             ("ROCKETMQ_CONSUME_TIMEOUT", "15"),
             ("ROCKETMQ_PERSIST_INTERVAL", "5000"),
             ("ROCKETMQ_MAX_CACHE_SIZE_PER_QUEUE", "100"),
+            ("ROCKETMQ_MAX_CACHE_SIZE_PER_SUBSCRIPTION", "32"),
             ("ROCKETMQ_LOCK_EXPIRE_TIME", "90s"),
             ("ROCKETMQ_PULL_BATCH_SIZE", "64"),
             ("ROCKETMQ_ENABLE_AUTO_RECOVERY", "off"),
@@ -440,6 +453,10 @@ mod tests {
         assert_eq!(d("consume_timeout"), Some(Value::from("15m")));
         assert_eq!(d("persist_interval"), Some(Value::from("5000ms")));
         assert_eq!(d("max_cache_size_per_queue"), Some(Value::from("100MiB")));
+        assert_eq!(
+            d("max_cache_size_per_subscription"),
+            Some(Value::from("32MiB"))
+        );
         assert_eq!(d("lock_expire_time"), Some(Value::from("90s")));
         assert_eq!(d("pull_batch_size"), Some(Value::from(64u64)));
         assert_eq!(d("enable_auto_recovery"), Some(Value::from(false)));

@@ -296,6 +296,17 @@ pub struct Subscription {
     /// Env: `ROCKETMQ_MAX_CACHE_SIZE_PER_QUEUE` in MiB. Default `100MiB`.
     #[serde(with = "values::bytes")]
     pub max_cache_size_per_queue: ByteSize,
+    /// Flow control for the whole subscription, shared evenly by the queues this instance holds
+    /// (count, 1..=1048576): each queue pauses at the smaller of its share and
+    /// `max_cache_count_per_queue`, so memory does not grow with the number of queues (Java
+    /// `pullThresholdForTopic`, which is off by default and replaces the per-queue limit).
+    /// Env: `ROCKETMQ_MAX_CACHE_COUNT_PER_SUBSCRIPTION`. Default `10000`.
+    pub max_cache_count_per_subscription: u32,
+    /// Body bytes for the whole subscription, shared like the count (1MiB..=16GiB; Java
+    /// `pullThresholdSizeForTopic`). Env: `ROCKETMQ_MAX_CACHE_SIZE_PER_SUBSCRIPTION` in MiB.
+    /// Default `32MiB`.
+    #[serde(with = "values::bytes")]
+    pub max_cache_size_per_subscription: ByteSize,
     /// Flow control (concurrent): stop pulling when the offsets held span more than this
     /// (count, 1..=65535). Default `2000`.
     pub max_span: u32,
@@ -352,6 +363,8 @@ impl Default for Subscription {
             max_reconsume_times: 16,
             max_cache_count_per_queue: 1000,
             max_cache_size_per_queue: ByteSize::mib(100),
+            max_cache_count_per_subscription: 10_000,
+            max_cache_size_per_subscription: ByteSize::mib(32),
             max_span: 2000,
             pull_interval: Duration::ZERO,
             persist_interval: Duration::from_secs(5),

@@ -124,6 +124,8 @@ fn defaults_fill_everything_not_set() {
     assert_eq!(sub.max_reconsume_times, 16);
     assert_eq!(sub.max_cache_count_per_queue, 1000);
     assert_eq!(sub.max_cache_size_per_queue, ByteSize::mib(100));
+    assert_eq!(sub.max_cache_count_per_subscription, 10_000);
+    assert_eq!(sub.max_cache_size_per_subscription, ByteSize::mib(32));
     assert_eq!(sub.max_span, 2000);
     assert_eq!(sub.pull_interval, Duration::ZERO);
     assert_eq!(sub.persist_interval, Duration::from_secs(5));
@@ -753,12 +755,22 @@ fn java_ranges_are_enforced() {
         (
             "max_cache_size_per_queue: 2GiB",
             "subscriptions[0].max_cache_size_per_queue",
-            "1024MiB",
+            "between 1MiB and 1GiB",
         ),
         (
             "max_cache_size_per_queue: 100",
             "subscriptions[0].max_cache_size_per_queue",
             "bare number is bytes",
+        ),
+        (
+            "max_cache_count_per_subscription: 0",
+            "subscriptions[0].max_cache_count_per_subscription",
+            "between 1 and 1048576",
+        ),
+        (
+            "max_cache_size_per_subscription: 17GiB",
+            "subscriptions[0].max_cache_size_per_subscription",
+            "16GiB",
         ),
         (
             "max_span: 0",

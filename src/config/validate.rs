@@ -11,6 +11,7 @@ use bytesize::ByteSize;
 
 use super::error::ConfigError;
 use super::tree::{display_path, key_path, Path};
+use super::values::bytes::render;
 use super::values::AllocateStrategy;
 use super::{is_sensitive_header, Config, Subscription, WebhookConfig};
 
@@ -33,6 +34,20 @@ impl Checker<'_> {
     fn range(&mut self, key: Path, value: u32, min: u32, max: u32) {
         if !(min..=max).contains(&value) {
             self.fail(key, value, format!("must be between {min} and {max}"));
+        }
+    }
+
+    /// A size between `min` and `max`, both written in the message as the config spells them.
+    fn size_range(&mut self, key: Path, value: ByteSize, min: ByteSize, max: ByteSize) {
+        if value < min || value > max {
+            let (min, max) = (render(min), render(max));
+            self.fail(
+                key,
+                render(value),
+                format!(
+                    "must be between {min} and {max} (a bare number is bytes; write e.g. `{max}`)"
+                ),
+            );
         }
     }
 
@@ -268,14 +283,24 @@ impl Subscription {
             65535,
         );
         c.range(key("max_span"), self.max_span, 1, 65535);
-        let size = self.max_cache_size_per_queue;
-        if size < ByteSize::mib(1) || size > ByteSize::mib(1024) {
-            c.fail(
-                key("max_cache_size_per_queue"),
-                super::values::bytes::render(size),
-                "must be between 1MiB and 1024MiB (a bare number is bytes; write e.g. `100MiB`)",
-            );
-        }
+        c.size_range(
+            key("max_cache_size_per_queue"),
+            self.max_cache_size_per_queue,
+            ByteSize::mib(1),
+            ByteSize::mib(1024),
+        );
+        c.range(
+            key("max_cache_count_per_subscription"),
+            self.max_cache_count_per_subscription,
+            1,
+            1 << 20,
+        );
+        c.size_range(
+            key("max_cache_size_per_subscription"),
+            self.max_cache_size_per_subscription,
+            ByteSize::mib(1),
+            ByteSize::gib(16),
+        );
         if self.consume_timeout < Duration::from_secs(1) {
             c.fail(
                 key("consume_timeout"),

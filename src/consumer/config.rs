@@ -54,6 +54,28 @@ pub struct Limits {
     pub max_cached_bytes: u64,
     /// Max offset span cached per queue in concurrent mode (Java `consumeConcurrentlyMaxSpan`).
     pub max_span: u64,
+    /// Max cached messages of the subscription, shared evenly by the queues held (Java
+    /// `pullThresholdForTopic`); `usize::MAX` for no such limit.
+    pub max_cached_messages_per_subscription: usize,
+    /// Max cached body bytes of the subscription, shared like the count (Java
+    /// `pullThresholdSizeForTopic`); `u64::MAX` for no such limit.
+    pub max_cached_bytes_per_subscription: u64,
+}
+
+impl Limits {
+    /// The count and byte limits of one queue while `queues` are held: the per-queue limits,
+    /// lowered to an even share of the subscription's. Unlike Java, where a topic threshold
+    /// replaces the queue threshold, the smaller one wins, so a subscription with few queues
+    /// keeps the per-queue bound. A share is at least one message and one byte (Java's
+    /// `Math.max(1, ...)`), so every queue keeps pulling.
+    pub fn per_queue(&self, queues: usize) -> (usize, u64) {
+        let queues = queues.max(1);
+        let count = (self.max_cached_messages_per_subscription / queues)
+            .clamp(1, self.max_cached_messages.max(1));
+        let bytes = (self.max_cached_bytes_per_subscription / queues as u64)
+            .clamp(1, self.max_cached_bytes.max(1));
+        (count, bytes)
+    }
 }
 
 /// Settings of one subscription. Defaults are the Java push consumer's.
@@ -131,6 +153,8 @@ impl Config {
                 max_cached_messages: 1000,
                 max_cached_bytes: 100 * 1024 * 1024,
                 max_span: 2000,
+                max_cached_messages_per_subscription: usize::MAX,
+                max_cached_bytes_per_subscription: u64::MAX,
             },
             pull_interval: Duration::ZERO,
             persist_interval: Duration::from_secs(5),
@@ -166,4 +190,36 @@ fn default_offset_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."))
         .join(".rocketmq_offsets")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Limits;
+
+    fn limits(per_sub: usize, per_sub_bytes: u64) -> Limits {
+        Limits {
+            max_cached_messages: 1000,
+            max_cached_bytes: 100 << 20,
+            max_span: 2000,
+            max_cached_messages_per_subscription: per_sub,
+            max_cached_bytes_per_subscription: per_sub_bytes,
+        }
+    }
+
+    #[test]
+    fn queues_share_the_subscription_limits_and_keep_their_own() {
+        let l = limits(10_000, 32 << 20);
+        // Few queues: the per-queue count limit is the smaller one.
+        assert_eq!(l.per_queue(8), (1000, 4 << 20));
+        assert_eq!(l.per_queue(64), (156, (32 << 20) / 64));
+        // Nothing held yet counts as one queue.
+        assert_eq!(l.per_queue(0), (1000, 32 << 20));
+        // A share never reaches zero: every queue keeps pulling.
+        assert_eq!(limits(3, 2).per_queue(9), (1, 1));
+        // No subscription limit: the per-queue limits as they are.
+        assert_eq!(
+            limits(usize::MAX, u64::MAX).per_queue(512),
+            (1000, 100 << 20)
+        );
+    }
 }

@@ -10,7 +10,7 @@
 //! outright.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,6 +64,9 @@ pub(crate) struct Shared<H> {
     pub(crate) locks: Mutex<HashMap<MessageQueue, Instant>>,
     /// `subVersion` of the subscription; bumped when the assignment changes.
     pub(crate) sub_version: AtomicI64,
+    /// Queues with a running worker, main and retry topic together: the subscription-wide cache
+    /// limits are shared by this many ([`super::Limits::per_queue`]).
+    pub(crate) queues_held: AtomicUsize,
     /// Routes fetched and the first rebalance done.
     pub(crate) ready: Arc<AtomicBool>,
     /// Offset resets asked for by brokers, applied by the rebalancer.
@@ -657,6 +660,7 @@ impl<H: Handler> Consumer<H> {
             heartbeat_now: Notify::new(),
             locks: Mutex::new(HashMap::new()),
             sub_version: AtomicI64::new(now_millis()),
+            queues_held: AtomicUsize::new(0),
             ready: Arc::new(AtomicBool::new(false)),
             resets: resets_tx,
         });

@@ -123,6 +123,11 @@ impl<H: Handler> Rebalancer<H> {
         }
 
         let mut changed = false;
+        // New workers start pulling while later ones are still being set up: they must already
+        // take their share of the subscription's cache limits from the new assignment.
+        shared
+            .queues_held
+            .store(target.len().max(self.active.len()), Ordering::Relaxed);
         let held: Vec<MessageQueue> = self.active.keys().cloned().collect();
         for mq in held {
             if !target.contains(&mq) {
@@ -169,6 +174,9 @@ impl<H: Handler> Rebalancer<H> {
             shared.heartbeat_now.notify_one();
             info!(group = %shared.group(), queues = self.active.len(), "Assignment changed.");
         }
+        shared
+            .queues_held
+            .store(self.active.len(), Ordering::Relaxed);
         shared
             .metrics
             .assigned_queues

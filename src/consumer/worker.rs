@@ -14,6 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -399,9 +400,11 @@ impl<H: Handler> Worker<H> {
                 return;
             }
         }
+        let (max_count, max_bytes) =
+            (self.shared.config.limits).per_queue(self.shared.queues_held.load(Ordering::Relaxed));
         let limits = FlowLimits {
-            max_count: self.shared.config.limits.max_cached_messages,
-            max_bytes: self.shared.config.limits.max_cached_bytes,
+            max_count,
+            max_bytes,
             max_span: if self.orderly() {
                 None
             } else {
