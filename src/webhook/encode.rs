@@ -179,15 +179,19 @@ pub struct MessageView<'a> {
 impl<'a> MessageView<'a> {
     /// A view of `msg`, pulled from `broker_name`.
     pub fn new(msg: &'a MessageExt, broker_name: &'a str) -> Self {
+        let [uniq_key, tags, keys] =
+            msg.properties
+                .get_all([properties::UNIQ_KEY, properties::TAGS, properties::KEYS]);
+        let offset_msg_id = msg.offset_msg_id();
         Self {
-            msg_id: msg.msg_id(),
-            offset_msg_id: msg.offset_msg_id(),
+            msg_id: uniq_key.map_or_else(|| offset_msg_id.clone().into(), Into::into),
+            offset_msg_id,
             topic: &msg.topic,
             queue_id: msg.queue_id,
             broker_name,
             queue_offset: msg.queue_offset,
-            tags: msg.tags(),
-            keys: msg.property(properties::KEYS),
+            tags,
+            keys,
             reconsume_times: msg.reconsume_times,
             born_timestamp: msg.born_timestamp,
             store_timestamp: msg.store_timestamp,
@@ -269,7 +273,7 @@ impl Encoder {
                 let mut out = Vec::with_capacity(
                     messages
                         .iter()
-                        .map(|m| m.body.len() + 640 + m.properties.len() * 48)
+                        .map(|m| m.body.len() + 640 + m.properties.text_len() * 2)
                         .sum::<usize>()
                         + 128,
                 );
@@ -467,32 +471,101 @@ fn common_headers(headers: &mut HeaderMap, ctx: Context<'_>, messages: &[Message
         if PROPERTIES_WITH_OWN_HEADER.contains(&key) {
             continue;
         }
-        name.clear();
-        name.push_str(HEADER_PROPERTY_PREFIX);
-        name.extend(key.chars().map(|c| c.to_ascii_lowercase()));
-        let cost = name.len() + value.len() + 4;
+        let header = match known_property_header(key) {
+            Some(known) => Ok(known),
+            None => {
+                name.clear();
+                name.push_str(HEADER_PROPERTY_PREFIX);
+                name.extend(key.chars().map(|c| c.to_ascii_lowercase()));
+                HeaderName::from_bytes(name.as_bytes())
+            }
+        };
+        let Ok(header) = header else { continue };
+        let cost = header.as_str().len() + value.len() + 4;
         if cost > budget {
             break;
         }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
+        if let Ok(value) = HeaderValue::from_str(value) {
             budget -= cost;
-            headers.append(name, value);
+            headers.append(header, value);
         }
     }
 }
 
-/// `ip:port` as a header value, formatted without an intermediate `String`.
+/// The header of a property that producers, brokers or this consumer set on most messages,
+/// built at compile time: building and parsing the name (and allocating it) for each of them
+/// cost about 800 instructions per one-message request in bench/harness's encode-cost.
+fn known_property_header(key: &str) -> Option<HeaderName> {
+    KNOWN_PROPERTY_HEADERS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, name)| name.clone())
+}
+
+/// See [`known_property_header`]; a `const`, so the names are checked at compile time.
+const KNOWN_PROPERTY_HEADERS: [(&str, HeaderName); 15] = [
+    ("WAIT", HeaderName::from_static("rocketmq-property-wait")),
+    (
+        "CLUSTER",
+        HeaderName::from_static("rocketmq-property-cluster"),
+    ),
+    (
+        "MIN_OFFSET",
+        HeaderName::from_static("rocketmq-property-min_offset"),
+    ),
+    (
+        "MAX_OFFSET",
+        HeaderName::from_static("rocketmq-property-max_offset"),
+    ),
+    (
+        "CONSUME_START_TIME",
+        HeaderName::from_static("rocketmq-property-consume_start_time"),
+    ),
+    (
+        "TRACE_ON",
+        HeaderName::from_static("rocketmq-property-trace_on"),
+    ),
+    (
+        "MSG_REGION",
+        HeaderName::from_static("rocketmq-property-msg_region"),
+    ),
+    (
+        "RETRY_TOPIC",
+        HeaderName::from_static("rocketmq-property-retry_topic"),
+    ),
+    (
+        "REAL_TOPIC",
+        HeaderName::from_static("rocketmq-property-real_topic"),
+    ),
+    (
+        "REAL_QID",
+        HeaderName::from_static("rocketmq-property-real_qid"),
+    ),
+    (
+        "ORIGIN_MESSAGE_ID",
+        HeaderName::from_static("rocketmq-property-origin_message_id"),
+    ),
+    ("DELAY", HeaderName::from_static("rocketmq-property-delay")),
+    (
+        "__SHARDINGKEY",
+        HeaderName::from_static("rocketmq-property-__shardingkey"),
+    ),
+    (
+        "RECONSUME_TIME",
+        HeaderName::from_static("rocketmq-property-reconsume_time"),
+    ),
+    (
+        "MAX_RECONSUME_TIMES",
+        HeaderName::from_static("rocketmq-property-max_reconsume_times"),
+    ),
+];
+
+/// `ip:port` as a header value.
 fn socket_value(addr: SocketAddr) -> HeaderValue {
-    use std::io::Write as _;
-    // The longest form, `[v6%scope]:port`, fits in 64 bytes.
-    let mut buf = [0_u8; 64];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{addr}");
-    let len = usize::try_from(cursor.position()).unwrap_or(0);
-    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static(""))
+    let mut text = Vec::with_capacity(24);
+    json::socket_addr_text(&mut text, addr);
+    HeaderValue::from_maybe_shared(Bytes::from(text))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// RFC 3339 UTC with milliseconds; timestamps before the epoch read as the epoch.
@@ -746,6 +819,18 @@ fn write_message(out: &mut Vec<u8>, msg: &MessageView<'_>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn known_property_headers_are_the_built_names() {
+        for (key, name) in &super::KNOWN_PROPERTY_HEADERS {
+            let built = format!(
+                "{}{}",
+                super::HEADER_PROPERTY_PREFIX,
+                key.to_ascii_lowercase()
+            );
+            assert_eq!(name.as_str(), built, "{key}");
+        }
+    }
+
     use super::*;
     use serde_json::{json, Value};
 

@@ -46,6 +46,42 @@ impl Properties {
         }
     }
 
+    /// The values of several keys in one pass over the wire form (a message's envelope needs
+    /// three or four; each [`Self::get`] is a pass of its own).
+    pub fn get_all<const N: usize>(&self, keys: [&str; N]) -> [Option<&str>; N] {
+        let mut found = [None; N];
+        let mut missing = N;
+        for (i, key) in keys.iter().enumerate() {
+            if let Ok(at) = self.added.binary_search_by(|(k, _)| (**k).cmp(key)) {
+                found[i] = Some(&*self.added[at].1);
+                missing -= 1;
+            }
+        }
+        for (k, v) in wire_entries(&self.wire) {
+            if missing == 0 {
+                break;
+            }
+            if let Some(i) = keys.iter().position(|key| *key == k) {
+                if found[i].is_none() {
+                    found[i] = Some(v);
+                    missing -= 1;
+                }
+            }
+        }
+        found
+    }
+
+    /// The length of the encoded form, for sizing buffers, without a pass over the entries:
+    /// exact for what Java writes; wire junk counts, an unterminated last entry one byte short.
+    pub fn text_len(&self) -> usize {
+        self.wire.len()
+            + self
+                .added
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum::<usize>()
+    }
+
     /// Whether `key` has a value.
     pub fn contains_key(&self, key: &str) -> bool {
         self.get(key).is_some()
@@ -465,6 +501,9 @@ mod tests {
                 prop_assert_eq!(props.get(k), Some(v.as_str()));
             }
             prop_assert_eq!(props.get("zz"), None);
+            let [a, zz, b] = props.get_all(["a", "zz", "b"]);
+            prop_assert_eq!((a, zz, b), (model.get("a").map(String::as_str), None, model.get("b").map(String::as_str)));
+            prop_assert!(props.text_len() + 1 >= encode(&props).len());
             let mut seen: Vec<(&str, &str)> = props.iter().collect();
             seen.sort_unstable();
             let want: Vec<(&str, &str)> =

@@ -1,0 +1,72 @@
+//! Encodes webhook requests for pulled messages over and over: a fixed, I/O-free workload for
+//! `valgrind --tool=callgrind`, like `decode-cost`.
+//!
+//!   valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+//!     bench/harness/target/release/encode-cost N [BATCH]
+//!
+//! Each iteration builds one JSON-format request (headers and envelope) for BATCH messages
+//! (default 1, the one-message-per-request case) of the synthetic pull response, with the two
+//! properties the consumer adds to every pulled message, allocating through mimalloc like the
+//! daemon. Instructions per message =
+//! (total at N iterations - total at 0 iterations) / (N x BATCH).
+
+#[path = "../synthetic.rs"]
+mod synthetic;
+
+// The daemon's allocator: a request is mostly small allocations.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use rocketmq_webhook::remoting::message::ByteString;
+use rocketmq_webhook::remoting::message::{decode_messages, properties};
+use rocketmq_webhook::webhook::encode::{Context, Encoder, MessageView};
+use rocketmq_webhook::webhook::Format;
+
+fn main() -> std::process::ExitCode {
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
+    let (iterations, batch) = match (args.next(), args.next()) {
+        (None, _) => (2000, 1),
+        (Some(Ok(n)), None) => (n, 1),
+        (Some(Ok(n)), Some(Ok(b))) if (1..=32).contains(&b) => (n, b),
+        _ => {
+            eprintln!("usage: encode-cost [ITERATIONS [BATCH 1..=32]]");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let mut messages = match decode_messages(&synthetic::response(0)) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("decode failed: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    for m in &mut messages {
+        m.properties.reserve_exact(2);
+        m.properties
+            .insert(ByteString::from_static(properties::MIN_OFFSET), "0".into());
+        m.properties
+            .insert(ByteString::from_static(properties::MAX_OFFSET), "32".into());
+    }
+    let encoder = Encoder::new(Format::Json, "com.example", None);
+    let ctx = Context {
+        group: "BenchGroup",
+        topic: "BenchTopic",
+    };
+    let mut bytes = 0usize;
+    for i in 0..iterations {
+        let first = (i * batch) % (messages.len() - batch + 1);
+        let views: Vec<MessageView<'_>> = messages[first..first + batch]
+            .iter()
+            .map(|m| MessageView::new(m, "broker-a"))
+            .collect();
+        match encoder.encode(ctx, &views) {
+            Ok(request) => bytes += request.body.len() + request.headers.len(),
+            Err(e) => {
+                eprintln!("encode failed: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("encoded {iterations} requests of {batch} messages ({bytes} bytes and headers)");
+    std::process::ExitCode::SUCCESS
+}
