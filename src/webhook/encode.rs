@@ -502,8 +502,9 @@ fn known_property_header(key: &str) -> Option<HeaderName> {
         .map(|(_, name)| name.clone())
 }
 
-/// See [`known_property_header`]; a `const`, so the names are checked at compile time.
-const KNOWN_PROPERTY_HEADERS: [(&str, HeaderName); 15] = [
+/// See [`known_property_header`]; built by `const fn`s, so the names are checked at compile
+/// time, and a `static`, so a lookup does not copy the table.
+static KNOWN_PROPERTY_HEADERS: [(&str, HeaderName); 15] = [
     ("WAIT", HeaderName::from_static("rocketmq-property-wait")),
     (
         "CLUSTER",
