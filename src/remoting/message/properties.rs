@@ -24,8 +24,9 @@ pub use bytestring::ByteString;
 /// build keys with [`ByteString::from_static`] and values with `.into()`.
 #[derive(Clone, Default)]
 pub struct Properties {
-    /// Wire-form entries (`key 0x01 value 0x02`). Invariant, checked by [`decode`]: every entry
-    /// has a non-empty key and value, and no key appears twice or also in `added`.
+    /// Wire-form entries (`key 0x01 value 0x02`), junk segments included (every walk skips
+    /// them as Java does). Invariant, checked by [`decode`] and kept by `insert`/`remove`: no key
+    /// appears twice, or also in `added`.
     wire: ByteString,
     /// Entries set after decoding, or every entry of a message built here; sorted by key,
     /// unique.
@@ -46,8 +47,8 @@ impl Properties {
         }
     }
 
-    /// The values of several keys in one pass over the wire form (a message's envelope needs
-    /// three or four; each [`Self::get`] is a pass of its own).
+    /// The values of several distinct keys in one pass over the wire form (a message's envelope
+    /// needs three; each [`Self::get`] is a pass of its own).
     pub fn get_all<const N: usize>(&self, keys: [&str; N]) -> [Option<&str>; N] {
         let mut found = [None; N];
         let mut missing = N;
