@@ -432,13 +432,10 @@ fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize), Remotin
         sys_flag &= !sys_flag::COMPRESSED;
         Bytes::from(compression::decompress(algorithm, stored_body)?)
     } else {
-        // A view into the pull response, not a copy (one allocation and memcpy less per
-        // message). The buffer it shares, the connection's read buffer the frame was split
-        // from, stays alive until the last message in it is consumed (its properties point
-        // into it too): flow control counts bodies, so memory can exceed the cached bytes by up
-        // to that buffer's other frames. Open: with 64 queues at the default cache limits the
-        // bench's scale scenario peaked at 227 MiB RSS for about 64 MiB of cached bodies
-        // (docs/performance.md); this retention is the suspected cause.
+        // A view into the pull body, not a copy (one allocation and memcpy less per message).
+        // The body stays alive until the last message in it is consumed (properties point into
+        // it too). It is an exact-size copy made by the pull decoder (rpc/pull.rs), so what it
+        // keeps alive is the pull's own records, not the connection's read buffer.
         body.slice_ref(stored_body)
     };
     let msg = MessageExt {

@@ -41,10 +41,8 @@ impl Properties {
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        match self.added.binary_search_by(|(k, _)| (**k).cmp(key)) {
-            Ok(i) => Some(&self.added[i].1),
-            Err(_) => wire_entries(&self.wire).find_map(|(k, v)| (k == key).then_some(v)),
-        }
+        let [value] = self.get_all([key]);
+        value
     }
 
     /// The values of several distinct keys in one pass over the wire form (a message's envelope
@@ -395,13 +393,10 @@ mod tests {
         assert!(decode(&Bytes::new()).is_empty());
     }
 
-    #[test]
-    fn decoded_keys_and_values_share_the_input_buffer() {
-        let raw = bytes("TAGS\u{1}TagA\u{2}UNIQ_KEY\u{1}0A0B\u{2}");
+    /// Asserts that every key and value of `p` points into `raw` (was not copied out of it).
+    fn assert_views(p: &Properties, raw: &Bytes) {
         let range = raw.as_ptr_range();
-        let p = decode(&raw);
-        assert_eq!(p.len(), 2);
-        for (key, value) in &p {
+        for (key, value) in p {
             for part in [key, value] {
                 assert!(
                     range.contains(&part.as_ptr()),
@@ -412,15 +407,20 @@ mod tests {
     }
 
     #[test]
+    fn decoded_keys_and_values_share_the_input_buffer() {
+        let raw = bytes("TAGS\u{1}TagA\u{2}UNIQ_KEY\u{1}0A0B\u{2}");
+        let p = decode(&raw);
+        assert_eq!(p.len(), 2);
+        assert_views(&p, &raw);
+    }
+
+    #[test]
     fn a_later_duplicate_wins_and_the_rest_stay_views() {
         let raw = bytes("A\u{1}1\u{2}B\u{1}2\u{2}A\u{1}3\u{2}");
-        let range = raw.as_ptr_range();
         let p = decode(&raw);
         assert_eq!(p.len(), 2);
         assert_eq!(&p["A"], "3");
-        assert!(p
-            .iter()
-            .all(|(k, v)| range.contains(&k.as_ptr()) && range.contains(&v.as_ptr())));
+        assert_views(&p, &raw);
     }
 
     #[test]
