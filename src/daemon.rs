@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::client::{ClientConfig, ConnectOptions};
 use crate::config;
-use crate::consumer::{self, Consumer, Probe, Runtime};
+use crate::consumer::{self, CacheBudget, Consumer, Probe, Runtime};
 use crate::metrics::{names, Metrics};
 use crate::remoting::acl::AclCredentials;
 use crate::remoting::MessageQueue;
@@ -62,6 +62,8 @@ pub struct Plan {
     pub admin: std::net::SocketAddr,
     /// Shutdown drain budget.
     pub grace: Duration,
+    /// The process-wide cache limits, shared by every subscription's consumer.
+    pub cache_budget: Arc<CacheBudget>,
 }
 
 impl Plan {
@@ -123,6 +125,10 @@ impl Plan {
             subscriptions,
             admin: cfg.admin.listen,
             grace: cfg.shutdown.grace_period,
+            cache_budget: Arc::new(CacheBudget::new(
+                cfg.cache.max_count as usize,
+                cfg.cache.max_size.as_u64(),
+            )),
         })
     }
 }
@@ -368,6 +374,7 @@ impl Collector for WebhookCollector {
 /// `/status` and `/readyz` over the running consumers.
 struct DaemonStatus {
     subs: Vec<(String, consumer::Config, Probe, Webhook)>,
+    cache_budget: Arc<CacheBudget>,
 }
 
 impl crate::admin::StatusSource for DaemonStatus {
@@ -393,9 +400,15 @@ impl crate::admin::StatusSource for DaemonStatus {
                 })
             })
             .collect();
+        let budget = &self.cache_budget;
         serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "ready": self.ready(),
+            "cache": {
+                "max_messages": budget.max_messages(),
+                "max_bytes": budget.max_bytes(),
+                "queues": budget.queues(),
+            },
             "subscriptions": subs,
         })
     }
@@ -430,6 +443,7 @@ pub async fn run(
     for sub in plan.subscriptions {
         let runtime = Runtime {
             metrics: metrics.clone(),
+            cache_budget: Arc::clone(&plan.cache_budget),
         };
         let hook = sub.webhook.clone();
         let consumer = Consumer::start(
@@ -443,7 +457,10 @@ pub async fn run(
         status.push((sub.name, sub.consumer, consumer.probe(), hook));
         consumers.push(consumer);
     }
-    let source = Arc::new(DaemonStatus { subs: status });
+    let source = Arc::new(DaemonStatus {
+        subs: status,
+        cache_budget: plan.cache_budget,
+    });
     let (bound, admin) = crate::admin::serve(plan.admin, metrics.clone(), source, cancel.clone())
         .await
         .map_err(|e| format!("cannot bind the admin server to {}: {e}", plan.admin))?;

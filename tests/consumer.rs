@@ -12,7 +12,8 @@ use std::time::Duration;
 use rocketmq_webhook::client::producer::{Producer, ProducerConfig, QueueSelector};
 use rocketmq_webhook::client::{Client, ClientConfig, NotSupported};
 use rocketmq_webhook::consumer::{
-    Batch, ConsumeFrom, ConsumeMode, Consumer, Filter, Handler, Model, Outcome, Runtime,
+    Batch, CacheBudget, ConsumeFrom, ConsumeMode, Consumer, Filter, Handler, Model, Outcome,
+    Runtime,
 };
 use rocketmq_webhook::metrics::Metrics;
 use rocketmq_webhook::remoting::message::Message;
@@ -117,6 +118,7 @@ async fn start<H: Handler>(
         handler,
         Runtime {
             metrics: Metrics::new(),
+            cache_budget: Arc::new(CacheBudget::unlimited()),
         },
     )
     .await
@@ -571,6 +573,7 @@ async fn broadcasting_members_each_get_everything_and_keep_offsets_across_restar
         Recorder::new("a", &seen_a2),
         Runtime {
             metrics: Metrics::new(),
+            cache_budget: Arc::new(CacheBudget::unlimited()),
         },
     )
     .await
@@ -705,6 +708,7 @@ async fn a_crashed_consumer_resumes_from_the_committed_offset() {
             handler,
             Runtime {
                 metrics: Metrics::new(),
+                cache_budget: Arc::new(CacheBudget::unlimited()),
             },
         )
         .await

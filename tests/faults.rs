@@ -1055,14 +1055,7 @@ async fn subscription_cache_limit_is_shared_by_the_queues() {
         .launch();
     let mut daemon = Daemon::start(&launch).await;
     let mut load = Load::steady(mq.producer(), &topic);
-    sleep(Duration::from_secs(3)).await;
-    receiver.stop().await;
-    let mut peak = Cache::default();
-    let until = Instant::now() + Duration::from_secs(6);
-    while Instant::now() < until {
-        peak = peak.max(Cache::now(&daemon, &group).await);
-        sleep(Duration::from_millis(200)).await;
-    }
+    let peak = Cache::peak_during_outage(&receiver, &daemon, &group).await;
     receiver.resume().await;
     load.stop().await;
     ledger
@@ -1074,20 +1067,94 @@ async fn subscription_cache_limit_is_shared_by_the_queues() {
         peak.total_messages,
         peak.queue_messages
     );
-    assert!(
-        peak.total_messages >= LIMIT / 2,
-        "{name}: at most {} messages were ever cached during the outage; the limit was not \
-         reached, so this run shows nothing",
-        peak.total_messages
-    );
-    assert!(
-        peak.total_messages <= LIMIT,
-        "{name}: the subscription cached {} messages, above max_cache_count_per_subscription \
-         {LIMIT}",
-        peak.total_messages
+    assert_cache_limit_held(
+        name,
+        peak.total_messages,
+        LIMIT,
+        "the subscription, above max_cache_count_per_subscription",
     );
     daemon.sigterm();
     daemon.wait_exit(Duration::from_secs(30)).await;
+}
+
+/// `cache.max_count` bounds the whole process: with the endpoint down and messages arriving for
+/// two subscriptions of 8 queues each, the daemon caches no more than the limit, although each
+/// subscription's own default limit alone would allow 10,000; everything held back is delivered
+/// once the endpoint returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_cache_limit_is_shared_by_the_subscriptions() {
+    let name = "process_cache_limit";
+    const QUEUES: u16 = 8;
+    const LIMIT: u64 = 40;
+    let mq = RocketMq::start().await;
+    let (topic_a, topic_b) = (unique("T_proclimA"), unique("T_proclimB"));
+    let (group_a, group_b) = (unique("G_proclimA"), unique("G_proclimB"));
+    mq.create_topic(&topic_a, QUEUES).await;
+    mq.create_topic(&topic_b, QUEUES).await;
+    let (receiver, ledger) = accepting_receiver().await;
+    let mut yaml = Conf::new(&mq.namesrv_addr(), &group_a, &topic_a, receiver.url("/a"))
+        .top(&format!("cache:\n  max_count: {LIMIT}"))
+        .yaml();
+    yaml.push_str(&format!(
+        "  - group: \"{group_b}\"\n    topic: \"{topic_b}\"\n    consume_from: FIRST_OFFSET\n    \
+         persist_interval: 1s\n    webhook:\n      url: \"{}\"\n      timeout: 10s\n",
+        receiver.url("/b")
+    ));
+    let mut daemon = Daemon::start(&Launch::yaml(yaml)).await;
+    let mut load_a = Load::steady(mq.producer(), &topic_a);
+    let mut load_b = Load::steady(mq.producer(), &topic_b);
+    let peak = Cache::peak_during_outage(&receiver, &daemon, &group_a).await;
+    let status = daemon.status().await;
+    receiver.resume().await;
+    load_a.stop().await;
+    load_b.stop().await;
+    ledger
+        .wait_all(&load_a, drain_limit(), &|| daemon.output_tail(40))
+        .await;
+    ledger
+        .wait_all(&load_b, drain_limit(), &|| daemon.output_tail(40))
+        .await;
+    eprintln!(
+        "{name}: produced={}+{} peak_cached_process={} limit={LIMIT} cache={}",
+        load_a.produced().len(),
+        load_b.produced().len(),
+        peak.process_messages,
+        status["cache"]
+    );
+    assert_eq!(
+        status["cache"]["max_messages"].as_u64(),
+        Some(LIMIT),
+        "{status}"
+    );
+    let shared_by = status["cache"]["queues"].as_u64().unwrap_or(0);
+    assert!(
+        shared_by >= 2 * u64::from(QUEUES),
+        "{name}: /status says {shared_by} queues share the cache; the two subscriptions hold \
+         at least {}",
+        2 * QUEUES
+    );
+    assert_cache_limit_held(
+        name,
+        peak.process_messages,
+        LIMIT,
+        "the daemon, above cache.max_count",
+    );
+    daemon.sigterm();
+    daemon.wait_exit(Duration::from_secs(30)).await;
+}
+
+/// The peak of cached messages came near `limit` (else the run showed nothing) and stayed
+/// within it; `what` names who cached them and the limit in the message.
+fn assert_cache_limit_held(name: &str, peak: u64, limit: u64, what: &str) {
+    assert!(
+        peak >= limit / 2,
+        "{name}: at most {peak} messages were ever cached during the outage; the limit {limit} \
+         was not reached, so this run shows nothing"
+    );
+    assert!(
+        peak <= limit,
+        "{name}: {peak} messages were cached by {what} {limit}"
+    );
 }
 
 /// What the daemon holds in its process queues now.
@@ -1097,8 +1164,10 @@ struct Cache {
     queue_messages: u64,
     /// Most bytes cached by one queue (`/status`).
     queue_bytes: u64,
-    /// Messages cached by the subscription (`/status`).
+    /// Messages cached by the first subscription (`/status`).
     total_messages: u64,
+    /// Messages cached by every subscription together (`/status`).
+    process_messages: u64,
     /// The `rocketmq_webhook_process_queue_cached_messages` gauge, summed.
     gauge_messages: f64,
 }
@@ -1116,6 +1185,11 @@ impl Cache {
                 out.total_messages += m;
             }
         }
+        for sub in status["subscriptions"].as_array().into_iter().flatten() {
+            for q in sub["stats"]["queues"].as_object().into_iter().flatten() {
+                out.process_messages += q.1["cached_messages"].as_u64().unwrap_or(0);
+            }
+        }
         out.gauge_messages = metric(
             &daemon.metrics().await,
             "rocketmq_webhook_process_queue_cached_messages",
@@ -1124,11 +1198,26 @@ impl Cache {
         out
     }
 
+    /// After 3 s of delivery, stops the endpoint and samples the cache for 6 s; the endpoint
+    /// stays down.
+    async fn peak_during_outage(receiver: &Receiver, daemon: &Daemon, group: &str) -> Self {
+        sleep(Duration::from_secs(3)).await;
+        receiver.stop().await;
+        let mut peak = Self::default();
+        let until = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < until {
+            peak = peak.max(Self::now(daemon, group).await);
+            sleep(Duration::from_millis(200)).await;
+        }
+        peak
+    }
+
     fn max(self, other: Self) -> Self {
         Self {
             queue_messages: self.queue_messages.max(other.queue_messages),
             queue_bytes: self.queue_bytes.max(other.queue_bytes),
             total_messages: self.total_messages.max(other.total_messages),
+            process_messages: self.process_messages.max(other.process_messages),
             gauge_messages: self.gauge_messages.max(other.gauge_messages),
         }
     }

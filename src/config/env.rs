@@ -89,6 +89,18 @@ pub const VARIABLES: &[Variable] = &[
     var("ROCKETMQ_INSTANCE_NAME", G, &["instance_name"], Unit::Text),
     var("ROCKETMQ_ADMIN_LISTEN", G, &["admin", "listen"], Unit::Text),
     var(
+        "ROCKETMQ_CACHE_MAX_COUNT",
+        G,
+        &["cache", "max_count"],
+        Unit::Count,
+    ),
+    var(
+        "ROCKETMQ_CACHE_MAX_SIZE",
+        G,
+        &["cache", "max_size"],
+        Unit::Mebibytes,
+    ),
+    var(
         "ROCKETMQ_ACCESS_KEY",
         G,
         &["client", "access_key"],

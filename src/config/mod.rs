@@ -75,6 +75,9 @@ pub struct Config {
     pub log: LogConfig,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// Flow control for the whole process: messages pulled and waiting for delivery, all
+    /// subscriptions together.
+    pub cache: CacheConfig,
     /// A built-in set of defaults applied under the file (`high_throughput`, `low_latency`,
     /// `resource_saving`). Env: `ROCKETMQ_PROFILE`. Default: none.
     pub profile: Option<Profile>,
@@ -233,6 +236,32 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Flow control for the whole process. Every queue of every subscription gets an even share, and
+/// a queue pauses at the smallest of that share, its subscription's share
+/// (`max_cache_*_per_subscription`) and its own limit (`max_cache_*_per_queue`): the daemon's
+/// memory stays bounded however many subscriptions it runs. No Java counterpart (a Java
+/// consumer's heap limit plays that role).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Messages cached by the whole process (count, 1..=16777216).
+    /// Env: `ROCKETMQ_CACHE_MAX_COUNT`. Default `10000`.
+    pub max_count: u32,
+    /// Body bytes cached by the whole process (1MiB..=64GiB).
+    /// Env: `ROCKETMQ_CACHE_MAX_SIZE` in MiB. Default `32MiB`.
+    #[serde(with = "values::bytes")]
+    pub max_size: ByteSize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_count: 10_000,
+            max_size: ByteSize::mib(32),
         }
     }
 }

@@ -99,6 +99,8 @@ fn defaults_fill_everything_not_set() {
     assert_eq!(config.log.format, LogFormat::Pretty);
     assert_eq!(config.log.level, "info");
     assert_eq!(config.shutdown.grace_period, Duration::from_secs(30));
+    assert_eq!(config.cache.max_count, 10_000);
+    assert_eq!(config.cache.max_size, ByteSize::mib(32));
     assert_eq!(config.client.heartbeat_interval, Duration::from_secs(30));
     assert_eq!(
         config.client.poll_name_server_interval,
@@ -696,6 +698,46 @@ fn bad_urls_are_rejected() {
             &[needle, "environment ROCKETMQ_WEBHOOK_URL"],
         );
     }
+}
+
+#[test]
+fn process_cache_limits_are_read_and_checked() {
+    let config = ok(
+        None,
+        &[
+            ("ROCKETMQ_CACHE_MAX_COUNT", "2500"),
+            ("ROCKETMQ_CACHE_MAX_SIZE", "48"),
+            IDENTITY[0],
+            IDENTITY[1],
+            IDENTITY[2],
+        ],
+    );
+    assert_eq!(config.cache.max_count, 2500);
+    assert_eq!(config.cache.max_size, ByteSize::mib(48));
+    let config = ok(
+        Some(&format!("cache: {{max_size: 1GiB}}\n{}", one_sub(""))),
+        &[],
+    );
+    assert_eq!(config.cache.max_size, ByteSize::gib(1));
+    assert_eq!(config.cache.max_count, 10_000);
+    let e = fail(
+        None,
+        &[
+            ("ROCKETMQ_CACHE_MAX_COUNT", "0"),
+            IDENTITY[0],
+            IDENTITY[1],
+            IDENTITY[2],
+        ],
+    );
+    let (key, origin, value, reason) = invalid(&e);
+    assert_eq!((key, value), ("cache.max_count", "0"));
+    assert_eq!(origin.to_string(), "environment ROCKETMQ_CACHE_MAX_COUNT");
+    assert!(reason.contains("between 1 and 16777216"), "{reason}");
+    let e = fail(
+        Some(&format!("cache:\n  max_size: 65GiB\n{}", one_sub(""))),
+        &[],
+    );
+    assert_error(&e, "cache.max_size", &["between 1MiB and 64GiB", "line 2"]);
 }
 
 #[test]

@@ -162,6 +162,18 @@ impl Config {
             client.rebalance_interval,
         );
         c.positive(key_path!["client", "rpc_timeout"], client.rpc_timeout);
+        c.range(
+            key_path!["cache", "max_count"],
+            self.cache.max_count,
+            1,
+            1 << 24,
+        );
+        c.size_range(
+            key_path!["cache", "max_size"],
+            self.cache.max_size,
+            ByteSize::mib(1),
+            ByteSize::gib(64),
+        );
         match (&client.access_key, &client.secret_key) {
             (Some(_), None) => c.fail(
                 key_path!["client", "secret_key"],

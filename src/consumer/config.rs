@@ -2,6 +2,7 @@
 //! configuration layer before anything connects.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::allocate::AllocateStrategy;
@@ -63,18 +64,73 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The count and byte limits of one queue while `queues` are held: the per-queue limits,
-    /// lowered to an even share of the subscription's. Unlike Java, where a topic threshold
-    /// replaces the queue threshold, the smaller one wins, so a subscription with few queues
-    /// keeps the per-queue bound. A share is at least one message and one byte (Java's
-    /// `Math.max(1, ...)`), so every queue keeps pulling.
-    pub fn per_queue(&self, queues: usize) -> (usize, u64) {
+    /// The count and byte limits of one queue while the subscription holds `queues` and the
+    /// process `budget` is shared: the per-queue limits, lowered to an even share of the
+    /// subscription's and of the process's. Unlike Java, where a topic threshold replaces the
+    /// queue threshold, the smallest one wins, so a subscription with few queues keeps the
+    /// per-queue bound. A share is at least one message and one byte (Java's `Math.max(1,
+    /// ...)`), so every queue keeps pulling.
+    pub fn per_queue(&self, queues: usize, budget: &CacheBudget) -> (usize, u64) {
         let queues = queues.max(1);
+        // The budget's count includes these queues, but a rebalance updates the two counts one
+        // after the other.
+        let all = budget.queues().max(queues);
         let count = (self.max_cached_messages_per_subscription / queues)
+            .min(budget.max_messages / all)
             .clamp(1, self.max_cached_messages.max(1));
         let bytes = (self.max_cached_bytes_per_subscription / queues as u64)
+            .min(budget.max_bytes / all as u64)
             .clamp(1, self.max_cached_bytes.max(1));
         (count, bytes)
+    }
+}
+
+/// The cache limits of the whole process, shared evenly by every queue of every consumer
+/// started with it: a sidecar's memory limit is its pod's, whatever the number of
+/// subscriptions. The Java client has no such bound (its heap limit plays that role).
+#[derive(Debug)]
+pub struct CacheBudget {
+    max_messages: usize,
+    max_bytes: u64,
+    /// Queues held by all consumers together (main and retry topics).
+    queues: AtomicUsize,
+}
+
+impl CacheBudget {
+    /// At most `max_messages` and `max_bytes` of bodies cached by all consumers together.
+    pub fn new(max_messages: usize, max_bytes: u64) -> Self {
+        Self {
+            max_messages,
+            max_bytes,
+            queues: AtomicUsize::new(0),
+        }
+    }
+
+    /// No process-wide limit: the per-queue and per-subscription ones alone.
+    pub fn unlimited() -> Self {
+        Self::new(usize::MAX, u64::MAX)
+    }
+
+    /// Max messages cached by the process.
+    pub fn max_messages(&self) -> usize {
+        self.max_messages
+    }
+
+    /// Max body bytes cached by the process.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Queues held by all consumers now: the number the limits are shared by.
+    pub fn queues(&self) -> usize {
+        self.queues.load(Ordering::Relaxed)
+    }
+
+    /// One consumer went from holding `before` queues to `after`. Adds first, so a reader in
+    /// between sees too many queues (a smaller share), never too few.
+    pub(crate) fn held_changed(&self, before: usize, after: usize) {
+        self.queues.fetch_add(after, Ordering::Relaxed);
+        self.queues.fetch_sub(before, Ordering::Relaxed);
     }
 }
 
@@ -194,7 +250,7 @@ fn default_offset_dir() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::Limits;
+    use super::{CacheBudget, Limits};
 
     fn limits(per_sub: usize, per_sub_bytes: u64) -> Limits {
         Limits {
@@ -209,17 +265,40 @@ mod tests {
     #[test]
     fn queues_share_the_subscription_limits_and_keep_their_own() {
         let l = limits(10_000, 32 << 20);
+        let none = CacheBudget::unlimited();
         // Few queues: the per-queue count limit is the smaller one.
-        assert_eq!(l.per_queue(8), (1000, 4 << 20));
-        assert_eq!(l.per_queue(64), (156, (32 << 20) / 64));
+        assert_eq!(l.per_queue(8, &none), (1000, 4 << 20));
+        assert_eq!(l.per_queue(64, &none), (156, (32 << 20) / 64));
         // Nothing held yet counts as one queue.
-        assert_eq!(l.per_queue(0), (1000, 32 << 20));
+        assert_eq!(l.per_queue(0, &none), (1000, 32 << 20));
         // A share never reaches zero: every queue keeps pulling.
-        assert_eq!(limits(3, 2).per_queue(9), (1, 1));
+        assert_eq!(limits(3, 2).per_queue(9, &none), (1, 1));
         // No subscription limit: the per-queue limits as they are.
         assert_eq!(
-            limits(usize::MAX, u64::MAX).per_queue(512),
+            limits(usize::MAX, u64::MAX).per_queue(512, &none),
             (1000, 100 << 20)
         );
+    }
+
+    #[test]
+    fn every_queue_of_the_process_shares_the_budget() {
+        let l = limits(10_000, 32 << 20);
+        let budget = CacheBudget::new(10_000, 32 << 20);
+        // One subscription of 8 queues: the budget equals the subscription's limits.
+        budget.held_changed(0, 8);
+        assert_eq!(l.per_queue(8, &budget), (1000, 4 << 20));
+        // Fifteen more subscriptions of 8 queues: 128 queues share the budget.
+        for _ in 0..15 {
+            budget.held_changed(0, 8);
+        }
+        assert_eq!(budget.queues(), 128);
+        assert_eq!(l.per_queue(8, &budget), (78, (32 << 20) / 128));
+        // A consumer that lets its queues go gives its share back.
+        budget.held_changed(8, 0);
+        assert_eq!(budget.queues(), 120);
+        assert_eq!(l.per_queue(8, &budget), (83, (32 << 20) / 120));
+        // Counted before the budget saw them: never more than the subscription's own share.
+        let fresh = CacheBudget::new(10_000, 32 << 20);
+        assert_eq!(l.per_queue(64, &fresh), (156, (32 << 20) / 64));
     }
 }

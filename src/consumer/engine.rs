@@ -35,7 +35,7 @@ use crate::remoting::rpc::{
 use crate::remoting::{MessageExt, MessageQueue, ResponseCode};
 use prometheus::{Histogram, IntCounter, IntGauge};
 
-use super::config::{Config, ConsumeFrom, Filter, Model};
+use super::config::{CacheBudget, Config, ConsumeFrom, Filter, Model};
 use super::error::ConsumerError;
 use super::handler::{ConsumeMode, Handler};
 use super::inbound::{self, BrokerEvent};
@@ -65,8 +65,11 @@ pub(crate) struct Shared<H> {
     /// `subVersion` of the subscription; bumped when the assignment changes.
     pub(crate) sub_version: AtomicI64,
     /// Queues with a running worker, main and retry topic together: the subscription-wide cache
-    /// limits are shared by this many ([`super::Limits::per_queue`]).
-    pub(crate) queues_held: AtomicUsize,
+    /// limits are shared by this many ([`super::Limits::per_queue`]). Changed through
+    /// [`Shared::hold_queues`] only, which keeps `cache_budget` in step.
+    queues_held: AtomicUsize,
+    /// The process-wide cache limits, shared with every other consumer of the daemon.
+    pub(crate) cache_budget: Arc<CacheBudget>,
     /// Routes fetched and the first rebalance done.
     pub(crate) ready: Arc<AtomicBool>,
     /// Offset resets asked for by brokers, applied by the rebalancer.
@@ -123,6 +126,14 @@ pub(crate) fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
+impl<H> Drop for Shared<H> {
+    /// However the consumer ends, its queues stop counting against the process budget.
+    fn drop(&mut self) {
+        let held = *self.queues_held.get_mut();
+        self.cache_budget.held_changed(held, 0);
+    }
+}
+
 /// Locks a std mutex; poisoning only means another task panicked mid-update of plain data.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -131,6 +142,17 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl<H: Handler> Shared<H> {
     pub(crate) fn group(&self) -> &str {
         &self.config.group
+    }
+
+    /// The subscription now holds `queues`; the process budget learns the change.
+    pub(crate) fn hold_queues(&self, queues: usize) {
+        let before = self.queues_held.swap(queues, Ordering::Relaxed);
+        self.cache_budget.held_changed(before, queues);
+    }
+
+    /// The count and byte limits of one of this subscription's queues now.
+    pub(crate) fn queue_cache_limits(&self) -> (usize, u64) {
+        (self.config.limits).per_queue(self.queues_held.load(Ordering::Relaxed), &self.cache_budget)
     }
 
     pub(crate) fn labels(&self) -> [&str; 2] {
@@ -595,6 +617,8 @@ impl Probe {
 pub struct Runtime {
     /// Where metrics go.
     pub metrics: Metrics,
+    /// The process-wide cache limits, the same for every consumer of the process.
+    pub cache_budget: Arc<CacheBudget>,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -661,6 +685,7 @@ impl<H: Handler> Consumer<H> {
             locks: Mutex::new(HashMap::new()),
             sub_version: AtomicI64::new(now_millis()),
             queues_held: AtomicUsize::new(0),
+            cache_budget: runtime.cache_budget,
             ready: Arc::new(AtomicBool::new(false)),
             resets: resets_tx,
         });

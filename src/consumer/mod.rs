@@ -17,7 +17,7 @@ pub mod stats;
 mod worker;
 
 pub use allocate::AllocateStrategy;
-pub use config::{Config, ConsumeFrom, Filter, Limits, Model, OrderlyExhausted};
+pub use config::{CacheBudget, Config, ConsumeFrom, Filter, Limits, Model, OrderlyExhausted};
 pub use engine::{Consumer, Probe, Runtime};
 pub use error::ConsumerError;
 pub use handler::{Batch, ConsumeMode, Handler, Outcome};

@@ -125,9 +125,7 @@ impl<H: Handler> Rebalancer<H> {
         let mut changed = false;
         // New workers start pulling while later ones are still being set up: they must already
         // take their share of the subscription's cache limits from the new assignment.
-        shared
-            .queues_held
-            .store(target.len().max(self.active.len()), Ordering::Relaxed);
+        shared.hold_queues(target.len().max(self.active.len()));
         let held: Vec<MessageQueue> = self.active.keys().cloned().collect();
         for mq in held {
             if !target.contains(&mq) {
@@ -174,9 +172,7 @@ impl<H: Handler> Rebalancer<H> {
             shared.heartbeat_now.notify_one();
             info!(group = %shared.group(), queues = self.active.len(), "Assignment changed.");
         }
-        shared
-            .queues_held
-            .store(self.active.len(), Ordering::Relaxed);
+        shared.hold_queues(self.active.len());
         shared
             .metrics
             .assigned_queues

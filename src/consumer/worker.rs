@@ -14,7 +14,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -400,8 +399,7 @@ impl<H: Handler> Worker<H> {
                 return;
             }
         }
-        let (max_count, max_bytes) =
-            (self.shared.config.limits).per_queue(self.shared.queues_held.load(Ordering::Relaxed));
+        let (max_count, max_bytes) = self.shared.queue_cache_limits();
         let limits = FlowLimits {
             max_count,
             max_bytes,
