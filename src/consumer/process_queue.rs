@@ -278,6 +278,28 @@ impl<T: Cached> ProcessQueue<T> {
         let span = self.max_span();
         (span > limit).then_some(FlowControl::Span { span, limit })
     }
+
+    /// How many messages the next pull asks for, at most `batch`, or which limit it waits for.
+    ///
+    /// A pull never asks for more than the room left under the count limit, so the cached count
+    /// never exceeds it (the Java client may overshoot by a batch). And it waits until the room
+    /// is worth a pull, a full batch or half the limit if that is less: with many queues
+    /// sharing a small cache, pulling whatever room each finished message left made pulls of
+    /// one or two messages, each a round trip and a broker lookup.
+    pub fn pull_size(&self, limits: &FlowLimits, batch: usize) -> Result<usize, FlowControl> {
+        let room = limits.max_count.saturating_sub(self.count);
+        let worthwhile = batch.clamp(1, (limits.max_count / 2).max(1));
+        if room < worthwhile {
+            return Err(FlowControl::Count {
+                cached: self.count,
+                limit: limits.max_count,
+            });
+        }
+        match self.flow_control(limits) {
+            Some(reason) => Err(reason),
+            None => Ok(room.min(batch.max(1))),
+        }
+    }
 }
 
 impl<T> ProcessQueue<T> {
@@ -485,6 +507,50 @@ mod tests {
             ..tight
         };
         assert_eq!(pq.flow_control(&orderly), None);
+    }
+
+    #[test]
+    fn pulls_wait_for_room_worth_a_batch() {
+        let limits = |max_count| FlowLimits {
+            max_count,
+            max_bytes: u64::MAX,
+            max_span: None,
+        };
+        let with = |n: i64| {
+            let mut pq = ProcessQueue::new();
+            pq.put(msgs(0..n));
+            pq
+        };
+        let waits = |cached, limit| {
+            Err(FlowControl::Count {
+                cached,
+                limit: limit as usize,
+            })
+        };
+        // A large limit: full batches only, and never past the limit.
+        assert_eq!(with(0).pull_size(&limits(1000), 32), Ok(32));
+        assert_eq!(with(968).pull_size(&limits(1000), 32), Ok(32));
+        assert_eq!(with(990).pull_size(&limits(1000), 32), waits(990, 1000));
+        // A small share: half of it is worth a pull.
+        assert_eq!(with(0).pull_size(&limits(38), 32), Ok(32));
+        assert_eq!(with(32).pull_size(&limits(38), 32), waits(32, 38));
+        assert_eq!(with(19).pull_size(&limits(38), 32), Ok(19));
+        // The smallest shares still pull one message at a time.
+        assert_eq!(with(0).pull_size(&limits(1), 32), Ok(1));
+        assert_eq!(with(1).pull_size(&limits(1), 32), waits(1, 1));
+        assert_eq!(with(1).pull_size(&limits(3), 32), Ok(2));
+        // The other limits still apply when there is room.
+        let bytes = FlowLimits {
+            max_bytes: 5,
+            ..limits(1000)
+        };
+        assert_eq!(
+            with(1).pull_size(&bytes, 32),
+            Err(FlowControl::Bytes {
+                cached: 10,
+                limit: 5
+            })
+        );
     }
 
     #[test]

@@ -130,7 +130,7 @@ struct Worker<H> {
     pull: Option<PullFuture>,
     pull_not_before: Instant,
     max_offset: Option<i64>,
-    paused: Option<String>,
+    paused: Option<Pause>,
     /// Orderly: local reconsume counts (retries never leave the process queue).
     local_reconsume: HashMap<i64, i32>,
     suspended_until: Option<Instant>,
@@ -387,7 +387,7 @@ impl<H: Handler> Worker<H> {
                     warn!(queue = %self.mq, "Queue lock lost; pausing this queue until it is renewed.");
                 }
                 self.lock_was_valid = false;
-                self.paused = Some("orderly lock not held".into());
+                self.paused = Some(Pause::LockNotHeld);
                 self.pull_not_before = Instant::now() + Duration::from_secs(1);
                 return;
             }
@@ -409,29 +409,29 @@ impl<H: Handler> Worker<H> {
                 Some(self.shared.config.limits.max_span)
             },
         };
-        // Full (not only over-full, as in Java) pauses too: pulls are sized to the room left,
-        // so the cached count never exceeds the limit.
-        let full = (self.pq.cached_count() >= limits.max_count).then_some(FlowControl::Count {
-            cached: self.pq.cached_count(),
-            limit: limits.max_count,
-        });
-        if let Some(reason) = full.or_else(|| self.pq.flow_control(&limits)) {
-            if self.paused.is_none() {
-                self.shared
-                    .metrics
-                    .flow_control
-                    .with_label_values(&[
-                        &self.shared.config.group,
-                        &self.shared.config.topic,
-                        reason.label(),
-                    ])
-                    .inc();
-                debug!(queue = %self.mq, ?reason, "Pull paused by flow control.");
+        let batch = usize::try_from(self.shared.config.pull_batch_size).unwrap_or(1);
+        let size = match self.pq.pull_size(&limits, batch) {
+            Ok(size) => size,
+            Err(reason) => {
+                if self.paused.is_none() {
+                    self.shared
+                        .metrics
+                        .flow_control
+                        .with_label_values(&[
+                            &self.shared.config.group,
+                            &self.shared.config.topic,
+                            reason.label(),
+                        ])
+                        .inc();
+                    debug!(queue = %self.mq, ?reason, "Pull paused by flow control.");
+                }
+                // No back-off: every finished batch runs this check again (and `next_wake`
+                // re-checks every FLOW_CONTROL_RECHECK), so the pull goes out as soon as there
+                // is room, not up to 50 ms later as in Java.
+                self.paused = Some(Pause::Flow(reason));
+                return;
             }
-            self.paused = Some(describe_flow_control(&reason));
-            self.pull_not_before = Instant::now() + FLOW_CONTROL_RECHECK;
-            return;
-        }
+        };
         self.paused = None;
         let addr = match self.shared.master_addr(&self.mq.broker_name) {
             Ok(a) => a,
@@ -452,29 +452,24 @@ impl<H: Handler> Worker<H> {
         if commit_offset > 0 {
             sys_flag |= PullSysFlag::COMMIT_OFFSET;
         }
-        let request =
-            PullMessage {
-                consumer_group: self.shared.config.group.clone(),
-                topic: self.mq.topic.clone(),
-                queue_id: self.mq.queue_id,
-                queue_offset: self.next_offset,
-                // Never ask for more than fits under the count limit, so the cached count stays
-                // within max_cached_messages exactly (the Java client may overshoot by a batch).
-                max_msg_nums: self.shared.config.pull_batch_size.min(
-                    i32::try_from(limits.max_count - self.pq.cached_count()).unwrap_or(i32::MAX),
-                ),
-                sys_flag,
-                commit_offset,
-                suspend_timeout_millis: SUSPEND_MILLIS,
-                subscription: Some(sub.sub_string.clone()),
-                sub_version: sub.sub_version,
-                expression_type: match sub.expression_type {
-                    ExpressionType::Sql92 => "SQL92".to_owned(),
-                    _ => "TAG".to_owned(),
-                },
-                max_msg_bytes: None,
-                broker_name: Some(self.mq.broker_name.clone()),
-            };
+        let request = PullMessage {
+            consumer_group: self.shared.config.group.clone(),
+            topic: self.mq.topic.clone(),
+            queue_id: self.mq.queue_id,
+            queue_offset: self.next_offset,
+            max_msg_nums: i32::try_from(size).unwrap_or(i32::MAX),
+            sys_flag,
+            commit_offset,
+            suspend_timeout_millis: SUSPEND_MILLIS,
+            subscription: Some(sub.sub_string.clone()),
+            sub_version: sub.sub_version,
+            expression_type: match sub.expression_type {
+                ExpressionType::Sql92 => "SQL92".to_owned(),
+                _ => "TAG".to_owned(),
+            },
+            max_msg_bytes: None,
+            broker_name: Some(self.mq.broker_name.clone()),
+        };
         let pool = self.shared.client.pool().clone();
         self.pull = Some(Box::pin(async move {
             let started = Instant::now();
@@ -596,7 +591,7 @@ impl<H: Handler> Worker<H> {
                 .map(Cached::offset)
                 .zip(self.pq.queue_offset_max()),
             locked: self.shared.is_orderly_clustering() && self.shared.lock_valid(&self.mq),
-            paused: self.paused.clone(),
+            paused: self.paused.map(Pause::describe),
         };
         self.shared.stats.set_queue(&self.mq, state);
     }
@@ -640,16 +635,30 @@ impl Done {
     }
 }
 
-fn describe_flow_control(reason: &FlowControl) -> String {
-    match reason {
-        FlowControl::Count { cached, limit } => {
-            format!("{cached} cached messages exceed the limit of {limit}")
-        }
-        FlowControl::Bytes { cached, limit } => {
-            format!("{cached} cached bytes exceed the limit of {limit}")
-        }
-        FlowControl::Span { span, limit } => {
-            format!("cached offset span {span} exceeds the limit of {limit}")
+/// Why a queue is not pulling, for the status page (rendered only when published).
+#[derive(Debug, Clone, Copy)]
+enum Pause {
+    /// A flow-control limit.
+    Flow(FlowControl),
+    /// Orderly: the broker lock is not held.
+    LockNotHeld,
+}
+
+impl Pause {
+    fn describe(self) -> String {
+        match self {
+            Self::Flow(FlowControl::Count { cached, limit }) => {
+                format!(
+                    "{cached} cached messages leave no room for a pull under the limit of {limit}"
+                )
+            }
+            Self::Flow(FlowControl::Bytes { cached, limit }) => {
+                format!("{cached} cached bytes exceed the limit of {limit}")
+            }
+            Self::Flow(FlowControl::Span { span, limit }) => {
+                format!("cached offset span {span} exceeds the limit of {limit}")
+            }
+            Self::LockNotHeld => "orderly lock not held".to_owned(),
         }
     }
 }
