@@ -80,6 +80,8 @@ reps=()
 [ -n "${BENCH_REPS:-}" ] && reps=(--reps "$BENCH_REPS")
 cases=()
 [ -n "${BENCH_SCALE_CASES:-}" ] && cases=(--scale-cases "$BENCH_SCALE_CASES")
+# The broker's CPU during drains shows how the 2 cores are shared (report: "cores").
+[ -f "$mq_dir/broker.pid" ] && cases+=(--broker-pid "$(cat "$mq_dir/broker.pid")")
 echo "== running scenarios ${scenarios[*]:-all}${quick:+ (quick)}" >&2
 "$repo/bench/harness/target/release/bench-harness" --namesrv "$namesrv" \
   --daemon "$daemon" --out "$out" \

@@ -53,6 +53,9 @@ struct Args {
     /// Only re-render report.md from an existing report.json in --out (no measurement).
     #[arg(long)]
     render_only: bool,
+    /// Process id of the broker under test, to report the cores it uses in drain scenarios.
+    #[arg(long)]
+    broker_pid: Option<u32>,
     /// Only these cases of scenario 9, as QUEUESxSUBSCRIPTIONS (e.g. `64x1,8x16`); default all.
     #[arg(long, value_delimiter = ',')]
     scale_cases: Vec<String>,
@@ -336,24 +339,63 @@ fn sink_figures(run: &mut Run, rec: &sink::Recorder, size: usize) {
 
 /// Waits until the sink holds `expected` unique messages (or `timeout`), sampling the
 /// process's CPU. Returns CPU seconds from just before the first receipt to completion.
+/// CPU seconds used so far by the consumer, the broker and this harness (the sink and the load
+/// generator), at one instant: two marks give the cores each used in between, which shows
+/// how the machine's cores were shared during a drain.
+#[derive(Debug, Clone, Copy)]
+struct CpuMark {
+    at: Instant,
+    consumer: Option<f64>,
+    broker: Option<f64>,
+    harness: Option<f64>,
+}
+
+impl CpuMark {
+    fn now(consumer: Option<u32>, broker: Option<u32>) -> Self {
+        Self {
+            at: Instant::now(),
+            consumer: consumer.and_then(proc::cpu_secs),
+            broker: broker.and_then(proc::cpu_secs),
+            harness: proc::cpu_secs(std::process::id()),
+        }
+    }
+
+    /// Consumer CPU seconds since `earlier`, and `<who>_cores` figures into `run`.
+    fn since(&self, earlier: &Self, run: &mut Run) -> Option<f64> {
+        let secs = self.at.duration_since(earlier.at).as_secs_f64().max(1e-6);
+        let delta = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a - b);
+        for (key, cpu) in [
+            ("consumer_cores", delta(self.consumer, earlier.consumer)),
+            ("broker_cores", delta(self.broker, earlier.broker)),
+            ("harness_cores", delta(self.harness, earlier.harness)),
+        ] {
+            if let Some(cpu) = cpu {
+                run.insert(key.into(), cpu / secs);
+            }
+        }
+        delta(self.consumer, earlier.consumer)
+    }
+}
+
+/// Waits until the sink has `expected` distinct messages or `timeout` passes; the marks are
+/// taken at the first delivery and at the end.
 async fn wait_drained(
     sink: &Sink,
     p: &Proc,
+    broker: Option<u32>,
     expected: u64,
     timeout: Duration,
-) -> (bool, Option<f64>) {
+) -> (bool, CpuMark, CpuMark) {
     let deadline = Instant::now() + timeout;
-    let mut cpu_before = p.cpu();
+    let mark = || CpuMark::now(Some(p.pid), broker);
+    let mut first = mark();
     loop {
         let n = sink.unique.load(Ordering::Relaxed);
         if n == 0 {
-            cpu_before = p.cpu();
+            first = mark();
         }
-        if n >= expected {
-            return (true, p.cpu().zip(cpu_before).map(|(a, b)| a - b));
-        }
-        if Instant::now() >= deadline {
-            return (false, p.cpu().zip(cpu_before).map(|(a, b)| a - b));
+        if n >= expected || Instant::now() >= deadline {
+            return (n >= expected, first, mark());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -408,6 +450,7 @@ impl Ctx {
             let mut ceiling = Run::new();
             let mut ok = Ok(());
             let (mut msgs, mut secs) = (0, 0.0_f64);
+            let before = CpuMark::now(None, self.args.broker_pid);
             for t in &names {
                 match load::pull_ceiling(&self.client, t, mode.batch.max(32) as i32, per_topic)
                     .await
@@ -423,6 +466,8 @@ impl Ctx {
                 ceiling.insert("messages".into(), msgs as f64);
                 ceiling.insert("secs".into(), secs);
                 ceiling.insert("msgs_per_s".into(), msgs as f64 / secs.max(1e-6));
+                // The pull loop runs in this harness: its cores are the ceiling's consumer.
+                CpuMark::now(None, self.args.broker_pid).since(&before, &mut ceiling);
                 ceiling.insert(
                     "mb_per_s".into(),
                     msgs as f64 * size as f64 / secs.max(1e-6) / 1e6,
@@ -465,7 +510,8 @@ impl Ctx {
             .latency_us
             .store(sink_latency_us, Ordering::SeqCst);
         let p = self.spawn(kind, subs, mode).await?;
-        let (done, cpu) = wait_drained(&self.sink, &p, expected, timeout).await;
+        let (done, first, last) =
+            wait_drained(&self.sink, &p, self.args.broker_pid, expected, timeout).await;
         let at_deadline = self.sink.unique.load(Ordering::Relaxed);
         let peak = proc::peak_rss_mib(p.pid);
         // Idle cost after the drain (long polling of every queue).
@@ -481,6 +527,7 @@ impl Ctx {
         self.sink.reset();
         let mut run = Run::new();
         sink_figures(&mut run, &rec, size);
+        let cpu = last.since(&first, &mut run);
         let n = rec.count() as f64;
         if !done {
             return Err(format!(
@@ -593,7 +640,7 @@ impl Ctx {
             "load",
         )
         .await;
-        let (done, _) = wait_drained(&self.sink, &p, sent, Duration::from_secs(30)).await;
+        let (done, ..) = wait_drained(&self.sink, &p, None, sent, Duration::from_secs(30)).await;
         let cpu = p.cpu().zip(cpu0).map(|(a, b)| a - b);
         let peak = proc::peak_rss_mib(p.pid);
         p.stop().await;
@@ -677,7 +724,7 @@ impl Ctx {
         .await;
         // Retries come back through the retry topic after 10 s, 30 s, ...: wait for them.
         let wait = Duration::from_secs(if self.args.quick { 75 } else { 240 });
-        let (done, _) = wait_drained(&self.sink, &p, sent, wait).await;
+        let (done, ..) = wait_drained(&self.sink, &p, None, sent, wait).await;
         let cpu = p.cpu().zip(cpu0).map(|(a, b)| a - b);
         let peak = proc::peak_rss_mib(p.pid);
         let outage_rss = sampler.await.unwrap_or(0.0);
@@ -766,7 +813,8 @@ impl Ctx {
         let cpu1 = p.cpu();
         let mut run = Run::new();
         let pre = load::preload(&self.producer, &topic, load_count, 1024, 4, 8).await?;
-        let (done, _) = wait_drained(&self.sink, &p, load_count, Duration::from_secs(300)).await;
+        let (done, ..) =
+            wait_drained(&self.sink, &p, None, load_count, Duration::from_secs(300)).await;
         let cpu = p.cpu().zip(cpu1).map(|(a, b)| a - b);
         let peak = proc::peak_rss_mib(p.pid);
         p.stop().await;

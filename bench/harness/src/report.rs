@@ -360,6 +360,9 @@ pub fn markdown(all: &[CaseResult], quick: bool, reps: usize) -> String {
                         "first deliveries of the subscriptions spread over s",
                     ),
                     ("idle_cpu_s_per_min", "idle CPU s/min"),
+                    ("consumer_cores", "cores: consumer"),
+                    ("broker_cores", "broker"),
+                    ("harness_cores", "sink and harness"),
                     ("incomplete", "INCOMPLETE runs"),
                 ] {
                     if let Some((m, _, _)) = stat(c, k) {
