@@ -17,7 +17,8 @@
 # only if already built), BENCH_REPS (repetitions, default 3, quick 1), BENCH_BROKER_LOG (broker
 # RUST_LOG, default warn), BENCH_KEEP_STORE=1 (keep the broker's store after the run),
 # BENCH_DAEMON=PATH (measure that daemon binary, e.g. an older build, instead of building one),
-# BENCH_SCALE_CASES (only these cases of scenario 9, e.g. 64x1,8x16: queues x subscriptions).
+# BENCH_SCALE_CASES (only these cases of scenario 9, e.g. 64x1,8x16: queues x subscriptions),
+# BENCH_DAEMON_YAML (extra top-level configuration for our daemon, e.g. "cache: {max_count: 40000}").
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -80,6 +81,9 @@ reps=()
 [ -n "${BENCH_REPS:-}" ] && reps=(--reps "$BENCH_REPS")
 cases=()
 [ -n "${BENCH_SCALE_CASES:-}" ] && cases=(--scale-cases "$BENCH_SCALE_CASES")
+# BENCH_DAEMON_YAML: extra top-level configuration for our daemon (the harness clears ROCKETMQ_*
+# variables, so this is how a run measures a setting), e.g. "cache: {max_count: 40000}".
+[ -n "${BENCH_DAEMON_YAML:-}" ] && cases+=(--daemon-yaml "$BENCH_DAEMON_YAML")
 # The broker's CPU during drains shows how the 2 cores are shared (report: "cores").
 [ -f "$mq_dir/broker.pid" ] && cases+=(--broker-pid "$(cat "$mq_dir/broker.pid")")
 echo "== running scenarios ${scenarios[*]:-all}${quick:+ (quick)}" >&2

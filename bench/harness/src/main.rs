@@ -53,6 +53,10 @@ struct Args {
     /// Only re-render report.md from an existing report.json in --out (no measurement).
     #[arg(long)]
     render_only: bool,
+    /// Extra top-level YAML for our daemon's configuration (e.g. `cache: {max_count: 40000}`),
+    /// for runs that measure a setting; the peer is not affected.
+    #[arg(long)]
+    daemon_yaml: Option<String>,
     /// Process id of the broker under test, to report the cores it uses in drain scenarios.
     #[arg(long)]
     broker_pid: Option<u32>,
@@ -172,6 +176,11 @@ impl Ctx {
                     "namesrv_addr: \"{}\"\nadmin:\n  listen: \"{admin}\"\nlog:\n  level: warn\nshutdown:\n  grace_period: 5s\nsubscriptions:\n",
                     self.args.namesrv
                 );
+                if let Some(extra) = &self.args.daemon_yaml {
+                    // Top-level keys go before `subscriptions:`, which ends the text above.
+                    let at = yaml.len() - "subscriptions:\n".len();
+                    yaml.insert_str(at, &format!("{}\n", extra.trim_end()));
+                }
                 for s in subs {
                     yaml.push_str(&format!(
                         "  - group: \"{}\"\n    topic: \"{}\"\n    consume_from: FIRST_OFFSET\n    consume_mode: {}\n    consume_batch_size: {}\n    pull_batch_size: {}\n    webhook:\n      url: \"{}\"\n      timeout: 30s\n",
