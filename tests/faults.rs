@@ -429,6 +429,8 @@ struct Conf {
     top: Vec<String>,
     sub: Vec<String>,
     webhook: Vec<String>,
+    /// More subscriptions (group, topic, url), with the same settings but not `sub`/`webhook`.
+    more: Vec<(String, String, String)>,
 }
 
 impl Conf {
@@ -442,7 +444,14 @@ impl Conf {
             top: Vec::new(),
             sub: Vec::new(),
             webhook: Vec::new(),
+            more: Vec::new(),
         }
+    }
+
+    /// Adds a subscription of `group` to `topic`, delivering to `url`.
+    fn also(mut self, group: &str, topic: &str, url: String) -> Self {
+        self.more.push((group.to_owned(), topic.to_owned(), url));
+        self
     }
 
     fn timeout(mut self, timeout: Duration) -> Self {
@@ -476,22 +485,33 @@ impl Conf {
             out.push_str(l);
             out.push('\n');
         }
-        out.push_str(&format!(
-            "subscriptions:\n  - group: \"{}\"\n    topic: \"{}\"\n    consume_from: FIRST_OFFSET\n    persist_interval: 1s\n",
-            self.group, self.topic
-        ));
-        for l in &self.sub {
-            out.push_str(&format!("    {l}\n"));
-        }
-        out.push_str(&format!(
-            "    webhook:\n      url: \"{}\"\n      timeout: {}s\n",
-            self.url,
-            self.timeout.as_secs()
-        ));
-        for l in &self.webhook {
-            out.push_str(&format!("      {l}\n"));
+        out.push_str("subscriptions:\n");
+        self.push_subscription(&mut out, &self.group, &self.topic, &self.url, true);
+        for (group, topic, url) in &self.more {
+            self.push_subscription(&mut out, group, topic, url, false);
         }
         out
+    }
+
+    /// One entry of `subscriptions:`; `own` adds the `sub` and `webhook` lines.
+    fn push_subscription(&self, out: &mut String, group: &str, topic: &str, url: &str, own: bool) {
+        out.push_str(&format!(
+            "  - group: \"{group}\"\n    topic: \"{topic}\"\n    consume_from: FIRST_OFFSET\n    persist_interval: 1s\n"
+        ));
+        if own {
+            for l in &self.sub {
+                out.push_str(&format!("    {l}\n"));
+            }
+        }
+        out.push_str(&format!(
+            "    webhook:\n      url: \"{url}\"\n      timeout: {}s\n",
+            self.timeout.as_secs()
+        ));
+        if own {
+            for l in &self.webhook {
+                out.push_str(&format!("      {l}\n"));
+            }
+        }
     }
 
     fn launch(&self) -> Launch {
@@ -1092,15 +1112,11 @@ async fn process_cache_limit_is_shared_by_the_subscriptions() {
     mq.create_topic(&topic_a, QUEUES).await;
     mq.create_topic(&topic_b, QUEUES).await;
     let (receiver, ledger) = accepting_receiver().await;
-    let mut yaml = Conf::new(&mq.namesrv_addr(), &group_a, &topic_a, receiver.url("/a"))
+    let launch = Conf::new(&mq.namesrv_addr(), &group_a, &topic_a, receiver.url("/a"))
         .top(&format!("cache:\n  max_count: {LIMIT}"))
-        .yaml();
-    yaml.push_str(&format!(
-        "  - group: \"{group_b}\"\n    topic: \"{topic_b}\"\n    consume_from: FIRST_OFFSET\n    \
-         persist_interval: 1s\n    webhook:\n      url: \"{}\"\n      timeout: 10s\n",
-        receiver.url("/b")
-    ));
-    let mut daemon = Daemon::start(&Launch::yaml(yaml)).await;
+        .also(&group_b, &topic_b, receiver.url("/b"))
+        .launch();
+    let mut daemon = Daemon::start(&launch).await;
     let mut load_a = Load::steady(mq.producer(), &topic_a);
     let mut load_b = Load::steady(mq.producer(), &topic_b);
     let peak = Cache::peak_during_outage(&receiver, &daemon, &group_a).await;
