@@ -124,7 +124,8 @@ impl<H: Handler> Rebalancer<H> {
 
         let mut changed = false;
         // New workers start pulling while later ones are still being set up: they must already
-        // take their share of the subscription's cache limits from the new assignment.
+        // take their share of the subscription's (and the process's) cache limits from the new
+        // assignment.
         shared.hold_queues(target.len().max(self.active.len()));
         let held: Vec<MessageQueue> = self.active.keys().cloned().collect();
         for mq in held {

@@ -373,8 +373,9 @@ impl CpuMark {
     fn since(&self, earlier: &Self, run: &mut Run) -> Option<f64> {
         let secs = self.at.duration_since(earlier.at).as_secs_f64().max(1e-6);
         let delta = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a - b);
+        let consumer = delta(self.consumer, earlier.consumer);
         for (key, cpu) in [
-            ("consumer_cores", delta(self.consumer, earlier.consumer)),
+            ("consumer_cores", consumer),
             ("broker_cores", delta(self.broker, earlier.broker)),
             ("harness_cores", delta(self.harness, earlier.harness)),
         ] {
@@ -382,7 +383,7 @@ impl CpuMark {
                 run.insert(key.into(), cpu / secs);
             }
         }
-        delta(self.consumer, earlier.consumer)
+        consumer
     }
 }
 
