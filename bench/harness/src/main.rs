@@ -128,6 +128,8 @@ struct Ctx {
 struct Proc {
     child: tokio::process::Child,
     pid: u32,
+    /// Our daemon's admin address (metrics); the peer has none.
+    admin: Option<std::net::SocketAddr>,
 }
 
 impl Proc {
@@ -144,6 +146,23 @@ impl Proc {
     }
     fn cpu(&self) -> Option<f64> {
         proc::cpu_secs(self.pid)
+    }
+
+    /// Pull round trips and webhook requests so far, from our daemon's `/metrics`: how many
+    /// messages each pull and each request carried explains a drain's cost.
+    async fn round_trips(&self) -> Option<(f64, f64)> {
+        let url = format!("http://{}/metrics", self.admin?);
+        let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+        let sum = |name: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        Some((
+            sum("rocketmq_webhook_pull_duration_seconds_count"),
+            sum("rocketmq_webhook_webhook_requests_total"),
+        ))
     }
 }
 
@@ -167,11 +186,13 @@ impl Ctx {
         let log =
             std::fs::File::create(logs.join(format!("{label}.log"))).map_err(|e| e.to_string())?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
+        let mut admin_addr = None;
         let mut cmd = match kind {
             Kind::Ours => {
                 let admin = std::net::TcpListener::bind("127.0.0.1:0")
                     .and_then(|l| l.local_addr())
                     .map_err(|e| e.to_string())?;
+                admin_addr = Some(admin);
                 let mut yaml = format!(
                     "namesrv_addr: \"{}\"\nadmin:\n  listen: \"{admin}\"\nlog:\n  level: warn\nshutdown:\n  grace_period: 5s\nsubscriptions:\n",
                     self.args.namesrv
@@ -228,7 +249,11 @@ impl Ctx {
             .spawn()
             .map_err(|e| format!("start {}: {e}", kind.name()))?;
         let pid = child.id().ok_or("no pid")?;
-        Ok(Proc { child, pid })
+        Ok(Proc {
+            child,
+            pid,
+            admin: admin_addr,
+        })
     }
 
     fn push(&mut self, scenario: &str, case: &str, system: &str, run: Result<Run, String>) {
@@ -524,6 +549,7 @@ impl Ctx {
             wait_drained(&self.sink, &p, self.args.broker_pid, expected, timeout).await;
         let at_deadline = self.sink.unique.load(Ordering::Relaxed);
         let peak = proc::peak_rss_mib(p.pid);
+        let trips = p.round_trips().await;
         // Idle cost after the drain (long polling of every queue).
         let idle = Duration::from_secs(if self.args.quick { 1 } else { 10 });
         let cpu0 = p.cpu();
@@ -554,6 +580,10 @@ impl Ctx {
         }
         if let Some(c) = idle_cpu {
             run.insert("idle_cpu_s_per_min".into(), c);
+        }
+        if let Some((pulls, requests)) = trips.filter(|(p, r)| *p > 0.0 && *r > 0.0) {
+            run.insert("msgs_per_pull".into(), n / pulls);
+            run.insert("msgs_per_request".into(), n / requests);
         }
         Ok(run)
     }

@@ -363,6 +363,8 @@ pub fn markdown(all: &[CaseResult], quick: bool, reps: usize) -> String {
                     ("consumer_cores", "cores: consumer"),
                     ("broker_cores", "broker"),
                     ("harness_cores", "sink and harness"),
+                    ("msgs_per_pull", "msgs/pull"),
+                    ("msgs_per_request", "msgs/request"),
                     ("incomplete", "INCOMPLETE runs"),
                 ] {
                     if let Some((m, _, _)) = stat(c, k) {
