@@ -1112,6 +1112,7 @@ async fn environment_only_configuration_delivers() {
     let group = "0001";
     mq.create_topic(&topic, 2).await;
     let receiver = Receiver::start().await;
+    let workers = std::thread::available_parallelism().map_or(1, usize::from) + 1;
     let launch = Launch::env_only()
         .env("ROCKETMQ_NAMESRV_ADDR", mq.namesrv_addr())
         .env("ROCKETMQ_CONSUMER_GROUP", group)
@@ -1120,6 +1121,8 @@ async fn environment_only_configuration_delivers() {
         .env("ROCKETMQ_CONSUME_FROM_WHERE", "CONSUME_FROM_FIRST_OFFSET")
         .env("ROCKETMQ_PERSIST_INTERVAL", "1000")
         .env("ROCKETMQ_CLIENT__REBALANCE_INTERVAL", "2s")
+        // One more than the default (a thread per CPU), so the check below sees the setting.
+        .env("ROCKETMQ_WORKER_THREADS", workers.to_string())
         // Set by RocketMQ's own images; must be ignored.
         .env("ROCKETMQ_HOME", "/opt/rocketmq");
     let daemon = Daemon::start(&launch).await;
@@ -1130,6 +1133,7 @@ async fn environment_only_configuration_delivers() {
         })
         .await;
     assert_eq!(requests[0].path, "/env");
+    assert_eq!(daemon.runtime_workers(), workers, "ROCKETMQ_WORKER_THREADS");
     assert_eq!(requests[0].json()["consumerGroup"], json!(group));
     assert_eq!(requests[0].json()["topic"], json!(topic));
     let status = daemon.status().await;

@@ -98,14 +98,16 @@ fn init_logging(cfg: &Config) {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| {
-            eprintln!("rocketmq-webhook: cannot start the async runtime: {e}");
-            std::process::exit(1)
-        })
+fn runtime(worker_threads: Option<u32>) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        // Validated 1..=1024 with the rest of the configuration.
+        builder.worker_threads(usize::try_from(n).unwrap_or(1));
+    }
+    builder.enable_all().build().unwrap_or_else(|e| {
+        eprintln!("rocketmq-webhook: cannot start the async runtime: {e}");
+        std::process::exit(1)
+    })
 }
 
 /// Waits for SIGTERM or SIGINT; a second signal exits at once.
@@ -147,7 +149,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(&cfg);
-    match runtime().block_on(daemon::run(plan, shutdown_signal())) {
+    match runtime(cfg.worker_threads).block_on(daemon::run(plan, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rocketmq-webhook: {e}");
@@ -167,7 +169,7 @@ pub(crate) fn check_config(args: CheckConfigArgs) -> ExitCode {
 }
 
 pub(crate) fn echo(args: EchoArgs) -> ExitCode {
-    let result = runtime().block_on(rocketmq_webhook::echo::serve(
+    let result = runtime(None).block_on(rocketmq_webhook::echo::serve(
         args.listen,
         args.status,
         async {
@@ -191,7 +193,7 @@ pub(crate) fn healthcheck(args: HealthcheckArgs) -> ExitCode {
     // The admin server usually binds 0.0.0.0; probe it through loopback.
     let host = args.admin.replace("0.0.0.0", "127.0.0.1");
     let url = format!("http://{host}/{path}");
-    let result = runtime().block_on(async {
+    let result = runtime(Some(1)).block_on(async {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(3))
             .build()

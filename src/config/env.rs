@@ -87,6 +87,12 @@ pub const VARIABLES: &[Variable] = &[
     var("NAMESRV_ADDR", G, &["namesrv_addr"], Unit::Text),
     var("ROCKETMQ_NAMESRV_ADDR", G, &["namesrv_addr"], Unit::Text),
     var("ROCKETMQ_INSTANCE_NAME", G, &["instance_name"], Unit::Text),
+    var(
+        "ROCKETMQ_WORKER_THREADS",
+        G,
+        &["worker_threads"],
+        Unit::Count,
+    ),
     var("ROCKETMQ_ADMIN_LISTEN", G, &["admin", "listen"], Unit::Text),
     var(
         "ROCKETMQ_CACHE_MAX_COUNT",

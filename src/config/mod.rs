@@ -78,6 +78,11 @@ pub struct Config {
     /// Flow control for the whole process: messages pulled and waiting for delivery, all
     /// subscriptions together.
     pub cache: CacheConfig,
+    /// Threads running the daemon's tasks (count, 1..=1024). `None`: one per CPU the process
+    /// may use. One thread serves a queue's request-after-request loop (orderly, one message
+    /// per request) with fewer thread hand-offs; more threads serve many queues in parallel.
+    /// Env: `ROCKETMQ_WORKER_THREADS`. Default: none.
+    pub worker_threads: Option<u32>,
     /// A built-in set of defaults applied under the file (`high_throughput`, `low_latency`,
     /// `resource_saving`). Env: `ROCKETMQ_PROFILE`. Default: none.
     pub profile: Option<Profile>,

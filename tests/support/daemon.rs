@@ -199,6 +199,20 @@ impl Daemon {
         )
     }
 
+    /// How many of the process's threads are async-runtime workers (Linux: their names in
+    /// `/proc/<pid>/task/*/comm`; tokio names them `tokio-rt-worker`).
+    ///
+    /// # Panics
+    /// When `/proc` cannot be read.
+    pub(crate) fn runtime_workers(&self) -> usize {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        std::fs::read_dir(&tasks)
+            .unwrap_or_else(|e| panic!("cannot read {tasks}: {e}"))
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim_end() == "tokio-rt-worker")
+            .count()
+    }
+
     /// Sends SIGTERM (through `kill`, so no unsafe code is needed).
     ///
     /// # Panics
