@@ -6,8 +6,9 @@
 //! Batches are not spawned as tasks: a batch mostly waits on its HTTP connection's task, and a
 //! spawned batch cost every message two extra task hand-offs (spawn, and the completion back to
 //! the worker), which in the one-message-per-request orderly case was a fifth of the daemon's
-//! CPU. Batches of different queues still run in parallel, one worker task per queue. Completions are handled before new pulls (`biased` select) so acks never
-//! wait behind fresh messages (style rule 5).
+//! CPU. Batches of different queues still run in parallel, one worker task per queue.
+//! Completions are handled before new pulls (`biased` select) so acks never wait behind fresh
+//! messages (style rule 5).
 //!
 //! Invariant (at-least-once): the committed offset is the lowest offset not yet finished, where
 //! finished means the handler accepted the message, or the message was handed back to the broker
