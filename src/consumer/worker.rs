@@ -205,7 +205,7 @@ impl<H: Handler> Worker<H> {
 
     async fn run(&mut self, cancel: CancellationToken) {
         loop {
-            if self.recompute_offset && self.idle() {
+            if self.recompute_offset && self.in_flight.is_empty() {
                 self.relocate().await;
             }
             self.move_due_delayed();
@@ -295,11 +295,6 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// No batch is being handled.
-    fn idle(&self) -> bool {
-        self.in_flight.is_empty()
-    }
-
     async fn on_batch_result(&mut self, result: Result<Done, ()>) {
         match result {
             Ok(done) => self.on_done(done).await,
@@ -321,7 +316,7 @@ impl<H: Handler> Worker<H> {
 
     fn wants_slot(&self) -> bool {
         if self.orderly() {
-            self.idle()
+            self.in_flight.is_empty()
                 && self.suspended_until.is_none_or(|t| t <= Instant::now())
                 && !self.pq.is_empty()
                 && self.lock_ok()
