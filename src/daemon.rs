@@ -408,6 +408,7 @@ impl crate::admin::StatusSource for DaemonStatus {
                 "max_messages": budget.max_messages(),
                 "max_bytes": budget.max_bytes(),
                 "queues": budget.queues(),
+                "taken": budget.taken(),
             },
             "subscriptions": subs,
         })

@@ -142,6 +142,16 @@ impl Ledger {
         lock(&self.deliveries).clone()
     }
 
+    /// Distinct messages accepted so far.
+    fn unique_count(&self) -> usize {
+        let deliveries = lock(&self.deliveries);
+        deliveries
+            .iter()
+            .map(|d| d.id.as_str())
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
     /// Starts a new incarnation: later deliveries carry the next epoch.
     fn next_epoch(&self) -> usize {
         self.epoch.fetch_add(1, Ordering::SeqCst) + 1
@@ -1131,10 +1141,11 @@ async fn process_cache_limit_is_shared_by_the_subscriptions() {
         .wait_all(&load_b, drain_limit(), &|| daemon.output_tail(40))
         .await;
     eprintln!(
-        "{name}: produced={}+{} peak_cached_process={} limit={LIMIT} cache={}",
+        "{name}: produced={}+{} peak_cached_process={} peak_taken={} limit={LIMIT} cache={}",
         load_a.produced().len(),
         load_b.produced().len(),
         peak.process_messages,
+        peak.process_taken,
         status["cache"]
     );
     assert_eq!(
@@ -1149,11 +1160,117 @@ async fn process_cache_limit_is_shared_by_the_subscriptions() {
          at least {}",
         2 * QUEUES
     );
+    // The pool counts pulls in flight and whole pull answers, so what it has taken reaches the
+    // limit while fewer messages may be cached.
     assert_cache_limit_held(
         name,
-        peak.process_messages,
+        peak.process_taken,
         LIMIT,
-        "the daemon, above cache.max_count",
+        "the daemon's pool, above cache.max_count",
+    );
+    assert!(
+        peak.process_messages <= LIMIT,
+        "{name}: {} messages were cached by the daemon, above cache.max_count {LIMIT}",
+        peak.process_messages
+    );
+    daemon.sigterm();
+    daemon.wait_exit(Duration::from_secs(30)).await;
+}
+
+/// A process cache crowded by many queues (64 messages for 18 queues: an even share of 3) still
+/// pulls in batches worth a round trip: a queue with a backlog takes a full pull's room from the
+/// common pool, queues take turns, and everything is delivered. Once the backlog is gone, every
+/// queue's idle long poll fits in the pool at once, so no queue is left waiting for room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowded_process_cache_still_pulls_whole_batches() {
+    let name = "crowded_cache";
+    const QUEUES: u16 = 8;
+    const LIMIT: u64 = 64;
+    let mq = RocketMq::start().await;
+    let (topic_a, topic_b) = (unique("T_crowdA"), unique("T_crowdB"));
+    let (group_a, group_b) = (unique("G_crowdA"), unique("G_crowdB"));
+    mq.create_topic(&topic_a, QUEUES).await;
+    mq.create_topic(&topic_b, QUEUES).await;
+    // The backlog goes in before the daemon starts, so every queue has one from the start.
+    let mut load_a = Load::start(
+        mq.producer(),
+        &topic_a,
+        Shape::Spread,
+        32,
+        Duration::from_millis(10),
+    );
+    let mut load_b = Load::start(
+        mq.producer(),
+        &topic_b,
+        Shape::Spread,
+        32,
+        Duration::from_millis(10),
+    );
+    sleep(Duration::from_millis(1500)).await;
+    load_a.stop().await;
+    load_b.stop().await;
+    let produced = load_a.produced().len() + load_b.produced().len();
+    assert!(
+        produced >= 1000,
+        "{name}: only {produced} messages were preloaded"
+    );
+    let (receiver, ledger) = accepting_receiver().await;
+    let launch = Conf::new(&mq.namesrv_addr(), &group_a, &topic_a, receiver.url("/a"))
+        .top(&format!("cache:\n  max_count: {LIMIT}"))
+        .also(&group_b, &topic_b, receiver.url("/b"))
+        .launch();
+    let mut daemon = Daemon::start(&launch).await;
+    let mut peak_taken = 0;
+    let deadline = Instant::now() + drain_limit();
+    while ledger.unique_count() < produced && Instant::now() < deadline {
+        let status = daemon.status().await;
+        peak_taken = peak_taken.max(status["cache"]["taken"].as_u64().unwrap_or(0));
+        sleep(Duration::from_millis(100)).await;
+    }
+    ledger
+        .wait_all(&load_a, Duration::from_secs(1), &|| daemon.output_tail(40))
+        .await;
+    ledger
+        .wait_all(&load_b, Duration::from_secs(1), &|| daemon.output_tail(40))
+        .await;
+    let pulls = metric_now(&daemon, "rocketmq_webhook_pull_duration_seconds_count", &[]).await;
+    let per_pull = produced as f64 / pulls.max(1.0);
+    // Idle now: give every queue time to send its long poll.
+    sleep(Duration::from_secs(3)).await;
+    let status = daemon.status().await;
+    let waiting: Vec<String> = status["subscriptions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|sub| sub["stats"]["queues"].as_object().into_iter().flatten())
+        .filter(|(_, q)| q["paused"].as_str().is_some_and(|p| p.contains("room")))
+        .map(|(mq, q)| format!("{mq}: {}", q["paused"]))
+        .collect();
+    eprintln!(
+        "{name}: produced={produced} pulls={pulls} msgs/pull={per_pull:.1} peak_taken={peak_taken} \
+         idle cache={}",
+        status["cache"]
+    );
+    assert!(
+        peak_taken <= LIMIT,
+        "{name}: {peak_taken} messages were taken from a pool of {LIMIT}"
+    );
+    // An even share would pull 1 to 3 messages at a time.
+    assert!(
+        per_pull >= 8.0,
+        "{name}: {per_pull:.1} messages per pull ({produced} in {pulls} pulls); a queue with a \
+         backlog should pull most of a batch of 32"
+    );
+    assert!(
+        waiting.is_empty(),
+        "{name}: idle queues wait for room in the cache: {waiting:?}; idle long polls should \
+         ask for an even share only ({})",
+        status["cache"]
+    );
+    let idle_taken = status["cache"]["taken"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        idle_taken <= LIMIT,
+        "{name}: idle, {idle_taken} of {LIMIT} taken"
     );
     daemon.sigterm();
     daemon.wait_exit(Duration::from_secs(30)).await;
@@ -1184,6 +1301,9 @@ struct Cache {
     total_messages: u64,
     /// Messages cached by every subscription together (`/status`).
     process_messages: u64,
+    /// Messages taken from the process pool (`/status` `cache.taken`): cached, counted by whole
+    /// pull answer, plus pulls in flight.
+    process_taken: u64,
     /// The `rocketmq_webhook_process_queue_cached_messages` gauge, summed.
     gauge_messages: f64,
 }
@@ -1206,6 +1326,7 @@ impl Cache {
                 out.process_messages += q.1["cached_messages"].as_u64().unwrap_or(0);
             }
         }
+        out.process_taken = status["cache"]["taken"].as_u64().unwrap_or(0);
         out.gauge_messages = metric(
             &daemon.metrics().await,
             "rocketmq_webhook_process_queue_cached_messages",
@@ -1234,6 +1355,7 @@ impl Cache {
             queue_bytes: self.queue_bytes.max(other.queue_bytes),
             total_messages: self.total_messages.max(other.total_messages),
             process_messages: self.process_messages.max(other.process_messages),
+            process_taken: self.process_taken.max(other.process_taken),
             gauge_messages: self.gauge_messages.max(other.gauge_messages),
         }
     }

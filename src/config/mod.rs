@@ -245,11 +245,12 @@ impl Default for ShutdownConfig {
     }
 }
 
-/// Flow control for the whole process. Every queue of every subscription gets an even share, and
-/// a queue pauses at the smallest of that share, its subscription's share
-/// (`max_cache_*_per_subscription`) and its own limit (`max_cache_*_per_queue`): the daemon's
-/// memory stays bounded however many subscriptions it runs. No Java counterpart (a Java
-/// consumer's heap limit plays that role).
+/// Flow control for the whole process, so the daemon's memory stays bounded however many
+/// subscriptions it runs. The size is shared evenly by every queue of every subscription; the
+/// count is a common pool queues take room from before they pull (see
+/// [`crate::consumer::CacheBudget`]). A queue also pauses at its subscription's share
+/// (`max_cache_*_per_subscription`) and its own limit (`max_cache_*_per_queue`). No Java
+/// counterpart (a Java consumer's heap limit plays that role).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {

@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use super::allocate::AllocateStrategy;
 use super::handler::ConsumeMode;
@@ -70,13 +73,23 @@ impl Limits {
     /// queue threshold, the smallest one wins, so a subscription with few queues keeps the
     /// per-queue bound. A share is at least one message and one byte (Java's `Math.max(1,
     /// ...)`), so every queue keeps pulling.
-    pub fn per_queue(&self, queues: usize, budget: &CacheBudget) -> (usize, u64) {
+    ///
+    /// The process's count share is at least `pull_batch`: with many queues an even share is a
+    /// handful of messages, and pulls that small cost the broker and the daemon a round trip
+    /// for every few messages. A queue may hold one batch and takes the room for it from the
+    /// budget's common pool (see [`CacheBudget`]), which is what bounds the process.
+    pub fn per_queue(
+        &self,
+        queues: usize,
+        budget: &CacheBudget,
+        pull_batch: usize,
+    ) -> (usize, u64) {
         let queues = queues.max(1);
         // The budget's count includes these queues, but a rebalance updates the two counts one
         // after the other.
         let all = budget.queues().max(queues);
         let count = (self.max_cached_messages_per_subscription / queues)
-            .min(budget.max_messages / all)
+            .min((budget.max_messages / all).max(pull_batch))
             .clamp(1, self.max_cached_messages.max(1));
         let bytes = (self.max_cached_bytes_per_subscription / queues as u64)
             .min(budget.max_bytes / all as u64)
@@ -85,15 +98,23 @@ impl Limits {
     }
 }
 
-/// The cache limits of the whole process, shared evenly by every queue of every consumer
-/// started with it: a sidecar's memory limit is its pod's, whatever the number of
-/// subscriptions. The Java client has no such bound (its heap limit plays that role).
+/// The cache limits of the whole process, shared by every queue of every consumer started with
+/// it: a sidecar's memory limit is its pod's, whatever the number of subscriptions. The Java
+/// client has no such bound (its heap limit plays that role).
+///
+/// Bytes are shared evenly, as a per-queue limit. The message count is also a common pool of
+/// room: a queue takes permits for the messages it caches and for the pull it has in flight
+/// before sending the pull, and gives them back as messages finish. The pool's queue is first
+/// come, first served, so a queue that just gave room back cannot take it again ahead of one
+/// already waiting.
 #[derive(Debug)]
 pub struct CacheBudget {
     max_messages: usize,
     max_bytes: u64,
     /// Queues held by all consumers together (main and retry topics).
     queues: AtomicUsize,
+    /// Room left under `max_messages`; `None` without a process limit.
+    room: Option<Arc<Semaphore>>,
 }
 
 impl CacheBudget {
@@ -103,6 +124,8 @@ impl CacheBudget {
             max_messages,
             max_bytes,
             queues: AtomicUsize::new(0),
+            room: (max_messages < Semaphore::MAX_PERMITS)
+                .then(|| Arc::new(Semaphore::new(max_messages))),
         }
     }
 
@@ -124,6 +147,24 @@ impl CacheBudget {
     /// Queues held by all consumers now: the number the limits are shared by.
     pub fn queues(&self) -> usize {
         self.queues.load(Ordering::Relaxed)
+    }
+
+    /// Messages taken from the pool now: cached, or asked for by pulls in flight.
+    pub fn taken(&self) -> usize {
+        self.room
+            .as_ref()
+            .map_or(0, |room| self.max_messages - room.available_permits())
+    }
+
+    /// An even share of the count, at least one: how much a queue without a backlog asks for,
+    /// so that idle long polls together never hold more than the pool.
+    pub fn even_share(&self) -> usize {
+        (self.max_messages / self.queues().max(1)).max(1)
+    }
+
+    /// The pool a queue takes its room from; `None` without a process limit.
+    pub(crate) fn room(&self) -> Option<&Arc<Semaphore>> {
+        self.room.as_ref()
     }
 
     /// One consumer went from holding `before` queues to `after`. Adds first, so a reader in
@@ -267,15 +308,15 @@ mod tests {
         let l = limits(10_000, 32 << 20);
         let none = CacheBudget::unlimited();
         // Few queues: the per-queue count limit is the smaller one.
-        assert_eq!(l.per_queue(8, &none), (1000, 4 << 20));
-        assert_eq!(l.per_queue(64, &none), (156, (32 << 20) / 64));
+        assert_eq!(l.per_queue(8, &none, 32), (1000, 4 << 20));
+        assert_eq!(l.per_queue(64, &none, 32), (156, (32 << 20) / 64));
         // Nothing held yet counts as one queue.
-        assert_eq!(l.per_queue(0, &none), (1000, 32 << 20));
+        assert_eq!(l.per_queue(0, &none, 32), (1000, 32 << 20));
         // A share never reaches zero: every queue keeps pulling.
-        assert_eq!(limits(3, 2).per_queue(9, &none), (1, 1));
+        assert_eq!(limits(3, 2).per_queue(9, &none, 32), (1, 1));
         // No subscription limit: the per-queue limits as they are.
         assert_eq!(
-            limits(usize::MAX, u64::MAX).per_queue(512, &none),
+            limits(usize::MAX, u64::MAX).per_queue(512, &none, 32),
             (1000, 100 << 20)
         );
     }
@@ -286,19 +327,45 @@ mod tests {
         let budget = CacheBudget::new(10_000, 32 << 20);
         // One subscription of 8 queues: the budget equals the subscription's limits.
         budget.held_changed(0, 8);
-        assert_eq!(l.per_queue(8, &budget), (1000, 4 << 20));
+        assert_eq!(l.per_queue(8, &budget, 32), (1000, 4 << 20));
         // Fifteen more subscriptions of 8 queues: 128 queues share the budget.
         for _ in 0..15 {
             budget.held_changed(0, 8);
         }
         assert_eq!(budget.queues(), 128);
-        assert_eq!(l.per_queue(8, &budget), (78, (32 << 20) / 128));
+        assert_eq!(l.per_queue(8, &budget, 32), (78, (32 << 20) / 128));
         // A consumer that lets its queues go gives its share back.
         budget.held_changed(8, 0);
         assert_eq!(budget.queues(), 120);
-        assert_eq!(l.per_queue(8, &budget), (83, (32 << 20) / 120));
+        assert_eq!(l.per_queue(8, &budget, 32), (83, (32 << 20) / 120));
         // Counted before the budget saw them: never more than the subscription's own share.
         let fresh = CacheBudget::new(10_000, 32 << 20);
-        assert_eq!(l.per_queue(64, &fresh), (156, (32 << 20) / 64));
+        assert_eq!(l.per_queue(64, &fresh, 32), (156, (32 << 20) / 64));
+        // 1,040 queues: an even share is 9 messages, but a queue may hold one pull batch (the
+        // pool bounds the process); bytes stay an even share.
+        budget.held_changed(0, 920);
+        assert_eq!(budget.queues(), 1040);
+        assert_eq!(budget.even_share(), 9);
+        assert_eq!(l.per_queue(64, &budget, 32), (32, (32 << 20) / 1040));
+        // Never above the subscription's share or the queue's own limit.
+        assert_eq!(
+            limits(640, 32 << 20).per_queue(64, &budget, 32),
+            (10, (32 << 20) / 1040)
+        );
+    }
+
+    #[test]
+    fn the_pool_counts_what_queues_take() {
+        let budget = CacheBudget::new(100, 1 << 20);
+        let room = budget.room().expect("a bounded budget has a pool");
+        assert_eq!(budget.taken(), 0);
+        room.try_acquire_many(30).expect("room for 30").forget();
+        assert_eq!(budget.taken(), 30);
+        assert!(room.try_acquire_many(71).is_err(), "only 70 left");
+        room.add_permits(30);
+        assert_eq!(budget.taken(), 0);
+        // Unlimited: no pool, nothing taken.
+        assert!(CacheBudget::unlimited().room().is_none());
+        assert_eq!(CacheBudget::unlimited().taken(), 0);
     }
 }

@@ -152,7 +152,12 @@ impl<H: Handler> Shared<H> {
 
     /// The count and byte limits of one of this subscription's queues now.
     pub(crate) fn queue_cache_limits(&self) -> (usize, u64) {
-        (self.config.limits).per_queue(self.queues_held.load(Ordering::Relaxed), &self.cache_budget)
+        let batch = usize::try_from(self.config.pull_batch_size).unwrap_or(1);
+        (self.config.limits).per_queue(
+            self.queues_held.load(Ordering::Relaxed),
+            &self.cache_budget,
+            batch,
+        )
     }
 
     pub(crate) fn labels(&self) -> [&str; 2] {

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -59,6 +59,34 @@ const SEND_BACK_RETRY_DELAY: Duration = Duration::from_secs(5);
 type PullFuture = Pin<Box<dyn Future<Output = (Result<PullResult, ClientError>, Duration)> + Send>>;
 /// A handler batch (or a DLQ send-back) polled by the worker; `Err` when its code panicked.
 type BatchFuture = Pin<Box<dyn Future<Output = Result<Done, ()>> + Send>>;
+/// A wait for room in the process cache pool.
+type RoomFuture = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// The room a worker holds in the process cache pool ([`super::CacheBudget`]): at least its
+/// cached messages plus the size of its pull in flight. Given back on drop, so a queue that is
+/// released, cancelled or panics returns its room whatever the exit path.
+struct Claim {
+    room: Option<Arc<Semaphore>>,
+    held: usize,
+}
+
+impl Claim {
+    /// Gives back whatever is held beyond `keep`.
+    fn release_to(&mut self, keep: usize) {
+        if self.held > keep {
+            if let Some(room) = &self.room {
+                room.add_permits(self.held - keep);
+            }
+            self.held = keep;
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.release_to(0);
+    }
+}
 
 /// What a worker's process queue holds: in concurrent mode only the offset and size of each
 /// unfinished message (the message itself travels to its batch), in orderly mode the message
@@ -137,6 +165,19 @@ struct Worker<H> {
     /// Batches being handled; orderly has at most one.
     in_flight: FuturesUnordered<BatchFuture>,
     pull: Option<PullFuture>,
+    /// Messages the pull in flight asked for (`maxMsgNums`).
+    pull_asked: usize,
+    /// The last pull found messages and the queue had more: the next pull asks for a full batch.
+    backlog: bool,
+    /// Room in the process cache pool: held, and the wait for more when the pool is empty.
+    claim: Claim,
+    waiting_room: Option<RoomFuture>,
+    /// (last offset, messages) of each pull answer some of whose messages are still held, and
+    /// their total. Message bodies are slices of their answer's buffer, which lives until the
+    /// last of them is finished: the pool counts the whole answer until then, so it bounds the
+    /// memory held, not only the messages.
+    answers: VecDeque<(i64, usize)>,
+    answers_held: usize,
     pull_not_before: Instant,
     max_offset: Option<i64>,
     paused: Option<Pause>,
@@ -168,6 +209,7 @@ pub(crate) async fn run<H: Handler>(
             ..QueueState::default()
         },
     );
+    let room = shared.cache_budget.room().cloned();
     let mut w = Worker {
         is_retry_queue: mq.topic.starts_with("%RETRY%"),
         shared,
@@ -178,6 +220,12 @@ pub(crate) async fn run<H: Handler>(
         delayed: Vec::new(),
         in_flight: FuturesUnordered::new(),
         pull: None,
+        pull_asked: 0,
+        backlog: false,
+        claim: Claim { room, held: 0 },
+        waiting_room: None,
+        answers: VecDeque::new(),
+        answers_held: 0,
         pull_not_before: Instant::now(),
         max_offset: None,
         paused: None,
@@ -210,6 +258,7 @@ impl<H: Handler> Worker<H> {
             }
             self.move_due_delayed();
             self.maybe_pull();
+            self.settle_room();
             let wake = self.next_wake();
             let wants_slot = self.wants_slot();
             let slots = Arc::clone(&self.shared.consume_slots);
@@ -222,6 +271,13 @@ impl<H: Handler> Worker<H> {
                 result = poll_pull(&mut self.pull), if self.pull.is_some() => {
                     self.pull = None;
                     self.on_pull(result.0, result.1).await;
+                }
+                got = wait_room(&mut self.waiting_room), if self.waiting_room.is_some() => {
+                    self.waiting_room = None;
+                    if let Ok(permit) = got {
+                        self.claim.held += permit.num_permits();
+                        permit.forget();
+                    }
                 }
                 permit = slots.acquire_owned(), if wants_slot => {
                     if let Ok(permit) = permit {
@@ -248,7 +304,8 @@ impl<H: Handler> Worker<H> {
         if self.pull.is_none() && self.paused.is_none() {
             wake = wake.min(self.pull_not_before);
         }
-        if self.paused.is_some() {
+        // A queue waiting for room in the pool is woken by the pool itself.
+        if self.paused.is_some() && self.waiting_room.is_none() {
             wake = wake.min(Instant::now() + FLOW_CONTROL_RECHECK);
         }
         if let Some(t) = self.suspended_until {
@@ -435,19 +492,12 @@ impl<H: Handler> Worker<H> {
             },
         };
         let batch = usize::try_from(self.shared.config.pull_batch_size).unwrap_or(1);
+        let budget = &self.shared.cache_budget;
         let size = match self.pq.pull_size(&limits, batch) {
             Ok(size) => size,
             Err(reason) => {
                 if self.paused.is_none() {
-                    self.shared
-                        .metrics
-                        .flow_control
-                        .with_label_values(&[
-                            &self.shared.config.group,
-                            &self.shared.config.topic,
-                            reason.label(),
-                        ])
-                        .inc();
+                    self.count_pause(reason.label());
                     debug!(queue = %self.mq, ?reason, "Pull paused by flow control.");
                 }
                 // No back-off: every finished batch runs this check again (and `next_wake`
@@ -457,6 +507,28 @@ impl<H: Handler> Worker<H> {
                 return;
             }
         };
+        // Two caps keep the pool live. Without a backlog (the last pull caught up, or none yet)
+        // a queue asks for at most half an even share: its long poll may hold that room for the
+        // broker's whole hold time, and all such polls together then hold at most half the
+        // pool. No pull asks for more than the other half, so the queue first in line for room
+        // always gets it once the messages of the busy queues are done.
+        let size = if self.backlog {
+            size
+        } else {
+            size.min((budget.even_share() / 2).max(1))
+        }
+        .min((budget.max_messages() / 2).max(1));
+        if !self.take_room(size) {
+            if !matches!(self.paused, Some(Pause::Room { .. })) {
+                self.count_pause("cache");
+                debug!(queue = %self.mq, size, "Pull waits for room in the process cache.");
+            }
+            self.paused = Some(Pause::Room {
+                taken: self.shared.cache_budget.taken(),
+                limit: self.shared.cache_budget.max_messages(),
+            });
+            return;
+        }
         self.paused = None;
         let addr = match self.shared.master_addr(&self.mq.broker_name) {
             Ok(a) => a,
@@ -496,6 +568,7 @@ impl<H: Handler> Worker<H> {
             broker_name: Some(self.mq.broker_name.clone()),
         };
         let pool = self.shared.client.pool().clone();
+        self.pull_asked = size;
         self.pull = Some(Box::pin(async move {
             let started = Instant::now();
             let r = pool.call(&addr, &request, PULL_TIMEOUT).await;
@@ -503,11 +576,78 @@ impl<H: Handler> Worker<H> {
         }));
     }
 
+    /// Counts a pull pause by the limit that caused it.
+    fn count_pause(&self, limit: &str) {
+        self.shared
+            .metrics
+            .flow_control
+            .with_label_values(&[&self.shared.config.group, &self.shared.config.topic, limit])
+            .inc();
+    }
+
+    /// Takes room in the process cache pool for `size` messages beyond those cached. False when
+    /// the pool has none now; the wait for it is then queued in `waiting_room`, behind the
+    /// queues that asked first.
+    fn take_room(&mut self, size: usize) -> bool {
+        let Some(room) = self.claim.room.clone() else {
+            return true;
+        };
+        if self.waiting_room.is_some() {
+            return false;
+        }
+        let cached = self.answers_held();
+        let need = (cached + size).saturating_sub(self.claim.held);
+        if need == 0 {
+            return true;
+        }
+        let n = u32::try_from(need).unwrap_or(u32::MAX);
+        if let Ok(permit) = Arc::clone(&room).try_acquire_many_owned(n) {
+            permit.forget();
+            self.claim.held += need;
+            return true;
+        }
+        // Wait for the whole pull, holding only the held answers' room meanwhile: room held
+        // beyond them would be given back by `settle_room` during the wait (the queue has no
+        // pull in flight), leaving the queue short again when the wait ends. Waiting queues so
+        // hold nothing but what drains on its own, and the first in line always gets its turn.
+        self.claim.release_to(cached);
+        let n = u32::try_from(size).unwrap_or(u32::MAX);
+        self.waiting_room = Some(Box::pin(room.acquire_many_owned(n)));
+        false
+    }
+
+    /// Gives room back to the pool beyond the answers the queue holds and what its pull in
+    /// flight asked for: finished answers and short pulls free room for other queues at once.
+    fn settle_room(&mut self) {
+        let in_flight = if self.pull.is_some() {
+            self.pull_asked
+        } else {
+            0
+        };
+        let held = self.answers_held();
+        self.claim.release_to(held + in_flight);
+    }
+
+    /// Messages of the pull answers still held: an answer is done once every offset up to its
+    /// last is finished.
+    fn answers_held(&mut self) -> usize {
+        let finished_below = self.pq.committable_offset();
+        while let Some(&(last, n)) = self.answers.front() {
+            if finished_below.is_some_and(|low| low <= last) {
+                break;
+            }
+            self.answers.pop_front();
+            self.answers_held -= n;
+        }
+        self.answers_held
+    }
+
     async fn on_pull(&mut self, result: Result<PullResult, ClientError>, elapsed: Duration) {
         self.shared
             .meters
             .pull_duration
             .observe(elapsed.as_secs_f64());
+        self.backlog = false;
         let result = match result {
             Ok(r) => r,
             Err(e) => {
@@ -531,6 +671,10 @@ impl<H: Handler> Worker<H> {
         match result.status {
             PullStatus::Found => {
                 self.next_offset = result.next_begin_offset;
+                self.backlog = result.next_begin_offset < result.max_offset;
+                // Counted before filtering: filtered messages share the answer's buffer.
+                let answer = result.messages.last().map(|m| m.queue_offset);
+                let found = result.messages.len();
                 let sub = self.shared.subscription_data(&self.mq.topic);
                 let check_tags = !self.is_retry_queue;
                 let mut kept: Vec<MessageExt> = result
@@ -540,6 +684,10 @@ impl<H: Handler> Worker<H> {
                     .collect();
                 for m in &mut kept {
                     self.shared.restore_topic(m);
+                }
+                if let (Some(last), false) = (answer, kept.is_empty()) {
+                    self.answers.push_back((last, found));
+                    self.answers_held += found;
                 }
                 if kept.is_empty() {
                     if self.pq.is_empty() {
@@ -587,6 +735,8 @@ impl<H: Handler> Worker<H> {
                 info!(queue = %self.mq, offset, "Queue re-locked; resuming from the broker's offset.");
                 self.recompute_offset = false;
                 self.pq = ProcessQueue::new();
+                self.answers.clear();
+                self.answers_held = 0;
                 self.local_reconsume.clear();
                 self.next_offset = offset;
                 self.shared.offsets.update(&self.mq, offset, false);
@@ -667,6 +817,13 @@ enum Pause {
     Flow(FlowControl),
     /// Orderly: the broker lock is not held.
     LockNotHeld,
+    /// The process cache pool has no room for the pull now.
+    Room {
+        /// Messages taken from the pool by all queues.
+        taken: usize,
+        /// `cache.max_count`.
+        limit: usize,
+    },
 }
 
 impl Pause {
@@ -684,6 +841,9 @@ impl Pause {
                 format!("cached offset span {span} exceeds the limit of {limit}")
             }
             Self::LockNotHeld => "orderly lock not held".to_owned(),
+            Self::Room { taken, limit } => {
+                format!("waiting for room in the process cache: {taken} of {limit} messages taken")
+            }
         }
     }
 }
@@ -692,6 +852,13 @@ impl Pause {
 /// would, instead of unwinding through the worker.
 fn batch_future(f: impl Future<Output = Done> + Send + 'static) -> BatchFuture {
     Box::pin(AssertUnwindSafe(f).catch_unwind().map(|r| r.map_err(drop)))
+}
+
+async fn wait_room(wait: &mut Option<RoomFuture>) -> Result<OwnedSemaphorePermit, AcquireError> {
+    match wait.as_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn poll_pull(pull: &mut Option<PullFuture>) -> (Result<PullResult, ClientError>, Duration) {
