@@ -1,6 +1,7 @@
 //! Load generation and the ceilings: batched preloading, the open-loop producer, the pull
-//! ceiling (our client pulling and decoding as fast as it can, nothing delivered) and the
-//! sink's own request ceiling.
+//! ceiling (our client pulling and decoding as fast as it can, nothing delivered), its
+//! open-loop counterpart the pull floor (long polls, the broker's own store-to-consumer
+//! latency) and the sink's own request ceiling.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use rocketmq_webhook::client::producer::{create_topic, Producer, ProducerConfig, QueueSelector};
 use rocketmq_webhook::client::{Client, ClientConfig, NotSupported};
 use rocketmq_webhook::remoting::message::Message;
-use rocketmq_webhook::remoting::rpc::{PullMessage, PullStatus};
+use rocketmq_webhook::remoting::rpc::{PullMessage, PullStatus, PullSysFlag};
 use tokio::time::Instant;
 
 /// A client for tools (no broker-initiated requests are served).
@@ -147,20 +148,7 @@ pub async fn pull_ceiling(
     batch: i32,
     expected: u64,
 ) -> Result<(u64, f64), String> {
-    let route = client
-        .refresh_route(topic)
-        .await
-        .map_err(|e| format!("route {topic}: {e}"))?;
-    let mut queues = Vec::new();
-    for q in &route.queue_datas {
-        let addr = route
-            .master_addr(&q.broker_name)
-            .ok_or_else(|| format!("no master for {}", q.broker_name))?
-            .to_owned();
-        for id in 0..q.read_queue_nums {
-            queues.push((addr.clone(), q.broker_name.clone(), id));
-        }
-    }
+    let queues = read_queues(client, topic).await?;
     let group = format!("bench-ceiling-{}", crate::now_us());
     // The broker dispatches stored messages to its consume queues asynchronously: wait until
     // every queue's max offset adds up to what was stored, so the loop does not stop early.
@@ -217,6 +205,77 @@ pub async fn pull_ceiling(
         total += r.map_err(|e| e.to_string())??;
     }
     Ok((total, start.elapsed().as_secs_f64()))
+}
+
+/// (master address, broker name, queue id) of every readable queue of `topic`.
+async fn read_queues(client: &Client, topic: &str) -> Result<Vec<(String, String, i32)>, String> {
+    let route = client
+        .refresh_route(topic)
+        .await
+        .map_err(|e| format!("route {topic}: {e}"))?;
+    let mut queues = Vec::new();
+    for q in &route.queue_datas {
+        let addr = route
+            .master_addr(&q.broker_name)
+            .ok_or_else(|| format!("no master for {}", q.broker_name))?;
+        for id in 0..q.read_queue_nums {
+            queues.push((addr.to_owned(), q.broker_name.clone(), id));
+        }
+    }
+    Ok(queues)
+}
+
+/// Latencies seen by the pull floor, milliseconds: broker store time and producer born time to
+/// the pull's answer arriving.
+#[derive(Debug, Default)]
+pub struct Floor {
+    pub store_ms: Vec<f64>,
+    pub born_ms: Vec<f64>,
+}
+
+/// The pull floor of an open-loop case: one long-polling pull loop per queue of `topic` with
+/// our client, from offset 0, as a consumer without delivery would run it. Records the latency
+/// of every `tag`ged message into `floor` until the tasks are aborted; what the broker adds
+/// between storing a message and answering a waiting pull, which no consumer can beat.
+pub async fn pull_floor(
+    client: &Client,
+    topic: &str,
+    tag: &'static str,
+    floor: Arc<std::sync::Mutex<Floor>>,
+) -> Result<tokio::task::JoinSet<Result<(), String>>, String> {
+    let group = format!("bench-floor-{}", crate::now_us());
+    let mut set = tokio::task::JoinSet::new();
+    for (addr, broker, id) in read_queues(client, topic).await? {
+        let pool = client.pool().clone();
+        let (topic, group, floor) = (topic.to_owned(), group.clone(), Arc::clone(&floor));
+        set.spawn(async move {
+            let mut offset = 0;
+            loop {
+                let request = PullMessage {
+                    broker_name: Some(broker.clone()),
+                    sys_flag: PullSysFlag::SUBSCRIPTION | PullSysFlag::SUSPEND,
+                    suspend_timeout_millis: 15_000,
+                    ..PullMessage::all_tags(&group, &topic, id, offset, 32)
+                };
+                let r = pool
+                    .call(&addr, &request, Duration::from_secs(30))
+                    .await
+                    .map_err(|e| format!("pull {topic}/{id}: {e}"))?;
+                let now = crate::now_us();
+                if r.status == PullStatus::Found {
+                    let mut f = floor.lock().map_err(|e| e.to_string())?;
+                    for m in r.messages.iter().filter(|m| m.tags() == Some(tag)) {
+                        f.store_ms
+                            .push((now - m.store_timestamp * 1000) as f64 / 1000.0);
+                        f.born_ms
+                            .push((now - m.born_timestamp * 1000) as f64 / 1000.0);
+                    }
+                }
+                offset = r.next_begin_offset.max(offset);
+            }
+        });
+    }
+    Ok(set)
 }
 
 /// The sink's request ceiling: `concurrency` reqwest senders posting envelopes of `batch`

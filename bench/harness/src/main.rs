@@ -13,6 +13,7 @@ mod sink;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -333,15 +334,19 @@ fn latencies(run: &mut Run, rec: &sink::Recorder) {
         store.push((r.recv_us - r.store_ms * 1000) as f64 / 1000.0);
         born.push((r.recv_us - r.born_ms * 1000) as f64 / 1000.0);
     }
-    for (name, mut v) in [("store", store), ("born", born)] {
-        if v.is_empty() {
-            continue;
-        }
-        v.sort_by(f64::total_cmp);
-        for (p, label) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")] {
-            let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
-            run.insert(format!("{name}_{label}_ms"), v[i]);
-        }
+    percentiles(run, "store", store);
+    percentiles(run, "born", born);
+}
+
+/// `<name>_p50_ms`, `_p99_ms` and `_p999_ms` of `v` (milliseconds); nothing when empty.
+fn percentiles(run: &mut Run, name: &str, mut v: Vec<f64>) {
+    if v.is_empty() {
+        return;
+    }
+    v.sort_by(f64::total_cmp);
+    for (p, label) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")] {
+        let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+        run.insert(format!("{name}_{label}_ms"), v[i]);
     }
 }
 
@@ -645,15 +650,49 @@ impl Ctx {
                 let run = self.latency_one(kind, rate, secs).await;
                 self.push(scenario, case, kind.name(), run);
             }
+            // For an open loop the pull ceiling is a floor: the latency of long polls that
+            // deliver nothing.
+            let run = self.floor_one(rate, secs).await;
+            self.push(scenario, case, "pull-ceiling", run);
             self.save();
         }
         self.sink_ceiling(scenario, case, 1, 1024).await;
-        self.push(
-            scenario,
-            case,
-            "pull-ceiling",
-            Err("open loop: the rate is set by the producer, not the consumer".into()),
-        );
+    }
+
+    /// The pull floor of an open-loop case: the same load, read by one long-polling pull loop
+    /// per queue that delivers nothing (`load::pull_floor`).
+    async fn floor_one(&mut self, rate: f64, secs: u64) -> Result<Run, String> {
+        let topic = self.name("floor");
+        load::topic(&self.client, &topic, 8, false).await?;
+        let floor = Arc::new(std::sync::Mutex::new(load::Floor::default()));
+        let mut tasks = load::pull_floor(&self.client, &topic, "load", Arc::clone(&floor)).await?;
+        // Every long poll reaches the broker before the first send.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let sent = load::open_loop(
+            &self.producer,
+            &topic,
+            rate,
+            Duration::from_secs(secs),
+            1024,
+            "load",
+        )
+        .await;
+        let received = || floor.lock().map_or(0, |f| f.store_ms.len()) as u64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while received() < sent && Instant::now() < deadline {
+            if let Some(Ok(Err(e))) = tasks.try_join_next() {
+                return Err(e);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tasks.abort_all();
+        let f = std::mem::take(&mut *floor.lock().map_err(|e| e.to_string())?);
+        let mut run = Run::new();
+        run.insert("messages".into(), f.store_ms.len() as f64);
+        run.insert("sent".into(), sent as f64);
+        percentiles(&mut run, "store", f.store_ms);
+        percentiles(&mut run, "born", f.born_ms);
+        Ok(run)
     }
 
     async fn latency_one(&mut self, kind: Kind, rate: f64, secs: u64) -> Result<Run, String> {

@@ -299,7 +299,7 @@ pub fn markdown(all: &[CaseResult], quick: bool, reps: usize) -> String {
         }
     );
     let _ = writeln!(s, "Machine: {}. Repetitions per case: {reps}. Figures are medians, `[min–max]` over repetitions when more than one.", machine());
-    let _ = writeln!(s, "Latency: ms from the broker's store time (or the producer's born time) to the sink receiving the request; both stamps have millisecond resolution, so figures carry up to 1 ms of truncation. Drain scenarios show no latency (it would be the backlog's age).");
+    let _ = writeln!(s, "Latency: ms from the broker's store time (or the producer's born time) to the sink receiving the request; both stamps have millisecond resolution, so figures carry up to 1 ms of truncation. Drain scenarios show no latency (it would be the backlog's age). In open-loop cases the pull-ceiling row is the pull floor: the same load read by long polls of our client, nothing delivered, timed at the pull's answer; what the broker adds, which no consumer can beat.");
     let _ = writeln!(s, "CPU: consumer process user+system seconds per million messages (from /proc), from just before the first delivery to the last. RSS: VmHWM of the consumer process.\n");
     let _ = writeln!(
         s,
@@ -412,6 +412,19 @@ pub fn markdown(all: &[CaseResult], quick: bool, reps: usize) -> String {
                         parts.push(format!("peer p99 / ours p99 = {}", fmt(Some(p / o))))
                     }
                     _ => parts.push("ours / peer: not measured".into()),
+                }
+                for label in ["p99", "p999"] {
+                    let key = format!("store_{label}_ms");
+                    match (
+                        med(all, sc, case, "ours", &key),
+                        med(all, sc, case, "pull-ceiling", &key),
+                    ) {
+                        (Some(o), Some(f)) => parts.push(format!(
+                            "ours {label} - pull floor {label} = {} ms",
+                            fmt(Some(o - f))
+                        )),
+                        _ => parts.push(format!("pull floor {label}: not measured")),
+                    }
                 }
             } else {
                 for (sys, label) in [
