@@ -665,7 +665,10 @@ impl Ctx {
         let topic = self.name("floor");
         load::topic(&self.client, &topic, 8, false).await?;
         let floor = Arc::new(std::sync::Mutex::new(load::Floor::default()));
-        let mut tasks = load::pull_floor(&self.client, &topic, "load", Arc::clone(&floor)).await?;
+        // A client of its own: its answers do not share a connection with the producer's sends,
+        // as a consumer's would not.
+        let client = load::client(&self.args.namesrv)?;
+        let mut tasks = load::pull_floor(&client, &topic, "load", Arc::clone(&floor)).await?;
         // Every long poll reaches the broker before the first send.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let sent = load::open_loop(
