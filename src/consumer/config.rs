@@ -103,10 +103,10 @@ impl Limits {
 /// client has no such bound (its heap limit plays that role).
 ///
 /// Bytes are shared evenly, as a per-queue limit. The message count is also a common pool of
-/// room: a queue takes permits for the messages it caches and for the pull it has in flight
-/// before sending the pull, and gives them back as messages finish. The pool's queue is first
-/// come, first served, so a queue that just gave room back cannot take it again ahead of one
-/// already waiting.
+/// room: a queue takes permits for the pull it is about to send and holds them for the pull's
+/// messages until the last of them is finished (they share the answer's buffer). The pool
+/// serves waiters first come, first served, so a queue that just gave room back cannot take it
+/// again ahead of one already waiting.
 #[derive(Debug)]
 pub struct CacheBudget {
     max_messages: usize,
@@ -156,8 +156,8 @@ impl CacheBudget {
             .map_or(0, |room| self.max_messages - room.available_permits())
     }
 
-    /// An even share of the count, at least one: how much a queue without a backlog asks for,
-    /// so that idle long polls together never hold more than the pool.
+    /// An even share of the count, at least one. A queue without a backlog asks for half of it,
+    /// so that idle long polls together never hold more than half the pool.
     pub fn even_share(&self) -> usize {
         (self.max_messages / self.queues().max(1)).max(1)
     }
