@@ -585,9 +585,9 @@ impl<H: Handler> Worker<H> {
             .inc();
     }
 
-    /// Takes room in the process cache pool for `size` messages beyond those cached. False when
-    /// the pool has none now; the wait for it is then queued in `waiting_room`, behind the
-    /// queues that asked first.
+    /// Takes room in the process cache pool for `size` messages beyond what the held answers
+    /// count. False when the pool has none now; the wait for it is then queued in
+    /// `waiting_room`, behind the queues that asked first.
     fn take_room(&mut self, size: usize) -> bool {
         let Some(room) = self.claim.room.clone() else {
             return true;
