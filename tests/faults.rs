@@ -1117,10 +1117,7 @@ async fn process_cache_limit_is_shared_by_the_subscriptions() {
     const QUEUES: u16 = 8;
     const LIMIT: u64 = 40;
     let mq = RocketMq::start().await;
-    let (topic_a, topic_b) = (unique("T_proclimA"), unique("T_proclimB"));
-    let (group_a, group_b) = (unique("G_proclimA"), unique("G_proclimB"));
-    mq.create_topic(&topic_a, QUEUES).await;
-    mq.create_topic(&topic_b, QUEUES).await;
+    let [(topic_a, group_a), (topic_b, group_b)] = two_topics(&mq, "proclim", QUEUES).await;
     let (receiver, ledger) = accepting_receiver().await;
     let launch = Conf::new(&mq.namesrv_addr(), &group_a, &topic_a, receiver.url("/a"))
         .top(&format!("cache:\n  max_count: {LIMIT}"))
@@ -1187,10 +1184,7 @@ async fn a_crowded_process_cache_still_pulls_whole_batches() {
     const QUEUES: u16 = 8;
     const LIMIT: u64 = 64;
     let mq = RocketMq::start().await;
-    let (topic_a, topic_b) = (unique("T_crowdA"), unique("T_crowdB"));
-    let (group_a, group_b) = (unique("G_crowdA"), unique("G_crowdB"));
-    mq.create_topic(&topic_a, QUEUES).await;
-    mq.create_topic(&topic_b, QUEUES).await;
+    let [(topic_a, group_a), (topic_b, group_b)] = two_topics(&mq, "crowd", QUEUES).await;
     // The backlog goes in before the daemon starts, so every queue has one from the start.
     let mut load_a = Load::start(
         mq.producer(),
@@ -1274,6 +1268,21 @@ async fn a_crowded_process_cache_still_pulls_whole_batches() {
     );
     daemon.sigterm();
     daemon.wait_exit(Duration::from_secs(30)).await;
+}
+
+/// Two new topics of `queues` queues and a group for each, as (topic, group) pairs named after
+/// `tag`: the two subscriptions of the process-cache tests.
+async fn two_topics(mq: &RocketMq, tag: &str, queues: u16) -> [(String, String); 2] {
+    let pairs = ["A", "B"].map(|side| {
+        (
+            unique(&format!("T_{tag}{side}")),
+            unique(&format!("G_{tag}{side}")),
+        )
+    });
+    for (topic, _) in &pairs {
+        mq.create_topic(topic, queues).await;
+    }
+    pairs
 }
 
 /// The peak of cached messages came near `limit` (else the run showed nothing) and stayed
