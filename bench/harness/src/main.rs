@@ -338,6 +338,28 @@ fn latencies(run: &mut Run, rec: &sink::Recorder) {
     percentiles(run, "born", born);
 }
 
+/// Tag of the open-loop messages; warm-up messages carry another and are not timed.
+const LOAD_TAG: &str = "load";
+
+/// The open-loop load of scenarios 1 and 6: single 1 KiB sends tagged [`LOAD_TAG`] at `rate` for
+/// `secs`. Returns how many were stored.
+async fn open_loop(
+    producer: &rocketmq_webhook::client::producer::Producer,
+    topic: &str,
+    rate: f64,
+    secs: u64,
+) -> u64 {
+    load::open_loop(
+        producer,
+        topic,
+        rate,
+        Duration::from_secs(secs),
+        1024,
+        LOAD_TAG,
+    )
+    .await
+}
+
 /// `<name>_p50_ms`, `_p99_ms` and `_p999_ms` of `v` (milliseconds); nothing when empty.
 fn percentiles(run: &mut Run, name: &str, mut v: Vec<f64>) {
     if v.is_empty() {
@@ -668,18 +690,10 @@ impl Ctx {
         // A client of its own: its answers do not share a connection with the producer's sends,
         // as a consumer's would not.
         let client = load::client(&self.args.namesrv)?;
-        let mut tasks = load::pull_floor(&client, &topic, "load", Arc::clone(&floor)).await?;
+        let mut tasks = load::pull_floor(&client, &topic, LOAD_TAG, Arc::clone(&floor)).await?;
         // Every long poll reaches the broker before the first send.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let sent = load::open_loop(
-            &self.producer,
-            &topic,
-            rate,
-            Duration::from_secs(secs),
-            1024,
-            "load",
-        )
-        .await;
+        let sent = open_loop(&self.producer, &topic, rate, secs).await;
         let received = || floor.lock().map_or(0, |f| f.store_ms.len()) as u64;
         let deadline = Instant::now() + Duration::from_secs(30);
         while received() < sent && Instant::now() < deadline {
@@ -713,15 +727,7 @@ impl Ctx {
             )
             .await?;
         let cpu0 = p.cpu();
-        let sent = load::open_loop(
-            &self.producer,
-            &topic,
-            rate,
-            Duration::from_secs(secs),
-            1024,
-            "load",
-        )
-        .await;
+        let sent = open_loop(&self.producer, &topic, rate, secs).await;
         let (done, ..) = wait_drained(&self.sink, &p, None, sent, Duration::from_secs(30)).await;
         let cpu = p.cpu().zip(cpu0).map(|(a, b)| a - b);
         let peak = proc::peak_rss_mib(p.pid);
@@ -795,15 +801,7 @@ impl Ctx {
                 }
             }
         });
-        let sent = load::open_loop(
-            &producer,
-            &t2,
-            rate,
-            Duration::from_secs(secs),
-            1024,
-            "load",
-        )
-        .await;
+        let sent = open_loop(&producer, &t2, rate, secs).await;
         // Retries come back through the retry topic after 10 s, 30 s, ...: wait for them.
         let wait = Duration::from_secs(if self.args.quick { 75 } else { 240 });
         let (done, ..) = wait_drained(&self.sink, &p, None, sent, wait).await;
