@@ -8,9 +8,37 @@ use rocketmq_webhook::remoting::message::{encode_message, MessageExt, Properties
 /// Records per response.
 pub const RECORDS: i64 = 32;
 
-/// One response with queue offsets `first..first + RECORDS`, in an allocation of its own and
-/// exactly its size.
+/// What the records' bodies hold.
+#[allow(dead_code)] // `Json` is used by encode-cost only; the other binaries include this file too.
+#[derive(Debug, Clone, Copy)]
+pub enum Body {
+    /// 1 KiB of plain text with nothing to escape in JSON, like the scenarios' messages.
+    Plain,
+    /// About 1 KiB of JSON text: a quote to escape every few bytes, as in a JSON envelope
+    /// carrying JSON payloads.
+    Json,
+}
+
+impl Body {
+    fn bytes(self) -> Bytes {
+        match self {
+            Self::Plain => Bytes::from(vec![b'x'; 1024]),
+            Self::Json => {
+                Bytes::from(br#"{"id":12345,"name":"widget","tags":["a","b"]},"#.repeat(22))
+            }
+        }
+    }
+}
+
+/// One response with queue offsets `first..first + RECORDS` and plain bodies, in an allocation
+/// of its own and exactly its size.
+#[allow(dead_code)] // encode-cost calls `response_with`; the other binaries call this.
 pub fn response(first: i64) -> Bytes {
+    response_with(first, Body::Plain)
+}
+
+/// [`response`] with bodies of `body`.
+pub fn response_with(first: i64, body: Body) -> Bytes {
     let mut buf = BytesMut::new();
     for i in first..first + RECORDS {
         let mut props = Properties::new();
@@ -37,7 +65,7 @@ pub fn response(first: i64) -> Bytes {
             reconsume_times: 0,
             prepared_transaction_offset: 0,
             body_crc: 0,
-            body: Bytes::from(vec![b'x'; 1024]),
+            body: body.bytes(),
             properties: props,
         };
         match encode_message(&record) {

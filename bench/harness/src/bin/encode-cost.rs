@@ -2,10 +2,11 @@
 //! `valgrind --tool=callgrind`, like `decode-cost`.
 //!
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-//!     bench/harness/target/release/encode-cost N [BATCH]
+//!     bench/harness/target/release/encode-cost N [BATCH [plain|json]]
 //!
 //! Each iteration builds one JSON-format request (headers and envelope) for BATCH messages
-//! (default 1, the one-message-per-request case) of the synthetic pull response, with the two
+//! (default 1, the one-message-per-request case) of the synthetic pull response (bodies of plain
+//! text by default; `json` gives JSON text, which has a quote to escape every few bytes), with the two
 //! properties the consumer adds to every pulled message, allocating through mimalloc like the
 //! daemon. Instructions per message =
 //! (total at N iterations - total at 0 iterations) / (N x BATCH).
@@ -23,17 +24,21 @@ use rocketmq_webhook::webhook::encode::{Context, Encoder, MessageView};
 use rocketmq_webhook::webhook::Format;
 
 fn main() -> std::process::ExitCode {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
-    let (iterations, batch) = match (args.next(), args.next()) {
-        (None, _) => (2000, 1),
-        (Some(Ok(n)), None) => (n, 1),
-        (Some(Ok(n)), Some(Ok(b))) if (1..=32).contains(&b) => (n, b),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize, default: usize| args.get(i).map_or(Ok(default), |a| a.parse());
+    let body = match args.get(2).map(String::as_str) {
+        None | Some("plain") => Some(synthetic::Body::Plain),
+        Some("json") => Some(synthetic::Body::Json),
+        Some(_) => None,
+    };
+    let (iterations, batch, body) = match (number(0, 2000), number(1, 1), body) {
+        (Ok(n), Ok(b), Some(body)) if (1..=32).contains(&b) => (n, b, body),
         _ => {
-            eprintln!("usage: encode-cost [ITERATIONS [BATCH 1..=32]]");
+            eprintln!("usage: encode-cost [ITERATIONS [BATCH 1..=32 [plain|json]]]");
             return std::process::ExitCode::from(2);
         }
     };
-    let mut messages = match decode_messages(&synthetic::response(0)) {
+    let mut messages = match decode_messages(&synthetic::response_with(0, body)) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("decode failed: {e}");
