@@ -55,9 +55,8 @@ EXPOSE 9090
 USER 65532:65532
 WORKDIR /home/nonroot
 
-# No shell tools in the image: the binary probes its own admin server on 127.0.0.1:9090, or on
-# ROCKETMQ_ADMIN_LISTEN when set. If you move the admin port in a config file, set that variable
-# too (or override the health check).
+# No shell tools in the image: the binary probes its own admin server, on ROCKETMQ_ADMIN_LISTEN
+# when set, else on admin.listen of the file in ROCKETMQ_CONFIG, else on 127.0.0.1:9090.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/usr/local/bin/rocketmq-webhook", "healthcheck"]
 

@@ -1324,6 +1324,65 @@ async fn metrics_and_status_show_what_was_delivered() {
     }
 }
 
+// === The image's health check ===
+
+/// `rocketmq-webhook healthcheck ARGS` with only `env` set (no `ROCKETMQ_*` of the caller).
+async fn healthcheck(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let bin = env!("CARGO_BIN_EXE_rocketmq-webhook");
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg("healthcheck")
+        .args(args)
+        .env_clear()
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_healthcheck_probes_the_admin_port_of_the_configuration_file() {
+    let (mq, receiver, topic, group) = setup("health", 1).await;
+    let config = yaml(
+        &mq.namesrv_addr(),
+        &[Sub::new(&group, &topic, receiver.url("/hook"))],
+    );
+    let daemon = Daemon::start(&Launch::yaml(config.clone())).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("no temporary directory: {e}"));
+    let file = |name: &str, listen: &str| {
+        let path = dir.path().join(name);
+        let text = format!("{config}admin:\n  listen: \"{listen}\"\n");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {name}: {e}"));
+        path.display().to_string()
+    };
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // Every interface, as the default binds: probed through loopback.
+    let every = file("every.yaml", &format!("0.0.0.0:{}", daemon.admin().port()));
+    let out = healthcheck(&["--config", &every], &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    // ROCKETMQ_CONFIG works as --config does, and --ready asks /readyz.
+    let out = healthcheck(&["--ready"], &[("ROCKETMQ_CONFIG", &every)]).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // ROCKETMQ_ADMIN_LISTEN beats the file, as it does for the daemon.
+    let closed = support::daemon::free_port().to_string();
+    let out = healthcheck(&["--config", &every], &[("ROCKETMQ_ADMIN_LISTEN", &closed)]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("http://{closed}/healthz unreachable")),
+        "{}",
+        text(&out)
+    );
+    // A file that does not load fails the check and names the key.
+    let bad = file("bad.yaml", "not-an-address");
+    let out = healthcheck(&["--config", &bad], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("admin.listen"), "{}", text(&out));
+}
+
 // === Secrets never leak ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,6 @@
 //! `run`, `check-config`, `echo` and `healthcheck`: the daemon's own subcommands.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,12 +38,26 @@ pub(crate) struct EchoArgs {
 /// `rocketmq-webhook healthcheck`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct HealthcheckArgs {
-    /// The admin server's address.
-    #[arg(long, default_value = "127.0.0.1:9090", env = "ROCKETMQ_ADMIN_LISTEN")]
-    pub(crate) admin: String,
+    /// The admin server's address. Default: `admin.listen` of the configuration file when one is
+    /// given, else 127.0.0.1:9090.
+    #[arg(long, env = "ROCKETMQ_ADMIN_LISTEN")]
+    pub(crate) admin: Option<String>,
+    /// The daemon's YAML configuration file, to read `admin.listen` from.
+    #[arg(long, short = 'c', env = "ROCKETMQ_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
     /// Check readiness (`/readyz`) instead of liveness (`/healthz`).
     #[arg(long)]
     pub(crate) ready: bool,
+}
+
+/// Where to reach an admin server listening on `listen`: through loopback when it binds every
+/// interface (as it does by default).
+fn probe_address(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, listen.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, listen.port()).into(),
+        _ => listen,
+    }
 }
 
 /// Loads and validates the configuration, printing every problem (exit code 2) on failure.
@@ -190,8 +204,22 @@ pub(crate) fn echo(args: EchoArgs) -> ExitCode {
 
 pub(crate) fn healthcheck(args: HealthcheckArgs) -> ExitCode {
     let path = if args.ready { "readyz" } else { "healthz" };
-    // The admin server usually binds 0.0.0.0; probe it through loopback.
-    let host = args.admin.replace("0.0.0.0", "127.0.0.1");
+    let host = match (args.admin, args.config) {
+        (Some(admin), _) => match admin.parse::<SocketAddr>() {
+            Ok(addr) => probe_address(addr).to_string(),
+            Err(_) => admin,
+        },
+        // The daemon's own loading, so the file and the ROCKETMQ_* variables count as they do
+        // there; a container whose file moves the admin port needs no second setting.
+        (None, Some(file)) => match Config::load(&Sources::from_process(Some(file))) {
+            Ok(cfg) => probe_address(cfg.admin.listen).to_string(),
+            Err(e) => {
+                report_config_error(&e);
+                return ExitCode::from(1);
+            }
+        },
+        (None, None) => "127.0.0.1:9090".to_owned(),
+    };
     let url = format!("http://{host}/{path}");
     let result = runtime(Some(1)).block_on(async {
         let client = reqwest::Client::builder()
