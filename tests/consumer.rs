@@ -369,6 +369,45 @@ async fn tag_expression_with_spaces_delivers_exactly_the_tagged_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql92_subscriptions_reach_the_broker_and_its_verdict_is_kept() {
+    // The broker evaluates SQL92 only with property filtering switched on. It evaluates an
+    // expression over properties as false for every message (docs/compatibility.md), so this
+    // test uses the two constant expressions: sent as a tag subscription by mistake, `TRUE` would
+    // deliver nothing; ignored by the broker, `FALSE` would deliver everything.
+    let mq = RocketMq::start_with(&[("enablePropertyFilter", "true")]).await;
+    let topic = unique("T_sql");
+    let p = producer(&mq).await;
+    p.create_topic(&topic, 4, false)
+        .await
+        .expect("topic created");
+    let all = bodies("sql", 40);
+    produce(&p, &topic, &all, Some("TagA")).await;
+
+    let everything = Arc::new(Mutex::new(Vec::new()));
+    let nothing = Arc::new(Mutex::new(Vec::new()));
+    let mut consumers = Vec::new();
+    for (name, expression, seen) in [("true", "TRUE", &everything), ("false", "FALSE", &nothing)] {
+        let mut cfg = fast_config(&unique(&format!("G_sql_{name}")), &topic);
+        cfg.filter = Filter::Sql92(expression.into());
+        consumers.push(start(&mq, &unique(name), cfg, Recorder::new(name, seen)).await);
+    }
+    let wanted: BTreeSet<String> = all.iter().cloned().collect();
+    eventually(
+        Duration::from_secs(60),
+        "all 40 messages under TRUE",
+        || bodies_seen(&everything) == wanted,
+    )
+    .await;
+    // The FALSE group has pulled the same queues by now; let a stray delivery surface.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(bodies_seen(&nothing), BTreeSet::new());
+    assert_eq!(bodies_seen(&everything), wanted);
+    for c in consumers {
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_groups_start_from_first_last_or_timestamp() {
     let mq = RocketMq::start().await;
     let topic = unique("T_from");
