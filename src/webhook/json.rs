@@ -187,6 +187,15 @@ mod tests {
     }
 
     #[test]
+    fn the_scan_and_the_escaper_agree_on_every_byte() {
+        // `must_escape` drives the vectorised scan, `escape` the writing: a byte only one of
+        // them knew would be copied unescaped.
+        for b in 0..=u8::MAX {
+            assert_eq!(must_escape(b), escape(b).is_some(), "{b:#04x}");
+        }
+    }
+
+    #[test]
     fn a_special_byte_anywhere_in_a_long_string_is_escaped() {
         // Every position relative to the scan's chunks: first, last, either side of a boundary.
         for len in [31, 32, 33, 64, 100] {
