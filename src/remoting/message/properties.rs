@@ -51,7 +51,7 @@ impl Properties {
         let mut found = [None; N];
         let mut missing = N;
         for (i, key) in keys.iter().enumerate() {
-            if let Ok(at) = self.added.binary_search_by(|(k, _)| (**k).cmp(key)) {
+            if let Some(at) = self.added_position(key) {
                 found[i] = Some(&*self.added[at].1);
                 missing -= 1;
             }
@@ -130,6 +130,19 @@ impl Properties {
         Iter {
             wire: wire_entries(&self.wire),
             added: self.added.iter(),
+        }
+    }
+
+    /// Where `key` is in `added`. A pulled message has two added entries (the consumer's
+    /// offsets), and its envelope and tag filter look up four keys: a binary search compared by
+    /// `memcmp` calls, 2 % of the daemon's CPU in a profile of the batched drain; a scan
+    /// by equality compares lengths first and rarely calls it.
+    fn added_position(&self, key: &str) -> Option<usize> {
+        const SCAN_MAX: usize = 8;
+        if self.added.len() <= SCAN_MAX {
+            self.added.iter().position(|(k, _)| **k == *key)
+        } else {
+            self.added.binary_search_by(|(k, _)| (**k).cmp(key)).ok()
         }
     }
 
