@@ -127,7 +127,10 @@ impl ResponseCode {
     /// Whether a call that failed with this code may succeed when simply tried again later.
     ///
     /// Unknown codes count as retriable: newer brokers add codes (rocketmq-remoting.md section 10)
-    /// and a consumer must keep going rather than give up on a queue.
+    /// and a consumer must keep going rather than give up on a queue. `NO_PERMISSION` stays
+    /// retriable as in Java, whose producer retries it (`DefaultMQProducer.retryResponseCodes`)
+    /// and whose consumer pulls again later: permissions change at runtime (a broker set
+    /// read-only for maintenance, ACLs updated).
     pub fn is_retriable(self) -> bool {
         !matches!(
             self,
