@@ -131,6 +131,8 @@ struct Proc {
     pid: u32,
     /// Our daemon's admin address (metrics); the peer has none.
     admin: Option<std::net::SocketAddr>,
+    /// Where its stdout and stderr go.
+    log: PathBuf,
 }
 
 impl Proc {
@@ -147,6 +149,17 @@ impl Proc {
     }
     fn cpu(&self) -> Option<f64> {
         proc::cpu_secs(self.pid)
+    }
+
+    /// Why the case cannot go on, if the process has already ended: a consumer that exits
+    /// early (a configuration error, a crash) would otherwise leave the harness waiting for
+    /// messages until the case's timeout, up to 15 minutes.
+    fn exited(&mut self) -> Option<String> {
+        let status = self.child.try_wait().ok()??;
+        Some(format!(
+            "the consumer exited early ({status}); its output: {}",
+            self.log.display()
+        ))
     }
 
     /// Pull round trips and webhook requests so far, from our daemon's `/metrics`: how many
@@ -184,8 +197,8 @@ impl Ctx {
         let logs = self.args.out.join("logs");
         std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
         let label = format!("{}-{}", kind.name(), self.seq);
-        let log =
-            std::fs::File::create(logs.join(format!("{label}.log"))).map_err(|e| e.to_string())?;
+        let log_path = logs.join(format!("{label}.log"));
+        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
         let mut admin_addr = None;
         let mut cmd = match kind {
@@ -254,6 +267,7 @@ impl Ctx {
             child,
             pid,
             admin: admin_addr,
+            log: log_path,
         })
     }
 
@@ -439,24 +453,25 @@ impl CpuMark {
     }
 }
 
-/// Waits until the sink has `expected` distinct messages or `timeout` passes; the marks are
-/// taken at the first delivery and at the end.
+/// Waits until the sink has `expected` distinct messages or `timeout` passes, or the consumer
+/// exits (see [`Proc::exited`]); the marks are taken at the first delivery and at the end.
 async fn wait_drained(
     sink: &Sink,
-    p: &Proc,
+    p: &mut Proc,
     broker: Option<u32>,
     expected: u64,
     timeout: Duration,
 ) -> (bool, CpuMark, CpuMark) {
     let deadline = Instant::now() + timeout;
-    let mark = || CpuMark::now(Some(p.pid), broker);
+    let pid = p.pid;
+    let mark = || CpuMark::now(Some(pid), broker);
     let mut first = mark();
     loop {
         let n = sink.unique.load(Ordering::Relaxed);
         if n == 0 {
             first = mark();
         }
-        if n >= expected || Instant::now() >= deadline {
+        if n >= expected || Instant::now() >= deadline || p.exited().is_some() {
             return (n >= expected, first, mark());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -571,9 +586,12 @@ impl Ctx {
             .faults
             .latency_us
             .store(sink_latency_us, Ordering::SeqCst);
-        let p = self.spawn(kind, subs, mode).await?;
+        let mut p = self.spawn(kind, subs, mode).await?;
         let (done, first, last) =
-            wait_drained(&self.sink, &p, self.args.broker_pid, expected, timeout).await;
+            wait_drained(&self.sink, &mut p, self.args.broker_pid, expected, timeout).await;
+        if let Some(why) = p.exited() {
+            return Err(why);
+        }
         let at_deadline = self.sink.unique.load(Ordering::Relaxed);
         let peak = proc::peak_rss_mib(p.pid);
         let trips = p.round_trips().await;
@@ -629,7 +647,7 @@ impl Ctx {
             topic: topic.clone(),
             group: format!("{topic}-{}", kind.name()),
         }];
-        let p = self.spawn(kind, &subs, mode).await?;
+        let mut p = self.spawn(kind, &subs, mode).await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut i = 0;
         loop {
@@ -641,6 +659,9 @@ impl Ctx {
                 .unwrap_or(0);
             if warm >= usize::from(queues).min(8) {
                 break;
+            }
+            if let Some(why) = p.exited() {
+                return Err(why);
             }
             if Instant::now() > deadline {
                 p.stop().await;
@@ -716,7 +737,7 @@ impl Ctx {
         if kind == Kind::Peer {
             self.peer_available()?;
         }
-        let (p, topic) = self
+        let (mut p, topic) = self
             .start_live(
                 kind,
                 8,
@@ -728,7 +749,11 @@ impl Ctx {
             .await?;
         let cpu0 = p.cpu();
         let sent = open_loop(&self.producer, &topic, rate, secs).await;
-        let (done, ..) = wait_drained(&self.sink, &p, None, sent, Duration::from_secs(30)).await;
+        let (done, ..) =
+            wait_drained(&self.sink, &mut p, None, sent, Duration::from_secs(30)).await;
+        if let Some(why) = p.exited() {
+            return Err(why);
+        }
         let cpu = p.cpu().zip(cpu0).map(|(a, b)| a - b);
         let peak = proc::peak_rss_mib(p.pid);
         p.stop().await;
@@ -762,7 +787,7 @@ impl Ctx {
         if kind == Kind::Peer {
             self.peer_available()?;
         }
-        let (p, topic) = self
+        let (mut p, topic) = self
             .start_live(
                 kind,
                 8,
@@ -804,7 +829,10 @@ impl Ctx {
         let sent = open_loop(&producer, &t2, rate, secs).await;
         // Retries come back through the retry topic after 10 s, 30 s, ...: wait for them.
         let wait = Duration::from_secs(if self.args.quick { 75 } else { 240 });
-        let (done, ..) = wait_drained(&self.sink, &p, None, sent, wait).await;
+        let (done, ..) = wait_drained(&self.sink, &mut p, None, sent, wait).await;
+        if let Some(why) = p.exited() {
+            return Err(why);
+        }
         let cpu = p.cpu().zip(cpu0).map(|(a, b)| a - b);
         let peak = proc::peak_rss_mib(p.pid);
         let outage_rss = sampler.await.unwrap_or(0.0);
@@ -865,7 +893,7 @@ impl Ctx {
         if kind == Kind::Peer {
             self.peer_available()?;
         }
-        let (p, topic) = self
+        let (mut p, topic) = self
             .start_live(
                 kind,
                 8,
@@ -893,8 +921,17 @@ impl Ctx {
         let cpu1 = p.cpu();
         let mut run = Run::new();
         let pre = load::preload(&self.producer, &topic, load_count, 1024, 4, 8).await?;
-        let (done, ..) =
-            wait_drained(&self.sink, &p, None, load_count, Duration::from_secs(300)).await;
+        let (done, ..) = wait_drained(
+            &self.sink,
+            &mut p,
+            None,
+            load_count,
+            Duration::from_secs(300),
+        )
+        .await;
+        if let Some(why) = p.exited() {
+            return Err(why);
+        }
         let cpu = p.cpu().zip(cpu1).map(|(a, b)| a - b);
         let peak = proc::peak_rss_mib(p.pid);
         p.stop().await;
