@@ -453,15 +453,16 @@ impl CpuMark {
     }
 }
 
-/// Waits until the sink has `expected` distinct messages or `timeout` passes, or the consumer
-/// exits (see [`Proc::exited`]); the marks are taken at the first delivery and at the end.
+/// Waits until the sink has `expected` distinct messages or `timeout` passes; the marks are
+/// taken at the first delivery and at the end. An error if the consumer exits first (see
+/// [`Proc::exited`]).
 async fn wait_drained(
     sink: &Sink,
     p: &mut Proc,
     broker: Option<u32>,
     expected: u64,
     timeout: Duration,
-) -> (bool, CpuMark, CpuMark) {
+) -> Result<(bool, CpuMark, CpuMark), String> {
     let deadline = Instant::now() + timeout;
     let pid = p.pid;
     let mark = || CpuMark::now(Some(pid), broker);
@@ -471,8 +472,11 @@ async fn wait_drained(
         if n == 0 {
             first = mark();
         }
-        if n >= expected || Instant::now() >= deadline || p.exited().is_some() {
-            return (n >= expected, first, mark());
+        if let Some(why) = p.exited() {
+            return Err(why);
+        }
+        if n >= expected || Instant::now() >= deadline {
+            return Ok((n >= expected, first, mark()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -588,10 +592,7 @@ impl Ctx {
             .store(sink_latency_us, Ordering::SeqCst);
         let mut p = self.spawn(kind, subs, mode).await?;
         let (done, first, last) =
-            wait_drained(&self.sink, &mut p, self.args.broker_pid, expected, timeout).await;
-        if let Some(why) = p.exited() {
-            return Err(why);
-        }
+            wait_drained(&self.sink, &mut p, self.args.broker_pid, expected, timeout).await?;
         let at_deadline = self.sink.unique.load(Ordering::Relaxed);
         let peak = proc::peak_rss_mib(p.pid);
         let trips = p.round_trips().await;
@@ -750,10 +751,7 @@ impl Ctx {
         let cpu0 = p.cpu();
         let sent = open_loop(&self.producer, &topic, rate, secs).await;
         let (done, ..) =
-            wait_drained(&self.sink, &mut p, None, sent, Duration::from_secs(30)).await;
-        if let Some(why) = p.exited() {
-            return Err(why);
-        }
+            wait_drained(&self.sink, &mut p, None, sent, Duration::from_secs(30)).await?;
         let cpu = p.cpu().zip(cpu0).map(|(a, b)| a - b);
         let peak = proc::peak_rss_mib(p.pid);
         p.stop().await;
@@ -829,10 +827,7 @@ impl Ctx {
         let sent = open_loop(&producer, &t2, rate, secs).await;
         // Retries come back through the retry topic after 10 s, 30 s, ...: wait for them.
         let wait = Duration::from_secs(if self.args.quick { 75 } else { 240 });
-        let (done, ..) = wait_drained(&self.sink, &mut p, None, sent, wait).await;
-        if let Some(why) = p.exited() {
-            return Err(why);
-        }
+        let (done, ..) = wait_drained(&self.sink, &mut p, None, sent, wait).await?;
         let cpu = p.cpu().zip(cpu0).map(|(a, b)| a - b);
         let peak = proc::peak_rss_mib(p.pid);
         let outage_rss = sampler.await.unwrap_or(0.0);
@@ -928,10 +923,7 @@ impl Ctx {
             load_count,
             Duration::from_secs(300),
         )
-        .await;
-        if let Some(why) = p.exited() {
-            return Err(why);
-        }
+        .await?;
         let cpu = p.cpu().zip(cpu1).map(|(a, b)| a - b);
         let peak = proc::peak_rss_mib(p.pid);
         p.stop().await;
