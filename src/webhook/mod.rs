@@ -2,8 +2,8 @@
 //!
 //! [`Webhook`] turns each batch into one request (formats `json`, `cloudevents-batch`) or one
 //! request per message (`raw`, `cloudevents`), sends them through a keep-alive pool with a
-//! per-request timeout and at most `concurrency` requests in flight per subscription, and maps
-//! every answer to per-message outcomes (architecture.md section 5). The pieces are pure and
+//! per-request timeout and at most `concurrency` requests in flight per subscription (and, when
+//! given one, within a [`RequestLimit`] shared with other subscriptions), and maps every answer to per-message outcomes (architecture.md section 5). The pieces are pure and
 //! tested on their own: [`encode`] (requests), [`classify`] (answers), [`breaker`] (circuit
 //! breaker and `Retry-After` pause), [`sign`] (Standard Webhooks, bearer token); [`stats`] holds
 //! the counters the metrics layer exposes.
@@ -27,6 +27,7 @@ pub mod breaker;
 pub mod classify;
 pub mod encode;
 mod json;
+mod limit;
 pub mod sign;
 pub mod stats;
 
@@ -56,6 +57,7 @@ use crate::consumer::{Batch, ConsumeMode, Handler, Outcome};
 pub use breaker::{BreakerConfig, CircuitState};
 pub use classify::{StatusClasses, StatusPattern};
 pub use encode::Format;
+pub use limit::RequestLimit;
 pub use sign::{BearerToken, SigningSecret};
 pub use stats::WebhookStats;
 
@@ -98,6 +100,9 @@ pub struct WebhookOptions {
     pub timeout: Duration,
     /// Maximum requests in flight for this subscription (also the idle pool size).
     pub concurrency: usize,
+    /// A cap shared with other webhooks (the daemon's `delivery.max_in_flight`); a request
+    /// needs a place in both. Default: none.
+    pub limit: Option<RequestLimit>,
     /// Extra headers sent with every request.
     pub headers: Vec<(String, String)>,
     /// Sent as `Authorization: Bearer <token>`.
@@ -141,6 +146,7 @@ impl WebhookOptions {
             format: Format::Json,
             timeout: Duration::from_secs(30),
             concurrency: 16,
+            limit: None,
             headers: Vec::new(),
             bearer_token: None,
             signing_secret: None,
@@ -162,6 +168,7 @@ impl fmt::Debug for WebhookOptions {
             .field("format", &self.format)
             .field("timeout", &self.timeout)
             .field("concurrency", &self.concurrency)
+            .field("limit", &self.limit.as_ref().map(RequestLimit::capacity))
             // Header values may hold API keys; show the names only.
             .field(
                 "headers",
@@ -269,6 +276,7 @@ struct Inner {
     timeout: Duration,
     retry_after_cap: Duration,
     permits: Semaphore,
+    limit: Option<RequestLimit>,
     breaker: Mutex<Breaker>,
     stats: Arc<WebhookStats>,
     /// The log fields of the subscription this webhook serves (one per webhook in practice),
@@ -365,6 +373,7 @@ impl Webhook {
                 timeout: options.timeout,
                 retry_after_cap: options.retry_after_cap,
                 permits: Semaphore::new(options.concurrency),
+                limit: options.limit,
                 breaker: Mutex::new(Breaker::new(options.breaker, options.timeout)),
                 stats: Arc::new(WebhookStats::default()),
                 log: std::sync::OnceLock::new(),
@@ -524,6 +533,7 @@ impl fmt::Debug for Inner {
             .field("signing", &self.signing)
             .field("timeout", &self.timeout)
             .field("permits", &self.permits.available_permits())
+            .field("limit", &self.limit)
             .field("breaker", &self.breaker)
             .finish_non_exhaustive()
     }
@@ -559,14 +569,27 @@ impl Inner {
             self.stats.record_outcomes(&outcomes);
             return outcomes;
         };
-        let Ok(_permit) = self.permits.acquire().await else {
-            // The semaphore is never closed; treat it like an open circuit if it ever is.
-            return vec![
+        // This subscription's place first, then the shared one: a request waiting for the
+        // shared cap then holds only its own subscription's place, never another's.
+        // The semaphores are never closed; should one ever be, the request waits like one
+        // behind an open circuit.
+        let closed = || {
+            vec![
                 Outcome::Later {
                     after: Duration::from_secs(1)
                 };
                 count
-            ];
+            ]
+        };
+        let Ok(_own) = self.permits.acquire().await else {
+            return closed();
+        };
+        let _shared = match &self.limit {
+            Some(limit) => match limit.acquire().await {
+                Some(place) => Some(place),
+                None => return closed(),
+            },
+            None => None,
         };
         // Admission after the permit: the circuit may have opened while this request queued.
         let admission = self.breaker().admit(Instant::now());

@@ -433,6 +433,50 @@ async fn concurrency_is_bounded() {
     assert_eq!(peak, 2);
 }
 
+#[tokio::test]
+async fn a_shared_limit_bounds_webhooks_together() {
+    let mut slow = reply(200);
+    slow.delay = Duration::from_millis(200);
+    let server = Server::start(vec![slow; 8]).await;
+    let limit = RequestLimit::new(3);
+    let hooks: Vec<Webhook> = (0..2)
+        .map(|_| {
+            let mut o = options(server.url());
+            o.format = Format::Raw;
+            o.concurrency = 4;
+            o.limit = Some(limit.clone());
+            Webhook::new(o).unwrap()
+        })
+        .collect();
+    let watcher = {
+        let stats: Vec<_> = hooks.iter().map(|h| Arc::clone(h.stats())).collect();
+        let limit = limit.clone();
+        tokio::spawn(async move {
+            let (mut peak, mut peak_waiting) = (0, 0);
+            for _ in 0..80 {
+                peak = peak.max(stats.iter().map(|s| s.in_flight()).sum::<i64>());
+                peak_waiting = peak_waiting.max(limit.waiting());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (peak, peak_waiting)
+        })
+    };
+    let a = batch(&["A", "B", "C", "D"], ConsumeMode::Concurrent);
+    let b = batch(&["E", "F", "G", "H"], ConsumeMode::Concurrent);
+    let (ra, rb) = tokio::join!(handle(&hooks[0], &a), handle(&hooks[1], &b));
+    assert_eq!(ra, vec![Outcome::Success; 4]);
+    assert_eq!(rb, vec![Outcome::Success; 4]);
+    let (peak, peak_waiting) = tokio::time::timeout(LIMIT, watcher).await.unwrap().unwrap();
+    // Alone, each webhook would have had 4 in flight: 8 together.
+    assert_eq!(peak, 3);
+    assert!(
+        peak_waiting > 0,
+        "no request ever waited for the shared limit"
+    );
+    assert_eq!((limit.in_flight(), limit.waiting()), (0, 0));
+    assert_eq!(server.seen().len(), 8);
+}
+
 #[test]
 fn invalid_options_are_refused() {
     assert!(matches!(
