@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -22,8 +22,8 @@ use crate::remoting::acl::AclCredentials;
 use crate::remoting::MessageQueue;
 use crate::webhook::stats::RequestClass;
 use crate::webhook::{
-    BearerToken, BreakerConfig, Format, SigningSecret, StatusClasses, StatusPattern, Webhook,
-    WebhookOptions, WebhookTls,
+    BearerToken, BreakerConfig, Format, RequestLimit, SigningSecret, StatusClasses, StatusPattern,
+    Webhook, WebhookOptions, WebhookTls,
 };
 
 /// A configuration problem found while planning (after the config module's own validation).
@@ -64,6 +64,9 @@ pub struct Plan {
     pub grace: Duration,
     /// The process-wide cache limits, shared by every subscription's consumer.
     pub cache_budget: Arc<CacheBudget>,
+    /// The process-wide cap on webhook requests in flight, shared by every subscription's
+    /// webhook.
+    pub request_limit: RequestLimit,
 }
 
 impl Plan {
@@ -97,6 +100,12 @@ impl Plan {
             instance_name: Some(cfg.resolved_instance_name()),
             client_ip: None,
         };
+        // Filled in at load time; the fallback only serves a tree built by hand.
+        let request_limit = RequestLimit::new(
+            cfg.delivery
+                .max_in_flight
+                .unwrap_or(config::DEFAULT_MAX_IN_FLIGHT) as usize,
+        );
         let mut subscriptions = Vec::new();
         for (i, sub) in cfg.subscriptions.iter().enumerate() {
             let key = |k: &str| format!("subscriptions[{i}].{k}");
@@ -104,7 +113,9 @@ impl Plan {
                 warn!(subscription = %sub.name, "enable_auto_recovery=false has no effect: queue workers always back off and retry.");
             }
             let consumer = consumer_config(cfg, sub, i)?;
-            let webhook = Webhook::new(webhook_options(sub, &key)?).map_err(|e| PlanError {
+            let mut options = webhook_options(sub, &key)?;
+            options.limit = Some(request_limit.clone());
+            let webhook = Webhook::new(options).map_err(|e| PlanError {
                 key: key("webhook"),
                 reason: e.to_string(),
             })?;
@@ -129,6 +140,7 @@ impl Plan {
                 cfg.cache.max_count as usize,
                 cfg.cache.max_size.as_u64(),
             )),
+            request_limit,
         })
     }
 }
@@ -301,11 +313,13 @@ struct WebhookCollector {
     requests: IntCounterVec,
     circuit: IntGaugeVec,
     in_flight: IntGaugeVec,
+    waiting: IntGauge,
     webhooks: Vec<(String, String, Webhook)>,
+    limit: RequestLimit,
 }
 
 impl WebhookCollector {
-    fn new(webhooks: Vec<(String, String, Webhook)>) -> Self {
+    fn new(webhooks: Vec<(String, String, Webhook)>, limit: RequestLimit) -> Self {
         let labels = ["consumer_group", "topic"];
         Self {
             requests: IntCounterVec::new(
@@ -332,7 +346,13 @@ impl WebhookCollector {
                 &labels,
             )
             .expect("valid metric"),
+            waiting: IntGauge::new(
+                names::WEBHOOK_REQUESTS_WAITING,
+                "Webhook requests waiting for a place under delivery.max_in_flight.",
+            )
+            .expect("valid metric"),
             webhooks,
+            limit,
         }
     }
 }
@@ -342,6 +362,7 @@ impl Collector for WebhookCollector {
         let mut d = self.requests.desc();
         d.extend(self.circuit.desc());
         d.extend(self.in_flight.desc());
+        d.extend(self.waiting.desc());
         d
     }
 
@@ -367,6 +388,9 @@ impl Collector for WebhookCollector {
         let mut out = self.requests.collect();
         out.extend(self.circuit.collect());
         out.extend(self.in_flight.collect());
+        self.waiting
+            .set(i64::try_from(self.limit.waiting()).unwrap_or(i64::MAX));
+        out.extend(self.waiting.collect());
         out
     }
 }
@@ -375,6 +399,7 @@ impl Collector for WebhookCollector {
 struct DaemonStatus {
     subs: Vec<(String, consumer::Config, Probe, Webhook)>,
     cache_budget: Arc<CacheBudget>,
+    request_limit: RequestLimit,
 }
 
 impl crate::admin::StatusSource for DaemonStatus {
@@ -410,6 +435,11 @@ impl crate::admin::StatusSource for DaemonStatus {
                 "queues": budget.queues(),
                 "taken": budget.taken(),
             },
+            "delivery": {
+                "max_in_flight": self.request_limit.capacity(),
+                "in_flight": self.request_limit.in_flight(),
+                "waiting": self.request_limit.waiting(),
+            },
             "subscriptions": subs,
         })
     }
@@ -435,6 +465,7 @@ pub async fn run(
                 )
             })
             .collect(),
+        plan.request_limit.clone(),
     );
     metrics.registry().register(Box::new(collector))?;
 
@@ -461,6 +492,7 @@ pub async fn run(
     let source = Arc::new(DaemonStatus {
         subs: status,
         cache_budget: plan.cache_budget,
+        request_limit: plan.request_limit,
     });
     let (bound, admin) = crate::admin::serve(plan.admin, metrics.clone(), source, cancel.clone())
         .await

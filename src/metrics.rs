@@ -48,6 +48,9 @@ pub mod names {
     pub const WEBHOOK_REQUESTS_TOTAL: &str = "rocketmq_webhook_webhook_requests_total";
     /// Webhook HTTP requests in flight.
     pub const WEBHOOK_REQUESTS_IN_FLIGHT: &str = "rocketmq_webhook_webhook_requests_in_flight";
+    /// Webhook requests waiting for a place under `delivery.max_in_flight` (no labels: the
+    /// cap is the whole process's).
+    pub const WEBHOOK_REQUESTS_WAITING: &str = "rocketmq_webhook_webhook_requests_waiting";
     /// Circuit breaker state: 0 closed, 1 half-open, 2 open.
     pub const WEBHOOK_CIRCUIT_STATE: &str = "rocketmq_webhook_webhook_circuit_state";
     /// Constant 1 with the version as a label.

@@ -255,6 +255,40 @@ async fn run_python(script: &str, args: &[&str], requests: &[(Value, Vec<u8>)]) 
 }
 
 /// Starts a broker, a receiver and a topic with `queues` queues.
+/// `count` subscriptions, each to its own new 4-queue topic and delivering to `/s<i>`.
+async fn topics_and_subscriptions(
+    mq: &RocketMq,
+    receiver: &Receiver,
+    prefix: &str,
+    count: usize,
+) -> Vec<Sub> {
+    let mut subs = Vec::new();
+    for i in 0..count {
+        let topic = unique(&format!("T_{prefix}{i}"));
+        mq.create_topic(&topic, 4).await;
+        subs.push(Sub::new(
+            &unique(&format!("G_{prefix}{i}")),
+            &topic,
+            receiver.url(&format!("/s{i}")),
+        ));
+    }
+    subs
+}
+
+/// Sends `per_topic` messages to the topic of each subscription; returns every body.
+async fn produce_to_each(mq: &RocketMq, subs: &[Sub], per_topic: usize) -> Vec<String> {
+    let mut all = Vec::new();
+    for sub in subs {
+        let bodies: Vec<String> = (0..per_topic)
+            .map(|n| format!("{}-{n}", sub.topic))
+            .collect();
+        let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        produce(mq, &sub.topic, &refs).await;
+        all.extend(bodies);
+    }
+    all
+}
+
 async fn setup(prefix: &str, queues: u16) -> (RocketMq, Receiver, String, String) {
     let mq = RocketMq::start().await;
     let topic = unique(&format!("T_{prefix}"));
@@ -1471,26 +1505,9 @@ async fn secrets_never_appear_in_logs_status_or_check_config() {
 async fn several_subscriptions_share_a_daemon_without_disturbing_each_other() {
     let mq = RocketMq::start().await;
     let receiver = Receiver::start().await;
-    let mut subs = Vec::new();
-    let mut topics = Vec::new();
-    for i in 0..3 {
-        let topic = unique(&format!("T_multi{i}"));
-        mq.create_topic(&topic, 4).await;
-        subs.push(Sub::new(
-            &unique(&format!("G_multi{i}")),
-            &topic,
-            receiver.url(&format!("/s{i}")),
-        ));
-        topics.push(topic);
-    }
+    let subs = topics_and_subscriptions(&mq, &receiver, "multi", 3).await;
     let daemon = Daemon::start(&Launch::yaml(yaml(&mq.namesrv_addr(), &subs))).await;
-    let mut all = Vec::new();
-    for topic in &topics {
-        let bodies: Vec<String> = (0..40).map(|n| format!("{topic}-{n}")).collect();
-        let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
-        produce(&mq, topic, &refs).await;
-        all.extend(bodies);
-    }
+    let all = produce_to_each(&mq, &subs, 40).await;
     receiver
         .wait_until(
             Duration::from_secs(60),
@@ -1513,5 +1530,49 @@ async fn several_subscriptions_share_a_daemon_without_disturbing_each_other() {
         !log.contains("closed by peer"),
         "the broker closed connections: {}",
         daemon.output_tail(20)
+    );
+}
+
+/// `delivery.max_in_flight` caps webhook requests of all subscriptions together: two
+/// subscriptions that could each keep 20 requests open against a slow endpoint keep 3 between
+/// them, everything is still delivered, and `/status` shows requests waiting for the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_limit_caps_requests_of_every_subscription_together() {
+    const CAP: usize = 3;
+    let mq = RocketMq::start().await;
+    let receiver = Receiver::start().await;
+    receiver.respond(|_| Reply::ok().with_delay(Duration::from_millis(100)));
+    let subs = topics_and_subscriptions(&mq, &receiver, "cap", 2).await;
+    let all = produce_to_each(&mq, &subs, 40).await;
+    let config = format!(
+        "delivery:\n  max_in_flight: {CAP}\n{}",
+        yaml(&mq.namesrv_addr(), &subs)
+    );
+    let daemon = Daemon::start(&Launch::yaml(config)).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut peak_waiting = 0;
+    while deliveries(&receiver.requests()).len() < all.len() && Instant::now() < deadline {
+        let status = daemon.status().await;
+        assert_eq!(status["delivery"]["max_in_flight"], json!(CAP), "{status}");
+        peak_waiting = peak_waiting.max(status["delivery"]["waiting"].as_u64().unwrap_or(0));
+        sleep(Duration::from_millis(50)).await;
+    }
+    let delivered = deliveries(&receiver.requests());
+    let missing: Vec<&String> = all.iter().filter(|b| !delivered.contains_key(*b)).collect();
+    assert!(
+        missing.is_empty(),
+        "not delivered: {missing:?}\n{}",
+        daemon.output_tail(30)
+    );
+    // Without the cap the two subscriptions would have had up to 40 requests open.
+    assert_eq!(receiver.peak_in_flight(), CAP, "{}", daemon.output_tail(30));
+    assert!(
+        peak_waiting > 0,
+        "/status never showed a request waiting for the cap"
+    );
+    let text = daemon.metrics().await;
+    assert!(
+        text.contains("rocketmq_webhook_webhook_requests_waiting"),
+        "{text}"
     );
 }

@@ -107,6 +107,12 @@ pub const VARIABLES: &[Variable] = &[
         Unit::Mebibytes,
     ),
     var(
+        "ROCKETMQ_DELIVERY_MAX_IN_FLIGHT",
+        G,
+        &["delivery", "max_in_flight"],
+        Unit::Count,
+    ),
+    var(
         "ROCKETMQ_ACCESS_KEY",
         G,
         &["client", "access_key"],

@@ -20,7 +20,7 @@ use super::tree::{
     Provenance,
 };
 use super::values::Profile;
-use super::Config;
+use super::{Config, Subscription};
 
 /// Where configuration comes from. Tests build one by hand; the daemon uses
 /// [`Sources::from_process`].
@@ -181,6 +181,13 @@ impl Config {
             if let (Some(home), Ok(rest)) = (&env.home, sub.offset_store_path.strip_prefix("~")) {
                 sub.offset_store_path = PathBuf::from(home).join(rest);
             }
+        }
+        if self.delivery.max_in_flight.is_none() {
+            let largest = self
+                .subscriptions
+                .iter()
+                .map(Subscription::webhook_concurrency);
+            self.delivery.max_in_flight = largest.chain([super::DEFAULT_MAX_IN_FLIGHT]).max();
         }
     }
 }

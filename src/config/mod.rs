@@ -78,6 +78,9 @@ pub struct Config {
     /// Flow control for the whole process: messages pulled and waiting for delivery, all
     /// subscriptions together.
     pub cache: CacheConfig,
+    /// Webhook requests for the whole process: how many may be in flight, all subscriptions
+    /// together.
+    pub delivery: DeliveryConfig,
     /// Threads running the daemon's tasks (count, 1..=1024). `None`: one per CPU the process
     /// may use. One thread serves a queue's request-after-request loop (orderly, one message
     /// per request) with fewer thread hand-offs; more threads serve many queues in parallel.
@@ -271,6 +274,26 @@ impl Default for CacheConfig {
         }
     }
 }
+
+/// Webhook requests for the whole process. Each subscription is bounded by its own
+/// `webhook.concurrency`; this caps them together, as one application behind the sidecar
+/// usually serves them all. No Java counterpart (each Java consumer has its own thread pool).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Webhook requests in flight, all subscriptions together (count, 1..=100000); a request
+    /// waits for a place in both this and its subscription's `webhook.concurrency`. Each one
+    /// holds a connection and its buffers, so this bounds the memory many subscriptions take.
+    /// Env: `ROCKETMQ_DELIVERY_MAX_IN_FLIGHT`. Default: none, meaning
+    /// [`DEFAULT_MAX_IN_FLIGHT`] or the largest `webhook.concurrency` of any subscription,
+    /// whichever is larger (filled in at load time), so a single subscription is never held
+    /// below its own setting.
+    pub max_in_flight: Option<u32>,
+}
+
+/// `delivery.max_in_flight` when unset and no subscription asks for more: 128, room for six
+/// subscriptions at the default 20 before the cap matters.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 128;
 
 /// One consumer group subscribed to one topic, delivering to one webhook.
 #[derive(Debug, Clone, Serialize, Deserialize)]

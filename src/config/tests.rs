@@ -774,6 +774,57 @@ fn process_cache_limits_are_read_and_checked() {
 }
 
 #[test]
+fn delivery_limit_defaults_to_the_larger_of_128_and_any_subscription() {
+    let config = ok(None, IDENTITY);
+    assert_eq!(config.delivery.max_in_flight, Some(128));
+    // A subscription that asks for more is not held below its own setting.
+    let config = ok(Some(&one_sub("      concurrency: 300\n")), &[]);
+    assert_eq!(config.delivery.max_in_flight, Some(300));
+    let config = ok(Some(&one_sub("    consume_thread_max: 200\n")), &[]);
+    assert_eq!(config.delivery.max_in_flight, Some(200));
+    // Set explicitly, it wins, even below a subscription's.
+    let config = ok(
+        Some(&format!(
+            "delivery: {{max_in_flight: 10}}\n{}",
+            one_sub("      concurrency: 300\n")
+        )),
+        &[],
+    );
+    assert_eq!(config.delivery.max_in_flight, Some(10));
+    let config = ok(
+        None,
+        &[
+            ("ROCKETMQ_DELIVERY_MAX_IN_FLIGHT", "40"),
+            IDENTITY[0],
+            IDENTITY[1],
+            IDENTITY[2],
+        ],
+    );
+    assert_eq!(config.delivery.max_in_flight, Some(40));
+    let e = fail(
+        None,
+        &[
+            ("ROCKETMQ_DELIVERY_MAX_IN_FLIGHT", "0"),
+            IDENTITY[0],
+            IDENTITY[1],
+            IDENTITY[2],
+        ],
+    );
+    let (key, origin, value, reason) = invalid(&e);
+    assert_eq!((key, value), ("delivery.max_in_flight", "0"));
+    assert_eq!(
+        origin.to_string(),
+        "environment ROCKETMQ_DELIVERY_MAX_IN_FLIGHT"
+    );
+    assert!(reason.contains("between 1 and 100000"), "{reason}");
+    let e = fail(
+        Some(&format!("delivery:\n  max_in_flit: 5\n{}", one_sub(""))),
+        &[],
+    );
+    assert_error(&e, "delivery.max_in_flit", &["max_in_flight"]);
+}
+
+#[test]
 fn bad_name_server_addresses_are_rejected() {
     for addr in ["localhost", "h:0", "h:port", "a:1;b"] {
         let e = fail(
@@ -1178,6 +1229,7 @@ fn profiles_sit_under_the_file_and_the_environment() {
     assert_eq!(config.profile, Some(Profile::ResourceSaving));
     assert_eq!(config.subscriptions[0].consume_thread_max, 4);
     assert_eq!(config.worker_threads, Some(1));
+    assert_eq!(config.delivery.max_in_flight, Some(16));
     assert_eq!(
         config.client.poll_name_server_interval,
         Duration::from_secs(60)

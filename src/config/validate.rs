@@ -177,6 +177,9 @@ impl Config {
             ByteSize::mib(1),
             ByteSize::gib(64),
         );
+        if let Some(n) = self.delivery.max_in_flight {
+            c.range(key_path!["delivery", "max_in_flight"], n, 1, 100_000);
+        }
         match (&client.access_key, &client.secret_key) {
             (Some(_), None) => c.fail(
                 key_path!["client", "secret_key"],

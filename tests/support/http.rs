@@ -14,6 +14,7 @@
 //!   requests or the test.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -137,6 +138,26 @@ type Script = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
 struct Shared {
     requests: Mutex<Vec<Request>>,
     script: Mutex<Script>,
+    /// Requests being answered now, and the most there ever were at once.
+    open: AtomicUsize,
+    peak_open: AtomicUsize,
+}
+
+/// Counts a request as open until it is answered or its connection drops.
+struct Open<'a>(&'a Shared);
+
+impl<'a> Open<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        let now = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak_open.fetch_max(now, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -185,6 +206,8 @@ impl Receiver {
             shared: Arc::new(Shared {
                 requests: Mutex::new(Vec::new()),
                 script: Mutex::new(ok),
+                open: AtomicUsize::new(0),
+                peak_open: AtomicUsize::new(0),
             }),
             server: Mutex::new(None),
         };
@@ -213,6 +236,11 @@ impl Receiver {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The most requests this receiver was answering at once (from arrival to answer).
+    pub(crate) fn peak_in_flight(&self) -> usize {
+        self.shared.peak_open.load(Ordering::SeqCst)
     }
 
     /// Polls every 50 ms until `check` holds for the requests so far and returns them.
@@ -328,6 +356,7 @@ async fn record_and_answer(
     request: axum::extract::Request,
 ) -> Response {
     let at = Instant::now();
+    let _open = Open::new(&shared);
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, MAX_BODY)
         .await
