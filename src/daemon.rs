@@ -22,7 +22,7 @@ use crate::remoting::acl::AclCredentials;
 use crate::remoting::MessageQueue;
 use crate::webhook::stats::RequestClass;
 use crate::webhook::{
-    BearerToken, BreakerConfig, Format, RequestLimit, SigningSecret, StatusClasses, StatusPattern,
+    BearerToken, BreakerConfig, Format, SigningSecret, StatusClasses, StatusPattern, Transport,
     Webhook, WebhookOptions, WebhookTls,
 };
 
@@ -64,9 +64,9 @@ pub struct Plan {
     pub grace: Duration,
     /// The process-wide cache limits, shared by every subscription's consumer.
     pub cache_budget: Arc<CacheBudget>,
-    /// The process-wide cap on webhook requests in flight, shared by every subscription's
-    /// webhook.
-    pub request_limit: RequestLimit,
+    /// The webhook connections and the process-wide cap on requests in flight
+    /// (`delivery.max_in_flight`), shared by every subscription's webhook.
+    pub transport: Transport,
 }
 
 impl Plan {
@@ -101,7 +101,7 @@ impl Plan {
             client_ip: None,
         };
         // Filled in at load time; the fallback only serves a tree built by hand.
-        let request_limit = RequestLimit::new(
+        let transport = Transport::new(
             cfg.delivery
                 .max_in_flight
                 .unwrap_or(config::DEFAULT_MAX_IN_FLIGHT) as usize,
@@ -114,7 +114,7 @@ impl Plan {
             }
             let consumer = consumer_config(cfg, sub, i)?;
             let mut options = webhook_options(sub, &key)?;
-            options.limit = Some(request_limit.clone());
+            options.transport = Some(transport.clone());
             let webhook = Webhook::new(options).map_err(|e| PlanError {
                 key: key("webhook"),
                 reason: e.to_string(),
@@ -140,7 +140,7 @@ impl Plan {
                 cfg.cache.max_count as usize,
                 cfg.cache.max_size.as_u64(),
             )),
-            request_limit,
+            transport,
         })
     }
 }
@@ -315,11 +315,11 @@ struct WebhookCollector {
     in_flight: IntGaugeVec,
     waiting: IntGauge,
     webhooks: Vec<(String, String, Webhook)>,
-    limit: RequestLimit,
+    transport: Transport,
 }
 
 impl WebhookCollector {
-    fn new(webhooks: Vec<(String, String, Webhook)>, limit: RequestLimit) -> Self {
+    fn new(webhooks: Vec<(String, String, Webhook)>, transport: Transport) -> Self {
         let labels = ["consumer_group", "topic"];
         Self {
             requests: IntCounterVec::new(
@@ -352,7 +352,7 @@ impl WebhookCollector {
             )
             .expect("valid metric"),
             webhooks,
-            limit,
+            transport,
         }
     }
 }
@@ -389,7 +389,7 @@ impl Collector for WebhookCollector {
         out.extend(self.circuit.collect());
         out.extend(self.in_flight.collect());
         self.waiting
-            .set(i64::try_from(self.limit.waiting()).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.transport.waiting()).unwrap_or(i64::MAX));
         out.extend(self.waiting.collect());
         out
     }
@@ -399,7 +399,7 @@ impl Collector for WebhookCollector {
 struct DaemonStatus {
     subs: Vec<(String, consumer::Config, Probe, Webhook)>,
     cache_budget: Arc<CacheBudget>,
-    request_limit: RequestLimit,
+    transport: Transport,
 }
 
 impl crate::admin::StatusSource for DaemonStatus {
@@ -436,9 +436,9 @@ impl crate::admin::StatusSource for DaemonStatus {
                 "taken": budget.taken(),
             },
             "delivery": {
-                "max_in_flight": self.request_limit.capacity(),
-                "in_flight": self.request_limit.in_flight(),
-                "waiting": self.request_limit.waiting(),
+                "max_in_flight": self.transport.capacity(),
+                "in_flight": self.transport.in_flight(),
+                "waiting": self.transport.waiting(),
             },
             "subscriptions": subs,
         })
@@ -465,7 +465,7 @@ pub async fn run(
                 )
             })
             .collect(),
-        plan.request_limit.clone(),
+        plan.transport.clone(),
     );
     metrics.registry().register(Box::new(collector))?;
 
@@ -492,7 +492,7 @@ pub async fn run(
     let source = Arc::new(DaemonStatus {
         subs: status,
         cache_budget: plan.cache_budget,
-        request_limit: plan.request_limit,
+        transport: plan.transport,
     });
     let (bound, admin) = crate::admin::serve(plan.admin, metrics.clone(), source, cancel.clone())
         .await

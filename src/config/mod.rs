@@ -282,8 +282,10 @@ impl Default for CacheConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// Webhook requests in flight, all subscriptions together (count, 1..=100000); a request
-    /// waits for a place in both this and its subscription's `webhook.concurrency`. Each one
-    /// holds a connection and its buffers, so this bounds the memory many subscriptions take.
+    /// waits for a place in both this and its subscription's `webhook.concurrency`. Webhooks
+    /// with the same TLS settings and timeout share one connection pool that keeps at most this
+    /// many idle connections, so this bounds the connections and buffers many subscriptions
+    /// hold.
     /// Env: `ROCKETMQ_DELIVERY_MAX_IN_FLIGHT`. Default: none, meaning
     /// [`DEFAULT_MAX_IN_FLIGHT`] or the largest `webhook.concurrency` of any subscription,
     /// whichever is larger (filled in at load time), so a single subscription is never held

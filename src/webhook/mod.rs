@@ -3,7 +3,8 @@
 //! [`Webhook`] turns each batch into one request (formats `json`, `cloudevents-batch`) or one
 //! request per message (`raw`, `cloudevents`), sends them through a keep-alive pool with a
 //! per-request timeout and at most `concurrency` requests in flight per subscription (and, when
-//! given one, within a [`RequestLimit`] shared with other subscriptions), and maps every answer to per-message outcomes (architecture.md section 5). The pieces are pure and
+//! given a [`Transport`] shared with other subscriptions, within its cap and through its
+//! connections), and maps every answer to per-message outcomes (architecture.md section 5). The pieces are pure and
 //! tested on their own: [`encode`] (requests), [`classify`] (answers), [`breaker`] (circuit
 //! breaker and `Retry-After` pause), [`sign`] (Standard Webhooks, bearer token); [`stats`] holds
 //! the counters the metrics layer exposes.
@@ -27,9 +28,9 @@ pub mod breaker;
 pub mod classify;
 pub mod encode;
 mod json;
-mod limit;
 pub mod sign;
 pub mod stats;
+mod transport;
 
 use std::fmt;
 use std::future::Future;
@@ -57,9 +58,9 @@ use crate::consumer::{Batch, ConsumeMode, Handler, Outcome};
 pub use breaker::{BreakerConfig, CircuitState};
 pub use classify::{StatusClasses, StatusPattern};
 pub use encode::Format;
-pub use limit::RequestLimit;
 pub use sign::{BearerToken, SigningSecret};
 pub use stats::WebhookStats;
+pub use transport::Transport;
 
 use breaker::{Admission, Breaker};
 use classify::{Answer, Failure};
@@ -100,9 +101,10 @@ pub struct WebhookOptions {
     pub timeout: Duration,
     /// Maximum requests in flight for this subscription (also the idle pool size).
     pub concurrency: usize,
-    /// A cap shared with other webhooks (the daemon's `delivery.max_in_flight`); a request
-    /// needs a place in both. Default: none.
-    pub limit: Option<RequestLimit>,
+    /// Connections and a cap on requests in flight shared with other webhooks (the daemon's
+    /// `delivery.max_in_flight`); a request then needs a place in both caps. Default: none
+    /// (own connections, own cap only).
+    pub transport: Option<Transport>,
     /// Extra headers sent with every request.
     pub headers: Vec<(String, String)>,
     /// Sent as `Authorization: Bearer <token>`.
@@ -146,7 +148,7 @@ impl WebhookOptions {
             format: Format::Json,
             timeout: Duration::from_secs(30),
             concurrency: 16,
-            limit: None,
+            transport: None,
             headers: Vec::new(),
             bearer_token: None,
             signing_secret: None,
@@ -168,7 +170,10 @@ impl fmt::Debug for WebhookOptions {
             .field("format", &self.format)
             .field("timeout", &self.timeout)
             .field("concurrency", &self.concurrency)
-            .field("limit", &self.limit.as_ref().map(RequestLimit::capacity))
+            .field(
+                "transport",
+                &self.transport.as_ref().map(Transport::capacity),
+            )
             // Header values may hold API keys; show the names only.
             .field(
                 "headers",
@@ -276,7 +281,7 @@ struct Inner {
     timeout: Duration,
     retry_after_cap: Duration,
     permits: Semaphore,
-    limit: Option<RequestLimit>,
+    transport: Option<Transport>,
     breaker: Mutex<Breaker>,
     stats: Arc<WebhookStats>,
     /// The log fields of the subscription this webhook serves (one per webhook in practice),
@@ -340,22 +345,10 @@ impl Webhook {
         if !headers.contains_key(ACCEPT) {
             headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
         }
-        let mut http = HttpConnector::new();
-        // The HTTPS wrapper below handles the scheme; the TCP connector must accept `https`.
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_keepalive(Some(TCP_KEEPALIVE));
-        http.set_connect_timeout(Some(options.timeout));
-        // `From<(connector, config)>` is the builder's `https_or_http()` (plain `http` URLs go
-        // through the TCP connector) but keeps our ALPN `http/1.1`, which the builder would
-        // clear. hyper-util follows no redirects: a 3xx is an answer (retry by default), so
-        // signed bodies are never resent to wherever the endpoint points.
-        let connector = HttpsConnector::from((http, tls_config(&options.tls)?));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(options.concurrency)
-            .build(connector);
+        let client = match &options.transport {
+            Some(shared) => shared.client(&options.tls, options.timeout)?,
+            None => http_client(&options.tls, options.timeout, options.concurrency)?,
+        };
         let encoder = Encoder::new(
             options.format,
             options.cloudevents_type,
@@ -373,7 +366,7 @@ impl Webhook {
                 timeout: options.timeout,
                 retry_after_cap: options.retry_after_cap,
                 permits: Semaphore::new(options.concurrency),
-                limit: options.limit,
+                transport: options.transport,
                 breaker: Mutex::new(Breaker::new(options.breaker, options.timeout)),
                 stats: Arc::new(WebhookStats::default()),
                 log: std::sync::OnceLock::new(),
@@ -533,7 +526,7 @@ impl fmt::Debug for Inner {
             .field("signing", &self.signing)
             .field("timeout", &self.timeout)
             .field("permits", &self.permits.available_permits())
-            .field("limit", &self.limit)
+            .field("transport", &self.transport)
             .field("breaker", &self.breaker)
             .finish_non_exhaustive()
     }
@@ -584,8 +577,8 @@ impl Inner {
         let Ok(_own) = self.permits.acquire().await else {
             return closed();
         };
-        let _shared = match &self.limit {
-            Some(limit) => match limit.acquire().await {
+        let _shared = match &self.transport {
+            Some(shared) => match shared.acquire().await {
                 Some(place) => Some(place),
                 None => return closed(),
             },
@@ -839,6 +832,30 @@ mod tests;
 /// The rustls configuration for `https` endpoints: the public web roots plus `ca_file` (or no
 /// verification at all with `insecure_skip_verify`), the client identity when configured, and
 /// ALPN `http/1.1` (the only protocol the client speaks).
+/// A keep-alive HTTP/1.1 client over rustls that keeps at most `idle` connections per host.
+fn http_client(
+    tls: &WebhookTls,
+    timeout: Duration,
+    idle: usize,
+) -> Result<HttpClient, WebhookError> {
+    let mut http = HttpConnector::new();
+    // The HTTPS wrapper below handles the scheme; the TCP connector must accept `https`.
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_keepalive(Some(TCP_KEEPALIVE));
+    http.set_connect_timeout(Some(timeout));
+    // `From<(connector, config)>` is the builder's `https_or_http()` (plain `http` URLs go
+    // through the TCP connector) but keeps our ALPN `http/1.1`, which the builder would
+    // clear. hyper-util follows no redirects: a 3xx is an answer (retry by default), so
+    // signed bodies are never resent to wherever the endpoint points.
+    let connector = HttpsConnector::from((http, tls_config(tls)?));
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(idle)
+        .build(connector))
+}
+
 fn tls_config(tls: &WebhookTls) -> Result<ClientConfig, WebhookError> {
     let provider = Arc::new(ring_provider::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))

@@ -438,13 +438,13 @@ async fn a_shared_limit_bounds_webhooks_together() {
     let mut slow = reply(200);
     slow.delay = Duration::from_millis(200);
     let server = Server::start(vec![slow; 8]).await;
-    let limit = RequestLimit::new(3);
+    let limit = Transport::new(3);
     let hooks: Vec<Webhook> = (0..2)
         .map(|_| {
             let mut o = options(server.url());
             o.format = Format::Raw;
             o.concurrency = 4;
-            o.limit = Some(limit.clone());
+            o.transport = Some(limit.clone());
             Webhook::new(o).unwrap()
         })
         .collect();

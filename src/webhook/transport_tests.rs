@@ -252,6 +252,36 @@ async fn connections_are_kept_alive_and_reused() {
     task.abort();
 }
 
+/// Webhooks with a shared [`Transport`] take turns on one kept-alive connection; without one,
+/// each opens its own.
+#[tokio::test]
+async fn webhooks_sharing_a_transport_share_connections() {
+    for (shared, expected) in [(true, vec![0, 0, 0, 0]), (false, vec![0, 1, 0, 1])] {
+        let (port, mut seen, task) = server(OK, false).await;
+        let transport = Transport::new(4);
+        let hooks: Vec<Webhook> = ["/a", "/b"]
+            .iter()
+            .map(|path| {
+                let mut o = WebhookOptions::new(format!("http://127.0.0.1:{port}{path}"));
+                o.transport = shared.then(|| transport.clone());
+                Webhook::new(o).unwrap()
+            })
+            .collect();
+        let mut connections = Vec::new();
+        for _ in 0..2 {
+            for hook in &hooks {
+                assert!(matches!(
+                    transmit(hook, b"x").await,
+                    Sent::Answer { status: 200, .. }
+                ));
+                connections.push(next(&mut seen).await.connection);
+            }
+        }
+        assert_eq!(connections, expected, "shared transport: {shared}");
+        task.abort();
+    }
+}
+
 #[tokio::test]
 async fn redirects_are_answers_not_followed() {
     let (port, mut seen, task) = server(
