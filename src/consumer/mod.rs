@@ -12,6 +12,7 @@ pub mod handler;
 mod inbound;
 pub mod offset_store;
 pub mod process_queue;
+mod ready;
 mod rebalance;
 pub mod stats;
 mod worker;

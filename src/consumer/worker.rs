@@ -39,6 +39,7 @@ use super::config::{Model, OrderlyExhausted};
 use super::engine::{needs_heartbeat, Shared};
 use super::handler::{Batch, ConsumeMode, Handler, Outcome};
 use super::process_queue::{Cached, FlowControl, FlowLimits, ProcessQueue};
+use super::ready::Ready;
 use super::stats::QueueState;
 
 /// Broker hold time of a long poll (Java 15 s).
@@ -159,7 +160,7 @@ struct Worker<H> {
     pq: ProcessQueue<Entry>,
     next_offset: i64,
     /// Concurrent: pulled messages waiting for a consume slot, in offset order.
-    ready: VecDeque<MessageExt>,
+    ready: Ready<MessageExt>,
     /// Messages to offer again (or dead-letter again) at a time.
     delayed: Vec<(Instant, MessageExt, Pending)>,
     /// Batches being handled; orderly has at most one.
@@ -216,7 +217,7 @@ pub(crate) async fn run<H: Handler>(
         mq,
         pq: ProcessQueue::new(),
         next_offset: start_offset,
-        ready: VecDeque::new(),
+        ready: Ready::default(),
         delayed: Vec::new(),
         in_flight: FuturesUnordered::new(),
         pull: None,
@@ -331,7 +332,7 @@ impl<H: Handler> Worker<H> {
         due.sort_by_key(|(m, _)| m.queue_offset);
         for (msg, pending) in due {
             match pending {
-                Pending::Deliver => self.ready.push_back(msg),
+                Pending::Deliver => self.ready.push(msg),
                 Pending::DeadLetter => {
                     let shared = Arc::clone(&self.shared);
                     let mq = self.mq.clone();
@@ -407,8 +408,7 @@ impl<H: Handler> Worker<H> {
             }
             taken
         } else {
-            let n = size.min(self.ready.len());
-            self.ready.drain(..n).collect()
+            self.ready.take(size)
         };
         if msgs.is_empty() {
             return;
@@ -698,20 +698,15 @@ impl<H: Handler> Worker<H> {
                         .put(kept.into_iter().map(|m| Entry::Message(Box::new(m))));
                 } else {
                     // Concurrent: the process queue only tracks offsets and sizes; the messages
-                    // themselves wait in `ready` until a batch takes them (no copy).
+                    // themselves wait in `ready`, in the vector they were decoded into, until a
+                    // batch takes them.
                     self.pq.put(kept.iter().map(Entry::mark));
-                    self.ready.extend(kept);
+                    self.ready.append(kept);
                 }
                 self.pull_not_before = Instant::now() + self.shared.config.pull_interval;
             }
             PullStatus::NoNewMsg | PullStatus::NoMatchedMsg => {
                 self.next_offset = result.next_begin_offset;
-                // Idle: an emptied deque keeps room for a whole pull (32 messages of 350-odd
-                // bytes, 11 KB per queue, 11 MB at a thousand idle queues). Given back here,
-                // not whenever it empties, so a busy queue does not allocate it per pull.
-                if self.ready.is_empty() {
-                    self.ready = VecDeque::new();
-                }
                 if self.pq.is_empty() {
                     self.shared.offsets.update(&self.mq, self.next_offset, true);
                 }

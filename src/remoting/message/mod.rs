@@ -260,7 +260,10 @@ const HEAD_LEN: usize = 48;
 /// rejected: a broker does not send half-valid bodies), [`RemotingError::Decompress`] for a body
 /// that does not inflate.
 pub fn decode_messages(body: &Bytes) -> Result<Vec<MessageExt>, RemotingError> {
-    let mut out = Vec::new();
+    // Sized up front: the vector goes on to hold the messages while they wait for delivery
+    // (consumer::Ready), so growing it by doubling would move them up to five times and leave
+    // up to half of it unused.
+    let mut out = Vec::with_capacity(count_records(body));
     let mut at = 0;
     while at < body.len() {
         let (msg, len) = decode_record(body, at)?;
@@ -268,6 +271,22 @@ pub fn decode_messages(body: &Bytes) -> Result<Vec<MessageExt>, RemotingError> {
         unwrap_into(msg, at - len, &mut out)?;
     }
     Ok(out)
+}
+
+/// Records in `body` by their `totalSize` fields, stopping at the first that cannot be a record
+/// (decoding reports it). Each counted record is at least `HEAD_LEN` bytes, so the count never
+/// exceeds what the body can hold.
+fn count_records(body: &[u8]) -> usize {
+    let (mut at, mut n) = (0usize, 0usize);
+    while let Some(size) = body.get(at..at + 4) {
+        let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]) as usize;
+        if size < HEAD_LEN || size > body.len() - at {
+            break;
+        }
+        at += size;
+        n += 1;
+    }
+    n
 }
 
 /// Decodes a body that carries one stored record (CONSUME_MESSAGE_DIRECTLY). Returns the first

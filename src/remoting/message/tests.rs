@@ -45,6 +45,21 @@ fn bodies_are_views_into_the_response() {
 }
 
 #[test]
+fn the_vector_is_sized_to_the_records() {
+    for n in [1, 5, 23, 32] {
+        let response = Bytes::from(golden_record().repeat(n));
+        let msgs = decode_messages(&response).unwrap();
+        assert_eq!((msgs.len(), msgs.capacity()), (n, n));
+    }
+    // A size field that cannot be a record stops the count; decoding then reports it.
+    let mut bad = golden_record().repeat(2);
+    bad.extend_from_slice(&[0, 0, 0, 1]);
+    assert_eq!(count_records(&bad), 2);
+    assert!(decode_messages(&Bytes::from(bad)).is_err());
+    assert_eq!(count_records(&[0xff; 3]), 0);
+}
+
+#[test]
 fn properties_are_views_unless_the_body_was_compressed() {
     let within = |part: &[u8], whole: &Bytes| whole.as_ptr_range().contains(&part.as_ptr());
     let response = Bytes::from(golden_record());
