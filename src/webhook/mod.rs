@@ -4,10 +4,10 @@
 //! request per message (`raw`, `cloudevents`), sends them through a keep-alive pool with a
 //! per-request timeout and at most `concurrency` requests in flight per subscription (and, when
 //! given a [`Transport`] shared with other subscriptions, within its cap and through its
-//! connections), and maps every answer to per-message outcomes (architecture.md section 5). The pieces are pure and
-//! tested on their own: [`encode`] (requests), [`classify`] (answers), [`breaker`] (circuit
-//! breaker and `Retry-After` pause), [`sign`] (Standard Webhooks, bearer token); [`stats`] holds
-//! the counters the metrics layer exposes.
+//! connections), and maps every answer to per-message outcomes (architecture.md section 5).
+//! The pieces are pure and tested on their own: [`encode`] (requests), [`classify`] (answers),
+//! [`breaker`] (circuit breaker and `Retry-After` pause), [`sign`] (Standard Webhooks, bearer
+//! token); [`stats`] holds the counters the metrics layer exposes.
 //!
 //! The keep-alive pool is hyper-util's HTTP/1.1 client over rustls (ring), used directly:
 //! reqwest's per-request layers (URL parsed again, retry layer, header copies) cost about 15% of
