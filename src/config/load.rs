@@ -187,7 +187,12 @@ impl Config {
                 .subscriptions
                 .iter()
                 .map(Subscription::webhook_concurrency);
-            self.delivery.max_in_flight = largest.chain([super::DEFAULT_MAX_IN_FLIGHT]).max();
+            // Clamped to the valid range: an out-of-range `webhook.concurrency` is reported
+            // under its own key, not a second time as this derived value.
+            self.delivery.max_in_flight = largest
+                .chain([super::DEFAULT_MAX_IN_FLIGHT])
+                .max()
+                .map(|n| n.min(super::validate::MAX_IN_FLIGHT_LIMIT));
         }
     }
 }

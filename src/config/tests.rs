@@ -782,6 +782,14 @@ fn delivery_limit_defaults_to_the_larger_of_128_and_any_subscription() {
     assert_eq!(config.delivery.max_in_flight, Some(300));
     let config = ok(Some(&one_sub("    consume_thread_max: 200\n")), &[]);
     assert_eq!(config.delivery.max_in_flight, Some(200));
+    // An out-of-range concurrency is reported once, under its own key.
+    let e = fail(Some(&one_sub("      concurrency: 200000\n")), &[]);
+    assert_eq!(e.errors().len(), 1, "{e}");
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.concurrency",
+        &["between 1 and 10000"],
+    );
     // Set explicitly, it wins, even below a subscription's.
     let config = ok(
         Some(&format!(

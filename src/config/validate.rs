@@ -15,6 +15,9 @@ use super::values::bytes::render;
 use super::values::AllocateStrategy;
 use super::{is_sensitive_header, Config, Subscription, WebhookConfig};
 
+/// The largest `delivery.max_in_flight` accepted.
+pub(super) const MAX_IN_FLIGHT_LIMIT: u32 = 100_000;
+
 /// Collects problems with their origins.
 struct Checker<'a> {
     config: &'a Config,
@@ -178,7 +181,12 @@ impl Config {
             ByteSize::gib(64),
         );
         if let Some(n) = self.delivery.max_in_flight {
-            c.range(key_path!["delivery", "max_in_flight"], n, 1, 100_000);
+            c.range(
+                key_path!["delivery", "max_in_flight"],
+                n,
+                1,
+                MAX_IN_FLIGHT_LIMIT,
+            );
         }
         match (&client.access_key, &client.secret_key) {
             (Some(_), None) => c.fail(
