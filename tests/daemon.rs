@@ -254,7 +254,6 @@ async fn run_python(script: &str, args: &[&str], requests: &[(Value, Vec<u8>)]) 
     }
 }
 
-/// Starts a broker, a receiver and a topic with `queues` queues.
 /// `count` subscriptions, each to its own new 4-queue topic and delivering to `/s<i>`.
 async fn topics_and_subscriptions(
     mq: &RocketMq,
@@ -289,6 +288,7 @@ async fn produce_to_each(mq: &RocketMq, subs: &[Sub], per_topic: usize) -> Vec<S
     all
 }
 
+/// Starts a broker, a receiver and a topic with `queues` queues.
 async fn setup(prefix: &str, queues: u16) -> (RocketMq, Receiver, String, String) {
     let mq = RocketMq::start().await;
     let topic = unique(&format!("T_{prefix}"));

@@ -278,12 +278,11 @@ pub fn decode_messages(body: &Bytes) -> Result<Vec<MessageExt>, RemotingError> {
 /// exceeds what the body can hold.
 fn count_records(body: &[u8]) -> usize {
     let (mut at, mut n) = (0usize, 0usize);
-    while let Some(size) = body.get(at..at + 4) {
-        let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]) as usize;
-        if size < HEAD_LEN || size > body.len() - at {
+    while at < body.len() {
+        let Ok(total) = record_len(body, at) else {
             break;
-        }
-        at += size;
+        };
+        at += total;
         n += 1;
     }
     n
@@ -380,9 +379,9 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Decodes the record starting at `at`; returns it (body decompressed, not yet unwrapped) and its
-/// total length.
-fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize), RemotingError> {
+/// The `totalSize` of the record starting at `at`, checked to cover at least the fixed head and
+/// at most the bytes left.
+fn record_len(body: &[u8], at: usize) -> Result<usize, RemotingError> {
     let rest = &body[at..];
     let mut head = Cursor {
         buf: rest,
@@ -399,6 +398,14 @@ fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize), Remotin
             format!("totalSize {total} exceeds the {} bytes left", rest.len()),
         ));
     }
+    Ok(total)
+}
+
+/// Decodes the record starting at `at`; returns it (body decompressed, not yet unwrapped) and its
+/// total length.
+fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize), RemotingError> {
+    let total = record_len(body, at)?;
+    let rest = &body[at..];
     let mut c = Cursor {
         buf: &rest[..total],
         pos: 4,
