@@ -256,6 +256,13 @@ async fn topic_route_send_batch_and_pull_round_trip() {
         assert_eq!(got.keys(), vec![format!("bk{i}")]);
         assert_eq!(got.queue_offset, batch_sent.queue_offset + i as i64);
         assert_eq!(got.offset_msg_id(), batch_sent.offset_msg_ids[i]);
+        // The broker appends the batch's properties to each member, so WAIT is stored twice;
+        // the decoded message has it once.
+        let waits = got
+            .properties
+            .iter()
+            .filter(|(k, _)| *k == properties::WAIT);
+        assert_eq!(waits.collect::<Vec<_>>(), [(properties::WAIT, "true")]);
     }
 }
 

@@ -1,6 +1,8 @@
 //! The synthetic pull response the I/O-free bench binaries decode: 32 records of 1 KiB with the
-//! five properties a producer and the broker usually set (UNIQ_KEY, WAIT, TAGS, KEYS, CLUSTER),
-//! like the throughput scenarios' messages. Included by `decode-cost` and `cache-footprint`.
+//! properties the broker under test stores for a member of a batch, like the scenarios' preloaded
+//! messages: the producer's UNIQ_KEY, WAIT, TAGS and KEYS, then the batch's own properties that
+//! the broker appends to each member (WAIT a second time, CLUSTER, MSG_REGION, TRACE_ON).
+//! Included by `decode-cost`, `encode-cost` and `cache-footprint`.
 
 use bytes::{Bytes, BytesMut};
 use rocketmq_webhook::remoting::message::{encode_message, MessageExt, Properties};
@@ -48,6 +50,9 @@ pub fn response_with(first: i64, body: Body) -> Bytes {
             ("TAGS", "TagA".to_owned()),
             ("KEYS", format!("key-{i}")),
             ("CLUSTER", "DefaultCluster".to_owned()),
+            ("MSG_REGION", "DefaultRegion".to_owned()),
+            ("TRACE_ON", "true".to_owned()),
+            (SECOND_WAIT, "true".to_owned()),
         ] {
             props.insert(key.into(), value.into());
         }
@@ -69,9 +74,26 @@ pub fn response_with(first: i64, body: Body) -> Bytes {
             properties: props,
         };
         match encode_message(&record) {
-            Ok(bytes) => buf.extend_from_slice(&bytes),
+            Ok(bytes) => buf.extend_from_slice(&second_wait(&bytes)),
             Err(e) => panic!("the synthetic record does not encode: {e}"),
         }
     }
     Bytes::copy_from_slice(&buf)
+}
+
+/// Stands in for the second `WAIT` while encoding (properties hold a key once); the same length,
+/// so [`second_wait`] can rename it in the encoded record without touching any size field. It
+/// sorts last, so the repeated key comes after the first, as the broker appends it.
+const SECOND_WAIT: &str = "~AIT";
+
+/// `record` with the stand-in key renamed to `WAIT`.
+fn second_wait(record: &[u8]) -> Vec<u8> {
+    let needle = format!("{SECOND_WAIT}\u{1}");
+    let at = record
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+        .expect("the stand-in key is in the record");
+    let mut out = record.to_vec();
+    out[at..at + 4].copy_from_slice(b"WAIT");
+    out
 }

@@ -19,15 +19,23 @@ pub use bytestring::ByteString;
 /// consumer's `MIN_OFFSET`/`MAX_OFFSET`, a producer's keys) live in a small sorted list beside
 /// it.
 ///
-/// Iteration yields the wire entries in wire order, then the added ones sorted by key, so an
+/// A key may appear twice in the wire form: a batch member sent by Java or by us carries `WAIT`
+/// of its own, and the broker appends the batch's properties (`WAIT` again) to every member. The
+/// later entry wins, as in Java's map; the earlier one stays in the text, marked shadowed, so
+/// such a message keeps the cheap form instead of a sorted list of every entry.
+///
+/// Iteration yields the live wire entries in wire order, then the added ones sorted by key, so an
 /// encoding is deterministic; equality ignores order. Look up with `&str` (`props.get(TAGS)`);
 /// build keys with [`ByteString::from_static`] and values with `.into()`.
 #[derive(Clone, Default)]
 pub struct Properties {
     /// Wire-form entries (`key 0x01 value 0x02`), junk segments included (every walk skips
     /// them as Java does). Invariant, checked by [`decode`] and kept by `insert`/`remove`: no key
-    /// appears twice, or also in `added`.
+    /// appears twice among the live entries, or also in `added`.
     wire: ByteString,
+    /// Bit `i` set: the `i`-th wire entry (counting entries, not junk) is shadowed by a later
+    /// one with the same key, and every walk skips it.
+    shadowed: Shadowed,
     /// Entries set after decoding, or every entry of a message built here; sorted by key,
     /// unique.
     added: Vec<(ByteString, ByteString)>,
@@ -56,7 +64,7 @@ impl Properties {
                 missing -= 1;
             }
         }
-        for (k, v) in wire_entries(&self.wire) {
+        for (k, v) in self.live() {
             if missing == 0 {
                 break;
             }
@@ -117,18 +125,18 @@ impl Properties {
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        wire_entries(&self.wire).count() + self.added.len()
+        self.live().count() + self.added.len()
     }
 
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && wire_entries(&self.wire).next().is_none()
+        self.added.is_empty() && self.live().next().is_none()
     }
 
     /// Every entry: the wire ones in wire order, then the added ones by key.
     pub fn iter(&self) -> Iter<'_> {
         Iter {
-            wire: wire_entries(&self.wire),
+            wire: self.live(),
             added: self.added.iter(),
         }
     }
@@ -146,16 +154,30 @@ impl Properties {
         }
     }
 
+    /// The wire entries that count: junk and shadowed ones skipped.
+    fn live(&self) -> WireEntries<'_> {
+        WireEntries {
+            rest: &self.wire,
+            index: 0,
+            skip: self.shadowed,
+        }
+    }
+
     fn wire_has(&self, key: &str) -> bool {
-        wire_entries(&self.wire).any(|(k, _)| k == key)
+        self.live().any(|(k, _)| k == key)
     }
 
     /// Moves the wire entries into `added` (as views, no copy), before one of them changes.
     fn unpack(&mut self) {
         let wire = std::mem::take(&mut self.wire);
-        // The invariant keeps wire keys unique and out of `added`: a sort is enough.
+        let live = WireEntries {
+            rest: &wire,
+            index: 0,
+            skip: std::mem::take(&mut self.shadowed),
+        };
+        // The invariant keeps live wire keys unique and out of `added`: a sort is enough.
         self.added
-            .extend(wire_entries(&wire).map(|(k, v)| (wire.slice_ref(k), wire.slice_ref(v))));
+            .extend(live.map(|(k, v)| (wire.slice_ref(k), wire.slice_ref(v))));
         self.added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     }
 
@@ -169,8 +191,16 @@ impl Properties {
 /// The entries of a wire form, by Java's lenient rule: an entry without a name/value separator,
 /// or with an empty key or value, is skipped (a later duplicate key is [`decode`]'s business).
 fn wire_entries(wire: &str) -> WireEntries<'_> {
-    WireEntries { rest: wire }
+    WireEntries {
+        rest: wire,
+        index: 0,
+        skip: 0,
+    }
 }
+
+/// The shadowed-entry mask: one bit per wire entry, for as many entries as [`decode`] keeps in
+/// wire form.
+type Shadowed = u16;
 
 /// See [`wire_entries`]. One byte pass: the separators are ASCII, so every index found is a char
 /// boundary. (`str::split` plus `split_once` per entry cost about 600 instructions more per
@@ -178,6 +208,10 @@ fn wire_entries(wire: &str) -> WireEntries<'_> {
 #[derive(Debug, Clone)]
 struct WireEntries<'a> {
     rest: &'a str,
+    /// Index of the next entry (junk does not count).
+    index: u32,
+    /// Entries to skip, by index (see [`Properties::shadowed`]).
+    skip: Shadowed,
 }
 
 impl<'a> Iterator for WireEntries<'a> {
@@ -197,7 +231,12 @@ impl<'a> Iterator for WireEntries<'a> {
             if let Some(key_end) = entry.bytes().position(|b| b == KEY_END) {
                 let (key, value) = (&entry[..key_end], &entry[key_end + 1..]);
                 if !key.is_empty() && !value.is_empty() {
-                    return Some((key, value));
+                    let index = self.index;
+                    self.index += 1;
+                    let shadowed = index < Shadowed::BITS && (self.skip >> index) & 1 == 1;
+                    if !shadowed {
+                        return Some((key, value));
+                    }
                 }
             }
         }
@@ -328,16 +367,18 @@ pub fn encode(props: &Properties) -> String {
 /// or empty value, are skipped (Java keeps only pairs where both are non-empty). A later
 /// duplicate key wins, as with Java's `HashMap.put`. Bytes that are not UTF-8 become U+FFFD.
 ///
-/// Valid UTF-8 without duplicate keys (the normal case) is kept as it is, a view into `raw`;
-/// otherwise the entries are sorted out once, still as views where the input was UTF-8.
+/// Valid UTF-8 with up to [`WIRE_MAX`] entries (the normal case, a batch member's repeated
+/// `WAIT` included) is kept as it is, a view into `raw`, with earlier duplicates marked
+/// shadowed; otherwise the entries are sorted out once, still as views where the input was UTF-8.
 pub fn decode(raw: &Bytes) -> Properties {
     let text = match ByteString::try_from(raw.clone()) {
         Ok(text) => text,
         Err(_) => ByteString::from(String::from_utf8_lossy(raw).into_owned()),
     };
-    if unique_keys(&text) {
+    if let Some(shadowed) = shadowed_entries(&text) {
         return Properties {
             wire: text,
+            shadowed,
             added: Vec::new(),
         };
     }
@@ -351,23 +392,33 @@ pub fn decode(raw: &Bytes) -> Properties {
     added.dedup_by(|later, kept| later.0 == kept.0);
     Properties {
         wire: ByteString::new(),
+        shadowed: 0,
         added,
     }
 }
 
-/// Whether no key of `wire` appears twice, checked pairwise for the usual handful of entries;
-/// more than [`PAIRWISE_MAX`] take the sorting path whatever they hold, so a hostile 32 KiB
-/// properties string costs a sort, not millions of comparisons.
-fn unique_keys(wire: &str) -> bool {
-    const PAIRWISE_MAX: usize = 16;
-    let mut keys: [&str; PAIRWISE_MAX] = [""; PAIRWISE_MAX];
+/// The most entries [`decode`] keeps in wire form: one bit each in [`Shadowed`].
+const WIRE_MAX: usize = Shadowed::BITS as usize;
+
+/// The entries of `wire` that a later entry with the same key shadows, found pairwise for the
+/// usual handful of entries; `None` for more than [`WIRE_MAX`], which take the sorting path
+/// whatever they hold, so a hostile 32 KiB properties string costs a sort, not millions of
+/// comparisons.
+fn shadowed_entries(wire: &str) -> Option<Shadowed> {
+    let mut keys: [&str; WIRE_MAX] = [""; WIRE_MAX];
+    let mut shadowed: Shadowed = 0;
     for (n, (key, _)) in wire_entries(wire).enumerate() {
-        if n == PAIRWISE_MAX || keys[..n].contains(&key) {
-            return false;
+        if n == WIRE_MAX {
+            return None;
+        }
+        for (i, earlier) in keys[..n].iter().enumerate() {
+            if *earlier == key {
+                shadowed |= 1 << i;
+            }
         }
         keys[n] = key;
     }
-    true
+    Some(shadowed)
 }
 
 /// Whether any key or value contains a separator character and so cannot be encoded faithfully.
@@ -434,6 +485,56 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!(&p["A"], "3");
         assert_views(&p, &raw);
+    }
+
+    #[test]
+    fn a_batch_members_repeated_key_keeps_the_wire_form() {
+        // What the broker stores for a member of a batch: the member's own WAIT, then the
+        // batch's properties appended (WAIT again, and the broker's own).
+        let raw = bytes(
+            "KEYS\u{1}bk0\u{2}TAGS\u{1}B0\u{2}WAIT\u{1}false\u{2}MSG_REGION\u{1}DefaultRegion\u{2}\
+             CLUSTER\u{1}TestCluster\u{2}WAIT\u{1}true\u{2}TRACE_ON\u{1}true\u{2}",
+        );
+        let p = decode(&raw);
+        assert!(p.added.is_empty(), "sorted out instead of kept: {p:?}");
+        assert_eq!(p.len(), 6);
+        assert_eq!(p.get(WAIT), Some("true"));
+        assert_eq!(p.get_all([TAGS, WAIT]), [Some("B0"), Some("true")]);
+        let keys: Vec<&str> = p.iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            ["KEYS", "TAGS", "MSG_REGION", "CLUSTER", "WAIT", "TRACE_ON"]
+        );
+        assert_eq!(
+            encode(&p),
+            "KEYS\u{1}bk0\u{2}TAGS\u{1}B0\u{2}MSG_REGION\u{1}DefaultRegion\u{2}\
+             CLUSTER\u{1}TestCluster\u{2}WAIT\u{1}true\u{2}TRACE_ON\u{1}true\u{2}"
+        );
+        assert_views(&p, &raw);
+    }
+
+    #[test]
+    fn every_earlier_copy_of_a_key_is_shadowed() {
+        let raw = bytes("A\u{1}1\u{2}junk\u{2}A\u{1}2\u{2}B\u{1}x\u{2}A\u{1}3\u{2}");
+        let mut p = decode(&raw);
+        assert!(p.added.is_empty());
+        assert_eq!(p.iter().collect::<Vec<_>>(), [("B", "x"), ("A", "3")]);
+        // Changing a key moves the live entries only.
+        assert_eq!(p.insert("B".into(), "y".into()).as_deref(), Some("x"));
+        assert_eq!(p.iter().collect::<Vec<_>>(), [("A", "3"), ("B", "y")]);
+    }
+
+    #[test]
+    fn more_entries_than_the_mask_holds_are_sorted_out() {
+        let mut raw = String::new();
+        for i in 0..=WIRE_MAX {
+            raw.push_str(&format!("K{}\u{1}{i}\u{2}", i % 4));
+        }
+        let p = decode(&bytes(&raw));
+        assert!(p.wire.is_empty());
+        assert_eq!(p.len(), 4);
+        assert_eq!(p.get("K0"), Some("16"));
+        assert_eq!(p.get("K3"), Some("15"));
     }
 
     #[test]

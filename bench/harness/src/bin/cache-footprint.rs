@@ -5,8 +5,8 @@
 //!   bench/harness/target/release/cache-footprint [RESPONSES]
 //!
 //! Each response is a separate, exactly sized allocation holding 32 records of 1 KiB with the
-//! five properties of the throughput scenarios, so the figure is the decoded form's own cost
-//! plus the bytes it keeps alive, without any read-buffer slack.
+//! properties of the scenarios' preloaded messages (see synthetic.rs), so the figure is the
+//! decoded form's own cost plus the bytes it keeps alive, without any read-buffer slack.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

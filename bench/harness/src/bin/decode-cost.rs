@@ -5,8 +5,8 @@
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null \
 //!     bench/harness/target/release/decode-cost 2000
 //!
-//! The response holds 32 records of 1 KiB with the five properties a producer and the broker
-//! usually set (UNIQ_KEY, WAIT, TAGS, KEYS, CLUSTER), like the throughput scenarios' messages.
+//! The response holds 32 records of 1 KiB with the properties the broker under test stores for a
+//! member of a batch, like the scenarios' preloaded messages (see synthetic.rs).
 //! Instructions per message = (total at N iterations - total at 0 iterations) / (N x 32):
 //! the run with 0 iterations measures the setup alone.
 
