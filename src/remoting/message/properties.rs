@@ -402,7 +402,7 @@ pub fn encode(props: &Properties) -> String {
 /// or empty value, are skipped (Java keeps only pairs where both are non-empty). A later
 /// duplicate key wins, as with Java's `HashMap.put`. Bytes that are not UTF-8 become U+FFFD.
 ///
-/// Valid UTF-8 with up to [`WIRE_MAX`] entries (the normal case, a batch member's repeated
+/// Valid UTF-8 with up to 16 entries (the normal case, a batch member's repeated
 /// `WAIT` included) is kept as it is, a view into `raw`, with earlier duplicates marked
 /// shadowed; otherwise the entries are sorted out once, still as views where the input was UTF-8.
 pub fn decode(raw: &Bytes) -> Properties {
