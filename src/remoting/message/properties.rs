@@ -200,7 +200,8 @@ fn wire_entries(wire: &str) -> WireEntries<'_> {
 
 /// The shadowed-entry mask: one bit per wire entry, for as many entries as [`decode`] keeps in
 /// wire form.
-type Shadowed = u16;
+/// 32 bits take no more room than 16: either rounds [`Properties`] up from 56 to 64 bytes.
+type Shadowed = u32;
 
 /// See [`wire_entries`]. The separators are ASCII, so every index found is a char boundary.
 /// (`str::split` plus `split_once` per entry cost about 600 instructions more per message in
@@ -402,7 +403,7 @@ pub fn encode(props: &Properties) -> String {
 /// or empty value, are skipped (Java keeps only pairs where both are non-empty). A later
 /// duplicate key wins, as with Java's `HashMap.put`. Bytes that are not UTF-8 become U+FFFD.
 ///
-/// Valid UTF-8 with up to 16 entries (the normal case, a batch member's repeated
+/// Valid UTF-8 with up to 32 entries (the normal case, a batch member's repeated
 /// `WAIT` included) is kept as it is, a view into `raw`, with earlier duplicates marked
 /// shadowed; otherwise the entries are sorted out once, still as views where the input was UTF-8.
 pub fn decode(raw: &Bytes) -> Properties {
@@ -568,8 +569,13 @@ mod tests {
         let p = decode(&bytes(&raw));
         assert!(p.wire.is_empty());
         assert_eq!(p.len(), 4);
-        assert_eq!(p.get("K0"), Some("16"));
-        assert_eq!(p.get("K3"), Some("15"));
+        for k in 0..4 {
+            let last = (0..=WIRE_MAX)
+                .rev()
+                .find(|i| i % 4 == k)
+                .map(|i| i.to_string());
+            assert_eq!(p.get(&format!("K{k}")), last.as_deref(), "K{k}");
+        }
     }
 
     #[test]
@@ -615,7 +621,7 @@ mod tests {
         /// entries than the pairwise duplicate check takes.
         #[test]
         fn behaves_like_a_map(
-            wire in prop::collection::vec(("[abc]{0,2}", "[xy]{0,2}", any::<bool>()), 0..24),
+            wire in prop::collection::vec(("[abc]{0,2}", "[xy]{0,2}", any::<bool>()), 0..40),
             edits in prop::collection::vec(("[abcd]{1,2}", prop::option::of("[xyz]{1,2}")), 0..6),
         ) {
             let mut raw = String::new();
