@@ -2,7 +2,8 @@
 //! properties the broker under test stores for a member of a batch, like the scenarios' preloaded
 //! messages: the producer's UNIQ_KEY, WAIT, TAGS and KEYS, then the batch's own properties that
 //! the broker appends to each member (WAIT a second time, CLUSTER, MSG_REGION, TRACE_ON); in key
-//! order, with the repeated WAIT last. Included by `decode-cost`, `encode-cost` and `cache-footprint`.
+//! order, with the repeated WAIT last. Included by `decode-cost`, `encode-cost` and
+//! `cache-footprint`.
 
 use bytes::{Bytes, BytesMut};
 use rocketmq_webhook::remoting::message::{encode_message, MessageExt, Properties};

@@ -156,11 +156,7 @@ impl Properties {
 
     /// The wire entries that count: junk and shadowed ones skipped.
     fn live(&self) -> WireEntries<'_> {
-        WireEntries {
-            rest: &self.wire,
-            index: 0,
-            skip: self.shadowed,
-        }
+        WireEntries::skipping(&self.wire, self.shadowed)
     }
 
     fn wire_has(&self, key: &str) -> bool {
@@ -170,11 +166,7 @@ impl Properties {
     /// Moves the wire entries into `added` (as views, no copy), before one of them changes.
     fn unpack(&mut self) {
         let wire = std::mem::take(&mut self.wire);
-        let live = WireEntries {
-            rest: &wire,
-            index: 0,
-            skip: std::mem::take(&mut self.shadowed),
-        };
+        let live = WireEntries::skipping(&wire, std::mem::take(&mut self.shadowed));
         // The invariant keeps live wire keys unique and out of `added`: a sort is enough.
         self.added
             .extend(live.map(|(k, v)| (wire.slice_ref(k), wire.slice_ref(v))));
@@ -191,11 +183,7 @@ impl Properties {
 /// The entries of a wire form, by Java's lenient rule: an entry without a name/value separator,
 /// or with an empty key or value, is skipped (a later duplicate key is [`decode`]'s business).
 fn wire_entries(wire: &str) -> WireEntries<'_> {
-    WireEntries {
-        rest: wire,
-        index: 0,
-        skip: 0,
-    }
+    WireEntries::skipping(wire, 0)
 }
 
 /// The shadowed-entry mask: one bit per wire entry, for as many entries as [`decode`] keeps in
@@ -215,6 +203,17 @@ struct WireEntries<'a> {
     index: u32,
     /// Entries to skip, by index (see [`Properties::shadowed`]).
     skip: Shadowed,
+}
+
+impl<'a> WireEntries<'a> {
+    /// The entries of `wire` except those whose bits are set in `skip`.
+    fn skipping(wire: &'a str, skip: Shadowed) -> Self {
+        Self {
+            rest: wire,
+            index: 0,
+            skip,
+        }
+    }
 }
 
 const ENTRY_END: u8 = PROPERTY_SEPARATOR as u8;
