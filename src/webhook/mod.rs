@@ -9,10 +9,12 @@
 //! [`breaker`] (circuit breaker and `Retry-After` pause), [`sign`] (Standard Webhooks, bearer
 //! token); [`stats`] holds the counters the metrics layer exposes.
 //!
-//! The keep-alive pool is hyper-util's HTTP/1.1 client over rustls (ring), used directly:
-//! reqwest's per-request layers (URL parsed again, retry layer, header copies) cost about 15% of
-//! the CPU when every message is its own request. It follows no redirects (a 3xx is an answer)
-//! and ignores the `HTTP(S)_PROXY` variables: the sidecar talks to its application directly.
+//! Requests go through our own keep-alive pool of hyper HTTP/1.1 connections over rustls (ring)
+//! ([`pool`]): each request drives its connection itself, which saves two task hand-offs per
+//! request over hyper-util's pooled client (and reqwest's per-request layers, URL parsed again,
+//! retry layer, header copies, cost about 15% of the CPU when every message is its own request).
+//! It follows no redirects (a 3xx is an answer) and ignores the `HTTP(S)_PROXY` variables: the
+//! sidecar talks to its application directly.
 //!
 //! Invariants:
 //! - an endpoint that is down or pausing never costs reconsume attempts: while the circuit is
@@ -28,6 +30,7 @@ pub mod breaker;
 pub mod classify;
 pub mod encode;
 mod json;
+mod pool;
 pub mod sign;
 pub mod stats;
 mod transport;
@@ -39,13 +42,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, HOST};
 use http::{Method, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http_body_util::Full;
 use reqwest::Url;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -65,6 +64,7 @@ pub use transport::Transport;
 use breaker::{Admission, Breaker};
 use classify::{Answer, Failure};
 use encode::{Context, EncodedRequest, Encoder, MessageView};
+use pool::{Endpoint, Pool};
 use stats::RequestClass;
 
 /// Answers larger than this are not read further: classification needs a few kilobytes at most
@@ -75,15 +75,6 @@ const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// When messages that could not be delivered (endpoint unreachable, probe failed) are offered
 /// again; the circuit breaker decides whether they are then sent or keep waiting.
 const UNREACHABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// How long an idle pooled connection is kept (the value reqwest used before).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// TCP keepalive probes on pooled connections, so a silently dropped peer is noticed.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-
-/// The pooled HTTP/1.1 client: plain TCP for `http`, rustls for `https`.
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Settings of one webhook (one subscription). The configuration layer maps its tree onto this.
 ///
@@ -269,9 +260,15 @@ pub struct Webhook {
 }
 
 struct Inner {
-    client: HttpClient,
-    /// Parsed once; cloning it per request only bumps reference counts.
+    pool: Pool,
+    endpoint: Arc<Endpoint>,
+    /// The URL as given (credentials removed), for the debug output.
     uri: Uri,
+    /// What the request line carries: path and query (origin form). Parsed once; cloning it
+    /// per request only bumps reference counts.
+    origin: Uri,
+    /// `Host`: the URL's host, and its port unless it is the scheme's default.
+    host: HeaderValue,
     method: Method,
     encoder: Encoder,
     /// Configured headers plus authorization and `Accept`, added to every request.
@@ -345,10 +342,26 @@ impl Webhook {
         if !headers.contains_key(ACCEPT) {
             headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
         }
-        let client = match &options.transport {
-            Some(shared) => shared.client(&options.tls, options.timeout)?,
-            None => http_client(&options.tls, options.timeout, options.concurrency)?,
+        let pool = match &options.transport {
+            Some(shared) => shared.pool(&options.tls)?,
+            None => Pool::new(tls_config(&options.tls)?, options.concurrency),
         };
+        let invalid_url = |reason: String| WebhookError::InvalidUrl {
+            url: redact_url(&options.url),
+            reason,
+        };
+        let endpoint = pool.endpoint(&uri).map_err(invalid_url)?;
+        // hyper's connection API sends the request line as given: the origin form and `Host`
+        // are ours to set (the URL has a host, or `endpoint` above refused it).
+        let origin = Uri::from(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        let host = uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .ok_or_else(|| invalid_url("the URL has no host".to_owned()))?;
         let encoder = Encoder::new(
             options.format,
             options.cloudevents_type,
@@ -356,8 +369,11 @@ impl Webhook {
         );
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                pool,
+                endpoint,
                 uri,
+                origin,
+                host,
                 method: options.method,
                 encoder,
                 headers,
@@ -697,38 +713,24 @@ impl Inner {
             let id = sign::delivery_id(ids.iter().map(String::as_str));
             secret.sign(&mut headers, &id, timestamp, &body);
         }
+        if !headers.contains_key(HOST) {
+            headers.insert(HOST, self.host.clone());
+        }
         // The request is assembled in place: a builder would copy every header once more.
-        // hyper-util adds `Host` from the URI and sends the path in origin form.
         let mut request = http::Request::new(Full::new(body));
         *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
+        *request.uri_mut() = self.origin.clone();
         *request.headers_mut() = headers;
-        let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| failed(&e))?;
-            let (parts, mut incoming) = response.into_parts();
-            let mut body = Vec::new();
-            let mut truncated = false;
-            while let Some(frame) = incoming.frame().await {
-                // Trailers carry nothing classification reads; only data frames count.
-                let Ok(chunk) = frame.map_err(|e| failed(&e))?.into_data() else {
-                    continue;
-                };
-                if !append_limited(&mut body, &chunk) {
-                    truncated = true;
-                    break;
-                }
-            }
-            Ok::<_, Sent>(Sent::Answer {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                body: Bytes::from(body),
-                truncated,
-            })
-        };
-        // One timer covers the whole exchange, connection to the last byte of the answer
-        // (a second, per-request timer inside the client would double the timer work).
+        // One timer covers the whole exchange, connection to the last byte of the answer.
+        let exchange = self.pool.exchange(&self.endpoint, request);
         match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok(sent) | Err(sent)) => sent,
+            Ok(Ok(answer)) => Sent::Answer {
+                status: answer.parts.status.as_u16(),
+                headers: answer.parts.headers,
+                body: answer.body,
+                truncated: answer.truncated,
+            },
+            Ok(Err(error)) => failed(&error),
             Err(_) => Sent::Failed(Failure::Timeout, "request timed out".to_owned()),
         }
     }
@@ -778,8 +780,8 @@ fn append_limited(body: &mut Vec<u8>, chunk: &[u8]) -> bool {
 }
 
 /// A failed exchange: a timeout when any error in the chain is one (the connect timeout, an
-/// I/O timeout), a transport failure otherwise. The text never holds the URL: hyper and
-/// hyper-util errors do not carry it.
+/// I/O timeout), a transport failure otherwise. The text never holds the URL: neither hyper's
+/// errors nor the pool's carry it.
 fn failed(err: &(dyn std::error::Error + 'static)) -> Sent {
     let mut timed_out = false;
     let mut current = Some(err);
@@ -800,8 +802,8 @@ fn failed(err: &(dyn std::error::Error + 'static)) -> Sent {
     Sent::Failed(kind, error_chain(err))
 }
 
-/// An error and its sources, `: `-separated (hyper-util's own message is only the outermost,
-/// e.g. `client error (Connect)`).
+/// An error and its sources, `: `-separated (the pool's own message is only the outermost,
+/// e.g. `connect`).
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -832,30 +834,6 @@ mod tests;
 /// The rustls configuration for `https` endpoints: the public web roots plus `ca_file` (or no
 /// verification at all with `insecure_skip_verify`), the client identity when configured, and
 /// ALPN `http/1.1` (the only protocol the client speaks).
-/// A keep-alive HTTP/1.1 client over rustls that keeps at most `idle` connections per host.
-fn http_client(
-    tls: &WebhookTls,
-    timeout: Duration,
-    idle: usize,
-) -> Result<HttpClient, WebhookError> {
-    let mut http = HttpConnector::new();
-    // The HTTPS wrapper below handles the scheme; the TCP connector must accept `https`.
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_keepalive(Some(TCP_KEEPALIVE));
-    http.set_connect_timeout(Some(timeout));
-    // `From<(connector, config)>` is the builder's `https_or_http()` (plain `http` URLs go
-    // through the TCP connector) but keeps our ALPN `http/1.1`, which the builder would
-    // clear. hyper-util follows no redirects: a 3xx is an answer (retry by default), so
-    // signed bodies are never resent to wherever the endpoint points.
-    let connector = HttpsConnector::from((http, tls_config(tls)?));
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(idle)
-        .build(connector))
-}
-
 fn tls_config(tls: &WebhookTls) -> Result<ClientConfig, WebhookError> {
     let provider = Arc::new(ring_provider::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
@@ -924,7 +902,8 @@ fn pem_error(error: crate::client::ClientError) -> WebhookError {
     }
 }
 
-/// The hyper-util client path: what goes on the wire, the pool, TLS, answer limits and error
-/// mapping, against hand-written servers (so the bytes the endpoint sees are checked as-is).
+/// The HTTP path (src/webhook/pool.rs): what goes on the wire, the pool, TLS, answer limits and
+/// error mapping, against hand-written servers (so the bytes the endpoint sees are checked
+/// as-is).
 #[cfg(test)]
 mod transport_tests;

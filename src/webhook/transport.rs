@@ -9,16 +9,14 @@
 //!
 //! The cap alone would not bound the connections: each webhook's own pool would keep as many
 //! as it ever had in flight at once (with 16 subscriptions under a cap of 128, about 290 in a
-//! heap profile, 29 KB each). So webhooks with the same transport settings (TLS, timeout) share
-//! one pool, which keeps at most the cap's worth of idle connections.
+//! heap profile, 29 KB each). So webhooks with the same TLS settings share one pool, which keeps
+//! at most the cap's worth of idle connections per endpoint.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
-
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::{http_client, HttpClient, WebhookError, WebhookTls};
+use super::{tls_config, Pool, WebhookError, WebhookTls};
 
 /// Shared connections and a process-wide cap on requests in flight. Cheap to clone; clones
 /// share both. Waiters are served first come, first served (tokio's semaphore is fair), so no
@@ -32,9 +30,8 @@ struct Shared {
     permits: Semaphore,
     capacity: usize,
     waiting: AtomicUsize,
-    /// One client (one pool) per distinct set of transport settings; a daemon has one or a
-    /// few, so a list beats a map.
-    clients: Mutex<Vec<(WebhookTls, Duration, HttpClient)>>,
+    /// One pool per distinct TLS settings; a daemon has one or a few, so a list beats a map.
+    pools: Mutex<Vec<(WebhookTls, Pool)>>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -56,7 +53,7 @@ impl Transport {
                 permits: Semaphore::new(capacity),
                 capacity,
                 waiting: AtomicUsize::new(0),
-                clients: Mutex::new(Vec::new()),
+                pools: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -77,33 +74,29 @@ impl Transport {
         self.shared.waiting.load(Ordering::Relaxed)
     }
 
-    /// The client for these settings: the one built before for the same settings, else a new
-    /// one that keeps at most the cap's worth of idle connections per host.
-    pub(crate) fn client(
-        &self,
-        tls: &WebhookTls,
-        timeout: Duration,
-    ) -> Result<HttpClient, WebhookError> {
-        // The lock is held while a client is built (reads TLS files once): webhooks are built
+    /// The pool for these TLS settings: the one built before for the same settings, else a new
+    /// one that keeps at most the cap's worth of idle connections per endpoint.
+    pub(crate) fn pool(&self, tls: &WebhookTls) -> Result<Pool, WebhookError> {
+        // The lock is held while a pool is built (reads TLS files once): webhooks are built
         // at start, one after another, so nothing waits on it.
-        let mut clients = self
+        let mut pools = self
             .shared
-            .clients
+            .pools
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, _, client)) = clients.iter().find(|(t, d, _)| t == tls && *d == timeout) {
-            return Ok(client.clone());
+        if let Some((_, pool)) = pools.iter().find(|(t, _)| t == tls) {
+            return Ok(pool.clone());
         }
-        let client = http_client(tls, timeout, self.shared.capacity)?;
-        clients.push((tls.clone(), timeout, client.clone()));
-        Ok(client)
+        let pool = Pool::new(tls_config(tls)?, self.shared.capacity);
+        pools.push((tls.clone(), pool.clone()));
+        Ok(pool)
     }
 
-    /// Distinct clients built so far (tests).
+    /// Distinct pools built so far (tests).
     #[cfg(test)]
-    pub(crate) fn clients(&self) -> usize {
+    pub(crate) fn pools(&self) -> usize {
         self.shared
-            .clients
+            .pools
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
@@ -181,21 +174,18 @@ mod tests {
     }
 
     #[test]
-    fn webhooks_with_the_same_settings_share_one_client() {
+    fn webhooks_with_the_same_tls_settings_share_one_pool() {
         let transport = Transport::new(4);
         let plain = WebhookTls::default();
         let other = WebhookTls {
             insecure_skip_verify: true,
             ..WebhookTls::default()
         };
-        let second = Duration::from_secs(1);
-        transport.client(&plain, second).expect("client");
-        transport.client(&plain, second).expect("client");
-        assert_eq!(transport.clients(), 1);
-        transport.client(&other, second).expect("client");
-        transport
-            .client(&plain, Duration::from_secs(2))
-            .expect("client");
-        assert_eq!(transport.clients(), 3);
+        transport.pool(&plain).expect("pool");
+        transport.pool(&plain).expect("pool");
+        assert_eq!(transport.pools(), 1);
+        transport.pool(&other).expect("pool");
+        transport.pool(&plain).expect("pool");
+        assert_eq!(transport.pools(), 2);
     }
 }

@@ -387,7 +387,7 @@ async fn silent_endpoint_times_out() {
     task.abort();
 }
 
-/// An error with one source, like hyper-util's wrappers.
+/// An error with one source, like the pool's `connect` wrapper.
 #[derive(Debug, thiserror::Error)]
 #[error("outer")]
 struct Outer(#[source] std::io::Error);
@@ -567,5 +567,152 @@ async fn a_configured_bearer_token_wins_over_url_user_info() {
         got.head
     );
     assert!(!got.head.contains("basic"));
+    task.abort();
+}
+
+/// A server that answers each connection's first request with `OK` and then: closes the
+/// connection (`close_after_answer`), or reads the second request and closes without an
+/// answer. Reports every request it read.
+async fn one_answer_per_connection(
+    close_after_answer: bool,
+) -> (
+    u16,
+    mpsc::UnboundedReceiver<Received>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        for connection in 0.. {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            connections.spawn(async move {
+                let report = |(head, body)| {
+                    let _ = tx.send(Received {
+                        connection,
+                        head,
+                        body,
+                        alpn: None,
+                    });
+                };
+                let Some(first) = read_request(&mut tcp).await else {
+                    return;
+                };
+                report(first);
+                if tcp.write_all(OK).await.is_err() || close_after_answer {
+                    return;
+                }
+                if let Some(second) = read_request(&mut tcp).await {
+                    report(second);
+                }
+            });
+        }
+    });
+    (port, rx, task)
+}
+
+/// The endpoint closing a kept-alive connection while it is idle (its keep-alive timeout)
+/// costs nothing: the next request notices and goes out on a new connection.
+#[tokio::test]
+async fn an_idle_connection_the_endpoint_closed_is_replaced() {
+    let (port, mut seen, task) = one_answer_per_connection(true).await;
+    let webhook =
+        Webhook::new(WebhookOptions::new(format!("http://127.0.0.1:{port}/hook"))).unwrap();
+    let mut connections = Vec::new();
+    for _ in 0..3 {
+        let sent = transmit(&webhook, b"x").await;
+        assert!(matches!(sent, Sent::Answer { status: 200, .. }), "{sent:?}");
+        connections.push(next(&mut seen).await.connection);
+        // The close reaches the client's socket before the next request is sent.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(connections, vec![0, 1, 2]);
+    task.abort();
+}
+
+/// A request that was written and never answered fails; it is not sent again (the endpoint
+/// may have acted on it), the message's outcome decides what happens next.
+#[tokio::test]
+async fn a_written_request_left_unanswered_fails_and_is_not_resent() {
+    let (port, mut seen, task) = one_answer_per_connection(false).await;
+    let webhook =
+        Webhook::new(WebhookOptions::new(format!("http://127.0.0.1:{port}/hook"))).unwrap();
+    assert!(matches!(
+        transmit(&webhook, b"x").await,
+        Sent::Answer { status: 200, .. }
+    ));
+    // On the kept-alive connection: read, then closed without an answer.
+    let sent = transmit(&webhook, b"y").await;
+    assert!(
+        matches!(sent, Sent::Failed(Failure::Transport, _)),
+        "{sent:?}"
+    );
+    let requests: Vec<(usize, Vec<u8>)> = [next(&mut seen).await, next(&mut seen).await]
+        .into_iter()
+        .map(|r| (r.connection, r.body))
+        .collect();
+    assert_eq!(requests, vec![(0, b"x".to_vec()), (0, b"y".to_vec())]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(seen.try_recv().is_err(), "the request was sent again");
+    task.abort();
+}
+
+/// A request through `pool` to `port` (origin form and `Host`, as `transmit` sends it).
+async fn pool_exchange(pool: &Pool, endpoint: &pool::Endpoint, port: u16) -> u16 {
+    let mut request = http::Request::new(Full::new(Bytes::from_static(b"x")));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = Uri::from_static("/hook");
+    request.headers_mut().insert(
+        http::header::HOST,
+        HeaderValue::from_str(&format!("127.0.0.1:{port}")).unwrap(),
+    );
+    tokio::time::timeout(LIMIT, pool.exchange(endpoint, request))
+        .await
+        .expect("exchange hung")
+        .expect("exchange")
+        .parts
+        .status
+        .as_u16()
+}
+
+#[tokio::test]
+async fn idle_connections_expire() {
+    let (port, mut seen, task) = server(OK, false).await;
+    let pool = Pool::new(tls_config(&WebhookTls::default()).unwrap(), 4)
+        .with_idle_timeout(Duration::from_millis(100));
+    let uri: Uri = format!("http://127.0.0.1:{port}/hook").parse().unwrap();
+    let endpoint = pool.endpoint(&uri).unwrap();
+    let mut connections = Vec::new();
+    for pause in [0, 0, 300] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        assert_eq!(pool_exchange(&pool, &endpoint, port).await, 200);
+        connections.push(next(&mut seen).await.connection);
+    }
+    assert_eq!(connections, vec![0, 0, 1]);
+    task.abort();
+}
+
+#[tokio::test]
+async fn at_most_max_idle_connections_stay_per_endpoint() {
+    let (port, _seen, task) = server(OK, false).await;
+    let pool = Pool::new(tls_config(&WebhookTls::default()).unwrap(), 2);
+    let uri: Uri = format!("http://127.0.0.1:{port}/").parse().unwrap();
+    let endpoint = pool.endpoint(&uri).unwrap();
+    // Three at once: none is idle when they start, so each opens a connection.
+    let statuses =
+        futures_util::future::join_all((0..3).map(|_| pool_exchange(&pool, &endpoint, port))).await;
+    assert_eq!(statuses, vec![200; 3]);
+    assert_eq!(Pool::idle(&endpoint), 2);
+    // Same scheme, host and port: the same endpoint, whatever the path.
+    let other: Uri = format!("http://127.0.0.1:{port}/other?x=1")
+        .parse()
+        .unwrap();
+    assert!(Arc::ptr_eq(&endpoint, &pool.endpoint(&other).unwrap()));
+    let https: Uri = format!("https://127.0.0.1:{port}/").parse().unwrap();
+    assert!(!Arc::ptr_eq(&endpoint, &pool.endpoint(&https).unwrap()));
     task.abort();
 }
