@@ -283,8 +283,8 @@ impl Default for CacheConfig {
 pub struct DeliveryConfig {
     /// Webhook requests in flight, all subscriptions together (count, 1..=100000); a request
     /// waits for a place in both this and its subscription's `webhook.concurrency`. Webhooks
-    /// with the same TLS settings and timeout share one connection pool that keeps at most this
-    /// many idle connections, so this bounds the connections and buffers many subscriptions
+    /// with the same TLS settings share one connection pool that keeps at most this many idle
+    /// connections per endpoint, so this bounds the connections and buffers many subscriptions
     /// hold.
     /// Env: `ROCKETMQ_DELIVERY_MAX_IN_FLIGHT`. Default: none, meaning
     /// [`DEFAULT_MAX_IN_FLIGHT`] or the largest `webhook.concurrency` of any subscription,
