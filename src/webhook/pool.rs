@@ -92,14 +92,16 @@ pub(crate) struct Endpoint {
 }
 
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
 type Driver = http1::Connection<TokioIo<Stream>, Full<Bytes>>;
 
 /// One connection: the handle requests are sent on and the state machine that moves the bytes.
-/// `driver` is `None` once the connection has ended.
+/// `driver` is `None` once the connection has ended. Always boxed: hyper's state machine is a
+/// few hundred bytes, and every future that holds a connection would otherwise carry it inline
+/// (and copy it whenever the future is moved, e.g. boxed by the consumer's worker).
 struct Conn {
     send: http1::SendRequest<Full<Bytes>>,
     driver: Option<Driver>,
@@ -202,7 +204,9 @@ impl Pool {
             };
             let (mut conn, reused) = match pooled {
                 Some(conn) => (conn, true),
-                None => (self.connect(endpoint).await?, false),
+                // Boxed: connecting (DNS, TCP, TLS) is a large future that most requests
+                // never run, and every request's future would otherwise be that large.
+                None => (Box::pin(self.connect(endpoint)).await?, false),
             };
             let sent = drive(&mut conn.driver, conn.send.try_send_request(request)).await;
             let response = match sent {
@@ -233,7 +237,7 @@ impl Pool {
 
     /// The newest idle connection of `endpoint` that is still open and ready for a request;
     /// closed and expired ones are dropped on the way.
-    async fn ready_idle(&self, endpoint: &Endpoint) -> Option<Conn> {
+    async fn ready_idle(&self, endpoint: &Endpoint) -> Option<Box<Conn>> {
         loop {
             let mut conn = {
                 let mut idle = endpoint.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -253,7 +257,7 @@ impl Pool {
         }
     }
 
-    fn put_back(&self, endpoint: &Endpoint, conn: Conn) {
+    fn put_back(&self, endpoint: &Endpoint, conn: Box<Conn>) {
         if conn.driver.is_none() || conn.send.is_closed() {
             return;
         }
@@ -267,7 +271,7 @@ impl Pool {
         });
     }
 
-    async fn connect(&self, endpoint: &Endpoint) -> Result<Conn, ExchangeError> {
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Box<Conn>, ExchangeError> {
         let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
             .await
             .map_err(ExchangeError::Connect)?;
@@ -286,10 +290,10 @@ impl Pool {
             )),
         };
         let (send, driver) = http1::handshake(TokioIo::new(stream)).await?;
-        let mut conn = Conn {
+        let mut conn = Box::new(Conn {
             send,
             driver: Some(driver),
-        };
+        });
         // A new connection wants its first request only once its driver has run.
         drive(&mut conn.driver, conn.send.ready()).await?;
         Ok(conn)
