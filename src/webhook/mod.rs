@@ -10,11 +10,11 @@
 //! token); [`stats`] holds the counters the metrics layer exposes.
 //!
 //! Requests go through our own keep-alive pool of hyper HTTP/1.1 connections over rustls (ring)
-//! ([`pool`]): each request drives its connection itself, which saves two task hand-offs per
-//! request over hyper-util's pooled client (and reqwest's per-request layers, URL parsed again,
-//! retry layer, header copies, cost about 15% of the CPU when every message is its own request).
-//! It follows no redirects (a 3xx is an answer) and ignores the `HTTP(S)_PROXY` variables: the
-//! sidecar talks to its application directly.
+//! (src/webhook/pool.rs): each request drives its connection itself, which saves two task
+//! hand-offs per request over hyper-util's pooled client (and reqwest's per-request layers, URL
+//! parsed again, retry layer, header copies, cost about 15% of the CPU when every message is its
+//! own request). It follows no redirects (a 3xx is an answer) and ignores the `HTTP(S)_PROXY`
+//! variables: the sidecar talks to its application directly.
 //!
 //! Invariants:
 //! - an endpoint that is down or pausing never costs reconsume attempts: while the circuit is
