@@ -13,16 +13,21 @@
 //! next one is taken, or a new one made. A request that a reused connection refused before
 //! writing it (closed at the same moment) goes out once more on a new connection.
 //!
+//! A reaper task looks at the idle connections every [`REAP_INTERVAL`] and closes the ones the
+//! endpoint closed and the ones idle longer than [`IDLE_TIMEOUT`], so a quiet daemon does not
+//! sit on half-closed sockets. It is started with the first idle connection, holds the pool
+//! only weakly and ends once the pool is gone.
+//!
 //! Invariants: a connection is idle in the pool only after an answer was read to its end; at
-//! most `max_idle` connections per endpoint (scheme, host and port) stay idle, newest first,
-//! none older than [`IDLE_TIMEOUT`]; nothing here has a timer: the caller's timeout bounds an
-//! exchange from connecting to the last byte of the answer.
+//! most `max_idle` connections per endpoint (scheme, host and port) stay idle, newest first;
+//! none is used once idle longer than [`IDLE_TIMEOUT`]. The caller's timeout bounds an exchange
+//! from connecting to the last byte of the answer: nothing here waits without it.
 
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::{pin, Pin};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,6 +46,11 @@ use tokio_rustls::TlsConnector;
 
 /// How long an idle connection is kept (the value reqwest and then hyper-util used here).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How often the reaper looks at idle connections. Endpoints commonly close idle connections
+/// after 5 s (Node.js) to 75 s (nginx); a few seconds keeps half-closed sockets short-lived for
+/// a few system calls per idle connection.
+const REAP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// TCP keepalive probes on pooled connections, so a silently dropped peer is noticed.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -76,6 +86,9 @@ struct Shared {
     tls: TlsConnector,
     max_idle: usize,
     idle_timeout: Duration,
+    reap_interval: Duration,
+    /// Set once the reaper task runs.
+    reaper: OnceLock<()>,
     /// One entry per endpoint any webhook of this pool delivers to; a daemon has one or a few,
     /// so a list beats a map, and it is searched only when a webhook is built.
     endpoints: Mutex<Vec<Arc<Endpoint>>>,
@@ -123,17 +136,20 @@ impl Pool {
                 tls: TlsConnector::from(Arc::new(tls)),
                 max_idle: max_idle.max(1),
                 idle_timeout: IDLE_TIMEOUT,
+                reap_interval: REAP_INTERVAL,
+                reaper: OnceLock::new(),
                 endpoints: Mutex::new(Vec::new()),
             }),
         }
     }
 
-    /// This new pool, dropping idle connections after `idle_timeout` (tests).
+    /// This new pool, dropping idle connections after `idle_timeout` and reaping every
+    /// `reap_interval` (tests).
     #[cfg(test)]
-    pub(crate) fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
-        Arc::get_mut(&mut self.shared)
-            .expect("a pool not yet shared")
-            .idle_timeout = idle_timeout;
+    pub(crate) fn with_timers(mut self, idle_timeout: Duration, reap_interval: Duration) -> Self {
+        let shared = Arc::get_mut(&mut self.shared).expect("a pool not yet shared");
+        shared.idle_timeout = idle_timeout;
+        shared.reap_interval = reap_interval;
         self
     }
 
@@ -261,14 +277,31 @@ impl Pool {
         if conn.driver.is_none() || conn.send.is_closed() {
             return;
         }
-        let mut idle = endpoint.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() >= self.shared.max_idle {
-            idle.remove(0);
+        {
+            let mut idle = endpoint.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() >= self.shared.max_idle {
+                idle.remove(0);
+            }
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
         }
-        idle.push(Idle {
-            conn,
-            since: Instant::now(),
-        });
+        self.start_reaper();
+    }
+
+    /// Starts the reaper, once, on the runtime of the first request that leaves a connection
+    /// idle (requests always run on one).
+    fn start_reaper(&self) {
+        if self.shared.reaper.get().is_some() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.shared.reaper.set(()).is_ok() {
+            runtime.spawn(reap(Arc::downgrade(&self.shared)));
+        }
     }
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<Box<Conn>, ExchangeError> {
@@ -297,6 +330,49 @@ impl Pool {
         // A new connection wants its first request only once its driver has run.
         drive(&mut conn.driver, conn.send.ready()).await?;
         Ok(conn)
+    }
+}
+
+/// The reaper: every `reap_interval`, closes idle connections the endpoint closed or that idled
+/// too long. Ends when the pool is dropped.
+async fn reap(pool: Weak<Shared>) {
+    let every = match pool.upgrade() {
+        Some(shared) => shared.reap_interval,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = pool.upgrade() else {
+            return;
+        };
+        let endpoints: Vec<Arc<Endpoint>> = shared
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for endpoint in endpoints {
+            let mut idle = endpoint.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            idle.retain_mut(|i| i.since.elapsed() <= shared.idle_timeout && i.conn.still_open());
+        }
+    }
+}
+
+impl Conn {
+    /// Polls the idle connection once: `false` when it has ended (the endpoint closed it, or
+    /// sent something it should not have). The waker is a no-op: nobody waits on an idle
+    /// connection, and the request that takes it next polls it with its own.
+    fn still_open(&mut self) -> bool {
+        let Some(driver) = self.driver.as_mut() else {
+            return false;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        if Pin::new(driver).poll(&mut cx).is_ready() {
+            self.driver = None;
+            return false;
+        }
+        !self.send.is_closed()
     }
 }
 

@@ -683,7 +683,7 @@ async fn pool_exchange(pool: &Pool, endpoint: &pool::Endpoint, port: u16) -> u16
 async fn idle_connections_expire() {
     let (port, mut seen, task) = server(OK, false).await;
     let pool = Pool::new(tls_config(&WebhookTls::default()).unwrap(), 4)
-        .with_idle_timeout(Duration::from_millis(100));
+        .with_timers(Duration::from_millis(100), Duration::from_secs(60));
     let uri: Uri = format!("http://127.0.0.1:{port}/hook").parse().unwrap();
     let endpoint = pool.endpoint(&uri).unwrap();
     let mut connections = Vec::new();
@@ -714,5 +714,64 @@ async fn at_most_max_idle_connections_stay_per_endpoint() {
     assert!(Arc::ptr_eq(&endpoint, &pool.endpoint(&other).unwrap()));
     let https: Uri = format!("https://127.0.0.1:{port}/").parse().unwrap();
     assert!(!Arc::ptr_eq(&endpoint, &pool.endpoint(&https).unwrap()));
+    task.abort();
+}
+
+/// Waits until `endpoint` has `expected` idle connections; `false` if that takes over 5 s.
+async fn idle_becomes(endpoint: &pool::Endpoint, expected: usize) -> bool {
+    for _ in 0..250 {
+        if Pool::idle(endpoint) == expected {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// The reaper closes what the endpoint closed and what idled too long, and keeps the rest.
+#[tokio::test]
+async fn the_reaper_closes_dead_and_expired_idle_connections_only() {
+    let tls = || tls_config(&WebhookTls::default()).unwrap();
+    let reap = Duration::from_millis(50);
+
+    // Closed by the endpoint after its answer: gone from the pool without another request.
+    let (port, _seen, task) = one_answer_per_connection(true).await;
+    let pool = Pool::new(tls(), 4).with_timers(Duration::from_secs(60), reap);
+    let uri: Uri = format!("http://127.0.0.1:{port}/").parse().unwrap();
+    let endpoint = pool.endpoint(&uri).unwrap();
+    assert_eq!(pool_exchange(&pool, &endpoint, port).await, 200);
+    assert!(
+        idle_becomes(&endpoint, 0).await,
+        "the closed connection stayed"
+    );
+    task.abort();
+
+    // Open, but idle longer than the idle timeout: closed too.
+    let (port, _seen, task) = server(OK, false).await;
+    let pool = Pool::new(tls(), 4).with_timers(Duration::from_millis(200), reap);
+    let uri: Uri = format!("http://127.0.0.1:{port}/").parse().unwrap();
+    let endpoint = pool.endpoint(&uri).unwrap();
+    assert_eq!(pool_exchange(&pool, &endpoint, port).await, 200);
+    assert_eq!(Pool::idle(&endpoint), 1);
+    assert!(
+        idle_becomes(&endpoint, 0).await,
+        "the expired connection stayed"
+    );
+    task.abort();
+
+    // Open and fresh: kept through many passes, and used again.
+    let (port, mut seen, task) = server(OK, false).await;
+    let pool = Pool::new(tls(), 4).with_timers(Duration::from_secs(60), reap);
+    let uri: Uri = format!("http://127.0.0.1:{port}/").parse().unwrap();
+    let endpoint = pool.endpoint(&uri).unwrap();
+    assert_eq!(pool_exchange(&pool, &endpoint, port).await, 200);
+    tokio::time::sleep(reap * 6).await;
+    assert_eq!(Pool::idle(&endpoint), 1);
+    assert_eq!(pool_exchange(&pool, &endpoint, port).await, 200);
+    let connections = [
+        next(&mut seen).await.connection,
+        next(&mut seen).await.connection,
+    ];
+    assert_eq!(connections, [0, 0]);
     task.abort();
 }
