@@ -82,19 +82,25 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// A server on 127.0.0.1 answering every request with `answer`, over TLS with the test
-/// certificate (`localhost`, `127.0.0.1`) when `tls` is set. Returns the port and what it
-/// saw.
-async fn server(
-    answer: &[u8],
-    tls: bool,
-) -> (
+/// A test server: its port, what it saw, and its task.
+type TestServer = (
     u16,
     mpsc::UnboundedReceiver<Received>,
     tokio::task::JoinHandle<()>,
-) {
+);
+
+/// A listener on a free port of 127.0.0.1, and the port.
+async fn listen() -> (TcpListener, u16) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    (listener, port)
+}
+
+/// A server on 127.0.0.1 answering every request with `answer`, over TLS with the test
+/// certificate (`localhost`, `127.0.0.1`) when `tls` is set. Returns the port and what it
+/// saw.
+async fn server(answer: &[u8], tls: bool) -> TestServer {
+    let (listener, port) = listen().await;
     let acceptor = tls.then(|| {
         let certs = crate::client::read_certs(&testdata("leaf.pem"), "ca_file").expect("leaf");
         let key = crate::client::read_key(&testdata("leaf.key"), "client_key").expect("key");
@@ -573,15 +579,8 @@ async fn a_configured_bearer_token_wins_over_url_user_info() {
 /// A server that answers each connection's first request with `OK` and then: closes the
 /// connection (`close_after_answer`), or reads the second request and closes without an
 /// answer. Reports every request it read.
-async fn one_answer_per_connection(
-    close_after_answer: bool,
-) -> (
-    u16,
-    mpsc::UnboundedReceiver<Received>,
-    tokio::task::JoinHandle<()>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
+async fn one_answer_per_connection(close_after_answer: bool) -> TestServer {
+    let (listener, port) = listen().await;
     let (tx, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         let mut connections = JoinSet::new();
