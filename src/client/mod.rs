@@ -28,6 +28,7 @@ mod tls;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use connection::Transport;
 pub use connection::{BoxFuture, ConnectOptions, Connection, InboundHandler, NotSupported};
 pub use error::{ClientError, CloseReason, Origin};
 pub use instance::{Client, ClientConfig};

@@ -36,10 +36,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
@@ -109,7 +107,12 @@ struct Idle {
     since: Instant,
 }
 
-type Driver = http1::Connection<TokioIo<Stream>, Full<Bytes>>;
+/// A connection's socket: plain TCP for `http`, rustls over TCP for `https`; the broker
+/// client's stream type (Box's `AsyncWrite` forwards vectored writes, so hyper still writes
+/// head and body with one `writev`).
+type Socket = Box<dyn crate::client::Transport>;
+
+type Driver = http1::Connection<TokioIo<Socket>, Full<Bytes>>;
 
 /// One connection: the handle requests are sent on and the state machine that moves the bytes.
 /// `driver` is `None` once the connection has ended. Always boxed: hyper's state machine is a
@@ -312,15 +315,15 @@ impl Pool {
         socket2::SockRef::from(&tcp)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))
             .map_err(ExchangeError::Connect)?;
-        let stream = match &endpoint.server_name {
-            None => Stream::Plain(tcp),
-            Some(name) => Stream::Tls(Box::new(
+        let stream: Socket = match &endpoint.server_name {
+            None => Box::new(tcp),
+            Some(name) => Box::new(
                 self.shared
                     .tls
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(ExchangeError::Tls)?,
-            )),
+            ),
         };
         let (send, driver) = http1::handshake(TokioIo::new(stream)).await?;
         let mut conn = Box::new(Conn {
@@ -415,70 +418,4 @@ async fn drive<F: Future>(driver: &mut Option<Driver>, work: F) -> F::Output {
         }
     })
     .await
-}
-
-/// A connection's socket: plain TCP for `http`, rustls over TCP for `https`.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    // Forwarded so hyper writes head and body with one `writev` instead of copying them
-    // into one buffer first.
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Plain(s) => s.is_write_vectored(),
-            Self::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_flush(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
 }

@@ -14,6 +14,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::{tls_config, Pool, WebhookError, WebhookTls};

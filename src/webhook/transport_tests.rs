@@ -353,8 +353,7 @@ fn append_limited_keeps_exactly_the_limit() {
 
 #[tokio::test]
 async fn refused_connection_is_a_transport_failure_without_the_url() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
+    let (listener, port) = listen().await;
     drop(listener);
     let webhook = Webhook::new(WebhookOptions::new(format!(
         "http://user:pw@127.0.0.1:{port}/secret-path?token=s3cr3t"
@@ -375,8 +374,7 @@ async fn refused_connection_is_a_transport_failure_without_the_url() {
 #[tokio::test]
 async fn silent_endpoint_times_out() {
     // Accepts the connection, never answers.
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
+    let (listener, port) = listen().await;
     let task = tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((tcp, _)) = listener.accept().await {
