@@ -1183,10 +1183,16 @@ async fn environment_only_configuration_delivers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_commits_and_a_restart_redelivers_nothing() {
     let (mq, receiver, topic, group) = setup("sigterm", 2).await;
-    // Commits come from the shutdown, not from the periodic persist.
-    let config = yaml(
-        &mq.namesrv_addr(),
-        &[Sub::new(&group, &topic, receiver.url("/hook"))],
+    // Commits come from the shutdown, not from the periodic persist. Two threads: the daemon
+    // runs on the multi-thread scheduler here (every other test uses the default, one thread on
+    // the current-thread scheduler), so signals, the drain and the offset commit are shown to
+    // work on both.
+    let config = format!(
+        "worker_threads: 2\n{}",
+        yaml(
+            &mq.namesrv_addr(),
+            &[Sub::new(&group, &topic, receiver.url("/hook"))],
+        )
     )
     .replace("persist_interval: 1s", "persist_interval: 60s");
     let launch = Launch::yaml(config);

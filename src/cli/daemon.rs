@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use rocketmq_webhook::config::{self, Config, ConfigError, Sources};
+use rocketmq_webhook::config::{self, Config, ConfigError, Sources, WorkerThreads};
 use rocketmq_webhook::daemon::{self, Plan};
 
 /// `rocketmq-webhook run` (also the default when no subcommand is given).
@@ -112,16 +112,38 @@ fn init_logging(cfg: &Config) {
     }
 }
 
-fn runtime(worker_threads: Option<u32>) -> tokio::runtime::Runtime {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = worker_threads {
-        // Validated 1..=1024 with the rest of the configuration.
-        builder.worker_threads(usize::try_from(n).unwrap_or(1));
-    }
+/// The async runtime for `worker_threads`.
+///
+/// One thread gets tokio's current-thread scheduler, as linkerd2-proxy does when it has one
+/// core: a multi-thread runtime with a single worker still runs `block_on` on a thread of its
+/// own and puts every wake-up through the work-stealing machinery (idle and searching states,
+/// the shared inject queue), for no parallelism in return.
+fn runtime(worker_threads: WorkerThreads) -> tokio::runtime::Runtime {
+    // Validated 0..=1024 with the rest of the configuration.
+    let threads = worker_threads
+        .count()
+        .map(|n| usize::try_from(n).unwrap_or(1));
+    let mut builder = if single_threaded(threads, || {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = threads {
+            b.worker_threads(n);
+        }
+        b
+    };
     builder.enable_all().build().unwrap_or_else(|e| {
         eprintln!("rocketmq-webhook: cannot start the async runtime: {e}");
         std::process::exit(1)
     })
+}
+
+/// Whether the runtime gets one thread: `threads` if configured, else the CPUs the process may
+/// use (asked only then).
+fn single_threaded(threads: Option<usize>, cpus: impl FnOnce() -> usize) -> bool {
+    threads.unwrap_or_else(cpus) <= 1
 }
 
 /// Waits for SIGTERM or SIGINT; a second signal exits at once.
@@ -183,7 +205,7 @@ pub(crate) fn check_config(args: CheckConfigArgs) -> ExitCode {
 }
 
 pub(crate) fn echo(args: EchoArgs) -> ExitCode {
-    let result = runtime(None).block_on(rocketmq_webhook::echo::serve(
+    let result = runtime(WorkerThreads(0)).block_on(rocketmq_webhook::echo::serve(
         args.listen,
         args.status,
         async {
@@ -221,7 +243,7 @@ pub(crate) fn healthcheck(args: HealthcheckArgs) -> ExitCode {
         (None, None) => "127.0.0.1:9090".to_owned(),
     };
     let url = format!("http://{host}/{path}");
-    let result = runtime(Some(1)).block_on(async {
+    let result = runtime(WorkerThreads(1)).block_on(async {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(3))
             .build()
@@ -238,5 +260,20 @@ pub(crate) fn healthcheck(args: HealthcheckArgs) -> ExitCode {
             eprintln!("rocketmq-webhook: {url} unreachable: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::single_threaded;
+
+    #[test]
+    fn one_thread_configured_or_one_cpu_gets_the_current_thread_scheduler() {
+        assert!(single_threaded(Some(1), || 8));
+        assert!(!single_threaded(Some(2), || 1));
+        assert!(single_threaded(None, || 1));
+        assert!(!single_threaded(None, || 2));
+        // The CPU count is not asked for when the count is configured.
+        assert!(single_threaded(Some(1), || unreachable!()));
     }
 }

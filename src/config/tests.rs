@@ -703,20 +703,13 @@ fn bad_urls_are_rejected() {
 #[test]
 fn worker_threads_are_read_and_checked() {
     let config = ok(Some(&one_sub("")), &[]);
-    assert_eq!(config.worker_threads, None);
-    let config = ok(
-        None,
-        &[
-            ("ROCKETMQ_WORKER_THREADS", "1"),
-            IDENTITY[0],
-            IDENTITY[1],
-            IDENTITY[2],
-        ],
+    assert_eq!(
+        config.worker_threads,
+        WorkerThreads(1),
+        "one thread by default"
     );
-    assert_eq!(config.worker_threads, Some(1));
-    let config = ok(Some(&format!("worker_threads: 4\n{}", one_sub(""))), &[]);
-    assert_eq!(config.worker_threads, Some(4));
-    let e = fail(
+    assert_eq!(config.worker_threads.count(), Some(1));
+    let config = ok(
         None,
         &[
             ("ROCKETMQ_WORKER_THREADS", "0"),
@@ -725,12 +718,25 @@ fn worker_threads_are_read_and_checked() {
             IDENTITY[2],
         ],
     );
+    assert_eq!(config.worker_threads, WorkerThreads(0));
+    assert_eq!(config.worker_threads.count(), None, "0: one per CPU");
+    let config = ok(Some(&format!("worker_threads: 4\n{}", one_sub(""))), &[]);
+    assert_eq!(config.worker_threads.count(), Some(4));
+    let e = fail(
+        None,
+        &[
+            ("ROCKETMQ_WORKER_THREADS", "1025"),
+            IDENTITY[0],
+            IDENTITY[1],
+            IDENTITY[2],
+        ],
+    );
     let (key, origin, value, reason) = invalid(&e);
-    assert_eq!((key, value), ("worker_threads", "0"));
+    assert_eq!((key, value), ("worker_threads", "1025"));
     assert_eq!(origin.to_string(), "environment ROCKETMQ_WORKER_THREADS");
-    assert!(reason.contains("between 1 and 1024"), "{reason}");
+    assert!(reason.contains("between 0 and 1024"), "{reason}");
     let e = fail(Some(&format!("worker_threads: 2000\n{}", one_sub(""))), &[]);
-    assert_error(&e, "worker_threads", &["between 1 and 1024", "line 1"]);
+    assert_error(&e, "worker_threads", &["between 0 and 1024", "line 1"]);
 }
 
 #[test]
@@ -1236,7 +1242,7 @@ fn profiles_sit_under_the_file_and_the_environment() {
     let config = ok(Some(&yaml), &[("ROCKETMQ_PROFILE", "resource-saving")]);
     assert_eq!(config.profile, Some(Profile::ResourceSaving));
     assert_eq!(config.subscriptions[0].consume_thread_max, 4);
-    assert_eq!(config.worker_threads, Some(1));
+    assert_eq!(config.worker_threads, WorkerThreads(1));
     assert_eq!(config.delivery.max_in_flight, Some(16));
     assert_eq!(
         config.client.poll_name_server_interval,

@@ -165,9 +165,7 @@ impl Config {
             client.rebalance_interval,
         );
         c.positive(key_path!["client", "rpc_timeout"], client.rpc_timeout);
-        if let Some(threads) = self.worker_threads {
-            c.range(key_path!["worker_threads"], threads, 1, 1024);
-        }
+        c.range(key_path!["worker_threads"], self.worker_threads.0, 0, 1024);
         c.range(
             key_path!["cache", "max_count"],
             self.cache.max_count,
