@@ -103,9 +103,9 @@ pub struct Config {
     /// Threads running the daemon's tasks (count, 0..=1024; `0`: one per CPU the process may
     /// use, which counts a container's CPU quota). One thread runs tokio's current-thread
     /// scheduler. On the benchmark's 2 cores (shared with the broker and the endpoint) it spent
-    /// 12-25 % less CPU per message than a thread per CPU, at the same or higher rates, except
-    /// 16 subscriptions at one message per request, 6-21 % slower: more threads pay when one
-    /// thread is saturated and the machine has cores to spare (docs/performance.md).
+    /// 12-25 % less CPU per message than a thread per CPU, at about the same rates or higher,
+    /// except 16 subscriptions at one message per request, 6-21 % slower: more threads pay when
+    /// one thread is saturated and the machine has cores to spare (docs/performance.md).
     /// Env: `ROCKETMQ_WORKER_THREADS`. Default `1`.
     pub worker_threads: WorkerThreads,
     /// A built-in set of defaults applied under the file (`high_throughput`, `low_latency`,
