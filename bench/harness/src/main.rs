@@ -395,10 +395,10 @@ fn sink_figures(run: &mut Run, rec: &sink::Recorder, size: usize) {
     run.insert("duplicates".into(), rec.duplicates as f64);
     run.insert("order_violations".into(), rec.order_violations as f64);
     run.insert("failed_requests".into(), rec.failed_requests as f64);
-    if rec.topic_first_us.len() > 1 {
-        let firsts = rec.topic_first_us.values();
-        let lo = firsts.clone().min().copied().unwrap_or(0);
-        let hi = firsts.max().copied().unwrap_or(0);
+    let firsts: Vec<i64> = rec.topics.iter().filter_map(|t| t.first_us).collect();
+    if firsts.len() > 1 {
+        let lo = firsts.iter().min().copied().unwrap_or(0);
+        let hi = firsts.iter().max().copied().unwrap_or(0);
         run.insert("subscription_start_spread_s".into(), (hi - lo) as f64 / 1e6);
     }
     if let (Some(first), Some(last)) = (
