@@ -212,8 +212,9 @@ type KeyBits = u32;
 /// in a `perf` profile of the 1M-message backlog drain, the walks for other absent keys (the
 /// tag filter's, the envelope's) about as much again. The keys a pulled message usually has
 /// (`UNIQ_KEY`, `WAIT`, `TAGS`, `KEYS`, `MSG_REGION`, `TRACE_ON`, `CLUSTER`) and the two the
-/// consumer adds get distinct bits (a test checks it), so looking up an absent one of them
-/// never walks. The empty key gets no bit: a wire entry with an empty key is junk.
+/// consumer adds get distinct bits (a test checks it), so a message holding only the usual
+/// keys proves the others absent without a walk. The empty key gets no bit: a wire entry with
+/// an empty key is junk.
 fn key_bit(key: &str) -> KeyBits {
     let bytes = key.as_bytes();
     let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
@@ -618,6 +619,14 @@ mod tests {
             assert!(!p.wire_may_hold(absent), "{absent}");
         }
         assert_eq!(p.get_all([KEYS, TAGS]), [None, Some("t")]);
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn the_key_bits_take_no_room_of_their_own() {
+        // The view (32 bytes), the added list (24) and the two masks: a cached message pays
+        // nothing for the bits.
+        assert_eq!(std::mem::size_of::<Properties>(), 64);
     }
 
     #[test]
