@@ -120,19 +120,14 @@ fn init_logging(cfg: &Config) {
 /// benchmark's spread; the saving of the one-thread default comes from having one thread, not
 /// from the scheduler (docs/performance.md, "One thread by default").
 fn runtime(worker_threads: WorkerThreads) -> tokio::runtime::Runtime {
-    // Validated 0..=1024 with the rest of the configuration.
-    let threads = worker_threads
-        .count()
-        .map(|n| usize::try_from(n).unwrap_or(1));
-    let mut builder = if single_threaded(threads, || {
+    let threads = thread_count(worker_threads, || {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    }) {
+    });
+    let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        if let Some(n) = threads {
-            b.worker_threads(n);
-        }
+        b.worker_threads(threads);
         b
     };
     builder.enable_all().build().unwrap_or_else(|e| {
@@ -141,10 +136,13 @@ fn runtime(worker_threads: WorkerThreads) -> tokio::runtime::Runtime {
     })
 }
 
-/// Whether the runtime gets one thread: `threads` if configured, else the CPUs the process may
-/// use (asked only then).
-fn single_threaded(threads: Option<usize>, cpus: impl FnOnce() -> usize) -> bool {
-    threads.unwrap_or_else(cpus) <= 1
+/// How many threads the runtime gets: the configured count (validated 0..=1024), or for `0`
+/// the CPUs the process may use, asked only then. Resolved once here, so the choice of
+/// scheduler and the multi-thread runtime's size come from the same count.
+fn thread_count(configured: WorkerThreads, cpus: impl FnOnce() -> usize) -> usize {
+    configured
+        .count()
+        .map_or_else(cpus, |n| usize::try_from(n).unwrap_or(1))
 }
 
 /// Waits for SIGTERM or SIGINT; a second signal exits at once.
@@ -266,15 +264,17 @@ pub(crate) fn healthcheck(args: HealthcheckArgs) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::single_threaded;
+    use super::thread_count;
+    use rocketmq_webhook::config::WorkerThreads;
 
     #[test]
     fn one_thread_configured_or_one_cpu_gets_the_current_thread_scheduler() {
-        assert!(single_threaded(Some(1), || 8));
-        assert!(!single_threaded(Some(2), || 1));
-        assert!(single_threaded(None, || 1));
-        assert!(!single_threaded(None, || 2));
+        // The runtime is current-thread exactly when the count is 1.
+        assert_eq!(thread_count(WorkerThreads(1), || 8), 1);
+        assert_eq!(thread_count(WorkerThreads(2), || 1), 2);
+        assert_eq!(thread_count(WorkerThreads(0), || 1), 1);
+        assert_eq!(thread_count(WorkerThreads(0), || 2), 2);
         // The CPU count is not asked for when the count is configured.
-        assert!(single_threaded(Some(1), || unreachable!()));
+        assert_eq!(thread_count(WorkerThreads(1), || unreachable!()), 1);
     }
 }
