@@ -11,6 +11,7 @@ use rocketmq_webhook::client::producer::{Producer, ProducerConfig, QueueSelector
 use rocketmq_webhook::client::{Client, ClientConfig, InboundHandler, NotSupported};
 use rocketmq_webhook::remoting::body::route::TopicRouteData;
 use rocketmq_webhook::remoting::message::Message;
+use rocketmq_webhook::remoting::rpc::GetMaxOffset;
 use tokio::time::{sleep, Instant};
 
 use super::raw;
@@ -251,7 +252,44 @@ impl RocketMq {
                 });
             results.push(result);
         }
+        self.wait_dispatched(producer.client(), topic, &results)
+            .await;
         results
+    }
+
+    /// Waits until every message of `sent` can be pulled. The broker answers a send once the
+    /// commit log holds the message and adds it to its consume queue afterwards, so a pull right
+    /// after the send could stop one message short (seen in `restarted_broker_keeps_its_messages`).
+    ///
+    /// # Panics
+    /// When a queue's max offset has not passed its last message within 10 s.
+    async fn wait_dispatched(&self, client: &Client, topic: &str, sent: &[SendResult]) {
+        let mut last = std::collections::BTreeMap::new();
+        for r in sent {
+            let at = last.entry(r.queue.queue_id).or_insert(r.queue_offset);
+            *at = (*at).max(r.queue_offset);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (queue_id, offset) in last {
+            let request = GetMaxOffset {
+                topic: topic.to_owned(),
+                queue_id,
+            };
+            loop {
+                let max = client
+                    .pool()
+                    .call(&self.broker_addr(), &request, Duration::from_secs(5))
+                    .await;
+                match max {
+                    Ok(max) if max > offset => break,
+                    _ if Instant::now() >= deadline => panic!(
+                        "{topic}#{queue_id}: offset {offset} not pullable after 10 s ({max:?})\n{}",
+                        self.log_tails(20)
+                    ),
+                    _ => sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }
     }
 
     /// The instance's scratch directory (configs, logs, store).
