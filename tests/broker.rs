@@ -227,6 +227,16 @@ async fn topic_route_send_batch_and_pull_round_trip() {
     );
 
     let addr = mq.broker_addr();
+    let last_of_batch = batch_sent.queue_offset + batch_sent.msg_ids.len() as i64 - 1;
+    mq.wait_pullable(
+        &client,
+        &topic,
+        [
+            (sent.queue.queue_id, sent.queue_offset),
+            (batch_sent.queue.queue_id, last_of_batch),
+        ],
+    )
+    .await;
     let pulled = pull_all(&client, &addr, &group, &topic, sent.queue.queue_id).await;
     let got = pulled
         .iter()
@@ -290,6 +300,8 @@ async fn large_bodies_are_compressed_and_pull_back_intact() {
         )
         .await
         .expect("send");
+    let stored = [&sent, &small].map(|r| (r.queue.queue_id, r.queue_offset));
+    mq.wait_pullable(producer.client(), &topic, stored).await;
     let pulled = pull_all(
         producer.client(),
         &mq.broker_addr(),

@@ -252,22 +252,29 @@ impl RocketMq {
                 });
             results.push(result);
         }
-        self.wait_dispatched(producer.client(), topic, &results)
-            .await;
+        let sent = results.iter().map(|r| (r.queue.queue_id, r.queue_offset));
+        self.wait_pullable(producer.client(), topic, sent).await;
         results
     }
 
-    /// Waits until every message of `sent` can be pulled. The broker answers a send once the
-    /// commit log holds the message and adds it to its consume queue afterwards, so a pull right
-    /// after the send could stop one message short (seen in `restarted_broker_keeps_its_messages`).
+    /// Waits until the messages stored at `sent` (queue id, queue offset) can be pulled. The
+    /// broker answers a send once the commit log holds the message and adds it to its consume
+    /// queue afterwards, so a pull right after the send could stop one message short (seen in
+    /// `restarted_broker_keeps_its_messages` and `topic_route_send_batch_and_pull_round_trip`).
+    /// [`Self::produce`] calls it; a test that sends by itself calls it before pulling.
     ///
     /// # Panics
     /// When a queue's max offset has not passed its last message within 10 s.
-    async fn wait_dispatched(&self, client: &Client, topic: &str, sent: &[SendResult]) {
+    pub(crate) async fn wait_pullable(
+        &self,
+        client: &Client,
+        topic: &str,
+        sent: impl IntoIterator<Item = (i32, i64)>,
+    ) {
         let mut last = std::collections::BTreeMap::new();
-        for r in sent {
-            let at = last.entry(r.queue.queue_id).or_insert(r.queue_offset);
-            *at = (*at).max(r.queue_offset);
+        for (queue_id, offset) in sent {
+            let at = last.entry(queue_id).or_insert(offset);
+            *at = (*at).max(offset);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for (queue_id, offset) in last {
