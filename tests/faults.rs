@@ -206,9 +206,10 @@ enum Shape {
 
 /// A background producer: `batch` messages every `every`, until stopped.
 struct Load {
-    produced: Arc<Mutex<Vec<String>>>,
-    /// Where the broker said each acknowledged batch went, in send order.
+    /// Every confirmed batch and where the broker said it went, in send order.
     placements: Arc<Mutex<Vec<Placement>>>,
+    /// Confirmed ids set apart as lost by the broker ([`Self::set_apart_unserved`]).
+    broker_lost: Mutex<HashSet<String>>,
     failed_batches: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     task: Option<JoinHandle<()>>,
@@ -216,7 +217,6 @@ struct Load {
 
 impl Load {
     fn start(producer: Producer, topic: &str, shape: Shape, batch: usize, every: Duration) -> Self {
-        let produced = Arc::new(Mutex::new(Vec::new()));
         let placements = Arc::new(Mutex::new(Vec::new()));
         let failed_batches = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -226,16 +226,13 @@ impl Load {
             shape,
             batch,
             every,
-            Sent {
-                produced: Arc::clone(&produced),
-                placements: Arc::clone(&placements),
-                failed: Arc::clone(&failed_batches),
-            },
+            Arc::clone(&placements),
+            Arc::clone(&failed_batches),
             Arc::clone(&stop),
         ));
         Self {
-            produced,
             placements,
+            broker_lost: Mutex::default(),
             failed_batches,
             stop,
             task: Some(task),
@@ -261,8 +258,15 @@ impl Load {
         }
     }
 
+    /// The confirmed ids in send order, less those set apart as lost by the broker.
     fn produced(&self) -> Vec<String> {
-        lock(&self.produced).clone()
+        let lost = lock(&self.broker_lost);
+        lock(&self.placements)
+            .iter()
+            .flat_map(|p| &p.ids)
+            .filter(|id| !lost.contains(*id))
+            .cloned()
+            .collect()
     }
 
     fn failed_batches(&self) -> u64 {
@@ -278,28 +282,26 @@ impl Load {
         // The consume queue trails the commit log by a dispatch: read again for a while before
         // judging.
         let deadline = Instant::now() + Duration::from_secs(10);
-        let served = loop {
+        let (served, ids) = loop {
             let served = served_ids(mq, topic, queues).await;
-            let ids: HashSet<&str> = served.values().map(String::as_str).collect();
-            let all_served = self.produced().iter().all(|id| ids.contains(id.as_str()));
+            let ids: HashSet<String> = served.values().cloned().collect();
+            let all_served = self.produced().iter().all(|id| ids.contains(id));
             if all_served || Instant::now() >= deadline {
-                break served;
+                break (served, ids);
             }
             sleep(Duration::from_millis(500)).await;
         };
-        let served_ids: HashSet<&str> = served.values().map(String::as_str).collect();
         let mut unserved = Vec::new();
         let mut evidence = String::new();
         for p in lock(&self.placements).iter() {
-            for (id, offset) in p.ids.iter().zip(p.first_offset..) {
-                let there = served.get(&(p.queue_id, offset));
-                if served_ids.contains(id.as_str()) || there.is_none_or(|other| other == id) {
+            for (id, queue, offset) in p.places() {
+                let there = served.get(&(queue, offset));
+                if ids.contains(id) || there.is_none_or(|other| other == id) {
                     continue;
                 }
                 let _ = writeln!(
                     evidence,
-                    "  {id}: confirmed at queue {} offset {offset}, where the broker serves {}",
-                    p.queue_id,
+                    "  {id}: confirmed at queue {queue} offset {offset}, where the broker serves {}",
                     there.map_or("", String::as_str)
                 );
                 unserved.push(id.clone());
@@ -314,8 +316,7 @@ impl Load {
              {evidence}",
             unserved.len()
         );
-        let gone: HashSet<&String> = unserved.iter().collect();
-        lock(&self.produced).retain(|id| !gone.contains(id));
+        lock(&self.broker_lost).extend(unserved.iter().cloned());
         unserved
     }
 
@@ -327,10 +328,9 @@ impl Load {
         let mut claims: HashMap<(i32, i64), Vec<&str>> = HashMap::new();
         let mut place_of: HashMap<&str, (i32, i64, usize)> = HashMap::new();
         for (n, p) in placements.iter().enumerate() {
-            for (i, id) in p.ids.iter().enumerate() {
-                let offset = p.first_offset + i64::try_from(i).unwrap_or(i64::MAX);
-                claims.entry((p.queue_id, offset)).or_default().push(id);
-                place_of.insert(id, (p.queue_id, offset, n));
+            for (id, queue, offset) in p.places() {
+                claims.entry((queue, offset)).or_default().push(id);
+                place_of.insert(id, (queue, offset, n));
             }
         }
         let mut delivered_at: HashMap<(i64, i64), &str> = HashMap::new();
@@ -367,11 +367,14 @@ struct Placement {
     ids: Vec<String>,
 }
 
-/// Where the load generator records what it sent.
-struct Sent {
-    produced: Arc<Mutex<Vec<String>>>,
-    placements: Arc<Mutex<Vec<Placement>>>,
-    failed: Arc<AtomicU64>,
+impl Placement {
+    /// Each id with the queue and offset the broker confirmed for it.
+    fn places(&self) -> impl Iterator<Item = (&String, i32, i64)> {
+        self.ids
+            .iter()
+            .zip(self.first_offset..)
+            .map(|(id, offset)| (id, self.queue_id, offset))
+    }
 }
 
 impl Drop for Load {
@@ -383,13 +386,15 @@ impl Drop for Load {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_load(
     producer: Producer,
     topic: String,
     shape: Shape,
     batch: usize,
     every: Duration,
-    sent: Sent,
+    placements: Arc<Mutex<Vec<Placement>>>,
+    failed: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) {
     let mut seq = 0usize;
@@ -421,12 +426,11 @@ async fn run_load(
         };
         match producer.send_batch(messages, &selector).await {
             Ok(result) => {
-                lock(&sent.placements).push(Placement {
+                lock(&placements).push(Placement {
                     queue_id: result.queue.queue_id,
                     first_offset: result.queue_offset,
-                    ids: result.msg_ids.clone(),
+                    ids: result.msg_ids,
                 });
-                lock(&sent.produced).extend(result.msg_ids);
                 seq += batch;
                 turn += 1;
                 if let Some((k, next)) = next_key_seq {
@@ -437,7 +441,7 @@ async fn run_load(
                 // Stored or not is unknown: these ids are not counted as produced. A keyed
                 // batch is resent with the same sequence numbers (new ids), so per-key sequences
                 // stay gap-free among the confirmed ones.
-                sent.failed.fetch_add(1, Ordering::Relaxed);
+                failed.fetch_add(1, Ordering::Relaxed);
                 eprintln!("load: batch send failed (retrying): {e}");
                 sleep(Duration::from_millis(200)).await;
                 continue;
@@ -927,11 +931,12 @@ async fn sigkill_under_load_orderly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_under_load() {
     let name = "broker_restart";
+    const QUEUES: i32 = 4;
     let restarts = size(1, 3);
     let mut mq = RocketMq::start().await;
     let topic = unique("T_broker_restart");
     let group = unique("G_broker_restart");
-    mq.create_topic(&topic, 4).await;
+    mq.create_topic(&topic, QUEUES as u16).await;
     let (receiver, ledger) = accepting_receiver().await;
     let launch = Conf::new(&mq.namesrv_addr(), &group, &topic, receiver.url("/hook")).launch();
     let rss = Rss::default();
@@ -948,12 +953,12 @@ async fn broker_restart_under_load() {
     // The broker under test can drop an acknowledged batch across a graceful restart (see
     // docs/reliability.md, "What the broker loses"). A consumer can only deliver what the broker
     // serves: ids it no longer serves are set apart and counted, every id it serves must arrive.
-    let broker_lost = load.set_apart_unserved(&mq, &topic, 4).await.len();
+    let broker_lost = load.set_apart_unserved(&mq, &topic, QUEUES).await.len();
     ledger
         .wait_all(&load, drain_limit(), async || {
             format!(
                 "{}\n{}\n{}",
-                queue_report(&mq, &group, &topic, 4).await,
+                queue_report(&mq, &group, &topic, QUEUES).await,
                 daemon.output_tail(40),
                 mq.log_tails(20)
             )
