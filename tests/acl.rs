@@ -118,6 +118,9 @@ async fn a_signed_client_creates_sends_pulls_and_heartbeats() {
         .await
         .unwrap_or_else(|e| panic!("send: {e}\n{}", mq.log_tails(20)));
     let queue_id = sent.queue.queue_id;
+    // The broker answers a send before its consume queue holds the message.
+    mq.wait_pullable(&client, &topic, [(queue_id, sent.queue_offset)])
+        .await;
 
     let max = client
         .pool()
