@@ -139,6 +139,37 @@ pub async fn open_loop(
     sent.load(Ordering::Relaxed)
 }
 
+/// [`pull_ceiling`] on a thread of its own with a one-thread runtime and a client of its own,
+/// as the daemon runs by default. On the harness's two-worker runtime the pull loop paid for
+/// hand-offs between the workers, CPU the broker could have used: a ceiling measured that way
+/// reads low.
+pub async fn pull_ceiling_alone(
+    namesrv: &str,
+    topic: &str,
+    batch: i32,
+    expected: u64,
+) -> Result<(u64, f64), String> {
+    let (namesrv, topic) = (namesrv.to_owned(), topic.to_owned());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("pull-ceiling".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        pull_ceiling(&client(&namesrv)?, &topic, batch, expected).await
+                    })
+                });
+            let _ = tx.send(result);
+        })
+        .map_err(|e| format!("pull ceiling thread: {e}"))?;
+    rx.await
+        .map_err(|_| "the pull ceiling's thread ended without an answer".to_owned())?
+}
+
 /// The pull ceiling: every queue of `topic` pulled from offset 0 to its current end by one
 /// task per queue (`batch` messages per pull, decoded by our client, then discarded).
 /// Returns (messages, seconds).

@@ -533,8 +533,13 @@ impl Ctx {
             let (mut msgs, mut secs) = (0, 0.0_f64);
             let before = CpuMark::now(None, self.args.broker_pid);
             for t in &names {
-                match load::pull_ceiling(&self.client, t, mode.batch.max(32) as i32, per_topic)
-                    .await
+                match load::pull_ceiling_alone(
+                    &self.args.namesrv,
+                    t,
+                    mode.batch.max(32) as i32,
+                    per_topic,
+                )
+                .await
                 {
                     Ok((m, s)) => {
                         msgs += m;
