@@ -3,6 +3,7 @@
 //! open-loop counterpart the pull floor (long polls, the broker's own store-to-consumer
 //! latency) and the sink's own request ceiling.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +11,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use rocketmq_webhook::client::producer::{create_topic, Producer, ProducerConfig, QueueSelector};
 use rocketmq_webhook::client::{Client, ClientConfig, NotSupported};
-use rocketmq_webhook::remoting::message::Message;
+use rocketmq_webhook::remoting::message::{
+    decode_messages, encode_message, properties, ByteString, Message, MessageExt, Properties,
+};
 use rocketmq_webhook::remoting::rpc::{PullMessage, PullStatus, PullSysFlag};
+use rocketmq_webhook::webhook::encode::{Context, Encoder, MessageView};
+use rocketmq_webhook::webhook::Format;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// A client for tools (no broker-initiated requests are served).
@@ -309,59 +315,199 @@ pub async fn pull_floor(
     Ok(set)
 }
 
-/// The sink's request ceiling: `concurrency` reqwest senders posting envelopes of `batch`
-/// messages of `size` bytes for `duration`. Returns (messages, requests, seconds).
+/// The sink's request ceiling: `concurrency` senders, each on a keep-alive connection of its
+/// own, posting envelopes of `batch` messages of `size` bytes for `duration`. Returns
+/// (messages, requests, seconds).
+///
+/// The envelope is the daemon's: its encoder writes it once, from decoded messages carrying
+/// the properties the preloaded ones do, and each request rewrites the leading digits of every
+/// msgId in place, so the sink sees new messages while the senders spend next to nothing.
+/// Before, reqwest senders built each envelope through serde_json: they cost more per request
+/// than the daemon and the broker together, and the daemon drove more requests through the
+/// sink than that "ceiling" did.
 pub async fn sink_ceiling(
-    url: &str,
+    addr: SocketAddr,
     batch: usize,
     size: usize,
     duration: Duration,
     concurrency: usize,
-) -> (u64, u64, f64) {
-    let http = reqwest::Client::new();
+) -> Result<(u64, u64, f64), String> {
+    let (body, ids) = ceiling_envelope(batch, size)?;
+    let mut request = format!(
+        "POST /sink HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    let ids: Vec<usize> = ids.into_iter().map(|at| at + request.len()).collect();
+    request.extend_from_slice(&body);
     let start = Instant::now();
     let msgs = Arc::new(AtomicU64::new(0));
     let reqs = Arc::new(AtomicU64::new(0));
-    let text = String::from_utf8_lossy(&body(0, size)).into_owned();
     let mut set = tokio::task::JoinSet::new();
-    for worker in 0..concurrency {
-        let (http, url, text) = (http.clone(), url.to_owned(), text.clone());
+    for sender in 0..concurrency as u64 {
+        let (mut request, ids) = (request.clone(), ids.clone());
         let (msgs, reqs) = (Arc::clone(&msgs), Arc::clone(&reqs));
         set.spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect to the sink at {addr}: {e}"))?;
+            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            let mut answer = Vec::with_capacity(512);
             let mut n = 0_u64;
             while start.elapsed() < duration {
-                let now = crate::now_us() / 1000;
-                let messages: Vec<serde_json::Value> = (0..batch)
-                    .map(|k| {
-                        n += 1;
-                        serde_json::json!({
-                            "msgId": format!("C{worker}-{n}-{k}"), "topic": "ceiling", "queueId": 0,
-                            "queueOffset": n, "tags": "load", "reconsumeTimes": 0,
-                            "bornTimestamp": now, "storeTimestamp": now, "body": text,
-                        })
-                    })
-                    .collect();
-                let envelope = serde_json::json!({"topic": "ceiling", "consumerGroup": "c", "messages": messages});
-                let ok = http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(serde_json::to_vec(&envelope).unwrap_or_default())
-                    .send()
+                n += 1;
+                for &at in &ids {
+                    write_hex(&mut request[at..at + ID_PREFIX], (sender << 48) | n);
+                }
+                stream
+                    .write_all(&request)
                     .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ok {
+                    .map_err(|e| format!("send to the sink: {e}"))?;
+                if read_answer(&mut stream, &mut answer).await? == 200 {
                     msgs.fetch_add(batch as u64, Ordering::Relaxed);
                     reqs.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            Ok::<(), String>(())
         });
     }
-    while set.join_next().await.is_some() {}
-    (
-        msgs.load(Ordering::Relaxed),
-        reqs.load(Ordering::Relaxed),
-        start.elapsed().as_secs_f64(),
-    )
+    let mut failed = None;
+    while let Some(r) = set.join_next().await {
+        if let Err(e) = r.map_err(|e| e.to_string()).and_then(|r| r) {
+            failed.get_or_insert(e);
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((
+            msgs.load(Ordering::Relaxed),
+            reqs.load(Ordering::Relaxed),
+            start.elapsed().as_secs_f64(),
+        )),
+    }
+}
+
+/// Hex digits of a msgId that [`sink_ceiling`] rewrites per request (sender and request
+/// number); the rest tells the batch's messages apart.
+const ID_PREFIX: usize = 16;
+
+/// The daemon's JSON envelope for `batch` messages of `size` bytes, and where each msgId's
+/// text starts in it.
+fn ceiling_envelope(batch: usize, size: usize) -> Result<(Vec<u8>, Vec<usize>), String> {
+    let id = |k: usize| format!("{:0w$X}{k:016X}", 0, w = ID_PREFIX);
+    let now = crate::now_us() / 1000;
+    let mut wire = Vec::new();
+    for k in 0..batch {
+        let mut props = Properties::new();
+        for (key, value) in [
+            ("UNIQ_KEY", id(k)),
+            ("WAIT", "true".to_owned()),
+            ("TAGS", "load".to_owned()),
+            ("CLUSTER", "DefaultCluster".to_owned()),
+            ("MSG_REGION", "DefaultRegion".to_owned()),
+            ("TRACE_ON", "true".to_owned()),
+        ] {
+            props.insert(key.into(), value.into());
+        }
+        let record = MessageExt {
+            topic: "ceiling".into(),
+            queue_id: 0,
+            flag: 0,
+            queue_offset: k as i64,
+            commit_log_offset: (k * size) as i64,
+            sys_flag: 0,
+            born_timestamp: now,
+            born_host: ([127, 0, 0, 1], 5000).into(),
+            store_timestamp: now,
+            store_host: ([127, 0, 0, 1], 10911).into(),
+            reconsume_times: 0,
+            prepared_transaction_offset: 0,
+            body_crc: 0,
+            body: body(k as u64, size),
+            properties: props,
+        };
+        wire.extend_from_slice(&encode_message(&record).map_err(|e| e.to_string())?);
+    }
+    let mut messages = decode_messages(&Bytes::from(wire)).map_err(|e| e.to_string())?;
+    // What the consumer adds to every pulled message.
+    for m in &mut messages {
+        m.properties
+            .insert(ByteString::from_static(properties::MIN_OFFSET), "0".into());
+        m.properties.insert(
+            ByteString::from_static(properties::MAX_OFFSET),
+            batch.to_string().into(),
+        );
+    }
+    let views: Vec<MessageView<'_>> = messages
+        .iter()
+        .map(|m| MessageView::new(m, "broker-a"))
+        .collect();
+    let context = Context {
+        group: "ceiling",
+        topic: "ceiling",
+    };
+    let body = Encoder::new(Format::Json, "bench", None)
+        .encode(context, &views)
+        .map_err(|e| e.to_string())?
+        .body
+        .to_vec();
+    let mut at = Vec::new();
+    for k in 0..batch {
+        let needle = id(k);
+        let found = body
+            .windows(needle.len())
+            .enumerate()
+            .filter(|(_, w)| *w == needle.as_bytes())
+            .map(|(i, _)| i);
+        let before = at.len();
+        at.extend(found);
+        if at.len() == before {
+            return Err(format!("msgId {needle} is not in the encoded envelope"));
+        }
+    }
+    Ok((body, at))
+}
+
+/// Writes `value` as upper-case hex digits filling `out`.
+fn write_hex(out: &mut [u8], mut value: u64) {
+    for b in out.iter_mut().rev() {
+        *b = b"0123456789ABCDEF"[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
+/// Reads one HTTP/1.1 answer (head and a `content-length` body) and returns its status.
+async fn read_answer(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Result<u16, String> {
+    buf.clear();
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).map_err(|e| e.to_string())?;
+            let status = head
+                .get(9..12)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("the sink answered {head:?}"))?;
+            let length = head
+                .lines()
+                .filter_map(|line| line.split_once(':'))
+                .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + length {
+                read_some(stream, buf).await?;
+            }
+            return Ok(status);
+        }
+        read_some(stream, buf).await?;
+    }
+}
+
+async fn read_some(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+    match stream.read_buf(buf).await {
+        Ok(0) => Err("the sink closed the connection".to_owned()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("read from the sink: {e}")),
+    }
 }
 
 /// A one-message pull at offset 0 (its answer carries the queue's max offset).

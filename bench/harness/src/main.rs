@@ -320,10 +320,17 @@ impl Ctx {
         } else {
             self.sink.reset();
             let secs = if self.args.quick { 3 } else { 10 };
-            let (msgs, reqs, el) =
-                load::sink_ceiling(&self.sink.url(), batch, size, Duration::from_secs(secs), 20)
+            let result =
+                load::sink_ceiling(self.sink.addr, batch, size, Duration::from_secs(secs), 20)
                     .await;
             self.sink.reset();
+            let (msgs, reqs, el) = match result {
+                Ok(figures) => figures,
+                Err(e) => {
+                    self.push(scenario, case, "sink-ceiling", Err(e));
+                    return;
+                }
+            };
             let mut r = Run::new();
             r.insert("messages".into(), msgs as f64);
             r.insert("msgs_per_s".into(), msgs as f64 / el);
