@@ -319,12 +319,12 @@ pub async fn pull_floor(
 /// own, posting envelopes of `batch` messages of `size` bytes for `duration`. Returns
 /// (messages, requests, seconds).
 ///
-/// The envelope is the daemon's: its encoder writes it once, from decoded messages carrying
-/// the properties the preloaded ones do, and each request rewrites the leading digits of every
-/// msgId in place, so the sink sees new messages while the senders spend next to nothing.
-/// Before, reqwest senders built each envelope through serde_json: they cost more per request
-/// than the daemon and the broker together, and the daemon drove more requests through the
-/// sink than that "ceiling" did.
+/// The request is the daemon's: its encoder writes the headers and the envelope once, from
+/// decoded messages carrying the properties the preloaded ones do, and each request rewrites
+/// the leading digits of every msgId in place, so the sink sees new messages while the
+/// senders spend next to nothing. Before, reqwest senders built each envelope through
+/// serde_json: they cost more per request than the daemon and the broker together, and the
+/// daemon drove more requests through the sink than that "ceiling" did.
 pub async fn sink_ceiling(
     addr: SocketAddr,
     batch: usize,
@@ -332,15 +332,7 @@ pub async fn sink_ceiling(
     duration: Duration,
     concurrency: usize,
 ) -> Result<(u64, u64, f64), String> {
-    let (body, ids) = ceiling_envelope(batch, size)?;
-    let mut request = format!(
-        "POST /sink HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    let ids: Vec<usize> = ids.into_iter().map(|at| at + request.len()).collect();
-    request.extend_from_slice(&body);
+    let (request, ids) = ceiling_request(addr, batch, size)?;
     let start = Instant::now();
     let msgs = Arc::new(AtomicU64::new(0));
     let reqs = Arc::new(AtomicU64::new(0));
@@ -392,9 +384,13 @@ pub async fn sink_ceiling(
 /// number); the rest tells the batch's messages apart.
 const ID_PREFIX: usize = 16;
 
-/// The daemon's JSON envelope for `batch` messages of `size` bytes, and where each msgId's
-/// text starts in it.
-fn ceiling_envelope(batch: usize, size: usize) -> Result<(Vec<u8>, Vec<usize>), String> {
+/// The daemon's HTTP/1.1 request (its headers and JSON envelope) for `batch` messages of
+/// `size` bytes, and where each msgId's text starts in it.
+fn ceiling_request(
+    addr: SocketAddr,
+    batch: usize,
+    size: usize,
+) -> Result<(Vec<u8>, Vec<usize>), String> {
     let id = |k: usize| format!("{:0w$X}{k:016X}", 0, w = ID_PREFIX);
     let now = crate::now_us() / 1000;
     let mut wire = Vec::new();
@@ -447,15 +443,22 @@ fn ceiling_envelope(batch: usize, size: usize) -> Result<(Vec<u8>, Vec<usize>), 
         group: "ceiling",
         topic: "ceiling",
     };
-    let body = Encoder::new(Format::Json, "bench", None)
+    let encoded = Encoder::new(Format::Json, "bench", None)
         .encode(context, &views)
-        .map_err(|e| e.to_string())?
-        .body
-        .to_vec();
+        .map_err(|e| e.to_string())?;
+    let mut request = format!("POST /sink HTTP/1.1\r\nhost: {addr}\r\n").into_bytes();
+    for (name, value) in &encoded.headers {
+        request.extend_from_slice(name.as_str().as_bytes());
+        request.extend_from_slice(b": ");
+        request.extend_from_slice(value.as_bytes());
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(format!("content-length: {}\r\n\r\n", encoded.body.len()).as_bytes());
+    request.extend_from_slice(&encoded.body);
     let mut at = Vec::new();
     for k in 0..batch {
         let needle = id(k);
-        let found = body
+        let found = request
             .windows(needle.len())
             .enumerate()
             .filter(|(_, w)| *w == needle.as_bytes())
@@ -463,10 +466,10 @@ fn ceiling_envelope(batch: usize, size: usize) -> Result<(Vec<u8>, Vec<usize>), 
         let before = at.len();
         at.extend(found);
         if at.len() == before {
-            return Err(format!("msgId {needle} is not in the encoded envelope"));
+            return Err(format!("msgId {needle} is not in the encoded request"));
         }
     }
-    Ok((body, at))
+    Ok((request, at))
 }
 
 /// Writes `value` as upper-case hex digits filling `out`.
