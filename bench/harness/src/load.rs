@@ -12,13 +12,15 @@ use bytes::Bytes;
 use rocketmq_webhook::client::producer::{create_topic, Producer, ProducerConfig, QueueSelector};
 use rocketmq_webhook::client::{Client, ClientConfig, NotSupported};
 use rocketmq_webhook::remoting::message::{
-    decode_messages, encode_message, properties, ByteString, Message, MessageExt, Properties,
+    decode_messages, encode_message, Message, MessageExt, Properties,
 };
 use rocketmq_webhook::remoting::rpc::{PullMessage, PullStatus, PullSysFlag};
 use rocketmq_webhook::webhook::encode::{Context, Encoder, MessageView};
 use rocketmq_webhook::webhook::Format;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
+
+use crate::synthetic;
 
 /// A client for tools (no broker-initiated requests are served).
 pub fn client(namesrv: &str) -> Result<Client, String> {
@@ -426,15 +428,7 @@ fn ceiling_request(
         wire.extend_from_slice(&encode_message(&record).map_err(|e| e.to_string())?);
     }
     let mut messages = decode_messages(&Bytes::from(wire)).map_err(|e| e.to_string())?;
-    // What the consumer adds to every pulled message.
-    for m in &mut messages {
-        m.properties
-            .insert(ByteString::from_static(properties::MIN_OFFSET), "0".into());
-        m.properties.insert(
-            ByteString::from_static(properties::MAX_OFFSET),
-            batch.to_string().into(),
-        );
-    }
+    synthetic::as_pulled(&mut messages);
     let views: Vec<MessageView<'_>> = messages
         .iter()
         .map(|m| MessageView::new(m, "broker-a"))

@@ -9,6 +9,7 @@ mod load;
 mod proc;
 mod report;
 mod sink;
+mod synthetic;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

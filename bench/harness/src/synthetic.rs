@@ -3,16 +3,20 @@
 //! messages: the producer's UNIQ_KEY, WAIT, TAGS and KEYS, then the batch's own properties that
 //! the broker appends to each member (WAIT a second time, CLUSTER, MSG_REGION, TRACE_ON); in key
 //! order, with the repeated WAIT last. Included by `decode-cost`, `encode-cost` and
-//! `cache-footprint`.
+//! `cache-footprint`; the harness uses [`as_pulled`] for the sink ceiling's records.
+
+// Each binary that includes this file uses a part of it.
+#![allow(dead_code)]
 
 use bytes::{Bytes, BytesMut};
-use rocketmq_webhook::remoting::message::{encode_message, MessageExt, Properties};
+use rocketmq_webhook::remoting::message::{
+    encode_message, properties, ByteString, MessageExt, Properties,
+};
 
 /// Records per response.
 pub const RECORDS: i64 = 32;
 
 /// What the records' bodies hold.
-#[allow(dead_code)] // `Json` is used by encode-cost only; the other binaries include this file too.
 #[derive(Debug, Clone, Copy)]
 pub enum Body {
     /// 1 KiB of plain text with nothing to escape in JSON, like the scenarios' messages.
@@ -35,7 +39,6 @@ impl Body {
 
 /// One response with queue offsets `first..first + RECORDS` and plain bodies, in an allocation
 /// of its own and exactly its size.
-#[allow(dead_code)] // encode-cost calls `response_with`; the other binaries call this.
 pub fn response(first: i64) -> Bytes {
     response_with(first, Body::Plain)
 }
@@ -97,4 +100,19 @@ fn second_wait(record: &[u8]) -> Vec<u8> {
     let mut out = record.to_vec();
     out[at..at + 4].copy_from_slice(b"WAIT");
     out
+}
+
+/// Adds what the consumer adds to every pulled message: `MIN_OFFSET` and `MAX_OFFSET` (those
+/// of a queue holding exactly `messages`).
+pub fn as_pulled(messages: &mut [MessageExt]) {
+    let max = messages.len().to_string();
+    for m in messages {
+        m.properties.reserve_exact(2);
+        m.properties
+            .insert(ByteString::from_static(properties::MIN_OFFSET), "0".into());
+        m.properties.insert(
+            ByteString::from_static(properties::MAX_OFFSET),
+            max.as_str().into(),
+        );
+    }
 }

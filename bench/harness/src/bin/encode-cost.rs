@@ -18,8 +18,7 @@ mod synthetic;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use rocketmq_webhook::remoting::message::ByteString;
-use rocketmq_webhook::remoting::message::{decode_messages, properties};
+use rocketmq_webhook::remoting::message::decode_messages;
 use rocketmq_webhook::webhook::encode::{Context, Encoder, MessageView};
 use rocketmq_webhook::webhook::Format;
 
@@ -45,13 +44,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    for m in &mut messages {
-        m.properties.reserve_exact(2);
-        m.properties
-            .insert(ByteString::from_static(properties::MIN_OFFSET), "0".into());
-        m.properties
-            .insert(ByteString::from_static(properties::MAX_OFFSET), "32".into());
-    }
+    synthetic::as_pulled(&mut messages);
     let encoder = Encoder::new(Format::Json, "com.example", None);
     let ctx = Context {
         group: "BenchGroup",
