@@ -12,7 +12,8 @@
 //! - other codes map through [`StatusClasses`]; defaults: 408, 425, 429, 5xx retry; 400, 404,
 //!   410, 413, 415, 422 drop (to the DLQ, never lost); other 4xx and 3xx retry;
 //! - 429/503 with a valid `Retry-After` is `Later` for every message (no reconsume attempt spent)
-//!   and pauses the endpoint, capped;
+//!   and pauses the endpoint, capped; a cap of zero ignores the header (the status's class
+//!   decides);
 //! - timeouts and transport errors retry and count as endpoint failures.
 
 use std::collections::HashMap;
@@ -204,7 +205,9 @@ pub fn classify_response(
 ) -> Answer {
     let count = msg_ids.len();
     let healthy = status / 100 != 5;
-    if status == 429 || status == 503 {
+    // A zero cap means "ignore Retry-After", not "pause for zero": a zero pause would put every
+    // message straight back and spin on a throttling endpoint without spending an attempt.
+    if (status == 429 || status == 503) && !retry_after_cap.is_zero() {
         let pause = headers
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
@@ -697,6 +700,25 @@ mod tests {
             vec![RETRY; 2]
         );
         assert_eq!(classify(429, &retry_after("soon"), "", &ids).pause, None);
+    }
+
+    #[test]
+    fn a_zero_cap_ignores_retry_after() {
+        let ids = ["A"];
+        for status in [429, 503] {
+            let a = classify_response(
+                &StatusClasses::default(),
+                status,
+                &retry_after("7"),
+                b"",
+                &ids,
+                Duration::ZERO,
+                at(1_000_000_000),
+            );
+            // The class decides (both retry by default), and nothing pauses the endpoint.
+            assert_eq!(a.outcomes, vec![RETRY], "status {status}");
+            assert_eq!(a.pause, None, "status {status}");
+        }
     }
 
     #[test]
