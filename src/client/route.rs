@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::remoting::body::route::TopicRouteData;
+use crate::remoting::body::route::{TopicRouteData, MAX_QUEUE_NUMS};
 use crate::remoting::MessageQueue;
 
 /// `PERM_READ`: the queue data may be consumed (rocketmq-remoting.md section 3).
@@ -110,7 +110,9 @@ pub fn subscribe_queues(topic: &str, route: &TopicRouteData) -> Vec<MessageQueue
         .iter()
         .filter(|q| q.perm & PERM_READ != 0)
         .flat_map(|q| {
-            (0..q.read_queue_nums.max(0))
+            // `TopicRouteData::parse` rejects larger counts; the clamp also bounds hand-built
+            // routes, so a route never expands to more than `MAX_QUEUE_NUMS` queues per broker.
+            (0..q.read_queue_nums.clamp(0, MAX_QUEUE_NUMS))
                 .map(move |id| MessageQueue::new(topic, q.broker_name.clone(), id))
         })
         .collect();
@@ -246,6 +248,15 @@ mod tests {
             ]
         );
         assert!(routes.subscribe_queues("other").is_empty());
+    }
+
+    #[test]
+    fn queue_expansion_is_bounded() {
+        let r = route(&[("a", &[(0, "h:1")])], &[("a", MAX_QUEUE_NUMS + 1, 6)]);
+        assert_eq!(
+            subscribe_queues("T", &r).len(),
+            usize::try_from(MAX_QUEUE_NUMS).expect("fits")
+        );
     }
 
     #[test]

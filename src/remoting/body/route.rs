@@ -16,6 +16,13 @@ pub const PERM_WRITE: i32 = 1 << 1;
 pub const PERM_INHERIT: i32 = 1;
 /// Broker id of a master in `brokerAddrs`.
 pub const MASTER_ID: i64 = 0;
+/// The largest queue count per broker a route may declare (`readQueueNums`, `writeQueueNums`,
+/// each `orderTopicConf` entry); [`TopicRouteData::parse`] rejects larger values. Real topics use
+/// at most a few hundred, rarely a few thousand, queues per broker. Java sets no limit, but every
+/// queue becomes a [`MessageQueue`] value when a route is expanded, and we promise allocation in
+/// proportion to the input: a 60-byte body declaring `2147483647` queues must not build 2^31 of
+/// them.
+pub const MAX_QUEUE_NUMS: i32 = 65_536;
 
 /// Where a topic lives: its queues per broker and the brokers' addresses.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -90,9 +97,38 @@ impl TopicRouteData {
     /// with unquoted broker-id keys), tolerating `null`s and unknown keys.
     ///
     /// # Errors
-    /// [`RemotingError::MalformedBody`] if the body is not (fast)JSON of this shape.
+    /// [`RemotingError::MalformedBody`] if the body is not (fast)JSON of this shape, or declares
+    /// more than [`MAX_QUEUE_NUMS`] queues on a broker.
     pub fn parse(body: &[u8]) -> Result<Self, RemotingError> {
-        fastjson::from_slice(body, "topic route")
+        let route: Self = fastjson::from_slice(body, WHAT)?;
+        route.check_queue_nums()?;
+        Ok(route)
+    }
+
+    /// Rejects a queue count above [`MAX_QUEUE_NUMS`], naming the broker, field and value.
+    fn check_queue_nums(&self) -> Result<(), RemotingError> {
+        let counts = self.queue_datas.iter().flat_map(|q| {
+            [
+                (q.broker_name.as_str(), "readQueueNums", q.read_queue_nums),
+                (q.broker_name.as_str(), "writeQueueNums", q.write_queue_nums),
+            ]
+        });
+        let ordered = self
+            .order_topic_conf
+            .as_deref()
+            .into_iter()
+            .flat_map(order_conf_entries)
+            .map(|(broker, nums)| (broker, "orderTopicConf", nums));
+        match counts.chain(ordered).find(|(_, _, n)| *n > MAX_QUEUE_NUMS) {
+            Some((broker, field, value)) => Err(RemotingError::MalformedBody {
+                what: WHAT,
+                reason: format!(
+                    "broker `{broker}`: {field} {value} exceeds the limit of {MAX_QUEUE_NUMS} \
+                     queues per broker"
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Standard JSON (quoted broker-id keys), as a name server answering version ≥ 4.9.4 writes.
@@ -107,7 +143,9 @@ impl TopicRouteData {
             .iter()
             .filter(|q| q.perm & PERM_READ != 0)
             .flat_map(|q| {
-                (0..q.read_queue_nums).map(|i| MessageQueue::new(topic, &q.broker_name, i))
+                // `parse` rejects larger counts; the `min` also bounds hand-built routes.
+                (0..q.read_queue_nums.min(MAX_QUEUE_NUMS))
+                    .map(|i| MessageQueue::new(topic, &q.broker_name, i))
             })
             .collect();
         queues.sort();
@@ -120,14 +158,9 @@ impl TopicRouteData {
     /// (in its own order), as in Java.
     pub fn publish_queues(&self, topic: &str) -> Vec<MessageQueue> {
         if let Some(conf) = self.order_topic_conf.as_deref().filter(|c| !c.is_empty()) {
-            return conf
-                .split(';')
-                .filter_map(|item| {
-                    let (broker, nums) = item.split_once(':')?;
-                    Some((broker, nums.trim().parse::<i32>().ok()?))
-                })
+            return order_conf_entries(conf)
                 .flat_map(|(broker, nums)| {
-                    (0..nums).map(move |i| MessageQueue::new(topic, broker, i))
+                    (0..nums.min(MAX_QUEUE_NUMS)).map(move |i| MessageQueue::new(topic, broker, i))
                 })
                 .collect();
         }
@@ -140,7 +173,8 @@ impl TopicRouteData {
         datas
             .into_iter()
             .flat_map(|q| {
-                (0..q.write_queue_nums).map(|i| MessageQueue::new(topic, &q.broker_name, i))
+                (0..q.write_queue_nums.min(MAX_QUEUE_NUMS))
+                    .map(|i| MessageQueue::new(topic, &q.broker_name, i))
             })
             .collect()
     }
@@ -166,6 +200,18 @@ impl TopicRouteData {
                 .map(move |(id, addr)| (b.broker_name.as_str(), *id, addr.as_str()))
         })
     }
+}
+
+/// The `what` of this body's [`RemotingError::MalformedBody`].
+const WHAT: &str = "topic route";
+
+/// The `(broker name, queue count)` entries of an `orderTopicConf` (`broker:nums;...`); entries
+/// that do not parse are skipped, as in Java.
+fn order_conf_entries(conf: &str) -> impl Iterator<Item = (&str, i32)> {
+    conf.split(';').filter_map(|item| {
+        let (broker, nums) = item.split_once(':')?;
+        Some((broker, nums.trim().parse::<i32>().ok()?))
+    })
 }
 
 #[cfg(test)]
@@ -289,6 +335,71 @@ mod tests {
             ordered.publish_queues("T"),
             vec![mq("c", 0), mq("c", 1), mq("a", 0)]
         );
+    }
+
+    #[test]
+    fn rejects_queue_counts_above_the_limit() {
+        let body = |field: &str, value: &str| {
+            format!(
+                r#"{{"queueDatas":[{{"brokerName":"broker-a","perm":6,"{field}":{value}}}],"brokerDatas":[]}}"#
+            )
+        };
+        for field in ["readQueueNums", "writeQueueNums"] {
+            match TopicRouteData::parse(body(field, "2147483647").as_bytes()) {
+                Err(RemotingError::MalformedBody { what, reason }) => {
+                    assert_eq!(what, "topic route");
+                    for part in ["broker-a", field, "2147483647", "65536"] {
+                        assert!(reason.contains(part), "{part:?} not in {reason:?}");
+                    }
+                }
+                other => panic!("{field}: expected MalformedBody, got {other:?}"),
+            }
+            let limit = MAX_QUEUE_NUMS.to_string();
+            assert!(TopicRouteData::parse(body(field, &limit).as_bytes()).is_ok());
+        }
+        let ordered = br#"{"orderTopicConf":"a:4;b:2147483647","queueDatas":[]}"#;
+        let err = TopicRouteData::parse(ordered).unwrap_err().to_string();
+        assert!(
+            err.contains("broker `b`: orderTopicConf 2147483647"),
+            "{err}"
+        );
+        // A normal route still decodes.
+        assert_eq!(
+            TopicRouteData::parse(STANDARD.as_bytes())
+                .unwrap()
+                .subscribe_queues("T")
+                .len(),
+            4
+        );
+    }
+
+    #[test]
+    fn expansion_is_bounded_for_hand_built_routes() {
+        let huge = MAX_QUEUE_NUMS + 1;
+        let r = TopicRouteData {
+            order_topic_conf: None,
+            queue_datas: vec![QueueData {
+                broker_name: "a".into(),
+                read_queue_nums: huge,
+                write_queue_nums: huge,
+                perm: 6,
+                topic_sys_flag: 0,
+            }],
+            broker_datas: vec![BrokerData {
+                broker_name: "a".into(),
+                broker_addrs: [(0, "a:1".into())].into(),
+                ..BrokerData::default()
+            }],
+            topic_queue_mapping_by_broker: None,
+        };
+        let limit = usize::try_from(MAX_QUEUE_NUMS).unwrap();
+        assert_eq!(r.subscribe_queues("T").len(), limit);
+        assert_eq!(r.publish_queues("T").len(), limit);
+        let ordered = TopicRouteData {
+            order_topic_conf: Some(format!("a:{huge}")),
+            ..r
+        };
+        assert_eq!(ordered.publish_queues("T").len(), limit);
     }
 
     fn route() -> impl Strategy<Value = TopicRouteData> {
