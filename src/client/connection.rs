@@ -10,8 +10,9 @@
 //!   replaced by the [`CloseReason`] and every waiter, present and future, gets that reason;
 //! - frames without the response bit are broker-initiated requests, handed to the
 //!   [`InboundHandler`] in tasks owned by the connection task (at most
-//!   [`ConnectOptions::inbound_concurrency`] at once, further ones are answered `SYSTEM_BUSY`),
-//!   so a slow handler never stops the reading;
+//!   [`ConnectOptions::inbound_concurrency`] at once, further ones are answered `SYSTEM_BUSY`,
+//!   or ignored while the write queue is above its high-water mark), so a slow handler never
+//!   stops the reading and a peer that does not read cannot grow our memory;
 //! - dropping the last handle aborts the connection task, which drops (and so aborts) the handler
 //!   tasks it owns: no task outlives its connection.
 
@@ -317,6 +318,7 @@ impl Connection {
             serialize_type: options.serialize_type,
             language: options.language.clone(),
             version: options.version,
+            busy_dropped: 0,
         };
         let task = tokio::spawn(driver.run(stream));
         Self {
@@ -490,8 +492,9 @@ impl fmt::Debug for Connection {
 
 // === impl Driver ===
 
-/// Bytes queued for writing above which the task stops taking new frames (back-pressure).
-const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
+/// Bytes queued for writing above which the task stops taking new frames (back-pressure) and
+/// drops busy answers.
+pub(super) const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Read buffer headroom kept before each read.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -506,6 +509,8 @@ struct Driver {
     serialize_type: SerializeType,
     language: LanguageCode,
     version: i32,
+    /// Busy answers dropped since the write queue last had room (0: not dropping).
+    busy_dropped: u64,
 }
 
 impl Driver {
@@ -565,7 +570,8 @@ impl Driver {
                     Ok(_) => loop {
                         match decoder.decode(&mut input) {
                             Ok(Some(frame)) => {
-                                if let Some(answer) = self.dispatch(frame, &mut handlers) {
+                                let room = queued < WRITE_HIGH_WATER;
+                                if let Some(answer) = self.dispatch(frame, &mut handlers, room) {
                                     match answer {
                                         Ok(bytes) => {
                                             queued += bytes.len();
@@ -602,11 +608,12 @@ impl Driver {
     }
 
     /// Routes one frame. Returns a frame to write immediately (a busy answer), or the reason to
-    /// close the connection.
+    /// close the connection. `room` says whether the write queue is below [`WRITE_HIGH_WATER`].
     fn dispatch(
-        &self,
+        &mut self,
         frame: Bytes,
         handlers: &mut JoinSet<Option<Bytes>>,
+        room: bool,
     ) -> Option<Result<Bytes, CloseReason>> {
         let command = match RemotingCommand::decode(frame) {
             Ok(c) => c,
@@ -622,6 +629,29 @@ impl Driver {
         let oneway = command.is_oneway();
         let opaque = command.opaque;
         if handlers.len() >= self.inbound_concurrency {
+            // Reading never stops, so without this check a peer that floods requests but does not
+            // read our writes would make us queue one busy answer per request, without bound.
+            // Such a peer cannot be helped by more bytes: above the high-water mark the answer is
+            // dropped (its request times out on the peer's side), keeping the queue within
+            // WRITE_HIGH_WATER plus one answer. Logged once per episode, not per request.
+            if !oneway && !room {
+                if self.busy_dropped == 0 {
+                    warn!(
+                        %addr,
+                        "Peer is not reading; dropping SYSTEM_BUSY answers until it does."
+                    );
+                }
+                self.busy_dropped += 1;
+                return None;
+            }
+            if self.busy_dropped > 0 {
+                debug!(
+                    %addr,
+                    dropped = self.busy_dropped,
+                    "Write queue has room again; answering SYSTEM_BUSY again."
+                );
+                self.busy_dropped = 0;
+            }
             warn!(%addr, code = command.code, "Too many broker requests in flight; rejected.");
             if oneway {
                 return None;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -49,7 +49,12 @@ impl Frame {
     }
 }
 
-async fn read_frame(s: &mut TcpStream) -> io::Result<Frame> {
+async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<Frame> {
+    Ok(read_sized_frame(s).await?.1)
+}
+
+/// A frame and its length on the wire.
+async fn read_sized_frame<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<(usize, Frame)> {
     let total = s.read_u32().await? as usize;
     let mut content = vec![0u8; total];
     s.read_exact(&mut content).await?;
@@ -57,7 +62,7 @@ async fn read_frame(s: &mut TcpStream) -> io::Result<Frame> {
     assert_eq!(word >> 24, 0, "requests are sent with JSON headers");
     let header_len = (word & 0x00FF_FFFF) as usize;
     let header = serde_json::from_slice(&content[4..4 + header_len]).expect("JSON header");
-    Ok(Frame { header })
+    Ok((4 + total, Frame { header }))
 }
 
 fn encode(header: &Value, body: &[u8]) -> Vec<u8> {
@@ -485,6 +490,69 @@ async fn broker_requests_are_answered_with_their_opaque() {
             .is_err(),
         "nothing else is written"
     );
+}
+
+/// A peer that floods requests without reading our writes gets at most a write queue's worth of
+/// SYSTEM_BUSY answers (the rest are dropped), not one per request, and the connection survives.
+/// The clock is paused, so "nothing more to read" is detected only once every task is idle.
+#[tokio::test(start_paused = true)]
+async fn busy_answers_stay_bounded_when_the_peer_does_not_read() {
+    use super::connection::WRITE_HIGH_WATER;
+
+    const PIPE: usize = 4096;
+    let (ours, mut peer) = tokio::io::duplex(PIPE);
+    let (seen_tx, _seen) = mpsc::channel(1);
+    let options = ConnectOptions {
+        inbound_concurrency: 1,
+        ..ConnectOptions::default()
+    };
+    let conn = Connection::from_stream(
+        "peer",
+        Box::new(ours),
+        &options,
+        Arc::new(Recorder { seen: seen_tx }),
+    );
+    // Opaque 0 takes the only handler slot for good; every later request is rejected.
+    let request_len = broker_request(309, 0, false).len();
+    let n = 2 * WRITE_HIGH_WATER / request_len;
+    let flood: Vec<u8> = (0..n)
+        .flat_map(|i| broker_request(309, i32::try_from(i).expect("fits"), false))
+        .collect();
+    within(peer.write_all(&flood)).await.expect("flood");
+    // The paused clock moves only when every task is idle: the connection has read the flood.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Now read everything the connection queued.
+    let (mut answers, mut bytes, mut answer_len) = (0usize, 0usize, 0usize);
+    while let Ok(read) =
+        tokio::time::timeout(Duration::from_secs(1), read_sized_frame(&mut peer)).await
+    {
+        let (len, frame) = read.expect("answer");
+        assert_eq!((frame.int("code"), frame.int("flag")), (2, 1));
+        answers += 1;
+        bytes += len;
+        answer_len = answer_len.max(len);
+    }
+    // Without the bound every request but the first would be answered.
+    assert!(
+        (n - 1) * answer_len > WRITE_HIGH_WATER + PIPE + answer_len,
+        "the flood is too small to test the bound"
+    );
+    assert!(answers > 0);
+    assert!(
+        bytes <= WRITE_HIGH_WATER + PIPE + answer_len,
+        "{answers} answers ({bytes} bytes) for {n} requests"
+    );
+
+    // The connection still works once the peer reads again.
+    assert!(!conn.is_closed());
+    let call = conn.call_raw(tagged("mine"), STEP);
+    let serve_one = async {
+        let req = read_frame(&mut peer).await.expect("request");
+        peer.write_all(&echo_tag(&req)).await.expect("write");
+    };
+    let (mine, ()) = within(async { tokio::join!(call, serve_one) }).await;
+    assert_eq!(mine.expect("call").remark.as_deref(), Some("mine"));
 }
 
 #[tokio::test]
