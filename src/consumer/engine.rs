@@ -52,6 +52,11 @@ pub(crate) struct Shared<H> {
     pub(crate) handler: Arc<H>,
     pub(crate) offsets: OffsetTable,
     pub(crate) local_store: Option<LocalFileStore>,
+    /// Held across one snapshot-and-save of the local offset file. Every worker persists when
+    /// its queue is released (all at once at shutdown) and the periodic task persists too:
+    /// unserialised, two saves shared one temporary file (one could truncate the other's before
+    /// its rename) and an older snapshot could land after a newer one.
+    local_save: tokio::sync::Mutex<()>,
     pub(crate) metrics: Metrics,
     /// The hot-path collectors with this subscription's labels resolved once.
     pub(crate) meters: Meters,
@@ -420,6 +425,8 @@ impl<H: Handler> Shared<H> {
         let Some(store) = &self.local_store else {
             return;
         };
+        let _saving = self.local_save.lock().await;
+        // Taken under the lock, so the saves land in the order of their snapshots.
         let snapshot = self.offsets.snapshot();
         let store = store.clone();
         let result = tokio::task::spawn_blocking(move || store.save(&snapshot)).await;
@@ -683,6 +690,7 @@ impl<H: Handler> Consumer<H> {
             handler: Arc::new(handler),
             offsets,
             local_store,
+            local_save: tokio::sync::Mutex::new(()),
             metrics: runtime.metrics,
             stats: Arc::new(Stats::new()),
             rebalance_now: Notify::new(),

@@ -312,7 +312,8 @@ impl LocalFileStore {
     /// Replaces the stored offsets with `offsets`, atomically: the current file (if it loads)
     /// is copied to `offsets.json.bak`, the new content goes to `offsets.json.tmp`, is fsynced
     /// and renamed over `offsets.json`, and the directory is fsynced so the rename is durable.
-    /// A crash at any point leaves a loadable `offsets.json` or `.bak`.
+    /// A crash at any point leaves a loadable `offsets.json` or `.bak`. Saves of one directory
+    /// must not overlap (they share the temporary file): callers serialise them.
     ///
     /// # Errors
     ///
