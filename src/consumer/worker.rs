@@ -188,6 +188,12 @@ struct Worker<H> {
     lock_was_valid: bool,
     /// Orderly: the lock came back after being lost; re-read the offset before pulling.
     recompute_offset: bool,
+    /// The broker moved the pull offset here (OFFSET_ILLEGAL). Until every message held is
+    /// finished the worker does not pull, and no commit goes past this offset: below it the
+    /// held messages may still be the broker's, at or above it they belong to what the queue
+    /// was before it moved (a truncated or recreated queue reuses offsets). Then the worker
+    /// continues from here with a fresh process queue.
+    moved_to: Option<i64>,
     /// When the queue state was last published to the stats.
     last_published: Instant,
 }
@@ -234,6 +240,7 @@ pub(crate) async fn run<H: Handler>(
         suspended_until: None,
         lock_was_valid: true,
         recompute_offset: false,
+        moved_to: None,
         last_published: Instant::now(),
     };
     info!(group = %w.shared.group(), queue = %w.mq, offset = start_offset, "Queue assigned.");
@@ -256,6 +263,9 @@ impl<H: Handler> Worker<H> {
         loop {
             if self.recompute_offset && self.in_flight.is_empty() {
                 self.relocate().await;
+            }
+            if self.moved_to.is_some() && self.in_flight.is_empty() && self.pq.is_empty() {
+                self.finish_move().await;
             }
             self.move_due_delayed();
             self.maybe_pull();
@@ -431,7 +441,7 @@ impl<H: Handler> Worker<H> {
             self.delayed.push((Instant::now() + after, msg, pending));
         }
         if let Some(offset) = self.pq.remove(done.finished.iter().copied()) {
-            self.shared.offsets.update(&self.mq, offset, true);
+            self.commit(offset, true);
         }
     }
 
@@ -454,12 +464,40 @@ impl<H: Handler> Worker<H> {
             for off in &done.finished {
                 self.local_reconsume.remove(off);
             }
-            self.shared.offsets.update(&self.mq, offset, false);
+            self.commit(offset, false);
         }
     }
 
+    /// Moves the committed offset to `offset` (increase-only, or not), never past an offset
+    /// the broker moved the queue to while older messages are still held.
+    fn commit(&self, offset: i64, increase_only: bool) {
+        let offset = self.moved_to.map_or(offset, |to| offset.min(to));
+        self.shared.offsets.update(&self.mq, offset, increase_only);
+    }
+
+    /// Every message held before the broker moved the offset is finished: continue from the
+    /// offset it gave, with a process queue that knows nothing of the old offsets (its highest
+    /// offset would otherwise become the commit once the new messages are done).
+    async fn finish_move(&mut self) {
+        let Some(offset) = self.moved_to.take() else {
+            return;
+        };
+        self.pq = ProcessQueue::new();
+        self.answers.clear();
+        self.answers_held = 0;
+        self.local_reconsume.clear();
+        self.next_offset = offset;
+        self.shared.offsets.update(&self.mq, offset, false);
+        self.shared.persist(&self.mq).await;
+        info!(group = %self.shared.group(), queue = %self.mq, offset, "Held messages finished; pulling from the moved offset.");
+    }
+
     fn maybe_pull(&mut self) {
-        if self.pull.is_some() || self.recompute_offset || Instant::now() < self.pull_not_before {
+        if self.pull.is_some()
+            || self.recompute_offset
+            || self.moved_to.is_some()
+            || Instant::now() < self.pull_not_before
+        {
             return;
         }
         if self.shared.is_orderly_clustering() {
@@ -712,18 +750,24 @@ impl<H: Handler> Worker<H> {
                 }
             }
             PullStatus::OffsetIllegal => {
+                let to = result.next_begin_offset;
                 warn!(
                     group = %self.shared.group(),
                     queue = %self.mq,
                     requested = self.next_offset,
-                    corrected = result.next_begin_offset,
-                    "Broker moved the pull offset; continuing from the corrected offset.",
+                    corrected = to,
+                    held = self.pq.cached_count(),
+                    "Broker moved the pull offset; finishing the held messages, then pulling from the corrected offset.",
                 );
-                self.next_offset = result.next_begin_offset;
-                self.shared
-                    .offsets
-                    .update(&self.mq, self.next_offset, false);
-                self.shared.persist(&self.mq).await;
+                // Java drops its process queue and writes the new offset 10 s later. Here the
+                // held messages are still delivered (at-least-once for what was pulled), but a
+                // committed offset past `to` is brought back now: it would count messages of
+                // the moved queue as consumed before anyone received them.
+                if self.shared.offsets.read(&self.mq).is_some_and(|c| c > to) {
+                    self.shared.offsets.update(&self.mq, to, false);
+                    self.shared.persist(&self.mq).await;
+                }
+                self.moved_to = Some(to);
             }
         }
     }
@@ -735,6 +779,8 @@ impl<H: Handler> Worker<H> {
             Ok(offset) => {
                 info!(queue = %self.mq, offset, "Queue re-locked; resuming from the broker's offset.");
                 self.recompute_offset = false;
+                // The broker's offset supersedes one it moved us to before the lock was lost.
+                self.moved_to = None;
                 self.pq = ProcessQueue::new();
                 self.answers.clear();
                 self.answers_held = 0;
