@@ -310,6 +310,18 @@ impl<H: Handler> Shared<H> {
 
     /// Where a newly assigned queue starts (rocketmq-remoting.md section 7.6).
     pub(crate) async fn start_offset(&self, mq: &MessageQueue) -> Result<i64, ConsumerError> {
+        if let Some(offset) = self.stored_offset(mq).await? {
+            return Ok(offset);
+        }
+        self.configured_start(mq).await
+    }
+
+    /// The queue's committed offset in the offset store (the broker, or the local table in
+    /// broadcasting mode); `None` when there is none.
+    pub(crate) async fn stored_offset(
+        &self,
+        mq: &MessageQueue,
+    ) -> Result<Option<i64>, ConsumerError> {
         let stored = match self.config.model {
             Model::Clustering => {
                 let addr = self.master_addr(&mq.broker_name)?;
@@ -330,9 +342,11 @@ impl<H: Handler> Shared<H> {
             }
             Model::Broadcasting => self.offsets.read(mq),
         };
-        if let Some(offset) = stored.filter(|o| *o >= 0) {
-            return Ok(offset);
-        }
+        Ok(stored.filter(|o| *o >= 0))
+    }
+
+    /// Where a queue without a stored offset starts: `consume_from`.
+    async fn configured_start(&self, mq: &MessageQueue) -> Result<i64, ConsumerError> {
         let is_retry = mq.topic.starts_with("%RETRY%");
         let offset = match self.config.consume_from {
             ConsumeFrom::LastOffset if is_retry => 0,

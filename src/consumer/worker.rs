@@ -775,7 +775,18 @@ impl<H: Handler> Worker<H> {
     /// Orderly: after the lock came back, drop what is cached and continue from the offset the
     /// broker has (the queue may have been consumed by another member meanwhile).
     async fn relocate(&mut self) {
-        match self.shared.start_offset(&self.mq).await {
+        let offset = match self.shared.stored_offset(&self.mq).await {
+            Ok(Some(offset)) => Ok(offset),
+            // Nobody's commit reached the broker (a new group whose broker restarted before
+            // flushing offsets, which also drops the locks). What this worker committed itself
+            // is a position known to be safe; `consume_from` (LAST_OFFSET) could skip messages.
+            Ok(None) => match self.shared.offsets.read(&self.mq) {
+                Some(offset) => Ok(offset),
+                None => self.shared.start_offset(&self.mq).await,
+            },
+            Err(e) => Err(e),
+        };
+        match offset {
             Ok(offset) => {
                 info!(queue = %self.mq, offset, "Queue re-locked; resuming from the broker's offset.");
                 self.recompute_offset = false;
