@@ -4,8 +4,9 @@
 //!
 //! Invariants:
 //! * decoding never panics and never allocates more than the input length (plus bounded
-//!   decompression output, see [`compression::MAX_DECOMPRESSED_LEN`]): every length field is
-//!   checked against the bytes that remain before it is used;
+//!   decompression output, see [`compression::MAX_DECOMPRESSED_LEN`] per record and
+//!   [`MAX_BODY_INFLATED_LEN`] per body, and at most [`MAX_BATCH_MESSAGES`] per batch):
+//!   every length field is checked against the bytes that remain before it is used;
 //! * a decoded [`MessageExt`] holds the *decompressed* body with the compressed bit cleared from
 //!   `sys_flag` (as the Java client does), and 5.x inner batches are already unwrapped.
 
@@ -252,6 +253,27 @@ impl Message {
 /// Bytes of the fixed fields before the born host (totalSize .. bornTimestamp).
 const HEAD_LEN: usize = 48;
 
+/// Decompressed bytes the records of one body may inflate to before decoding stops early (see
+/// [`decode_messages_within`]). Each record is bounded by [`compression::MAX_DECOMPRESSED_LEN`],
+/// but a pull of 32 compressed records of 2 KiB each could otherwise inflate to 2 GiB.
+pub const MAX_BODY_INFLATED_LEN: usize = 64 * 1024 * 1024;
+
+/// The most messages one batch body may hold (an inner batch record, or a SEND_BATCH body).
+/// Every item of an inner batch becomes a [`MessageExt`] of some 250 bytes, so a 64 MiB inflated
+/// batch of 22-byte items would become 750 MB of them; this bounds a record at about 16 MB. Real
+/// batches are far smaller (the broker caps a stored message at 4 MiB by default).
+pub const MAX_BATCH_MESSAGES: usize = 65_536;
+
+/// A body decoded up to a budget: see [`decode_messages_within`].
+#[derive(Debug)]
+pub struct Decoded {
+    /// The messages of the records decoded, in order, inner batches unwrapped.
+    pub messages: Vec<MessageExt>,
+    /// The stored queue offset of the first record left undecoded because the records before
+    /// it reached the budget; `None` when the whole body was decoded.
+    pub rest_from: Option<i64>,
+}
+
 /// Decodes a PULL body: a concatenation of stored records. Inner batches are unwrapped and
 /// compressed bodies inflated.
 ///
@@ -260,17 +282,50 @@ const HEAD_LEN: usize = 48;
 /// rejected: a broker does not send half-valid bodies), [`RemotingError::Decompress`] for a body
 /// that does not inflate.
 pub fn decode_messages(body: &Bytes) -> Result<Vec<MessageExt>, RemotingError> {
+    decode_messages_within(body, usize::MAX).map(|d| d.messages)
+}
+
+/// [`decode_messages`], stopping before a record once the compressed records decoded so far
+/// inflated to `budget` bytes or more. The first record is always decoded, so a pull makes
+/// progress whatever the budget; the caller pulls the rest from [`Decoded::rest_from`].
+///
+/// # Errors
+/// As [`decode_messages`], for the records decoded.
+pub fn decode_messages_within(body: &Bytes, budget: usize) -> Result<Decoded, RemotingError> {
     // Sized up front: the vector goes on to hold the messages while they wait for delivery
     // (consumer::Ready), so growing it by doubling would move them up to five times and leave
     // up to half of it unused.
     let mut out = Vec::with_capacity(count_records(body));
     let mut at = 0;
+    let mut inflated = 0_usize;
     while at < body.len() {
-        let (msg, len) = decode_record(body, at)?;
+        if inflated >= budget && !out.is_empty() {
+            return Ok(Decoded {
+                messages: out,
+                rest_from: Some(record_queue_offset(body, at)?),
+            });
+        }
+        let (msg, len, inflated_len) = decode_record(body, at)?;
+        inflated = inflated.saturating_add(inflated_len);
         at += len;
         unwrap_into(msg, at - len, &mut out)?;
     }
-    Ok(out)
+    Ok(Decoded {
+        messages: out,
+        rest_from: None,
+    })
+}
+
+/// The stored queue offset of the record starting at `at` (its fixed head, not decoded further).
+fn record_queue_offset(body: &[u8], at: usize) -> Result<i64, RemotingError> {
+    let total = record_len(body, at)?;
+    let mut c = Cursor {
+        buf: &body[at..at + total],
+        // totalSize, magicCode, bodyCRC, queueId, flag.
+        pos: 20,
+        at,
+    };
+    c.i64("queueOffset")
 }
 
 /// Records in `body` by their `totalSize` fields, stopping at the first that cannot be a record
@@ -298,7 +353,7 @@ pub fn decode_message(body: &[u8]) -> Result<MessageExt, RemotingError> {
         return Err(malformed(0, "empty body".into()));
     }
     // A rare request: copying the body once is simpler than asking callers for `Bytes`.
-    let (msg, _) = decode_record(&Bytes::copy_from_slice(body), 0)?;
+    let (msg, _, _) = decode_record(&Bytes::copy_from_slice(body), 0)?;
     let mut out = Vec::new();
     unwrap_into(msg, 0, &mut out)?;
     out.into_iter()
@@ -401,9 +456,9 @@ fn record_len(body: &[u8], at: usize) -> Result<usize, RemotingError> {
     Ok(total)
 }
 
-/// Decodes the record starting at `at`; returns it (body decompressed, not yet unwrapped) and its
-/// total length.
-fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize), RemotingError> {
+/// Decodes the record starting at `at`; returns it (body decompressed, not yet unwrapped), its
+/// total length and the length its body inflated to (0 if it was not compressed).
+fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize, usize), RemotingError> {
     let total = record_len(body, at)?;
     let rest = &body[at..];
     let mut c = Cursor {
@@ -453,10 +508,13 @@ fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize), Remotin
         body.slice_ref(stored_props)
     });
 
+    let mut inflated = 0;
     let body = if compressed {
         let algorithm = Compression::from_sys_flag(sys_flag)?;
         sys_flag &= !sys_flag::COMPRESSED;
-        Bytes::from(compression::decompress(algorithm, stored_body)?)
+        let body = compression::decompress(algorithm, stored_body)?;
+        inflated = body.len();
+        Bytes::from(body)
     } else {
         // A view into the pull body, not a copy (one allocation and memcpy less per message).
         // The body stays alive until the last message in it is consumed (properties point into
@@ -481,7 +539,7 @@ fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize), Remotin
         body,
         properties: props,
     };
-    Ok((msg, total))
+    Ok((msg, total, inflated))
 }
 
 /// Pushes `msg`, or the messages of its inner batch (section 6.1), onto `out`.
@@ -534,7 +592,8 @@ pub struct BatchItem {
 /// Decodes a batch body (SEND_BATCH_MESSAGE body, or a 5.x inner batch).
 ///
 /// # Errors
-/// [`RemotingError::MalformedMessage`] for truncated or inconsistent elements.
+/// [`RemotingError::MalformedMessage`] for truncated or inconsistent elements, or more than
+/// [`MAX_BATCH_MESSAGES`] of them.
 ///
 /// Bodies and properties are views into `body` (5.x brokers store batches as inner batches, so
 /// this runs for every message of such a pull).
@@ -568,6 +627,12 @@ pub fn decode_batch(body: &Bytes) -> Result<Vec<BatchItem>, RemotingError> {
         let item_body = body.slice_ref(c.take(body_len, "body")?);
         let props_len = c.len(2, "propertiesLength")?;
         let props = properties::decode(&body.slice_ref(c.take(props_len, "properties")?));
+        if out.len() == MAX_BATCH_MESSAGES {
+            return Err(malformed(
+                at,
+                format!("more than {MAX_BATCH_MESSAGES} messages in one batch"),
+            ));
+        }
         out.push(BatchItem {
             flag,
             body_crc,

@@ -214,6 +214,54 @@ fn compressed_bodies_are_inflated_and_flag_cleared() {
     ));
 }
 
+/// A stored record at `offset` whose zlib body inflates to `len` bytes of `x`.
+fn inflating_record(offset: i64, len: usize) -> Bytes {
+    let mut m = sample("T");
+    m.queue_offset = offset;
+    m.body = Bytes::from(vec![b'x'; len]);
+    m.sys_flag = sys_flag::COMPRESSED | 0x300;
+    encode_message(&m).unwrap()
+}
+
+#[test]
+fn decoding_stops_once_the_records_inflated_past_the_budget() {
+    let mut body = BytesMut::new();
+    for offset in 5..8 {
+        body.extend_from_slice(&inflating_record(offset, 10_000));
+    }
+    body.extend_from_slice(&encode_message(&sample("T")).unwrap());
+    let body = body.freeze();
+    let decode = |budget| {
+        let d = decode_messages_within(&body, budget).unwrap();
+        let offsets: Vec<i64> = d.messages.iter().map(|m| m.queue_offset).collect();
+        (offsets, d.rest_from)
+    };
+    let last = sample("T").queue_offset;
+    // 10,000 then 20,000 bytes inflated: the third record waits for the next pull.
+    assert_eq!(decode(15_000), (vec![5, 6], Some(7)));
+    // Records that are not compressed do not count, but wait behind a budget already spent.
+    assert_eq!(decode(20_001), (vec![5, 6, 7], Some(last)));
+    assert_eq!(decode(30_001), (vec![5, 6, 7, last], None));
+    // The first record always decodes, so a pull makes progress whatever the budget.
+    assert_eq!(decode(0), (vec![5], Some(6)));
+    assert_eq!(decode(usize::MAX), (vec![5, 6, 7, last], None));
+    assert_eq!(decode_messages(&body).unwrap().len(), 4);
+}
+
+#[test]
+fn batches_hold_at_most_the_limit() {
+    let batch = |n: usize| encode_batch(&vec![Message::new("T", ""); n]).unwrap();
+    assert_eq!(
+        decode_batch(&batch(MAX_BATCH_MESSAGES)).unwrap().len(),
+        MAX_BATCH_MESSAGES
+    );
+    let err = decode_batch(&batch(MAX_BATCH_MESSAGES + 1)).unwrap_err();
+    assert!(
+        err.to_string().contains(&MAX_BATCH_MESSAGES.to_string()),
+        "{err}"
+    );
+}
+
 #[test]
 fn v2_records_have_two_byte_topic_length() {
     let long = "L".repeat(200);

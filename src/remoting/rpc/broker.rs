@@ -12,7 +12,7 @@ use crate::remoting::body::consume_directly::ConsumeMessageDirectlyResult;
 use crate::remoting::body::offset_table::{parse_offset_table, write_consumer_status};
 use crate::remoting::body::running_info::ConsumerRunningInfo;
 use crate::remoting::command::RemotingCommand;
-use crate::remoting::message::decode_messages;
+use crate::remoting::message::decode_messages_within;
 use crate::remoting::{MessageExt, MessageQueue, RemotingError, RequestCode, ResponseCode};
 
 /// A broker-initiated request, typed.
@@ -108,7 +108,9 @@ impl BrokerRequest {
                 jstack: ext.optional_bool("jstackEnable")?.unwrap_or(false),
             },
             RequestCode::ConsumeMessageDirectly => {
-                let message = decode_messages(&command.body)?
+                // Only the first message is used: the budget keeps a long body from inflating.
+                let message = decode_messages_within(&command.body, 0)?
+                    .messages
                     .into_iter()
                     .next()
                     .ok_or_else(|| RemotingError::MalformedMessage {

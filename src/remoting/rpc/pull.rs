@@ -11,7 +11,9 @@ use bytes::Bytes;
 
 use super::{status_error, FromCommand, Rpc};
 use crate::remoting::command::{ExtFields, RemotingCommand};
-use crate::remoting::message::{decode_messages, properties, ByteString};
+use crate::remoting::message::{
+    decode_messages_within, properties, ByteString, MAX_BODY_INFLATED_LEN,
+};
 use crate::remoting::{MessageExt, RemotingError, RequestCode, ResponseCode};
 
 /// The `sysFlag` bit set of a pull request.
@@ -203,7 +205,7 @@ impl Rpc for PullMessage {
             return Err(status_error(&response));
         };
         let ext = &response.ext_fields;
-        let next_begin_offset = ext.required_i64("nextBeginOffset")?;
+        let mut next_begin_offset = ext.required_i64("nextBeginOffset")?;
         let min_offset = ext.required_i64("minOffset")?;
         let max_offset = ext.required_i64("maxOffset")?;
         // Java's fast header decoder tolerates a missing suggestion; 0 (master) is safe.
@@ -215,7 +217,16 @@ impl Rpc for PullMessage {
             // may wait in a process queue for minutes, so they get an exact-size copy of their
             // own (one memcpy per pull, about 0.1 us per 1 KiB message) instead of keeping that
             // whole buffer alive.
-            decode_messages(&Bytes::copy_from_slice(&response.body))?
+            let decoded = decode_messages_within(
+                &Bytes::copy_from_slice(&response.body),
+                MAX_BODY_INFLATED_LEN,
+            )?;
+            // Compressed records inflated past the budget: the next pull starts at the first
+            // record left, so nothing is skipped and one pull holds a bounded amount.
+            if let Some(rest) = decoded.rest_from {
+                next_begin_offset = rest.wrapping_add(offset_delta.unwrap_or(0));
+            }
+            decoded.messages
         } else {
             Vec::new()
         };

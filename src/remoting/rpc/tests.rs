@@ -11,7 +11,9 @@ use crate::remoting::body::heartbeat::HeartbeatData;
 use crate::remoting::body::lock::{LockBatchRequest, UnlockBatchRequest};
 use crate::remoting::command::{ExtFields, SerializeType, FLAG_ONEWAY};
 use crate::remoting::frame::FrameDecoder;
-use crate::remoting::message::{encode_batch, encode_message, properties, Message, Properties};
+use crate::remoting::message::{
+    encode_batch, encode_message, properties, sys_flag, Message, Properties, MAX_BODY_INFLATED_LEN,
+};
 use crate::remoting::{MessageExt, MessageQueue, RequestCode};
 
 // === helpers ===
@@ -305,6 +307,28 @@ fn pull_found_post_processes_messages() {
         assert_eq!(message.property(properties::MAX_OFFSET), Some("12"));
         assert_eq!(&message.body[..], b"hello-0");
     }
+}
+
+#[test]
+fn a_pull_inflating_past_the_budget_continues_at_the_first_record_left() {
+    // Three zstd records of 40 MiB each (a few KiB stored): the first two reach the budget.
+    let inflated = 40 * 1024 * 1024;
+    assert!(2 * inflated >= MAX_BODY_INFLATED_LEN && inflated < MAX_BODY_INFLATED_LEN);
+    let mut body = BytesMut::new();
+    for offset in 10..13 {
+        let mut m = sample_message(0, offset);
+        m.body = Bytes::from(vec![b'x'; inflated]);
+        m.sys_flag = sys_flag::COMPRESSED | 0x200;
+        body.extend_from_slice(&encode_message(&m).unwrap());
+    }
+    let header = pull_header(13).with("offsetDelta", 100);
+    let result = pull_request(3)
+        .parse(response(ResponseCode::Success, header, &body))
+        .unwrap();
+    let offsets: Vec<i64> = result.messages.iter().map(|m| m.queue_offset).collect();
+    assert_eq!(offsets, [110, 111]);
+    // The third record's offset, moved by the same delta as the messages.
+    assert_eq!(result.next_begin_offset, 112);
 }
 
 #[test]
