@@ -261,6 +261,16 @@ async fn listen() -> (TcpListener, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_offset_is_not_committed_past_before_the_moved_queue_is_consumed() {
+    moved_offset("CONCURRENT", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orderly_queue_whose_offset_moved_consumes_the_moved_queue() {
+    // One request carries the whole pull, so the held batch is in flight at the move.
+    moved_offset("ORDERLY", 32).await;
+}
+
+async fn moved_offset(mode: &str, batch: usize) {
     let mq = RocketMq::start().await;
     let topic = unique("T_moved");
     let group = unique("G_moved");
@@ -296,6 +306,7 @@ async fn a_moved_offset_is_not_committed_past_before_the_moved_queue_is_consumed
         "namesrv_addr: \"{namesrv_addr}\"\n\
          client:\n  rebalance_interval: 2s\n  heartbeat_interval: 3s\n  poll_name_server_interval: 5s\n\
          subscriptions:\n  - group: \"{group}\"\n    topic: \"{topic}\"\n    consume_from: FIRST_OFFSET\n    persist_interval: 500ms\n\
+         \x20   consume_mode: {mode}\n    consume_batch_size: {batch}\n\
          \x20   webhook:\n      url: \"{}\"\n",
         receiver.url("/hook")
     );
@@ -319,7 +330,7 @@ async fn a_moved_offset_is_not_committed_past_before_the_moved_queue_is_consumed
         }
         assert!(
             Instant::now() < deadline,
-            "moved={moved}: the queue was not consumed and committed to its end in time\n{}",
+            "{mode}: moved={moved}: the queue was not consumed and committed to its end in time\n{}",
             daemon.output_tail(40)
         );
         sleep(Duration::from_millis(200)).await;
@@ -334,7 +345,7 @@ async fn a_moved_offset_is_not_committed_past_before_the_moved_queue_is_consumed
             (MOVED_TO..commit).find(|&o| seen.accepted_in_moved_queue(o).is_none_or(|acc| acc > at))
         {
             panic!(
-                "offset {commit} committed {:?} after the move, before offset {missing} was \
+                "{mode}: offset {commit} committed {:?} after the move, before offset {missing} was \
                  accepted (LOSS on a restart)\ncommits after the move: {:?}\n{}",
                 at - moved_at,
                 seen.commits
