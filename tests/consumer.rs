@@ -782,6 +782,53 @@ async fn an_orderly_batch_whose_handler_panicked_is_retried_in_order() {
     c.shutdown().await;
 }
 
+/// A concurrent batch whose handler panicked is retried through the retry topic: its offset
+/// finishes like any refused message's, instead of staying in the process queue for good (where
+/// it held the committed offset back and was never delivered again by this member).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_batch_whose_handler_panicked_is_retried() {
+    let mq = RocketMq::start().await;
+    let topic = unique("T_cpanic");
+    let group = unique("G_cpanic");
+    let p = producer(&mq).await;
+    p.create_topic(&topic, 2, false)
+        .await
+        .expect("topic created");
+    let sent = bodies("cp", 20);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let armed = Arc::new(AtomicBool::new(true));
+    let handler = PanicsOnce {
+        inner: Recorder::new("cpanics", &seen),
+        body: "cp-7".to_owned(),
+        armed: Arc::clone(&armed),
+    };
+    let c = start(
+        &mq,
+        &unique("cpanics"),
+        fast_config(&group, &topic),
+        handler,
+    )
+    .await;
+    produce(&p, &topic, &sent, None).await;
+    eventually(Duration::from_secs(90), "every message handled", || {
+        bodies_seen(&seen).len() == sent.len()
+    })
+    .await;
+    assert!(
+        !armed.load(SeqCst),
+        "the handler never panicked, so the test proved nothing"
+    );
+    let retried: Vec<i32> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.body == "cp-7")
+        .map(|s| s.reconsume_times)
+        .collect();
+    assert_eq!(retried, [1], "cp-7 came back once, from the retry topic");
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_consumer_resumes_from_the_committed_offset() {
     let mq = RocketMq::start().await;

@@ -367,17 +367,19 @@ impl<H: Handler> Worker<H> {
         match result {
             Ok(done) => self.on_done(done).await,
             // Orderly: rolled back and retried after the suspension, as if the endpoint had
-            // refused the batch; committing would skip messages nobody accepted.
+            // refused the batch; committing would skip messages nobody accepted. (A handler's
+            // own panic is settled in `consume`; this is one after it.)
             Err(()) if self.orderly() => {
-                warn!(queue = %self.mq, "Batch handler panicked; the batch is rolled back and retried.");
+                warn!(queue = %self.mq, "Batch settlement panicked; the batch is rolled back and retried.");
                 let mut done = Done::empty();
                 done.orderly_retry = true;
                 self.on_orderly_done(done).await;
             }
-            // Concurrent: the messages went with the batch; they stay uncommitted, so the queue's
+            // Concurrent: a panic after the handler (a handler's own panic is settled in
+            // `consume`). The messages went with the batch; they stay uncommitted, so the queue's
             // next owner (or this daemon after a restart) gets them again.
             Err(()) => {
-                warn!(queue = %self.mq, "Batch handler panicked; its messages stay uncommitted.");
+                warn!(queue = %self.mq, "Batch settlement panicked; its messages stay uncommitted.");
             }
         }
     }
@@ -945,8 +947,16 @@ async fn consume<H: Handler>(
     meters.in_flight.inc();
     meters.batch_size.observe(batch.messages.len() as f64);
     let started = Instant::now();
-    let outcomes = match timeout(cfg.consume_timeout, shared.handler.handle(&batch)).await {
-        Ok(o) => o,
+    let handled = AssertUnwindSafe(shared.handler.handle(&batch)).catch_unwind();
+    let outcomes = match timeout(cfg.consume_timeout, handled).await {
+        Ok(Ok(o)) => o,
+        // Settled like a batch nobody answered: every message is retried (sent back, or rolled
+        // back in orderly mode), so each of its offsets finishes. Caught out here, where the
+        // messages still are, the process queue can empty (a moved offset waits for that).
+        Ok(Err(_)) => {
+            warn!(group = %cfg.group, queue = %mq, "Handler panicked; the batch will be retried.");
+            Vec::new()
+        }
         Err(_) => {
             warn!(group = %cfg.group, queue = %mq, timeout = ?cfg.consume_timeout, "Handler missed the consume timeout; the batch will be retried.");
             Vec::new()
