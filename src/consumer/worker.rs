@@ -495,11 +495,7 @@ impl<H: Handler> Worker<H> {
     }
 
     fn maybe_pull(&mut self) {
-        if self.pull.is_some()
-            || self.recompute_offset
-            || self.moved_to.is_some()
-            || Instant::now() < self.pull_not_before
-        {
+        if self.pull.is_some() || self.recompute_offset || Instant::now() < self.pull_not_before {
             return;
         }
         if self.shared.is_orderly_clustering() {
@@ -520,6 +516,11 @@ impl<H: Handler> Worker<H> {
                 self.recompute_offset = true;
                 return;
             }
+        }
+        // Checked after the lock: a lock lost while a move waits must still lead to `relocate`,
+        // which supersedes the move (another member may have consumed the queue meanwhile).
+        if self.moved_to.is_some() {
+            return;
         }
         let (max_count, max_bytes) = self.shared.queue_cache_limits();
         let limits = FlowLimits {
