@@ -510,7 +510,8 @@ pub struct WebhookConfig {
     /// Status codes or classes that mean DROP (to the DLQ, never lost).
     /// Default `[400, 404, 410, 413, 415, 422]`.
     pub drop_codes: Vec<StatusClass>,
-    /// Longest pause honoured from a `Retry-After` answer; `0s` ignores `Retry-After`.
+    /// Longest pause honoured from a `Retry-After` answer; `0s` ignores `Retry-After`, other
+    /// values must be at least `1s`.
     /// Default `60s`.
     #[serde(with = "values::duration")]
     pub retry_after_cap: Duration,

@@ -1138,6 +1138,19 @@ fn webhook_and_client_cross_checks() {
         &["100..=599"],
     );
 
+    let e = fail(Some(&one_sub("      retry_after_cap: 5ms\n")), &[]);
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.retry_after_cap",
+        &["5ms", "0s (ignore Retry-After) or at least 1s"],
+    );
+    for cap in ["0s", "1s"] {
+        ok(
+            Some(&one_sub(&format!("      retry_after_cap: {cap}\n"))),
+            IDENTITY,
+        );
+    }
+
     let e = fail(
         Some(&one_sub(
             "      circuit_breaker: {open_duration: 2m, max_open_duration: 1m}\n",

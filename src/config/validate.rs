@@ -444,6 +444,15 @@ impl WebhookConfig {
                 c.fail(key("signing_secret"), "***", reason);
             }
         }
+        // The header counts whole seconds; a cap below that would turn every throttled answer
+        // into a pause of a few milliseconds, close to the hot loop `0s` used to cause.
+        if !self.retry_after_cap.is_zero() && self.retry_after_cap < Duration::from_secs(1) {
+            c.fail(
+                key("retry_after_cap"),
+                show(self.retry_after_cap),
+                "must be 0s (ignore Retry-After) or at least 1s",
+            );
+        }
         self.check_codes(i, c);
         let breaker = &self.circuit_breaker;
         let bkey = |k: &str| key_path!["subscriptions", i, "webhook", "circuit_breaker", k];
