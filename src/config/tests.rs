@@ -965,6 +965,17 @@ fn wrong_types_and_enum_values_are_reported() {
     let e = fail(Some(&one_sub("    consume_timeout: 15\n")), &[]);
     assert_error(&e, "subscriptions[0].consume_timeout", &["no unit", "15m"]);
 
+    // Would overflow `Instant + Duration` at run time.
+    let e = fail(
+        Some(&one_sub("    suspend_current_queue_time: 500000000000y\n")),
+        &[],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].suspend_current_queue_time",
+        &["`500000000000y`", "365 days"],
+    );
+
     let e = fail(Some(&one_sub("    message_model: BROADCAST\n")), &[]);
     assert_error(
         &e,

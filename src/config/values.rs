@@ -279,6 +279,10 @@ pub(crate) mod duration {
         d.deserialize_str(DurationVisitor)
     }
 
+    /// No setting needs more, and deadlines are `Instant::now() + duration`: a value of
+    /// billions of years (which the syntax allows) would overflow that and panic at run time.
+    const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+
     struct DurationVisitor;
 
     impl Visitor<'_> for DurationVisitor {
@@ -289,12 +293,18 @@ pub(crate) mod duration {
         }
 
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-            humantime::parse_duration(v.trim()).map_err(|e| {
+            let d = humantime::parse_duration(v.trim()).map_err(|e| {
                 E::custom(format!(
                     "`{v}` is not a duration ({e}); write a number with a unit, such as `30s`, \
                      `500ms` or `15m`"
                 ))
-            })
+            })?;
+            if d > LONGEST {
+                return Err(E::custom(format!(
+                    "`{v}` is longer than the longest duration accepted, 365 days"
+                )));
+            }
+            Ok(d)
         }
 
         fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
