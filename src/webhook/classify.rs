@@ -165,7 +165,12 @@ impl StatusClasses {
 pub enum Failure {
     /// No complete answer within the per-request timeout.
     Timeout,
-    /// Connection refused or reset, DNS failure, TLS failure, malformed response.
+    /// The endpoint could not be reached: connecting (refused, DNS) or the TLS handshake failed,
+    /// so nothing was sent.
+    Unreachable,
+    /// Connected, but no usable answer: reset or closed after the request may have been
+    /// written, or a malformed response. The request may have reached the application (it may
+    /// even have crashed it), so it counts as the message's failure.
     Transport,
 }
 
@@ -240,7 +245,8 @@ pub fn classify_response(
 /// failing. (The webhook turns retries into `Later` when the endpoint was unreachable or the
 /// request was the probe of an open circuit; see `Inner::send`.)
 pub fn classify_failure(failure: Failure, count: usize) -> Answer {
-    // Both kinds mean the same to RocketMQ; the distinction is kept for metrics and logs.
+    // Every kind means the same to RocketMQ; the webhook defers unreachable ones (no attempt
+    // spent) and keeps the distinction for metrics and logs.
     let _ = failure;
     Answer::uniform(Outcome::Retry { delay_level: None }, count, false)
 }

@@ -615,7 +615,7 @@ impl Inner {
             self.transmit(&prepared.ids, request).await
         };
         let latency = started.elapsed();
-        let unreachable = matches!(sent, Sent::Failed(Failure::Transport, _));
+        let unreachable = matches!(sent, Sent::Failed(Failure::Unreachable, _));
         let mut answer = match sent {
             Sent::Answer {
                 status,
@@ -653,16 +653,18 @@ impl Inner {
             Sent::Failed(failure, error) => {
                 let class = match failure {
                     Failure::Timeout => RequestClass::Timeout,
-                    Failure::Transport => RequestClass::TransportError,
+                    Failure::Unreachable | Failure::Transport => RequestClass::TransportError,
                 };
                 self.stats.record_request(class, Some(latency));
                 tracing::warn!(group = %log.group, topic = %log.topic, messages = count, kind = class.as_str(), %error, "Webhook request failed.");
                 classify::classify_failure(failure, count)
             }
         };
-        // Not the messages' fault: the endpoint could not be reached at all, or it failed the
-        // half-open probe of an open circuit. Offer them again without spending a reconsume
-        // attempt, so a dead application never drains the topic into the DLQ.
+        // Not the messages' fault: the endpoint could not be reached at all (nothing was sent),
+        // or it failed the half-open probe of an open circuit. Offer them again without spending
+        // a reconsume attempt, so a dead application never drains the topic into the DLQ. A
+        // connection lost after the request was written is not deferred: the request may have
+        // crashed the application, and deferring would offer it again every second forever.
         if !answer.healthy && (unreachable || admission == Admission::Probe) {
             for o in &mut answer.outcomes {
                 if matches!(o, Outcome::Retry { .. }) {
@@ -780,8 +782,9 @@ fn append_limited(body: &mut Vec<u8>, chunk: &[u8]) -> bool {
 }
 
 /// A failed exchange: a timeout when any error in the chain is one (the connect timeout, an
-/// I/O timeout), a transport failure otherwise. The text never holds the URL: neither hyper's
-/// errors nor the pool's carry it.
+/// I/O timeout); unreachable when connecting or the TLS handshake failed otherwise; a transport
+/// failure for the rest. The text never holds the URL: neither hyper's errors nor the pool's
+/// carry it.
 fn failed(err: &(dyn std::error::Error + 'static)) -> Sent {
     let mut timed_out = false;
     let mut current = Some(err);
@@ -794,8 +797,14 @@ fn failed(err: &(dyn std::error::Error + 'static)) -> Sent {
         }
         current = e.source();
     }
+    let not_sent = matches!(
+        err.downcast_ref::<pool::ExchangeError>(),
+        Some(pool::ExchangeError::Connect(_) | pool::ExchangeError::Tls(_))
+    );
     let kind = if timed_out {
         Failure::Timeout
+    } else if not_sent {
+        Failure::Unreachable
     } else {
         Failure::Transport
     };

@@ -282,6 +282,33 @@ async fn unreachable_endpoint_opens_the_circuit() {
     assert_eq!(stats.outcomes(stats::OutcomeKind::Later), 16);
 }
 
+/// A connection lost after the request was written is the message's failure, not an
+/// unreachable endpoint: a message that crashes the application must spend its reconsume
+/// attempts (and reach the DLQ), not be offered again every second forever.
+#[tokio::test]
+async fn a_request_cut_off_after_it_was_written_is_retried() {
+    use tokio::io::AsyncReadExt as _;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Reads each request's first bytes, then closes without answering.
+    let server = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut buf = [0_u8; 4096];
+            let _ = tcp.read(&mut buf).await;
+        }
+    });
+    let webhook = Webhook::new(options(format!("http://{addr}/hook"))).unwrap();
+    let outcomes = handle(&webhook, &batch(&["A", "B"], ConsumeMode::Concurrent)).await;
+    assert_eq!(outcomes, vec![RETRY; 2]);
+    assert_eq!(
+        webhook
+            .stats()
+            .requests(stats::RequestClass::TransportError),
+        1
+    );
+    server.abort();
+}
+
 #[tokio::test]
 async fn probe_closes_the_circuit_when_the_endpoint_returns() {
     let mut failing = vec![reply(503); 2];

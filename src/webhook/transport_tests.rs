@@ -352,7 +352,7 @@ fn append_limited_keeps_exactly_the_limit() {
 }
 
 #[tokio::test]
-async fn refused_connection_is_a_transport_failure_without_the_url() {
+async fn refused_connection_is_unreachable_and_named_without_the_url() {
     let (listener, port) = listen().await;
     drop(listener);
     let webhook = Webhook::new(WebhookOptions::new(format!(
@@ -360,7 +360,7 @@ async fn refused_connection_is_a_transport_failure_without_the_url() {
     )))
     .unwrap();
     match transmit(&webhook, b"x").await {
-        Sent::Failed(Failure::Transport, text) => {
+        Sent::Failed(Failure::Unreachable, text) => {
             // The source chain is there (the OS reason), the URL is not.
             assert!(text.contains("refused"), "{text}");
             for secret in ["pw", "s3cr3t", "secret-path", &port.to_string()] {
@@ -444,8 +444,9 @@ async fn unknown_issuer_fails_unless_verification_is_off() {
     let (port, mut seen, task) = server(OK, true).await;
     // Web roots only: the test CA is unknown.
     let webhook = Webhook::new(https_options(port, WebhookTls::default())).unwrap();
+    // Nothing was sent: a TLS failure is an unreachable endpoint (messages wait, no attempt spent).
     match transmit(&webhook, b"x").await {
-        Sent::Failed(Failure::Transport, text) => {
+        Sent::Failed(Failure::Unreachable, text) => {
             assert!(text.to_lowercase().contains("certificate"), "{text}");
         }
         other => panic!("unexpected {other:?}"),
