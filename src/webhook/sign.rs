@@ -94,10 +94,16 @@ impl SigningSecret {
 
     /// Adds the three Standard Webhooks headers to `headers`.
     pub fn sign(&self, headers: &mut HeaderMap, id: &str, timestamp: u64, body: &[u8]) {
-        let signature = self.signature(id, timestamp, body);
-        // `id` comes from message ids (hex) or our own batch ids; a value that is not a valid
-        // header is replaced by its hash so signing never fails on odd ids.
-        let id_value = HeaderValue::from_str(id).unwrap_or_else(|_| hashed_header(id));
+        // `id` comes from message ids (hex, but any text a producer put in UNIQ_KEY) or our own
+        // batch ids. One that is not plain visible ASCII is replaced by its hash: a control
+        // character cannot go into a header, and receivers trim surrounding spaces. The
+        // signature covers the id as sent, or no verifier could check it.
+        let id_value = if !id.is_empty() && id.bytes().all(|b| b.is_ascii_graphic()) {
+            HeaderValue::from_str(id).unwrap_or_else(|_| hashed_header(id))
+        } else {
+            hashed_header(id)
+        };
+        let signature = self.signature(id_value.to_str().unwrap_or_default(), timestamp, body);
         let mut signature_value =
             HeaderValue::from_str(&signature).unwrap_or_else(|_| HeaderValue::from_static("v1,"));
         signature_value.set_sensitive(true);
@@ -202,6 +208,24 @@ mod tests {
             "v1,03D7ze7hKuUqLZgyVjxHdQZrvYH3hH+3z9U6ST80AKI="
         );
         assert!(headers[WEBHOOK_SIGNATURE].is_sensitive());
+    }
+
+    #[test]
+    fn an_id_that_cannot_be_a_header_is_hashed_and_signed_as_sent() {
+        let secret = SigningSecret::parse("raw-secret").unwrap();
+        for id in ["bad\nid", " padded ", "tab\tid", "", "caf\u{e9}"] {
+            let mut headers = HeaderMap::new();
+            secret.sign(&mut headers, id, 1_700_000_000, b"hello");
+            let sent = headers[WEBHOOK_ID].to_str().unwrap();
+            assert_eq!(sent.len(), 32, "{id:?} -> {sent:?}");
+            assert!(sent.bytes().all(|b| b.is_ascii_hexdigit()), "{sent:?}");
+            // What a verifier computes from the headers it received.
+            assert_eq!(
+                headers[WEBHOOK_SIGNATURE],
+                secret.signature(sent, 1_700_000_000, b"hello").as_str(),
+                "{id:?}"
+            );
+        }
     }
 
     #[test]
