@@ -1406,6 +1406,14 @@ async fn the_healthcheck_probes_the_admin_port_of_the_configuration_file() {
     // ROCKETMQ_CONFIG works as --config does, and --ready asks /readyz.
     let out = healthcheck(&["--ready"], &[("ROCKETMQ_CONFIG", &every)]).await;
     assert!(out.status.success(), "{}", text(&out));
+    // A proxy for the container's egress does not carry the local probe.
+    let no_proxy_there = format!("http://{}", support::daemon::free_port());
+    let proxied = [
+        ("HTTP_PROXY", no_proxy_there.as_str()),
+        ("http_proxy", no_proxy_there.as_str()),
+    ];
+    let out = healthcheck(&["--config", &every], &proxied).await;
+    assert!(out.status.success(), "{}", text(&out));
 
     // ROCKETMQ_ADMIN_LISTEN beats the file, as it does for the daemon.
     let closed = support::daemon::free_port().to_string();

@@ -243,8 +243,10 @@ pub(crate) fn healthcheck(args: HealthcheckArgs) -> ExitCode {
     };
     let url = format!("http://{host}/{path}");
     let result = runtime(WorkerThreads(1)).block_on(async {
+        // The probe is local: a container's HTTP_PROXY (for its egress) must not carry it.
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(3))
+            .no_proxy()
             .build()
             .map_err(|e| e.to_string())?;
         client.get(&url).send().await.map_err(|e| e.to_string())
