@@ -1149,6 +1149,16 @@ fn webhook_and_client_cross_checks() {
         &["100..=599"],
     );
 
+    let e = fail(
+        Some(&one_sub("      headers: {Content-Length: \"10\"}\n")),
+        &[],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.headers.Content-Length",
+        &["set by the transport"],
+    );
+
     let e = fail(Some(&one_sub("      retry_after_cap: 5ms\n")), &[]);
     assert_error(
         &e,

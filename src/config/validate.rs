@@ -61,6 +61,17 @@ impl Checker<'_> {
     }
 }
 
+/// Headers the webhook transport sets itself (framing and connection management).
+const TRANSPORT_HEADERS: [&str; 7] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
 fn show(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(d)
 }
@@ -412,6 +423,19 @@ impl WebhookConfig {
                     header_key.clone(),
                     format!("{name:?}"),
                     "not a valid HTTP header name",
+                );
+            }
+            // The transport frames each request and manages its connections: a configured
+            // Content-Length would cut bodies short (after signing the whole body), and the
+            // others would break keep-alive or framing.
+            if TRANSPORT_HEADERS
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h))
+            {
+                c.fail(
+                    header_key.clone(),
+                    format!("{name:?}"),
+                    "is set by the transport for each request; remove it",
                 );
             }
             if reqwest::header::HeaderValue::from_str(value).is_err() {
