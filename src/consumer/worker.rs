@@ -261,7 +261,12 @@ impl<H: Handler> Worker<H> {
 
     async fn run(&mut self, cancel: CancellationToken) {
         loop {
-            if self.recompute_offset && self.in_flight.is_empty() {
+            // After a failed attempt `relocate` waits out its back-off (`pull_not_before`);
+            // the worker still wakes every 50 ms while its queue is paused.
+            if self.recompute_offset
+                && self.in_flight.is_empty()
+                && Instant::now() >= self.pull_not_before
+            {
                 self.relocate().await;
             }
             if self.moved_to.is_some() && self.in_flight.is_empty() && self.pq.is_empty() {
@@ -386,7 +391,9 @@ impl<H: Handler> Worker<H> {
 
     fn wants_slot(&self) -> bool {
         if self.orderly() {
+            // Not while an offset is to be re-read: `relocate` drops what is cached.
             self.in_flight.is_empty()
+                && !self.recompute_offset
                 && self.suspended_until.is_none_or(|t| t <= Instant::now())
                 && !self.pq.is_empty()
                 && self.lock_ok()
