@@ -65,14 +65,30 @@ impl<H: Handler> Rebalancer<H> {
                     continue;
                 }
                 Some(reset) = self.resets.recv() => {
-                    self.reset(reset).await;
+                    // A reset waits for the affected workers to drain; a shutdown meanwhile
+                    // must not wait for it (the workers drain and persist on their own; the
+                    // reset is not applied, as if it had come after the shutdown).
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => break,
+                        () = self.reset(reset) => {}
+                    }
                     wait = Duration::from_millis(100);
                     continue;
                 }
                 _ = self.shared.rebalance_now.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
-            let balanced = self.rebalance().await;
+            // A pass makes a request per new queue (offsets, locks), each up to rpc_timeout
+            // against a broker that stopped answering: a shutdown does not wait for it, so the
+            // workers get the whole grace period to drain and persist. A pass cut short leaves
+            // only what it finished (workers it started stop like the others) and, in orderly
+            // mode, broker locks of queues it did not start yet, which expire.
+            let balanced = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                balanced = self.rebalance() => balanced,
+            };
             wait = if balanced {
                 self.shared.config.rebalance_interval
             } else {
