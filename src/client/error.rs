@@ -107,7 +107,8 @@ pub enum ClientError {
         /// What the OS said.
         source: io::Error,
     },
-    /// No response to a request within its timeout (the connection stays usable).
+    /// No response to a request within its timeout. The connection itself stays usable;
+    /// [`super::Pool::call`] closes it all the same, as the peer may be gone.
     #[error("{addr} did not answer {code} within {after:?}")]
     Timeout {
         /// Peer address.

@@ -136,7 +136,8 @@ impl Pool {
         }
     }
 
-    /// Sends a typed request to `addr` (connecting if needed) and parses the response.
+    /// Sends a typed request to `addr` (connecting if needed) and parses the response. A
+    /// request that times out closes its connection (see below); the next one reconnects.
     ///
     /// # Errors
     /// As [`Pool::connection`] and [`Connection::call`].
@@ -146,7 +147,18 @@ impl Pool {
         rpc: &R,
         timeout: Duration,
     ) -> Result<R::Response, ClientError> {
-        self.connection(addr).await?.call(rpc, timeout).await
+        let conn = self.connection(addr).await?;
+        let result = conn.call(rpc, timeout).await;
+        if let Err(e @ ClientError::Timeout { .. }) = &result {
+            // As the Java client does (clientCloseSocketIfTimeout): a peer that stopped
+            // answering without a reset (a NAT or firewall that forgot the flow, a host gone)
+            // would otherwise keep this connection until the kernel gives up retransmitting,
+            // about 15 minutes, while every request on it times out and heartbeats lapse. The
+            // other requests in flight on it fail now and are retried on a new connection.
+            warn!(%addr, error = %e, "Closing the connection after a request timed out.");
+            self.invalidate(&conn);
+        }
+        result
     }
 
     /// Sends a typed oneway request to `addr` (connecting if needed).

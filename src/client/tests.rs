@@ -740,6 +740,33 @@ async fn pool_backs_off_and_reconnects_after_the_peer_restarts() {
     assert_eq!(r.remark.as_deref(), Some("2"));
 }
 
+/// A peer that accepts, reads and never answers (a NAT that forgot the flow looks like this):
+/// the pool closes the connection a request timed out on, and the next request gets a new one.
+#[tokio::test]
+async fn a_request_that_times_out_closes_its_pooled_connection() {
+    let (l, addr) = listener().await;
+    let peer = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = read_frame(&mut s).await;
+            held.push(s);
+        }
+    });
+    let pool = Pool::new(ConnectOptions::default(), Arc::new(NotSupported));
+    let first = within(pool.connection(&addr)).await.expect("connect");
+    let rpc = crate::remoting::rpc::GetRouteInfo {
+        topic: "T".to_owned(),
+    };
+    match within(pool.call(&addr, &rpc, Duration::from_millis(200))).await {
+        Err(ClientError::Timeout { .. }) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(first.is_closed(), "the silent connection was kept");
+    let second = within(pool.connection(&addr)).await.expect("reconnect");
+    assert!(!second.same_as(&first));
+    peer.abort();
+}
+
 #[tokio::test]
 async fn invalidate_spares_a_newer_connection() {
     let (l, addr) = listener().await;
