@@ -587,24 +587,15 @@ impl<H: Handler> Worker<H> {
             }
         };
         let clustering = self.shared.config.model == Model::Clustering;
-        let commit_offset = if clustering {
-            self.shared.offsets.read(&self.mq).unwrap_or(0)
-        } else {
-            0
-        };
         let sub = self.shared.subscription_data(&self.mq.topic);
-        let mut sys_flag = PullSysFlag::SUSPEND | PullSysFlag::SUBSCRIPTION;
-        if commit_offset > 0 {
-            sys_flag |= PullSysFlag::COMMIT_OFFSET;
-        }
-        let request = PullMessage {
+        let mut request = PullMessage {
             consumer_group: self.shared.config.group.clone(),
             topic: self.mq.topic.clone(),
             queue_id: self.mq.queue_id,
             queue_offset: self.next_offset,
             max_msg_nums: i32::try_from(size).unwrap_or(i32::MAX),
-            sys_flag,
-            commit_offset,
+            sys_flag: PullSysFlag::SUSPEND | PullSysFlag::SUBSCRIPTION,
+            commit_offset: 0,
             suspend_timeout_millis: SUSPEND_MILLIS,
             subscription: Some(sub.sub_string.clone()),
             sub_version: sub.sub_version,
@@ -616,8 +607,19 @@ impl<H: Handler> Worker<H> {
             broker_name: Some(self.mq.broker_name.clone()),
         };
         let pool = self.shared.client.pool().clone();
+        let shared = clustering.then(|| (Arc::clone(&self.shared), self.mq.clone()));
         self.pull_asked = size;
         self.pull = Some(Box::pin(async move {
+            // The commit it carries is read when the pull goes out, not when it was built: the
+            // worker finishes batches first, and an offset read earlier could reach the broker
+            // after the persist task sent a newer one, moving the broker's offset back.
+            if let Some((shared, mq)) = shared {
+                let commit = shared.offsets.read(&mq).unwrap_or(0);
+                if commit > 0 {
+                    request.sys_flag |= PullSysFlag::COMMIT_OFFSET;
+                    request.commit_offset = commit;
+                }
+            }
             let started = Instant::now();
             let r = pool.call(&addr, &request, PULL_TIMEOUT).await;
             (r, started.elapsed())
