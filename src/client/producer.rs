@@ -365,8 +365,11 @@ impl Producer {
         mut build: impl FnMut(i32) -> Result<R, ProducerError>,
     ) -> Result<(MessageQueue, WireSendResult), ProducerError> {
         let mut attempt = 0;
+        let mut failed_broker: Option<String> = None;
         loop {
-            let (queue, addr) = self.pick_queue(topic, selector, attempt > 0).await?;
+            let (queue, addr) = self
+                .pick_queue(topic, selector, failed_broker.as_deref())
+                .await?;
             let rpc = build(queue.queue_id)?;
             match self
                 .inner
@@ -382,6 +385,7 @@ impl Producer {
                 Err(e) if e.is_retriable() && attempt < self.inner.config.retries => {
                     tracing::debug!(%topic, %addr, error = %e, "Send failed; retrying on a fresh route.");
                     attempt += 1;
+                    failed_broker = Some(queue.broker_name.clone());
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -443,16 +447,33 @@ impl Producer {
         Ok(message)
     }
 
-    /// The queue for the next send of `topic` and its master's address; `refresh` forces a new
-    /// route (after a failed attempt).
+    /// The queue for the next send of `topic` and its master's address. After a failed attempt
+    /// on `failed_broker` the route is fetched again (the cached one is used if that fails) and,
+    /// as Java's `selectOneMessageQueue(lastBrokerName)` does, that broker's queues are skipped
+    /// while another broker has some, unless the selector is a key hash (which must keep its
+    /// queue). Queues are listed broker by broker, so the next queue in turn would otherwise
+    /// usually be on the broker that just failed.
     async fn pick_queue(
         &self,
         topic: &str,
         selector: &QueueSelector,
-        refresh: bool,
+        failed_broker: Option<&str>,
     ) -> Result<(MessageQueue, String), ProducerError> {
-        let route = self.route(topic, refresh).await?;
-        let queues = route.publish_queues(topic);
+        let route = match failed_broker {
+            None => self.route(topic, false).await?,
+            Some(_) => match self.route(topic, true).await {
+                Ok(route) => route,
+                Err(e) => {
+                    let cached = self.inner.client.routes().snapshot().topic(topic).cloned();
+                    let Some(route) = cached else {
+                        return Err(e);
+                    };
+                    tracing::debug!(%topic, error = %e, "Route refresh failed; retrying on the cached route.");
+                    route
+                }
+            },
+        };
+        let queues = avoiding(route.publish_queues(topic), selector, failed_broker);
         if queues.is_empty() {
             return Err(ProducerError::NoWritableQueue {
                 topic: topic.to_owned(),
@@ -486,6 +507,21 @@ impl Producer {
         lock(&self.inner.fetched).insert(topic.to_owned(), Instant::now());
         Ok(route)
     }
+}
+
+/// `queues` without those of `failed_broker` while another broker has some, unless `selector`
+/// is a key hash (see [`Producer::pick_queue`]).
+fn avoiding(
+    mut queues: Vec<MessageQueue>,
+    selector: &QueueSelector,
+    failed_broker: Option<&str>,
+) -> Vec<MessageQueue> {
+    if let (Some(failed), false) = (failed_broker, matches!(selector, QueueSelector::Hash(_))) {
+        if queues.iter().any(|q| q.broker_name != failed) {
+            queues.retain(|q| q.broker_name != failed);
+        }
+    }
+    queues
 }
 
 /// How long [`Producer::create_topic`] waits for the route to appear.
@@ -583,6 +619,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_retry_avoids_the_broker_that_failed_unless_the_key_pins_the_queue() {
+        let queues: Vec<MessageQueue> = ["a", "a", "b", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| MessageQueue::new("T", *b, i32::try_from(i % 2).unwrap()))
+            .collect();
+        let brokers = |qs: Vec<MessageQueue>| -> Vec<String> {
+            qs.into_iter().map(|q| q.broker_name).collect()
+        };
+        let rr = QueueSelector::RoundRobin;
+        assert_eq!(brokers(avoiding(queues.clone(), &rr, None)).len(), 4);
+        assert_eq!(
+            brokers(avoiding(queues.clone(), &rr, Some("a"))),
+            ["b", "b"]
+        );
+        assert_eq!(
+            brokers(avoiding(queues.clone(), &QueueSelector::Random, Some("b"))),
+            ["a", "a"]
+        );
+        // A key keeps its queue; a broker that is the only one is not avoided.
+        let hash = QueueSelector::Hash("k".to_owned());
+        assert_eq!(avoiding(queues.clone(), &hash, Some("a")), queues);
+        let only_a: Vec<MessageQueue> = queues[..2].to_vec();
+        assert_eq!(avoiding(only_a.clone(), &rr, Some("a")), only_a);
+    }
 
     #[test]
     fn java_hash_matches_known_values() {
