@@ -3,8 +3,10 @@
 //! Invariants (style.md rule 6):
 //! - a [`Routes`] value is immutable; every update builds a new one and publishes it as an
 //!   `Arc`, so readers never lock and always see a consistent topic table and broker table;
-//! - the broker table (`broker name -> {broker id -> address}`) is derived from the topic table
-//!   on every update, so a broker no longer in any route disappears from it;
+//! - the broker table (`broker name -> {broker id -> address}`) follows the newest answer that
+//!   named each broker (every topic of a broker carries the same addresses, so the latest is
+//!   the truth, and a topic whose refresh keeps failing cannot hold an old address in place),
+//!   and a broker no longer in any route disappears from it;
 //! - subscribers are woken only when a route actually changed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -89,17 +91,28 @@ impl Routes {
         set.into_iter().collect()
     }
 
-    fn rebuild_brokers(&mut self) {
-        let mut brokers: BTreeMap<String, BTreeMap<i64, String>> = BTreeMap::new();
-        for route in self.topics.values() {
-            for data in &route.broker_datas {
-                let entry = brokers.entry(data.broker_name.clone()).or_default();
-                for (id, addr) in &data.broker_addrs {
-                    entry.insert(*id, addr.clone());
-                }
-            }
+    /// Takes the brokers of `route`, just answered, as the newest word on their addresses.
+    fn apply_brokers(&mut self, route: &TopicRouteData) {
+        for data in &route.broker_datas {
+            self.brokers.insert(
+                data.broker_name.clone(),
+                data.broker_addrs
+                    .iter()
+                    .map(|(id, addr)| (*id, addr.clone()))
+                    .collect(),
+            );
         }
-        self.brokers = brokers;
+        self.drop_unnamed_brokers();
+    }
+
+    /// Forgets brokers that no route names any more.
+    fn drop_unnamed_brokers(&mut self) {
+        let named: BTreeSet<&str> = self
+            .topics
+            .values()
+            .flat_map(|r| r.broker_datas.iter().map(|d| d.broker_name.as_str()))
+            .collect();
+        self.brokers.retain(|name, _| named.contains(name.as_str()));
     }
 }
 
@@ -164,8 +177,9 @@ impl RouteTable {
                 return false;
             }
             let mut next = Routes::clone(current);
-            next.topics.insert(topic.to_owned(), Arc::new(route));
-            next.rebuild_brokers();
+            let route = Arc::new(route);
+            next.topics.insert(topic.to_owned(), Arc::clone(&route));
+            next.apply_brokers(&route);
             *current = Arc::new(next);
             true
         })
@@ -179,7 +193,7 @@ impl RouteTable {
             }
             let mut next = Routes::clone(current);
             next.topics.remove(topic);
-            next.rebuild_brokers();
+            next.drop_unnamed_brokers();
             *current = Arc::new(next);
             true
         })
@@ -214,6 +228,24 @@ mod tests {
                 .collect(),
             ..TopicRouteData::default()
         }
+    }
+
+    /// A broker that moved is found at its new address as soon as one topic's route says so,
+    /// whatever the routes of other topics (not refreshed yet, or failing) still hold.
+    #[test]
+    fn the_newest_answer_decides_a_brokers_addresses() {
+        let table = RouteTable::new();
+        let old = route(&[("a", &[(0, "old:1"), (1, "old:2")])], &[("a", 1, 6)]);
+        for i in 0..10 {
+            table.update(&format!("stale{i}"), old.clone());
+        }
+        table.update("T", route(&[("a", &[(0, "new:1")])], &[("a", 1, 6)]));
+        let routes = table.snapshot();
+        assert_eq!(routes.master_addr("a"), Some("new:1"));
+        assert_eq!(routes.broker_addrs(), ["new:1"]);
+        // Forgetting a topic keeps the newest addresses of the brokers still named.
+        table.remove("stale0");
+        assert_eq!(table.snapshot().master_addr("a"), Some("new:1"));
     }
 
     #[test]
