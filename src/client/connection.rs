@@ -21,7 +21,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -147,6 +148,10 @@ struct Shared {
     addr: String,
     next_opaque: AtomicI32,
     pending: Mutex<Pending>,
+    /// When the connection was opened: the origin of `last_read_us`.
+    opened: Instant,
+    /// Microseconds after `opened` of the last read that returned bytes.
+    last_read_us: AtomicU64,
 }
 
 /// The correlation table, or why there is none any more.
@@ -305,6 +310,8 @@ impl Connection {
             addr: addr.to_owned(),
             next_opaque: AtomicI32::new(1),
             pending: Mutex::new(Pending::Open(HashMap::new())),
+            opened: Instant::now(),
+            last_read_us: AtomicU64::new(0),
         });
         let (outgoing, requests) = mpsc::channel(options.request_queue.max(1));
         let cancel = CancellationToken::new();
@@ -354,6 +361,16 @@ impl Connection {
     pub fn close(&self) {
         self.handle.shared.close(CloseReason::Local);
         self.handle.cancel.cancel();
+    }
+
+    /// Whether the peer sent anything after `at` (any frame, any answer). A request that timed
+    /// out on a connection that stayed silent since it was sent suggests the peer is gone; one
+    /// that timed out while other answers arrived only met a slow peer.
+    pub fn read_since(&self, at: Instant) -> bool {
+        let shared = &self.handle.shared;
+        let at_us = u64::try_from(at.saturating_duration_since(shared.opened).as_micros())
+            .unwrap_or(u64::MAX);
+        shared.last_read_us.load(Ordering::Relaxed) > at_us
     }
 
     /// Whether `self` and `other` are handles to the same connection.
@@ -567,7 +584,11 @@ impl Driver {
                 read = reader.read_buf(&mut input) => match read {
                     Ok(0) if input.is_empty() => return CloseReason::PeerClosed,
                     Ok(0) => return CloseReason::EofMidFrame { buffered: input.len() },
-                    Ok(_) => loop {
+                    Ok(_) => {
+                        let now_us = u64::try_from(self.shared.opened.elapsed().as_micros())
+                            .unwrap_or(u64::MAX);
+                        self.shared.last_read_us.store(now_us, Ordering::Relaxed);
+                        loop {
                         match decoder.decode(&mut input) {
                             Ok(Some(frame)) => {
                                 let room = queued < WRITE_HIGH_WATER;
@@ -584,7 +605,8 @@ impl Driver {
                             Ok(None) => break,
                             Err(e) => return CloseReason::Protocol(Arc::new(e)),
                         }
-                    },
+                        }
+                    }
                     Err(e) => return CloseReason::Io(Arc::new(e)),
                 },
                 frame = self.requests.recv(), if room => match frame {

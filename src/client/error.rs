@@ -108,7 +108,7 @@ pub enum ClientError {
         source: io::Error,
     },
     /// No response to a request within its timeout. The connection itself stays usable;
-    /// [`super::Pool::call`] closes it all the same, as the peer may be gone.
+    /// [`super::Pool::call`] closes it when the peer sent nothing since the request went out.
     #[error("{addr} did not answer {code} within {after:?}")]
     Timeout {
         /// Peer address.

@@ -148,15 +148,23 @@ impl Pool {
         timeout: Duration,
     ) -> Result<R::Response, ClientError> {
         let conn = self.connection(addr).await?;
+        let sent = Instant::now();
         let result = conn.call(rpc, timeout).await;
         if let Err(e @ ClientError::Timeout { .. }) = &result {
-            // As the Java client does (clientCloseSocketIfTimeout): a peer that stopped
-            // answering without a reset (a NAT or firewall that forgot the flow, a host gone)
-            // would otherwise keep this connection until the kernel gives up retransmitting,
-            // about 15 minutes, while every request on it times out and heartbeats lapse. The
-            // other requests in flight on it fail now and are retried on a new connection.
-            warn!(%addr, error = %e, "Closing the connection after a request timed out.");
-            self.invalidate(&conn);
+            // A peer that stopped answering without a reset (a NAT or firewall that forgot the
+            // flow, a host gone) would otherwise keep this connection until the kernel gives up
+            // retransmitting, about 15 minutes, while every request on it times out and
+            // heartbeats lapse. The Java client closes a connection on any synchronous timeout
+            // (clientCloseSocketIfTimeout); here only if nothing at all was read on it since
+            // this request went out, so a broker that is slow to answer one request does not
+            // cost every long poll sharing the connection. The requests in flight on a closed
+            // connection fail and are retried on a new one.
+            if conn.read_since(sent) {
+                debug!(%addr, error = %e, "A request timed out; the peer still answers others.");
+            } else {
+                warn!(%addr, error = %e, "Closing the connection: a request timed out and the peer sent nothing since.");
+                self.invalidate(&conn);
+            }
         }
         result
     }

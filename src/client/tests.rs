@@ -767,6 +767,44 @@ async fn a_request_that_times_out_closes_its_pooled_connection() {
     peer.abort();
 }
 
+/// A peer that answers other requests while one times out is slow, not gone: the connection
+/// (and the long polls it may carry) stays.
+#[tokio::test]
+async fn a_timeout_while_the_peer_answers_others_keeps_the_connection() {
+    let (l, addr) = listener().await;
+    let peer = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        while let Ok(f) = read_frame(&mut s).await {
+            if f.ext("topic") != Some("slow") {
+                let answer = response(f.opaque(), 17, "no such topic", b"");
+                if s.write_all(&answer).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let pool = Pool::new(ConnectOptions::default(), Arc::new(NotSupported));
+    let first = within(pool.connection(&addr)).await.expect("connect");
+    let route = |topic: &str| crate::remoting::rpc::GetRouteInfo {
+        topic: topic.to_owned(),
+    };
+    let slow = route("slow");
+    let slow_call = pool.call(&addr, &slow, Duration::from_millis(300));
+    let others = async {
+        for _ in 0..10 {
+            let _ = pool.call(&addr, &route("fast"), STEP).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (result, ()) = within(async { tokio::join!(slow_call, others) }).await;
+    assert!(
+        matches!(result, Err(ClientError::Timeout { .. })),
+        "{result:?}"
+    );
+    assert!(!first.is_closed(), "a slow answer closed a live connection");
+    peer.abort();
+}
+
 #[tokio::test]
 async fn invalidate_spares_a_newer_connection() {
     let (l, addr) = listener().await;
