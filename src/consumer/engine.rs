@@ -346,7 +346,7 @@ impl<H: Handler> Shared<H> {
     }
 
     /// Where a queue without a stored offset starts: `consume_from`.
-    async fn configured_start(&self, mq: &MessageQueue) -> Result<i64, ConsumerError> {
+    pub(crate) async fn configured_start(&self, mq: &MessageQueue) -> Result<i64, ConsumerError> {
         let is_retry = mq.topic.starts_with("%RETRY%");
         let offset = match self.config.consume_from {
             ConsumeFrom::LastOffset if is_retry => 0,

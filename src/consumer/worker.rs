@@ -269,7 +269,13 @@ impl<H: Handler> Worker<H> {
             {
                 self.relocate().await;
             }
-            if self.moved_to.is_some() && self.in_flight.is_empty() && self.pq.is_empty() {
+            // Orderly: not without the lock (the last held batch may have finished after it
+            // lapsed); `maybe_pull` notices the loss and `relocate` then supersedes the move.
+            if self.moved_to.is_some()
+                && self.in_flight.is_empty()
+                && self.pq.is_empty()
+                && self.lock_ok()
+            {
                 self.finish_move().await;
             }
             self.move_due_delayed();
@@ -484,19 +490,26 @@ impl<H: Handler> Worker<H> {
         self.shared.offsets.update(&self.mq, offset, increase_only);
     }
 
-    /// Every message held before the broker moved the offset is finished: continue from the
-    /// offset it gave, with a process queue that knows nothing of the old offsets (its highest
-    /// offset would otherwise become the commit once the new messages are done).
-    async fn finish_move(&mut self) {
-        let Some(offset) = self.moved_to.take() else {
-            return;
-        };
+    /// Forgets everything held and continues from `offset`, committed as is: a fresh process
+    /// queue that knows nothing of the old offsets (its highest offset would otherwise become
+    /// the commit once the new messages are done).
+    fn restart_at(&mut self, offset: i64) {
+        self.moved_to = None;
         self.pq = ProcessQueue::new();
         self.answers.clear();
         self.answers_held = 0;
         self.local_reconsume.clear();
         self.next_offset = offset;
         self.shared.offsets.update(&self.mq, offset, false);
+    }
+
+    /// Every message held before the broker moved the offset is finished: continue from the
+    /// offset it gave.
+    async fn finish_move(&mut self) {
+        let Some(offset) = self.moved_to else {
+            return;
+        };
+        self.restart_at(offset);
         self.shared.persist(&self.mq).await;
         info!(group = %self.shared.group(), queue = %self.mq, offset, "Held messages finished; pulling from the moved offset.");
     }
@@ -788,28 +801,27 @@ impl<H: Handler> Worker<H> {
     /// broker has (the queue may have been consumed by another member meanwhile).
     async fn relocate(&mut self) {
         let offset = match self.shared.stored_offset(&self.mq).await {
-            Ok(Some(offset)) => Ok(offset),
+            Ok(Some(offset)) => Ok((offset, "the broker's")),
             // Nobody's commit reached the broker (a new group whose broker restarted before
             // flushing offsets, which also drops the locks). What this worker committed itself
-            // is a position known to be safe; `consume_from` (LAST_OFFSET) could skip messages.
+            // (the table is seeded when the worker starts) is a position known to be safe;
+            // `consume_from` (LAST_OFFSET) could skip messages.
             Ok(None) => match self.shared.offsets.read(&self.mq) {
-                Some(offset) => Ok(offset),
-                None => self.shared.start_offset(&self.mq).await,
+                Some(offset) => Ok((offset, "this worker's own")),
+                None => self
+                    .shared
+                    .configured_start(&self.mq)
+                    .await
+                    .map(|offset| (offset, "the configured start")),
             },
             Err(e) => Err(e),
         };
         match offset {
-            Ok(offset) => {
-                info!(queue = %self.mq, offset, "Queue re-locked; resuming from the broker's offset.");
+            Ok((offset, source)) => {
+                info!(queue = %self.mq, offset, "Queue re-locked; resuming from {source} offset.");
                 self.recompute_offset = false;
-                // The broker's offset supersedes one it moved us to before the lock was lost.
-                self.moved_to = None;
-                self.pq = ProcessQueue::new();
-                self.answers.clear();
-                self.answers_held = 0;
-                self.local_reconsume.clear();
-                self.next_offset = offset;
-                self.shared.offsets.update(&self.mq, offset, false);
+                // Supersedes a move the broker asked for before the lock was lost.
+                self.restart_at(offset);
             }
             Err(e) => {
                 warn!(queue = %self.mq, error = %e, "Cannot read the offset after re-locking; retrying.");
