@@ -91,6 +91,19 @@ impl Routes {
         set.into_iter().collect()
     }
 
+    /// Whether the broker table holds the addresses `route` gives for each broker it names.
+    fn names_as(&self, route: &TopicRouteData) -> bool {
+        route.broker_datas.iter().all(|data| {
+            self.brokers.get(&data.broker_name).is_some_and(|ids| {
+                ids.len() == data.broker_addrs.len()
+                    && data
+                        .broker_addrs
+                        .iter()
+                        .all(|(id, addr)| ids.get(id) == Some(addr))
+            })
+        })
+    }
+
     /// Takes the brokers of `route`, just answered, as the newest word on their addresses.
     fn apply_brokers(&mut self, route: &TopicRouteData) {
         for data in &route.broker_datas {
@@ -169,10 +182,13 @@ impl RouteTable {
     /// differs from the known one.
     pub fn update(&self, topic: &str, route: TopicRouteData) -> bool {
         self.tx.send_if_modified(|current| {
+            // An unchanged route still counts as the newest word on its brokers: another
+            // topic's answer may have moved one of them since, and this one moves it back.
             if current
                 .topics
                 .get(topic)
                 .is_some_and(|known| **known == route)
+                && current.names_as(&route)
             {
                 return false;
             }
@@ -246,6 +262,11 @@ mod tests {
         // Forgetting a topic keeps the newest addresses of the brokers still named.
         table.remove("stale0");
         assert_eq!(table.snapshot().master_addr("a"), Some("new:1"));
+        // The broker moves back: a stale topic answering what it said before is news again.
+        assert!(table.update("stale1", old.clone()));
+        assert_eq!(table.snapshot().master_addr("a"), Some("old:1"));
+        // And the same answer once more is not.
+        assert!(!table.update("stale1", old));
     }
 
     #[test]
