@@ -165,8 +165,8 @@ impl StatusClasses {
 pub enum Failure {
     /// No complete answer within the per-request timeout.
     Timeout,
-    /// The endpoint could not be reached: connecting (refused, DNS) or the TLS handshake failed,
-    /// so nothing was sent.
+    /// The endpoint could not be reached: connecting (refused, DNS) or the TLS or HTTP handshake
+    /// failed, or the connection closed before the request was written, so nothing was sent.
     Unreachable,
     /// Connected, but no usable answer: reset or closed after the request may have been
     /// written, or a malformed response. The request may have reached the application (it may
@@ -729,7 +729,7 @@ mod tests {
 
     #[test]
     fn failures_retry_and_are_unhealthy() {
-        for f in [Failure::Timeout, Failure::Transport] {
+        for f in [Failure::Timeout, Failure::Unreachable, Failure::Transport] {
             let a = classify_failure(f, 3);
             assert_eq!(a.outcomes, vec![RETRY; 3]);
             assert!(!a.healthy);

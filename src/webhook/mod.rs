@@ -782,7 +782,8 @@ fn append_limited(body: &mut Vec<u8>, chunk: &[u8]) -> bool {
 }
 
 /// A failed exchange: a timeout when any error in the chain is one (the connect timeout, an
-/// I/O timeout); unreachable when connecting or the TLS handshake failed otherwise; a transport
+/// I/O timeout); unreachable when the request was never sent (connecting, the TLS or HTTP
+/// handshake failed, or the connection closed as the request was handed to it); a transport
 /// failure for the rest. The text never holds the URL: neither hyper's errors nor the pool's
 /// carry it.
 fn failed(err: &(dyn std::error::Error + 'static)) -> Sent {
@@ -799,7 +800,11 @@ fn failed(err: &(dyn std::error::Error + 'static)) -> Sent {
     }
     let not_sent = matches!(
         err.downcast_ref::<pool::ExchangeError>(),
-        Some(pool::ExchangeError::Connect(_) | pool::ExchangeError::Tls(_))
+        Some(
+            pool::ExchangeError::Connect(_)
+                | pool::ExchangeError::Tls(_)
+                | pool::ExchangeError::NotSent(_)
+        )
     );
     let kind = if timed_out {
         Failure::Timeout

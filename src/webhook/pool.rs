@@ -61,6 +61,10 @@ pub(crate) enum ExchangeError {
     Connect(#[source] io::Error),
     #[error("TLS handshake")]
     Tls(#[source] io::Error),
+    /// The connection failed before the request was written (HTTP handshake, or closed as the
+    /// request was handed to it): nothing reached the endpoint.
+    #[error("connection closed before the request was sent")]
+    NotSent(#[source] hyper::Error),
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
@@ -238,7 +242,8 @@ impl Pool {
                         resent = true;
                         continue;
                     }
-                    _ => return Err(refused.into_error().into()),
+                    Some(_) => return Err(ExchangeError::NotSent(refused.into_error())),
+                    None => return Err(refused.into_error().into()),
                 },
             };
             let (parts, incoming) = response.into_parts();
@@ -325,13 +330,17 @@ impl Pool {
                     .map_err(ExchangeError::Tls)?,
             ),
         };
-        let (send, driver) = http1::handshake(TokioIo::new(stream)).await?;
+        let (send, driver) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(ExchangeError::NotSent)?;
         let mut conn = Box::new(Conn {
             send,
             driver: Some(driver),
         });
         // A new connection wants its first request only once its driver has run.
-        drive(&mut conn.driver, conn.send.ready()).await?;
+        drive(&mut conn.driver, conn.send.ready())
+            .await
+            .map_err(ExchangeError::NotSent)?;
         Ok(conn)
     }
 }
