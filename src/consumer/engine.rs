@@ -56,7 +56,7 @@ pub(crate) struct Shared<H> {
     /// its queue is released (all at once at shutdown) and the periodic task persists too:
     /// unserialised, two saves shared one temporary file (one could truncate the other's before
     /// its rename) and an older snapshot could land after a newer one.
-    local_save: tokio::sync::Mutex<()>,
+    local_save: Arc<tokio::sync::Mutex<()>>,
     pub(crate) metrics: Metrics,
     /// The hot-path collectors with this subscription's labels resolved once.
     pub(crate) meters: Meters,
@@ -439,11 +439,17 @@ impl<H: Handler> Shared<H> {
         let Some(store) = &self.local_store else {
             return;
         };
-        let _saving = self.local_save.lock().await;
+        // Owned and moved into the save: if this future is dropped (a cancelled shutdown step),
+        // the lock stays held until the blocking save itself is done.
+        let saving = Arc::clone(&self.local_save).lock_owned().await;
         // Taken under the lock, so the saves land in the order of their snapshots.
         let snapshot = self.offsets.snapshot();
         let store = store.clone();
-        let result = tokio::task::spawn_blocking(move || store.save(&snapshot)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            let _saving = saving;
+            store.save(&snapshot)
+        })
+        .await;
         match result {
             Ok(Ok(())) => self
                 .metrics
@@ -704,7 +710,7 @@ impl<H: Handler> Consumer<H> {
             handler: Arc::new(handler),
             offsets,
             local_store,
-            local_save: tokio::sync::Mutex::new(()),
+            local_save: Arc::new(tokio::sync::Mutex::new(())),
             metrics: runtime.metrics,
             stats: Arc::new(Stats::new()),
             rebalance_now: Notify::new(),

@@ -254,8 +254,9 @@ impl Message {
 const HEAD_LEN: usize = 48;
 
 /// Decompressed bytes the records of one body may inflate to before decoding stops early (see
-/// [`decode_messages_within`]). Each record is bounded by [`compression::MAX_DECOMPRESSED_LEN`],
-/// but a pull of 32 compressed records of 2 KiB each could otherwise inflate to 2 GiB.
+/// [`decode_messages_within`]; the record that crosses the mark is kept, so a body holds at most
+/// this plus one record). Each record is bounded by [`compression::MAX_DECOMPRESSED_LEN`], but a
+/// pull of 32 compressed records of 2 KiB each could otherwise inflate to 2 GiB.
 pub const MAX_BODY_INFLATED_LEN: usize = 64 * 1024 * 1024;
 
 /// The most messages one batch body may hold (an inner batch record, or a SEND_BATCH body).
