@@ -1095,15 +1095,20 @@ subscriptions:
     );
     assert_eq!(e.errors().len(), 2, "{e}");
 
-    let e = fail(
-        Some("subscriptions:\n  - {name: a, group: g, topic: t, webhook: {url: http://h}}\n  - {name: b, group: g, topic: t, webhook: {url: http://h}}\n"),
-        &[],
-    );
-    assert_error(
-        &e,
-        "subscriptions[1].topic",
-        &["one group can subscribe a topic once"],
-    );
+    for second_topic in ["t", "t2"] {
+        let e = fail(
+            Some(&format!("subscriptions:\n  - {{name: a, group: g, topic: t, webhook: {{url: http://h}}}}\n  - {{name: b, group: g, topic: {second_topic}, webhook: {{url: http://h}}}}\n")),
+            &[],
+        );
+        assert_error(
+            &e,
+            "subscriptions[1].group",
+            &[
+                "subscriptions[0] already uses this group (topic \"t\")",
+                "a group of its own",
+            ],
+        );
+    }
 }
 
 #[test]

@@ -113,7 +113,7 @@ impl Config {
             c.errors.push(ConfigError::NoSubscriptions);
         }
         let mut names: HashMap<&str, usize> = HashMap::new();
-        let mut pairs: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut groups: HashMap<&str, usize> = HashMap::new();
         for (i, sub) in self.subscriptions.iter().enumerate() {
             sub.check(i, &mut c);
             let name = sub.name.as_str();
@@ -129,17 +129,22 @@ impl Config {
                     );
                 }
             }
-            if !sub.group.is_empty() && !sub.topic.is_empty() {
-                let pair = (sub.group.as_str(), sub.topic.as_str());
-                if let Some(first) = pairs.insert(pair, i) {
+            // Each subscription is a client of its own (`ip@instance-<index>`), so two with one
+            // group are two members of it with different subscriptions: each would split its
+            // topic's queues with a member that never consumes them, leaving half unowned, and
+            // both would consume the group's one retry topic. (Java refuses a group twice in
+            // one client instance for the same reason.)
+            if !sub.group.is_empty() {
+                if let Some(first) = groups.insert(sub.group.as_str(), i) {
                     if self.subscriptions[first].name != sub.name {
                         c.fail(
-                            key_path!["subscriptions", i, "topic"],
-                            format!("{:?}", sub.topic),
+                            key_path!["subscriptions", i, "group"],
+                            format!("{:?}", sub.group),
                             format!(
-                                "subscriptions[{first}] already subscribes group {:?} to this \
-                                 topic; one group can subscribe a topic once",
-                                sub.group
+                                "subscriptions[{first}] already uses this group (topic {:?}); \
+                                 every member of a consumer group must subscribe the same \
+                                 topics, so give each subscription a group of its own",
+                                self.subscriptions[first].topic
                             ),
                         );
                     }
