@@ -187,18 +187,12 @@ fn consumer_config(
                     key: format!("subscriptions[{index}].allocate_queues"),
                     reason: format!("queue id {} is out of range", q.queue_id),
                 })?;
+                // The retry topic is shared out among the members (see AllocateStrategy::Config).
                 queues.push(MessageQueue::new(
                     sub.topic.clone(),
                     q.broker_name.clone(),
                     id,
                 ));
-                // The retry topic's queue 0 of the same broker, so retries of these queues are
-                // consumed too.
-                let retry =
-                    MessageQueue::new(format!("%RETRY%{}", sub.group), q.broker_name.clone(), 0);
-                if !queues.contains(&retry) {
-                    queues.push(retry);
-                }
             }
             consumer::AllocateStrategy::Config(queues)
         }

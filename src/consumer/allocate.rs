@@ -40,7 +40,8 @@ pub enum AllocateStrategy {
         /// Ring nodes per member (Java default [`DEFAULT_VIRTUAL_NODES`]). Zero owns nothing.
         virtual_nodes: usize,
     },
-    /// `CONFIG`: always exactly these queues, whatever the route and the members say.
+    /// `CONFIG`: always exactly these queues, whatever the route and the members say. The
+    /// group's retry topic is not configured: its queues are shared out as by [`Self::Average`].
     Config(Vec<MessageQueue>),
 }
 
@@ -60,7 +61,10 @@ impl AllocateStrategy {
     /// Inputs may be in any order and contain duplicates; the result is in Java queue order.
     /// Empty when `current_cid` is empty, either list is empty, or `current_cid` is not a member
     /// (the broker has not seen our heartbeat yet: owning nothing is safe, guessing is not).
-    /// [`Self::Config`] skips those checks and returns its list unchanged, as in Java.
+    /// [`Self::Config`] skips those checks and returns its list unchanged, as in Java, except for
+    /// the retry topic (`%RETRY%<group>`): members configure their own topic's queues, and a
+    /// retry queue each of them listed would be consumed by all (every retry delivered once per
+    /// member), one none listed by nobody. Its queues go round as [`Self::Average`]'s do.
     pub fn allocate(
         &self,
         group: &str,
@@ -69,6 +73,12 @@ impl AllocateStrategy {
         cid_all: &[String],
     ) -> Vec<MessageQueue> {
         if let Self::Config(queues) = self {
+            if mq_all
+                .first()
+                .is_some_and(|mq| mq.topic.starts_with("%RETRY%"))
+            {
+                return Self::Average.allocate(group, current_cid, mq_all, cid_all);
+            }
             return queues.clone();
         }
         if current_cid.is_empty() || mq_all.is_empty() || cid_all.is_empty() {
@@ -290,6 +300,25 @@ mod tests {
         let s = AllocateStrategy::Config(fixed.clone());
         assert_eq!(s.allocate("g", "nobody", &queues(8), &cids(&["x"])), fixed);
         assert_eq!(s.allocate("g", "", &[], &[]), fixed);
+    }
+
+    #[test]
+    fn config_shares_the_retry_topic_out_like_average() {
+        let s = AllocateStrategy::Config(vec![MessageQueue::new("T", "a", 1)]);
+        let retry: Vec<MessageQueue> = ["a", "b"]
+            .iter()
+            .map(|b| MessageQueue::new("%RETRY%g", *b, 0))
+            .collect();
+        let members = cids(&["x", "y"]);
+        let x = s.allocate("g", "x", &retry, &members);
+        let y = s.allocate("g", "y", &retry, &members);
+        // Every retry queue has exactly one owner.
+        assert_eq!(x, [retry[0].clone()]);
+        assert_eq!(y, [retry[1].clone()]);
+        assert_eq!(
+            x,
+            AllocateStrategy::Average.allocate("g", "x", &retry, &members)
+        );
     }
 
     #[test]
