@@ -798,7 +798,8 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Orderly: after the lock came back, drop what is cached and continue from the offset the
-    /// broker has (the queue may have been consumed by another member meanwhile).
+    /// broker has (the queue may have been consumed by another member meanwhile), or from this
+    /// worker's own when the broker has none.
     async fn relocate(&mut self) {
         let offset = match self.shared.stored_offset(&self.mq).await {
             Ok(Some(offset)) => Ok((offset, "the broker's")),
