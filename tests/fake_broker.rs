@@ -22,8 +22,9 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use rand::Rng as _;
 use rocketmq_webhook::client::producer::QueueSelector;
-use rocketmq_webhook::client::Client;
-use rocketmq_webhook::remoting::body::route::{BrokerData, QueueData, PERM_READ, PERM_WRITE};
+use rocketmq_webhook::remoting::body::route::{
+    BrokerData, QueueData, TopicRouteData, PERM_READ, PERM_WRITE,
+};
 use rocketmq_webhook::remoting::command::FLAG_RESPONSE;
 use rocketmq_webhook::remoting::message::Message;
 use rocketmq_webhook::remoting::{
@@ -37,11 +38,10 @@ use tokio::time::{sleep, Instant};
 
 use support::daemon::{Daemon, Launch};
 use support::http::{Receiver, Reply, Request};
+use support::namesrv::listen;
 use support::{unique, RocketMq};
 
 const FAKE_BROKER_NAME: &str = "broker-fake";
-/// GET_ROUTEINFO_BY_TOPIC.
-const GET_ROUTE: i32 = 105;
 /// The daemon's frame limit (remoting::frame::DEFAULT_MAX_FRAME_LEN).
 const CLIENT_MAX_FRAME: i32 = 16 * 1024 * 1024;
 /// The daemon's peak RSS must stay below this (KiB): a few 16 MiB frame buffers at most.
@@ -214,102 +214,33 @@ async fn read_request(socket: &mut TcpStream) -> Option<RemotingCommand> {
 
 // === the fake name server ===
 
-/// Answers GET_ROUTEINFO_BY_TOPIC with the real route, plus the fake broker for `topic`.
-async fn fake_namesrv(listener: TcpListener, real: Client, topic: String, fake_addr: String) {
-    let mut connections = JoinSet::new();
-    loop {
-        let Ok((socket, _)) = listener.accept().await else {
-            return;
-        };
-        connections.spawn(serve_routes(
-            socket,
-            real.clone(),
-            topic.clone(),
-            fake_addr.clone(),
-        ));
+/// The real route, plus the fake broker for `topic`.
+fn with_fake_broker(topic: &str, fake_addr: &str, asked: &str, route: &mut TopicRouteData) {
+    if asked != topic {
+        return;
     }
-}
-
-async fn serve_routes(mut socket: TcpStream, real: Client, topic: String, fake_addr: String) {
-    let mut decoder = FrameDecoder::default();
-    let mut buf = BytesMut::with_capacity(4096);
-    loop {
-        let frame = loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(frame)) => break frame,
-                Ok(None) => {}
-                Err(_) => return,
-            }
-            match socket.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        };
-        let Ok(request) = RemotingCommand::decode(frame) else {
-            return;
-        };
-        let answer = if request.code == GET_ROUTE {
-            let asked = request
-                .ext_fields
-                .get("topic")
-                .unwrap_or_default()
-                .to_owned();
-            match real.namesrv().route(&asked).await {
-                Ok(mut route) => {
-                    if asked == topic {
-                        let cluster = route
-                            .broker_datas
-                            .first()
-                            .map(|b| b.cluster.clone())
-                            .unwrap_or_default();
-                        route.broker_datas.push(BrokerData {
-                            cluster,
-                            broker_name: FAKE_BROKER_NAME.to_owned(),
-                            broker_addrs: [(0, fake_addr.clone())].into_iter().collect(),
-                            zone_name: None,
-                            enable_acting_master: false,
-                        });
-                        route.queue_datas.push(QueueData {
-                            broker_name: FAKE_BROKER_NAME.to_owned(),
-                            read_queue_nums: 4,
-                            write_queue_nums: 4,
-                            perm: PERM_READ | PERM_WRITE,
-                            topic_sys_flag: 0,
-                        });
-                    }
-                    RemotingCommand::response_to(&request, ResponseCode::Success, None)
-                        .with_body(route.to_json())
-                }
-                Err(e) => RemotingCommand::response_to(
-                    &request,
-                    ResponseCode::TopicNotExist,
-                    Some(e.to_string()),
-                ),
-            }
-        } else {
-            RemotingCommand::response_to(&request, ResponseCode::RequestCodeNotSupported, None)
-        };
-        let mut out = BytesMut::new();
-        if answer.encode(SerializeType::Json, &mut out).is_err()
-            || socket.write_all(&out).await.is_err()
-        {
-            return;
-        }
-    }
+    let cluster = route
+        .broker_datas
+        .first()
+        .map(|b| b.cluster.clone())
+        .unwrap_or_default();
+    route.broker_datas.push(BrokerData {
+        cluster,
+        broker_name: FAKE_BROKER_NAME.to_owned(),
+        broker_addrs: [(0, fake_addr.to_owned())].into_iter().collect(),
+        zone_name: None,
+        enable_acting_master: false,
+    });
+    route.queue_datas.push(QueueData {
+        broker_name: FAKE_BROKER_NAME.to_owned(),
+        read_queue_nums: 4,
+        write_queue_nums: 4,
+        perm: PERM_READ | PERM_WRITE,
+        topic_sys_flag: 0,
+    });
 }
 
 // === the scenario ===
-
-async fn listen() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("local addr: {e}"))
-        .to_string();
-    (listener, addr)
-}
 
 fn peak_rss_kib(daemon: &Daemon) -> u64 {
     let needle = format!("ROCKETMQ_ADMIN_LISTEN={}", daemon.admin());
@@ -352,12 +283,16 @@ async fn a_hostile_broker_does_not_stop_the_real_one() {
     let (broker_listener, fake_broker_addr) = listen().await;
     let _broker = tokio::spawn(fake_broker(broker_listener, Arc::clone(&stats)));
     let (namesrv_listener, fake_namesrv_addr) = listen().await;
-    let _namesrv = tokio::spawn(fake_namesrv(
-        namesrv_listener,
-        mq.client(),
-        topic.clone(),
-        fake_broker_addr.clone(),
-    ));
+    let _namesrv = {
+        let (topic, fake_addr) = (topic.clone(), fake_broker_addr.clone());
+        tokio::spawn(support::namesrv::serve(
+            namesrv_listener,
+            mq.client(),
+            move |asked: &str, route: &mut TopicRouteData| {
+                with_fake_broker(&topic, &fake_addr, asked, route);
+            },
+        ))
+    };
 
     let receiver = Receiver::start().await;
     let accepted: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));

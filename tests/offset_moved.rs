@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rocketmq_webhook::client::Client;
+use rocketmq_webhook::remoting::body::route::TopicRouteData;
 use rocketmq_webhook::remoting::{
     ExtFields, FrameDecoder, RemotingCommand, RequestCode, ResponseCode, SerializeType,
 };
@@ -32,6 +32,7 @@ use tokio::time::{sleep, Instant};
 
 use support::daemon::{Daemon, Launch};
 use support::http::{Receiver, Reply, Request};
+use support::namesrv::listen;
 use support::{unique, RocketMq};
 
 /// Messages in the queue.
@@ -198,65 +199,13 @@ async fn proxy(listener: TcpListener, broker_addr: String, topic: String, seen: 
     }
 }
 
-/// A name server whose routes are the real ones with every broker address replaced by the
-/// proxy's.
-async fn namesrv(listener: TcpListener, real: Client, proxy_addr: String) {
-    while let Ok((socket, _)) = listener.accept().await {
-        let (real, proxy_addr) = (real.clone(), proxy_addr.clone());
-        tokio::spawn(async move {
-            let (reader, mut writer) = socket.into_split();
-            let (tx, mut rx) = mpsc::channel::<RemotingCommand>(16);
-            let answers = tokio::spawn(async move {
-                while let Some(request) = rx.recv().await {
-                    let answer = if request.code == i32::from(RequestCode::GetRouteInfoByTopic) {
-                        let topic = request.ext_fields.get("topic").unwrap_or_default();
-                        match real.namesrv().route(topic).await {
-                            Ok(mut route) => {
-                                for broker in &mut route.broker_datas {
-                                    for addr in broker.broker_addrs.values_mut() {
-                                        addr.clone_from(&proxy_addr);
-                                    }
-                                }
-                                RemotingCommand::response_to(&request, ResponseCode::Success, None)
-                                    .with_body(route.to_json())
-                            }
-                            Err(e) => RemotingCommand::response_to(
-                                &request,
-                                ResponseCode::TopicNotExist,
-                                Some(e.to_string()),
-                            ),
-                        }
-                    } else {
-                        RemotingCommand::response_to(
-                            &request,
-                            ResponseCode::RequestCodeNotSupported,
-                            None,
-                        )
-                    };
-                    if writer.write_all(&encode(&answer)).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            frames(reader, |frame| match RemotingCommand::decode(frame) {
-                Ok(request) => tx.try_send(request).is_ok(),
-                Err(_) => false,
-            })
-            .await;
-            answers.abort();
-        });
+/// The real route with every broker address replaced by the proxy's.
+fn through_proxy(proxy_addr: &str, route: &mut TopicRouteData) {
+    for broker in &mut route.broker_datas {
+        for addr in broker.broker_addrs.values_mut() {
+            proxy_addr.clone_into(addr);
+        }
     }
-}
-
-async fn listen() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("local addr: {e}"))
-        .to_string();
-    (listener, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,7 +235,11 @@ async fn moved_offset(mode: &str, batch: usize) {
         Arc::clone(&seen),
     ));
     let (namesrv_listener, namesrv_addr) = listen().await;
-    tokio::spawn(namesrv(namesrv_listener, mq.client(), proxy_addr.clone()));
+    tokio::spawn(support::namesrv::serve(
+        namesrv_listener,
+        mq.client(),
+        move |_: &str, route: &mut TopicRouteData| through_proxy(&proxy_addr, route),
+    ));
 
     let receiver = Receiver::start().await;
     {

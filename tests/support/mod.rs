@@ -17,6 +17,7 @@
 
 pub(crate) mod daemon;
 pub(crate) mod http;
+pub(crate) mod namesrv;
 pub(crate) mod raw;
 mod rocketmq;
 
