@@ -177,6 +177,10 @@ pub(crate) struct Receiver {
     addr: SocketAddr,
     shared: Arc<Shared>,
     server: Mutex<Option<Server>>,
+    /// While stopped: the port, bound but not listening. Connections are refused all the same,
+    /// but nothing else in the process (another test's `free_port`, an outgoing connection's
+    /// local port) can take the port before `resume` binds it again.
+    reserved: Mutex<Option<tokio::net::TcpSocket>>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -210,6 +214,7 @@ impl Receiver {
                 peak_open: AtomicUsize::new(0),
             }),
             server: Mutex::new(None),
+            reserved: Mutex::new(None),
         };
         receiver.serve(listener);
         receiver
@@ -282,8 +287,16 @@ impl Receiver {
             stop.cancel();
             if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
                 task.abort();
+                let _ = task.await;
             }
         }
+        // Best effort: without the reservation `resume` still retries for 10 s.
+        let reserved = tokio::net::TcpSocket::new_v4().and_then(|socket| {
+            socket.set_reuseaddr(true)?;
+            socket.bind(self.addr)?;
+            Ok(socket)
+        });
+        *self.reserved.lock().unwrap_or_else(PoisonError::into_inner) = reserved.ok();
     }
 
     /// Listens again on the same port after [`Self::stop`] (retrying for up to 10 s while the
@@ -292,6 +305,12 @@ impl Receiver {
     /// # Panics
     /// When the port cannot be bound again.
     pub(crate) async fn resume(&self) {
+        drop(
+            self.reserved
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         let listener = loop {
             match bind_reusable(self.addr) {
