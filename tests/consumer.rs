@@ -177,6 +177,30 @@ fn bodies_seen(seen: &Arc<Mutex<Vec<Seen>>>) -> BTreeSet<String> {
         .collect()
 }
 
+/// The offset the broker holds for `group` on queue `queue_id` of `topic`, if any.
+async fn committed_offset(
+    client: &Client,
+    mq: &RocketMq,
+    group: &str,
+    topic: &str,
+    queue_id: i32,
+) -> Option<i64> {
+    client
+        .pool()
+        .call(
+            &mq.broker_addr(),
+            &rocketmq_webhook::remoting::rpc::QueryConsumerOffset {
+                consumer_group: group.to_owned(),
+                topic: topic.to_owned(),
+                queue_id,
+                set_zero_if_not_found: Some(false),
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("offset query")
+}
+
 fn assigned(c: &Consumer<Recorder>, topic: &str) -> BTreeSet<String> {
     c.stats()
         .queues
@@ -891,20 +915,8 @@ async fn a_crashed_consumer_resumes_from_the_committed_offset() {
     .unwrap();
     let mut committed = BTreeMap::new();
     for q in 0..4 {
-        let off = client
-            .pool()
-            .call(
-                &mq.broker_addr(),
-                &rocketmq_webhook::remoting::rpc::QueryConsumerOffset {
-                    consumer_group: group.clone(),
-                    topic: topic.clone(),
-                    queue_id: q,
-                    set_zero_if_not_found: Some(false),
-                },
-                Duration::from_secs(5),
-            )
+        let off = committed_offset(&client, &mq, &group, &topic, q)
             .await
-            .expect("offset query")
             .unwrap_or(0);
         committed.insert(q, off);
     }
@@ -1128,5 +1140,129 @@ async fn brokers_get_running_info_direct_consumption_and_offset_resets() {
         },
     )
     .await;
+    consumer.shutdown().await;
+}
+
+/// The name servers stop naming a broker that still serves (two brokers, a name server restarted,
+/// and only the other has registered again): the rebalance takes that broker's queues away,
+/// and each queue's final commit must still reach it. Before the fix the broker's address left
+/// the route table with the last route naming it, the final commits found no address, and the
+/// queues' messages were delivered again once the broker was back in the routes.
+///
+/// One real broker plays both: while `renamed` is set, the routes name it `ghost` at the address
+/// of a proxy that relays everything but pulls (so the ghost's queues, the same queues on the
+/// broker, commit nothing while the test looks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_of_a_broker_the_routes_stop_naming_commit_their_final_offsets() {
+    use rocketmq_webhook::remoting::body::route::TopicRouteData;
+    use rocketmq_webhook::remoting::{RemotingCommand, RequestCode};
+    use support::proxy::Verdict;
+    let mq = RocketMq::start().await;
+    let topic = unique("T_departed");
+    let group = unique("G_departed");
+    mq.create_topic(&topic, 2).await;
+    let p = producer(&mq).await;
+    let all = bodies("departed", 40);
+    produce(&p, &topic, &all, None).await;
+
+    let (proxy_listener, proxy_addr) = support::namesrv::listen().await;
+    tokio::spawn(support::proxy::serve(
+        proxy_listener,
+        mq.broker_addr(),
+        |command: &RemotingCommand| {
+            if command.code == i32::from(RequestCode::PullMessage) {
+                Verdict::Swallow
+            } else {
+                Verdict::Relay
+            }
+        },
+    ));
+    let renamed = Arc::new(AtomicBool::new(false));
+    let (namesrv_listener, namesrv_addr) = support::namesrv::listen().await;
+    let flag = Arc::clone(&renamed);
+    tokio::spawn(support::namesrv::serve(
+        namesrv_listener,
+        mq.client(),
+        move |_: &str, route: &mut TopicRouteData| {
+            if !flag.load(SeqCst) {
+                return;
+            }
+            for broker in &mut route.broker_datas {
+                "ghost".clone_into(&mut broker.broker_name);
+                for addr in broker.broker_addrs.values_mut() {
+                    proxy_addr.clone_into(addr);
+                }
+            }
+            for queue in &mut route.queue_datas {
+                "ghost".clone_into(&mut queue.broker_name);
+            }
+        },
+    ));
+
+    let mut config = fast_config(&group, &topic);
+    // Only the queues' final commits may carry the offsets to the broker: no periodic persist,
+    // and the handler is slow enough that the pull following the only full one carries no
+    // commit (it leaves before anything is handled and then waits 15 s at the broker).
+    config.persist_interval = Duration::from_secs(3600);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let consumer = Consumer::start(
+        ClientConfig {
+            namesrv_addr,
+            instance_name: Some(unique("departed")),
+            ..ClientConfig::default()
+        },
+        config,
+        Recorder::new("c", &seen).slow(Duration::from_millis(300)),
+        Runtime {
+            metrics: Metrics::new(),
+            cache_budget: Arc::new(CacheBudget::unlimited()),
+        },
+    )
+    .await
+    .expect("consumer starts");
+    eventually(Duration::from_secs(60), "all 40 messages handled", || {
+        bodies_seen(&seen).len() >= all.len()
+    })
+    .await;
+    let broker_queues = |c: &Consumer<Recorder>| {
+        assigned(c, &topic)
+            .into_iter()
+            .filter(|q| !q.contains("ghost"))
+            .count()
+    };
+    assert_eq!(
+        broker_queues(&consumer),
+        2,
+        "{:?}",
+        assigned(&consumer, &topic)
+    );
+
+    renamed.store(true, SeqCst);
+    eventually(
+        Duration::from_secs(30),
+        "the broker's queues released once the routes stop naming it",
+        || broker_queues(&consumer) == 0,
+    )
+    .await;
+
+    // Every message was handled, so each queue's final commit is its end.
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    for s in seen.lock().unwrap().iter() {
+        let end = ends.entry(s.queue_id).or_default();
+        *end = (*end).max(s.queue_offset + 1);
+    }
+    let reader = Client::new(
+        client_config(&mq, &unique("reader")),
+        Arc::new(NotSupported),
+    )
+    .expect("client");
+    for (&queue_id, &end) in &ends {
+        let committed = committed_offset(&reader, &mq, &group, &topic, queue_id).await;
+        assert_eq!(
+            committed,
+            Some(end),
+            "queue {queue_id}: the final commit did not reach the broker"
+        );
+    }
     consumer.shutdown().await;
 }

@@ -2,8 +2,8 @@
 //!
 //! A real broker answers PULL_OFFSET_MOVED when a queue no longer holds the offset asked for,
 //! e.g. after it was truncated or recreated, or after a failover to a replica that is behind.
-//! It cannot be made to do that in the middle of a test, so an in-process proxy stands between
-//! the daemon (the real binary) and the real broker: it relays every frame both ways, records
+//! It cannot be made to do that in the middle of a test, so an in-process proxy (tests/support)
+//! stands between the daemon (the real binary) and the real broker: it relays every frame both ways, records
 //! every offset the daemon commits, and answers the one pull that asks past offset `MOVE_AT`
 //! itself, moving the queue back to `MOVED_TO` while the endpoint still holds the messages pulled
 //! before.
@@ -20,19 +20,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use rocketmq_webhook::remoting::body::route::TopicRouteData;
-use rocketmq_webhook::remoting::{
-    ExtFields, FrameDecoder, RemotingCommand, RequestCode, ResponseCode, SerializeType,
-};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use rocketmq_webhook::remoting::{ExtFields, RemotingCommand, RequestCode, ResponseCode};
 use tokio::time::{sleep, Instant};
 
 use support::daemon::{Daemon, Launch};
 use support::http::{Receiver, Reply, Request};
 use support::namesrv::listen;
+use support::proxy::{encode, Verdict};
 use support::{unique, RocketMq};
 
 /// Messages in the queue.
@@ -72,31 +67,15 @@ impl Seen {
     }
 }
 
-/// One whole frame (length prefix and content) around `content`.
-fn prefixed(content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + 4);
-    out.put_u32(u32::try_from(content.len()).unwrap_or_else(|e| panic!("frame length: {e}")));
-    out.extend_from_slice(content);
-    out
-}
-
-fn encode(command: &RemotingCommand) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    command
-        .encode(SerializeType::Json, &mut out)
-        .unwrap_or_else(|e| panic!("encode a proxy answer: {e}"));
-    out.to_vec()
-}
-
 fn ext_i64(command: &RemotingCommand, key: &str) -> Option<i64> {
     command.ext_fields.get(key)?.parse().ok()
 }
 
 /// Looks at one request of the daemon: records commits of `topic`, and answers the pull to be
-/// moved (returns the answer frame; the request is then not relayed).
-fn intercept(command: &RemotingCommand, topic: &str, seen: &Mutex<Seen>) -> Option<Vec<u8>> {
+/// moved in the broker's place.
+fn intercept(command: &RemotingCommand, topic: &str, seen: &Mutex<Seen>) -> Verdict {
     if command.ext_fields.get("topic") != Some(topic) {
-        return None;
+        return Verdict::Relay;
     }
     let mut seen = lock(seen);
     if command.code == i32::from(RequestCode::PullMessage) {
@@ -115,88 +94,14 @@ fn intercept(command: &RemotingCommand, topic: &str, seen: &Mutex<Seen>) -> Opti
                 .with("suggestWhichBrokerId", 0);
             let answer = RemotingCommand::response_to(command, ResponseCode::PullOffsetMoved, None)
                 .with_ext_fields(ext);
-            return Some(encode(&answer));
+            return Verdict::Answer(encode(&answer));
         }
     } else if command.code == i32::from(RequestCode::UpdateConsumerOffset) {
         if let Some(offset) = ext_i64(command, "commitOffset") {
             seen.commits.push((Instant::now(), offset));
         }
     }
-    None
-}
-
-/// Reads frames off `reader` into `frames` until it closes; each frame's content is handed to
-/// `each`, which returns false to stop.
-async fn frames(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
-    mut each: impl FnMut(Bytes) -> bool,
-) -> Option<()> {
-    let mut decoder = FrameDecoder::default();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    loop {
-        while let Some(frame) = decoder.decode(&mut buf).ok()? {
-            if !each(frame) {
-                return None;
-            }
-        }
-        if reader.read_buf(&mut buf).await.ok()? == 0 {
-            return None;
-        }
-    }
-}
-
-/// Relays one daemon connection to the real broker, frame by frame.
-async fn relay(daemon: TcpStream, broker_addr: String, topic: String, seen: Arc<Mutex<Seen>>) {
-    let Ok(broker) = TcpStream::connect(&broker_addr).await else {
-        return;
-    };
-    let (from_daemon, mut to_daemon) = daemon.into_split();
-    let (from_broker, mut to_broker) = broker.into_split();
-    // Whole frames only go to the daemon, whether relayed or the proxy's own answer.
-    let (daemon_tx, mut daemon_rx) = mpsc::channel::<Vec<u8>>(256);
-    let (broker_tx, mut broker_rx) = mpsc::channel::<Vec<u8>>(256);
-    let writer_daemon = tokio::spawn(async move {
-        while let Some(frame) = daemon_rx.recv().await {
-            if to_daemon.write_all(&frame).await.is_err() {
-                return;
-            }
-        }
-    });
-    let writer_broker = tokio::spawn(async move {
-        while let Some(frame) = broker_rx.recv().await {
-            if to_broker.write_all(&frame).await.is_err() {
-                return;
-            }
-        }
-    });
-    let down_tx = daemon_tx.clone();
-    let down = tokio::spawn(frames(from_broker, move |frame| {
-        down_tx.try_send(prefixed(&frame)).is_ok()
-    }));
-    frames(from_daemon, |frame| {
-        let answer = RemotingCommand::decode(frame.clone())
-            .ok()
-            .and_then(|command| intercept(&command, &topic, &seen));
-        match answer {
-            Some(answer) => daemon_tx.try_send(answer).is_ok(),
-            None => broker_tx.try_send(prefixed(&frame)).is_ok(),
-        }
-    })
-    .await;
-    down.abort();
-    writer_daemon.abort();
-    writer_broker.abort();
-}
-
-async fn proxy(listener: TcpListener, broker_addr: String, topic: String, seen: Arc<Mutex<Seen>>) {
-    while let Ok((socket, _)) = listener.accept().await {
-        tokio::spawn(relay(
-            socket,
-            broker_addr.clone(),
-            topic.clone(),
-            Arc::clone(&seen),
-        ));
-    }
+    Verdict::Relay
 }
 
 /// The real route with every broker address replaced by the proxy's.
@@ -228,12 +133,14 @@ async fn moved_offset(mode: &str, batch: usize) {
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let (proxy_listener, proxy_addr) = listen().await;
-    tokio::spawn(proxy(
-        proxy_listener,
-        mq.broker_addr(),
-        topic.clone(),
-        Arc::clone(&seen),
-    ));
+    {
+        let (topic, seen) = (topic.clone(), Arc::clone(&seen));
+        tokio::spawn(support::proxy::serve(
+            proxy_listener,
+            mq.broker_addr(),
+            move |command: &RemotingCommand| intercept(command, &topic, &seen),
+        ));
+    }
     let (namesrv_listener, namesrv_addr) = listen().await;
     tokio::spawn(support::namesrv::serve(
         namesrv_listener,

@@ -7,6 +7,10 @@
 //!   named each broker (every topic of a broker carries the same addresses, so the latest is
 //!   the truth, and a topic whose refresh keeps failing cannot hold an old address in place),
 //!   and a broker no longer in any route disappears from it;
+//! - the last addresses of a broker that disappeared are kept aside (a bounded set, dropped when
+//!   a route names the broker again), so the queues it loses can still commit their final
+//!   offsets and release their locks there: a broker missing from the name servers' answers
+//!   (a name server restarted before the broker re-registered) is often still serving;
 //! - subscribers are woken only when a route actually changed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -27,7 +31,12 @@ const MASTER_ID: i64 = 0;
 pub struct Routes {
     topics: HashMap<String, Arc<TopicRouteData>>,
     brokers: BTreeMap<String, BTreeMap<i64, String>>,
+    /// The last addresses of brokers no route names any more (at most [`MAX_DEPARTED`]).
+    departed: BTreeMap<String, BTreeMap<i64, String>>,
 }
+
+/// Departed brokers remembered; a bound against a name server that invents broker names.
+const MAX_DEPARTED: usize = 256;
 
 impl Routes {
     /// The route of `topic`, if known.
@@ -46,6 +55,18 @@ impl Routes {
             .get(broker_name)?
             .get(&MASTER_ID)
             .map(String::as_str)
+    }
+
+    /// Address of the master of `broker_name`, or, if no route names the broker any more, the
+    /// last one a route gave: where a queue that just lost its broker commits its final offset
+    /// and releases its lock.
+    pub fn last_master_addr(&self, broker_name: &str) -> Option<&str> {
+        self.master_addr(broker_name).or_else(|| {
+            self.departed
+                .get(broker_name)?
+                .get(&MASTER_ID)
+                .map(String::as_str)
+        })
     }
 
     /// An address of `broker_name`: the master if known, otherwise the slave with the lowest id.
@@ -107,6 +128,7 @@ impl Routes {
     /// Takes the brokers of `route`, just answered, as the newest word on their addresses.
     fn apply_brokers(&mut self, route: &TopicRouteData) {
         for data in &route.broker_datas {
+            self.departed.remove(&data.broker_name);
             self.brokers.insert(
                 data.broker_name.clone(),
                 data.broker_addrs
@@ -125,7 +147,16 @@ impl Routes {
             .values()
             .flat_map(|r| r.broker_datas.iter().map(|d| d.broker_name.as_str()))
             .collect();
-        self.brokers.retain(|name, _| named.contains(name.as_str()));
+        let (kept, gone) = std::mem::take(&mut self.brokers)
+            .into_iter()
+            .partition(|(name, _)| named.contains(name.as_str()));
+        self.brokers = kept;
+        for (name, addrs) in gone {
+            while self.departed.len() >= MAX_DEPARTED {
+                self.departed.pop_first();
+            }
+            self.departed.insert(name, addrs);
+        }
     }
 }
 
@@ -325,6 +356,41 @@ mod tests {
         assert!(rx.has_changed().expect("sender alive"));
         assert!(table.snapshot().broker_addrs().is_empty());
         assert!(!table.remove("T"));
+    }
+
+    /// A broker the answers stop naming keeps its last master address for the final commits of
+    /// the queues it loses, until a route names it again.
+    #[test]
+    fn a_departed_brokers_last_master_is_remembered() {
+        let table = RouteTable::new();
+        table.update(
+            "T",
+            route(&[("a", &[(0, "h:1"), (1, "h:2")])], &[("a", 1, 6)]),
+        );
+        assert!(table.update("T", route(&[], &[])));
+        let routes = table.snapshot();
+        assert_eq!(routes.master_addr("a"), None);
+        assert!(routes.broker_addrs().is_empty());
+        assert!(routes.subscribe_queues("T").is_empty());
+        assert_eq!(routes.last_master_addr("a"), Some("h:1"));
+        // Named again, at a new address: that one is the truth.
+        table.update("T", route(&[("a", &[(0, "h:3")])], &[("a", 1, 6)]));
+        assert_eq!(table.snapshot().last_master_addr("a"), Some("h:3"));
+        // Forgetting the topic also sets the broker aside.
+        table.remove("T");
+        assert_eq!(table.snapshot().last_master_addr("a"), Some("h:3"));
+        // Bounded: the oldest names go first.
+        for i in 0..=MAX_DEPARTED {
+            let name = format!("b{i:04}");
+            table.update("U", route(&[(name.as_str(), &[(0, "h:9")])], &[]));
+        }
+        table.remove("U");
+        let routes = table.snapshot();
+        assert_eq!(routes.departed.len(), MAX_DEPARTED);
+        assert_eq!(
+            routes.last_master_addr(&format!("b{MAX_DEPARTED:04}")),
+            Some("h:9")
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Routes};
 use crate::metrics::Metrics;
 use crate::remoting::body::heartbeat::{
     ConsumeFromWhere, ConsumeType, ConsumerData, ExpressionType, HeartbeatData, MessageModel,
@@ -179,10 +179,22 @@ impl<H: Handler> Shared<H> {
 
     /// Master address of `broker_name` from the known routes.
     pub(crate) fn master_addr(&self, broker_name: &str) -> Result<String, ConsumerError> {
-        self.client
-            .routes()
-            .snapshot()
-            .master_addr(broker_name)
+        self.addr_of(broker_name, Routes::master_addr)
+    }
+
+    /// Master address of `broker_name`, or its last one if no route names it any more: for a
+    /// queue's last words (its final offset, its lock), which a broker missing from the name
+    /// servers' answers may still take.
+    pub(crate) fn last_master_addr(&self, broker_name: &str) -> Result<String, ConsumerError> {
+        self.addr_of(broker_name, Routes::last_master_addr)
+    }
+
+    fn addr_of(
+        &self,
+        broker_name: &str,
+        pick: impl for<'r> Fn(&'r Routes, &str) -> Option<&'r str>,
+    ) -> Result<String, ConsumerError> {
+        pick(&self.client.routes().snapshot(), broker_name)
             .map(str::to_owned)
             .ok_or_else(|| ConsumerError::NoBrokerAddress {
                 broker: broker_name.to_owned(),
@@ -392,7 +404,7 @@ impl<H: Handler> Shared<H> {
                 let Some(offset) = self.offsets.read(mq) else {
                     return;
                 };
-                let result = match self.master_addr(&mq.broker_name) {
+                let result = match self.last_master_addr(&mq.broker_name) {
                     Ok(addr) => self
                         .call(
                             &addr,
@@ -574,7 +586,7 @@ impl<H: Handler> Shared<H> {
     /// Releases the broker lock of `mq`.
     pub(crate) async fn unlock_queue(&self, mq: &MessageQueue) {
         lock(&self.locks).remove(mq);
-        let Ok(addr) = self.master_addr(&mq.broker_name) else {
+        let Ok(addr) = self.last_master_addr(&mq.broker_name) else {
             return;
         };
         let rpc = UnlockBatchMq {

@@ -18,6 +18,7 @@
 pub(crate) mod daemon;
 pub(crate) mod http;
 pub(crate) mod namesrv;
+pub(crate) mod proxy;
 pub(crate) mod raw;
 mod rocketmq;
 
