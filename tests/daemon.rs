@@ -452,6 +452,91 @@ async fn a_retry_answer_is_redelivered_with_a_higher_reconsume_count() {
     );
 }
 
+// === 2b. orderly, one request per message ===
+
+/// Orderly with a one-message-per-request format: a failing message stops the rest of its batch
+/// (sent in order, so they are not attempted), the queue pauses for the suspend time between
+/// attempts, the message reaches the DLQ once after its last attempt, and the queue moves on.
+/// Before the fix the batch's unattempted messages cut the pause to 10 ms, and once the message
+/// was dead-lettered the batch was rolled back with it: it was offered, and dead-lettered,
+/// again and again, and the queue never got past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orderly_message_out_of_attempts_is_dead_lettered_once_and_the_queue_moves_on() {
+    let (mq, receiver, topic, group) = setup("orderly_poison", 1).await;
+    receiver.respond(|r| {
+        if &r.body[..] == b"poison" {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    });
+    let _daemon = Daemon::start(&Launch::yaml(yaml(
+        &mq.namesrv_addr(),
+        &[Sub::new(&group, &topic, receiver.url("/hook"))
+            .with("consume_mode: ORDERLY")
+            .with("consume_batch_size: 4")
+            .with("max_reconsume_times: 2")
+            .with_webhook("format: raw")],
+    )))
+    .await;
+    let bodies = ["a", "poison", "b", "c", "d", "e"];
+    produce_batch(
+        &mq,
+        bodies.iter().map(|b| Message::new(&topic, *b)).collect(),
+    )
+    .await;
+
+    receiver
+        .wait_until(Duration::from_secs(60), "e delivered", |r| {
+            r.iter().any(|q| &q.body[..] == b"e")
+        })
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut dlq = Vec::new();
+    while dlq.is_empty() && Instant::now() < deadline {
+        dlq = dlq_bodies(&mq, &group).await;
+        sleep(Duration::from_millis(300)).await;
+    }
+    // Anything still to come would come within a few pauses.
+    sleep(Duration::from_secs(3)).await;
+    let requests = receiver.requests();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &requests {
+        *counts
+            .entry(String::from_utf8_lossy(&r.body).into_owned())
+            .or_default() += 1;
+    }
+    let expected: BTreeMap<String, usize> = bodies
+        .iter()
+        .map(|b| ((*b).to_owned(), if *b == "poison" { 3 } else { 1 }))
+        .collect();
+    assert_eq!(
+        counts, expected,
+        "poison is tried 1 + max_reconsume_times times, everything else once"
+    );
+    let attempts: Vec<&Request> = requests
+        .iter()
+        .filter(|r| &r.body[..] == b"poison")
+        .collect();
+    let times: Vec<Option<&str>> = attempts
+        .iter()
+        .map(|r| r.header("rocketmq-reconsume-times"))
+        .collect();
+    assert_eq!(times, [Some("0"), Some("1"), Some("2")]);
+    for pair in attempts.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        assert!(
+            gap >= Duration::from_millis(800),
+            "attempts {gap:?} apart; suspend_current_queue_time is 1s"
+        );
+    }
+    assert_eq!(
+        dlq_bodies(&mq, &group).await,
+        ["poison"],
+        "%DLQ%{group} holds the message once"
+    );
+}
+
 // === 3. per-message statuses in a batch ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

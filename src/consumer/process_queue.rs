@@ -231,6 +231,20 @@ impl<T: Cached> ProcessQueue<T> {
         self.cached.extend(back);
     }
 
+    /// Orderly: the consuming batch failed part-way. Forgets its `finished` messages (accepted
+    /// by the handler, or handed to the DLQ), which must not be offered again, puts the rest
+    /// back to be taken again first, and returns [`Self::committable_offset`]: the first
+    /// message not finished, so an accepted prefix is committed while what follows waits.
+    pub fn retry_unfinished(&mut self, finished: impl IntoIterator<Item = i64>) -> Option<i64> {
+        for offset in finished {
+            if let Some(msg) = self.consuming.remove(&offset) {
+                self.forget(&msg);
+            }
+        }
+        self.rollback();
+        self.committable_offset()
+    }
+
     /// Orderly (Java `makeMessageToConsumeAgain`): puts these messages of the consuming batch
     /// back, replacing the held copies (so an incremented reconsume count survives). Messages
     /// not in the consuming batch are ignored. Returns how many were put back.
@@ -450,6 +464,31 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_failed_part_way_commits_its_finished_prefix_only() {
+        let mut pq = ProcessQueue::new();
+        pq.put(msgs(0..6));
+        assert_eq!(offsets(&pq.take(4)), vec![0, 1, 2, 3]);
+        // 0 accepted, 1 failed, 2 handed to the DLQ, 3 not attempted.
+        assert_eq!(pq.retry_unfinished([0, 2]), Some(1));
+        assert_eq!(pq.cached_count(), 4);
+        assert_eq!(
+            offsets(&pq.take(10)),
+            vec![1, 3, 4, 5],
+            "2 is not offered again"
+        );
+        assert_eq!(
+            pq.retry_unfinished([]),
+            Some(1),
+            "nothing finished: no progress"
+        );
+        assert_eq!(offsets(&pq.take(10)), vec![1, 3, 4, 5]);
+        assert_eq!(pq.retry_unfinished([1, 3, 4]), Some(5));
+        assert_eq!(offsets(&pq.take(10)), vec![5]);
+        assert_eq!(pq.commit(), Some(6));
+        assert!(pq.is_empty());
+    }
+
+    #[test]
     fn partial_reconsume_cannot_skip() {
         let mut pq = ProcessQueue::new();
         pq.put(msgs(0..3));
@@ -638,7 +677,7 @@ mod tests {
 
         #[test]
         fn orderly_keeps_order_and_never_skips(
-            ops in prop::collection::vec((0..5u8, 1..6usize, any::<u64>()), 1..80),
+            ops in prop::collection::vec((0..6u8, 1..6usize, any::<u64>()), 1..80),
         ) {
             let mut pq = ProcessQueue::new();
             let mut next = 0i64;
@@ -682,6 +721,23 @@ mod tests {
                     3 => {
                         pq.rollback();
                         batch.clear();
+                    }
+                    5 => {
+                        // The batch failed part-way: a random subset finished, the rest back.
+                        let finished: Vec<i64> = offsets(&batch)
+                            .into_iter()
+                            .enumerate()
+                            .filter(|(i, _)| (bits >> (i % 64)) & 1 == 1)
+                            .map(|(_, o)| o)
+                            .collect();
+                        let result = pq.retry_unfinished(finished.iter().copied());
+                        done.extend(finished);
+                        batch.clear();
+                        if let Some(c) = result {
+                            for o in put.iter().filter(|o| **o < c) {
+                                prop_assert!(done.contains(o), "commit {} skips {}", c, o);
+                            }
+                        }
                     }
                     _ => {
                         // Put back a random subset of the consuming batch.

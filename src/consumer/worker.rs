@@ -149,6 +149,7 @@ struct Done {
     later: Vec<(MessageExt, Duration, Pending)>,
     /// Orderly only: the raw outcomes, to decide commit or rollback.
     orderly_retry: bool,
+    /// Orderly only: how long the queue pauses before the batch is offered again.
     orderly_suspend: Option<Duration>,
     orderly_retry_offsets: Vec<i64>,
 }
@@ -465,7 +466,15 @@ impl<H: Handler> Worker<H> {
             for off in &done.orderly_retry_offsets {
                 *self.local_reconsume.entry(*off).or_insert(0) += 1;
             }
-            self.pq.rollback();
+            for off in &done.finished {
+                self.local_reconsume.remove(off);
+            }
+            // What was accepted before the failure, or handed to the DLQ, is not offered again
+            // (a DLQ'd message offered again would be dead-lettered again, every round), and the
+            // accepted prefix is committed.
+            if let Some(offset) = self.pq.retry_unfinished(done.finished.iter().copied()) {
+                self.commit(offset, true);
+            }
             let pause = done
                 .orderly_suspend
                 .unwrap_or(self.shared.config.suspend_time)
@@ -882,6 +891,12 @@ impl<H: Handler> Worker<H> {
 }
 
 impl Done {
+    /// Orderly: the batch is offered again after at least `pause`.
+    fn suspend_orderly(&mut self, pause: Duration) {
+        self.orderly_retry = true;
+        self.orderly_suspend = Some(self.orderly_suspend.map_or(pause, |d| d.max(pause)));
+    }
+
     fn empty() -> Self {
         Self {
             finished: Vec::new(),
@@ -1012,9 +1027,7 @@ async fn consume<H: Handler>(
             Outcome::Later { after } => {
                 deferred += 1;
                 if orderly {
-                    done.orderly_retry = true;
-                    done.orderly_suspend =
-                        Some(done.orderly_suspend.map_or(after, |d| d.max(after)));
+                    done.suspend_orderly(after);
                 } else {
                     done.later.push((msg, after, Pending::Deliver));
                 }
@@ -1066,7 +1079,7 @@ async fn settle_drop<H: Handler>(
             shared.count_error("send_back", &e);
             warn!(msg_id = %msg.msg_id(), error = %e, "DLQ send-back failed; retrying it later.");
             if shared.config.mode == ConsumeMode::Orderly {
-                done.orderly_retry = true;
+                done.suspend_orderly(shared.config.suspend_time);
             } else {
                 done.later
                     .push((msg, SEND_BACK_RETRY_DELAY, Pending::DeadLetter));
@@ -1121,6 +1134,9 @@ async fn settle_orderly_retry<H: Handler>(
         settle_drop(shared, mq, msg, done).await;
         return;
     }
-    done.orderly_retry = true;
+    // The queue's pause, whatever else the batch says: the rest of a batch delivered one
+    // message per request comes back as `Later` with no wait (not attempted), and that must not
+    // shorten the pause to nothing, which burnt every attempt within a second.
+    done.suspend_orderly(cfg.suspend_time);
     done.orderly_retry_offsets.push(msg.queue_offset);
 }
