@@ -367,6 +367,7 @@ async fn a_hostile_broker_does_not_stop_the_real_one() {
         sleep(Duration::from_millis(250)).await;
     }
     rss = rss.max(peak_rss_kib(&daemon));
+    let dlq = mq.dlq_count(&group).await;
     let all = lock(&accepted).clone();
     let produced_set: HashSet<&String> = produced.iter().collect();
     let delivered = all
@@ -377,7 +378,7 @@ async fn a_hostile_broker_does_not_stop_the_real_one() {
     let real_deliveries = all.iter().filter(|id| produced_set.contains(id)).count();
     let connections = stats.connections.load(Ordering::Relaxed);
     println!(
-        "scenario={name} produced={} delivered={delivered} duplicated={} lost={} dlq=0 max_rss_kib={rss}",
+        "scenario={name} produced={} delivered={delivered} duplicated={} lost={} dlq={dlq} max_rss_kib={rss}",
         produced.len(),
         real_deliveries - delivered,
         produced.len() - delivered
@@ -409,6 +410,8 @@ async fn a_hostile_broker_does_not_stop_the_real_one() {
         connections >= ALL.len(),
         "{name}: the daemon reconnected only {connections} times"
     );
+    assert_eq!(dlq, 0, "{name}: nothing may reach the DLQ");
+    assert!(rss > 0, "{name}: the daemon's peak RSS could not be read");
     assert!(
         rss < RSS_LIMIT_KIB,
         "{name}: peak RSS {rss} KiB is above {RSS_LIMIT_KIB} KiB"

@@ -651,23 +651,6 @@ impl Conf {
     }
 }
 
-/// Messages in `%DLQ%<group>` (0 when the broker has no such topic).
-async fn dlq_count(mq: &RocketMq, group: &str) -> u64 {
-    let client = mq.client();
-    let rpc = GetMaxOffset {
-        topic: format!("%DLQ%{group}"),
-        queue_id: 0,
-    };
-    match client
-        .pool()
-        .call(&mq.broker_addr(), &rpc, Duration::from_secs(5))
-        .await
-    {
-        Ok(n) => u64::try_from(n).unwrap_or(0),
-        Err(_) => 0,
-    }
-}
-
 /// The group's committed offset of each queue of `topic` on the broker (absent = none yet).
 async fn committed(mq: &RocketMq, group: &str, topic: &str, queues: i32) -> BTreeMap<i64, i64> {
     let client = mq.client();
@@ -679,11 +662,14 @@ async fn committed(mq: &RocketMq, group: &str, topic: &str, queues: i32) -> BTre
             queue_id: q,
             set_zero_if_not_found: Some(false),
         };
-        if let Ok(Some(offset)) = client
+        // A failed query must not read as "nothing committed": the checks built on these
+        // offsets would pass without checking anything.
+        let offset = client
             .pool()
             .call(&mq.broker_addr(), &rpc, Duration::from_secs(5))
             .await
-        {
+            .unwrap_or_else(|e| panic!("committed offset of {topic} queue {q}: {e}"));
+        if let Some(offset) = offset {
             out.insert(i64::from(q), offset);
         }
     }
@@ -822,13 +808,17 @@ async fn sigkill_scenario(orderly: bool) {
     let figures = Figures::compute(
         &load.produced(),
         &deliveries,
-        dlq_count(&mq, &group).await,
+        mq.dlq_count(&group).await,
         rss.max(),
     );
 
     // Duplicates come only from the un-persisted window: after kill k, nothing below the
     // offsets committed at that moment is delivered again, and everything below them had been
     // accepted before the kill.
+    assert!(
+        record.iter().any(|k| k.committed.values().any(|c| *c > 0)),
+        "{name}: no kill saw a committed offset, so the checks below would check nothing"
+    );
     let mut max_dupes_per_kill = 0usize;
     for kill in &record {
         let mut dupes = 0usize;
@@ -973,7 +963,7 @@ async fn broker_restart_under_load() {
     let figures = Figures::compute(
         &load.produced(),
         &ledger.snapshot(),
-        dlq_count(&mq, &group).await,
+        mq.dlq_count(&group).await,
         rss.max(),
     );
     figures.report(
@@ -1078,7 +1068,7 @@ async fn name_server_down_at_start() {
     let figures = Figures::compute(
         &load.produced(),
         &ledger.snapshot(),
-        dlq_count(&mq, &group).await,
+        mq.dlq_count(&group).await,
         rss.max(),
     );
     figures.report(
@@ -1194,7 +1184,7 @@ async fn receiver_outage_errors_and_slowness() {
     let figures = Figures::compute(
         &load.produced(),
         &ledger.snapshot(),
-        dlq_count(&mq, &group).await,
+        mq.dlq_count(&group).await,
         rss.max(),
     );
     // The engine never asks for more than fits under the count limit, so a queue holds at most
@@ -1221,6 +1211,19 @@ async fn receiver_outage_errors_and_slowness() {
         "{name}: the outage sent messages to the DLQ"
     );
     assert_eq!(dlq_sent, 0.0, "{name}: the daemon sent messages to the DLQ");
+    // The same series counts the 500s' send-backs to the retry topic: proof that the name and
+    // labels read above exist (a missing series reads 0).
+    let retry_sent = metric_now(
+        &daemon,
+        "rocketmq_webhook_consumer_send_back_total",
+        &[("consumer_group", group.as_str()), ("target", "retry")],
+    )
+    .await;
+    assert!(
+        errors.load(Ordering::Relaxed) == 0 || retry_sent > 0.0,
+        "{name}: {} answers of 500 but no send-back to the retry topic counted",
+        errors.load(Ordering::Relaxed)
+    );
     assert!(
         peak.total_messages > 0,
         "{name}: nothing was ever cached; the outage did not hold anything back"
@@ -1624,7 +1627,7 @@ async fn churn_scenario(members: usize) {
     let figures = Figures::compute(
         &load.produced(),
         &ledger.snapshot(),
-        dlq_count(&mq, &group).await,
+        mq.dlq_count(&group).await,
         rss.max(),
     );
     figures.report(

@@ -159,8 +159,26 @@ impl RocketMq {
         CLUSTER_NAME
     }
 
-    /// A new client of this name server with a unique instance name; broker requests are
-    /// declined.
+    /// How many messages `%DLQ%<group>` holds (its queue 0, the only one the broker creates);
+    /// 0 while the topic does not exist (the broker answers 0 for an unknown topic).
+    ///
+    /// # Panics
+    /// When the broker does not answer: a count that could not be read must not pass for 0.
+    pub(crate) async fn dlq_count(&self, group: &str) -> u64 {
+        use rocketmq_webhook::remoting::rpc::GetMaxOffset;
+        let rpc = GetMaxOffset {
+            topic: format!("%DLQ%{group}"),
+            queue_id: 0,
+        };
+        let n = self
+            .client()
+            .pool()
+            .call(&self.broker_addr(), &rpc, std::time::Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("max offset of {}: {e}", rpc.topic));
+        u64::try_from(n).unwrap_or_else(|_| panic!("max offset of {}: {n}", rpc.topic))
+    }
+
     /// The bodies stored in `%DLQ%<group>` queue 0 right now (empty while that topic does not
     /// exist yet).
     pub(crate) async fn dlq_bodies(&self, group: &str) -> Vec<String> {
@@ -189,6 +207,8 @@ impl RocketMq {
         }
     }
 
+    /// A new client of this name server with a unique instance name; broker requests are
+    /// declined.
     pub(crate) fn client(&self) -> Client {
         self.client_with(Arc::new(NotSupported))
     }
