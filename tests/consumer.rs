@@ -113,8 +113,22 @@ async fn start<H: Handler>(
     config: rocketmq_webhook::consumer::Config,
     handler: H,
 ) -> Consumer<H> {
+    start_on(mq.namesrv_addr(), instance, config, handler).await
+}
+
+/// [`start`] with the name servers at `namesrv_addr` (a fake one in front of the real).
+async fn start_on<H: Handler>(
+    namesrv_addr: String,
+    instance: &str,
+    config: rocketmq_webhook::consumer::Config,
+    handler: H,
+) -> Consumer<H> {
     Consumer::start(
-        client_config(mq, instance),
+        ClientConfig {
+            namesrv_addr,
+            instance_name: Some(instance.to_owned()),
+            ..ClientConfig::default()
+        },
         config,
         handler,
         Runtime {
@@ -1205,21 +1219,13 @@ async fn queues_of_a_broker_the_routes_stop_naming_commit_their_final_offsets() 
     // commit (it leaves before anything is handled and then waits 15 s at the broker).
     config.persist_interval = Duration::from_secs(3600);
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let consumer = Consumer::start(
-        ClientConfig {
-            namesrv_addr,
-            instance_name: Some(unique("departed")),
-            ..ClientConfig::default()
-        },
+    let consumer = start_on(
+        namesrv_addr,
+        &unique("departed"),
         config,
         Recorder::new("c", &seen).slow(Duration::from_millis(300)),
-        Runtime {
-            metrics: Metrics::new(),
-            cache_budget: Arc::new(CacheBudget::unlimited()),
-        },
     )
-    .await
-    .expect("consumer starts");
+    .await;
     eventually(Duration::from_secs(60), "all 40 messages handled", || {
         bodies_seen(&seen).len() >= all.len()
     })
@@ -1265,4 +1271,148 @@ async fn queues_of_a_broker_the_routes_stop_naming_commit_their_final_offsets() 
         );
     }
     consumer.shutdown().await;
+}
+
+/// The broker sends RESET_CONSUMER_CLIENT_OFFSET with the whole topic's table to every member of
+/// the group. Each member resets the queues it holds, and only those (Java's `resetOffset`
+/// walks its own process-queue table): before the fix a member also wrote the other members'
+/// queues, which could rewind an offset their owner had moved on from since.
+///
+/// Two members share four queues; member A reaches the broker through a proxy that hands A the
+/// reset (so only A gets it, at a known moment) and records every offset A writes afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_reset_moves_only_the_queues_this_member_holds() {
+    use rocketmq_webhook::remoting::body::offset_table::write_offset_table;
+    use rocketmq_webhook::remoting::body::route::TopicRouteData;
+    use rocketmq_webhook::remoting::{ExtFields, MessageQueue, RemotingCommand, RequestCode};
+    use support::proxy::{encode, Verdict};
+    let mq = RocketMq::start().await;
+    let topic = unique("T_reset_held");
+    let group = unique("G_reset_held");
+    mq.create_topic(&topic, 4).await;
+    let p = producer(&mq).await;
+    produce(&p, &topic, &bodies("held", 128), None).await;
+
+    let table: Vec<(MessageQueue, i64)> = (0..4)
+        .map(|q| (MessageQueue::new(&topic, mq.broker_name(), q), 0))
+        .collect();
+    let mut reset = RemotingCommand::request(
+        RequestCode::ResetConsumerClientOffset,
+        ExtFields::new()
+            .with("topic", topic.as_str())
+            .with("group", group.as_str())
+            .with("timestamp", 0)
+            .with("isForce", true),
+        write_offset_table(&table, false).into_bytes(),
+    );
+    reset.set_oneway(true);
+    let reset = encode(&reset);
+    let armed = Arc::new(AtomicBool::new(false));
+    let pushed = Arc::new(AtomicBool::new(false));
+    let writes: Arc<Mutex<Vec<(i32, i64)>>> = Arc::new(Mutex::new(Vec::new()));
+    let (proxy_listener, proxy_addr) = support::namesrv::listen().await;
+    {
+        let (armed, pushed, writes, topic) = (
+            Arc::clone(&armed),
+            Arc::clone(&pushed),
+            Arc::clone(&writes),
+            topic.clone(),
+        );
+        tokio::spawn(support::proxy::serve(
+            proxy_listener,
+            mq.broker_addr(),
+            move |command: &RemotingCommand| {
+                let field = |k: &str| command.ext_fields.get(k)?.parse::<i64>().ok();
+                if pushed.load(SeqCst)
+                    && command.code == i32::from(RequestCode::UpdateConsumerOffset)
+                    && command.ext_fields.get("topic") == Some(topic.as_str())
+                {
+                    if let (Some(q), Some(o)) = (field("queueId"), field("commitOffset")) {
+                        let q = i32::try_from(q).unwrap_or(-1);
+                        writes.lock().unwrap().push((q, o));
+                    }
+                }
+                if armed.swap(false, SeqCst) {
+                    pushed.store(true, SeqCst);
+                    Verdict::RelayAndPush(reset.clone())
+                } else {
+                    Verdict::Relay
+                }
+            },
+        ));
+    }
+    let (namesrv_listener, namesrv_addr) = support::namesrv::listen().await;
+    tokio::spawn(support::namesrv::serve(
+        namesrv_listener,
+        mq.client(),
+        move |_: &str, route: &mut TopicRouteData| {
+            for broker in &mut route.broker_datas {
+                for addr in broker.broker_addrs.values_mut() {
+                    proxy_addr.clone_into(addr);
+                }
+            }
+        },
+    ));
+
+    let seen_a = Arc::new(Mutex::new(Vec::new()));
+    let a = start_on(
+        namesrv_addr,
+        &unique("reset_a"),
+        fast_config(&group, &topic),
+        Recorder::new("a", &seen_a),
+    )
+    .await;
+    let seen_b = Arc::new(Mutex::new(Vec::new()));
+    let b = start(
+        &mq,
+        &unique("reset_b"),
+        fast_config(&group, &topic),
+        Recorder::new("b", &seen_b),
+    )
+    .await;
+    eventually(Duration::from_secs(60), "two queues each", || {
+        assigned(&a, &topic).len() == 2 && assigned(&b, &topic).len() == 2
+    })
+    .await;
+    eventually(Duration::from_secs(60), "everything consumed", || {
+        bodies_seen(&seen_a).len() + bodies_seen(&seen_b).len() >= 128
+    })
+    .await;
+    let queue_ids = |c: &Consumer<Recorder>| -> BTreeSet<i32> {
+        assigned(c, &topic)
+            .iter()
+            .filter_map(|k| k.rsplit('#').next()?.parse().ok())
+            .collect()
+    };
+    let (held_a, held_b) = (queue_ids(&a), queue_ids(&b));
+    assert_eq!(held_a.len() + held_b.len(), 4, "{held_a:?} {held_b:?}");
+
+    armed.store(true, SeqCst);
+    eventually(
+        Duration::from_secs(30),
+        "A wrote the reset offset of a queue it holds",
+        || {
+            writes
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(q, o)| held_a.contains(q) && *o == 0)
+        },
+    )
+    .await;
+    // The reset's writes all happen in one pass; give a stray one time to surface.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let foreign: Vec<(i32, i64)> = writes
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(q, _)| held_b.contains(q))
+        .copied()
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "A wrote offsets of B's queues {held_b:?}: {foreign:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }

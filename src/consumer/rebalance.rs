@@ -282,7 +282,14 @@ impl<H: Handler> Rebalancer<H> {
 
     /// Applies a broker-requested offset reset: stop the affected workers, let them drain, set
     /// the new offsets, persist them, and let the next rebalance start the queues again.
-    async fn reset(&mut self, reset: ResetRequest) {
+    async fn reset(&mut self, mut reset: ResetRequest) {
+        // Only the queues this member holds, as Java resets only its process-queue table's: the
+        // broker sends the whole topic's table to every member, each owner resets its own, and
+        // writing another member's queue from here could rewind an offset its owner has moved
+        // on from since.
+        reset
+            .offsets
+            .retain(|(mq, _)| self.active.contains_key(mq) || self.retiring.contains(mq));
         for (mq, _) in &reset.offsets {
             self.revoke(mq);
         }

@@ -251,6 +251,12 @@ pub(crate) async fn run<H: Handler>(
     if w.shared.is_orderly_clustering() {
         w.shared.unlock_queue(&w.mq).await;
     }
+    // Clustering: the broker keeps the offset now, and whoever holds the queue next reads it
+    // there; an entry left here would be reported as ours (GET_CONSUMER_STATUS) for good.
+    // Broadcasting: the table is the store itself, written to the file whole.
+    if w.shared.config.model == Model::Clustering {
+        w.shared.offsets.remove(&w.mq);
+    }
     w.shared.stats.remove_queue(&w.mq);
     info!(group = %w.shared.group(), queue = %w.mq, "Queue released.");
 }

@@ -1,7 +1,8 @@
 //! A frame-level proxy between the daemon and the real broker, for what the broker cannot be
 //! made to do on cue: every request frame the daemon sends is shown to the test's `intercept`,
-//! which relays it, answers it in the broker's place, or swallows it (the request then times
-//! out at the daemon); every frame the broker sends goes back unchanged. Whole frames only
+//! which relays it, answers it in the broker's place, swallows it (the request then times out
+//! at the daemon), or relays it and sends the daemon a request of the broker's; every frame the
+//! broker sends goes back unchanged. Whole frames only
 //! reach either side.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -19,6 +20,9 @@ pub(crate) enum Verdict {
     Answer(Vec<u8>),
     /// Neither: the daemon waits for an answer that never comes.
     Swallow,
+    /// Pass it to the broker, and send the daemon this whole frame (a request of the broker's,
+    /// see [`encode`]) as well.
+    RelayAndPush(Vec<u8>),
 }
 
 /// A whole frame (length prefix included) holding `command`.
@@ -99,6 +103,9 @@ where
             Verdict::Relay => broker_tx.try_send(prefixed(&frame)).is_ok(),
             Verdict::Answer(answer) => daemon_tx.try_send(answer).is_ok(),
             Verdict::Swallow => true,
+            Verdict::RelayAndPush(push) => {
+                broker_tx.try_send(prefixed(&frame)).is_ok() && daemon_tx.try_send(push).is_ok()
+            }
         }
     })
     .await;
