@@ -1467,6 +1467,77 @@ async fn healthcheck(args: &[&str], env: &[(&str, &str)]) -> std::process::Outpu
         .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"))
 }
 
+/// `/readyz` waits for a broker to take the consumer, not only for routes: with the name server
+/// answering and every broker unreachable (a network policy, a firewall), a pod that said ready
+/// would let a rolling update replace working pods with ones that consume nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_a_broker_to_take_the_consumer() {
+    use rocketmq_webhook::remoting::body::route::TopicRouteData;
+    let (mq, receiver, topic, group) = setup("ready", 2).await;
+    let unreachable = Arc::new(AtomicBool::new(true));
+    let (listener, namesrv_addr) = support::namesrv::listen().await;
+    {
+        let unreachable = Arc::clone(&unreachable);
+        tokio::spawn(support::namesrv::serve(
+            listener,
+            mq.client(),
+            move |_: &str, route: &mut TopicRouteData| {
+                if unreachable.load(Ordering::Relaxed) {
+                    for broker in &mut route.broker_datas {
+                        for addr in broker.broker_addrs.values_mut() {
+                            // Nothing listens on port 1.
+                            "127.0.0.1:1".clone_into(addr);
+                        }
+                    }
+                }
+            },
+        ));
+    }
+    let daemon = Daemon::spawn(&Launch::yaml(yaml(
+        &namesrv_addr,
+        &[Sub::new(&group, &topic, receiver.url("/hook"))],
+    )));
+    // Routes arrive at once; heartbeats and rebalances fail all along.
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut not_ready = 0;
+    while Instant::now() < until {
+        if let Some(status) = daemon.readyz().await {
+            assert_ne!(
+                status,
+                200,
+                "/readyz said ready while no broker could be reached\n{}",
+                daemon.output_tail(30)
+            );
+            not_ready += 1;
+        }
+        sleep(Duration::from_millis(200)).await;
+    }
+    assert!(not_ready > 0, "/readyz never answered");
+    // It had routes: it tried the brokers they name.
+    let failed = metric(
+        &daemon.metrics().await,
+        "rocketmq_webhook_errors_total",
+        &[("stage", "heartbeat")],
+    );
+    assert!(
+        failed > 0.0,
+        "no heartbeat was tried\n{}",
+        daemon.output_tail(30)
+    );
+
+    // The brokers become reachable at the next route refresh (every 5 s here).
+    unreachable.store(false, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while daemon.readyz().await != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "not ready 60 s after the brokers became reachable\n{}",
+            daemon.output_tail(30)
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_healthcheck_probes_the_admin_port_of_the_configuration_file() {
     let (mq, receiver, topic, group) = setup("health", 1).await;

@@ -999,15 +999,6 @@ async fn relay(listen: SocketAddr, target: String) -> JoinHandle<()> {
     })
 }
 
-/// `/readyz` status code, or None when the admin server does not answer.
-async fn readyz(http: &reqwest::Client, daemon: &Daemon) -> Option<u16> {
-    http.get(format!("http://{}/readyz", daemon.admin()))
-        .send()
-        .await
-        .ok()
-        .map(|r| r.status().as_u16())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn name_server_down_at_start() {
     let name = "namesrv_late";
@@ -1021,15 +1012,11 @@ async fn name_server_down_at_start() {
     let namesrv = free_port();
     let launch = Conf::new(&namesrv.to_string(), &group, &topic, receiver.url("/hook")).launch();
     let mut daemon = Daemon::spawn(&launch);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap_or_else(|e| panic!("HTTP client: {e}"));
     let until = Instant::now() + down;
     let mut not_ready = 0;
     while Instant::now() < until {
         // No answer at all is fine for the first moments (the admin server is not bound yet).
-        if let Some(status) = readyz(&http, &daemon).await {
+        if let Some(status) = daemon.readyz().await {
             assert_ne!(
                 status,
                 200,
@@ -1049,7 +1036,7 @@ async fn name_server_down_at_start() {
     );
     let _relay = relay(namesrv, mq.namesrv_addr()).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while readyz(&http, &daemon).await != Some(200) {
+    while daemon.readyz().await != Some(200) {
         assert!(
             Instant::now() < deadline,
             "{name}: the daemon did not become ready within 60 s of the name server coming up\n{}",

@@ -75,8 +75,12 @@ pub(crate) struct Shared<H> {
     queues_held: AtomicUsize,
     /// The process-wide cache limits, shared with every other consumer of the daemon.
     pub(crate) cache_budget: Arc<CacheBudget>,
-    /// Routes fetched and the first rebalance done.
+    /// A broker took this consumer: its routes fetched and, in clustering mode, a broker listed
+    /// it among the group's members; in broadcasting mode, a broker took its heartbeat. Latched:
+    /// a later outage does not take the pod out of service (restarting it would not help).
     pub(crate) ready: Arc<AtomicBool>,
+    /// A broker has taken a heartbeat of this consumer (broadcasting's readiness).
+    pub(crate) heartbeat_taken: AtomicBool,
     /// Offset resets asked for by brokers, applied by the rebalancer.
     pub(crate) resets: mpsc::Sender<ResetRequest>,
 }
@@ -310,7 +314,10 @@ impl<H: Handler> Shared<H> {
         let mut ok = 0;
         for addr in self.broker_addrs() {
             match self.call(&addr, &HeartBeat { data: data.clone() }).await {
-                Ok(_) => ok += 1,
+                Ok(_) => {
+                    ok += 1;
+                    self.heartbeat_taken.store(true, Ordering::Relaxed);
+                }
                 Err(e) => {
                     self.count_error("heartbeat", &e);
                     warn!(group = %self.group(), broker = %addr, error = %e, "Heartbeat failed.");
@@ -732,6 +739,7 @@ impl<H: Handler> Consumer<H> {
             queues_held: AtomicUsize::new(0),
             cache_budget: runtime.cache_budget,
             ready: Arc::new(AtomicBool::new(false)),
+            heartbeat_taken: AtomicBool::new(false),
             resets: resets_tx,
         });
         info!(group = %shared.config.group, topic = %shared.config.topic, client_id = %shared.client_id, "Consumer starting.");

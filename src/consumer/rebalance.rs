@@ -108,6 +108,8 @@ impl<H: Handler> Rebalancer<H> {
         let shared = Arc::clone(&self.shared);
         let mut balanced = true;
         let mut target: BTreeSet<MessageQueue> = BTreeSet::new();
+        // Whether a broker took us for the subscribed topic in this pass (readiness).
+        let mut taken = false;
         for topic in shared.config.topics() {
             let Some(mq_all) = shared.subscribe_queues(&topic) else {
                 if topic == shared.config.topic {
@@ -115,10 +117,21 @@ impl<H: Handler> Rebalancer<H> {
                 }
                 continue;
             };
+            let main = topic == shared.config.topic;
             match shared.config.model {
-                Model::Broadcasting => target.extend(mq_all),
+                Model::Broadcasting => {
+                    if shared.heartbeat_taken.load(Ordering::Relaxed) {
+                        taken |= main;
+                    } else {
+                        // Look again in a second rather than a whole interval: readiness
+                        // waits for this.
+                        balanced = false;
+                    }
+                    target.extend(mq_all);
+                }
                 Model::Clustering => match self.consumer_ids(&mq_all).await {
                     Some(cids) => {
+                        taken |= main;
                         let mine = shared.config.strategy.allocate(
                             &shared.config.group,
                             &shared.client_id,
@@ -195,7 +208,10 @@ impl<H: Handler> Rebalancer<H> {
             .assigned_queues
             .with_label_values(&shared.labels())
             .set(self.active.len() as i64);
-        if shared.subscribe_queues(&shared.config.topic).is_some() {
+        // Not on routes alone: a name server that answers while every broker is unreachable
+        // (a network policy, wrong ACL keys) would let a rolling update replace working pods
+        // with ones that consume nothing.
+        if taken {
             shared.ready.store(true, Ordering::Relaxed);
         }
         balanced

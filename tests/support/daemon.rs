@@ -288,6 +288,16 @@ impl Daemon {
         text
     }
 
+    /// The status `/readyz` answers now, `None` when it cannot be asked.
+    pub(crate) async fn readyz(&self) -> Option<u16> {
+        self.http
+            .get(format!("http://{}/readyz", self.admin))
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
     /// Polls `/readyz` every 100 ms; `Err` carries the output when the process exited or the
     /// deadline passed.
     async fn wait_ready(&mut self) -> Result<(), String> {
