@@ -1493,7 +1493,7 @@ async fn readiness_waits_for_a_broker_to_take_the_consumer() {
             },
         ));
     }
-    let daemon = Daemon::spawn(&Launch::yaml(yaml(
+    let mut daemon = Daemon::spawn(&Launch::yaml(yaml(
         &namesrv_addr,
         &[Sub::new(&group, &topic, receiver.url("/hook"))],
     )));
@@ -1527,15 +1527,10 @@ async fn readiness_waits_for_a_broker_to_take_the_consumer() {
 
     // The brokers become reachable at the next route refresh (every 5 s here).
     unreachable.store(false, Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while daemon.readyz().await != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "not ready 60 s after the brokers became reachable\n{}",
-            daemon.output_tail(30)
-        );
-        sleep(Duration::from_millis(200)).await;
-    }
+    daemon
+        .wait_ready()
+        .await
+        .unwrap_or_else(|e| panic!("after the brokers became reachable: {e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

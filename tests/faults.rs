@@ -1035,15 +1035,10 @@ async fn name_server_down_at_start() {
         daemon.output_tail(30)
     );
     let _relay = relay(namesrv, mq.namesrv_addr()).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while daemon.readyz().await != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "{name}: the daemon did not become ready within 60 s of the name server coming up\n{}",
-            daemon.output_tail(40)
-        );
-        sleep(Duration::from_millis(200)).await;
-    }
+    daemon
+        .wait_ready()
+        .await
+        .unwrap_or_else(|e| panic!("{name}: after the name server came up: {e}"));
     let mut load = Load::steady(mq.producer(), &topic);
     sleep(size(Duration::from_secs(4), Duration::from_secs(15))).await;
     load.stop().await;

@@ -298,9 +298,9 @@ impl Daemon {
             .map(|r| r.status().as_u16())
     }
 
-    /// Polls `/readyz` every 100 ms; `Err` carries the output when the process exited or the
-    /// deadline passed.
-    async fn wait_ready(&mut self) -> Result<(), String> {
+    /// Polls `/readyz` every 100 ms until it answers 200 (at most a minute); `Err` carries the
+    /// output when the process exited or the deadline passed.
+    pub(crate) async fn wait_ready(&mut self) -> Result<(), String> {
         let url = format!("http://{}/readyz", self.admin);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
