@@ -1416,3 +1416,41 @@ async fn an_offset_reset_moves_only_the_queues_this_member_holds() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A batch still in the handler when the drain times out is dropped mid-await; the gauge of
+/// batches in flight must give its unit back (it was decremented after the await only, and
+/// crept up for good with every such drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_dropped_by_the_drain_timeout_leaves_the_in_flight_gauge() {
+    let mq = RocketMq::start().await;
+    let topic = unique("T_gauge");
+    let group = unique("G_gauge");
+    mq.create_topic(&topic, 1).await;
+    let p = producer(&mq).await;
+    produce(&p, &topic, &bodies("stuck", 4), None).await;
+    let metrics = Metrics::new();
+    let mut config = fast_config(&group, &topic);
+    config.drain_timeout = Duration::from_secs(1);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let consumer = Consumer::start(
+        client_config(&mq, &unique("gauge")),
+        config,
+        // Never answers within the test.
+        Recorder::new("c", &seen).slow(Duration::from_secs(3600)),
+        Runtime {
+            metrics: metrics.clone(),
+            cache_budget: Arc::new(CacheBudget::unlimited()),
+        },
+    )
+    .await
+    .expect("consumer starts");
+    let gauge = metrics
+        .batches_in_flight
+        .with_label_values(&[group.as_str(), topic.as_str()]);
+    eventually(Duration::from_secs(60), "a batch in the handler", || {
+        gauge.get() >= 1
+    })
+    .await;
+    consumer.shutdown().await;
+    assert_eq!(gauge.get(), 0, "batches in flight after the drain gave up");
+}

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
+use prometheus::IntGauge;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -972,6 +973,24 @@ async fn poll_pull(pull: &mut Option<PullFuture>) -> (Result<PullResult, ClientE
     }
 }
 
+/// One unit of a gauge for as long as it lives: a batch dropped mid-await (a drain that timed
+/// out) gives its unit back too, where a `dec()` after the await never ran and the gauge crept
+/// up for good.
+struct GaugeHold<'a>(&'a IntGauge);
+
+impl<'a> GaugeHold<'a> {
+    fn new(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeHold<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Runs the handler on one batch and settles every message: finished (accepted, or handed back
 /// to the broker) or to be offered again later.
 async fn consume<H: Handler>(
@@ -988,7 +1007,7 @@ async fn consume<H: Handler>(
         messages: msgs,
     };
     let meters = &shared.meters;
-    meters.in_flight.inc();
+    let in_flight = GaugeHold::new(&meters.in_flight);
     meters.batch_size.observe(batch.messages.len() as f64);
     let started = Instant::now();
     let handled = AssertUnwindSafe(shared.handler.handle(&batch)).catch_unwind();
@@ -1007,7 +1026,7 @@ async fn consume<H: Handler>(
         }
     };
     let elapsed = started.elapsed();
-    meters.in_flight.dec();
+    drop(in_flight);
     meters.batch_duration.observe(elapsed.as_secs_f64());
 
     let mut done = Done::empty();
