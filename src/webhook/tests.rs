@@ -334,6 +334,39 @@ async fn probe_closes_the_circuit_when_the_endpoint_returns() {
     assert_eq!(server.seen().len(), 3);
 }
 
+/// A probe of an open circuit that the endpoint fails (an HTTP error, not a refused connection)
+/// spends no reconsume attempt: the messages wait (`Later`) and the circuit opens again, so a
+/// dead application never drains a topic into the DLQ one probe at a time.
+#[tokio::test]
+async fn a_failed_probe_waits_instead_of_retrying() {
+    let mut replies = vec![reply(503); 3];
+    replies.push(reply(200));
+    let server = Server::start(replies).await;
+    let mut o = options(server.url());
+    o.breaker = BreakerConfig {
+        failure_threshold: 2,
+        open_duration: Duration::from_millis(200),
+        max_open_duration: Duration::from_secs(1),
+    };
+    let webhook = Webhook::new(o).unwrap();
+    let b = batch(&["A"], ConsumeMode::Concurrent);
+    assert_eq!(handle(&webhook, &b).await, vec![RETRY]);
+    assert_eq!(handle(&webhook, &b).await, vec![RETRY]);
+    let Outcome::Later { after } = handle(&webhook, &b).await[0] else {
+        panic!("expected Later while open");
+    };
+    tokio::time::sleep(after).await;
+    // The probe: sent, answered 503.
+    let Outcome::Later { after } = handle(&webhook, &b).await[0] else {
+        panic!("a failed probe must wait, not spend an attempt");
+    };
+    assert_eq!(server.seen().len(), 3, "the probe was sent");
+    assert_eq!(webhook.circuit_state(), CircuitState::Open);
+    tokio::time::sleep(after).await;
+    assert_eq!(handle(&webhook, &b).await, vec![Outcome::Success]);
+    assert_eq!(webhook.circuit_state(), CircuitState::Closed);
+}
+
 #[tokio::test]
 async fn per_message_statuses() {
     let mut partial = reply(200);
