@@ -1454,3 +1454,131 @@ async fn a_batch_dropped_by_the_drain_timeout_leaves_the_in_flight_gauge() {
     consumer.shutdown().await;
     assert_eq!(gauge.get(), 0, "batches in flight after the drain gave up");
 }
+
+/// A send-back the broker refuses is not a finished message: the message is consumed again
+/// locally (with its reconsume count raised) until it is accepted, and no committed offset
+/// passes it before then. A proxy in front of the broker refuses the first two
+/// CONSUMER_SEND_MSG_BACK requests and records every commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_send_back_keeps_the_message_until_it_is_accepted() {
+    use rocketmq_webhook::remoting::body::route::TopicRouteData;
+    use rocketmq_webhook::remoting::{RemotingCommand, RequestCode, ResponseCode};
+    use std::sync::atomic::AtomicUsize;
+    use support::proxy::{encode, Verdict};
+    use tokio::time::Instant;
+    let mq = RocketMq::start().await;
+    let topic = unique("T_sendback");
+    let group = unique("G_sendback");
+    mq.create_topic(&topic, 1).await;
+    let p = producer(&mq).await;
+    produce(&p, &topic, &["fail-me".to_owned(), "fine".to_owned()], None).await;
+
+    let refused = Arc::new(AtomicUsize::new(0));
+    let commits: Arc<Mutex<Vec<(Instant, i64)>>> = Arc::new(Mutex::new(Vec::new()));
+    let (proxy_listener, proxy_addr) = support::namesrv::listen().await;
+    {
+        let (refused, commits, topic) = (Arc::clone(&refused), Arc::clone(&commits), topic.clone());
+        tokio::spawn(support::proxy::serve(
+            proxy_listener,
+            mq.broker_addr(),
+            move |command: &RemotingCommand| {
+                let field = |k: &str| command.ext_fields.get(k)?.parse::<i64>().ok();
+                let ours = command.ext_fields.get("topic") == Some(topic.as_str());
+                let code = command.code;
+                if code == i32::from(RequestCode::ConsumerSendMsgBack)
+                    && refused.fetch_add(1, SeqCst) < 2
+                {
+                    return Verdict::Answer(encode(&RemotingCommand::response_to(
+                        command,
+                        ResponseCode::SystemError,
+                        Some("refused by the test".to_owned()),
+                    )));
+                }
+                // Commits travel in UPDATE_CONSUMER_OFFSET and in pulls with the commit bit.
+                let carries_commit = code == i32::from(RequestCode::UpdateConsumerOffset)
+                    || (code == i32::from(RequestCode::PullMessage)
+                        && field("sysFlag").is_some_and(|f| f & 1 != 0));
+                let commit = if ours && carries_commit {
+                    field("commitOffset")
+                } else {
+                    None
+                };
+                if let Some(offset) = commit {
+                    commits.lock().unwrap().push((Instant::now(), offset));
+                }
+                Verdict::Relay
+            },
+        ));
+    }
+    let (namesrv_listener, namesrv_addr) = support::namesrv::listen().await;
+    tokio::spawn(support::namesrv::serve(
+        namesrv_listener,
+        mq.client(),
+        move |_: &str, route: &mut TopicRouteData| {
+            for broker in &mut route.broker_datas {
+                for addr in broker.broker_addrs.values_mut() {
+                    proxy_addr.clone_into(addr);
+                }
+            }
+        },
+    ));
+
+    // "fail-me" fails twice; both send-backs are refused, so its third delivery is the local one
+    // with a reconsume count of 2.
+    let accepted: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorder = {
+        let accepted = Arc::clone(&accepted);
+        Recorder::new("c", &seen).deciding(move |m| {
+            if &m.body[..] != b"fail-me" {
+                return Outcome::Success;
+            }
+            if m.reconsume_times < 2 {
+                Outcome::Retry { delay_level: None }
+            } else {
+                accepted.lock().unwrap().get_or_insert_with(Instant::now);
+                Outcome::Success
+            }
+        })
+    };
+    let consumer = start_on(
+        namesrv_addr,
+        &unique("sendback"),
+        fast_config(&group, &topic),
+        recorder,
+    )
+    .await;
+    eventually(
+        Duration::from_secs(90),
+        "fail-me accepted after two refused send-backs",
+        || accepted.lock().unwrap().is_some(),
+    )
+    .await;
+    let accepted_at = accepted.lock().unwrap().expect("checked above");
+    assert!(refused.load(SeqCst) >= 2, "the send-backs were not tried");
+    // Offset 0 is fail-me: nothing may commit past it before it was accepted.
+    let early: Vec<i64> = commits
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(at, offset)| *at < accepted_at && *offset > 0)
+        .map(|(_, offset)| *offset)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "committed past fail-me before it was accepted: {early:?}"
+    );
+    let attempts: Vec<i32> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.body == "fail-me")
+        .map(|s| s.reconsume_times)
+        .collect();
+    assert_eq!(
+        attempts,
+        [0, 1, 2],
+        "consumed again locally after each refusal"
+    );
+    consumer.shutdown().await;
+}
