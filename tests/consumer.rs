@@ -566,10 +566,13 @@ async fn broadcasting_members_each_get_everything_and_keep_offsets_across_restar
         .await
         .expect("topic created");
     let dir = tempfile::tempdir().unwrap();
-    let config = |dir: &std::path::Path| {
+    // Two members share the directory, so each names its own file, as daemons sharing a
+    // volume do with `instance_name`.
+    let config = |dir: &std::path::Path, instance: &str| {
         let mut c = fast_config(&group, &topic);
         c.model = Model::Broadcasting;
         c.offset_store_dir = dir.to_path_buf();
+        c.offset_store_instance = Some(instance.to_owned());
         c
     };
 
@@ -578,14 +581,14 @@ async fn broadcasting_members_each_get_everything_and_keep_offsets_across_restar
     let a = start(
         &mq,
         "bcast-a",
-        config(dir.path()),
+        config(dir.path(), "bcast-a"),
         Recorder::new("a", &seen_a),
     )
     .await;
     let b = start(
         &mq,
         "bcast-b",
-        config(dir.path()),
+        config(dir.path(), "bcast-b"),
         Recorder::new("b", &seen_b),
     )
     .await;
@@ -615,7 +618,7 @@ async fn broadcasting_members_each_get_everything_and_keep_offsets_across_restar
     let a = start(
         &mq,
         "bcast-a",
-        config(dir.path()),
+        config(dir.path(), "bcast-a"),
         Recorder::new("a", &seen_a2),
     )
     .await;
@@ -632,22 +635,17 @@ async fn broadcasting_members_each_get_everything_and_keep_offsets_across_restar
         want2,
         "a restarted broadcasting member replayed old messages"
     );
-    let client_id = a.client_id().to_owned();
     a.shutdown().await;
 
     // Corrupt offsets file and backup: the consumer refuses to start with an error naming both,
     // instead of silently starting over.
-    let file = dir
-        .path()
-        .join(&client_id)
-        .join(&group)
-        .join("offsets.json");
+    let file = dir.path().join("bcast-a").join(&group).join("offsets.json");
     assert!(file.exists(), "offsets file at {}", file.display());
     std::fs::write(&file, b"{not json").unwrap();
     std::fs::write(file.with_extension("json.bak"), b"garbage").unwrap();
     let err = Consumer::start(
         client_config(&mq, "bcast-a"),
-        config(dir.path()),
+        config(dir.path(), "bcast-a"),
         Recorder::new("a", &seen_a2),
         Runtime {
             metrics: Metrics::new(),
@@ -660,6 +658,84 @@ async fn broadcasting_members_each_get_everything_and_keep_offsets_across_restar
     let text = err.to_string();
     assert!(text.contains("offsets.json"), "{text}");
     assert!(text.contains(".bak"), "{text}");
+}
+
+/// A broadcasting consumer with no instance name (the daemon's default) gets a new client id
+/// from every process (`ip@<pid>...`), and its container may get a new IP; its offsets must not
+/// be keyed by either, or a restart finds no offsets and LAST_OFFSET skips everything produced
+/// while it was down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasting_without_instance_name_keeps_offsets_across_restarts() {
+    let mq = RocketMq::start().await;
+    let topic = unique("T_bdef");
+    let group = unique("G_bdef");
+    let p = producer(&mq).await;
+    p.create_topic(&topic, 2, false)
+        .await
+        .expect("topic created");
+    let dir = tempfile::tempdir().unwrap();
+    let start_default = |seen: &Arc<Mutex<Vec<Seen>>>| {
+        let mut config = fast_config(&group, &topic);
+        config.model = Model::Broadcasting;
+        config.consume_from = ConsumeFrom::LastOffset;
+        config.offset_store_dir = dir.path().to_path_buf();
+        let client = ClientConfig {
+            namesrv_addr: mq.namesrv_addr(),
+            instance_name: None,
+            ..ClientConfig::default()
+        };
+        Consumer::start(
+            client,
+            config,
+            Recorder::new("d", seen),
+            Runtime {
+                metrics: Metrics::new(),
+                cache_budget: Arc::new(CacheBudget::unlimited()),
+            },
+        )
+    };
+
+    let seen1 = Arc::new(Mutex::new(Vec::new()));
+    let first_run = start_default(&seen1).await.expect("consumer starts");
+    eventually(Duration::from_secs(60), "both queues held", || {
+        assigned(&first_run, &topic).len() == 2
+    })
+    .await;
+    // Each queue's LAST_OFFSET start position is fixed when the queue is first pulled.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let first = bodies("d1", 10);
+    produce(&p, &topic, &first, None).await;
+    let want1: BTreeSet<String> = first.iter().cloned().collect();
+    eventually(Duration::from_secs(60), "first messages delivered", || {
+        bodies_seen(&seen1) == want1
+    })
+    .await;
+    let first_id = first_run.client_id().to_owned();
+    first_run.shutdown().await;
+
+    let second = bodies("d2", 10);
+    produce(&p, &topic, &second, None).await;
+    let seen2 = Arc::new(Mutex::new(Vec::new()));
+    let second_run = start_default(&seen2).await.expect("consumer restarts");
+    assert_ne!(
+        second_run.client_id(),
+        first_id,
+        "the scenario needs a client id that changes across restarts"
+    );
+    let want2: BTreeSet<String> = second.iter().cloned().collect();
+    eventually(
+        Duration::from_secs(60),
+        "messages produced while down delivered after the restart",
+        || bodies_seen(&seen2) == want2,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(bodies_seen(&seen2), want2, "old messages replayed");
+    second_run.shutdown().await;
+    assert!(
+        dir.path().join(&group).join("offsets.json").exists(),
+        "offsets kept at <offset_store_dir>/<group>/offsets.json"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

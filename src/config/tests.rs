@@ -541,6 +541,28 @@ fn numeric_looking_strings_stay_strings() {
 }
 
 #[test]
+fn instance_name_of_a_broadcasting_daemon_must_be_a_directory_name() {
+    let broadcasting = |name: &str| {
+        format!(
+            "instance_name: {name:?}\n{}",
+            one_sub("    message_model: BROADCASTING\n")
+        )
+    };
+    for bad in ["..", "a/b", "a\\b"] {
+        let e = fail(Some(&broadcasting(bad)), &[]);
+        assert_error(&e, "instance_name", &["offset_store_path", "line 1"]);
+    }
+    let config = ok(Some(&broadcasting("pod-7.ns")), &[]);
+    assert_eq!(config.instance_name.as_deref(), Some("pod-7.ns"));
+    // Clustering does not use the name as a directory, so it keeps any name.
+    let config = ok(
+        Some(&format!("instance_name: \"a/b\"\n{}", one_sub(""))),
+        &[],
+    );
+    assert_eq!(config.instance_name.as_deref(), Some("a/b"));
+}
+
+#[test]
 fn unquoted_number_for_a_string_key_says_to_quote_it() {
     let e = fail(Some(&one_sub("").replace("group: g", "group: 1234")), &[]);
     assert_error(&e, "subscriptions[0].group", &["line 2", "quote it"]);

@@ -12,8 +12,9 @@ use bytesize::ByteSize;
 use super::error::ConfigError;
 use super::tree::{display_path, key_path, Path};
 use super::values::bytes::render;
-use super::values::AllocateStrategy;
+use super::values::{AllocateStrategy, MessageModel};
 use super::{is_sensitive_header, Config, Subscription, WebhookConfig};
+use crate::consumer::offset_store::valid_path_component;
 
 /// The largest `delivery.max_in_flight` accepted.
 pub(super) const MAX_IN_FLIGHT_LIMIT: u32 = 100_000;
@@ -164,6 +165,19 @@ impl Config {
                     key_path!["instance_name"],
                     format!("{name:?}"),
                     "must be non-empty and must not contain `@` (the client id separator)",
+                );
+            } else if !valid_path_component(name)
+                && self
+                    .subscriptions
+                    .iter()
+                    .any(|s| s.message_model == MessageModel::Broadcasting)
+            {
+                // Only broadcasting uses the name as a directory; clustering keeps any name.
+                c.fail(
+                    key_path!["instance_name"],
+                    format!("{name:?}"),
+                    "names the directory of the broadcasting offsets under offset_store_path, \
+                     so it must not be `.` or `..` or contain `/` or `\\`",
                 );
             }
         }

@@ -210,6 +210,13 @@ pub struct Config {
     pub persist_interval: Duration,
     /// Root of the broadcasting offset files.
     pub offset_store_dir: PathBuf,
+    /// Broadcasting: the instance name the operator set, if any. The offsets file is
+    /// `<offset_store_dir>/<offset_store_instance>/<group>/offsets.json`, so several daemons
+    /// sharing one directory keep a file each; `None` gives `<offset_store_dir>/<group>/`. Not
+    /// the instance part of the client id, which by default differs with every process and
+    /// would lose the offsets on every restart. Must pass
+    /// [`valid_path_component`](super::offset_store::valid_path_component).
+    pub offset_store_instance: Option<String>,
     /// Orderly: pause of a queue after a failed batch.
     pub suspend_time: Duration,
     /// Orderly: a lock not renewed for this long counts as lost (Java 30 s).
@@ -256,6 +263,7 @@ impl Config {
             pull_interval: Duration::ZERO,
             persist_interval: Duration::from_secs(5),
             offset_store_dir: default_offset_dir(),
+            offset_store_instance: None,
             suspend_time: Duration::from_secs(1),
             lock_ttl: Duration::from_secs(30),
             lock_renew_interval: Duration::from_secs(20),

@@ -39,7 +39,7 @@ use super::config::{CacheBudget, Config, ConsumeFrom, Filter, Model};
 use super::error::ConsumerError;
 use super::handler::{ConsumeMode, Handler};
 use super::inbound::{self, BrokerEvent};
-use super::offset_store::{LocalFileStore, OffsetTable};
+use super::offset_store::{valid_path_component, LocalFileStore, OffsetTable};
 use super::rebalance::{Rebalancer, ResetRequest};
 use super::stats::{Stats, StatsSnapshot};
 
@@ -696,6 +696,32 @@ impl<H: Handler> Consumer<H> {
                 reason: "empty".into(),
             });
         }
+        if config.model == Model::Broadcasting {
+            // The group and the instance name each name a directory of the offset store, so
+            // neither may climb out of it.
+            if !valid_path_component(&config.group) {
+                return Err(ConsumerError::Invalid {
+                    field: "group",
+                    reason: format!(
+                        "{:?} cannot name a directory of the broadcasting offset store",
+                        config.group
+                    ),
+                });
+            }
+            if let Some(name) = config
+                .offset_store_instance
+                .as_deref()
+                .filter(|name| !valid_path_component(name))
+            {
+                return Err(ConsumerError::Invalid {
+                    field: "instance_name",
+                    reason: format!(
+                        "{name:?} cannot name a directory of the broadcasting offset store \
+                         (it must not be empty, `.` or `..`, or contain `/` or `\\`)"
+                    ),
+                });
+            }
+        }
         let (events_tx, events_rx) = mpsc::channel::<BrokerEvent>(64);
         let (resets_tx, resets_rx) = mpsc::channel::<ResetRequest>(8);
         let client = Client::new(client_config, inbound::forwarder(events_tx))?;
@@ -703,8 +729,11 @@ impl<H: Handler> Consumer<H> {
         let offsets = OffsetTable::default();
         let local_store = match config.model {
             Model::Broadcasting => {
-                let store =
-                    LocalFileStore::new(&config.offset_store_dir, &client_id, &config.group);
+                let store = LocalFileStore::new(
+                    &config.offset_store_dir,
+                    config.offset_store_instance.as_deref(),
+                    &config.group,
+                );
                 let store2 = store.clone();
                 let loaded = tokio::task::spawn_blocking(move || store2.load())
                     .await

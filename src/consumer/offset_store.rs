@@ -19,8 +19,14 @@
 //!
 //! # The local file
 //!
-//! [`LocalFileStore`] keeps the Java layout `<dir>/<client id>/<group>/offsets.json`, in fastjson's
-//! pretty, object-keyed format, so a Java consumer's file is readable and vice versa. Writes are
+//! [`LocalFileStore`] keeps one group's offsets in `<dir>/<group>/offsets.json`, or in
+//! `<dir>/<instance name>/<group>/offsets.json` when an instance name is set explicitly. Java puts
+//! the client id (`ip@instance`) in the path instead; ours changes with every process id and
+//! container IP, so a restarted consumer would look in a new directory, find nothing and start
+//! from `consume_from` (skipping what was produced while it was down, with LAST_OFFSET). Neither
+//! part of our path changes across restarts. Files written under `ip@pid` directories by earlier
+//! builds are not read. The content stays fastjson's pretty, object-keyed format, so a Java
+//! consumer's file can be copied in and read, and vice versa. Writes are
 //! atomic (temp file, fsync, rename, directory fsync) and the previous good content is kept in
 //! `offsets.json.bak`; loading falls back to it. A file that cannot be read is an error, never a
 //! silent reset to "no offsets" (which would re-consume or skip a whole topic). The store uses
@@ -246,13 +252,20 @@ impl LocalFileStore {
     /// The offset file's name.
     pub const FILE_NAME: &'static str = "offsets.json";
 
-    /// The store of `group` for `client_id` under `offset_store_dir` (Java
+    /// The store of `group` under `offset_store_dir` (Java
     /// `rocketmq.client.localOffsetStoreDir`, default `$HOME/.rocketmq_offsets`):
-    /// `<offset_store_dir>/<client_id>/<group>/offsets.json`. Both names are used as path
-    /// components, so they must be valid RocketMQ names (no `/`, not `..`).
-    pub fn new(offset_store_dir: impl AsRef<Path>, client_id: &str, group: &str) -> Self {
+    /// `<offset_store_dir>/<group>/offsets.json`, or
+    /// `<offset_store_dir>/<instance>/<group>/offsets.json` with an `instance` name, which lets
+    /// several consumers of one group share `offset_store_dir` with a file each. Both names are
+    /// used as path components: both must pass [`valid_path_component`].
+    pub fn new(offset_store_dir: impl AsRef<Path>, instance: Option<&str>, group: &str) -> Self {
+        let root = offset_store_dir.as_ref();
+        let parent = match instance {
+            Some(instance) => root.join(instance),
+            None => root.to_owned(),
+        };
         Self {
-            dir: offset_store_dir.as_ref().join(client_id).join(group),
+            dir: parent.join(group),
         }
     }
 
@@ -344,6 +357,12 @@ impl LocalFileStore {
         })?;
         sync_dir(&self.dir)
     }
+}
+
+/// Whether `name` can be one component of a store path: not empty, not `.` or `..`, and
+/// without a path separator or NUL, so it can neither escape the store's root nor nest deeper.
+pub fn valid_path_component(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
 }
 
 /// Reads and parses one offset file.
@@ -496,29 +515,45 @@ mod tests {
     }
 
     #[test]
-    fn path_follows_the_java_layout() {
-        let store = LocalFileStore::new("/home/u/.rocketmq_offsets", "10.0.0.1@DEFAULT", "g1");
+    fn path_is_the_group_under_the_root_or_under_an_instance_name() {
+        // Nothing that changes across restarts (process id, IP address) is part of the path.
+        let store = LocalFileStore::new("/home/u/.rocketmq_offsets", None, "g1");
         assert_eq!(
             store.path(),
-            PathBuf::from("/home/u/.rocketmq_offsets/10.0.0.1@DEFAULT/g1/offsets.json")
+            PathBuf::from("/home/u/.rocketmq_offsets/g1/offsets.json")
         );
         assert_eq!(
             store.backup_path(),
-            PathBuf::from("/home/u/.rocketmq_offsets/10.0.0.1@DEFAULT/g1/offsets.json.bak")
+            PathBuf::from("/home/u/.rocketmq_offsets/g1/offsets.json.bak")
         );
+        let named = LocalFileStore::new("/data/offsets", Some("pod-7"), "g1");
+        assert_eq!(
+            named.path(),
+            PathBuf::from("/data/offsets/pod-7/g1/offsets.json")
+        );
+    }
+
+    #[test]
+    fn path_components_cannot_escape_the_root() {
+        for good in ["g1", "%RETRY%g|x", "pod-7", "10.0.0.1@x", "a.b", "..."] {
+            assert!(valid_path_component(good), "{good:?}");
+        }
+        for bad in ["", ".", "..", "a/b", "/abs", "a\\b", "nul\0"] {
+            assert!(!valid_path_component(bad), "{bad:?}");
+        }
     }
 
     #[test]
     fn missing_files_load_as_empty() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = LocalFileStore::new(dir.path(), "c", "g");
+        let store = LocalFileStore::new(dir.path(), None, "g");
         assert_eq!(store.load().expect("load"), Vec::new());
     }
 
     #[test]
     fn round_trip_and_backup_of_previous_content() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = LocalFileStore::new(dir.path(), "10.0.0.1@DEFAULT", "g");
+        let store = LocalFileStore::new(dir.path(), Some("sidecar-1"), "g");
         store.save(&sample()).expect("first save");
         assert_eq!(sorted(store.load().expect("load")), sorted(sample()));
         assert!(
@@ -540,7 +575,7 @@ mod tests {
     #[test]
     fn corrupt_file_falls_back_to_backup() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = LocalFileStore::new(dir.path(), "c", "g");
+        let store = LocalFileStore::new(dir.path(), None, "g");
         store.save(&sample()).expect("save");
         store
             .save(&sample())
@@ -561,7 +596,7 @@ mod tests {
     #[test]
     fn empty_file_falls_back_to_backup() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = LocalFileStore::new(dir.path(), "c", "g");
+        let store = LocalFileStore::new(dir.path(), None, "g");
         store.save(&sample()).expect("save");
         store.save(&sample()).expect("save again");
         fs::write(store.path(), b"").expect("truncate");
@@ -571,7 +606,7 @@ mod tests {
     #[test]
     fn both_corrupt_is_an_error_naming_both_files() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = LocalFileStore::new(dir.path(), "c", "g");
+        let store = LocalFileStore::new(dir.path(), None, "g");
         fs::create_dir_all(store.dir()).expect("dir");
         fs::write(store.path(), b"not json").expect("write");
         fs::write(store.backup_path(), b"{\"offsetTable\":[").expect("write");
@@ -596,7 +631,7 @@ mod tests {
     #[test]
     fn corrupt_file_without_backup_is_an_error() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = LocalFileStore::new(dir.path(), "c", "g");
+        let store = LocalFileStore::new(dir.path(), None, "g");
         fs::create_dir_all(store.dir()).expect("dir");
         fs::write(store.path(), b"\x00\x01").expect("write");
         let err = store.load().expect_err("no silent reset");
@@ -615,7 +650,7 @@ mod tests {
         // A file where the store's directory should be.
         let blocker = dir.path().join("c");
         fs::write(&blocker, b"").expect("write");
-        let store = LocalFileStore::new(dir.path(), "c", "g");
+        let store = LocalFileStore::new(dir.path(), Some("c"), "g");
         let err = store.save(&sample()).expect_err("cannot create dir");
         assert!(err.is_retriable());
         assert!(
@@ -631,7 +666,7 @@ mod tests {
     #[test]
     fn reads_a_java_written_file() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = LocalFileStore::new(dir.path(), "10.0.0.1@DEFAULT", "g");
+        let store = LocalFileStore::new(dir.path(), Some("sidecar-1"), "g");
         fs::create_dir_all(store.dir()).expect("dir");
         fs::write(store.path(), JAVA_PRETTY).expect("write");
         assert_eq!(sorted(store.load().expect("load")), sorted(sample()));
