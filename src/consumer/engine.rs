@@ -39,7 +39,9 @@ use super::config::{CacheBudget, Config, ConsumeFrom, Filter, Model};
 use super::error::ConsumerError;
 use super::handler::{ConsumeMode, Handler};
 use super::inbound::{self, BrokerEvent};
-use super::offset_store::{valid_path_component, LocalFileStore, OffsetTable};
+use super::offset_store::{
+    valid_path_component, LocalFileStore, OffsetStoreError, OffsetTable, StoreLock,
+};
 use super::rebalance::{Rebalancer, ResetRequest};
 use super::stats::{Stats, StatsSnapshot};
 
@@ -52,6 +54,9 @@ pub(crate) struct Shared<H> {
     pub(crate) handler: Arc<H>,
     pub(crate) offsets: OffsetTable,
     pub(crate) local_store: Option<LocalFileStore>,
+    /// Broadcasting: the store's lock, held while any task still shares this state (through
+    /// the end of shutdown, after the last save), so no other consumer writes the same file.
+    _offsets_lock: Option<StoreLock>,
     /// Held across one snapshot-and-save of the local offset file. Every worker persists when
     /// its queue is released (all at once at shutdown) and the periodic task persists too:
     /// unserialised, two saves shared one temporary file (one could truncate the other's before
@@ -727,7 +732,7 @@ impl<H: Handler> Consumer<H> {
         let client = Client::new(client_config, inbound::forwarder(events_tx))?;
         let client_id = client.client_id().to_owned();
         let offsets = OffsetTable::default();
-        let local_store = match config.model {
+        let (local_store, offsets_lock) = match config.model {
             Model::Broadcasting => {
                 let store = LocalFileStore::new(
                     &config.offset_store_dir,
@@ -735,18 +740,23 @@ impl<H: Handler> Consumer<H> {
                     &config.group,
                 );
                 let store2 = store.clone();
-                let loaded = tokio::task::spawn_blocking(move || store2.load())
-                    .await
-                    .map_err(|e| ConsumerError::Invalid {
-                        field: "offset_store_path",
-                        reason: e.to_string(),
-                    })??;
+                // Locked before loading: a second consumer of the same file must neither load
+                // offsets the first is about to move nor write over them.
+                let (lock, loaded) = tokio::task::spawn_blocking(move || {
+                    let lock = store2.lock()?;
+                    Ok::<_, OffsetStoreError>((lock, store2.load()?))
+                })
+                .await
+                .map_err(|e| ConsumerError::Invalid {
+                    field: "offset_store_path",
+                    reason: e.to_string(),
+                })??;
                 for (mq, offset) in loaded {
                     offsets.update(&mq, offset, false);
                 }
-                Some(store)
+                (Some(store), Some(lock))
             }
-            Model::Clustering => None,
+            Model::Clustering => (None, None),
         };
         let meters = Meters::new(&runtime.metrics, &config.group, &config.topic);
         let shared = Arc::new(Shared {
@@ -758,6 +768,7 @@ impl<H: Handler> Consumer<H> {
             handler: Arc::new(handler),
             offsets,
             local_store,
+            _offsets_lock: offsets_lock,
             local_save: Arc::new(tokio::sync::Mutex::new(())),
             metrics: runtime.metrics,
             stats: Arc::new(Stats::new()),
@@ -973,4 +984,94 @@ pub(crate) fn needs_heartbeat(err: &ClientError) -> bool {
             ..
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::path::Path;
+
+    use super::*;
+    use crate::client::ClientConfig;
+    use crate::consumer::handler::{Batch, Outcome};
+
+    /// Accepts everything; these tests never get as far as a message.
+    #[derive(Debug)]
+    struct Accept;
+
+    impl Handler for Accept {
+        async fn handle(&self, batch: &Batch) -> Vec<Outcome> {
+            vec![Outcome::Success; batch.messages.len()]
+        }
+    }
+
+    /// An address where nothing listens: connections are refused at once, so the engine's
+    /// tasks fail fast and shut down without waiting for timeouts.
+    fn refusing_addr() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("local addr")
+    }
+
+    fn client(namesrv: SocketAddr) -> ClientConfig {
+        ClientConfig {
+            namesrv_addr: namesrv.to_string(),
+            // As the daemon does by default: a client id of its own per start.
+            instance_name: None,
+            client_ip: Some("127.0.0.1".to_owned()),
+            ..ClientConfig::default()
+        }
+    }
+
+    fn broadcasting(dir: &Path, instance: Option<&str>) -> Config {
+        let mut config = Config::new("G_store", "T_store");
+        config.model = Model::Broadcasting;
+        config.offset_store_dir = dir.to_owned();
+        config.offset_store_instance = instance.map(str::to_owned);
+        config
+    }
+
+    async fn start(namesrv: SocketAddr, config: Config) -> Result<Consumer<Accept>, ConsumerError> {
+        let runtime = Runtime {
+            metrics: Metrics::new(),
+            cache_budget: Arc::new(CacheBudget::unlimited()),
+        };
+        Consumer::start(client(namesrv), config, Accept, runtime).await
+    }
+
+    #[tokio::test]
+    async fn a_second_consumer_of_the_same_offsets_fails_until_the_first_stops() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let namesrv = refusing_addr();
+        for instance in [None, Some("daemon-1")] {
+            let first = start(namesrv, broadcasting(dir.path(), instance))
+                .await
+                .expect("first consumer starts");
+            let err = start(namesrv, broadcasting(dir.path(), instance))
+                .await
+                .expect_err("a second consumer of the same store must not start");
+            let lock = LocalFileStore::new(dir.path(), instance, "G_store").lock_path();
+            assert!(
+                matches!(
+                    &err,
+                    ConsumerError::OffsetStore(OffsetStoreError::Locked { lock: l, .. }) if *l == lock
+                ),
+                "{err:?}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(&lock.display().to_string()), "{text}");
+            assert!(text.contains("instance_name"), "{text}");
+
+            // Another instance name is another file: it may run beside the first.
+            let beside = start(namesrv, broadcasting(dir.path(), Some("daemon-2")))
+                .await
+                .expect("another instance name starts");
+            beside.shutdown().await;
+
+            first.shutdown().await;
+            let again = start(namesrv, broadcasting(dir.path(), instance))
+                .await
+                .expect("the store is free once the first consumer has shut down");
+            again.shutdown().await;
+        }
+    }
 }

@@ -9,7 +9,8 @@ pub enum ConsumerError {
     /// A broker or name-server call failed.
     #[error(transparent)]
     Client(#[from] ClientError),
-    /// The broadcasting offset file could not be read or written.
+    /// The broadcasting offset store could not be read or written, or another consumer holds
+    /// its lock.
     #[error(transparent)]
     OffsetStore(#[from] super::offset_store::OffsetStoreError),
     /// The subscription cannot be started as configured.

@@ -29,12 +29,20 @@
 //! consumer's file can be copied in and read, and vice versa. Writes are
 //! atomic (temp file, fsync, rename, directory fsync) and the previous good content is kept in
 //! `offsets.json.bak`; loading falls back to it. A file that cannot be read is an error, never a
-//! silent reset to "no offsets" (which would re-consume or skip a whole topic). The store uses
+//! silent reset to "no offsets" (which would re-consume or skip a whole topic).
+//!
+//! Two consumers writing one file would overwrite each other's offsets, and the path no longer
+//! tells daemons apart unless they set an instance name. So a consumer takes an exclusive lock
+//! on `<store dir>/.lock` ([`LocalFileStore::lock`]) before it loads, and holds it until it has
+//! shut down; a second consumer of the same store fails to start. The lock is an advisory file
+//! lock (`flock` on Unix), released by the OS when the process dies, so a crash leaves nothing
+//! stale behind. The lock file itself is never removed: deleting it while another process
+//! opens it would let two processes lock two different files of the same name. The store uses
 //! blocking `std::fs`: writes are small and rare, fsync has no async form anyway, and the caller
 //! runs `load`/`save` under `tokio::task::spawn_blocking`.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -228,17 +236,39 @@ pub enum OffsetStoreError {
         /// What is wrong with the backup.
         backup_fault: FileFault,
     },
+    /// Another consumer (in this process or another) holds the store's lock.
+    #[error(
+        "offsets in {} are in use: another consumer holds {}. Another daemon with the same \
+         group and the same instance name (or none) uses these offsets, and two would \
+         overwrite each other's; give each daemon that shares offset_store_path its own \
+         instance_name, or its own offset_store_path",
+        .dir.display(),
+        .lock.display()
+    )]
+    Locked {
+        /// The store's directory.
+        dir: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+    },
 }
 
 impl OffsetStoreError {
-    /// Whether trying again later may succeed (a write may, after space is freed; unusable
-    /// files need an operator).
+    /// Whether trying again later may succeed (a write may, after space is freed; a lock may,
+    /// once its holder stopped; unusable files need an operator).
     pub fn is_retriable(&self) -> bool {
         match self {
-            Self::Write { .. } => true,
+            Self::Write { .. } | Self::Locked { .. } => true,
             Self::Unusable { .. } => false,
         }
     }
+}
+
+/// Exclusive use of one [`LocalFileStore`], from [`LocalFileStore::lock`] until dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    /// Holds the lock: closing the file releases it.
+    _file: File,
 }
 
 /// Offsets of one group in BROADCASTING mode, kept in a local file (Java
@@ -286,6 +316,47 @@ impl LocalFileStore {
 
     fn temp_path(&self) -> PathBuf {
         self.dir.join(format!("{}.tmp", Self::FILE_NAME))
+    }
+
+    /// `<dir>/.lock`, the file [`LocalFileStore::lock`] locks.
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join(".lock")
+    }
+
+    /// Creates the store's directory and takes the store's exclusive lock, without waiting.
+    /// Take it before [`load`](Self::load) and keep it until the last
+    /// [`save`](Self::save): see the module documentation.
+    ///
+    /// # Errors
+    ///
+    /// [`OffsetStoreError::Locked`] when another consumer holds the lock;
+    /// [`OffsetStoreError::Write`] naming the directory or lock file that could not be created
+    /// or locked.
+    pub fn lock(&self) -> Result<StoreLock, OffsetStoreError> {
+        fs::create_dir_all(&self.dir).map_err(|source| OffsetStoreError::Write {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let path = self.lock_path();
+        let write_error = |source| OffsetStoreError::Write {
+            path: path.clone(),
+            source,
+        };
+        // Never truncated: the file carries no data, only the lock.
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(write_error)?;
+        match file.try_lock() {
+            Ok(()) => Ok(StoreLock { _file: file }),
+            Err(TryLockError::WouldBlock) => Err(OffsetStoreError::Locked {
+                dir: self.dir.clone(),
+                lock: path,
+            }),
+            Err(TryLockError::Error(source)) => Err(write_error(source)),
+        }
     }
 
     /// Reads the stored offsets: `offsets.json`, or `offsets.json.bak` if that is missing or
@@ -657,6 +728,35 @@ mod tests {
             err.to_string().contains(&store.dir().display().to_string()),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_lock_is_exclusive_until_dropped() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalFileStore::new(dir.path().join("new"), Some("i"), "g");
+        let held = store.lock().expect("first lock, creating the directories");
+        assert!(store.lock_path().exists());
+        // A separate open of the same file, as another process would have.
+        let err = store.lock().expect_err("second lock of the same store");
+        assert!(
+            matches!(&err, OffsetStoreError::Locked { lock, .. } if *lock == store.lock_path())
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&store.lock_path().display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("instance_name"), "{text}");
+        assert!(err.is_retriable());
+        // Other groups and other instance names are other stores.
+        let _other_group = LocalFileStore::new(dir.path().join("new"), Some("i"), "h")
+            .lock()
+            .expect("another group");
+        let _other_instance = LocalFileStore::new(dir.path().join("new"), Some("j"), "g")
+            .lock()
+            .expect("another instance");
+        drop(held);
+        let _again = store.lock().expect("free again once dropped");
     }
 
     /// The file a Java broadcasting consumer writes: fastjson pretty format, tab-indented,
