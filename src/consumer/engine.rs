@@ -678,11 +678,14 @@ pub struct Runtime {
 }
 
 impl<H: Handler> Consumer<H> {
-    /// Connects, loads offsets (broadcasting), heartbeats and starts every task.
+    /// Opens and loads the broadcasting offset store, then starts every task (which connect,
+    /// heartbeat and rebalance).
     ///
     /// # Errors
-    /// A bad setting, or an unreadable broadcasting offset file. Unreachable name servers or
-    /// brokers are not errors: the engine keeps retrying and `/readyz` says not ready.
+    /// A bad setting; in broadcasting mode, an offset store that cannot be written, is locked
+    /// by another consumer, or holds an unreadable file. All of these are found before anything
+    /// connects. Unreachable name servers or brokers are not errors: the engine keeps retrying
+    /// and `/readyz` says not ready.
     pub async fn start(
         client_config: crate::client::ClientConfig,
         config: Config,
@@ -727,10 +730,6 @@ impl<H: Handler> Consumer<H> {
                 });
             }
         }
-        let (events_tx, events_rx) = mpsc::channel::<BrokerEvent>(64);
-        let (resets_tx, resets_rx) = mpsc::channel::<ResetRequest>(8);
-        let client = Client::new(client_config, inbound::forwarder(events_tx))?;
-        let client_id = client.client_id().to_owned();
         let offsets = OffsetTable::default();
         let (local_store, offsets_lock) = match config.model {
             Model::Broadcasting => {
@@ -741,9 +740,13 @@ impl<H: Handler> Consumer<H> {
                 );
                 let store2 = store.clone();
                 // Locked before loading: a second consumer of the same file must neither load
-                // offsets the first is about to move nor write over them.
+                // offsets the first is about to move nor write over them. Checked for writes
+                // now, before anything connects: otherwise an unwritable store shows only as a
+                // warning per persist while the consumer runs and reports ready, and the
+                // offsets are gone at the next start.
                 let (lock, loaded) = tokio::task::spawn_blocking(move || {
                     let lock = store2.lock()?;
+                    store2.check_writable(&lock)?;
                     Ok::<_, OffsetStoreError>((lock, store2.load()?))
                 })
                 .await
@@ -751,6 +754,7 @@ impl<H: Handler> Consumer<H> {
                     field: "offset_store_path",
                     reason: e.to_string(),
                 })??;
+                info!(group = %config.group, path = %store.path().display(), queues = loaded.len(), "Broadcasting offsets loaded.");
                 for (mq, offset) in loaded {
                     offsets.update(&mq, offset, false);
                 }
@@ -758,6 +762,10 @@ impl<H: Handler> Consumer<H> {
             }
             Model::Clustering => (None, None),
         };
+        let (events_tx, events_rx) = mpsc::channel::<BrokerEvent>(64);
+        let (resets_tx, resets_rx) = mpsc::channel::<ResetRequest>(8);
+        let client = Client::new(client_config, inbound::forwarder(events_tx))?;
+        let client_id = client.client_id().to_owned();
         let meters = Meters::new(&runtime.metrics, &config.group, &config.topic);
         let shared = Arc::new(Shared {
             meters,
@@ -989,7 +997,7 @@ pub(crate) fn needs_heartbeat(err: &ClientError) -> bool {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     use super::*;
     use crate::client::ClientConfig;
@@ -1073,5 +1081,41 @@ mod tests {
                 .expect("the store is free once the first consumer has shut down");
             again.shutdown().await;
         }
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_offset_store_fails_the_start_before_anything_connects() {
+        let namesrv = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = namesrv.local_addr().expect("local addr");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let blocker = dir.path().join("not-a-directory");
+        std::fs::write(&blocker, b"").expect("write");
+        let mut roots = vec![blocker];
+        if cfg!(target_os = "linux") {
+            // Not even root can create directories here.
+            roots.push(PathBuf::from("/proc/rocketmq-webhook-test/offsets"));
+        }
+        for root in roots {
+            let err = start(addr, broadcasting(&root, None))
+                .await
+                .expect_err("an offset store that cannot be written must fail the start");
+            let text = err.to_string();
+            assert!(
+                matches!(
+                    err,
+                    ConsumerError::OffsetStore(OffsetStoreError::Unwritable { .. })
+                ),
+                "{text}"
+            );
+            assert!(text.contains(&root.display().to_string()), "{text}");
+            assert!(text.contains("offset_store_path"), "{text}");
+        }
+        let connected = tokio::time::timeout(Duration::from_millis(500), namesrv.accept()).await;
+        assert!(
+            connected.is_err(),
+            "the name server was contacted by a consumer that failed to start"
+        );
     }
 }

@@ -236,6 +236,23 @@ pub enum OffsetStoreError {
         /// What is wrong with the backup.
         backup_fault: FileFault,
     },
+    /// The store's directory cannot be created or locked, or does not accept new files:
+    /// found at start, before the consumer connects, rather than at the first save.
+    #[error(
+        "broadcasting offsets cannot be kept in {}: cannot write {}: {source}; \
+         offset_store_path must be a writable directory (in a container, a mounted volume)",
+        .dir.display(),
+        .path.display()
+    )]
+    Unwritable {
+        /// The store's directory.
+        dir: PathBuf,
+        /// The directory or file that could not be written.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
     /// Another consumer (in this process or another) holds the store's lock.
     #[error(
         "offsets in {} are in use: another consumer holds {}. Another daemon with the same \
@@ -255,11 +272,11 @@ pub enum OffsetStoreError {
 
 impl OffsetStoreError {
     /// Whether trying again later may succeed (a write may, after space is freed; a lock may,
-    /// once its holder stopped; unusable files need an operator).
+    /// once its holder stopped; unusable files and directories need an operator).
     pub fn is_retriable(&self) -> bool {
         match self {
             Self::Write { .. } | Self::Locked { .. } => true,
-            Self::Unusable { .. } => false,
+            Self::Unusable { .. } | Self::Unwritable { .. } => false,
         }
     }
 }
@@ -330,18 +347,12 @@ impl LocalFileStore {
     /// # Errors
     ///
     /// [`OffsetStoreError::Locked`] when another consumer holds the lock;
-    /// [`OffsetStoreError::Write`] naming the directory or lock file that could not be created
-    /// or locked.
+    /// [`OffsetStoreError::Unwritable`] naming the directory or lock file that could not be
+    /// created or locked.
     pub fn lock(&self) -> Result<StoreLock, OffsetStoreError> {
-        fs::create_dir_all(&self.dir).map_err(|source| OffsetStoreError::Write {
-            path: self.dir.clone(),
-            source,
-        })?;
+        fs::create_dir_all(&self.dir).map_err(|source| self.unwritable(&self.dir, source))?;
         let path = self.lock_path();
-        let write_error = |source| OffsetStoreError::Write {
-            path: path.clone(),
-            source,
-        };
+        let write_error = |source| self.unwritable(&path, source);
         // Never truncated: the file carries no data, only the lock.
         let file = OpenOptions::new()
             .write(true)
@@ -356,6 +367,33 @@ impl LocalFileStore {
                 lock: path,
             }),
             Err(TryLockError::Error(source)) => Err(write_error(source)),
+        }
+    }
+
+    /// Checks that a save can create its files here: creates, writes, fsyncs and removes the
+    /// temporary file a save uses. The lock file alone does not show it: once created, it opens
+    /// even in a directory that no longer accepts new files (permissions changed, a full disk),
+    /// where every save would fail. Takes the lock because saves share that file.
+    ///
+    /// # Errors
+    ///
+    /// [`OffsetStoreError::Unwritable`] naming the file that could not be written or removed.
+    pub fn check_writable(&self, _lock: &StoreLock) -> Result<(), OffsetStoreError> {
+        let temp = self.temp_path();
+        let probe = || -> io::Result<()> {
+            let mut file = File::create(&temp)?;
+            file.write_all(b"{}")?;
+            file.sync_all()?;
+            fs::remove_file(&temp)
+        };
+        probe().map_err(|source| self.unwritable(&temp, source))
+    }
+
+    fn unwritable(&self, path: &Path, source: io::Error) -> OffsetStoreError {
+        OffsetStoreError::Unwritable {
+            dir: self.dir.clone(),
+            path: path.to_owned(),
+            source,
         }
     }
 
@@ -757,6 +795,42 @@ mod tests {
             .expect("another instance");
         drop(held);
         let _again = store.lock().expect("free again once dropped");
+    }
+
+    #[test]
+    fn a_store_that_cannot_be_written_is_found_before_any_save() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A file where a directory of the store should be: nothing can be created below it.
+        fs::write(dir.path().join("blocker"), b"").expect("write");
+        let store = LocalFileStore::new(dir.path().join("blocker"), None, "g");
+        let err = store.lock().expect_err("no directory, no lock");
+        assert!(
+            matches!(&err, OffsetStoreError::Unwritable { path, .. } if path == store.dir()),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&store.dir().display().to_string()), "{text}");
+        assert!(text.contains("offset_store_path"), "{text}");
+        assert!(!err.is_retriable());
+
+        // The directory and lock file exist, but the save's temporary file cannot be created
+        // (here: a directory is in its way; in production: permissions or a full disk).
+        let store = LocalFileStore::new(dir.path(), None, "h");
+        let lock = store.lock().expect("lock");
+        store
+            .check_writable(&lock)
+            .expect("an ordinary directory is writable");
+        assert!(!store.temp_path().exists(), "the probe cleans up");
+        fs::create_dir(store.temp_path()).expect("dir in the way");
+        let err = store
+            .check_writable(&lock)
+            .expect_err("temp file cannot be created");
+        assert!(
+            err.to_string()
+                .contains(&store.temp_path().display().to_string()),
+            "{err}"
+        );
+        assert!(store.save(&sample()).is_err(), "as a save would have found");
     }
 
     /// The file a Java broadcasting consumer writes: fastjson pretty format, tab-indented,
