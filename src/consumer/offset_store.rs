@@ -26,8 +26,9 @@
 //! from `consume_from` (skipping what was produced while it was down, with LAST_OFFSET). Neither
 //! part of our path changes across restarts. Files written under `ip@pid` directories by earlier
 //! builds are not read. The content stays fastjson's pretty, object-keyed format, so a Java
-//! consumer's file can be copied in and read, and vice versa. Writes are
-//! atomic (temp file, fsync, rename, directory fsync) and the previous good content is kept in
+//! consumer's file can be copied in and read, and vice versa. Writes are atomic (temp file,
+//! fsync, rename, directory fsync; each directory the store creates is fsynced into its parent,
+//! so a power loss cannot forget the path) and the previous good content is kept in
 //! `offsets.json.bak`; loading falls back to it. A file that cannot be read is an error, never a
 //! silent reset to "no offsets" (which would re-consume or skip a whole topic).
 //!
@@ -350,7 +351,8 @@ impl LocalFileStore {
     /// [`OffsetStoreError::Unwritable`] naming the directory or lock file that could not be
     /// created or locked.
     pub fn lock(&self) -> Result<StoreLock, OffsetStoreError> {
-        fs::create_dir_all(&self.dir).map_err(|source| self.unwritable(&self.dir, source))?;
+        create_dir_durable(&self.dir, fsync_dir)
+            .map_err(|(path, source)| self.unwritable(&path, source))?;
         let path = self.lock_path();
         let write_error = |source| self.unwritable(&path, source);
         // Never truncated: the file carries no data, only the lock.
@@ -441,10 +443,9 @@ impl LocalFileStore {
     ///
     /// [`OffsetStoreError::Write`] naming the file that could not be written.
     pub fn save(&self, offsets: &[(MessageQueue, i64)]) -> Result<(), OffsetStoreError> {
-        fs::create_dir_all(&self.dir).map_err(|source| OffsetStoreError::Write {
-            path: self.dir.clone(),
-            source,
-        })?;
+        // Normally there since `lock`; recreated durably if removed while running.
+        create_dir_durable(&self.dir, fsync_dir)
+            .map_err(|(path, source)| OffsetStoreError::Write { path, source })?;
         let path = self.path();
         match read_table_bytes(&path) {
             // Only content that loads is worth keeping: copying a corrupt file over a good
@@ -508,17 +509,54 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), OffsetStoreError> {
     })
 }
 
-/// Makes a rename in `dir` durable. Only Unix can open and fsync a directory.
+/// Makes a rename in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<(), OffsetStoreError> {
+    fsync_dir(dir).map_err(|source| OffsetStoreError::Write {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Fsyncs a directory, making the entries created or renamed in it durable. Only Unix can open
+/// and fsync a directory.
+fn fsync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| OffsetStoreError::Write {
-            path: dir.to_owned(),
-            source,
-        })?;
+    File::open(dir)?.sync_all()?;
     #[cfg(not(unix))]
     let _ = dir;
+    Ok(())
+}
+
+/// Creates `dir` and its missing ancestors, then `sync`s the parent of each directory it
+/// created: a directory's name is an entry in its parent, and until the parent is fsynced a
+/// power loss can forget the new directory, and with it the offsets file fsynced inside it.
+/// On error, returns the path that failed.
+fn create_dir_durable(
+    dir: &Path,
+    mut sync: impl FnMut(&Path) -> io::Result<()>,
+) -> Result<(), (PathBuf, io::Error)> {
+    if fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    // The missing directories, deepest first. Anything but "not found" (a permission error, a
+    // file in the way) ends the walk; create_dir_all reports it if it matters.
+    let mut missing = Vec::new();
+    let mut next = Some(dir);
+    while let Some(candidate) = next.filter(|d| !d.as_os_str().is_empty()) {
+        match fs::metadata(candidate) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => missing.push(candidate),
+            _ => break,
+        }
+        next = candidate.parent();
+    }
+    fs::create_dir_all(dir).map_err(|err| (dir.to_owned(), err))?;
+    for created in missing.iter().rev() {
+        let parent = created
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        sync(parent).map_err(|err| (parent.to_owned(), err))?;
+    }
     Ok(())
 }
 
@@ -831,6 +869,41 @@ mod tests {
             "{err}"
         );
         assert!(store.save(&sample()).is_err(), "as a save would have found");
+    }
+
+    #[test]
+    fn new_directories_are_made_durable_in_their_parents() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        let target = root.join("a").join("b").join("c");
+        let mut synced = Vec::new();
+        create_dir_durable(&target, |d| {
+            synced.push(d.to_owned());
+            fsync_dir(d)
+        })
+        .expect("created");
+        assert!(target.is_dir());
+        // Each created directory's parent, top down: root holds `a`, `a` holds `b`, `b` holds
+        // `c` (c's own entries are fsynced by the save that renames into it).
+        assert_eq!(
+            synced,
+            vec![root.to_owned(), root.join("a"), root.join("a").join("b")]
+        );
+
+        synced.clear();
+        create_dir_durable(&target, |d| {
+            synced.push(d.to_owned());
+            Ok(())
+        })
+        .expect("exists");
+        assert!(synced.is_empty(), "nothing created, nothing to sync");
+
+        // A failing fsync is an error naming the directory, not a silent success.
+        let err = create_dir_durable(&root.join("x").join("y"), |_| {
+            Err(io::Error::other("fsync failed"))
+        })
+        .expect_err("sync failure reported");
+        assert_eq!(err.0, root.to_owned());
     }
 
     /// The file a Java broadcasting consumer writes: fastjson pretty format, tab-indented,
