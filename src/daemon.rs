@@ -212,6 +212,9 @@ fn consumer_config(
     c.pull_interval = sub.pull_interval;
     c.persist_interval = sub.persist_interval;
     c.offset_store_dir = sub.offset_store_path.clone();
+    // The configured name only, never the PID default: broadcasting offsets must be found
+    // again after a restart (groups are unique within a daemon, so no per-subscription suffix).
+    c.offset_store_instance = cfg.instance_name.clone();
     c.suspend_time = sub.suspend_current_queue_time;
     c.lock_ttl = sub.lock_expire_time;
     c.orderly_exhausted = match sub.orderly_dlq_policy {

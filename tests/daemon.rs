@@ -1263,6 +1263,66 @@ async fn environment_only_configuration_delivers() {
     );
 }
 
+// === 10b. broadcasting offsets across restarts ===
+
+/// A broadcasting subscription's offsets are found again by the next process: they live under
+/// `<offset_store_path>/<instance_name>/<group>/`, not under a path holding the process id (a
+/// new one at every restart, which replayed or skipped the topic depending on `consume_from`).
+/// Messages produced while the daemon is down are delivered after the restart, once each, and
+/// nothing from before is delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasting_offsets_survive_a_restart() {
+    let (mq, receiver, topic, group) = setup("bcast", 2).await;
+    let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let config = format!(
+        "instance_name: \"pod-a\"\n{}",
+        yaml(
+            &mq.namesrv_addr(),
+            &[Sub::new(&group, &topic, receiver.url("/hook"))
+                .with("message_model: BROADCASTING")
+                .with(&format!(
+                    "offset_store_path: \"{}\"",
+                    store.path().display()
+                ))],
+        )
+    )
+    // LAST_OFFSET, the broadcasting default: the down-time messages arrive only if the offsets
+    // are found again.
+    .replace("consume_from: FIRST_OFFSET", "consume_from: LAST_OFFSET");
+    let launch = Launch::yaml(config);
+    let mut daemon = Daemon::start(&launch).await;
+    produce(&mq, &topic, &["up-0", "up-1", "up-2", "up-3"]).await;
+    receiver
+        .wait_until(Duration::from_secs(60), "the first four", |r| {
+            deliveries(r).len() == 4
+        })
+        .await;
+    daemon.sigterm();
+    let status = daemon.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", daemon.output_tail(30));
+    drop(daemon);
+    let file = store.path().join("pod-a").join(&group).join("offsets.json");
+    assert!(file.is_file(), "no offsets at {}", file.display());
+
+    produce(&mq, &topic, &["down-0", "down-1", "down-2", "down-3"]).await;
+    let before = receiver.requests().len();
+    let _again = Daemon::start(&launch).await;
+    receiver
+        .wait_until(
+            Duration::from_secs(60),
+            "the messages produced while the daemon was down",
+            |r| deliveries(&r[before..]).len() == 4,
+        )
+        .await;
+    sleep(Duration::from_secs(2)).await;
+    let after = deliveries(&receiver.requests()[before..]);
+    let expected: BTreeMap<String, usize> = (0..4).map(|i| (format!("down-{i}"), 1)).collect();
+    assert_eq!(
+        after, expected,
+        "after the restart: the down-time messages, once each"
+    );
+}
+
 // === 11. SIGTERM ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
