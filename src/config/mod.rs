@@ -364,8 +364,10 @@ pub struct Subscription {
     /// Messages per pull request (count, 1..=1024). Env: `ROCKETMQ_PULL_BATCH_SIZE`.
     /// Default `32`.
     pub pull_batch_size: u32,
-    /// A message in the process queue longer than this is sent back for retry (the Java
-    /// `consumeTimeout`). Env: `ROCKETMQ_CONSUME_TIMEOUT` in minutes. Default `15m`.
+    /// Deadline of one batch's delivery (every request of it); a batch that misses it is
+    /// retried (sent back, or rolled back and retried in place in orderly mode). Unlike Java's
+    /// `consumeTimeout`, messages waiting in the process queue (an open circuit) do not age
+    /// out. Env: `ROCKETMQ_CONSUME_TIMEOUT` in minutes. Default `15m`.
     #[serde(with = "values::duration")]
     pub consume_timeout: Duration,
     /// Deliveries before a message goes to `%DLQ%<group>` (orderly too). Env:
@@ -415,8 +417,8 @@ pub struct Subscription {
     /// Orderly: `DLQ` (after max reconsume times, dead-letter it and move on) or `BLOCK`
     /// (retry forever in place). Default `DLQ`.
     pub orderly_dlq_policy: OrderlyDlqPolicy,
-    /// Restart a queue's pull loop with backoff after a broker or connection failure;
-    /// `false` fails the subscription instead (readiness goes down).
+    /// Accepted for compatibility with the seed design and otherwise ignored (`false` logs a
+    /// warning): queue workers always back off and retry after broker or connection failures.
     /// Env: `ROCKETMQ_ENABLE_AUTO_RECOVERY`. Default `true`.
     pub enable_auto_recovery: bool,
     /// Where and how to deliver.
