@@ -506,6 +506,7 @@ pub async fn run(
         warn!("Shutdown grace period exceeded; exiting with deliveries still in flight (they will be redelivered).");
     }
     cancel.cancel();
+    // Bounded: the admin server closes connections still open a few seconds after the cancel.
     if let Err(e) = admin.await {
         error!(error = %e, "Admin server task failed.");
     }

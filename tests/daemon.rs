@@ -1412,6 +1412,37 @@ async fn sigterm_drains_commits_and_a_restart_redelivers_nothing() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_although_an_admin_client_stalled_mid_request() {
+    use tokio::io::AsyncWriteExt;
+    let (mq, receiver, topic, group) = setup("stalled_admin", 1).await;
+    let config = yaml(
+        &mq.namesrv_addr(),
+        &[Sub::new(&group, &topic, receiver.url("/hook"))],
+    );
+    let mut daemon = Daemon::start(&Launch::yaml(config)).await;
+    // Half a request line, then silence: a graceful HTTP shutdown waits for the rest.
+    let mut stalled = tokio::net::TcpStream::connect(daemon.admin())
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the admin server: {e}"));
+    stalled
+        .write_all(b"GET")
+        .await
+        .unwrap_or_else(|e| panic!("cannot write to the admin server: {e}"));
+    sleep(Duration::from_millis(200)).await;
+    daemon.sigterm();
+    // Nothing is in flight, so the drain is quick; the admin server then gets 3 s. The limit is
+    // the grace period (10 s) plus a few seconds, well before the stalled client gives up.
+    let status = daemon.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM must exit 0\n{}",
+        daemon.output_tail(30)
+    );
+    drop(stalled);
+}
+
 // === 12. /metrics and /status ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

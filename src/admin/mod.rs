@@ -7,12 +7,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -61,7 +67,31 @@ async fn status_handler(State(state): State<AppState>) -> Response {
     axum::Json(state.source.status()).into_response()
 }
 
-/// Binds `listen` and serves until `cancel` fires.
+/// How long a request may take to send its headers. Also closes an idle keep-alive connection
+/// after as long, since hyper reads the next request's head from then on.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long open connections get to finish after `cancel` before they are closed. A scrape takes
+/// milliseconds; a client that sent half a request and went quiet would otherwise hold the
+/// daemon's exit for as long as it stays connected.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The time limits of the admin server (constants in production; short in tests).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_read: Duration,
+    stop: Duration,
+}
+
+impl Limits {
+    const DEFAULT: Self = Self {
+        header_read: HEADER_READ_TIMEOUT,
+        stop: STOP_TIMEOUT,
+    };
+}
+
+/// Binds `listen` and serves until `cancel` fires; the returned task then lets open connections
+/// finish for at most a few seconds and closes the rest, so it always ends soon after `cancel`.
 ///
 /// # Errors
 /// The address cannot be bound (in use, no permission).
@@ -71,18 +101,99 @@ pub async fn serve(
     source: Arc<dyn StatusSource>,
     cancel: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    serve_with(listen, router(metrics, source), cancel, Limits::DEFAULT).await
+}
+
+async fn serve_with(
+    listen: SocketAddr,
+    app: Router,
+    cancel: CancellationToken,
+    limits: Limits,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
-    let app = router(metrics, source);
+    // Our own accept loop rather than `axum::serve`: that one spawns every connection as a
+    // detached task and waits for all of them on graceful shutdown, without a limit.
     let task = tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "Admin server failed.");
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        connections.spawn(serve_connection(
+                            stream,
+                            peer,
+                            app.clone(),
+                            cancel.clone(),
+                            limits,
+                        ));
+                    }
+                    Err(e) => accept_failed(&e, &cancel).await,
+                },
+                // Reaps finished connections so the set does not grow with every scrape.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        drop(listener);
+        let drained = tokio::time::timeout(limits.stop, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                open = connections.len(),
+                after = ?limits.stop,
+                "Admin connections still open at shutdown; closing them."
+            );
+            connections.shutdown().await;
         }
     });
     Ok((bound, task))
+}
+
+/// Serves one connection; on `cancel` it finishes the request in progress and closes.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    cancel: CancellationToken,
+    limits: Limits,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read);
+    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "Admin connection failed.");
+    }
+}
+
+/// Handles a failed `accept`: a connection that failed before it was accepted is the peer's
+/// problem; anything else (out of file descriptors) is waited out briefly, so the loop does
+/// not spin while it lasts.
+async fn accept_failed(e: &std::io::Error, cancel: &CancellationToken) {
+    use std::io::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+    ) {
+        return;
+    }
+    tracing::warn!(error = %e, "Admin server cannot accept connections; retrying in 1 s.");
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
 }
 
 #[cfg(test)]
@@ -130,5 +241,84 @@ mod tests {
         assert_eq!(status["subscriptions"][0]["group"], "g");
         cancel.cancel();
         task.await.unwrap();
+    }
+
+    /// A client that sent `GET` and went quiet: graceful shutdown would wait for the rest of
+    /// its request forever.
+    async fn stalled_client(addr: SocketAddr) -> TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        stalled.write_all(b"GET").await.unwrap();
+        stalled
+    }
+
+    fn fake() -> Router {
+        router(
+            Metrics::new(),
+            Arc::new(Fake(AtomicBool::new(true))) as Arc<dyn StatusSource>,
+        )
+    }
+
+    /// Reads until the server closes the connection.
+    async fn closed_by_server(stream: &mut TcpStream) {
+        use tokio::io::AsyncReadExt;
+        let mut rest = Vec::new();
+        // Hyper may answer a half-read request with an error status before closing.
+        let _ = stream.read_to_end(&mut rest).await;
+    }
+
+    #[tokio::test]
+    async fn a_stalled_client_holds_the_stop_no_longer_than_the_limit() {
+        let cancel = CancellationToken::new();
+        let limits = Limits {
+            header_read: Duration::from_secs(600),
+            stop: Duration::from_millis(300),
+        };
+        let (addr, task) = serve_with(
+            "127.0.0.1:0".parse().unwrap(),
+            fake(),
+            cancel.clone(),
+            limits,
+        )
+        .await
+        .unwrap();
+        let mut stalled = stalled_client(addr).await;
+        // Lets the server read the bytes, so the connection is mid-request at the cancel.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the admin server waited for the stalled client")
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(1), closed_by_server(&mut stalled))
+            .await
+            .expect("the stalled connection is still open after the server stopped");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_client_is_closed_after_the_header_read_timeout() {
+        let cancel = CancellationToken::new();
+        let limits = Limits {
+            header_read: Duration::from_millis(300),
+            stop: Duration::from_secs(600),
+        };
+        let (addr, task) = serve_with(
+            "127.0.0.1:0".parse().unwrap(),
+            fake(),
+            cancel.clone(),
+            limits,
+        )
+        .await
+        .unwrap();
+        let mut stalled = stalled_client(addr).await;
+        tokio::time::timeout(Duration::from_secs(5), closed_by_server(&mut stalled))
+            .await
+            .expect("a client that never finished its headers kept its connection");
+        // With nothing left open, the stop needs none of its (here very long) limit.
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the admin server did not stop")
+            .unwrap();
     }
 }
