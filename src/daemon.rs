@@ -307,16 +307,25 @@ fn c_first_digit(c: &config::StatusClass) -> u16 {
 /// registry at scrape time, so the webhook module needs no Prometheus dependency.
 #[derive(Debug)]
 struct WebhookCollector {
-    requests: IntCounterVec,
-    circuit: IntGaugeVec,
-    in_flight: IntGaugeVec,
-    waiting: IntGauge,
+    /// Only for [`Collector::desc`]; never written. Each scrape fills fresh families instead:
+    /// the registry gathers under a read lock, so two scrapes can collect at once, and a
+    /// shared vector reset and refilled by both read 0, twice or three times the true count.
+    descs: WebhookFamilies,
     webhooks: Vec<(String, String, Webhook)>,
     transport: Transport,
 }
 
-impl WebhookCollector {
-    fn new(webhooks: Vec<(String, String, Webhook)>, transport: Transport) -> Self {
+/// The metric families of [`WebhookCollector`], empty when built.
+#[derive(Debug)]
+struct WebhookFamilies {
+    requests: IntCounterVec,
+    circuit: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    waiting: IntGauge,
+}
+
+impl WebhookFamilies {
+    fn new() -> Self {
         let labels = ["consumer_group", "topic"];
         Self {
             requests: IntCounterVec::new(
@@ -348,6 +357,14 @@ impl WebhookCollector {
                 "Webhook requests waiting for a place under delivery.max_in_flight.",
             )
             .expect("valid metric"),
+        }
+    }
+}
+
+impl WebhookCollector {
+    fn new(webhooks: Vec<(String, String, Webhook)>, transport: Transport) -> Self {
+        Self {
+            descs: WebhookFamilies::new(),
             webhooks,
             transport,
         }
@@ -356,38 +373,39 @@ impl WebhookCollector {
 
 impl Collector for WebhookCollector {
     fn desc(&self) -> Vec<&Desc> {
-        let mut d = self.requests.desc();
-        d.extend(self.circuit.desc());
-        d.extend(self.in_flight.desc());
-        d.extend(self.waiting.desc());
+        let f = &self.descs;
+        let mut d = f.requests.desc();
+        d.extend(f.circuit.desc());
+        d.extend(f.in_flight.desc());
+        d.extend(f.waiting.desc());
         d
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        self.requests.reset();
+        let f = WebhookFamilies::new();
         for (group, topic, hook) in &self.webhooks {
             let stats = hook.stats();
             for class in RequestClass::ALL {
                 let n = stats.requests(class);
                 if n > 0 {
-                    self.requests
+                    f.requests
                         .with_label_values(&[group, topic, class.as_str()])
                         .inc_by(n);
                 }
             }
-            self.circuit
+            f.circuit
                 .with_label_values(&[group, topic])
                 .set(hook.circuit_state().gauge_value());
-            self.in_flight
+            f.in_flight
                 .with_label_values(&[group, topic])
                 .set(stats.in_flight());
         }
-        let mut out = self.requests.collect();
-        out.extend(self.circuit.collect());
-        out.extend(self.in_flight.collect());
-        self.waiting
+        f.waiting
             .set(i64::try_from(self.transport.waiting()).unwrap_or(i64::MAX));
-        out.extend(self.waiting.collect());
+        let mut out = f.requests.collect();
+        out.extend(f.circuit.collect());
+        out.extend(f.in_flight.collect());
+        out.extend(f.waiting.collect());
         out
     }
 }
@@ -523,4 +541,84 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
         set.spawn(f);
     }
     while set.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webhook_with(requests: &[(RequestClass, u64)]) -> Webhook {
+        let hook = Webhook::new(WebhookOptions::new("http://127.0.0.1:1/hook")).unwrap();
+        for &(class, n) in requests {
+            for _ in 0..n {
+                hook.stats().record_request(class, None);
+            }
+        }
+        hook
+    }
+
+    /// The `webhook_requests_total` samples of one gather, by (group, status class).
+    fn request_samples(families: &[MetricFamily]) -> Vec<(String, String, u64)> {
+        let family = families
+            .iter()
+            .find(|f| f.name() == names::WEBHOOK_REQUESTS_TOTAL)
+            .expect("the requests family is gathered");
+        let mut out: Vec<(String, String, u64)> = family
+            .get_metric()
+            .iter()
+            .map(|m| {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                        .unwrap_or_default()
+                };
+                (
+                    label("consumer_group"),
+                    label("status_class"),
+                    m.get_counter().get_value() as u64,
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn concurrent_scrapes_all_read_the_true_request_counts() {
+        let webhooks = vec![
+            (
+                "g1".to_owned(),
+                "t".to_owned(),
+                webhook_with(&[
+                    (RequestClass::of_status(200), 5),
+                    (RequestClass::of_status(503), 3),
+                ]),
+            ),
+            (
+                "g2".to_owned(),
+                "t".to_owned(),
+                webhook_with(&[(RequestClass::of_status(404), 2)]),
+            ),
+        ];
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(WebhookCollector::new(webhooks, Transport::new(4))))
+            .unwrap();
+        let expected = vec![
+            ("g1".to_owned(), "2xx".to_owned(), 5),
+            ("g1".to_owned(), "5xx".to_owned(), 3),
+            ("g2".to_owned(), "4xx".to_owned(), 2),
+        ];
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..2_000 {
+                        assert_eq!(request_samples(&registry.gather()), expected);
+                    }
+                });
+            }
+        });
+    }
 }
