@@ -8,7 +8,11 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use cli::daemon::ConfigFlag;
+use cli::CliError;
 
 /// A RocketMQ push consumer that delivers messages to an HTTP endpoint, plus tools to create
 /// topics, produce test messages and inspect routes.
@@ -17,7 +21,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Options of `run`, the default command.
+    /// Options of `run`, the default command. `--config` here, before a subcommand, also
+    /// serves `run`, `check-config` and `healthcheck` (see [`parse`]).
     #[command(flatten)]
     run: cli::daemon::RunArgs,
 }
@@ -43,27 +48,77 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let (cli, config_flag) = match parse() {
+        Ok(parsed) => parsed,
         Err(err) => return cli::report_clap_error(&err),
     };
-    let result = match cli.command {
-        None => return cli::daemon::run(cli.run),
-        Some(Command::Run(args)) => return cli::daemon::run(args),
-        Some(Command::CheckConfig(args)) => return cli::daemon::check_config(args),
-        Some(Command::Echo(args)) => return cli::daemon::echo(args),
-        Some(Command::Healthcheck(args)) => return cli::daemon::healthcheck(args),
-        Some(Command::Topic(cmd)) => cli::block_on(cli::topic::run(cmd)),
-        Some(Command::Produce(args)) => cli::block_on(cli::produce::run(args)),
-        Some(Command::Route(args)) => cli::block_on(cli::route::run(args)),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    match dispatch(cli, &config_flag) {
+        Ok(code) => code,
         Err(err) => {
             eprintln!("rocketmq-webhook: {err}");
             err.exit_code()
         }
     }
+}
+
+/// Parses the command line and notes where `--config` was given on it. clap fills the
+/// top-level `--config` (`rocketmq-webhook -c FILE run`) and the subcommand's own separately,
+/// so [`dispatch`] has to carry the first into the second.
+fn parse() -> Result<(Cli, ConfigFlag), clap::Error> {
+    let matches = Cli::command().try_get_matches()?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let on_command_line =
+        |m: &ArgMatches| m.value_source("config") == Some(ValueSource::CommandLine);
+    let before = if on_command_line(&matches) {
+        cli.run.config.clone()
+    } else {
+        None
+    };
+    // Only these subcommands define `config` (asking any other one for it panics).
+    let after = match matches.subcommand() {
+        Some(("run" | "check-config" | "healthcheck", sub)) => on_command_line(sub),
+        _ => false,
+    };
+    let subcommand = matches.subcommand_name().unwrap_or("run").to_owned();
+    Ok((
+        cli,
+        ConfigFlag {
+            before,
+            after,
+            subcommand,
+        },
+    ))
+}
+
+fn dispatch(cli: Cli, config_flag: &ConfigFlag) -> Result<ExitCode, CliError> {
+    let Some(command) = cli.command else {
+        return Ok(cli::daemon::run(cli.run));
+    };
+    if !matches!(
+        command,
+        Command::Run(_) | Command::CheckConfig(_) | Command::Healthcheck(_)
+    ) {
+        config_flag.reject()?;
+    }
+    let result = match command {
+        Command::Run(mut args) => {
+            config_flag.apply(&mut args.config)?;
+            return Ok(cli::daemon::run(args));
+        }
+        Command::CheckConfig(mut args) => {
+            config_flag.apply(&mut args.config)?;
+            return Ok(cli::daemon::check_config(args));
+        }
+        Command::Healthcheck(mut args) => {
+            config_flag.apply(&mut args.config)?;
+            return Ok(cli::daemon::healthcheck(args));
+        }
+        Command::Echo(args) => return Ok(cli::daemon::echo(args)),
+        Command::Topic(cmd) => cli::block_on(cli::topic::run(cmd)),
+        Command::Produce(args) => cli::block_on(cli::produce::run(args)),
+        Command::Route(args) => cli::block_on(cli::route::run(args)),
+    };
+    result.map(|()| ExitCode::SUCCESS)
 }
 
 // The daemon's hot path allocates per message; mimalloc is markedly cheaper than glibc malloc

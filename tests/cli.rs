@@ -260,3 +260,66 @@ async fn errors_are_one_line_with_the_right_exit_code() {
     .await;
     assert_one_line_failure(&out, 1, &[&missing]);
 }
+
+/// Runs the binary with `args` and an empty environment (no `ROCKETMQ_*` of the caller reaches
+/// the configuration loader).
+async fn run_clean(args: &[&str]) -> Output {
+    tokio::process::Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"))
+}
+
+#[tokio::test]
+async fn config_before_the_subcommand_is_read_or_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("no temporary directory: {e}"));
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {name}: {e}"));
+        path.display().to_string()
+    };
+    // Nothing listens on either address: no subcommand here may get as far as connecting.
+    let dead = support::daemon::free_port().to_string();
+    let good = write(
+        "good.yaml",
+        &format!(
+            "namesrv_addr: \"127.0.0.1:9\"\nadmin:\n  listen: \"{dead}\"\nsubscriptions:\n  - group: G_from_the_file\n    topic: T\n    webhook:\n      url: \"http://127.0.0.1:9/hook\"\n"
+        ),
+    );
+    let bad = write(
+        "bad.yaml",
+        "namesrv_addr: \"127.0.0.1:9\"\nsubscriptions:\n  - group: G\n    topic: T\n    consume_form: FIRST_OFFSET\n    webhook:\n      url: \"http://127.0.0.1:9/hook\"\n",
+    );
+
+    // Before the subcommand, as after it.
+    for args in [
+        ["-c", good.as_str(), "check-config"],
+        ["check-config", "--config", good.as_str()],
+    ] {
+        let out = run_clean(&args).await;
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(
+            stdout(&out).contains("G_from_the_file"),
+            "{args:?}: {}",
+            stdout(&out)
+        );
+    }
+    // The same file twice is no conflict.
+    let out = run_clean(&["-c", &good, "check-config", "-c", &good]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run_clean(&["--config", &bad, "run"]).await;
+    assert_one_line_failure(&out, 2, &["consume_form", &bad]);
+    let out = run_clean(&["-c", &good, "healthcheck"]).await;
+    assert_one_line_failure(&out, 1, &[&format!("http://{dead}/healthz")]);
+
+    // Refused where it would be ignored or ambiguous.
+    let out = run_clean(&["-c", &good, "echo", "--listen", "127.0.0.1:0"]).await;
+    assert_one_line_failure(&out, 2, &["--config", &good, "echo"]);
+    let out = run_clean(&["-c", &good, "route", "--namesrv", &dead, "--topic", "T"]).await;
+    assert_one_line_failure(&out, 2, &["--config", "route"]);
+    let out = run_clean(&["-c", &good, "check-config", "-c", &bad]).await;
+    assert_one_line_failure(&out, 2, &["--config", &good, &bad]);
+}

@@ -8,12 +8,68 @@ use std::time::Duration;
 use rocketmq_webhook::config::{self, Config, ConfigError, Sources, WorkerThreads};
 use rocketmq_webhook::daemon::{self, Plan};
 
+use super::CliError;
+
 /// `rocketmq-webhook run` (also the default when no subcommand is given).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct RunArgs {
     /// YAML configuration file; without it, the configuration comes from ROCKETMQ_* variables.
     #[arg(long, short = 'c', env = "ROCKETMQ_CONFIG")]
     pub(crate) config: Option<PathBuf>,
+}
+
+/// Where `--config` was given on the command line, so that `rocketmq-webhook -c FILE run`
+/// reads FILE as `rocketmq-webhook run -c FILE` does.
+#[derive(Debug)]
+pub(crate) struct ConfigFlag {
+    /// The file given before the subcommand.
+    pub(crate) before: Option<PathBuf>,
+    /// Whether the subcommand was given its own `--config` too.
+    pub(crate) after: bool,
+    /// The subcommand's name, for messages.
+    pub(crate) subcommand: String,
+}
+
+impl ConfigFlag {
+    /// Puts the file given before the subcommand into the subcommand's `config`; as a flag,
+    /// it beats `ROCKETMQ_CONFIG` there just as the subcommand's own flag does.
+    ///
+    /// # Errors
+    /// [`CliError::Usage`] when the flag is given before and after the subcommand with
+    /// different files: which one was meant cannot be told.
+    pub(crate) fn apply(&self, config: &mut Option<PathBuf>) -> Result<(), CliError> {
+        let Some(before) = &self.before else {
+            return Ok(());
+        };
+        match config {
+            Some(after) if self.after && after != before => Err(CliError::usage(format!(
+                "--config is given twice: {} before `{}` and {} after it",
+                before.display(),
+                self.subcommand,
+                after.display()
+            ))),
+            _ => {
+                *config = Some(before.clone());
+                Ok(())
+            }
+        }
+    }
+
+    /// Refuses a `--config` before a subcommand that reads no configuration file, rather than
+    /// ignoring it.
+    ///
+    /// # Errors
+    /// [`CliError::Usage`] when the flag was given.
+    pub(crate) fn reject(&self) -> Result<(), CliError> {
+        match &self.before {
+            Some(path) => Err(CliError::usage(format!(
+                "--config {} is not read by `{}`: only run, check-config and healthcheck read a configuration file",
+                path.display(),
+                self.subcommand
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `rocketmq-webhook check-config`.
