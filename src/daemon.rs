@@ -14,7 +14,7 @@ use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::client::{ClientConfig, ConnectOptions};
+use crate::client::{ClientConfig, ConnectOptions, TlsSetting};
 use crate::config;
 use crate::consumer::{self, CacheBudget, Consumer, Probe, Runtime};
 use crate::metrics::{names, Metrics};
@@ -73,7 +73,8 @@ impl Plan {
     /// Maps the configuration onto engine and webhook settings.
     ///
     /// # Errors
-    /// A webhook that cannot be built (URL, header or secret the HTTP layer rejects).
+    /// A webhook that cannot be built (URL, header or secret the HTTP layer rejects), or a
+    /// broker TLS file that cannot be read or parsed.
     pub fn new(cfg: &config::Config) -> Result<Self, PlanError> {
         let acl = match (&cfg.client.access_key, &cfg.client.secret_key) {
             (Some(ak), Some(sk)) => Some(AclCredentials::new(ak.clone(), sk.expose().to_owned())),
@@ -89,6 +90,15 @@ impl Plan {
                 server_name: t.server_name.clone(),
             }
         });
+        if let Some(tls) = &tls {
+            // Client::new builds the connector only once the consumers start; a file that does
+            // not parse must instead be a configuration error naming its key, found by
+            // check-config too.
+            tls.check().map_err(|(setting, e)| PlanError {
+                key: broker_tls_key(setting).to_owned(),
+                reason: e.to_string(),
+            })?;
+        }
         let connect = ConnectOptions {
             acl,
             tls,
@@ -142,6 +152,18 @@ impl Plan {
             )),
             transport,
         })
+    }
+}
+
+/// The configuration key of a broker TLS setting.
+fn broker_tls_key(setting: Option<TlsSetting>) -> &'static str {
+    match setting {
+        Some(TlsSetting::CaFile) => "client.tls.ca_file",
+        Some(TlsSetting::ClientCert) => "client.tls.cert_file",
+        Some(TlsSetting::ClientKey) => "client.tls.key_file",
+        Some(TlsSetting::ServerName) => "client.tls.server_name",
+        // No setting causes it (the TLS library's own protocol defaults).
+        None => "client.tls",
     }
 }
 

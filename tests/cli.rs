@@ -323,3 +323,53 @@ async fn config_before_the_subcommand_is_read_or_refused() {
     let out = run_clean(&["-c", &good, "check-config", "-c", &bad]).await;
     assert_one_line_failure(&out, 2, &["--config", &good, &bad]);
 }
+
+#[tokio::test]
+async fn a_broker_tls_file_that_does_not_parse_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("no temporary directory: {e}"));
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n")
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", garbage.display()));
+    let garbage = garbage.display().to_string();
+    // A name server that must never hear from the daemon.
+    let namesrv = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    namesrv.set_nonblocking(true).expect("nonblocking");
+    let namesrv_addr = namesrv.local_addr().expect("addr").to_string();
+    let config = |tls: &str| {
+        let path = dir.path().join("config.yaml");
+        let text = format!(
+            "namesrv_addr: \"{namesrv_addr}\"\nclient:\n  tls:\n    enabled: true\n{tls}subscriptions:\n  - group: G\n    topic: T\n    webhook:\n      url: \"http://127.0.0.1:9/hook\"\n"
+        );
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write the config: {e}"));
+        path.display().to_string()
+    };
+    let cases = [
+        (
+            format!("    ca_file: \"{garbage}\"\n    insecure_skip_verify: false\n"),
+            "client.tls.ca_file",
+        ),
+        // Also when verification is off and the CA file is not used yet.
+        (
+            format!("    ca_file: \"{garbage}\"\n"),
+            "client.tls.ca_file",
+        ),
+        (
+            format!(
+                "    cert_file: \"{}\"\n    key_file: \"{garbage}\"\n",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/src/client/testdata/leaf.pem")
+            ),
+            "client.tls.key_file",
+        ),
+    ];
+    for (tls, key) in cases {
+        let file = config(&tls);
+        for subcommand in ["check-config", "run"] {
+            let out = run_clean(&[subcommand, "--config", &file]).await;
+            assert_one_line_failure(&out, 2, &[key, &garbage]);
+        }
+    }
+    assert!(
+        namesrv.accept().is_err(),
+        "a daemon with a bad TLS file connected to the name server"
+    );
+}

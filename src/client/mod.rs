@@ -35,5 +35,5 @@ pub use instance::{Client, ClientConfig};
 pub use namesrv::{NameServer, DEFAULT_NAMESRV_TIMEOUT};
 pub use pool::Pool;
 pub use route::{subscribe_queues, RouteTable, Routes};
-pub use tls::TlsConfig;
 pub(crate) use tls::{read_certs, read_key};
+pub use tls::{TlsConfig, TlsSetting};

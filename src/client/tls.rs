@@ -54,6 +54,20 @@ impl Default for TlsConfig {
     }
 }
 
+/// The setting of a [`TlsConfig`] that [`TlsConfig::check`] found unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsSetting {
+    /// [`TlsConfig::ca_file`].
+    CaFile,
+    /// [`TlsConfig::client_cert`].
+    ClientCert,
+    /// [`TlsConfig::client_key`] (also when it is not the key of the certificate).
+    ClientKey,
+    /// [`TlsConfig::server_name`].
+    ServerName,
+}
+
 impl TlsConfig {
     /// Builds a connector from this configuration, reading the certificate and key files.
     ///
@@ -61,43 +75,86 @@ impl TlsConfig {
     /// [`ClientError::Tls`] when a file cannot be read or parsed, when only one of
     /// `client_cert` and `client_key` is set, or when rustls rejects the combination.
     pub fn connector(&self) -> Result<TlsConnector, ClientError> {
+        self.build(false).map_err(|(_, e)| e)
+    }
+
+    /// Checks this configuration before anything connects: builds a connector as
+    /// [`Self::connector`] does, reading the CA file even when verification is off (so a broken
+    /// file is reported at startup, not when someone turns verification on), and checks
+    /// `server_name`.
+    ///
+    /// # Errors
+    /// The setting at fault (`None` for a failure no setting causes) and the
+    /// [`ClientError::Tls`] describing it.
+    pub fn check(&self) -> Result<(), (Option<TlsSetting>, ClientError)> {
+        if let Some(name) = &self.server_name {
+            parse_server_name(name).map_err(|e| (Some(TlsSetting::ServerName), e))?;
+        }
+        self.build(true).map(drop)
+    }
+
+    /// The connector, each failure tagged with the setting it is about; `always_read_ca` reads
+    /// and checks the CA file also when verification is off (and the file is not used).
+    fn build(
+        &self,
+        always_read_ca: bool,
+    ) -> Result<TlsConnector, (Option<TlsSetting>, ClientError)> {
+        let ca = |e| (Some(TlsSetting::CaFile), e);
         let provider = Arc::new(crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| tls_error("protocol versions", None, &e))?;
+            .map_err(|e| (None, tls_error("protocol versions", None, &e)))?;
+        let mut roots = RootCertStore::empty();
+        match &self.ca_file {
+            Some(path) if always_read_ca || !self.insecure_skip_verify => {
+                for cert in read_certs(path, "CA file").map_err(ca)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| ca(tls_error("CA file", Some(path), &e)))?;
+                }
+            }
+            None if !self.insecure_skip_verify => {
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            }
+            _ => {}
+        }
         let builder = if self.insecure_skip_verify {
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Self::accept_any_server_cert(provider))
         } else {
-            let mut roots = RootCertStore::empty();
-            match &self.ca_file {
-                Some(path) => {
-                    for cert in read_certs(path, "CA file")? {
-                        roots
-                            .add(cert)
-                            .map_err(|e| tls_error("CA file", Some(path), &e))?;
-                    }
-                }
-                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-            }
             builder.with_root_certificates(roots)
         };
         let config = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => {
-                let chain = read_certs(cert, "client certificate")?;
-                let key = read_key(key, "client key")?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| tls_error("client certificate", Some(cert), &e))?
+                let chain = read_certs(cert, "client certificate")
+                    .map_err(|e| (Some(TlsSetting::ClientCert), e))?;
+                let key_der =
+                    read_key(key, "client key").map_err(|e| (Some(TlsSetting::ClientKey), e))?;
+                // Both files parse, so what rustls rejects is the pair: the key is not the
+                // certificate's, or of a kind it cannot sign with.
+                builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                    (
+                        Some(TlsSetting::ClientKey),
+                        tls_error("client key", Some(key), &e),
+                    )
+                })?
             }
             (None, None) => builder.with_no_client_auth(),
             (Some(path), None) | (None, Some(path)) => {
-                return Err(ClientError::Tls {
-                    what: "client certificate",
-                    path: Some(path.clone()),
-                    reason: "client_cert and client_key must be set together".to_owned(),
-                })
+                let missing = if self.client_key.is_none() {
+                    TlsSetting::ClientKey
+                } else {
+                    TlsSetting::ClientCert
+                };
+                return Err((
+                    Some(missing),
+                    ClientError::Tls {
+                        what: "client certificate",
+                        path: Some(path.clone()),
+                        reason: "client_cert and client_key must be set together".to_owned(),
+                    },
+                ));
             }
         };
         Ok(TlsConnector::from(Arc::new(config)))
@@ -118,12 +175,16 @@ impl TlsConfig {
             Some(name) => name.as_str(),
             None => host_of(addr),
         };
-        ServerName::try_from(host.to_owned()).map_err(|e| ClientError::Tls {
-            what: "server name",
-            path: None,
-            reason: format!("`{host}`: {e}"),
-        })
+        parse_server_name(host)
     }
+}
+
+fn parse_server_name(host: &str) -> Result<ServerName<'static>, ClientError> {
+    ServerName::try_from(host.to_owned()).map_err(|e| ClientError::Tls {
+        what: "server name",
+        path: None,
+        reason: format!("`{host}`: {e}"),
+    })
 }
 
 /// The host part of `host:port` (brackets of an IPv6 literal removed).
@@ -288,6 +349,57 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    fn testdata(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/client/testdata")
+            .join(name)
+    }
+
+    #[test]
+    fn check_names_the_setting_at_fault() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, b"not a pem").expect("write");
+        let setting = |config: TlsConfig| config.check().err().map(|(setting, _)| setting);
+        let good = TlsConfig {
+            ca_file: Some(testdata("ca.pem")),
+            client_cert: Some(testdata("leaf.pem")),
+            client_key: Some(testdata("leaf.key")),
+            insecure_skip_verify: false,
+            server_name: Some("broker.example".to_owned()),
+        };
+        assert!(good.check().is_ok());
+        // Read although verification is off and the connector does not use it.
+        let ca = TlsConfig {
+            ca_file: Some(garbage.clone()),
+            insecure_skip_verify: true,
+            ..good.clone()
+        };
+        assert!(ca.connector().is_ok());
+        assert_eq!(setting(ca), Some(Some(TlsSetting::CaFile)));
+        let cert = TlsConfig {
+            client_cert: Some(garbage.clone()),
+            ..good.clone()
+        };
+        assert_eq!(setting(cert), Some(Some(TlsSetting::ClientCert)));
+        let key = TlsConfig {
+            client_key: Some(garbage),
+            ..good.clone()
+        };
+        assert_eq!(setting(key), Some(Some(TlsSetting::ClientKey)));
+        // Both parse, but the key is not the certificate's.
+        let pair = TlsConfig {
+            client_cert: Some(testdata("ca.pem")),
+            ..good.clone()
+        };
+        assert_eq!(setting(pair), Some(Some(TlsSetting::ClientKey)));
+        let name = TlsConfig {
+            server_name: Some("not a host name!".to_owned()),
+            ..good
+        };
+        assert_eq!(setting(name), Some(Some(TlsSetting::ServerName)));
     }
 
     #[test]

@@ -199,7 +199,9 @@ impl Default for ClientConfig {
 pub struct TlsConfig {
     /// Use TLS for every remoting connection. Default `false`.
     pub enabled: bool,
-    /// PEM file of CA certificates to trust instead of the built-in web roots. Default: none.
+    /// PEM file of CA certificates to trust instead of the built-in web roots. Read and checked
+    /// at startup (exit 2 when it does not parse), also with `insecure_skip_verify`. Default:
+    /// none.
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate chain for mutual TLS (with `key_file`). Default: none.
     pub cert_file: Option<PathBuf>,
