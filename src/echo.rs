@@ -24,11 +24,9 @@ struct EchoState {
 /// The address cannot be bound.
 pub async fn serve(
     listen: SocketAddr,
-    status: u16,
+    status: StatusCode,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let status = StatusCode::from_u16(status)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let state = EchoState {
         status,
         out: Arc::new(Mutex::new(tokio::io::stdout())),

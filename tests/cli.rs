@@ -373,3 +373,33 @@ async fn a_broker_tls_file_that_does_not_parse_is_a_configuration_error() {
         "a daemon with a bad TLS file connected to the name server"
     );
 }
+
+#[tokio::test]
+async fn echo_takes_only_an_http_status() {
+    for bad in ["42", "1000", "ok"] {
+        let out = run_clean(&["echo", "--listen", "127.0.0.1:0", "--status", bad]).await;
+        assert_one_line_failure(&out, 2, &["--status", bad]);
+    }
+    // A valid one is what every request gets.
+    let listen = support::daemon::free_port().to_string();
+    let _echo = tokio::process::Command::new(BIN)
+        .args(["echo", "--listen", &listen, "--status", "503"])
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {BIN} echo: {e}"));
+    let url = format!("http://{listen}/hook");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        match reqwest::Client::new().post(&url).body("{}").send().await {
+            Ok(response) => break response.status(),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                panic!("echo did not answer on {listen}: {e}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    assert_eq!(status, 503);
+}

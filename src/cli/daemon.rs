@@ -86,9 +86,18 @@ pub(crate) struct EchoArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
-    /// HTTP status to answer every request with.
-    #[arg(long, default_value_t = 200)]
-    pub(crate) status: u16,
+    /// HTTP status to answer every request with (100-999).
+    #[arg(long, default_value = "200", value_parser = parse_status)]
+    pub(crate) status: http::StatusCode,
+}
+
+/// `--status`: checked while parsing, so a bad code is a usage error (exit 2) naming the flag.
+fn parse_status(text: &str) -> Result<http::StatusCode, String> {
+    let code: u16 = text
+        .parse()
+        .map_err(|_| "not a number: use an HTTP status such as 200 or 503".to_owned())?;
+    http::StatusCode::from_u16(code)
+        .map_err(|_| "not an HTTP status: use a code from 100 to 999".to_owned())
 }
 
 /// `rocketmq-webhook healthcheck`.
