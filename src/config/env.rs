@@ -9,8 +9,9 @@
 //!
 //! Rules:
 //! - an empty value counts as unset (Kubernetes manifests often template empty variables);
-//! - `ROCKETMQ_HOME` is ignored; other unknown `ROCKETMQ_*` names are warnings (other RocketMQ
-//!   tools set their own), with a suggestion when the name looks like a typo of a known one;
+//! - `ROCKETMQ_HOME` and `ROCKETMQ_CONFIG` (the file's path, for the command line) are ignored;
+//!   other unknown `ROCKETMQ_*` names are warnings (other RocketMQ tools set their own), with a
+//!   suggestion when the name looks like a typo of a known one;
 //! - `ROCKETMQ_<KEY>__<KEY>...` (double underscore) sets any key of the tree by path, e.g.
 //!   `ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__URL` or `ROCKETMQ_CLIENT__TLS__ENABLED=true`; such
 //!   names are ours, so a wrong key there is an error;
@@ -267,8 +268,10 @@ pub const VARIABLES: &[Variable] = &[
     ),
 ];
 
-/// Variables that are known to be someone else's and are skipped without a warning.
-const IGNORED: &[&str] = &["ROCKETMQ_HOME"];
+/// Variables that are known to be someone else's and are skipped without a warning:
+/// `ROCKETMQ_HOME` is the Java distribution's, and `ROCKETMQ_CONFIG` names the configuration
+/// file (read by the command line, not a setting).
+const IGNORED: &[&str] = &["ROCKETMQ_HOME", "ROCKETMQ_CONFIG"];
 
 const PREFIX: &str = "ROCKETMQ_";
 
@@ -487,10 +490,11 @@ mod tests {
     }
 
     #[test]
-    fn text_stays_text_and_home_is_ignored() {
+    fn text_stays_text_and_home_and_the_file_variable_are_ignored() {
         let layer = read(&env(&[
             ("ROCKETMQ_CONSUMER_GROUP", "0001"),
             ("ROCKETMQ_HOME", "/home/rocketmq/rocketmq-5.3.0"),
+            ("ROCKETMQ_CONFIG", "/etc/rocketmq-webhook/config.yaml"),
             ("ROCKETMQ_EMPTY_THING", ""),
         ]));
         assert_eq!(
