@@ -1558,7 +1558,12 @@ async fn churn_scenario(members: usize) {
     let mut load = Load::steady(mq.producer(), &topic);
     let until = Instant::now() + churn;
     let (mut joins, mut leaves, mut kills) = (0, 0, 0);
-    while Instant::now() < until {
+    // The random schedule goes on past `until` (for at most a minute) until it has had a clean
+    // leave, a crash and a join: a short run could otherwise end without a crash.
+    let give_up = until + Duration::from_secs(60);
+    while Instant::now() < until
+        || ((joins == 0 || leaves == 0 || kills == 0) && Instant::now() < give_up)
+    {
         sleep(random_between(
             Duration::from_millis(1500),
             Duration::from_millis(3500),
@@ -1569,8 +1574,9 @@ async fn churn_scenario(members: usize) {
         match slots[slot].take() {
             Some(mut daemon) if running > 1 => {
                 rss.sample(&daemon);
-                // Most members leave cleanly; every third one crashes.
-                if (leaves + kills) % 3 == 2 {
+                // Most members leave cleanly; the second to go, and every third after it,
+                // crashes.
+                if (leaves + kills) % 3 == 1 {
                     daemon.sigkill();
                     kills += 1;
                 } else {
@@ -1591,6 +1597,10 @@ async fn churn_scenario(members: usize) {
             }
         }
     }
+    assert!(
+        joins > 0 && leaves > 0 && kills > 0,
+        "{name}: the schedule had joins={joins} leaves={leaves} kills={kills}; every kind is needed"
+    );
     load.stop().await;
     let tails = || {
         slots
