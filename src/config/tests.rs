@@ -1456,6 +1456,42 @@ fn reference_file_lists_every_key_with_its_default() {
         );
     }
     assert!(text.contains("subscription_defaults:"));
+
+    // And with its default: the reference loads to the tree the defaults give for the same
+    // identity (group, topic, URL), apart from the subscription's name.
+    let reference = ok(Some(&text), &[]);
+    let same_identity = ok(
+        None,
+        &[
+            ("ROCKETMQ_CONSUMER_GROUP", "GID_example"),
+            ("ROCKETMQ_TOPIC", "example"),
+            ("ROCKETMQ_WEBHOOK_URL", "http://127.0.0.1:8080/rocketmq"),
+        ],
+    );
+    let tree = |c: &Config| -> serde_yaml::Value {
+        let mut v: serde_yaml::Value = serde_yaml::from_str(&c.redacted_yaml()).expect("yaml");
+        if let Some(sub) = v["subscriptions"][0].as_mapping_mut() {
+            sub.remove("name");
+        }
+        v
+    };
+    let (got, want) = (tree(&reference), tree(&same_identity));
+    if got != want {
+        let (got, want) = (
+            serde_yaml::to_string(&got).expect("yaml"),
+            serde_yaml::to_string(&want).expect("yaml"),
+        );
+        let differ: Vec<String> = got
+            .lines()
+            .zip(want.lines())
+            .filter(|(a, b)| a != b)
+            .map(|(a, b)| format!("reference: {a}\n default:   {b}"))
+            .collect();
+        panic!(
+            "config/reference.yaml differs from the defaults:\n{}",
+            differ.join("\n")
+        );
+    }
 }
 
 fn collect_keys(value: &serde_yaml::Value, out: &mut Vec<String>) {
