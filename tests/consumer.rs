@@ -1077,23 +1077,27 @@ async fn admin_call(
     code: rocketmq_webhook::remoting::RequestCode,
     fields: &[(&str, &str)],
 ) -> rocketmq_webhook::remoting::RemotingCommand {
+    admin_call_within(mq, code, fields, Duration::from_secs(10))
+        .await
+        .expect("admin call")
+}
+
+/// [`admin_call`], answered within `within` or an error.
+async fn admin_call_within(
+    mq: &RocketMq,
+    code: rocketmq_webhook::remoting::RequestCode,
+    fields: &[(&str, &str)],
+    within: Duration,
+) -> Result<rocketmq_webhook::remoting::RemotingCommand, rocketmq_webhook::client::ClientError> {
     use rocketmq_webhook::remoting::command::{ExtFields, RemotingCommand};
     let client = Client::new(client_config(mq, &unique("admin")), Arc::new(NotSupported)).unwrap();
     let mut ext = ExtFields::new();
     for (k, v) in fields {
         ext.insert(*k, v);
     }
-    let conn = client
-        .pool()
-        .connection(&mq.broker_addr())
+    let conn = client.pool().connection(&mq.broker_addr()).await?;
+    conn.call_raw(RemotingCommand::request(code, ext, Vec::new()), within)
         .await
-        .expect("connect");
-    conn.call_raw(
-        RemotingCommand::request(code, ext, Vec::new()),
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("admin call")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1656,5 +1660,117 @@ async fn a_refused_send_back_keeps_the_message_until_it_is_accepted() {
         [0, 1, 2],
         "consumed again locally after each refusal"
     );
+    consumer.shutdown().await;
+}
+
+/// Holds a second delivery of the body `gate` (a broker's consume-directly of it) until
+/// `released`, for at most 8 s; everything else succeeds at once.
+struct Gate {
+    gate_calls: Arc<std::sync::atomic::AtomicUsize>,
+    released: Arc<AtomicBool>,
+}
+
+impl Handler for Gate {
+    async fn handle(&self, batch: &Batch) -> Vec<Outcome> {
+        for m in &batch.messages {
+            if &m.body[..] == b"gate" && self.gate_calls.fetch_add(1, SeqCst) >= 1 {
+                let until = tokio::time::Instant::now() + Duration::from_secs(8);
+                while !self.released.load(SeqCst) && tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        vec![Outcome::Success; batch.messages.len()]
+    }
+}
+
+/// A broker's consume-directly waits on the endpoint (seconds); the broker's other requests to
+/// the same consumer (running info here; membership notices and offset resets alike) are
+/// answered meanwhile, not queued behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_direct_consumption_does_not_hold_up_other_broker_requests() {
+    use rocketmq_webhook::remoting::{RequestCode, ResponseCode};
+    use std::sync::atomic::AtomicUsize;
+    let mq = RocketMq::start().await;
+    let topic = unique("T_direct");
+    let group = unique("G_direct");
+    mq.create_topic(&topic, 1).await;
+    let p = producer(&mq).await;
+    let target = p
+        .send(
+            Message::new(topic.as_str(), b"gate".to_vec()),
+            &QueueSelector::RoundRobin,
+        )
+        .await
+        .expect("sent");
+    let gate_calls = Arc::new(AtomicUsize::new(0));
+    let released = Arc::new(AtomicBool::new(false));
+    let consumer = start(
+        &mq,
+        &unique("direct"),
+        fast_config(&group, &topic),
+        Gate {
+            gate_calls: Arc::clone(&gate_calls),
+            released: Arc::clone(&released),
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(60), "gate consumed", || {
+        gate_calls.load(SeqCst) >= 1
+    })
+    .await;
+    let client_id = consumer.client_id().to_owned();
+    let direct_fields = [
+        ("consumerGroup", group.as_str()),
+        ("clientId", client_id.as_str()),
+        ("msgId", target.offset_msg_id.as_str()),
+        ("topic", topic.as_str()),
+    ];
+    let direct = admin_call_within(
+        &mq,
+        RequestCode::ConsumeMessageDirectly,
+        &direct_fields,
+        Duration::from_secs(20),
+    );
+    let meanwhile = async {
+        eventually(
+            Duration::from_secs(10),
+            "the direct consumption began",
+            || gate_calls.load(SeqCst) >= 2,
+        )
+        .await;
+        // The endpoint holds the direct consumption for 8 s unless released; this must be
+        // answered well before.
+        let info = admin_call_within(
+            &mq,
+            RequestCode::GetConsumerRunningInfo,
+            &[
+                ("consumerGroup", &group),
+                ("clientId", &client_id),
+                ("jstackEnable", "false"),
+            ],
+            Duration::from_secs(3),
+        )
+        .await;
+        released.store(true, SeqCst);
+        info
+    };
+    let (direct, info) = tokio::join!(direct, meanwhile);
+    let info =
+        info.unwrap_or_else(|e| panic!("running info while a direct consumption waits: {e}"));
+    assert_eq!(
+        info.response_code(),
+        ResponseCode::Success,
+        "{:?}",
+        info.remark
+    );
+    let direct = direct.unwrap_or_else(|e| panic!("consume directly: {e}"));
+    assert_eq!(
+        direct.response_code(),
+        ResponseCode::Success,
+        "{:?}",
+        direct.remark
+    );
+    assert!(String::from_utf8_lossy(&direct.body).contains("CR_SUCCESS"));
     consumer.shutdown().await;
 }

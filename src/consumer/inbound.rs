@@ -4,12 +4,15 @@
 //!
 //! The connection task hands each request to a [`Forwarder`], which passes it over a bounded
 //! channel to the engine's inbound task and waits for the answer; the connection is never
-//! blocked by engine work.
+//! blocked by engine work. The inbound task answers the quick requests itself, in order, and
+//! runs consume-directly (an endpoint call, seconds) in tasks of its own, a few at a time, so
+//! a slow endpoint never holds up a rebalance notice or an offset reset behind it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -19,7 +22,7 @@ use crate::remoting::body::offset_table::write_offset_table;
 use crate::remoting::body::running_info::{ConsumerRunningInfo, ProcessQueueInfo};
 use crate::remoting::command::RemotingCommand;
 use crate::remoting::rpc::BrokerRequest;
-use crate::remoting::ResponseCode;
+use crate::remoting::{RequestCode, ResponseCode};
 
 use super::engine::{now_millis, Shared};
 use super::handler::{Batch, ConsumeMode, Handler, Outcome};
@@ -51,16 +54,20 @@ impl Forwarder {
         request: RemotingCommand,
     ) -> Option<RemotingCommand> {
         let (reply, answer) = oneshot::channel();
-        // A full channel means the engine is far behind; the broker retries these requests.
+        // A full channel means the engine is far behind (its inbound task answers quick requests
+        // only). The request is dropped: a request with an answer times out at the broker; a
+        // oneway one (membership notice, offset reset) is lost, hence the warning.
+        let code = request.code;
         if self
             .tx
             .try_send(BrokerEvent {
-                from,
+                from: from.clone(),
                 request,
                 reply,
             })
             .is_err()
         {
+            warn!(broker = %from, code, "Broker request dropped: too many waiting.");
             return None;
         }
         tokio::time::timeout(Duration::from_secs(60), answer)
@@ -70,20 +77,52 @@ impl Forwarder {
     }
 }
 
-/// The engine side: answers broker requests until `cancel`.
+/// Consume-directly requests run at once at most; more are answered SYSTEM_BUSY (an admin's
+/// tool, not traffic: a handful is plenty, and each holds a webhook request).
+const MAX_DIRECT: usize = 4;
+
+/// The engine side: answers broker requests until `cancel`. Consume-directly runs in `direct`,
+/// owned here: cancelling ends them with the task, and a panic in one ends only that one (its
+/// broker gets no answer and times out).
 pub(crate) async fn run<H: Handler>(
     shared: Arc<Shared<H>>,
     mut events: mpsc::Receiver<BrokerEvent>,
     cancel: CancellationToken,
 ) {
+    let mut direct = JoinSet::new();
     loop {
         let event = tokio::select! {
             _ = cancel.cancelled() => return,
+            Some(done) = direct.join_next(), if !direct.is_empty() => {
+                if let Err(e) = done {
+                    warn!(error = %e, "Consume-directly ended abnormally.");
+                }
+                continue;
+            }
             e = events.recv() => match e {
                 Some(e) => e,
                 None => return,
             },
         };
+        if event.request.code == i32::from(RequestCode::ConsumeMessageDirectly) {
+            if direct.len() >= MAX_DIRECT {
+                let busy = RemotingCommand::response_to(
+                    &event.request,
+                    ResponseCode::SystemBusy,
+                    Some(format!(
+                        "{MAX_DIRECT} direct consumptions already in progress"
+                    )),
+                );
+                let _ = event.reply.send(Some(busy));
+                continue;
+            }
+            let shared = Arc::clone(&shared);
+            direct.spawn(async move {
+                let answer = answer(&shared, &event.from, &event.request).await;
+                let _ = event.reply.send(answer);
+            });
+            continue;
+        }
         let answer = answer(&shared, &event.from, &event.request).await;
         let _ = event.reply.send(answer);
     }
@@ -158,6 +197,7 @@ async fn answer<H: Handler>(
         BrokerRequest::ConsumeDirectly {
             consumer_group,
             mut message,
+            broker_name,
             ..
         } => {
             if consumer_group != group {
@@ -169,7 +209,7 @@ async fn answer<H: Handler>(
                 topic: shared.config.topic.clone(),
                 queue: crate::remoting::MessageQueue::new(
                     message.topic.clone(),
-                    "",
+                    broker_name.unwrap_or_default(),
                     message.queue_id,
                 ),
                 mode: shared.config.mode,
