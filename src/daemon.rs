@@ -506,6 +506,12 @@ pub async fn run(
     );
     metrics.registry().register(Box::new(collector))?;
 
+    // Bound before any consumer starts: a port in use (or one a non-root user may not bind) is
+    // reported before anything connects to RocketMQ. Requests wait in the backlog until the
+    // server starts below.
+    let admin_listener = tokio::net::TcpListener::bind(plan.admin)
+        .await
+        .map_err(|e| format!("cannot bind the admin server to {}: {e}", plan.admin))?;
     let cancel = CancellationToken::new();
     let mut consumers = Vec::new();
     let mut status = Vec::new();
@@ -531,9 +537,9 @@ pub async fn run(
         cache_budget: plan.cache_budget,
         transport: plan.transport,
     });
-    let (bound, admin) = crate::admin::serve(plan.admin, metrics.clone(), source, cancel.clone())
-        .await
-        .map_err(|e| format!("cannot bind the admin server to {}: {e}", plan.admin))?;
+    let (bound, admin) =
+        crate::admin::serve(admin_listener, metrics.clone(), source, cancel.clone())
+            .map_err(|e| format!("admin server on {}: {e}", plan.admin))?;
     info!(admin = %bound, "Admin server listening (/metrics, /healthz, /readyz, /status).");
 
     shutdown.await;

@@ -1325,6 +1325,67 @@ async fn broadcasting_offsets_survive_a_restart() {
 
 // === 11. SIGTERM ===
 
+/// A second SIGTERM while the first one's drain waits on the endpoint ends the process at
+/// once, with the status a process killed by SIGTERM has (143), as supervisors expect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once_with_status_143() {
+    let (mq, receiver, topic, group) = setup("second_signal", 1).await;
+    receiver.respond(|_| Reply::ok().with_delay(Duration::from_secs(60)));
+    let mut daemon = Daemon::start(&Launch::yaml(yaml(
+        &mq.namesrv_addr(),
+        &[Sub::new(&group, &topic, receiver.url("/hook")).with_webhook("timeout: 60s")],
+    )))
+    .await;
+    produce(&mq, &topic, &["held"]).await;
+    receiver
+        .wait_until(Duration::from_secs(60), "the held request", |r| {
+            !r.is_empty()
+        })
+        .await;
+    daemon.sigterm();
+    // The drain now waits for the held request (grace period 10 s).
+    sleep(Duration::from_millis(500)).await;
+    daemon.sigterm();
+    let status = daemon.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "second SIGTERM: {status}\n{}",
+        daemon.output_tail(20)
+    );
+}
+
+/// The admin port is bound before any subscription starts: a port in use ends the daemon (exit
+/// 1, naming the address) before it connects to RocketMQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_port_in_use_fails_before_anything_connects() {
+    let namesrv = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    namesrv.set_nonblocking(true).expect("nonblocking");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr").to_string();
+    let launch = Launch::yaml(yaml(
+        &namesrv.local_addr().expect("addr").to_string(),
+        &[Sub::new(
+            "G_admin_taken",
+            "T_admin_taken",
+            "http://127.0.0.1:9/hook".to_owned(),
+        )],
+    ))
+    .env("ROCKETMQ_ADMIN_LISTEN", taken_addr.clone());
+    let mut daemon = Daemon::spawn(&launch);
+    let status = daemon.wait_exit(Duration::from_secs(15)).await;
+    let output = daemon.output();
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(
+        output.contains("cannot bind the admin server") && output.contains(&taken_addr),
+        "{output}"
+    );
+    assert!(
+        namesrv.accept().is_err(),
+        "the daemon connected to the name server before it found the admin port taken"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_commits_and_a_restart_redelivers_nothing() {
     let (mq, receiver, topic, group) = setup("sigterm", 2).await;

@@ -90,27 +90,27 @@ impl Limits {
     };
 }
 
-/// Binds `listen` and serves until `cancel` fires; the returned task then lets open connections
-/// finish for at most a few seconds and closes the rest, so it always ends soon after `cancel`.
+/// Serves on `listener` (bound by the caller first, so a port in use is found before anything
+/// else starts) until `cancel` fires; the returned task then lets open connections finish for
+/// at most a few seconds and closes the rest, so it always ends soon after `cancel`.
 ///
 /// # Errors
-/// The address cannot be bound (in use, no permission).
-pub async fn serve(
-    listen: SocketAddr,
+/// The listener's address cannot be read.
+pub fn serve(
+    listener: TcpListener,
     metrics: Metrics,
     source: Arc<dyn StatusSource>,
     cancel: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    serve_with(listen, router(metrics, source), cancel, Limits::DEFAULT).await
+    serve_with(listener, router(metrics, source), cancel, Limits::DEFAULT)
 }
 
-async fn serve_with(
-    listen: SocketAddr,
+fn serve_with(
+    listener: TcpListener,
     app: Router,
     cancel: CancellationToken,
     limits: Limits,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
     // Our own accept loop rather than `axum::serve`: that one spawns every connection as a
     // detached task and waits for all of them on graceful shutdown, without a limit.
@@ -201,6 +201,10 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    async fn local() -> TcpListener {
+        TcpListener::bind("127.0.0.1:0").await.unwrap()
+    }
+
     struct Fake(AtomicBool);
     impl StatusSource for Fake {
         fn ready(&self) -> bool {
@@ -218,12 +222,11 @@ mod tests {
         let fake = Arc::new(Fake(AtomicBool::new(false)));
         let cancel = CancellationToken::new();
         let (addr, task) = serve(
-            "127.0.0.1:0".parse().unwrap(),
+            local().await,
             metrics,
             Arc::clone(&fake) as Arc<dyn StatusSource>,
             cancel.clone(),
         )
-        .await
         .unwrap();
         let base = format!("http://{addr}");
         let http = reqwest::Client::new();
@@ -274,14 +277,7 @@ mod tests {
             header_read: Duration::from_secs(600),
             stop: Duration::from_millis(300),
         };
-        let (addr, task) = serve_with(
-            "127.0.0.1:0".parse().unwrap(),
-            fake(),
-            cancel.clone(),
-            limits,
-        )
-        .await
-        .unwrap();
+        let (addr, task) = serve_with(local().await, fake(), cancel.clone(), limits).unwrap();
         let mut stalled = stalled_client(addr).await;
         // Lets the server read the bytes, so the connection is mid-request at the cancel.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -302,14 +298,7 @@ mod tests {
             header_read: Duration::from_millis(300),
             stop: Duration::from_secs(600),
         };
-        let (addr, task) = serve_with(
-            "127.0.0.1:0".parse().unwrap(),
-            fake(),
-            cancel.clone(),
-            limits,
-        )
-        .await
-        .unwrap();
+        let (addr, task) = serve_with(local().await, fake(), cancel.clone(), limits).unwrap();
         let mut stalled = stalled_client(addr).await;
         tokio::time::timeout(Duration::from_secs(5), closed_by_server(&mut stalled))
             .await

@@ -210,37 +210,66 @@ fn thread_count(configured: WorkerThreads, cpus: impl FnOnce() -> usize) -> usiz
         .map_or_else(cpus, |n| usize::try_from(n).unwrap_or(1))
 }
 
-/// Waits for SIGTERM or SIGINT; a second signal exits at once.
-async fn shutdown_signal() {
-    wait_signal().await;
-    tracing::info!("Signal received; draining (send it again to exit at once).");
-    tokio::spawn(async {
-        wait_signal().await;
-        eprintln!("rocketmq-webhook: second signal, exiting without draining");
-        std::process::exit(130);
-    });
+/// SIGTERM and SIGINT, listened to from the moment this is built (inside the runtime, before
+/// the daemon starts): a signal during start-up then begins a drain instead of killing the
+/// process with the default action, and the second-signal watcher loses none in between.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
 }
 
-async fn wait_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// The next signal, as the exit status a process killed by it would have (128 + number).
+    async fn next(&mut self) -> i32 {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(&mut self.term) => 143,
+                () = recv(&mut self.int) => 130,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            130
+        }
     }
+}
+
+/// Waits for SIGTERM or SIGINT; a second signal exits at once.
+async fn shutdown_signal(mut signals: Signals) {
+    signals.next().await;
+    tracing::info!("Signal received; draining (send it again to exit at once).");
+    tokio::spawn(async move {
+        let code = signals.next().await;
+        eprintln!("rocketmq-webhook: second signal, exiting without draining");
+        std::process::exit(code);
+    });
 }
 
 pub(crate) fn run(args: RunArgs) -> ExitCode {
@@ -249,7 +278,11 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(&cfg);
-    match runtime(cfg.worker_threads).block_on(daemon::run(plan, shutdown_signal())) {
+    let outcome = runtime(cfg.worker_threads).block_on(async {
+        let signals = Signals::new();
+        daemon::run(plan, shutdown_signal(signals)).await
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rocketmq-webhook: {e}");
@@ -273,7 +306,7 @@ pub(crate) fn echo(args: EchoArgs) -> ExitCode {
         args.listen,
         args.status,
         async {
-            wait_signal().await;
+            Signals::new().next().await;
         },
     ));
     match result {
