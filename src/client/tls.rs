@@ -64,7 +64,7 @@ pub enum TlsSetting {
     ClientCert,
     /// [`TlsConfig::client_key`] (also when it is not the key of the certificate).
     ClientKey,
-    /// [`TlsConfig::server_name`].
+    /// The `server_name` field of [`TlsConfig`].
     ServerName,
 }
 
