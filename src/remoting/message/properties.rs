@@ -464,6 +464,10 @@ pub fn decode(raw: &Bytes) -> Properties {
     added.reverse();
     added.sort_by(|a, b| a.0.cmp(&b.0));
     added.dedup_by(|later, kept| later.0 == kept.0);
+    // The room of every duplicate and of the growth by doubling would otherwise stay with the
+    // message: 8,191 copies of one key kept 512 KiB for a single entry. A rare path (more than
+    // WIRE_MAX entries), so one reallocation costs nothing that matters.
+    added.shrink_to_fit();
     Properties {
         wire: ByteString::new(),
         shadowed: 0,
@@ -656,6 +660,16 @@ mod tests {
                 .map(|i| i.to_string());
             assert_eq!(p.get(&format!("K{k}")), last.as_deref(), "K{k}");
         }
+    }
+
+    #[test]
+    fn duplicate_entries_keep_no_room_once_sorted_out() {
+        // The most copies of one key 32 KiB of properties hold: each used to keep its 64-byte
+        // slot (and the doubling's slack) in the message after deduplication.
+        let raw = bytes(&"a\u{1}b\u{2}".repeat(8191));
+        let p = decode(&raw);
+        assert_eq!(p.iter().collect::<Vec<_>>(), [("a", "b")]);
+        assert_eq!(p.added.capacity(), 1);
     }
 
     #[test]
