@@ -3,10 +3,12 @@
 //! and message ids.
 //!
 //! Invariants:
-//! * decoding never panics and never allocates more than the input length (plus bounded
-//!   decompression output, see [`compression::MAX_DECOMPRESSED_LEN`] per record and
-//!   [`MAX_BODY_INFLATED_LEN`] per body, and at most [`MAX_BATCH_MESSAGES`] per batch):
-//!   every length field is checked against the bytes that remain before it is used;
+//! * decoding never panics and never allocates more than the input length plus a bound: every
+//!   length field is checked against the bytes that remain before it is used; a record
+//!   inflates to at most [`compression::MAX_DECOMPRESSED_LEN`] and builds at most
+//!   [`MAX_RECORD_DECODED_LEN`] bytes (inflated body and messages), a batch holds at most
+//!   [`MAX_BATCH_MESSAGES`], and [`decode_messages_within`] stops a body at a record boundary
+//!   after [`MAX_BODY_MESSAGES`] or its byte budget ([`MAX_BODY_DECODED_LEN`] for a pull);
 //! * a decoded [`MessageExt`] holds the *decompressed* body with the compressed bit cleared from
 //!   `sys_flag` (as the Java client does), and 5.x inner batches are already unwrapped.
 
@@ -253,11 +255,14 @@ impl Message {
 /// Bytes of the fixed fields before the born host (totalSize .. bornTimestamp).
 const HEAD_LEN: usize = 48;
 
-/// Decompressed bytes the records of one body may inflate to before decoding stops early (see
-/// [`decode_messages_within`]; the record that crosses the mark is kept, so a body holds at most
-/// this plus one record). Each record is bounded by [`compression::MAX_DECOMPRESSED_LEN`], but a
-/// pull of 32 compressed records of 2 KiB each could otherwise inflate to 2 GiB.
-pub const MAX_BODY_INFLATED_LEN: usize = 64 * 1024 * 1024;
+/// Bytes decoding the records of one body may build before it stops early (see
+/// [`decode_messages_within`]): the inflated bodies of compressed records, and what each message
+/// costs beyond the views into the body (the [`MessageExt`] itself, its own copy of the topic,
+/// properties it had to sort out). The record that crosses the mark is kept, so a body builds at
+/// most this plus one record, itself bounded by [`MAX_RECORD_DECODED_LEN`]. Counting inflated
+/// bytes alone let a 16.6 KB body of 47 compressed inner batches, topic `T`, build 3 million
+/// messages (1.1 GB); a pull of 32 compressed records of 2 KiB each could inflate to 2 GiB.
+pub const MAX_BODY_DECODED_LEN: usize = 64 * 1024 * 1024;
 
 /// The most messages one batch body may hold (an inner batch record, or a SEND_BATCH body).
 /// Every item of an inner batch becomes a [`MessageExt`] of some 250 bytes, so a 64 MiB inflated
@@ -265,55 +270,93 @@ pub const MAX_BODY_INFLATED_LEN: usize = 64 * 1024 * 1024;
 /// batches are far smaller (the broker caps a stored message at 4 MiB by default).
 pub const MAX_BATCH_MESSAGES: usize = 65_536;
 
+/// The most messages [`decode_messages_within`] yields for one body: it stops before the record
+/// that would take it past this (the first record always fits: it holds at most
+/// [`MAX_BATCH_MESSAGES`]). A pull asks for 32 by default; without a cap per body, every record
+/// of a small body could be an inner batch of [`MAX_BATCH_MESSAGES`] messages.
+pub const MAX_BODY_MESSAGES: usize = MAX_BATCH_MESSAGES;
+
+/// The most bytes decoding one record may build: its inflated body and what its messages cost
+/// (see [`MAX_BODY_DECODED_LEN`]). A record past it is malformed: unlike a body it cannot be
+/// cut short, since an inner batch is stored and served whole. Any record a broker stores fits:
+/// one inflating to [`compression::MAX_DECOMPRESSED_LEN`] may still hold [`MAX_BATCH_MESSAGES`]
+/// messages costing 1 KiB each (a [`MessageExt`] takes some 250 bytes, a topic Java accepts at
+/// most 127, and the usual handful of properties nothing of its own). A 32,767-byte topic
+/// copied into each of 65,536 messages of a 1.5 MB uncompressed record would build 2 GB.
+pub const MAX_RECORD_DECODED_LEN: usize =
+    compression::MAX_DECOMPRESSED_LEN + MAX_BATCH_MESSAGES * 1024;
+
 /// A body decoded up to a budget: see [`decode_messages_within`].
 #[derive(Debug)]
 pub struct Decoded {
     /// The messages of the records decoded, in order, inner batches unwrapped.
     pub messages: Vec<MessageExt>,
     /// The stored queue offset of the first record left undecoded because the records before
-    /// it reached the budget; `None` when the whole body was decoded.
+    /// it reached the budget or [`MAX_BODY_MESSAGES`]; `None` when the whole body was decoded.
     pub rest_from: Option<i64>,
 }
 
 /// Decodes a PULL body: a concatenation of stored records. Inner batches are unwrapped and
-/// compressed bodies inflated.
+/// compressed bodies inflated. Every record is decoded, however many messages that makes: for
+/// bodies from a peer, [`decode_messages_within`] bounds what one call builds.
 ///
 /// # Errors
-/// [`RemotingError::MalformedMessage`] for a truncated or inconsistent record (the whole body is
-/// rejected: a broker does not send half-valid bodies), [`RemotingError::Decompress`] for a body
-/// that does not inflate.
+/// [`RemotingError::MalformedMessage`] for a truncated or inconsistent record, or one that
+/// would build more than [`MAX_RECORD_DECODED_LEN`] bytes (the whole body is rejected: a broker
+/// does not send half-valid bodies), [`RemotingError::Decompress`] for a body that does not
+/// inflate.
 pub fn decode_messages(body: &Bytes) -> Result<Vec<MessageExt>, RemotingError> {
-    decode_messages_within(body, usize::MAX).map(|d| d.messages)
+    decode_bounded(body, usize::MAX, usize::MAX).map(|d| d.messages)
 }
 
-/// [`decode_messages`], stopping before a record once the compressed records decoded so far
-/// inflated to `budget` bytes or more. The first record is always decoded, so a pull makes
-/// progress whatever the budget; the caller pulls the rest from [`Decoded::rest_from`].
+/// [`decode_messages`], stopping before a record once the records decoded so far built
+/// `budget` bytes or more (see [`MAX_BODY_DECODED_LEN`] for what counts), or before the record
+/// that would take the messages past [`MAX_BODY_MESSAGES`]. The first record is always decoded,
+/// so a pull makes progress whatever the budget; the caller pulls the rest from
+/// [`Decoded::rest_from`].
 ///
 /// # Errors
 /// As [`decode_messages`], for the records decoded.
 pub fn decode_messages_within(body: &Bytes, budget: usize) -> Result<Decoded, RemotingError> {
+    decode_bounded(body, budget, MAX_BODY_MESSAGES)
+}
+
+/// [`decode_messages_within`] with the message cap as a parameter.
+fn decode_bounded(
+    body: &Bytes,
+    budget: usize,
+    max_messages: usize,
+) -> Result<Decoded, RemotingError> {
     // Sized up front: the vector goes on to hold the messages while they wait for delivery
     // (consumer::Ready), so growing it by doubling would move them up to five times and leave
     // up to half of it unused.
     let mut out = Vec::with_capacity(count_records(body));
     let mut at = 0;
-    let mut inflated = 0_usize;
+    let mut spent = 0_usize;
     while at < body.len() {
-        if inflated >= budget && !out.is_empty() {
-            return Ok(Decoded {
-                messages: out,
-                rest_from: Some(record_queue_offset(body, at)?),
-            });
+        // Also what lets `unwrap_into` push a plain record without a check.
+        if !out.is_empty() && (spent >= budget || out.len() >= max_messages) {
+            return rest_from(body, at, out);
         }
-        let (msg, len, inflated_len) = decode_record(body, at)?;
-        inflated = inflated.saturating_add(inflated_len);
+        let (msg, len, heap) = decode_record(body, at)?;
+        match unwrap_into(msg, at, heap, &mut out, max_messages)? {
+            Some(cost) => spent = spent.saturating_add(cost),
+            // Its messages would not fit: the next pull starts with it.
+            None => return rest_from(body, at, out),
+        }
         at += len;
-        unwrap_into(msg, at - len, &mut out)?;
     }
     Ok(Decoded {
         messages: out,
         rest_from: None,
+    })
+}
+
+/// The messages decoded so far, the rest of the body from the record at `at`.
+fn rest_from(body: &[u8], at: usize, messages: Vec<MessageExt>) -> Result<Decoded, RemotingError> {
+    Ok(Decoded {
+        messages,
+        rest_from: Some(record_queue_offset(body, at)?),
     })
 }
 
@@ -354,9 +397,9 @@ pub fn decode_message(body: &[u8]) -> Result<MessageExt, RemotingError> {
         return Err(malformed(0, "empty body".into()));
     }
     // A rare request: copying the body once is simpler than asking callers for `Bytes`.
-    let (msg, _, _) = decode_record(&Bytes::copy_from_slice(body), 0)?;
+    let (msg, _, heap) = decode_record(&Bytes::copy_from_slice(body), 0)?;
     let mut out = Vec::new();
-    unwrap_into(msg, 0, &mut out)?;
+    unwrap_into(msg, 0, heap, &mut out, usize::MAX)?;
     out.into_iter()
         .next()
         .ok_or_else(|| malformed(0, "inner batch without messages".into()))
@@ -458,7 +501,10 @@ fn record_len(body: &[u8], at: usize) -> Result<usize, RemotingError> {
 }
 
 /// Decodes the record starting at `at`; returns it (body decompressed, not yet unwrapped), its
-/// total length and the length its body inflated to (0 if it was not compressed).
+/// total length and the heap bytes it holds of its own apart from the struct and topic: the
+/// inflated body and the copy of its properties if it was compressed, and what its properties
+/// had to sort out (see [`properties::decode_sized`]). 0 for a plain record with the usual
+/// properties: its body and properties are views into `body`.
 fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize, usize), RemotingError> {
     let total = record_len(body, at)?;
     let rest = &body[at..];
@@ -503,18 +549,17 @@ fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize, usize), 
     // Views into the pull response, like uncompressed bodies (see below). A compressed record's
     // body is a new buffer, so its properties are copied too: otherwise they alone would keep
     // the whole response alive while the message waits in a process queue.
-    let props = properties::decode(&if compressed {
+    let (props, mut heap) = properties::decode_sized(&if compressed {
         Bytes::copy_from_slice(stored_props)
     } else {
         body.slice_ref(stored_props)
     });
 
-    let mut inflated = 0;
     let body = if compressed {
         let algorithm = Compression::from_sys_flag(sys_flag)?;
         sys_flag &= !sys_flag::COMPRESSED;
         let body = compression::decompress(algorithm, stored_body)?;
-        inflated = body.len();
+        heap += stored_props.len() + body.len();
         Bytes::from(body)
     } else {
         // A view into the pull body, not a copy (one allocation and memcpy less per message).
@@ -540,17 +585,38 @@ fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize, usize), 
         body,
         properties: props,
     };
-    Ok((msg, total, inflated))
+    Ok((msg, total, heap))
 }
 
-/// Pushes `msg`, or the messages of its inner batch (section 6.1), onto `out`.
-fn unwrap_into(msg: MessageExt, at: usize, out: &mut Vec<MessageExt>) -> Result<(), RemotingError> {
+/// What a decoded message costs beyond the views into its body: the struct (in the vector that
+/// holds it), its own copy of the topic and `props_heap` (see [`properties::decode_sized`]).
+fn message_cost(topic: &str, props_heap: usize) -> usize {
+    size_of::<MessageExt>() + topic.len() + props_heap
+}
+
+/// Pushes `msg`, or the messages of its inner batch (section 6.1), onto `out`, unless `out`
+/// already holds messages and would then hold more than `max_len`: then it pushes nothing and
+/// returns `None`. Otherwise returns what the pushed messages cost, `heap` (what the record
+/// holds of its own, see [`decode_record`]) included. The caller has checked that one more
+/// message fits (a plain record is pushed without a check).
+///
+/// # Errors
+/// A malformed inner batch, or one that would build more than [`MAX_RECORD_DECODED_LEN`] bytes;
+/// `at` is the record's offset in the body.
+fn unwrap_into(
+    msg: MessageExt,
+    at: usize,
+    heap: usize,
+    out: &mut Vec<MessageExt>,
+    max_len: usize,
+) -> Result<Option<usize>, RemotingError> {
     const BATCH: i32 = sys_flag::NEED_UNWRAP | sys_flag::INNER_BATCH;
     if msg.sys_flag & BATCH != BATCH {
+        let cost = heap.saturating_add(message_cost(&msg.topic, 0));
         out.push(msg);
-        return Ok(());
+        return Ok(Some(cost));
     }
-    let inner = decode_batch(&msg.body).map_err(|e| match e {
+    let inner_error = |e| match e {
         RemotingError::MalformedMessage {
             at: inner_at,
             reason,
@@ -559,8 +625,40 @@ fn unwrap_into(msg: MessageExt, at: usize, out: &mut Vec<MessageExt>) -> Result<
             format!("inner batch record at byte {inner_at}: {reason}"),
         ),
         other => other,
-    })?;
-    for (i, item) in inner.into_iter().enumerate() {
+    };
+    // Counted first (a walk over the length fields), so that a batch that would not fit is
+    // left whole for the next pull, and one that would cost too much is rejected before any
+    // message of it is built.
+    let n = count_batch_items(&msg.body).map_err(inner_error)?;
+    if !out.is_empty() && n > max_len.saturating_sub(out.len()) {
+        return Ok(None);
+    }
+    let too_costly = |cost: usize| {
+        malformed(
+            at,
+            format!(
+                "inner batch of {n} messages with a topic of {} bytes needs at least {cost} \
+                 bytes decoded, more than the limit of {MAX_RECORD_DECODED_LEN}",
+                msg.topic.len()
+            ),
+        )
+    };
+    // Every message gets a copy of the topic: a `String`, used as one throughout the crate.
+    // Sharing one would take another type for `MessageExt::topic`; charging the copies bounds
+    // them just as well (a long topic means fewer messages per record).
+    let mut cost = n
+        .saturating_mul(message_cost(&msg.topic, 0))
+        .saturating_add(heap);
+    if cost > MAX_RECORD_DECODED_LEN {
+        return Err(too_costly(cost));
+    }
+    out.reserve(n);
+    for (i, item) in BatchItems::new(&msg.body).enumerate() {
+        let (item, props_heap) = item.map_err(inner_error)?;
+        cost = cost.saturating_add(props_heap);
+        if cost > MAX_RECORD_DECODED_LEN {
+            return Err(too_costly(cost));
+        }
         out.push(MessageExt {
             // The expanded messages are plain messages now.
             sys_flag: msg.sys_flag & !BATCH,
@@ -574,7 +672,7 @@ fn unwrap_into(msg: MessageExt, at: usize, out: &mut Vec<MessageExt>) -> Result<
             ..msg
         });
     }
-    Ok(())
+    Ok(Some(cost))
 }
 
 /// One element of a batch body (section 4.10 layout).
@@ -599,50 +697,118 @@ pub struct BatchItem {
 /// Bodies and properties are views into `body` (5.x brokers store batches as inner batches, so
 /// this runs for every message of such a pull).
 pub fn decode_batch(body: &Bytes) -> Result<Vec<BatchItem>, RemotingError> {
-    // 4 totalSize + 4 magic + 4 crc + 4 flag + 4 bodyLen + 2 propsLen.
-    const MIN: usize = 22;
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < body.len() {
-        let rest = &body[at..];
-        let mut c = Cursor {
-            buf: rest,
-            pos: 0,
+    let mut out = Vec::with_capacity(count_batch_items(body)?);
+    for item in BatchItems::new(body) {
+        out.push(item?.0);
+    }
+    Ok(out)
+}
+
+/// Bytes of a batch element's fixed fields: 4 totalSize + 4 magic + 4 crc + 4 flag + 4 bodyLen +
+/// 2 propsLen.
+const BATCH_ITEM_MIN: usize = 22;
+
+/// The `totalSize` of the batch element starting at `at`, checked to cover its fixed fields and
+/// at most the bytes left.
+fn batch_item_len(body: &[u8], at: usize) -> Result<usize, RemotingError> {
+    let rest = &body[at..];
+    let mut c = Cursor {
+        buf: rest,
+        pos: 0,
+        at,
+    };
+    let total = c.len(4, "totalSize")?;
+    if total < BATCH_ITEM_MIN || total > rest.len() {
+        return Err(malformed(
             at,
+            format!(
+                "batch element totalSize {total} with {} bytes left",
+                rest.len()
+            ),
+        ));
+    }
+    Ok(total)
+}
+
+/// Elements in a batch body by their `totalSize` fields, stopping at the first that cannot be
+/// one (decoding reports it).
+///
+/// # Errors
+/// More than [`MAX_BATCH_MESSAGES`] elements, naming the first past the limit.
+fn count_batch_items(body: &[u8]) -> Result<usize, RemotingError> {
+    let (mut at, mut n) = (0, 0);
+    while at < body.len() {
+        let Ok(total) = batch_item_len(body, at) else {
+            break;
         };
-        let total = c.len(4, "totalSize")?;
-        if total < MIN || total > rest.len() {
+        if n == MAX_BATCH_MESSAGES {
             return Err(malformed(
                 at,
-                format!(
-                    "batch element totalSize {total} with {} bytes left",
-                    rest.len()
-                ),
+                format!("more than {MAX_BATCH_MESSAGES} messages in one batch"),
             ));
         }
-        c.buf = &rest[..total];
+        n += 1;
+        at += total;
+    }
+    Ok(n)
+}
+
+/// The elements of a batch body in order, each with the heap its properties hold of their own
+/// (see [`properties::decode_sized`]); nothing more after an error.
+struct BatchItems<'a> {
+    body: &'a Bytes,
+    at: usize,
+}
+
+impl<'a> BatchItems<'a> {
+    fn new(body: &'a Bytes) -> Self {
+        Self { body, at: 0 }
+    }
+
+    fn decode(&self) -> Result<(BatchItem, usize, usize), RemotingError> {
+        let (body, at) = (self.body, self.at);
+        let total = batch_item_len(body, at)?;
+        let mut c = Cursor {
+            buf: &body[at..at + total],
+            pos: 4,
+            at,
+        };
         let _magic = c.i32("magicCode")?;
         let body_crc = c.i32("bodyCRC")?;
         let flag = c.i32("flag")?;
         let body_len = c.len(4, "bodyLength")?;
         let item_body = body.slice_ref(c.take(body_len, "body")?);
         let props_len = c.len(2, "propertiesLength")?;
-        let props = properties::decode(&body.slice_ref(c.take(props_len, "properties")?));
-        if out.len() == MAX_BATCH_MESSAGES {
-            return Err(malformed(
-                at,
-                format!("more than {MAX_BATCH_MESSAGES} messages in one batch"),
-            ));
-        }
-        out.push(BatchItem {
+        let (properties, heap) =
+            properties::decode_sized(&body.slice_ref(c.take(props_len, "properties")?));
+        let item = BatchItem {
             flag,
             body_crc,
             body: item_body,
-            properties: props,
-        });
-        at += total;
+            properties,
+        };
+        Ok((item, total, heap))
     }
-    Ok(out)
+}
+
+impl Iterator for BatchItems<'_> {
+    type Item = Result<(BatchItem, usize), RemotingError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.body.len() {
+            return None;
+        }
+        Some(match self.decode() {
+            Ok((item, len, heap)) => {
+                self.at += len;
+                Ok((item, heap))
+            }
+            Err(e) => {
+                self.at = self.body.len();
+                Err(e)
+            }
+        })
+    }
 }
 
 // === encoding ===

@@ -444,17 +444,30 @@ pub fn encode(props: &Properties) -> String {
 /// `WAIT` included) is kept as it is, a view into `raw`, with earlier duplicates marked
 /// shadowed; otherwise the entries are sorted out once, still as views where the input was UTF-8.
 pub fn decode(raw: &Bytes) -> Properties {
-    let text = match ByteString::try_from(raw.clone()) {
-        Ok(text) => text,
-        Err(_) => ByteString::from(String::from_utf8_lossy(raw).into_owned()),
+    decode_sized(raw).0
+}
+
+/// [`decode`], with the heap bytes the result holds of its own (not views into `raw`): the
+/// lossy copy of text that is not UTF-8, and the sorted entries of more than [`WIRE_MAX`]. Zero
+/// for the usual handful of UTF-8 entries. Callers decoding peer input charge it to their
+/// budget: 32 KiB of properties can hold 8,191 entries, 64 bytes each once sorted out.
+pub(crate) fn decode_sized(raw: &Bytes) -> (Properties, usize) {
+    let (text, mut heap) = match ByteString::try_from(raw.clone()) {
+        Ok(text) => (text, 0),
+        Err(_) => {
+            let text = String::from_utf8_lossy(raw).into_owned();
+            let len = text.len();
+            (ByteString::from(text), len)
+        }
     };
     if let Some((shadowed, wire_keys)) = shadowed_entries(&text) {
-        return Properties {
+        let props = Properties {
             wire: text,
             shadowed,
             wire_keys,
             added: Vec::new(),
         };
+        return (props, heap);
     }
     let mut added: Vec<(ByteString, ByteString)> = wire_entries(&text)
         .map(|(k, v)| (text.slice_ref(k), text.slice_ref(v)))
@@ -468,12 +481,14 @@ pub fn decode(raw: &Bytes) -> Properties {
     // message: 8,191 copies of one key kept 512 KiB for a single entry. A rare path (more than
     // WIRE_MAX entries), so one reallocation costs nothing that matters.
     added.shrink_to_fit();
-    Properties {
+    heap += added.capacity() * size_of::<(ByteString, ByteString)>();
+    let props = Properties {
         wire: ByteString::new(),
         shadowed: 0,
         wire_keys: 0,
         added,
-    }
+    };
+    (props, heap)
 }
 
 /// The most entries [`decode`] keeps in wire form: one bit each in [`Shadowed`].
@@ -670,6 +685,17 @@ mod tests {
         let p = decode(&raw);
         assert_eq!(p.iter().collect::<Vec<_>>(), [("a", "b")]);
         assert_eq!(p.added.capacity(), 1);
+        let entry = size_of::<(ByteString, ByteString)>();
+        assert_eq!(decode_sized(&raw).1, entry);
+        // Distinct keys are what they cost, and the cost is reported.
+        let distinct: String = (0..100).map(|i| format!("k{i}\u{1}v\u{2}")).collect();
+        let (p, heap) = decode_sized(&bytes(&distinct));
+        assert_eq!(p.len(), 100);
+        assert_eq!(heap, 100 * entry);
+        // The usual handful stays a view: nothing of its own.
+        assert_eq!(decode_sized(&bytes("TAGS\u{1}t\u{2}")).1, 0);
+        // A lossy copy is the properties' own.
+        assert_eq!(decode_sized(&Bytes::from_static(b"K\x01\xff\x02")).1, 6);
     }
 
     #[test]

@@ -224,7 +224,7 @@ fn inflating_record(offset: i64, len: usize) -> Bytes {
 }
 
 #[test]
-fn decoding_stops_once_the_records_inflated_past_the_budget() {
+fn decoding_stops_once_the_records_built_past_the_budget() {
     let mut body = BytesMut::new();
     for offset in 5..8 {
         body.extend_from_slice(&inflating_record(offset, 10_000));
@@ -237,15 +237,119 @@ fn decoding_stops_once_the_records_inflated_past_the_budget() {
         (offsets, d.rest_from)
     };
     let last = sample("T").queue_offset;
+    // What each message costs besides its inflated body: the struct and its topic.
+    let message = size_of::<MessageExt>() + 1;
     // 10,000 then 20,000 bytes inflated: the third record waits for the next pull.
     assert_eq!(decode(15_000), (vec![5, 6], Some(7)));
-    // Records that are not compressed do not count, but wait behind a budget already spent.
-    assert_eq!(decode(20_001), (vec![5, 6, 7], Some(last)));
-    assert_eq!(decode(30_001), (vec![5, 6, 7, last], None));
+    // Records that are not compressed count what their message costs.
+    assert_eq!(decode(30_000 + 3 * message), (vec![5, 6, 7], Some(last)));
+    assert_eq!(
+        decode(30_000 + 3 * message + 1),
+        (vec![5, 6, 7, last], None)
+    );
     // The first record always decodes, so a pull makes progress whatever the budget.
     assert_eq!(decode(0), (vec![5], Some(6)));
     assert_eq!(decode(usize::MAX), (vec![5, 6, 7, last], None));
     assert_eq!(decode_messages(&body).unwrap().len(), 4);
+}
+
+/// A stored inner-batch record of `topic` at `offset` holding `items`.
+fn inner_batch_record(topic: &str, offset: i64, items: &[Message], compressed: bool) -> Bytes {
+    let mut m = sample(topic);
+    m.queue_offset = offset;
+    m.body = encode_batch(items).unwrap();
+    m.sys_flag = sys_flag::NEED_UNWRAP | sys_flag::INNER_BATCH;
+    if compressed {
+        m.sys_flag |= sys_flag::COMPRESSED | 0x200;
+    }
+    encode_message(&m).unwrap()
+}
+
+#[test]
+fn the_budget_counts_the_messages_built_not_only_inflated_bytes() {
+    // Uncompressed inner batches inflate nothing, yet every item becomes a message.
+    let items = vec![Message::new("T", ""); 100];
+    let mut body = BytesMut::new();
+    for offset in [0, 100, 200] {
+        body.extend_from_slice(&inner_batch_record("T", offset, &items, false));
+    }
+    let d = decode_messages_within(&body.freeze(), 150 * size_of::<MessageExt>()).unwrap();
+    // The second batch crosses the mark; the third waits, whole, for the next pull.
+    assert_eq!(d.messages.len(), 200);
+    assert_eq!(d.messages.last().unwrap().queue_offset, 199);
+    assert_eq!(d.rest_from, Some(200));
+}
+
+#[test]
+fn a_body_yields_at_most_max_body_messages() {
+    // Zstd inner batches of empty messages: 880 KB inflated and a few KB stored each.
+    let items = vec![Message::new("T", ""); 40_000];
+    let mut body = BytesMut::new();
+    for offset in [0, 40_000] {
+        body.extend_from_slice(&inner_batch_record("T", offset, &items, true));
+    }
+    let body = body.freeze();
+    let d = decode_messages_within(&body, MAX_BODY_DECODED_LEN).unwrap();
+    assert_eq!(d.messages.len(), 40_000);
+    assert_eq!(d.rest_from, Some(40_000));
+    // The whole-body decoder is for bodies we trust.
+    assert_eq!(decode_messages(&body).unwrap().len(), 80_000);
+
+    // Filled to the message: a batch one short, then two plain records.
+    let items = vec![Message::new("T", ""); MAX_BODY_MESSAGES - 1];
+    let mut body = BytesMut::new();
+    body.extend_from_slice(&inner_batch_record("T", 0, &items, true));
+    for offset in [MAX_BODY_MESSAGES - 1, MAX_BODY_MESSAGES] {
+        let mut m = sample("T");
+        m.queue_offset = offset as i64;
+        body.extend_from_slice(&encode_message(&m).unwrap());
+    }
+    let d = decode_messages_within(&body.freeze(), usize::MAX).unwrap();
+    assert_eq!(d.messages.len(), MAX_BODY_MESSAGES);
+    assert_eq!(d.rest_from, Some(MAX_BODY_MESSAGES as i64));
+}
+
+/// Asserts `result` is a MalformedMessage for the record at 0 that names the record limit.
+fn assert_too_costly<T: std::fmt::Debug>(result: Result<T, RemotingError>) {
+    match result {
+        Err(RemotingError::MalformedMessage { at: 0, reason }) => {
+            let limit = MAX_RECORD_DECODED_LEN.to_string();
+            assert!(reason.contains(&limit), "{reason}");
+        }
+        other => panic!("expected MalformedMessage at 0, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_inner_batch_copying_a_long_topic_into_every_message_is_rejected() {
+    // 110 KB stored, no compression: 5,000 copies of a 32,767-byte topic would be 164 MB.
+    let items = vec![Message::new("T", ""); 5_000];
+    let long = "L".repeat(i16::MAX as usize);
+    let record = inner_batch_record(&long, 0, &items, false);
+    assert_too_costly(decode_messages_within(&record, MAX_BODY_DECODED_LEN));
+    assert_too_costly(decode_messages_within(&record, 0));
+    assert_too_costly(decode_messages(&record));
+    assert_too_costly(decode_message(&record));
+    // With a topic Java accepts, the same batch is 5,000 messages.
+    let record = inner_batch_record(&"L".repeat(127), 0, &items, false);
+    assert_eq!(decode_messages(&record).unwrap().len(), 5_000);
+}
+
+#[test]
+fn an_inner_batch_of_property_laden_messages_is_rejected() {
+    // 4,000 distinct keys fill 32 KB of properties and take 256 KB each once sorted out: 600
+    // such messages (19 MB stored) would build 154 MB.
+    let mut item = Message::new("T", "");
+    for i in 0..4_000 {
+        item = item.with_property(format!("k{i:04}"), "v");
+    }
+    let record = inner_batch_record("T", 0, &vec![item.clone(); 600], false);
+    assert_too_costly(decode_messages_within(&record, MAX_BODY_DECODED_LEN));
+    // A few of them decode.
+    let record = inner_batch_record("T", 0, &vec![item; 3], false);
+    let msgs = decode_messages(&record).unwrap();
+    assert_eq!(msgs.len(), 3);
+    assert_eq!(msgs[2].property("k3999"), Some("v"));
 }
 
 #[test]

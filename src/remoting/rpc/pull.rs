@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::{status_error, FromCommand, Rpc};
 use crate::remoting::command::{ExtFields, RemotingCommand};
 use crate::remoting::message::{
-    decode_messages_within, properties, ByteString, MAX_BODY_INFLATED_LEN,
+    decode_messages_within, properties, ByteString, MAX_BODY_DECODED_LEN,
 };
 use crate::remoting::{MessageExt, RemotingError, RequestCode, ResponseCode};
 
@@ -219,10 +219,11 @@ impl Rpc for PullMessage {
             // whole buffer alive.
             let decoded = decode_messages_within(
                 &Bytes::copy_from_slice(&response.body),
-                MAX_BODY_INFLATED_LEN,
+                MAX_BODY_DECODED_LEN,
             )?;
-            // Compressed records inflated past the budget: the next pull starts at the first
-            // record left, so nothing is skipped and one pull holds a bounded amount.
+            // The records decoded reached the budget (inflated bodies and messages built) or
+            // the message cap: the next pull starts at the first record left, so nothing is
+            // skipped and one pull holds a bounded amount.
             if let Some(rest) = decoded.rest_from {
                 next_begin_offset = rest.wrapping_add(offset_delta.unwrap_or(0));
             }

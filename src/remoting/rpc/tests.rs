@@ -12,7 +12,8 @@ use crate::remoting::body::lock::{LockBatchRequest, UnlockBatchRequest};
 use crate::remoting::command::{ExtFields, SerializeType, FLAG_ONEWAY};
 use crate::remoting::frame::FrameDecoder;
 use crate::remoting::message::{
-    encode_batch, encode_message, properties, sys_flag, Message, Properties, MAX_BODY_INFLATED_LEN,
+    encode_batch, encode_message, properties, sys_flag, Message, Properties, MAX_BODY_DECODED_LEN,
+    MAX_BODY_MESSAGES,
 };
 use crate::remoting::{MessageExt, MessageQueue, RequestCode};
 
@@ -313,7 +314,7 @@ fn pull_found_post_processes_messages() {
 fn a_pull_inflating_past_the_budget_continues_at_the_first_record_left() {
     // Three zstd records of 40 MiB each (a few KiB stored): the first two reach the budget.
     let inflated = 40 * 1024 * 1024;
-    assert!(2 * inflated >= MAX_BODY_INFLATED_LEN && inflated < MAX_BODY_INFLATED_LEN);
+    assert!(2 * inflated >= MAX_BODY_DECODED_LEN && inflated < MAX_BODY_DECODED_LEN);
     let mut body = BytesMut::new();
     for offset in 10..13 {
         let mut m = sample_message(0, offset);
@@ -329,6 +330,59 @@ fn a_pull_inflating_past_the_budget_continues_at_the_first_record_left() {
     assert_eq!(offsets, [110, 111]);
     // The third record's offset, moved by the same delta as the messages.
     assert_eq!(result.next_begin_offset, 112);
+}
+
+/// A stored inner-batch record of `topic` at `offset` holding `items` empty messages.
+fn inner_batch(topic: &str, offset: i64, items: usize, compressed: bool) -> Bytes {
+    let mut m = sample_message(0, offset);
+    m.topic = topic.to_owned();
+    m.body = encode_batch(&vec![Message::new("T1", ""); items]).unwrap();
+    m.sys_flag = sys_flag::NEED_UNWRAP | sys_flag::INNER_BATCH;
+    if compressed {
+        m.sys_flag |= sys_flag::COMPRESSED | 0x200;
+    }
+    encode_message(&m).unwrap()
+}
+
+#[test]
+fn a_pull_of_many_inner_batches_continues_at_the_first_record_left() {
+    // Three zstd inner batches of 40,000 empty messages, a few KB stored each: before the
+    // message cap, small bodies of such records built millions of messages.
+    let mut body = BytesMut::new();
+    for offset in [10, 40_010, 80_010] {
+        body.extend_from_slice(&inner_batch("T1", offset, 40_000, true));
+    }
+    let header = pull_header(120_010).with("offsetDelta", 100);
+    let result = pull_request(3)
+        .parse(response(ResponseCode::Success, header, &body))
+        .unwrap();
+    assert!(result.messages.len() <= MAX_BODY_MESSAGES);
+    assert_eq!(result.messages.len(), 40_000);
+    assert_eq!(result.messages.last().unwrap().queue_offset, 40_109);
+    // The second record's offset, moved by the same delta as the messages.
+    assert_eq!(result.next_begin_offset, 40_110);
+}
+
+#[test]
+fn a_record_that_would_build_too_much_is_a_typed_error_in_pulls_and_broker_requests() {
+    // 5,000 copies of a 32,767-byte topic: 110 KB stored, 164 MB once unwrapped.
+    let record = inner_batch(&"L".repeat(i16::MAX as usize), 10, 5_000, false);
+    let result =
+        pull_request(3).parse(response(ResponseCode::Success, pull_header(5_010), &record));
+    assert!(
+        matches!(result, Err(RemotingError::MalformedMessage { at: 0, .. })),
+        "{result:?}"
+    );
+    let directly = broker_request(
+        RequestCode::ConsumeMessageDirectly,
+        ExtFields::new().with("consumerGroup", "G1"),
+        &record,
+    );
+    let result = BrokerRequest::parse(&directly);
+    assert!(
+        matches!(result, Err(RemotingError::MalformedMessage { at: 0, .. })),
+        "{result:?}"
+    );
 }
 
 #[test]
