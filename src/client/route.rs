@@ -18,11 +18,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::remoting::body::route::{TopicRouteData, MAX_QUEUE_NUMS};
+use crate::remoting::body::route::TopicRouteData;
 use crate::remoting::MessageQueue;
 
-/// `PERM_READ`: the queue data may be consumed (rocketmq-remoting.md section 3).
-const PERM_READ: i32 = 1 << 2;
 /// Broker id of a master.
 const MASTER_ID: i64 = 0;
 
@@ -160,22 +158,11 @@ impl Routes {
     }
 }
 
-/// The consumer queue set of one route (rocketmq-remoting.md section 3, "Subscribe").
+/// The consumer queue set of one route (rocketmq-remoting.md section 3, "Subscribe"):
+/// [`TopicRouteData::subscribe_queues`], which expands each broker once and at most
+/// `MAX_TOPIC_QUEUES` queues in all.
 pub fn subscribe_queues(topic: &str, route: &TopicRouteData) -> Vec<MessageQueue> {
-    let mut queues: Vec<MessageQueue> = route
-        .queue_datas
-        .iter()
-        .filter(|q| q.perm & PERM_READ != 0)
-        .flat_map(|q| {
-            // `TopicRouteData::parse` rejects larger counts; the clamp also bounds hand-built
-            // routes, so a route never expands to more than `MAX_QUEUE_NUMS` queues per broker.
-            (0..q.read_queue_nums.clamp(0, MAX_QUEUE_NUMS))
-                .map(move |id| MessageQueue::new(topic, q.broker_name.clone(), id))
-        })
-        .collect();
-    queues.sort();
-    queues.dedup();
-    queues
+    route.subscribe_queues(topic)
 }
 
 /// The publisher of [`Routes`] snapshots. Cheap to clone; clones publish to the same
@@ -250,7 +237,7 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remoting::body::route::{BrokerData, QueueData};
+    use crate::remoting::body::route::{BrokerData, QueueData, MAX_QUEUE_NUMS, MAX_TOPIC_QUEUES};
 
     fn route(brokers: &[(&str, &[(i64, &str)])], queues: &[(&str, i32, i32)]) -> TopicRouteData {
         TopicRouteData {
@@ -341,6 +328,32 @@ mod tests {
             subscribe_queues("T", &r).len(),
             usize::try_from(MAX_QUEUE_NUMS).expect("fits")
         );
+        // Hand-built (`parse` rejects it): two full brokers still make one topic's worth.
+        let r = route(
+            &[("a", &[(0, "h:1")]), ("b", &[(0, "h:2")])],
+            &[("b", MAX_QUEUE_NUMS, 6), ("a", MAX_QUEUE_NUMS, 6)],
+        );
+        let queues = subscribe_queues("T", &r);
+        assert_eq!(
+            queues.len(),
+            usize::try_from(MAX_TOPIC_QUEUES).expect("fits")
+        );
+        assert!(queues.iter().all(|q| q.broker_name == "a"));
+    }
+
+    #[test]
+    fn a_broker_named_twice_expands_once() {
+        let mut datas = vec![("b", 256, 6); 256];
+        datas.extend([("a", 2, 6), ("b", 300, 2), ("b", 3, 6)]);
+        let r = route(&[("a", &[(0, "h:1")]), ("b", &[(0, "h:2")])], &datas);
+        let queues = subscribe_queues("T", &r);
+        // The largest readable count of each broker, sorted, no duplicates.
+        let expected: Vec<MessageQueue> = (0..2)
+            .map(|i| MessageQueue::new("T", "a", i))
+            .chain((0..256).map(|i| MessageQueue::new("T", "b", i)))
+            .collect();
+        assert_eq!(queues, expected);
+        assert_eq!(queues.capacity(), queues.len());
     }
 
     #[test]

@@ -23,6 +23,14 @@ pub const MASTER_ID: i64 = 0;
 /// proportion to the input: a 60-byte body declaring `2147483647` queues must not build 2^31 of
 /// them.
 pub const MAX_QUEUE_NUMS: i32 = 65_536;
+/// The largest number of queues a route may declare in all: the sum of `readQueueNums` over its
+/// queue datas, and likewise of `writeQueueNums` and of the `orderTopicConf` entries.
+/// [`TopicRouteData::parse`] rejects larger totals. [`MAX_QUEUE_NUMS`] alone bounds each entry,
+/// not their number: a 12.8 KB answer repeating `{"brokerName":"b","perm":6,
+/// "readQueueNums":65536}` 256 times expanded to 16.8 million queues (1.38 GB) before
+/// deduplication. Real topics have a few brokers of up to a few hundred queues each, and a name
+/// server sends one queue data per broker.
+pub const MAX_TOPIC_QUEUES: i32 = 65_536;
 
 /// Where a topic lives: its queues per broker and the brokers' addresses.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -98,15 +106,53 @@ impl TopicRouteData {
     ///
     /// # Errors
     /// [`RemotingError::MalformedBody`] if the body is not (fast)JSON of this shape, or declares
-    /// more than [`MAX_QUEUE_NUMS`] queues on a broker.
+    /// more than [`MAX_QUEUE_NUMS`] queues on a broker or [`MAX_TOPIC_QUEUES`] in all.
     pub fn parse(body: &[u8]) -> Result<Self, RemotingError> {
         let route: Self = fastjson::from_slice(body, WHAT)?;
         route.check_queue_nums()?;
         Ok(route)
     }
 
-    /// Rejects a queue count above [`MAX_QUEUE_NUMS`], naming the broker, field and value.
+    /// Rejects a queue count above [`MAX_QUEUE_NUMS`], naming the broker, field and value, and
+    /// a total above [`MAX_TOPIC_QUEUES`], naming the field, total and number of entries.
     fn check_queue_nums(&self) -> Result<(), RemotingError> {
+        self.check_queue_nums_per_broker()?;
+        let ordered = || {
+            self.order_topic_conf
+                .as_deref()
+                .into_iter()
+                .flat_map(order_conf_entries)
+                .map(|(_, nums)| nums)
+        };
+        let datas = &self.queue_datas;
+        let totals = [
+            (
+                "readQueueNums",
+                total(datas.iter().map(|q| q.read_queue_nums)),
+            ),
+            (
+                "writeQueueNums",
+                total(datas.iter().map(|q| q.write_queue_nums)),
+            ),
+            ("orderTopicConf", total(ordered())),
+        ];
+        match totals
+            .into_iter()
+            .find(|(_, (sum, _))| *sum > i64::from(MAX_TOPIC_QUEUES))
+        {
+            Some((field, (sum, entries))) => Err(RemotingError::MalformedBody {
+                what: WHAT,
+                reason: format!(
+                    "{field} of {entries} entries add up to {sum} queues, more than the limit \
+                     of {MAX_TOPIC_QUEUES} per topic"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The per-broker half of [`Self::check_queue_nums`].
+    fn check_queue_nums_per_broker(&self) -> Result<(), RemotingError> {
         let counts = self.queue_datas.iter().flat_map(|q| {
             [
                 (q.broker_name.as_str(), "readQueueNums", q.read_queue_nums),
@@ -136,20 +182,29 @@ impl TopicRouteData {
         fastjson::to_string(self).into_bytes()
     }
 
-    /// The queues consumers of `topic` may read, sorted (topic, broker name, queue id).
+    /// The queues consumers of `topic` may read, sorted (topic, broker name, queue id): for every
+    /// broker with a readable queue data, queue ids `0..readQueueNums` (the largest, if the
+    /// broker is named twice). At most [`MAX_TOPIC_QUEUES`], which `parse` guarantees and which
+    /// also bounds hand-built routes.
     pub fn subscribe_queues(&self, topic: &str) -> Vec<MessageQueue> {
-        let mut queues: Vec<MessageQueue> = self
-            .queue_datas
-            .iter()
-            .filter(|q| q.perm & PERM_READ != 0)
-            .flat_map(|q| {
-                // `parse` rejects larger counts; the `min` also bounds hand-built routes.
-                (0..q.read_queue_nums.min(MAX_QUEUE_NUMS))
-                    .map(|i| MessageQueue::new(topic, &q.broker_name, i))
-            })
-            .collect();
-        queues.sort();
-        queues.dedup();
+        // Each broker once: a duplicate queue data costs a map lookup, not a queue set of its
+        // own to sort and deduplicate. The map's order is the queues' order.
+        let mut brokers: BTreeMap<&str, i32> = BTreeMap::new();
+        for q in self.queue_datas.iter().filter(|q| q.perm & PERM_READ != 0) {
+            let nums = brokers.entry(q.broker_name.as_str()).or_insert(0);
+            *nums = (*nums).max(q.read_queue_nums.clamp(0, MAX_QUEUE_NUMS));
+        }
+        let len = total(brokers.values().copied()).0;
+        let len = usize::try_from(len.min(i64::from(MAX_TOPIC_QUEUES))).unwrap_or(0);
+        let mut queues = Vec::with_capacity(len);
+        queues.extend(
+            brokers
+                .into_iter()
+                .flat_map(|(broker, nums)| {
+                    (0..nums).map(move |i| MessageQueue::new(topic, broker, i))
+                })
+                .take(len),
+        );
         queues
     }
 
@@ -204,6 +259,13 @@ impl TopicRouteData {
 
 /// The `what` of this body's [`RemotingError::MalformedBody`].
 const WHAT: &str = "topic route";
+
+/// The sum of `nums`, negative counts as 0 (they declare no queue), and how many there were.
+fn total(nums: impl Iterator<Item = i32>) -> (i64, usize) {
+    nums.fold((0_i64, 0), |(sum, n), nums| {
+        (sum.saturating_add(i64::from(nums.max(0))), n + 1)
+    })
+}
 
 /// The `(broker name, queue count)` entries of an `orderTopicConf` (`broker:nums;...`); entries
 /// that do not parse are skipped, as in Java.
@@ -370,6 +432,56 @@ mod tests {
                 .subscribe_queues("T")
                 .len(),
             4
+        );
+    }
+
+    /// A route of `n` queue datas `{"brokerName":"<name i>","perm":6,"<field>":<nums>}`.
+    fn repeated(n: usize, distinct: bool, field: &str, nums: i32) -> String {
+        let datas: Vec<String> = (0..n)
+            .map(|i| {
+                let name = if distinct {
+                    format!("b{i}")
+                } else {
+                    "b".into()
+                };
+                format!(r#"{{"brokerName":"{name}","perm":6,"{field}":{nums}}}"#)
+            })
+            .collect();
+        format!(r#"{{"brokerDatas":[],"queueDatas":[{}]}}"#, datas.join(","))
+    }
+
+    #[test]
+    fn rejects_queue_totals_above_the_limit() {
+        // The reviewer's answer: 12.8 KB, 256 times the most one broker may have.
+        let body = repeated(256, false, "readQueueNums", MAX_QUEUE_NUMS);
+        assert!(body.len() < 13_000);
+        match TopicRouteData::parse(body.as_bytes()) {
+            Err(RemotingError::MalformedBody { what, reason }) => {
+                assert_eq!(what, "topic route");
+                for part in ["readQueueNums", "256 entries", "16777216", "65536"] {
+                    assert!(reason.contains(part), "{part:?} not in {reason:?}");
+                }
+            }
+            other => panic!("expected MalformedBody, got {other:?}"),
+        }
+        // Distinct brokers count the same; so do write queues.
+        let err = TopicRouteData::parse(repeated(3, true, "writeQueueNums", 30_000).as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("writeQueueNums of 3 entries add up to 90000"),
+            "{err}"
+        );
+        // Up to the limit, and negative counts add nothing.
+        let at_limit = repeated(256, true, "readQueueNums", 256);
+        let route = TopicRouteData::parse(at_limit.as_bytes()).unwrap();
+        assert_eq!(route.subscribe_queues("T").len(), 65_536);
+        assert!(TopicRouteData::parse(repeated(3, true, "readQueueNums", -1).as_bytes()).is_ok());
+        let ordered = br#"{"orderTopicConf":"a:40000;b:40000","queueDatas":[]}"#;
+        let err = TopicRouteData::parse(ordered).unwrap_err().to_string();
+        assert!(
+            err.contains("orderTopicConf of 2 entries add up to 80000"),
+            "{err}"
         );
     }
 
