@@ -31,6 +31,12 @@ pub const MAX_QUEUE_NUMS: i32 = 65_536;
 /// deduplication. Real topics have a few brokers of up to a few hundred queues each, and a name
 /// server sends one queue data per broker.
 pub const MAX_TOPIC_QUEUES: i32 = 65_536;
+/// The most bytes of broker names a route's queues may copy: every queue a route expands to
+/// holds its broker's name, so the sum over queue datas (and likewise `orderTopicConf` entries)
+/// of queue count times name length. [`TopicRouteData::parse`] rejects more. The queue counts
+/// alone do not bound it: one 1 MB broker name with 65,536 queues would copy 64 GB. 256 bytes
+/// for each of [`MAX_TOPIC_QUEUES`] queues; real broker names are a few dozen bytes.
+pub const MAX_ROUTE_NAME_BYTES: usize = 256 * MAX_TOPIC_QUEUES as usize;
 
 /// Where a topic lives: its queues per broker and the brokers' addresses.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -106,49 +112,62 @@ impl TopicRouteData {
     ///
     /// # Errors
     /// [`RemotingError::MalformedBody`] if the body is not (fast)JSON of this shape, or declares
-    /// more than [`MAX_QUEUE_NUMS`] queues on a broker or [`MAX_TOPIC_QUEUES`] in all.
+    /// more than [`MAX_QUEUE_NUMS`] queues on a broker or [`MAX_TOPIC_QUEUES`] in all, or queues
+    /// that would copy more than [`MAX_ROUTE_NAME_BYTES`] of broker names.
     pub fn parse(body: &[u8]) -> Result<Self, RemotingError> {
         let route: Self = fastjson::from_slice(body, WHAT)?;
         route.check_queue_nums()?;
         Ok(route)
     }
 
-    /// Rejects a queue count above [`MAX_QUEUE_NUMS`], naming the broker, field and value, and
-    /// a total above [`MAX_TOPIC_QUEUES`], naming the field, total and number of entries.
+    /// Rejects a queue count above [`MAX_QUEUE_NUMS`], naming the broker, field and value; a
+    /// total above [`MAX_TOPIC_QUEUES`], naming the field, total and number of entries; and
+    /// broker-name copies above [`MAX_ROUTE_NAME_BYTES`], likewise.
     fn check_queue_nums(&self) -> Result<(), RemotingError> {
         self.check_queue_nums_per_broker()?;
-        let ordered = || {
-            self.order_topic_conf
-                .as_deref()
-                .into_iter()
-                .flat_map(order_conf_entries)
-                .map(|(_, nums)| nums)
-        };
+        let ordered = self
+            .order_topic_conf
+            .as_deref()
+            .into_iter()
+            .flat_map(order_conf_entries);
         let datas = &self.queue_datas;
         let totals = [
             (
                 "readQueueNums",
-                total(datas.iter().map(|q| q.read_queue_nums)),
+                total(
+                    datas
+                        .iter()
+                        .map(|q| (q.broker_name.as_str(), q.read_queue_nums)),
+                ),
             ),
             (
                 "writeQueueNums",
-                total(datas.iter().map(|q| q.write_queue_nums)),
-            ),
-            ("orderTopicConf", total(ordered())),
-        ];
-        match totals
-            .into_iter()
-            .find(|(_, (sum, _))| *sum > i64::from(MAX_TOPIC_QUEUES))
-        {
-            Some((field, (sum, entries))) => Err(RemotingError::MalformedBody {
-                what: WHAT,
-                reason: format!(
-                    "{field} of {entries} entries add up to {sum} queues, more than the limit \
-                     of {MAX_TOPIC_QUEUES} per topic"
+                total(
+                    datas
+                        .iter()
+                        .map(|q| (q.broker_name.as_str(), q.write_queue_nums)),
                 ),
-            }),
-            None => Ok(()),
+            ),
+            ("orderTopicConf", total(ordered)),
+        ];
+        let malformed = |reason| RemotingError::MalformedBody { what: WHAT, reason };
+        for (field, t) in totals {
+            if t.queues > i64::from(MAX_TOPIC_QUEUES) {
+                return Err(malformed(format!(
+                    "{field} of {} entries add up to {} queues, more than the limit of \
+                     {MAX_TOPIC_QUEUES} per topic",
+                    t.entries, t.queues
+                )));
+            }
+            if t.name_bytes > MAX_ROUTE_NAME_BYTES {
+                return Err(malformed(format!(
+                    "{field} of {} entries would copy {} bytes of broker names into their \
+                     queues, more than the limit of {MAX_ROUTE_NAME_BYTES}",
+                    t.entries, t.name_bytes
+                )));
+            }
         }
+        Ok(())
     }
 
     /// The per-broker half of [`Self::check_queue_nums`].
@@ -194,7 +213,7 @@ impl TopicRouteData {
             let nums = brokers.entry(q.broker_name.as_str()).or_insert(0);
             *nums = (*nums).max(q.read_queue_nums.clamp(0, MAX_QUEUE_NUMS));
         }
-        let len = total(brokers.values().copied()).0;
+        let len = total(brokers.iter().map(|(b, n)| (*b, *n))).queues;
         let len = usize::try_from(len.min(i64::from(MAX_TOPIC_QUEUES))).unwrap_or(0);
         let mut queues = Vec::with_capacity(len);
         queues.extend(
@@ -260,10 +279,28 @@ impl TopicRouteData {
 /// The `what` of this body's [`RemotingError::MalformedBody`].
 const WHAT: &str = "topic route";
 
-/// The sum of `nums`, negative counts as 0 (they declare no queue), and how many there were.
-fn total(nums: impl Iterator<Item = i32>) -> (i64, usize) {
-    nums.fold((0_i64, 0), |(sum, n), nums| {
-        (sum.saturating_add(i64::from(nums.max(0))), n + 1)
+/// What a set of `(broker name, queue count)` entries expands to.
+#[derive(Debug, Default)]
+struct Totals {
+    /// Queues, a negative count taken as 0 (it declares none).
+    queues: i64,
+    /// Bytes of broker names the queues copy: count times name length, summed.
+    name_bytes: usize,
+    /// Entries.
+    entries: usize,
+}
+
+fn total<'a>(entries: impl Iterator<Item = (&'a str, i32)>) -> Totals {
+    entries.fold(Totals::default(), |t, (name, nums)| {
+        // Non-negative: a count is at most i32::MAX, so it fits usize.
+        let nums = nums.max(0);
+        Totals {
+            queues: t.queues.saturating_add(i64::from(nums)),
+            name_bytes: t
+                .name_bytes
+                .saturating_add((nums as usize).saturating_mul(name.len())),
+            entries: t.entries + 1,
+        }
     })
 }
 
@@ -435,14 +472,15 @@ mod tests {
         );
     }
 
-    /// A route of `n` queue datas `{"brokerName":"<name i>","perm":6,"<field>":<nums>}`.
-    fn repeated(n: usize, distinct: bool, field: &str, nums: i32) -> String {
+    /// A route of `n` queue datas `{"brokerName":"<prefix><i>","perm":6,"<field>":<nums>}`, or
+    /// with the same name `<prefix>` each if not `distinct`.
+    fn repeated(n: usize, prefix: &str, distinct: bool, field: &str, nums: i32) -> String {
         let datas: Vec<String> = (0..n)
             .map(|i| {
                 let name = if distinct {
-                    format!("b{i}")
+                    format!("{prefix}{i}")
                 } else {
-                    "b".into()
+                    prefix.to_owned()
                 };
                 format!(r#"{{"brokerName":"{name}","perm":6,"{field}":{nums}}}"#)
             })
@@ -453,7 +491,7 @@ mod tests {
     #[test]
     fn rejects_queue_totals_above_the_limit() {
         // The reviewer's answer: 12.8 KB, 256 times the most one broker may have.
-        let body = repeated(256, false, "readQueueNums", MAX_QUEUE_NUMS);
+        let body = repeated(256, "b", false, "readQueueNums", MAX_QUEUE_NUMS);
         assert!(body.len() < 13_000);
         match TopicRouteData::parse(body.as_bytes()) {
             Err(RemotingError::MalformedBody { what, reason }) => {
@@ -465,24 +503,66 @@ mod tests {
             other => panic!("expected MalformedBody, got {other:?}"),
         }
         // Distinct brokers count the same; so do write queues.
-        let err = TopicRouteData::parse(repeated(3, true, "writeQueueNums", 30_000).as_bytes())
-            .unwrap_err()
-            .to_string();
+        let err =
+            TopicRouteData::parse(repeated(3, "b", true, "writeQueueNums", 30_000).as_bytes())
+                .unwrap_err()
+                .to_string();
         assert!(
             err.contains("writeQueueNums of 3 entries add up to 90000"),
             "{err}"
         );
         // Up to the limit, and negative counts add nothing.
-        let at_limit = repeated(256, true, "readQueueNums", 256);
+        let at_limit = repeated(256, "b", true, "readQueueNums", 256);
         let route = TopicRouteData::parse(at_limit.as_bytes()).unwrap();
         assert_eq!(route.subscribe_queues("T").len(), 65_536);
-        assert!(TopicRouteData::parse(repeated(3, true, "readQueueNums", -1).as_bytes()).is_ok());
+        assert!(
+            TopicRouteData::parse(repeated(3, "b", true, "readQueueNums", -1).as_bytes()).is_ok()
+        );
         let ordered = br#"{"orderTopicConf":"a:40000;b:40000","queueDatas":[]}"#;
         let err = TopicRouteData::parse(ordered).unwrap_err().to_string();
         assert!(
             err.contains("orderTopicConf of 2 entries add up to 80000"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rejects_routes_copying_too_many_broker_name_bytes() {
+        // 1 MB of broker name, copied into each of 65,536 queues: 64 GB.
+        let name = "n".repeat(1 << 20);
+        for field in ["readQueueNums", "writeQueueNums"] {
+            let body = format!(
+                r#"{{"queueDatas":[{{"brokerName":"{name}","perm":6,"{field}":{MAX_QUEUE_NUMS}}}]}}"#
+            );
+            let err = TopicRouteData::parse(body.as_bytes())
+                .unwrap_err()
+                .to_string();
+            let copied = (1_usize << 20) * 65_536;
+            assert!(
+                err.contains(&format!("{field} of 1 entries would copy {copied} bytes")),
+                "{}",
+                &err[err.len().saturating_sub(200)..]
+            );
+            assert!(err.contains(&MAX_ROUTE_NAME_BYTES.to_string()));
+        }
+        let ordered = format!(r#"{{"orderTopicConf":"{name}:4096","queueDatas":[]}}"#);
+        let err = TopicRouteData::parse(ordered.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("orderTopicConf of 1 entries would copy"));
+        // 256-byte names for every queue of a full topic are fine, as is a long name for a few.
+        let full = repeated(256, &"b".repeat(253), true, "readQueueNums", 256);
+        let route = TopicRouteData::parse(full.as_bytes()).unwrap();
+        assert!(route.queue_datas.iter().all(|q| q.broker_name.len() <= 256));
+        assert_eq!(route.subscribe_queues("T").len(), 65_536);
+        let over = repeated(256, &"b".repeat(254), true, "readQueueNums", 256);
+        let err = TopicRouteData::parse(over.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bytes of broker names"), "{err}");
+        let few =
+            format!(r#"{{"queueDatas":[{{"brokerName":"{name}","perm":6,"readQueueNums":8}}]}}"#);
+        assert!(TopicRouteData::parse(few.as_bytes()).is_ok());
     }
 
     #[test]
