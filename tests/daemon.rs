@@ -537,6 +537,59 @@ async fn an_orderly_message_out_of_attempts_is_dead_lettered_once_and_the_queue_
     );
 }
 
+// === 2c. a stored body that does not inflate ===
+
+/// Brokers store what producers send without checking it. A message whose sysFlag says
+/// compressed over a body that is not (a producer bug) cannot be delivered: it goes to the DLQ,
+/// and the messages around it are delivered. Before the fix the whole pull failed, every 3 s,
+/// and the queue never moved past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_does_not_inflate_is_dead_lettered_and_the_queue_moves_on() {
+    use rocketmq_webhook::remoting::message::sys_flag;
+    use rocketmq_webhook::remoting::rpc::SendMessage;
+    let (mq, receiver, topic, group) = setup("undecodable", 1).await;
+    let _daemon = Daemon::start(&Launch::yaml(yaml(
+        &mq.namesrv_addr(),
+        &[Sub::new(&group, &topic, receiver.url("/hook"))],
+    )))
+    .await;
+    produce(&mq, &topic, &["before"]).await;
+    let producer = mq.producer();
+    let client = producer.client();
+    let mut send = SendMessage::for_message(
+        "P_undecodable",
+        &Message::new(&topic, "not zlib"),
+        0,
+        now_ms(),
+    );
+    send.header.sys_flag |= sys_flag::COMPRESSED;
+    client
+        .pool()
+        .call(&mq.broker_addr(), &send, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("raw send: {e}"));
+    produce(&mq, &topic, &["after"]).await;
+
+    receiver
+        .wait_until(Duration::from_secs(60), "before and after", |r| {
+            let d = deliveries(r);
+            d.contains_key("before") && d.contains_key("after")
+        })
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut dlq = Vec::new();
+    while dlq.is_empty() && Instant::now() < deadline {
+        dlq = dlq_bodies(&mq, &group).await;
+        sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(dlq, ["not zlib"], "%DLQ%{group} holds the stored message");
+    let delivered = deliveries(&receiver.requests());
+    assert!(
+        !delivered.keys().any(|b| b.contains("zlib")),
+        "the undecodable body reached the endpoint: {delivered:?}"
+    );
+}
+
 // === 3. per-message statuses in a batch ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -996,9 +996,18 @@ impl Drop for GaugeHold<'_> {
 async fn consume<H: Handler>(
     shared: &Arc<Shared<H>>,
     mq: &MessageQueue,
-    msgs: Vec<MessageExt>,
+    mut msgs: Vec<MessageExt>,
 ) -> Done {
     let cfg = &shared.config;
+    let mut done = Done::empty();
+    if msgs.iter().any(MessageExt::body_undecoded) {
+        let (undecoded, rest) = msgs.into_iter().partition(MessageExt::body_undecoded);
+        msgs = rest;
+        settle_undecoded(shared, mq, undecoded, &mut done).await;
+        if msgs.is_empty() {
+            return done;
+        }
+    }
     let batch = Batch {
         group: cfg.group.clone(),
         topic: cfg.topic.clone(),
@@ -1029,7 +1038,6 @@ async fn consume<H: Handler>(
     drop(in_flight);
     meters.batch_duration.observe(elapsed.as_secs_f64());
 
-    let mut done = Done::empty();
     let (mut ok, mut retried, mut dropped, mut deferred) = (0u64, 0u64, 0u64, 0u64);
     let orderly = cfg.mode == ConsumeMode::Orderly;
     for (i, msg) in batch.messages.into_iter().enumerate() {
@@ -1075,6 +1083,26 @@ async fn consume<H: Handler>(
         .stats
         .record_batch(elapsed, ok, retried, dropped, deferred);
     done
+}
+
+/// Messages whose stored body does not inflate (`MessageExt::body_undecoded`) cannot be
+/// delivered, now or later: each goes to the DLQ at once (the broker copies the stored record,
+/// so nothing is lost), loudly, like an answer of DROP.
+async fn settle_undecoded<H: Handler>(
+    shared: &Arc<Shared<H>>,
+    mq: &MessageQueue,
+    undecoded: Vec<MessageExt>,
+    done: &mut Done,
+) {
+    for msg in undecoded {
+        warn!(group = %shared.group(), queue = %mq, offset = msg.queue_offset, msg_id = %msg.msg_id(), sys_flag = format_args!("{:#x}", msg.sys_flag), "Message body does not inflate (compression flag on a body that is not compressed, or an unknown algorithm); moving it to the DLQ.");
+        shared.count_error("decode", &"undecodable message body");
+        if shared.config.model == Model::Broadcasting {
+            give_up(shared, &msg, "its body does not inflate", done);
+        } else {
+            settle_drop(shared, mq, msg, done).await;
+        }
+    }
 }
 
 /// Broadcasting has no broker DLQ: a message that cannot be delivered is given up, loudly.

@@ -105,6 +105,13 @@ pub struct MessageExt {
 }
 
 impl MessageExt {
+    /// Whether the stored body could not be inflated (a compression flag on a body that is not
+    /// compressed, an unknown algorithm): `body` then holds it as stored, and `sys_flag` still
+    /// says compressed. Such a message cannot be delivered; the consumer dead-letters it.
+    pub fn body_undecoded(&self) -> bool {
+        self.sys_flag & sys_flag::COMPRESSED != 0
+    }
+
     /// The user-visible id: `UNIQ_KEY` if present (borrowed: the usual case costs no copy),
     /// else the offset msgId.
     pub fn msg_id(&self) -> std::borrow::Cow<'_, str> {
@@ -303,8 +310,8 @@ pub struct Decoded {
 /// # Errors
 /// [`RemotingError::MalformedMessage`] for a truncated or inconsistent record, or one that
 /// would build more than [`MAX_RECORD_DECODED_LEN`] bytes (the whole body is rejected: a broker
-/// does not send half-valid bodies), [`RemotingError::Decompress`] for a body that does not
-/// inflate.
+/// does not send half-valid bodies). A body that does not inflate is no error: its message
+/// comes back as stored ([`MessageExt::body_undecoded`]).
 pub fn decode_messages(body: &Bytes) -> Result<Vec<MessageExt>, RemotingError> {
     decode_bounded(body, usize::MAX, usize::MAX).map(|d| d.messages)
 }
@@ -556,11 +563,23 @@ fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize, usize), 
     });
 
     let body = if compressed {
-        let algorithm = Compression::from_sys_flag(sys_flag)?;
-        sys_flag &= !sys_flag::COMPRESSED;
-        let body = compression::decompress(algorithm, stored_body)?;
-        heap += stored_props.len() + body.len();
-        Bytes::from(body)
+        match Compression::from_sys_flag(sys_flag)
+            .and_then(|algorithm| compression::decompress(algorithm, stored_body))
+        {
+            Ok(inflated) => {
+                sys_flag &= !sys_flag::COMPRESSED;
+                heap += stored_props.len() + inflated.len();
+                Bytes::from(inflated)
+            }
+            // Brokers store what producers send without checking it: a producer that set the
+            // flag on a plain body, or an algorithm this client lacks. The record stays as
+            // stored with its flag (see `MessageExt::body_undecoded`), and the consumer hands
+            // it to the DLQ; failing the whole pull instead stopped its queue for good.
+            Err(_) => {
+                heap += stored_props.len() + stored_body.len();
+                Bytes::copy_from_slice(stored_body)
+            }
+        }
     } else {
         // A view into the pull body, not a copy (one allocation and memcpy less per message).
         // The body stays alive until the last message in it is consumed (properties point into
@@ -611,7 +630,8 @@ fn unwrap_into(
     max_len: usize,
 ) -> Result<Option<usize>, RemotingError> {
     const BATCH: i32 = sys_flag::NEED_UNWRAP | sys_flag::INNER_BATCH;
-    if msg.sys_flag & BATCH != BATCH {
+    // An inner batch whose body did not inflate cannot be unwrapped: it goes on whole.
+    if msg.sys_flag & BATCH != BATCH || msg.body_undecoded() {
         let cost = heap.saturating_add(message_cost(&msg.topic, 0));
         out.push(msg);
         return Ok(Some(cost));

@@ -205,13 +205,38 @@ fn compressed_bodies_are_inflated_and_flag_cleared() {
     // Corrupt the zlib header of the stored body.
     let body_at = 48 + 8 + 8 + 20 + 4 + 8 + 4;
     bytes[body_at] ^= 0xFF;
-    assert!(matches!(
-        decode_messages(&Bytes::copy_from_slice(&bytes)),
-        Err(RemotingError::Decompress {
-            algorithm: "zlib",
-            ..
-        })
-    ));
+    let stored_len = u32::from_be_bytes(bytes[body_at - 4..body_at].try_into().unwrap()) as usize;
+    let stored = bytes[body_at..body_at + stored_len].to_vec();
+    // Not an error: the message comes back as stored, marked, between its neighbours.
+    let plain = encode_message(&sample("T")).unwrap().to_vec();
+    let body = Bytes::from([plain.clone(), bytes, plain].concat());
+    let got = decode_messages(&body).unwrap();
+    assert_eq!(got.len(), 3);
+    assert!(!got[0].body_undecoded() && !got[2].body_undecoded());
+    assert!(got[1].body_undecoded());
+    assert_eq!(&got[1].body[..], &stored[..]);
+    assert_eq!(got[1].sys_flag & sys_flag::COMPRESSED, sys_flag::COMPRESSED);
+}
+
+/// A compression type this client does not know (4-7) is kept as stored too, and an inner
+/// batch whose body does not inflate goes on whole instead of being unwrapped.
+#[test]
+fn bodies_that_do_not_inflate_come_back_as_stored() {
+    let mut m = sample("T");
+    m.sys_flag = sys_flag::COMPRESSED | 0x300;
+    m.body = Bytes::from_static(b"plain, not zlib");
+    let mut bytes = encode_message(&m).unwrap().to_vec();
+    // sysFlag of the stored record: compression type 4, and an inner batch to unwrap.
+    let sys_flag_at = 4 + 4 + 4 + 4 + 4 + 8 + 8;
+    let flag = sys_flag::COMPRESSED
+        | (4 << 8)
+        | sys_flag::NEED_UNWRAP
+        | sys_flag::INNER_BATCH
+        | sys_flag::STORE_HOST_V6;
+    bytes[sys_flag_at..sys_flag_at + 4].copy_from_slice(&flag.to_be_bytes());
+    let got = decode_messages(&Bytes::from(bytes)).unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].body_undecoded());
 }
 
 /// A stored record at `offset` whose zlib body inflates to `len` bytes of `x`.
