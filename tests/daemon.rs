@@ -148,6 +148,18 @@ async fn dlq_bodies(mq: &RocketMq, group: &str) -> Vec<String> {
     mq.dlq_bodies(group).await
 }
 
+/// The bodies in `%DLQ%<group>` once there are any (polled for up to 30 s; empty if none came).
+async fn first_dlq_bodies(mq: &RocketMq, group: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dlq = dlq_bodies(mq, group).await;
+        if !dlq.is_empty() || Instant::now() >= deadline {
+            return dlq;
+        }
+        sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// Polls `/metrics` every 200 ms until `check` holds; returns the text.
 async fn wait_metrics(
     daemon: &Daemon,
@@ -491,12 +503,8 @@ async fn an_orderly_message_out_of_attempts_is_dead_lettered_once_and_the_queue_
             r.iter().any(|q| &q.body[..] == b"e")
         })
         .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut dlq = Vec::new();
-    while dlq.is_empty() && Instant::now() < deadline {
-        dlq = dlq_bodies(&mq, &group).await;
-        sleep(Duration::from_millis(300)).await;
-    }
+    // Waits for the DLQ to hold the message (checked below, once nothing more can come).
+    first_dlq_bodies(&mq, &group).await;
     // Anything still to come would come within a few pauses.
     sleep(Duration::from_secs(3)).await;
     let requests = receiver.requests();
@@ -576,12 +584,7 @@ async fn a_body_that_does_not_inflate_is_dead_lettered_and_the_queue_moves_on() 
             d.contains_key("before") && d.contains_key("after")
         })
         .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut dlq = Vec::new();
-    while dlq.is_empty() && Instant::now() < deadline {
-        dlq = dlq_bodies(&mq, &group).await;
-        sleep(Duration::from_millis(300)).await;
-    }
+    let dlq = first_dlq_bodies(&mq, &group).await;
     assert_eq!(dlq, ["not zlib"], "%DLQ%{group} holds the stored message");
     let delivered = deliveries(&receiver.requests());
     assert!(
@@ -699,15 +702,7 @@ async fn http_500_is_retried_and_404_goes_to_the_dlq() {
     );
     assert_eq!(counts.get("fine-0"), Some(&1), "{counts:?}");
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut dlq = Vec::new();
-    while Instant::now() < deadline {
-        dlq = dlq_bodies(&mq, &group).await;
-        if !dlq.is_empty() {
-            break;
-        }
-        sleep(Duration::from_millis(300)).await;
-    }
+    let dlq = first_dlq_bodies(&mq, &group).await;
     assert_eq!(
         dlq,
         vec!["gone-0".to_owned()],
