@@ -973,7 +973,14 @@ pub fn encode_batch(msgs: &[Message]) -> Result<Bytes, RemotingError> {
     let Some(first) = msgs.first() else {
         return Err(encode_error("empty batch".into()));
     };
-    let wait = first.properties.get(properties::WAIT);
+    // Java's `isWaitStoreMsgOK`: absent means true, present means `Boolean.parseBoolean`, so a
+    // message without `WAIT` and one with "true" are alike.
+    let waits = |m: &Message| {
+        m.properties
+            .get(properties::WAIT)
+            .is_none_or(|v| v.eq_ignore_ascii_case("true"))
+    };
+    let wait = waits(first);
     let mut buf = BytesMut::new();
     for m in msgs {
         if m.topic != first.topic {
@@ -990,7 +997,7 @@ pub fn encode_batch(msgs: &[Message]) -> Result<Bytes, RemotingError> {
                 "a batch cannot contain delayed messages".into(),
             ));
         }
-        if m.properties.get(properties::WAIT) != wait {
+        if waits(m) != wait {
             return Err(encode_error("batch mixes WAIT settings".into()));
         }
         let props = checked_properties(&m.properties)?;

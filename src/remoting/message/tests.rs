@@ -453,7 +453,13 @@ fn batch_layout_and_rules() {
     assert!(encode_batch(&[Message::new("A", ""), Message::new("B", "")]).is_err());
     assert!(encode_batch(&[Message::new("%RETRY%g", "")]).is_err());
     assert!(encode_batch(&[Message::new("A", "").with_delay_level(3)]).is_err());
-    assert!(encode_batch(&[Message::new("A", "").with_wait(true), Message::new("A", "")]).is_err());
+    // WAIT as Java reads it: absent is true.
+    assert!(encode_batch(&[Message::new("A", "").with_wait(true), Message::new("A", "")]).is_ok());
+    assert!(encode_batch(&[
+        Message::new("A", "").with_wait(false),
+        Message::new("A", "")
+    ])
+    .is_err());
     assert!(encode_batch(&[Message::new("A", "").with_property("k", "a\u{2}b")]).is_err());
     let huge = "v".repeat(MAX_PROPERTIES_LEN);
     assert!(encode_batch(&[Message::new("A", "").with_property("k", huge)]).is_err());
