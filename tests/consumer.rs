@@ -1363,7 +1363,6 @@ async fn queues_of_a_broker_the_routes_stop_naming_commit_their_final_offsets() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offset_reset_moves_only_the_queues_this_member_holds() {
     use rocketmq_webhook::remoting::body::offset_table::write_offset_table;
-    use rocketmq_webhook::remoting::body::route::TopicRouteData;
     use rocketmq_webhook::remoting::{ExtFields, MessageQueue, RemotingCommand, RequestCode};
     use support::proxy::{encode, Verdict};
     let mq = RocketMq::start().await;
@@ -1421,18 +1420,7 @@ async fn an_offset_reset_moves_only_the_queues_this_member_holds() {
             },
         ));
     }
-    let (namesrv_listener, namesrv_addr) = support::namesrv::listen().await;
-    tokio::spawn(support::namesrv::serve(
-        namesrv_listener,
-        mq.client(),
-        move |_: &str, route: &mut TopicRouteData| {
-            for broker in &mut route.broker_datas {
-                for addr in broker.broker_addrs.values_mut() {
-                    proxy_addr.clone_into(addr);
-                }
-            }
-        },
-    ));
+    let namesrv_addr = support::namesrv::through_proxy(mq.client(), proxy_addr).await;
 
     let seen_a = Arc::new(Mutex::new(Vec::new()));
     let a = start_on(
@@ -1541,10 +1529,7 @@ async fn a_batch_dropped_by_the_drain_timeout_leaves_the_in_flight_gauge() {
 /// CONSUMER_SEND_MSG_BACK requests and records every commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_send_back_keeps_the_message_until_it_is_accepted() {
-    use rocketmq_webhook::remoting::body::route::TopicRouteData;
-    use rocketmq_webhook::remoting::{RemotingCommand, RequestCode, ResponseCode};
-    use std::sync::atomic::AtomicUsize;
-    use support::proxy::{encode, Verdict};
+    use rocketmq_webhook::remoting::{RemotingCommand, RequestCode};
     use tokio::time::Instant;
     let mq = RocketMq::start().await;
     let topic = unique("T_sendback");
@@ -1553,55 +1538,23 @@ async fn a_refused_send_back_keeps_the_message_until_it_is_accepted() {
     let p = producer(&mq).await;
     produce(&p, &topic, &["fail-me".to_owned(), "fine".to_owned()], None).await;
 
-    let refused = Arc::new(AtomicUsize::new(0));
     let commits: Arc<Mutex<Vec<(Instant, i64)>>> = Arc::new(Mutex::new(Vec::new()));
-    let (proxy_listener, proxy_addr) = support::namesrv::listen().await;
-    {
-        let (refused, commits, topic) = (Arc::clone(&refused), Arc::clone(&commits), topic.clone());
-        tokio::spawn(support::proxy::serve(
-            proxy_listener,
-            mq.broker_addr(),
-            move |command: &RemotingCommand| {
-                let field = |k: &str| command.ext_fields.get(k)?.parse::<i64>().ok();
-                let ours = command.ext_fields.get("topic") == Some(topic.as_str());
-                let code = command.code;
-                if code == i32::from(RequestCode::ConsumerSendMsgBack)
-                    && refused.fetch_add(1, SeqCst) < 2
-                {
-                    return Verdict::Answer(encode(&RemotingCommand::response_to(
-                        command,
-                        ResponseCode::SystemError,
-                        Some("refused by the test".to_owned()),
-                    )));
-                }
-                // Commits travel in UPDATE_CONSUMER_OFFSET and in pulls with the commit bit.
-                let carries_commit = code == i32::from(RequestCode::UpdateConsumerOffset)
-                    || (code == i32::from(RequestCode::PullMessage)
-                        && field("sysFlag").is_some_and(|f| f & 1 != 0));
-                let commit = if ours && carries_commit {
-                    field("commitOffset")
-                } else {
-                    None
-                };
-                if let Some(offset) = commit {
-                    commits.lock().unwrap().push((Instant::now(), offset));
-                }
-                Verdict::Relay
-            },
-        ));
-    }
-    let (namesrv_listener, namesrv_addr) = support::namesrv::listen().await;
-    tokio::spawn(support::namesrv::serve(
-        namesrv_listener,
-        mq.client(),
-        move |_: &str, route: &mut TopicRouteData| {
-            for broker in &mut route.broker_datas {
-                for addr in broker.broker_addrs.values_mut() {
-                    proxy_addr.clone_into(addr);
-                }
+    let (namesrv_addr, refused) = {
+        let (commits, topic) = (Arc::clone(&commits), topic.clone());
+        refusing_send_backs(&mq, 2, move |command: &RemotingCommand| {
+            let field = |k: &str| command.ext_fields.get(k)?.parse::<i64>().ok();
+            let ours = command.ext_fields.get("topic") == Some(topic.as_str());
+            let code = command.code;
+            // Commits travel in UPDATE_CONSUMER_OFFSET and in pulls with the commit bit.
+            let carries_commit = code == i32::from(RequestCode::UpdateConsumerOffset)
+                || (code == i32::from(RequestCode::PullMessage)
+                    && field("sysFlag").is_some_and(|f| f & 1 != 0));
+            if let (true, Some(offset)) = (ours && carries_commit, field("commitOffset")) {
+                commits.lock().unwrap().push((Instant::now(), offset));
             }
-        },
-    ));
+        })
+        .await
+    };
 
     // "fail-me" fails twice; both send-backs are refused, so its third delivery is the local one
     // with a reconsume count of 2.
@@ -1773,4 +1726,146 @@ async fn a_slow_direct_consumption_does_not_hold_up_other_broker_requests() {
     );
     assert!(String::from_utf8_lossy(&direct.body).contains("CR_SUCCESS"));
     consumer.shutdown().await;
+}
+
+/// Orderly: a message whose body does not inflate goes to the DLQ; while that send fails, the
+/// messages after it wait, as behind any failed message (before the fix they were delivered
+/// past it). A proxy refuses the first two CONSUMER_SEND_MSG_BACK requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orderly_waits_behind_an_undecodable_message_until_it_is_dead_lettered() {
+    let mq = RocketMq::start().await;
+    let topic = unique("T_undecodable_orderly");
+    let group = unique("G_undecodable_orderly");
+    let p = producer(&mq).await;
+    p.create_topic(&topic, 1, true)
+        .await
+        .expect("topic created");
+    produce(&p, &topic, &["a".to_owned()], None).await;
+    mq.send_undecodable(&topic, "not zlib").await;
+    produce(&p, &topic, &["b".to_owned()], None).await;
+
+    let (namesrv_addr, send_backs) = refusing_send_backs(&mq, 2, |_| {}).await;
+    // How many send-backs had been asked for when "b" first reached the handler.
+    let at_b: Arc<Mutex<Option<usize>>> = Arc::new(Mutex::new(None));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorder = {
+        let (at_b, send_backs) = (Arc::clone(&at_b), Arc::clone(&send_backs));
+        Recorder::new("c", &seen).deciding(move |m| {
+            if &m.body[..] == b"b" {
+                at_b.lock().unwrap().get_or_insert(send_backs.load(SeqCst));
+            }
+            Outcome::Success
+        })
+    };
+    let mut config = fast_config(&group, &topic);
+    config.mode = ConsumeMode::Orderly;
+    config.consume_batch_size = 4;
+    let consumer = start_on(namesrv_addr, &unique("undecodable"), config, recorder).await;
+    eventually(Duration::from_secs(60), "b handled", || {
+        at_b.lock().unwrap().is_some()
+    })
+    .await;
+    let asked = at_b.lock().unwrap().expect("checked above");
+    assert!(
+        asked >= 3,
+        "b was delivered after {asked} send-backs, before the third (the first that succeeds)"
+    );
+    let dlq = mq.dlq_bodies(&group).await;
+    assert_eq!(dlq, ["not zlib"], "the DLQ holds the message once");
+    consumer.shutdown().await;
+}
+
+/// A broker's consume-directly of a message whose body does not inflate is refused with a
+/// reason; the endpoint never gets the stored bytes as if they were the payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_directly_refuses_a_body_that_does_not_inflate() {
+    use rocketmq_webhook::remoting::{RequestCode, ResponseCode};
+    let mq = RocketMq::start().await;
+    let topic = unique("T_direct_undecodable");
+    let group = unique("G_direct_undecodable");
+    mq.create_topic(&topic, 1).await;
+    let p = producer(&mq).await;
+    produce(&p, &topic, &["fine".to_owned()], None).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let consumer = start(
+        &mq,
+        &unique("direct_undecodable"),
+        fast_config(&group, &topic),
+        Recorder::new("c", &seen),
+    )
+    .await;
+    eventually(Duration::from_secs(60), "fine consumed", || {
+        bodies_seen(&seen).contains("fine")
+    })
+    .await;
+    let msg_id = mq.send_undecodable(&topic, "not zlib").await;
+    let client_id = consumer.client_id().to_owned();
+    let answer = admin_call(
+        &mq,
+        RequestCode::ConsumeMessageDirectly,
+        &[
+            ("consumerGroup", &group),
+            ("clientId", &client_id),
+            ("msgId", &msg_id),
+            ("topic", &topic),
+        ],
+    )
+    .await;
+    assert_eq!(
+        answer.response_code(),
+        ResponseCode::SystemError,
+        "{:?}",
+        answer.remark
+    );
+    assert!(
+        answer
+            .remark
+            .as_deref()
+            .unwrap_or("")
+            .contains("does not inflate"),
+        "{:?}",
+        answer.remark
+    );
+    assert!(
+        !bodies_seen(&seen).contains("not zlib"),
+        "the handler got the stored bytes"
+    );
+    consumer.shutdown().await;
+}
+
+/// A fake name server whose routes lead to a proxy in front of the real broker. The proxy
+/// refuses the first `refused` CONSUMER_SEND_MSG_BACK requests and shows every other request to
+/// `watch` before relaying it. Returns the name server's address and how many send-backs were
+/// asked for so far.
+async fn refusing_send_backs(
+    mq: &RocketMq,
+    refused: usize,
+    watch: impl Fn(&rocketmq_webhook::remoting::RemotingCommand) + Clone + Send + Sync + 'static,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use rocketmq_webhook::remoting::{RemotingCommand, RequestCode, ResponseCode};
+    use support::proxy::{encode, Verdict};
+    let send_backs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (proxy_listener, proxy_addr) = support::namesrv::listen().await;
+    {
+        let send_backs = Arc::clone(&send_backs);
+        tokio::spawn(support::proxy::serve(
+            proxy_listener,
+            mq.broker_addr(),
+            move |command: &RemotingCommand| {
+                if command.code == i32::from(RequestCode::ConsumerSendMsgBack)
+                    && send_backs.fetch_add(1, SeqCst) < refused
+                {
+                    return Verdict::Answer(encode(&RemotingCommand::response_to(
+                        command,
+                        ResponseCode::SystemError,
+                        Some("refused by the test".to_owned()),
+                    )));
+                }
+                watch(command);
+                Verdict::Relay
+            },
+        ));
+    }
+    let namesrv_addr = support::namesrv::through_proxy(mq.client(), proxy_addr).await;
+    (namesrv_addr, send_backs)
 }

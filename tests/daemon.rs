@@ -553,8 +553,6 @@ async fn an_orderly_message_out_of_attempts_is_dead_lettered_once_and_the_queue_
 /// and the queue never moved past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_does_not_inflate_is_dead_lettered_and_the_queue_moves_on() {
-    use rocketmq_webhook::remoting::message::sys_flag;
-    use rocketmq_webhook::remoting::rpc::SendMessage;
     let (mq, receiver, topic, group) = setup("undecodable", 1).await;
     let _daemon = Daemon::start(&Launch::yaml(yaml(
         &mq.namesrv_addr(),
@@ -562,20 +560,7 @@ async fn a_body_that_does_not_inflate_is_dead_lettered_and_the_queue_moves_on() 
     )))
     .await;
     produce(&mq, &topic, &["before"]).await;
-    let producer = mq.producer();
-    let client = producer.client();
-    let mut send = SendMessage::for_message(
-        "P_undecodable",
-        &Message::new(&topic, "not zlib"),
-        0,
-        now_ms(),
-    );
-    send.header.sys_flag |= sys_flag::COMPRESSED;
-    client
-        .pool()
-        .call(&mq.broker_addr(), &send, Duration::from_secs(5))
-        .await
-        .unwrap_or_else(|e| panic!("raw send: {e}"));
+    mq.send_undecodable(&topic, "not zlib").await;
     produce(&mq, &topic, &["after"]).await;
 
     receiver
@@ -1731,6 +1716,39 @@ async fn readiness_waits_for_a_broker_to_take_the_consumer() {
         .wait_ready()
         .await
         .unwrap_or_else(|e| panic!("after the brokers became reachable: {e}"));
+}
+
+/// A topic whose route has no readable queue (write-only permission) gives the rebalance no
+/// broker to ask for the group's members; readiness then rests on a broker having taken the
+/// heartbeat, instead of never coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_comes_for_a_topic_without_readable_queues() {
+    use rocketmq_webhook::remoting::body::route::TopicRouteData;
+    let (mq, receiver, topic, group) = setup("ready_wo", 2).await;
+    let (listener, namesrv_addr) = support::namesrv::listen().await;
+    {
+        let topic = topic.clone();
+        tokio::spawn(support::namesrv::serve(
+            listener,
+            mq.client(),
+            move |asked: &str, route: &mut TopicRouteData| {
+                if asked == topic {
+                    for queue in &mut route.queue_datas {
+                        // PERM_WRITE only.
+                        queue.perm = 2;
+                    }
+                }
+            },
+        ));
+    }
+    // Daemon::start waits for /readyz to answer 200 (at most a minute).
+    let daemon = Daemon::start(&Launch::yaml(yaml(
+        &namesrv_addr,
+        &[Sub::new(&group, &topic, receiver.url("/hook"))],
+    )))
+    .await;
+    let status = daemon.status().await;
+    assert_eq!(status["ready"], json!(true), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rocketmq_webhook::remoting::body::route::TopicRouteData;
 use rocketmq_webhook::remoting::{ExtFields, RemotingCommand, RequestCode, ResponseCode};
 use tokio::time::{sleep, Instant};
 
@@ -104,15 +103,6 @@ fn intercept(command: &RemotingCommand, topic: &str, seen: &Mutex<Seen>) -> Verd
     Verdict::Relay
 }
 
-/// The real route with every broker address replaced by the proxy's.
-fn through_proxy(proxy_addr: &str, route: &mut TopicRouteData) {
-    for broker in &mut route.broker_datas {
-        for addr in broker.broker_addrs.values_mut() {
-            proxy_addr.clone_into(addr);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_offset_is_not_committed_past_before_the_moved_queue_is_consumed() {
     moved_offset("CONCURRENT", 1).await;
@@ -141,12 +131,7 @@ async fn moved_offset(mode: &str, batch: usize) {
             move |command: &RemotingCommand| intercept(command, &topic, &seen),
         ));
     }
-    let (namesrv_listener, namesrv_addr) = listen().await;
-    tokio::spawn(support::namesrv::serve(
-        namesrv_listener,
-        mq.client(),
-        move |_: &str, route: &mut TopicRouteData| through_proxy(&proxy_addr, route),
-    ));
+    let namesrv_addr = support::namesrv::through_proxy(mq.client(), proxy_addr).await;
 
     let receiver = Receiver::start().await;
     {

@@ -203,6 +203,18 @@ async fn answer<H: Handler>(
             if consumer_group != group {
                 return Some(not_this_group(request, &consumer_group));
             }
+            if message.body_undecoded() {
+                // The stored body does not inflate: the endpoint would get the raw bytes as if
+                // they were the payload.
+                return Some(RemotingCommand::response_to(
+                    request,
+                    ResponseCode::SystemError,
+                    Some(format!(
+                        "the message's body does not inflate (sysFlag {:#x})",
+                        message.sys_flag
+                    )),
+                ));
+            }
             shared.restore_topic(&mut message);
             let batch = Batch {
                 group: shared.config.group.clone(),

@@ -129,6 +129,11 @@ impl<H: Handler> Rebalancer<H> {
                     }
                     target.extend(mq_all);
                 }
+                // No readable queue to ask a broker about: a taken heartbeat is all there is.
+                Model::Clustering if mq_all.is_empty() => {
+                    taken |= main && shared.heartbeat_taken.load(Ordering::Relaxed);
+                    target.extend(self.active.keys().filter(|mq| mq.topic == topic).cloned());
+                }
                 Model::Clustering => match self.consumer_ids(&mq_all).await {
                     Some(cids) => {
                         taken |= main;
@@ -303,9 +308,8 @@ impl<H: Handler> Rebalancer<H> {
         // broker sends the whole topic's table to every member, each owner resets its own, and
         // writing another member's queue from here could rewind an offset its owner has moved
         // on from since.
-        reset
-            .offsets
-            .retain(|(mq, _)| self.active.contains_key(mq) || self.retiring.contains(mq));
+        // (A queue still draining after a rebalance belongs to its next owner already.)
+        reset.offsets.retain(|(mq, _)| self.active.contains_key(mq));
         for (mq, _) in &reset.offsets {
             self.revoke(mq);
         }

@@ -1004,7 +1004,9 @@ async fn consume<H: Handler>(
         let (undecoded, rest) = msgs.into_iter().partition(MessageExt::body_undecoded);
         msgs = rest;
         settle_undecoded(shared, mq, undecoded, &mut done).await;
-        if msgs.is_empty() {
+        // Orderly: a message that could not be settled (its DLQ send failed) blocks what comes
+        // after it like any failed message; the rest is not attempted and comes back with it.
+        if msgs.is_empty() || done.orderly_retry {
             return done;
         }
     }

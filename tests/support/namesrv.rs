@@ -25,6 +25,24 @@ pub(crate) async fn listen() -> (TcpListener, String) {
     (listener, addr)
 }
 
+/// Starts a fake name server whose routes point every broker address at `proxy_addr` (a proxy
+/// in front of the real broker, see [`super::proxy`]); returns its address.
+pub(crate) async fn through_proxy(real: Client, proxy_addr: String) -> String {
+    let (listener, addr) = listen().await;
+    tokio::spawn(serve(
+        listener,
+        real,
+        move |_: &str, route: &mut TopicRouteData| {
+            for broker in &mut route.broker_datas {
+                for broker_addr in broker.broker_addrs.values_mut() {
+                    proxy_addr.clone_into(broker_addr);
+                }
+            }
+        },
+    ));
+    addr
+}
+
 /// Serves routes on `listener` until it fails: `real`'s route for the topic asked, passed
 /// through `rewrite(topic, &mut route)` first.
 pub(crate) async fn serve<F>(listener: TcpListener, real: Client, rewrite: F)

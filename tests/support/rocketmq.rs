@@ -179,6 +179,26 @@ impl RocketMq {
         u64::try_from(n).unwrap_or_else(|_| panic!("max offset of {}: {n}", rpc.topic))
     }
 
+    /// Sends `body` to queue 0 of `topic` with the compressed flag over a plain body: a record
+    /// the broker stores and no consumer can inflate (a producer bug). Returns its offset msgId.
+    pub(crate) async fn send_undecodable(&self, topic: &str, body: &str) -> String {
+        use rocketmq_webhook::remoting::message::{sys_flag, Message};
+        use rocketmq_webhook::remoting::rpc::SendMessage;
+        let message = Message::new(topic, body.to_owned());
+        let mut send = SendMessage::for_message("P_undecodable", &message, 0, 0);
+        send.header.sys_flag |= sys_flag::COMPRESSED;
+        self.client()
+            .pool()
+            .call(
+                &self.broker_addr(),
+                &send,
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("raw send of an undecodable body: {e}"))
+            .msg_id
+    }
+
     /// The bodies stored in `%DLQ%<group>` queue 0 right now (empty while that topic does not
     /// exist yet).
     pub(crate) async fn dlq_bodies(&self, group: &str) -> Vec<String> {
