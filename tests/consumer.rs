@@ -116,6 +116,27 @@ async fn start<H: Handler>(
     start_on(mq.namesrv_addr(), instance, config, handler).await
 }
 
+/// [`start`] recording into `metrics`, for tests that read the engine's gauges.
+async fn start_metered<H: Handler>(
+    mq: &RocketMq,
+    instance: &str,
+    config: rocketmq_webhook::consumer::Config,
+    handler: H,
+    metrics: &Metrics,
+) -> Consumer<H> {
+    Consumer::start(
+        client_config(mq, instance),
+        config,
+        handler,
+        Runtime {
+            metrics: metrics.clone(),
+            cache_budget: Arc::new(CacheBudget::unlimited()),
+        },
+    )
+    .await
+    .expect("consumer starts")
+}
+
 /// [`start`] with the name servers at `namesrv_addr` (a fake one in front of the real).
 async fn start_on<H: Handler>(
     namesrv_addr: String,
@@ -1500,18 +1521,15 @@ async fn a_batch_dropped_by_the_drain_timeout_leaves_the_in_flight_gauge() {
     let mut config = fast_config(&group, &topic);
     config.drain_timeout = Duration::from_secs(1);
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let consumer = Consumer::start(
-        client_config(&mq, &unique("gauge")),
+    let consumer = start_metered(
+        &mq,
+        &unique("gauge"),
         config,
         // Never answers within the test.
         Recorder::new("c", &seen).slow(Duration::from_secs(3600)),
-        Runtime {
-            metrics: metrics.clone(),
-            cache_budget: Arc::new(CacheBudget::unlimited()),
-        },
+        &metrics,
     )
-    .await
-    .expect("consumer starts");
+    .await;
     let gauge = metrics
         .batches_in_flight
         .with_label_values(&[group.as_str(), topic.as_str()]);
@@ -1868,4 +1886,49 @@ async fn refusing_send_backs(
     }
     let namesrv_addr = support::namesrv::through_proxy(mq.client(), proxy_addr).await;
     (namesrv_addr, send_backs)
+}
+
+/// The orderly locks gauge follows the table at once: a queue's lock shows when it is granted
+/// and leaves when the queue is released, not at the next renewal 20 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_locks_gauge_follows_grants_and_releases_at_once() {
+    let mq = RocketMq::start().await;
+    let topic = unique("T_locks_gauge");
+    let group = unique("G_locks_gauge");
+    let p = producer(&mq).await;
+    p.create_topic(&topic, 2, true)
+        .await
+        .expect("topic created");
+    let metrics = Metrics::new();
+    let mut config = fast_config(&group, &topic);
+    config.mode = ConsumeMode::Orderly;
+    config.lock_renew_interval = Duration::from_secs(3600);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let consumer = start_metered(
+        &mq,
+        &unique("locks_gauge"),
+        config,
+        Recorder::new("c", &seen),
+        &metrics,
+    )
+    .await;
+    let gauge = metrics
+        .locks_held
+        .with_label_values(&[group.as_str(), topic.as_str()]);
+    eventually(Duration::from_secs(60), "both queues assigned", || {
+        assigned(&consumer, &topic).len() == 2
+    })
+    .await;
+    // Every held queue (the retry topic's too, once it has a route) was locked to be held.
+    eventually(
+        Duration::from_secs(10),
+        "the gauge shows every lock",
+        || {
+            let held = consumer.stats().queues.len();
+            held >= 2 && gauge.get() == i64::try_from(held).unwrap_or(-1)
+        },
+    )
+    .await;
+    consumer.shutdown().await;
+    assert_eq!(gauge.get(), 0, "locks released but still shown");
 }

@@ -585,6 +585,7 @@ impl<H: Handler> Shared<H> {
                         locks.insert(mq.clone(), now);
                     }
                 }
+                self.publish_locks_held(&locks);
                 granted
             }
             Err(e) => {
@@ -595,9 +596,27 @@ impl<H: Handler> Shared<H> {
         }
     }
 
+    /// Sets the locks gauge to the locks held now (granted less than `lock_ttl` ago). Called
+    /// wherever the table changes, so the gauge follows a new queue's lock and a release at
+    /// once rather than at the next 20 s renewal.
+    fn publish_locks_held(&self, locks: &HashMap<MessageQueue, Instant>) {
+        let held = locks
+            .values()
+            .filter(|at| at.elapsed() < self.config.lock_ttl)
+            .count();
+        self.metrics
+            .locks_held
+            .with_label_values(&self.labels())
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
     /// Releases the broker lock of `mq`.
     pub(crate) async fn unlock_queue(&self, mq: &MessageQueue) {
-        lock(&self.locks).remove(mq);
+        {
+            let mut locks = lock(&self.locks);
+            locks.remove(mq);
+            self.publish_locks_held(&locks);
+        }
         let Ok(addr) = self.last_master_addr(&mq.broker_name) else {
             return;
         };
@@ -967,19 +986,14 @@ async fn lock_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken
                 .or_default()
                 .push(mq);
         }
-        let mut count = 0;
         for (broker, mqs) in by_broker {
             let granted = shared.lock_queues(&broker, mqs.clone()).await;
-            count += granted.len();
             for mq in mqs.iter().filter(|m| !granted.contains(m)) {
                 warn!(group = %shared.group(), queue = %mq, "Queue lock not renewed by the broker.");
             }
         }
-        shared
-            .metrics
-            .locks_held
-            .with_label_values(&shared.labels())
-            .set(count as i64);
+        // Locks that lapsed since (no renewal granted) leave the gauge here.
+        shared.publish_locks_held(&lock(&shared.locks));
     }
 }
 
