@@ -1012,23 +1012,9 @@ async fn name_server_down_at_start() {
     let namesrv = free_port();
     let launch = Conf::new(&namesrv.to_string(), &group, &topic, receiver.url("/hook")).launch();
     let mut daemon = Daemon::spawn(&launch);
-    let until = Instant::now() + down;
-    let mut not_ready = 0;
-    while Instant::now() < until {
-        // No answer at all is fine for the first moments (the admin server is not bound yet).
-        if let Some(status) = daemon.readyz().await {
-            assert_ne!(
-                status,
-                200,
-                "{name}: /readyz said ready while the name server was down\n{}",
-                daemon.output_tail(30)
-            );
-            if status == 503 {
-                not_ready += 1;
-            }
-        }
-        sleep(Duration::from_millis(300)).await;
-    }
+    let not_ready = daemon
+        .never_ready(down, &format!("({name}) while the name server was down"))
+        .await;
     assert!(
         not_ready > 0,
         "{name}: /readyz never answered 503 while the name server was down\n{}",

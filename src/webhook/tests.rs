@@ -309,11 +309,10 @@ async fn a_request_cut_off_after_it_was_written_is_retried() {
     server.abort();
 }
 
-#[tokio::test]
-async fn probe_closes_the_circuit_when_the_endpoint_returns() {
-    let mut failing = vec![reply(503); 2];
-    failing.push(reply(200));
-    let server = Server::start(failing).await;
+/// A webhook whose circuit opens after 2 failures for 200 ms, opened by two 503s of `server`
+/// (its first replies); returns it, its one-message batch, and the wait the open circuit asks
+/// of the next delivery.
+async fn opened_circuit(server: &Server) -> (Webhook, Batch, Duration) {
     let mut o = options(server.url());
     o.breaker = BreakerConfig {
         failure_threshold: 2,
@@ -328,6 +327,15 @@ async fn probe_closes_the_circuit_when_the_endpoint_returns() {
     let Outcome::Later { after } = handle(&webhook, &b).await[0] else {
         panic!("expected Later while open");
     };
+    (webhook, b, after)
+}
+
+#[tokio::test]
+async fn probe_closes_the_circuit_when_the_endpoint_returns() {
+    let mut failing = vec![reply(503); 2];
+    failing.push(reply(200));
+    let server = Server::start(failing).await;
+    let (webhook, b, after) = opened_circuit(&server).await;
     tokio::time::sleep(after).await;
     assert_eq!(handle(&webhook, &b).await, vec![Outcome::Success]);
     assert_eq!(webhook.circuit_state(), CircuitState::Closed);
@@ -342,19 +350,7 @@ async fn a_failed_probe_waits_instead_of_retrying() {
     let mut replies = vec![reply(503); 3];
     replies.push(reply(200));
     let server = Server::start(replies).await;
-    let mut o = options(server.url());
-    o.breaker = BreakerConfig {
-        failure_threshold: 2,
-        open_duration: Duration::from_millis(200),
-        max_open_duration: Duration::from_secs(1),
-    };
-    let webhook = Webhook::new(o).unwrap();
-    let b = batch(&["A"], ConsumeMode::Concurrent);
-    assert_eq!(handle(&webhook, &b).await, vec![RETRY]);
-    assert_eq!(handle(&webhook, &b).await, vec![RETRY]);
-    let Outcome::Later { after } = handle(&webhook, &b).await[0] else {
-        panic!("expected Later while open");
-    };
+    let (webhook, b, after) = opened_circuit(&server).await;
     tokio::time::sleep(after).await;
     // The probe: sent, answered 503.
     let Outcome::Later { after } = handle(&webhook, &b).await[0] else {

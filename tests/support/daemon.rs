@@ -298,6 +298,23 @@ impl Daemon {
             .map(|r| r.status().as_u16())
     }
 
+    /// Polls `/readyz` every 200 ms for `during`, panicking (with `why` and the output) if it
+    /// ever answers 200; returns how many times it answered 503. No answer at all is fine (the
+    /// admin server may not serve yet).
+    pub(crate) async fn never_ready(&self, during: Duration, why: &str) -> usize {
+        let until = Instant::now() + during;
+        let mut not_ready = 0;
+        while Instant::now() < until {
+            match self.readyz().await {
+                Some(200) => panic!("/readyz said ready {why}\n{}", self.output_tail(30)),
+                Some(503) => not_ready += 1,
+                _ => {}
+            }
+            sleep(Duration::from_millis(200)).await;
+        }
+        not_ready
+    }
+
     /// Polls `/readyz` every 100 ms until it answers 200 (at most a minute); `Err` carries the
     /// output when the process exited or the deadline passed.
     pub(crate) async fn wait_ready(&mut self) -> Result<(), String> {
