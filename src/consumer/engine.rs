@@ -696,21 +696,48 @@ pub struct Runtime {
     pub cache_budget: Arc<CacheBudget>,
 }
 
+/// A consumer whose settings are checked and whose broadcasting offsets are locked and loaded,
+/// but which has not connected to anything yet: [`Prepared::start`] starts it. A daemon
+/// prepares every subscription before it starts any, so that one subscription's unusable
+/// offset store stops the process before another has registered with a broker.
+#[derive(Debug)]
+pub struct Prepared<H: Handler> {
+    shared: Arc<Shared<H>>,
+    events: mpsc::Receiver<BrokerEvent>,
+    resets: mpsc::Receiver<ResetRequest>,
+}
+
 impl<H: Handler> Consumer<H> {
-    /// Opens and loads the broadcasting offset store, then starts every task (which connect,
-    /// heartbeat and rebalance).
+    /// [`Consumer::prepare`], then [`Prepared::start`].
     ///
     /// # Errors
-    /// A bad setting; in broadcasting mode, an offset store that cannot be written, is locked
-    /// by another consumer, or holds an unreadable file. All of these are found before anything
-    /// connects. Unreachable name servers or brokers are not errors: the engine keeps retrying
-    /// and `/readyz` says not ready.
+    /// As [`Consumer::prepare`].
     pub async fn start(
         client_config: crate::client::ClientConfig,
         config: Config,
         handler: H,
         runtime: Runtime,
     ) -> Result<Self, ConsumerError> {
+        Ok(Self::prepare(client_config, config, handler, runtime)
+            .await?
+            .start())
+    }
+
+    /// Checks the settings and, in broadcasting mode, locks, probes and loads the offset
+    /// store, waiting up to [`Config::offset_lock_wait`] while another process holds its lock.
+    /// Connects to nothing.
+    ///
+    /// # Errors
+    /// A bad setting; in broadcasting mode, an offset store that cannot be written, is still
+    /// locked by another consumer after the wait, or holds an unreadable file. Unreachable name
+    /// servers or brokers are not errors: once started, the engine keeps retrying and
+    /// `/readyz` says not ready.
+    pub async fn prepare(
+        client_config: crate::client::ClientConfig,
+        config: Config,
+        handler: H,
+        runtime: Runtime,
+    ) -> Result<Prepared<H>, ConsumerError> {
         if config.group.is_empty() {
             return Err(ConsumerError::Invalid {
                 field: "group",
@@ -757,22 +784,7 @@ impl<H: Handler> Consumer<H> {
                     config.offset_store_instance.as_deref(),
                     &config.group,
                 );
-                let store2 = store.clone();
-                // Locked before loading: a second consumer of the same file must neither load
-                // offsets the first is about to move nor write over them. Checked for writes
-                // now, before anything connects: otherwise an unwritable store shows only as a
-                // warning per persist while the consumer runs and reports ready, and the
-                // offsets are gone at the next start.
-                let (lock, loaded) = tokio::task::spawn_blocking(move || {
-                    let lock = store2.lock()?;
-                    store2.check_writable(&lock)?;
-                    Ok::<_, OffsetStoreError>((lock, store2.load()?))
-                })
-                .await
-                .map_err(|e| ConsumerError::Invalid {
-                    field: "offset_store_path",
-                    reason: e.to_string(),
-                })??;
+                let (lock, loaded) = open_local_store(&store, config.offset_lock_wait).await?;
                 info!(group = %config.group, path = %store.path().display(), queues = loaded.len(), "Broadcasting offsets loaded.");
                 for (mq, offset) in loaded {
                     offsets.update(&mq, offset, false);
@@ -809,29 +821,10 @@ impl<H: Handler> Consumer<H> {
             heartbeat_taken: AtomicBool::new(false),
             resets: resets_tx,
         });
-        info!(group = %shared.config.group, topic = %shared.config.topic, client_id = %shared.client_id, "Consumer starting.");
-
-        let cancel = CancellationToken::new();
-        let mut tasks = JoinSet::new();
-        tasks.spawn(route_task(Arc::clone(&shared), cancel.child_token()));
-        tasks.spawn(heartbeat_task(Arc::clone(&shared), cancel.child_token()));
-        tasks.spawn(persist_task(Arc::clone(&shared), cancel.child_token()));
-        tasks.spawn(gauge_task(Arc::clone(&shared), cancel.child_token()));
-        if shared.is_orderly_clustering() {
-            tasks.spawn(lock_task(Arc::clone(&shared), cancel.child_token()));
-        }
-        tasks.spawn(inbound::run(
-            Arc::clone(&shared),
-            events_rx,
-            cancel.child_token(),
-        ));
-        let rebalancer = Rebalancer::new(Arc::clone(&shared), resets_rx);
-        let rebalancer = Some(tokio::spawn(rebalancer.run(cancel.child_token())));
-        Ok(Self {
+        Ok(Prepared {
             shared,
-            cancel,
-            tasks,
-            rebalancer,
+            events: events_rx,
+            resets: resets_rx,
         })
     }
 
@@ -892,6 +885,96 @@ impl<H: Handler> Consumer<H> {
         }
         self.shared.client.pool().close_all();
         info!(group = %self.shared.config.group, "Consumer stopped.");
+    }
+}
+
+impl<H: Handler> Prepared<H> {
+    /// Starts every task: they connect, heartbeat and rebalance.
+    pub fn start(self) -> Consumer<H> {
+        let Self {
+            shared,
+            events,
+            resets,
+        } = self;
+        info!(group = %shared.config.group, topic = %shared.config.topic, client_id = %shared.client_id, "Consumer starting.");
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(route_task(Arc::clone(&shared), cancel.child_token()));
+        tasks.spawn(heartbeat_task(Arc::clone(&shared), cancel.child_token()));
+        tasks.spawn(persist_task(Arc::clone(&shared), cancel.child_token()));
+        tasks.spawn(gauge_task(Arc::clone(&shared), cancel.child_token()));
+        if shared.is_orderly_clustering() {
+            tasks.spawn(lock_task(Arc::clone(&shared), cancel.child_token()));
+        }
+        tasks.spawn(inbound::run(
+            Arc::clone(&shared),
+            events,
+            cancel.child_token(),
+        ));
+        let rebalancer = Rebalancer::new(Arc::clone(&shared), resets);
+        let rebalancer = Some(tokio::spawn(rebalancer.run(cancel.child_token())));
+        Consumer {
+            shared,
+            cancel,
+            tasks,
+            rebalancer,
+        }
+    }
+}
+
+/// How often a held offset store lock is tried again, and how often the wait is logged.
+const LOCK_RETRY: Duration = Duration::from_millis(250);
+const LOCK_WAIT_LOG: Duration = Duration::from_secs(10);
+
+/// Locks `store` (waiting up to `wait` while another process holds it), checks that saves can
+/// create their files, and loads it.
+///
+/// Locked before loading: a second consumer of the same file must neither load offsets the
+/// first is about to move nor write over them. The wait covers a rolling restart that starts
+/// the new daemon beside the old one on one volume: the old one releases the lock when it
+/// exits, and exiting at once would only restart the new one later (a crash loop's back-off).
+/// Checked for writes now, before anything connects: otherwise an unwritable store shows only
+/// as a warning per persist while the consumer runs and reports ready, and the offsets are
+/// gone at the next start.
+async fn open_local_store(
+    store: &LocalFileStore,
+    wait: Duration,
+) -> Result<(StoreLock, Vec<(MessageQueue, i64)>), ConsumerError> {
+    let started = Instant::now();
+    let mut logged: Option<Instant> = None;
+    loop {
+        let attempt = store.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let lock = attempt.lock()?;
+            attempt.check_writable(&lock)?;
+            Ok::<_, OffsetStoreError>((lock, attempt.load()?))
+        })
+        .await
+        .map_err(|e| ConsumerError::Invalid {
+            field: "offset_store_path",
+            reason: e.to_string(),
+        })?;
+        match opened {
+            Err(OffsetStoreError::Locked { .. }) if started.elapsed() < wait => {
+                if logged.is_none_or(|at| at.elapsed() >= LOCK_WAIT_LOG) {
+                    warn!(
+                        lock = %store.lock_path().display(),
+                        waited = ?started.elapsed(),
+                        wait = ?wait,
+                        "Broadcasting offsets are locked by another process; waiting for it to exit (a daemon still draining?)."
+                    );
+                    logged = Some(Instant::now());
+                }
+                tokio::time::sleep(LOCK_RETRY).await;
+            }
+            Err(e) => return Err(e.into()),
+            Ok(opened) => {
+                if logged.is_some() {
+                    info!(lock = %store.lock_path().display(), waited = ?started.elapsed(), "Broadcasting offsets lock taken.");
+                }
+                return Ok(opened);
+            }
+        }
     }
 }
 
@@ -1068,7 +1151,9 @@ mod tests {
             let first = start(namesrv, broadcasting(dir.path(), instance))
                 .await
                 .expect("first consumer starts");
-            let err = start(namesrv, broadcasting(dir.path(), instance))
+            let mut second = broadcasting(dir.path(), instance);
+            second.offset_lock_wait = Duration::from_millis(300);
+            let err = start(namesrv, second)
                 .await
                 .expect_err("a second consumer of the same store must not start");
             let lock = LocalFileStore::new(dir.path(), instance, "G_store").lock_path();
@@ -1095,6 +1180,62 @@ mod tests {
                 .expect("the store is free once the first consumer has shut down");
             again.shutdown().await;
         }
+    }
+
+    /// A rolling restart that starts the new daemon beside the old one: the new consumer
+    /// waits for the lock instead of failing, and starts once the old one has shut down.
+    #[tokio::test]
+    async fn a_consumer_waits_for_the_offsets_lock_of_one_that_is_stopping() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let namesrv = refusing_addr();
+        let old = start(namesrv, broadcasting(dir.path(), None))
+            .await
+            .expect("the old consumer starts");
+        let mut config = broadcasting(dir.path(), None);
+        config.offset_lock_wait = Duration::from_secs(60);
+        let new = tokio::spawn(start(namesrv, config));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(
+            !new.is_finished(),
+            "the new consumer must wait while the old one holds the lock"
+        );
+        old.shutdown().await;
+        let new = tokio::time::timeout(Duration::from_secs(10), new)
+            .await
+            .expect("the new consumer starts soon after the lock is free")
+            .expect("task")
+            .expect("the new consumer starts");
+        new.shutdown().await;
+    }
+
+    /// Preparing touches the offset store only: nothing connects until `start`.
+    #[tokio::test]
+    async fn a_prepared_consumer_has_connected_to_nothing() {
+        let namesrv = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = namesrv.local_addr().expect("local addr");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let runtime = Runtime {
+            metrics: Metrics::new(),
+            cache_budget: Arc::new(CacheBudget::unlimited()),
+        };
+        let prepared = Consumer::prepare(
+            client(addr),
+            broadcasting(dir.path(), None),
+            Accept,
+            runtime,
+        )
+        .await
+        .expect("prepared");
+        let early = tokio::time::timeout(Duration::from_millis(500), namesrv.accept()).await;
+        assert!(early.is_err(), "a prepared consumer connected: {early:?}");
+        let consumer = prepared.start();
+        tokio::time::timeout(Duration::from_secs(10), namesrv.accept())
+            .await
+            .expect("a started consumer asks the name server for routes")
+            .expect("accept");
+        drop(consumer);
     }
 
     #[tokio::test]

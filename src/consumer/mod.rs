@@ -19,7 +19,7 @@ mod worker;
 
 pub use allocate::AllocateStrategy;
 pub use config::{CacheBudget, Config, ConsumeFrom, Filter, Limits, Model, OrderlyExhausted};
-pub use engine::{Consumer, Probe, Runtime};
+pub use engine::{Consumer, Prepared, Probe, Runtime};
 pub use error::ConsumerError;
 pub use handler::{Batch, ConsumeMode, Handler, Outcome};
 pub use offset_store::{FileFault, LocalFileStore, OffsetStoreError, OffsetTable, StoreLock};
