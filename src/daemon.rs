@@ -5,7 +5,7 @@
 //! Everything that can be wrong with the configuration is found in [`Plan::new`], before any
 //! socket is opened, so bad configuration exits with code 2 and touches nothing.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::core::{Collector, Desc};
@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::client::{ClientConfig, ConnectOptions, TlsSetting};
 use crate::config;
-use crate::consumer::{self, CacheBudget, Consumer, Probe, Runtime};
+use crate::consumer::{self, CacheBudget, Consumer, ConsumerError, Prepared, Probe, Runtime};
 use crate::metrics::{names, Metrics};
 use crate::remoting::acl::AclCredentials;
 use crate::remoting::MessageQueue;
@@ -248,6 +248,9 @@ fn consumer_config(
     c.route_interval = cfg.client.poll_name_server_interval;
     c.rpc_timeout = cfg.client.rpc_timeout;
     c.drain_timeout = cfg.shutdown.grace_period;
+    // Long enough for a daemon of the same configuration to drain and exit (the grace period,
+    // the 5 s the daemon adds, unregistering) when a rolling restart overlaps the two.
+    c.offset_lock_wait = cfg.shutdown.grace_period + Duration::from_secs(30);
     Ok(c)
 }
 
@@ -434,20 +437,24 @@ impl Collector for WebhookCollector {
 
 /// `/status` and `/readyz` over the running consumers.
 struct DaemonStatus {
-    subs: Vec<(String, consumer::Config, Probe, Webhook)>,
+    /// Set once every subscription has started; empty while they are prepared.
+    subs: OnceLock<Vec<(String, consumer::Config, Probe, Webhook)>>,
     cache_budget: Arc<CacheBudget>,
     transport: Transport,
 }
 
 impl crate::admin::StatusSource for DaemonStatus {
     fn ready(&self) -> bool {
-        self.subs.iter().all(|(_, _, p, _)| p.is_ready())
+        self.subs
+            .get()
+            .is_some_and(|subs| subs.iter().all(|(_, _, p, _)| p.is_ready()))
     }
 
     fn status(&self) -> serde_json::Value {
-        let subs: Vec<serde_json::Value> = self
-            .subs
-            .iter()
+        let started = self.subs.get();
+        let subs: Vec<serde_json::Value> = started
+            .into_iter()
+            .flatten()
             .map(|(name, c, probe, hook)| {
                 serde_json::json!({
                     "name": name,
@@ -465,6 +472,7 @@ impl crate::admin::StatusSource for DaemonStatus {
         let budget = &self.cache_budget;
         serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "state": if started.is_some() { "running" } else { "starting" },
             "ready": self.ready(),
             "cache": {
                 "max_messages": budget.max_messages(),
@@ -485,7 +493,8 @@ impl crate::admin::StatusSource for DaemonStatus {
 /// Runs the plan until `shutdown` completes, then drains within the grace period.
 ///
 /// # Errors
-/// The admin address cannot be bound, or a consumer cannot start (unreadable offset file).
+/// The admin address cannot be bound, or a consumer cannot start (an offset store that cannot
+/// be written or read, or is still locked by another process after the wait).
 pub async fn run(
     plan: Plan,
     shutdown: impl std::future::Future<Output = ()>,
@@ -507,57 +516,119 @@ pub async fn run(
     metrics.registry().register(Box::new(collector))?;
 
     // Bound before any consumer starts: a port in use (or one a non-root user may not bind) is
-    // reported before anything connects to RocketMQ. Requests wait in the backlog until the
-    // server starts below.
+    // reported before anything connects to RocketMQ.
     let admin_listener = tokio::net::TcpListener::bind(plan.admin)
         .await
         .map_err(|e| format!("cannot bind the admin server to {}: {e}", plan.admin))?;
-    let cancel = CancellationToken::new();
-    let mut consumers = Vec::new();
-    let mut status = Vec::new();
-    for sub in plan.subscriptions {
-        let runtime = Runtime {
-            metrics: metrics.clone(),
-            cache_budget: Arc::clone(&plan.cache_budget),
-        };
-        let hook = sub.webhook.clone();
-        let consumer = Consumer::start(
-            sub.client.clone(),
-            sub.consumer.clone(),
-            sub.webhook,
-            runtime,
-        )
-        .await?;
-        info!(subscription = %sub.name, group = %sub.consumer.group, topic = %sub.consumer.topic, client_id = %consumer.client_id(), "Subscription started.");
-        status.push((sub.name, sub.consumer, consumer.probe(), hook));
-        consumers.push(consumer);
-    }
+    // Served from the start: while the subscriptions are prepared (a wait for a broadcasting
+    // offsets lock can take a minute), /healthz answers, so liveness probes do not kill a
+    // daemon that is only waiting, /status says "starting" and /readyz says not ready.
     let source = Arc::new(DaemonStatus {
-        subs: status,
-        cache_budget: plan.cache_budget,
-        transport: plan.transport,
+        subs: OnceLock::new(),
+        cache_budget: Arc::clone(&plan.cache_budget),
+        transport: plan.transport.clone(),
     });
-    let (bound, admin) =
-        crate::admin::serve(admin_listener, metrics.clone(), source, cancel.clone())
-            .map_err(|e| format!("admin server on {}: {e}", plan.admin))?;
+    let cancel = CancellationToken::new();
+    let (bound, admin) = crate::admin::serve(
+        admin_listener,
+        metrics.clone(),
+        Arc::clone(&source) as Arc<dyn crate::admin::StatusSource>,
+        cancel.clone(),
+    )
+    .map_err(|e| format!("admin server on {}: {e}", plan.admin))?;
     info!(admin = %bound, "Admin server listening (/metrics, /healthz, /readyz, /status).");
 
-    shutdown.await;
-    info!(grace = ?plan.grace, "Shutting down: draining in-flight deliveries.");
-    let drain = futures_join_all(consumers.into_iter().map(|c| c.shutdown()));
-    if tokio::time::timeout(plan.grace + Duration::from_secs(5), drain)
-        .await
-        .is_err()
-    {
-        warn!("Shutdown grace period exceeded; exiting with deliveries still in flight (they will be redelivered).");
-    }
+    let runtime = Runtime {
+        metrics,
+        cache_budget: plan.cache_budget,
+    };
+    let result = consume(plan.subscriptions, plan.grace, &runtime, &source, shutdown).await;
     cancel.cancel();
     // Bounded: the admin server closes connections still open a few seconds after the cancel.
     if let Err(e) = admin.await {
         error!(error = %e, "Admin server task failed.");
     }
+    result?;
     info!("Stopped.");
     Ok(())
+}
+
+/// Prepares every subscription, starts them, shows them on `source`, and drains them once
+/// `shutdown` completes.
+///
+/// Every subscription is prepared (settings checked, broadcasting offsets locked and loaded)
+/// before any connects: one that cannot start must not leave another registered with a
+/// broker. A signal during the preparation (which may wait for a lock) ends it at once.
+async fn consume(
+    subscriptions: Vec<PlannedSubscription>,
+    grace: Duration,
+    runtime: &Runtime,
+    source: &DaemonStatus,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ConsumerError> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let prepared = tokio::select! {
+        prepared = prepare(subscriptions, runtime) => prepared?,
+        () = &mut shutdown => {
+            info!("Signal received before the subscriptions started.");
+            return Ok(());
+        }
+    };
+    let mut consumers = Vec::new();
+    let mut status = Vec::new();
+    for sub in prepared {
+        let consumer = sub.consumer.start();
+        info!(subscription = %sub.name, group = %sub.config.group, topic = %sub.config.topic, client_id = %consumer.client_id(), "Subscription started.");
+        status.push((sub.name, sub.config, consumer.probe(), sub.webhook));
+        consumers.push(consumer);
+    }
+    // Set once, here: nothing else sets it.
+    let _ = source.subs.set(status);
+
+    shutdown.await;
+    info!(grace = ?grace, "Shutting down: draining in-flight deliveries.");
+    let drain = futures_join_all(consumers.into_iter().map(|c| c.shutdown()));
+    if tokio::time::timeout(grace + Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        warn!("Shutdown grace period exceeded; exiting with deliveries still in flight (they will be redelivered).");
+    }
+    Ok(())
+}
+
+/// A subscription whose consumer is prepared, with what `/status` shows of it.
+struct PreparedSubscription {
+    name: String,
+    config: consumer::Config,
+    webhook: Webhook,
+    consumer: Prepared<Webhook>,
+}
+
+/// Prepares each subscription in turn (see [`Consumer::prepare`]); the first failure drops
+/// those prepared before it, which releases their offset locks.
+async fn prepare(
+    subscriptions: Vec<PlannedSubscription>,
+    runtime: &Runtime,
+) -> Result<Vec<PreparedSubscription>, ConsumerError> {
+    let mut prepared = Vec::with_capacity(subscriptions.len());
+    for sub in subscriptions {
+        let webhook = sub.webhook.clone();
+        let consumer = Consumer::prepare(
+            sub.client,
+            sub.consumer.clone(),
+            sub.webhook,
+            runtime.clone(),
+        )
+        .await?;
+        prepared.push(PreparedSubscription {
+            name: sub.name,
+            config: sub.consumer,
+            webhook,
+            consumer,
+        });
+    }
+    Ok(prepared)
 }
 
 /// Awaits every future concurrently (a tiny join_all without another dependency).

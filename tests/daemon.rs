@@ -67,6 +67,19 @@ impl Sub {
     }
 }
 
+/// A listener posing as the name server, to show a daemon never connected to it: nothing
+/// accepts, so connections wait in its backlog for [`assert_never_connected`].
+fn watched_namesrv() -> std::net::TcpListener {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    listener
+}
+
+/// Panics with `what` if anything connected to `namesrv` (see [`watched_namesrv`]).
+fn assert_never_connected(namesrv: &std::net::TcpListener, what: &str) {
+    assert!(namesrv.accept().is_err(), "{what}");
+}
+
 /// A YAML configuration with short intervals (rebalance 2 s, offsets persisted every second,
 /// webhook timeout 3 s) so tests converge in seconds.
 fn yaml(namesrv: &str, subs: &[Sub]) -> String {
@@ -1122,8 +1135,7 @@ async fn signatures_and_cloudevents_verify_with_the_reference_libraries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_configuration_exits_2_naming_the_key_and_its_source_before_connecting() {
     // A name server and a webhook that must never hear from the daemon.
-    let namesrv = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    namesrv.set_nonblocking(true).expect("nonblocking");
+    let namesrv = watched_namesrv();
     let namesrv_addr = namesrv.local_addr().expect("addr").to_string();
     let receiver = Receiver::start().await;
     let good = |extra: &[&str], webhook: &[&str]| {
@@ -1242,9 +1254,9 @@ async fn bad_configuration_exits_2_naming_the_key_and_its_source_before_connecti
             failures.push(format!("{}: {}\n{output}", case.name, problems.join("; ")));
         }
     }
-    assert!(
-        namesrv.accept().is_err(),
-        "a daemon with a bad configuration connected to the name server"
+    assert_never_connected(
+        &namesrv,
+        "a daemon with a bad configuration connected to the name server",
     );
     assert!(
         receiver.requests().is_empty(),
@@ -1392,8 +1404,7 @@ async fn a_second_sigterm_exits_at_once_with_status_143() {
 /// 1, naming the address) before it connects to RocketMQ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_port_in_use_fails_before_anything_connects() {
-    let namesrv = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    namesrv.set_nonblocking(true).expect("nonblocking");
+    let namesrv = watched_namesrv();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_addr = taken.local_addr().expect("addr").to_string();
     let launch = Launch::yaml(yaml(
@@ -1413,10 +1424,88 @@ async fn an_admin_port_in_use_fails_before_anything_connects() {
         output.contains("cannot bind the admin server") && output.contains(&taken_addr),
         "{output}"
     );
-    assert!(
-        namesrv.accept().is_err(),
-        "the daemon connected to the name server before it found the admin port taken"
+    assert_never_connected(
+        &namesrv,
+        "the daemon connected to the name server before it found the admin port taken",
     );
+}
+
+/// Every subscription's offset store is opened before any subscription connects: a second
+/// subscription whose broadcasting offsets cannot be kept ends the daemon (exit 1, naming the
+/// path) without the first having registered with RocketMQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_subscription_s_unusable_offsets_fail_before_any_connects() {
+    let namesrv = watched_namesrv();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    // A file where the offsets directory should be.
+    let blocker = dir.path().join("not-a-directory");
+    std::fs::write(&blocker, b"").expect("write");
+    let launch = Launch::yaml(yaml(
+        &namesrv.local_addr().expect("addr").to_string(),
+        &[
+            Sub::new("G_first", "T_first", "http://127.0.0.1:9/hook".to_owned()),
+            Sub::new("G_second", "T_second", "http://127.0.0.1:9/hook".to_owned())
+                .with("message_model: BROADCASTING")
+                .with(&format!("offset_store_path: \"{}\"", blocker.display())),
+        ],
+    ));
+    let mut daemon = Daemon::spawn(&launch);
+    let status = daemon.wait_exit(Duration::from_secs(15)).await;
+    let output = daemon.output();
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(output.contains(&blocker.display().to_string()), "{output}");
+    assert_never_connected(
+        &namesrv,
+        "the first subscription connected before the second's offsets were found unusable",
+    );
+}
+
+/// A daemon that waits for its broadcasting offsets' lock (held by an old daemon still
+/// draining) answers health probes meanwhile, and stops at a signal, without waiting out the
+/// lock and without having connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_ends_the_wait_for_a_held_offsets_lock() {
+    let namesrv = watched_namesrv();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    // The lock an old daemon of group G_wait would hold.
+    std::fs::create_dir_all(dir.path().join("G_wait")).expect("mkdir");
+    let held = std::fs::File::create(dir.path().join("G_wait/.lock")).expect("lock file");
+    held.try_lock().expect("lock");
+    let launch = Launch::yaml(yaml(
+        &namesrv.local_addr().expect("addr").to_string(),
+        &[
+            Sub::new("G_wait", "T_wait", "http://127.0.0.1:9/hook".to_owned())
+                .with("message_model: BROADCASTING")
+                .with(&format!("offset_store_path: \"{}\"", dir.path().display())),
+        ],
+    ));
+    let mut daemon = Daemon::spawn(&launch);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !daemon.output().contains("locked by another process") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no word of the wait: {}",
+            daemon.output_tail(20)
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    // The admin server answers during the wait: alive, not ready, starting.
+    let status = daemon.status().await;
+    assert_eq!(status["state"], "starting", "{status}");
+    assert_eq!(status["subscriptions"], serde_json::json!([]), "{status}");
+    assert_eq!(daemon.readyz().await, Some(503));
+    let healthz = reqwest::get(format!("http://{}/healthz", daemon.admin()))
+        .await
+        .expect("GET /healthz");
+    assert_eq!(healthz.status(), 200);
+    daemon.sigterm();
+    let status = daemon.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "{}", daemon.output_tail(20));
+    assert_never_connected(
+        &namesrv,
+        "the daemon connected while it waited for the offsets lock",
+    );
+    drop(held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
