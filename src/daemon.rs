@@ -5,6 +5,7 @@
 //! Everything that can be wrong with the configuration is found in [`Plan::new`], before any
 //! socket is opened, so bad configuration exits with code 2 and touches nothing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -439,15 +440,20 @@ impl Collector for WebhookCollector {
 struct DaemonStatus {
     /// Set once every subscription has started; empty while they are prepared.
     subs: OnceLock<Vec<(String, consumer::Config, Probe, Webhook)>>,
+    /// Set when the drain begins: from then on the daemon takes no new work, so it is not
+    /// ready (a load balancer or orchestrator should stop counting on it).
+    stopping: AtomicBool,
     cache_budget: Arc<CacheBudget>,
     transport: Transport,
 }
 
 impl crate::admin::StatusSource for DaemonStatus {
     fn ready(&self) -> bool {
-        self.subs
-            .get()
-            .is_some_and(|subs| subs.iter().all(|(_, _, p, _)| p.is_ready()))
+        !self.stopping.load(Ordering::Relaxed)
+            && self
+                .subs
+                .get()
+                .is_some_and(|subs| subs.iter().all(|(_, _, p, _)| p.is_ready()))
     }
 
     fn status(&self) -> serde_json::Value {
@@ -472,7 +478,11 @@ impl crate::admin::StatusSource for DaemonStatus {
         let budget = &self.cache_budget;
         serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "state": if started.is_some() { "running" } else { "starting" },
+            "state": match (started.is_some(), self.stopping.load(Ordering::Relaxed)) {
+                (_, true) => "stopping",
+                (true, false) => "running",
+                (false, false) => "starting",
+            },
             "ready": self.ready(),
             "cache": {
                 "max_messages": budget.max_messages(),
@@ -525,6 +535,7 @@ pub async fn run(
     // daemon that is only waiting, /status says "starting" and /readyz says not ready.
     let source = Arc::new(DaemonStatus {
         subs: OnceLock::new(),
+        stopping: AtomicBool::new(false),
         cache_budget: Arc::clone(&plan.cache_budget),
         transport: plan.transport.clone(),
     });
@@ -586,6 +597,7 @@ async fn consume(
     let _ = source.subs.set(status);
 
     shutdown.await;
+    source.stopping.store(true, Ordering::Relaxed);
     info!(grace = ?grace, "Shutting down: draining in-flight deliveries.");
     let drain = futures_join_all(consumers.into_iter().map(|c| c.shutdown()));
     if tokio::time::timeout(grace + Duration::from_secs(5), drain)

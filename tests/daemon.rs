@@ -1370,8 +1370,9 @@ async fn broadcasting_offsets_survive_a_restart() {
 
 // === 11. SIGTERM ===
 
-/// A second SIGTERM while the first one's drain waits on the endpoint ends the process at
-/// once, with the status a process killed by SIGTERM has (143), as supervisors expect.
+/// While the first SIGTERM's drain waits on the endpoint, the daemon says it is stopping (and
+/// not ready); a second SIGTERM ends the process at once, with the status a process killed by
+/// SIGTERM has (143), as supervisors expect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_exits_at_once_with_status_143() {
     let (mq, receiver, topic, group) = setup("second_signal", 1).await;
@@ -1388,8 +1389,12 @@ async fn a_second_sigterm_exits_at_once_with_status_143() {
         })
         .await;
     daemon.sigterm();
-    // The drain now waits for the held request (grace period 10 s).
+    // The drain now waits for the held request (grace period 10 s). A draining daemon takes no
+    // new work: not ready, and /status says so.
     sleep(Duration::from_millis(500)).await;
+    assert_eq!(daemon.readyz().await, Some(503), "/readyz while draining");
+    let state = daemon.status().await["state"].clone();
+    assert_eq!(state, "stopping", "/status while draining");
     daemon.sigterm();
     let status = daemon.wait_exit(Duration::from_secs(5)).await;
     assert_eq!(
