@@ -369,7 +369,7 @@ fn rest_from(body: &[u8], at: usize, messages: Vec<MessageExt>) -> Result<Decode
 
 /// The stored queue offset of the record starting at `at` (its fixed head, not decoded further).
 fn record_queue_offset(body: &[u8], at: usize) -> Result<i64, RemotingError> {
-    let total = record_len(body, at)?;
+    let total = total_size(body, at, HEAD_LEN, "record")?;
     let mut c = Cursor {
         buf: &body[at..at + total],
         // totalSize, magicCode, bodyCRC, queueId, flag.
@@ -385,7 +385,7 @@ fn record_queue_offset(body: &[u8], at: usize) -> Result<i64, RemotingError> {
 fn count_records(body: &[u8]) -> usize {
     let (mut at, mut n) = (0usize, 0usize);
     while at < body.len() {
-        let Ok(total) = record_len(body, at) else {
+        let Ok(total) = total_size(body, at, HEAD_LEN, "record") else {
             break;
         };
         at += total;
@@ -485,9 +485,10 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// The `totalSize` of the record starting at `at`, checked to cover at least the fixed head and
-/// at most the bytes left.
-fn record_len(body: &[u8], at: usize) -> Result<usize, RemotingError> {
+/// The `totalSize` of the `what` (a stored record or a batch element) starting at `at`, checked
+/// to cover at least its `min` bytes of fixed fields and at most the bytes left, so the caller
+/// can slice `body[at..at + total]` and read those fields.
+fn total_size(body: &[u8], at: usize, min: usize, what: &str) -> Result<usize, RemotingError> {
     let rest = &body[at..];
     let mut head = Cursor {
         buf: rest,
@@ -495,13 +496,19 @@ fn record_len(body: &[u8], at: usize) -> Result<usize, RemotingError> {
         at,
     };
     let total = head.len(4, "totalSize")?;
-    if total < HEAD_LEN {
-        return Err(malformed(at, format!("totalSize {total} is too small")));
+    if total < min {
+        return Err(malformed(
+            at,
+            format!("{what} totalSize {total} is less than its {min} bytes of fixed fields"),
+        ));
     }
     if total > rest.len() {
         return Err(malformed(
             at,
-            format!("totalSize {total} exceeds the {} bytes left", rest.len()),
+            format!(
+                "{what} totalSize {total} exceeds the {} bytes left",
+                rest.len()
+            ),
         ));
     }
     Ok(total)
@@ -513,7 +520,7 @@ fn record_len(body: &[u8], at: usize) -> Result<usize, RemotingError> {
 /// had to sort out (see [`properties::decode_sized`]). 0 for a plain record with the usual
 /// properties: its body and properties are views into `body`.
 fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize, usize), RemotingError> {
-    let total = record_len(body, at)?;
+    let total = total_size(body, at, HEAD_LEN, "record")?;
     let rest = &body[at..];
     let mut c = Cursor {
         buf: &rest[..total],
@@ -728,28 +735,6 @@ pub fn decode_batch(body: &Bytes) -> Result<Vec<BatchItem>, RemotingError> {
 /// 2 propsLen.
 const BATCH_ITEM_MIN: usize = 22;
 
-/// The `totalSize` of the batch element starting at `at`, checked to cover its fixed fields and
-/// at most the bytes left.
-fn batch_item_len(body: &[u8], at: usize) -> Result<usize, RemotingError> {
-    let rest = &body[at..];
-    let mut c = Cursor {
-        buf: rest,
-        pos: 0,
-        at,
-    };
-    let total = c.len(4, "totalSize")?;
-    if total < BATCH_ITEM_MIN || total > rest.len() {
-        return Err(malformed(
-            at,
-            format!(
-                "batch element totalSize {total} with {} bytes left",
-                rest.len()
-            ),
-        ));
-    }
-    Ok(total)
-}
-
 /// Elements in a batch body by their `totalSize` fields, stopping at the first that cannot be
 /// one (decoding reports it).
 ///
@@ -758,7 +743,7 @@ fn batch_item_len(body: &[u8], at: usize) -> Result<usize, RemotingError> {
 fn count_batch_items(body: &[u8]) -> Result<usize, RemotingError> {
     let (mut at, mut n) = (0, 0);
     while at < body.len() {
-        let Ok(total) = batch_item_len(body, at) else {
+        let Ok(total) = total_size(body, at, BATCH_ITEM_MIN, "batch element") else {
             break;
         };
         if n == MAX_BATCH_MESSAGES {
@@ -787,7 +772,7 @@ impl<'a> BatchItems<'a> {
 
     fn decode(&self) -> Result<(BatchItem, usize, usize), RemotingError> {
         let (body, at) = (self.body, self.at);
-        let total = batch_item_len(body, at)?;
+        let total = total_size(body, at, BATCH_ITEM_MIN, "batch element")?;
         let mut c = Cursor {
             buf: &body[at..at + total],
             pos: 4,

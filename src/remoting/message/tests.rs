@@ -157,6 +157,43 @@ fn truncated_and_corrupt_records_are_errors() {
     assert!(decode_message(&[]).is_err());
 }
 
+#[test]
+fn total_size_errors_name_what_and_the_bound() {
+    fn reason<T: std::fmt::Debug>(result: Result<T, RemotingError>) -> String {
+        match result {
+            Err(RemotingError::MalformedMessage { at: 0, reason }) => reason,
+            other => panic!("expected MalformedMessage at 0, got {other:?}"),
+        }
+    }
+    fn with_total(bytes: &[u8], total: usize) -> Bytes {
+        let mut bytes = bytes.to_vec();
+        bytes[..4].copy_from_slice(&u32::try_from(total).unwrap().to_be_bytes());
+        Bytes::from(bytes)
+    }
+    let record = golden_record();
+    assert_eq!(
+        reason(decode_messages(&with_total(&record, 47))),
+        "record totalSize 47 is less than its 48 bytes of fixed fields"
+    );
+    assert_eq!(
+        reason(decode_message(&with_total(&record, 230))),
+        "record totalSize 230 exceeds the 229 bytes left"
+    );
+    let batch = encode_batch(&[Message::new("T", "hi")]).unwrap();
+    assert_eq!(
+        reason(decode_batch(&with_total(&batch, 21))),
+        "batch element totalSize 21 is less than its 22 bytes of fixed fields"
+    );
+    let too_long = batch.len() + 1;
+    assert_eq!(
+        reason(decode_batch(&with_total(&batch, too_long))),
+        format!(
+            "batch element totalSize {too_long} exceeds the {} bytes left",
+            batch.len()
+        )
+    );
+}
+
 fn sample(topic: &str) -> MessageExt {
     MessageExt {
         topic: topic.to_owned(),
