@@ -1059,6 +1059,36 @@ async fn tls_verifies_against_the_configured_ca() {
     ));
 }
 
+/// The files are read again for each connection: a renewed CA (or client certificate, read
+/// the same way) takes effect at the next reconnect, without a restart.
+#[tokio::test]
+async fn tls_files_rotated_on_disk_apply_to_the_next_connection() {
+    let mut tasks = JoinSet::new();
+    let addr = tls_peer(&mut tasks, false).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, CA_PEM).expect("write CA");
+    let verified = TlsConfig {
+        ca_file: Some(ca.clone()),
+        insecure_skip_verify: false,
+        ..TlsConfig::default()
+    };
+    tls_call(&addr, verified.clone())
+        .await
+        .expect("verified with the first CA file");
+    // Replaced by a certificate that is no CA of the peer's: the next connection fails...
+    std::fs::write(&ca, LEAF_PEM).expect("rewrite CA");
+    assert!(matches!(
+        tls_call(&addr, verified.clone()).await,
+        Err(ClientError::Connect { .. })
+    ));
+    // ...and the one after the right file is back succeeds.
+    std::fs::write(&ca, CA_PEM).expect("restore CA");
+    tls_call(&addr, verified)
+        .await
+        .expect("verified again with the restored CA file");
+}
+
 #[tokio::test]
 async fn tls_presents_the_client_certificate() {
     let mut tasks = JoinSet::new();
