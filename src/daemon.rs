@@ -5,13 +5,13 @@
 //! Everything that can be wrong with the configuration is found in [`Plan::new`], before any
 //! socket is opened, so bad configuration exits with code 2 and touches nothing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -436,53 +436,81 @@ impl Collector for WebhookCollector {
     }
 }
 
-/// `/status` and `/readyz` over the running consumers.
+/// One started subscription, as `/status` shows it.
+struct SubscriptionStatus {
+    name: String,
+    config: consumer::Config,
+    probe: Probe,
+    webhook: Webhook,
+}
+
+/// Where the daemon is in its life, published by [`consume`] to the admin server.
+#[derive(Clone)]
+enum Phase {
+    /// Subscriptions are being prepared (which may wait for a broadcasting offsets lock).
+    Starting,
+    /// Every subscription has started.
+    Running(Arc<[SubscriptionStatus]>),
+    /// The drain has begun: the daemon takes no new work, so it is not ready (a load balancer
+    /// or orchestrator should stop counting on it).
+    Stopping(Arc<[SubscriptionStatus]>),
+}
+
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running(_) => "running",
+            Self::Stopping(_) => "stopping",
+        }
+    }
+
+    fn subscriptions(&self) -> &[SubscriptionStatus] {
+        match self {
+            Self::Starting => &[],
+            Self::Running(subs) | Self::Stopping(subs) => subs,
+        }
+    }
+}
+
+/// `/status` and `/readyz` over the daemon's phase and its consumers.
 struct DaemonStatus {
-    /// Set once every subscription has started; empty while they are prepared.
-    subs: OnceLock<Vec<(String, consumer::Config, Probe, Webhook)>>,
-    /// Set when the drain begins: from then on the daemon takes no new work, so it is not
-    /// ready (a load balancer or orchestrator should stop counting on it).
-    stopping: AtomicBool,
+    phase: watch::Receiver<Phase>,
     cache_budget: Arc<CacheBudget>,
     transport: Transport,
 }
 
 impl crate::admin::StatusSource for DaemonStatus {
     fn ready(&self) -> bool {
-        !self.stopping.load(Ordering::Relaxed)
-            && self
-                .subs
-                .get()
-                .is_some_and(|subs| subs.iter().all(|(_, _, p, _)| p.is_ready()))
+        match &*self.phase.borrow() {
+            Phase::Running(subs) => subs.iter().all(|s| s.probe.is_ready()),
+            Phase::Starting | Phase::Stopping(_) => false,
+        }
     }
 
     fn status(&self) -> serde_json::Value {
-        let started = self.subs.get();
-        let subs: Vec<serde_json::Value> = started
-            .into_iter()
-            .flatten()
-            .map(|(name, c, probe, hook)| {
+        let phase = self.phase.borrow().clone();
+        let subs: Vec<serde_json::Value> = phase
+            .subscriptions()
+            .iter()
+            .map(|s| {
                 serde_json::json!({
-                    "name": name,
-                    "group": c.group,
-                    "topic": c.topic,
-                    "client_id": probe.client_id(),
-                    "mode": c.mode,
-                    "model": format!("{:?}", c.model).to_uppercase(),
-                    "ready": probe.is_ready(),
-                    "circuit": hook.circuit_state().as_str(),
-                    "stats": probe.stats(),
+                    "name": s.name,
+                    "group": s.config.group,
+                    "topic": s.config.topic,
+                    "client_id": s.probe.client_id(),
+                    "mode": s.config.mode,
+                    "model": format!("{:?}", s.config.model).to_uppercase(),
+                    "ready": s.probe.is_ready(),
+                    "circuit": s.webhook.circuit_state().as_str(),
+                    "stats": s.probe.stats(),
                 })
             })
             .collect();
         let budget = &self.cache_budget;
         serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "state": match (started.is_some(), self.stopping.load(Ordering::Relaxed)) {
-                (_, true) => "stopping",
-                (true, false) => "running",
-                (false, false) => "starting",
-            },
+            "state": phase.name(),
             "ready": self.ready(),
             "cache": {
                 "max_messages": budget.max_messages(),
@@ -533,9 +561,9 @@ pub async fn run(
     // Served from the start: while the subscriptions are prepared (a wait for a broadcasting
     // offsets lock can take a minute), /healthz answers, so liveness probes do not kill a
     // daemon that is only waiting, /status says "starting" and /readyz says not ready.
+    let (phase, phase_rx) = watch::channel(Phase::Starting);
     let source = Arc::new(DaemonStatus {
-        subs: OnceLock::new(),
-        stopping: AtomicBool::new(false),
+        phase: phase_rx,
         cache_budget: Arc::clone(&plan.cache_budget),
         transport: plan.transport.clone(),
     });
@@ -553,7 +581,7 @@ pub async fn run(
         metrics,
         cache_budget: plan.cache_budget,
     };
-    let result = consume(plan.subscriptions, plan.grace, &runtime, &source, shutdown).await;
+    let result = consume(plan.subscriptions, plan.grace, &runtime, &phase, shutdown).await;
     cancel.cancel();
     // Bounded: the admin server closes connections still open a few seconds after the cancel.
     if let Err(e) = admin.await {
@@ -564,7 +592,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Prepares every subscription, starts them, shows them on `source`, and drains them once
+/// Prepares every subscription, starts them, publishes them on `phase`, and drains them once
 /// `shutdown` completes.
 ///
 /// Every subscription is prepared (settings checked, broadcasting offsets locked and loaded)
@@ -574,7 +602,7 @@ async fn consume(
     subscriptions: Vec<PlannedSubscription>,
     grace: Duration,
     runtime: &Runtime,
-    source: &DaemonStatus,
+    phase: &watch::Sender<Phase>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ConsumerError> {
     let mut shutdown = std::pin::pin!(shutdown);
@@ -590,14 +618,19 @@ async fn consume(
     for sub in prepared {
         let consumer = sub.consumer.start();
         info!(subscription = %sub.name, group = %sub.config.group, topic = %sub.config.topic, client_id = %consumer.client_id(), "Subscription started.");
-        status.push((sub.name, sub.config, consumer.probe(), sub.webhook));
+        status.push(SubscriptionStatus {
+            name: sub.name,
+            config: sub.config,
+            probe: consumer.probe(),
+            webhook: sub.webhook,
+        });
         consumers.push(consumer);
     }
-    // Set once, here: nothing else sets it.
-    let _ = source.subs.set(status);
+    let status: Arc<[SubscriptionStatus]> = status.into();
+    phase.send_replace(Phase::Running(Arc::clone(&status)));
 
     shutdown.await;
-    source.stopping.store(true, Ordering::Relaxed);
+    phase.send_replace(Phase::Stopping(status));
     info!(grace = ?grace, "Shutting down: draining in-flight deliveries.");
     let drain = futures_join_all(consumers.into_iter().map(|c| c.shutdown()));
     if tokio::time::timeout(grace + Duration::from_secs(5), drain)

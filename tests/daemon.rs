@@ -21,6 +21,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use rocketmq_webhook::client::producer::{QueueSelector, SendResult};
+use rocketmq_webhook::consumer::{HolderPhase, LocalFileStore};
 use rocketmq_webhook::remoting::message::Message;
 use serde_json::{json, Value};
 use tokio::time::{sleep, Instant};
@@ -1310,6 +1311,27 @@ async fn environment_only_configuration_delivers() {
 
 // === 10b. broadcasting offsets across restarts ===
 
+/// A BROADCASTING subscription of daemon `pod-a` from LAST_OFFSET, its offsets under `store`.
+fn pod_a_broadcasting(
+    mq: &RocketMq,
+    receiver: &Receiver,
+    group: &str,
+    topic: &str,
+    store: &std::path::Path,
+) -> Launch {
+    let config = format!(
+        "instance_name: \"pod-a\"\n{}",
+        yaml(
+            &mq.namesrv_addr(),
+            &[Sub::new(group, topic, receiver.url("/hook"))
+                .with("message_model: BROADCASTING")
+                .with(&format!("offset_store_path: \"{}\"", store.display()))],
+        )
+    )
+    .replace("consume_from: FIRST_OFFSET", "consume_from: LAST_OFFSET");
+    Launch::yaml(config)
+}
+
 /// A broadcasting subscription's offsets are found again by the next process: they live under
 /// `<offset_store_path>/<instance_name>/<group>/`, not under a path holding the process id (a
 /// new one at every restart, which replayed or skipped the topic depending on `consume_from`).
@@ -1319,22 +1341,9 @@ async fn environment_only_configuration_delivers() {
 async fn broadcasting_offsets_survive_a_restart() {
     let (mq, receiver, topic, group) = setup("bcast", 2).await;
     let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
-    let config = format!(
-        "instance_name: \"pod-a\"\n{}",
-        yaml(
-            &mq.namesrv_addr(),
-            &[Sub::new(&group, &topic, receiver.url("/hook"))
-                .with("message_model: BROADCASTING")
-                .with(&format!(
-                    "offset_store_path: \"{}\"",
-                    store.path().display()
-                ))],
-        )
-    )
     // LAST_OFFSET, the broadcasting default: the down-time messages arrive only if the offsets
     // are found again.
-    .replace("consume_from: FIRST_OFFSET", "consume_from: LAST_OFFSET");
-    let launch = Launch::yaml(config);
+    let launch = pod_a_broadcasting(&mq, &receiver, &group, &topic, store.path());
     let mut daemon = Daemon::start(&launch).await;
     produce(&mq, &topic, &["up-0", "up-1", "up-2", "up-3"]).await;
     receiver
@@ -1472,10 +1481,11 @@ async fn a_later_subscription_s_unusable_offsets_fail_before_any_connects() {
 async fn a_signal_ends_the_wait_for_a_held_offsets_lock() {
     let namesrv = watched_namesrv();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
-    // The lock an old daemon of group G_wait would hold.
-    std::fs::create_dir_all(dir.path().join("G_wait")).expect("mkdir");
-    let held = std::fs::File::create(dir.path().join("G_wait/.lock")).expect("lock file");
-    held.try_lock().expect("lock");
+    // The lock an old daemon of group G_wait holds while it drains.
+    let held = LocalFileStore::new(dir.path(), None, "G_wait")
+        .lock()
+        .expect("lock");
+    held.mark(HolderPhase::Draining).expect("mark");
     let launch = Launch::yaml(yaml(
         &namesrv.local_addr().expect("addr").to_string(),
         &[
@@ -1486,7 +1496,7 @@ async fn a_signal_ends_the_wait_for_a_held_offsets_lock() {
     ));
     let mut daemon = Daemon::spawn(&launch);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !daemon.output().contains("locked by another process") {
+    while !daemon.output().contains("waiting for it to exit") {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no word of the wait: {}",
@@ -1511,6 +1521,93 @@ async fn a_signal_ends_the_wait_for_a_held_offsets_lock() {
         "the daemon connected while it waited for the offsets lock",
     );
     drop(held);
+}
+
+/// A running holder of the offsets lock (two daemons wrongly sharing one file) is not waited
+/// for: the start fails at once, naming the lock file and its holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_holder_of_the_offsets_lock_fails_the_start_at_once() {
+    let namesrv = watched_namesrv();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let store = LocalFileStore::new(dir.path(), None, "G_shared");
+    let _held = store.lock().expect("lock");
+    let launch = Launch::yaml(yaml(
+        &namesrv.local_addr().expect("addr").to_string(),
+        &[
+            Sub::new("G_shared", "T_shared", "http://127.0.0.1:9/hook".to_owned())
+                .with("message_model: BROADCASTING")
+                .with(&format!("offset_store_path: \"{}\"", dir.path().display())),
+        ],
+    ));
+    let mut daemon = Daemon::spawn(&launch);
+    // Well within the 40 s (grace period 10 s + 30 s) a draining holder would get.
+    let status = daemon.wait_exit(Duration::from_secs(15)).await;
+    let output = daemon.output();
+    assert_eq!(status.code(), Some(1), "{output}");
+    let holder = format!("process {}, running", std::process::id());
+    assert!(
+        output.contains(&store.lock_path().display().to_string()) && output.contains(&holder),
+        "{output}"
+    );
+    assert_never_connected(
+        &namesrv,
+        "the daemon connected although its offsets were locked",
+    );
+}
+
+/// A restart that starts the new daemon while the old one drains on the same volume: the new
+/// one waits for the old one's offsets lock (starting, not ready), then starts and consumes;
+/// the message the old one was delivering when it was stopped is not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_beside_a_draining_daemon_waits_for_its_offsets() {
+    let (mq, receiver, topic, group) = setup("handover", 2).await;
+    let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let held = Arc::new(AtomicBool::new(true));
+    let hold = Arc::clone(&held);
+    // The first request is held for 4 s: the old daemon's drain waits on it.
+    receiver.respond(move |_| {
+        if hold.swap(false, Ordering::SeqCst) {
+            Reply::ok().with_delay(Duration::from_secs(4))
+        } else {
+            Reply::ok()
+        }
+    });
+    let launch = pod_a_broadcasting(&mq, &receiver, &group, &topic, store.path());
+    let mut old = Daemon::start(&launch).await;
+    produce(&mq, &topic, &["in-flight"]).await;
+    receiver
+        .wait_until(Duration::from_secs(60), "the held request", |r| {
+            !r.is_empty()
+        })
+        .await;
+    old.sigterm();
+    let mut new = Daemon::spawn(&launch);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !new.output().contains("waiting for it to exit") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new daemon does not wait: {}",
+            new.output_tail(20)
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(new.status().await["state"], "starting");
+    let status = old.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", old.output_tail(20));
+    new.wait_ready()
+        .await
+        .unwrap_or_else(|output| panic!("the new daemon did not start: {output}"));
+    assert_eq!(new.status().await["state"], "running");
+    produce(&mq, &topic, &["after"]).await;
+    receiver
+        .wait_until(
+            Duration::from_secs(60),
+            "the message sent after the handover",
+            |r| deliveries(r).contains_key("after"),
+        )
+        .await;
+    let seen = deliveries(&receiver.requests());
+    assert!(seen.contains_key("in-flight"), "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -211,8 +211,9 @@ fn thread_count(configured: WorkerThreads, cpus: impl FnOnce() -> usize) -> usiz
 }
 
 /// SIGTERM and SIGINT, listened to from the moment this is built (inside the runtime, before
-/// the daemon starts): a signal during start-up then begins a drain instead of killing the
-/// process with the default action, and the second-signal watcher loses none in between.
+/// the daemon starts): a signal during start-up then stops the daemon in order (before any
+/// subscription has started: at once; after: with a drain) instead of killing the process
+/// with the default action, and the second-signal watcher loses none in between.
 struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
@@ -261,10 +262,13 @@ impl Signals {
     }
 }
 
+/// How long the exit waits for blocking tasks still running when the daemon has stopped.
+const BLOCKING_SHUTDOWN: Duration = Duration::from_secs(10);
+
 /// Waits for SIGTERM or SIGINT; a second signal exits at once.
 async fn shutdown_signal(mut signals: Signals) {
     signals.next().await;
-    tracing::info!("Signal received; draining (send it again to exit at once).");
+    tracing::info!("Signal received; stopping (send it again to exit at once).");
     tokio::spawn(async move {
         let code = signals.next().await;
         eprintln!("rocketmq-webhook: second signal, exiting without draining");
@@ -278,10 +282,15 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(&cfg);
-    let outcome = runtime(cfg.worker_threads).block_on(async {
+    let runtime = runtime(cfg.worker_threads);
+    let outcome = runtime.block_on(async {
         let signals = Signals::new();
         daemon::run(plan, shutdown_signal(signals)).await
     });
+    // Blocking work still running (a lock, load or save of broadcasting offsets on a volume
+    // that hangs, a DNS lookup) would otherwise hold the exit for as long as it hangs. What
+    // it leaves undone is safe to lose: an unsaved offset means redelivery.
+    runtime.shutdown_timeout(BLOCKING_SHUTDOWN);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

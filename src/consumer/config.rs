@@ -218,8 +218,9 @@ pub struct Config {
     /// [`valid_path_component`](super::offset_store::valid_path_component).
     pub offset_store_instance: Option<String>,
     /// Broadcasting: how long [`Consumer::prepare`](super::Consumer::prepare) waits for the
-    /// offset store's lock while another process holds it (a daemon of the same group and
-    /// instance name still draining) before it gives up.
+    /// offset store's lock while its holder has recorded that it is draining (a daemon of the
+    /// same group and instance name shutting down beside its successor). Zero, the default,
+    /// fails at once.
     pub offset_lock_wait: Duration,
     /// Orderly: pause of a queue after a failed batch.
     pub suspend_time: Duration,
@@ -268,7 +269,7 @@ impl Config {
             persist_interval: Duration::from_secs(5),
             offset_store_dir: default_offset_dir(),
             offset_store_instance: None,
-            offset_lock_wait: Duration::from_secs(60),
+            offset_lock_wait: Duration::ZERO,
             suspend_time: Duration::from_secs(1),
             lock_ttl: Duration::from_secs(30),
             lock_renew_interval: Duration::from_secs(20),

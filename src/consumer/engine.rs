@@ -40,7 +40,7 @@ use super::error::ConsumerError;
 use super::handler::{ConsumeMode, Handler};
 use super::inbound::{self, BrokerEvent};
 use super::offset_store::{
-    valid_path_component, LocalFileStore, OffsetStoreError, OffsetTable, StoreLock,
+    valid_path_component, HolderPhase, LocalFileStore, OffsetStoreError, OffsetTable, StoreLock,
 };
 use super::rebalance::{Rebalancer, ResetRequest};
 use super::stats::{Stats, StatsSnapshot};
@@ -54,14 +54,14 @@ pub(crate) struct Shared<H> {
     pub(crate) handler: Arc<H>,
     pub(crate) offsets: OffsetTable,
     pub(crate) local_store: Option<LocalFileStore>,
-    /// Broadcasting: the store's lock, held while any task still shares this state (through
-    /// the end of shutdown, after the last save), so no other consumer writes the same file.
-    _offsets_lock: Option<StoreLock>,
-    /// Held across one snapshot-and-save of the local offset file. Every worker persists when
-    /// its queue is released (all at once at shutdown) and the periodic task persists too:
-    /// unserialised, two saves shared one temporary file (one could truncate the other's before
-    /// its rename) and an older snapshot could land after a newer one.
-    local_save: Arc<tokio::sync::Mutex<()>>,
+    /// Broadcasting: the store's lock, held across one snapshot-and-save of the local offset
+    /// file. Every worker persists when its queue is released (all at once at shutdown) and the
+    /// periodic task persists too: unserialised, two saves shared one temporary file (one could
+    /// truncate the other's before its rename) and an older snapshot could land after a newer
+    /// one. A save owns a clone of the `Arc` until its blocking write is done, so the file lock
+    /// outlives this state if a cut-short shutdown drops it mid-save: no other consumer can
+    /// take the store while the last save is still writing.
+    local_save: Option<Arc<tokio::sync::Mutex<StoreLock>>>,
     pub(crate) metrics: Metrics,
     /// The hot-path collectors with this subscription's labels resolved once.
     pub(crate) meters: Meters,
@@ -459,13 +459,28 @@ impl<H: Handler> Shared<H> {
         }
     }
 
+    /// Broadcasting: records in the offsets lock file that this consumer is draining, so that
+    /// a daemon started beside this one (a rolling restart) waits for the lock instead of
+    /// failing.
+    async fn mark_draining(&self) {
+        let Some(lock) = &self.local_save else {
+            return;
+        };
+        let held = Arc::clone(lock).lock_owned().await;
+        let marked = tokio::task::spawn_blocking(move || held.mark(HolderPhase::Draining)).await;
+        if let Ok(Err(e)) = marked {
+            // Only a daemon waiting for the lock misses it: it fails at once, as before.
+            warn!(group = %self.group(), error = %e, "Cannot mark the offsets lock file as draining.");
+        }
+    }
+
     async fn persist_local(&self) {
-        let Some(store) = &self.local_store else {
+        let (Some(store), Some(lock)) = (&self.local_store, &self.local_save) else {
             return;
         };
         // Owned and moved into the save: if this future is dropped (a cancelled shutdown step),
         // the lock stays held until the blocking save itself is done.
-        let saving = Arc::clone(&self.local_save).lock_owned().await;
+        let saving = Arc::clone(lock).lock_owned().await;
         // Taken under the lock, so the saves land in the order of their snapshots.
         let snapshot = self.offsets.snapshot();
         let store = store.clone();
@@ -807,8 +822,7 @@ impl<H: Handler> Consumer<H> {
             handler: Arc::new(handler),
             offsets,
             local_store,
-            _offsets_lock: offsets_lock,
-            local_save: Arc::new(tokio::sync::Mutex::new(())),
+            local_save: offsets_lock.map(|lock| Arc::new(tokio::sync::Mutex::new(lock))),
             metrics: runtime.metrics,
             stats: Arc::new(Stats::new()),
             rebalance_now: Notify::new(),
@@ -862,6 +876,7 @@ impl<H: Handler> Consumer<H> {
     /// orderly queues, unregister from every broker.
     pub async fn shutdown(mut self) {
         info!(group = %self.shared.config.group, "Consumer shutting down.");
+        self.shared.mark_draining().await;
         self.cancel.cancel();
         // The rebalancer cancels its workers; each drains its in-flight batches, persists its
         // offset and releases its orderly lock before it ends.
@@ -926,13 +941,14 @@ impl<H: Handler> Prepared<H> {
 const LOCK_RETRY: Duration = Duration::from_millis(250);
 const LOCK_WAIT_LOG: Duration = Duration::from_secs(10);
 
-/// Locks `store` (waiting up to `wait` while another process holds it), checks that saves can
-/// create their files, and loads it.
+/// Locks `store`, checks that saves can create their files, and loads it. While the lock's
+/// holder has recorded that it is draining, waits for it, up to `wait`.
 ///
 /// Locked before loading: a second consumer of the same file must neither load offsets the
 /// first is about to move nor write over them. The wait covers a rolling restart that starts
-/// the new daemon beside the old one on one volume: the old one releases the lock when it
-/// exits, and exiting at once would only restart the new one later (a crash loop's back-off).
+/// the new daemon beside the old one on one volume: the old one releases the lock when it has
+/// drained and exited, and failing at once would leave the new one to a crash loop's back-off.
+/// A holder that is running (two daemons wrongly sharing a file) fails the start at once.
 /// Checked for writes now, before anything connects: otherwise an unwritable store shows only
 /// as a warning per persist while the consumer runs and reports ready, and the offsets are
 /// gone at the next start.
@@ -941,6 +957,9 @@ async fn open_local_store(
     wait: Duration,
 ) -> Result<(StoreLock, Vec<(MessageQueue, i64)>), ConsumerError> {
     let started = Instant::now();
+    // Set once the holder was seen draining: it never goes back to running, so a later read
+    // of its record that fails (a torn read) does not end the wait.
+    let mut draining = false;
     let mut logged: Option<Instant> = None;
     loop {
         let attempt = store.clone();
@@ -954,27 +973,35 @@ async fn open_local_store(
             field: "offset_store_path",
             reason: e.to_string(),
         })?;
-        match opened {
-            Err(OffsetStoreError::Locked { .. }) if started.elapsed() < wait => {
-                if logged.is_none_or(|at| at.elapsed() >= LOCK_WAIT_LOG) {
-                    warn!(
-                        lock = %store.lock_path().display(),
-                        waited = ?started.elapsed(),
-                        wait = ?wait,
-                        "Broadcasting offsets are locked by another process; waiting for it to exit (a daemon still draining?)."
-                    );
-                    logged = Some(Instant::now());
-                }
-                tokio::time::sleep(LOCK_RETRY).await;
-            }
-            Err(e) => return Err(e.into()),
+        let err = match opened {
             Ok(opened) => {
-                if logged.is_some() {
+                if draining {
                     info!(lock = %store.lock_path().display(), waited = ?started.elapsed(), "Broadcasting offsets lock taken.");
                 }
                 return Ok(opened);
             }
+            Err(err) => err,
+        };
+        let held_by_drainer = match &err {
+            OffsetStoreError::Locked { holder, .. } => {
+                draining |= holder.is_some_and(|h| h.phase == HolderPhase::Draining);
+                draining
+            }
+            _ => false,
+        };
+        if !held_by_drainer || started.elapsed() >= wait {
+            return Err(err.into());
         }
+        if logged.is_none_or(|at| at.elapsed() >= LOCK_WAIT_LOG) {
+            warn!(
+                lock = %store.lock_path().display(),
+                waited = ?started.elapsed(),
+                wait = ?wait,
+                "Broadcasting offsets are locked by a daemon that is draining; waiting for it to exit."
+            );
+            logged = Some(Instant::now());
+        }
+        tokio::time::sleep(LOCK_RETRY).await;
     }
 }
 
@@ -1151,10 +1178,12 @@ mod tests {
             let first = start(namesrv, broadcasting(dir.path(), instance))
                 .await
                 .expect("first consumer starts");
+            // A running holder is not waited for, however long the wait may be.
             let mut second = broadcasting(dir.path(), instance);
-            second.offset_lock_wait = Duration::from_millis(300);
-            let err = start(namesrv, second)
+            second.offset_lock_wait = Duration::from_secs(600);
+            let err = tokio::time::timeout(Duration::from_secs(10), start(namesrv, second))
                 .await
+                .expect("no wait for a running holder")
                 .expect_err("a second consumer of the same store must not start");
             let lock = LocalFileStore::new(dir.path(), instance, "G_store").lock_path();
             assert!(
@@ -1182,30 +1211,98 @@ mod tests {
         }
     }
 
-    /// A rolling restart that starts the new daemon beside the old one: the new consumer
-    /// waits for the lock instead of failing, and starts once the old one has shut down.
+    /// A rolling restart that starts the new daemon beside the old one: while the old one
+    /// drains, the new consumer waits for the lock instead of failing, and starts once it is
+    /// free; after `offset_lock_wait` it gives up.
     #[tokio::test]
-    async fn a_consumer_waits_for_the_offsets_lock_of_one_that_is_stopping() {
+    async fn a_consumer_waits_for_the_offsets_lock_of_one_that_is_draining() {
         let dir = tempfile::tempdir().expect("temp dir");
         let namesrv = refusing_addr();
-        let old = start(namesrv, broadcasting(dir.path(), None))
-            .await
-            .expect("the old consumer starts");
+        let store = LocalFileStore::new(dir.path(), None, "G_store");
+        // The old daemon's lock, as its shutdown leaves it until the process exits.
+        let old = store.lock().expect("the old daemon's lock");
+        old.mark(HolderPhase::Draining).expect("mark");
+
+        let mut short = broadcasting(dir.path(), None);
+        short.offset_lock_wait = Duration::from_millis(600);
+        let err = start(namesrv, short).await.expect_err("the wait ends");
+        assert!(
+            matches!(
+                &err,
+                ConsumerError::OffsetStore(OffsetStoreError::Locked { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("draining"), "{err}");
+
         let mut config = broadcasting(dir.path(), None);
         config.offset_lock_wait = Duration::from_secs(60);
         let new = tokio::spawn(start(namesrv, config));
         tokio::time::sleep(Duration::from_millis(700)).await;
         assert!(
             !new.is_finished(),
-            "the new consumer must wait while the old one holds the lock"
+            "the new consumer must wait while the old one drains"
         );
-        old.shutdown().await;
+        drop(old);
         let new = tokio::time::timeout(Duration::from_secs(10), new)
             .await
             .expect("the new consumer starts soon after the lock is free")
             .expect("task")
             .expect("the new consumer starts");
         new.shutdown().await;
+    }
+
+    /// A save still writing when the consumer's state is dropped (a shutdown cut short by the
+    /// grace period) keeps the file lock until it is done: the next consumer must not load,
+    /// probe or write the store under it.
+    #[tokio::test]
+    async fn the_offsets_lock_outlives_the_consumer_while_a_save_is_in_flight() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalFileStore::new(dir.path(), None, "G_store");
+        let consumer = start(refusing_addr(), broadcasting(dir.path(), None))
+            .await
+            .expect("starts");
+        // What a save owns while its blocking write runs.
+        let saving = Arc::clone(consumer.shared.local_save.as_ref().expect("broadcasting"))
+            .lock_owned()
+            .await;
+        let state = Arc::downgrade(&consumer.shared);
+        drop(consumer);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state.upgrade().is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "the consumer's tasks did not end"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            matches!(store.lock(), Err(OffsetStoreError::Locked { .. })),
+            "the lock was released under a save in flight"
+        );
+        drop(saving);
+        let _next = store.lock().expect("free once the save is done");
+    }
+
+    /// A consumer's shutdown records in the lock file that it is draining, for the next one.
+    #[tokio::test]
+    async fn shutdown_marks_the_offsets_lock_draining() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalFileStore::new(dir.path(), None, "G_store");
+        let consumer = start(refusing_addr(), broadcasting(dir.path(), None))
+            .await
+            .expect("starts");
+        let phase = || store.holder().map(|h| h.phase);
+        assert_eq!(phase(), Some(HolderPhase::Running));
+        consumer.shutdown().await;
+        // The record outlives the lock (the file is never truncated).
+        assert_eq!(phase(), Some(HolderPhase::Draining));
+        let _next = store.lock().expect("free once shut down");
+        assert_eq!(
+            phase(),
+            Some(HolderPhase::Running),
+            "the next holder's record"
+        );
     }
 
     /// Preparing touches the offset store only: nothing connects until `start`.

@@ -22,6 +22,8 @@ pub use config::{CacheBudget, Config, ConsumeFrom, Filter, Limits, Model, Orderl
 pub use engine::{Consumer, Prepared, Probe, Runtime};
 pub use error::ConsumerError;
 pub use handler::{Batch, ConsumeMode, Handler, Outcome};
-pub use offset_store::{FileFault, LocalFileStore, OffsetStoreError, OffsetTable, StoreLock};
+pub use offset_store::{
+    FileFault, Holder, HolderPhase, LocalFileStore, OffsetStoreError, OffsetTable, StoreLock,
+};
 pub use process_queue::{Cached, FlowControl, FlowLimits, ProcessQueue};
 pub use stats::{QueueState, Stats, StatsSnapshot};

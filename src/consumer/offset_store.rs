@@ -35,7 +35,10 @@
 //! Two consumers writing one file would overwrite each other's offsets, and the path no longer
 //! tells daemons apart unless they set an instance name. So a consumer takes an exclusive lock
 //! on `<store dir>/.lock` ([`LocalFileStore::lock`]) before it loads, and holds it until it has
-//! shut down; a second consumer of the same store fails to start. The lock is an advisory file
+//! shut down (and its last save is done); a second consumer of the same store fails to start,
+//! unless the holder has recorded in the lock file that it is draining
+//! ([`StoreLock::mark`], [`LocalFileStore::holder`]): then the newcomer may wait for it, as a
+//! rolling restart that overlaps the old and the new daemon needs. The lock is an advisory file
 //! lock (`flock` on Unix), released by the OS when the process dies, so a crash leaves nothing
 //! stale behind. The lock file itself is never removed: deleting it while another process
 //! opens it would let two processes lock two different files of the same name. The store uses
@@ -44,7 +47,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -256,18 +259,21 @@ pub enum OffsetStoreError {
     },
     /// Another consumer (in this process or another) holds the store's lock.
     #[error(
-        "offsets in {} are in use: another consumer holds {}. Another daemon with the same \
-         group and the same instance name (or none) uses these offsets, and two would \
+        "offsets in {} are in use: another consumer holds {} ({}). Another daemon with the \
+         same group and the same instance name (or none) uses these offsets, and two would \
          overwrite each other's; give each daemon that shares offset_store_path its own \
          instance_name, or its own offset_store_path",
         .dir.display(),
-        .lock.display()
+        .lock.display(),
+        .holder.as_ref().map_or_else(|| "its holder recorded nothing".to_owned(), Holder::to_string)
     )]
     Locked {
         /// The store's directory.
         dir: PathBuf,
         /// Its lock file.
         lock: PathBuf,
+        /// What the holder recorded in the lock file, if it could be read.
+        holder: Option<Holder>,
     },
 }
 
@@ -286,7 +292,92 @@ impl OffsetStoreError {
 #[derive(Debug)]
 pub struct StoreLock {
     /// Holds the lock: closing the file releases it.
-    _file: File,
+    file: File,
+}
+
+impl StoreLock {
+    /// Records in the lock file what its holder is doing, for a consumer that finds the lock
+    /// taken ([`LocalFileStore::holder`]). One fixed-length write at the start of the file,
+    /// never a truncation, so a reader sees a whole record or, at worst, one it cannot parse.
+    ///
+    /// # Errors
+    /// The lock file cannot be written.
+    pub fn mark(&self, phase: HolderPhase) -> io::Result<()> {
+        let record = Holder {
+            phase,
+            pid: std::process::id(),
+        }
+        .record();
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&record)?;
+        file.flush()
+    }
+}
+
+/// What the holder of a store's lock is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderPhase {
+    /// Consuming; it will not let go of the store.
+    Running,
+    /// Shutting down; the lock is free once it has saved its offsets and exited.
+    Draining,
+}
+
+impl HolderPhase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Draining => "draining",
+        }
+    }
+}
+
+/// The holder of a store's lock, as it recorded itself in the lock file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    /// What it is doing.
+    pub phase: HolderPhase,
+    /// Its process id (in its own PID namespace: another container's ids mean nothing here).
+    pub pid: u32,
+}
+
+impl Holder {
+    /// Bytes of the record: every record has this length, so a new one covers the old.
+    const RECORD_LEN: usize = 32;
+
+    /// `<phase> pid=<pid>`, padded with spaces to [`Self::RECORD_LEN`] and ended by a newline.
+    fn record(self) -> Vec<u8> {
+        let mut text = format!("{} pid={}", self.phase.as_str(), self.pid);
+        text.truncate(Self::RECORD_LEN - 1);
+        let mut bytes = format!("{text:<width$}\n", width = Self::RECORD_LEN - 1).into_bytes();
+        bytes.truncate(Self::RECORD_LEN);
+        bytes
+    }
+
+    /// Reads a record; `None` for anything else (an empty file, an older version's, a torn
+    /// read).
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let record = bytes.get(..Self::RECORD_LEN)?;
+        if record.last() != Some(&b'\n') {
+            return None;
+        }
+        let text = std::str::from_utf8(record).ok()?;
+        let mut words = text.split_whitespace();
+        let phase = match words.next()? {
+            "running" => HolderPhase::Running,
+            "draining" => HolderPhase::Draining,
+            _ => return None,
+        };
+        let pid = words.next()?.strip_prefix("pid=")?.parse().ok()?;
+        words.next().is_none().then_some(Self { phase, pid })
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "process {}, {}", self.pid, self.phase.as_str())
+    }
 }
 
 /// Offsets of one group in BROADCASTING mode, kept in a local file (Java
@@ -332,6 +423,10 @@ impl LocalFileStore {
         self.dir.join(format!("{}.bak", Self::FILE_NAME))
     }
 
+    fn probe_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.probe", Self::FILE_NAME))
+    }
+
     fn temp_path(&self) -> PathBuf {
         self.dir.join(format!("{}.tmp", Self::FILE_NAME))
     }
@@ -363,25 +458,42 @@ impl LocalFileStore {
             .open(&path)
             .map_err(write_error)?;
         match file.try_lock() {
-            Ok(()) => Ok(StoreLock { _file: file }),
+            Ok(()) => {
+                let lock = StoreLock { file };
+                lock.mark(HolderPhase::Running).map_err(write_error)?;
+                Ok(lock)
+            }
             Err(TryLockError::WouldBlock) => Err(OffsetStoreError::Locked {
                 dir: self.dir.clone(),
+                holder: self.holder(),
                 lock: path,
             }),
             Err(TryLockError::Error(source)) => Err(write_error(source)),
         }
     }
 
-    /// Checks that a save can create its files here: creates, writes, fsyncs and removes the
-    /// temporary file a save uses. The lock file alone does not show it: once created, it opens
-    /// even in a directory that no longer accepts new files (permissions changed, a full disk),
-    /// where every save would fail. Takes the lock because saves share that file.
+    /// What the holder of the lock last recorded ([`StoreLock::mark`]); `None` when the lock
+    /// file is missing or holds no record (an older version's holder, a torn read).
+    pub fn holder(&self) -> Option<Holder> {
+        let mut bytes = [0u8; Holder::RECORD_LEN];
+        let mut file = File::open(self.lock_path()).ok()?;
+        file.read_exact(&mut bytes).ok()?;
+        Holder::parse(&bytes)
+    }
+
+    /// Checks that a save can create its files here: creates, writes, fsyncs and removes a
+    /// probe file beside the ones a save writes. The lock file alone does not show it: once
+    /// created, it opens even in a directory that no longer accepts new files (permissions
+    /// changed, a full disk), where every save would fail. Takes the lock: only its holder
+    /// writes in the store's directory.
     ///
     /// # Errors
     ///
     /// [`OffsetStoreError::Unwritable`] naming the file that could not be written or removed.
     pub fn check_writable(&self, _lock: &StoreLock) -> Result<(), OffsetStoreError> {
-        let temp = self.temp_path();
+        // Not the temporary file of saves: a consumer that just took the lock from one that
+        // exited must not touch a file the other's last save might still be writing.
+        let temp = self.probe_path();
         let probe = || -> io::Result<()> {
             let mut file = File::create(&temp)?;
             file.write_all(b"{}")?;
@@ -807,11 +919,60 @@ mod tests {
     }
 
     #[test]
+    fn holder_records_have_one_length_and_read_back() {
+        for phase in [HolderPhase::Running, HolderPhase::Draining] {
+            for pid in [0, 1, u32::MAX] {
+                let holder = Holder { phase, pid };
+                let record = holder.record();
+                assert_eq!(record.len(), Holder::RECORD_LEN, "{holder}");
+                assert_eq!(Holder::parse(&record), Some(holder));
+            }
+        }
+        let padded = |text: &str| format!("{text:<31}\n").into_bytes();
+        assert_eq!(
+            Holder::parse(&padded("draining pid=7")),
+            Some(Holder {
+                phase: HolderPhase::Draining,
+                pid: 7
+            })
+        );
+        // What older versions left (an empty file), a torn or cut record and other text are no
+        // record.
+        let mut unended = padded("running pid=12");
+        unended[31] = b' ';
+        for bytes in [
+            Vec::new(),
+            unended,
+            padded("running pid=12")[..20].to_vec(),
+            padded(""),
+            padded("drain pid=1"),
+            padded("running pid=x"),
+            padded("running pid=-1"),
+            padded("running pid=1 extra"),
+        ] {
+            assert_eq!(
+                Holder::parse(&bytes),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+
+    #[test]
     fn the_lock_is_exclusive_until_dropped() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = LocalFileStore::new(dir.path().join("new"), Some("i"), "g");
         let held = store.lock().expect("first lock, creating the directories");
         assert!(store.lock_path().exists());
+        let me = std::process::id();
+        assert_eq!(
+            store.holder(),
+            Some(Holder {
+                phase: HolderPhase::Running,
+                pid: me
+            })
+        );
         // A separate open of the same file, as another process would have.
         let err = store.lock().expect_err("second lock of the same store");
         assert!(
@@ -823,7 +984,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("instance_name"), "{text}");
+        assert!(text.contains(&format!("process {me}, running")), "{text}");
         assert!(err.is_retriable());
+        // A draining holder says so to the next one.
+        held.mark(HolderPhase::Draining).expect("mark");
+        let err = store.lock().expect_err("still held while draining");
+        assert!(
+            matches!(&err, OffsetStoreError::Locked { holder: Some(h), .. } if h.phase == HolderPhase::Draining),
+            "{err:?}"
+        );
         // Other groups and other instance names are other stores.
         let _other_group = LocalFileStore::new(dir.path().join("new"), Some("i"), "h")
             .lock()
@@ -851,24 +1020,27 @@ mod tests {
         assert!(text.contains("offset_store_path"), "{text}");
         assert!(!err.is_retriable());
 
-        // The directory and lock file exist, but the save's temporary file cannot be created
-        // (here: a directory is in its way; in production: permissions or a full disk).
+        // The directory and lock file exist, but no file can be created beside them (here: a
+        // directory is in the probe's way; in production: permissions or a full disk).
         let store = LocalFileStore::new(dir.path(), None, "h");
         let lock = store.lock().expect("lock");
         store
             .check_writable(&lock)
             .expect("an ordinary directory is writable");
-        assert!(!store.temp_path().exists(), "the probe cleans up");
-        fs::create_dir(store.temp_path()).expect("dir in the way");
+        assert!(!store.probe_path().exists(), "the probe cleans up");
+        assert!(
+            !store.temp_path().exists(),
+            "the probe leaves saves' files alone"
+        );
+        fs::create_dir(store.probe_path()).expect("dir in the way");
         let err = store
             .check_writable(&lock)
-            .expect_err("temp file cannot be created");
+            .expect_err("probe file cannot be created");
         assert!(
             err.to_string()
-                .contains(&store.temp_path().display().to_string()),
+                .contains(&store.probe_path().display().to_string()),
             "{err}"
         );
-        assert!(store.save(&sample()).is_err(), "as a save would have found");
     }
 
     #[test]
