@@ -1059,8 +1059,9 @@ async fn tls_verifies_against_the_configured_ca() {
     ));
 }
 
-/// The files are read again for each connection: a renewed CA (or client certificate, read
-/// the same way) takes effect at the next reconnect, without a restart.
+/// The files are read again for each connection: a renewed CA file takes effect at the next
+/// reconnect, without a restart. (The certificate and key are read by the same connector
+/// build; this test rotates the CA only.)
 #[tokio::test]
 async fn tls_files_rotated_on_disk_apply_to_the_next_connection() {
     let mut tasks = JoinSet::new();
