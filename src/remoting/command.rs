@@ -8,16 +8,22 @@
 //!   booleans as ext values) and written Java-shaped: sorted keys, `serializeTypeCurrentRPC`
 //!   always present, ext values always strings, because the Rust servers drop connections that
 //!   send anything else (section 11.4 #1).
+//! - JSON headers are read in one pass without a `serde_json::Value` tree (a tree costs ~16x its
+//!   text, and the frame cap is 16 MiB): unknown keys are skipped without keeping anything, and a
+//!   repeated key counts with its last value.
 //! - Ext fields stay inside [`ExtFields`]; typed request/response structs in
 //!   [`crate::remoting::rpc`] read them through accessors that name the missing or bad field.
 //! - Nothing here panics on peer input: every length is checked against what is left.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use serde::Serialize;
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::code::{RequestCode, ResponseCode};
@@ -622,63 +628,37 @@ fn malformed_json(reason: impl Into<String>) -> RemotingError {
     }
 }
 
-/// An integer header key that must fit an `i32`; absent or `null` means `default`.
-fn json_i32(
-    object: &serde_json::Map<String, Value>,
-    key: &str,
-    default: Option<i32>,
-) -> Result<i32, RemotingError> {
-    match object.get(key) {
-        None | Some(Value::Null) => {
-            default.ok_or_else(|| malformed_json(format!("missing `{key}`")))
-        }
-        Some(value) => value
-            .as_i64()
-            .and_then(|v| i32::try_from(v).ok())
-            .ok_or_else(|| malformed_json(format!("`{key}` is not an i32: {value}"))),
-    }
-}
-
+/// Parses a JSON header in one pass over the text, without a `serde_json::Value` tree: every
+/// broker reply takes this path, and a tree costs ~16x its text, so a hostile peer's 16 MiB
+/// header of unknown keys would have cost ~300 MiB.
+///
+/// A key that occurs twice counts with its last value, as in a JSON object read into a map (and
+/// in fastjson); an earlier bad value of a repeated key does not matter. The values are checked
+/// only after the whole text has parsed, so a syntax error anywhere is reported before a bad
+/// field.
 fn parse_json_header(header: &[u8], body: Bytes) -> Result<RemotingCommand, RemotingError> {
-    let value: Value =
-        serde_json::from_slice(header).map_err(|err| malformed_json(err.to_string()))?;
-    let Value::Object(object) = value else {
-        return Err(malformed_json("header is not a JSON object"));
+    let mut de = serde_json::Deserializer::from_slice(header);
+    let parsed = JsonHeaderIn::deserialize(&mut de)
+        .and_then(|parsed| de.end().map(|()| parsed))
+        .map_err(|err| malformed_json(err.to_string()))?;
+    let code = parsed.code.to_i32("code", None)?;
+    let version = parsed.version.to_i32("version", Some(0))?;
+    let opaque = parsed.opaque.to_i32("opaque", Some(0))?;
+    let flag = parsed.flag.to_i32("flag", Some(0))?;
+    let language = match parsed.language {
+        JsonAtom::Null => LanguageCode::Java,
+        JsonAtom::Str(name) => LanguageCode::from_name(&name),
+        other => match other {
+            JsonAtom::U64(n) => u8::try_from(n).ok(),
+            _ => None,
+        }
+        .map(LanguageCode::from_code)
+        .ok_or_else(|| malformed_json(format!("`language` is not a name: {other}")))?,
     };
-    let code = json_i32(&object, "code", None)?;
-    let version = json_i32(&object, "version", Some(0))?;
-    let opaque = json_i32(&object, "opaque", Some(0))?;
-    let flag = json_i32(&object, "flag", Some(0))?;
-    let language = match object.get("language") {
-        None | Some(Value::Null) => LanguageCode::Java,
-        Some(Value::String(name)) => LanguageCode::from_name(name),
-        Some(other) => other
-            .as_u64()
-            .and_then(|n| u8::try_from(n).ok())
-            .map(LanguageCode::from_code)
-            .ok_or_else(|| malformed_json(format!("`language` is not a name: {other}")))?,
-    };
-    let remark = match object.get("remark") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(text.clone()),
-        Some(other) => Some(other.to_string()),
-    };
-    let ext_fields = match object.get("extFields") {
-        None | Some(Value::Null) => ExtFields::new(),
-        Some(Value::Object(fields)) => fields
-            .iter()
-            .filter_map(|(key, value)| {
-                let value = match value {
-                    Value::Null => return None,
-                    Value::String(text) => text.clone(),
-                    // Numbers, booleans and nested JSON are kept as their JSON text, which is
-                    // what `String.valueOf` would have produced on a Java sender.
-                    other => other.to_string(),
-                };
-                Some((key.clone(), value))
-            })
-            .collect(),
-        Some(other) => {
+    let ext_fields = match parsed.ext_fields {
+        JsonAtom::Null => ExtFields::new(),
+        JsonAtom::Object(fields) => fields,
+        other => {
             return Err(malformed_json(format!(
                 "`extFields` is not an object: {other}"
             )))
@@ -690,10 +670,257 @@ fn parse_json_header(header: &[u8], body: Bytes) -> Result<RemotingCommand, Remo
         version,
         opaque,
         flag,
-        remark,
+        remark: parsed.remark,
         ext_fields,
         body,
     })
+}
+
+/// The keys of a JSON header this crate reads; any other key is skipped.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum JsonHeaderKey {
+    Code,
+    Language,
+    Version,
+    Opaque,
+    Flag,
+    Remark,
+    ExtFields,
+    #[serde(other)]
+    Other,
+}
+
+/// A JSON header as read, before its values are checked: each known key's last value (an
+/// absent key reads as `null`).
+#[derive(Debug, Default)]
+struct JsonHeaderIn<'de> {
+    code: JsonAtom<'de>,
+    language: JsonAtom<'de>,
+    version: JsonAtom<'de>,
+    opaque: JsonAtom<'de>,
+    flag: JsonAtom<'de>,
+    remark: Option<String>,
+    ext_fields: JsonAtom<'de>,
+}
+
+impl<'de> Deserialize<'de> for JsonHeaderIn<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(JsonHeaderVisitor)
+    }
+}
+
+struct JsonHeaderVisitor;
+
+impl<'de> Visitor<'de> for JsonHeaderVisitor {
+    type Value = JsonHeaderIn<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut header = JsonHeaderIn::default();
+        let scalar = JsonAtomSeed { ext_fields: false };
+        while let Some(key) = map.next_key()? {
+            match key {
+                JsonHeaderKey::Code => header.code = map.next_value_seed(scalar)?,
+                JsonHeaderKey::Language => header.language = map.next_value_seed(scalar)?,
+                JsonHeaderKey::Version => header.version = map.next_value_seed(scalar)?,
+                JsonHeaderKey::Opaque => header.opaque = map.next_value_seed(scalar)?,
+                JsonHeaderKey::Flag => header.flag = map.next_value_seed(scalar)?,
+                JsonHeaderKey::Remark => header.remark = map.next_value::<ExtValue>()?.0,
+                JsonHeaderKey::ExtFields => {
+                    header.ext_fields = map.next_value_seed(JsonAtomSeed { ext_fields: true })?;
+                }
+                // `IgnoredAny` checks the syntax and keeps nothing. Unlike a tree it has no
+                // nesting limit (serde_json skips iteratively, one byte per open bracket) and
+                // does not check what only a typed read would (UTF-8 and surrogates inside
+                // strings, numbers beyond f64): nothing of the value is used.
+                JsonHeaderKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(header)
+    }
+}
+
+/// One value of a known header key, kept as read until the whole header has parsed.
+#[derive(Debug, Default)]
+enum JsonAtom<'de> {
+    #[default]
+    Null,
+    Bool(bool),
+    U64(u64),
+    /// A negative integer (serde_json reads non-negative ones as `u64`).
+    I64(i64),
+    F64(f64),
+    /// Borrowed from the header unless it had escapes.
+    Str(Cow<'de, str>),
+    /// An array; its elements are skipped.
+    Array,
+    /// An object: the ext fields for `extFields`, skipped (empty) for the other keys.
+    Object(ExtFields),
+}
+
+impl JsonAtom<'_> {
+    /// An integer that must fit an `i32`; `null` (or absent) means `default`.
+    fn to_i32(&self, key: &str, default: Option<i32>) -> Result<i32, RemotingError> {
+        let value = match *self {
+            Self::Null => return default.ok_or_else(|| malformed_json(format!("missing `{key}`"))),
+            Self::U64(n) => i32::try_from(n).ok(),
+            Self::I64(n) => i32::try_from(n).ok(),
+            _ => None,
+        };
+        value.ok_or_else(|| malformed_json(format!("`{key}` is not an i32: {self}")))
+    }
+}
+
+/// The value's JSON text, for error messages; arrays and objects (skipped, not kept) as `[...]`
+/// and `{...}`.
+impl fmt::Display for JsonAtom<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Null => f.write_str("null"),
+            Self::Bool(b) => write!(f, "{b}"),
+            Self::U64(n) => write!(f, "{n}"),
+            Self::I64(n) => write!(f, "{n}"),
+            Self::F64(n) => write!(f, "{}", Value::from(*n)),
+            Self::Str(s) => write!(f, "{}", Value::from(&**s)),
+            Self::Array => f.write_str("[...]"),
+            Self::Object(_) => f.write_str("{...}"),
+        }
+    }
+}
+
+/// Reads a [`JsonAtom`]; `ext_fields` says whether an object is read as ext fields or skipped.
+#[derive(Clone, Copy)]
+struct JsonAtomSeed {
+    ext_fields: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for JsonAtomSeed {
+    type Value = JsonAtom<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for JsonAtomSeed {
+    type Value = JsonAtom<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(JsonAtom::Null)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(JsonAtom::Bool(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(JsonAtom::U64(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        // One form per number, as `Value` keeps it (serde_json itself passes only negative
+        // integers here).
+        Ok(u64::try_from(v).map_or(JsonAtom::I64(v), JsonAtom::U64))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(JsonAtom::F64(v))
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(JsonAtom::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(JsonAtom::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(JsonAtom::Array)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = ExtFields::new();
+        if !self.ext_fields {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            return Ok(JsonAtom::Object(fields));
+        }
+        while let Some(key) = map.next_key::<String>()? {
+            // A later `null` removes an earlier value of the same key: the last one counts.
+            match map.next_value::<ExtValue>()?.0 {
+                Some(value) => fields.0.insert(key, value),
+                None => fields.0.remove(&key),
+            };
+        }
+        Ok(JsonAtom::Object(fields))
+    }
+}
+
+/// An ext value or the remark: a string as it is, `null` as absent, anything else as its JSON
+/// text, which is what `String.valueOf` would have produced on a Java sender.
+struct ExtValue(Option<String>);
+
+impl<'de> Deserialize<'de> for ExtValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ExtValueVisitor).map(Self)
+    }
+}
+
+struct ExtValueVisitor;
+
+impl<'de> Visitor<'de> for ExtValueVisitor {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(v.to_owned()))
+    }
+
+    // Scalars go through `Value` so their text (float formatting above all) is serde_json's.
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Some(Value::from(v).to_string()))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(Value::from(v).to_string()))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(Value::from(v).to_string()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Some(Value::from(v).to_string()))
+    }
+
+    // Nested JSON (no peer sends it: Java and the Rust servers write strings) is read into a
+    // tree and printed, the one place a tree is still built. Its size is bounded by this one
+    // value's text, not by the header's unknown keys.
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Value::deserialize(SeqAccessDeserializer::new(seq)).map(|v| Some(v.to_string()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Value::deserialize(MapAccessDeserializer::new(map)).map(|v| Some(v.to_string()))
+    }
 }
 
 // === ROCKETMQ binary header ===
@@ -1135,5 +1362,487 @@ mod tests {
                 let _ = RemotingCommand::decode(frame);
             }
         }
+    }
+
+    // === the streaming JSON parser against the tree-based one it replaced ===
+
+    /// The tree-based JSON header parser this module used before `parse_json_header`: the
+    /// reference the streaming parser must agree with.
+    fn reference_parse_json_header(header: &[u8]) -> Result<RemotingCommand, RemotingError> {
+        let json_i32 = |object: &serde_json::Map<String, Value>,
+                        key: &str,
+                        default: Option<i32>| match object.get(key) {
+            None | Some(Value::Null) => {
+                default.ok_or_else(|| malformed_json(format!("missing `{key}`")))
+            }
+            Some(value) => value
+                .as_i64()
+                .and_then(|v| i32::try_from(v).ok())
+                .ok_or_else(|| malformed_json(format!("`{key}` is not an i32: {value}"))),
+        };
+        let value: Value =
+            serde_json::from_slice(header).map_err(|err| malformed_json(err.to_string()))?;
+        let Value::Object(object) = value else {
+            return Err(malformed_json("header is not a JSON object"));
+        };
+        let code = json_i32(&object, "code", None)?;
+        let version = json_i32(&object, "version", Some(0))?;
+        let opaque = json_i32(&object, "opaque", Some(0))?;
+        let flag = json_i32(&object, "flag", Some(0))?;
+        let language = match object.get("language") {
+            None | Some(Value::Null) => LanguageCode::Java,
+            Some(Value::String(name)) => LanguageCode::from_name(name),
+            Some(other) => other
+                .as_u64()
+                .and_then(|n| u8::try_from(n).ok())
+                .map(LanguageCode::from_code)
+                .ok_or_else(|| malformed_json(format!("`language` is not a name: {other}")))?,
+        };
+        let remark = match object.get("remark") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(text.clone()),
+            Some(other) => Some(other.to_string()),
+        };
+        let ext_fields = match object.get("extFields") {
+            None | Some(Value::Null) => ExtFields::new(),
+            Some(Value::Object(fields)) => fields
+                .iter()
+                .filter_map(|(key, value)| {
+                    let value = match value {
+                        Value::Null => return None,
+                        Value::String(text) => text.clone(),
+                        other => other.to_string(),
+                    };
+                    Some((key.clone(), value))
+                })
+                .collect(),
+            Some(other) => {
+                return Err(malformed_json(format!(
+                    "`extFields` is not an object: {other}"
+                )))
+            }
+        };
+        Ok(RemotingCommand {
+            code,
+            language,
+            version,
+            opaque,
+            flag,
+            remark,
+            ext_fields,
+            body: Bytes::new(),
+        })
+    }
+
+    /// What the tree rejects and the streaming parser accepts: checks a tree makes on values that
+    /// the streaming parser skips with `IgnoredAny` (unknown keys, and the content of an array or
+    /// object that is an error anyway or is replaced by a later value of its key).
+    const SKIPPED_VALUE_CHECKS: [&str; 5] = [
+        "recursion limit exceeded",
+        "invalid unicode code point",
+        "lone leading surrogate in hex escape",
+        "unexpected end of hex escape",
+        "number out of range",
+    ];
+
+    fn json_reason(result: Result<RemotingCommand, RemotingError>) -> String {
+        match result {
+            Err(RemotingError::MalformedHeader {
+                encoding: "JSON",
+                reason,
+            }) => reason,
+            other => panic!("expected a malformed JSON header, got {other:?}"),
+        }
+    }
+
+    /// How the two parsers compared on one header.
+    #[derive(Debug, Default)]
+    struct Agreement {
+        both_ok: usize,
+        both_err: usize,
+        /// Rejected by the tree for a check in [`SKIPPED_VALUE_CHECKS`], accepted now.
+        skipped_checks: usize,
+    }
+
+    impl Agreement {
+        /// Parses `header` with both parsers and panics unless they agree: the same command, or
+        /// both errors (a bad field named the same way), or a tree error from a skipped check.
+        fn check(&mut self, header: &[u8]) {
+            let shown = String::from_utf8_lossy(header);
+            let old = reference_parse_json_header(header);
+            let new = parse_json_header(header, Bytes::new());
+            match (old, new) {
+                (Ok(old), Ok(new)) => {
+                    assert_eq!(new, old, "{shown}");
+                    self.both_ok += 1;
+                }
+                (old @ Err(_), new @ Err(_)) => {
+                    let (old, new) = (json_reason(old), json_reason(new));
+                    // A field error reads the same up to the value, which the streaming parser
+                    // prints as `[...]`/`{...}` for arrays and objects it did not keep.
+                    if old.starts_with('`') || old.starts_with("missing `") {
+                        let head = old.split(": ").next().unwrap_or_default();
+                        assert!(new.starts_with(head), "{shown}: {old} / {new}");
+                    }
+                    self.both_err += 1;
+                }
+                (old @ Err(_), Ok(_)) => {
+                    let old = json_reason(old);
+                    assert!(
+                        SKIPPED_VALUE_CHECKS.iter().any(|check| old.contains(check)),
+                        "only the tree rejects {shown}: {old}"
+                    );
+                    self.skipped_checks += 1;
+                }
+                (Ok(_), new @ Err(_)) => {
+                    panic!("only the stream rejects {shown}: {}", json_reason(new))
+                }
+            }
+        }
+    }
+
+    /// Headers that exercise every rule of the JSON header parser.
+    const TRICKY_JSON_HEADERS: &[&str] = &[
+        A1_HEADER,
+        r#"{"code":0,"extFields":null,"flag":1,"language":"RUST","opaque":9,"remark":null,"serializeTypeCurrentRPC":"JSON","version":474}"#,
+        r#"{"code":0,"extFields":{"maxOffset":"1000000","minOffset":"0","nextBeginOffset":"32","suggestWhichBrokerId":"0"},"flag":1,"language":"RUST","opaque":42,"remark":"FOUND","serializeTypeCurrentRPC":"JSON","version":474}"#,
+        // Missing fields and nulls: `code` is required, the rest default.
+        r#"{"code":7}"#,
+        r#"{}"#,
+        r#"{"code":null}"#,
+        r#"{"code":1,"language":null,"version":null,"opaque":null,"flag":null,"remark":null,"extFields":null}"#,
+        r#"{"flag":1}"#,
+        // Numbers as strings are not numbers.
+        r#"{"code":"1"}"#,
+        r#"{"code":1,"opaque":"2"}"#,
+        r#"{"code":1,"version":true}"#,
+        r#"{"code":1,"flag":[1]}"#,
+        r#"{"code":{"a":1}}"#,
+        // Beyond i32, floats, -0 (a float to serde_json).
+        r#"{"code":2147483647,"opaque":-2147483648}"#,
+        r#"{"code":2147483648}"#,
+        r#"{"code":1,"opaque":-2147483649}"#,
+        r#"{"code":1,"flag":18446744073709551615}"#,
+        r#"{"code":1,"flag":18446744073709551616}"#,
+        r#"{"code":1.0}"#,
+        r#"{"code":1e2}"#,
+        r#"{"code":-0}"#,
+        r#"{"code":1e999}"#,
+        // Languages: names, numbers, unknown ones, wrong types.
+        r#"{"code":1,"language":"GO"}"#,
+        r#"{"code":1,"language":"KOTLIN"}"#,
+        r#"{"code":1,"language":""}"#,
+        r#"{"code":1,"language":"RU\u0053T"}"#,
+        r#"{"code":1,"language":9}"#,
+        r#"{"code":1,"language":200}"#,
+        r#"{"code":1,"language":255}"#,
+        r#"{"code":1,"language":256}"#,
+        r#"{"code":1,"language":-1}"#,
+        r#"{"code":1,"language":9.0}"#,
+        r#"{"code":1,"language":true}"#,
+        r#"{"code":1,"language":["JAVA"]}"#,
+        // Remarks of every type.
+        r#"{"code":1,"remark":""}"#,
+        r#"{"code":1,"remark":"caf\u00e9 \ud83d\ude00 \"q\" \\ \/ \n\t"}"#,
+        r#"{"code":1,"remark":12}"#,
+        r#"{"code":1,"remark":-1.50}"#,
+        r#"{"code":1,"remark":false}"#,
+        r#"{"code":1,"remark":[1,"a",null,{"b":2,"a":1}]}"#,
+        r#"{"code":1,"remark":{"z":{},"a":[]}}"#,
+        // Ext values of every JSON type.
+        r#"{"code":1,"extFields":{}}"#,
+        r#"{"code":1,"extFields":{"s":"v","e":"","n":3,"neg":-9007199254740993,"big":18446744073709551616,"f":1.5,"exp":1E2,"z":-0,"zf":-0.0,"t":true,"fa":false,"nul":null,"arr":[1,[2],{}],"obj":{"b":1,"a":{"c":null}}}}"#,
+        r#"{"code":1,"extFields":{"k\u00e9y":"v\u00e9","\ud83d\ude00":"\u0000","":"empty key"}}"#,
+        r#"{"code":1,"extFields":{"x":1e999}}"#,
+        r#"{"code":1,"extFields":"a=b"}"#,
+        r#"{"code":1,"extFields":[]}"#,
+        r#"{"code":1,"extFields":3}"#,
+        r#"{"code":1,"extFields":{"a":"\ud800"}}"#,
+        // Unknown keys with nested structures, and keys that only look like known ones.
+        r#"{"code":1,"x":{"code":2,"extFields":{"a":"b"}},"y":[[[{"z":[]}]]],"w":null}"#,
+        r#"{"Code":5,"code":1,"ext_fields":{"a":"b"},"languages":"GO"}"#,
+        r#"{"code":1,"co\u0064e":2}"#,
+        // Repeated keys: the last value counts, even a null.
+        r#"{"code":1,"code":2}"#,
+        r#"{"code":"x","code":3}"#,
+        r#"{"code":3,"code":"x"}"#,
+        r#"{"code":3,"code":null}"#,
+        r#"{"code":1,"language":"GO","language":null}"#,
+        r#"{"code":1,"remark":"a","remark":null}"#,
+        r#"{"code":1,"remark":null,"remark":"b"}"#,
+        r#"{"code":1,"extFields":{"a":"1"},"extFields":{"b":"2"}}"#,
+        r#"{"code":1,"extFields":{"a":"1"},"extFields":null}"#,
+        r#"{"code":1,"extFields":3,"extFields":{"a":"1"}}"#,
+        r#"{"code":1,"extFields":{"a":"1","a":"2"}}"#,
+        r#"{"code":1,"extFields":{"a":"1","a":null}}"#,
+        r#"{"code":1,"extFields":{"a":null,"a":"1"}}"#,
+        r#"{"code":1,"extFields":{"a":{"x":1,"x":2}}}"#,
+        // Not an object, trailing data, broken text.
+        "",
+        " ",
+        "null",
+        "1",
+        r#""{\"code\":1}""#,
+        "[1]",
+        "[1,",
+        r#"{"code":1} "#,
+        "\n{\"code\":1}\t",
+        r#"{"code":1}x"#,
+        r#"{"code":1}{}"#,
+        r#"{"code":1},"#,
+        r#"{"code":1,}"#,
+        r#"{"code":1"#,
+        r#"{"code" 1}"#,
+        r#"{code:1}"#,
+        r#"{"code":01}"#,
+        r#"{"code":1,"remark":"a
+b"}"#,
+        r#"{"code":1,"remark":"\x"}"#,
+        "{\"code\":1,\"remark\":\"\\u12\"}",
+    ];
+
+    #[test]
+    fn json_parser_agrees_with_the_tree_on_tricky_headers() {
+        let mut agreement = Agreement::default();
+        for header in TRICKY_JSON_HEADERS {
+            agreement.check(header.as_bytes());
+        }
+        // Invalid UTF-8 in a known key's string.
+        agreement.check(b"{\"code\":1,\"remark\":\"\xff\"}");
+        agreement.check(b"{\"code\":1,\"extFields\":{\"\xc3\":\"v\"}}");
+        assert_eq!(agreement.skipped_checks, 0, "{agreement:?}");
+        assert!(agreement.both_ok > 35, "{agreement:?}");
+    }
+
+    #[test]
+    fn json_parser_differs_from_the_tree_only_on_skipped_values() {
+        // Each of these is rejected by the tree for a check on a value nothing reads; the
+        // streaming parser skips the value (syntax checked only) and accepts the header.
+        let deep = format!(
+            r#"{{"code":1,"x":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let cases: [&[u8]; 7] = [
+            deep.as_bytes(),
+            b"{\"code\":1,\"x\":\"\xff\"}",
+            br#"{"code":1,"x":"\ud800"}"#,
+            br#"{"code":1,"x":{"\udc00":1}}"#,
+            br#"{"code":1,"x":[1e999]}"#,
+            // A repeated key's earlier value is skipped when it is an array.
+            br#"{"code":[1e999],"code":2}"#,
+            b"{\"code\":1,\"extFields\":[\"\xff\"],\"extFields\":null}",
+        ];
+        for header in cases {
+            let mut agreement = Agreement::default();
+            agreement.check(header);
+            assert_eq!(
+                agreement.skipped_checks,
+                1,
+                "{}",
+                String::from_utf8_lossy(header)
+            );
+        }
+        // serde_json's tree treats a first key `$serde_json::private::RawValue` as its internal
+        // raw-value marker (its `raw_value` feature, switched on by another dependency) and
+        // parses the string value as the whole object; the streaming parser sees a plain key.
+        let marker = r#"{"$serde_json::private::RawValue":"{\"code\":5}"}"#;
+        assert_eq!(
+            reference_parse_json_header(marker.as_bytes()).unwrap().code,
+            5
+        );
+        assert!(parse_json_header(marker.as_bytes(), Bytes::new()).is_err());
+        let marker = r#"{"code":1,"extFields":{"$serde_json::private::RawValue":"{\"a\":\"b\"}"}}"#;
+        let old = reference_parse_json_header(marker.as_bytes()).unwrap();
+        assert_eq!(old.ext_fields.get("a"), Some("b"));
+        let new = parse_json_header(marker.as_bytes(), Bytes::new()).unwrap();
+        assert_eq!(
+            new.ext_fields.get("$serde_json::private::RawValue"),
+            Some(r#"{"a":"b"}"#)
+        );
+    }
+
+    /// splitmix64: a small deterministic generator, so a failing random header reproduces.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+            items[self.below(items.len())]
+        }
+    }
+
+    const RANDOM_KEYS: [&str; 12] = [
+        "code",
+        "language",
+        "version",
+        "opaque",
+        "flag",
+        "remark",
+        "extFields",
+        "serializeTypeCurrentRPC",
+        "x",
+        "Code",
+        "co\\u0064e",
+        "",
+    ];
+
+    const RANDOM_SCALARS: [&str; 30] = [
+        "null",
+        "true",
+        "false",
+        "0",
+        "-0",
+        "7",
+        "-1",
+        "255",
+        "256",
+        "2147483647",
+        "2147483648",
+        "-2147483649",
+        "18446744073709551615",
+        "18446744073709551616",
+        "1.5",
+        "1e2",
+        "-0.0",
+        "1E-7",
+        "1e999",
+        "\"\"",
+        "\"JAVA\"",
+        "\"RUST\"",
+        "\"KOTLIN\"",
+        "\"12\"",
+        "\"caf\\u00e9\"",
+        "\"\\ud83d\\ude00\"",
+        "\"\\ud800\"",
+        "\"a\\\"b\\\\c\\n\"",
+        "\"\u{e9}\u{1f600}\"",
+        "\"FOUND\"",
+    ];
+
+    /// A random JSON value of at most `depth` levels of nesting, as text.
+    fn random_json(rng: &mut Rng, depth: usize, out: &mut String) {
+        match rng.below(if depth == 0 { 1 } else { 4 }) {
+            0 | 1 => out.push_str(rng.pick(&RANDOM_SCALARS)),
+            2 => {
+                out.push('[');
+                for i in 0..rng.below(4) {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    random_json(rng, depth - 1, out);
+                }
+                out.push(']');
+            }
+            _ => random_object(rng, depth - 1, out),
+        }
+    }
+
+    /// A random JSON object whose keys are drawn from [`RANDOM_KEYS`], so known keys, repeats and
+    /// look-alikes all occur; known keys mostly get values of their type, so that many headers
+    /// parse. Most start with a valid `code`.
+    fn random_object(rng: &mut Rng, depth: usize, out: &mut String) {
+        out.push('{');
+        let code_first = rng.below(4) > 0;
+        if code_first {
+            out.push_str(r#""code":0"#);
+        }
+        for i in 0..rng.below(8) {
+            if i > 0 || code_first {
+                out.push(',');
+            }
+            let key = rng.pick(&RANDOM_KEYS);
+            out.push('"');
+            out.push_str(key);
+            out.push_str("\":");
+            let typed = rng.below(4) > 0;
+            match key {
+                "code" | "version" | "opaque" | "flag" if typed => {
+                    out.push_str(&(rng.next() as i32 >> rng.below(32)).to_string());
+                }
+                "language" if typed => out.push_str(rng.pick(&["\"GO\"", "\"X\"", "9", "200"])),
+                "extFields" if typed => random_object(rng, depth.min(2), out),
+                _ => random_json(rng, depth, out),
+            }
+        }
+        out.push('}');
+    }
+
+    /// `header` with one to three random byte edits: a byte replaced, inserted or removed, a
+    /// slice copied elsewhere (repeating keys) or the end cut off.
+    fn mutate(rng: &mut Rng, header: &[u8]) -> Vec<u8> {
+        const BYTES: &[u8] = b"{}[]\",:0123456789-+.eEtrufalsn \\u/\x00\x1f\x7f\xc3\xa9\xff";
+        let mut out = header.to_vec();
+        for _ in 0..=rng.below(3) {
+            let at = rng.below(out.len() + 1);
+            match rng.below(5) {
+                0 if at < out.len() => out[at] = rng.pick(BYTES),
+                1 => out.insert(at, rng.pick(BYTES)),
+                2 if at < out.len() => {
+                    out.remove(at);
+                }
+                3 => {
+                    let from = rng.below(out.len() + 1);
+                    let to = (from + rng.below(24)).min(out.len());
+                    let slice = out[from..to].to_vec();
+                    out.splice(at..at, slice);
+                }
+                _ => out.truncate(at),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn json_parser_agrees_with_the_tree_on_random_headers() {
+        let mut rng = Rng(0x5eed);
+        let mut agreement = Agreement::default();
+        let mut generated = Vec::new();
+        for _ in 0..3000 {
+            let mut header = String::new();
+            random_object(&mut rng, 3, &mut header);
+            agreement.check(header.as_bytes());
+            generated.push(header);
+        }
+        for _ in 0..3000 {
+            let base = if rng.below(2) == 0 {
+                rng.pick(TRICKY_JSON_HEADERS)
+            } else {
+                generated[rng.below(generated.len())].as_str()
+            };
+            agreement.check(&mutate(&mut rng, base.as_bytes()));
+        }
+        // Not vacuous: both outcomes are common among the random headers.
+        assert!(agreement.both_ok > 1000, "{agreement:?}");
+        assert!(agreement.both_err > 1000, "{agreement:?}");
+        eprintln!("{agreement:?}");
+    }
+
+    #[test]
+    fn json_parser_skips_megabytes_of_unknown_keys() {
+        // ~4 MiB of unknown arrays: a tree of it would take ~70 MiB; skipped, it takes nothing.
+        let mut header = String::from(r#"{"code":0,"x":["#);
+        header.push_str(&"0,".repeat(2 << 20));
+        header.push_str(r#"0],"y":"#);
+        header.push_str(&"[".repeat(100_000));
+        header.push_str(&"]".repeat(100_000));
+        header.push_str(r#","opaque":5}"#);
+        let cmd = parse_json_header(header.as_bytes(), Bytes::new()).unwrap();
+        assert_eq!((cmd.code, cmd.opaque), (0, 5));
+        assert!(cmd.ext_fields.is_empty());
+        // Broken at the very end: still an error, after one pass.
+        header.pop();
+        assert!(parse_json_header(header.as_bytes(), Bytes::new()).is_err());
     }
 }
