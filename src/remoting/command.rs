@@ -21,7 +21,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -879,6 +878,15 @@ impl<'de> Deserialize<'de> for ExtValue {
 
 struct ExtValueVisitor;
 
+/// The text `write` puts out, as an ext value.
+fn json_text<E: de::Error>(
+    write: impl FnOnce(CompactJson<'_>) -> Result<(), E>,
+) -> Result<Option<String>, E> {
+    let mut out = Vec::new();
+    write(CompactJson(&mut out))?;
+    String::from_utf8(out).map(Some).map_err(E::custom)
+}
+
 impl<'de> Visitor<'de> for ExtValueVisitor {
     type Value = Option<String>;
 
@@ -894,33 +902,190 @@ impl<'de> Visitor<'de> for ExtValueVisitor {
         Ok(Some(v.to_owned()))
     }
 
-    // Scalars go through `Value` so their text (float formatting above all) is serde_json's.
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(Some(Value::from(v).to_string()))
+        json_text(|out| out.visit_bool(v))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Some(Value::from(v).to_string()))
+        json_text(|out| out.visit_u64(v))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Some(Value::from(v).to_string()))
+        json_text(|out| out.visit_i64(v))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(Some(Value::from(v).to_string()))
+        json_text(|out| out.visit_f64(v))
     }
 
-    // Nested JSON (no peer sends it: Java and the Rust servers write strings) is read into a
-    // tree and printed, the one place a tree is still built. Its size is bounded by this one
-    // value's text, not by the header's unknown keys.
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        Value::deserialize(SeqAccessDeserializer::new(seq)).map(|v| Some(v.to_string()))
+        json_text(|out| out.visit_seq(seq))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        Value::deserialize(MapAccessDeserializer::new(map)).map(|v| Some(v.to_string()))
+        json_text(|out| out.visit_map(map))
     }
+}
+
+/// Writes one JSON value the way `serde_json::Value` prints it (compact, numbers in serde_json's
+/// form, object keys sorted and a repeated key's last value kept), without building the tree:
+/// no peer sends nested ext values or remarks, but a hostile one can make one most of a 16 MiB
+/// header, and its tree would take ~16x that. This takes the text written, 16 bytes per object
+/// entry, and, for an object whose keys were not in order, a copy of its text and 24 more bytes
+/// per entry while it is sorted.
+struct CompactJson<'a>(&'a mut Vec<u8>);
+
+impl CompactJson<'_> {
+    fn write_json<T: Serialize + ?Sized, E: de::Error>(self, value: &T) -> Result<(), E> {
+        serde_json::to_writer(self.0, value).map_err(E::custom)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for CompactJson<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CompactJson<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.0.extend_from_slice(b"null");
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.write_json(&v)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.write_json(&v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.write_json(&v)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.write_json(&v)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.write_json(v)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let out = self.0;
+        out.push(b'[');
+        let mut first = true;
+        loop {
+            let mark = out.len();
+            if !first {
+                out.push(b',');
+            }
+            if seq.next_element_seed(CompactJson(&mut *out))?.is_none() {
+                out.truncate(mark);
+                break;
+            }
+            first = false;
+        }
+        out.push(b']');
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let out = self.0;
+        out.push(b'{');
+        let start = out.len();
+        // Where each `"key":value` entry starts, and where its value does.
+        let mut entries: Vec<(usize, usize)> = Vec::new();
+        let mut in_order = true;
+        loop {
+            let mark = out.len();
+            if !entries.is_empty() {
+                out.push(b',');
+            }
+            let key = out.len();
+            if map.next_key_seed(CompactJson(&mut *out))?.is_none() {
+                out.truncate(mark);
+                break;
+            }
+            out.push(b':');
+            let value = out.len();
+            if let Some(&(last, last_value)) = entries.last() {
+                in_order &= key_order(&out[last..last_value - 1], &out[key..value - 1]).is_lt();
+            }
+            entries.push((key, value));
+            map.next_value_seed(CompactJson(&mut *out))?;
+        }
+        if !in_order {
+            // Sorted (stable, so repeats of a key stay in the order read), each key's last
+            // entry copied back. serde_json escapes a key one way only, so a repeated key is
+            // repeated text.
+            let text = out.split_off(start);
+            let ends = entries.iter().skip(1).map(|&(key, _)| key - 1);
+            let mut spans: Vec<(usize, usize, usize)> = entries
+                .iter()
+                .zip(ends.chain([start + text.len()]))
+                .map(|(&(key, value), end)| (key - start, value - start - 1, end - start))
+                .collect();
+            spans.sort_by(|a, b| key_order(&text[a.0..a.1], &text[b.0..b.1]));
+            for (i, &(key, key_end, end)) in spans.iter().enumerate() {
+                let repeated = spans
+                    .get(i + 1)
+                    .is_some_and(|&(next, next_end, _)| text[key..key_end] == text[next..next_end]);
+                if !repeated {
+                    if out.len() > start {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(&text[key..end]);
+                }
+            }
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// The order of two keys as serde_json wrote them (quoted, escaped), by their unescaped bytes,
+/// which is how a `Value` object (a `BTreeMap<String, _>`) sorts them.
+fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    unescaped(a).cmp(unescaped(b))
+}
+
+/// The bytes of a quoted string as serde_json escapes it: `\"`, `\\`, `\b`, `\f`, `\n`, `\r`,
+/// `\t`, and `\u00XX` for other control characters; nothing else.
+fn unescaped(quoted: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let inner = quoted
+        .get(1..quoted.len().saturating_sub(1))
+        .unwrap_or_default();
+    let mut bytes = inner.iter().copied();
+    std::iter::from_fn(move || {
+        let byte = bytes.next()?;
+        if byte != b'\\' {
+            return Some(byte);
+        }
+        Some(match bytes.next()? {
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let digits = [bytes.next()?, bytes.next()?, bytes.next()?, bytes.next()?];
+                let hex = std::str::from_utf8(&digits).ok()?;
+                u8::from_str_radix(hex, 16).ok()?
+            }
+            other => other,
+        })
+    })
 }
 
 // === ROCKETMQ binary header ===
@@ -1660,6 +1825,14 @@ b"}"#,
             new.ext_fields.get("$serde_json::private::RawValue"),
             Some(r#"{"a":"b"}"#)
         );
+        let marker = r#"{"code":1,"extFields":{"a":{"$serde_json::private::RawValue":"[1]"}}}"#;
+        let old = reference_parse_json_header(marker.as_bytes()).unwrap();
+        assert_eq!(old.ext_fields.get("a"), Some("[1]"));
+        let new = parse_json_header(marker.as_bytes(), Bytes::new()).unwrap();
+        assert_eq!(
+            new.ext_fields.get("a"),
+            Some(r#"{"$serde_json::private::RawValue":"[1]"}"#)
+        );
     }
 
     /// splitmix64: a small deterministic generator, so a failing random header reproduces.
@@ -1683,7 +1856,9 @@ b"}"#,
         }
     }
 
-    const RANDOM_KEYS: [&str; 12] = [
+    /// Known keys, look-alikes, and keys whose escaped text sorts unlike the key itself (`"`
+    /// before `#`, control characters first).
+    const RANDOM_KEYS: [&str; 18] = [
         "code",
         "language",
         "version",
@@ -1696,6 +1871,12 @@ b"}"#,
         "Code",
         "co\\u0064e",
         "",
+        "\\\"",
+        "#",
+        "\\u001f",
+        "\\n",
+        "a\\\\",
+        "\u{e9}",
     ];
 
     const RANDOM_SCALARS: [&str; 30] = [
@@ -1844,5 +2025,37 @@ b"}"#,
         // Broken at the very end: still an error, after one pass.
         header.pop();
         assert!(parse_json_header(header.as_bytes(), Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn json_parser_prints_megabytes_of_nested_ext_values_without_a_tree() {
+        // The same array as an ext value and as the remark: kept as its text, as `Value` would
+        // print it.
+        let zeros = format!("[{}0]", "0,".repeat(1 << 20));
+        let header = format!(r#"{{"code":0,"remark":{zeros},"extFields":{{"x":{zeros}}}}}"#);
+        let cmd = parse_json_header(header.as_bytes(), Bytes::new()).unwrap();
+        assert_eq!(cmd.ext_fields.get("x"), Some(zeros.as_str()));
+        assert_eq!(cmd.remark.as_deref(), Some(zeros.as_str()));
+        // Objects with keys out of order (`"` sorts before `#`, its escaped text after) and
+        // repeated, at every level as deep as serde_json allows (127 levels, of which the
+        // header and `extFields` take two).
+        let mut value = String::from("0");
+        for level in 0..125 {
+            value = format!(r##"{{"b":{value},"a":{level},"a":"last","#":2,"\"":1}}"##);
+        }
+        let header = format!(r#"{{"code":0,"extFields":{{"x":{value}}}}}"#);
+        let mut agreement = Agreement::default();
+        agreement.check(header.as_bytes());
+        assert_eq!(agreement.both_ok, 1);
+        let cmd = parse_json_header(header.as_bytes(), Bytes::new()).unwrap();
+        let x = cmd.ext_fields.get("x").unwrap();
+        assert!(
+            x.starts_with(r##"{"\"":1,"#":2,"a":"last","b":{"\"":1,"##),
+            "{x}"
+        );
+        // One level deeper is refused by both.
+        let header = format!(r#"{{"code":0,"extFields":{{"x":[{value}]}}}}"#);
+        agreement.check(header.as_bytes());
+        assert_eq!(agreement.both_err, 1);
     }
 }
