@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::remoting::error::Excerpt;
 use crate::remoting::{RemotingError, RequestCode, ResponseCode};
 
 /// Where a failure comes from; tells callers whom to blame (and what to alert on).
@@ -143,7 +144,7 @@ pub enum ClientError {
         source: RemotingError,
     },
     /// `addr` answered with an error status.
-    #[error("{addr} answered {code}: {}", remark.as_deref().unwrap_or(""))]
+    #[error("{addr} answered {code}: {}", Excerpt(remark.as_deref().unwrap_or("")))]
     Broker {
         /// Peer address.
         addr: String,

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::code::{RequestCode, ResponseCode};
-use super::error::RemotingError;
+use super::error::{Excerpt, RemotingError};
 use super::frame::{check_header_fits, encode_frame, header_len_of, HEADER_WORD_LEN};
 
 /// Flag bit 0: set on responses (section 1.6).
@@ -786,7 +786,11 @@ impl fmt::Display for JsonAtom<'_> {
             Self::U64(n) => write!(f, "{n}"),
             Self::I64(n) => write!(f, "{n}"),
             Self::F64(n) => write!(f, "{}", Value::from(*n)),
-            Self::Str(s) => write!(f, "{}", Value::from(&**s)),
+            Self::Str(s) => {
+                let excerpt = Excerpt(s);
+                write!(f, "{}", Value::from(excerpt.head()))?;
+                excerpt.write_tail(f)
+            }
             Self::Array => f.write_str("[...]"),
             Self::Object(_) => f.write_str("{...}"),
         }
@@ -2057,5 +2061,20 @@ b"}"#,
         let header = format!(r#"{{"code":0,"extFields":{{"x":[{value}]}}}}"#);
         agreement.check(header.as_bytes());
         assert_eq!(agreement.both_err, 1);
+    }
+
+    #[test]
+    fn a_huge_bad_field_value_is_cut_in_the_error() {
+        let junk = "x".repeat(1 << 20);
+        let header = format!(r#"{{"code":"{junk}"}}"#);
+        let err = parse_json_header(header.as_bytes(), Bytes::new()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`code`"), "{}", &text[..200]);
+        assert!(
+            text.contains(&format!("({} bytes in all)", junk.len())),
+            "{}",
+            &text[..200]
+        );
+        assert!(text.len() < 500, "{} bytes", text.len());
     }
 }

@@ -85,13 +85,47 @@ pub enum RemotingError {
         reason: String,
     },
     /// The peer answered with a response code this call does not map to a value.
-    #[error("peer answered {code}: {}", remark.as_deref().unwrap_or(""))]
+    #[error("peer answered {code}: {}", Excerpt(remark.as_deref().unwrap_or("")))]
     Status {
         /// The response code.
         code: ResponseCode,
         /// The peer's remark, if any.
         remark: Option<String>,
     },
+}
+
+/// Text from a peer in an error message or log line, cut after [`Excerpt::MAX_CHARS`]
+/// characters: the peer decides how long it is (a remark carrying a stack trace, a 16 MiB
+/// header field), and a log line should not carry megabytes of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Excerpt<'a>(pub &'a str);
+
+impl<'a> Excerpt<'a> {
+    /// Characters shown before the cut.
+    pub const MAX_CHARS: usize = 256;
+
+    /// The part shown: all of it, or its first [`Self::MAX_CHARS`] characters.
+    pub fn head(self) -> &'a str {
+        match self.0.char_indices().nth(Self::MAX_CHARS) {
+            Some((at, _)) => &self.0[..at],
+            None => self.0,
+        }
+    }
+
+    /// What follows the shown part when it was cut: `... (N bytes in all)`.
+    pub fn write_tail(self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.head().len() < self.0.len() {
+            write!(f, "... ({} bytes in all)", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Excerpt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.head())?;
+        self.write_tail(f)
+    }
 }
 
 impl RemotingError {
@@ -102,5 +136,37 @@ impl RemotingError {
             Self::Status { code, .. } => code.is_retriable(),
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_text_is_cut_after_its_first_characters() {
+        assert_eq!(Excerpt("short remark").to_string(), "short remark");
+        let exact = "x".repeat(Excerpt::MAX_CHARS);
+        assert_eq!(Excerpt(&exact).to_string(), exact);
+        // Multi-byte characters: the cut falls between characters, never inside one.
+        let long = "é".repeat(Excerpt::MAX_CHARS + 1);
+        let shown = Excerpt(&long).to_string();
+        assert_eq!(
+            shown,
+            format!(
+                "{}... ({} bytes in all)",
+                "é".repeat(Excerpt::MAX_CHARS),
+                long.len()
+            )
+        );
+        let status = RemotingError::Status {
+            code: ResponseCode::SystemError,
+            remark: Some("at java.lang.Thread.run\n".repeat(100_000)),
+        };
+        assert!(
+            status.to_string().len() < 400,
+            "{}",
+            status.to_string().len()
+        );
     }
 }
