@@ -54,14 +54,15 @@ pub(crate) struct Shared<H> {
     pub(crate) handler: Arc<H>,
     pub(crate) offsets: OffsetTable,
     pub(crate) local_store: Option<LocalFileStore>,
-    /// Broadcasting: the store's lock, held across one snapshot-and-save of the local offset
-    /// file. Every worker persists when its queue is released (all at once at shutdown) and the
-    /// periodic task persists too: unserialised, two saves shared one temporary file (one could
-    /// truncate the other's before its rename) and an older snapshot could land after a newer
-    /// one. A save owns a clone of the `Arc` until its blocking write is done, so the file lock
-    /// outlives this state if a cut-short shutdown drops it mid-save: no other consumer can
-    /// take the store while the last save is still writing.
-    local_save: Option<Arc<tokio::sync::Mutex<StoreLock>>>,
+    /// Broadcasting: the store's lock. A save owns a clone until its blocking write is done,
+    /// so the file lock outlives this state if a cut-short shutdown drops it mid-save: no other
+    /// consumer can take the store while the last save is still writing.
+    offsets_lock: Option<Arc<StoreLock>>,
+    /// Held across one snapshot-and-save of the local offset file. Every worker persists when
+    /// its queue is released (all at once at shutdown) and the periodic task persists too:
+    /// unserialised, two saves shared one temporary file (one could truncate the other's before
+    /// its rename) and an older snapshot could land after a newer one.
+    local_save: Arc<tokio::sync::Mutex<()>>,
     pub(crate) metrics: Metrics,
     /// The hot-path collectors with this subscription's labels resolved once.
     pub(crate) meters: Meters,
@@ -462,30 +463,47 @@ impl<H: Handler> Shared<H> {
     /// Broadcasting: records in the offsets lock file that this consumer is draining, so that
     /// a daemon started beside this one (a rolling restart) waits for the lock instead of
     /// failing.
+    ///
+    /// It touches only the lock file, not the saves' files, so it does not wait for a save in
+    /// progress; on a volume that hangs it gives up after a second (the drain is already under
+    /// way by then) and the newcomer fails at once, as without the record.
     async fn mark_draining(&self) {
-        let Some(lock) = &self.local_save else {
+        let Some(lock) = &self.offsets_lock else {
             return;
         };
-        let held = Arc::clone(lock).lock_owned().await;
-        let marked = tokio::task::spawn_blocking(move || held.mark(HolderPhase::Draining)).await;
-        if let Ok(Err(e)) = marked {
-            // Only a daemon waiting for the lock misses it: it fails at once, as before.
-            warn!(group = %self.group(), error = %e, "Cannot mark the offsets lock file as draining.");
+        let lock = Arc::clone(lock);
+        let marked = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::task::spawn_blocking(move || lock.mark(HolderPhase::Draining)),
+        )
+        .await;
+        match marked {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                warn!(group = %self.group(), error = %e, "Cannot mark the offsets lock file as draining.");
+            }
+            Ok(Err(e)) => {
+                warn!(group = %self.group(), error = %e, "Offsets lock marker task failed.")
+            }
+            Err(_) => {
+                warn!(group = %self.group(), "Marking the offsets lock file as draining takes over a second; not waiting for it.")
+            }
         }
     }
 
     async fn persist_local(&self) {
-        let (Some(store), Some(lock)) = (&self.local_store, &self.local_save) else {
+        let (Some(store), Some(lock)) = (&self.local_store, &self.offsets_lock) else {
             return;
         };
-        // Owned and moved into the save: if this future is dropped (a cancelled shutdown step),
-        // the lock stays held until the blocking save itself is done.
-        let saving = Arc::clone(lock).lock_owned().await;
-        // Taken under the lock, so the saves land in the order of their snapshots.
+        // Both owned and moved into the save: if this future is dropped (a cancelled shutdown
+        // step), saves stay serialised and the file lock held until the blocking save is done.
+        let saving = Arc::clone(&self.local_save).lock_owned().await;
+        let lock = Arc::clone(lock);
+        // Taken under the mutex, so the saves land in the order of their snapshots.
         let snapshot = self.offsets.snapshot();
         let store = store.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let _saving = saving;
+            let _saving = (saving, lock);
             store.save(&snapshot)
         })
         .await;
@@ -822,7 +840,8 @@ impl<H: Handler> Consumer<H> {
             handler: Arc::new(handler),
             offsets,
             local_store,
-            local_save: offsets_lock.map(|lock| Arc::new(tokio::sync::Mutex::new(lock))),
+            offsets_lock: offsets_lock.map(Arc::new),
+            local_save: Arc::new(tokio::sync::Mutex::new(())),
             metrics: runtime.metrics,
             stats: Arc::new(Stats::new()),
             rebalance_now: Notify::new(),
@@ -876,8 +895,8 @@ impl<H: Handler> Consumer<H> {
     /// orderly queues, unregister from every broker.
     pub async fn shutdown(mut self) {
         info!(group = %self.shared.config.group, "Consumer shutting down.");
-        self.shared.mark_draining().await;
         self.cancel.cancel();
+        self.shared.mark_draining().await;
         // The rebalancer cancels its workers; each drains its in-flight batches, persists its
         // offset and releases its orderly lock before it ends.
         let held = match self.rebalancer.take() {
@@ -957,9 +976,11 @@ async fn open_local_store(
     wait: Duration,
 ) -> Result<(StoreLock, Vec<(MessageQueue, i64)>), ConsumerError> {
     let started = Instant::now();
-    // Set once the holder was seen draining: it never goes back to running, so a later read
-    // of its record that fails (a torn read) does not end the wait.
-    let mut draining = false;
+    // The process seen draining. It never goes back to running, so a later read of its record
+    // that fails (a torn read) does not end the wait; a record of another process, or a running
+    // one, does: the draining record was a previous holder's, read before its successor (which
+    // is running) wrote its own.
+    let mut draining: Option<u32> = None;
     let mut logged: Option<Instant> = None;
     loop {
         let attempt = store.clone();
@@ -975,7 +996,7 @@ async fn open_local_store(
         })?;
         let err = match opened {
             Ok(opened) => {
-                if draining {
+                if draining.is_some() {
                     info!(lock = %store.lock_path().display(), waited = ?started.elapsed(), "Broadcasting offsets lock taken.");
                 }
                 return Ok(opened);
@@ -983,10 +1004,15 @@ async fn open_local_store(
             Err(err) => err,
         };
         let held_by_drainer = match &err {
-            OffsetStoreError::Locked { holder, .. } => {
-                draining |= holder.is_some_and(|h| h.phase == HolderPhase::Draining);
-                draining
-            }
+            OffsetStoreError::Locked { holder, .. } => match (holder, draining) {
+                (Some(h), None) if h.phase == HolderPhase::Draining => {
+                    draining = Some(h.pid);
+                    true
+                }
+                (Some(h), Some(pid)) => h.phase == HolderPhase::Draining && h.pid == pid,
+                (None, seen) => seen.is_some(),
+                (Some(_), None) => false,
+            },
             _ => false,
         };
         if !held_by_drainer || started.elapsed() >= wait {
@@ -1263,9 +1289,10 @@ mod tests {
             .await
             .expect("starts");
         // What a save owns while its blocking write runs.
-        let saving = Arc::clone(consumer.shared.local_save.as_ref().expect("broadcasting"))
-            .lock_owned()
-            .await;
+        let saving = (
+            Arc::clone(&consumer.shared.local_save).lock_owned().await,
+            Arc::clone(consumer.shared.offsets_lock.as_ref().expect("broadcasting")),
+        );
         let state = Arc::downgrade(&consumer.shared);
         drop(consumer);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1282,6 +1309,60 @@ mod tests {
         );
         drop(saving);
         let _next = store.lock().expect("free once the save is done");
+    }
+
+    /// A save in progress (on a slow or hung volume) does not hold up the shutdown's start:
+    /// the consumer stops taking work at once and still marks its lock draining.
+    #[tokio::test]
+    async fn a_save_in_progress_does_not_delay_the_shutdown() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalFileStore::new(dir.path(), None, "G_store");
+        let consumer = start(refusing_addr(), broadcasting(dir.path(), None))
+            .await
+            .expect("starts");
+        let saving = Arc::clone(&consumer.shared.local_save).lock_owned().await;
+        let cancel = consumer.cancel.clone();
+        let shutdown = tokio::spawn(consumer.shutdown());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cancel.is_cancelled()
+            || store.holder().map(|h| h.phase) != Some(HolderPhase::Draining)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the shutdown waited for the save before it cancelled and marked"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(saving);
+        tokio::time::timeout(Duration::from_secs(10), shutdown)
+            .await
+            .expect("the shutdown ends once the save is done")
+            .expect("task");
+    }
+
+    /// A draining record read just before a successor (running) wrote its own ends the wait
+    /// as soon as the successor's record shows: a running holder is never waited for.
+    #[tokio::test]
+    async fn the_wait_ends_when_the_holder_turns_out_to_be_running() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalFileStore::new(dir.path(), None, "G_store");
+        let holder = store.lock().expect("lock");
+        holder.mark(HolderPhase::Draining).expect("mark");
+        let mut config = broadcasting(dir.path(), None);
+        config.offset_lock_wait = Duration::from_secs(60);
+        let newcomer = tokio::spawn(start(refusing_addr(), config));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !newcomer.is_finished(),
+            "waits while the record says draining"
+        );
+        holder.mark(HolderPhase::Running).expect("mark");
+        let err = tokio::time::timeout(Duration::from_secs(5), newcomer)
+            .await
+            .expect("the wait ends")
+            .expect("task")
+            .expect_err("a running holder fails the start");
+        assert!(err.to_string().contains("running"), "{err}");
     }
 
     /// A consumer's shutdown records in the lock file that it is draining, for the next one.
