@@ -10,7 +10,8 @@
 //!   send anything else (section 11.4 #1).
 //! - JSON headers are read in one pass without a `serde_json::Value` tree (a tree costs ~16x its
 //!   text, and the frame cap is 16 MiB): unknown keys are skipped without keeping anything, and a
-//!   repeated key counts with its last value.
+//!   repeated key counts with its last value. Headers over [`MAX_JSON_HEADER_LEN`] (1 MiB) are
+//!   refused before they are read.
 //! - Ext fields stay inside [`ExtFields`]; typed request/response structs in
 //!   [`crate::remoting::rpc`] read them through accessors that name the missing or bad field.
 //! - Nothing here panics on peer input: every length is checked against what is left.
@@ -635,11 +636,23 @@ fn malformed_json(reason: impl Into<String>) -> RemotingError {
 /// in fastjson); an earlier bad value of a repeated key does not matter. The values are checked
 /// only after the whole text has parsed, so a syntax error anywhere is reported before a bad
 /// field.
+/// The largest JSON header accepted. Real ones take a few hundred bytes (a broker's remark
+/// with a stack trace a few KiB); the cap bounds what a hostile peer's header costs to parse,
+/// which for nested ext values re-printed with sorted keys grows with nesting times size.
+pub const MAX_JSON_HEADER_LEN: usize = 1 << 20;
+
 fn parse_json_header(header: &[u8], body: Bytes) -> Result<RemotingCommand, RemotingError> {
+    if header.len() > MAX_JSON_HEADER_LEN {
+        return Err(malformed_json(format!(
+            "{} bytes, over the {MAX_JSON_HEADER_LEN} bytes a header may have",
+            header.len()
+        )));
+    }
     let mut de = serde_json::Deserializer::from_slice(header);
     let parsed = JsonHeaderIn::deserialize(&mut de)
         .and_then(|parsed| de.end().map(|()| parsed))
-        .map_err(|err| malformed_json(err.to_string()))?;
+        // serde_json quotes the offending string whole ("invalid type: string ...").
+        .map_err(|err| malformed_json(Excerpt(&err.to_string()).to_string()))?;
     let code = parsed.code.to_i32("code", None)?;
     let version = parsed.version.to_i32("version", Some(0))?;
     let opaque = parsed.opaque.to_i32("opaque", Some(0))?;
@@ -933,7 +946,7 @@ impl<'de> Visitor<'de> for ExtValueVisitor {
 
 /// Writes one JSON value the way `serde_json::Value` prints it (compact, numbers in serde_json's
 /// form, object keys sorted and a repeated key's last value kept), without building the tree:
-/// no peer sends nested ext values or remarks, but a hostile one can make one most of a 16 MiB
+/// no peer sends nested ext values or remarks, but a hostile one can make one most of a 1 MiB
 /// header, and its tree would take ~16x that. This takes the text written, 16 bytes per object
 /// entry, and, for an object whose keys were not in order, a copy of its text and 24 more bytes
 /// per entry while it is sorted.
@@ -2015,10 +2028,10 @@ b"}"#,
     }
 
     #[test]
-    fn json_parser_skips_megabytes_of_unknown_keys() {
-        // ~4 MiB of unknown arrays: a tree of it would take ~70 MiB; skipped, it takes nothing.
+    fn json_parser_skips_large_unknown_values() {
+        // ~800 KB of unknown arrays: a tree of it would take ~14 MB; skipped, it takes nothing.
         let mut header = String::from(r#"{"code":0,"x":["#);
-        header.push_str(&"0,".repeat(2 << 20));
+        header.push_str(&"0,".repeat(300_000));
         header.push_str(r#"0],"y":"#);
         header.push_str(&"[".repeat(100_000));
         header.push_str(&"]".repeat(100_000));
@@ -2032,10 +2045,10 @@ b"}"#,
     }
 
     #[test]
-    fn json_parser_prints_megabytes_of_nested_ext_values_without_a_tree() {
+    fn json_parser_prints_large_nested_ext_values_without_a_tree() {
         // The same array as an ext value and as the remark: kept as its text, as `Value` would
         // print it.
-        let zeros = format!("[{}0]", "0,".repeat(1 << 20));
+        let zeros = format!("[{}0]", "0,".repeat(200_000));
         let header = format!(r#"{{"code":0,"remark":{zeros},"extFields":{{"x":{zeros}}}}}"#);
         let cmd = parse_json_header(header.as_bytes(), Bytes::new()).unwrap();
         assert_eq!(cmd.ext_fields.get("x"), Some(zeros.as_str()));
@@ -2064,17 +2077,40 @@ b"}"#,
     }
 
     #[test]
+    fn a_header_over_the_limit_is_refused_unread() {
+        let header = format!(r#"{{"code":0,"x":"{}"}}"#, "y".repeat(MAX_JSON_HEADER_LEN));
+        let err = parse_json_header(header.as_bytes(), Bytes::new()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("{} bytes", header.len()))
+                && text.contains(&MAX_JSON_HEADER_LEN.to_string()),
+            "{text}"
+        );
+        // Just under the limit it is read.
+        let header = format!(
+            r#"{{"code":0,"x":"{}"}}"#,
+            "y".repeat(MAX_JSON_HEADER_LEN - 32)
+        );
+        assert!(parse_json_header(header.as_bytes(), Bytes::new()).is_ok());
+    }
+
+    #[test]
+    fn a_header_that_is_one_big_string_is_cut_in_the_error() {
+        let header = format!(r#""{}""#, "x".repeat(512 << 10));
+        let err = parse_json_header(header.as_bytes(), Bytes::new()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("bytes in all"), "{}", &text[..200]);
+        assert!(text.len() < 500, "{} bytes", text.len());
+    }
+
+    #[test]
     fn a_huge_bad_field_value_is_cut_in_the_error() {
-        let junk = "x".repeat(1 << 20);
+        let junk = "x".repeat(512 << 10);
         let header = format!(r#"{{"code":"{junk}"}}"#);
         let err = parse_json_header(header.as_bytes(), Bytes::new()).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("`code`"), "{}", &text[..200]);
-        assert!(
-            text.contains(&format!("({} bytes in all)", junk.len())),
-            "{}",
-            &text[..200]
-        );
+        assert!(text.contains("bytes in all)"), "{}", &text[..200]);
         assert!(text.len() < 500, "{} bytes", text.len());
     }
 }

@@ -33,7 +33,7 @@ pub enum RemotingError {
     #[error("unknown header serialize type {0}")]
     UnknownSerializeType(u8),
     /// The header bytes could not be parsed.
-    #[error("malformed {encoding} header: {reason}")]
+    #[error("malformed {encoding} header: {}", Excerpt(reason))]
     MalformedHeader {
         /// `JSON` or `ROCKETMQ`.
         encoding: &'static str,
@@ -47,7 +47,7 @@ pub enum RemotingError {
         field: &'static str,
     },
     /// An ext field is present but its value does not parse.
-    #[error("invalid value {value:?} for header field `{field}`")]
+    #[error("invalid value \"{}\" for header field `{field}`", Excerpt(value))]
     InvalidField {
         /// Java field name.
         field: &'static str,
@@ -55,7 +55,7 @@ pub enum RemotingError {
         value: String,
     },
     /// A JSON (or fastjson-style) body did not parse.
-    #[error("malformed {what} body: {reason}")]
+    #[error("malformed {what} body: {}", Excerpt(reason))]
     MalformedBody {
         /// Which body, e.g. `route data`.
         what: &'static str,
@@ -63,7 +63,7 @@ pub enum RemotingError {
         reason: String,
     },
     /// A message record in a pull or consume-directly body is malformed.
-    #[error("malformed message record at byte {at}: {reason}")]
+    #[error("malformed message record at byte {at}: {}", Excerpt(reason))]
     MalformedMessage {
         /// Byte offset of the record within the body.
         at: usize,
@@ -96,7 +96,8 @@ pub enum RemotingError {
 
 /// Text from a peer in an error message or log line, cut after [`Excerpt::MAX_CHARS`]
 /// characters: the peer decides how long it is (a remark carrying a stack trace, a 16 MiB
-/// header field), and a log line should not carry megabytes of it.
+/// header field), and a log line should not carry megabytes of it. Control characters are
+/// shown escaped (`\n`), so a stack trace's lines do not split a plain-text log line.
 #[derive(Debug, Clone, Copy)]
 pub struct Excerpt<'a>(pub &'a str);
 
@@ -123,7 +124,13 @@ impl<'a> Excerpt<'a> {
 
 impl std::fmt::Display for Excerpt<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.head())?;
+        for c in self.head().chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                std::fmt::Write::write_char(f, c)?;
+            }
+        }
         self.write_tail(f)
     }
 }
@@ -168,5 +175,20 @@ mod tests {
             "{}",
             status.to_string().len()
         );
+        assert!(
+            !status.to_string().contains('\n'),
+            "a stack trace's lines stay on one log line"
+        );
+        assert_eq!(Excerpt("a\nb\t\u{7f}").to_string(), "a\\nb\\t\\u{7f}");
+        let field = RemotingError::InvalidField {
+            field: "queueOffset",
+            value: "9".repeat(1 << 20),
+        };
+        assert!(field.to_string().len() < 400, "{}", field.to_string().len());
+        let body = RemotingError::MalformedBody {
+            what: "route data",
+            reason: format!("invalid type: string \"{}\"", "z".repeat(1 << 20)),
+        };
+        assert!(body.to_string().len() < 400, "{}", body.to_string().len());
     }
 }
