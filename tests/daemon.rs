@@ -62,6 +62,12 @@ impl Sub {
         self
     }
 
+    /// BROADCASTING, its offsets under `store`.
+    fn broadcasting(self, store: &std::path::Path) -> Self {
+        self.with("message_model: BROADCASTING")
+            .with(&format!("offset_store_path: \"{}\"", store.display()))
+    }
+
     fn with_webhook(mut self, line: &str) -> Self {
         self.webhook.push(line.to_owned());
         self
@@ -1323,9 +1329,7 @@ fn pod_a_broadcasting(
         "instance_name: \"pod-a\"\n{}",
         yaml(
             &mq.namesrv_addr(),
-            &[Sub::new(group, topic, receiver.url("/hook"))
-                .with("message_model: BROADCASTING")
-                .with(&format!("offset_store_path: \"{}\"", store.display()))],
+            &[Sub::new(group, topic, receiver.url("/hook")).broadcasting(store)],
         )
     )
     .replace("consume_from: FIRST_OFFSET", "consume_from: LAST_OFFSET");
@@ -1459,8 +1463,7 @@ async fn a_later_subscription_s_unusable_offsets_fail_before_any_connects() {
         &[
             Sub::new("G_first", "T_first", "http://127.0.0.1:9/hook".to_owned()),
             Sub::new("G_second", "T_second", "http://127.0.0.1:9/hook".to_owned())
-                .with("message_model: BROADCASTING")
-                .with(&format!("offset_store_path: \"{}\"", blocker.display())),
+                .broadcasting(&blocker),
         ],
     ));
     let mut daemon = Daemon::spawn(&launch);
@@ -1490,20 +1493,17 @@ async fn a_signal_ends_the_wait_for_a_held_offsets_lock() {
         &namesrv.local_addr().expect("addr").to_string(),
         &[
             Sub::new("G_wait", "T_wait", "http://127.0.0.1:9/hook".to_owned())
-                .with("message_model: BROADCASTING")
-                .with(&format!("offset_store_path: \"{}\"", dir.path().display())),
+                .broadcasting(dir.path()),
         ],
     ));
     let mut daemon = Daemon::spawn(&launch);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !daemon.output().contains("waiting for it to exit") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no word of the wait: {}",
-            daemon.output_tail(20)
-        );
-        sleep(Duration::from_millis(100)).await;
-    }
+    daemon
+        .wait_output(
+            "waiting for it to exit",
+            Duration::from_secs(15),
+            "no word of the wait",
+        )
+        .await;
     // The admin server answers during the wait: alive, not ready, starting.
     let status = daemon.status().await;
     assert_eq!(status["state"], "starting", "{status}");
@@ -1535,8 +1535,7 @@ async fn a_running_holder_of_the_offsets_lock_fails_the_start_at_once() {
         &namesrv.local_addr().expect("addr").to_string(),
         &[
             Sub::new("G_shared", "T_shared", "http://127.0.0.1:9/hook".to_owned())
-                .with("message_model: BROADCASTING")
-                .with(&format!("offset_store_path: \"{}\"", dir.path().display())),
+                .broadcasting(dir.path()),
         ],
     ));
     let mut daemon = Daemon::spawn(&launch);
@@ -1582,15 +1581,12 @@ async fn a_restart_beside_a_draining_daemon_waits_for_its_offsets() {
         .await;
     old.sigterm();
     let mut new = Daemon::spawn(&launch);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !new.output().contains("waiting for it to exit") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the new daemon does not wait: {}",
-            new.output_tail(20)
-        );
-        sleep(Duration::from_millis(100)).await;
-    }
+    new.wait_output(
+        "waiting for it to exit",
+        Duration::from_secs(15),
+        "the new daemon does not wait",
+    )
+    .await;
     assert_eq!(new.status().await["state"], "starting");
     let status = old.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(0), "{}", old.output_tail(20));

@@ -1021,19 +1021,25 @@ async fn tls_without_verification_like_the_java_client() {
     assert_eq!(answer.remark.as_deref(), Some("over tls"));
 }
 
+/// Writes the test CA to `<dir>/ca.pem`; returns its path and a set-up that verifies the
+/// peer against it.
+fn verifying_with_test_ca(dir: &std::path::Path) -> (std::path::PathBuf, TlsConfig) {
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, CA_PEM).expect("write CA");
+    let config = TlsConfig {
+        ca_file: Some(ca.clone()),
+        insecure_skip_verify: false,
+        ..TlsConfig::default()
+    };
+    (ca, config)
+}
+
 #[tokio::test]
 async fn tls_verifies_against_the_configured_ca() {
     let mut tasks = JoinSet::new();
     let addr = tls_peer(&mut tasks, false).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, CA_PEM).expect("write CA");
-
-    let verified = TlsConfig {
-        ca_file: Some(ca),
-        insecure_skip_verify: false,
-        ..TlsConfig::default()
-    };
+    let (_, verified) = verifying_with_test_ca(dir.path());
     let answer = tls_call(&addr, verified.clone())
         .await
         .expect("verified TLS call");
@@ -1067,13 +1073,7 @@ async fn tls_files_rotated_on_disk_apply_to_the_next_connection() {
     let mut tasks = JoinSet::new();
     let addr = tls_peer(&mut tasks, false).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, CA_PEM).expect("write CA");
-    let verified = TlsConfig {
-        ca_file: Some(ca.clone()),
-        insecure_skip_verify: false,
-        ..TlsConfig::default()
-    };
+    let (ca, verified) = verifying_with_test_ca(dir.path());
     tls_call(&addr, verified.clone())
         .await
         .expect("verified with the first CA file");

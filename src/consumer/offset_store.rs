@@ -348,11 +348,9 @@ impl Holder {
 
     /// `<phase> pid=<pid>`, padded with spaces to [`Self::RECORD_LEN`] and ended by a newline.
     fn record(self) -> Vec<u8> {
-        let mut text = format!("{} pid={}", self.phase.as_str(), self.pid);
-        text.truncate(Self::RECORD_LEN - 1);
-        let mut bytes = format!("{text:<width$}\n", width = Self::RECORD_LEN - 1).into_bytes();
-        bytes.truncate(Self::RECORD_LEN);
-        bytes
+        // At most 23 characters ("draining pid=4294967295"), so the padding always fills it.
+        let text = format!("{} pid={}", self.phase.as_str(), self.pid);
+        format!("{text:<width$}\n", width = Self::RECORD_LEN - 1).into_bytes()
     }
 
     /// Reads a record; `None` for anything else (an empty file, an older version's, a torn

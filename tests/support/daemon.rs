@@ -188,6 +188,22 @@ impl Daemon {
         )
     }
 
+    /// Polls the output every 100 ms until it contains `text`.
+    ///
+    /// # Panics
+    /// When it does not within `limit`, with `why` and the output's tail.
+    pub(crate) async fn wait_output(&self, text: &str, limit: Duration, why: &str) {
+        let deadline = Instant::now() + limit;
+        while !self.output().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "{why}: no {text:?} in {limit:?}\n{}",
+                self.output_tail(20)
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The last `lines` lines of the output, for assertion messages.
     pub(crate) fn output_tail(&self, lines: usize) -> String {
         let text = self.output();
