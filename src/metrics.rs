@@ -35,15 +35,15 @@ pub mod names {
     /// Offset commits sent to the broker or written to the local file.
     pub const OFFSET_COMMITS_TOTAL: &str = "rocketmq_webhook_offset_commits_total";
     /// Rebalances that changed the assignment.
-    pub const REBALANCE_TOTAL: &str = "rocketmq_webhook_rebalance_total";
+    pub const REBALANCE_CHANGES_TOTAL: &str = "rocketmq_webhook_rebalance_changes_total";
     /// Queues currently assigned to this daemon.
     pub const REBALANCE_ASSIGNED_QUEUES: &str = "rocketmq_webhook_rebalance_assigned_queues";
     /// Orderly queue locks currently held.
-    pub const QUEUE_LOCKS_HELD: &str = "rocketmq_webhook_queue_locks_held";
+    pub const REBALANCE_LOCKED_QUEUES: &str = "rocketmq_webhook_rebalance_locked_queues";
     /// Pull round trips (long polls included).
     pub const PULL_DURATION_SECONDS: &str = "rocketmq_webhook_pull_duration_seconds";
     /// Errors by type and stage (pull, send_back, offset, heartbeat, rebalance, route, lock).
-    pub const ERRORS_TOTAL: &str = "rocketmq_webhook_errors_total";
+    pub const CONSUMER_ERRORS_TOTAL: &str = "rocketmq_webhook_consumer_errors_total";
     /// Webhook HTTP requests by status class (2xx, 3xx, 4xx, 5xx, timeout, transport).
     pub const WEBHOOK_REQUESTS_TOTAL: &str = "rocketmq_webhook_webhook_requests_total";
     /// Webhook HTTP requests in flight.
@@ -94,15 +94,15 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     /// See [`names::OFFSET_COMMITS_TOTAL`].
     pub offset_commits: IntCounterVec,
-    /// See [`names::REBALANCE_TOTAL`].
+    /// See [`names::REBALANCE_CHANGES_TOTAL`].
     pub rebalances: IntCounterVec,
     /// See [`names::REBALANCE_ASSIGNED_QUEUES`].
     pub assigned_queues: IntGaugeVec,
-    /// See [`names::QUEUE_LOCKS_HELD`].
-    pub locks_held: IntGaugeVec,
+    /// See [`names::REBALANCE_LOCKED_QUEUES`].
+    pub locked_queues: IntGaugeVec,
     /// See [`names::PULL_DURATION_SECONDS`].
     pub pull_duration: HistogramVec,
-    /// See [`names::ERRORS_TOTAL`].
+    /// See [`names::CONSUMER_ERRORS_TOTAL`].
     pub errors: IntCounterVec,
 }
 
@@ -203,7 +203,7 @@ impl Metrics {
             ),
             offset_commits: counter(names::OFFSET_COMMITS_TOTAL, "Offset commits persisted.", GT),
             rebalances: counter(
-                names::REBALANCE_TOTAL,
+                names::REBALANCE_CHANGES_TOTAL,
                 "Rebalances that changed the assignment.",
                 GT,
             ),
@@ -212,7 +212,11 @@ impl Metrics {
                 "Queues assigned to this daemon.",
                 GT,
             ),
-            locks_held: gauge(names::QUEUE_LOCKS_HELD, "Orderly queue locks held.", GT),
+            locked_queues: gauge(
+                names::REBALANCE_LOCKED_QUEUES,
+                "Orderly queue locks held.",
+                GT,
+            ),
             pull_duration: histogram(
                 names::PULL_DURATION_SECONDS,
                 "Pull round trips, long polls included.",
@@ -220,7 +224,7 @@ impl Metrics {
                 GT,
             ),
             errors: counter(
-                names::ERRORS_TOTAL,
+                names::CONSUMER_ERRORS_TOTAL,
                 "Errors by type and stage.",
                 &["consumer_group", "topic", "error_type", "stage"],
             ),
@@ -252,15 +256,110 @@ impl Default for Metrics {
 mod tests {
     use super::*;
 
+    /// Subsystems a name may start with after the prefix; `build_info` is Prometheus' own
+    /// convention and stands alone.
+    const SUBSYSTEMS: &[&str] = &[
+        "consumer",
+        "process_queue",
+        "offset",
+        "rebalance",
+        "pull",
+        "webhook",
+    ];
+
+    /// Every name declared in [`names`], read from this file's source: the webhook's
+    /// collectors are registered by the daemon, so no registry here holds them all.
+    fn declared() -> Vec<&'static str> {
+        let source = include_str!("metrics.rs");
+        let module = &source[source.find("pub mod names {").expect("names module")..];
+        let module = &module[..module.find("\n}\n").expect("end of names module")];
+        let found: Vec<&str> = module
+            .split('"')
+            .filter(|part| part.starts_with("rocketmq_webhook_"))
+            .collect();
+        assert!(found.len() > 15, "only {} names found", found.len());
+        found
+    }
+
     #[test]
     fn every_metric_follows_the_naming_scheme() {
+        for name in declared() {
+            let rest = name
+                .strip_prefix("rocketmq_webhook_")
+                .unwrap_or_else(|| panic!("{name}: no rocketmq_webhook_ prefix"));
+            if rest == "build_info" {
+                continue;
+            }
+            let subsystem = SUBSYSTEMS
+                .iter()
+                .find(|s| rest.starts_with(&format!("{s}_")))
+                .unwrap_or_else(|| panic!("{name}: no known subsystem"));
+            let what = &rest[subsystem.len() + 1..];
+            // `<subsystem>_total` says where it counts, not what.
+            assert!(
+                !what.is_empty() && what != "total",
+                "{name}: nothing named after the subsystem"
+            );
+        }
+    }
+
+    #[test]
+    fn counters_and_only_counters_end_in_total() {
         let m = Metrics::new();
-        m.messages.with_label_values(&["g", "t", "success"]).inc();
+        let gt = ["g", "t"];
+        let gtx = ["g", "t", "x"];
+        for counter in [&m.flow_control, &m.messages, &m.send_back] {
+            counter.with_label_values(&gtx).inc();
+        }
+        for counter in [&m.dropped, &m.offset_commits, &m.rebalances] {
+            counter.with_label_values(&gt).inc();
+        }
+        m.errors.with_label_values(&["g", "t", "x", "y"]).inc();
+        for gauge in [
+            &m.batches_in_flight,
+            &m.cached_messages,
+            &m.cached_bytes,
+            &m.lag,
+            &m.assigned_queues,
+            &m.locked_queues,
+        ] {
+            gauge.with_label_values(&gt).set(1);
+        }
+        m.batch_duration.with_label_values(&gt).observe(0.1);
+        m.batch_size.with_label_values(&gt).observe(1.0);
+        m.pull_duration.with_label_values(&gt).observe(0.1);
         let text = m.render();
-        assert!(text.contains("rocketmq_webhook_consumer_messages_total{consumer_group=\"g\",outcome=\"success\",topic=\"t\"} 1"));
-        for family in m.registry().gather() {
+        assert!(text.contains("rocketmq_webhook_consumer_messages_total{consumer_group=\"g\",outcome=\"x\",topic=\"t\"} 1"));
+        let families = m.registry().gather();
+        let declared = declared();
+        for family in &families {
             let name = family.name();
-            assert!(name.starts_with("rocketmq_webhook_"), "{name}");
+            assert!(
+                declared.contains(&name),
+                "{name} is not declared in `names`"
+            );
+            let counter = family.get_field_type() == prometheus::proto::MetricType::COUNTER;
+            assert_eq!(
+                counter,
+                name.ends_with("_total"),
+                "{name}: `_total` iff a counter"
+            );
+        }
+        // Every collector of the struct, plus `build_info`; the daemon registers the rest.
+        let webhook = declared.iter().filter(|n| n.contains("_webhook_webhook_"));
+        assert_eq!(families.len() + webhook.count(), declared.len());
+    }
+
+    /// Operators learn the names from the README's table; a metric missing there is one
+    /// nobody finds.
+    #[test]
+    fn every_metric_is_in_the_readme() {
+        let readme = include_str!("../README.md");
+        for name in declared() {
+            assert!(
+                readme.contains(&format!("`{name}")),
+                "{name} is not in README.md"
+            );
         }
     }
 }

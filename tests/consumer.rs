@@ -1913,7 +1913,7 @@ async fn the_locks_gauge_follows_grants_and_releases_at_once() {
     )
     .await;
     let gauge = metrics
-        .locks_held
+        .locked_queues
         .with_label_values(&[group.as_str(), topic.as_str()]);
     eventually(Duration::from_secs(60), "both queues assigned", || {
         assigned(&consumer, &topic).len() == 2

@@ -1877,7 +1877,7 @@ async fn readiness_waits_for_a_broker_to_take_the_consumer() {
     // It had routes: it tried the brokers they name.
     let failed = metric(
         &daemon.metrics().await,
-        "rocketmq_webhook_errors_total",
+        "rocketmq_webhook_consumer_errors_total",
         &[("stage", "heartbeat")],
     );
     assert!(

@@ -237,7 +237,9 @@ mod tests {
         assert_eq!(get("/readyz").await.unwrap().status(), 200);
         let text = get("/metrics").await.unwrap().text().await.unwrap();
         assert!(
-            text.contains("rocketmq_webhook_rebalance_total{consumer_group=\"g\",topic=\"t\"} 1"),
+            text.contains(
+                "rocketmq_webhook_rebalance_changes_total{consumer_group=\"g\",topic=\"t\"} 1"
+            ),
             "{text}"
         );
         let status: serde_json::Value = get("/status").await.unwrap().json().await.unwrap();

@@ -618,7 +618,7 @@ impl<H: Handler> Shared<H> {
                         locks.insert(mq.clone(), now);
                     }
                 }
-                self.publish_locks_held(&locks);
+                self.publish_locked_queues(&locks);
                 granted
             }
             Err(e) => {
@@ -632,13 +632,13 @@ impl<H: Handler> Shared<H> {
     /// Sets the locks gauge to the locks held now (granted less than `lock_ttl` ago). Called
     /// wherever the table changes, so the gauge follows a new queue's lock and a release at
     /// once rather than at the next 20 s renewal.
-    fn publish_locks_held(&self, locks: &HashMap<MessageQueue, Instant>) {
+    fn publish_locked_queues(&self, locks: &HashMap<MessageQueue, Instant>) {
         let held = locks
             .values()
             .filter(|at| at.elapsed() < self.config.lock_ttl)
             .count();
         self.metrics
-            .locks_held
+            .locked_queues
             .with_label_values(&self.labels())
             .set(i64::try_from(held).unwrap_or(i64::MAX));
     }
@@ -648,7 +648,7 @@ impl<H: Handler> Shared<H> {
         {
             let mut locks = lock(&self.locks);
             locks.remove(mq);
-            self.publish_locks_held(&locks);
+            self.publish_locked_queues(&locks);
         }
         let Ok(addr) = self.last_master_addr(&mq.broker_name) else {
             return;
@@ -1129,7 +1129,7 @@ async fn lock_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken
             }
         }
         // Locks that lapsed since (no renewal granted) leave the gauge here.
-        shared.publish_locks_held(&lock(&shared.locks));
+        shared.publish_locked_queues(&lock(&shared.locks));
     }
 }
 
