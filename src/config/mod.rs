@@ -641,8 +641,8 @@ fn redact_headers<S: Serializer>(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
-    /// Consecutive failed requests (retryable status, timeout, transport error) that open the
-    /// circuit. Default `5`.
+    /// Consecutive failed requests (5xx, 408, 429, timeout, transport error, unreachable) that
+    /// open the circuit. Default `5`.
     pub failure_threshold: u32,
     /// How long the circuit stays open before one probe request; doubles after each failed
     /// probe. Default `5s`.

@@ -7,7 +7,7 @@
 //! pulling stops through flow control.
 //!
 //! States: `Closed` (send everything) -> `Open` after `failure_threshold` consecutive failed
-//! requests (transport error, timeout, 5xx) -> after the open duration `HalfOpen`, which lets
+//! requests (transport error, timeout, 5xx, 408, 429) -> after the open duration `HalfOpen`, which lets
 //! exactly one probe through -> the probe's success closes the circuit, its failure reopens it
 //! for twice as long (capped at `max_open_duration`). A probe that never reports (its future was
 //! dropped) is forgotten after its deadline so the circuit cannot stay half-open forever.
@@ -159,7 +159,7 @@ impl Breaker {
     }
 
     /// Reports the result of a request admitted with `admission` (`healthy`: it got an answer
-    /// that was not a 5xx).
+    /// that was not a 5xx, 408 or 429).
     pub fn record(&mut self, now: Instant, admission: Admission, healthy: bool) {
         match (admission, self.phase) {
             (Admission::Probe, Phase::HalfOpen { .. }) => {
@@ -185,6 +185,14 @@ impl Breaker {
             // Results of requests sent before the circuit changed say nothing new: the circuit
             // already opened, or a probe is deciding.
             _ => {}
+        }
+    }
+
+    /// How long the circuit stays open from `now`; zero unless it is open.
+    pub fn open_for(&self, now: Instant) -> Duration {
+        match self.phase {
+            Phase::Open { until } => until.saturating_duration_since(now),
+            Phase::Closed | Phase::HalfOpen { .. } => Duration::ZERO,
         }
     }
 

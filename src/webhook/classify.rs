@@ -9,12 +9,14 @@
 //!   body says otherwise: `{"status": "SUCCESS"|"RETRY"|"DROP"}` for the whole request
 //!   (Dapr-compatible) or `{"statuses": [{"id"|"entryId": msgId, "status": ...}]}` per message,
 //!   where a message missing from `statuses` is `RETRY` (nothing is acknowledged by omission);
+//!   keys match in any case (as Dapr's Go decoder does), and a body that starts with `{` but is
+//!   not JSON, or has a `status` or `statuses` of the wrong type, is `RETRY` for every message;
 //! - other codes map through [`StatusClasses`]; defaults: 408, 425, 429, 5xx retry; 400, 404,
 //!   410, 413, 415, 422 drop (to the DLQ, never lost); other 4xx and 3xx retry;
 //! - 429/503 with a valid `Retry-After` is `Later` for every message (no reconsume attempt spent)
 //!   and pauses the endpoint, capped; a cap of zero ignores the header (the status's class
 //!   decides);
-//! - timeouts and transport errors retry and count as endpoint failures.
+//! - timeouts and transport errors retry; they, 5xx, 408 and 429 count as endpoint failures.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -180,10 +182,12 @@ pub struct Answer {
     /// One outcome per message of the request, in request order.
     pub outcomes: Vec<Outcome>,
     /// Whether the endpoint counts as healthy for the circuit breaker: it answered, and not with
-    /// a 5xx.
+    /// a 5xx, 408 or 429.
     pub healthy: bool,
     /// `Retry-After` asked to pause the whole endpoint for this long (already capped).
     pub pause: Option<Duration>,
+    /// Why a success-class body that looked like JSON could not be read (for the log).
+    pub unread: Option<&'static str>,
 }
 
 impl Answer {
@@ -192,6 +196,7 @@ impl Answer {
             outcomes: vec![outcome; count],
             healthy,
             pause: None,
+            unread: None,
         }
     }
 }
@@ -209,7 +214,10 @@ pub fn classify_response(
     now: SystemTime,
 ) -> Answer {
     let count = msg_ids.len();
-    let healthy = status / 100 != 5;
+    // A server error, or the endpoint saying it timed out or is overloaded: counted against the
+    // circuit, so an endpoint that throttles with a bare 429 opens it and stops spending
+    // attempts instead of draining the topic into the DLQ.
+    let healthy = !(status / 100 == 5 || status == 408 || status == 429);
     // A zero cap means "ignore Retry-After", not "pause for zero": a zero pause would put every
     // message straight back and spin on a throttling endpoint without spending an attempt.
     if (status == 429 || status == 503) && !retry_after_cap.is_zero() {
@@ -227,15 +235,20 @@ pub fn classify_response(
                 outcomes: vec![Outcome::Later { after }; count],
                 healthy,
                 pause: Some(after),
+                unread: None,
             };
         }
     }
     match classes.verdict(status) {
-        Verdict::Success => Answer {
-            outcomes: body_outcomes(body, msg_ids),
-            healthy,
-            pause: None,
-        },
+        Verdict::Success => {
+            let (outcomes, unread) = body_outcomes(body, msg_ids);
+            Answer {
+                outcomes,
+                healthy,
+                pause: None,
+                unread,
+            }
+        }
         Verdict::Retry => Answer::uniform(Outcome::Retry { delay_level: None }, count, healthy),
         Verdict::Drop => Answer::uniform(Outcome::Drop, count, healthy),
     }
@@ -251,54 +264,77 @@ pub fn classify_failure(failure: Failure, count: usize) -> Answer {
     Answer::uniform(Outcome::Retry { delay_level: None }, count, false)
 }
 
-/// Outcomes of a success-class answer, refined by its JSON body when it has one.
-fn body_outcomes(body: &[u8], msg_ids: &[&str]) -> Vec<Outcome> {
-    let all_success = || vec![Outcome::Success; msg_ids.len()];
+/// Outcomes of a success-class answer, refined by its JSON body when it has one; the reason
+/// when the body looked like JSON but could not be read (every message then retries).
+fn body_outcomes(body: &[u8], msg_ids: &[&str]) -> (Vec<Outcome>, Option<&'static str>) {
+    let all = |outcome: Outcome| vec![outcome; msg_ids.len()];
+    let unreadable = |reason| (all(Outcome::Retry { delay_level: None }), Some(reason));
     // Cheap pre-check: most endpoints answer with an empty body or plain text.
     if !body.trim_ascii_start().starts_with(b"{") {
-        return all_success();
+        return (all(Outcome::Success), None);
     }
+    // An object that does not parse may be a status we cannot read (`{'status': 'RETRY'}` from
+    // a Python `str(dict)`, an answer cut short): never acknowledge what we could not read.
+    // Dapr acknowledges it; the difference costs a duplicate at worst.
     let Ok(Value::Object(root)) = serde_json::from_slice::<Value>(body) else {
-        return all_success();
+        return unreadable("the answer starts with `{` but is not JSON");
     };
-    if let Some(Value::Array(entries)) = root.get("statuses") {
-        let mut by_id: HashMap<&str, Outcome> = HashMap::with_capacity(entries.len());
-        for entry in entries {
-            let Value::Object(entry) = entry else {
-                continue;
-            };
-            let id = entry
-                .get("id")
-                .or_else(|| entry.get("entryId"))
-                .and_then(Value::as_str);
-            if let Some(id) = id {
-                // An entry without a status did not say SUCCESS: retry it.
-                let outcome = entry
-                    .get("status")
-                    .and_then(Value::as_str)
-                    .map_or(Outcome::Retry { delay_level: None }, |s| {
-                        status_outcome(s, entry.get("delayLevel"))
-                    });
-                by_id.insert(id, outcome);
-            }
-        }
-        return msg_ids
-            .iter()
-            .map(|id| {
-                by_id
-                    .get(id)
-                    .copied()
-                    .unwrap_or(Outcome::Retry { delay_level: None })
-            })
-            .collect();
+    match field(&root, "statuses") {
+        Some(Value::Array(entries)) => return (per_message(entries, msg_ids), None),
+        None | Some(Value::Null) => {}
+        Some(_) => return unreadable("`statuses` is not an array"),
     }
-    match root.get("status").and_then(Value::as_str) {
+    match field(&root, "status") {
         // Dapr treats a 2xx without a status (or with an empty one) as success.
-        Some(s) if !s.trim().is_empty() => {
-            vec![status_outcome(s, root.get("delayLevel")); msg_ids.len()]
+        Some(Value::String(s)) if !s.trim().is_empty() => {
+            (all(status_outcome(s, field(&root, "delayLevel"))), None)
         }
-        _ => all_success(),
+        None | Some(Value::Null | Value::String(_)) => (all(Outcome::Success), None),
+        Some(_) => unreadable("`status` is not a string"),
     }
+}
+
+/// The outcome of each message from a `statuses` array: a message missing from it, or listed
+/// without a status, did not say SUCCESS, so it retries.
+fn per_message(entries: &[Value], msg_ids: &[&str]) -> Vec<Outcome> {
+    let mut by_id: HashMap<&str, Outcome> = HashMap::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Object(entry) = entry else {
+            continue;
+        };
+        let id = field(entry, "id")
+            .or_else(|| field(entry, "entryId"))
+            .and_then(Value::as_str);
+        if let Some(id) = id {
+            let outcome = field(entry, "status")
+                .and_then(Value::as_str)
+                .map_or(Outcome::Retry { delay_level: None }, |s| {
+                    status_outcome(s, field(entry, "delayLevel"))
+                });
+            by_id.insert(id, outcome);
+        }
+    }
+    msg_ids
+        .iter()
+        .map(|id| {
+            by_id
+                .get(id)
+                .copied()
+                .unwrap_or(Outcome::Retry { delay_level: None })
+        })
+        .collect()
+}
+
+/// A key of an answer object, spelled exactly or else in any case: Dapr's Go decoder matches
+/// field names case-insensitively, so `{"Status":"RETRY"}` from an untagged Go struct means
+/// RETRY there and must not acknowledge here.
+fn field<'a>(object: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
+    object.get(key).or_else(|| {
+        object
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
 }
 
 /// One `status` word (case-insensitive) with an optional `delayLevel`. Unknown words retry, as
@@ -567,8 +603,9 @@ mod tests {
             "OK",
             "[1,2]",
             "{}",
-            "{not json",
             r#"{"status": ""}"#,
+            r#"{"status": null, "statuses": null}"#,
+            r#"{"ok": true}"#,
             "null",
         ] {
             assert_eq!(
@@ -655,7 +692,54 @@ mod tests {
         assert_eq!(outcomes(302, "", &ids), vec![RETRY]);
         assert!(!classify(502, &HeaderMap::new(), "", &ids).healthy);
         assert!(classify(404, &HeaderMap::new(), "", &ids).healthy);
-        assert!(classify(429, &HeaderMap::new(), "", &ids).healthy);
+        assert!(classify(401, &HeaderMap::new(), "", &ids).healthy);
+        assert!(!classify(429, &HeaderMap::new(), "", &ids).healthy);
+        assert!(!classify(408, &HeaderMap::new(), "", &ids).healthy);
+    }
+
+    #[test]
+    fn answer_keys_match_in_any_case() {
+        let ids = ["A", "B"];
+        assert_eq!(outcomes(200, r#"{"Status":"RETRY"}"#, &ids), vec![RETRY; 2]);
+        let body =
+            r#"{"Statuses":[{"EntryId":"A","Status":"SUCCESS"},{"ID":"B","STATUS":"drop"}]}"#;
+        assert_eq!(
+            outcomes(200, body, &ids),
+            vec![Outcome::Success, Outcome::Drop]
+        );
+        // The exact spelling wins over another case of the same key.
+        let body = r#"{"STATUS":"SUCCESS","status":"RETRY"}"#;
+        assert_eq!(outcomes(200, body, &ids), vec![RETRY; 2]);
+        assert_eq!(
+            outcomes(200, r#"{"status":"RETRY","DelayLevel":5}"#, &ids),
+            vec![
+                Outcome::Retry {
+                    delay_level: Some(5)
+                };
+                2
+            ]
+        );
+    }
+
+    #[test]
+    fn an_answer_that_looks_like_json_but_cannot_be_read_retries() {
+        let ids = ["A", "B"];
+        for body in [
+            "{not json",
+            "{'status': 'SUCCESS'}",
+            r#"{"status": "SUCCESS""#,
+            r#"{"statuses": {"A": "SUCCESS", "B": "SUCCESS"}}"#,
+            r#"{"statuses": "SUCCESS"}"#,
+            r#"{"status": 1}"#,
+            r#"{"status": ["SUCCESS"]}"#,
+        ] {
+            let answer = classify(200, &HeaderMap::new(), body, &ids);
+            assert_eq!(answer.outcomes, vec![RETRY; 2], "{body}");
+            assert!(answer.unread.is_some(), "{body}");
+            // The endpoint answered: its health is not in question.
+            assert!(answer.healthy, "{body}");
+        }
+        assert_eq!(classify(200, &HeaderMap::new(), "{}", &ids).unread, None);
     }
 
     fn retry_after(value: &str) -> HeaderMap {
@@ -673,7 +757,7 @@ mod tests {
         let a = classify(429, &retry_after("7"), "", &ids);
         assert_eq!(a.outcomes, vec![later(7); 2]);
         assert_eq!(a.pause, Some(Duration::from_secs(7)));
-        assert!(a.healthy);
+        assert!(!a.healthy);
         let a = classify(503, &retry_after("7"), "", &ids);
         assert_eq!(a.outcomes, vec![later(7); 2]);
         assert!(!a.healthy);

@@ -38,6 +38,7 @@ mod transport;
 use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -72,8 +73,9 @@ use stats::RequestClass;
 /// memory.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
-/// When messages that could not be delivered (endpoint unreachable, probe failed) are offered
-/// again; the circuit breaker decides whether they are then sent or keep waiting.
+/// When messages that could not be delivered (endpoint unreachable) are offered again, and how
+/// long after the circuit half-opens a failed probe's messages are; the circuit breaker decides
+/// whether they are then sent or keep waiting.
 const UNREACHABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Settings of one webhook (one subscription). The configuration layer maps its tree onto this.
@@ -616,6 +618,7 @@ impl Inner {
         };
         let latency = started.elapsed();
         let unreachable = matches!(sent, Sent::Failed(Failure::Unreachable, _));
+        let transport_lost = matches!(sent, Sent::Failed(Failure::Transport, _));
         let mut answer = match sent {
             Sent::Answer {
                 status,
@@ -660,21 +663,7 @@ impl Inner {
                 classify::classify_failure(failure, count)
             }
         };
-        // Not the messages' fault: the endpoint could not be reached at all (nothing was sent),
-        // or it failed the half-open probe of an open circuit. Offer them again without spending
-        // a reconsume attempt, so a dead application never drains the topic into the DLQ. A
-        // connection lost after the request was written is not deferred: the request may have
-        // crashed the application, and deferring would offer it again every second forever.
-        if !answer.healthy && (unreachable || admission == Admission::Probe) {
-            for o in &mut answer.outcomes {
-                if matches!(o, Outcome::Retry { .. }) {
-                    *o = Outcome::Later {
-                        after: UNREACHABLE_RETRY_AFTER,
-                    };
-                }
-            }
-        }
-        {
+        let reopens_in = {
             let now = Instant::now();
             let mut breaker = self.breaker();
             let before = breaker.state(now);
@@ -683,9 +672,33 @@ impl Inner {
                 breaker.pause(now, pause);
             }
             let after = breaker.state(now);
+            let reopens_in = breaker.open_for(now);
             drop(breaker);
             if before != after {
                 tracing::warn!(group = %log.group, topic = %log.topic, from = before.as_str(), to = after.as_str(), "Webhook circuit changed state.");
+            }
+            reopens_in
+        };
+        // Not the messages' fault: the endpoint could not be reached at all (nothing was sent),
+        // or it answered the half-open probe of an open circuit with a failure. Offer them again
+        // without spending a reconsume attempt, so a dead application never drains the topic
+        // into the DLQ. A connection lost after the request was written is not deferred, not
+        // even on the probe: the request may have crashed the application, and deferring would
+        // offer it again forever instead of letting it reach the DLQ.
+        let failed_probe = admission == Admission::Probe && !transport_lost;
+        if !answer.healthy && (unreachable || failed_probe) {
+            // A failed probe's messages come back after the circuit next half-opens, so another
+            // waiting request probes first: one message that fails on its own (a 500 for
+            // that message only) must not hold the circuit open for every other.
+            let after = if failed_probe {
+                reopens_in + UNREACHABLE_RETRY_AFTER
+            } else {
+                UNREACHABLE_RETRY_AFTER
+            };
+            for o in &mut answer.outcomes {
+                if matches!(o, Outcome::Retry { .. }) {
+                    *o = Outcome::Later { after };
+                }
             }
         }
         self.stats.record_outcomes(&answer.outcomes);
@@ -724,7 +737,8 @@ impl Inner {
         *request.uri_mut() = self.origin.clone();
         *request.headers_mut() = headers;
         // One timer covers the whole exchange, connection to the last byte of the answer.
-        let exchange = self.pool.exchange(&self.endpoint, request);
+        let handed = AtomicBool::new(false);
+        let exchange = self.pool.exchange(&self.endpoint, request, &handed);
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(answer)) => Sent::Answer {
                 status: answer.parts.status.as_u16(),
@@ -733,6 +747,12 @@ impl Inner {
                 truncated: answer.truncated,
             },
             Ok(Err(error)) => failed(&error),
+            // Still resolving or connecting (a blackholed address, a hung DNS lookup): nothing
+            // reached the application, so no attempt may be spent on it.
+            Err(_) if !handed.load(Ordering::Relaxed) => Sent::Failed(
+                Failure::Unreachable,
+                "timed out connecting; nothing was sent".to_owned(),
+            ),
             Err(_) => Sent::Failed(Failure::Timeout, "request timed out".to_owned()),
         }
     }
@@ -781,10 +801,10 @@ fn append_limited(body: &mut Vec<u8>, chunk: &[u8]) -> bool {
     }
 }
 
-/// A failed exchange: a timeout when any error in the chain is one (the connect timeout, an
-/// I/O timeout); unreachable when the request was never sent (connecting, the TLS or HTTP
-/// handshake failed, or the connection closed as the request was handed to it); a transport
-/// failure for the rest. The text never holds the URL: neither hyper's errors nor the pool's
+/// A failed exchange: unreachable when the request was never sent (connecting, the TLS or
+/// HTTP handshake failed or timed out, or the connection closed as the request was handed to
+/// it); else a timeout when any error in the chain is one (an I/O timeout); a transport failure
+/// for the rest. The text never holds the URL: neither hyper's errors nor the pool's
 /// carry it.
 fn failed(err: &(dyn std::error::Error + 'static)) -> Sent {
     let mut timed_out = false;
@@ -806,10 +826,11 @@ fn failed(err: &(dyn std::error::Error + 'static)) -> Sent {
                 | pool::ExchangeError::NotSent(_)
         )
     );
-    let kind = if timed_out {
-        Failure::Timeout
-    } else if not_sent {
+    // Nothing sent beats timed out: a connect that timed out never reached the application.
+    let kind = if not_sent {
         Failure::Unreachable
+    } else if timed_out {
+        Failure::Timeout
     } else {
         Failure::Transport
     };
@@ -838,7 +859,14 @@ fn log_answer(log: &LogFields, status: u16, count: usize, answer: &Answer) {
     if failed == 0 {
         tracing::trace!(group = %log.group, topic = %log.topic, status, messages = count, "Webhook delivered.");
     } else {
-        tracing::info!(group = %log.group, topic = %log.topic, status, messages = count, failed, "Webhook did not accept every message.");
+        match answer.unread {
+            Some(reason) => {
+                tracing::warn!(group = %log.group, topic = %log.topic, status, messages = count, reason, "Webhook answer not understood; every message retries.");
+            }
+            None => {
+                tracing::info!(group = %log.group, topic = %log.topic, status, messages = count, failed, "Webhook did not accept every message.");
+            }
+        }
     }
 }
 

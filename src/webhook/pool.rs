@@ -26,6 +26,7 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -212,14 +213,18 @@ impl Pool {
     }
 
     /// Sends `request` to `endpoint` and reads the answer. `request` must be in origin form
-    /// with its `Host` header set. Unbounded in time: the caller puts a timeout around it.
+    /// with its `Host` header set. Unbounded in time: the caller puts a timeout around it, and
+    /// reads `handed` to learn whether the request was handed to a connection before it ran
+    /// out (until then nothing can have reached the application).
     pub(crate) async fn exchange(
         &self,
         endpoint: &Endpoint,
         mut request: Request<Full<Bytes>>,
+        handed: &AtomicBool,
     ) -> Result<Answer, ExchangeError> {
         let mut resent = false;
         loop {
+            handed.store(false, Ordering::Relaxed);
             let pooled = if resent {
                 None
             } else {
@@ -231,6 +236,7 @@ impl Pool {
                 // never run, and every request's future would otherwise be that large.
                 None => (Box::pin(self.connect(endpoint)).await?, false),
             };
+            handed.store(true, Ordering::Relaxed);
             let sent = drive(&mut conn.driver, conn.send.try_send_request(request)).await;
             let response = match sent {
                 Ok(response) => response,

@@ -282,21 +282,26 @@ async fn unreachable_endpoint_opens_the_circuit() {
     assert_eq!(stats.outcomes(stats::OutcomeKind::Later), 16);
 }
 
-/// A connection lost after the request was written is the message's failure, not an
-/// unreachable endpoint: a message that crashes the application must spend its reconsume
-/// attempts (and reach the DLQ), not be offered again every second forever.
-#[tokio::test]
-async fn a_request_cut_off_after_it_was_written_is_retried() {
+/// A server that reads each request's first bytes, then closes without answering.
+async fn cutting_server() -> (SocketAddr, JoinHandle<()>) {
     use tokio::io::AsyncReadExt as _;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    // Reads each request's first bytes, then closes without answering.
-    let server = tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             let mut buf = [0_u8; 4096];
             let _ = tcp.read(&mut buf).await;
         }
     });
+    (addr, task)
+}
+
+/// A connection lost after the request was written is the message's failure, not an
+/// unreachable endpoint: a message that crashes the application must spend its reconsume
+/// attempts (and reach the DLQ), not be offered again every second forever.
+#[tokio::test]
+async fn a_request_cut_off_after_it_was_written_is_retried() {
+    let (addr, server) = cutting_server().await;
     let webhook = Webhook::new(options(format!("http://{addr}/hook"))).unwrap();
     let outcomes = handle(&webhook, &batch(&["A", "B"], ConsumeMode::Concurrent)).await;
     assert_eq!(outcomes, vec![RETRY; 2]);
@@ -305,6 +310,34 @@ async fn a_request_cut_off_after_it_was_written_is_retried() {
             .stats()
             .requests(stats::RequestClass::TransportError),
         1
+    );
+    server.abort();
+}
+
+/// ... and not even as the probe of an open circuit: a crash on the probe is the message's
+/// failure too, or the message would be offered once per open period forever.
+#[tokio::test]
+async fn a_probe_cut_off_after_it_was_written_is_retried() {
+    let (addr, server) = cutting_server().await;
+    let mut o = options(format!("http://{addr}/hook"));
+    o.breaker = BreakerConfig {
+        failure_threshold: 1,
+        open_duration: Duration::from_millis(100),
+        max_open_duration: Duration::from_secs(1),
+    };
+    let webhook = Webhook::new(o).unwrap();
+    let b = batch(&["A"], ConsumeMode::Concurrent);
+    assert_eq!(handle(&webhook, &b).await, vec![RETRY]);
+    assert_eq!(webhook.circuit_state(), CircuitState::Open);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(webhook.circuit_state(), CircuitState::HalfOpen);
+    assert_eq!(handle(&webhook, &b).await, vec![RETRY], "the probe");
+    assert_eq!(webhook.circuit_state(), CircuitState::Open);
+    assert_eq!(
+        webhook
+            .stats()
+            .requests(stats::RequestClass::TransportError),
+        2
     );
     server.abort();
 }
@@ -358,6 +391,17 @@ async fn a_failed_probe_waits_instead_of_retrying() {
     };
     assert_eq!(server.seen().len(), 3, "the probe was sent");
     assert_eq!(webhook.circuit_state(), CircuitState::Open);
+    // Another batch waits only until the circuit half-opens; the probe's own message comes
+    // back later than that, so the other one probes next: a message that fails by itself
+    // cannot keep the circuit open for everyone.
+    let other = batch(&["B"], ConsumeMode::Concurrent);
+    let Outcome::Later { after: reopens } = handle(&webhook, &other).await[0] else {
+        panic!("expected Later while open");
+    };
+    assert!(
+        after >= reopens + UNREACHABLE_RETRY_AFTER,
+        "the failed probe's message comes back after {after:?}, the circuit half-opens in {reopens:?}"
+    );
     tokio::time::sleep(after).await;
     assert_eq!(handle(&webhook, &b).await, vec![Outcome::Success]);
     assert_eq!(webhook.circuit_state(), CircuitState::Closed);

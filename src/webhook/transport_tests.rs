@@ -371,9 +371,8 @@ async fn refused_connection_is_unreachable_and_named_without_the_url() {
     }
 }
 
-#[tokio::test]
-async fn silent_endpoint_times_out() {
-    // Accepts the connection, never answers.
+/// A server that accepts connections and holds them, never reading or answering.
+async fn silent_server() -> (u16, tokio::task::JoinHandle<()>) {
     let (listener, port) = listen().await;
     let task = tokio::spawn(async move {
         let mut held = Vec::new();
@@ -381,6 +380,12 @@ async fn silent_endpoint_times_out() {
             held.push(tcp);
         }
     });
+    (port, task)
+}
+
+#[tokio::test]
+async fn silent_endpoint_times_out() {
+    let (port, task) = silent_server().await;
     let mut options = WebhookOptions::new(format!("http://127.0.0.1:{port}/hook"));
     options.timeout = Duration::from_millis(200);
     let webhook = Webhook::new(options).unwrap();
@@ -391,13 +396,30 @@ async fn silent_endpoint_times_out() {
     task.abort();
 }
 
+/// A TLS handshake that never completes (a blackholed or wedged endpoint) runs out the request
+/// timeout before anything was sent: unreachable, so no reconsume attempt is spent on it.
+#[tokio::test]
+async fn a_timeout_before_the_request_is_handed_over_is_unreachable() {
+    let (port, task) = silent_server().await;
+    let mut options = https_options(port, WebhookTls::default());
+    options.timeout = Duration::from_millis(200);
+    let webhook = Webhook::new(options).unwrap();
+    match transmit(&webhook, b"x").await {
+        Sent::Failed(Failure::Unreachable, text) => {
+            assert!(text.contains("nothing was sent"), "{text}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    task.abort();
+}
+
 /// An error with one source, like the pool's `connect` wrapper.
 #[derive(Debug, thiserror::Error)]
 #[error("outer")]
 struct Outer(#[source] std::io::Error);
 
 #[test]
-fn timeouts_anywhere_in_the_chain_are_timeouts() {
+fn timeouts_anywhere_in_the_chain_of_a_sent_request_are_timeouts() {
     let connect_timeout = Outer(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         "connect timed out",
@@ -406,6 +428,15 @@ fn timeouts_anywhere_in_the_chain_are_timeouts() {
         Sent::Failed(Failure::Timeout, text) => assert_eq!(text, "outer: connect timed out"),
         other => panic!("unexpected {other:?}"),
     }
+    // Connecting timed out: nothing was sent, which decides.
+    let connect = pool::ExchangeError::Connect(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "connect timed out",
+    ));
+    assert!(matches!(
+        failed(&connect),
+        Sent::Failed(Failure::Unreachable, _)
+    ));
     let refused = Outer(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
     assert!(matches!(
         failed(&refused),
@@ -668,13 +699,16 @@ async fn pool_exchange(pool: &Pool, endpoint: &pool::Endpoint, port: u16) -> u16
         http::header::HOST,
         HeaderValue::from_str(&format!("127.0.0.1:{port}")).unwrap(),
     );
-    tokio::time::timeout(LIMIT, pool.exchange(endpoint, request))
-        .await
-        .expect("exchange hung")
-        .expect("exchange")
-        .parts
-        .status
-        .as_u16()
+    tokio::time::timeout(
+        LIMIT,
+        pool.exchange(endpoint, request, &AtomicBool::new(false)),
+    )
+    .await
+    .expect("exchange hung")
+    .expect("exchange")
+    .parts
+    .status
+    .as_u16()
 }
 
 #[tokio::test]
