@@ -14,7 +14,9 @@
 //! `rocketmq-message-count`; a request with one message also carries its metadata as
 //! `rocketmq-*` headers. A body that already is a structured CloudEvent is forwarded as-is
 //! (structured mode for one message, the array element in a batch), never wrapped twice. Metadata
-//! that cannot be an HTTP header value is left out of headers, never sent mangled.
+//! that cannot be an HTTP header value is left out of headers, never sent mangled; so is metadata
+//! past the header budget (`METADATA_HEADER_BUDGET`), so that no message is refused for its
+//! headers.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -47,10 +49,20 @@ pub const CONTENT_TYPE_PROPERTY: &str = "CONTENT_TYPE";
 /// The default CloudEvents `type`.
 pub const DEFAULT_CLOUDEVENTS_TYPE: &str = "org.apache.rocketmq.message";
 
-/// Property headers stop being added beyond this many bytes: servers commonly refuse requests
-/// with more than 8 KiB of headers (431), which would retry the message forever. The JSON body
-/// carries every property anyway.
-const PROPERTY_HEADER_BUDGET: usize = 4096;
+/// Headers whose size the producer controls (tag, keys, properties, and in binary CloudEvents
+/// `ce-subject` and `ce-rocketmqkeys`) stop being added beyond this many bytes, counted as
+/// `name: value\r\n`. Servers commonly refuse requests with more than 8 KiB of headers (431),
+/// and that answer is RETRY: a deliverable message would spend its attempts and reach the DLQ.
+/// One budget for all of them rather than a cap per header, because servers limit the total:
+/// four capped headers plus properties could still pass it. 4 KiB leaves the other half of
+/// 8 KiB to the bounded headers (ids, offsets, hosts: about 600 bytes), `ce-id`/`ce-source`/
+/// `ce-type`, signing and the configured headers. A header that does not fit is left out (see
+/// [`EncodedRequest::left_out`]): the `json` and `cloudevents_batch` bodies carry every value
+/// anyway, and for `raw` and binary `cloudevents` delivering the body matters more.
+const METADATA_HEADER_BUDGET: usize = 4096;
+
+/// The CloudEvents extension attribute carrying the message keys.
+const KEYS_EXTENSION: &str = "rocketmqkeys";
 
 /// Properties already sent under their own header name.
 const PROPERTIES_WITH_OWN_HEADER: [&str; 3] = ["UNIQ_KEY", "TAGS", "KEYS"];
@@ -225,6 +237,11 @@ pub struct EncodedRequest {
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
+    /// Tag and key headers (`rocketmq-tags`, `rocketmq-keys`, `ce-subject`, `ce-rocketmqkeys`)
+    /// left out because they did not fit in the header budget, for the sender to log: in `raw`
+    /// and binary `cloudevents` the receiver gets the message without them. Properties cut by
+    /// the budget are not listed (they never were headers the receiver could count on).
+    pub left_out: Vec<HeaderName>,
 }
 
 /// Builds requests in one format.
@@ -264,6 +281,7 @@ impl Encoder {
     ) -> Result<EncodedRequest, EncodeError> {
         // Sized for the per-message headers of a one-message request, so the map never regrows.
         let mut headers = HeaderMap::with_capacity(if messages.len() == 1 { 32 } else { 8 });
+        let mut budget = HeaderBudget::new();
         common_headers(&mut headers, ctx, messages);
         let body = match (self.format, messages) {
             (Format::Json, _) => {
@@ -292,7 +310,7 @@ impl Encoder {
                 if is_structured_cloudevent(msg.body) {
                     set(&mut headers, CONTENT_TYPE, CE_STRUCTURED);
                 } else {
-                    self.binary_headers(&mut headers, msg);
+                    self.binary_headers(&mut headers, msg, &mut budget);
                 }
                 msg.body.clone()
             }
@@ -322,7 +340,16 @@ impl Encoder {
                 });
             }
         };
-        Ok(EncodedRequest { headers, body })
+        // After the `ce-*` headers: in binary CloudEvents they are the attributes a receiver's
+        // SDK reads, so they get the budget first and the `rocketmq-*` copies what is left.
+        if let [msg] = messages {
+            metadata_headers(&mut headers, msg, &mut budget);
+        }
+        Ok(EncodedRequest {
+            headers,
+            body,
+            left_out: budget.left_out,
+        })
     }
 
     fn source(&self, msg: &MessageView<'_>) -> String {
@@ -331,8 +358,15 @@ impl Encoder {
             .unwrap_or_else(|| format!("rocketmq://{}/{}", msg.broker_name, msg.topic))
     }
 
-    /// CloudEvents HTTP binary mode: attributes as `ce-*` headers, data as the body.
-    fn binary_headers(&self, headers: &mut HeaderMap, msg: &MessageView<'_>) {
+    /// CloudEvents HTTP binary mode: attributes as `ce-*` headers, data as the body. The tag
+    /// (`subject`) and keys are charged to `budget`; the other attributes are bounded (ids,
+    /// numbers, topic and broker names) or configured.
+    fn binary_headers(
+        &self,
+        headers: &mut HeaderMap,
+        msg: &MessageView<'_>,
+        budget: &mut HeaderBudget,
+    ) {
         set(
             headers,
             CONTENT_TYPE,
@@ -347,10 +381,14 @@ impl Encoder {
         set(headers, ce("type"), &self.ce_type);
         set(headers, ce("time"), &rfc3339(msg.store_timestamp));
         if let Some(tags) = msg.tags {
-            set(headers, ce("subject"), tags);
+            budget.add(headers, ce("subject"), tags);
         }
         for (name, value) in extensions(msg) {
-            set(headers, ce(name), &value.to_string());
+            if name == KEYS_EXTENSION {
+                budget.add(headers, ce(name), &value.to_string());
+            } else {
+                set(headers, ce(name), &value.to_string());
+            }
         }
     }
 
@@ -426,6 +464,51 @@ fn set(headers: &mut HeaderMap, name: impl reqwest::header::IntoHeaderName, valu
     }
 }
 
+/// What is left of [`METADATA_HEADER_BUDGET`] while one request's headers are built, and the
+/// tag and key headers that did not fit.
+#[derive(Debug)]
+struct HeaderBudget {
+    left: usize,
+    left_out: Vec<HeaderName>,
+}
+
+impl HeaderBudget {
+    fn new() -> Self {
+        Self {
+            left: METADATA_HEADER_BUDGET,
+            left_out: Vec::new(),
+        }
+    }
+
+    /// Appends `name: value` if it fits in what is left; gives `name` back when it does not. A
+    /// value that is no valid header value is left out as by [`set`], and costs nothing.
+    fn append(
+        &mut self,
+        headers: &mut HeaderMap,
+        name: HeaderName,
+        value: &str,
+    ) -> Result<(), HeaderName> {
+        // Checked before the value is copied: the value may be tens of KB.
+        let cost = name.as_str().len() + value.len() + 4;
+        if cost > self.left {
+            return Err(name);
+        }
+        if let Ok(value) = HeaderValue::from_str(value) {
+            self.left -= cost;
+            headers.append(name, value);
+        }
+        Ok(())
+    }
+
+    /// [`Self::append`] for a tag or key header, noting it in `left_out` when it does not fit.
+    /// Later, smaller headers may still fit: one oversized value does not end the others.
+    fn add(&mut self, headers: &mut HeaderMap, name: HeaderName, value: &str) {
+        if let Err(name) = self.append(headers, name, value) {
+            self.left_out.push(name);
+        }
+    }
+}
+
 // Header names are built at compile time: parsing them for every request showed up in
 // profiles of one-message-per-request delivery.
 const H_TOPIC: HeaderName = HeaderName::from_static(HEADER_TOPIC);
@@ -444,6 +527,8 @@ const H_STORE_TIMESTAMP: HeaderName = HeaderName::from_static("rocketmq-store-ti
 const H_BORN_HOST: HeaderName = HeaderName::from_static("rocketmq-born-host");
 const H_STORE_HOST: HeaderName = HeaderName::from_static("rocketmq-store-host");
 
+/// The headers of every request, and for a request with one message its metadata whose size is
+/// bounded (the rest is [`metadata_headers`]).
 fn common_headers(headers: &mut HeaderMap, ctx: Context<'_>, messages: &[MessageView<'_>]) {
     set(headers, H_TOPIC, ctx.topic);
     set(headers, H_CONSUMER_GROUP, ctx.group);
@@ -454,18 +539,22 @@ fn common_headers(headers: &mut HeaderMap, ctx: Context<'_>, messages: &[Message
     headers.insert(H_QUEUE_ID, HeaderValue::from(msg.queue_id));
     set(headers, H_BROKER_NAME, msg.broker_name);
     headers.insert(H_QUEUE_OFFSET, HeaderValue::from(msg.queue_offset));
-    if let Some(tags) = msg.tags {
-        set(headers, H_TAGS, tags);
-    }
-    if let Some(keys) = msg.keys {
-        set(headers, H_KEYS, keys);
-    }
     headers.insert(H_RECONSUME_TIMES, HeaderValue::from(msg.reconsume_times));
     headers.insert(H_BORN_TIMESTAMP, HeaderValue::from(msg.born_timestamp));
     headers.insert(H_STORE_TIMESTAMP, HeaderValue::from(msg.store_timestamp));
     headers.insert(H_BORN_HOST, socket_value(msg.born_host));
     headers.insert(H_STORE_HOST, socket_value(msg.store_host));
-    let mut budget = PROPERTY_HEADER_BUDGET;
+}
+
+/// The metadata headers of a one-message request whose size the producer controls: tag, keys,
+/// then properties, as long as they fit in `budget`.
+fn metadata_headers(headers: &mut HeaderMap, msg: &MessageView<'_>, budget: &mut HeaderBudget) {
+    if let Some(tags) = msg.tags {
+        budget.add(headers, H_TAGS, tags);
+    }
+    if let Some(keys) = msg.keys {
+        budget.add(headers, H_KEYS, keys);
+    }
     let mut name = String::with_capacity(64);
     for (key, value) in msg.properties {
         if PROPERTIES_WITH_OWN_HEADER.contains(&key) {
@@ -481,13 +570,8 @@ fn common_headers(headers: &mut HeaderMap, ctx: Context<'_>, messages: &[Message
             }
         };
         let Ok(header) = header else { continue };
-        let cost = header.as_str().len() + value.len() + 4;
-        if cost > budget {
+        if budget.append(headers, header, value).is_err() {
             break;
-        }
-        if let Ok(value) = HeaderValue::from_str(value) {
-            budget -= cost;
-            headers.append(header, value);
         }
     }
 }
@@ -610,7 +694,7 @@ fn extensions<'a>(msg: &'a MessageView<'a>) -> Vec<(&'static str, Extension<'a>)
         ("rocketmqborntime", Extension::Int(msg.born_timestamp)),
     ];
     if let Some(keys) = msg.keys {
-        out.push(("rocketmqkeys", Extension::Text(keys)));
+        out.push((KEYS_EXTENSION, Extension::Text(keys)));
     }
     out
 }
@@ -985,6 +1069,93 @@ mod tests {
             .count();
         // Each costs 21 + 1000 + 4 bytes: three fit in the 4096-byte budget.
         assert_eq!(n, 3);
+    }
+
+    /// Bytes the encoder's headers take on the wire (`name: value\r\n`).
+    fn header_bytes(r: &EncodedRequest) -> usize {
+        r.headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum()
+    }
+
+    /// A KEYS property of tens of KB must not push the request past what servers accept (8 KiB
+    /// of headers is a common limit; the answer, 431, would retry the message into the DLQ).
+    #[test]
+    fn tag_and_key_headers_are_bounded() {
+        let keys = "k".repeat(40_000);
+        let f = Fixture::new(b"x", &[("KEYS", &keys), ("Color", "red")]);
+        let mut view = f.view("ID1");
+        view.keys = Some(&keys);
+        let r = encoder(Format::Json)
+            .encode(CTX, std::slice::from_ref(&view))
+            .unwrap();
+        assert!(header_bytes(&r) < 8192, "{} bytes", header_bytes(&r));
+        assert_eq!(header(&r, "rocketmq-keys"), None);
+        // What fits still goes, and the body still carries the keys.
+        assert_eq!(header(&r, "rocketmq-tags"), Some("TagA"));
+        assert_eq!(header(&r, "rocketmq-property-color"), Some("red"));
+        assert_eq!(json_body(&r)["messages"][0]["keys"], keys.as_str());
+
+        // Binary CloudEvents: the tag and keys go twice (`rocketmq-*` and `ce-*`); a huge tag
+        // and huge keys are left out of both, and the body is delivered untouched.
+        let tags = "t".repeat(5_000);
+        view.tags = Some(&tags);
+        for format in [Format::Raw, Format::CloudEvents] {
+            let r = encoder(format)
+                .encode(CTX, std::slice::from_ref(&view))
+                .unwrap();
+            assert!(
+                header_bytes(&r) < 8192,
+                "{format}: {} bytes",
+                header_bytes(&r)
+            );
+            for name in [
+                "rocketmq-tags",
+                "rocketmq-keys",
+                "ce-subject",
+                "ce-rocketmqkeys",
+            ] {
+                assert_eq!(header(&r, name), None, "{format}: {name}");
+            }
+            assert_eq!(&r.body[..], b"x");
+        }
+
+        // Keys that fit once but not twice go as `ce-rocketmqkeys`, the attribute a
+        // CloudEvents receiver reads; `rocketmq-keys` is the copy left out.
+        let keys = "k".repeat(3_000);
+        view.keys = Some(&keys);
+        view.tags = Some("TagA");
+        let r = encoder(Format::CloudEvents)
+            .encode(CTX, std::slice::from_ref(&view))
+            .unwrap();
+        assert_eq!(header(&r, "ce-rocketmqkeys"), Some(keys.as_str()));
+        assert_eq!(header(&r, "rocketmq-keys"), None);
+        assert_eq!(header(&r, "ce-subject"), Some("TagA"));
+        assert_eq!(header(&r, "rocketmq-tags"), Some("TagA"));
+        assert!(header_bytes(&r) < 8192, "{} bytes", header_bytes(&r));
+    }
+
+    #[test]
+    fn headers_left_out_for_size_are_named() {
+        let keys = "k".repeat(5_000);
+        let f = Fixture::new(b"x", &[]);
+        let mut view = f.view("ID1");
+        let r = encoder(Format::CloudEvents)
+            .encode(CTX, std::slice::from_ref(&view))
+            .unwrap();
+        assert!(r.left_out.is_empty());
+        view.keys = Some(&keys);
+        let r = encoder(Format::CloudEvents)
+            .encode(CTX, std::slice::from_ref(&view))
+            .unwrap();
+        let names: Vec<&str> = r.left_out.iter().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["ce-rocketmqkeys", "rocketmq-keys"]);
+        // Batch requests carry no per-message headers, so nothing is left out.
+        let r = encoder(Format::Json)
+            .encode(CTX, &[view.clone(), view.clone()])
+            .unwrap();
+        assert!(r.left_out.is_empty());
     }
 
     #[test]

@@ -286,6 +286,9 @@ struct Inner {
     /// The log fields of the subscription this webhook serves (one per webhook in practice),
     /// kept so a request does not allocate them again.
     log: std::sync::OnceLock<LogFields>,
+    /// Whether a tag or key header left out for its size was logged at warn: an oversized
+    /// value tends to recur (a producer's habit), so later ones go to debug, not flood the log.
+    warned_left_out: AtomicBool,
 }
 
 impl Webhook {
@@ -388,6 +391,7 @@ impl Webhook {
                 breaker: Mutex::new(Breaker::new(options.breaker, options.timeout)),
                 stats: Arc::new(WebhookStats::default()),
                 log: std::sync::OnceLock::new(),
+                warned_left_out: AtomicBool::new(false),
             }),
         })
     }
@@ -495,6 +499,11 @@ impl Webhook {
         let request = self.inner.encoder.encode(ctx, views).map_err(|err| {
             tracing::error!(%err, group = ctx.group, topic = ctx.topic, "Cannot encode webhook request.");
         });
+        if let (Ok(request), [view]) = (&request, views) {
+            if !request.left_out.is_empty() {
+                self.inner.log_left_out(ctx, view, &request.left_out);
+            }
+        }
         Prepared { ids, request }
     }
 }
@@ -558,6 +567,29 @@ impl Inner {
 
     /// Log fields for `ctx`: the cached ones when they match (always, for a webhook that
     /// serves one subscription), fresh ones otherwise.
+    /// Logs tag or key headers the encoder left out for their size: at warn the first time for
+    /// this webhook, at debug afterwards. The message is still delivered (its body carries the
+    /// values in `json`; in `raw` and binary `cloudevents` the receiver goes without them).
+    fn log_left_out(&self, ctx: Context<'_>, view: &MessageView<'_>, left_out: &[HeaderName]) {
+        let headers = left_out
+            .iter()
+            .map(HeaderName::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (group, topic, msg_id) = (ctx.group, ctx.topic, &*view.msg_id);
+        if self.warned_left_out.swap(true, Ordering::Relaxed) {
+            tracing::debug!(%group, %topic, %msg_id, %headers, "Oversized metadata headers left out.");
+        } else {
+            tracing::warn!(
+                %group,
+                %topic,
+                %msg_id,
+                %headers,
+                "Oversized metadata headers left out; the message is delivered without them. Logged at debug from now on."
+            );
+        }
+    }
+
     fn log_fields(&self, ctx: Context<'_>) -> LogFields {
         let fresh = || LogFields {
             group: ctx.group.into(),
@@ -710,6 +742,7 @@ impl Inner {
         let EncodedRequest {
             headers: encoded,
             body,
+            ..
         } = request;
         let mut headers = encoded;
         // Encoded headers (content type, metadata) win over configured ones of the same name;

@@ -611,3 +611,63 @@ fn invalid_options_are_refused() {
         "https://redacted@example.com:8443/a/b?redacted"
     );
 }
+
+/// Collects what a `tracing` subscriber writes, for tests that check what is logged.
+#[derive(Clone, Default)]
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Keys too large for a header are left out of a `raw` request, and said so at warn once per
+/// webhook (an oversized value tends to recur), at debug afterwards.
+#[tokio::test]
+async fn oversized_key_headers_are_logged_at_warn_once() {
+    let sink = LogSink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let mut o = options("http://127.0.0.1:9/hook".to_owned());
+    o.format = Format::Raw;
+    let webhook = Webhook::new(o).unwrap();
+    let mut msg = message("A", "body-A");
+    msg.properties
+        .insert("KEYS".into(), "k".repeat(40_000).into());
+    let view = MessageView::new(&msg, "broker-a");
+    let ctx = Context {
+        group: "g1",
+        topic: "orders",
+    };
+    let prepared = tracing::subscriber::with_default(subscriber, || {
+        webhook.encode(ctx, std::slice::from_ref(&view));
+        webhook.encode(ctx, std::slice::from_ref(&view))
+    });
+    let request = prepared.request.unwrap();
+    assert_eq!(request.headers.get("rocketmq-keys"), None);
+    assert_eq!(&request.body[..], b"body-A");
+    let logs = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("Oversized metadata headers left out"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{logs}");
+    assert!(
+        lines[0].contains("WARN") && lines[0].contains("rocketmq-keys"),
+        "{logs}"
+    );
+    assert!(
+        lines[1].contains("DEBUG") && lines[1].contains("msg_id=A"),
+        "{logs}"
+    );
+}

@@ -152,6 +152,7 @@ fn request(body: &'static [u8]) -> EncodedRequest {
     EncodedRequest {
         headers,
         body: Bytes::from_static(body),
+        left_out: Vec::new(),
     }
 }
 
