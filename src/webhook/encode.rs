@@ -27,6 +27,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use bytes::Bytes;
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::de::IgnoredAny;
 use serde::Serialize;
@@ -63,6 +64,13 @@ const METADATA_HEADER_BUDGET: usize = 4096;
 
 /// The CloudEvents extension attribute carrying the message keys.
 const KEYS_EXTENSION: &str = "rocketmqkeys";
+
+/// What `ce-*` header values percent-encode besides non-ASCII, after the CloudEvents HTTP
+/// protocol binding 1.0.2, section 3.1.3.2: space, double quote and percent MUST be (so no
+/// quoting is needed and `%` is unambiguous), and the controls U+0000-U+001F and U+007F are
+/// RECOMMENDED. [`utf8_percent_encode`] encodes every byte of a non-ASCII character's UTF-8
+/// form, in the upper-case hex the spec prefers.
+const CE_HEADER_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
 
 /// Properties already sent under their own header name.
 const PROPERTIES_WITH_OWN_HEADER: [&str; 3] = ["UNIQ_KEY", "TAGS", "KEYS"];
@@ -375,19 +383,22 @@ impl Encoder {
         if !headers.contains_key(CONTENT_TYPE) {
             set(headers, CONTENT_TYPE, OCTET_STREAM);
         }
+        // Every attribute value is encoded (the spec's rule is for string values; numbers and
+        // RFC 3339 times hold nothing it encodes), and the budget charges the encoded length.
         set(headers, ce("specversion"), "1.0");
-        set(headers, ce("id"), &msg.msg_id);
-        set(headers, ce("source"), &self.source(msg));
-        set(headers, ce("type"), &self.ce_type);
+        set(headers, ce("id"), &ce_value(&msg.msg_id));
+        set(headers, ce("source"), &ce_value(&self.source(msg)));
+        set(headers, ce("type"), &ce_value(&self.ce_type));
         set(headers, ce("time"), &rfc3339(msg.store_timestamp));
         if let Some(tags) = msg.tags {
-            budget.add(headers, ce("subject"), tags);
+            budget.add(headers, ce("subject"), &ce_value(tags));
         }
         for (name, value) in extensions(msg) {
+            let value = value.to_string();
             if name == KEYS_EXTENSION {
-                budget.add(headers, ce(name), &value.to_string());
+                budget.add(headers, ce(name), &ce_value(&value));
             } else {
-                set(headers, ce(name), &value.to_string());
+                set(headers, ce(name), &ce_value(&value));
             }
         }
     }
@@ -455,6 +466,12 @@ impl Encoder {
 fn ce(attribute: &str) -> HeaderName {
     HeaderName::from_str(&format!("ce-{attribute}"))
         .unwrap_or_else(|_| HeaderName::from_static("ce-invalid"))
+}
+
+/// A CloudEvents attribute value as a `ce-*` header value (see [`CE_HEADER_VALUE`]); borrowed
+/// when there is nothing to encode.
+fn ce_value(value: &str) -> Cow<'_, str> {
+    utf8_percent_encode(value, CE_HEADER_VALUE).into()
 }
 
 /// Inserts a header when `value` is a valid header value; leaves it out otherwise.
@@ -1195,7 +1212,7 @@ mod tests {
         assert_eq!(header(&r, "ce-time"), Some("2023-11-14T22:13:20.456Z"));
         assert_eq!(header(&r, "ce-subject"), Some("TagA"));
         assert_eq!(header(&r, "ce-rocketmqqueueoffset"), Some("42"));
-        assert_eq!(header(&r, "ce-rocketmqkeys"), Some("k1 k2"));
+        assert_eq!(header(&r, "ce-rocketmqkeys"), Some("k1%20k2"));
         assert_eq!(header(&r, "rocketmq-msg-id"), Some("ID1"));
         let custom = Encoder::new(
             Format::CloudEvents,
@@ -1208,6 +1225,64 @@ mod tests {
         let plain = Fixture::new(b"bytes", &[]);
         let r = custom.encode(CTX, &[plain.view("ID1")]).unwrap();
         assert_eq!(header(&r, "content-type"), Some(OCTET_STREAM));
+    }
+
+    fn header_bytes_of<'h>(r: &'h EncodedRequest, name: &str) -> Option<&'h [u8]> {
+        r.headers.get(name).map(HeaderValue::as_bytes)
+    }
+
+    /// CloudEvents HTTP protocol binding 1.0.2, section 3.1.3.2: in `ce-*` header values space,
+    /// double quote, percent and every character outside U+0021-U+007E are percent-encoded,
+    /// byte by byte of their UTF-8 form, upper-case hex preferred.
+    #[test]
+    fn ce_header_values_are_percent_encoded() {
+        let f = Fixture::new(b"x", &[]);
+        let mut view = f.view("id \"1\" 100%");
+        // The spec's own example.
+        view.tags = Some("Euro \u{20AC} \u{1F600}");
+        view.keys = Some("k1 k2\tk3");
+        let custom = Encoder::new(
+            Format::CloudEvents,
+            "com.example.order",
+            Some("/a b".into()),
+        );
+        let r = custom.encode(CTX, std::slice::from_ref(&view)).unwrap();
+        for (name, value) in [
+            ("ce-subject", "Euro%20%E2%82%AC%20%F0%9F%98%80"),
+            ("ce-id", "id%20%221%22%20100%25"),
+            ("ce-rocketmqkeys", "k1%20k2%09k3"),
+            ("ce-source", "/a%20b"),
+            ("ce-type", "com.example.order"),
+            ("ce-time", "2023-11-14T22:13:20.456Z"),
+            // Not CloudEvents attributes: the value as it is.
+            ("rocketmq-msg-id", "id \"1\" 100%"),
+            ("rocketmq-keys", "k1 k2\tk3"),
+        ] {
+            assert_eq!(header(&r, name), Some(value), "{name}");
+        }
+
+        // Every other printable ASCII character goes as it is.
+        let printable: String = (0x20_u8..=0x7e).map(char::from).collect();
+        let expected: String = printable
+            .chars()
+            .map(|c| match c {
+                ' ' => "%20".to_owned(),
+                '"' => "%22".to_owned(),
+                '%' => "%25".to_owned(),
+                c => c.to_string(),
+            })
+            .collect();
+        view.tags = Some(&printable);
+        let r = custom.encode(CTX, std::slice::from_ref(&view)).unwrap();
+        assert_eq!(header(&r, "ce-subject"), Some(expected.as_str()));
+
+        // The budget counts the encoded length: 2,000 bytes of UTF-8 become 6,000.
+        let tags = "\u{e9}".repeat(1_000);
+        view.tags = Some(&tags);
+        view.keys = None;
+        let r = custom.encode(CTX, std::slice::from_ref(&view)).unwrap();
+        assert_eq!(header(&r, "ce-subject"), None);
+        assert_eq!(header_bytes_of(&r, "rocketmq-tags"), Some(tags.as_bytes()));
     }
 
     const EVENT: &str = r#" {"specversion":"1.0","id":"e1","source":"/app","type":"t","data":{"n":12345678901234567890123}} "#;
