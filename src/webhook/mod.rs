@@ -565,8 +565,6 @@ impl Inner {
         self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Log fields for `ctx`: the cached ones when they match (always, for a webhook that
-    /// serves one subscription), fresh ones otherwise.
     /// Logs tag or key headers the encoder left out for their size: at warn the first time for
     /// this webhook, at debug afterwards. The message is still delivered (its body carries the
     /// values in `json`; in `raw` and binary `cloudevents` the receiver goes without them).
@@ -590,6 +588,8 @@ impl Inner {
         }
     }
 
+    /// Log fields for `ctx`: the cached ones when they match (always, for a webhook that
+    /// serves one subscription), fresh ones otherwise.
     fn log_fields(&self, ctx: Context<'_>) -> LogFields {
         let fresh = || LogFields {
             group: ctx.group.into(),
