@@ -14,7 +14,10 @@
 //!   suggestion when the name looks like a typo of a known one;
 //! - `ROCKETMQ_<KEY>__<KEY>...` (double underscore) sets any key of the tree by path, e.g.
 //!   `ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__URL` or `ROCKETMQ_CLIENT__TLS__ENABLED=true`; such
-//!   names are ours, so a wrong key there is an error;
+//!   names are ours, so a wrong key there is an error. The text is read as the key's YAML value
+//!   would be (a bare size is bytes, a duration needs its unit: no seed units here), except that
+//!   a list-typed key takes a comma-separated list (`...__RETRY_CODES=429,5xx`), as a variable
+//!   cannot hold a YAML list;
 //! - per-subscription variables are defaults for every subscription (see the module docs of
 //!   [`crate::config`]).
 
@@ -24,6 +27,7 @@ use figment::value::Value;
 
 use super::error::{closest, ConfigError, ConfigWarning, Origin};
 use super::tree::{display_path, Path};
+use super::{Config, Subscription};
 
 /// Where a variable's value goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,6 +358,7 @@ pub(crate) fn read(pairs: &[(String, String)]) -> EnvLayer {
     }
     let mut names: Vec<&str> = vars.keys().copied().collect();
     names.sort_unstable();
+    let lists = list_keys();
     for name in names {
         let Some(rest) = name.strip_prefix(PREFIX) else {
             continue;
@@ -377,11 +382,14 @@ pub(crate) fn read(pairs: &[(String, String)]) -> EnvLayer {
                 });
                 continue;
             }
-            layer.entries.push(EnvEntry {
-                variable: name.to_owned(),
-                path,
-                value: Value::from(text.to_owned()),
-            });
+            match path_value(&lists, &path, name, text) {
+                Ok(value) => layer.entries.push(EnvEntry {
+                    variable: name.to_owned(),
+                    path,
+                    value,
+                }),
+                Err(error) => layer.errors.push(error),
+            }
         } else {
             layer.warnings.push(ConfigWarning {
                 variable: name.to_owned(),
@@ -390,6 +398,107 @@ pub(crate) fn read(pairs: &[(String, String)]) -> EnvLayer {
         }
     }
     layer
+}
+
+/// The list-typed keys of the tree, as paths with `*` for the subscription index
+/// (`subscriptions.*.webhook.retry_codes`). Found from the shape of the defaults rather than
+/// listed by hand, so that a list key added to the tree takes a comma-separated variable with
+/// no table to update. (A list behind an `Option` that defaults to `None` would not be found;
+/// there is none.)
+pub(crate) fn list_keys() -> Vec<Path> {
+    let shape = Config {
+        subscriptions: vec![Subscription::default()],
+        ..Config::default()
+    };
+    let mut keys = Vec::new();
+    // Serialising plain data into a figment value cannot fail; no keys would only mean
+    // that lists are read as text, which extraction then reports as a type error.
+    if let Ok(value) = Value::serialize(&shape) {
+        collect_lists(&value, &mut Vec::new(), &mut keys);
+    }
+    keys
+}
+
+fn collect_lists(value: &Value, at: &mut Path, out: &mut Vec<Path>) {
+    match value {
+        Value::Dict(_, dict) => {
+            for (key, child) in dict {
+                at.push(key.clone());
+                collect_lists(child, at, out);
+                at.pop();
+            }
+        }
+        // The list of subscriptions is indexed by the variable's name instead.
+        Value::Array(_, items) if at.as_slice() == ["subscriptions"] => {
+            if let Some(first) = items.first() {
+                at.push("*".to_owned());
+                collect_lists(first, at, out);
+                at.pop();
+            }
+        }
+        Value::Array(..) => out.push(at.clone()),
+        _ => {}
+    }
+}
+
+/// `path` with the subscription index (or `subscription_defaults`) as `*`, the form of
+/// [`list_keys`].
+fn key_shape(path: &[String]) -> Path {
+    let mut shape = vec!["subscriptions".to_owned(), "*".to_owned()];
+    match path.first().map(String::as_str) {
+        Some(SUBSCRIPTION_DEFAULTS) => shape.extend_from_slice(&path[1..]),
+        Some("subscriptions") if path.len() > 1 => shape.extend_from_slice(&path[2..]),
+        _ => return path.to_vec(),
+    }
+    shape
+}
+
+/// The value of a variable that sets `path`: its text, or for a list-typed key the items of
+/// a comma-separated list, each trimmed. A list is set whole, never item by item, so that one
+/// variable always replaces one key of the layers below.
+fn path_value(
+    lists: &[Path],
+    path: &[String],
+    variable: &str,
+    text: &str,
+) -> Result<Value, ConfigError> {
+    let shape = key_shape(path);
+    let invalid = |key: &[String], reason: String| ConfigError::Invalid {
+        key: display_path(key),
+        origin: Origin::Env {
+            variable: variable.to_owned(),
+        },
+        value: format!("{text:?}"),
+        reason,
+    };
+    let Some(list) = lists.iter().find(|l| shape.starts_with(l)) else {
+        return Ok(Value::from(text.to_owned()));
+    };
+    // The list's own path in `path`: `shape` and `path` differ in length by the index only.
+    let list_len = list.len() + path.len() - shape.len();
+    if path.len() > list_len {
+        let whole: Vec<&str> = variable.split("__").take(list_len).collect();
+        return Err(invalid(
+            &path[..list_len],
+            format!(
+                "a list is set whole, as a comma-separated value: `{}=a,b`",
+                whole.join("__")
+            ),
+        ));
+    }
+    let items: Vec<&str> = text.split(',').map(str::trim).collect();
+    if let Some(n) = items.iter().position(|item| item.is_empty()) {
+        return Err(invalid(
+            path,
+            format!("item {} of the comma-separated list is empty", n + 1),
+        ));
+    }
+    Ok(Value::from(
+        items
+            .into_iter()
+            .map(|item| Value::from(item.to_owned()))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 /// Whether a key holds a credential (its value is never echoed).
@@ -538,6 +647,56 @@ mod tests {
         assert_eq!(
             value(&layer, &[SUBSCRIPTION_DEFAULTS, "max_reconsume_times"]),
             None
+        );
+    }
+
+    #[test]
+    fn the_list_keys_are_found_from_the_defaults() {
+        let keys: Vec<String> = list_keys().iter().map(|k| k.join(".")).collect();
+        assert_eq!(
+            keys,
+            [
+                "subscriptions.*.allocate_queues",
+                "subscriptions.*.webhook.drop_codes",
+                "subscriptions.*.webhook.retry_codes",
+            ]
+        );
+    }
+
+    #[test]
+    fn list_keys_take_comma_separated_items() {
+        let layer = read(&env(&[
+            (
+                "ROCKETMQ_SUBSCRIPTIONS__1__WEBHOOK__RETRY_CODES",
+                "429, 5xx ",
+            ),
+            ("ROCKETMQ_SUBSCRIPTION_DEFAULTS__WEBHOOK__DROP_CODES", "404"),
+        ]));
+        assert!(layer.errors.is_empty(), "{:?}", layer.errors);
+        let list = |items: &[&str]| {
+            Value::from(
+                items
+                    .iter()
+                    .map(|i| Value::from((*i).to_owned()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            value(&layer, &["subscriptions", "1", "webhook", "retry_codes"]),
+            Some(list(&["429", "5xx"]))
+        );
+        assert_eq!(
+            value(&layer, &[SUBSCRIPTION_DEFAULTS, "webhook", "drop_codes"]),
+            Some(list(&["404"]))
+        );
+        let layer = read(&env(&[(
+            "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__RETRY_CODES",
+            "429,",
+        )]));
+        let text = layer.errors[0].to_string();
+        assert!(
+            text.contains("item 2 of the comma-separated list is empty"),
+            "{text}"
         );
     }
 

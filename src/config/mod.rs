@@ -352,7 +352,9 @@ pub struct Subscription {
     /// `AVG_BY_CIRCLE` and `hash` accepted). Env: `ROCKETMQ_ALLOCATE_STRATEGY`.
     /// Default `AVERAGE`.
     pub allocate_strategy: AllocateStrategy,
-    /// For `CONFIG`: the queues this instance consumes. Default: empty.
+    /// For `CONFIG`: the queues this instance consumes, each `{broker_name, queue_id}` or the
+    /// text `<broker_name>:<queue_id>`. Env (by path, comma-separated):
+    /// `ROCKETMQ_SUBSCRIPTIONS__0__ALLOCATE_QUEUES=broker-a:0,broker-a:1`. Default: empty.
     pub allocate_queues: Vec<AllocateQueue>,
     /// Minimum consume concurrency (count, 1..=1000). Env: `ROCKETMQ_CONSUME_THREAD_MIN`.
     /// Default `20`.
@@ -471,9 +473,9 @@ impl Subscription {
     }
 }
 
-/// One queue for `allocate_strategy: CONFIG`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One queue for `allocate_strategy: CONFIG`: a mapping `{broker_name, queue_id}`, or the text
+/// `<broker_name>:<queue_id>` (the form a comma-separated environment variable can hold).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AllocateQueue {
     /// Broker name from the topic route (not an address).
     pub broker_name: String,

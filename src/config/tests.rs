@@ -1578,3 +1578,83 @@ fn a_timestamp_ending_in_multibyte_text_is_an_error_not_a_panic() {
         assert!(text.parse::<ConsumeTimestamp>().is_err(), "{text}");
     }
 }
+
+// === keys set by path (`ROCKETMQ_<KEY>__<KEY>...`) ===
+
+#[test]
+fn list_keys_take_comma_separated_lists_from_path_variables() {
+    let config = ok(
+        Some(&one_sub("    allocate_strategy: CONFIG\n")),
+        &[
+            (
+                "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__RETRY_CODES",
+                " 429 , 5xx",
+            ),
+            ("ROCKETMQ_SUBSCRIPTION_DEFAULTS__WEBHOOK__DROP_CODES", "410"),
+            (
+                "ROCKETMQ_SUBSCRIPTIONS__0__ALLOCATE_QUEUES",
+                "broker-a:0, broker-b:3",
+            ),
+        ],
+    );
+    let sub = &config.subscriptions[0];
+    let codes = |list: &[StatusClass]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(codes(&sub.webhook.retry_codes), ["429", "5xx"]);
+    assert_eq!(codes(&sub.webhook.drop_codes), ["410"]);
+    assert_eq!(
+        sub.allocate_queues,
+        [
+            AllocateQueue {
+                broker_name: "broker-a".to_owned(),
+                queue_id: 0
+            },
+            AllocateQueue {
+                broker_name: "broker-b".to_owned(),
+                queue_id: 3
+            },
+        ]
+    );
+    assert!(matches!(
+        config.origin("subscriptions.0.webhook.retry_codes"),
+        Origin::Env { variable } if variable == "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__RETRY_CODES"
+    ));
+    // The mapping form of a queue is as strict as before.
+    let e = fail(
+        Some(&one_sub(
+            "    allocate_strategy: CONFIG\n    allocate_queues: [{broker_name: b, queue: 0}]\n",
+        )),
+        &[],
+    );
+    assert_error(&e, "subscriptions[0].allocate_queues[0].queue", &["line 7"]);
+}
+
+#[test]
+fn an_empty_item_of_a_list_variable_names_the_variable() {
+    let e = fail(
+        Some(&one_sub("")),
+        &[(
+            "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__RETRY_CODES",
+            "429,,5xx",
+        )],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.retry_codes",
+        &[
+            "environment ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__RETRY_CODES",
+            "empty",
+        ],
+    );
+    let e = fail(
+        Some(&one_sub("")),
+        &[("ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__DROP_CODES__0", "404")],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.drop_codes",
+        &[
+            "environment ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__DROP_CODES__0",
+            "comma-separated",
+        ],
+    );
+}

@@ -13,6 +13,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::error::closest;
+use super::AllocateQueue;
 
 /// Upper-cases and turns `-`/space into `_` so `avg-by-circle` matches `AVG_BY_CIRCLE`.
 fn normalize(s: &str) -> String {
@@ -736,6 +737,61 @@ impl<'de> Deserialize<'de> for StatusClass {
     }
 }
 
+// === impl AllocateQueue ===
+
+impl FromStr for AllocateQueue {
+    type Err = String;
+
+    /// `<broker_name>:<queue_id>`, split at the last `:`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("`{s}` is not a queue; write `<broker_name>:<queue_id>`, e.g. `broker-a:0`");
+        let (broker, queue) = s.trim().rsplit_once(':').ok_or_else(bad)?;
+        let broker_name = broker.trim();
+        if broker_name.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self {
+            broker_name: broker_name.to_owned(),
+            queue_id: queue.trim().parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for AllocateQueue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// The mapping form, with serde's own messages for missing and unknown fields.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fields {
+            broker_name: String,
+            queue_id: u32,
+        }
+
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AllocateQueue;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`{broker_name, queue_id}` or `<broker_name>:<queue_id>`")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AllocateQueue, E> {
+                v.parse().map_err(E::custom)
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<AllocateQueue, A::Error> {
+                let f = Fields::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(AllocateQueue {
+                    broker_name: f.broker_name,
+                    queue_id: f.queue_id,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -820,6 +876,15 @@ mod tests {
         assert_eq!(bytes::render(bytesize::ByteSize::kib(1536)), "1536KiB");
         assert_eq!(bytes::render(bytesize::ByteSize::b(1000)), "1000B");
         assert_eq!(bytes::render(bytesize::ByteSize::gib(1)), "1GiB");
+    }
+
+    #[test]
+    fn queues_parse_from_text() {
+        let q: AllocateQueue = " broker-a : 3 ".parse().expect("queue");
+        assert_eq!((q.broker_name.as_str(), q.queue_id), ("broker-a", 3));
+        for bad in ["broker-a", ":1", "broker-a:x", "broker-a:-1"] {
+            assert!(bad.parse::<AllocateQueue>().is_err(), "{bad}");
+        }
     }
 
     #[test]
