@@ -364,6 +364,21 @@ fn apply_indexed(
         });
         return;
     };
+    if entry.path.len() < 3 {
+        // `set_path` below would be given an empty path and set nothing: a variable that
+        // names a whole subscription must fail, not be ignored.
+        errors.push(ConfigError::Invalid {
+            key: display_path(&entry.path),
+            origin,
+            value: render_value(Some(&entry.value)),
+            reason: format!(
+                "a subscription cannot be set by one variable; set its keys, e.g. \
+                 {}__TOPIC",
+                entry.variable
+            ),
+        });
+        return;
+    }
     let Some(Value::Dict(_, sub)) = subscriptions.get_mut(index) else {
         errors.push(ConfigError::Invalid {
             key: display_path(&entry.path),

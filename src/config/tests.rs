@@ -1658,3 +1658,13 @@ fn an_empty_item_of_a_list_variable_names_the_variable() {
         ],
     );
 }
+
+#[test]
+fn a_whole_subscription_cannot_be_set_by_one_variable() {
+    let e = fail(Some(&one_sub("")), &[("ROCKETMQ_SUBSCRIPTIONS__0", "x")]);
+    assert_error(
+        &e,
+        "subscriptions[0]",
+        &["environment ROCKETMQ_SUBSCRIPTIONS__0"],
+    );
+}
