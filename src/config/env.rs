@@ -17,7 +17,7 @@
 //!   names are ours, so a wrong key there is an error. The text is read as the key's YAML value
 //!   would be (a bare size is bytes, a duration needs its unit: no seed units here), except that
 //!   a list-typed key takes a comma-separated list (`...__RETRY_CODES=429,5xx`), as a variable
-//!   cannot hold a YAML list;
+//!   cannot hold a YAML list; in a header name (`...__WEBHOOK__HEADERS__X_API_KEY`) `_` is `-`;
 //! - per-subscription variables are defaults for every subscription (see the module docs of
 //!   [`crate::config`]).
 
@@ -371,7 +371,7 @@ pub(crate) fn read(pairs: &[(String, String)]) -> EnvLayer {
             if text.is_empty() {
                 continue;
             }
-            let path: Path = rest.split("__").map(str::to_ascii_lowercase).collect();
+            let mut path: Path = rest.split("__").map(str::to_ascii_lowercase).collect();
             if path.iter().any(String::is_empty) {
                 layer.errors.push(ConfigError::UnknownKey {
                     key: display_path(&path),
@@ -381,6 +381,14 @@ pub(crate) fn read(pairs: &[(String, String)]) -> EnvLayer {
                     suggestion: None,
                 });
                 continue;
+            }
+            // A shell cannot put `-` in a variable's name, and nearly every header name has
+            // one, while `_` in a header name is rare (nginx drops such headers by default):
+            // under `webhook.headers`, `_` means `-`. A name that needs `_` goes in the file.
+            if let [.., webhook, headers, header] = path.as_mut_slice() {
+                if webhook == "webhook" && headers == "headers" {
+                    *header = header.replace('_', "-");
+                }
             }
             match path_value(&lists, &path, name, text) {
                 Ok(value) => layer.entries.push(EnvEntry {

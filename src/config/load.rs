@@ -7,6 +7,7 @@
 //! extraction (lossy, so `"32"` from the environment can fill a number while `"0001"` stays a
 //! string), and its error paths are mapped back to file lines and variable names.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use figment::providers::Serialized;
@@ -171,6 +172,9 @@ impl Config {
 
     /// Fills the values whose default depends on other values.
     fn resolve(&mut self, env: &EnvLayer) {
+        for (i, sub) in self.subscriptions.iter_mut().enumerate() {
+            dedupe_headers(i, &mut sub.webhook.headers, &self.provenance);
+        }
         for sub in &mut self.subscriptions {
             if sub.name.trim().is_empty() && !sub.group.is_empty() && !sub.topic.is_empty() {
                 sub.name = format!("{}/{}", sub.group, sub.topic);
@@ -194,6 +198,45 @@ impl Config {
                 .max()
                 .map(|n| n.min(super::validate::MAX_IN_FLIGHT_LIMIT));
         }
+    }
+}
+
+/// Header names are case-insensitive, but the layers merge as maps with case-sensitive keys:
+/// `X-Api-Key` from the file and `x-api-key` from a variable (always lower-case) would both be
+/// sent. Of names equal but for case, the one of the layer with precedence stays.
+fn dedupe_headers(index: usize, headers: &mut BTreeMap<String, String>, prov: &Provenance) {
+    let mut winners: BTreeMap<String, (u8, String)> = BTreeMap::new();
+    let mut key = key_path!["subscriptions", index, "webhook", "headers", ""];
+    for name in headers.keys() {
+        if let Some(last) = key.last_mut() {
+            last.clone_from(name);
+        }
+        let rank = precedence(&prov.origin(&key));
+        let lower = name.to_ascii_lowercase();
+        match winners.get(&lower) {
+            Some((best, _)) if *best >= rank => {}
+            _ => {
+                winners.insert(lower, (rank, name.clone()));
+            }
+        }
+    }
+    headers.retain(|name, _| winners.values().any(|(_, kept)| kept == name));
+}
+
+/// The order in which the layers of a subscription key are applied (see the [module
+/// docs](crate::config)), highest last.
+fn precedence(origin: &Origin) -> u8 {
+    match origin {
+        Origin::Default => 0,
+        Origin::Profile { .. } => 1,
+        // From `subscription_defaults:` (the key was written under another path).
+        Origin::File {
+            written: Some(_), ..
+        } => 2,
+        Origin::Env { variable } if !variable.starts_with("ROCKETMQ_SUBSCRIPTIONS__") => 3,
+        Origin::File { .. } => 4,
+        // `ROCKETMQ_SUBSCRIPTIONS__<i>__...`, and any origin added later: last.
+        _ => 5,
     }
 }
 

@@ -500,7 +500,10 @@ pub struct WebhookConfig {
     /// Requests in flight at once. Default: `consume_thread_max`.
     pub concurrency: Option<u32>,
     /// Extra request headers. Values of sensitive-looking names (authorization, cookie, and
-    /// names containing key, token, secret, password or auth) print as `***`. Default: none.
+    /// names containing key, token, secret, password or auth) print as `***`. Names are
+    /// case-insensitive: of two equal but for case, the one set by the layer with precedence
+    /// stays. Env: `ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__HEADERS__X_API_KEY` sets `x-api-key`
+    /// (`_` is `-` there, as a variable's name cannot hold `-`). Default: none.
     #[serde(serialize_with = "redact_headers")]
     pub headers: BTreeMap<String, String>,
     /// Sent as `Authorization: Bearer <token>`. Env: `ROCKETMQ_WEBHOOK_TOKEN`. Default: none.

@@ -1668,3 +1668,49 @@ fn a_whole_subscription_cannot_be_set_by_one_variable() {
         &["environment ROCKETMQ_SUBSCRIPTIONS__0"],
     );
 }
+
+#[test]
+fn header_names_set_by_path_take_dashes_for_underscores() {
+    let config = ok(
+        Some(&one_sub("")),
+        &[
+            (
+                "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__HEADERS__X_API_KEY",
+                "k1",
+            ),
+            (
+                "ROCKETMQ_SUBSCRIPTION_DEFAULTS__WEBHOOK__HEADERS__X_TENANT",
+                "t1",
+            ),
+        ],
+    );
+    let headers = &config.subscriptions[0].webhook.headers;
+    assert_eq!(headers.get("x-api-key").map(String::as_str), Some("k1"));
+    assert_eq!(headers.get("x-tenant").map(String::as_str), Some("t1"));
+    assert_eq!(headers.len(), 2, "{headers:?}");
+
+    // Names equal but for case are one header: the layer with precedence keeps it.
+    let config = ok(
+        Some(&one_sub(
+            "      headers: {X-Api-Key: from-file, X-Tenant: from-file}\n",
+        )),
+        &[
+            (
+                "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__HEADERS__X_API_KEY",
+                "k1",
+            ),
+            (
+                "ROCKETMQ_SUBSCRIPTION_DEFAULTS__WEBHOOK__HEADERS__X_TENANT",
+                "t1",
+            ),
+        ],
+    );
+    let headers = &config.subscriptions[0].webhook.headers;
+    assert_eq!(headers.get("x-api-key").map(String::as_str), Some("k1"));
+    assert_eq!(
+        headers.get("X-Tenant").map(String::as_str),
+        Some("from-file"),
+        "the file's entry beats the defaults of every subscription"
+    );
+    assert_eq!(headers.len(), 2, "{headers:?}");
+}
