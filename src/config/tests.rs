@@ -1714,3 +1714,50 @@ fn header_names_set_by_path_take_dashes_for_underscores() {
     );
     assert_eq!(headers.len(), 2, "{headers:?}");
 }
+
+#[test]
+fn sizes_set_by_path_take_the_yaml_unit_and_flat_variables_mib() {
+    // The path variable reads its text as the YAML key does: a bare number is bytes.
+    let e = fail(
+        Some(&one_sub("")),
+        &[("ROCKETMQ_SUBSCRIPTIONS__0__MAX_CACHE_SIZE_PER_QUEUE", "100")],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].max_cache_size_per_queue",
+        &[
+            "environment ROCKETMQ_SUBSCRIPTIONS__0__MAX_CACHE_SIZE_PER_QUEUE",
+            "a bare number is bytes",
+        ],
+    );
+    let config = ok(
+        Some(&one_sub("")),
+        &[(
+            "ROCKETMQ_SUBSCRIPTIONS__0__MAX_CACHE_SIZE_PER_QUEUE",
+            "8MiB",
+        )],
+    );
+    assert_eq!(
+        config.subscriptions[0].max_cache_size_per_queue,
+        ByteSize::mib(8)
+    );
+    // Likewise a duration needs its unit, as in YAML: no seed minutes here.
+    let e = fail(
+        Some(&one_sub("")),
+        &[("ROCKETMQ_SUBSCRIPTIONS__0__CONSUME_TIMEOUT", "15")],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].consume_timeout",
+        &["environment ROCKETMQ_SUBSCRIPTIONS__0__CONSUME_TIMEOUT"],
+    );
+    // The seed's flat variable keeps the seed's unit, MiB.
+    let config = ok(
+        Some(&one_sub("")),
+        &[("ROCKETMQ_MAX_CACHE_SIZE_PER_QUEUE", "100")],
+    );
+    assert_eq!(
+        config.subscriptions[0].max_cache_size_per_queue,
+        ByteSize::mib(100)
+    );
+}
