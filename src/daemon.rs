@@ -120,9 +120,8 @@ impl Plan {
         let mut subscriptions = Vec::new();
         for (i, sub) in cfg.subscriptions.iter().enumerate() {
             let key = |k: &str| format!("subscriptions[{i}].{k}");
-            if !sub.enable_auto_recovery {
-                warn!(subscription = %sub.name, "enable_auto_recovery=false has no effect: queue workers always back off and retry.");
-            }
+            // `enable_auto_recovery: false` is reported by `Config::load` as a warning: this
+            // runs before logging is set up, where a log line would vanish.
             let consumer = consumer_config(cfg, sub, i)?;
             let mut options = webhook_options(sub, &key)?;
             options.transport = Some(transport.clone());

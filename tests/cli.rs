@@ -403,3 +403,53 @@ async fn echo_takes_only_an_http_status() {
     };
     assert_eq!(status, 503);
 }
+
+/// Configuration warnings found while loading (a setting that has no effect, an unknown
+/// `ROCKETMQ_*` variable) are printed by `check-config` and reach the daemon's log, in its
+/// format: they are found before logging starts, so they must be held until it has.
+#[tokio::test]
+async fn configuration_warnings_reach_check_config_and_the_log() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("no temporary directory: {e}"));
+    let file = dir.path().join("config.yaml");
+    // Nothing listens on the name server: the daemon logs and retries, never connects.
+    let yaml = "namesrv_addr: \"127.0.0.1:9\"\nsubscriptions:\n  - group: G\n    topic: T\n    enable_auto_recovery: false\n    webhook:\n      url: \"http://127.0.0.1:9/hook\"\n";
+    std::fs::write(&file, yaml).unwrap_or_else(|e| panic!("cannot write the config: {e}"));
+    let file = file.display().to_string();
+
+    let out = tokio::process::Command::new(BIN)
+        .args(["check-config", "--config", &file])
+        .env_clear()
+        .env("ROCKETMQ_SOMETHING_ELSE", "x")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("subscriptions[0].enable_auto_recovery"),
+        "check-config does not show the setting without effect: {err}"
+    );
+    assert!(err.contains("ROCKETMQ_SOMETHING_ELSE"), "{err}");
+
+    let daemon = support::daemon::Daemon::spawn(
+        &support::daemon::Launch::yaml(yaml)
+            .env("ROCKETMQ_LOG_FORMAT", "json")
+            .env("ROCKETMQ_SOMETHING_ELSE", "x"),
+    );
+    let in_the_log = |needle: &str| {
+        daemon
+            .output()
+            .lines()
+            .any(|l| l.starts_with('{') && l.contains("\"WARN\"") && l.contains(needle))
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !(in_the_log("enable_auto_recovery") && in_the_log("ROCKETMQ_SOMETHING_ELSE")) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the warnings are not in the JSON log\n{}",
+            daemon.output_tail(20)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

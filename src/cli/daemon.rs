@@ -126,6 +126,8 @@ fn probe_address(listen: SocketAddr) -> SocketAddr {
 }
 
 /// Loads and validates the configuration, printing every problem (exit code 2) on failure.
+/// Warnings are left to the caller: `run` logs them once logging is set up (it is configured
+/// by this very configuration), `check-config` prints them.
 fn load(file: Option<PathBuf>) -> Result<(Config, Plan), ExitCode> {
     let sources = Sources::from_process(file);
     let cfg = match Config::load(&sources) {
@@ -135,15 +137,20 @@ fn load(file: Option<PathBuf>) -> Result<(Config, Plan), ExitCode> {
             return Err(ExitCode::from(config::EXIT_CONFIG as u8));
         }
     };
-    for w in cfg.warnings() {
-        eprintln!("rocketmq-webhook: warning: {w}");
-    }
     match Plan::new(&cfg) {
         Ok(plan) => Ok((cfg, plan)),
         Err(e) => {
+            // No log will follow; a warning (a misspelt variable) may explain the error.
+            print_warnings(&cfg);
             eprintln!("rocketmq-webhook: invalid configuration: {e}");
             Err(ExitCode::from(config::EXIT_CONFIG as u8))
         }
+    }
+}
+
+fn print_warnings(cfg: &Config) {
+    for w in cfg.warnings() {
+        eprintln!("rocketmq-webhook: warning: {w}");
     }
 }
 
@@ -282,6 +289,10 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(&cfg);
+    // Found while loading, before there was a log to write them to.
+    for warning in cfg.warnings() {
+        tracing::warn!(%warning, "Configuration warning.");
+    }
     let runtime = runtime(cfg.worker_threads);
     let outcome = runtime.block_on(async {
         let signals = Signals::new();
@@ -303,6 +314,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
 pub(crate) fn check_config(args: CheckConfigArgs) -> ExitCode {
     match load(args.config) {
         Ok((cfg, _)) => {
+            print_warnings(&cfg);
             print!("{}", cfg.redacted_yaml());
             ExitCode::SUCCESS
         }

@@ -176,24 +176,50 @@ fn list(errors: &[ConfigError]) -> String {
         .join("\n")
 }
 
-/// Something suspicious that does not stop the daemon (an unknown `ROCKETMQ_*` variable: other
-/// RocketMQ tools set their own). `main` logs these once logging is up.
+/// Something suspicious that does not stop the daemon. `run` logs these once logging is set up
+/// (they are found before: logging is configured by the same file), and `check-config` prints
+/// them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigWarning {
-    /// The environment variable.
-    pub variable: String,
-    /// The closest known variable, when the name looks like a typo.
-    pub suggestion: Option<String>,
+#[non_exhaustive]
+pub enum ConfigWarning {
+    /// A `ROCKETMQ_*` variable that is not ours (other RocketMQ tools set their own).
+    UnknownVariable {
+        /// The environment variable.
+        variable: String,
+        /// The closest known variable, when the name looks like a typo.
+        suggestion: Option<String>,
+    },
+    /// A setting accepted for compatibility whose value changes nothing.
+    NoEffect {
+        /// The key, e.g. `subscriptions[0].enable_auto_recovery`.
+        key: String,
+        /// Where its value came from.
+        origin: Origin,
+        /// The value as written.
+        value: String,
+        /// What happens instead.
+        reason: String,
+    },
 }
 
 impl fmt::Display for ConfigWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "ignoring unknown environment variable {}{}",
-            self.variable,
-            did_you_mean(self.suggestion.as_deref())
-        )
+        match self {
+            Self::UnknownVariable {
+                variable,
+                suggestion,
+            } => write!(
+                f,
+                "ignoring unknown environment variable {variable}{}",
+                did_you_mean(suggestion.as_deref())
+            ),
+            Self::NoEffect {
+                key,
+                origin,
+                value,
+                reason,
+            } => write!(f, "`{key}` = {value} ({origin}) has no effect: {reason}"),
+        }
     }
 }
 

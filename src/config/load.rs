@@ -167,6 +167,8 @@ impl Config {
         config.warnings = env.warnings.clone();
         config.resolve(&env);
         config.validate()?;
+        let no_effect = config.settings_without_effect();
+        config.warnings.extend(no_effect);
         Ok(config)
     }
 

@@ -492,7 +492,10 @@ fn rocketmq_home_is_ignored() {
     let warned: Vec<&str> = config
         .warnings()
         .iter()
-        .map(|w| w.variable.as_str())
+        .filter_map(|w| match w {
+            ConfigWarning::UnknownVariable { variable, .. } => Some(variable.as_str()),
+            _ => None,
+        })
         .collect();
     assert_eq!(
         warned,
@@ -1760,4 +1763,37 @@ fn sizes_set_by_path_take_the_yaml_unit_and_flat_variables_mib() {
         config.subscriptions[0].max_cache_size_per_queue,
         ByteSize::mib(100)
     );
+}
+
+// === warnings ===
+
+#[test]
+fn enable_auto_recovery_false_is_a_warning_naming_its_source() {
+    let config = ok(Some(&one_sub("    enable_auto_recovery: false\n")), &[]);
+    let warnings: Vec<String> = config.warnings().iter().map(ToString::to_string).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("subscriptions[0].enable_auto_recovery")
+                && w.contains("line 6")
+                && w.contains("no effect")),
+        "{warnings:?}"
+    );
+    let config = ok(
+        None,
+        &[
+            IDENTITY[0],
+            IDENTITY[1],
+            IDENTITY[2],
+            ("ROCKETMQ_ENABLE_AUTO_RECOVERY", "false"),
+        ],
+    );
+    let warnings: Vec<String> = config.warnings().iter().map(ToString::to_string).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("environment ROCKETMQ_ENABLE_AUTO_RECOVERY")),
+        "{warnings:?}"
+    );
+    assert!(ok(Some(&one_sub("")), &[]).warnings().is_empty());
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytesize::ByteSize;
 
-use super::error::ConfigError;
+use super::error::{ConfigError, ConfigWarning};
 use super::tree::{display_path, key_path, Path};
 use super::values::bytes::render;
 use super::values::{AllocateStrategy, MessageModel};
@@ -156,6 +156,28 @@ impl Config {
             None => Ok(()),
             Some(e) => Err(e),
         }
+    }
+
+    /// Settings accepted for compatibility with the seed design whose value changes nothing,
+    /// as warnings: found here with their origin, so that `check-config` shows them and `run`
+    /// logs them (a warning emitted while the daemon is planned would come before logging is
+    /// set up, and vanish).
+    pub(super) fn settings_without_effect(&self) -> Vec<ConfigWarning> {
+        let mut warnings = Vec::new();
+        for (i, sub) in self.subscriptions.iter().enumerate() {
+            if !sub.enable_auto_recovery {
+                let key = key_path!["subscriptions", i, "enable_auto_recovery"];
+                warnings.push(ConfigWarning::NoEffect {
+                    key: display_path(&key),
+                    origin: self.provenance.origin(&key),
+                    value: "false".to_owned(),
+                    reason: "queue workers always back off and retry after broker or \
+                             connection failures"
+                        .to_owned(),
+                });
+            }
+        }
+        warnings
     }
 
     fn check_global(&self, c: &mut Checker<'_>) {
