@@ -132,7 +132,8 @@ impl Config {
             .unwrap_or_else(|| std::process::id().to_string())
     }
 
-    /// Non-fatal findings of [`Config::load`] (unknown `ROCKETMQ_*` variables), to be logged.
+    /// Non-fatal findings of [`Config::load`] (unknown `ROCKETMQ_*` variables, settings that
+    /// have no effect), to be logged once logging is set up.
     pub fn warnings(&self) -> &[ConfigWarning] {
         &self.warnings
     }
