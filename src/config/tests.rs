@@ -84,6 +84,16 @@ fn one_sub(yaml_tail: &str) -> String {
     )
 }
 
+/// Asserts that `name=value` beside a one-subscription file fails with an error about `key`
+/// that names the variable and contains every `needle`.
+fn assert_variable_error(name: &str, value: &str, key: &str, needles: &[&str]) {
+    let e = fail(Some(&one_sub("")), &[(name, value)]);
+    let source = format!("environment {name}");
+    let mut all = vec![source.as_str()];
+    all.extend_from_slice(needles);
+    assert_error(&e, key, &all);
+}
+
 // === defaults and layers ===
 
 #[test]
@@ -632,27 +642,18 @@ fn unknown_keys_in_defaults_and_nested_variables_name_their_source() {
         &["line 2", "did you mean `pull_batch_size`"],
     );
 
-    let e = fail(Some(&one_sub("")), &[("ROCKETMQ_CLIENT__RPC_TIMOUT", "5s")]);
-    assert_error(
-        &e,
+    assert_variable_error(
+        "ROCKETMQ_CLIENT__RPC_TIMOUT",
+        "5s",
         "client.rpc_timout",
-        &[
-            "environment ROCKETMQ_CLIENT__RPC_TIMOUT",
-            "did you mean `rpc_timeout`",
-        ],
+        &["did you mean `rpc_timeout`"],
     );
 
-    let e = fail(
-        Some(&one_sub("")),
-        &[("ROCKETMQ_SUBSCRIPTIONS__3__TOPIC", "x")],
-    );
-    assert_error(
-        &e,
+    assert_variable_error(
+        "ROCKETMQ_SUBSCRIPTIONS__3__TOPIC",
+        "x",
         "subscriptions[3].topic",
-        &[
-            "environment ROCKETMQ_SUBSCRIPTIONS__3__TOPIC",
-            "no subscription 3",
-        ],
+        &["no subscription 3"],
     );
 }
 
@@ -1633,81 +1634,51 @@ fn list_keys_take_comma_separated_lists_from_path_variables() {
 
 #[test]
 fn an_empty_item_of_a_list_variable_names_the_variable() {
-    let e = fail(
-        Some(&one_sub("")),
-        &[(
-            "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__RETRY_CODES",
-            "429,,5xx",
-        )],
-    );
-    assert_error(
-        &e,
+    assert_variable_error(
+        "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__RETRY_CODES",
+        "429,,5xx",
         "subscriptions[0].webhook.retry_codes",
-        &[
-            "environment ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__RETRY_CODES",
-            "empty",
-        ],
+        &["empty"],
     );
-    let e = fail(
-        Some(&one_sub("")),
-        &[("ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__DROP_CODES__0", "404")],
-    );
-    assert_error(
-        &e,
+    assert_variable_error(
+        "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__DROP_CODES__0",
+        "404",
         "subscriptions[0].webhook.drop_codes",
-        &[
-            "environment ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__DROP_CODES__0",
-            "comma-separated",
-        ],
+        &["comma-separated"],
     );
 }
 
 #[test]
 fn a_whole_subscription_cannot_be_set_by_one_variable() {
-    let e = fail(Some(&one_sub("")), &[("ROCKETMQ_SUBSCRIPTIONS__0", "x")]);
-    assert_error(
-        &e,
+    assert_variable_error(
+        "ROCKETMQ_SUBSCRIPTIONS__0",
+        "x",
         "subscriptions[0]",
-        &["environment ROCKETMQ_SUBSCRIPTIONS__0"],
+        &["set its keys"],
     );
 }
 
 #[test]
 fn header_names_set_by_path_take_dashes_for_underscores() {
-    let config = ok(
-        Some(&one_sub("")),
-        &[
-            (
-                "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__HEADERS__X_API_KEY",
-                "k1",
-            ),
-            (
-                "ROCKETMQ_SUBSCRIPTION_DEFAULTS__WEBHOOK__HEADERS__X_TENANT",
-                "t1",
-            ),
-        ],
-    );
+    const VARIABLES: &[(&str, &str)] = &[
+        (
+            "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__HEADERS__X_API_KEY",
+            "k1",
+        ),
+        (
+            "ROCKETMQ_SUBSCRIPTION_DEFAULTS__WEBHOOK__HEADERS__X_TENANT",
+            "t1",
+        ),
+    ];
+    let config = ok(Some(&one_sub("")), VARIABLES);
     let headers = &config.subscriptions[0].webhook.headers;
     assert_eq!(headers.get("x-api-key").map(String::as_str), Some("k1"));
     assert_eq!(headers.get("x-tenant").map(String::as_str), Some("t1"));
     assert_eq!(headers.len(), 2, "{headers:?}");
 
     // Names equal but for case are one header: the layer with precedence keeps it.
-    let config = ok(
-        Some(&one_sub(
-            "      headers: {X-Api-Key: from-file, X-Tenant: from-file}\n",
-        )),
-        &[
-            (
-                "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__HEADERS__X_API_KEY",
-                "k1",
-            ),
-            (
-                "ROCKETMQ_SUBSCRIPTION_DEFAULTS__WEBHOOK__HEADERS__X_TENANT",
-                "t1",
-            ),
-        ],
-    );
+    let file = one_sub("      headers: {X-Api-Key: from-file, X-Tenant: from-file}\n");
+    let config = ok(Some(&file), VARIABLES);
     let headers = &config.subscriptions[0].webhook.headers;
     assert_eq!(headers.get("x-api-key").map(String::as_str), Some("k1"));
     assert_eq!(
@@ -1721,17 +1692,11 @@ fn header_names_set_by_path_take_dashes_for_underscores() {
 #[test]
 fn sizes_set_by_path_take_the_yaml_unit_and_flat_variables_mib() {
     // The path variable reads its text as the YAML key does: a bare number is bytes.
-    let e = fail(
-        Some(&one_sub("")),
-        &[("ROCKETMQ_SUBSCRIPTIONS__0__MAX_CACHE_SIZE_PER_QUEUE", "100")],
-    );
-    assert_error(
-        &e,
+    assert_variable_error(
+        "ROCKETMQ_SUBSCRIPTIONS__0__MAX_CACHE_SIZE_PER_QUEUE",
+        "100",
         "subscriptions[0].max_cache_size_per_queue",
-        &[
-            "environment ROCKETMQ_SUBSCRIPTIONS__0__MAX_CACHE_SIZE_PER_QUEUE",
-            "a bare number is bytes",
-        ],
+        &["a bare number is bytes"],
     );
     let config = ok(
         Some(&one_sub("")),
@@ -1745,14 +1710,11 @@ fn sizes_set_by_path_take_the_yaml_unit_and_flat_variables_mib() {
         ByteSize::mib(8)
     );
     // Likewise a duration needs its unit, as in YAML: no seed minutes here.
-    let e = fail(
-        Some(&one_sub("")),
-        &[("ROCKETMQ_SUBSCRIPTIONS__0__CONSUME_TIMEOUT", "15")],
-    );
-    assert_error(
-        &e,
+    assert_variable_error(
+        "ROCKETMQ_SUBSCRIPTIONS__0__CONSUME_TIMEOUT",
+        "15",
         "subscriptions[0].consume_timeout",
-        &["environment ROCKETMQ_SUBSCRIPTIONS__0__CONSUME_TIMEOUT"],
+        &["unit"],
     );
     // The seed's flat variable keeps the seed's unit, MiB.
     let config = ok(
