@@ -728,6 +728,29 @@ mod tests {
         out
     }
 
+    /// The webhook families are built here, not in `metrics.rs`: the same `_total` rule as
+    /// its test of the consumer's families.
+    #[test]
+    fn webhook_counters_and_only_counters_end_in_total() {
+        let ok = RequestClass::of_status(200);
+        let webhooks = vec![("g".to_owned(), "t".to_owned(), webhook_with(&[(ok, 1)]))];
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(WebhookCollector::new(webhooks, Transport::new(4))))
+            .unwrap();
+        let families = registry.gather();
+        assert_eq!(families.len(), 4, "one family per webhook collector");
+        for family in &families {
+            let name = family.name();
+            let counter = family.get_field_type() == prometheus::proto::MetricType::COUNTER;
+            assert_eq!(
+                counter,
+                name.ends_with("_total"),
+                "{name}: `_total` iff a counter"
+            );
+        }
+    }
+
     #[test]
     fn concurrent_scrapes_all_read_the_true_request_counts() {
         let webhooks = vec![

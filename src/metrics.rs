@@ -304,7 +304,7 @@ mod tests {
     }
 
     #[test]
-    fn counters_and_only_counters_end_in_total() {
+    fn consumer_counters_and_only_counters_end_in_total() {
         let m = Metrics::new();
         let gt = ["g", "t"];
         let gtx = ["g", "t", "x"];
@@ -345,7 +345,8 @@ mod tests {
                 "{name}: `_total` iff a counter"
             );
         }
-        // Every collector of the struct, plus `build_info`; the daemon registers the rest.
+        // Every collector of the struct, plus `build_info`; the daemon registers the webhook's
+        // (checked by its own test of the same rule).
         let webhook = declared.iter().filter(|n| n.contains("_webhook_webhook_"));
         assert_eq!(families.len() + webhook.count(), declared.len());
     }

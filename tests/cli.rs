@@ -408,6 +408,28 @@ async fn echo_takes_only_an_http_status() {
 /// `ROCKETMQ_*` variable) are printed by `check-config` and reach the daemon's log, in its
 /// format: they are found before logging starts, so they must be held until it has.
 #[tokio::test]
+async fn a_misspelt_variable_is_named_beside_the_error_it_causes() {
+    // Only variables: the misspelt topic leaves the subscription without one.
+    let out = tokio::process::Command::new(BIN)
+        .arg("check-config")
+        .env_clear()
+        .env("ROCKETMQ_NAMESRV_ADDR", "127.0.0.1:9")
+        .env("ROCKETMQ_CONSUMER_GROUP", "G")
+        .env("ROCKETMQ_TOPPIC", "T")
+        .env("ROCKETMQ_WEBHOOK_URL", "http://127.0.0.1:9/hook")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("ROCKETMQ_TOPPIC") && err.contains("ROCKETMQ_TOPIC"),
+        "the misspelt variable and its likely meaning are not named: {err}"
+    );
+}
+
+#[tokio::test]
 async fn configuration_warnings_reach_check_config_and_the_log() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("no temporary directory: {e}"));
     let file = dir.path().join("config.yaml");

@@ -133,6 +133,10 @@ fn load(file: Option<PathBuf>) -> Result<(Config, Plan), ExitCode> {
     let cfg = match Config::load(&sources) {
         Ok(c) => c,
         Err(e) => {
+            // A misspelt variable may be what the error is about (`ROCKETMQ_TOPPIC`).
+            for w in sources.env_warnings() {
+                eprintln!("rocketmq-webhook: warning: {w}");
+            }
             report_config_error(&e);
             return Err(ExitCode::from(config::EXIT_CONFIG as u8));
         }

@@ -15,7 +15,7 @@ use figment::value::{Dict, Value};
 use figment::Figment;
 
 use super::env::{self, EnvLayer, SUBSCRIPTION_DEFAULTS};
-use super::error::{closest, ConfigError, Origin};
+use super::error::{closest, ConfigError, ConfigWarning, Origin};
 use super::tree::{
     display_path, key_path, overlay, render_value, set_path, value_at, Layer, LineIndex, Path,
     Provenance,
@@ -41,6 +41,13 @@ impl Sources {
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
         Self { file, env }
+    }
+
+    /// The warnings the environment alone gives (unknown `ROCKETMQ_*` variables), for when
+    /// [`Config::load`] failed and its warnings went with it: a misspelt variable is often
+    /// what the error is about (`ROCKETMQ_TOPPIC` leaves the topic missing).
+    pub fn env_warnings(&self) -> Vec<ConfigWarning> {
+        env::read(&self.env).warnings
     }
 
     /// Sets the file.

@@ -10,7 +10,8 @@
 //!   (Dapr-compatible) or `{"statuses": [{"id"|"entryId": msgId, "status": ...}]}` per message,
 //!   where a message missing from `statuses` is `RETRY` (nothing is acknowledged by omission);
 //!   keys match in any case (as Dapr's Go decoder does), and a body that starts with `{` but is
-//!   not JSON, or has a `status` or `statuses` of the wrong type, is `RETRY` for every message;
+//!   not JSON, or has a `status` or `statuses` of the wrong type, is `Success` as in Dapr (with
+//!   a reason for the log);
 //! - other codes map through [`StatusClasses`]; defaults: 408, 425, 429, 5xx retry; 400, 404,
 //!   410, 413, 415, 422 drop (to the DLQ, never lost); other 4xx and 3xx retry;
 //! - 429/503 with a valid `Retry-After` is `Later` for every message (no reconsume attempt spent)
@@ -182,11 +183,12 @@ pub struct Answer {
     /// One outcome per message of the request, in request order.
     pub outcomes: Vec<Outcome>,
     /// Whether the endpoint counts as healthy for the circuit breaker: it answered, and not with
-    /// a 5xx, 408 or 429.
+    /// a 5xx, 408 or a 429 without a usable `Retry-After`.
     pub healthy: bool,
     /// `Retry-After` asked to pause the whole endpoint for this long (already capped).
     pub pause: Option<Duration>,
-    /// Why a success-class body that looked like JSON could not be read (for the log).
+    /// Why a success-class body that looked like JSON could not be read (for the log; its
+    /// messages count as accepted, as Dapr counts them).
     pub unread: Option<&'static str>,
 }
 
@@ -214,9 +216,10 @@ pub fn classify_response(
     now: SystemTime,
 ) -> Answer {
     let count = msg_ids.len();
-    // A server error, or the endpoint saying it timed out or is overloaded: counted against the
-    // circuit, so an endpoint that throttles with a bare 429 opens it and stops spending
-    // attempts instead of draining the topic into the DLQ.
+    // A server error, or the endpoint saying it timed out or is overloaded without saying for
+    // how long (a usable `Retry-After` is handled below): counted against the circuit, so an
+    // endpoint that throttles with a bare 429 opens it and stops spending attempts instead of
+    // draining the topic into the DLQ.
     let healthy = !(status / 100 == 5 || status == 408 || status == 429);
     // A zero cap means "ignore Retry-After", not "pause for zero": a zero pause would put every
     // message straight back and spin on a throttling endpoint without spending an attempt.
@@ -233,7 +236,9 @@ pub fn classify_response(
         if let Some(after) = pause {
             return Answer {
                 outcomes: vec![Outcome::Later { after }; count],
-                healthy,
+                // The endpoint said when to come back; the pause does that, and the circuit
+                // (whose open time doubles) must not override it. A 503 still counts.
+                healthy: status != 503,
                 pause: Some(after),
                 unread: None,
             };
@@ -265,19 +270,20 @@ pub fn classify_failure(failure: Failure, count: usize) -> Answer {
 }
 
 /// Outcomes of a success-class answer, refined by its JSON body when it has one; the reason
-/// when the body looked like JSON but could not be read (every message then retries).
+/// when the body looked like JSON but could not be read.
 fn body_outcomes(body: &[u8], msg_ids: &[&str]) -> (Vec<Outcome>, Option<&'static str>) {
     let all = |outcome: Outcome| vec![outcome; msg_ids.len()];
-    let unreadable = |reason| (all(Outcome::Retry { delay_level: None }), Some(reason));
+    // A body that starts with `{` but cannot be read (not JSON, a `status` that is a number)
+    // acknowledges every message, as Dapr does: REST endpoints commonly answer
+    // `{"status": 200}`, and retrying those would send every message they took to the DLQ. The
+    // reason goes to the log, so an endpoint whose RETRY we cannot read is found there.
+    let unreadable = |reason| (all(Outcome::Success), Some(reason));
     // Cheap pre-check: most endpoints answer with an empty body or plain text.
     if !body.trim_ascii_start().starts_with(b"{") {
         return (all(Outcome::Success), None);
     }
-    // An object that does not parse may be a status we cannot read (`{'status': 'RETRY'}` from
-    // a Python `str(dict)`, an answer cut short): never acknowledge what we could not read.
-    // Dapr acknowledges it; the difference costs a duplicate at worst.
     let Ok(Value::Object(root)) = serde_json::from_slice::<Value>(body) else {
-        return unreadable("the answer starts with `{` but is not JSON");
+        return unreadable("the answer starts with `{` but is not one JSON object");
     };
     match field(&root, "statuses") {
         Some(Value::Array(entries)) => return (per_message(entries, msg_ids), None),
@@ -721,8 +727,9 @@ mod tests {
         );
     }
 
+    /// Dapr acknowledges what it cannot read; so do we, naming the reason for the log.
     #[test]
-    fn an_answer_that_looks_like_json_but_cannot_be_read_retries() {
+    fn an_answer_that_looks_like_json_but_cannot_be_read_is_acknowledged() {
         let ids = ["A", "B"];
         for body in [
             "{not json",
@@ -731,10 +738,12 @@ mod tests {
             r#"{"statuses": {"A": "SUCCESS", "B": "SUCCESS"}}"#,
             r#"{"statuses": "SUCCESS"}"#,
             r#"{"status": 1}"#,
-            r#"{"status": ["SUCCESS"]}"#,
+            r#"{"status": ["RETRY"]}"#,
+            r#"{"status": 200, "message": "ok"}"#,
+            "{\"a\": 1}\n{\"b\": 2}",
         ] {
             let answer = classify(200, &HeaderMap::new(), body, &ids);
-            assert_eq!(answer.outcomes, vec![RETRY; 2], "{body}");
+            assert_eq!(answer.outcomes, vec![Outcome::Success; 2], "{body}");
             assert!(answer.unread.is_some(), "{body}");
             // The endpoint answered: its health is not in question.
             assert!(answer.healthy, "{body}");
@@ -757,7 +766,8 @@ mod tests {
         let a = classify(429, &retry_after("7"), "", &ids);
         assert_eq!(a.outcomes, vec![later(7); 2]);
         assert_eq!(a.pause, Some(Duration::from_secs(7)));
-        assert!(!a.healthy);
+        // The pause, not the circuit, answers a 429 that says when to come back.
+        assert!(a.healthy);
         let a = classify(503, &retry_after("7"), "", &ids);
         assert_eq!(a.outcomes, vec![later(7); 2]);
         assert!(!a.healthy);

@@ -289,6 +289,8 @@ struct Inner {
     /// Whether a tag or key header left out for its size was logged at warn: an oversized
     /// value tends to recur (a producer's habit), so later ones go to debug, not flood the log.
     warned_left_out: AtomicBool,
+    /// Whether an answer we could not read was logged at warn (then debug, as above).
+    warned_unread: AtomicBool,
 }
 
 impl Webhook {
@@ -392,6 +394,7 @@ impl Webhook {
                 stats: Arc::new(WebhookStats::default()),
                 log: std::sync::OnceLock::new(),
                 warned_left_out: AtomicBool::new(false),
+                warned_unread: AtomicBool::new(false),
             }),
         })
     }
@@ -569,22 +572,18 @@ impl Inner {
     /// this webhook, at debug afterwards. The message is still delivered (its body carries the
     /// values in `json`; in `raw` and binary `cloudevents` the receiver goes without them).
     fn log_left_out(&self, ctx: Context<'_>, view: &MessageView<'_>, left_out: &[HeaderName]) {
-        let headers = left_out
-            .iter()
-            .map(HeaderName::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
         let (group, topic, msg_id) = (ctx.group, ctx.topic, &*view.msg_id);
-        if self.warned_left_out.swap(true, Ordering::Relaxed) {
-            tracing::debug!(%group, %topic, %msg_id, %headers, "Oversized metadata headers left out.");
-        } else {
+        let headers = HeaderNames(left_out);
+        if first_time(&self.warned_left_out) {
             tracing::warn!(
                 %group,
                 %topic,
                 %msg_id,
                 %headers,
-                "Oversized metadata headers left out; the message is delivered without them. Logged at debug from now on."
+                "Oversized metadata headers left out of the request (a json body still carries the values). Logged at debug from now on."
             );
+        } else {
+            tracing::debug!(%group, %topic, %msg_id, %headers, "Oversized metadata headers left out.");
         }
     }
 
@@ -681,6 +680,13 @@ impl Inner {
                             other => *other,
                         })
                         .collect();
+                }
+                if let Some(reason) = answer.unread {
+                    if first_time(&self.warned_unread) {
+                        tracing::warn!(group = %log.group, topic = %log.topic, status, reason, "Webhook answer not understood; its messages count as accepted, as Dapr counts them. Logged at debug from now on.");
+                    } else {
+                        tracing::debug!(group = %log.group, topic = %log.topic, status, reason, "Webhook answer not understood; its messages count as accepted.");
+                    }
                 }
                 log_answer(&log, status, count, &answer);
                 answer
@@ -883,6 +889,27 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// Whether `flag` is set for the first time now. Read before it is swapped, so the common case
+/// (long set) does not write the shared cache line for every message.
+fn first_time(flag: &AtomicBool) -> bool {
+    !flag.load(Ordering::Relaxed) && !flag.swap(true, Ordering::Relaxed)
+}
+
+/// Header names, `, `-separated, formatted only when a log event is enabled.
+struct HeaderNames<'a>(&'a [HeaderName]);
+
+impl fmt::Display for HeaderNames<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, name) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(name.as_str())?;
+        }
+        Ok(())
+    }
+}
+
 fn log_answer(log: &LogFields, status: u16, count: usize, answer: &Answer) {
     let failed = answer
         .outcomes
@@ -892,14 +919,7 @@ fn log_answer(log: &LogFields, status: u16, count: usize, answer: &Answer) {
     if failed == 0 {
         tracing::trace!(group = %log.group, topic = %log.topic, status, messages = count, "Webhook delivered.");
     } else {
-        match answer.unread {
-            Some(reason) => {
-                tracing::warn!(group = %log.group, topic = %log.topic, status, messages = count, reason, "Webhook answer not understood; every message retries.");
-            }
-            None => {
-                tracing::info!(group = %log.group, topic = %log.topic, status, messages = count, failed, "Webhook did not accept every message.");
-            }
-        }
+        tracing::info!(group = %log.group, topic = %log.topic, status, messages = count, failed, "Webhook did not accept every message.");
     }
 }
 
