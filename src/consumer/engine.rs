@@ -735,7 +735,7 @@ pub struct Runtime {
 /// offset store stops the process before another has registered with a broker.
 #[derive(Debug)]
 pub struct Prepared<H: Handler> {
-    shared: Arc<Shared<H>>,
+    pub(super) shared: Arc<Shared<H>>,
     events: mpsc::Receiver<BrokerEvent>,
     resets: mpsc::Receiver<ResetRequest>,
 }

@@ -61,7 +61,7 @@ impl<H: Handler> Rebalancer<H> {
                 biased;
                 _ = cancel.cancelled() => break,
                 Some(done) = self.workers.join_next_with_id(), if !self.workers.is_empty() => {
-                    self.reap(done);
+                    self.reap(done).await;
                     continue;
                 }
                 Some(reset) = self.resets.recv() => {
@@ -99,7 +99,11 @@ impl<H: Handler> Rebalancer<H> {
         for (token, _) in self.active.values() {
             token.cancel();
         }
-        while self.workers.join_next().await.is_some() {}
+        while let Some(done) = self.workers.join_next_with_id().await {
+            if let Err(e) = done {
+                self.release_panicked(e).await;
+            }
+        }
         held
     }
 
@@ -255,14 +259,24 @@ impl<H: Handler> Rebalancer<H> {
     /// Books a finished worker. A revoked one frees its queue for re-assignment; one that ended
     /// while still assigned (a panic: a bug) gives its queue up so the next rebalance, scheduled
     /// at once, starts a fresh worker from the committed offset.
-    fn reap(&mut self, done: Result<(tokio::task::Id, MessageQueue), tokio::task::JoinError>) {
+    ///
+    /// A worker that panicked did not release its queue itself: that is done here, before the
+    /// queue can be assigned again (this task starts the workers).
+    async fn reap(
+        &mut self,
+        done: Result<(tokio::task::Id, MessageQueue), tokio::task::JoinError>,
+    ) {
         let id = match &done {
             Ok((id, _)) => *id,
             Err(e) => e.id(),
         };
-        let Some(mq) = self.ids.remove(&id) else {
+        let Some(mq) = self.ids.get(&id).cloned() else {
             return;
         };
+        if let Err(e) = done {
+            self.release_panicked(e).await;
+        }
+        self.ids.remove(&id);
         self.retiring.remove(&mq);
         if self
             .active
@@ -275,9 +289,19 @@ impl<H: Handler> Rebalancer<H> {
             warn!(queue = %mq, "Queue worker ended while still assigned; restarting it.");
             self.shared.rebalance_now.notify_one();
         }
-        if let Err(e) = done {
-            warn!(queue = %mq, error = %e, "Queue worker ended abnormally.");
-        }
+    }
+
+    /// Does what a worker that panicked (or was aborted) left undone when it ended: persists
+    /// the offset it last committed (the lowest one not finished, so redelivery covers what
+    /// it held), unlocks the orderly queue and forgets it. Otherwise the persist task kept
+    /// writing that offset, and the lock task renewing the lock, for a queue that may be
+    /// someone else's by now.
+    async fn release_panicked(&mut self, e: tokio::task::JoinError) {
+        let Some(mq) = self.ids.get(&e.id()).cloned() else {
+            return;
+        };
+        warn!(queue = %mq, error = %e, "Queue worker ended abnormally; releasing its queue.");
+        worker::release(&self.shared, &mq).await;
     }
 
     fn spawn(&mut self, mq: MessageQueue, offset: i64) {
@@ -321,7 +345,7 @@ impl<H: Handler> Rebalancer<H> {
             .any(|(mq, _)| self.retiring.contains(mq))
         {
             match self.workers.join_next_with_id().await {
-                Some(done) => self.reap(done),
+                Some(done) => self.reap(done).await,
                 None => break,
             }
         }
@@ -331,5 +355,82 @@ impl<H: Handler> Rebalancer<H> {
             self.shared.persist(mq).await;
         }
         self.shared.rebalance_now.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::ClientConfig;
+    use crate::consumer::engine::lock;
+    use crate::consumer::handler::{Batch, ConsumeMode, Outcome};
+    use crate::consumer::stats::QueueState;
+    use crate::consumer::{CacheBudget, Config, Consumer, Runtime};
+    use crate::metrics::Metrics;
+
+    #[derive(Debug)]
+    struct Accept;
+
+    impl Handler for Accept {
+        async fn handle(&self, batch: &Batch) -> Vec<Outcome> {
+            vec![Outcome::Success; batch.messages.len()]
+        }
+    }
+
+    /// A rebalancer of an orderly clustering consumer whose name server refuses connections:
+    /// nothing is started, every broker call fails at once.
+    async fn rebalancer() -> Rebalancer<Accept> {
+        let refusing = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind");
+        let client = ClientConfig {
+            namesrv_addr: refusing.to_string(),
+            client_ip: Some("127.0.0.1".to_owned()),
+            ..ClientConfig::default()
+        };
+        let mut config = Config::new("G_reap", "T_reap");
+        config.mode = ConsumeMode::Orderly;
+        let runtime = Runtime {
+            metrics: Metrics::new(),
+            cache_budget: Arc::new(CacheBudget::unlimited()),
+        };
+        let prepared = Consumer::prepare(client, config, Accept, runtime)
+            .await
+            .expect("prepare");
+        let (_tx, resets) = mpsc::channel(1);
+        Rebalancer::new(prepared.shared, resets)
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_panicked_leaves_no_queue_behind() {
+        let mut rb = rebalancer().await;
+        let mq = MessageQueue {
+            topic: "T_reap".to_owned(),
+            broker_name: "b".to_owned(),
+            queue_id: 0,
+        };
+        let shared = Arc::clone(&rb.shared);
+        let queue = mq.clone();
+        // What a worker registers when it starts, then a panic before its own release.
+        let handle = rb.workers.spawn(async move {
+            shared.offsets.update(&queue, 7, false);
+            shared.stats.set_queue(&queue, QueueState::default());
+            lock(&shared.locks).insert(queue.clone(), tokio::time::Instant::now());
+            panic!("worker bug");
+        });
+        rb.ids.insert(handle.id(), mq.clone());
+        rb.active
+            .insert(mq.clone(), (CancellationToken::new(), handle.id()));
+        let done = rb.workers.join_next_with_id().await.expect("a worker");
+        assert!(done.is_err());
+        rb.reap(done).await;
+        assert!(!rb.active.contains_key(&mq));
+        // The persist and lock tasks go by the stats' queues.
+        assert!(
+            !rb.shared.stats.queues().contains_key(&mq),
+            "still in the stats"
+        );
+        assert_eq!(rb.shared.offsets.read(&mq), None, "offset still held");
+        assert!(!rb.shared.lock_valid(&mq), "lock still held");
     }
 }

@@ -248,18 +248,27 @@ pub(crate) async fn run<H: Handler>(
     info!(group = %w.shared.group(), queue = %w.mq, offset = start_offset, "Queue assigned.");
     w.run(cancel).await;
     w.drain().await;
-    w.shared.persist(&w.mq).await;
-    if w.shared.is_orderly_clustering() {
-        w.shared.unlock_queue(&w.mq).await;
+    release(&w.shared, &w.mq).await;
+}
+
+/// The end of a queue's worker, after its drain: persists the committed offset, releases the
+/// orderly broker lock and forgets the queue. Also run by the rebalancer for a worker that
+/// panicked (its own call never ran): the persist and lock tasks go by the queues in the stats,
+/// so a queue left there kept its stale offset written and its lock renewed for good, stalling
+/// the queue's next owner.
+pub(crate) async fn release<H: Handler>(shared: &Shared<H>, mq: &MessageQueue) {
+    shared.persist(mq).await;
+    if shared.is_orderly_clustering() {
+        shared.unlock_queue(mq).await;
     }
     // Clustering: the broker keeps the offset now, and whoever holds the queue next reads it
     // there; an entry left here would be reported as ours (GET_CONSUMER_STATUS) for good.
     // Broadcasting: the table is the store itself, written to the file whole.
-    if w.shared.config.model == Model::Clustering {
-        w.shared.offsets.remove(&w.mq);
+    if shared.config.model == Model::Clustering {
+        shared.offsets.remove(mq);
     }
-    w.shared.stats.remove_queue(&w.mq);
-    info!(group = %w.shared.group(), queue = %w.mq, "Queue released.");
+    shared.stats.remove_queue(mq);
+    info!(group = %shared.group(), queue = %mq, "Queue released.");
 }
 
 impl<H: Handler> Worker<H> {
