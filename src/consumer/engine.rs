@@ -735,7 +735,7 @@ pub struct Runtime {
 /// offset store stops the process before another has registered with a broker.
 #[derive(Debug)]
 pub struct Prepared<H: Handler> {
-    pub(super) shared: Arc<Shared<H>>,
+    shared: Arc<Shared<H>>,
     events: mpsc::Receiver<BrokerEvent>,
     resets: mpsc::Receiver<ResetRequest>,
 }
@@ -1142,6 +1142,28 @@ pub(crate) fn needs_heartbeat(err: &ClientError) -> bool {
             ..
         }
     )
+}
+
+/// Engine state for unit tests of the tasks that use it, built as [`Consumer::prepare`] does,
+/// with a name server that refuses connections: every broker call fails at once.
+#[cfg(test)]
+pub(crate) async fn test_shared<H: Handler>(config: Config, handler: H) -> Arc<Shared<H>> {
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind");
+    let client = crate::client::ClientConfig {
+        namesrv_addr: refusing.to_string(),
+        client_ip: Some("127.0.0.1".to_owned()),
+        ..crate::client::ClientConfig::default()
+    };
+    let runtime = Runtime {
+        metrics: Metrics::new(),
+        cache_budget: Arc::new(CacheBudget::unlimited()),
+    };
+    Consumer::prepare(client, config, handler, runtime)
+        .await
+        .expect("prepare")
+        .shared
 }
 
 #[cfg(test)]

@@ -361,12 +361,11 @@ impl<H: Handler> Rebalancer<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::ClientConfig;
     use crate::consumer::engine::lock;
+    use crate::consumer::engine::test_shared;
     use crate::consumer::handler::{Batch, ConsumeMode, Outcome};
     use crate::consumer::stats::QueueState;
-    use crate::consumer::{CacheBudget, Config, Consumer, Runtime};
-    use crate::metrics::Metrics;
+    use crate::consumer::Config;
 
     #[derive(Debug)]
     struct Accept;
@@ -377,28 +376,12 @@ mod tests {
         }
     }
 
-    /// A rebalancer of an orderly clustering consumer whose name server refuses connections:
-    /// nothing is started, every broker call fails at once.
+    /// A rebalancer of an orderly clustering consumer that reaches no broker.
     async fn rebalancer() -> Rebalancer<Accept> {
-        let refusing = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind");
-        let client = ClientConfig {
-            namesrv_addr: refusing.to_string(),
-            client_ip: Some("127.0.0.1".to_owned()),
-            ..ClientConfig::default()
-        };
         let mut config = Config::new("G_reap", "T_reap");
         config.mode = ConsumeMode::Orderly;
-        let runtime = Runtime {
-            metrics: Metrics::new(),
-            cache_budget: Arc::new(CacheBudget::unlimited()),
-        };
-        let prepared = Consumer::prepare(client, config, Accept, runtime)
-            .await
-            .expect("prepare");
         let (_tx, resets) = mpsc::channel(1);
-        Rebalancer::new(prepared.shared, resets)
+        Rebalancer::new(test_shared(config, Accept).await, resets)
     }
 
     #[tokio::test]

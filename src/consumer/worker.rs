@@ -198,6 +198,11 @@ struct Worker<H> {
     moved_to: Option<i64>,
     /// When the queue state was last published to the stats.
     last_published: Instant,
+    /// Concurrent: a batch panicked after its handler, and its messages went with it. Their
+    /// marks would hold the commit back for good (and the span limit would stop the pulls), so
+    /// the worker ends; the rebalancer starts a fresh one from the committed offset, which
+    /// delivers them again.
+    restart: bool,
 }
 
 /// Runs the worker of `mq` from `start_offset` until `cancel` fires, then drains, persists the
@@ -218,33 +223,7 @@ pub(crate) async fn run<H: Handler>(
             ..QueueState::default()
         },
     );
-    let room = shared.cache_budget.room().cloned();
-    let mut w = Worker {
-        is_retry_queue: mq.topic.starts_with("%RETRY%"),
-        shared,
-        mq,
-        pq: ProcessQueue::new(),
-        next_offset: start_offset,
-        ready: Ready::default(),
-        delayed: Vec::new(),
-        in_flight: FuturesUnordered::new(),
-        pull: None,
-        pull_asked: 0,
-        backlog: false,
-        claim: Claim { room, held: 0 },
-        waiting_room: None,
-        answers: VecDeque::new(),
-        answers_held: 0,
-        pull_not_before: Instant::now(),
-        max_offset: None,
-        paused: None,
-        local_reconsume: HashMap::new(),
-        suspended_until: None,
-        lock_was_valid: true,
-        recompute_offset: false,
-        moved_to: None,
-        last_published: Instant::now(),
-    };
+    let mut w = Worker::new(shared, mq, start_offset);
     info!(group = %w.shared.group(), queue = %w.mq, offset = start_offset, "Queue assigned.");
     w.run(cancel).await;
     w.drain().await;
@@ -272,12 +251,46 @@ pub(crate) async fn release<H: Handler>(shared: &Shared<H>, mq: &MessageQueue) {
 }
 
 impl<H: Handler> Worker<H> {
+    fn new(shared: Arc<Shared<H>>, mq: MessageQueue, start_offset: i64) -> Self {
+        let room = shared.cache_budget.room().cloned();
+        Self {
+            is_retry_queue: mq.topic.starts_with("%RETRY%"),
+            shared,
+            mq,
+            pq: ProcessQueue::new(),
+            next_offset: start_offset,
+            ready: Ready::default(),
+            delayed: Vec::new(),
+            in_flight: FuturesUnordered::new(),
+            pull: None,
+            pull_asked: 0,
+            backlog: false,
+            claim: Claim { room, held: 0 },
+            waiting_room: None,
+            answers: VecDeque::new(),
+            answers_held: 0,
+            pull_not_before: Instant::now(),
+            max_offset: None,
+            paused: None,
+            local_reconsume: HashMap::new(),
+            suspended_until: None,
+            lock_was_valid: true,
+            recompute_offset: false,
+            moved_to: None,
+            last_published: Instant::now(),
+            restart: false,
+        }
+    }
+
     fn orderly(&self) -> bool {
         self.shared.config.mode == ConsumeMode::Orderly
     }
 
     async fn run(&mut self, cancel: CancellationToken) {
         loop {
+            if self.restart {
+                return;
+            }
             // After a failed attempt `relocate` waits out its back-off (`pull_not_before`);
             // the worker still wakes every 50 ms while its queue is paused.
             if self.recompute_offset
@@ -404,10 +417,11 @@ impl<H: Handler> Worker<H> {
                 self.on_orderly_done(done).await;
             }
             // Concurrent: a panic after the handler (a handler's own panic is settled in
-            // `consume`). The messages went with the batch; they stay uncommitted, so the queue's
-            // next owner (or this daemon after a restart) gets them again.
+            // `consume`). The messages went with the batch and cannot be offered again from
+            // here, and their marks would stall the queue: the worker ends (see `restart`).
             Err(()) => {
-                warn!(queue = %self.mq, "Batch settlement panicked; its messages stay uncommitted.");
+                warn!(queue = %self.mq, "Batch settlement panicked; restarting the queue from its committed offset.");
+                self.restart = true;
             }
         }
     }
@@ -1203,4 +1217,47 @@ async fn settle_orderly_retry<H: Handler>(
     // shorten the pause to nothing, which burnt every attempt within a second.
     done.suspend_orderly(cfg.suspend_time);
     done.orderly_retry_offsets.push(msg.queue_offset);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumer::engine::test_shared;
+    use crate::consumer::Config;
+
+    #[derive(Debug)]
+    struct Accept;
+
+    impl Handler for Accept {
+        async fn handle(&self, batch: &Batch) -> Vec<Outcome> {
+            vec![Outcome::Success; batch.messages.len()]
+        }
+    }
+
+    fn queue() -> MessageQueue {
+        MessageQueue {
+            topic: "T_worker".to_owned(),
+            broker_name: "b".to_owned(),
+            queue_id: 0,
+        }
+    }
+
+    /// A concurrent worker that reaches no broker.
+    async fn worker() -> Worker<Accept> {
+        let shared = test_shared(Config::new("G_worker", "T_worker"), Accept).await;
+        Worker::new(shared, queue(), 0)
+    }
+
+    #[tokio::test]
+    async fn a_concurrent_batch_that_panicked_after_its_handler_restarts_the_queue() {
+        let mut w = worker().await;
+        // The batch's marks, and a batch whose settlement panics with its messages.
+        w.pq.put([Entry::Mark { offset: 0, size: 1 }]);
+        w.in_flight
+            .push(batch_future(async { panic!("settlement bug") }));
+        // Before: the worker carried on with the mark held for good (the commit stuck at 0).
+        let ended = timeout(Duration::from_secs(5), w.run(CancellationToken::new())).await;
+        assert!(ended.is_ok(), "the worker kept running with a lost batch");
+        assert!(w.restart);
+    }
 }
