@@ -180,7 +180,8 @@ impl<T: Cached> ProcessQueue<T> {
         }
         match self.cached.keys().next() {
             Some(lowest) => Some(*lowest),
-            None => self.offset_max.map(|max| max + 1),
+            // Saturating: the offsets come from the broker, and `i64::MAX` must not panic.
+            None => self.offset_max.map(|max| max.saturating_add(1)),
         }
     }
 
@@ -218,7 +219,7 @@ impl<T: Cached> ProcessQueue<T> {
         for msg in done.values() {
             self.forget(msg);
         }
-        let next = last + 1;
+        let next = last.saturating_add(1);
         Some(match self.cached.keys().next() {
             Some(&lowest) => next.min(lowest),
             None => next,
@@ -270,7 +271,7 @@ impl<T: Cached> ProcessQueue<T> {
             (Some(a), Some(b)) => Some(*a.min(b)),
             (a, b) => a.or(b).copied(),
         };
-        lowest.or_else(|| self.offset_max.map(|max| max + 1))
+        lowest.or_else(|| self.offset_max.map(|max| max.saturating_add(1)))
     }
 
     /// The first exceeded limit, checked in Java's order (count, bytes, span), or `None` when
@@ -433,6 +434,18 @@ mod tests {
         assert_eq!(pq.remove([12]), None);
         assert!(pq.is_empty());
         assert_eq!((pq.cached_count(), pq.cached_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn the_highest_offset_does_not_overflow() {
+        let mut pq = ProcessQueue::new();
+        pq.put(msgs([i64::MAX]));
+        assert_eq!(pq.committable_offset(), Some(i64::MAX));
+        assert_eq!(pq.remove([i64::MAX]), Some(i64::MAX));
+        assert_eq!(pq.committable_offset(), Some(i64::MAX));
+        pq.put(msgs([i64::MAX - 1, i64::MAX]));
+        pq.take(2);
+        assert_eq!(pq.commit(), Some(i64::MAX));
     }
 
     #[test]

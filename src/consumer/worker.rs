@@ -459,7 +459,8 @@ impl<H: Handler> Worker<H> {
                 .collect();
             for m in &mut taken {
                 if let Some(extra) = self.local_reconsume.get(&m.queue_offset) {
-                    m.reconsume_times += *extra;
+                    // Saturating: the count the broker sent may already be `i32::MAX`.
+                    m.reconsume_times = m.reconsume_times.saturating_add(*extra);
                 }
             }
             taken
@@ -494,7 +495,8 @@ impl<H: Handler> Worker<H> {
     async fn on_orderly_done(&mut self, done: Done) {
         if done.orderly_retry {
             for off in &done.orderly_retry_offsets {
-                *self.local_reconsume.entry(*off).or_insert(0) += 1;
+                let n = self.local_reconsume.entry(*off).or_insert(0);
+                *n = n.saturating_add(1);
             }
             for off in &done.finished {
                 self.local_reconsume.remove(off);
@@ -877,7 +879,8 @@ impl<H: Handler> Worker<H> {
             next_pull_offset: self.next_offset,
             max_offset: self.max_offset,
             lag: match (self.max_offset, committed) {
-                (Some(max), Some(c)) => Some((max - c).max(0)),
+                // Saturating: the broker's max offset is whatever it sent.
+                (Some(max), Some(c)) => Some(max.saturating_sub(c).max(0)),
                 _ => None,
             },
             cached_messages: self.pq.cached_count(),
@@ -1132,7 +1135,7 @@ async fn settle_undecoded<H: Handler>(
 
 /// Broadcasting has no broker DLQ: a message that cannot be delivered is given up, loudly.
 fn give_up<H: Handler>(shared: &Arc<Shared<H>>, msg: &MessageExt, why: &str, done: &mut Done) {
-    warn!(group = %shared.group(), msg_id = %msg.msg_id(), attempts = msg.reconsume_times + 1, why, "Broadcasting message dropped.");
+    warn!(group = %shared.group(), msg_id = %msg.msg_id(), attempts = msg.reconsume_times.saturating_add(1), why, "Broadcasting message dropped.");
     shared
         .metrics
         .dropped
@@ -1180,7 +1183,7 @@ async fn settle_retry<H: Handler>(
             give_up(shared, &msg, "it failed max_reconsume_times times", done);
         } else {
             let backoff = Duration::from_secs(1 << msg.reconsume_times.clamp(0, 6));
-            msg.reconsume_times += 1;
+            msg.reconsume_times = msg.reconsume_times.saturating_add(1);
             done.later.push((msg, backoff, Pending::Deliver));
         }
         return;
@@ -1190,7 +1193,9 @@ async fn settle_retry<H: Handler>(
         Err(e) => {
             shared.count_error("send_back", &e);
             warn!(msg_id = %msg.msg_id(), error = %e, "Send-back failed; consuming the message again locally in 5 s.");
-            msg.reconsume_times += 1;
+            // Saturating: the count comes from the broker and may be `i32::MAX`; a panic
+            // here would lose the batch's settlement.
+            msg.reconsume_times = msg.reconsume_times.saturating_add(1);
             done.later
                 .push((msg, SEND_BACK_RETRY_DELAY, Pending::Deliver));
         }
@@ -1246,6 +1251,56 @@ mod tests {
     async fn worker() -> Worker<Accept> {
         let shared = test_shared(Config::new("G_worker", "T_worker"), Accept).await;
         Worker::new(shared, queue(), 0)
+    }
+
+    fn message(offset: i64, tags: &str) -> MessageExt {
+        let mut properties = crate::remoting::message::Properties::new();
+        properties.insert(
+            crate::remoting::message::properties::TAGS.into(),
+            tags.into(),
+        );
+        MessageExt {
+            topic: "T_worker".to_owned(),
+            queue_id: 0,
+            flag: 0,
+            queue_offset: offset,
+            commit_log_offset: 4096,
+            sys_flag: 0,
+            born_timestamp: 1,
+            born_host: "127.0.0.1:1".parse().expect("addr"),
+            store_timestamp: 2,
+            store_host: "127.0.0.1:2".parse().expect("addr"),
+            reconsume_times: 0,
+            prepared_transaction_offset: 0,
+            body_crc: 0,
+            body: bytes::Bytes::from_static(b"x"),
+            properties,
+        }
+    }
+
+    #[tokio::test]
+    async fn reconsume_counts_and_lag_from_the_broker_do_not_overflow() {
+        let mut w = worker().await;
+        // A failed send-back (no broker) counts an attempt locally.
+        let mut msg = message(0, "a");
+        msg.reconsume_times = i32::MAX;
+        let mut done = Done::empty();
+        settle_retry(&w.shared, &w.mq, msg.clone(), None, &mut done).await;
+        assert_eq!(done.later[0].0.reconsume_times, i32::MAX);
+        // Broadcasting gives up on it, logging the attempts.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::new("G_worker", "T_worker");
+        config.model = Model::Broadcasting;
+        config.offset_store_dir = dir.path().to_owned();
+        let shared = test_shared(config, Accept).await;
+        let mut done = Done::empty();
+        settle_retry(&shared, &w.mq, msg, None, &mut done).await;
+        assert_eq!(done.finished, vec![0]);
+        // Lag against whatever max offset the broker sent.
+        w.shared.offsets.update(&w.mq, 5, false);
+        w.max_offset = Some(i64::MIN);
+        w.publish_state();
+        assert_eq!(w.shared.stats.queues()[&w.mq].lag, Some(0));
     }
 
     #[tokio::test]
