@@ -15,7 +15,7 @@
 //! (retry or DLQ topic). A message whose send-back fails stays in the process queue and is tried
 //! again; it is never dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -804,7 +804,14 @@ impl<H: Handler> Worker<H> {
                     // Concurrent: the process queue only tracks offsets and sizes; the messages
                     // themselves wait in `ready`, in the vector they were decoded into, until a
                     // batch takes them.
-                    self.pq.put(kept.iter().map(Entry::mark));
+                    // Offsets already held (a re-pull of an offset range the worker holds) are
+                    // being handled or wait in `ready` already: dispatched again they would be
+                    // delivered twice at once.
+                    let fresh = self.pq.put_new(kept.iter().map(Entry::mark));
+                    if fresh.len() < kept.len() {
+                        let fresh: HashSet<i64> = fresh.iter().map(Cached::offset).collect();
+                        kept.retain(|m| fresh.contains(&m.queue_offset));
+                    }
                     self.ready.append(kept);
                 }
                 self.pull_not_before = Instant::now() + self.shared.config.pull_interval;
@@ -1301,6 +1308,29 @@ mod tests {
         w.max_offset = Some(i64::MIN);
         w.publish_state();
         assert_eq!(w.shared.stats.queues()[&w.mq].lag, Some(0));
+    }
+
+    fn found(messages: Vec<MessageExt>, next_begin_offset: i64) -> PullResult {
+        PullResult {
+            status: PullStatus::Found,
+            next_begin_offset,
+            min_offset: 0,
+            max_offset: next_begin_offset,
+            suggest_which_broker_id: 0,
+            offset_delta: None,
+            messages,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_re_pulled_message_is_not_dispatched_twice() {
+        let mut w = worker().await;
+        let answer = || found(vec![message(0, "a"), message(1, "a")], 2);
+        w.on_pull(Ok(answer()), Duration::ZERO).await;
+        // The broker answers the same range again (an offset that went back).
+        w.on_pull(Ok(answer()), Duration::ZERO).await;
+        let queued: Vec<i64> = w.ready.take(10).iter().map(|m| m.queue_offset).collect();
+        assert_eq!(queued, vec![0, 1]);
     }
 
     #[tokio::test]
