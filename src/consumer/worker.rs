@@ -777,7 +777,6 @@ impl<H: Handler> Worker<H> {
                 self.next_offset = result.next_begin_offset;
                 self.backlog = result.next_begin_offset < result.max_offset;
                 // Counted before filtering: filtered messages share the answer's buffer.
-                let answer = result.messages.last().map(|m| m.queue_offset);
                 let found = result.messages.len();
                 let sub = self.shared.subscription_data(&self.mq.topic);
                 let check_tags = !self.is_retry_queue;
@@ -789,10 +788,13 @@ impl<H: Handler> Worker<H> {
                 for m in &mut kept {
                     self.shared.restore_topic(m);
                 }
-                if let (Some(last), false) = (answer, kept.is_empty()) {
-                    self.answers.push_back((last, found));
-                    self.answers_held += found;
-                }
+                // The answer's buffer lives while a message of it is held: its room is given
+                // back once every offset up to the highest message held from it is finished.
+                // Not up to the answer's last offset: trailing messages filtered out here are
+                // never held, so with the process queue empty the committable offset (highest
+                // held + 1) stayed at or below it and the room was kept until another matching
+                // message came and finished.
+                let mut held_last = kept.last().map(|m| m.queue_offset);
                 if kept.is_empty() {
                     if self.pq.is_empty() {
                         self.shared.offsets.update(&self.mq, self.next_offset, true);
@@ -811,8 +813,14 @@ impl<H: Handler> Worker<H> {
                     if fresh.len() < kept.len() {
                         let fresh: HashSet<i64> = fresh.iter().map(Cached::offset).collect();
                         kept.retain(|m| fresh.contains(&m.queue_offset));
+                        // The re-pulled copies are dropped with this answer.
+                        held_last = kept.last().map(|m| m.queue_offset);
                     }
                     self.ready.append(kept);
+                }
+                if let Some(last) = held_last {
+                    self.answers.push_back((last, found));
+                    self.answers_held += found;
                 }
                 self.pull_not_before = Instant::now() + self.shared.config.pull_interval;
             }
@@ -1320,6 +1328,35 @@ mod tests {
             offset_delta: None,
             messages,
         }
+    }
+
+    #[tokio::test]
+    async fn an_answer_ending_in_filtered_messages_gives_its_room_back() {
+        let mut config = Config::new("G_worker", "T_worker");
+        config.filter = crate::consumer::Filter::Tag("a".into());
+        let shared = test_shared(config, Accept).await;
+        let mut w = Worker::new(shared, queue(), 0);
+        let answer = vec![
+            message(0, "a"),
+            message(1, "a"),
+            message(2, "b"),
+            message(3, "b"),
+        ];
+        w.on_pull(Ok(found(answer, 4)), Duration::ZERO).await;
+        assert_eq!(
+            w.answers_held(),
+            4,
+            "the whole answer counts while it is held"
+        );
+        let mut done = Done::empty();
+        done.finished = vec![0, 1];
+        w.on_done(done).await;
+        assert!(w.pq.is_empty());
+        assert_eq!(
+            w.answers_held(),
+            0,
+            "nothing of the answer is held any more"
+        );
     }
 
     #[tokio::test]
