@@ -45,6 +45,16 @@ use super::offset_store::{
 use super::rebalance::{Rebalancer, ResetRequest};
 use super::stats::{Stats, StatsSnapshot};
 
+/// Where a `%RETRY%<group>` queue without a stored offset starts, whatever `consume_from` says:
+/// it holds only this group's sent-back messages, so all of them are to be consumed.
+///
+/// Java starts it at 0 for LAST_OFFSET but at the max offset for CONSUME_FROM_TIMESTAMP. The
+/// retry topic is created by the first send-back, which the worker of its queue may start only
+/// a route refresh later: started at the max offset, it skipped the messages sent back until
+/// then (Java brokers mostly hide this by answering QUERY_CONSUMER_OFFSET with 0 for a queue
+/// whose head is still in memory; this client asks them not to, see [`Shared::stored_offset`]).
+const RETRY_QUEUE_START: i64 = 0;
+
 /// State shared by the tasks of one subscription.
 #[derive(Debug)]
 pub(crate) struct Shared<H> {
@@ -374,10 +384,9 @@ impl<H: Handler> Shared<H> {
     pub(crate) async fn configured_start(&self, mq: &MessageQueue) -> Result<i64, ConsumerError> {
         let is_retry = mq.topic.starts_with("%RETRY%");
         let offset = match self.config.consume_from {
-            ConsumeFrom::LastOffset if is_retry => 0,
+            _ if is_retry => RETRY_QUEUE_START,
             ConsumeFrom::FirstOffset => 0,
             ConsumeFrom::LastOffset => self.max_offset(mq).await?,
-            ConsumeFrom::Timestamp(_) if is_retry => self.max_offset(mq).await?,
             ConsumeFrom::Timestamp(ts) => {
                 let addr = self.master_addr(&mq.broker_name)?;
                 self.call(
@@ -1216,6 +1225,28 @@ mod tests {
             cache_budget: Arc::new(CacheBudget::unlimited()),
         };
         Consumer::start(client(namesrv), config, Accept, runtime).await
+    }
+
+    #[tokio::test]
+    async fn a_retry_queue_without_an_offset_starts_at_0_whatever_consume_from_says() {
+        let retry = MessageQueue {
+            topic: "%RETRY%G_start".to_owned(),
+            broker_name: "b".to_owned(),
+            queue_id: 0,
+        };
+        for from in [
+            ConsumeFrom::LastOffset,
+            ConsumeFrom::FirstOffset,
+            ConsumeFrom::Timestamp(now_millis()),
+        ] {
+            let mut config = Config::new("G_start", "T_start");
+            config.consume_from = from;
+            let shared = test_shared(config, Accept).await;
+            // No broker is asked (none answers here): the max offset would skip the messages
+            // sent back before this queue's worker first started.
+            let start = shared.configured_start(&retry).await;
+            assert_eq!(start.ok(), Some(0), "{from:?}");
+        }
     }
 
     #[tokio::test]
