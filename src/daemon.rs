@@ -247,11 +247,21 @@ fn consumer_config(
     c.rebalance_interval = cfg.client.rebalance_interval;
     c.route_interval = cfg.client.poll_name_server_interval;
     c.rpc_timeout = cfg.client.rpc_timeout;
-    c.drain_timeout = cfg.shutdown.grace_period;
+    c.drain_timeout = drain_timeout(cfg.shutdown.grace_period, cfg.client.rpc_timeout);
     // Long enough for a daemon of the same configuration to drain and exit (the grace period,
     // the 5 s the daemon adds, unregistering) when a rolling restart overlaps the two.
     c.offset_lock_wait = cfg.shutdown.grace_period + Duration::from_secs(30);
     Ok(c)
+}
+
+/// The time in-flight deliveries get at shutdown (and when a queue is revoked): the grace
+/// period less room for what each worker does after its drain, a persist and an orderly unlock
+/// of up to `rpc_timeout` each, so the whole sequence fits in `shutdown.grace_period` as
+/// documented. A full-length drain used to leave those calls the 5 s the daemon adds to the
+/// grace period, less than the two of them may take. At least half the grace period, so a short
+/// grace period is still mostly spent delivering.
+fn drain_timeout(grace: Duration, rpc_timeout: Duration) -> Duration {
+    grace.saturating_sub(rpc_timeout * 2).max(grace / 2)
 }
 
 fn webhook_options(
@@ -749,6 +759,20 @@ mod tests {
                 "{name}: `_total` iff a counter"
             );
         }
+    }
+
+    #[test]
+    fn the_drain_leaves_room_in_the_grace_period_for_the_final_persist_and_unlock() {
+        let rpc = Duration::from_secs(3);
+        assert_eq!(
+            drain_timeout(Duration::from_secs(30), rpc),
+            Duration::from_secs(24)
+        );
+        assert_eq!(
+            drain_timeout(Duration::from_secs(8), rpc),
+            Duration::from_secs(4)
+        );
+        assert_eq!(drain_timeout(Duration::ZERO, rpc), Duration::ZERO);
     }
 
     #[test]

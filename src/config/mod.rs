@@ -260,7 +260,9 @@ impl Default for LogConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// Time allowed after SIGTERM to stop pulling, drain in-flight deliveries, persist offsets
-    /// and unlock orderly queues; stragglers are then aborted. Default `30s`.
+    /// and unlock orderly queues; stragglers are then aborted. In-flight deliveries get this
+    /// less twice `client.rpc_timeout` (but at least half of it), which leaves the final persist
+    /// and unlock their time. Default `30s`.
     #[serde(with = "values::duration")]
     pub grace_period: Duration,
 }
