@@ -1541,10 +1541,11 @@ async fn a_batch_dropped_by_the_drain_timeout_leaves_the_in_flight_gauge() {
     assert_eq!(gauge.get(), 0, "batches in flight after the drain gave up");
 }
 
-/// A send-back the broker refuses is not a finished message: the message is consumed again
-/// locally (with its reconsume count raised) until it is accepted, and no committed offset
-/// passes it before then. A proxy in front of the broker refuses the first two
-/// CONSUMER_SEND_MSG_BACK requests and records every commit.
+/// A send-back the broker refuses, whose fallback publish to the retry topic is refused too, is
+/// not a finished message: the message is consumed again locally (with its reconsume count
+/// raised) until it is accepted, and no committed offset passes it before then. A proxy in
+/// front of the broker refuses the first two CONSUMER_SEND_MSG_BACK requests (and the retry
+/// topic sends meanwhile) and records every commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_send_back_keeps_the_message_until_it_is_accepted() {
     use rocketmq_webhook::remoting::{RemotingCommand, RequestCode};
@@ -1559,7 +1560,7 @@ async fn a_refused_send_back_keeps_the_message_until_it_is_accepted() {
     let commits: Arc<Mutex<Vec<(Instant, i64)>>> = Arc::new(Mutex::new(Vec::new()));
     let (namesrv_addr, refused) = {
         let (commits, topic) = (Arc::clone(&commits), topic.clone());
-        refusing_send_backs(&mq, 2, move |command: &RemotingCommand| {
+        refusing_send_backs(&mq, 2, false, move |command: &RemotingCommand| {
             let field = |k: &str| command.ext_fields.get(k)?.parse::<i64>().ok();
             let ours = command.ext_fields.get("topic") == Some(topic.as_str());
             let code = command.code;
@@ -1631,6 +1632,121 @@ async fn a_refused_send_back_keeps_the_message_until_it_is_accepted() {
         [0, 1, 2],
         "consumed again locally after each refusal"
     );
+    consumer.shutdown().await;
+}
+
+/// A send-back the broker refuses falls back to publishing the message to the retry topic
+/// (Java's `sendMessageBackAsNormalMessage`) with the reconsume count and DLQ threshold in the
+/// send header, and the message's offset is committed. A Java broker delivers it again through
+/// the retry queue; rocketmq-broker-rust 1.0.0 dead-letters every retry-topic send of a group
+/// without orderly locks (docs/compatibility.md), which is accepted here too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_send_back_is_published_to_the_retry_topic_instead() {
+    use rocketmq_webhook::remoting::message::properties;
+    use rocketmq_webhook::remoting::{RemotingCommand, RequestCode};
+    let mq = RocketMq::start().await;
+    let topic = unique("T_republish");
+    let group = unique("G_republish");
+    mq.create_topic(&topic, 1).await;
+    // The broker creates the retry topic on a send-back, which the proxy refuses here.
+    mq.create_topic(&format!("%RETRY%{group}"), 1).await;
+    let p = producer(&mq).await;
+    produce(&p, &topic, &["fail-me".to_owned()], None).await;
+    // Each send to the retry topic: its reconsumeTimes and maxReconsumeTimes header fields
+    // and its properties.
+    type Send = (Option<String>, Option<String>, String);
+    let sends: Arc<Mutex<Vec<Send>>> = Arc::default();
+    let commits: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let (namesrv_addr, refused) = {
+        let (sends, commits, topic) = (Arc::clone(&sends), Arc::clone(&commits), topic.clone());
+        refusing_send_backs(&mq, usize::MAX, true, move |command: &RemotingCommand| {
+            let field = |k: &str| command.ext_fields.get(k).map(str::to_owned);
+            if command.code == i32::from(RequestCode::SendMessageV2)
+                && field("b").is_some_and(|t| t.starts_with("%RETRY%"))
+            {
+                sends.lock().unwrap().push((
+                    field("j"),
+                    field("l"),
+                    field("i").unwrap_or_default(),
+                ));
+            }
+            if command.code == i32::from(RequestCode::UpdateConsumerOffset)
+                && field("topic").as_deref() == Some(topic.as_str())
+            {
+                if let Some(offset) = field("commitOffset").and_then(|o| o.parse().ok()) {
+                    commits.lock().unwrap().push(offset);
+                }
+            }
+        })
+        .await
+    };
+    // The redelivery: its reconsume count and RETRY_TOPIC.
+    type Again = (i32, Option<String>);
+    let again: Arc<Mutex<Option<Again>>> = Arc::default();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorder = {
+        let again = Arc::clone(&again);
+        Recorder::new("c", &seen).deciding(move |m| {
+            if m.reconsume_times == 0 {
+                return Outcome::Retry {
+                    delay_level: Some(1),
+                };
+            }
+            let retry_topic = m.properties.get(properties::RETRY_TOPIC).map(str::to_owned);
+            again
+                .lock()
+                .unwrap()
+                .get_or_insert((m.reconsume_times, retry_topic));
+            Outcome::Success
+        })
+    };
+    let consumer = start_on(
+        namesrv_addr,
+        &unique("republish"),
+        fast_config(&group, &topic),
+        recorder,
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "fail-me published to the retry topic and committed",
+        || !sends.lock().unwrap().is_empty() && commits.lock().unwrap().contains(&1),
+    )
+    .await;
+    assert!(refused.load(SeqCst) >= 1, "no send-back was tried");
+    let (reconsume, max, props) = sends.lock().unwrap()[0].clone();
+    assert_eq!(reconsume.as_deref(), Some("1"), "reconsumeTimes header");
+    assert_eq!(max.as_deref(), Some("16"), "maxReconsumeTimes header");
+    // Properties travel as `key\u{1}value\u{2}`.
+    for property in [
+        "RETRY_TOPIC\u{1}",
+        "ORIGIN_MESSAGE_ID\u{1}",
+        "DELAY\u{1}1\u{2}",
+    ] {
+        assert!(
+            props.contains(property),
+            "{property:?} missing from {props:?}"
+        );
+    }
+    assert!(!props.contains("RECONSUME_TIME"), "{props:?}");
+    // Delivered again through the retry queue (a Java broker), or dead-lettered by
+    // rocketmq-broker-rust 1.0.0: either way the broker has it.
+    let mut back = false;
+    for _ in 0..40 {
+        back = again.lock().unwrap().is_some() || mq.dlq_count(&group).await == 1;
+        if back {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        back,
+        "the published retry is neither delivered again nor in the DLQ"
+    );
+    if let Some((times, retry_topic)) = again.lock().unwrap().clone() {
+        assert_eq!(times, 1, "reconsume count of the published retry");
+        assert_eq!(retry_topic.as_deref(), Some(topic.as_str()));
+    }
     consumer.shutdown().await;
 }
 
@@ -1762,7 +1878,7 @@ async fn orderly_waits_behind_an_undecodable_message_until_it_is_dead_lettered()
     mq.send_undecodable(&topic, "not zlib").await;
     produce(&p, &topic, &["b".to_owned()], None).await;
 
-    let (namesrv_addr, send_backs) = refusing_send_backs(&mq, 2, |_| {}).await;
+    let (namesrv_addr, send_backs) = refusing_send_backs(&mq, 2, false, |_| {}).await;
     // How many send-backs had been asked for when "b" first reached the handler.
     let at_b: Arc<Mutex<Option<usize>>> = Arc::new(Mutex::new(None));
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -1852,12 +1968,14 @@ async fn consume_directly_refuses_a_body_that_does_not_inflate() {
 }
 
 /// A fake name server whose routes lead to a proxy in front of the real broker. The proxy
-/// refuses the first `refused` CONSUMER_SEND_MSG_BACK requests and shows every other request to
-/// `watch` before relaying it. Returns the name server's address and how many send-backs were
-/// asked for so far.
+/// refuses the first `refused` CONSUMER_SEND_MSG_BACK requests, and while it refuses them also
+/// the consumer's fallback sends to the retry topic unless `relay_republish`, and shows every
+/// other request to `watch` before relaying it. Returns the name server's address and how many
+/// send-backs were asked for so far.
 async fn refusing_send_backs(
     mq: &RocketMq,
     refused: usize,
+    relay_republish: bool,
     watch: impl Fn(&rocketmq_webhook::remoting::RemotingCommand) + Clone + Send + Sync + 'static,
 ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     use rocketmq_webhook::remoting::{RemotingCommand, RequestCode, ResponseCode};
@@ -1870,14 +1988,26 @@ async fn refusing_send_backs(
             proxy_listener,
             mq.broker_addr(),
             move |command: &RemotingCommand| {
-                if command.code == i32::from(RequestCode::ConsumerSendMsgBack)
-                    && send_backs.fetch_add(1, SeqCst) < refused
-                {
-                    return Verdict::Answer(encode(&RemotingCommand::response_to(
+                let refuse = || {
+                    Verdict::Answer(encode(&RemotingCommand::response_to(
                         command,
                         ResponseCode::SystemError,
                         Some("refused by the test".to_owned()),
-                    )));
+                    )))
+                };
+                if command.code == i32::from(RequestCode::ConsumerSendMsgBack)
+                    && send_backs.fetch_add(1, SeqCst) < refused
+                {
+                    return refuse();
+                }
+                let republish = (command.code == i32::from(RequestCode::SendMessageV2)
+                    || command.code == i32::from(RequestCode::SendMessage))
+                    && [command.ext_fields.get("b"), command.ext_fields.get("topic")]
+                        .into_iter()
+                        .flatten()
+                        .any(|t| t.starts_with("%RETRY%"));
+                if republish && !relay_republish && send_backs.load(SeqCst) <= refused {
+                    return refuse();
                 }
                 watch(command);
                 Verdict::Relay

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::client::producer::{Producer, ProducerConfig, ProducerError, QueueSelector};
 use crate::client::{Client, ClientError, Routes};
 use crate::metrics::Metrics;
 use crate::remoting::body::heartbeat::{
@@ -54,6 +55,9 @@ use super::stats::{Stats, StatsSnapshot};
 /// then (Java brokers mostly hide this by answering QUERY_CONSUMER_OFFSET with 0 for a queue
 /// whose head is still in memory; this client asks them not to, see [`Shared::stored_offset`]).
 const RETRY_QUEUE_START: i64 = 0;
+
+/// Producer group of the send-back fallback, as Java's internal producer names it.
+const INNER_PRODUCER_GROUP: &str = "CLIENT_INNER_PRODUCER";
 
 /// State shared by the tasks of one subscription.
 #[derive(Debug)]
@@ -99,6 +103,9 @@ pub(crate) struct Shared<H> {
     pub(crate) heartbeat_taken: AtomicBool,
     /// Offset resets asked for by brokers, applied by the rebalancer.
     pub(crate) resets: mpsc::Sender<ResetRequest>,
+    /// Publishes a failed message to the retry topic itself when the broker refuses its
+    /// send-back ([`Shared::republish_retry`]); shares the client's connections and routes.
+    producer: Producer,
 }
 
 /// Collectors the per-message path touches, resolved for one subscription's labels so the hot
@@ -557,7 +564,13 @@ impl<H: Handler> Shared<H> {
                 Duration::from_secs(5).max(self.config.rpc_timeout),
             )
             .await?;
-        let target = if delay_level < 0 || msg.reconsume_times >= self.config.max_reconsume_times {
+        self.count_send_back(msg, delay_level < 0);
+        Ok(())
+    }
+
+    /// Counts a message handed back to the broker, by where the broker's rule sends it.
+    fn count_send_back(&self, msg: &MessageExt, dead_letter: bool) {
+        let target = if dead_letter || msg.reconsume_times >= self.config.max_reconsume_times {
             "dlq"
         } else {
             "retry"
@@ -566,6 +579,52 @@ impl<H: Handler> Shared<H> {
             .send_back
             .with_label_values(&[&self.config.group, &self.config.topic, target])
             .inc();
+    }
+
+    /// Java's fallback when a send-back fails (`sendMessageBackAsNormalMessage`,
+    /// rocketmq-remoting.md 4.8): publishes a copy of `msg` to `%RETRY%<group>` with the
+    /// properties the broker's send-back would have set, so the message is retried through the
+    /// broker (and dead-lettered by its rule) even while the broker refuses send-backs, e.g. the
+    /// queue's broker is down but the retry topic has queues elsewhere. `delay_level` as for
+    /// [`Self::send_back`]; none (or 0) means Java's `3 + reconsumeTimes`.
+    pub(crate) async fn republish_retry(
+        &self,
+        msg: &MessageExt,
+        delay_level: Option<i32>,
+    ) -> Result<(), ProducerError> {
+        use crate::remoting::message::properties::{self as keys, ByteString};
+        let mut props = msg.properties.clone();
+        let origin = match props.get(keys::ORIGIN_MESSAGE_ID) {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            _ => msg.msg_id().into_owned(),
+        };
+        let reconsume = msg.reconsume_times.saturating_add(1);
+        let delay = match delay_level {
+            Some(level) if level > 0 => level,
+            _ => msg.reconsume_times.saturating_add(3),
+        };
+        for (key, value) in [
+            (keys::ORIGIN_MESSAGE_ID, origin),
+            // `msg.topic` is the real topic here (restored after the pull).
+            (keys::RETRY_TOPIC, msg.topic.clone()),
+            (keys::RECONSUME_TIME, reconsume.to_string()),
+            (
+                keys::MAX_RECONSUME_TIMES,
+                self.config.max_reconsume_times.to_string(),
+            ),
+            (keys::DELAY, delay.to_string()),
+        ] {
+            props.insert(ByteString::from_static(key), value.into());
+        }
+        props.remove(keys::TRAN_MSG);
+        let copy = crate::remoting::message::Message {
+            topic: self.config.retry_topic(),
+            flag: msg.flag,
+            body: msg.body.clone(),
+            properties: props,
+        };
+        self.producer.send(copy, &QueueSelector::RoundRobin).await?;
+        self.count_send_back(msg, false);
         Ok(())
     }
 
@@ -840,6 +899,17 @@ impl<H: Handler> Consumer<H> {
         let client = Client::new(client_config, inbound::forwarder(events_tx))?;
         let client_id = client.client_id().to_owned();
         let meters = Meters::new(&runtime.metrics, &config.group, &config.topic);
+        let producer = Producer::new(
+            client.clone(),
+            ProducerConfig {
+                group: INNER_PRODUCER_GROUP.to_owned(),
+                send_timeout: config.rpc_timeout,
+                // One more broker at most: the message is consumed again locally anyway if
+                // this fails, and a batch settles its messages one after the other.
+                retries: 1,
+                ..ProducerConfig::default()
+            },
+        );
         let shared = Arc::new(Shared {
             meters,
             consume_slots: Arc::new(Semaphore::new(config.consume_concurrency.max(1))),
@@ -862,6 +932,7 @@ impl<H: Handler> Consumer<H> {
             ready: Arc::new(AtomicBool::new(false)),
             heartbeat_taken: AtomicBool::new(false),
             resets: resets_tx,
+            producer,
         });
         Ok(Prepared {
             shared,
@@ -1153,40 +1224,15 @@ pub(crate) fn needs_heartbeat(err: &ClientError) -> bool {
     )
 }
 
-/// Engine state for unit tests of the tasks that use it, built as [`Consumer::prepare`] does,
-/// with a name server that refuses connections: every broker call fails at once.
+/// What the unit tests of the engine's tasks share.
 #[cfg(test)]
-pub(crate) async fn test_shared<H: Handler>(config: Config, handler: H) -> Arc<Shared<H>> {
-    let refusing = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind");
-    let client = crate::client::ClientConfig {
-        namesrv_addr: refusing.to_string(),
-        client_ip: Some("127.0.0.1".to_owned()),
-        ..crate::client::ClientConfig::default()
-    };
-    let runtime = Runtime {
-        metrics: Metrics::new(),
-        cache_budget: Arc::new(CacheBudget::unlimited()),
-    };
-    Consumer::prepare(client, config, handler, runtime)
-        .await
-        .expect("prepare")
-        .shared
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::SocketAddr;
-    use std::path::{Path, PathBuf};
-
+pub(crate) mod testing {
     use super::*;
-    use crate::client::ClientConfig;
     use crate::consumer::handler::{Batch, Outcome};
 
-    /// Accepts everything; these tests never get as far as a message.
+    /// Accepts everything.
     #[derive(Debug)]
-    struct Accept;
+    pub(crate) struct Accept;
 
     impl Handler for Accept {
         async fn handle(&self, batch: &Batch) -> Vec<Outcome> {
@@ -1196,10 +1242,47 @@ mod tests {
 
     /// An address where nothing listens: connections are refused at once, so the engine's
     /// tasks fail fast and shut down without waiting for timeouts.
-    fn refusing_addr() -> SocketAddr {
+    pub(crate) fn refusing_addr() -> std::net::SocketAddr {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.local_addr().expect("local addr")
     }
+
+    /// Engine state built as [`Consumer::prepare`] does, with a name server that refuses
+    /// connections: every broker call fails at once.
+    pub(crate) async fn shared(config: Config) -> Arc<Shared<Accept>> {
+        let client = crate::client::ClientConfig {
+            namesrv_addr: refusing_addr().to_string(),
+            client_ip: Some("127.0.0.1".to_owned()),
+            ..crate::client::ClientConfig::default()
+        };
+        let runtime = Runtime {
+            metrics: Metrics::new(),
+            cache_budget: Arc::new(CacheBudget::unlimited()),
+        };
+        Consumer::prepare(client, config, Accept, runtime)
+            .await
+            .expect("prepare")
+            .shared
+    }
+
+    /// Queue 0 of `topic` on broker `b`.
+    pub(crate) fn queue(topic: &str) -> MessageQueue {
+        MessageQueue {
+            topic: topic.to_owned(),
+            broker_name: "b".to_owned(),
+            queue_id: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::path::{Path, PathBuf};
+
+    use super::testing::{queue, refusing_addr, Accept};
+    use super::*;
+    use crate::client::ClientConfig;
 
     fn client(namesrv: SocketAddr) -> ClientConfig {
         ClientConfig {
@@ -1229,11 +1312,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retry_queue_without_an_offset_starts_at_0_whatever_consume_from_says() {
-        let retry = MessageQueue {
-            topic: "%RETRY%G_start".to_owned(),
-            broker_name: "b".to_owned(),
-            queue_id: 0,
-        };
+        let retry = queue("%RETRY%G_start");
         for from in [
             ConsumeFrom::LastOffset,
             ConsumeFrom::FirstOffset,
@@ -1241,7 +1320,7 @@ mod tests {
         ] {
             let mut config = Config::new("G_start", "T_start");
             config.consume_from = from;
-            let shared = test_shared(config, Accept).await;
+            let shared = testing::shared(config).await;
             // No broker is asked (none answers here): the max offset would skip the messages
             // sent back before this queue's worker first started.
             let start = shared.configured_start(&retry).await;

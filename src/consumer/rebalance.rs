@@ -362,36 +362,23 @@ impl<H: Handler> Rebalancer<H> {
 mod tests {
     use super::*;
     use crate::consumer::engine::lock;
-    use crate::consumer::engine::test_shared;
-    use crate::consumer::handler::{Batch, ConsumeMode, Outcome};
+    use crate::consumer::engine::testing::{self, Accept};
+    use crate::consumer::handler::ConsumeMode;
     use crate::consumer::stats::QueueState;
     use crate::consumer::Config;
-
-    #[derive(Debug)]
-    struct Accept;
-
-    impl Handler for Accept {
-        async fn handle(&self, batch: &Batch) -> Vec<Outcome> {
-            vec![Outcome::Success; batch.messages.len()]
-        }
-    }
 
     /// A rebalancer of an orderly clustering consumer that reaches no broker.
     async fn rebalancer() -> Rebalancer<Accept> {
         let mut config = Config::new("G_reap", "T_reap");
         config.mode = ConsumeMode::Orderly;
         let (_tx, resets) = mpsc::channel(1);
-        Rebalancer::new(test_shared(config, Accept).await, resets)
+        Rebalancer::new(testing::shared(config).await, resets)
     }
 
     #[tokio::test]
     async fn a_worker_that_panicked_leaves_no_queue_behind() {
         let mut rb = rebalancer().await;
-        let mq = MessageQueue {
-            topic: "T_reap".to_owned(),
-            broker_name: "b".to_owned(),
-            queue_id: 0,
-        };
+        let mq = testing::queue("T_reap");
         let shared = Arc::clone(&rb.shared);
         let queue = mq.clone();
         // What a worker registers when it starts, then a panic before its own release.

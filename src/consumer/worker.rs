@@ -12,8 +12,9 @@
 //!
 //! Invariant (at-least-once): the committed offset is the lowest offset not yet finished, where
 //! finished means the handler accepted the message, or the message was handed back to the broker
-//! (retry or DLQ topic). A message whose send-back fails stays in the process queue and is tried
-//! again; it is never dropped.
+//! (retry or DLQ topic). A retry whose send-back fails is published to the retry topic instead
+//! (Java's fallback); a message that cannot be handed back either way stays in the process
+//! queue and is tried again; it is never dropped.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -1203,11 +1204,24 @@ async fn settle_retry<H: Handler>(
         }
         return;
     }
-    match shared.send_back(mq, &msg, delay_level.unwrap_or(0)).await {
-        Ok(()) => done.finished.push(msg.queue_offset),
+    let refused = match shared.send_back(mq, &msg, delay_level.unwrap_or(0)).await {
+        Ok(()) => {
+            done.finished.push(msg.queue_offset);
+            return;
+        }
+        Err(e) => e,
+    };
+    shared.count_error("send_back", &refused);
+    // Java's fallback: publish the retry ourselves. Stored, it is the broker's like a
+    // send-back, so the message is finished here.
+    match shared.republish_retry(&msg, delay_level).await {
+        Ok(()) => {
+            warn!(msg_id = %msg.msg_id(), error = %refused, "Send-back failed; the message was published to the retry topic instead.");
+            done.finished.push(msg.queue_offset);
+        }
         Err(e) => {
             shared.count_error("send_back", &e);
-            warn!(msg_id = %msg.msg_id(), error = %e, "Send-back failed; consuming the message again locally in 5 s.");
+            warn!(msg_id = %msg.msg_id(), error = %refused, fallback_error = %e, "Send-back and its fallback failed; consuming the message again locally in 5 s.");
             // Saturating: the count comes from the broker and may be `i32::MAX`; a panic
             // here would lose the batch's settlement.
             msg.reconsume_times = msg.reconsume_times.saturating_add(1);
@@ -1242,29 +1256,16 @@ async fn settle_orderly_retry<H: Handler>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consumer::engine::test_shared;
+    use crate::consumer::engine::testing::{self, Accept};
     use crate::consumer::Config;
 
-    #[derive(Debug)]
-    struct Accept;
-
-    impl Handler for Accept {
-        async fn handle(&self, batch: &Batch) -> Vec<Outcome> {
-            vec![Outcome::Success; batch.messages.len()]
-        }
-    }
-
     fn queue() -> MessageQueue {
-        MessageQueue {
-            topic: "T_worker".to_owned(),
-            broker_name: "b".to_owned(),
-            queue_id: 0,
-        }
+        testing::queue("T_worker")
     }
 
     /// A concurrent worker that reaches no broker.
     async fn worker() -> Worker<Accept> {
-        let shared = test_shared(Config::new("G_worker", "T_worker"), Accept).await;
+        let shared = testing::shared(Config::new("G_worker", "T_worker")).await;
         Worker::new(shared, queue(), 0)
     }
 
@@ -1307,7 +1308,7 @@ mod tests {
         let mut config = Config::new("G_worker", "T_worker");
         config.model = Model::Broadcasting;
         config.offset_store_dir = dir.path().to_owned();
-        let shared = test_shared(config, Accept).await;
+        let shared = testing::shared(config).await;
         let mut done = Done::empty();
         settle_retry(&shared, &w.mq, msg, None, &mut done).await;
         assert_eq!(done.finished, vec![0]);
@@ -1334,7 +1335,7 @@ mod tests {
     async fn an_answer_ending_in_filtered_messages_gives_its_room_back() {
         let mut config = Config::new("G_worker", "T_worker");
         config.filter = crate::consumer::Filter::Tag("a".into());
-        let shared = test_shared(config, Accept).await;
+        let shared = testing::shared(config).await;
         let mut w = Worker::new(shared, queue(), 0);
         let answer = vec![
             message(0, "a"),

@@ -59,6 +59,25 @@ impl SendMessageHeader {
         queue_id: i32,
         born_timestamp: i64,
     ) -> Self {
+        // A message for a `%RETRY%` topic (the consumer's send-back fallback) carries its
+        // reconsume count and DLQ threshold in the header, where the broker's DLQ rule reads
+        // them, not as properties (Java `sendKernelImpl`).
+        let mut reconsume_times = None;
+        let mut max_reconsume_times = None;
+        let properties = if message.topic.starts_with("%RETRY%")
+            && (message.properties.contains_key(properties::RECONSUME_TIME)
+                || message
+                    .properties
+                    .contains_key(properties::MAX_RECONSUME_TIMES))
+        {
+            let mut props = message.properties.clone();
+            let mut take = |key: &str| props.remove(key).and_then(|v| v.parse::<i32>().ok());
+            reconsume_times = take(properties::RECONSUME_TIME);
+            max_reconsume_times = take(properties::MAX_RECONSUME_TIMES);
+            properties::encode(&props)
+        } else {
+            properties::encode(&message.properties)
+        };
         Self {
             producer_group: producer_group.into(),
             topic: message.topic.clone(),
@@ -68,10 +87,10 @@ impl SendMessageHeader {
             sys_flag: 0,
             born_timestamp,
             flag: message.flag,
-            properties: Some(properties::encode(&message.properties)),
-            reconsume_times: None,
+            properties: Some(properties),
+            reconsume_times,
             unit_mode: false,
-            max_reconsume_times: None,
+            max_reconsume_times,
             batch: false,
             broker_name: None,
         }

@@ -549,6 +549,33 @@ fn send_statuses_and_results() {
 }
 
 #[test]
+fn a_retry_topic_send_carries_its_reconsume_counts_in_the_header() {
+    let mut message = Message::new("%RETRY%G1", "a").with_uniq_key("ID0");
+    for (key, value) in [
+        (properties::RECONSUME_TIME, "3"),
+        (properties::MAX_RECONSUME_TIMES, "16"),
+    ] {
+        message
+            .properties
+            .insert(properties::ByteString::from_static(key), value.into());
+    }
+    let header = SendMessageHeader::for_message("P", &message, 0, 1);
+    assert_eq!(header.reconsume_times, Some(3));
+    assert_eq!(header.max_reconsume_times, Some(16));
+    let sent = properties::decode(&Bytes::from(header.properties.unwrap_or_default()));
+    assert_eq!(sent.get(properties::UNIQ_KEY), Some("ID0"));
+    assert!(!sent.contains_key(properties::RECONSUME_TIME));
+    // Other topics keep them as properties.
+    message.topic = "T1".to_owned();
+    let header = SendMessageHeader::for_message("P", &message, 0, 1);
+    assert_eq!(header.reconsume_times, None);
+    assert!(header
+        .properties
+        .unwrap_or_default()
+        .contains("RECONSUME_TIME"));
+}
+
+#[test]
 fn send_batch_encodes_at_construction() {
     let messages = [
         Message::new("T1", "a").with_uniq_key("ID0"),
