@@ -355,6 +355,14 @@ impl<H: Handler> Shared<H> {
         if let Some(offset) = self.stored_offset(mq).await? {
             return Ok(offset);
         }
+        // Clustering: an offset an earlier worker of this queue committed but could not persist
+        // as it ended (see `worker::release`). Without it a young group's queue restarted from
+        // `consume_from`, which for LAST_OFFSET skipped what that worker had not finished.
+        if self.config.model == Model::Clustering {
+            if let Some(offset) = self.offsets.read(mq).filter(|o| *o >= 0) {
+                return Ok(offset);
+            }
+        }
         self.configured_start(mq).await
     }
 
@@ -426,12 +434,12 @@ impl<H: Handler> Shared<H> {
     }
 
     /// Persists the in-memory offset of `mq` now (clustering: to the broker; broadcasting: the
-    /// whole local file).
-    pub(crate) async fn persist(&self, mq: &MessageQueue) {
+    /// whole local file). `false` when a clustering offset could not be stored.
+    pub(crate) async fn persist(&self, mq: &MessageQueue) -> bool {
         match self.config.model {
             Model::Clustering => {
                 let Some(offset) = self.offsets.read(mq) else {
-                    return;
+                    return true;
                 };
                 let result = match self.last_master_addr(&mq.broker_name) {
                     Ok(addr) => self
@@ -449,18 +457,25 @@ impl<H: Handler> Shared<H> {
                     Err(e) => Err(e),
                 };
                 match result {
-                    Ok(()) => self
-                        .metrics
-                        .offset_commits
-                        .with_label_values(&self.labels())
-                        .inc(),
+                    Ok(()) => {
+                        self.metrics
+                            .offset_commits
+                            .with_label_values(&self.labels())
+                            .inc();
+                        true
+                    }
                     Err(e) => {
                         self.count_error("offset", &e);
                         warn!(group = %self.group(), queue = %mq, offset, error = %e, "Offset persist failed.");
+                        false
                     }
                 }
             }
-            Model::Broadcasting => self.persist_local().await,
+            // The table is the store, and stays: a failed save is retried by the next one.
+            Model::Broadcasting => {
+                self.persist_local().await;
+                true
+            }
         }
     }
 

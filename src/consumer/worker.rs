@@ -147,6 +147,10 @@ enum Pending {
 /// Result of one batch task.
 #[derive(Debug)]
 struct Done {
+    /// A message of this batch could be handed back neither by send-back nor by the fallback
+    /// publish: the rest of the batch's retries go straight to the local retry, since each try
+    /// could cost both calls' timeouts while the batch holds a consume slot.
+    hand_back_failed: bool,
     finished: Vec<i64>,
     later: Vec<(MessageExt, Duration, Pending)>,
     /// Orderly only: the raw outcomes, to decide commit or rollback.
@@ -237,14 +241,17 @@ pub(crate) async fn run<H: Handler>(
 /// so a queue left there kept its stale offset written and its lock renewed for good, stalling
 /// the queue's next owner.
 pub(crate) async fn release<H: Handler>(shared: &Shared<H>, mq: &MessageQueue) {
-    shared.persist(mq).await;
+    let persisted = shared.persist(mq).await;
     if shared.is_orderly_clustering() {
         shared.unlock_queue(mq).await;
     }
     // Clustering: the broker keeps the offset now, and whoever holds the queue next reads it
     // there; an entry left here would be reported as ours (GET_CONSUMER_STATUS) for good.
+    // Unless the persist failed: then the entry is the only record of how far the queue got,
+    // and `start_offset` falls back to it when the broker has none (a young group), instead of
+    // starting from `consume_from` past what this worker had not finished.
     // Broadcasting: the table is the store itself, written to the file whole.
-    if shared.config.model == Model::Clustering {
+    if shared.config.model == Model::Clustering && persisted {
         shared.offsets.remove(mq);
     }
     shared.stats.remove_queue(mq);
@@ -948,6 +955,7 @@ impl Done {
 
     fn empty() -> Self {
         Self {
+            hand_back_failed: false,
             finished: Vec::new(),
             later: Vec::new(),
             orderly_retry: false,
@@ -1204,6 +1212,10 @@ async fn settle_retry<H: Handler>(
         }
         return;
     }
+    if done.hand_back_failed {
+        retry_locally(msg, done);
+        return;
+    }
     let refused = match shared.send_back(mq, &msg, delay_level.unwrap_or(0)).await {
         Ok(()) => {
             done.finished.push(msg.queue_offset);
@@ -1222,13 +1234,19 @@ async fn settle_retry<H: Handler>(
         Err(e) => {
             shared.count_error("send_back", &e);
             warn!(msg_id = %msg.msg_id(), error = %refused, fallback_error = %e, "Send-back and its fallback failed; consuming the message again locally in 5 s.");
-            // Saturating: the count comes from the broker and may be `i32::MAX`; a panic
-            // here would lose the batch's settlement.
-            msg.reconsume_times = msg.reconsume_times.saturating_add(1);
-            done.later
-                .push((msg, SEND_BACK_RETRY_DELAY, Pending::Deliver));
+            done.hand_back_failed = true;
+            retry_locally(msg, done);
         }
     }
+}
+
+/// Offers a message the broker could not take back again in 5 s, counting the attempt here.
+fn retry_locally(mut msg: MessageExt, done: &mut Done) {
+    // Saturating: the count comes from the broker and may be `i32::MAX`; a panic here would
+    // lose the batch's settlement.
+    msg.reconsume_times = msg.reconsume_times.saturating_add(1);
+    done.later
+        .push((msg, SEND_BACK_RETRY_DELAY, Pending::Deliver));
 }
 
 /// Orderly retry: in place (the whole batch is rolled back and the queue suspended), or, once
@@ -1292,6 +1310,55 @@ mod tests {
             body: bytes::Bytes::from_static(b"x"),
             properties,
         }
+    }
+
+    /// Errors counted at the send-back stage, over every label set.
+    fn send_back_errors(shared: &Shared<Accept>) -> u64 {
+        shared
+            .metrics
+            .registry()
+            .gather()
+            .iter()
+            .filter(|f| f.name() == crate::metrics::names::CONSUMER_ERRORS_TOTAL)
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "stage" && l.value() == "send_back")
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    /// Once one message of a batch could be handed back neither way, the rest of the batch
+    /// is retried locally at once: each further try could cost both calls' timeouts.
+    #[tokio::test]
+    async fn after_a_failed_hand_back_the_rest_of_the_batch_retries_locally() {
+        let w = worker().await;
+        let mut done = Done::empty();
+        settle_retry(&w.shared, &w.mq, message(0, "a"), None, &mut done).await;
+        // The send-back and the fallback publish were both tried (nothing answers here).
+        assert_eq!(send_back_errors(&w.shared), 2);
+        assert!(done.hand_back_failed);
+        settle_retry(&w.shared, &w.mq, message(1, "a"), None, &mut done).await;
+        settle_retry(&w.shared, &w.mq, message(2, "a"), None, &mut done).await;
+        assert_eq!(send_back_errors(&w.shared), 2, "the broker was asked again");
+        let offsets: Vec<i64> = done.later.iter().map(|(m, _, _)| m.queue_offset).collect();
+        assert_eq!(offsets, [0, 1, 2]);
+        assert!(done.finished.is_empty());
+    }
+
+    /// A clustering worker whose final persist fails leaves its committed offset behind, and
+    /// the queue's next start uses it when the broker has none: a young group's queue would
+    /// otherwise restart from `consume_from` (LAST_OFFSET: the end) past what it had not
+    /// finished.
+    #[tokio::test]
+    async fn an_offset_that_could_not_be_persisted_is_kept_for_the_next_start() {
+        let w = worker().await;
+        w.shared.offsets.update(&w.mq, 7, false);
+        release(&w.shared, &w.mq).await;
+        assert_eq!(w.shared.offsets.read(&w.mq), Some(7));
+        assert!(!w.shared.stats.queues().contains_key(&w.mq));
     }
 
     #[tokio::test]
