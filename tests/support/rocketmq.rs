@@ -512,7 +512,8 @@ impl RocketMq {
                         .map(|line| format!("\nthe broker logged: {line}"))
                         .unwrap_or_default();
                     return Some(format!(
-                        "the {name} exited during startup with {status}{cause}"
+                        "the {name} exited during startup with {status}{cause}{}",
+                        disk_headroom(self.dir.path())
                     ));
                 }
             }
@@ -746,6 +747,22 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
+}
+
+/// What `scripts/disk-headroom.sh` says of `dir`'s file system, as a line to add to a start-up
+/// failure: the broker's "service lifecycle operation failed" (exit status 70) is all it says
+/// when its store's file system is 90 % used counting reserved blocks, which CI ran into with
+/// every broker-backed test failing that way.
+fn disk_headroom(dir: &Path) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/disk-headroom.sh");
+    match std::process::Command::new("bash")
+        .arg(script)
+        .arg(dir)
+        .output()
+    {
+        Ok(out) => format!("\n{}", String::from_utf8_lossy(&out.stderr).trim_end()),
+        Err(_) => String::new(),
+    }
 }
 
 /// Where each instance's scratch directory (configs, logs, store) is created:
