@@ -76,17 +76,25 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// daemon's exit for as long as it stays connected.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The time limits of the admin server (constants in production; short in tests).
+/// How many connections the admin server serves at once. Probes and scrapes need a handful;
+/// the cap keeps a client that opens connections without end from taking the file
+/// descriptors the broker connections need. Connections past it wait in the listen backlog
+/// until one closes (an idle one closes after [`HEADER_READ_TIMEOUT`]).
+const MAX_CONNECTIONS: usize = 64;
+
+/// The limits of the admin server (constants in production; small in tests).
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     header_read: Duration,
     stop: Duration,
+    connections: usize,
 }
 
 impl Limits {
     const DEFAULT: Self = Self {
         header_read: HEADER_READ_TIMEOUT,
         stop: STOP_TIMEOUT,
+        connections: MAX_CONNECTIONS,
     };
 }
 
@@ -116,10 +124,20 @@ fn serve_with(
     // detached task and waits for all of them on graceful shutdown, without a limit.
     let task = tokio::spawn(async move {
         let mut connections = JoinSet::new();
+        let mut cap_reached = false;
         loop {
+            let room = connections.len() < limits.connections;
+            if !room && !cap_reached {
+                cap_reached = true;
+                tracing::warn!(
+                    open = connections.len(),
+                    "Admin server at its connection cap; further connections wait until one \
+                     closes (logged once)."
+                );
+            }
             tokio::select! {
                 () = cancel.cancelled() => break,
-                accepted = listener.accept() => match accepted {
+                accepted = listener.accept(), if room => match accepted {
                     Ok((stream, peer)) => {
                         connections.spawn(serve_connection(
                             stream,
@@ -278,6 +296,7 @@ mod tests {
         let limits = Limits {
             header_read: Duration::from_secs(600),
             stop: Duration::from_millis(300),
+            ..Limits::DEFAULT
         };
         let (addr, task) = serve_with(local().await, fake(), cancel.clone(), limits).unwrap();
         let mut stalled = stalled_client(addr).await;
@@ -299,6 +318,7 @@ mod tests {
         let limits = Limits {
             header_read: Duration::from_millis(300),
             stop: Duration::from_secs(600),
+            ..Limits::DEFAULT
         };
         let (addr, task) = serve_with(local().await, fake(), cancel.clone(), limits).unwrap();
         let mut stalled = stalled_client(addr).await;
@@ -311,5 +331,36 @@ mod tests {
             .await
             .expect("the admin server did not stop")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_wait_until_one_closes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let cancel = CancellationToken::new();
+        let limits = Limits {
+            header_read: Duration::from_secs(600),
+            stop: Duration::from_millis(300),
+            connections: 2,
+        };
+        let (addr, task) = serve_with(local().await, fake(), cancel.clone(), limits).unwrap();
+        let first = stalled_client(addr).await;
+        let _second = stalled_client(addr).await;
+        // The kernel completes the handshake from the backlog; the request waits unread.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        third
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 12];
+        let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut answer)).await;
+        assert!(early.is_err(), "a connection past the cap was served");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), third.read_exact(&mut answer))
+            .await
+            .expect("the waiting connection was not served after one closed")
+            .unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+        cancel.cancel();
+        task.await.unwrap();
     }
 }
