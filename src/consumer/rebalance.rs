@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -38,6 +39,36 @@ pub(crate) struct Rebalancer<H> {
     active: HashMap<MessageQueue, (CancellationToken, tokio::task::Id)>,
     retiring: HashSet<MessageQueue>,
     ids: HashMap<tokio::task::Id, MessageQueue>,
+    /// Queues whose worker ended while still assigned, for the restart back-off.
+    crashes: HashMap<MessageQueue, Crashes>,
+}
+
+/// The first restart of a queue whose worker ended while assigned waits this long; each
+/// further one twice as long as the one before, up to [`RESTART_BACKOFF_MAX`]. Such an end is
+/// a bug (a panic past the handler's guard), and one a batch's content triggers would
+/// otherwise redeliver that batch and panic again in a tight loop.
+const RESTART_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A queue whose worker has not ended abnormally for this long starts its back-off afresh.
+const CRASH_MEMORY: Duration = Duration::from_secs(600);
+
+/// A queue's recent abnormal worker ends.
+#[derive(Debug, Clone, Copy)]
+struct Crashes {
+    /// How many in a row, none more than [`CRASH_MEMORY`] after the one before.
+    count: u32,
+    last: Instant,
+}
+
+impl Crashes {
+    /// When the queue's next worker may start.
+    fn restart_at(&self) -> Instant {
+        let doublings = self.count.saturating_sub(1).min(16);
+        let delay = RESTART_BACKOFF_FIRST
+            .saturating_mul(1 << doublings)
+            .min(RESTART_BACKOFF_MAX);
+        self.last + delay
+    }
 }
 
 impl<H: Handler> Rebalancer<H> {
@@ -49,6 +80,7 @@ impl<H: Handler> Rebalancer<H> {
             active: HashMap::new(),
             retiring: HashSet::new(),
             ids: HashMap::new(),
+            crashes: HashMap::new(),
         }
     }
 
@@ -57,6 +89,7 @@ impl<H: Handler> Rebalancer<H> {
     pub(crate) async fn run(mut self, cancel: CancellationToken) -> Vec<MessageQueue> {
         let mut wait = self.shared.config.rebalance_interval;
         loop {
+            let sleep = self.next_wait(wait);
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -77,7 +110,7 @@ impl<H: Handler> Rebalancer<H> {
                     continue;
                 }
                 _ = self.shared.rebalance_now.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(sleep) => {}
             }
             // A pass makes a request per new queue (offsets, locks), each up to rpc_timeout
             // against a broker that stopped answering: a shutdown does not wait for it, so the
@@ -180,6 +213,10 @@ impl<H: Handler> Rebalancer<H> {
                 balanced = false;
                 continue;
             }
+            // Not a reason to call the pass unbalanced: `next_wait` wakes the loop in time.
+            if self.restart_pending(&mq) {
+                continue;
+            }
             if shared.is_orderly_clustering() {
                 let granted = shared.lock_queues(&mq.broker_name, vec![mq.clone()]).await;
                 if !granted.contains(&mq) {
@@ -257,8 +294,9 @@ impl<H: Handler> Rebalancer<H> {
     }
 
     /// Books a finished worker. A revoked one frees its queue for re-assignment; one that ended
-    /// while still assigned (a panic: a bug) gives its queue up so the next rebalance, scheduled
-    /// at once, starts a fresh worker from the committed offset.
+    /// while still assigned (a panic: a bug) gives its queue up so a later rebalance starts a
+    /// fresh worker from the committed offset, after a back-off that doubles with each such
+    /// end in a row (see [`Crashes`]).
     ///
     /// A worker that panicked did not release its queue itself: that is done here, before the
     /// queue can be assigned again (this task starts the workers).
@@ -286,9 +324,38 @@ impl<H: Handler> Rebalancer<H> {
             self.active.remove(&mq);
             self.shared
                 .count_error("rebalance", &"worker ended while assigned");
-            warn!(queue = %mq, "Queue worker ended while still assigned; restarting it.");
-            self.shared.rebalance_now.notify_one();
+            let now = Instant::now();
+            let crashes = self.crashes.entry(mq.clone()).or_insert(Crashes {
+                count: 0,
+                last: now,
+            });
+            if now.duration_since(crashes.last) > CRASH_MEMORY {
+                crashes.count = 0;
+            }
+            crashes.count = crashes.count.saturating_add(1);
+            crashes.last = now;
+            let restart_in = crashes.restart_at().duration_since(now);
+            warn!(queue = %mq, ?restart_in, in_a_row = crashes.count, "Queue worker ended while still assigned; restarting it.");
         }
+        self.crashes.retain(|_, c| c.last.elapsed() <= CRASH_MEMORY);
+    }
+
+    /// Whether `mq`'s worker ended abnormally too recently to start again yet.
+    fn restart_pending(&self, mq: &MessageQueue) -> bool {
+        self.crashes
+            .get(mq)
+            .is_some_and(|c| Instant::now() < c.restart_at())
+    }
+
+    /// How long the loop sleeps: `wait`, or less when a queue's restart back-off ends sooner.
+    fn next_wait(&self, wait: Duration) -> Duration {
+        let now = Instant::now();
+        self.crashes
+            .values()
+            .map(Crashes::restart_at)
+            .filter(|at| *at > now)
+            .map(|at| at.duration_since(now))
+            .fold(wait, Duration::min)
     }
 
     /// Does what a worker that panicked (or was aborted) left undone when it ended: persists
@@ -404,5 +471,40 @@ mod tests {
         // next start (see `worker::release`), though no task persists it any more.
         assert_eq!(rb.shared.offsets.read(&mq), Some(7));
         assert!(!rb.shared.lock_valid(&mq), "lock still held");
+    }
+
+    /// Starts a worker of `mq` that panics at once, and reaps it.
+    async fn crash(rb: &mut Rebalancer<Accept>, mq: &MessageQueue) {
+        let handle = rb.workers.spawn(async { panic!("settlement bug") });
+        rb.ids.insert(handle.id(), mq.clone());
+        rb.active
+            .insert(mq.clone(), (CancellationToken::new(), handle.id()));
+        let done = rb.workers.join_next_with_id().await.expect("a worker");
+        rb.reap(done).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_whose_worker_keeps_ending_restarts_later_each_time() {
+        let mut rb = rebalancer().await;
+        let mq = testing::queue("T_reap");
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            crash(&mut rb, &mq).await;
+            assert!(rb.restart_pending(&mq), "restarted at once");
+            let wait = rb.next_wait(Duration::from_secs(3600));
+            waits.push(wait.as_millis());
+            tokio::time::advance(wait).await;
+            assert!(!rb.restart_pending(&mq), "still waiting after the back-off");
+        }
+        // `release` inside `reap` may take some (paused, auto-advanced) time against no
+        // broker before the wait is read, hence the slack below each step.
+        let steps = [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000];
+        for (wait, step) in waits.iter().zip(steps) {
+            assert!(*wait <= step && *wait + 100 >= step, "{waits:?}");
+        }
+        // Ten quiet minutes and the next end starts from the first step again.
+        tokio::time::advance(CRASH_MEMORY + Duration::from_secs(1)).await;
+        crash(&mut rb, &mq).await;
+        assert!(rb.next_wait(Duration::from_secs(3600)) <= RESTART_BACKOFF_FIRST);
     }
 }
