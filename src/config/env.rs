@@ -494,6 +494,12 @@ fn path_value(
             ),
         ));
     }
+    // An empty variable counts as unset, so the empty list needs a spelling of its own: the
+    // file's. Without it a list whose default is not empty (drop_codes) could not be cleared
+    // from the environment.
+    if text.trim() == "[]" {
+        return Ok(Value::from(Vec::<Value>::new()));
+    }
     let items: Vec<&str> = text.split(',').map(str::trim).collect();
     if let Some(n) = items.iter().position(|item| item.is_empty()) {
         return Err(invalid(
@@ -705,6 +711,14 @@ mod tests {
         assert_eq!(
             value(&layer, &[SUBSCRIPTION_DEFAULTS, "webhook", "drop_codes"]),
             Some(list(&["404"]))
+        );
+        let layer = read(&env(&[(
+            "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__DROP_CODES",
+            " [] ",
+        )]));
+        assert_eq!(
+            value(&layer, &["subscriptions", "0", "webhook", "drop_codes"]),
+            Some(list(&[]))
         );
         let layer = read(&env(&[(
             "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__RETRY_CODES",

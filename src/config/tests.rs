@@ -1605,6 +1605,12 @@ fn list_keys_take_comma_separated_lists_from_path_variables() {
     let codes = |list: &[StatusClass]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
     assert_eq!(codes(&sub.webhook.retry_codes), ["429", "5xx"]);
     assert_eq!(codes(&sub.webhook.drop_codes), ["410"]);
+    // `[]` empties a list whose default is not empty.
+    let emptied = ok(
+        Some(&one_sub("")),
+        &[("ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__DROP_CODES", "[]")],
+    );
+    assert!(emptied.subscriptions[0].webhook.drop_codes.is_empty());
     assert_eq!(
         sub.allocate_queues,
         [
