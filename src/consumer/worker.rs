@@ -16,7 +16,7 @@
 //! (Java's fallback); a message that cannot be handed back either way stays in the process
 //! queue and is tried again; it is never dropped.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -817,10 +817,9 @@ impl<H: Handler> Worker<H> {
                     // Offsets already held (a re-pull of an offset range the worker holds) are
                     // being handled or wait in `ready` already: dispatched again they would be
                     // delivered twice at once.
-                    let fresh = self.pq.put_new(kept.iter().map(Entry::mark));
-                    if fresh.len() < kept.len() {
-                        let fresh: HashSet<i64> = fresh.iter().map(Cached::offset).collect();
-                        kept.retain(|m| fresh.contains(&m.queue_offset));
+                    let held = self.pq.put_new(kept.iter().map(Entry::mark));
+                    if !held.is_empty() {
+                        kept.retain(|m| !held.contains(&m.queue_offset));
                         // The re-pulled copies are dropped with this answer.
                         held_last = kept.last().map(|m| m.queue_offset);
                     }
