@@ -356,19 +356,28 @@ impl<H: Handler> Worker<H> {
 
     /// The next time something is due: a delayed message, the pull back-off, a suspension, or a
     /// periodic re-check (lock state, flow control).
+    ///
+    /// A time already past counts only when something then runs: the loop sleeps until it, so
+    /// a past time that nothing acts on spins the worker at a full core.
     fn next_wake(&self) -> Instant {
-        let mut wake = Instant::now() + Duration::from_secs(1);
+        let now = Instant::now();
+        let mut wake = now + Duration::from_secs(1);
         if let Some(t) = self.delayed.iter().map(|(t, _, _)| *t).min() {
             wake = wake.min(t);
         }
-        if self.pull.is_none() && self.paused.is_none() {
+        // While a move waits for the held messages `maybe_pull` sends nothing, whatever the
+        // back-off says; their batches and delays wake the worker.
+        if self.pull.is_none() && self.paused.is_none() && self.moved_to.is_none() {
             wake = wake.min(self.pull_not_before);
         }
         // A queue waiting for room in the pool is woken by the pool itself.
         if self.paused.is_some() && self.waiting_room.is_none() {
-            wake = wake.min(Instant::now() + FLOW_CONTROL_RECHECK);
+            wake = wake.min(now + FLOW_CONTROL_RECHECK);
         }
-        if let Some(t) = self.suspended_until {
+        // Only until it ends: an orderly queue whose suspension is over but which cannot
+        // dispatch (its lock lapsed, or `restart_at` emptied it) waits for the lock or for
+        // messages, which the pull path and the periodic re-check bring.
+        if let Some(t) = self.suspended_until.filter(|&t| t > now) {
             wake = wake.min(t);
         }
         wake
@@ -544,6 +553,8 @@ impl<H: Handler> Worker<H> {
     /// the commit once the new messages are done).
     fn restart_at(&mut self, offset: i64) {
         self.moved_to = None;
+        // The suspension was for a batch of the old process queue.
+        self.suspended_until = None;
         self.pq = ProcessQueue::new();
         self.answers.clear();
         self.answers_held = 0;
@@ -1435,6 +1446,55 @@ mod tests {
         w.on_pull(Ok(answer()), Duration::ZERO).await;
         let queued: Vec<i64> = w.ready.take(10).iter().map(|m| m.queue_offset).collect();
         assert_eq!(queued, vec![0, 1]);
+    }
+
+    /// One round of the run loop up to its sleep: the worker must sleep until a time still
+    /// ahead, since nothing in these states can act on a time already past.
+    fn assert_sleeps(w: &mut Worker<Accept>) {
+        w.maybe_pull();
+        let now = Instant::now();
+        let wake = w.next_wake();
+        assert!(
+            wake > now,
+            "the worker would wake at once, round after round: {:?} before now",
+            now - wake
+        );
+    }
+
+    /// Orderly: the lock lapsed while a failed batch's suspension ran, and a long poll is in
+    /// flight. Once the suspension is over the queue still cannot dispatch, and the worker slept
+    /// until the suspension's end, already past, again and again: a full core until the lock
+    /// came back, and after that, on the emptied queue, until a message arrived.
+    #[tokio::test]
+    async fn an_orderly_queue_past_its_suspension_without_its_lock_sleeps() {
+        let mut config = Config::new("G_worker", "T_worker");
+        config.mode = ConsumeMode::Orderly;
+        let mut w = Worker::new(testing::shared(config).await, queue(), 0);
+        w.pq.put([Entry::Message(Box::new(message(0, "a")))]);
+        w.pull = Some(Box::pin(std::future::pending()));
+        w.suspended_until = Some(Instant::now() - Duration::from_millis(1));
+        assert!(!w.wants_slot());
+        assert_sleeps(&mut w);
+        w.restart_at(0);
+        assert_eq!(w.suspended_until, None);
+        assert_sleeps(&mut w);
+    }
+
+    /// The broker moved the offset while messages are held (here waiting for a later try):
+    /// no pull goes out until they are finished, so the pull back-off, already past, must not
+    /// wake the worker. It did, round after round, for as long as the messages were held.
+    #[tokio::test]
+    async fn a_queue_waiting_out_a_moved_offset_sleeps() {
+        let mut w = worker().await;
+        w.pq.put([Entry::Mark { offset: 0, size: 1 }]);
+        w.delayed.push((
+            Instant::now() + Duration::from_secs(5),
+            message(0, "a"),
+            Pending::Deliver,
+        ));
+        w.moved_to = Some(0);
+        w.pull_not_before = Instant::now() - Duration::from_millis(1);
+        assert_sleeps(&mut w);
     }
 
     #[tokio::test]
