@@ -87,6 +87,11 @@ pub(crate) struct Shared<H> {
     pub(crate) heartbeat_now: Notify,
     /// Orderly: when each held queue's broker lock was last confirmed.
     pub(crate) locks: Mutex<HashMap<MessageQueue, Instant>>,
+    /// Orderly: held across each LOCK_BATCH_MQ and UNLOCK_BATCH_MQ call, so that a renewal
+    /// answered after a released queue's unlock cannot lock it again behind the release: the
+    /// broker would then keep it ours, renewed by nobody, and the queue's next owner would wait
+    /// out the broker's lock expiry (60 s in Java).
+    lock_calls: tokio::sync::Mutex<()>,
     /// `subVersion` of the subscription; bumped when the assignment changes.
     pub(crate) sub_version: AtomicI64,
     /// Queues with a running worker, main and retry topic together: the subscription-wide cache
@@ -662,12 +667,19 @@ impl<H: Handler> Shared<H> {
             .is_some_and(|at| at.elapsed() < self.config.lock_ttl)
     }
 
-    /// Locks `mqs` (all on one broker) and records the ones granted.
+    /// Locks those of `mqs` (all on one broker) that are still `wanted` once no other lock or
+    /// unlock call is in flight, and records the ones granted.
     pub(crate) async fn lock_queues(
         &self,
         broker_name: &str,
         mqs: Vec<MessageQueue>,
+        wanted: impl Fn(&MessageQueue) -> bool,
     ) -> Vec<MessageQueue> {
+        let _serial = self.lock_calls.lock().await;
+        let mqs: Vec<MessageQueue> = mqs.into_iter().filter(|mq| wanted(mq)).collect();
+        if mqs.is_empty() {
+            return Vec::new();
+        }
         let addr = match self.master_addr(broker_name) {
             Ok(a) => a,
             Err(e) => {
@@ -726,8 +738,9 @@ impl<H: Handler> Shared<H> {
             .set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
-    /// Releases the broker lock of `mq`.
+    /// Releases the broker lock of `mq`, after any lock call in flight (see `lock_calls`).
     pub(crate) async fn unlock_queue(&self, mq: &MessageQueue) {
+        let _serial = self.lock_calls.lock().await;
         {
             let mut locks = lock(&self.locks);
             locks.remove(mq);
@@ -941,6 +954,7 @@ impl<H: Handler> Consumer<H> {
             rebalance_now: Notify::new(),
             heartbeat_now: Notify::new(),
             locks: Mutex::new(HashMap::new()),
+            lock_calls: tokio::sync::Mutex::new(()),
             sub_version: AtomicI64::new(now_millis()),
             queues_held: AtomicUsize::new(0),
             cache_budget: runtime.cache_budget,
@@ -1209,23 +1223,31 @@ async fn lock_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(shared.config.lock_renew_interval) => {}
         }
-        let held: Vec<MessageQueue> = shared.stats.queues().into_keys().collect();
-        let mut by_broker: HashMap<String, Vec<MessageQueue>> = HashMap::new();
-        for mq in held {
-            by_broker
-                .entry(mq.broker_name.clone())
-                .or_default()
-                .push(mq);
-        }
-        for (broker, mqs) in by_broker {
-            let granted = shared.lock_queues(&broker, mqs.clone()).await;
-            for mq in mqs.iter().filter(|m| !granted.contains(m)) {
-                warn!(group = %shared.group(), queue = %mq, "Queue lock not renewed by the broker.");
-            }
-        }
-        // Locks that lapsed since (no renewal granted) leave the gauge here.
-        shared.publish_locked_queues(&lock(&shared.locks));
+        renew_locks(&shared).await;
     }
+}
+
+/// One round of [`lock_task`]: the queues held now, broker by broker.
+async fn renew_locks<H: Handler>(shared: &Shared<H>) {
+    let held: Vec<MessageQueue> = shared.stats.queues().into_keys().collect();
+    let mut by_broker: HashMap<String, Vec<MessageQueue>> = HashMap::new();
+    for mq in held {
+        by_broker
+            .entry(mq.broker_name.clone())
+            .or_default()
+            .push(mq);
+    }
+    for (broker, mqs) in by_broker {
+        // Only queues still held when the call goes out: a release in the meantime took its
+        // queue out of the stats before unlocking it.
+        let still_held = |mq: &MessageQueue| shared.stats.queues().contains_key(mq);
+        let granted = shared.lock_queues(&broker, mqs.clone(), still_held).await;
+        for mq in mqs.iter().filter(|m| !granted.contains(m) && still_held(m)) {
+            warn!(group = %shared.group(), queue = %mq, "Queue lock not renewed by the broker.");
+        }
+    }
+    // Locks that lapsed since (no renewal granted) leave the gauge here.
+    shared.publish_locked_queues(&lock(&shared.locks));
 }
 
 /// Whether a pull error means the broker lacks our subscription (heartbeat again).
@@ -1280,6 +1302,87 @@ pub(crate) mod testing {
             .shared
     }
 
+    /// A broker that serves each request in a task of its own, as a real one serves them on
+    /// thread pools, so an UNLOCK_BATCH_MQ can overtake a slow LOCK_BATCH_MQ. `held` is its
+    /// lock on `mq` as it stands after each request it finished; a LOCK takes 300 ms. The
+    /// group's only member is `client_id`; anything else gets a bare success.
+    pub(crate) async fn lock_broker(
+        listener: tokio::net::TcpListener,
+        mq: MessageQueue,
+        client_id: String,
+        held: Arc<Mutex<bool>>,
+    ) {
+        use crate::remoting::body::lock::LockBatchResponse;
+        use crate::remoting::frame::FrameDecoder;
+        use crate::remoting::{RemotingCommand, RequestCode, SerializeType};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let (socket, _) = listener.accept().await.expect("accept");
+        let (mut read, write) = socket.into_split();
+        let write = Arc::new(tokio::sync::Mutex::new(write));
+        let (mut decoder, mut buf) = (FrameDecoder::default(), bytes::BytesMut::new());
+        let mut tasks = tokio::task::JoinSet::new();
+        while read.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {
+            while let Some(frame) = decoder.decode(&mut buf).expect("frame") {
+                let request = RemotingCommand::decode(frame).expect("command");
+                let (mq, held, write) = (mq.clone(), Arc::clone(&held), Arc::clone(&write));
+                let members = format!(r#"{{"consumerIdList":["{client_id}"]}}"#);
+                tasks.spawn(async move {
+                    let answer =
+                        RemotingCommand::response_to(&request, ResponseCode::Success, None);
+                    let answer = match request.request_code() {
+                        RequestCode::LockBatchMq => {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            *lock(&held) = true;
+                            let body = LockBatchResponse {
+                                lock_ok_mq_set: vec![mq],
+                            };
+                            answer.with_body(body.to_json())
+                        }
+                        RequestCode::UnlockBatchMq => {
+                            *lock(&held) = false;
+                            answer
+                        }
+                        RequestCode::GetConsumerListByGroup => answer.with_body(members),
+                        _ => answer,
+                    };
+                    if !request.is_oneway() {
+                        let mut out = bytes::BytesMut::new();
+                        answer
+                            .encode(SerializeType::Json, &mut out)
+                            .expect("encode");
+                        let _ = write.lock().await.write_all(&out).await;
+                    }
+                });
+            }
+        }
+    }
+
+    /// Routes `topic` (one queue) to broker `b` at `addr`.
+    pub(crate) fn route_to<H: Handler>(
+        shared: &Shared<H>,
+        topic: &str,
+        addr: std::net::SocketAddr,
+    ) {
+        use crate::remoting::body::route::{BrokerData, QueueData, TopicRouteData};
+        let route = TopicRouteData {
+            queue_datas: vec![QueueData {
+                broker_name: "b".to_owned(),
+                read_queue_nums: 1,
+                write_queue_nums: 1,
+                perm: 6,
+                ..QueueData::default()
+            }],
+            broker_datas: vec![BrokerData {
+                broker_name: "b".to_owned(),
+                broker_addrs: [(0, addr.to_string())].into(),
+                ..BrokerData::default()
+            }],
+            ..TopicRouteData::default()
+        };
+        shared.client.routes().update(topic, route);
+    }
+
     /// Queue 0 of `topic` on broker `b`.
     pub(crate) fn queue(topic: &str) -> MessageQueue {
         MessageQueue {
@@ -1295,9 +1398,10 @@ mod tests {
     use std::net::SocketAddr;
     use std::path::{Path, PathBuf};
 
-    use super::testing::{queue, refusing_addr, Accept};
+    use super::testing::{self, queue, refusing_addr, Accept};
     use super::*;
     use crate::client::ClientConfig;
+    use crate::consumer::QueueState;
 
     fn client(namesrv: SocketAddr) -> ClientConfig {
         ClientConfig {
@@ -1531,6 +1635,46 @@ mod tests {
             Some(HolderPhase::Running),
             "the next holder's record"
         );
+    }
+
+    /// Orderly: a queue released while a lock renewal naming it waits for the broker. The
+    /// unlock went out at once, the broker took it first and then granted the renewal: the
+    /// queue stayed locked for this consumer, renewed by nobody, and its next owner waited out
+    /// the broker's lock expiry.
+    #[tokio::test]
+    async fn a_released_queue_is_not_locked_again_by_a_renewal_in_flight() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mq = queue("T_lock");
+        let held = Arc::new(Mutex::new(false));
+        let mut config = Config::new("G_lock", "T_lock");
+        config.mode = ConsumeMode::Orderly;
+        let shared = testing::shared(config).await;
+        let broker = tokio::spawn(testing::lock_broker(
+            listener,
+            mq.clone(),
+            shared.client_id.clone(),
+            Arc::clone(&held),
+        ));
+        testing::route_to(&shared, "T_lock", addr);
+        shared.stats.set_queue(&mq, QueueState::default());
+
+        let renewal = tokio::spawn({
+            let shared = Arc::clone(&shared);
+            async move { renew_locks(&shared).await }
+        });
+        // The renewal's LOCK_BATCH_MQ is at the broker now.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        crate::consumer::worker::release(&shared, &mq).await;
+        renewal.await.expect("renewal");
+        assert!(
+            !*lock(&held),
+            "the broker still locks the released queue for us"
+        );
+        assert!(!shared.lock_valid(&mq));
+        broker.abort();
     }
 
     /// Preparing touches the offset store only: nothing connects until `start`.

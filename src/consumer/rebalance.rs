@@ -218,7 +218,9 @@ impl<H: Handler> Rebalancer<H> {
                 continue;
             }
             if shared.is_orderly_clustering() {
-                let granted = shared.lock_queues(&mq.broker_name, vec![mq.clone()]).await;
+                let granted = shared
+                    .lock_queues(&mq.broker_name, vec![mq.clone()], |_| true)
+                    .await;
                 if !granted.contains(&mq) {
                     debug!(queue = %mq, "Queue is locked by another member; retrying soon.");
                     balanced = false;
@@ -233,6 +235,11 @@ impl<H: Handler> Rebalancer<H> {
                 Err(e) => {
                     shared.count_error("rebalance", &e);
                     warn!(group = %shared.group(), queue = %mq, error = %e, "Cannot compute the start offset; retrying soon.");
+                    // Nobody renews a lock of a queue without a worker: left to lapse, it
+                    // would hold off another member the allocation moves the queue to.
+                    if shared.is_orderly_clustering() {
+                        shared.unlock_queue(&mq).await;
+                    }
                     balanced = false;
                 }
             }
@@ -471,6 +478,32 @@ mod tests {
         // next start (see `worker::release`), though no task persists it any more.
         assert_eq!(rb.shared.offsets.read(&mq), Some(7));
         assert!(!rb.shared.lock_valid(&mq), "lock still held");
+    }
+
+    /// Orderly: the broker granted a new queue's lock but its start offset could not be read
+    /// (here the broker's answer lacks it). No worker starts, so nobody would renew the lock,
+    /// and the member the allocation moves the queue to would wait out the broker's expiry.
+    #[tokio::test]
+    async fn a_queue_that_cannot_start_gives_its_lock_back() {
+        let mut rb = rebalancer().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mq = testing::queue("T_reap");
+        let held = Arc::new(std::sync::Mutex::new(false));
+        let broker = tokio::spawn(testing::lock_broker(
+            listener,
+            mq.clone(),
+            rb.shared.client_id.clone(),
+            Arc::clone(&held),
+        ));
+        testing::route_to(&rb.shared, "T_reap", addr);
+        assert!(!rb.rebalance().await, "the queue started");
+        assert!(rb.active.is_empty());
+        assert!(!*lock(&held), "the broker still locks the queue for us");
+        assert!(!rb.shared.lock_valid(&mq));
+        broker.abort();
     }
 
     /// Starts a worker of `mq` that panics at once, and reaps it.

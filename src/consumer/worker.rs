@@ -242,9 +242,6 @@ pub(crate) async fn run<H: Handler>(
 /// the queue's next owner.
 pub(crate) async fn release<H: Handler>(shared: &Shared<H>, mq: &MessageQueue) {
     let persisted = shared.persist(mq).await;
-    if shared.is_orderly_clustering() {
-        shared.unlock_queue(mq).await;
-    }
     // Clustering: the broker keeps the offset now, and whoever holds the queue next reads it
     // there; an entry left here would be reported as ours (GET_CONSUMER_STATUS) for good.
     // Unless the persist failed: then the entry is the only record of how far the queue got,
@@ -254,7 +251,12 @@ pub(crate) async fn release<H: Handler>(shared: &Shared<H>, mq: &MessageQueue) {
     if shared.config.model == Model::Clustering && persisted {
         shared.offsets.remove(mq);
     }
+    // Out of the stats before the unlock: a lock renewal sent after it skips the queue (see
+    // `Shared::lock_calls`).
     shared.stats.remove_queue(mq);
+    if shared.is_orderly_clustering() {
+        shared.unlock_queue(mq).await;
+    }
     info!(group = %shared.group(), queue = %mq, "Queue released.");
 }
 
