@@ -203,14 +203,13 @@ async fn answer<H: Handler>(
             if consumer_group != group {
                 return Some(not_this_group(request, &consumer_group));
             }
-            if message.body_undecoded() {
-                // The stored body does not inflate: the endpoint would get the raw bytes as if
-                // they were the payload.
+            if let Some(why) = message.undeliverable() {
+                // The endpoint would get the stored bytes as if they were the payload.
                 return Some(RemotingCommand::response_to(
                     request,
                     ResponseCode::SystemError,
                     Some(format!(
-                        "the message's body does not inflate (sysFlag {:#x})",
+                        "the message cannot be delivered: {why} (sysFlag {:#x})",
                         message.sys_flag
                     )),
                 ));

@@ -1062,10 +1062,10 @@ async fn consume<H: Handler>(
 ) -> Done {
     let cfg = &shared.config;
     let mut done = Done::empty();
-    if msgs.iter().any(MessageExt::body_undecoded) {
-        let (undecoded, rest) = msgs.into_iter().partition(MessageExt::body_undecoded);
+    if msgs.iter().any(|m| m.undeliverable().is_some()) {
+        let (undeliverable, rest) = msgs.into_iter().partition(|m| m.undeliverable().is_some());
         msgs = rest;
-        settle_undecoded(shared, mq, undecoded, &mut done).await;
+        settle_undeliverable(shared, mq, undeliverable, &mut done).await;
         // Orderly: a message that could not be settled (its DLQ send failed) blocks what comes
         // after it like any failed message; the rest is not attempted and comes back with it.
         if msgs.is_empty() || done.orderly_retry {
@@ -1149,20 +1149,21 @@ async fn consume<H: Handler>(
     done
 }
 
-/// Messages whose stored body does not inflate (`MessageExt::body_undecoded`) cannot be
-/// delivered, now or later: each goes to the DLQ at once (the broker copies the stored record,
-/// so nothing is lost), loudly, like an answer of DROP.
-async fn settle_undecoded<H: Handler>(
+/// Records that cannot be delivered, now or later (`MessageExt::undeliverable`: a body that
+/// does not inflate, an inner batch that cannot be unwrapped): each goes to the DLQ at once
+/// (the broker copies the stored record, so nothing is lost), loudly, like an answer of DROP.
+async fn settle_undeliverable<H: Handler>(
     shared: &Arc<Shared<H>>,
     mq: &MessageQueue,
-    undecoded: Vec<MessageExt>,
+    undeliverable: Vec<MessageExt>,
     done: &mut Done,
 ) {
-    for msg in undecoded {
-        warn!(group = %shared.group(), queue = %mq, offset = msg.queue_offset, msg_id = %msg.msg_id(), sys_flag = format_args!("{:#x}", msg.sys_flag), "Message body does not inflate (compression flag on a body that is not compressed, or an unknown algorithm); moving it to the DLQ.");
-        shared.count_error("decode", &"undecodable message body");
+    for msg in undeliverable {
+        let why = msg.undeliverable().unwrap_or("it cannot be decoded");
+        warn!(group = %shared.group(), queue = %mq, offset = msg.queue_offset, msg_id = %msg.msg_id(), sys_flag = format_args!("{:#x}", msg.sys_flag), stored_body_bytes = msg.body.len(), "Message cannot be delivered: {why}; moving it to the DLQ.");
+        shared.count_error("decode", &"undeliverable message");
         if shared.config.model == Model::Broadcasting {
-            give_up(shared, &msg, "its body does not inflate", done);
+            give_up(shared, &msg, why, done);
         } else {
             settle_drop(shared, mq, msg, done).await;
         }
@@ -1448,6 +1449,24 @@ mod tests {
         w.on_pull(Ok(answer()), Duration::ZERO).await;
         let queued: Vec<i64> = w.ready.take(10).iter().map(|m| m.queue_offset).collect();
         assert_eq!(queued, vec![0, 1]);
+    }
+
+    /// A record the decoder left whole as an inner batch it could not unwrap never reaches the
+    /// handler: it goes to the DLQ (here the send-back finds no broker, so it waits to be
+    /// dead-lettered again), and the messages beside it are delivered.
+    #[tokio::test]
+    async fn an_inner_batch_left_whole_is_dead_lettered_not_delivered() {
+        use crate::remoting::message::sys_flag::{INNER_BATCH, NEED_UNWRAP};
+        let w = worker().await;
+        let mut batch = message(0, "a");
+        batch.sys_flag |= NEED_UNWRAP | INNER_BATCH;
+        assert!(batch.undeliverable().is_some());
+        let done = consume(&w.shared, &w.mq, vec![batch, message(1, "a")]).await;
+        assert_eq!(done.finished, vec![1]);
+        assert_eq!(done.later.len(), 1);
+        let (msg, _, pending) = &done.later[0];
+        assert_eq!(msg.queue_offset, 0);
+        assert!(matches!(pending, Pending::DeadLetter));
     }
 
     /// One round of the run loop up to its sleep: the worker must sleep until a time still

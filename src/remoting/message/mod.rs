@@ -10,7 +10,11 @@
 //!   [`MAX_BATCH_MESSAGES`], and [`decode_messages_within`] stops a body at a record boundary
 //!   after [`MAX_BODY_MESSAGES`] or its byte budget ([`MAX_BODY_DECODED_LEN`] for a pull);
 //! * a decoded [`MessageExt`] holds the *decompressed* body with the compressed bit cleared from
-//!   `sys_flag` (as the Java client does), and 5.x inner batches are already unwrapped.
+//!   `sys_flag` (as the Java client does), and 5.x inner batches are already unwrapped; a
+//!   record that cannot be (a body that does not inflate, an inner batch that is malformed or
+//!   too large to unwrap) comes back whole and marked ([`MessageExt::undeliverable`]), so
+//!   that the consumer hands it to the DLQ instead of failing the pull, which would stop its
+//!   queue for good.
 
 pub mod compression;
 pub mod id;
@@ -110,6 +114,22 @@ impl MessageExt {
     /// says compressed. Such a message cannot be delivered; the consumer dead-letters it.
     pub fn body_undecoded(&self) -> bool {
         self.sys_flag & sys_flag::COMPRESSED != 0
+    }
+
+    /// Why this record cannot be delivered, if it cannot: its body does not inflate
+    /// ([`Self::body_undecoded`]), or it is a 5.x inner batch the decoder left whole because it
+    /// is malformed or would build more than [`MAX_BATCH_MESSAGES`] messages or
+    /// [`MAX_RECORD_DECODED_LEN`] bytes. Either way the broker holds the record intact, so a
+    /// send-back of it (by commit-log offset) loses nothing.
+    pub fn undeliverable(&self) -> Option<&'static str> {
+        const BATCH: i32 = sys_flag::NEED_UNWRAP | sys_flag::INNER_BATCH;
+        if self.body_undecoded() {
+            Some("its body does not inflate (a compression flag on a body that is not compressed, or an unknown algorithm)")
+        } else if self.sys_flag & BATCH == BATCH {
+            Some("it is an inner batch that cannot be unwrapped (malformed, or past the decoder's limits)")
+        } else {
+            None
+        }
     }
 
     /// The user-visible id: `UNIQ_KEY` if present (borrowed: the usual case costs no copy),
@@ -308,10 +328,10 @@ pub struct Decoded {
 /// bodies from a peer, [`decode_messages_within`] bounds what one call builds.
 ///
 /// # Errors
-/// [`RemotingError::MalformedMessage`] for a truncated or inconsistent record, or one that
-/// would build more than [`MAX_RECORD_DECODED_LEN`] bytes (the whole body is rejected: a broker
-/// does not send half-valid bodies). A body that does not inflate is no error: its message
-/// comes back as stored ([`MessageExt::body_undecoded`]).
+/// [`RemotingError::MalformedMessage`] for a truncated or inconsistent record (the whole body
+/// is rejected: a broker does not send half-valid bodies). A body that does not inflate, or an
+/// inner batch that cannot be unwrapped, is no error: its record comes back whole
+/// ([`MessageExt::undeliverable`]).
 pub fn decode_messages(body: &Bytes) -> Result<Vec<MessageExt>, RemotingError> {
     decode_bounded(body, usize::MAX, usize::MAX).map(|d| d.messages)
 }
@@ -346,7 +366,7 @@ fn decode_bounded(
             return rest_from(body, at, out);
         }
         let (msg, len, heap) = decode_record(body, at)?;
-        match unwrap_into(msg, at, heap, &mut out, max_messages)? {
+        match unwrap_into(msg, heap, &mut out, max_messages) {
             Some(cost) => spent = spent.saturating_add(cost),
             // Its messages would not fit: the next pull starts with it.
             None => return rest_from(body, at, out),
@@ -406,7 +426,7 @@ pub fn decode_message(body: &[u8]) -> Result<MessageExt, RemotingError> {
     // A rare request: copying the body once is simpler than asking callers for `Bytes`.
     let (msg, _, heap) = decode_record(&Bytes::copy_from_slice(body), 0)?;
     let mut out = Vec::new();
-    unwrap_into(msg, 0, heap, &mut out, usize::MAX)?;
+    unwrap_into(msg, heap, &mut out, usize::MAX);
     out.into_iter()
         .next()
         .ok_or_else(|| malformed(0, "inner batch without messages".into()))
@@ -626,50 +646,53 @@ fn message_cost(topic: &str, props_heap: usize) -> usize {
 /// holds of its own, see [`decode_record`]) included. The caller has checked that one more
 /// message fits (a plain record is pushed without a check).
 ///
-/// # Errors
-/// A malformed inner batch, or one that would build more than [`MAX_RECORD_DECODED_LEN`] bytes;
-/// `at` is the record's offset in the body.
+/// An inner batch that is malformed, or would build more than [`MAX_RECORD_DECODED_LEN`]
+/// bytes or [`MAX_BATCH_MESSAGES`] messages, is pushed whole with its batch flags, as
+/// [`MessageExt::undeliverable`]: the broker stores and serves it whole, so failing the pull
+/// would ask for it again and again.
 fn unwrap_into(
     msg: MessageExt,
-    at: usize,
     heap: usize,
     out: &mut Vec<MessageExt>,
     max_len: usize,
-) -> Result<Option<usize>, RemotingError> {
-    const BATCH: i32 = sys_flag::NEED_UNWRAP | sys_flag::INNER_BATCH;
-    // An inner batch whose body did not inflate cannot be unwrapped: it goes on whole.
-    if msg.sys_flag & BATCH != BATCH || msg.body_undecoded() {
+) -> Option<usize> {
+    let whole = |msg: MessageExt, out: &mut Vec<MessageExt>| {
         let cost = heap.saturating_add(message_cost(&msg.topic, 0));
         out.push(msg);
-        return Ok(Some(cost));
-    }
-    let inner_error = |e| match e {
-        RemotingError::MalformedMessage {
-            at: inner_at,
-            reason,
-        } => malformed(
-            at,
-            format!("inner batch record at byte {inner_at}: {reason}"),
-        ),
-        other => other,
+        Some(cost)
     };
+    // An inner batch whose body did not inflate cannot be unwrapped either.
+    if msg.sys_flag & BATCH != BATCH || msg.body_undecoded() {
+        return whole(msg, out);
+    }
+    let before = out.len();
+    match unwrap_batch(&msg, heap, out, max_len) {
+        Ok(fitted) => fitted,
+        Err(()) => {
+            out.truncate(before);
+            whole(msg, out)
+        }
+    }
+}
+
+/// Both flags of a 5.x inner batch (section 6.1).
+const BATCH: i32 = sys_flag::NEED_UNWRAP | sys_flag::INNER_BATCH;
+
+/// The messages of inner batch `msg` for [`unwrap_into`]; `Err` when it cannot be unwrapped,
+/// with some of its messages perhaps pushed already.
+fn unwrap_batch(
+    msg: &MessageExt,
+    heap: usize,
+    out: &mut Vec<MessageExt>,
+    max_len: usize,
+) -> Result<Option<usize>, ()> {
     // Counted first (a walk over the length fields), so that a batch that would not fit is
-    // left whole for the next pull, and one that would cost too much is rejected before any
-    // message of it is built.
-    let n = count_batch_items(&msg.body).map_err(inner_error)?;
+    // left whole for the next pull, and one that would cost too much is turned away before
+    // any message of it is built.
+    let n = count_batch_items(&msg.body).map_err(drop)?;
     if !out.is_empty() && n > max_len.saturating_sub(out.len()) {
         return Ok(None);
     }
-    let too_costly = |cost: usize| {
-        malformed(
-            at,
-            format!(
-                "inner batch of {n} messages with a topic of {} bytes needs at least {cost} \
-                 bytes decoded, more than the limit of {MAX_RECORD_DECODED_LEN}",
-                msg.topic.len()
-            ),
-        )
-    };
     // Every message gets a copy of the topic: a `String`, used as one throughout the crate.
     // Sharing one would take another type for `MessageExt::topic`; charging the copies bounds
     // them just as well (a long topic means fewer messages per record).
@@ -677,14 +700,14 @@ fn unwrap_into(
         .saturating_mul(message_cost(&msg.topic, 0))
         .saturating_add(heap);
     if cost > MAX_RECORD_DECODED_LEN {
-        return Err(too_costly(cost));
+        return Err(());
     }
     out.reserve(n);
     for (i, item) in BatchItems::new(&msg.body).enumerate() {
-        let (item, props_heap) = item.map_err(inner_error)?;
+        let (item, props_heap) = item.map_err(drop)?;
         cost = cost.saturating_add(props_heap);
         if cost > MAX_RECORD_DECODED_LEN {
-            return Err(too_costly(cost));
+            return Err(());
         }
         out.push(MessageExt {
             // The expanded messages are plain messages now.
@@ -696,7 +719,7 @@ fn unwrap_into(
             properties: item.properties,
             topic: msg.topic.clone(),
             // The remaining fields are Copy: this copies them, no clone of body or properties.
-            ..msg
+            ..*msg
         });
     }
     Ok(Some(cost))

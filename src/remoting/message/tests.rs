@@ -371,34 +371,41 @@ fn a_body_yields_at_most_max_body_messages() {
     assert_eq!(d.rest_from, Some(MAX_BODY_MESSAGES as i64));
 }
 
-/// Asserts `result` is a MalformedMessage for the record at 0 that names the record limit.
-fn assert_too_costly<T: std::fmt::Debug>(result: Result<T, RemotingError>) {
-    match result {
-        Err(RemotingError::MalformedMessage { at: 0, reason }) => {
-            let limit = MAX_RECORD_DECODED_LEN.to_string();
-            assert!(reason.contains(&limit), "{reason}");
-        }
-        other => panic!("expected MalformedMessage at 0, got {other:?}"),
-    }
+/// Asserts `messages` is the inner batch `record` (at offset 0) left whole, marked
+/// undeliverable: the consumer dead-letters it instead of failing its pull for good.
+fn assert_left_whole(messages: &[MessageExt], record: &Bytes) {
+    assert_eq!(messages.len(), 1, "unwrapped");
+    let m = &messages[0];
+    assert!(m.undeliverable().is_some());
+    assert!(!m.body_undecoded());
+    assert_eq!(m.queue_offset, 0);
+    assert_eq!(m.sys_flag & BATCH, BATCH);
+    let stored = decode_record(record, 0).unwrap().0;
+    assert_eq!(m.body, stored.body);
 }
 
+const BATCH: i32 = sys_flag::NEED_UNWRAP | sys_flag::INNER_BATCH;
+
 #[test]
-fn an_inner_batch_copying_a_long_topic_into_every_message_is_rejected() {
+fn an_inner_batch_copying_a_long_topic_into_every_message_is_left_whole() {
     // 110 KB stored, no compression: 5,000 copies of a 32,767-byte topic would be 164 MB.
     let items = vec![Message::new("T", ""); 5_000];
     let long = "L".repeat(i16::MAX as usize);
     let record = inner_batch_record(&long, 0, &items, false);
-    assert_too_costly(decode_messages_within(&record, MAX_BODY_DECODED_LEN));
-    assert_too_costly(decode_messages_within(&record, 0));
-    assert_too_costly(decode_messages(&record));
-    assert_too_costly(decode_message(&record));
+    for budget in [MAX_BODY_DECODED_LEN, 0] {
+        let d = decode_messages_within(&record, budget).unwrap();
+        assert_left_whole(&d.messages, &record);
+        assert_eq!(d.rest_from, None);
+    }
+    assert_left_whole(&decode_messages(&record).unwrap(), &record);
+    assert_left_whole(&[decode_message(&record).unwrap()], &record);
     // With a topic Java accepts, the same batch is 5,000 messages.
     let record = inner_batch_record(&"L".repeat(127), 0, &items, false);
     assert_eq!(decode_messages(&record).unwrap().len(), 5_000);
 }
 
 #[test]
-fn an_inner_batch_of_property_laden_messages_is_rejected() {
+fn an_inner_batch_of_property_laden_messages_is_left_whole() {
     // 4,000 distinct keys fill 32 KB of properties and take 256 KB each once sorted out: 600
     // such messages (19 MB stored) would build 154 MB.
     let mut item = Message::new("T", "");
@@ -406,7 +413,13 @@ fn an_inner_batch_of_property_laden_messages_is_rejected() {
         item = item.with_property(format!("k{i:04}"), "v");
     }
     let record = inner_batch_record("T", 0, &vec![item.clone(); 600], false);
-    assert_too_costly(decode_messages_within(&record, MAX_BODY_DECODED_LEN));
+    // Nothing of it is kept but the record.
+    assert_left_whole(
+        &decode_messages_within(&record, MAX_BODY_DECODED_LEN)
+            .unwrap()
+            .messages,
+        &record,
+    );
     // A few of them decode.
     let record = inner_batch_record("T", 0, &vec![item; 3], false);
     let msgs = decode_messages(&record).unwrap();
@@ -470,6 +483,55 @@ fn inner_batches_are_unwrapped() {
     assert_eq!(msgs[1].msg_id(), "ID1");
     assert_eq!(msgs[2].msg_id(), msgs[2].offset_msg_id());
     assert_eq!(decode_message(&bytes).unwrap(), msgs[0]);
+}
+
+/// An inner batch past [`MAX_BATCH_MESSAGES`], or with a malformed element, is left whole and
+/// marked, and the records after it decode: the body is not rejected, so the queue moves on
+/// (the consumer dead-letters the record; the broker holds it intact).
+#[test]
+fn an_inner_batch_that_cannot_be_unwrapped_is_left_whole_and_the_rest_decodes() {
+    let plain = |offset: i64| {
+        let mut m = sample("T");
+        m.queue_offset = offset;
+        encode_message(&m).unwrap()
+    };
+    let big = inner_batch_record(
+        "T",
+        0,
+        &vec![Message::new("T", ""); MAX_BATCH_MESSAGES + 1],
+        false,
+    );
+    let mut body = BytesMut::new();
+    body.extend_from_slice(&big);
+    body.extend_from_slice(&plain(MAX_BATCH_MESSAGES as i64 + 1));
+    let d = decode_messages_within(&body.freeze(), MAX_BODY_DECODED_LEN).unwrap();
+    assert_left_whole(&d.messages[..1], &big);
+    assert_eq!(d.messages.len(), 2);
+    assert_eq!(d.messages[1].queue_offset, MAX_BATCH_MESSAGES as i64 + 1);
+    assert!(d.messages[1].undeliverable().is_none());
+
+    // The second element's property length runs past its end.
+    let items = [Message::new("T", "a"), Message::new("T", "b")];
+    let mut record = inner_batch_record("T", 0, &items, false).to_vec();
+    let stored = decode_record(&Bytes::copy_from_slice(&record), 0)
+        .unwrap()
+        .0;
+    let batch_at = record
+        .windows(stored.body.len())
+        .position(|w| w == &stored.body[..])
+        .unwrap();
+    let second = batch_at
+        + usize::try_from(i32::from_be_bytes(stored.body[..4].try_into().unwrap())).unwrap();
+    let props_len_at = second + 4 + 4 + 4 + 4 + 4 + 1;
+    record[props_len_at..props_len_at + 2].copy_from_slice(&i16::MAX.to_be_bytes());
+    let record = Bytes::from(record);
+    let mut body = BytesMut::new();
+    body.extend_from_slice(&record);
+    body.extend_from_slice(&plain(2));
+    let msgs = decode_messages(&body.freeze()).unwrap();
+    assert_left_whole(&msgs[..1], &record);
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(msgs[1].queue_offset, 2);
 }
 
 #[test]

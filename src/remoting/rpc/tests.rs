@@ -364,25 +364,28 @@ fn a_pull_of_many_inner_batches_continues_at_the_first_record_left() {
 }
 
 #[test]
-fn a_record_that_would_build_too_much_is_a_typed_error_in_pulls_and_broker_requests() {
-    // 5,000 copies of a 32,767-byte topic: 110 KB stored, 164 MB once unwrapped.
+fn a_record_that_would_build_too_much_comes_whole_in_pulls_and_broker_requests() {
+    // 5,000 copies of a 32,767-byte topic: 110 KB stored, 164 MB once unwrapped. It comes as
+    // the one record, marked undeliverable (the consumer dead-letters it, the consume-directly
+    // handler refuses it), instead of failing the pull for good.
     let record = inner_batch(&"L".repeat(i16::MAX as usize), 10, 5_000, false);
-    let result =
-        pull_request(3).parse(response(ResponseCode::Success, pull_header(5_010), &record));
-    assert!(
-        matches!(result, Err(RemotingError::MalformedMessage { at: 0, .. })),
-        "{result:?}"
-    );
+    let result = pull_request(3)
+        .parse(response(ResponseCode::Success, pull_header(5_010), &record))
+        .unwrap();
+    assert_eq!(result.messages.len(), 1);
+    assert!(result.messages[0].undeliverable().is_some());
+    assert_eq!(result.next_begin_offset, 5_010);
     let directly = broker_request(
         RequestCode::ConsumeMessageDirectly,
         ExtFields::new().with("consumerGroup", "G1"),
         &record,
     );
-    let result = BrokerRequest::parse(&directly);
-    assert!(
-        matches!(result, Err(RemotingError::MalformedMessage { at: 0, .. })),
-        "{result:?}"
-    );
+    match BrokerRequest::parse(&directly) {
+        Ok(BrokerRequest::ConsumeDirectly { message, .. }) => {
+            assert!(message.undeliverable().is_some());
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
