@@ -818,7 +818,7 @@ impl<H: Handler> Worker<H> {
                 let mut held_last = kept.last().map(|m| m.queue_offset);
                 if kept.is_empty() {
                     if self.pq.is_empty() {
-                        self.shared.offsets.update(&self.mq, self.next_offset, true);
+                        self.commit(self.next_offset, true);
                     }
                 } else if self.orderly() {
                     self.pq
@@ -846,8 +846,10 @@ impl<H: Handler> Worker<H> {
             }
             PullStatus::NoNewMsg | PullStatus::NoMatchedMsg => {
                 self.next_offset = result.next_begin_offset;
+                // Through `commit` like every other commit, so the cap of a pending move holds
+                // here too (no pull goes out while one is pending, so none answers today).
                 if self.pq.is_empty() {
-                    self.shared.offsets.update(&self.mq, self.next_offset, true);
+                    self.commit(self.next_offset, true);
                 }
             }
             PullStatus::OffsetIllegal => {
