@@ -880,6 +880,51 @@ async fn name_server_fails_over_to_the_next_address() {
     assert_eq!(routes.subscribe_queues("T").len(), 4);
 }
 
+/// An answer too large to parse fails its own call only, naming the peer and the body; the
+/// connection goes on serving.
+#[tokio::test]
+async fn an_answer_with_too_many_values_fails_only_its_call() {
+    use crate::remoting::rpc::GetRouteInfo;
+    let (l, addr) = listener().await;
+    let mut tasks = JoinSet::new();
+    serve(&mut tasks, l, |frame| match frame.ext("topic") {
+        // Two million values in 4 MB: each would cost some 100 bytes once built.
+        Some("HUGE") => {
+            let body = format!(r#"{{"x":[{}]}}"#, vec!["0"; 2 << 20].join(","));
+            response(frame.opaque(), 0, "", body.as_bytes())
+        }
+        _ => namesrv_answer(frame),
+    });
+    let pool = Pool::new(ConnectOptions::default(), Arc::new(NotSupported));
+    let huge = GetRouteInfo {
+        topic: "HUGE".to_owned(),
+    };
+    match within(pool.call(&addr, &huge, STEP)).await {
+        Err(ClientError::Protocol {
+            addr: ref peer,
+            source:
+                RemotingError::BodyTooLarge {
+                    what: "topic route",
+                    ..
+                },
+        }) if *peer == addr => {}
+        other => panic!("expected BodyTooLarge from {addr}, got {other:?}"),
+    }
+    let conn = within(pool.connection(&addr)).await.expect("connection");
+    let route = GetRouteInfo {
+        topic: "T".to_owned(),
+    };
+    let answer = within(pool.call(&addr, &route, STEP)).await;
+    assert_eq!(answer.expect("route").queue_datas.len(), 1);
+    assert!(
+        within(pool.connection(&addr))
+            .await
+            .expect("connection")
+            .same_as(&conn),
+        "the connection survived the bad answer"
+    );
+}
+
 #[tokio::test]
 async fn no_name_server_answering_is_reported_with_the_last_error() {
     let (a, b) = (dead_addr().await, dead_addr().await);

@@ -62,6 +62,15 @@ pub enum RemotingError {
         /// What was wrong.
         reason: String,
     },
+    /// A JSON body holds more values than any real one of its kind; it is refused before it is
+    /// built, since every value costs memory whatever the body's length.
+    #[error("{what} body holds more than {limit} JSON values")]
+    BodyTooLarge {
+        /// Which body, e.g. `offset table`.
+        what: &'static str,
+        /// The most values a body may hold.
+        limit: usize,
+    },
     /// A message record in a pull or consume-directly body is malformed.
     #[error("malformed message record at byte {at}: {}", Excerpt(reason))]
     MalformedMessage {

@@ -7,7 +7,8 @@
 //! object key, single-quoted strings, and trailing commas.
 //!
 //! Invariants: the reader never panics, nests at most [`MAX_DEPTH`] levels (so hostile input
-//! cannot overflow the stack) and allocates in proportion to its input.
+//! cannot overflow the stack), builds at most [`MAX_VALUES`] values (so a hostile body's tree
+//! peaks near 100 MB, not 800 MB) and allocates in proportion to its input.
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Number};
@@ -16,6 +17,44 @@ use crate::remoting::RemotingError;
 
 /// Deepest nesting accepted; real bodies nest fewer than ten levels.
 pub(crate) const MAX_DEPTH: usize = 64;
+
+/// The most values (keys included) one body may hold; [`parse`] stops at the next one.
+///
+/// A bound on values rather than on bytes, because values are what cost: every one takes a
+/// 32-byte [`Value`] plus, for numbers and strings, an allocation of its own, and again a
+/// `serde_json::Value` in [`from_slice`]. A 16 MiB frame of `[0,0,...]` (8 million values)
+/// peaked at 800 MB; at this bound the peak is about 100 MB, and text inside strings costs only
+/// its length. A byte cap low enough to help would refuse real bodies, whose size comes from
+/// long names rather than many values.
+///
+/// The largest real bodies are offset tables: a RESET_CONSUMER_CLIENT_OFFSET or
+/// GET_CONSUMER_STATUS table of a topic of `MAX_TOPIC_QUEUES` (65,536) queues is 9 values per
+/// queue in its list form, 8 in fastjson's object-key form: 590,000 in all. A route takes some
+/// 20 values per broker (so a topic on a thousand brokers, 20,000), a consumer list one per
+/// client.
+pub(crate) const MAX_VALUES: usize = 1 << 20;
+
+/// Why a text did not parse.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ParseError {
+    /// Not (fast)JSON, or a number out of range: what and where.
+    Syntax(String),
+    /// More than [`MAX_VALUES`] values.
+    TooManyValues,
+}
+
+impl ParseError {
+    /// The protocol error for a `what` body that failed with `self`.
+    pub(crate) fn into_body_error(self, what: &'static str) -> RemotingError {
+        match self {
+            Self::Syntax(reason) => RemotingError::MalformedBody { what, reason },
+            Self::TooManyValues => RemotingError::BodyTooLarge {
+                what,
+                limit: MAX_VALUES,
+            },
+        }
+    }
+}
 
 /// A parsed fastjson value. Objects keep their keys as values, in input order.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,11 +91,11 @@ impl Value {
 
     /// Converts to a standard JSON value; non-string keys become their compact JSON text, so an
     /// integer key `0` becomes `"0"` and an object key becomes `"{\"brokerName\":...}"`.
-    pub(crate) fn into_json(self) -> Result<serde_json::Value, String> {
+    pub(crate) fn into_json(self) -> Result<serde_json::Value, ParseError> {
         Ok(match self {
             Self::Null => serde_json::Value::Null,
             Self::Bool(b) => serde_json::Value::Bool(b),
-            Self::Number(n) => serde_json::Value::Number(number(&n)?),
+            Self::Number(n) => serde_json::Value::Number(number(&n).map_err(ParseError::Syntax)?),
             Self::String(s) => serde_json::Value::String(s),
             Self::Array(items) => serde_json::Value::Array(
                 items
@@ -92,13 +131,17 @@ fn number(text: &str) -> Result<Number, String> {
         .ok_or_else(|| format!("invalid number {text:?}"))
 }
 
-/// Parses a whole fastjson document.
-pub(crate) fn parse(input: &[u8]) -> Result<Value, String> {
-    let mut p = Parser { input, pos: 0 };
+/// Parses a whole fastjson document of at most [`MAX_VALUES`] values.
+pub(crate) fn parse(input: &[u8]) -> Result<Value, ParseError> {
+    let mut p = Parser {
+        input,
+        pos: 0,
+        values: 0,
+    };
     let value = p.value(0)?;
     p.skip_ws();
     if p.pos != input.len() {
-        return Err(format!("trailing characters at byte {}", p.pos));
+        return p.err("trailing characters");
     }
     Ok(value)
 }
@@ -108,14 +151,20 @@ pub(crate) fn from_slice<T: DeserializeOwned>(
     input: &[u8],
     what: &'static str,
 ) -> Result<T, RemotingError> {
-    let fail = |reason: String| RemotingError::MalformedBody { what, reason };
-    let json = parse(input).and_then(Value::into_json).map_err(fail)?;
-    serde_json::from_value(json).map_err(|e| fail(e.to_string()))
+    let json = parse(input)
+        .and_then(Value::into_json)
+        .map_err(|e| e.into_body_error(what))?;
+    serde_json::from_value(json).map_err(|e| RemotingError::MalformedBody {
+        what,
+        reason: e.to_string(),
+    })
 }
 
 struct Parser<'a> {
     input: &'a [u8],
     pos: usize,
+    /// Values begun so far, keys included.
+    values: usize,
 }
 
 impl Parser<'_> {
@@ -129,14 +178,24 @@ impl Parser<'_> {
         }
     }
 
-    fn err<T>(&self, what: &str) -> Result<T, String> {
-        Err(format!("{what} at byte {}", self.pos))
+    fn err<T>(&self, what: &str) -> Result<T, ParseError> {
+        Err(ParseError::Syntax(format!("{what} at byte {}", self.pos)))
     }
 
-    fn value(&mut self, depth: usize) -> Result<Value, String> {
+    /// Counts a value about to be built, refusing the one past [`MAX_VALUES`].
+    fn count(&mut self) -> Result<(), ParseError> {
+        if self.values >= MAX_VALUES {
+            return Err(ParseError::TooManyValues);
+        }
+        self.values += 1;
+        Ok(())
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value, ParseError> {
         if depth > MAX_DEPTH {
             return self.err("nesting too deep");
         }
+        self.count()?;
         self.skip_ws();
         match self.peek() {
             None => self.err("unexpected end"),
@@ -155,15 +214,18 @@ impl Parser<'_> {
     }
 
     /// An object key: any value, or a bare identifier taken as a string.
-    fn key(&mut self, depth: usize) -> Result<Value, String> {
+    fn key(&mut self, depth: usize) -> Result<Value, ParseError> {
         self.skip_ws();
         match self.peek() {
-            Some(c) if is_ident_start(c) => Ok(Value::String(self.ident().to_owned())),
+            Some(c) if is_ident_start(c) => {
+                self.count()?;
+                Ok(Value::String(self.ident().to_owned()))
+            }
             _ => self.value(depth),
         }
     }
 
-    fn object(&mut self, depth: usize) -> Result<Value, String> {
+    fn object(&mut self, depth: usize) -> Result<Value, ParseError> {
         self.pos += 1;
         let mut entries = Vec::new();
         loop {
@@ -189,7 +251,7 @@ impl Parser<'_> {
         }
     }
 
-    fn array(&mut self, depth: usize) -> Result<Value, String> {
+    fn array(&mut self, depth: usize) -> Result<Value, ParseError> {
         self.pos += 1;
         let mut items = Vec::new();
         loop {
@@ -231,7 +293,7 @@ impl Parser<'_> {
         std::str::from_utf8(&self.input[start..self.pos]).unwrap_or_default()
     }
 
-    fn string(&mut self, quote: u8) -> Result<String, String> {
+    fn string(&mut self, quote: u8) -> Result<String, ParseError> {
         self.pos += 1;
         let mut out = Vec::new();
         loop {
@@ -267,7 +329,7 @@ impl Parser<'_> {
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
-    fn hex4(&mut self) -> Result<u16, String> {
+    fn hex4(&mut self) -> Result<u16, ParseError> {
         let digits = self
             .input
             .get(self.pos..self.pos + 4)
@@ -284,7 +346,7 @@ impl Parser<'_> {
 
     /// A `\uXXXX` escape (the `\u` already consumed), joining surrogate pairs; a lone surrogate
     /// becomes U+FFFD rather than an error, as Java strings may hold one.
-    fn unicode_escape(&mut self) -> Result<char, String> {
+    fn unicode_escape(&mut self) -> Result<char, ParseError> {
         let first = self.hex4()?;
         if (0xD800..0xDC00).contains(&first)
             && self.input.get(self.pos..self.pos + 2) == Some(b"\\u")
@@ -391,6 +453,37 @@ mod tests {
         }
         let deep = "[".repeat(10_000);
         assert!(parse(deep.as_bytes()).is_err());
+    }
+
+    /// Values are counted, bare keys included, and the one past the bound is refused; a body
+    /// refused so names its kind.
+    #[test]
+    fn refuses_more_values_than_the_bound() {
+        let zeros = |n: usize| format!("[{}]", vec!["0"; n].join(","));
+        // The array and its elements: exactly the bound.
+        assert!(parse(zeros(MAX_VALUES - 1).as_bytes()).is_ok());
+        assert_eq!(
+            parse(zeros(MAX_VALUES).as_bytes()),
+            Err(ParseError::TooManyValues)
+        );
+        let pairs = |n: usize| format!("{{{}}}", vec!["k:0"; n].join(","));
+        assert!(parse(pairs((MAX_VALUES - 1) / 2).as_bytes()).is_ok());
+        assert_eq!(
+            parse(pairs(MAX_VALUES / 2).as_bytes()),
+            Err(ParseError::TooManyValues)
+        );
+        let err = from_slice::<serde_json::Value>(zeros(MAX_VALUES).as_bytes(), "consumer list")
+            .expect_err("too many values");
+        assert!(
+            matches!(
+                err,
+                RemotingError::BodyTooLarge {
+                    what: "consumer list",
+                    limit: MAX_VALUES
+                }
+            ),
+            "{err}"
+        );
     }
 
     proptest! {

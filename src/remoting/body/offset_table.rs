@@ -26,9 +26,10 @@ fn malformed(reason: impl Into<String>) -> RemotingError {
 ///
 /// # Errors
 /// [`RemotingError::MalformedBody`] if the text does not parse or an entry is not a queue with an
-/// integer offset.
+/// integer offset; [`RemotingError::BodyTooLarge`] if it holds more values than any real table
+/// (an offset table of 65,536 queues, the most a topic has, takes about half of them).
 pub fn parse_offset_table(body: &[u8]) -> Result<Vec<(MessageQueue, i64)>, RemotingError> {
-    let root = fastjson::parse(body).map_err(malformed)?;
+    let root = fastjson::parse(body).map_err(|e| e.into_body_error(WHAT))?;
     let table = root
         .get("offsetTable")
         .or_else(|| root.get("messageQueueTable"))
@@ -182,6 +183,38 @@ mod tests {
             r#"{"offsetTable":{"#,
         ] {
             assert!(parse_offset_table(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    /// The table of a topic of 65,536 queues (the most a route may have) parses in every form;
+    /// a table far larger than any topic's is refused before it is built.
+    #[test]
+    fn the_largest_topic_parses_and_a_larger_table_is_refused() {
+        use crate::remoting::body::route::MAX_TOPIC_QUEUES;
+        let queues = usize::try_from(MAX_TOPIC_QUEUES).expect("fits");
+        let table: Vec<_> = (0..MAX_TOPIC_QUEUES)
+            .map(|q| (MessageQueue::new("%RETRY%group", "broker-a", q), 1 << 40))
+            .collect();
+        let listed = |n: usize| {
+            let entries: Vec<String> = (0..n)
+                .map(|q| format!(r#"{{"brokerName":"broker-a","queueId":{q},"topic":"%RETRY%group","offset":1099511627776}}"#))
+                .collect();
+            format!(r#"{{"offsetTable":[{}]}}"#, entries.join(","))
+        };
+        for body in [
+            write_offset_table(&table, false),
+            write_offset_table(&table, true),
+            listed(queues),
+        ] {
+            assert_eq!(parse_offset_table(body.as_bytes()).unwrap().len(), queues);
+        }
+        // Nine values per entry: this one is past the bound.
+        let huge = listed(fastjson::MAX_VALUES / 9 + 1);
+        match parse_offset_table(huge.as_bytes()) {
+            Err(e @ RemotingError::BodyTooLarge { what: WHAT, .. }) => {
+                assert!(e.to_string().contains("offset table"), "{e}");
+            }
+            other => panic!("expected BodyTooLarge, got {:?}", other.map(|t| t.len())),
         }
     }
 
