@@ -11,6 +11,13 @@ use crate::remoting::RemotingError;
 /// producers check the size *before* compressing, so real bodies are far below this.
 pub const MAX_DECOMPRESSED_LEN: usize = 64 * 1024 * 1024;
 
+/// The largest zstd window accepted, as a power of two: the window a decoder allocates when a
+/// frame starts is the one its header declares, whatever the content (zstd's own limit, 2^27,
+/// would allocate twice [`MAX_DECOMPRESSED_LEN`] for a 20-byte frame). No frame whose content
+/// fits [`MAX_DECOMPRESSED_LEN`] needs a larger one, and encoders that know the content size
+/// (Java's `Zstd.compress`) shrink the window to it.
+const ZSTD_WINDOW_LOG_MAX: u32 = MAX_DECOMPRESSED_LEN.ilog2();
+
 /// A compression algorithm, as encoded in sysFlag bits 8-10.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Compression {
@@ -70,9 +77,14 @@ pub fn decompress(algorithm: Compression, data: &[u8]) -> Result<Vec<u8>, Remoti
     };
     let reader: Box<dyn Read + '_> = match algorithm {
         Compression::Zlib => Box::new(flate2::read::ZlibDecoder::new(data)),
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(data).map_err(|e| fail(e.to_string()))?,
-        ),
+        Compression::Zstd => {
+            let mut decoder =
+                zstd::stream::read::Decoder::with_buffer(data).map_err(|e| fail(e.to_string()))?;
+            decoder
+                .window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(|e| fail(e.to_string()))?;
+            Box::new(decoder)
+        }
         Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(data)),
     };
     let limit = MAX_DECOMPRESSED_LEN as u64 + 1;
@@ -160,6 +172,41 @@ mod tests {
                 decompress(c, b"definitely not compressed").is_err(),
                 "{c:?}"
             );
+        }
+    }
+
+    /// A zstd frame without a content size declaring a `2^window_log`-byte window, holding
+    /// `hello` in one raw block (RFC 8878 section 3.1.1).
+    fn zstd_frame_with_window(window_log: u32) -> Vec<u8> {
+        // Magic number, little endian; frame header descriptor 0: no content size, not single
+        // segment (so the window descriptor follows), no checksum, no dictionary.
+        let mut frame = vec![0x28, 0xB5, 0x2F, 0xFD, 0x00];
+        // Window descriptor: exponent `window_log - 10`, mantissa 0.
+        frame.push(u8::try_from((window_log - 10) << 3).unwrap());
+        // Block header: last block, raw, 5 bytes ((5 << 3) | 1, 24 bits little endian).
+        frame.extend_from_slice(&[0x29, 0x00, 0x00]);
+        frame.extend_from_slice(b"hello");
+        frame
+    }
+
+    #[test]
+    fn zstd_refuses_a_window_larger_than_the_output_bound() {
+        assert_eq!(
+            decompress(
+                Compression::Zstd,
+                &zstd_frame_with_window(ZSTD_WINDOW_LOG_MAX)
+            )
+            .unwrap(),
+            b"hello"
+        );
+        match decompress(
+            Compression::Zstd,
+            &zstd_frame_with_window(ZSTD_WINDOW_LOG_MAX + 1),
+        ) {
+            Err(RemotingError::Decompress {
+                algorithm: "zstd", ..
+            }) => {}
+            other => panic!("a 2^27-byte window was accepted: {other:?}"),
         }
     }
 
