@@ -12,7 +12,7 @@ use crate::remoting::body::consume_directly::ConsumeMessageDirectlyResult;
 use crate::remoting::body::offset_table::{parse_offset_table, write_consumer_status};
 use crate::remoting::body::running_info::ConsumerRunningInfo;
 use crate::remoting::command::RemotingCommand;
-use crate::remoting::message::decode_messages_within;
+use crate::remoting::message::decode_message;
 use crate::remoting::{MessageExt, MessageQueue, RemotingError, RequestCode, ResponseCode};
 
 /// A broker-initiated request, typed.
@@ -108,15 +108,10 @@ impl BrokerRequest {
                 jstack: ext.optional_bool("jstackEnable")?.unwrap_or(false),
             },
             RequestCode::ConsumeMessageDirectly => {
-                // Only the first message is used: the budget keeps a long body from inflating.
-                let message = decode_messages_within(&command.body, 0)?
-                    .messages
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| RemotingError::MalformedMessage {
-                        at: 0,
-                        reason: "CONSUME_MESSAGE_DIRECTLY without a message".to_owned(),
-                    })?;
+                // The first record only, nothing after it read (a body is one stored message),
+                // and copied: the message waits for its handler up to the consume timeout, and
+                // views would keep the connection's whole read buffer alive that long.
+                let message = decode_message(&command.body)?;
                 Self::ConsumeDirectly {
                     consumer_group: ext.str("consumerGroup")?.to_owned(),
                     client_id: ext.optional_str("clientId").unwrap_or_default().to_owned(),

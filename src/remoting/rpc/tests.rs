@@ -780,6 +780,34 @@ fn parses_broker_requests() {
     ));
 }
 
+/// A consume-directly body is read up to the end of its first record (what follows is not
+/// looked at), and the message owns its bytes rather than viewing the request's.
+#[test]
+fn consume_directly_reads_the_first_record_into_memory_of_its_own() {
+    let message = sample_message(2, 9);
+    let mut body = encode_message(&message).unwrap().to_vec();
+    body.extend_from_slice(&[0xFF; 10]);
+    let request = broker_request(
+        RequestCode::ConsumeMessageDirectly,
+        ExtFields::new().with("consumerGroup", "G1"),
+        &body,
+    );
+    let BrokerRequest::ConsumeDirectly {
+        message: decoded, ..
+    } = BrokerRequest::parse(&request).unwrap()
+    else {
+        panic!("not a consume-directly request");
+    };
+    assert_eq!(decoded.queue_offset, 9);
+    assert_eq!(decoded.body, message.body);
+    assert!(!decoded.body.is_empty());
+    let request_bytes = request.body.as_ptr_range();
+    assert!(
+        !request_bytes.contains(&decoded.body.as_ptr()),
+        "the message body is a view into the request"
+    );
+}
+
 #[test]
 fn response_helpers_copy_the_opaque() {
     let request = broker_request(RequestCode::Unknown(999), ExtFields::new(), b"");
