@@ -7,7 +7,9 @@
 //!   that gives up (timeout or cancellation) removes its own entry, so a late response finds no
 //!   waiter and is logged and dropped;
 //! - the first failure (I/O error, malformed frame, EOF) poisons the connection: the table is
-//!   replaced by the [`CloseReason`] and every waiter, present and future, gets that reason;
+//!   replaced by the [`CloseReason`] and every waiter, present and future, gets that reason; a
+//!   task that ends any other way (a panic, a runtime shutting down) poisons it with
+//!   [`CloseReason::Aborted`] as it is dropped, so the pool replaces it;
 //! - frames without the response bit are broker-initiated requests, handed to the
 //!   [`InboundHandler`] in tasks owned by the connection task (at most
 //!   [`ConnectOptions::inbound_concurrency`] at once, further ones are answered `SYSTEM_BUSY`,
@@ -139,6 +141,8 @@ struct Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         // Nobody can wait on this connection any more: stop the task (and its handler tasks).
+        // Closed first, so the abort is not taken for a failure (and logged as one).
+        self.shared.close(CloseReason::Local);
         self.task.abort();
     }
 }
@@ -530,8 +534,23 @@ struct Driver {
     busy_dropped: u64,
 }
 
+/// Closes the connection when the task's future is dropped before it closed it. A panic in the
+/// task (an inbound handler's `handle` runs on it) or a runtime shutting down drops the future
+/// mid-await; without this the table would stay open: waiters would hang until their timeouts,
+/// `is_closed()` would stay false and the pool would keep handing out a connection on which
+/// every call fails.
+struct CloseOnDrop(Arc<Shared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        // A no-op after the task's own close: the first reason counts.
+        self.0.close(CloseReason::Aborted);
+    }
+}
+
 impl Driver {
     async fn run(mut self, stream: Box<dyn Transport>) {
+        let _close = CloseOnDrop(Arc::clone(&self.shared));
         let (reader, writer) = tokio::io::split(stream);
         let reason = self.drive(reader, writer).await;
         self.shared.close(reason);

@@ -58,6 +58,8 @@ pub enum CloseReason {
     /// This side closed the connection ([`Connection::close`](super::Connection::close) or
     /// [`Pool::close_all`](super::Pool::close_all)).
     Local,
+    /// The connection's task ended without closing it: it panicked, or its runtime shut down.
+    Aborted,
 }
 
 impl fmt::Display for CloseReason {
@@ -73,6 +75,7 @@ impl fmt::Display for CloseReason {
             Self::Io(e) => write!(f, "I/O error: {e}"),
             Self::Protocol(e) => write!(f, "malformed frame: {e}"),
             Self::Local => f.write_str("closed locally"),
+            Self::Aborted => f.write_str("connection task ended abnormally"),
         }
     }
 }

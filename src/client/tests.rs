@@ -650,6 +650,47 @@ async fn close_fails_waiters_locally() {
     assert!(conn.is_closed());
 }
 
+/// Panics in `handle` itself, which runs on the connection's task.
+#[derive(Debug)]
+struct PanicsOnRequest;
+
+impl InboundHandler for PanicsOnRequest {
+    fn handle(&self, _from: &str, _request: RemotingCommand) -> BoxFuture<Option<RemotingCommand>> {
+        panic!("inbound handler bug");
+    }
+}
+
+/// A connection task that dies (here by a panic) fails its waiters at once and counts as closed,
+/// so the pool replaces the connection instead of handing out a dead one.
+#[tokio::test]
+async fn a_task_that_panics_closes_its_connection() {
+    let (l, addr) = listener().await;
+    let mut tasks = JoinSet::new();
+    // A request tagged `boom` is answered with a broker request, which the handler panics on.
+    serve(&mut tasks, l, |frame| match frame.ext("tag") {
+        Some("boom") => broker_request(309, 1, false),
+        _ => echo_tag(frame),
+    });
+    let pool = Pool::new(ConnectOptions::default(), Arc::new(PanicsOnRequest));
+    let first = within(pool.connection(&addr)).await.expect("connect");
+    // Waits far longer than `within` allows: only the close can end it in time.
+    match within(first.call_raw(tagged("boom"), 10 * STEP)).await {
+        Err(ClientError::ConnectionClosed {
+            reason: CloseReason::Aborted,
+            ..
+        }) => {}
+        other => panic!("expected an aborted connection, got {other:?}"),
+    }
+    assert!(first.is_closed());
+    let second = within(pool.connection(&addr)).await.expect("reconnect");
+    assert!(
+        !second.same_as(&first),
+        "the dead connection was handed out"
+    );
+    let answer = within(second.call_raw(tagged("after"), STEP)).await;
+    assert_eq!(answer.expect("call").remark.as_deref(), Some("after"));
+}
+
 // === Pool ===
 
 #[tokio::test]
