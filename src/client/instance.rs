@@ -89,15 +89,16 @@ impl Client {
         &self.routes
     }
 
-    /// Fetches the route of `topic` and publishes it (subscribers are woken only on change).
-    /// On failure the known route, if any, is kept: a name-server hiccup must not make queues
-    /// disappear.
+    /// Fetches the route of `topic` and publishes it (subscribers are woken only on change),
+    /// unless a look-up that started later has already published its answer. On failure the
+    /// known route, if any, is kept: a name-server hiccup must not make queues disappear.
     ///
     /// # Errors
     /// As [`NameServer::route`].
     pub async fn refresh_route(&self, topic: &str) -> Result<Arc<TopicRouteData>, ClientError> {
+        let lookup = self.routes.lookup();
         let route = self.namesrv.route(topic).await?;
-        self.routes.update(topic, route);
+        self.routes.apply(topic, route, lookup);
         self.routes
             .snapshot()
             .topic(topic)

@@ -11,10 +11,16 @@
 //!   a route names the broker again), so the queues it loses can still commit their final
 //!   offsets and release their locks there: a broker missing from the name servers' answers
 //!   (a name server restarted before the broker re-registered) is often still serving;
-//! - subscribers are woken only when a route actually changed.
+//! - subscribers are woken only when a route actually changed, and [`Routes::revision`] tells
+//!   them which topics did, whoever applied the change (the send-back producer refreshes the
+//!   retry topic's route through the engine's own table);
+//! - answers apply in the order their look-ups started ([`RouteTable::lookup`]): look-ups of
+//!   one topic overlap (the engine's and the producer's), and one that started earlier may
+//!   answer later with what the name servers said before.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
@@ -31,6 +37,8 @@ pub struct Routes {
     brokers: BTreeMap<String, BTreeMap<i64, String>>,
     /// The last addresses of brokers no route names any more (at most [`MAX_DEPARTED`]).
     departed: BTreeMap<String, BTreeMap<i64, String>>,
+    /// Per topic, the look-up whose answer last changed its route (see [`Routes::revision`]).
+    revisions: HashMap<String, u64>,
 }
 
 /// Departed brokers remembered; a bound against a name server that invents broker names.
@@ -40,6 +48,14 @@ impl Routes {
     /// The route of `topic`, if known.
     pub fn topic(&self, topic: &str) -> Option<&Arc<TopicRouteData>> {
         self.topics.get(topic)
+    }
+
+    /// A number that changes whenever the route of `topic` is set to a different one (or its
+    /// brokers' addresses move back to what it says), whoever set it; `None` while the route is
+    /// unknown. Comparing it with the one last acted on tells a subscriber whether `topic`
+    /// changed since, however many snapshots came in between.
+    pub fn revision(&self, topic: &str) -> Option<u64> {
+        self.revisions.get(topic).copied()
     }
 
     /// Topics with a known route.
@@ -169,8 +185,23 @@ pub fn subscribe_queues(topic: &str, route: &TopicRouteData) -> Vec<MessageQueue
 /// subscribers.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
-    tx: Arc<watch::Sender<Arc<Routes>>>,
+    inner: Arc<Table>,
 }
+
+#[derive(Debug)]
+struct Table {
+    tx: watch::Sender<Arc<Routes>>,
+    /// The last [`Lookup`] handed out.
+    lookups: AtomicU64,
+    /// Per topic, the latest look-up whose answer was applied, changed or not. Not in
+    /// [`Routes`]: an unchanged answer must move it without publishing a snapshot.
+    applied: Mutex<HashMap<String, u64>>,
+}
+
+/// When a route look-up started, relative to the others of its table: taken before asking the
+/// name servers ([`RouteTable::lookup`]) and handed to [`RouteTable::apply`] with the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Lookup(u64);
 
 impl Default for RouteTable {
     fn default() -> Self {
@@ -182,24 +213,55 @@ impl RouteTable {
     /// An empty table.
     pub fn new() -> Self {
         Self {
-            tx: Arc::new(watch::Sender::new(Arc::new(Routes::default()))),
+            inner: Arc::new(Table {
+                tx: watch::Sender::new(Arc::new(Routes::default())),
+                lookups: AtomicU64::new(0),
+                applied: Mutex::new(HashMap::new()),
+            }),
         }
     }
 
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Routes> {
-        Arc::clone(&self.tx.borrow())
+        Arc::clone(&self.inner.tx.borrow())
     }
 
     /// A receiver that sees every future snapshot (and the current one).
     pub fn subscribe(&self) -> watch::Receiver<Arc<Routes>> {
-        self.tx.subscribe()
+        self.inner.tx.subscribe()
     }
 
-    /// Sets the route of `topic`; publishes a new snapshot and returns `true` only if it
-    /// differs from the known one.
+    /// Starts a look-up: call before asking the name servers, and pass the result to
+    /// [`Self::apply`] with their answer.
+    pub fn lookup(&self) -> Lookup {
+        Lookup(self.inner.lookups.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// Sets the route of `topic` as an answer that is newer than every look-up started before
+    /// now (one that just confirmed a topic's creation); see [`Self::apply`].
     pub fn update(&self, topic: &str, route: TopicRouteData) -> bool {
-        self.tx.send_if_modified(|current| {
+        self.apply(topic, route, self.lookup())
+    }
+
+    /// Sets the route of `topic` to the answer of `lookup`, unless the answer of a look-up that
+    /// started later was applied already (then this one may say what the name servers said
+    /// before, and is dropped). Publishes a new snapshot and returns `true` only if the route
+    /// differs from the known one.
+    pub fn apply(&self, topic: &str, route: TopicRouteData, lookup: Lookup) -> bool {
+        // Held until published, so that the check and the publish of one answer are not
+        // interleaved with another's.
+        let mut applied = self
+            .inner
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let newest = applied.entry(topic.to_owned()).or_default();
+        if lookup.0 <= *newest {
+            tracing::debug!(%topic, "Route answer older than one applied already; dropped.");
+            return false;
+        }
+        *newest = lookup.0;
+        self.inner.tx.send_if_modified(|current| {
             // An unchanged route still counts as the newest word on its brokers: another
             // topic's answer may have moved one of them since, and this one moves it back.
             if current
@@ -213,6 +275,7 @@ impl RouteTable {
             let mut next = Routes::clone(current);
             let route = Arc::new(route);
             next.topics.insert(topic.to_owned(), Arc::clone(&route));
+            next.revisions.insert(topic.to_owned(), lookup.0);
             next.apply_brokers(&route);
             *current = Arc::new(next);
             true
@@ -221,12 +284,13 @@ impl RouteTable {
 
     /// Forgets the route of `topic`; returns whether it was known.
     pub fn remove(&self, topic: &str) -> bool {
-        self.tx.send_if_modified(|current| {
+        self.inner.tx.send_if_modified(|current| {
             if !current.topics.contains_key(topic) {
                 return false;
             }
             let mut next = Routes::clone(current);
             next.topics.remove(topic);
+            next.revisions.remove(topic);
             next.drop_unnamed_brokers();
             *current = Arc::new(next);
             true
@@ -285,6 +349,59 @@ mod tests {
         assert_eq!(table.snapshot().master_addr("a"), Some("old:1"));
         // And the same answer once more is not.
         assert!(!table.update("stale1", old));
+    }
+
+    /// Overlapping look-ups of one topic: the answer of the one that started last stands,
+    /// whichever order they finish in, even when it changed nothing.
+    #[test]
+    fn an_older_answer_does_not_overwrite_a_newer_one() {
+        let table = RouteTable::new();
+        let old = route(&[("a", &[(0, "h:1")])], &[("a", 4, 6)]);
+        let new = route(&[("a", &[(0, "h:1")])], &[("a", 8, 6)]);
+        let (first, second) = (table.lookup(), table.lookup());
+        assert!(table.apply("T", new.clone(), second));
+        assert!(
+            !table.apply("T", old.clone(), first),
+            "a stale answer applied"
+        );
+        assert_eq!(table.snapshot().subscribe_queues("T").len(), 8);
+        // An unchanged answer still counts as the newest word.
+        let (third, fourth) = (table.lookup(), table.lookup());
+        assert!(!table.apply("T", new, fourth));
+        assert!(
+            !table.apply("T", old.clone(), third),
+            "a stale answer applied"
+        );
+        assert_eq!(table.snapshot().subscribe_queues("T").len(), 8);
+        // Topics are ordered apart: an old look-up of another topic still applies.
+        let other = table.lookup();
+        assert!(table.update("T", old.clone()));
+        assert!(table.apply("U", old, other));
+        assert_eq!(table.snapshot().subscribe_queues("T").len(), 4);
+    }
+
+    /// A topic's revision moves with every change to its route, whichever clone of the table
+    /// applied it, and with nothing else.
+    #[test]
+    fn a_topics_revision_moves_with_its_route_only() {
+        let table = RouteTable::new();
+        let producer = table.clone();
+        let r4 = route(&[("a", &[(0, "h:1")])], &[("a", 4, 6)]);
+        let r8 = route(&[("a", &[(0, "h:1")])], &[("a", 8, 6)]);
+        assert_eq!(table.snapshot().revision("T"), None);
+        table.update("T", r4.clone());
+        let first = table.snapshot().revision("T");
+        assert!(first.is_some());
+        producer.update("T", r4.clone());
+        producer.update("U", r8.clone());
+        assert_eq!(table.snapshot().revision("T"), first, "unchanged");
+        producer.update("T", r8);
+        let second = table.snapshot().revision("T");
+        assert!(second.is_some() && second != first, "changed by a clone");
+        table.remove("T");
+        assert_eq!(table.snapshot().revision("T"), None);
+        table.update("T", r4);
+        assert!(![None, first, second].contains(&table.snapshot().revision("T")));
     }
 
     #[test]
