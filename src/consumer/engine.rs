@@ -151,8 +151,6 @@ pub(crate) struct RouteRefresh {
     pub(crate) main_ok: bool,
     /// Every topic (the retry topic too) has a route.
     pub(crate) complete: bool,
-    /// Some route differs from the one known before.
-    pub(crate) changed: bool,
 }
 
 /// Milliseconds since the Unix epoch (the protocol's timestamps).
@@ -266,13 +264,12 @@ impl<H: Handler> Shared<H> {
         let mut outcome = RouteRefresh {
             main_ok: true,
             complete: true,
-            changed: false,
         };
         for topic in self.config.topics() {
-            match self.client.namesrv().route(&topic).await {
-                Ok(route) => {
-                    outcome.changed |= self.client.routes().update(&topic, route);
-                }
+            // Changes are noticed through the table (see `route_task`), not here: the
+            // send-back producer may have applied one first.
+            match self.client.refresh_route(&topic).await {
+                Ok(_) => {}
                 Err(e) if topic != self.config.topic => {
                     outcome.complete &= self.client.routes().snapshot().topic(&topic).is_some();
                     debug!(group = %self.group(), %topic, error = %e, "Retry topic has no route yet.");
@@ -1147,6 +1144,11 @@ impl<H: Handler> Drop for Consumer<H> {
 }
 
 async fn route_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken) {
+    // Watched rather than learnt from our own look-ups: the send-back producer shares the table
+    // and refreshes the retry topic itself, and the change it applies is no news to a look-up
+    // of ours that follows.
+    let mut routes = shared.client.routes().subscribe();
+    let mut seen = route_revisions(&shared, &routes.borrow_and_update());
     let mut first = true;
     loop {
         let refresh = shared.refresh_routes().await;
@@ -1156,10 +1158,6 @@ async fn route_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToke
             // retry topic's route appears and the rebalancer can assign it.
             shared.heartbeat_now.notify_one();
         }
-        if refresh.changed {
-            // New or vanished brokers and queues: re-allocate now rather than in 20 s.
-            shared.rebalance_now.notify_one();
-        }
         // Until every route is known (the retry topic appears after the first heartbeat), look
         // again soon instead of waiting a whole interval.
         let wait = if refresh.main_ok && refresh.complete {
@@ -1167,11 +1165,35 @@ async fn route_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToke
         } else {
             Duration::from_secs(2).min(shared.config.route_interval)
         };
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+        let next = tokio::time::sleep(wait);
+        tokio::pin!(next);
+        loop {
+            let now = route_revisions(&shared, &routes.borrow_and_update());
+            if now != seen {
+                seen = now;
+                // New or vanished brokers and queues: re-allocate now rather than in 20 s.
+                shared.rebalance_now.notify_one();
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                () = &mut next => break,
+                // Never an error while `shared` holds the client; should it be, the branch is
+                // off and the sleep still ends the wait.
+                Ok(()) = routes.changed() => {}
+            }
         }
     }
+}
+
+/// The revisions of the subscription's routes in `routes`: they differ from the last ones seen
+/// exactly when one of them changed since.
+fn route_revisions<H: Handler>(shared: &Shared<H>, routes: &Routes) -> Vec<Option<u64>> {
+    shared
+        .config
+        .topics()
+        .iter()
+        .map(|topic| routes.revision(topic))
+        .collect()
 }
 
 async fn heartbeat_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken) {
@@ -1675,6 +1697,54 @@ mod tests {
         );
         assert!(!shared.lock_valid(&mq));
         broker.abort();
+    }
+
+    /// A route change applied by someone else on the shared table (the send-back producer
+    /// refreshing the retry topic) asks for a rebalance at once, and an unchanged route does not.
+    #[tokio::test]
+    async fn a_route_changed_by_the_producer_triggers_a_rebalance() {
+        use crate::remoting::body::route::{BrokerData, QueueData, TopicRouteData};
+        let shared = super::testing::shared(Config::new("G_route", "T_route")).await;
+        let retry = shared.config.retry_topic();
+        let routes = shared.client.routes().clone();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(route_task(Arc::clone(&shared), cancel.clone()));
+        let notified =
+            || tokio::time::timeout(Duration::from_secs(1), shared.rebalance_now.notified());
+        // The name server refuses: the task's own look-ups change nothing.
+        assert!(
+            notified().await.is_err(),
+            "rebalance asked for without a change"
+        );
+        let broker = refusing_addr().to_string();
+        let route = |queues| TopicRouteData {
+            queue_datas: vec![QueueData {
+                broker_name: "b".to_owned(),
+                read_queue_nums: queues,
+                write_queue_nums: queues,
+                perm: 6,
+                ..QueueData::default()
+            }],
+            broker_datas: vec![BrokerData {
+                broker_name: "b".to_owned(),
+                broker_addrs: [(0, broker.clone())].into(),
+                ..BrokerData::default()
+            }],
+            ..TopicRouteData::default()
+        };
+        for queues in [1, 2] {
+            assert!(routes.update(&retry, route(queues)));
+            notified()
+                .await
+                .expect("a changed route asks for a rebalance");
+        }
+        assert!(!routes.update(&retry, route(2)));
+        assert!(
+            notified().await.is_err(),
+            "an unchanged route asked for a rebalance"
+        );
+        cancel.cancel();
+        task.await.expect("route task");
     }
 
     /// Preparing touches the offset store only: nothing connects until `start`.
