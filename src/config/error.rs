@@ -200,6 +200,20 @@ pub enum ConfigWarning {
         /// What happens instead.
         reason: String,
     },
+    /// A setting that is valid but can break a promise of the delivery contract in some
+    /// conditions (a batch deadline shorter than the requests the batch may send one after
+    /// another): an error would refuse configurations that work while the endpoint answers
+    /// quickly.
+    Risk {
+        /// The key, e.g. `subscriptions[0].consume_timeout`.
+        key: String,
+        /// Where its value came from.
+        origin: Origin,
+        /// The value as written.
+        value: String,
+        /// What can go wrong and how to avoid it.
+        reason: String,
+    },
 }
 
 impl fmt::Display for ConfigWarning {
@@ -219,6 +233,12 @@ impl fmt::Display for ConfigWarning {
                 value,
                 reason,
             } => write!(f, "`{key}` = {value} ({origin}) has no effect: {reason}"),
+            Self::Risk {
+                key,
+                origin,
+                value,
+                reason,
+            } => write!(f, "`{key}` = {value} ({origin}): {reason}"),
         }
     }
 }

@@ -174,8 +174,8 @@ impl Config {
         config.warnings = env.warnings.clone();
         config.resolve(&env);
         config.validate()?;
-        let no_effect = config.settings_without_effect();
-        config.warnings.extend(no_effect);
+        let found = config.setting_warnings();
+        config.warnings.extend(found);
         Ok(config)
     }
 

@@ -133,7 +133,8 @@ impl Config {
     }
 
     /// Non-fatal findings of [`Config::load`] (unknown `ROCKETMQ_*` variables, settings that
-    /// have no effect), to be logged once logging is set up.
+    /// have no effect, settings that risk a batch's deadline), to be logged once logging is set
+    /// up.
     pub fn warnings(&self) -> &[ConfigWarning] {
         &self.warnings
     }
@@ -374,7 +375,9 @@ pub struct Subscription {
     /// Deadline of one batch's delivery (every request of it); a batch that misses it is
     /// retried (sent back, or rolled back and retried in place in orderly mode). Unlike Java's
     /// `consumeTimeout`, messages waiting in the process queue (an open circuit) do not age
-    /// out. Env: `ROCKETMQ_CONSUME_TIMEOUT` in minutes. Default `15m`.
+    /// out. Must be longer than the subscription's `webhook.timeout`; a warning when the
+    /// requests a batch may send one after another (`raw` and `cloudevents`) can take longer
+    /// than it. Env: `ROCKETMQ_CONSUME_TIMEOUT` in minutes. Default `15m`.
     #[serde(with = "values::duration")]
     pub consume_timeout: Duration,
     /// Deliveries before a message goes to `%DLQ%<group>` (orderly too). Env:

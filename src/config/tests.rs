@@ -979,6 +979,66 @@ fn java_ranges_are_enforced() {
     );
 }
 
+/// A batch deadline that ends before its request's would take the failure away from the
+/// webhook, which alone knows an unreachable endpoint (no attempt spent) from a failed delivery.
+#[test]
+fn consume_timeout_must_outlast_the_webhook_timeout() {
+    for consume_timeout in ["5s", "10s"] {
+        let e = fail(
+            Some(&one_sub(&format!(
+                "    consume_timeout: {consume_timeout}\n"
+            ))),
+            &[],
+        );
+        let (key, origin, value, reason) = invalid(&e);
+        assert_eq!(key, "subscriptions[0].consume_timeout");
+        assert_eq!(value, consume_timeout);
+        assert!(
+            origin.to_string().ends_with("config.yaml line 6"),
+            "{origin}"
+        );
+        // Unset, the timeout points at the webhook mapping, where it would be written.
+        assert!(
+            reason.contains("longer than `subscriptions[0].webhook.timeout` = 10s (file ")
+                && reason.contains("config.yaml line 4)"),
+            "{reason}"
+        );
+    }
+    ok(
+        Some(&one_sub("      timeout: 3s\n    consume_timeout: 5s\n")),
+        &[],
+    );
+
+    // Each subscription is checked against its own webhook, wherever each value came from.
+    let yaml = "subscription_defaults:\n  consume_timeout: 5s\nsubscriptions:\n  \
+                - {group: a, topic: t, webhook: {url: http://h/a, timeout: 3s}}\n  \
+                - {group: b, topic: t, webhook: {url: http://h/b}}\n";
+    let e = fail(Some(yaml), &[]);
+    let (key, origin, _, reason) = invalid(&e);
+    assert_eq!(key, "subscriptions[1].consume_timeout");
+    assert!(origin.to_string().contains("line 2"), "{origin}");
+    assert!(
+        reason.contains("`subscriptions[1].webhook.timeout` = 10s (file ")
+            && reason.contains("line 5)"),
+        "{reason}"
+    );
+    assert_variable_error(
+        "ROCKETMQ_CONSUME_TIMEOUT",
+        "8s",
+        "subscriptions[0].consume_timeout",
+        &["8s", "webhook.timeout` = 10s"],
+    );
+    let e = fail(
+        Some(&one_sub("    consume_timeout: 30s\n")),
+        &[("ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__TIMEOUT", "30s")],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].consume_timeout",
+        &["30s (environment ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__TIMEOUT)"],
+    );
+}
+
 #[test]
 fn wrong_types_and_enum_values_are_reported() {
     let e = fail(Some(&one_sub("    pull_batch_size: lots\n")), &[]);
@@ -1764,4 +1824,62 @@ fn enable_auto_recovery_false_is_a_warning_naming_its_source() {
         "{warnings:?}"
     );
     assert!(ok(Some(&one_sub("")), &[]).warnings().is_empty());
+}
+
+/// The consume_timeout warnings of `tail` (subscription keys, then webhook keys) under a
+/// one-subscription file.
+fn deadline_warnings(subscription: &str, webhook: &str) -> Vec<String> {
+    let yaml = format!(
+        "subscriptions:\n  - group: g\n    topic: t\n{subscription}    webhook:\n      \
+         url: http://h/x\n{webhook}"
+    );
+    ok(Some(&yaml), &[])
+        .warnings()
+        .iter()
+        .map(ToString::to_string)
+        .filter(|w| w.contains("consume_timeout"))
+        .collect()
+}
+
+#[test]
+fn requests_in_a_row_that_can_outlast_consume_timeout_are_a_warning() {
+    // Orderly, one message per request: the batch's requests go one after another.
+    let orderly =
+        "    consume_mode: ORDERLY\n    consume_batch_size: 32\n    consume_timeout: 1m\n";
+    let warnings = deadline_warnings(orderly, "      format: raw\n");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let warning = &warnings[0];
+    for needle in [
+        "`subscriptions[0].consume_timeout` = 1m",
+        "line 6",
+        "32 requests, sent one after another (ORDERLY)",
+        "webhook.timeout = 10s: 5m 20s",
+        "delivered again",
+    ] {
+        assert!(warning.contains(needle), "{needle:?} not in {warning}");
+    }
+    assert_eq!(
+        deadline_warnings(orderly, "      format: cloudevents\n").len(),
+        1
+    );
+    // Exactly the deadline is too long; just under it is not.
+    let six = "    consume_mode: ORDERLY\n    consume_batch_size: 6\n    consume_timeout: 1m\n";
+    assert_eq!(deadline_warnings(six, "      format: raw\n").len(), 1);
+    let five = "    consume_mode: ORDERLY\n    consume_batch_size: 5\n    consume_timeout: 1m\n";
+    assert!(deadline_warnings(five, "      format: raw\n").is_empty());
+
+    // Concurrent: webhook.concurrency requests at a time.
+    let concurrent = "    consume_batch_size: 64\n    consume_timeout: 2m\n";
+    let warnings = deadline_warnings(concurrent, "      format: raw\n      concurrency: 4\n");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("4 at a time (webhook.concurrency)")
+            && warnings[0].contains("2m 40s for 16 in a row"),
+        "{warnings:?}"
+    );
+    assert!(deadline_warnings(concurrent, "      format: raw\n      concurrency: 8\n").is_empty());
+
+    // One request per batch: the error's rule covers it.
+    assert!(deadline_warnings(orderly, "      format: json\n").is_empty());
+    assert!(deadline_warnings(orderly, "      format: cloudevents_batch\n").is_empty());
 }

@@ -15,6 +15,7 @@ use super::values::bytes::render;
 use super::values::{AllocateStrategy, MessageModel};
 use super::{is_sensitive_header, Config, Subscription, WebhookConfig};
 use crate::consumer::offset_store::valid_path_component;
+use crate::consumer::ConsumeMode;
 
 /// The largest `delivery.max_in_flight` accepted.
 pub(super) const MAX_IN_FLIGHT_LIMIT: u32 = 100_000;
@@ -158,13 +159,23 @@ impl Config {
         }
     }
 
-    /// Settings accepted for compatibility with the seed design whose value changes nothing,
-    /// as warnings: found here with their origin, so that `check-config` shows them and `run`
+    /// Settings that are valid but deserve a warning: those accepted for compatibility with
+    /// the seed design whose value changes nothing, and batch deadlines the requests of a batch
+    /// may outlast. Found here with their origin, so that `check-config` shows them and `run`
     /// logs them (a warning emitted while the daemon is planned would come before logging is
     /// set up, and vanish).
-    pub(super) fn settings_without_effect(&self) -> Vec<ConfigWarning> {
+    pub(super) fn setting_warnings(&self) -> Vec<ConfigWarning> {
         let mut warnings = Vec::new();
         for (i, sub) in self.subscriptions.iter().enumerate() {
+            if let Some(reason) = sub.deadline_risk() {
+                let key = key_path!["subscriptions", i, "consume_timeout"];
+                warnings.push(ConfigWarning::Risk {
+                    key: display_path(&key),
+                    origin: self.provenance.origin(&key),
+                    value: show(sub.consume_timeout).to_string(),
+                    reason,
+                });
+            }
             if !sub.enable_auto_recovery {
                 let key = key_path!["subscriptions", i, "enable_auto_recovery"];
                 warnings.push(ConfigWarning::NoEffect {
@@ -383,6 +394,24 @@ impl Subscription {
                 show(self.consume_timeout),
                 "must be at least 1s",
             );
+        } else if self.consume_timeout <= self.webhook.timeout {
+            // Only the webhook's own timeout tells an endpoint that could not be reached
+            // (nothing sent: the messages wait without spending an attempt, and the circuit
+            // learns of it) from a failed delivery. A batch deadline that ends first gives up on
+            // every message as failed, so a dead endpoint would drain the topic into the DLQ.
+            let timeout = key_path!["subscriptions", i, "webhook", "timeout"];
+            c.fail(
+                key("consume_timeout"),
+                show(self.consume_timeout),
+                format!(
+                    "must be longer than `{}` = {} ({}): a batch whose deadline ends before \
+                     its request's is retried as a failed delivery, spending a reconsume \
+                     attempt even when the endpoint could not be reached",
+                    display_path(&timeout),
+                    show(self.webhook.timeout),
+                    c.config.provenance.origin(&timeout),
+                ),
+            );
         }
         if self.pull_interval > Duration::from_millis(65535) {
             c.fail(
@@ -423,6 +452,48 @@ impl Subscription {
             ),
         }
         self.webhook.check(i, c);
+    }
+}
+
+// === impl Subscription: warnings ===
+
+impl Subscription {
+    /// Why a batch's requests may outlast `consume_timeout`, when they may: with one message per
+    /// request, an orderly batch sends its messages one after another, and a concurrent one at
+    /// most `webhook.concurrency` at a time (other batches share those places too), each request
+    /// allowed `webhook.timeout`. A warning, not an error: the requests usually answer long
+    /// before their timeout. (One request per batch is the error [`Subscription::check`]
+    /// reports.)
+    fn deadline_risk(&self) -> Option<String> {
+        let format = self.webhook.format;
+        if !format.one_message_per_request() {
+            return None;
+        }
+        let batch = self.consume_batch_size;
+        let (in_sequence, how) = match self.consume_mode {
+            ConsumeMode::Orderly => (batch, "one after another (ORDERLY)".to_owned()),
+            ConsumeMode::Concurrent => {
+                let places = self.webhook_concurrency().max(1);
+                (
+                    batch.div_ceil(places),
+                    format!("{places} at a time (webhook.concurrency)"),
+                )
+            }
+        };
+        let timeout = self.webhook.timeout;
+        let total = timeout.checked_mul(in_sequence);
+        if in_sequence < 2 || total.is_some_and(|t| t < self.consume_timeout) {
+            return None;
+        }
+        let total = total.map_or_else(|| "more than that".to_owned(), |t| show(t).to_string());
+        Some(format!(
+            "a batch of {batch} messages in format `{format}` is {batch} requests, sent {how}, \
+             each allowed webhook.timeout = {timeout}: {total} for {in_sequence} in a row. A \
+             batch that misses its deadline is retried whole, so messages the endpoint already \
+             accepted are delivered again and every message spends a reconsume attempt; raise \
+             consume_timeout, or lower consume_batch_size or webhook.timeout",
+            timeout = show(timeout),
+        ))
     }
 }
 

@@ -194,6 +194,14 @@ string_enum! {
     }
 }
 
+impl WebhookFormat {
+    /// Whether each request carries one message, so that a batch becomes several requests
+    /// (`raw`, `cloudevents`): its delivery can then take several `webhook.timeout`s.
+    pub fn one_message_per_request(self) -> bool {
+        matches!(self, Self::Raw | Self::CloudEvents)
+    }
+}
+
 string_enum! {
     /// The HTTP method used for deliveries.
     pub enum HttpMethod {
