@@ -9,9 +9,9 @@
 //!   body says otherwise: `{"status": "SUCCESS"|"RETRY"|"DROP"}` for the whole request
 //!   (Dapr-compatible) or `{"statuses": [{"id"|"entryId": msgId, "status": ...}]}` per message,
 //!   where a message missing from `statuses` is `RETRY` (nothing is acknowledged by omission);
-//!   keys match in any case (as Dapr's Go decoder does), and a body that starts with `{` but is
-//!   not JSON, or has a `status` or `statuses` of the wrong type, is `Success` as in Dapr (with
-//!   a reason for the log);
+//!   keys match in any case (as Dapr's Go decoder does), and a body that starts with `{`
+//!   (after a UTF-8 byte order mark and whitespace) but is not JSON, or has a `status` or
+//!   `statuses` of the wrong type, is `Success` as in Dapr (with a reason for the log);
 //! - other codes map through [`StatusClasses`]; defaults: 408, 425, 429, 5xx retry; 400, 404,
 //!   410, 413, 415, 422 drop (to the DLQ, never lost); other 4xx and 3xx retry;
 //! - 429/503 with a valid `Retry-After` is `Later` for every message (no reconsume attempt spent)
@@ -279,7 +279,8 @@ fn body_outcomes(body: &[u8], msg_ids: &[&str]) -> (Vec<Outcome>, Option<&'stati
     // reason goes to the log, so an endpoint whose RETRY we cannot read is found there.
     let unreadable = |reason| (all(Outcome::Success), Some(reason));
     // Cheap pre-check: most endpoints answer with an empty body or plain text.
-    if !body.trim_ascii_start().starts_with(b"{") {
+    let body = json_text(body);
+    if !body.starts_with(b"{") {
         return (all(Outcome::Success), None);
     }
     let Ok(Value::Object(root)) = serde_json::from_slice::<Value>(body) else {
@@ -298,6 +299,19 @@ fn body_outcomes(body: &[u8], msg_ids: &[&str]) -> (Vec<Outcome>, Option<&'stati
         None | Some(Value::Null | Value::String(_)) => (all(Outcome::Success), None),
         Some(_) => unreadable("`status` is not a string"),
     }
+}
+
+/// The UTF-8 byte order mark, which some servers' JSON writers put before the text (.NET's
+/// `Encoding.UTF8` among them).
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// `body` from where its JSON text would start: after a leading UTF-8 byte order mark and
+/// whitespace. serde_json refuses a BOM, and a `{"status":"RETRY"}` behind one must not pass
+/// for a plain-text success.
+pub(crate) fn json_text(body: &[u8]) -> &[u8] {
+    body.strip_prefix(UTF8_BOM)
+        .unwrap_or(body)
+        .trim_ascii_start()
 }
 
 /// The outcome of each message from a `statuses` array: a message missing from it, or listed
@@ -749,6 +763,31 @@ mod tests {
             assert!(answer.healthy, "{body}");
         }
         assert_eq!(classify(200, &HeaderMap::new(), "{}", &ids).unread, None);
+    }
+
+    /// A byte order mark before the JSON (then whitespace) must not hide its RETRY.
+    #[test]
+    fn a_byte_order_mark_before_the_json_is_skipped() {
+        let ids = ["A", "B"];
+        assert_eq!(
+            outcomes(200, "\u{feff}{\"status\":\"RETRY\"}", &ids),
+            vec![RETRY; 2]
+        );
+        assert_eq!(
+            outcomes(
+                200,
+                "\u{feff}\r\n {\"statuses\":[{\"id\":\"A\",\"status\":\"SUCCESS\"}]}",
+                &ids
+            ),
+            vec![Outcome::Success, RETRY]
+        );
+        let answer = classify(200, &HeaderMap::new(), "\u{feff}{not json", &ids);
+        assert_eq!(answer.outcomes, vec![Outcome::Success; 2]);
+        assert!(answer.unread.is_some());
+        // Text after a BOM is still text.
+        assert_eq!(outcomes(200, "\u{feff}OK", &ids), vec![Outcome::Success; 2]);
+        assert_eq!(json_text(b"\xEF\xBB\xBF \t{}"), b"{}");
+        assert_eq!(json_text(b"\xEF\xBB{}"), b"\xEF\xBB{}");
     }
 
     fn retry_after(value: &str) -> HeaderMap {

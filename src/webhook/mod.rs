@@ -669,7 +669,7 @@ impl Inner {
                     self.retry_after_cap,
                     SystemTime::now(),
                 );
-                if truncated && body.trim_ascii_start().starts_with(b"{") {
+                if truncated && classify::json_text(&body).starts_with(b"{") {
                     // A cut-off JSON answer may have said RETRY for some messages; never
                     // acknowledge what we could not read.
                     answer.outcomes = answer

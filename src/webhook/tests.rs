@@ -431,6 +431,30 @@ async fn per_message_statuses() {
     );
 }
 
+/// A 2xx JSON answer longer than the answer limit is read only in part, so nothing in it is
+/// acknowledged, whether or not a byte order mark comes first; a long text answer is success.
+#[tokio::test]
+async fn a_json_answer_cut_at_the_limit_is_retried() {
+    let long = |head: &str, tail: &str| {
+        let mut r = reply(200);
+        r.body = format!("{head}{}{tail}", "a".repeat(MAX_ANSWER_BYTES));
+        r
+    };
+    let server = Server::start(vec![
+        long("{\"status\":\"SUCCESS\",\"pad\":\"", "\"}"),
+        long("\u{feff}{\"status\":\"SUCCESS\",\"pad\":\"", "\"}"),
+        long("<html>", "</html>"),
+    ])
+    .await;
+    let webhook = Webhook::new(options(server.url())).unwrap();
+    let b = batch(&["A", "B"], ConsumeMode::Concurrent);
+    assert_eq!(handle(&webhook, &b).await, vec![RETRY; 2]);
+    assert_eq!(handle(&webhook, &b).await, vec![RETRY; 2]);
+    assert_eq!(handle(&webhook, &b).await, vec![Outcome::Success; 2]);
+    // The endpoint answered each time: nothing counts against the circuit.
+    assert_eq!(webhook.circuit_state(), CircuitState::Closed);
+}
+
 #[tokio::test]
 async fn raw_format_splits_the_batch() {
     let server = Server::start(Vec::new()).await;
