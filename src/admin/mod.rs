@@ -74,7 +74,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections get to finish after `cancel` before they are closed. A scrape takes
 /// milliseconds; a client that sent half a request and went quiet would otherwise hold the
 /// daemon's exit for as long as it stays connected.
-const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How many connections the admin server serves at once. Probes and scrapes need a handful;
 /// the cap keeps a client that opens connections without end from taking the file

@@ -273,9 +273,6 @@ impl Signals {
     }
 }
 
-/// How long the exit waits for blocking tasks still running when the daemon has stopped.
-const BLOCKING_SHUTDOWN: Duration = Duration::from_secs(10);
-
 /// Waits for SIGTERM or SIGINT; a second signal exits at once.
 async fn shutdown_signal(mut signals: Signals) {
     signals.next().await;
@@ -302,10 +299,8 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         let signals = Signals::new();
         daemon::run(plan, shutdown_signal(signals)).await
     });
-    // Blocking work still running (a lock, load or save of broadcasting offsets on a volume
-    // that hangs, a DNS lookup) would otherwise hold the exit for as long as it hangs. What
-    // it leaves undone is safe to lose: an unsaved offset means redelivery.
-    runtime.shutdown_timeout(BLOCKING_SHUTDOWN);
+    // Blocking work still running would otherwise hold the exit for as long as it hangs.
+    runtime.shutdown_timeout(daemon::BLOCKING_SHUTDOWN);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -263,7 +263,8 @@ pub struct ShutdownConfig {
     /// Time allowed after SIGTERM to stop pulling, drain in-flight deliveries, persist offsets
     /// and unlock orderly queues; stragglers are then aborted. In-flight deliveries get this
     /// less twice `client.rpc_timeout` (but at least half of it), which leaves the final persist
-    /// and unlock their time. Default `30s`.
+    /// and unlock their time. The process exits at most 18 s after it (the daemon's
+    /// `EXIT_AFTER_GRACE`). Default `30s`.
     #[serde(with = "values::duration")]
     pub grace_period: Duration,
 }
