@@ -9,6 +9,8 @@
 //!   body says otherwise: `{"status": "SUCCESS"|"RETRY"|"DROP"}` for the whole request
 //!   (Dapr-compatible) or `{"statuses": [{"id"|"entryId": msgId, "status": ...}]}` per message,
 //!   where a message missing from `statuses` is `RETRY` (nothing is acknowledged by omission);
+//!   a CloudEvent forwarded as the producer wrote it may also be named by its own `id` (see
+//!   [`MessageIds`]);
 //!   keys match in any case (as Dapr's Go decoder does), and a body that starts with `{`
 //!   (after a UTF-8 byte order mark and whitespace) but is not JSON, or has a `status` or
 //!   `statuses` of the wrong type, is `Success` as in Dapr (with a reason for the log);
@@ -203,7 +205,28 @@ impl Answer {
     }
 }
 
-/// Classifies an HTTP answer to a request that carried messages with `msg_ids` (in order).
+/// The names a `statuses` answer may give the messages of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageIds<'a> {
+    /// Each message's msgId, in request order: one per message.
+    pub msg_ids: &'a [&'a str],
+    /// (index in the request, event `id`) of the messages whose body was a structured
+    /// CloudEvent forwarded as written: the receiver never saw their msgId in the event, only
+    /// this (`EncodedRequest::event_ids`). A msgId match comes first.
+    pub event_ids: &'a [(usize, String)],
+}
+
+impl<'a> MessageIds<'a> {
+    /// Messages known by their msgIds only.
+    pub fn new(msg_ids: &'a [&'a str]) -> Self {
+        Self {
+            msg_ids,
+            event_ids: &[],
+        }
+    }
+}
+
+/// Classifies an HTTP answer to a request that carried the messages `ids` names (in order).
 ///
 /// `now` is the wall clock, used only to turn a `Retry-After` HTTP date into a delay.
 pub fn classify_response(
@@ -211,11 +234,11 @@ pub fn classify_response(
     status: u16,
     headers: &HeaderMap,
     body: &[u8],
-    msg_ids: &[&str],
+    ids: MessageIds<'_>,
     retry_after_cap: Duration,
     now: SystemTime,
 ) -> Answer {
-    let count = msg_ids.len();
+    let count = ids.msg_ids.len();
     // A server error, or the endpoint saying it timed out or is overloaded without saying for
     // how long (a usable `Retry-After` is handled below): counted against the circuit, so an
     // endpoint that throttles with a bare 429 opens it and stops spending attempts instead of
@@ -246,7 +269,7 @@ pub fn classify_response(
     }
     match classes.verdict(status) {
         Verdict::Success => {
-            let (outcomes, unread) = body_outcomes(body, msg_ids);
+            let (outcomes, unread) = body_outcomes(body, ids);
             Answer {
                 outcomes,
                 healthy,
@@ -271,8 +294,8 @@ pub fn classify_failure(failure: Failure, count: usize) -> Answer {
 
 /// Outcomes of a success-class answer, refined by its JSON body when it has one; the reason
 /// when the body looked like JSON but could not be read.
-fn body_outcomes(body: &[u8], msg_ids: &[&str]) -> (Vec<Outcome>, Option<&'static str>) {
-    let all = |outcome: Outcome| vec![outcome; msg_ids.len()];
+fn body_outcomes(body: &[u8], ids: MessageIds<'_>) -> (Vec<Outcome>, Option<&'static str>) {
+    let all = |outcome: Outcome| vec![outcome; ids.msg_ids.len()];
     // A body that starts with `{` but cannot be read (not JSON, a `status` that is a number)
     // acknowledges every message, as Dapr does: REST endpoints commonly answer
     // `{"status": 200}`, and retrying those would send every message they took to the DLQ. The
@@ -287,7 +310,7 @@ fn body_outcomes(body: &[u8], msg_ids: &[&str]) -> (Vec<Outcome>, Option<&'stati
         return unreadable("the answer starts with `{` but is not one JSON object");
     };
     match field(&root, "statuses") {
-        Some(Value::Array(entries)) => return (per_message(entries, msg_ids), None),
+        Some(Value::Array(entries)) => return (per_message(entries, ids), None),
         None | Some(Value::Null) => {}
         Some(_) => return unreadable("`statuses` is not an array"),
     }
@@ -314,9 +337,10 @@ pub(crate) fn json_text(body: &[u8]) -> &[u8] {
         .trim_ascii_start()
 }
 
-/// The outcome of each message from a `statuses` array: a message missing from it, or listed
-/// without a status, did not say SUCCESS, so it retries.
-fn per_message(entries: &[Value], msg_ids: &[&str]) -> Vec<Outcome> {
+/// The outcome of each message from a `statuses` array, found by its msgId or else by the id of
+/// the event forwarded for it: a message missing from it, or listed without a status, did not
+/// say SUCCESS, so it retries.
+fn per_message(entries: &[Value], ids: MessageIds<'_>) -> Vec<Outcome> {
     let mut by_id: HashMap<&str, Outcome> = HashMap::with_capacity(entries.len());
     for entry in entries {
         let Value::Object(entry) = entry else {
@@ -334,14 +358,19 @@ fn per_message(entries: &[Value], msg_ids: &[&str]) -> Vec<Outcome> {
             by_id.insert(id, outcome);
         }
     }
-    msg_ids
+    let mut found: Vec<Option<Outcome>> = ids
+        .msg_ids
         .iter()
-        .map(|id| {
-            by_id
-                .get(id)
-                .copied()
-                .unwrap_or(Outcome::Retry { delay_level: None })
-        })
+        .map(|id| by_id.get(id).copied())
+        .collect();
+    for (i, event_id) in ids.event_ids {
+        if let Some(slot @ None) = found.get_mut(*i) {
+            *slot = by_id.get(event_id.as_str()).copied();
+        }
+    }
+    found
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Retry { delay_level: None }))
         .collect()
 }
 
@@ -559,7 +588,7 @@ mod tests {
             status,
             headers,
             body.as_bytes(),
-            ids,
+            MessageIds::new(ids),
             CAP,
             at(1_000_000_000),
         )
@@ -700,6 +729,53 @@ mod tests {
         // Duplicate message ids share the answer.
         let body = r#"{"statuses":[{"id":"A","status":"SUCCESS"}]}"#;
         assert_eq!(outcomes(200, body, &["A", "A"]), vec![Outcome::Success; 2]);
+    }
+
+    /// A CloudEvent forwarded as written reached the receiver with its own id, not the msgId:
+    /// an answer naming that id settles the message.
+    #[test]
+    fn per_message_statuses_may_name_a_forwarded_event_by_its_id() {
+        let msg_ids = ["A", "B", "C", "D"];
+        let event_ids = [
+            (1, "evt-b".to_owned()),
+            (2, "evt-c".to_owned()),
+            (3, "evt-d".to_owned()),
+        ];
+        let ids = MessageIds {
+            msg_ids: &msg_ids,
+            event_ids: &event_ids,
+        };
+        let body = br#"{"statuses":[
+            {"id":"A","status":"SUCCESS"},
+            {"id":"evt-b","status":"DROP"},
+            {"id":"C","status":"SUCCESS"},
+            {"id":"evt-c","status":"RETRY"}
+        ]}"#;
+        let answer = classify_response(
+            &StatusClasses::default(),
+            200,
+            &HeaderMap::new(),
+            body,
+            ids,
+            CAP,
+            at(1_000_000_000),
+        );
+        assert_eq!(
+            answer.outcomes,
+            vec![
+                Outcome::Success,
+                Outcome::Drop,
+                // The msgId comes first.
+                Outcome::Success,
+                // Named by neither.
+                RETRY,
+            ]
+        );
+        // Without the event ids, only the msgIds match.
+        assert_eq!(
+            outcomes(200, std::str::from_utf8(body).unwrap(), &msg_ids),
+            vec![Outcome::Success, RETRY, Outcome::Success, RETRY]
+        );
     }
 
     #[test]
@@ -850,7 +926,7 @@ mod tests {
                 status,
                 &retry_after("7"),
                 b"",
-                &ids,
+                MessageIds::new(&ids),
                 Duration::ZERO,
                 at(1_000_000_000),
             );
@@ -954,7 +1030,7 @@ mod tests {
         fn never_panics(s in "\\PC{0,40}") {
             let _ = parse_http_date(&s);
             let _ = parse_retry_after(&s, at(0));
-            let _ = body_outcomes(s.as_bytes(), &["A"]);
+            let _ = body_outcomes(s.as_bytes(), MessageIds::new(&["A"]));
         }
     }
 }

@@ -250,6 +250,10 @@ pub struct EncodedRequest {
     /// and binary `cloudevents` the receiver gets the message without them. Properties cut by
     /// the budget are not listed (they never were headers the receiver could count on).
     pub left_out: Vec<HeaderName>,
+    /// (index in the request, event `id`) of each message whose body already was a structured
+    /// CloudEvent and went out as written: the receiver sees that `id`, not the msgId, and may
+    /// name the message by it in a `statuses` answer. Empty when no body was forwarded.
+    pub event_ids: Vec<(usize, String)>,
 }
 
 /// Builds requests in one format.
@@ -290,6 +294,7 @@ impl Encoder {
         // Sized for the per-message headers of a one-message request, so the map never regrows.
         let mut headers = HeaderMap::with_capacity(if messages.len() == 1 { 32 } else { 8 });
         let mut budget = HeaderBudget::new();
+        let mut event_ids = Vec::new();
         common_headers(&mut headers, ctx, messages);
         let body = match (self.format, messages) {
             (Format::Json, _) => {
@@ -315,8 +320,9 @@ impl Encoder {
                 msg.body.clone()
             }
             (Format::CloudEvents, [msg]) => {
-                if is_structured_cloudevent(msg.body) {
+                if let Some(id) = structured_cloudevent_id(msg.body) {
                     set(&mut headers, CONTENT_TYPE, CE_STRUCTURED);
+                    event_ids.push((0, id));
                 } else {
                     self.binary_headers(&mut headers, msg, &mut budget);
                 }
@@ -336,7 +342,9 @@ impl Encoder {
                     if i > 0 {
                         out.push(b',');
                     }
-                    self.structured_event(&mut out, msg)?;
+                    if let Some(id) = self.structured_event(&mut out, msg)? {
+                        event_ids.push((i, id));
+                    }
                 }
                 out.push(b']');
                 Bytes::from(out)
@@ -357,6 +365,7 @@ impl Encoder {
             headers,
             body,
             left_out: budget.left_out,
+            event_ids,
         })
     }
 
@@ -403,16 +412,17 @@ impl Encoder {
         }
     }
 
-    /// Appends one structured-mode event (JSON object) to `out`.
+    /// Appends one structured-mode event (JSON object) to `out`; the event's `id` when the
+    /// body already was one and went out as written.
     fn structured_event(
         &self,
         out: &mut Vec<u8>,
         msg: &MessageView<'_>,
-    ) -> Result<(), EncodeError> {
-        if is_structured_cloudevent(msg.body) {
+    ) -> Result<Option<String>, EncodeError> {
+        if let Some(id) = structured_cloudevent_id(msg.body) {
             // Already a complete, valid JSON event: forward it byte for byte.
             out.extend_from_slice(msg.body.trim_ascii());
-            return Ok(());
+            return Ok(Some(id));
         }
         let data = Data::of(msg);
         let source = self.source(msg);
@@ -458,7 +468,7 @@ impl Encoder {
                 out.push(b'}');
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -716,12 +726,12 @@ fn extensions<'a>(msg: &'a MessageView<'a>) -> Vec<(&'static str, Extension<'a>)
     out
 }
 
-/// Whether `body` is a JSON object with the four required CloudEvents attributes as non-empty
-/// strings (`specversion`, `id`, `source`, `type`).
-pub fn is_structured_cloudevent(body: &[u8]) -> bool {
+/// The event's `id` when `body` is a JSON object with the four required CloudEvents attributes
+/// as non-empty strings (`specversion`, `id`, `source`, `type`): a structured CloudEvent.
+pub fn structured_cloudevent_id(body: &[u8]) -> Option<String> {
     let trimmed = body.trim_ascii_start();
     if !trimmed.starts_with(b"{") || !contains(body, b"\"specversion\"") {
-        return false;
+        return None;
     }
     #[derive(serde::Deserialize)]
     struct Required<'a> {
@@ -734,12 +744,11 @@ pub fn is_structured_cloudevent(body: &[u8]) -> bool {
         #[serde(borrow, rename = "type")]
         ty: std::borrow::Cow<'a, str>,
     }
-    match serde_json::from_slice::<Required<'_>>(body) {
-        Ok(r) => [r.specversion, r.id, r.source, r.ty]
-            .iter()
-            .all(|s| !s.trim().is_empty()),
-        Err(_) => false,
-    }
+    let r = serde_json::from_slice::<Required<'_>>(body).ok()?;
+    [&r.specversion, &r.id, &r.source, &r.ty]
+        .iter()
+        .all(|s| !s.trim().is_empty())
+        .then(|| r.id.into_owned())
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -1297,6 +1306,8 @@ mod tests {
         assert_eq!(header(&r, "content-type"), Some(CE_STRUCTURED));
         assert_eq!(header(&r, "ce-id"), None);
         assert_eq!(header(&r, "rocketmq-msg-id"), Some("ID1"));
+        // The receiver sees the event's id: recorded, so that its answer can name it.
+        assert_eq!(r.event_ids, [(0, "e1".to_owned())]);
 
         let other = Fixture::new(b"plain", &[]);
         let r = encoder(Format::CloudEventsBatch)
@@ -1309,11 +1320,30 @@ mod tests {
         assert_eq!(v[0]["id"], "e1");
         assert_eq!(v[1]["id"], "ID2");
         assert_eq!(v[1]["data"], "plain");
+        let r = encoder(Format::CloudEventsBatch)
+            .encode(CTX, &[other.view("ID2"), f.view("ID1")])
+            .unwrap();
+        assert_eq!(r.event_ids, [(1, "e1".to_owned())]);
+        // Events built here carry the msgId as their id: nothing to record.
+        let r = encoder(Format::CloudEvents)
+            .encode(CTX, &[other.view("ID2")])
+            .unwrap();
+        assert!(r.event_ids.is_empty());
     }
 
     #[test]
     fn structured_detection() {
-        assert!(is_structured_cloudevent(EVENT.as_bytes()));
+        assert_eq!(
+            structured_cloudevent_id(EVENT.as_bytes()).as_deref(),
+            Some("e1")
+        );
+        assert_eq!(
+            structured_cloudevent_id(
+                br#"{"specversion":"1.0","id":"a\"b","source":"/s","type":"t"}"#
+            )
+            .as_deref(),
+            Some("a\"b")
+        );
         for body in [
             "",
             "[]",
@@ -1323,7 +1353,7 @@ mod tests {
             r#"{"specversion":"1.0","id":"e1","source":"/app","type":"t""#,
             r#"{"id":"e1","source":"/app","type":"t"}"#,
         ] {
-            assert!(!is_structured_cloudevent(body.as_bytes()), "{body}");
+            assert_eq!(structured_cloudevent_id(body.as_bytes()), None, "{body}");
         }
     }
 

@@ -605,12 +605,13 @@ impl Inner {
     /// Sends one prepared request and classifies the answer: one outcome per message.
     async fn send(self: Arc<Self>, log: LogFields, prepared: Prepared) -> Vec<Outcome> {
         let count = prepared.ids.len();
-        let Ok(request) = prepared.request else {
+        let Ok(mut request) = prepared.request else {
             // Encoding cannot succeed later either; retrying would only delay the DLQ.
             let outcomes = vec![Outcome::Drop; count];
             self.stats.record_outcomes(&outcomes);
             return outcomes;
         };
+        let event_ids = std::mem::take(&mut request.event_ids);
         // This subscription's place first, then the shared one: a request waiting for the
         // shared cap then holds only its own subscription's place, never another's.
         // The semaphores are never closed; should one ever be, the request waits like one
@@ -665,7 +666,10 @@ impl Inner {
                     status,
                     &headers,
                     &body,
-                    &ids,
+                    classify::MessageIds {
+                        msg_ids: &ids,
+                        event_ids: &event_ids,
+                    },
                     self.retry_after_cap,
                     SystemTime::now(),
                 );

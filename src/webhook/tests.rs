@@ -431,6 +431,28 @@ async fn per_message_statuses() {
     );
 }
 
+/// A receiver of `cloudevents_batch` sees a forwarded event's own id, not the msgId, and may
+/// answer by it.
+#[tokio::test]
+async fn per_message_statuses_name_forwarded_events_by_their_id() {
+    let mut answer = reply(200);
+    answer.body =
+        r#"{"statuses":[{"id":"evt-1","status":"SUCCESS"},{"id":"B","status":"SUCCESS"}]}"#
+            .to_owned();
+    let server = Server::start(vec![answer]).await;
+    let mut o = options(server.url());
+    o.format = Format::CloudEventsBatch;
+    let webhook = Webhook::new(o).unwrap();
+    let mut b = batch(&["A", "B"], ConsumeMode::Concurrent);
+    b.messages[0].body = Bytes::from_static(
+        br#"{"specversion":"1.0","id":"evt-1","source":"/app","type":"order.created"}"#,
+    );
+    assert_eq!(handle(&webhook, &b).await, vec![Outcome::Success; 2]);
+    let seen: serde_json::Value = serde_json::from_slice(&server.seen()[0].body).unwrap();
+    assert_eq!(seen[0]["id"], "evt-1");
+    assert_eq!(seen[1]["id"], "B");
+}
+
 /// A 2xx JSON answer longer than the answer limit is read only in part, so nothing in it is
 /// acknowledged, whether or not a byte order mark comes first; a long text answer is success.
 #[tokio::test]

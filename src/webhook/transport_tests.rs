@@ -153,6 +153,7 @@ fn request(body: &'static [u8]) -> EncodedRequest {
         headers,
         body: Bytes::from_static(body),
         left_out: Vec::new(),
+        event_ids: Vec::new(),
     }
 }
 
