@@ -404,8 +404,9 @@ async fn echo_takes_only_an_http_status() {
     assert_eq!(status, 503);
 }
 
-/// Configuration warnings found while loading (a setting that has no effect, an unknown
-/// `ROCKETMQ_*` variable) are printed by `check-config` and reach the daemon's log, in its
+/// Configuration warnings found while loading (a setting that has no effect, a
+/// `consume_timeout` a batch's requests may outlast, an unknown `ROCKETMQ_*` variable) are
+/// printed by `check-config` and reach the daemon's log, in its
 /// format: they are found before logging starts, so they must be held until it has.
 #[tokio::test]
 async fn a_misspelt_variable_is_named_beside_the_error_it_causes() {
@@ -434,7 +435,7 @@ async fn configuration_warnings_reach_check_config_and_the_log() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("no temporary directory: {e}"));
     let file = dir.path().join("config.yaml");
     // Nothing listens on the name server: the daemon logs and retries, never connects.
-    let yaml = "namesrv_addr: \"127.0.0.1:9\"\nsubscriptions:\n  - group: G\n    topic: T\n    enable_auto_recovery: false\n    webhook:\n      url: \"http://127.0.0.1:9/hook\"\n";
+    let yaml = "namesrv_addr: \"127.0.0.1:9\"\nsubscriptions:\n  - group: G\n    topic: T\n    enable_auto_recovery: false\n    consume_mode: ORDERLY\n    consume_batch_size: 32\n    consume_timeout: 1m\n    webhook:\n      url: \"http://127.0.0.1:9/hook\"\n      format: raw\n";
     std::fs::write(&file, yaml).unwrap_or_else(|e| panic!("cannot write the config: {e}"));
     let file = file.display().to_string();
 
@@ -453,6 +454,10 @@ async fn configuration_warnings_reach_check_config_and_the_log() {
         "check-config does not show the setting without effect: {err}"
     );
     assert!(err.contains("ROCKETMQ_SOMETHING_ELSE"), "{err}");
+    assert!(
+        err.contains("warning: `subscriptions[0].consume_timeout` = 1m"),
+        "check-config does not warn of the batch deadline: {err}"
+    );
 
     let daemon = support::daemon::Daemon::spawn(
         &support::daemon::Launch::yaml(yaml)
@@ -466,7 +471,10 @@ async fn configuration_warnings_reach_check_config_and_the_log() {
             .any(|l| l.starts_with('{') && l.contains("\"WARN\"") && l.contains(needle))
     };
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !(in_the_log("enable_auto_recovery") && in_the_log("ROCKETMQ_SOMETHING_ELSE")) {
+    while !(in_the_log("enable_auto_recovery")
+        && in_the_log("ROCKETMQ_SOMETHING_ELSE")
+        && in_the_log("subscriptions[0].consume_timeout"))
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the warnings are not in the JSON log\n{}",
