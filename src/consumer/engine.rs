@@ -1380,18 +1380,17 @@ pub(crate) mod testing {
         }
     }
 
-    /// Routes `topic` (one queue) to broker `b` at `addr`.
-    pub(crate) fn route_to<H: Handler>(
-        shared: &Shared<H>,
-        topic: &str,
+    /// A route of `queues` queues on broker `b` at `addr`.
+    pub(crate) fn route(
         addr: std::net::SocketAddr,
-    ) {
+        queues: i32,
+    ) -> crate::remoting::body::route::TopicRouteData {
         use crate::remoting::body::route::{BrokerData, QueueData, TopicRouteData};
-        let route = TopicRouteData {
+        TopicRouteData {
             queue_datas: vec![QueueData {
                 broker_name: "b".to_owned(),
-                read_queue_nums: 1,
-                write_queue_nums: 1,
+                read_queue_nums: queues,
+                write_queue_nums: queues,
                 perm: 6,
                 ..QueueData::default()
             }],
@@ -1401,8 +1400,16 @@ pub(crate) mod testing {
                 ..BrokerData::default()
             }],
             ..TopicRouteData::default()
-        };
-        shared.client.routes().update(topic, route);
+        }
+    }
+
+    /// Routes `topic` (one queue) to broker `b` at `addr`.
+    pub(crate) fn route_to<H: Handler>(
+        shared: &Shared<H>,
+        topic: &str,
+        addr: std::net::SocketAddr,
+    ) {
+        shared.client.routes().update(topic, route(addr, 1));
     }
 
     /// Queue 0 of `topic` on broker `b`.
@@ -1703,8 +1710,7 @@ mod tests {
     /// refreshing the retry topic) asks for a rebalance at once, and an unchanged route does not.
     #[tokio::test]
     async fn a_route_changed_by_the_producer_triggers_a_rebalance() {
-        use crate::remoting::body::route::{BrokerData, QueueData, TopicRouteData};
-        let shared = super::testing::shared(Config::new("G_route", "T_route")).await;
+        let shared = testing::shared(Config::new("G_route", "T_route")).await;
         let retry = shared.config.retry_topic();
         let routes = shared.client.routes().clone();
         let cancel = CancellationToken::new();
@@ -1716,22 +1722,8 @@ mod tests {
             notified().await.is_err(),
             "rebalance asked for without a change"
         );
-        let broker = refusing_addr().to_string();
-        let route = |queues| TopicRouteData {
-            queue_datas: vec![QueueData {
-                broker_name: "b".to_owned(),
-                read_queue_nums: queues,
-                write_queue_nums: queues,
-                perm: 6,
-                ..QueueData::default()
-            }],
-            broker_datas: vec![BrokerData {
-                broker_name: "b".to_owned(),
-                broker_addrs: [(0, broker.clone())].into(),
-                ..BrokerData::default()
-            }],
-            ..TopicRouteData::default()
-        };
+        let broker = refusing_addr();
+        let route = |queues| testing::route(broker, queues);
         for queues in [1, 2] {
             assert!(routes.update(&retry, route(queues)));
             notified()
