@@ -21,7 +21,7 @@ use crate::remoting::body::consume_directly::{ConsumeMessageDirectlyResult, Cons
 use crate::remoting::body::offset_table::write_offset_table;
 use crate::remoting::body::running_info::{ConsumerRunningInfo, ProcessQueueInfo};
 use crate::remoting::command::RemotingCommand;
-use crate::remoting::rpc::BrokerRequest;
+use crate::remoting::rpc::{group_not_found_response, BrokerRequest};
 use crate::remoting::{RequestCode, ResponseCode};
 
 use super::engine::{now_millis, Shared};
@@ -167,7 +167,7 @@ async fn answer<H: Handler>(
         }
         BrokerRequest::ConsumerStatus { topic, group: g } => {
             if g != group {
-                return Some(not_this_group(request, &g));
+                return Some(group_not_found_response(request, &g));
             }
             let table: Vec<_> = shared
                 .offsets
@@ -186,7 +186,7 @@ async fn answer<H: Handler>(
         }
         BrokerRequest::RunningInfo { consumer_group, .. } => {
             if consumer_group != group {
-                return Some(not_this_group(request, &consumer_group));
+                return Some(group_not_found_response(request, &consumer_group));
             }
             let info = running_info(shared);
             Some(
@@ -201,7 +201,7 @@ async fn answer<H: Handler>(
             ..
         } => {
             if consumer_group != group {
-                return Some(not_this_group(request, &consumer_group));
+                return Some(group_not_found_response(request, &consumer_group));
             }
             if let Some(why) = message.undeliverable() {
                 // The endpoint would get the stored bytes as if they were the payload.
@@ -263,16 +263,6 @@ async fn answer<H: Handler>(
             }
         }
     }
-}
-
-fn not_this_group(request: &RemotingCommand, group: &str) -> RemotingCommand {
-    RemotingCommand::response_to(
-        request,
-        ResponseCode::SystemError,
-        Some(format!(
-            "The Consumer Group {group} not exist in this consumer"
-        )),
-    )
 }
 
 /// `write_offset_table` writes `{"offsetTable":{...}}`; the status body wants the inner map.
@@ -349,5 +339,34 @@ impl crate::client::InboundHandler for Forwarder {
         let this = self.clone();
         let from = from.to_owned();
         Box::pin(async move { this.forward(from, request).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumer::engine::testing;
+    use crate::consumer::Config;
+    use crate::remoting::ExtFields;
+
+    /// A broker asking about a group this consumer does not run gets Java's answer, remark
+    /// included (admin tools show it as it is).
+    #[tokio::test]
+    async fn a_request_for_another_group_is_answered_as_java_does() {
+        let shared = testing::shared(Config::new("G_inbound", "T_inbound")).await;
+        let request = RemotingCommand::request(
+            RequestCode::GetConsumerRunningInfo,
+            ExtFields::new()
+                .with("consumerGroup", "G_other")
+                .with("clientId", "c")
+                .with("jstackEnable", "false"),
+            bytes::Bytes::new(),
+        );
+        let answer = answer(&shared, "broker", &request).await.expect("answered");
+        assert_eq!(answer.response_code(), ResponseCode::SystemError);
+        assert_eq!(
+            answer.remark.as_deref(),
+            Some("The Consumer Group <G_other> not exist in this consumer")
+        );
     }
 }
