@@ -12,10 +12,8 @@
 //! readers (persist, rebalance, admin) need a consistent view of all queues at arbitrary times,
 //! which a channel would turn into request/response round trips for a few integer writes.
 //!
-//! Each entry carries a dirty marker, set when its offset changes and cleared by
-//! [`OffsetTable::mark_persisted`] only if the offset is still the one that was persisted, so an
-//! update racing with a persist is never lost. The marker only tells a persister whether anything
-//! changed (e.g. to skip an fsync); persisting still sends every held queue, like Java.
+//! Persisting sends every held queue each round, like Java, so entries carry no "changed since
+//! the last persist" marker: nothing would read it.
 //!
 //! # The local file
 //!
@@ -57,14 +55,7 @@ use crate::remoting::{MessageQueue, RemotingError};
 /// The committed offsets of one consumer group, per queue. See the module documentation.
 #[derive(Debug, Default)]
 pub struct OffsetTable {
-    entries: Mutex<HashMap<MessageQueue, Entry>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    offset: i64,
-    /// Changed since the last persist of this value.
-    dirty: bool,
+    entries: Mutex<HashMap<MessageQueue, i64>>,
 }
 
 impl OffsetTable {
@@ -73,7 +64,7 @@ impl OffsetTable {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<MessageQueue, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<MessageQueue, i64>> {
         // Every critical section is a single map operation, so a panic elsewhere cannot leave
         // the map half-updated: the data behind a poisoned lock is still consistent.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
@@ -85,100 +76,38 @@ impl OffsetTable {
     pub fn update(&self, mq: &MessageQueue, offset: i64, increase_only: bool) -> bool {
         let mut entries = self.lock();
         match entries.get_mut(mq) {
-            Some(entry) => {
-                if entry.offset == offset || (increase_only && offset < entry.offset) {
+            Some(current) => {
+                if *current == offset || (increase_only && offset < *current) {
                     return false;
                 }
-                *entry = Entry {
-                    offset,
-                    dirty: true,
-                };
+                *current = offset;
             }
             None => {
-                entries.insert(
-                    mq.clone(),
-                    Entry {
-                        offset,
-                        dirty: true,
-                    },
-                );
+                entries.insert(mq.clone(), offset);
             }
         }
         true
     }
 
-    /// Records an offset just read from storage (the broker or the local file): overwrites the
-    /// entry and leaves it clean, since storage already has it.
-    pub fn insert_stored(&self, mq: MessageQueue, offset: i64) {
-        self.lock().insert(
-            mq,
-            Entry {
-                offset,
-                dirty: false,
-            },
-        );
-    }
-
     /// The offset held for `mq`, if any.
     pub fn read(&self, mq: &MessageQueue) -> Option<i64> {
-        self.lock().get(mq).map(|entry| entry.offset)
+        self.lock().get(mq).copied()
     }
 
     /// Forgets `mq` (the queue was revoked and its offset persisted); returns its last offset.
     pub fn remove(&self, mq: &MessageQueue) -> Option<i64> {
-        self.lock().remove(mq).map(|entry| entry.offset)
-    }
-
-    /// Keeps only the queues for which `keep` is true (Java's persist drops entries of queues no
-    /// longer held); returns the removed entries.
-    pub fn retain(&self, mut keep: impl FnMut(&MessageQueue) -> bool) -> Vec<(MessageQueue, i64)> {
-        let mut entries = self.lock();
-        let gone: Vec<MessageQueue> = entries.keys().filter(|mq| !keep(mq)).cloned().collect();
-        let mut removed: Vec<(MessageQueue, i64)> = gone
-            .into_iter()
-            .filter_map(|mq| entries.remove(&mq).map(|entry| (mq, entry.offset)))
-            .collect();
-        removed.sort();
-        removed
+        self.lock().remove(mq)
     }
 
     /// Every held offset, sorted by queue.
     pub fn snapshot(&self) -> Vec<(MessageQueue, i64)> {
-        self.collect(|_| true)
-    }
-
-    /// The offsets changed since they were last persisted, sorted by queue.
-    pub fn dirty(&self) -> Vec<(MessageQueue, i64)> {
-        self.collect(|entry| entry.dirty)
-    }
-
-    /// Whether any offset changed since it was last persisted.
-    pub fn has_dirty(&self) -> bool {
-        self.lock().values().any(|entry| entry.dirty)
-    }
-
-    fn collect(&self, pick: impl Fn(&Entry) -> bool) -> Vec<(MessageQueue, i64)> {
         let mut out: Vec<(MessageQueue, i64)> = self
             .lock()
             .iter()
-            .filter(|(_, entry)| pick(entry))
-            .map(|(mq, entry)| (mq.clone(), entry.offset))
+            .map(|(mq, offset)| (mq.clone(), *offset))
             .collect();
         out.sort();
         out
-    }
-
-    /// Marks these offsets as stored. An entry updated since the snapshot was taken has a
-    /// different offset and stays dirty, so the next persist sends it.
-    pub fn mark_persisted(&self, persisted: &[(MessageQueue, i64)]) {
-        let mut entries = self.lock();
-        for (mq, offset) in persisted {
-            if let Some(entry) = entries.get_mut(mq) {
-                if entry.offset == *offset {
-                    entry.dirty = false;
-                }
-            }
-        }
     }
 
     /// Number of queues held.
@@ -696,29 +625,9 @@ mod tests {
         assert_eq!(table.read(&q), Some(10));
         assert!(table.update(&q, 5, false), "orderly/reset may move back");
         assert_eq!(table.read(&q), Some(5));
-        assert_eq!(table.dirty(), vec![(q.clone(), 5)]);
+        assert_eq!(table.snapshot(), vec![(q.clone(), 5)]);
         assert_eq!(table.remove(&q), Some(5));
         assert!(table.is_empty());
-    }
-
-    #[test]
-    fn mark_persisted_keeps_racing_updates_dirty() {
-        let table = OffsetTable::new();
-        let (a, b) = (mq("T", "b", 0), mq("T", "b", 1));
-        table.update(&a, 1, true);
-        table.update(&b, 1, true);
-        let snap = table.snapshot();
-        table.update(&b, 2, true); // lands while the snapshot is being persisted
-        table.mark_persisted(&snap);
-        assert_eq!(table.dirty(), vec![(b.clone(), 2)]);
-        assert!(table.has_dirty());
-        assert_eq!(table.snapshot(), vec![(a.clone(), 1), (b, 2)]);
-        table.insert_stored(mq("T", "b", 2), 7);
-        assert_eq!(table.dirty().len(), 1, "stored values are clean");
-        assert_eq!(table.len(), 3);
-        let removed = table.retain(|q| q.queue_id != 0);
-        assert_eq!(removed, vec![(a, 1)]);
-        assert_eq!(table.len(), 2);
     }
 
     #[test]
