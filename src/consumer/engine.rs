@@ -87,10 +87,11 @@ pub(crate) struct Shared<H> {
     pub(crate) heartbeat_now: Notify,
     /// Orderly: when each held queue's broker lock was last confirmed.
     pub(crate) locks: Mutex<HashMap<MessageQueue, Instant>>,
-    /// Orderly: held across each LOCK_BATCH_MQ and UNLOCK_BATCH_MQ call, so that a renewal
-    /// answered after a released queue's unlock cannot lock it again behind the release: the
-    /// broker would then keep it ours, renewed by nobody, and the queue's next owner would wait
-    /// out the broker's lock expiry (60 s in Java).
+    /// Orderly: held across each LOCK_BATCH_MQ call; an unlock waits for the one in flight
+    /// before it goes out, so that a renewal answered after a released queue's unlock cannot
+    /// lock it again behind the release: the broker would then keep it ours, renewed by nobody,
+    /// and the queue's next owner would wait out the broker's lock expiry (60 s in Java). A
+    /// renewal that takes it later skips the queue, which left the stats before its unlock.
     lock_calls: tokio::sync::Mutex<()>,
     /// `subVersion` of the subscription; bumped when the assignment changes.
     pub(crate) sub_version: AtomicI64,
@@ -736,8 +737,10 @@ impl<H: Handler> Shared<H> {
     }
 
     /// Releases the broker lock of `mq`, after any lock call in flight (see `lock_calls`).
+    /// Unlocks do not wait for one another: a drain releasing many queues of a broker that
+    /// stopped answering takes one call's timeout, not one per queue.
     pub(crate) async fn unlock_queue(&self, mq: &MessageQueue) {
-        let _serial = self.lock_calls.lock().await;
+        drop(self.lock_calls.lock().await);
         {
             let mut locks = lock(&self.locks);
             locks.remove(mq);
