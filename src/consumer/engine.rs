@@ -665,8 +665,8 @@ impl<H: Handler> Shared<H> {
             .is_some_and(|at| at.elapsed() < self.config.lock_ttl)
     }
 
-    /// Locks those of `mqs` (all on one broker) that are still `wanted` once no other lock or
-    /// unlock call is in flight, and records the ones granted.
+    /// Locks those of `mqs` (all on one broker) that are still `wanted` once no other lock call
+    /// is in flight, and records the ones granted.
     pub(crate) async fn lock_queues(
         &self,
         broker_name: &str,
@@ -1265,7 +1265,7 @@ async fn renew_locks<H: Handler>(shared: &Shared<H>) {
     for (broker, mqs) in by_broker {
         // Only queues still held when the call goes out: a release in the meantime took its
         // queue out of the stats before unlocking it.
-        let still_held = |mq: &MessageQueue| shared.stats.queues().contains_key(mq);
+        let still_held = |mq: &MessageQueue| shared.stats.holds(mq);
         let granted = shared.lock_queues(&broker, mqs.clone(), still_held).await;
         for mq in mqs.iter().filter(|m| !granted.contains(m) && still_held(m)) {
             warn!(group = %shared.group(), queue = %mq, "Queue lock not renewed by the broker.");
@@ -1327,11 +1327,32 @@ pub(crate) mod testing {
             .shared
     }
 
-    /// A broker that serves each request in a task of its own, as a real one serves them on
-    /// thread pools, so an UNLOCK_BATCH_MQ can overtake a slow LOCK_BATCH_MQ. `held` is its
-    /// lock on `mq` as it stands after each request it finished; a LOCK takes 300 ms. The
-    /// group's only member is `client_id`; anything else gets a bare success.
-    pub(crate) async fn lock_broker(
+    /// Starts broker `b` for `mq` (its topic routed there, one queue): it serves each request
+    /// in a task of its own, as a real one serves them on thread pools, so an UNLOCK_BATCH_MQ
+    /// can overtake a slow LOCK_BATCH_MQ. The flag returned is its lock on `mq` as it stands
+    /// after each request it finished; a LOCK takes 300 ms. The group's only member is this
+    /// consumer; anything else gets a bare success. Abort the handle when done.
+    pub(crate) async fn lock_broker<H: Handler>(
+        shared: &Shared<H>,
+        mq: &MessageQueue,
+    ) -> (Arc<Mutex<bool>>, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        shared.client.routes().update(&mq.topic, route(addr, 1));
+        let held = Arc::new(Mutex::new(false));
+        let serve = serve_locks(
+            listener,
+            mq.clone(),
+            shared.client_id.clone(),
+            Arc::clone(&held),
+        );
+        (held, tokio::spawn(serve))
+    }
+
+    /// The broker of [`lock_broker`].
+    async fn serve_locks(
         listener: tokio::net::TcpListener,
         mq: MessageQueue,
         client_id: String,
@@ -1404,15 +1425,6 @@ pub(crate) mod testing {
             }],
             ..TopicRouteData::default()
         }
-    }
-
-    /// Routes `topic` (one queue) to broker `b` at `addr`.
-    pub(crate) fn route_to<H: Handler>(
-        shared: &Shared<H>,
-        topic: &str,
-        addr: std::net::SocketAddr,
-    ) {
-        shared.client.routes().update(topic, route(addr, 1));
     }
 
     /// Queue 0 of `topic` on broker `b`.
@@ -1675,22 +1687,11 @@ mod tests {
     /// the broker's lock expiry.
     #[tokio::test]
     async fn a_released_queue_is_not_locked_again_by_a_renewal_in_flight() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let mq = queue("T_lock");
-        let held = Arc::new(Mutex::new(false));
         let mut config = Config::new("G_lock", "T_lock");
         config.mode = ConsumeMode::Orderly;
         let shared = testing::shared(config).await;
-        let broker = tokio::spawn(testing::lock_broker(
-            listener,
-            mq.clone(),
-            shared.client_id.clone(),
-            Arc::clone(&held),
-        ));
-        testing::route_to(&shared, "T_lock", addr);
+        let (held, broker) = testing::lock_broker(&shared, &mq).await;
         shared.stats.set_queue(&mq, QueueState::default());
 
         let renewal = tokio::spawn({

@@ -486,19 +486,8 @@ mod tests {
     #[tokio::test]
     async fn a_queue_that_cannot_start_gives_its_lock_back() {
         let mut rb = rebalancer().await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let mq = testing::queue("T_reap");
-        let held = Arc::new(std::sync::Mutex::new(false));
-        let broker = tokio::spawn(testing::lock_broker(
-            listener,
-            mq.clone(),
-            rb.shared.client_id.clone(),
-            Arc::clone(&held),
-        ));
-        testing::route_to(&rb.shared, "T_reap", addr);
+        let (held, broker) = testing::lock_broker(&rb.shared, &mq).await;
         assert!(!rb.rebalance().await, "the queue started");
         assert!(rb.active.is_empty());
         assert!(!*lock(&held), "the broker still locks the queue for us");

@@ -185,6 +185,11 @@ impl Stats {
         lock(&self.queues).remove(mq);
     }
 
+    /// Whether `mq` is tracked (held by a running worker), without copying the table.
+    pub fn holds(&self, mq: &MessageQueue) -> bool {
+        lock(&self.queues).contains_key(mq)
+    }
+
     /// The queues currently tracked.
     pub fn queues(&self) -> BTreeMap<MessageQueue, QueueState> {
         lock(&self.queues).clone()
