@@ -122,7 +122,6 @@ impl MessageExt {
     /// [`MAX_RECORD_DECODED_LEN`] bytes. Either way the broker holds the record intact, so a
     /// send-back of it (by commit-log offset) loses nothing.
     pub fn undeliverable(&self) -> Option<&'static str> {
-        const BATCH: i32 = sys_flag::NEED_UNWRAP | sys_flag::INNER_BATCH;
         if self.body_undecoded() {
             Some("its body does not inflate (a compression flag on a body that is not compressed, or an unknown algorithm)")
         } else if self.sys_flag & BATCH == BATCH {

@@ -384,8 +384,6 @@ fn assert_left_whole(messages: &[MessageExt], record: &Bytes) {
     assert_eq!(m.body, stored.body);
 }
 
-const BATCH: i32 = sys_flag::NEED_UNWRAP | sys_flag::INNER_BATCH;
-
 #[test]
 fn an_inner_batch_copying_a_long_topic_into_every_message_is_left_whole() {
     // 110 KB stored, no compression: 5,000 copies of a 32,767-byte topic would be 164 MB.
