@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+use tokio_io_timeout::TimeoutWriter;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -71,6 +72,11 @@ async fn status_handler(State(state): State<AppState>) -> Response {
 /// after as long, since hyper reads the next request's head from then on.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a write to a client may wait for the client to read. A scrape of even a large
+/// registry fits the socket buffers; a client that asks and never reads would otherwise hold its
+/// connection (one of [`MAX_CONNECTIONS`]) for as long as it stays connected.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long open connections get to finish after `cancel` before they are closed. A scrape takes
 /// milliseconds; a client that sent half a request and went quiet would otherwise hold the
 /// daemon's exit for as long as it stays connected.
@@ -86,6 +92,7 @@ const MAX_CONNECTIONS: usize = 64;
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     header_read: Duration,
+    write: Duration,
     stop: Duration,
     connections: usize,
 }
@@ -93,6 +100,7 @@ struct Limits {
 impl Limits {
     const DEFAULT: Self = Self {
         header_read: HEADER_READ_TIMEOUT,
+        write: WRITE_TIMEOUT,
         stop: STOP_TIMEOUT,
         connections: MAX_CONNECTIONS,
     };
@@ -182,7 +190,12 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read);
-    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    let mut stream = TimeoutWriter::new(stream);
+    stream.set_timeout(Some(limits.write));
+    let conn = builder.serve_connection(
+        TokioIo::new(Box::pin(stream)),
+        TowerToHyperService::new(app),
+    );
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -341,6 +354,7 @@ mod tests {
             header_read: Duration::from_secs(600),
             stop: Duration::from_millis(300),
             connections: 2,
+            ..Limits::DEFAULT
         };
         let (addr, task) = serve_with(local().await, fake(), cancel.clone(), limits).unwrap();
         let first = stalled_client(addr).await;
@@ -360,6 +374,42 @@ mod tests {
             .expect("the waiting connection was not served after one closed")
             .unwrap();
         assert_eq!(&answer, b"HTTP/1.1 200");
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_its_answer_frees_its_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Far more than the loopback's socket buffers hold, so the server's write stalls.
+        let big = || async { vec![b'x'; 64 << 20] };
+        let app = fake().route("/big", get(big));
+        let cancel = CancellationToken::new();
+        let limits = Limits {
+            header_read: Duration::from_secs(600),
+            write: Duration::from_millis(300),
+            stop: Duration::from_millis(300),
+            connections: 1,
+        };
+        let (addr, task) = serve_with(local().await, app, cancel.clone(), limits).unwrap();
+        let mut reader_that_never_reads = TcpStream::connect(addr).await.unwrap();
+        reader_that_never_reads
+            .write_all(b"GET /big HTTP/1.1\r\nhost: admin\r\n\r\n")
+            .await
+            .unwrap();
+        // The only connection slot is taken; this one waits in the backlog until it frees.
+        let mut probe = TcpStream::connect(addr).await.unwrap();
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(10), probe.read_exact(&mut answer))
+            .await
+            .expect("a client that never read its answer kept the only connection slot")
+            .unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+        drop(reader_that_never_reads);
         cancel.cancel();
         task.await.unwrap();
     }
