@@ -98,6 +98,9 @@ pub struct ConnectOptions {
     pub request_queue: usize,
     /// Broker-initiated requests handled at once per connection.
     pub inbound_concurrency: usize,
+    /// A connection on which nothing was read for this long, with no request awaiting an
+    /// answer, is closed (Java's `clientChannelMaxIdleTimeSeconds`, 120 s).
+    pub idle_timeout: Duration,
 }
 
 impl Default for ConnectOptions {
@@ -112,9 +115,16 @@ impl Default for ConnectOptions {
             serialize_type: SerializeType::Json,
             request_queue: 256,
             inbound_concurrency: 16,
+            idle_timeout: IDLE_TIMEOUT,
         }
     }
 }
+
+/// Java's default for closing a quiet connection. Brokers in a route hear a heartbeat every
+/// 30 s and name servers a route query as often, so only connections nothing uses any more go
+/// quiet this long: to a broker that left the cluster (whose host may be gone, leaving the
+/// socket open for good) or to a name server other than the one in use.
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the connection task may own: a TCP or TLS stream, or an in-memory pipe in tests.
 pub(crate) trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -233,12 +243,35 @@ impl Shared {
                 Pending::Closed(_) => HashMap::new(),
             }
         };
-        if !matches!(reason, CloseReason::Local) {
+        if !matches!(reason, CloseReason::Local | CloseReason::Idle { .. }) {
             warn!(addr = %self.addr, %reason, waiters = waiters.len(), "Connection closed.");
         }
         for (_, tx) in waiters {
             let _ = tx.send(Err(reason.clone()));
         }
+    }
+
+    /// Closes the connection as idle if no request awaits an answer, checked and closed under
+    /// one lock: a request registered before is answered first, and one registered after finds
+    /// the connection closed before anything was sent, so an idle close never fails a request
+    /// that reached the peer.
+    fn close_if_unused(&self, idle: Duration) -> bool {
+        {
+            let mut pending = self.pending();
+            match &*pending {
+                Pending::Open(map) if map.is_empty() => {
+                    *pending = Pending::Closed(CloseReason::Idle { after: idle });
+                }
+                _ => return false,
+            }
+        }
+        debug!(addr = %self.addr, after = ?idle, "Idle connection closed.");
+        true
+    }
+
+    /// When the peer last sent anything (the opening, before it did).
+    fn last_read(&self) -> Instant {
+        self.opened + Duration::from_micros(self.last_read_us.load(Ordering::Relaxed))
     }
 
     fn close_reason(&self) -> Option<CloseReason> {
@@ -330,6 +363,7 @@ impl Connection {
             language: options.language.clone(),
             version: options.version,
             busy_dropped: 0,
+            idle_timeout: options.idle_timeout,
         };
         let task = tokio::spawn(driver.run(stream));
         Self {
@@ -449,6 +483,16 @@ impl Connection {
             })
     }
 
+    /// Closes the connection as its task does once it is idle.
+    #[cfg(test)]
+    pub(crate) fn idle_out(&self) -> bool {
+        let closed = self.handle.shared.close_if_unused(Duration::ZERO);
+        if closed {
+            self.handle.cancel.cancel();
+        }
+        closed
+    }
+
     /// Number of calls waiting for a response.
     #[cfg(test)]
     pub(crate) fn pending_len(&self) -> usize {
@@ -532,6 +576,8 @@ struct Driver {
     version: i32,
     /// Busy answers dropped since the write queue last had room (0: not dropping).
     busy_dropped: u64,
+    /// See [`ConnectOptions::idle_timeout`].
+    idle_timeout: Duration,
 }
 
 /// Closes the connection when the task's future is dropped before it closed it. A panic in the
@@ -571,6 +617,10 @@ impl Driver {
         // Handler tasks live here: dropping the set (when this task ends or is aborted) aborts
         // them.
         let mut handlers: JoinSet<Option<Bytes>> = JoinSet::new();
+        // One timer for the connection's life, moved on when it fires early, rather than one
+        // per read: reads are the hot path.
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
 
         loop {
             if input.capacity() - input.len() < READ_CHUNK / 4 {
@@ -579,6 +629,21 @@ impl Driver {
             let room = queued < WRITE_HIGH_WATER;
             tokio::select! {
                 () = self.cancel.cancelled() => return CloseReason::Local,
+                () = &mut idle => {
+                    let quiet_until = self.shared.last_read() + self.idle_timeout;
+                    let unused = output.is_empty()
+                        && handlers.is_empty()
+                        && self.requests.is_empty();
+                    if quiet_until <= Instant::now()
+                        && unused
+                        && self.shared.close_if_unused(self.idle_timeout)
+                    {
+                        return CloseReason::Idle { after: self.idle_timeout };
+                    }
+                    // Something was read since, or a request is out (a long poll may be held
+                    // 30 s without a byte): look again one full period later at the earliest.
+                    idle.as_mut().reset(quiet_until.max(Instant::now() + self.idle_timeout));
+                }
                 written = async {
                     match output.front_mut() {
                         Some(front) => writer.write_buf(front).await,

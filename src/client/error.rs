@@ -60,6 +60,13 @@ pub enum CloseReason {
     Local,
     /// The connection's task ended without closing it: it panicked, or its runtime shut down.
     Aborted,
+    /// Nothing was read on the connection for `after` and no request awaited an answer
+    /// ([`ConnectOptions::idle_timeout`](super::ConnectOptions::idle_timeout)). A request
+    /// that meets this reason was never sent.
+    Idle {
+        /// How long the connection was quiet.
+        after: Duration,
+    },
 }
 
 impl fmt::Display for CloseReason {
@@ -76,6 +83,7 @@ impl fmt::Display for CloseReason {
             Self::Protocol(e) => write!(f, "malformed frame: {e}"),
             Self::Local => f.write_str("closed locally"),
             Self::Aborted => f.write_str("connection task ended abnormally"),
+            Self::Idle { after } => write!(f, "closed after {after:?} without traffic"),
         }
     }
 }

@@ -10,7 +10,11 @@
 //! - [`Pool::invalidate`] closes a connection only if it is still the cached one, so a caller
 //!   holding an old handle never tears down the connection another caller just opened
 //!   (rskafka's generation check);
-//! - no lock is held across an `.await` except the per-address connect lock (a tokio mutex).
+//! - no lock is held across an `.await` except the per-address connect lock (a tokio mutex);
+//! - a connection closes itself once idle ([`ConnectOptions::idle_timeout`]); a request that
+//!   meets it closing was never sent and goes once more, on a new connection;
+//! - an address nobody holds, without a live connection or a backoff running, is forgotten when
+//!   a new address is added, so addresses of brokers that left do not pile up.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,7 +28,7 @@ use crate::remoting::rpc::Rpc;
 
 use super::backoff::Backoff;
 use super::connection::{ConnectOptions, Connection, InboundHandler};
-use super::ClientError;
+use super::{ClientError, CloseReason};
 
 /// Connections to name servers and brokers, keyed by address. Cheap to clone.
 #[derive(Clone)]
@@ -65,6 +69,18 @@ impl Slot {
             .as_ref()
             .filter(|c| !c.is_closed())
             .cloned()
+    }
+
+    /// Whether the pool may drop this slot (called under the slots lock): no caller holds it
+    /// (handles are only cloned under that lock, so none can appear meanwhile), it has no live
+    /// connection, and no backoff is running that a fresh slot would forget.
+    fn forgettable(self: &Arc<Self>, now: Instant) -> bool {
+        Arc::strong_count(self) == 1
+            && self.live().is_none()
+            && self
+                .connect
+                .try_lock()
+                .is_ok_and(|attempts| attempts.retry_at.is_none_or(|at| at <= now))
     }
 }
 
@@ -147,9 +163,19 @@ impl Pool {
         rpc: &R,
         timeout: Duration,
     ) -> Result<R::Response, ClientError> {
-        let conn = self.connection(addr).await?;
-        let sent = Instant::now();
-        let result = conn.call(rpc, timeout).await;
+        let mut conn = self.connection(addr).await?;
+        let mut sent = Instant::now();
+        let mut result = conn.call(rpc, timeout).await;
+        if let Err(ClientError::ConnectionClosed {
+            reason: CloseReason::Idle { .. },
+            ..
+        }) = &result
+        {
+            // The connection idled out just before this request: it was never sent.
+            conn = self.connection(addr).await?;
+            sent = Instant::now();
+            result = conn.call(rpc, timeout).await;
+        }
         if let Err(e @ ClientError::Timeout { .. }) = &result {
             // A peer that stopped answering without a reset (a NAT or firewall that forgot the
             // flow, a host gone) would otherwise keep this connection until the kernel gives up
@@ -216,11 +242,22 @@ impl Pool {
         addrs
     }
 
+    /// Every address the pool keeps a slot for, live or not, sorted.
+    #[cfg(test)]
+    pub(crate) fn known_addrs(&self) -> Vec<String> {
+        let mut addrs: Vec<String> = lock(&self.inner.slots).keys().cloned().collect();
+        addrs.sort();
+        addrs
+    }
+
     fn slot(&self, addr: &str) -> Arc<Slot> {
         let mut slots = lock(&self.inner.slots);
         if let Some(slot) = slots.get(addr) {
             return Arc::clone(slot);
         }
+        // New addresses come with route changes, rarely: the sweep is cheap at that pace.
+        let now = Instant::now();
+        slots.retain(|_, slot| !slot.forgettable(now));
         let slot = Arc::new(Slot {
             current: Mutex::new(None),
             connect: tokio::sync::Mutex::new(Attempts {

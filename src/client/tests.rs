@@ -864,6 +864,152 @@ async fn invalidate_spares_a_newer_connection() {
     assert!(same.same_as(&new));
 }
 
+fn quick_idle() -> ConnectOptions {
+    ConnectOptions {
+        idle_timeout: Duration::from_millis(200),
+        ..ConnectOptions::default()
+    }
+}
+
+async fn until_closed(conn: &Connection) -> CloseReason {
+    within(async {
+        loop {
+            if let Some(reason) = conn.close_reason() {
+                return reason;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+/// Java's client closes a connection idle for 120 s, so connections to brokers that left the
+/// cluster (their host perhaps gone, the socket open for good) do not stay forever.
+#[tokio::test]
+async fn a_quiet_connection_closes_and_the_next_request_reconnects() {
+    let (l, addr) = listener().await;
+    let mut tasks = JoinSet::new();
+    serve(&mut tasks, l, |f| {
+        response(f.opaque(), 17, "no such topic", b"")
+    });
+    let pool = Pool::new(quick_idle(), Arc::new(NotSupported));
+    let rpc = crate::remoting::rpc::GetRouteInfo {
+        topic: "T".to_owned(),
+    };
+    let answered = |r: Result<_, ClientError>| {
+        assert!(
+            matches!(r, Err(ClientError::Broker { .. })),
+            "expected the peer's answer, got {r:?}"
+        );
+    };
+    answered(within(pool.call(&addr, &rpc, STEP)).await);
+    let first = within(pool.connection(&addr)).await.expect("cached");
+    let reason = until_closed(&first).await;
+    assert!(matches!(reason, CloseReason::Idle { .. }), "{reason:?}");
+    answered(within(pool.call(&addr, &rpc, STEP)).await);
+    let second = within(pool.connection(&addr)).await.expect("cached");
+    assert!(!second.same_as(&first));
+}
+
+/// A long poll may be held by the broker for 30 s without a byte on the connection: a request
+/// awaiting its answer is not idleness.
+#[tokio::test]
+async fn a_request_awaiting_its_answer_keeps_a_quiet_connection() {
+    let (l, addr) = listener().await;
+    let peer = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let f = read_frame(&mut s).await.expect("request");
+        // Three idle periods without a byte.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        s.write_all(&echo_tag(&f)).await.expect("answer");
+        s
+    });
+    let conn = within(Connection::connect(
+        &addr,
+        &quick_idle(),
+        Arc::new(NotSupported),
+    ))
+    .await
+    .expect("connect");
+    let r = within(conn.call_raw(tagged("slow"), STEP))
+        .await
+        .expect("the quiet connection closed under a request");
+    assert_eq!(r.remark.as_deref(), Some("slow"));
+    let _peer = within(peer).await;
+    let reason = until_closed(&conn).await;
+    assert!(matches!(reason, CloseReason::Idle { .. }), "{reason:?}");
+}
+
+/// What the pool's one retry relies on: a request that meets an idle close was never sent.
+#[tokio::test]
+async fn a_request_after_an_idle_close_fails_unsent() {
+    let (l, addr) = listener().await;
+    let conn = connect(&addr).await;
+    let (mut s, _) = within(l.accept()).await.expect("accept");
+    assert!(conn.idle_out());
+    match within(conn.call_raw(tagged("late"), STEP)).await {
+        Err(ClientError::ConnectionClosed {
+            reason: CloseReason::Idle { .. },
+            ..
+        }) => {}
+        other => panic!("expected an idle close, got {other:?}"),
+    }
+    let mut rest = Vec::new();
+    within(s.read_to_end(&mut rest)).await.expect("read");
+    assert!(rest.is_empty(), "{} bytes reached the peer", rest.len());
+}
+
+/// An idle close never fails a request already out.
+#[tokio::test]
+async fn an_idle_close_waits_for_requests_out() {
+    let (l, addr) = listener().await;
+    let conn = connect(&addr).await;
+    let (mut s, _) = within(l.accept()).await.expect("accept");
+    let call = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.call_raw(tagged("out"), STEP).await }
+    });
+    let f = within(read_frame(&mut s)).await.expect("request");
+    assert!(!conn.idle_out(), "closed under a request out");
+    s.write_all(&echo_tag(&f)).await.expect("answer");
+    let r = within(call).await.expect("task").expect("answer");
+    assert_eq!(r.remark.as_deref(), Some("out"));
+    assert!(conn.idle_out());
+}
+
+/// Addresses of brokers that left are forgotten; one still backing off is kept, so its backoff
+/// holds.
+#[tokio::test]
+async fn the_pool_forgets_addresses_nobody_uses() {
+    let (l, gone) = listener().await;
+    let mut tasks = JoinSet::new();
+    serve(&mut tasks, l, echo_tag);
+    let pool = Pool::new(quick_idle(), Arc::new(NotSupported));
+    let conn = within(pool.connection(&gone)).await.expect("connect");
+    until_closed(&conn).await;
+    drop(conn);
+    let dead = dead_addr().await;
+    assert!(matches!(
+        within(pool.connection(&dead)).await,
+        Err(ClientError::Connect { .. })
+    ));
+    assert_eq!(
+        pool.known_addrs(),
+        std::slice::from_ref(&dead),
+        "the idle address stayed"
+    );
+    let (l, next) = listener().await;
+    serve(&mut tasks, l, echo_tag);
+    let _next = within(pool.connection(&next)).await.expect("connect");
+    let mut expected = vec![dead, next];
+    expected.sort();
+    assert_eq!(
+        pool.known_addrs(),
+        expected,
+        "the backing-off address was forgotten"
+    );
+}
+
 // === Name server ===
 
 const ROUTE_JSON: &str = r#"{"brokerDatas":[{"brokerAddrs":{"0":"127.0.0.1:10911"},"brokerName":"broker-a","cluster":"DefaultCluster","enableActingMaster":false,"zoneName":null}],"filterServerTable":{},"queueDatas":[{"brokerName":"broker-a","perm":6,"readQueueNums":4,"topicSysFlag":0,"writeQueueNums":4}],"topicQueueMappingInfo":null,"orderTopicConf":null}"#;
