@@ -5,6 +5,7 @@
 //! Every figure in the report comes from a measurement of this run; a figure that could not be
 //! measured is absent from the JSON and printed as "not measured: <reason>" in the markdown.
 
+mod delay;
 mod load;
 mod proc;
 mod report;

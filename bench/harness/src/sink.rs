@@ -21,6 +21,7 @@ use axum::routing::post;
 use axum::Router;
 use serde::Deserialize;
 
+use crate::delay::Delays;
 use crate::now_us;
 
 /// One received message.
@@ -144,6 +145,8 @@ pub struct Sink {
     pub faults: Arc<Faults>,
     /// Unique messages received, readable without the lock.
     pub unique: Arc<AtomicU64>,
+    /// Waits out the injected latency more precisely than tokio's timer.
+    delays: Delays,
 }
 
 impl Sink {
@@ -203,6 +206,7 @@ pub async fn start(listen: SocketAddr) -> std::io::Result<Sink> {
         recorder: Arc::default(),
         faults: Arc::default(),
         unique: Arc::default(),
+        delays: Delays::start(),
     };
     let app = Router::new()
         .route("/sink", post(receive))
@@ -223,6 +227,7 @@ fn hash_id(id: &str) -> u64 {
 }
 
 async fn receive(State(state): State<AppState>, body: Bytes) -> StatusCode {
+    let arrived = tokio::time::Instant::now();
     let recv_us = now_us();
     let faults = &state.sink.faults;
     let now_ms = (recv_us / 1000) as u64;
@@ -238,7 +243,11 @@ async fn receive(State(state): State<AppState>, body: Bytes) -> StatusCode {
         StatusCode::OK
     };
     if latency > 0 {
-        tokio::time::sleep(Duration::from_micros(latency)).await;
+        state
+            .sink
+            .delays
+            .until(arrived + Duration::from_micros(latency))
+            .await;
     }
     let parsed: Result<Envelope<'_>, _> = serde_json::from_slice(&body);
     let mut rec = state.sink.recorder.lock().expect("sink lock");
