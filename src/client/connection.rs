@@ -99,7 +99,8 @@ pub struct ConnectOptions {
     /// Broker-initiated requests handled at once per connection.
     pub inbound_concurrency: usize,
     /// A connection on which nothing was read for this long, with no request awaiting an
-    /// answer, is closed (Java's `clientChannelMaxIdleTimeSeconds`, 120 s).
+    /// answer, is closed (Java's `clientChannelMaxIdleTimeSeconds`, 120 s). Zero keeps
+    /// connections open however quiet.
     pub idle_timeout: Duration,
 }
 
@@ -432,6 +433,8 @@ impl Connection {
     }
 
     /// Sends a typed oneway request: nothing is awaited beyond handing it to the connection.
+    /// `Ok` means handed over, not written: a connection that closes first (idle included)
+    /// drops it, as Java's `invokeOneway` may.
     ///
     /// # Errors
     /// [`ClientError::ConnectionClosed`] if the connection is closed, [`ClientError::Encode`]
@@ -621,6 +624,7 @@ impl Driver {
         // per read: reads are the hot path.
         let idle = tokio::time::sleep(self.idle_timeout);
         tokio::pin!(idle);
+        let idle_close = !self.idle_timeout.is_zero();
 
         loop {
             if input.capacity() - input.len() < READ_CHUNK / 4 {
@@ -629,7 +633,7 @@ impl Driver {
             let room = queued < WRITE_HIGH_WATER;
             tokio::select! {
                 () = self.cancel.cancelled() => return CloseReason::Local,
-                () = &mut idle => {
+                () = &mut idle, if idle_close => {
                     let quiet_until = self.shared.last_read() + self.idle_timeout;
                     let unused = output.is_empty()
                         && handlers.is_empty()
@@ -640,9 +644,15 @@ impl Driver {
                     {
                         return CloseReason::Idle { after: self.idle_timeout };
                     }
-                    // Something was read since, or a request is out (a long poll may be held
-                    // 30 s without a byte): look again one full period later at the earliest.
-                    idle.as_mut().reset(quiet_until.max(Instant::now() + self.idle_timeout));
+                    // Something was read since: look again when that read is a full period
+                    // old. Or a request is out (a long poll may be held 30 s without a byte):
+                    // look again a full period from now.
+                    let now = Instant::now();
+                    idle.as_mut().reset(if quiet_until > now {
+                        quiet_until
+                    } else {
+                        now + self.idle_timeout
+                    });
                 }
                 written = async {
                     match output.front_mut() {

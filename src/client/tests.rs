@@ -940,6 +940,39 @@ async fn a_request_awaiting_its_answer_keeps_a_quiet_connection() {
     assert!(matches!(reason, CloseReason::Idle { .. }), "{reason:?}");
 }
 
+/// The connection closes a full period after its last read, not a period after the check that
+/// found the read.
+#[tokio::test(start_paused = true)]
+async fn a_quiet_connection_closes_a_period_after_its_last_read() {
+    let (ours, mut peer) = tokio::io::duplex(64 * 1024);
+    let period = Duration::from_secs(120);
+    let options = ConnectOptions {
+        idle_timeout: period,
+        ..ConnectOptions::default()
+    };
+    let conn = Connection::from_stream("peer", Box::new(ours), &options, Arc::new(NotSupported));
+    let answering = tokio::spawn(async move {
+        while let Ok(f) = read_frame(&mut peer).await {
+            if peer.write_all(&echo_tag(&f)).await.is_err() {
+                break;
+            }
+        }
+    });
+    // A read 90 s in: the first check, at 120 s, finds it 30 s old.
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    conn.call_raw(tagged("late"), STEP).await.expect("answer");
+    let read_at = tokio::time::Instant::now();
+    while !conn.is_closed() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let quiet = read_at.elapsed();
+    assert!(
+        quiet >= period && quiet <= period + Duration::from_secs(1),
+        "closed after {quiet:?} of quiet"
+    );
+    answering.abort();
+}
+
 /// What the pool's one retry relies on: a request that meets an idle close was never sent.
 #[tokio::test]
 async fn a_request_after_an_idle_close_fails_unsent() {
@@ -984,7 +1017,9 @@ async fn the_pool_forgets_addresses_nobody_uses() {
     let (l, gone) = listener().await;
     let mut tasks = JoinSet::new();
     serve(&mut tasks, l, echo_tag);
-    let pool = Pool::new(quick_idle(), Arc::new(NotSupported));
+    // A backoff long enough that the dead address is still backing off at the sweep below.
+    let backoff = backoff::Backoff::new(Duration::from_secs(60), Duration::from_secs(60));
+    let pool = Pool::with_backoff(quick_idle(), Arc::new(NotSupported), backoff);
     let conn = within(pool.connection(&gone)).await.expect("connect");
     until_closed(&conn).await;
     drop(conn);
