@@ -1826,6 +1826,29 @@ fn enable_auto_recovery_false_is_a_warning_naming_its_source() {
     assert!(ok(Some(&one_sub("")), &[]).warnings().is_empty());
 }
 
+#[test]
+fn a_heartbeat_interval_the_broker_expiry_cannot_absorb_is_a_warning() {
+    let yaml = |interval: &str| {
+        format!(
+            "client:\n  heartbeat_interval: {interval}\nsubscriptions:\n  - group: g\n    \
+             topic: t\n    webhook:\n      url: http://h/x\n"
+        )
+    };
+    let warnings: Vec<String> = ok(Some(&yaml("90s")), &[])
+        .warnings()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        warnings.len() == 1
+            && warnings[0].contains("`client.heartbeat_interval` = 1m 30s")
+            && warnings[0].contains("line 2")
+            && warnings[0].contains("at most 1m"),
+        "{warnings:?}"
+    );
+    assert!(ok(Some(&yaml("60s")), &[]).warnings().is_empty());
+}
+
 /// The consume_timeout warnings of `tail` (subscription keys, then webhook keys) under a
 /// one-subscription file.
 fn deadline_warnings(subscription: &str, webhook: &str) -> Vec<String> {

@@ -74,6 +74,10 @@ const TRANSPORT_HEADERS: [&str; 7] = [
     "trailer",
 ];
 
+/// The longest heartbeat interval that survives one lost heartbeat within the broker's 120 s
+/// expiry.
+const MAX_SAFE_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
+
 fn show(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(d)
 }
@@ -166,6 +170,22 @@ impl Config {
     /// set up, and vanish).
     pub(super) fn setting_warnings(&self) -> Vec<ConfigWarning> {
         let mut warnings = Vec::new();
+        if self.client.heartbeat_interval > MAX_SAFE_HEARTBEAT_INTERVAL {
+            let key = key_path!["client", "heartbeat_interval"];
+            warnings.push(ConfigWarning::Risk {
+                key: display_path(&key),
+                origin: self.provenance.origin(&key),
+                value: show(self.client.heartbeat_interval).to_string(),
+                reason: format!(
+                    "brokers drop a consumer they have not heard from for 120 s (Java's \
+                     channelExpiredTimeout) and rebalance its queues away, and this client \
+                     closes a broker connection quiet for as long; one late or failed \
+                     heartbeat at this interval lets that happen. Keep it at most {} \
+                     (default 30s)",
+                    show(MAX_SAFE_HEARTBEAT_INTERVAL)
+                ),
+            });
+        }
         for (i, sub) in self.subscriptions.iter().enumerate() {
             if let Some(reason) = sub.deadline_risk() {
                 let key = key_path!["subscriptions", i, "consume_timeout"];
