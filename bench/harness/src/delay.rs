@@ -43,7 +43,8 @@ impl Ord for Due {
     }
 }
 
-/// The handle the sink's handlers wait through. The thread stops when the last handle is gone.
+/// The handle the sink's handlers wait through. The thread stops when the last handle is gone
+/// (in the harness, with the process: the sink's server keeps one).
 #[derive(Debug, Clone)]
 pub struct Delays {
     tx: mpsc::SyncSender<(Instant, oneshot::Sender<()>)>,
@@ -78,6 +79,11 @@ fn run(rx: &mpsc::Receiver<(Instant, oneshot::Sender<()>)>) {
     let mut heap: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
     let mut seq = 0u64;
     loop {
+        // Everything queued first, so a delay due earlier that arrived later is not passed over.
+        while let Ok((at, done)) = rx.try_recv() {
+            seq += 1;
+            heap.push(Reverse(Due { at, seq, done }));
+        }
         let now = Instant::now();
         while heap.peek().is_some_and(|Reverse(d)| d.at <= now) {
             let Some(Reverse(due)) = heap.pop() else {
@@ -110,7 +116,7 @@ mod tests {
         let delays = Delays::start();
         let start = Instant::now();
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-        for ms in [3u64, 1, 2] {
+        for ms in [60u64, 20, 40] {
             let (delays, tx) = (delays.clone(), tx.clone());
             tokio::spawn(async move {
                 let at = start + Duration::from_millis(ms);
@@ -124,6 +130,6 @@ mod tests {
             assert!(on_time, "the {ms} ms delay ended early");
             order.push(ms);
         }
-        assert_eq!(order, [1, 2, 3]);
+        assert_eq!(order, [20, 40, 60]);
     }
 }
