@@ -179,9 +179,9 @@ impl Config {
                 reason: format!(
                     "brokers drop a consumer they have not heard from for 120 s (Java's \
                      channelExpiredTimeout) and rebalance its queues away, and this client \
-                     closes a broker connection quiet for as long; one late or failed \
-                     heartbeat at this interval lets that happen. Keep it at most {} \
-                     (default 30s)",
+                     closes a broker connection on which it has read nothing and awaited \
+                     nothing for as long; one late or failed heartbeat at this interval lets \
+                     that happen. Keep it at most {} (default 30s)",
                     show(MAX_SAFE_HEARTBEAT_INTERVAL)
                 ),
             });
