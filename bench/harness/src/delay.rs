@@ -79,11 +79,6 @@ fn run(rx: &mpsc::Receiver<(Instant, oneshot::Sender<()>)>) {
     let mut heap: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
     let mut seq = 0u64;
     loop {
-        // Everything queued first, so a delay due earlier that arrived later is not passed over.
-        while let Ok((at, done)) = rx.try_recv() {
-            seq += 1;
-            heap.push(Reverse(Due { at, seq, done }));
-        }
         let now = Instant::now();
         while heap.peek().is_some_and(|Reverse(d)| d.at <= now) {
             let Some(Reverse(due)) = heap.pop() else {
@@ -97,9 +92,13 @@ fn run(rx: &mpsc::Receiver<(Instant, oneshot::Sender<()>)>) {
             None => rx.recv_timeout(Duration::from_secs(3600)),
         };
         match next {
-            Ok((at, done)) => {
-                seq += 1;
-                heap.push(Reverse(Due { at, seq, done }));
+            // With everything queued behind it, so a delay due earlier that arrived later is
+            // not passed over when the due ones are completed.
+            Ok(first) => {
+                for (at, done) in std::iter::once(first).chain(rx.try_iter()) {
+                    seq += 1;
+                    heap.push(Reverse(Due { at, seq, done }));
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
