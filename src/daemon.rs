@@ -718,6 +718,30 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
 mod tests {
     use super::*;
 
+    /// An embedder who builds `WebhookOptions::new` gets what an operator gets from a
+    /// configuration that names only the URL.
+    #[test]
+    fn library_defaults_match_the_configuration_defaults() {
+        let sub = config::Subscription {
+            webhook: config::WebhookConfig {
+                url: "http://127.0.0.1:8080/hook".to_owned(),
+                ..config::WebhookConfig::default()
+            },
+            ..config::Subscription::default()
+        };
+        let configured = webhook_options(&sub, &|k: &str| k.to_owned()).unwrap();
+        let library = WebhookOptions::new("http://127.0.0.1:8080/hook");
+        assert_eq!(configured.method, library.method);
+        assert_eq!(configured.format, library.format);
+        assert_eq!(configured.timeout, library.timeout);
+        assert_eq!(configured.concurrency, library.concurrency);
+        assert_eq!(configured.headers, library.headers);
+        assert_eq!(configured.status_classes, library.status_classes);
+        assert_eq!(configured.retry_after_cap, library.retry_after_cap);
+        assert_eq!(configured.breaker, library.breaker);
+        assert_eq!(configured.tls, library.tls);
+    }
+
     fn webhook_with(requests: &[(RequestClass, u64)]) -> Webhook {
         let hook = Webhook::new(WebhookOptions::new("http://127.0.0.1:1/hook")).unwrap();
         for &(class, n) in requests {

@@ -30,11 +30,12 @@ pub struct BreakerConfig {
     pub max_open_duration: Duration,
 }
 
+/// The configuration's `circuit_breaker` defaults: 5 failures, open 5 s, at most 60 s.
 impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
             failure_threshold: 5,
-            open_duration: Duration::from_secs(2),
+            open_duration: Duration::from_secs(5),
             max_open_duration: Duration::from_secs(60),
         }
     }

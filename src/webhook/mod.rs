@@ -132,15 +132,17 @@ pub struct WebhookTls {
 }
 
 impl WebhookOptions {
-    /// Defaults for `url`: POST, json, 30 s timeout, 16 concurrent requests, default status
-    /// classes, `Retry-After` capped at 60 s, default breaker.
+    /// Defaults for `url`: POST, json, 10 s timeout, 20 concurrent requests, default status
+    /// classes, `Retry-After` capped at 60 s, default breaker. The same defaults as a
+    /// subscription's configuration, so that an embedder and an operator get one behaviour (a
+    /// daemon test compares them).
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             method: Method::POST,
             format: Format::Json,
-            timeout: Duration::from_secs(30),
-            concurrency: 16,
+            timeout: Duration::from_secs(10),
+            concurrency: 20,
             transport: None,
             headers: Vec::new(),
             bearer_token: None,
