@@ -50,14 +50,17 @@ pub const CONTENT_TYPE_PROPERTY: &str = "CONTENT_TYPE";
 /// The default CloudEvents `type`.
 pub const DEFAULT_CLOUDEVENTS_TYPE: &str = "org.apache.rocketmq.message";
 
-/// Headers whose size the producer controls (tag, keys, properties, and in binary CloudEvents
-/// `ce-subject` and `ce-rocketmqkeys`) stop being added beyond this many bytes, counted as
+/// Headers whose size the producer controls (msgId, tag, keys, properties, and in binary
+/// CloudEvents `ce-id`, `ce-subject` and `ce-rocketmqkeys`) stop being added beyond this many
+/// bytes, counted as
 /// `name: value\r\n`. Servers commonly refuse requests with more than 8 KiB of headers (431),
 /// and that answer is RETRY: a deliverable message would spend its attempts and reach the DLQ.
 /// One budget for all of them rather than a cap per header, because servers limit the total:
 /// four capped headers plus properties could still pass it. 4 KiB leaves the other half of
-/// 8 KiB to the bounded headers (ids, offsets, hosts: about 600 bytes), `ce-id`/`ce-source`/
-/// `ce-type`, signing and the configured headers. A header that does not fit is left out (see
+/// 8 KiB to the bounded headers (offset msgId, offsets, hosts: about 600 bytes), `ce-source`/
+/// `ce-type`, signing and the configured headers. The msgId is charged too: it is the
+/// producer's `UNIQ_KEY`, 32 characters from every client library but any length from a
+/// producer that sets it itself. A header that does not fit is left out (see
 /// [`EncodedRequest::left_out`]): the `json` and `cloudevents_batch` bodies carry every value
 /// anyway, and for `raw` and binary `cloudevents` delivering the body matters more.
 const METADATA_HEADER_BUDGET: usize = 4096;
@@ -245,9 +248,10 @@ pub struct EncodedRequest {
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
-    /// Tag and key headers (`rocketmq-tags`, `rocketmq-keys`, `ce-subject`, `ce-rocketmqkeys`)
-    /// left out because they did not fit in the header budget, for the sender to log: in `raw`
-    /// and binary `cloudevents` the receiver gets the message without them. Properties cut by
+    /// MsgId, tag and key headers (`rocketmq-msg-id`, `rocketmq-tags`, `rocketmq-keys`,
+    /// `ce-subject`, `ce-rocketmqkeys`) left out because they did not fit in the header budget,
+    /// for the sender to log: in `raw` and binary `cloudevents` the receiver gets the message
+    /// without them (a binary event's `ce-id` is then the offset msgId). Properties cut by
     /// the budget are not listed (they never were headers the receiver could count on).
     pub left_out: Vec<HeaderName>,
     /// (index in the request, event `id`) of each message whose body already was a structured
@@ -323,8 +327,8 @@ impl Encoder {
                 if let Some(id) = structured_cloudevent_id(msg.body) {
                     set(&mut headers, CONTENT_TYPE, CE_STRUCTURED);
                     event_ids.push((0, id));
-                } else {
-                    self.binary_headers(&mut headers, msg, &mut budget);
+                } else if let Some(id) = self.binary_headers(&mut headers, msg, &mut budget) {
+                    event_ids.push((0, id));
                 }
                 msg.body.clone()
             }
@@ -375,15 +379,16 @@ impl Encoder {
             .unwrap_or_else(|| format!("rocketmq://{}/{}", msg.broker_name, msg.topic))
     }
 
-    /// CloudEvents HTTP binary mode: attributes as `ce-*` headers, data as the body. The tag
-    /// (`subject`) and keys are charged to `budget`; the other attributes are bounded (ids,
-    /// numbers, topic and broker names) or configured.
+    /// CloudEvents HTTP binary mode: attributes as `ce-*` headers, data as the body. The id,
+    /// the tag (`subject`) and keys are charged to `budget`; the other attributes are bounded
+    /// (numbers, offset msgIds, topic and broker names) or configured. Returns the event's id
+    /// when it is not the msgId.
     fn binary_headers(
         &self,
         headers: &mut HeaderMap,
         msg: &MessageView<'_>,
         budget: &mut HeaderBudget,
-    ) {
+    ) -> Option<String> {
         set(
             headers,
             CONTENT_TYPE,
@@ -395,7 +400,17 @@ impl Encoder {
         // Every attribute value is encoded (the spec's rule is for string values; numbers and
         // RFC 3339 times hold nothing it encodes), and the budget charges the encoded length.
         set(headers, ce("specversion"), "1.0");
-        set(headers, ce("id"), &ce_value(&msg.msg_id));
+        // `id` is required, and the msgId is the producer's `UNIQ_KEY`, of any length. One that
+        // does not fit gives way to the offset msgId: bounded, and as unique. The receiver
+        // may name the message by it in a `statuses` answer.
+        let mut other_id = None;
+        if budget
+            .append(headers, ce("id"), &ce_value(&msg.msg_id))
+            .is_err()
+        {
+            set(headers, ce("id"), &msg.offset_msg_id);
+            other_id = Some(msg.offset_msg_id.clone());
+        }
         set(headers, ce("source"), &ce_value(&self.source(msg)));
         set(headers, ce("type"), &ce_value(&self.ce_type));
         set(headers, ce("time"), &rfc3339(msg.store_timestamp));
@@ -410,6 +425,7 @@ impl Encoder {
                 set(headers, ce(name), &ce_value(&value));
             }
         }
+        other_id
     }
 
     /// Appends one structured-mode event (JSON object) to `out`; the event's `id` when the
@@ -561,7 +577,6 @@ fn common_headers(headers: &mut HeaderMap, ctx: Context<'_>, messages: &[Message
     set(headers, H_CONSUMER_GROUP, ctx.group);
     headers.insert(H_MESSAGE_COUNT, HeaderValue::from(messages.len()));
     let [msg] = messages else { return };
-    set(headers, H_MSG_ID, &msg.msg_id);
     set(headers, H_OFFSET_MSG_ID, &msg.offset_msg_id);
     headers.insert(H_QUEUE_ID, HeaderValue::from(msg.queue_id));
     set(headers, H_BROKER_NAME, msg.broker_name);
@@ -573,9 +588,10 @@ fn common_headers(headers: &mut HeaderMap, ctx: Context<'_>, messages: &[Message
     headers.insert(H_STORE_HOST, socket_value(msg.store_host));
 }
 
-/// The metadata headers of a one-message request whose size the producer controls: tag, keys,
-/// then properties, as long as they fit in `budget`.
+/// The metadata headers of a one-message request whose size the producer controls: msgId
+/// (`UNIQ_KEY`), tag, keys, then properties, as long as they fit in `budget`.
 fn metadata_headers(headers: &mut HeaderMap, msg: &MessageView<'_>, budget: &mut HeaderBudget) {
+    budget.add(headers, H_MSG_ID, &msg.msg_id);
     if let Some(tags) = msg.tags {
         budget.add(headers, H_TAGS, tags);
     }
@@ -1105,6 +1121,16 @@ mod tests {
             .sum()
     }
 
+    /// `view` encoded in `format`, its headers checked to stay under the 8 KiB servers accept.
+    fn encode_fitting(format: Format, view: &MessageView<'_>) -> EncodedRequest {
+        let r = encoder(format)
+            .encode(CTX, std::slice::from_ref(view))
+            .unwrap();
+        let bytes = header_bytes(&r);
+        assert!(bytes < 8192, "{format}: {bytes} bytes");
+        r
+    }
+
     /// A KEYS property of tens of KB must not push the request past what servers accept (8 KiB
     /// of headers is a common limit; the answer, 431, would retry the message into the DLQ).
     #[test]
@@ -1128,14 +1154,7 @@ mod tests {
         let tags = "t".repeat(5_000);
         view.tags = Some(&tags);
         for format in [Format::Raw, Format::CloudEvents] {
-            let r = encoder(format)
-                .encode(CTX, std::slice::from_ref(&view))
-                .unwrap();
-            assert!(
-                header_bytes(&r) < 8192,
-                "{format}: {} bytes",
-                header_bytes(&r)
-            );
+            let r = encode_fitting(format, &view);
             for name in [
                 "rocketmq-tags",
                 "rocketmq-keys",
@@ -1160,6 +1179,45 @@ mod tests {
         assert_eq!(header(&r, "ce-subject"), Some("TagA"));
         assert_eq!(header(&r, "rocketmq-tags"), Some("TagA"));
         assert!(header_bytes(&r) < 8192, "{} bytes", header_bytes(&r));
+    }
+
+    /// A producer that sets its own `UNIQ_KEY` can make the msgId any length. It goes in the
+    /// body; in headers only while it fits. A binary event then needs another `id`.
+    #[test]
+    fn a_huge_msg_id_is_bounded_in_headers() {
+        let id = "u".repeat(10_000);
+        let f = Fixture::new(b"x", &[("UNIQ_KEY", &id)]);
+        let view = f.view(&id);
+        for format in [Format::Json, Format::Raw, Format::CloudEvents] {
+            let r = encode_fitting(format, &view);
+            assert_eq!(header(&r, "rocketmq-msg-id"), None, "{format}");
+            assert!(
+                r.left_out.iter().any(|h| h == "rocketmq-msg-id"),
+                "{format}: {:?}",
+                r.left_out
+            );
+            // What fits still goes.
+            assert_eq!(header(&r, "rocketmq-tags"), Some("TagA"), "{format}");
+            assert_eq!(&r.body[..] == b"x", format != Format::Json, "{format}");
+        }
+        let r = encoder(Format::Json)
+            .encode(CTX, std::slice::from_ref(&view))
+            .unwrap();
+        assert_eq!(json_body(&r)["messages"][0]["msgId"], id.as_str());
+
+        // The required `ce-id` falls back to the offset msgId, and an answer may name it.
+        let r = encode_fitting(Format::CloudEvents, &view);
+        let offset_id = "0A00000100002A9F0000000000000010";
+        assert_eq!(header(&r, "ce-id"), Some(offset_id));
+        assert_eq!(r.event_ids, [(0, offset_id.to_owned())]);
+
+        // An id that fits goes as `ce-id`, and no other id is recorded.
+        let r = encoder(Format::CloudEvents)
+            .encode(CTX, &[f.view("ID1")])
+            .unwrap();
+        assert_eq!(header(&r, "ce-id"), Some("ID1"));
+        assert_eq!(header(&r, "rocketmq-msg-id"), Some("ID1"));
+        assert!(r.event_ids.is_empty());
     }
 
     #[test]

@@ -96,9 +96,12 @@ impl SigningSecret {
     pub fn sign(&self, headers: &mut HeaderMap, id: &str, timestamp: u64, body: &[u8]) {
         // `id` comes from message ids (hex, but any text a producer put in UNIQ_KEY) or our own
         // batch ids. One that is not plain visible ASCII is replaced by its hash: a control
-        // character cannot go into a header, and receivers trim surrounding spaces. The
-        // signature covers the id as sent, or no verifier could check it.
-        let id_value = if !id.is_empty() && id.bytes().all(|b| b.is_ascii_graphic()) {
+        // character cannot go into a header, and receivers trim surrounding spaces. So is one
+        // longer than `MAX_PLAIN_ID`: it would push the request past the header size servers
+        // accept. The signature covers the id as sent, or no verifier could check it.
+        let plain =
+            (1..=MAX_PLAIN_ID).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic());
+        let id_value = if plain {
             HeaderValue::from_str(id).unwrap_or_else(|_| hashed_header(id))
         } else {
             hashed_header(id)
@@ -149,6 +152,9 @@ impl fmt::Debug for BearerToken {
         f.write_str("BearerToken(<redacted>)")
     }
 }
+
+/// The longest `webhook-id` sent as it is; 32 characters is the usual msgId.
+const MAX_PLAIN_ID: usize = 256;
 
 /// The `webhook-id` of a request.
 ///
@@ -211,9 +217,10 @@ mod tests {
     }
 
     #[test]
-    fn an_id_that_cannot_be_a_header_is_hashed_and_signed_as_sent() {
+    fn an_id_that_cannot_be_a_header_or_is_too_long_is_hashed_and_signed_as_sent() {
         let secret = SigningSecret::parse("raw-secret").unwrap();
-        for id in ["bad\nid", " padded ", "tab\tid", "", "caf\u{e9}"] {
+        let huge = "u".repeat(MAX_PLAIN_ID + 1);
+        for id in ["bad\nid", " padded ", "tab\tid", "", "caf\u{e9}", &huge] {
             let mut headers = HeaderMap::new();
             secret.sign(&mut headers, id, 1_700_000_000, b"hello");
             let sent = headers[WEBHOOK_ID].to_str().unwrap();
@@ -226,6 +233,11 @@ mod tests {
                 "{id:?}"
             );
         }
+        // The longest id still sent as it is.
+        let longest = "u".repeat(MAX_PLAIN_ID);
+        let mut headers = HeaderMap::new();
+        secret.sign(&mut headers, &longest, 1_700_000_000, b"hello");
+        assert_eq!(headers[WEBHOOK_ID], longest.as_str());
     }
 
     #[test]
