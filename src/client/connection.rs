@@ -432,18 +432,29 @@ impl Connection {
             .map_err(|e| ClientError::from_response(self.addr(), e))
     }
 
-    /// Sends a typed oneway request: nothing is awaited beyond handing it to the connection.
-    /// `Ok` means handed over, not written: a connection that closes first (idle included)
-    /// drops it, as Java's `invokeOneway` may.
+    /// Sends a typed oneway request: nothing is awaited beyond handing it to the connection,
+    /// for at most `timeout` (the queue is full while the peer does not read). `Ok` means
+    /// handed over, not written: a connection that closes first (idle included) drops it, as
+    /// Java's `invokeOneway` may.
     ///
     /// # Errors
-    /// [`ClientError::ConnectionClosed`] if the connection is closed, [`ClientError::Encode`]
-    /// if the request cannot be encoded.
-    pub async fn oneway<R: Rpc>(&self, rpc: &R) -> Result<(), ClientError> {
+    /// [`ClientError::ConnectionClosed`] if the connection is closed, [`ClientError::Timeout`]
+    /// if the queue had no room in time, [`ClientError::Encode`] if the request cannot be
+    /// encoded.
+    pub async fn oneway<R: Rpc>(&self, rpc: &R, timeout: Duration) -> Result<(), ClientError> {
         let mut command = rpc.command();
         command.set_oneway(true);
+        let code = RequestCode::from(command.code);
         let (_, frame) = self.prepare(command)?;
-        self.send(frame).await
+        tokio::time::timeout(timeout, self.send(frame))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::Timeout {
+                    addr: self.handle.shared.addr.clone(),
+                    code,
+                    after: timeout,
+                })
+            })
     }
 
     /// Sends `command` as a request and waits up to `timeout` for the response, whatever its

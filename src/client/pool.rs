@@ -195,12 +195,18 @@ impl Pool {
         result
     }
 
-    /// Sends a typed oneway request to `addr` (connecting if needed).
+    /// Sends a typed oneway request to `addr` (connecting if needed); `timeout` bounds the
+    /// hand-over to the connection, the connect timeout the connecting.
     ///
     /// # Errors
     /// As [`Pool::connection`] and [`Connection::oneway`].
-    pub async fn oneway<R: Rpc>(&self, addr: &str, rpc: &R) -> Result<(), ClientError> {
-        self.connection(addr).await?.oneway(rpc).await
+    pub async fn oneway<R: Rpc>(
+        &self,
+        addr: &str,
+        rpc: &R,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        self.connection(addr).await?.oneway(rpc, timeout).await
     }
 
     /// Closes `conn` and forgets it, but only if it is still the pool's connection for its

@@ -571,6 +571,36 @@ async fn unsupported_broker_requests_get_code_3() {
     assert!(!conn.is_closed());
 }
 
+/// A oneway request waits for room in the connection's queue, and not for ever: a peer that
+/// never reads fills the socket, then the write queue, then the request queue.
+#[tokio::test]
+async fn a_oneway_request_to_a_peer_that_does_not_read_times_out() {
+    use crate::remoting::rpc::GetRouteInfo;
+
+    let (l, addr) = listener().await;
+    let conn = connect(&addr).await;
+    let (_s, _) = within(l.accept()).await.expect("accept");
+    let rpc = GetRouteInfo {
+        topic: "T".repeat(64 << 10),
+    };
+    let deadline = Duration::from_millis(200);
+    let mut handed_over = 0;
+    let error = loop {
+        match within(conn.oneway(&rpc, deadline)).await {
+            Ok(()) => handed_over += 1,
+            Err(e) => break e,
+        }
+        // Kernel buffers, the 4 MiB write queue and 256 queued requests hold less than this.
+        assert!(handed_over < 5000, "every oneway request was taken");
+    };
+    assert!(
+        matches!(&error, ClientError::Timeout { after, .. } if *after == deadline),
+        "{error:?}"
+    );
+    assert!(handed_over > 0);
+    assert!(!conn.is_closed());
+}
+
 #[tokio::test]
 async fn oneway_requests_carry_the_flag_and_wait_for_nothing() {
     use crate::remoting::rpc::GetRouteInfo;
@@ -581,7 +611,7 @@ async fn oneway_requests_carry_the_flag_and_wait_for_nothing() {
     let rpc = GetRouteInfo {
         topic: "T".to_owned(),
     };
-    within(conn.oneway(&rpc)).await.expect("oneway");
+    within(conn.oneway(&rpc, STEP)).await.expect("oneway");
     let f = within(read_frame(&mut s)).await.expect("oneway frame");
     assert_eq!((f.int("code"), f.int("flag")), (105, 2));
     assert_eq!(f.ext("topic"), Some("T"));
