@@ -30,6 +30,11 @@ impl Backoff {
         delay
     }
 
+    /// The longest delay.
+    pub(crate) fn max(&self) -> Duration {
+        self.max
+    }
+
     /// Forgets past failures.
     pub(crate) fn reset(&mut self) {
         self.next = self.initial;

@@ -13,8 +13,10 @@
 //! - no lock is held across an `.await` except the per-address connect lock (a tokio mutex);
 //! - a connection closes itself once idle ([`ConnectOptions::idle_timeout`]); a request that
 //!   meets it closing was never sent and goes once more, on a new connection;
-//! - an address nobody holds, without a live connection or a backoff running, is forgotten when
-//!   a new address is added, so addresses of brokers that left do not pile up.
+//! - an address nobody holds, without a live connection, whose last failed connect is more than
+//!   the longest backoff delay past its retry time, is forgotten when a new address is added, so
+//!   addresses of brokers that left do not pile up; one that failed more recently keeps its
+//!   schedule.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -73,14 +75,17 @@ impl Slot {
 
     /// Whether the pool may drop this slot (called under the slots lock): no caller holds it
     /// (handles are only cloned under that lock, so none can appear meanwhile), it has no live
-    /// connection, and no backoff is running that a fresh slot would forget.
+    /// connection, and its backoff is over by more than the longest delay. A broker that comes
+    /// back into use sooner resumes its schedule instead of starting again at the shortest
+    /// delay; one unused for longer than the longest delay may start afresh.
     fn forgettable(self: &Arc<Self>, now: Instant) -> bool {
         Arc::strong_count(self) == 1
             && self.live().is_none()
-            && self
-                .connect
-                .try_lock()
-                .is_ok_and(|attempts| attempts.retry_at.is_none_or(|at| at <= now))
+            && self.connect.try_lock().is_ok_and(|attempts| {
+                attempts
+                    .retry_at
+                    .is_none_or(|at| at + attempts.backoff.max() <= now)
+            })
     }
 }
 

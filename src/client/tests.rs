@@ -1075,6 +1075,50 @@ async fn the_pool_forgets_addresses_nobody_uses() {
     );
 }
 
+/// A dead address keeps its backoff schedule for the longest delay after its retry time, so a
+/// broker that comes back into use soon after resumes its schedule; after that it is forgotten.
+#[tokio::test]
+async fn the_pool_keeps_a_recent_backoff_through_a_sweep() {
+    let mut tasks = JoinSet::new();
+    let dead = dead_addr().await;
+    // Adds a new address, which sweeps the pool.
+    let mut add_address = async |pool: &Pool| {
+        let (l, next) = listener().await;
+        serve(&mut tasks, l, echo_tag);
+        within(pool.connection(&next)).await.expect("connect");
+    };
+    // A pool with the backoff `initial` doubling to `max`, which failed to connect to `dead`.
+    let failed_once = async |initial: u64, max: u64| {
+        let backoff =
+            backoff::Backoff::new(Duration::from_millis(initial), Duration::from_millis(max));
+        let pool = Pool::with_backoff(ConnectOptions::default(), Arc::new(NotSupported), backoff);
+        let r = within(pool.connection(&dead)).await;
+        assert!(matches!(r, Err(ClientError::Connect { .. })), "{r:?}");
+        pool
+    };
+
+    // 50 ms doubling to 5 s: the sweep comes after the first delay, well within the longest.
+    let pool = failed_once(50, 5_000).await;
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    add_address(&pool).await;
+    assert!(pool.known_addrs().contains(&dead), "forgotten within 5 s");
+    let r = within(pool.connection(&dead)).await;
+    assert!(matches!(r, Err(ClientError::Connect { .. })), "{r:?}");
+    // The second delay (100 ms), not the first again.
+    match within(pool.connection(&dead)).await {
+        Err(ClientError::Backoff { retry_in, .. }) => {
+            assert!(retry_in > Duration::from_millis(60), "{retry_in:?}");
+        }
+        other => panic!("expected a backoff, got {other:?}"),
+    }
+
+    // 10 ms, at most 20 ms: 50 ms after the failure the address is forgotten.
+    let pool = failed_once(10, 20).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    add_address(&pool).await;
+    assert!(!pool.known_addrs().contains(&dead), "kept past its backoff");
+}
+
 // === Name server ===
 
 const ROUTE_JSON: &str = r#"{"brokerDatas":[{"brokerAddrs":{"0":"127.0.0.1:10911"},"brokerName":"broker-a","cluster":"DefaultCluster","enableActingMaster":false,"zoneName":null}],"filterServerTable":{},"queueDatas":[{"brokerName":"broker-a","perm":6,"readQueueNums":4,"topicSysFlag":0,"writeQueueNums":4}],"topicQueueMappingInfo":null,"orderTopicConf":null}"#;
