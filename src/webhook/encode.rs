@@ -52,9 +52,9 @@ pub const DEFAULT_CLOUDEVENTS_TYPE: &str = "org.apache.rocketmq.message";
 
 /// Headers whose size the producer controls (msgId, tag, keys, properties, and in binary
 /// CloudEvents `ce-id`, `ce-subject` and `ce-rocketmqkeys`) stop being added beyond this many
-/// bytes, counted as
-/// `name: value\r\n`. Servers commonly refuse requests with more than 8 KiB of headers (431),
-/// and that answer is RETRY: a deliverable message would spend its attempts and reach the DLQ.
+/// bytes, counted as `name: value\r\n`. Servers commonly refuse requests with more than 8 KiB
+/// of headers (431), and that answer is RETRY: a deliverable message would spend its attempts
+/// and reach the DLQ.
 /// One budget for all of them rather than a cap per header, because servers limit the total:
 /// four capped headers plus properties could still pass it. 4 KiB leaves the other half of
 /// 8 KiB to the bounded headers (offset msgId, offsets, hosts: about 600 bytes), `ce-source`/
