@@ -121,6 +121,7 @@ pub enum ClientError {
     },
     /// No response to a request within its timeout. The connection itself stays usable;
     /// [`super::Pool::call`] closes it when the peer sent nothing since the request went out.
+    /// From a oneway request: no room in the connection's queue in time, so nothing was sent.
     #[error("{addr} did not answer {code} within {after:?}")]
     Timeout {
         /// Peer address.

@@ -1097,17 +1097,17 @@ async fn the_pool_keeps_a_recent_backoff_through_a_sweep() {
         pool
     };
 
-    // 50 ms doubling to 5 s: the sweep comes after the first delay, well within the longest.
-    let pool = failed_once(50, 5_000).await;
-    tokio::time::sleep(Duration::from_millis(80)).await;
+    // 200 ms doubling to 5 s: the sweep comes after the first delay, well within the longest.
+    let pool = failed_once(200, 5_000).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
     add_address(&pool).await;
     assert!(pool.known_addrs().contains(&dead), "forgotten within 5 s");
     let r = within(pool.connection(&dead)).await;
     assert!(matches!(r, Err(ClientError::Connect { .. })), "{r:?}");
-    // The second delay (100 ms), not the first again.
+    // The second delay (400 ms), not the first again.
     match within(pool.connection(&dead)).await {
         Err(ClientError::Backoff { retry_in, .. }) => {
-            assert!(retry_in > Duration::from_millis(60), "{retry_in:?}");
+            assert!(retry_in > Duration::from_millis(250), "{retry_in:?}");
         }
         other => panic!("expected a backoff, got {other:?}"),
     }

@@ -210,9 +210,10 @@ impl Answer {
 pub struct MessageIds<'a> {
     /// Each message's msgId, in request order: one per message.
     pub msg_ids: &'a [&'a str],
-    /// (index in the request, event `id`) of the messages whose body was a structured
-    /// CloudEvent forwarded as written: the receiver never saw their msgId in the event, only
-    /// this (`EncodedRequest::event_ids`). A msgId match comes first.
+    /// (index in the request, id) of the other ids the receiver knows messages by
+    /// (`EncodedRequest::event_ids`): a forwarded CloudEvent's own `id`, for instance, when the
+    /// receiver never saw the msgId. A msgId match comes first; an index may be listed more
+    /// than once.
     pub event_ids: &'a [(usize, String)],
 }
 
@@ -735,11 +736,15 @@ mod tests {
     /// an answer naming that id settles the message.
     #[test]
     fn per_message_statuses_may_name_a_forwarded_event_by_its_id() {
-        let msg_ids = ["A", "B", "C", "D"];
+        let msg_ids = ["A", "B", "C", "D", "E"];
+        // D goes by two other ids (a msgId too long for the headers: the `ce-id` digest and the
+        // offset msgId); the answer names the second.
         let event_ids = [
             (1, "evt-b".to_owned()),
             (2, "evt-c".to_owned()),
-            (3, "evt-d".to_owned()),
+            (3, "digest-d".to_owned()),
+            (3, "offset-d".to_owned()),
+            (4, "evt-e".to_owned()),
         ];
         let ids = MessageIds {
             msg_ids: &msg_ids,
@@ -749,7 +754,8 @@ mod tests {
             {"id":"A","status":"SUCCESS"},
             {"id":"evt-b","status":"DROP"},
             {"id":"C","status":"SUCCESS"},
-            {"id":"evt-c","status":"RETRY"}
+            {"id":"evt-c","status":"RETRY"},
+            {"id":"offset-d","status":"SUCCESS"}
         ]}"#;
         let answer = classify_response(
             &StatusClasses::default(),
@@ -767,6 +773,7 @@ mod tests {
                 Outcome::Drop,
                 // The msgId comes first.
                 Outcome::Success,
+                Outcome::Success,
                 // Named by neither.
                 RETRY,
             ]
@@ -774,7 +781,7 @@ mod tests {
         // Without the event ids, only the msgIds match.
         assert_eq!(
             outcomes(200, std::str::from_utf8(body).unwrap(), &msg_ids),
-            vec![Outcome::Success, RETRY, Outcome::Success, RETRY]
+            vec![Outcome::Success, RETRY, Outcome::Success, RETRY, RETRY]
         );
     }
 

@@ -32,7 +32,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::de::IgnoredAny;
 use serde::Serialize;
 
-use super::json;
+use super::{json, sign};
 use crate::remoting::message::{properties, Properties};
 use crate::remoting::MessageExt;
 
@@ -251,12 +251,15 @@ pub struct EncodedRequest {
     /// MsgId, tag and key headers (`rocketmq-msg-id`, `rocketmq-tags`, `rocketmq-keys`,
     /// `ce-subject`, `ce-rocketmqkeys`) left out because they did not fit in the header budget,
     /// for the sender to log: in `raw` and binary `cloudevents` the receiver gets the message
-    /// without them (a binary event's `ce-id` is then the offset msgId). Properties cut by
-    /// the budget are not listed (they never were headers the receiver could count on).
+    /// without them. Properties cut by the budget are not listed (they never were headers the
+    /// receiver could count on). A `ce-id` that did not fit is not listed either: it is
+    /// replaced, never left out (see [`Self::event_ids`]).
     pub left_out: Vec<HeaderName>,
-    /// (index in the request, event `id`) of each message whose body already was a structured
-    /// CloudEvent and went out as written: the receiver sees that `id`, not the msgId, and may
-    /// name the message by it in a `statuses` answer. Empty when no body was forwarded.
+    /// (index in the request, id) for each other id the receiver knows a message by, besides
+    /// its msgId, and may name it by in a `statuses` answer: the `id` of a body that already
+    /// was a structured CloudEvent and went out as written; the digest sent as `ce-id` for a
+    /// msgId too long for it; the offset msgId when `rocketmq-msg-id` was left out. Empty in
+    /// the common case.
     pub event_ids: Vec<(usize, String)>,
 }
 
@@ -364,6 +367,11 @@ impl Encoder {
         // SDK reads, so they get the budget first and the `rocketmq-*` copies what is left.
         if let [msg] = messages {
             metadata_headers(&mut headers, msg, &mut budget);
+            // Without `rocketmq-msg-id`, a `raw` or binary request names its message only by
+            // `rocketmq-offset-msg-id` (and a binary event by its `ce-id`): an answer may too.
+            if budget.left_out.contains(&H_MSG_ID) {
+                event_ids.push((0, msg.offset_msg_id.clone()));
+            }
         }
         Ok(EncodedRequest {
             headers,
@@ -382,7 +390,7 @@ impl Encoder {
     /// CloudEvents HTTP binary mode: attributes as `ce-*` headers, data as the body. The id,
     /// the tag (`subject`) and keys are charged to `budget`; the other attributes are bounded
     /// (numbers, offset msgIds, topic and broker names) or configured. Returns the event's id
-    /// when it is not the msgId.
+    /// when it is not the msgId (see [`sign::id_digest`]).
     fn binary_headers(
         &self,
         headers: &mut HeaderMap,
@@ -401,15 +409,17 @@ impl Encoder {
         // RFC 3339 times hold nothing it encodes), and the budget charges the encoded length.
         set(headers, ce("specversion"), "1.0");
         // `id` is required, and the msgId is the producer's `UNIQ_KEY`, of any length. One that
-        // does not fit gives way to the offset msgId: bounded, and as unique. The receiver
-        // may name the message by it in a `statuses` answer.
+        // does not fit gives way to its digest, the one a signed request's `webhook-id` carries:
+        // bounded, and the same on every redelivery, so a receiver that drops repeated ids
+        // still does. The receiver may name the message by it in a `statuses` answer.
         let mut other_id = None;
         if budget
             .append(headers, ce("id"), &ce_value(&msg.msg_id))
             .is_err()
         {
-            set(headers, ce("id"), &msg.offset_msg_id);
-            other_id = Some(msg.offset_msg_id.clone());
+            let digest = sign::id_digest(&msg.msg_id);
+            set(headers, ce("id"), &digest);
+            other_id = Some(digest);
         }
         set(headers, ce("source"), &ce_value(&self.source(msg)));
         set(headers, ce("type"), &ce_value(&self.ce_type));
@@ -961,6 +971,9 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
+    /// The fixtures' offset msgId.
+    const OFFSET_ID: &str = "0A00000100002A9F0000000000000010";
+
     struct Fixture {
         props: Properties,
         body: Bytes,
@@ -980,7 +993,7 @@ mod tests {
         fn view(&self, id: &str) -> MessageView<'_> {
             MessageView {
                 msg_id: id.to_owned().into(),
-                offset_msg_id: "0A00000100002A9F0000000000000010".to_owned(),
+                offset_msg_id: OFFSET_ID.to_owned(),
                 topic: "orders",
                 queue_id: 3,
                 broker_name: "broker-a",
@@ -1199,17 +1212,30 @@ mod tests {
             // What fits still goes.
             assert_eq!(header(&r, "rocketmq-tags"), Some("TagA"), "{format}");
             assert_eq!(&r.body[..] == b"x", format != Format::Json, "{format}");
+            // The receiver still has the offset msgId, and an answer may name the message by it.
+            assert_eq!(header(&r, "rocketmq-offset-msg-id"), Some(OFFSET_ID));
+            assert!(r.event_ids.contains(&(0, OFFSET_ID.to_owned())), "{format}");
         }
         let r = encoder(Format::Json)
             .encode(CTX, std::slice::from_ref(&view))
             .unwrap();
         assert_eq!(json_body(&r)["messages"][0]["msgId"], id.as_str());
 
-        // The required `ce-id` falls back to the offset msgId, and an answer may name it.
+        // The required `ce-id` falls back to the msgId's digest, the same on every redelivery
+        // (the offset msgId of a retried message is new), and an answer may name it.
         let r = encode_fitting(Format::CloudEvents, &view);
-        let offset_id = "0A00000100002A9F0000000000000010";
-        assert_eq!(header(&r, "ce-id"), Some(offset_id));
-        assert_eq!(r.event_ids, [(0, offset_id.to_owned())]);
+        let digest = sign::id_digest(&id);
+        assert_eq!(digest.len(), 32);
+        assert_eq!(header(&r, "ce-id"), Some(digest.as_str()));
+        assert_eq!(
+            r.event_ids,
+            [(0, digest.clone()), (0, OFFSET_ID.to_owned())]
+        );
+        let redelivered = Fixture::new(b"x", &[("UNIQ_KEY", &id)]);
+        let mut view = redelivered.view(&id);
+        view.offset_msg_id = "0A00000100002A9F0000000000FF0010".to_owned();
+        let again = encode_fitting(Format::CloudEvents, &view);
+        assert_eq!(header(&again, "ce-id"), Some(digest.as_str()));
 
         // An id that fits goes as `ce-id`, and no other id is recorded.
         let r = encoder(Format::CloudEvents)

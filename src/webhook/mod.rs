@@ -570,11 +570,13 @@ impl Inner {
         self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Logs tag or key headers the encoder left out for their size: at warn the first time for
-    /// this webhook, at debug afterwards. The message is still delivered (its body carries the
-    /// values in `json`; in `raw` and binary `cloudevents` the receiver goes without them).
+    /// Logs msgId, tag or key headers the encoder left out for their size: at warn the first
+    /// time for this webhook, at debug afterwards. The message is still delivered (its body
+    /// carries the values in `json`; in `raw` and binary `cloudevents` the receiver goes
+    /// without them). A msgId too long for a header is too long for a log line: it is cut.
     fn log_left_out(&self, ctx: Context<'_>, view: &MessageView<'_>, left_out: &[HeaderName]) {
-        let (group, topic, msg_id) = (ctx.group, ctx.topic, &*view.msg_id);
+        let (group, topic) = (ctx.group, ctx.topic);
+        let msg_id = LogId(&view.msg_id);
         let headers = HeaderNames(left_out);
         if first_time(&self.warned_left_out) {
             tracing::warn!(
@@ -913,6 +915,23 @@ impl fmt::Display for HeaderNames<'_> {
             f.write_str(name.as_str())?;
         }
         Ok(())
+    }
+}
+
+/// A msgId for a log line: the first `LogId::SHOWN` characters of a longer one, then how
+/// long it is.
+struct LogId<'a>(&'a str);
+
+impl LogId<'_> {
+    const SHOWN: usize = 64;
+}
+
+impl fmt::Display for LogId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(Self::SHOWN) {
+            None => f.write_str(self.0),
+            Some((cut, _)) => write!(f, "{}... ({} bytes)", &self.0[..cut], self.0.len()),
+        }
     }
 }
 

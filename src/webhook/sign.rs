@@ -178,11 +178,16 @@ pub fn delivery_id<'a>(msg_ids: impl IntoIterator<Item = &'a str>) -> String {
     format!("batch_{}", hex::encode(&digest[..16]))
 }
 
-/// A header value derived from a string that is not one: its truncated SHA-256 in hex.
+/// A short stand-in for an id that cannot go into a header as it is: its truncated SHA-256 in
+/// hex (32 characters). The same id always gives the same digest, so a redelivery carries the
+/// same stand-in.
+pub(crate) fn id_digest(id: &str) -> String {
+    hex::encode(&Sha256::digest(id.as_bytes())[..16])
+}
+
+/// A header value derived from a string that is not one: [`id_digest`].
 fn hashed_header(s: &str) -> HeaderValue {
-    let digest = Sha256::digest(s.as_bytes());
-    HeaderValue::from_str(&hex::encode(&digest[..16]))
-        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    HeaderValue::from_str(&id_digest(s)).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 #[cfg(test)]
