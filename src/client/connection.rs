@@ -446,15 +446,7 @@ impl Connection {
         command.set_oneway(true);
         let code = RequestCode::from(command.code);
         let (_, frame) = self.prepare(command)?;
-        tokio::time::timeout(timeout, self.send(frame))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ClientError::Timeout {
-                    addr: self.handle.shared.addr.clone(),
-                    code,
-                    after: timeout,
-                })
-            })
+        self.within(code, timeout, self.send(frame)).await
     }
 
     /// Sends `command` as a request and waits up to `timeout` for the response, whatever its
@@ -486,11 +478,21 @@ impl Connection {
                 Err(_) => Err(self.closed(shared.close_reason().unwrap_or(CloseReason::Local))),
             }
         };
-        tokio::time::timeout(timeout, exchange)
+        self.within(code, timeout, exchange).await
+    }
+
+    /// Runs `work` for request `code` for at most `timeout`; [`ClientError::Timeout`] after.
+    async fn within<T>(
+        &self,
+        code: RequestCode,
+        timeout: Duration,
+        work: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        tokio::time::timeout(timeout, work)
             .await
             .unwrap_or_else(|_| {
                 Err(ClientError::Timeout {
-                    addr: shared.addr.clone(),
+                    addr: self.handle.shared.addr.clone(),
                     code,
                     after: timeout,
                 })
