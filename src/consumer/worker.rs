@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 use crate::client::ClientError;
 use crate::remoting::body::heartbeat::ExpressionType;
 use crate::remoting::filter;
+use crate::remoting::message::LogId;
 use crate::remoting::rpc::{PullMessage, PullResult, PullStatus, PullSysFlag};
 use crate::remoting::{MessageExt, MessageQueue, ResponseCode};
 
@@ -1162,7 +1163,7 @@ async fn settle_undeliverable<H: Handler>(
 ) {
     for msg in undeliverable {
         let why = msg.undeliverable().unwrap_or("it cannot be decoded");
-        warn!(group = %shared.group(), queue = %mq, offset = msg.queue_offset, msg_id = %msg.msg_id(), sys_flag = format_args!("{:#x}", msg.sys_flag), stored_body_bytes = msg.body.len(), "Message cannot be delivered: {why}; moving it to the DLQ.");
+        warn!(group = %shared.group(), queue = %mq, offset = msg.queue_offset, msg_id = %LogId(&msg.msg_id()), sys_flag = format_args!("{:#x}", msg.sys_flag), stored_body_bytes = msg.body.len(), "Message cannot be delivered: {why}; moving it to the DLQ.");
         shared.count_error("decode", &"undeliverable message");
         if shared.config.model == Model::Broadcasting {
             give_up(shared, &msg, why, done);
@@ -1174,7 +1175,7 @@ async fn settle_undeliverable<H: Handler>(
 
 /// Broadcasting has no broker DLQ: a message that cannot be delivered is given up, loudly.
 fn give_up<H: Handler>(shared: &Arc<Shared<H>>, msg: &MessageExt, why: &str, done: &mut Done) {
-    warn!(group = %shared.group(), msg_id = %msg.msg_id(), attempts = msg.reconsume_times.saturating_add(1), why, "Broadcasting message dropped.");
+    warn!(group = %shared.group(), msg_id = %LogId(&msg.msg_id()), attempts = msg.reconsume_times.saturating_add(1), why, "Broadcasting message dropped.");
     shared
         .metrics
         .dropped
@@ -1197,7 +1198,7 @@ async fn settle_drop<H: Handler>(
         Ok(()) => done.finished.push(msg.queue_offset),
         Err(e) => {
             shared.count_error("send_back", &e);
-            warn!(msg_id = %msg.msg_id(), error = %e, "DLQ send-back failed; retrying it later.");
+            warn!(msg_id = %LogId(&msg.msg_id()), error = %e, "DLQ send-back failed; retrying it later.");
             if shared.config.mode == ConsumeMode::Orderly {
                 done.suspend_orderly(shared.config.suspend_time);
             } else {
@@ -1243,12 +1244,12 @@ async fn settle_retry<H: Handler>(
     // send-back, so the message is finished here.
     match shared.republish_retry(&msg, delay_level).await {
         Ok(()) => {
-            warn!(msg_id = %msg.msg_id(), error = %refused, "Send-back failed; the message was published to the retry topic instead.");
+            warn!(msg_id = %LogId(&msg.msg_id()), error = %refused, "Send-back failed; the message was published to the retry topic instead.");
             done.finished.push(msg.queue_offset);
         }
         Err(e) => {
             shared.count_error("send_back", &e);
-            warn!(msg_id = %msg.msg_id(), error = %refused, fallback_error = %e, "Send-back and its fallback failed; consuming the message again locally in 5 s.");
+            warn!(msg_id = %LogId(&msg.msg_id()), error = %refused, fallback_error = %e, "Send-back and its fallback failed; consuming the message again locally in 5 s.");
             done.hand_back_failed = true;
             retry_locally(msg, done);
         }
@@ -1275,7 +1276,7 @@ async fn settle_orderly_retry<H: Handler>(
     let cfg = &shared.config;
     let exhausted = msg.reconsume_times >= cfg.max_reconsume_times;
     if exhausted && cfg.orderly_exhausted == OrderlyExhausted::DeadLetter {
-        info!(group = %cfg.group, msg_id = %msg.msg_id(), "Orderly message exhausted its retries; moving it to the DLQ.");
+        info!(group = %cfg.group, msg_id = %LogId(&msg.msg_id()), "Orderly message exhausted its retries; moving it to the DLQ.");
         settle_drop(shared, mq, msg, done).await;
         return;
     }

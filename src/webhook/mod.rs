@@ -54,6 +54,7 @@ use tokio_rustls::rustls::crypto::ring as ring_provider;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use crate::consumer::{Batch, ConsumeMode, Handler, Outcome};
+use crate::remoting::message::LogId;
 
 pub use breaker::{BreakerConfig, CircuitState};
 pub use classify::{StatusClasses, StatusPattern};
@@ -915,23 +916,6 @@ impl fmt::Display for HeaderNames<'_> {
             f.write_str(name.as_str())?;
         }
         Ok(())
-    }
-}
-
-/// A msgId for a log line: the first `LogId::SHOWN` characters of a longer one, then how
-/// long it is.
-struct LogId<'a>(&'a str);
-
-impl LogId<'_> {
-    const SHOWN: usize = 64;
-}
-
-impl fmt::Display for LogId<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.char_indices().nth(Self::SHOWN) {
-            None => f.write_str(self.0),
-            Some((cut, _)) => write!(f, "{}... ({} bytes)", &self.0[..cut], self.0.len()),
-        }
     }
 }
 

@@ -717,17 +717,3 @@ async fn oversized_key_headers_are_logged_at_warn_once() {
         "{logs}"
     );
 }
-
-#[test]
-fn log_lines_cut_long_msg_ids() {
-    assert_eq!(LogId("7F0000017A6B").to_string(), "7F0000017A6B");
-    let exact = "a".repeat(LogId::SHOWN);
-    assert_eq!(LogId(&exact).to_string(), exact);
-    // Cut at a character, not a byte: é is two bytes.
-    let long = "\u{e9}".repeat(10_000);
-    let shown = LogId(&long).to_string();
-    assert_eq!(
-        shown,
-        format!("{}... (20000 bytes)", "\u{e9}".repeat(LogId::SHOWN))
-    );
-}

@@ -6,7 +6,7 @@
 //!   value, ms since the start of the month and a wrapping counter. The generator here is pure:
 //!   callers pass the time in.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use crate::remoting::RemotingError;
@@ -141,10 +141,43 @@ fn civil_day_of_month(days: i64) -> i64 {
     doy - (153 * mp + 2) / 5 + 1
 }
 
+/// A msgId for a log line: the first [`LogId::SHOWN`] characters of a longer one, then how
+/// long it is. A producer may set a `UNIQ_KEY` of any length; a log line should not carry it
+/// whole, and 64 characters still tell two ids apart.
+#[derive(Debug, Clone, Copy)]
+pub struct LogId<'a>(pub &'a str);
+
+impl LogId<'_> {
+    /// Characters shown before the cut.
+    pub const SHOWN: usize = 64;
+}
+
+impl fmt::Display for LogId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(Self::SHOWN) {
+            None => f.write_str(self.0),
+            Some((cut, _)) => write!(f, "{}... ({} bytes)", &self.0[..cut], self.0.len()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn log_lines_cut_long_msg_ids() {
+        assert_eq!(LogId("7F0000017A6B").to_string(), "7F0000017A6B");
+        let exact = "a".repeat(LogId::SHOWN);
+        assert_eq!(LogId(&exact).to_string(), exact);
+        // Cut at a character, not a byte: é is two bytes.
+        let long = "\u{e9}".repeat(10_000);
+        assert_eq!(
+            LogId(&long).to_string(),
+            format!("{}... (20000 bytes)", "\u{e9}".repeat(LogId::SHOWN))
+        );
+    }
 
     #[test]
     fn offset_msg_id_matches_the_broker() {

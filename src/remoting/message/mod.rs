@@ -25,7 +25,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use bytes::{BufMut, Bytes, BytesMut};
 
 pub use compression::Compression;
-pub use id::{offset_msg_id, parse_offset_msg_id, UniqKeyGenerator};
+pub use id::{offset_msg_id, parse_offset_msg_id, LogId, UniqKeyGenerator};
 pub use properties::{ByteString, Properties};
 
 use crate::remoting::RemotingError;
