@@ -24,17 +24,32 @@ use crate::remoting::MessageQueue;
 use crate::webhook::stats::RequestClass;
 use crate::webhook::{
     BearerToken, BreakerConfig, Format, SigningSecret, StatusClasses, StatusPattern, Transport,
-    Webhook, WebhookOptions, WebhookTls,
+    Webhook, WebhookError, WebhookOptions, WebhookTls,
 };
 
-/// A configuration problem found while planning (after the config module's own validation).
+/// A configuration problem found while planning (after the config module's own validation):
+/// a file that does not parse, a value the library refuses. Like a [`config::ConfigError`], it
+/// names the key and where its value came from.
 #[derive(Debug, thiserror::Error)]
-#[error("{key}: {reason}")]
+#[error("`{key}` ({origin}): {reason}")]
 pub struct PlanError {
-    /// The configuration key.
+    /// The configuration key, e.g. `subscriptions[0].webhook.tls.ca_file`.
     pub key: String,
+    /// Where the key's value came from.
+    pub origin: config::Origin,
     /// What is wrong.
     pub reason: String,
+}
+
+impl PlanError {
+    /// The error at `dotted`, a key path such as `subscriptions.0.webhook.tls.ca_file`.
+    fn at(cfg: &config::Config, dotted: &str, reason: impl Into<String>) -> Self {
+        Self {
+            key: config::display_key(dotted),
+            origin: cfg.origin(dotted),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// One subscription, ready to start.
@@ -95,9 +110,8 @@ impl Plan {
             // Client::new builds the connector only once the consumers start; a file that does
             // not parse must instead be a configuration error naming its key, found by
             // check-config too.
-            tls.check().map_err(|(setting, e)| PlanError {
-                key: broker_tls_key(setting).to_owned(),
-                reason: e.to_string(),
+            tls.check().map_err(|(setting, e)| {
+                PlanError::at(cfg, broker_tls_key(setting), e.to_string())
             })?;
         }
         let connect = ConnectOptions {
@@ -119,15 +133,29 @@ impl Plan {
         );
         let mut subscriptions = Vec::new();
         for (i, sub) in cfg.subscriptions.iter().enumerate() {
-            let key = |k: &str| format!("subscriptions[{i}].{k}");
+            let key = |k: &str| format!("subscriptions.{i}.{k}");
             // `enable_auto_recovery: false` is reported by `Config::load` as a warning: this
             // runs before logging is set up, where a log line would vanish.
             let consumer = consumer_config(cfg, sub, i)?;
-            let mut options = webhook_options(sub, &key)?;
+            let mut options = webhook_options(cfg, sub, &key)?;
             options.transport = Some(transport.clone());
-            let webhook = Webhook::new(options).map_err(|e| PlanError {
-                key: key("webhook"),
-                reason: e.to_string(),
+            let webhook = Webhook::new(options).map_err(|e| match e {
+                // The library names its own fields; the operator needs the configuration's.
+                WebhookError::Tls { what, path, reason } => {
+                    let setting = match what {
+                        "client_cert" => "cert_file",
+                        "client_key" => "key_file",
+                        "ca_file" => "ca_file",
+                        _ => "",
+                    };
+                    let dotted = if setting.is_empty() {
+                        key("webhook.tls")
+                    } else {
+                        key(&format!("webhook.tls.{setting}"))
+                    };
+                    PlanError::at(cfg, &dotted, format!("{path}: {reason}"))
+                }
+                other => PlanError::at(cfg, &key("webhook"), other.to_string()),
             })?;
             let mut sub_client = client.clone();
             if cfg.subscriptions.len() > 1 {
@@ -205,9 +233,12 @@ fn consumer_config(
         config::AllocateStrategy::Config => {
             let mut queues: Vec<MessageQueue> = Vec::new();
             for q in &sub.allocate_queues {
-                let id = i32::try_from(q.queue_id).map_err(|_| PlanError {
-                    key: format!("subscriptions[{index}].allocate_queues"),
-                    reason: format!("queue id {} is out of range", q.queue_id),
+                let id = i32::try_from(q.queue_id).map_err(|_| {
+                    PlanError::at(
+                        cfg,
+                        &format!("subscriptions.{index}.allocate_queues"),
+                        format!("queue id {} is out of range", q.queue_id),
+                    )
                 })?;
                 // The retry topic is shared out among the members (see AllocateStrategy::Config).
                 queues.push(MessageQueue::new(
@@ -265,6 +296,7 @@ fn drain_timeout(grace: Duration, rpc_timeout: Duration) -> Duration {
 }
 
 fn webhook_options(
+    cfg: &config::Config,
     sub: &config::Subscription,
     key: &dyn Fn(&str) -> String,
 ) -> Result<WebhookOptions, PlanError> {
@@ -289,17 +321,15 @@ fn webhook_options(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if let Some(token) = &w.bearer_token {
-        o.bearer_token = Some(BearerToken::new(token.expose()).map_err(|e| PlanError {
-            key: key("webhook.bearer_token"),
-            reason: e.to_string(),
-        })?);
+        o.bearer_token = Some(
+            BearerToken::new(token.expose())
+                .map_err(|e| PlanError::at(cfg, &key("webhook.bearer_token"), e.to_string()))?,
+        );
     }
     if let Some(secret) = &w.signing_secret {
         o.signing_secret = Some(
-            SigningSecret::parse(secret.expose()).map_err(|e| PlanError {
-                key: key("webhook.signing_secret"),
-                reason: e.to_string(),
-            })?,
+            SigningSecret::parse(secret.expose())
+                .map_err(|e| PlanError::at(cfg, &key("webhook.signing_secret"), e.to_string()))?,
         );
     }
     let pattern = |c: &config::StatusClass| -> StatusPattern {
@@ -729,7 +759,8 @@ mod tests {
             },
             ..config::Subscription::default()
         };
-        let configured = webhook_options(&sub, &|k: &str| k.to_owned()).unwrap();
+        let configured =
+            webhook_options(&config::Config::default(), &sub, &|k: &str| k.to_owned()).unwrap();
         let library = WebhookOptions::new("http://127.0.0.1:8080/hook");
         assert_eq!(configured.method, library.method);
         assert_eq!(configured.format, library.format);

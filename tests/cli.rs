@@ -325,7 +325,7 @@ async fn config_before_the_subcommand_is_read_or_refused() {
 }
 
 #[tokio::test]
-async fn a_broker_tls_file_that_does_not_parse_is_a_configuration_error() {
+async fn a_tls_file_that_does_not_parse_is_a_configuration_error() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("no temporary directory: {e}"));
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n")
@@ -365,8 +365,24 @@ async fn a_broker_tls_file_that_does_not_parse_is_a_configuration_error() {
         let file = config(&tls);
         for subcommand in ["check-config", "run"] {
             let out = run_clean(&[subcommand, "--config", &file]).await;
-            assert_one_line_failure(&out, 2, &[key, &garbage]);
+            assert_one_line_failure(&out, 2, &[key, &garbage, "line"]);
         }
+    }
+    // A webhook's TLS file: named by the configuration's key, not the library's field.
+    let path = dir.path().join("webhook.yaml");
+    let text = format!(
+        "namesrv_addr: \"{namesrv_addr}\"\nsubscriptions:\n  - group: G\n    topic: T\n    webhook:\n      url: \"https://127.0.0.1:9/hook\"\n      tls:\n        cert_file: \"{}\"\n        key_file: \"{garbage}\"\n",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/src/client/testdata/leaf.pem")
+    );
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write the config: {e}"));
+    let file = path.display().to_string();
+    for subcommand in ["check-config", "run"] {
+        let out = run_clean(&[subcommand, "--config", &file]).await;
+        assert_one_line_failure(
+            &out,
+            2,
+            &["subscriptions[0].webhook.tls.key_file", &garbage, "line 9"],
+        );
     }
     assert!(
         namesrv.accept().is_err(),

@@ -1287,6 +1287,39 @@ fn webhook_and_client_cross_checks() {
     );
     assert_error(&e, "client.tls.ca_file", &["does not exist", "line 1"]);
 
+    for (client, key) in [
+        ("{access_key: AK, secret_key: \"\"}", "client.secret_key"),
+        ("{access_key: \"\", secret_key: SK}", "client.access_key"),
+    ] {
+        let e = fail(Some(&format!("client: {client}\n{}", one_sub(""))), &[]);
+        assert_error(&e, key, &["must not be empty", "line 1"]);
+    }
+
+    // A webhook's TLS files are checked like the broker's, under the configuration's names.
+    let e = fail(
+        Some(&one_sub("      tls: {key_file: /nonexistent/key.pem}\n")),
+        &[],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.tls.cert_file",
+        &["set together"],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.tls.key_file",
+        &["/nonexistent/key.pem", "does not exist"],
+    );
+    let e = fail(
+        Some(&one_sub("      tls: {ca_file: /nonexistent/ca.pem}\n")),
+        &[],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].webhook.tls.ca_file",
+        &["/nonexistent/ca.pem", "does not exist"],
+    );
+
     let e = fail(
         Some(&format!("log: {{level: \"info,=[\"}}\n{}", one_sub(""))),
         &[],

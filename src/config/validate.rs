@@ -280,43 +280,26 @@ impl Config {
                 "(not set)",
                 "secret_key is set; ACL needs both access_key and secret_key",
             ),
-            (Some(ak), Some(sk)) if ak.is_empty() || sk.expose().is_empty() => c.fail(
+            (Some(ak), Some(_)) if ak.is_empty() => c.fail(
                 key_path!["client", "access_key"],
-                "***",
-                "access_key and secret_key must not be empty",
+                "\"\"",
+                "must not be empty (ACL needs both access_key and secret_key)",
+            ),
+            (Some(_), Some(sk)) if sk.expose().is_empty() => c.fail(
+                key_path!["client", "secret_key"],
+                "\"\"",
+                "must not be empty (ACL needs both access_key and secret_key)",
             ),
             _ => {}
         }
         let tls = &client.tls;
-        if tls.cert_file.is_some() != tls.key_file.is_some() {
-            let missing = if tls.cert_file.is_some() {
-                "key_file"
-            } else {
-                "cert_file"
-            };
-            c.fail(
-                key_path!["client", "tls", missing],
-                "(not set)",
-                "cert_file and key_file must be set together (mutual TLS)",
-            );
-        }
-        if tls.enabled {
-            for (key, file) in [
-                ("ca_file", &tls.ca_file),
-                ("cert_file", &tls.cert_file),
-                ("key_file", &tls.key_file),
-            ] {
-                if let Some(file) = file {
-                    if !file.is_file() {
-                        c.fail(
-                            key_path!["client", "tls", key],
-                            file.display(),
-                            "the file does not exist or is not a regular file",
-                        );
-                    }
-                }
-            }
-        }
+        // The files are read only when TLS is on; a pair half set is wrong either way.
+        check_tls_files(
+            c,
+            key_path!["client", "tls"],
+            [&tls.ca_file, &tls.cert_file, &tls.key_file],
+            tls.enabled,
+        );
         if let Some(name) = &tls.server_name {
             if name.trim().is_empty() {
                 c.fail(
@@ -609,6 +592,13 @@ impl WebhookConfig {
                 "must be 0s (ignore Retry-After) or at least 1s",
             );
         }
+        // The webhook reads its TLS files when it is built, whatever the URL's scheme.
+        check_tls_files(
+            c,
+            key_path!["subscriptions", i, "webhook", "tls"],
+            [&self.tls.ca_file, &self.tls.cert_file, &self.tls.key_file],
+            true,
+        );
         self.check_codes(i, c);
         let breaker = &self.circuit_breaker;
         let bkey = |k: &str| key_path!["subscriptions", i, "webhook", "circuit_breaker", k];
@@ -650,6 +640,52 @@ impl WebhookConfig {
                     retry,
                     format!("also listed in retry_codes[{j}]; a code can only mean one thing"),
                 );
+            }
+        }
+    }
+}
+
+/// The files of a TLS block under `base` (`ca_file`, `cert_file`, `key_file`, in that order):
+/// the certificate and key set together (mutual TLS needs both), and, when `read`, each file
+/// that is set a regular file. Whether it parses is checked when planning.
+fn check_tls_files(
+    c: &mut Checker<'_>,
+    base: Vec<String>,
+    files: [&Option<std::path::PathBuf>; 3],
+    read: bool,
+) {
+    let key = |name: &str| {
+        let mut path = base.clone();
+        path.push(name.to_owned());
+        path
+    };
+    let [ca_file, cert_file, key_file] = files;
+    if cert_file.is_some() != key_file.is_some() {
+        let missing = if cert_file.is_some() {
+            "key_file"
+        } else {
+            "cert_file"
+        };
+        c.fail(
+            key(missing),
+            "(not set)",
+            "cert_file and key_file must be set together (mutual TLS)",
+        );
+    }
+    if read {
+        for (name, file) in [
+            ("ca_file", ca_file),
+            ("cert_file", cert_file),
+            ("key_file", key_file),
+        ] {
+            if let Some(file) = file {
+                if !file.is_file() {
+                    c.fail(
+                        key(name),
+                        file.display(),
+                        "the file does not exist or is not a regular file",
+                    );
+                }
             }
         }
     }

@@ -970,11 +970,18 @@ fn tls_config(tls: &WebhookTls) -> Result<ClientConfig, WebhookError> {
                 .map_err(|e| tls_error("client_cert", cert, e.to_string()))?
         }
         (None, None) => builder.with_no_client_auth(),
-        (Some(path), None) | (None, Some(path)) => {
+        (Some(path), None) => {
+            return Err(tls_error(
+                "client_key",
+                path,
+                "client_cert is set without client_key; they must be set together".to_owned(),
+            ));
+        }
+        (None, Some(path)) => {
             return Err(tls_error(
                 "client_cert",
                 path,
-                "client_cert and client_key must be set together".to_owned(),
+                "client_key is set without client_cert; they must be set together".to_owned(),
             ));
         }
     };
