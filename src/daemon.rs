@@ -270,6 +270,9 @@ fn consumer_config(
     c.offset_store_instance = cfg.instance_name.clone();
     c.suspend_time = sub.suspend_current_queue_time;
     c.lock_ttl = sub.lock_expire_time;
+    // Java renews every 20 s a lock it counts as held for 30 s. A shorter lifetime keeps that
+    // ratio: renewed only every 20 s, a lock of 15 s would lapse for 5 s of every 20.
+    c.lock_renew_interval = (sub.lock_expire_time * 2 / 3).min(c.lock_renew_interval);
     c.orderly_exhausted = match sub.orderly_dlq_policy {
         config::OrderlyDlqPolicy::Dlq => consumer::OrderlyExhausted::DeadLetter,
         config::OrderlyDlqPolicy::Block => consumer::OrderlyExhausted::Block,

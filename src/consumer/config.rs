@@ -226,7 +226,8 @@ pub struct Config {
     pub suspend_time: Duration,
     /// Orderly: a lock not renewed for this long counts as lost (Java 30 s).
     pub lock_ttl: Duration,
-    /// Orderly: how often held locks are renewed (Java 20 s).
+    /// Orderly: how often held locks are renewed (Java 20 s). Keep it well under `lock_ttl`,
+    /// or every lock lapses between renewals.
     pub lock_renew_interval: Duration,
     /// Orderly: what happens after `max_reconsume_times`.
     pub orderly_exhausted: OrderlyExhausted,

@@ -10,7 +10,7 @@
 //! outright.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -85,8 +85,10 @@ pub(crate) struct Shared<H> {
     pub(crate) consume_slots: Arc<Semaphore>,
     pub(crate) rebalance_now: Notify,
     pub(crate) heartbeat_now: Notify,
-    /// Orderly: when each held queue's broker lock was last confirmed.
-    pub(crate) locks: Mutex<HashMap<MessageQueue, Instant>>,
+    /// Orderly: the broker locks this member holds.
+    pub(crate) locks: Mutex<HashMap<MessageQueue, HeldLock>>,
+    /// Orderly: the last lock term handed out (see [`HeldLock::term`]).
+    lock_terms: AtomicU64,
     /// Orderly: held across each LOCK_BATCH_MQ call; an unlock waits for the one in flight
     /// before it goes out, so that a renewal answered after a released queue's unlock cannot
     /// lock it again behind the release: the broker would then keep it ours, renewed by nobody,
@@ -112,6 +114,24 @@ pub(crate) struct Shared<H> {
     /// Publishes a failed message to the retry topic itself when the broker refuses its
     /// send-back ([`Shared::republish_retry`]); shares the client's connections and routes.
     producer: Producer,
+}
+
+/// A broker lock held by this member (orderly clustering).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeldLock {
+    /// When the broker last granted it.
+    pub(crate) granted_at: Instant,
+    /// Which unbroken run of grants it belongs to: the same while every renewal comes before
+    /// the lock lapses, a new one after a lapse or a refusal.
+    pub(crate) term: u64,
+}
+
+impl HeldLock {
+    /// Whether the client still counts it as held (`lock_ttl` after the last grant; Java's
+    /// 30 s, half the broker's own expiry).
+    fn fresh(&self, ttl: Duration) -> bool {
+        self.granted_at.elapsed() < ttl
+    }
 }
 
 /// Collectors the per-message path touches, resolved for one subscription's labels so the hot
@@ -657,12 +677,17 @@ impl<H: Handler> Shared<H> {
 
     /// Orderly: whether the broker lock of `mq` is held and fresh.
     pub(crate) fn lock_valid(&self, mq: &MessageQueue) -> bool {
-        if self.config.model == Model::Broadcasting {
-            return true;
-        }
+        self.config.model == Model::Broadcasting || self.lock_term(mq).is_some()
+    }
+
+    /// Orderly clustering: the term of the broker lock of `mq` while it is held and fresh. A
+    /// worker that sees the term change knows the lock lapsed in between, even if it never saw
+    /// it lapse (during a long poll).
+    pub(crate) fn lock_term(&self, mq: &MessageQueue) -> Option<u64> {
         lock(&self.locks)
             .get(mq)
-            .is_some_and(|at| at.elapsed() < self.config.lock_ttl)
+            .filter(|held| held.fresh(self.config.lock_ttl))
+            .map(|held| held.term)
     }
 
     /// Locks those of `mqs` (all on one broker) that are still `wanted` once no other lock call
@@ -705,10 +730,29 @@ impl<H: Handler> Shared<H> {
         {
             Ok(granted) => {
                 let now = Instant::now();
+                let ttl = self.config.lock_ttl;
                 let mut locks = lock(&self.locks);
                 for mq in &mqs {
                     if granted.contains(mq) {
-                        locks.insert(mq.clone(), now);
+                        // A lock that lapsed starts a new term: another member may have held the
+                        // queue in between.
+                        let term = match locks.get(mq) {
+                            Some(held) if held.fresh(ttl) => held.term,
+                            _ => self.lock_terms.fetch_add(1, Ordering::Relaxed) + 1,
+                        };
+                        locks.insert(
+                            mq.clone(),
+                            HeldLock {
+                                granted_at: now,
+                                term,
+                            },
+                        );
+                    } else {
+                        // Refused: another member holds it now (the broker lost its locks in a
+                        // restart and granted it to whoever asked first). As Java's `lockAll`,
+                        // stop at once rather than consume beside that member until the lock
+                        // would have expired.
+                        locks.remove(mq);
                     }
                 }
                 self.publish_locked_queues(&locks);
@@ -725,10 +769,10 @@ impl<H: Handler> Shared<H> {
     /// Sets the locks gauge to the locks held now (granted less than `lock_ttl` ago). Called
     /// wherever the table changes, so the gauge follows a new queue's lock and a release at
     /// once rather than at the next 20 s renewal.
-    fn publish_locked_queues(&self, locks: &HashMap<MessageQueue, Instant>) {
+    fn publish_locked_queues(&self, locks: &HashMap<MessageQueue, HeldLock>) {
         let held = locks
             .values()
-            .filter(|at| at.elapsed() < self.config.lock_ttl)
+            .filter(|held| held.fresh(self.config.lock_ttl))
             .count();
         self.metrics
             .locked_queues
@@ -954,6 +998,7 @@ impl<H: Handler> Consumer<H> {
             rebalance_now: Notify::new(),
             heartbeat_now: Notify::new(),
             locks: Mutex::new(HashMap::new()),
+            lock_terms: AtomicU64::new(0),
             lock_calls: tokio::sync::Mutex::new(()),
             sub_version: AtomicI64::new(now_millis()),
             queues_held: AtomicUsize::new(0),
@@ -1336,19 +1381,35 @@ pub(crate) mod testing {
         shared: &Shared<H>,
         mq: &MessageQueue,
     ) -> (Arc<Mutex<bool>>, tokio::task::JoinHandle<()>) {
+        let (held, _, broker) = switchable_lock_broker(shared, mq).await;
+        (held, broker)
+    }
+
+    /// [`lock_broker`] that grants the lock only while the flag it returns is true (a broker
+    /// that restarted and granted the queue to another member refuses it).
+    pub(crate) async fn switchable_lock_broker<H: Handler>(
+        shared: &Shared<H>,
+        mq: &MessageQueue,
+    ) -> (
+        Arc<Mutex<bool>>,
+        Arc<AtomicBool>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         shared.client.routes().update(&mq.topic, route(addr, 1));
         let held = Arc::new(Mutex::new(false));
+        let grant = Arc::new(AtomicBool::new(true));
         let serve = serve_locks(
             listener,
             mq.clone(),
             shared.client_id.clone(),
             Arc::clone(&held),
+            Arc::clone(&grant),
         );
-        (held, tokio::spawn(serve))
+        (held, grant, tokio::spawn(serve))
     }
 
     /// The broker of [`lock_broker`].
@@ -1357,6 +1418,7 @@ pub(crate) mod testing {
         mq: MessageQueue,
         client_id: String,
         held: Arc<Mutex<bool>>,
+        grant: Arc<AtomicBool>,
     ) {
         use crate::remoting::body::lock::LockBatchResponse;
         use crate::remoting::frame::FrameDecoder;
@@ -1372,6 +1434,7 @@ pub(crate) mod testing {
             while let Some(frame) = decoder.decode(&mut buf).expect("frame") {
                 let request = RemotingCommand::decode(frame).expect("command");
                 let (mq, held, write) = (mq.clone(), Arc::clone(&held), Arc::clone(&write));
+                let granted = grant.load(Ordering::SeqCst);
                 let members = format!(r#"{{"consumerIdList":["{client_id}"]}}"#);
                 tasks.spawn(async move {
                     let answer =
@@ -1379,9 +1442,9 @@ pub(crate) mod testing {
                     let answer = match request.request_code() {
                         RequestCode::LockBatchMq => {
                             tokio::time::sleep(Duration::from_millis(300)).await;
-                            *lock(&held) = true;
+                            *lock(&held) = granted;
                             let body = LockBatchResponse {
-                                lock_ok_mq_set: vec![mq],
+                                lock_ok_mq_set: if granted { vec![mq] } else { Vec::new() },
                             };
                             answer.with_body(body.to_json())
                         }
@@ -1679,6 +1742,62 @@ mod tests {
             Some(HolderPhase::Running),
             "the next holder's record"
         );
+    }
+
+    /// Orderly: a renewal the broker refuses ends the lock at once (Java's `lockAll`), instead
+    /// of leaving it valid until `lock_ttl` after the last grant while another member consumes
+    /// the queue; and a lock granted again after that has a new term, which tells the worker
+    /// the queue may have been consumed elsewhere in between.
+    #[tokio::test]
+    async fn a_refused_renewal_ends_the_lock_and_a_new_grant_starts_a_new_term() {
+        let mq = queue("T_refuse");
+        let mut config = Config::new("G_refuse", "T_refuse");
+        config.mode = ConsumeMode::Orderly;
+        let shared = testing::shared(config).await;
+        let (_held, grant, broker) = testing::switchable_lock_broker(&shared, &mq).await;
+        shared.stats.set_queue(&mq, QueueState::default());
+
+        renew_locks(&shared).await;
+        let first = shared.lock_term(&mq).expect("locked");
+        renew_locks(&shared).await;
+        assert_eq!(
+            shared.lock_term(&mq),
+            Some(first),
+            "a renewal keeps the term"
+        );
+
+        grant.store(false, Ordering::SeqCst);
+        renew_locks(&shared).await;
+        assert_eq!(
+            shared.lock_term(&mq),
+            None,
+            "a refused renewal left the lock valid"
+        );
+        assert!(!shared.lock_valid(&mq));
+
+        grant.store(true, Ordering::SeqCst);
+        renew_locks(&shared).await;
+        let second = shared.lock_term(&mq).expect("locked again");
+        assert_ne!(
+            second, first,
+            "a lock granted after a refusal kept its old term"
+        );
+
+        // A lock that expired unrenewed starts a new term too.
+        let ttl = shared.config.lock_ttl;
+        lock(&shared.locks).get_mut(&mq).expect("held").granted_at -= ttl;
+        assert_eq!(
+            shared.lock_term(&mq),
+            None,
+            "an expired lock counts as held"
+        );
+        renew_locks(&shared).await;
+        let third = shared.lock_term(&mq).expect("locked again");
+        assert!(
+            third != second && third != first,
+            "an expired lock kept its term"
+        );
+        broker.abort();
     }
 
     /// Orderly: a queue released while a lock renewal naming it waits for the broker. The

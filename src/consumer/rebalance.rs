@@ -435,8 +435,8 @@ impl<H: Handler> Rebalancer<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consumer::engine::lock;
     use crate::consumer::engine::testing::{self, Accept};
+    use crate::consumer::engine::{lock, HeldLock};
     use crate::consumer::handler::ConsumeMode;
     use crate::consumer::stats::QueueState;
     use crate::consumer::Config;
@@ -459,7 +459,13 @@ mod tests {
         let handle = rb.workers.spawn(async move {
             shared.offsets.update(&queue, 7, false);
             shared.stats.set_queue(&queue, QueueState::default());
-            lock(&shared.locks).insert(queue.clone(), tokio::time::Instant::now());
+            lock(&shared.locks).insert(
+                queue.clone(),
+                HeldLock {
+                    granted_at: tokio::time::Instant::now(),
+                    term: 1,
+                },
+            );
             panic!("worker bug");
         });
         rb.ids.insert(handle.id(), mq.clone());

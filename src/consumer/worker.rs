@@ -51,6 +51,9 @@ const SUSPEND_MILLIS: i64 = 15_000;
 const PULL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a pull error (Java `pullTimeDelayMillsWhenException`).
 const PULL_ERROR_DELAY: Duration = Duration::from_secs(3);
+/// Orderly: between the worker's own requests for its lost queue lock (Java's
+/// `tryLockLaterAndReconsume` waits 3 s after a refusal).
+const RELOCK_DELAY: Duration = Duration::from_secs(3);
 /// Pause after FLOW_CONTROL (Java 20 ms).
 const PULL_FLOW_CONTROL_DELAY: Duration = Duration::from_millis(20);
 /// Re-check interval while a process-queue limit is exceeded (Java 50 ms).
@@ -193,7 +196,11 @@ struct Worker<H> {
     /// Orderly: local reconsume counts (retries never leave the process queue).
     local_reconsume: HashMap<i64, i32>,
     suspended_until: Option<Instant>,
-    lock_was_valid: bool,
+    /// Orderly clustering: the term of the broker lock this worker consumes under (see
+    /// `HeldLock::term`); `None` once it saw the lock lost.
+    lock_term: Option<u64>,
+    /// Orderly clustering: when the worker may next ask the broker for its lost lock itself.
+    relock_not_before: Instant,
     /// Orderly: the lock came back after being lost; re-read the offset before pulling.
     recompute_offset: bool,
     /// The broker moved the pull offset here (OFFSET_ILLEGAL). Until every message held is
@@ -264,6 +271,8 @@ pub(crate) async fn release<H: Handler>(shared: &Shared<H>, mq: &MessageQueue) {
 impl<H: Handler> Worker<H> {
     fn new(shared: Arc<Shared<H>>, mq: MessageQueue, start_offset: i64) -> Self {
         let room = shared.cache_budget.room().cloned();
+        // The rebalancer locked the queue just before it started this worker.
+        let lock_term = shared.lock_term(&mq);
         Self {
             is_retry_queue: mq.topic.starts_with("%RETRY%"),
             shared,
@@ -285,7 +294,8 @@ impl<H: Handler> Worker<H> {
             paused: None,
             local_reconsume: HashMap::new(),
             suspended_until: None,
-            lock_was_valid: true,
+            lock_term,
+            relock_not_before: Instant::now(),
             recompute_offset: false,
             moved_to: None,
             last_published: Instant::now(),
@@ -318,6 +328,9 @@ impl<H: Handler> Worker<H> {
                 && self.lock_ok()
             {
                 self.finish_move().await;
+            }
+            if self.shared.is_orderly_clustering() {
+                self.follow_lock().await;
             }
             self.move_due_delayed();
             self.maybe_pull();
@@ -459,8 +472,44 @@ impl<H: Handler> Worker<H> {
         }
     }
 
+    /// Orderly clustering: whether the lock is held under the term this worker knows. After a
+    /// lapse it is not, until `follow_lock` took the new term and `relocate` re-read the
+    /// offset: a batch of the old cache must not go out before that.
     fn lock_ok(&self) -> bool {
-        !self.shared.is_orderly_clustering() || self.shared.lock_valid(&self.mq)
+        !self.shared.is_orderly_clustering()
+            || (self.lock_term.is_some() && self.shared.lock_term(&self.mq) == self.lock_term)
+    }
+
+    /// Orderly clustering: follows the queue's broker lock. Lost: pause, and ask for it again
+    /// every few seconds, as Java's `tryLockLaterAndReconsume` does, rather than wait for the
+    /// next 20 s renewal. Held under a new term (it lapsed, perhaps unseen during a long poll):
+    /// another member may have consumed the queue meanwhile, so drop the pull in flight and
+    /// re-read the offset, as the Java consumer does after re-locking.
+    async fn follow_lock(&mut self) {
+        match self.shared.lock_term(&self.mq) {
+            Some(term) if Some(term) == self.lock_term => {}
+            Some(term) => {
+                self.lock_term = Some(term);
+                self.recompute_offset = true;
+                self.pull = None;
+            }
+            None => {
+                if self.lock_term.take().is_some() {
+                    warn!(queue = %self.mq, "Queue lock lost; pausing this queue until it is locked again.");
+                }
+                self.paused = Some(Pause::LockNotHeld);
+                let now = Instant::now();
+                if now >= self.relock_not_before {
+                    self.relock_not_before = now + RELOCK_DELAY;
+                    let shared = &self.shared;
+                    shared
+                        .lock_queues(&self.mq.broker_name, vec![self.mq.clone()], |mq| {
+                            shared.stats.holds(mq)
+                        })
+                        .await;
+                }
+            }
+        }
     }
 
     /// Starts a handler batch with the acquired consume slot.
@@ -581,24 +630,9 @@ impl<H: Handler> Worker<H> {
         if self.pull.is_some() || self.recompute_offset || Instant::now() < self.pull_not_before {
             return;
         }
-        if self.shared.is_orderly_clustering() {
-            let valid = self.shared.lock_valid(&self.mq);
-            if !valid {
-                if self.lock_was_valid {
-                    warn!(queue = %self.mq, "Queue lock lost; pausing this queue until it is renewed.");
-                }
-                self.lock_was_valid = false;
-                self.paused = Some(Pause::LockNotHeld);
-                self.pull_not_before = Instant::now() + Duration::from_secs(1);
-                return;
-            }
-            if !self.lock_was_valid {
-                // Another consumer may have owned the queue meanwhile: restart from the offset
-                // the broker has, like the Java consumer does after re-locking.
-                self.lock_was_valid = true;
-                self.recompute_offset = true;
-                return;
-            }
+        // Not without the lock (`follow_lock` pauses the queue and asks for it again).
+        if !self.lock_ok() {
+            return;
         }
         // Checked after the lock: a lock lost while a move waits must still lead to `relocate`,
         // which supersedes the move (another member may have consumed the queue meanwhile).
@@ -1502,6 +1536,66 @@ mod tests {
         w.restart_at(0);
         assert_eq!(w.suspended_until, None);
         assert_sleeps(&mut w);
+    }
+
+    /// Orderly: the lock lapsed and was granted again under a new term while a long poll was
+    /// in flight, so the worker never saw it lost. Another member may have consumed the queue
+    /// in between: nothing of the cache goes out before `relocate` re-read the offset, and
+    /// the pull in flight (its answer would reset the position) is dropped.
+    #[tokio::test]
+    async fn an_orderly_queue_locked_again_under_a_new_term_re_reads_its_offset_first() {
+        use crate::consumer::engine::{lock, HeldLock};
+        let mut config = Config::new("G_worker", "T_worker");
+        config.mode = ConsumeMode::Orderly;
+        let shared = testing::shared(config).await;
+        let grant = |term| {
+            lock(&shared.locks).insert(
+                queue(),
+                HeldLock {
+                    granted_at: Instant::now(),
+                    term,
+                },
+            );
+        };
+        grant(1);
+        let mut w = Worker::new(Arc::clone(&shared), queue(), 0);
+        w.pq.put([Entry::Message(Box::new(message(0, "a")))]);
+        assert!(w.wants_slot());
+        w.pull = Some(Box::pin(std::future::pending()));
+        grant(2);
+        assert!(!w.wants_slot(), "a batch of the old cache may go out");
+        w.follow_lock().await;
+        assert!(w.recompute_offset);
+        assert!(w.pull.is_none(), "the pull in flight was kept");
+        assert!(!w.wants_slot());
+    }
+
+    /// Orderly: a worker that lost its lock asks the broker for it itself, and once it has it
+    /// re-reads the offset before consuming.
+    #[tokio::test]
+    async fn an_orderly_queue_that_lost_its_lock_asks_for_it_again() {
+        let mut config = Config::new("G_worker", "T_worker");
+        config.mode = ConsumeMode::Orderly;
+        let shared = testing::shared(config).await;
+        let (held, broker) = testing::lock_broker(&shared, &queue()).await;
+        shared
+            .stats
+            .set_queue(&queue(), crate::consumer::stats::QueueState::default());
+        let mut w = Worker::new(Arc::clone(&shared), queue(), 0);
+        assert_eq!(w.lock_term, None);
+        w.follow_lock().await;
+        assert!(
+            *crate::consumer::engine::lock(&held),
+            "the worker did not ask for its lock"
+        );
+        assert!(matches!(w.paused, Some(Pause::LockNotHeld)));
+        w.follow_lock().await;
+        assert!(w.lock_term.is_some());
+        assert!(
+            w.recompute_offset,
+            "consuming the old cache without re-reading the offset"
+        );
+        broker.abort();
     }
 
     /// The broker moved the offset while messages are held (here waiting for a later try):
