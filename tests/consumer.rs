@@ -13,8 +13,8 @@ use std::time::Duration;
 use rocketmq_webhook::client::producer::{Producer, ProducerConfig, QueueSelector};
 use rocketmq_webhook::client::{Client, ClientConfig, NotSupported};
 use rocketmq_webhook::consumer::{
-    Batch, CacheBudget, ConsumeFrom, ConsumeMode, Consumer, Filter, Handler, Model, Outcome,
-    Runtime,
+    Batch, CacheBudget, ConsumeFrom, ConsumeMode, Consumer, Filter, Handler, LocalFileStore, Model,
+    Outcome, Runtime,
 };
 use rocketmq_webhook::metrics::Metrics;
 use rocketmq_webhook::remoting::message::Message;
@@ -679,6 +679,96 @@ async fn broadcasting_members_each_get_everything_and_keep_offsets_across_restar
     let text = err.to_string();
     assert!(text.contains("offsets.json"), "{text}");
     assert!(text.contains(".bak"), "{text}");
+}
+
+/// Broadcasting with LAST_OFFSET: a queue's start position is in the offsets file as soon as
+/// the queue is assigned, not at the first periodic save. After a crash before that save, the
+/// next start resolved the queue's end again and skipped what had arrived in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasting_start_positions_are_saved_when_the_queues_are_assigned() {
+    let mq = RocketMq::start().await;
+    let topic = unique("T_bfirst");
+    let group = unique("G_bfirst");
+    let p = producer(&mq).await;
+    p.create_topic(&topic, 2, false)
+        .await
+        .expect("topic created");
+    // History before the first start: the queues' ends are past 0.
+    produce(&p, &topic, &bodies("old", 8), None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config(&group, &topic);
+    config.model = Model::Broadcasting;
+    config.consume_from = ConsumeFrom::LastOffset;
+    config.offset_store_dir = dir.path().to_path_buf();
+    config.persist_interval = Duration::from_secs(600);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let consumer = start(&mq, "bfirst", config, Recorder::new("f", &seen)).await;
+    eventually(Duration::from_secs(60), "both queues held", || {
+        assigned(&consumer, &topic).len() == 2
+    })
+    .await;
+    let store = LocalFileStore::new(dir.path(), None, &group);
+    let saved = || {
+        store
+            .load()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(q, _)| q.topic == topic)
+            .collect::<Vec<_>>()
+    };
+    eventually(Duration::from_secs(10), "start positions saved", || {
+        saved().len() == 2
+    })
+    .await;
+    let ends: i64 = saved().iter().map(|(_, offset)| offset).sum();
+    assert_eq!(ends, 8, "not the queues' ends: {:?}", saved());
+    assert!(bodies_seen(&seen).is_empty(), "history delivered");
+    consumer.shutdown().await;
+}
+
+/// Clustering, a new group on an empty queue with LAST_OFFSET: the start position (0) reaches
+/// the broker when the queue is assigned. Pulls carry a commit only from offset 1 up, so until
+/// the first periodic save the broker had none; a crash then made the next start resolve the
+/// queue's end again, past messages that arrived and were never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_young_queue_start_position_reaches_the_broker_when_assigned() {
+    let mq = RocketMq::start().await;
+    let topic = unique("T_young");
+    let group = unique("G_young");
+    let p = producer(&mq).await;
+    p.create_topic(&topic, 2, false)
+        .await
+        .expect("topic created");
+    let mut config = fast_config(&group, &topic);
+    config.consume_from = ConsumeFrom::LastOffset;
+    config.persist_interval = Duration::from_secs(600);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let consumer = start(&mq, "young", config, Recorder::new("y", &seen)).await;
+    eventually(Duration::from_secs(60), "both queues held", || {
+        assigned(&consumer, &topic).len() == 2
+    })
+    .await;
+    let reader = Client::new(
+        client_config(&mq, &unique("reader")),
+        Arc::new(NotSupported),
+    )
+    .expect("client");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for queue_id in 0..2 {
+        loop {
+            match committed_offset(&reader, &mq, &group, &topic, queue_id).await {
+                Some(offset) => {
+                    assert_eq!(offset, 0, "queue {queue_id}");
+                    break;
+                }
+                None if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => panic!("queue {queue_id}: no offset at the broker"),
+            }
+        }
+    }
+    consumer.shutdown().await;
 }
 
 /// A broadcasting consumer with no instance name (the daemon's default) gets a new client id

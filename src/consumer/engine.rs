@@ -116,6 +116,19 @@ pub(crate) struct Shared<H> {
     producer: Producer,
 }
 
+/// Where a newly assigned queue starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Start {
+    /// The first offset to pull.
+    pub(crate) offset: i64,
+    /// The offset store does not have it (it came from `consume_from`, or from a commit that
+    /// could not be persisted): the worker saves it before it pulls. Until the first periodic
+    /// save, a crash left the store without an offset, and the next start resolved
+    /// `consume_from` again: for LAST_OFFSET the queue's end by then, past what had arrived
+    /// in between.
+    pub(crate) unsaved: bool,
+}
+
 /// A broker lock held by this member (orderly clustering).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HeldLock {
@@ -374,19 +387,28 @@ impl<H: Handler> Shared<H> {
     }
 
     /// Where a newly assigned queue starts (rocketmq-remoting.md section 7.6).
-    pub(crate) async fn start_offset(&self, mq: &MessageQueue) -> Result<i64, ConsumerError> {
+    pub(crate) async fn start_offset(&self, mq: &MessageQueue) -> Result<Start, ConsumerError> {
         if let Some(offset) = self.stored_offset(mq).await? {
-            return Ok(offset);
+            return Ok(Start {
+                offset,
+                unsaved: false,
+            });
         }
         // Clustering: an offset an earlier worker of this queue committed but could not persist
         // as it ended (see `worker::release`). Without it a young group's queue restarted from
         // `consume_from`, which for LAST_OFFSET skipped what that worker had not finished.
         if self.config.model == Model::Clustering {
             if let Some(offset) = self.offsets.read(mq).filter(|o| *o >= 0) {
-                return Ok(offset);
+                return Ok(Start {
+                    offset,
+                    unsaved: true,
+                });
             }
         }
-        self.configured_start(mq).await
+        Ok(Start {
+            offset: self.configured_start(mq).await?,
+            unsaved: true,
+        })
     }
 
     /// The queue's committed offset in the offset store (the broker, or the local table in

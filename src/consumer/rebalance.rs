@@ -21,7 +21,7 @@ use crate::remoting::rpc::GetConsumerList;
 use crate::remoting::MessageQueue;
 
 use super::config::Model;
-use super::engine::{now_millis, Shared};
+use super::engine::{now_millis, Shared, Start};
 use super::handler::Handler;
 use super::worker;
 
@@ -228,8 +228,8 @@ impl<H: Handler> Rebalancer<H> {
                 }
             }
             match shared.start_offset(&mq).await {
-                Ok(offset) => {
-                    self.spawn(mq, offset);
+                Ok(start) => {
+                    self.spawn(mq, start);
                     changed = true;
                 }
                 Err(e) => {
@@ -378,13 +378,13 @@ impl<H: Handler> Rebalancer<H> {
         worker::release(&self.shared, &mq).await;
     }
 
-    fn spawn(&mut self, mq: MessageQueue, offset: i64) {
+    fn spawn(&mut self, mq: MessageQueue, start: Start) {
         let token = CancellationToken::new();
         let shared = Arc::clone(&self.shared);
         let queue = mq.clone();
         let t = token.clone();
         let handle = self.workers.spawn(async move {
-            worker::run(shared, queue.clone(), offset, t).await;
+            worker::run(shared, queue.clone(), start, t).await;
             queue
         });
         self.ids.insert(handle.id(), mq.clone());

@@ -39,7 +39,7 @@ use crate::remoting::rpc::{PullMessage, PullResult, PullStatus, PullSysFlag};
 use crate::remoting::{MessageExt, MessageQueue, ResponseCode};
 
 use super::config::{Model, OrderlyExhausted};
-use super::engine::{needs_heartbeat, Shared};
+use super::engine::{needs_heartbeat, Shared, Start};
 use super::handler::{Batch, ConsumeMode, Handler, Outcome};
 use super::process_queue::{Cached, FlowControl, FlowLimits, ProcessQueue};
 use super::ready::Ready;
@@ -218,15 +218,21 @@ struct Worker<H> {
     restart: bool,
 }
 
-/// Runs the worker of `mq` from `start_offset` until `cancel` fires, then drains, persists the
+/// Runs the worker of `mq` from `start` until `cancel` fires, then drains, persists the
 /// queue's offset and (orderly) releases its broker lock.
 pub(crate) async fn run<H: Handler>(
     shared: Arc<Shared<H>>,
     mq: MessageQueue,
-    start_offset: i64,
+    start: Start,
     cancel: CancellationToken,
 ) {
+    let start_offset = start.offset;
     shared.offsets.update(&mq, start_offset, false);
+    if start.unsaved {
+        // Before the first pull: a crash must find this position in the store (see `Start`).
+        // Clustering pulls also carry it, but only from 1 up, and a young queue starts at 0.
+        shared.persist(&mq).await;
+    }
     shared.stats.set_queue(
         &mq,
         QueueState {
