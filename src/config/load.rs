@@ -111,7 +111,7 @@ impl Config {
             None => Dict::new(),
         };
 
-        let profile = match choose_profile(&env, &file_dict, file.as_ref().map(|f| &f.0)) {
+        let profile = match choose_profile(&env, &file_dict, file.as_ref()) {
             Ok(p) => p,
             Err(e) => {
                 errors.push(e);
@@ -280,7 +280,7 @@ fn parse_yaml(text: &str, file: Option<&PathBuf>) -> Result<Dict, ConfigError> {
 fn choose_profile(
     env: &EnvLayer,
     file: &Dict,
-    file_path: Option<&PathBuf>,
+    file_source: Option<&(PathBuf, String)>,
 ) -> Result<Option<Profile>, ConfigError> {
     let (value, origin) = if let Some(entry) = env.find(&["profile"]) {
         (
@@ -291,8 +291,9 @@ fn choose_profile(
         )
     } else if let Some(value) = file.get("profile") {
         let origin = Origin::File {
-            path: file_path.cloned().unwrap_or_default(),
-            line: None,
+            path: file_source.map(|f| f.0.clone()).unwrap_or_default(),
+            line: file_source
+                .and_then(|(_, text)| LineIndex::new(text).line(&["profile".to_owned()])),
             written: None,
         };
         (value.clone(), origin)

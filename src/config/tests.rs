@@ -1422,11 +1422,11 @@ fn profiles_sit_under_the_file_and_the_environment() {
     );
     assert_eq!(config.client.rebalance_interval, Duration::from_secs(10));
 
-    let e = fail(Some(&format!("profile: turbo\n{}", one_sub(""))), &[]);
+    let e = fail(Some(&format!("{}profile: turbo\n", one_sub(""))), &[]);
     assert_error(
         &e,
         "profile",
-        &["high_throughput, low_latency, resource_saving"],
+        &["high_throughput, low_latency, resource_saving", "line 6"],
     );
 }
 
