@@ -85,6 +85,9 @@ pub(crate) struct Shared<H> {
     pub(crate) consume_slots: Arc<Semaphore>,
     pub(crate) rebalance_now: Notify,
     pub(crate) heartbeat_now: Notify,
+    /// Orderly: a worker lost its lock; the lock task asks for every held queue's lock soon
+    /// (see `lock_task`).
+    pub(crate) relock_now: Notify,
     /// Orderly: the broker locks this member holds.
     pub(crate) locks: Mutex<HashMap<MessageQueue, HeldLock>>,
     /// Orderly: the last lock term handed out (see [`HeldLock::term`]).
@@ -1019,6 +1022,7 @@ impl<H: Handler> Consumer<H> {
             stats: Arc::new(Stats::new()),
             rebalance_now: Notify::new(),
             heartbeat_now: Notify::new(),
+            relock_now: Notify::new(),
             locks: Mutex::new(HashMap::new()),
             lock_terms: AtomicU64::new(0),
             lock_calls: tokio::sync::Mutex::new(()),
@@ -1308,16 +1312,32 @@ async fn persist_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationTo
 }
 
 /// Orderly: renews every held lock (Java `lockAll`, every 20 s). A queue missing from the
-/// broker's answer loses its lock; its worker stops consuming until a later renewal succeeds.
+/// broker's answer loses its lock; its worker stops consuming until a later round gets it
+/// back. A worker that lost its lock asks for a round sooner (`relock_now`), at most one per
+/// [`RELOCK_DELAY`] (Java's `tryLockLaterAndReconsume` asks again 3 s after a refusal): one
+/// call per broker for all of them, where a call per worker would queue up behind
+/// `lock_calls` when a broker is slow to answer.
 async fn lock_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken) {
+    let mut last = Instant::now();
     loop {
+        // Start to start: a slow round does not push the next one late, where a short
+        // `lock_ttl` leaves little margin.
+        let due = last + shared.config.lock_renew_interval;
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(shared.config.lock_renew_interval) => {}
+            _ = tokio::time::sleep_until(due) => {}
+            _ = async {
+                shared.relock_now.notified().await;
+                tokio::time::sleep_until(last + RELOCK_DELAY).await;
+            } => {}
         }
+        last = Instant::now();
         renew_locks(&shared).await;
     }
 }
+
+/// Orderly: the shortest time between two lock rounds that workers asked for.
+pub(crate) const RELOCK_DELAY: Duration = Duration::from_secs(3);
 
 /// One round of [`lock_task`]: the queues held now, broker by broker.
 async fn renew_locks<H: Handler>(shared: &Shared<H>) {
@@ -1819,6 +1839,33 @@ mod tests {
             third != second && third != first,
             "an expired lock kept its term"
         );
+        broker.abort();
+    }
+
+    /// Orderly: a worker that lost its lock gets a lock round within `RELOCK_DELAY`, not at
+    /// the next regular round.
+    #[tokio::test]
+    async fn a_worker_asking_for_its_lock_gets_a_round_soon() {
+        let mq = queue("T_relock");
+        let mut config = Config::new("G_relock", "T_relock");
+        config.mode = ConsumeMode::Orderly;
+        config.lock_renew_interval = Duration::from_secs(600);
+        let shared = testing::shared(config).await;
+        let (_held, broker) = testing::lock_broker(&shared, &mq).await;
+        shared.stats.set_queue(&mq, QueueState::default());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(lock_task(Arc::clone(&shared), cancel.clone()));
+        shared.relock_now.notify_one();
+        let deadline = Instant::now() + RELOCK_DELAY + Duration::from_secs(5);
+        while shared.lock_term(&mq).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "no lock round after the worker asked"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cancel.cancel();
+        task.await.expect("lock task");
         broker.abort();
     }
 

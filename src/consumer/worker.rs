@@ -51,9 +51,6 @@ const SUSPEND_MILLIS: i64 = 15_000;
 const PULL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a pull error (Java `pullTimeDelayMillsWhenException`).
 const PULL_ERROR_DELAY: Duration = Duration::from_secs(3);
-/// Orderly: between the worker's own requests for its lost queue lock (Java's
-/// `tryLockLaterAndReconsume` waits 3 s after a refusal).
-const RELOCK_DELAY: Duration = Duration::from_secs(3);
 /// Pause after FLOW_CONTROL (Java 20 ms).
 const PULL_FLOW_CONTROL_DELAY: Duration = Duration::from_millis(20);
 /// Re-check interval while a process-queue limit is exceeded (Java 50 ms).
@@ -199,8 +196,6 @@ struct Worker<H> {
     /// Orderly clustering: the term of the broker lock this worker consumes under (see
     /// `HeldLock::term`); `None` once it saw the lock lost.
     lock_term: Option<u64>,
-    /// Orderly clustering: when the worker may next ask the broker for its lost lock itself.
-    relock_not_before: Instant,
     /// Orderly: the lock came back after being lost; re-read the offset before pulling.
     recompute_offset: bool,
     /// The broker moved the pull offset here (OFFSET_ILLEGAL). Until every message held is
@@ -301,7 +296,6 @@ impl<H: Handler> Worker<H> {
             local_reconsume: HashMap::new(),
             suspended_until: None,
             lock_term,
-            relock_not_before: Instant::now(),
             recompute_offset: false,
             moved_to: None,
             last_published: Instant::now(),
@@ -336,7 +330,7 @@ impl<H: Handler> Worker<H> {
                 self.finish_move().await;
             }
             if self.shared.is_orderly_clustering() {
-                self.follow_lock().await;
+                self.follow_lock();
             }
             self.move_due_delayed();
             self.maybe_pull();
@@ -389,7 +383,10 @@ impl<H: Handler> Worker<H> {
         }
         // While a move waits for the held messages `maybe_pull` sends nothing, whatever the
         // back-off says; their batches and delays wake the worker.
-        if self.pull.is_none() && self.paused.is_none() && self.moved_to.is_none() {
+        // Nor while the offset is to be re-read once the batches in flight are done: they wake
+        // the worker, and `relocate` then runs or sets its own back-off.
+        let relocating = self.recompute_offset && !self.in_flight.is_empty();
+        if self.pull.is_none() && self.paused.is_none() && self.moved_to.is_none() && !relocating {
             wake = wake.min(self.pull_not_before);
         }
         // A queue waiting for room in the pool is woken by the pool itself.
@@ -486,12 +483,12 @@ impl<H: Handler> Worker<H> {
             || (self.lock_term.is_some() && self.shared.lock_term(&self.mq) == self.lock_term)
     }
 
-    /// Orderly clustering: follows the queue's broker lock. Lost: pause, and ask for it again
-    /// every few seconds, as Java's `tryLockLaterAndReconsume` does, rather than wait for the
-    /// next 20 s renewal. Held under a new term (it lapsed, perhaps unseen during a long poll):
-    /// another member may have consumed the queue meanwhile, so drop the pull in flight and
-    /// re-read the offset, as the Java consumer does after re-locking.
-    async fn follow_lock(&mut self) {
+    /// Orderly clustering: follows the queue's broker lock. Lost: pause, and have the lock
+    /// task ask for it again soon rather than at its next 20 s round. Held under a new term
+    /// (it lapsed, perhaps unseen during a long poll): another member may have consumed the
+    /// queue meanwhile, so drop the pull in flight and re-read the offset, as the Java
+    /// consumer does after re-locking.
+    fn follow_lock(&mut self) {
         match self.shared.lock_term(&self.mq) {
             Some(term) if Some(term) == self.lock_term => {}
             Some(term) => {
@@ -504,16 +501,7 @@ impl<H: Handler> Worker<H> {
                     warn!(queue = %self.mq, "Queue lock lost; pausing this queue until it is locked again.");
                 }
                 self.paused = Some(Pause::LockNotHeld);
-                let now = Instant::now();
-                if now >= self.relock_not_before {
-                    self.relock_not_before = now + RELOCK_DELAY;
-                    let shared = &self.shared;
-                    shared
-                        .lock_queues(&self.mq.broker_name, vec![self.mq.clone()], |mq| {
-                            shared.stats.holds(mq)
-                        })
-                        .await;
-                }
+                self.shared.relock_now.notify_one();
             }
         }
     }
@@ -1544,64 +1532,74 @@ mod tests {
         assert_sleeps(&mut w);
     }
 
+    /// An orderly worker whose broker lock is held under `term` (`None`: not held).
+    fn set_lock(shared: &Shared<Accept>, term: Option<u64>) {
+        use crate::consumer::engine::{lock, HeldLock};
+        let mut locks = lock(&shared.locks);
+        match term {
+            Some(term) => {
+                let granted_at = Instant::now();
+                locks.insert(queue(), HeldLock { granted_at, term });
+            }
+            None => {
+                locks.remove(&queue());
+            }
+        }
+    }
+
+    async fn orderly_shared() -> Arc<Shared<Accept>> {
+        let mut config = Config::new("G_worker", "T_worker");
+        config.mode = ConsumeMode::Orderly;
+        testing::shared(config).await
+    }
+
     /// Orderly: the lock lapsed and was granted again under a new term while a long poll was
     /// in flight, so the worker never saw it lost. Another member may have consumed the queue
     /// in between: nothing of the cache goes out before `relocate` re-read the offset, and
-    /// the pull in flight (its answer would reset the position) is dropped.
+    /// the pull in flight (its answer would reset the position) is dropped. The worker then
+    /// sleeps until its batch in flight is done, rather than spin on a pull time long past.
     #[tokio::test]
     async fn an_orderly_queue_locked_again_under_a_new_term_re_reads_its_offset_first() {
-        use crate::consumer::engine::{lock, HeldLock};
-        let mut config = Config::new("G_worker", "T_worker");
-        config.mode = ConsumeMode::Orderly;
-        let shared = testing::shared(config).await;
-        let grant = |term| {
-            lock(&shared.locks).insert(
-                queue(),
-                HeldLock {
-                    granted_at: Instant::now(),
-                    term,
-                },
-            );
-        };
-        grant(1);
+        let shared = orderly_shared().await;
+        set_lock(&shared, Some(1));
         let mut w = Worker::new(Arc::clone(&shared), queue(), 0);
         w.pq.put([Entry::Message(Box::new(message(0, "a")))]);
         assert!(w.wants_slot());
         w.pull = Some(Box::pin(std::future::pending()));
-        grant(2);
+        w.pull_not_before = Instant::now() - Duration::from_secs(1);
+        w.in_flight.push(Box::pin(std::future::pending()));
+        set_lock(&shared, Some(2));
         assert!(!w.wants_slot(), "a batch of the old cache may go out");
-        w.follow_lock().await;
+        w.follow_lock();
         assert!(w.recompute_offset);
         assert!(w.pull.is_none(), "the pull in flight was kept");
         assert!(!w.wants_slot());
+        assert_sleeps(&mut w);
     }
 
-    /// Orderly: a worker that lost its lock asks the broker for it itself, and once it has it
-    /// re-reads the offset before consuming.
+    /// Orderly: a worker that lost its lock pauses and asks the lock task for a round, and
+    /// once the lock is back it re-reads the offset before consuming.
     #[tokio::test]
     async fn an_orderly_queue_that_lost_its_lock_asks_for_it_again() {
-        let mut config = Config::new("G_worker", "T_worker");
-        config.mode = ConsumeMode::Orderly;
-        let shared = testing::shared(config).await;
-        let (held, broker) = testing::lock_broker(&shared, &queue()).await;
-        shared
-            .stats
-            .set_queue(&queue(), crate::consumer::stats::QueueState::default());
+        let shared = orderly_shared().await;
+        set_lock(&shared, Some(1));
         let mut w = Worker::new(Arc::clone(&shared), queue(), 0);
+        set_lock(&shared, None);
+        w.follow_lock();
         assert_eq!(w.lock_term, None);
-        w.follow_lock().await;
-        assert!(
-            *crate::consumer::engine::lock(&held),
-            "the worker did not ask for its lock"
-        );
         assert!(matches!(w.paused, Some(Pause::LockNotHeld)));
-        w.follow_lock().await;
-        assert!(w.lock_term.is_some());
+        let asked = tokio::time::timeout(Duration::from_millis(10), shared.relock_now.notified());
+        assert!(
+            asked.await.is_ok(),
+            "the lock task was not asked for a round"
+        );
+        set_lock(&shared, Some(2));
+        w.follow_lock();
+        assert_eq!(w.lock_term, Some(2));
         assert!(
             w.recompute_offset,
             "consuming the old cache without re-reading the offset"
         );
-        broker.abort();
     }
 
     /// The broker moved the offset while messages are held (here waiting for a later try):
