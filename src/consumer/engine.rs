@@ -43,7 +43,7 @@ use super::inbound::{self, BrokerEvent};
 use super::offset_store::{
     valid_path_component, HolderPhase, LocalFileStore, OffsetStoreError, OffsetTable, StoreLock,
 };
-use super::rebalance::{Rebalancer, ResetRequest};
+use super::rebalance::{PendingResets, Rebalancer};
 use super::stats::{Stats, StatsSnapshot};
 
 /// Where a `%RETRY%<group>` queue without a stored offset starts, whatever `consume_from` says:
@@ -113,7 +113,7 @@ pub(crate) struct Shared<H> {
     /// A broker has taken a heartbeat of this consumer (broadcasting's readiness).
     pub(crate) heartbeat_taken: AtomicBool,
     /// Offset resets asked for by brokers, applied by the rebalancer.
-    pub(crate) resets: mpsc::Sender<ResetRequest>,
+    pub(crate) resets: PendingResets,
     /// Publishes a failed message to the retry topic itself when the broker refuses its
     /// send-back ([`Shared::republish_retry`]); shares the client's connections and routes.
     producer: Producer,
@@ -902,7 +902,6 @@ pub struct Runtime {
 pub struct Prepared<H: Handler> {
     shared: Arc<Shared<H>>,
     events: mpsc::Receiver<BrokerEvent>,
-    resets: mpsc::Receiver<ResetRequest>,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -992,7 +991,6 @@ impl<H: Handler> Consumer<H> {
             Model::Clustering => (None, None),
         };
         let (events_tx, events_rx) = mpsc::channel::<BrokerEvent>(64);
-        let (resets_tx, resets_rx) = mpsc::channel::<ResetRequest>(8);
         let client = Client::new(client_config, inbound::forwarder(events_tx))?;
         let client_id = client.client_id().to_owned();
         let meters = Meters::new(&runtime.metrics, &config.group, &config.topic);
@@ -1031,13 +1029,12 @@ impl<H: Handler> Consumer<H> {
             cache_budget: runtime.cache_budget,
             ready: Arc::new(AtomicBool::new(false)),
             heartbeat_taken: AtomicBool::new(false),
-            resets: resets_tx,
+            resets: PendingResets::default(),
             producer,
         });
         Ok(Prepared {
             shared,
             events: events_rx,
-            resets: resets_rx,
         })
     }
 
@@ -1105,11 +1102,7 @@ impl<H: Handler> Consumer<H> {
 impl<H: Handler> Prepared<H> {
     /// Starts every task: they connect, heartbeat and rebalance.
     pub fn start(self) -> Consumer<H> {
-        let Self {
-            shared,
-            events,
-            resets,
-        } = self;
+        let Self { shared, events } = self;
         info!(group = %shared.config.group, topic = %shared.config.topic, client_id = %shared.client_id, "Consumer starting.");
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -1125,7 +1118,7 @@ impl<H: Handler> Prepared<H> {
             events,
             cancel.child_token(),
         ));
-        let rebalancer = Rebalancer::new(Arc::clone(&shared), resets);
+        let rebalancer = Rebalancer::new(Arc::clone(&shared));
         let rebalancer = Some(tokio::spawn(rebalancer.run(cancel.child_token())));
         Consumer {
             shared,

@@ -26,7 +26,6 @@ use crate::remoting::{RequestCode, ResponseCode};
 
 use super::engine::{now_millis, Shared};
 use super::handler::{Batch, ConsumeMode, Handler, Outcome};
-use super::rebalance::ResetRequest;
 
 /// One request from a broker and the way back to its connection.
 #[derive(Debug)]
@@ -161,7 +160,14 @@ async fn answer<H: Handler>(
         } => {
             if g == group && (topic == shared.config.topic || topic == shared.config.retry_topic())
             {
-                let _ = shared.resets.send(ResetRequest { offsets }).await;
+                // A negative offset is no position: stored, it would read as "none" and the
+                // queue would restart from `consume_from` (LAST_OFFSET: its end).
+                let (valid, invalid): (Vec<_>, Vec<_>) =
+                    offsets.into_iter().partition(|(_, offset)| *offset >= 0);
+                for (mq, offset) in &invalid {
+                    warn!(%group, broker = %from, queue = %mq, offset, "Offset reset to a negative offset ignored.");
+                }
+                shared.resets.add(valid);
             }
             None
         }
@@ -348,6 +354,33 @@ mod tests {
     use crate::consumer::engine::testing;
     use crate::consumer::Config;
     use crate::remoting::ExtFields;
+
+    /// An offset reset never waits (the requests behind it would), and a negative offset in it
+    /// is left out: stored, it would read as "no offset" and the queue would restart from
+    /// `consume_from`.
+    #[tokio::test]
+    async fn an_offset_reset_is_recorded_without_its_negative_offsets() {
+        let shared = testing::shared(Config::new("G_inbound", "T_inbound")).await;
+        let request = RemotingCommand::request(
+            RequestCode::ResetConsumerClientOffset,
+            ExtFields::new()
+                .with("topic", "T_inbound")
+                .with("group", "G_inbound")
+                .with("timestamp", -1)
+                .with("isForce", true),
+            bytes::Bytes::from_static(
+                br#"{"offsetTable":{{"brokerName":"b","queueId":0,"topic":"T_inbound"}:5,{"brokerName":"b","queueId":1,"topic":"T_inbound"}:-1}}"#,
+            ),
+        );
+        // Many more than any queue of whole requests held: none of them waits.
+        for _ in 0..100 {
+            assert!(answer(&shared, "broker", &request).await.is_none());
+        }
+        let taken = tokio::time::timeout(Duration::from_secs(1), shared.resets.take())
+            .await
+            .expect("a reset recorded");
+        assert_eq!(taken, vec![(testing::queue("T_inbound"), 5)]);
+    }
 
     /// A broker asking about a group this consumer does not run gets Java's answer, remark
     /// included (admin tools show it as it is).

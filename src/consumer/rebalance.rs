@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,15 +24,38 @@ use super::engine::{now_millis, Shared, Start};
 use super::handler::Handler;
 use super::worker;
 
-/// An offset reset asked for by a broker (RESET_CONSUMER_CLIENT_OFFSET).
-#[derive(Debug)]
-pub(crate) struct ResetRequest {
-    pub(crate) offsets: Vec<(MessageQueue, i64)>,
+/// Offset resets asked for by brokers (RESET_CONSUMER_CLIENT_OFFSET) and not applied yet: the
+/// newest offset per queue. The inbound task adds to it without waiting: a queue of whole
+/// requests, each applied only after its workers drained, filled up under a burst (one request
+/// per broker, or an operator repeating a reset) and stalled the inbound task, and with it
+/// every broker request behind. The rebalancer takes it whole.
+#[derive(Debug, Default)]
+pub(crate) struct PendingResets {
+    offsets: std::sync::Mutex<HashMap<MessageQueue, i64>>,
+    added: tokio::sync::Notify,
+}
+
+impl PendingResets {
+    /// Records `offsets`, replacing what an earlier reset asked for the same queues.
+    pub(crate) fn add(&self, offsets: impl IntoIterator<Item = (MessageQueue, i64)>) {
+        super::engine::lock(&self.offsets).extend(offsets);
+        self.added.notify_one();
+    }
+
+    /// Waits for resets and takes them all.
+    pub(crate) async fn take(&self) -> Vec<(MessageQueue, i64)> {
+        loop {
+            self.added.notified().await;
+            let taken = std::mem::take(&mut *super::engine::lock(&self.offsets));
+            if !taken.is_empty() {
+                return taken.into_iter().collect();
+            }
+        }
+    }
 }
 
 pub(crate) struct Rebalancer<H> {
     shared: Arc<Shared<H>>,
-    resets: mpsc::Receiver<ResetRequest>,
     workers: JoinSet<MessageQueue>,
     /// Queues with a running worker: its cancel token and task id.
     active: HashMap<MessageQueue, (CancellationToken, tokio::task::Id)>,
@@ -72,10 +94,9 @@ impl Crashes {
 }
 
 impl<H: Handler> Rebalancer<H> {
-    pub(crate) fn new(shared: Arc<Shared<H>>, resets: mpsc::Receiver<ResetRequest>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared<H>>) -> Self {
         Self {
             shared,
-            resets,
             workers: JoinSet::new(),
             active: HashMap::new(),
             retiring: HashSet::new(),
@@ -97,7 +118,7 @@ impl<H: Handler> Rebalancer<H> {
                     self.reap(done).await;
                     continue;
                 }
-                Some(reset) = self.resets.recv() => {
+                reset = self.shared.resets.take() => {
                     // A reset waits for the affected workers to drain; a shutdown meanwhile
                     // must not wait for it (the workers drain and persist on their own; the
                     // reset is not applied, as if it had come after the shutdown).
@@ -401,32 +422,31 @@ impl<H: Handler> Rebalancer<H> {
 
     /// Applies a broker-requested offset reset: stop the affected workers, let them drain, set
     /// the new offsets, persist them, and let the next rebalance start the queues again.
-    async fn reset(&mut self, mut reset: ResetRequest) {
+    async fn reset(&mut self, mut offsets: Vec<(MessageQueue, i64)>) {
         // Only the queues this member holds, as Java resets only its process-queue table's: the
         // broker sends the whole topic's table to every member, each owner resets its own, and
         // writing another member's queue from here could rewind an offset its owner has moved
         // on from since.
         // (A queue still draining after a rebalance belongs to its next owner already.)
-        reset.offsets.retain(|(mq, _)| self.active.contains_key(mq));
-        for (mq, _) in &reset.offsets {
+        offsets.retain(|(mq, _)| self.active.contains_key(mq));
+        for (mq, _) in &offsets {
             self.revoke(mq);
         }
         // Wait for the affected workers to finish so their final commit cannot overwrite the
         // reset offset.
-        while reset
-            .offsets
-            .iter()
-            .any(|(mq, _)| self.retiring.contains(mq))
-        {
+        while offsets.iter().any(|(mq, _)| self.retiring.contains(mq)) {
             match self.workers.join_next_with_id().await {
                 Some(done) => self.reap(done).await,
                 None => break,
             }
         }
-        for (mq, offset) in &reset.offsets {
+        for (mq, offset) in &offsets {
             info!(group = %self.shared.group(), queue = %mq, offset, "Offset reset by the broker.");
             self.shared.offsets.update(mq, *offset, false);
-            self.shared.persist(mq).await;
+            // The queue's next worker reads its offset from the broker first.
+            if !self.shared.persist(mq).await {
+                warn!(group = %self.shared.group(), queue = %mq, offset, "The reset offset could not be stored at the broker, so it does not take effect; reset the offset again.");
+            }
         }
         self.shared.rebalance_now.notify_one();
     }
@@ -445,8 +465,7 @@ mod tests {
     async fn rebalancer() -> Rebalancer<Accept> {
         let mut config = Config::new("G_reap", "T_reap");
         config.mode = ConsumeMode::Orderly;
-        let (_tx, resets) = mpsc::channel(1);
-        Rebalancer::new(testing::shared(config).await, resets)
+        Rebalancer::new(testing::shared(config).await)
     }
 
     #[tokio::test]
