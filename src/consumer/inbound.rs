@@ -69,12 +69,13 @@ impl Forwarder {
             warn!(broker = %from, code, "Broker request dropped: too many waiting.");
             return None;
         }
-        tokio::time::timeout(Duration::from_secs(60), answer)
-            .await
-            .ok()?
-            .ok()?
+        tokio::time::timeout(ANSWER_WAIT, answer).await.ok()?.ok()?
     }
 }
+
+/// How long the connection waits for the engine's answer to a broker request; the broker
+/// (Java: 10 s for consume-directly) has usually given up before.
+const ANSWER_WAIT: Duration = Duration::from_secs(60);
 
 /// Consume-directly requests run at once at most; more are answered SYSTEM_BUSY (an admin's
 /// tool, not traffic: a handful is plenty, and each holds a webhook request).
@@ -233,11 +234,14 @@ async fn answer<H: Handler>(
                 messages: vec![message],
             };
             let started = Instant::now();
-            let outcome =
-                tokio::time::timeout(shared.config.consume_timeout, shared.handler.handle(&batch))
-                    .await
-                    .ok()
-                    .and_then(|o| o.first().copied());
+            // No longer than anyone waits for the answer: a delivery past that would hold one
+            // of the few places for consume-directly (up to `consume_timeout`, 15 min) for an
+            // answer that goes nowhere.
+            let within = shared.config.consume_timeout.min(ANSWER_WAIT);
+            let outcome = tokio::time::timeout(within, shared.handler.handle(&batch))
+                .await
+                .ok()
+                .and_then(|o| o.first().copied());
             let consume_result = match outcome {
                 Some(Outcome::Success) => ConsumeResult::Success,
                 Some(Outcome::Retry { .. } | Outcome::Later { .. }) => ConsumeResult::Later,
