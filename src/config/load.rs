@@ -91,9 +91,13 @@ impl Config {
         let mut env = env::read(&sources.env);
         let mut errors = Vec::new();
 
-        let file_dict = match &file {
-            Some((path, text)) => {
-                let index = LineIndex::new(text);
+        // One index of the file's lines serves its duplicate keys, a bad `profile:` and every
+        // later error's origin.
+        let file_index = file
+            .as_ref()
+            .map(|(path, text)| (path.clone(), LineIndex::new(text)));
+        let file_dict = match (&file, &file_index) {
+            (Some((path, text)), Some((_, index))) => {
                 for (key, first, again) in index.duplicates() {
                     errors.push(ConfigError::Invalid {
                         key: display_path(key),
@@ -108,10 +112,10 @@ impl Config {
                 }
                 parse_yaml(text, Some(path))?
             }
-            None => Dict::new(),
+            _ => Dict::new(),
         };
 
-        let profile = match choose_profile(&env, &file_dict, file.as_ref()) {
+        let profile = match choose_profile(&env, &file_dict, file_index.as_ref()) {
             Ok(p) => p,
             Err(e) => {
                 errors.push(e);
@@ -123,11 +127,7 @@ impl Config {
             None => Dict::new(),
         };
 
-        let mut prov = Provenance::new(
-            file.as_ref()
-                .map(|(path, text)| (path.clone(), LineIndex::new(text))),
-            profile.map(|p| LineIndex::new(p.yaml())),
-        );
+        let mut prov = Provenance::new(file_index, profile.map(|p| LineIndex::new(p.yaml())));
         let mut tree = Dict::new();
         if let Some(p) = profile {
             overlay(
@@ -280,7 +280,7 @@ fn parse_yaml(text: &str, file: Option<&PathBuf>) -> Result<Dict, ConfigError> {
 fn choose_profile(
     env: &EnvLayer,
     file: &Dict,
-    file_source: Option<&(PathBuf, String)>,
+    file_index: Option<&(PathBuf, LineIndex)>,
 ) -> Result<Option<Profile>, ConfigError> {
     let (value, origin) = if let Some(entry) = env.find(&["profile"]) {
         (
@@ -291,9 +291,8 @@ fn choose_profile(
         )
     } else if let Some(value) = file.get("profile") {
         let origin = Origin::File {
-            path: file_source.map(|f| f.0.clone()).unwrap_or_default(),
-            line: file_source
-                .and_then(|(_, text)| LineIndex::new(text).line(&["profile".to_owned()])),
+            path: file_index.map(|f| f.0.clone()).unwrap_or_default(),
+            line: file_index.and_then(|(_, index)| index.line(&["profile".to_owned()])),
             written: None,
         };
         (value.clone(), origin)

@@ -150,16 +150,19 @@ impl Config {
     /// Where the value at `key` (a dotted path such as `subscriptions.0.webhook.url`) came from.
     /// [`display_key`] shows the same path as errors do.
     pub fn origin(&self, key: &str) -> Origin {
-        let path: Vec<String> = key.split('.').map(str::to_owned).collect();
-        self.provenance.origin(&path)
+        self.provenance.origin(&dotted_path(key))
     }
 }
 
 /// A dotted key path (`subscriptions.0.webhook.url`) as errors show it
 /// (`subscriptions[0].webhook.url`).
 pub fn display_key(dotted: &str) -> String {
-    let path: Vec<String> = dotted.split('.').map(str::to_owned).collect();
-    tree::display_path(&path)
+    tree::display_path(&dotted_path(dotted))
+}
+
+/// The segments of a dotted key path.
+fn dotted_path(dotted: &str) -> Vec<String> {
+    dotted.split('.').map(str::to_owned).collect()
 }
 
 /// Connection-level settings shared by every subscription.
