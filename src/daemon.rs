@@ -111,7 +111,7 @@ impl Plan {
             // not parse must instead be a configuration error naming its key, found by
             // check-config too.
             tls.check().map_err(|(setting, e)| {
-                PlanError::at(cfg, broker_tls_key(setting), e.to_string())
+                PlanError::at(cfg, &tls_key("client.tls", setting), e.to_string())
             })?;
         }
         let connect = ConnectOptions {
@@ -141,20 +141,15 @@ impl Plan {
             options.transport = Some(transport.clone());
             let webhook = Webhook::new(options).map_err(|e| match e {
                 // The library names its own fields; the operator needs the configuration's.
-                WebhookError::Tls { what, path, reason } => {
-                    let setting = match what {
-                        "client_cert" => "cert_file",
-                        "client_key" => "key_file",
-                        "ca_file" => "ca_file",
-                        _ => "",
-                    };
-                    let dotted = if setting.is_empty() {
-                        key("webhook.tls")
-                    } else {
-                        key(&format!("webhook.tls.{setting}"))
-                    };
-                    PlanError::at(cfg, &dotted, format!("{path}: {reason}"))
-                }
+                WebhookError::Tls {
+                    setting,
+                    path,
+                    reason,
+                } => PlanError::at(
+                    cfg,
+                    &tls_key(&key("webhook.tls"), Some(setting)),
+                    format!("{path}: {reason}"),
+                ),
                 other => PlanError::at(cfg, &key("webhook"), other.to_string()),
             })?;
             let mut sub_client = client.clone();
@@ -183,16 +178,18 @@ impl Plan {
     }
 }
 
-/// The configuration key of a broker TLS setting.
-fn broker_tls_key(setting: Option<TlsSetting>) -> &'static str {
-    match setting {
-        Some(TlsSetting::CaFile) => "client.tls.ca_file",
-        Some(TlsSetting::ClientCert) => "client.tls.cert_file",
-        Some(TlsSetting::ClientKey) => "client.tls.key_file",
-        Some(TlsSetting::ServerName) => "client.tls.server_name",
+/// The configuration key of a TLS setting in the `tls` section at `section` (`client.tls`, or
+/// a subscription's `webhook.tls`): both name their files alike.
+fn tls_key(section: &str, setting: Option<TlsSetting>) -> String {
+    let field = match setting {
+        Some(TlsSetting::CaFile) => "ca_file",
+        Some(TlsSetting::ClientCert) => "cert_file",
+        Some(TlsSetting::ClientKey) => "key_file",
+        Some(TlsSetting::ServerName) => "server_name",
         // No setting causes it (the TLS library's own protocol defaults).
-        None => "client.tls",
-    }
+        None => return section.to_owned(),
+    };
+    format!("{section}.{field}")
 }
 
 fn consumer_config(

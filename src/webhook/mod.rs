@@ -53,6 +53,7 @@ use tokio::time::Instant;
 use tokio_rustls::rustls::crypto::ring as ring_provider;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
+use crate::client::TlsSetting;
 use crate::consumer::{Batch, ConsumeMode, Handler, Outcome};
 use crate::remoting::message::LogId;
 
@@ -237,10 +238,10 @@ pub enum WebhookError {
         reason: &'static str,
     },
     /// A TLS file cannot be read or does not hold what it should.
-    #[error("webhook TLS {what} {path}: {reason}")]
+    #[error("webhook TLS {} {path}: {reason}", tls_option(*setting))]
     Tls {
-        /// `ca_file`, `client_cert` or `client_key`.
-        what: &'static str,
+        /// The [`WebhookTls`] field at fault (never `ServerName`, which the webhook has not).
+        setting: TlsSetting,
         /// The file.
         path: String,
         /// What is wrong.
@@ -249,6 +250,16 @@ pub enum WebhookError {
     /// The HTTP client could not be built (TLS backend initialisation).
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] rustls::Error),
+}
+
+/// The name of the [`WebhookTls`] field for `setting`.
+fn tls_option(setting: TlsSetting) -> &'static str {
+    match setting {
+        TlsSetting::CaFile => "ca_file",
+        TlsSetting::ClientCert => "client_cert",
+        TlsSetting::ClientKey => "client_key",
+        TlsSetting::ServerName => "server_name",
+    }
 }
 
 impl WebhookError {
@@ -948,10 +959,12 @@ fn tls_config(tls: &WebhookTls) -> Result<ClientConfig, WebhookError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = &tls.ca_file {
-        for cert in crate::client::read_certs(path, "ca_file").map_err(pem_error)? {
+        let certs = crate::client::read_certs(path, "ca_file")
+            .map_err(|e| pem_error(TlsSetting::CaFile, e))?;
+        for cert in certs {
             roots
                 .add(cert)
-                .map_err(|e| tls_error("ca_file", path, e.to_string()))?;
+                .map_err(|e| tls_error(TlsSetting::CaFile, path, e.to_string()))?;
         }
     }
     let builder = if tls.insecure_skip_verify {
@@ -963,23 +976,25 @@ fn tls_config(tls: &WebhookTls) -> Result<ClientConfig, WebhookError> {
     };
     let mut config = match (&tls.client_cert, &tls.client_key) {
         (Some(cert), Some(key)) => {
-            let chain = crate::client::read_certs(cert, "client_cert").map_err(pem_error)?;
-            let key = crate::client::read_key(key, "client_key").map_err(pem_error)?;
+            let chain = crate::client::read_certs(cert, "client_cert")
+                .map_err(|e| pem_error(TlsSetting::ClientCert, e))?;
+            let key = crate::client::read_key(key, "client_key")
+                .map_err(|e| pem_error(TlsSetting::ClientKey, e))?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| tls_error("client_cert", cert, e.to_string()))?
+                .map_err(|e| tls_error(TlsSetting::ClientCert, cert, e.to_string()))?
         }
         (None, None) => builder.with_no_client_auth(),
         (Some(path), None) => {
             return Err(tls_error(
-                "client_key",
+                TlsSetting::ClientKey,
                 path,
                 "client_cert is set without client_key; they must be set together".to_owned(),
             ));
         }
         (None, Some(path)) => {
             return Err(tls_error(
-                "client_cert",
+                TlsSetting::ClientCert,
                 path,
                 "client_key is set without client_cert; they must be set together".to_owned(),
             ));
@@ -989,24 +1004,24 @@ fn tls_config(tls: &WebhookTls) -> Result<ClientConfig, WebhookError> {
     Ok(config)
 }
 
-fn tls_error(what: &'static str, path: &std::path::Path, reason: String) -> WebhookError {
+fn tls_error(setting: TlsSetting, path: &std::path::Path, reason: String) -> WebhookError {
     WebhookError::Tls {
-        what,
+        setting,
         path: path.display().to_string(),
         reason,
     }
 }
 
-/// The broker client's PEM readers (crate::client), their errors as webhook TLS errors.
-fn pem_error(error: crate::client::ClientError) -> WebhookError {
+/// An error of the broker client's PEM readers (crate::client) about `setting`'s file.
+fn pem_error(setting: TlsSetting, error: crate::client::ClientError) -> WebhookError {
     match error {
-        crate::client::ClientError::Tls { what, path, reason } => WebhookError::Tls {
-            what,
+        crate::client::ClientError::Tls { path, reason, .. } => WebhookError::Tls {
+            setting,
             path: path.map(|p| p.display().to_string()).unwrap_or_default(),
             reason,
         },
         other => WebhookError::Tls {
-            what: "tls",
+            setting,
             path: String::new(),
             reason: other.to_string(),
         },

@@ -497,9 +497,13 @@ async fn unknown_issuer_fails_unless_verification_is_off() {
     task.abort();
 }
 
-fn tls_failure(tls: WebhookTls) -> (&'static str, String, String) {
+fn tls_failure(tls: WebhookTls) -> (TlsSetting, String, String) {
     match Webhook::new(https_options(1, tls)) {
-        Err(WebhookError::Tls { what, path, reason }) => (what, path, reason),
+        Err(WebhookError::Tls {
+            setting,
+            path,
+            reason,
+        }) => (setting, path, reason),
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -515,7 +519,7 @@ fn bad_tls_files_are_configuration_errors() {
         ca_file: Some(garbage.clone()),
         ..WebhookTls::default()
     });
-    assert_eq!((what, path.as_str()), ("ca_file", shown.as_str()));
+    assert_eq!((what, path.as_str()), (TlsSetting::CaFile, shown.as_str()));
     assert!(reason.contains("no PEM certificate"), "{reason}");
 
     // A key file without a key (here: a certificate) is the key's fault.
@@ -524,7 +528,7 @@ fn bad_tls_files_are_configuration_errors() {
         client_key: Some(testdata("leaf.pem")),
         ..WebhookTls::default()
     });
-    assert_eq!(what, "client_key");
+    assert_eq!(what, TlsSetting::ClientKey);
     assert_eq!(path, testdata("leaf.pem").display().to_string());
     assert!(reason.contains("no PEM private key"), "{reason}");
 
@@ -533,7 +537,7 @@ fn bad_tls_files_are_configuration_errors() {
         client_key: Some(PathBuf::from("/nonexistent/leaf.key")),
         ..WebhookTls::default()
     });
-    assert_eq!(what, "client_key");
+    assert_eq!(what, TlsSetting::ClientKey);
     assert!(!reason.is_empty());
 
     let (what, path, _) = tls_failure(WebhookTls {
@@ -541,13 +545,16 @@ fn bad_tls_files_are_configuration_errors() {
         client_key: Some(testdata("leaf.key")),
         ..WebhookTls::default()
     });
-    assert_eq!((what, path.as_str()), ("client_cert", shown.as_str()));
+    assert_eq!(
+        (what, path.as_str()),
+        (TlsSetting::ClientCert, shown.as_str())
+    );
 
     let (what, _, reason) = tls_failure(WebhookTls {
         client_key: Some(testdata("leaf.key")),
         ..WebhookTls::default()
     });
-    assert_eq!(what, "client_cert");
+    assert_eq!(what, TlsSetting::ClientCert);
     assert!(reason.contains("together"), "{reason}");
 
     // Verification off still reads the CA file: a broken path shows at startup.
@@ -556,7 +563,7 @@ fn bad_tls_files_are_configuration_errors() {
         insecure_skip_verify: true,
         ..WebhookTls::default()
     });
-    assert_eq!(what, "ca_file");
+    assert_eq!(what, TlsSetting::CaFile);
 }
 
 #[test]
