@@ -527,6 +527,10 @@ impl crate::admin::StatusSource for DaemonStatus {
         }
     }
 
+    fn failure(&self) -> Option<String> {
+        first_failure(self.phase.borrow().subscriptions())
+    }
+
     fn status(&self) -> serde_json::Value {
         let phase = self.phase.borrow().clone();
         let subs: Vec<serde_json::Value> = phase
@@ -541,6 +545,7 @@ impl crate::admin::StatusSource for DaemonStatus {
                     "mode": s.config.mode,
                     "model": format!("{:?}", s.config.model).to_uppercase(),
                     "ready": s.probe.is_ready(),
+                    "failure": s.probe.failure(),
                     "circuit": s.webhook.circuit_state().as_str(),
                     "stats": s.probe.stats(),
                 })
@@ -585,11 +590,14 @@ pub const EXIT_AFTER_GRACE: Duration = DRAIN_OVERRUN
     .saturating_add(crate::admin::STOP_TIMEOUT)
     .saturating_add(BLOCKING_SHUTDOWN);
 
-/// Runs the plan until `shutdown` completes, then drains within the grace period.
+/// Runs the plan until `shutdown` completes or a subscription fails, then drains within the
+/// grace period.
 ///
 /// # Errors
-/// The admin address cannot be bound, or a consumer cannot start (an offset store that cannot
-/// be written or read, or is still locked by another process after the wait).
+/// The admin address cannot be bound; a consumer cannot start (an offset store that cannot
+/// be written or read, or is still locked by another process after the wait); or a
+/// subscription failed (one of its consumer's own tasks panicked or ended, see
+/// [`Probe::failed`]).
 pub async fn run(
     plan: Plan,
     shutdown: impl std::future::Future<Output = ()>,
@@ -650,7 +658,7 @@ pub async fn run(
 }
 
 /// Prepares every subscription, starts them, publishes them on `phase`, and drains them once
-/// `shutdown` completes.
+/// `shutdown` completes or one of them fails.
 ///
 /// Every subscription is prepared (settings checked, broadcasting offsets locked and loaded)
 /// before any connects: one that cannot start must not leave another registered with a
@@ -661,7 +669,7 @@ async fn consume(
     runtime: &Runtime,
     phase: &watch::Sender<Phase>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), ConsumerError> {
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut shutdown = std::pin::pin!(shutdown);
     let prepared = tokio::select! {
         prepared = prepare(subscriptions, runtime) => prepared?,
@@ -686,17 +694,60 @@ async fn consume(
     let status: Arc<[SubscriptionStatus]> = status.into();
     phase.send_replace(Phase::Running(Arc::clone(&status)));
 
-    shutdown.await;
-    phase.send_replace(Phase::Stopping(status));
+    // A subscription whose own task ended stays broken (no heartbeats, no new queues): the
+    // daemon stops as it does on a signal and exits with an error, so that its supervisor
+    // (restart policy, kubelet) starts a fresh process; the other subscriptions drain first.
+    let signalled = tokio::select! {
+        () = &mut shutdown => true,
+        () = any_failed(&status) => {
+            let reason = first_failure(&status).unwrap_or_default();
+            error!(%reason, "A subscription failed; stopping so that the process is restarted.");
+            false
+        }
+    };
+    phase.send_replace(Phase::Stopping(Arc::clone(&status)));
     info!(grace = ?grace, "Shutting down: draining in-flight deliveries.");
-    let drain = futures_join_all(consumers.into_iter().map(|c| c.shutdown()));
-    if tokio::time::timeout(grace + DRAIN_OVERRUN, drain)
-        .await
-        .is_err()
-    {
+    let drain = tokio::time::timeout(
+        grace + DRAIN_OVERRUN,
+        futures_join_all(consumers.into_iter().map(|c| c.shutdown())),
+    );
+    let mut drain = std::pin::pin!(drain);
+    // Stopping after a failure, the signal is still heard: the first one is noted (and arms
+    // the second's exit at once) while the drain goes on.
+    let drained = if signalled {
+        drain.await
+    } else {
+        tokio::select! {
+            drained = &mut drain => drained,
+            () = &mut shutdown => drain.await,
+        }
+    };
+    if drained.is_err() {
         warn!("Shutdown grace period exceeded; exiting with deliveries still in flight (they will be redelivered).");
     }
-    Ok(())
+    // Also a failure that came during the drain (a task that panicked while stopping).
+    match first_failure(&status) {
+        Some(reason) => Err(reason.into()),
+        None => Ok(()),
+    }
+}
+
+/// The first subscription, in configuration order, whose consumer failed (see
+/// [`Probe::failed`]), as `subscription <name>: <reason>`.
+fn first_failure(subs: &[SubscriptionStatus]) -> Option<String> {
+    subs.iter().find_map(|s| {
+        s.probe
+            .failure()
+            .map(|reason| format!("subscription {}: {reason}", s.name))
+    })
+}
+
+/// Completes when any of `subs` fails; never when there is none.
+async fn any_failed(subs: &[SubscriptionStatus]) {
+    if subs.is_empty() {
+        return std::future::pending().await;
+    }
+    futures_util::future::select_all(subs.iter().map(|s| Box::pin(s.probe.failed()))).await;
 }
 
 /// A subscription whose consumer is prepared, with what `/status` shows of it.

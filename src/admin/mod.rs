@@ -1,6 +1,6 @@
-//! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (liveness), `/readyz`
-//! (readiness: routes fetched and every subscription running), `/status` (JSON per
-//! subscription).
+//! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (liveness: no subscription
+//! has failed), `/readyz` (readiness: routes fetched and every subscription running),
+//! `/status` (JSON per subscription).
 //!
 //! The server knows nothing about the engine: it asks a [`StatusSource`] for readiness and the
 //! status document, so it can be tested with a fake source.
@@ -28,6 +28,9 @@ use crate::metrics::Metrics;
 pub trait StatusSource: Send + Sync + 'static {
     /// Whether the daemon is ready to receive traffic (every subscription running).
     fn ready(&self) -> bool;
+    /// Why the daemon is broken beyond repair in place (a subscription whose own task ended),
+    /// if it is: liveness fails with this text.
+    fn failure(&self) -> Option<String>;
     /// The `/status` document.
     fn status(&self) -> serde_json::Value;
 }
@@ -42,7 +45,7 @@ struct AppState {
 pub fn router(metrics: Metrics, source: Arc<dyn StatusSource>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/healthz", get(live_handler))
         .route("/readyz", get(ready_handler))
         .route("/status", get(status_handler))
         .with_state(AppState { metrics, source })
@@ -54,6 +57,17 @@ async fn metrics_handler(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+async fn live_handler(State(state): State<AppState>) -> Response {
+    match state.source.failure() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("failed: {reason}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn ready_handler(State(state): State<AppState>) -> Response {
@@ -241,6 +255,10 @@ mod tests {
         fn ready(&self) -> bool {
             self.0.load(Ordering::Relaxed)
         }
+        fn failure(&self) -> Option<String> {
+            // Ready and failed at once does not happen in the daemon; one flag serves both.
+            (!self.0.load(Ordering::Relaxed)).then(|| "the heartbeat task panicked".to_owned())
+        }
         fn status(&self) -> serde_json::Value {
             serde_json::json!({"subscriptions": [{"group": "g"}]})
         }
@@ -262,9 +280,15 @@ mod tests {
         let base = format!("http://{addr}");
         let http = reqwest::Client::new();
         let get = |p: &str| http.get(format!("{base}{p}")).send();
-        assert_eq!(get("/healthz").await.unwrap().status(), 200);
+        let live = get("/healthz").await.unwrap();
+        assert_eq!(live.status(), 503);
+        assert_eq!(
+            live.text().await.unwrap(),
+            "failed: the heartbeat task panicked\n"
+        );
         assert_eq!(get("/readyz").await.unwrap().status(), 503);
         fake.0.store(true, Ordering::Relaxed);
+        assert_eq!(get("/healthz").await.unwrap().status(), 200);
         assert_eq!(get("/readyz").await.unwrap().status(), 200);
         let text = get("/metrics").await.unwrap().text().await.unwrap();
         assert!(

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -45,6 +47,7 @@ use super::offset_store::{
 };
 use super::rebalance::{PendingResets, Rebalancer};
 use super::stats::{Stats, StatsSnapshot};
+use super::supervise::{Failure, Supervisor};
 
 /// Where a `%RETRY%<group>` queue without a stored offset starts, whatever `consume_from` says:
 /// it holds only this group's sent-back messages, so all of them are to be consumed.
@@ -117,6 +120,9 @@ pub(crate) struct Shared<H> {
     /// Publishes a failed message to the retry topic itself when the broker refuses its
     /// send-back ([`Shared::republish_retry`]); shares the client's connections and routes.
     producer: Producer,
+    /// Tests: the rebalancer's next pass panics, as a bug in it would.
+    #[cfg(test)]
+    pub(crate) panic_next_rebalance: AtomicBool,
 }
 
 /// Where a newly assigned queue starts.
@@ -857,7 +863,8 @@ pub struct Consumer<H: Handler> {
     shared: Arc<Shared<H>>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
-    rebalancer: Option<tokio::task::JoinHandle<Vec<MessageQueue>>>,
+    rebalancer: Option<tokio::task::JoinHandle<Option<Vec<MessageQueue>>>>,
+    failure: Arc<Failure>,
 }
 
 /// Read-only view of a running consumer for status and readiness.
@@ -866,6 +873,7 @@ pub struct Probe {
     stats: Arc<Stats>,
     ready: Arc<AtomicBool>,
     client_id: String,
+    failure: Arc<Failure>,
 }
 
 impl Probe {
@@ -882,6 +890,19 @@ impl Probe {
     /// The consumer's client id.
     pub fn client_id(&self) -> &str {
         &self.client_id
+    }
+
+    /// Why the consumer cannot go on, if one of its tasks ended (see [`Probe::failed`]).
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.reason()
+    }
+
+    /// Waits until one of the consumer's own tasks (routes, heartbeats, offsets, locks, broker
+    /// requests, rebalance) panics or ends before the shutdown, and returns why. Such a
+    /// consumer stays broken (no heartbeats, no new queues, ...): the owner should stop it and
+    /// start afresh.
+    pub async fn failed(&self) -> String {
+        self.failure.wait().await.to_owned()
     }
 }
 
@@ -1031,6 +1052,8 @@ impl<H: Handler> Consumer<H> {
             heartbeat_taken: AtomicBool::new(false),
             resets: PendingResets::default(),
             producer,
+            #[cfg(test)]
+            panic_next_rebalance: AtomicBool::new(false),
         });
         Ok(Prepared {
             shared,
@@ -1059,6 +1082,7 @@ impl<H: Handler> Consumer<H> {
             stats: Arc::clone(&self.shared.stats),
             ready: Arc::clone(&self.shared.ready),
             client_id: self.shared.client_id.clone(),
+            failure: Arc::clone(&self.failure),
         }
     }
 
@@ -1077,7 +1101,7 @@ impl<H: Handler> Consumer<H> {
         // The rebalancer cancels its workers; each drains its in-flight batches, persists its
         // offset and releases its orderly lock before it ends.
         let held = match self.rebalancer.take() {
-            Some(h) => h.await.unwrap_or_default(),
+            Some(h) => h.await.ok().flatten().unwrap_or_default(),
             None => Vec::new(),
         };
         if self.shared.config.model == Model::Broadcasting {
@@ -1105,26 +1129,40 @@ impl<H: Handler> Prepared<H> {
         let Self { shared, events } = self;
         info!(group = %shared.config.group, topic = %shared.config.topic, client_id = %shared.client_id, "Consumer starting.");
         let cancel = CancellationToken::new();
+        let supervisor = Supervisor::new(shared.config.group.clone(), cancel.clone());
         let mut tasks = JoinSet::new();
-        tasks.spawn(route_task(Arc::clone(&shared), cancel.child_token()));
-        tasks.spawn(heartbeat_task(Arc::clone(&shared), cancel.child_token()));
-        tasks.spawn(persist_task(Arc::clone(&shared), cancel.child_token()));
-        tasks.spawn(gauge_task(Arc::clone(&shared), cancel.child_token()));
+        let token = || cancel.child_token();
+        // Boxed: one closure for tasks of different types (once per start).
+        let mut spawn =
+            |name, task: BoxFuture<'static, ()>| supervisor.spawn(&mut tasks, name, task);
+        spawn("route", route_task(Arc::clone(&shared), token()).boxed());
+        spawn(
+            "heartbeat",
+            heartbeat_task(Arc::clone(&shared), token()).boxed(),
+        );
+        spawn(
+            "persist",
+            persist_task(Arc::clone(&shared), token()).boxed(),
+        );
+        spawn("gauge", gauge_task(Arc::clone(&shared), token()).boxed());
         if shared.is_orderly_clustering() {
-            tasks.spawn(lock_task(Arc::clone(&shared), cancel.child_token()));
+            spawn("lock", lock_task(Arc::clone(&shared), token()).boxed());
         }
-        tasks.spawn(inbound::run(
-            Arc::clone(&shared),
-            events,
-            cancel.child_token(),
-        ));
+        spawn(
+            "broker request",
+            inbound::run(Arc::clone(&shared), events, token()).boxed(),
+        );
         let rebalancer = Rebalancer::new(Arc::clone(&shared));
-        let rebalancer = Some(tokio::spawn(rebalancer.run(cancel.child_token())));
+        let rebalancer = Some(tokio::spawn(
+            supervisor.run("rebalancer", rebalancer.run(token())),
+        ));
+        let failure = supervisor.failure();
         Consumer {
             shared,
             cancel,
             tasks,
             rebalancer,
+            failure,
         }
     }
 }
@@ -1756,6 +1794,53 @@ mod tests {
             .expect("task")
             .expect_err("a running holder fails the start");
         assert!(err.to_string().contains("running"), "{err}");
+    }
+
+    /// A bug that ends one of the consumer's own tasks leaves the subscription broken: the
+    /// probe says so (the daemon's liveness and exit status come from it), and the consumer
+    /// still shuts down.
+    #[tokio::test]
+    async fn a_task_that_panicked_fails_the_consumer_which_still_shuts_down() {
+        let consumer = start(refusing_addr(), Config::new("G_fail", "T_fail"))
+            .await
+            .expect("start");
+        let probe = consumer.probe();
+        assert_eq!(probe.failure(), None);
+        consumer
+            .shared
+            .panic_next_rebalance
+            .store(true, Ordering::Relaxed);
+        consumer.shared.rebalance_now.notify_one();
+        let reason = tokio::time::timeout(Duration::from_secs(10), probe.failed())
+            .await
+            .expect("the failure is recorded");
+        assert!(
+            reason.starts_with("the rebalancer task panicked: a rebalance pass panicked"),
+            "{reason}"
+        );
+        assert_eq!(probe.failure(), Some(reason.as_str()));
+        tokio::time::timeout(Duration::from_secs(10), consumer.shutdown())
+            .await
+            .expect("shutdown ends");
+    }
+
+    /// Every task ends when the consumer is shut down; none of those ends is a failure.
+    #[tokio::test]
+    async fn a_shutdown_is_not_a_failure() {
+        for config in [
+            Config::new("G_clean", "T_clean"),
+            Config {
+                mode: ConsumeMode::Orderly,
+                ..Config::new("G_clean", "T_clean")
+            },
+        ] {
+            let consumer = start(refusing_addr(), config).await.expect("start");
+            let probe = consumer.probe();
+            tokio::time::timeout(Duration::from_secs(10), consumer.shutdown())
+                .await
+                .expect("shutdown ends");
+            assert_eq!(probe.failure(), None);
+        }
     }
 
     /// A consumer's shutdown records in the lock file that it is draining, for the next one.

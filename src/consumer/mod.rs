@@ -15,6 +15,7 @@ pub mod process_queue;
 mod ready;
 mod rebalance;
 pub mod stats;
+mod supervise;
 mod worker;
 
 pub use allocate::AllocateStrategy;

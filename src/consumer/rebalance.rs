@@ -164,6 +164,11 @@ impl<H: Handler> Rebalancer<H> {
     /// One pass; returns whether every topic was balanced.
     async fn rebalance(&mut self) -> bool {
         let shared = Arc::clone(&self.shared);
+        #[cfg(test)]
+        assert!(
+            !shared.panic_next_rebalance.load(Ordering::Relaxed),
+            "a rebalance pass panicked (injected by a test)"
+        );
         let mut balanced = true;
         let mut target: BTreeSet<MessageQueue> = BTreeSet::new();
         // Whether a broker took us for the subscribed topic in this pass (readiness).
