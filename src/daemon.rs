@@ -5,6 +5,7 @@
 //! Everything that can be wrong with the configuration is found in [`Plan::new`], before any
 //! socket is opened, so bad configuration exits with code 2 and touches nothing.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -528,7 +529,7 @@ impl crate::admin::StatusSource for DaemonStatus {
     }
 
     fn failure(&self) -> Option<String> {
-        first_failure(self.phase.borrow().subscriptions())
+        first_failure(self.phase.borrow().subscriptions()).map(|e| e.to_string())
     }
 
     fn status(&self) -> serde_json::Value {
@@ -590,6 +591,49 @@ pub const EXIT_AFTER_GRACE: Duration = DRAIN_OVERRUN
     .saturating_add(crate::admin::STOP_TIMEOUT)
     .saturating_add(BLOCKING_SHUTDOWN);
 
+/// Why [`run`] ended with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The admin server cannot listen on its address.
+    #[error("cannot bind the admin server to {addr}: {source}")]
+    AdminBind {
+        /// `admin.listen`.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The webhook collector cannot join the metrics registry.
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A subscription cannot start: a bad setting, or an unusable broadcasting offset store.
+    #[error(transparent)]
+    Start(#[from] ConsumerError),
+    /// A running subscription failed: one of its consumer's own tasks panicked or ended (see
+    /// [`Probe::failed`]). The other subscriptions were drained.
+    #[error("subscription {subscription}: {reason}")]
+    SubscriptionFailed {
+        /// The subscription's name.
+        subscription: String,
+        /// What failed, e.g. `the heartbeat task panicked: <message>`.
+        reason: String,
+    },
+}
+
+impl DaemonError {
+    /// Whether running the daemon again may succeed without an operator: a failed
+    /// subscription (a restart starts it afresh) and an offset store whose lock another
+    /// process still holds may; a bad setting or an address in use needs a change first.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::SubscriptionFailed { .. } => true,
+            Self::Start(e) => e.is_retriable(),
+            Self::AdminBind { .. } | Self::Metrics(_) => false,
+        }
+    }
+}
+
 /// Runs the plan until `shutdown` completes or a subscription fails, then drains within the
 /// grace period.
 ///
@@ -601,7 +645,7 @@ pub const EXIT_AFTER_GRACE: Duration = DRAIN_OVERRUN
 pub async fn run(
     plan: Plan,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(), DaemonError> {
     let metrics = Metrics::new();
     let collector = WebhookCollector::new(
         plan.subscriptions
@@ -622,7 +666,10 @@ pub async fn run(
     // reported before anything connects to RocketMQ.
     let admin_listener = tokio::net::TcpListener::bind(plan.admin)
         .await
-        .map_err(|e| format!("cannot bind the admin server to {}: {e}", plan.admin))?;
+        .map_err(|source| DaemonError::AdminBind {
+            addr: plan.admin,
+            source,
+        })?;
     // Served from the start: while the subscriptions are prepared (a wait for a broadcasting
     // offsets lock can take a minute), /healthz answers, so liveness probes do not kill a
     // daemon that is only waiting, /status says "starting" and /readyz says not ready.
@@ -639,7 +686,10 @@ pub async fn run(
         Arc::clone(&source) as Arc<dyn crate::admin::StatusSource>,
         cancel.clone(),
     )
-    .map_err(|e| format!("admin server on {}: {e}", plan.admin))?;
+    .map_err(|source| DaemonError::AdminBind {
+        addr: plan.admin,
+        source,
+    })?;
     info!(admin = %bound, "Admin server listening (/metrics, /healthz, /readyz, /status).");
 
     let runtime = Runtime {
@@ -669,7 +719,7 @@ async fn consume(
     runtime: &Runtime,
     phase: &watch::Sender<Phase>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(), DaemonError> {
     let mut shutdown = std::pin::pin!(shutdown);
     let prepared = tokio::select! {
         prepared = prepare(subscriptions, runtime) => prepared?,
@@ -700,8 +750,9 @@ async fn consume(
     let signalled = tokio::select! {
         () = &mut shutdown => true,
         () = any_failed(&status) => {
-            let reason = first_failure(&status).unwrap_or_default();
-            error!(%reason, "A subscription failed; stopping so that the process is restarted.");
+            if let Some(failed) = first_failure(&status) {
+                error!(reason = %failed, "A subscription failed; stopping so that the process is restarted.");
+            }
             false
         }
     };
@@ -727,18 +778,21 @@ async fn consume(
     }
     // Also a failure that came during the drain (a task that panicked while stopping).
     match first_failure(&status) {
-        Some(reason) => Err(reason.into()),
+        Some(failed) => Err(failed),
         None => Ok(()),
     }
 }
 
 /// The first subscription, in configuration order, whose consumer failed (see
-/// [`Probe::failed`]), as `subscription <name>: <reason>`.
-fn first_failure(subs: &[SubscriptionStatus]) -> Option<String> {
+/// [`Probe::failed`]).
+fn first_failure(subs: &[SubscriptionStatus]) -> Option<DaemonError> {
     subs.iter().find_map(|s| {
         s.probe
             .failure()
-            .map(|reason| format!("subscription {}: {reason}", s.name))
+            .map(|reason| DaemonError::SubscriptionFailed {
+                subscription: s.name.clone(),
+                reason: reason.to_owned(),
+            })
     })
 }
 

@@ -1807,6 +1807,8 @@ async fn metrics_and_status_show_what_was_delivered() {
     assert_eq!(sub["group"], json!(group), "{status}");
     assert_eq!(sub["topic"], json!(topic), "{status}");
     assert_eq!(sub["circuit"], json!("closed"), "{status}");
+    // Present, and null while the subscription's own tasks all run.
+    assert_eq!(sub.get("failure"), Some(&json!(null)), "{status}");
     assert!(
         sub["stats"]["processed"].as_u64().unwrap_or(0) >= 5,
         "{status}"

@@ -1101,7 +1101,25 @@ impl<H: Handler> Consumer<H> {
         // The rebalancer cancels its workers; each drains its in-flight batches, persists its
         // offset and releases its orderly lock before it ends.
         let held = match self.rebalancer.take() {
-            Some(h) => h.await.ok().flatten().unwrap_or_default(),
+            Some(h) => match h.await {
+                Ok(Some(held)) => held,
+                // It panicked (a bug, recorded as the consumer's failure): its workers were
+                // aborted with it, without their release. Done here for every queue still in
+                // the stats, as for one worker that panicked: committed offsets persisted (no
+                // redelivery past the last periodic save), orderly locks released (the next
+                // owner need not wait out the broker's expiry).
+                _ => {
+                    let orphans: Vec<MessageQueue> =
+                        self.shared.stats.queues().into_keys().collect();
+                    futures_util::future::join_all(
+                        orphans
+                            .iter()
+                            .map(|mq| super::worker::release(&self.shared, mq)),
+                    )
+                    .await;
+                    orphans
+                }
+            },
             None => Vec::new(),
         };
         if self.shared.config.model == Model::Broadcasting {
@@ -1819,9 +1837,13 @@ mod tests {
             "{reason}"
         );
         assert_eq!(probe.failure(), Some(reason.as_str()));
+        // A queue whose worker went down with the rebalancer: the shutdown releases it.
+        let mq = queue("T_fail");
+        consumer.shared.stats.set_queue(&mq, QueueState::default());
         tokio::time::timeout(Duration::from_secs(10), consumer.shutdown())
             .await
             .expect("shutdown ends");
+        assert!(probe.stats().queues.is_empty(), "{:?}", probe.stats());
     }
 
     /// Every task ends when the consumer is shut down; none of those ends is a failure.
