@@ -1418,6 +1418,55 @@ async fn a_second_sigterm_exits_at_once_with_status_143() {
     );
 }
 
+/// Once the drain is over, the exit waits up to 10 s for blocking work still running (here a
+/// save of the broadcasting offsets stuck opening a FIFO for writing, as a write on a hung
+/// volume sticks); a signal then ends the process at once, with status 143. Before, the
+/// signal's listener was a task of the runtime being shut down, and the exit took the 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_while_the_exit_waits_for_blocking_work_exits_at_once() {
+    let (mq, receiver, topic, group) = setup("blocked_exit", 1).await;
+    let store = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "instance_name: \"pod-fifo\"\n{}",
+        yaml(
+            &mq.namesrv_addr(),
+            &[Sub::new(&group, &topic, receiver.url("/hook")).broadcasting(store.path())],
+        )
+    )
+    .replace("grace_period: 10s", "grace_period: 1s");
+    let mut daemon = Daemon::start(&Launch::yaml(config)).await;
+    produce(&mq, &topic, &["one"]).await;
+    receiver
+        .wait_until(Duration::from_secs(60), "the delivery", |r| !r.is_empty())
+        .await;
+    // Every later save writes its new content here first: opening a FIFO for writing waits
+    // for a reader, and none comes.
+    let temp = store
+        .path()
+        .join("pod-fifo")
+        .join(&group)
+        .join("offsets.json.tmp");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&temp)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo {}", temp.display());
+    daemon.sigterm();
+    // The drain gives up on the stuck save after the grace period and its overrun.
+    daemon
+        .wait_output("Stopped.", Duration::from_secs(30), "the drain ends")
+        .await;
+    sleep(Duration::from_millis(500)).await;
+    daemon.sigterm();
+    let status = daemon.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "a signal during the wait for blocking work: {status}\n{}",
+        daemon.output_tail(20)
+    );
+}
+
 /// The admin port is bound before any subscription starts: a port in use ends the daemon (exit
 /// 1, naming the address) before it connects to RocketMQ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

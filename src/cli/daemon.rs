@@ -221,10 +221,9 @@ fn thread_count(configured: WorkerThreads, cpus: impl FnOnce() -> usize) -> usiz
         .map_or_else(cpus, |n| usize::try_from(n).unwrap_or(1))
 }
 
-/// SIGTERM and SIGINT, listened to from the moment this is built (inside the runtime, before
-/// the daemon starts): a signal during start-up then stops the daemon in order (before any
-/// subscription has started: at once; after: with a drain) instead of killing the process
-/// with the default action, and the second-signal watcher loses none in between.
+/// SIGTERM and SIGINT, listened to from the moment this is built: a signal during start-up then
+/// stops the daemon in order (before any subscription has started: at once; after: with a
+/// drain) instead of killing the process with the default action.
 struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
@@ -273,15 +272,60 @@ impl Signals {
     }
 }
 
-/// Waits for SIGTERM or SIGINT; a second signal exits at once.
-async fn shutdown_signal(mut signals: Signals) {
-    signals.next().await;
-    tracing::info!("Signal received; stopping (send it again to exit at once).");
-    tokio::spawn(async move {
-        let code = signals.next().await;
-        eprintln!("rocketmq-webhook: second signal, exiting without draining");
-        std::process::exit(code);
-    });
+/// Starts the thread that owns the process's signals and returns the daemon's stop request
+/// (`true` from the first SIGTERM or SIGINT on). The second signal exits at once, with the
+/// status a process killed by it has; so does the first once the daemon has dropped the
+/// request (its drain is over).
+///
+/// A thread with a small runtime of its own rather than a task of the daemon's runtime: the
+/// exit shuts that runtime down and then waits up to [`daemon::BLOCKING_SHUTDOWN`] for blocking
+/// work (an offsets write on a hung volume), and a task would be gone by then, leaving the
+/// signal unheard. Returns once the signals are registered, so none is lost from then on.
+fn signal_thread() -> tokio::sync::watch::Receiver<bool> {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (registered, wait_registered) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("signals".to_owned())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("rocketmq-webhook: cannot listen for signals: {e}");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut signals = Signals::new();
+                let _ = registered.send(());
+                let code = signals.next().await;
+                // No receiver left: the daemon has drained and only waits for blocking work,
+                // which this signal need not wait for.
+                if stop.send(true).is_err() {
+                    eprintln!("rocketmq-webhook: signal after the drain, exiting without waiting for blocking work");
+                    std::process::exit(code);
+                }
+                tracing::info!("Signal received; stopping (send it again to exit at once).");
+                let code = signals.next().await;
+                eprintln!("rocketmq-webhook: second signal, exiting without draining");
+                std::process::exit(code);
+            });
+        });
+    match spawned {
+        // An error: the thread ended without registering (said why on stderr).
+        Ok(_) => drop(wait_registered.recv()),
+        Err(e) => eprintln!("rocketmq-webhook: cannot start the signal thread: {e}"),
+    }
+    stop_rx
+}
+
+/// Completes at the first signal (see [`signal_thread`]); never if no signal can be heard.
+async fn shutdown_signal(mut stop: tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|&stop| stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 pub(crate) fn run(args: RunArgs) -> ExitCode {
@@ -294,11 +338,9 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
     for warning in cfg.warnings() {
         tracing::warn!(%warning, "Configuration warning.");
     }
+    let stop = signal_thread();
     let runtime = runtime(cfg.worker_threads);
-    let outcome = runtime.block_on(async {
-        let signals = Signals::new();
-        daemon::run(plan, shutdown_signal(signals)).await
-    });
+    let outcome = runtime.block_on(daemon::run(plan, shutdown_signal(stop)));
     // Blocking work still running would otherwise hold the exit for as long as it hangs.
     runtime.shutdown_timeout(daemon::BLOCKING_SHUTDOWN);
     match outcome {
