@@ -1446,11 +1446,21 @@ async fn a_signal_while_the_exit_waits_for_blocking_work_exits_at_once() {
         .join("pod-fifo")
         .join(&group)
         .join("offsets.json.tmp");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&temp)
-        .status()
-        .expect("run mkfifo");
-    assert!(made.success(), "mkfifo {}", temp.display());
+    // Retried: a periodic save (every second) holds the name for a moment before its rename.
+    let mut made = false;
+    for _ in 0..50 {
+        let status = std::process::Command::new("mkfifo")
+            .arg(&temp)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run mkfifo");
+        if status.success() {
+            made = true;
+            break;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert!(made, "mkfifo {}", temp.display());
     daemon.sigterm();
     // The drain gives up on the stuck save after the grace period and its overrun.
     daemon

@@ -301,13 +301,16 @@ fn signal_thread() -> tokio::sync::watch::Receiver<bool> {
                 let mut signals = Signals::new();
                 let _ = registered.send(());
                 let code = signals.next().await;
+                // Logged first, so that it comes before the daemon's own "Shutting down" line.
+                if !stop.is_closed() {
+                    tracing::info!("Signal received; stopping (send it again to exit at once).");
+                }
                 // No receiver left: the daemon has drained and only waits for blocking work,
                 // which this signal need not wait for.
                 if stop.send(true).is_err() {
                     eprintln!("rocketmq-webhook: signal after the drain, exiting without waiting for blocking work");
                     std::process::exit(code);
                 }
-                tracing::info!("Signal received; stopping (send it again to exit at once).");
                 let code = signals.next().await;
                 eprintln!("rocketmq-webhook: second signal, exiting without draining");
                 std::process::exit(code);
