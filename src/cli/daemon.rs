@@ -288,7 +288,7 @@ fn signal_thread() -> tokio::sync::watch::Receiver<bool> {
         .name("signals".to_owned())
         .spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_io()
                 .build()
             {
                 Ok(rt) => rt,
