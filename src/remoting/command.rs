@@ -10,8 +10,10 @@
 //!   send anything else (section 11.4 #1).
 //! - JSON headers are read in one pass without a `serde_json::Value` tree (a tree costs ~16x its
 //!   text, and the frame cap is 16 MiB): unknown keys are skipped without keeping anything, and a
-//!   repeated key counts with its last value. Headers over [`MAX_JSON_HEADER_LEN`] (1 MiB) are
-//!   refused before they are read.
+//!   repeated key counts with its last value.
+//! - Headers of either encoding over [`MAX_HEADER_LEN`] (1 MiB) are refused before they are
+//!   read: the frame cap alone (16 MiB) would let one binary header of tiny ext fields cost
+//!   some 200 MiB of strings and map nodes.
 //! - Ext fields stay inside [`ExtFields`]; typed request/response structs in
 //!   [`crate::remoting::rpc`] read them through accessors that name the missing or bad field.
 //! - Nothing here panics on peer input: every length is checked against what is left.
@@ -636,15 +638,16 @@ fn malformed_json(reason: impl Into<String>) -> RemotingError {
 /// in fastjson); an earlier bad value of a repeated key does not matter. The values are checked
 /// only after the whole text has parsed, so a syntax error anywhere is reported before a bad
 /// field.
-/// The largest JSON header accepted. Real ones take a few hundred bytes (a broker's remark
-/// with a stack trace a few KiB); the cap bounds what a hostile peer's header costs to parse,
-/// which for nested ext values re-printed with sorted keys grows with nesting times size.
-pub const MAX_JSON_HEADER_LEN: usize = 1 << 20;
+/// The largest header accepted, in either encoding. Real ones take a few hundred bytes (a
+/// broker's remark with a stack trace a few KiB); the cap bounds what a hostile peer's header
+/// costs to parse, which for nested JSON ext values re-printed with sorted keys grows with
+/// nesting times size, and for binary ext fields of a few bytes each is some 13 times its size.
+pub const MAX_HEADER_LEN: usize = 1 << 20;
 
 fn parse_json_header(header: &[u8], body: Bytes) -> Result<RemotingCommand, RemotingError> {
-    if header.len() > MAX_JSON_HEADER_LEN {
+    if header.len() > MAX_HEADER_LEN {
         return Err(malformed_json(format!(
-            "{} bytes, over the {MAX_JSON_HEADER_LEN} bytes a header may have",
+            "{} bytes, over the {MAX_HEADER_LEN} bytes a header may have",
             header.len()
         )));
     }
@@ -1168,6 +1171,12 @@ fn parse_binary_header(header: &[u8], body: Bytes) -> Result<RemotingCommand, Re
     if header.len() < MIN_BINARY_HEADER_LEN {
         return Err(malformed_binary(format!(
             "header of {} bytes is shorter than {MIN_BINARY_HEADER_LEN}",
+            header.len()
+        )));
+    }
+    if header.len() > MAX_HEADER_LEN {
+        return Err(malformed_binary(format!(
+            "{} bytes, over the {MAX_HEADER_LEN} bytes a header may have",
             header.len()
         )));
     }
@@ -2078,20 +2087,42 @@ b"}"#,
 
     #[test]
     fn a_header_over_the_limit_is_refused_unread() {
-        let header = format!(r#"{{"code":0,"x":"{}"}}"#, "y".repeat(MAX_JSON_HEADER_LEN));
+        let header = format!(r#"{{"code":0,"x":"{}"}}"#, "y".repeat(MAX_HEADER_LEN));
         let err = parse_json_header(header.as_bytes(), Bytes::new()).unwrap_err();
         let text = err.to_string();
         assert!(
             text.contains(&format!("{} bytes", header.len()))
-                && text.contains(&MAX_JSON_HEADER_LEN.to_string()),
+                && text.contains(&MAX_HEADER_LEN.to_string()),
             "{text}"
         );
         // Just under the limit it is read.
-        let header = format!(
-            r#"{{"code":0,"x":"{}"}}"#,
-            "y".repeat(MAX_JSON_HEADER_LEN - 32)
-        );
+        let header = format!(r#"{{"code":0,"x":"{}"}}"#, "y".repeat(MAX_HEADER_LEN - 32));
         assert!(parse_json_header(header.as_bytes(), Bytes::new()).is_ok());
+    }
+
+    /// A binary header of many tiny ext fields is refused over the limit too, unread.
+    #[test]
+    fn a_binary_header_over_the_limit_is_refused_unread() {
+        let command = |n: usize| {
+            let mut ext = ExtFields::new();
+            for i in 0..n {
+                ext.insert(format!("{i:x}"), 1);
+            }
+            RemotingCommand::request(RequestCode::GetRouteInfoByTopic, ext, Bytes::new())
+        };
+        let frame = |cmd: &RemotingCommand| {
+            let mut out = BytesMut::new();
+            cmd.encode(SerializeType::RocketMq, &mut out).unwrap();
+            out.freeze().slice(4..)
+        };
+        // Each field is 2 + 5 + 4 + 1 bytes (keys of 5 hex digits from 0x10000 on).
+        let big = command(0x10000 + (1 << 20) / 12);
+        let err = RemotingCommand::decode(frame(&big))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&MAX_HEADER_LEN.to_string()), "{err}");
+        let small = command(1000);
+        assert_eq!(RemotingCommand::decode(frame(&small)).unwrap(), small);
     }
 
     #[test]
