@@ -706,9 +706,14 @@ fn socket_value(addr: SocketAddr) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// RFC 3339 UTC with milliseconds; timestamps before the epoch read as the epoch.
+/// The last millisecond RFC 3339 can write (9999-12-31T23:59:59.999Z).
+const RFC3339_MAX_MS: u64 = 253_402_300_799_999;
+
+/// RFC 3339 UTC with milliseconds; timestamps before the epoch read as the epoch, and those
+/// past year 9999 as its last millisecond. The stamp is whatever the broker sent, and
+/// humantime's formatter fails past 9999, which `to_string` turns into a panic.
 fn rfc3339(ms: i64) -> String {
-    let ms = u64::try_from(ms).unwrap_or(0);
+    let ms = u64::try_from(ms).unwrap_or(0).min(RFC3339_MAX_MS);
     let t = UNIX_EPOCH
         .checked_add(Duration::from_millis(ms))
         .unwrap_or(UNIX_EPOCH);
@@ -970,6 +975,17 @@ mod tests {
 
     use super::*;
     use serde_json::{json, Value};
+
+    /// Any stamp a broker sends formats; the years RFC 3339 cannot write are clamped.
+    #[test]
+    fn event_times_of_any_stamp_format() {
+        assert_eq!(rfc3339(-5), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        let last = "9999-12-31T23:59:59.999Z";
+        assert_eq!(rfc3339(253_402_300_799_999), last);
+        assert_eq!(rfc3339(253_402_300_800_000), last);
+        assert_eq!(rfc3339(i64::MAX), last);
+    }
 
     /// The fixtures' offset msgId.
     const OFFSET_ID: &str = "0A00000100002A9F0000000000000010";
