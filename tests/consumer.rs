@@ -1596,6 +1596,138 @@ async fn an_offset_reset_moves_only_the_queues_this_member_holds() {
     b.shutdown().await;
 }
 
+/// A pull answer names the broker to pull from next (`suggestWhichBrokerId`: a Java master
+/// sends a lagging consumer to a slave with `slaveReadEnable`, the slave sends it back), and
+/// the consumer follows it as Java's does. Pulls sent to a slave carry no commit: only the
+/// master keeps the group's offsets.
+///
+/// The route names two proxies of the real broker, M as broker id 0 and S as id 1. M's pull
+/// answers suggest 1 and S's suggest 0, so the pulls alternate between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_follow_the_suggested_broker_and_commit_only_at_the_master() {
+    use rocketmq_webhook::remoting::rpc::PullSysFlag;
+    use rocketmq_webhook::remoting::{RemotingCommand, RequestCode, ResponseCode};
+    use support::proxy::{encode, Verdict};
+    let mq = RocketMq::start().await;
+    let topic = unique("T_suggest");
+    let group = unique("G_suggest");
+    mq.create_topic(&topic, 1).await;
+    let p = producer(&mq).await;
+    produce(&p, &topic, &bodies("suggest", 64), None).await;
+
+    // (proxy, sysFlag, commitOffset) of every pull of the topic, in the order they came.
+    type Pull = (&'static str, i32, i64);
+    let pulls: Arc<Mutex<Vec<Pull>>> = Arc::default();
+    let mut addrs = Vec::new();
+    for (name, suggest) in [("M", 1), ("S", 0)] {
+        let (listener, addr) = support::namesrv::listen().await;
+        addrs.push(addr);
+        let (pulls, topic) = (Arc::clone(&pulls), topic.clone());
+        tokio::spawn(support::proxy::serve_rewriting(
+            listener,
+            mq.broker_addr(),
+            move |command: &RemotingCommand| {
+                // The broker behind S is M's: a second registration of the client id on
+                // another connection would make it close the first (docs/compatibility.md).
+                if name == "S"
+                    && (command.code == i32::from(RequestCode::HeartBeat)
+                        || command.code == i32::from(RequestCode::UnregisterClient))
+                {
+                    return Verdict::Answer(encode(&RemotingCommand::response_to(
+                        command,
+                        ResponseCode::Success,
+                        None,
+                    )));
+                }
+                if command.code == i32::from(RequestCode::PullMessage)
+                    && command.ext_fields.get("topic") == Some(topic.as_str())
+                {
+                    let field = |k: &str| command.ext_fields.get(k)?.parse::<i64>().ok();
+                    let flag = field("sysFlag").and_then(|f| i32::try_from(f).ok());
+                    pulls.lock().unwrap().push((
+                        name,
+                        flag.unwrap_or(-1),
+                        field("commitOffset").unwrap_or(-1),
+                    ));
+                }
+                Verdict::Relay
+            },
+            move |answer: &mut RemotingCommand| {
+                if !answer.ext_fields.contains_key("suggestWhichBrokerId") {
+                    return false;
+                }
+                answer.ext_fields.insert("suggestWhichBrokerId", suggest);
+                true
+            },
+        ));
+    }
+    let (namesrv_listener, namesrv_addr) = support::namesrv::listen().await;
+    {
+        let (master, slave) = (addrs[0].clone(), addrs[1].clone());
+        tokio::spawn(support::namesrv::serve(
+            namesrv_listener,
+            mq.client(),
+            move |_: &str, route: &mut rocketmq_webhook::remoting::body::route::TopicRouteData| {
+                for broker in &mut route.broker_datas {
+                    broker.broker_addrs = [(0, master.clone()), (1, slave.clone())].into();
+                }
+            },
+        ));
+    }
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut config = fast_config(&group, &topic);
+    // Small pulls, so that 64 messages take many of them.
+    config.pull_batch_size = 4;
+    let consumer = start_on(
+        namesrv_addr,
+        &unique("suggest"),
+        config,
+        Recorder::new("c", &seen),
+    )
+    .await;
+    eventually(Duration::from_secs(60), "everything consumed", || {
+        bodies_seen(&seen).len() == 64
+    })
+    .await;
+    consumer.shutdown().await;
+
+    let pulls = pulls.lock().unwrap().clone();
+    let commit = |flag: i32| flag & PullSysFlag::COMMIT_OFFSET.0 != 0;
+    let to_slave: Vec<_> = pulls.iter().filter(|p| p.0 == "S").collect();
+    assert!(
+        to_slave.len() >= 4,
+        "the suggestion to pull from the slave was not followed: {pulls:?}"
+    );
+    assert!(
+        to_slave
+            .iter()
+            .all(|(_, flag, offset)| !commit(*flag) && *offset == 0),
+        "a pull to the slave carried a commit: {pulls:?}"
+    );
+    // Back to the master after each slave answer, committing there once there is progress.
+    assert!(
+        pulls.windows(2).all(|w| w[0].0 != w[1].0),
+        "pulls did not alternate as suggested: {pulls:?}"
+    );
+    assert!(
+        pulls
+            .iter()
+            .any(|(name, flag, offset)| *name == "M" && commit(*flag) && *offset > 0),
+        "no pull to the master carried a commit: {pulls:?}"
+    );
+    // The final offset reached the broker through the master.
+    let reader = Client::new(
+        client_config(&mq, &unique("reader")),
+        Arc::new(NotSupported),
+    )
+    .expect("client");
+    assert_eq!(
+        committed_offset(&reader, &mq, &group, &topic, 0).await,
+        Some(64)
+    );
+}
+
 /// A batch still in the handler when the drain times out is dropped mid-await; the gauge of
 /// batches in flight must give its unit back (it was decremented after the await only, and
 /// crept up for good with every such drain).

@@ -30,6 +30,16 @@ use crate::remoting::MessageQueue;
 /// Broker id of a master.
 const MASTER_ID: i64 = 0;
 
+/// A broker address to pull from ([`Routes::pull_addr`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullAddr<'a> {
+    /// `host:port`.
+    pub addr: &'a str,
+    /// A slave's address: a pull sent there carries no commit, since only the master keeps the
+    /// group's offsets (a slave's copy is overwritten by its next sync from the master).
+    pub slave: bool,
+}
+
 /// One immutable view of every known route.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Routes {
@@ -83,13 +93,35 @@ impl Routes {
         })
     }
 
-    /// An address of `broker_name`: the master if known, otherwise the slave with the lowest id.
-    pub fn any_addr(&self, broker_name: &str) -> Option<&str> {
+    /// Where to pull a queue of `broker_name` from, as Java's `findBrokerAddressInSubscribe`
+    /// picks it (rocketmq-remoting.md §3): the broker id the queue's last pull answer suggested;
+    /// if that is a slave not in the route, the next id; otherwise any address of the broker,
+    /// the master first. So a queue whose master is gone goes on being consumed from a slave,
+    /// and one the master sends to a slave (a lagging consumer, `slaveReadEnable`) goes there.
+    pub fn pull_addr(&self, broker_name: &str, suggested: i64) -> Option<PullAddr<'_>> {
         let addrs = self.brokers.get(broker_name)?;
-        addrs
-            .get(&MASTER_ID)
-            .or_else(|| addrs.values().next())
-            .map(String::as_str)
+        let at = |id: i64| {
+            addrs.get(&id).map(|addr| PullAddr {
+                addr,
+                slave: id != MASTER_ID,
+            })
+        };
+        at(suggested)
+            .or_else(|| {
+                // A suggested id no route names is a hostile or confused broker's: any id is
+                // looked up, none can overflow.
+                (suggested != MASTER_ID)
+                    .then(|| suggested.checked_add(1).and_then(at))
+                    .flatten()
+            })
+            .or_else(|| at(MASTER_ID))
+            .or_else(|| {
+                let (&id, addr) = addrs.iter().next()?;
+                Some(PullAddr {
+                    addr,
+                    slave: id != MASTER_ID,
+                })
+            })
     }
 
     /// Addresses of `broker_name` by broker id.
@@ -404,6 +436,22 @@ mod tests {
         assert!(![None, first, second].contains(&table.snapshot().revision("T")));
     }
 
+    /// Java's order for a suggested slave that is gone: the next id before any other address.
+    #[test]
+    fn a_pull_tries_the_next_slave_before_the_master() {
+        let table = RouteTable::new();
+        let rx = table.subscribe();
+        assert!(table.update(
+            "T",
+            route(&[("a", &[(0, "m"), (2, "s2"), (5, "s5")])], &[("a", 1, 6)]),
+        ));
+        let routes = rx.borrow().clone();
+        let pull = |suggested| routes.pull_addr("a", suggested).map(|p| (p.addr, p.slave));
+        assert_eq!(pull(1), Some(("s2", true)));
+        assert_eq!(pull(3), Some(("m", false)));
+        assert_eq!(pull(4), Some(("s5", true)));
+    }
+
     #[test]
     fn addresses_and_queues() {
         let table = RouteTable::new();
@@ -422,8 +470,21 @@ mod tests {
         let routes = rx.borrow_and_update().clone();
         assert_eq!(routes.master_addr("a"), Some("h:1"));
         assert_eq!(routes.master_addr("b"), None);
-        assert_eq!(routes.any_addr("b"), Some("h:3"));
-        assert_eq!(routes.any_addr("zzz"), None);
+        let pull = |name, suggested| routes.pull_addr(name, suggested).map(|p| (p.addr, p.slave));
+        // The master unless a pull answer suggested otherwise; a slave that exists when it did.
+        assert_eq!(pull("a", 0), Some(("h:1", false)));
+        assert_eq!(pull("a", 1), Some(("h:2", true)));
+        // A suggested slave that is gone: the next id (none here), then the master.
+        assert_eq!(pull("a", 7), Some(("h:1", false)));
+        // No master: the suggested slave, the next one, or the lowest id.
+        assert_eq!(pull("b", 0), Some(("h:3", true)));
+        assert_eq!(pull("b", 2), Some(("h:4", true)));
+        assert_eq!(pull("b", 3), Some(("h:3", true)));
+        assert_eq!(pull("b", 1), Some(("h:3", true)));
+        // Whatever a broker suggests, nothing overflows and an address is found.
+        assert_eq!(pull("b", i64::MAX), Some(("h:3", true)));
+        assert_eq!(pull("a", -1), Some(("h:1", false)));
+        assert_eq!(pull("zzz", 0), None);
         assert_eq!(routes.broker_addrs(), ["h:1", "h:2", "h:3", "h:4"]);
         assert_eq!(routes.master_addrs(), ["h:1"]);
         // "c" is write-only: not consumable.

@@ -255,6 +255,23 @@ impl<H: Handler> Shared<H> {
         self.addr_of(broker_name, Routes::master_addr)
     }
 
+    /// Where to pull a queue of `broker_name` from, given the broker id its last pull answer
+    /// suggested ([`Routes::pull_addr`]), and whether that address is a slave's.
+    pub(crate) fn pull_addr(
+        &self,
+        broker_name: &str,
+        suggested: i64,
+    ) -> Result<(String, bool), ConsumerError> {
+        self.client
+            .routes()
+            .snapshot()
+            .pull_addr(broker_name, suggested)
+            .map(|p| (p.addr.to_owned(), p.slave))
+            .ok_or_else(|| ConsumerError::NoBrokerAddress {
+                broker: broker_name.to_owned(),
+            })
+    }
+
     /// Master address of `broker_name`, or its last one if no route names it any more: for a
     /// queue's last words (its final offset, its lock), which a broker missing from the name
     /// servers' answers may still take.

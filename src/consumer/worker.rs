@@ -174,6 +174,10 @@ struct Worker<H> {
     /// Batches being handled; orderly has at most one.
     in_flight: FuturesUnordered<BatchFuture>,
     pull: Option<PullFuture>,
+    /// The broker id the last pull answer suggested for the next pull (`suggestWhichBrokerId`,
+    /// 0 = master), and whether the last pull went to a slave (for the log when it changes).
+    pull_from: i64,
+    pulling_slave: bool,
     /// Messages the pull in flight asked for (`maxMsgNums`).
     pull_asked: usize,
     /// The last pull found messages and the queue had more: the next pull asks for a full batch.
@@ -284,6 +288,8 @@ impl<H: Handler> Worker<H> {
             delayed: Vec::new(),
             in_flight: FuturesUnordered::new(),
             pull: None,
+            pull_from: 0,
+            pulling_slave: false,
             pull_asked: 0,
             backlog: false,
             claim: Claim { room, held: 0 },
@@ -682,7 +688,7 @@ impl<H: Handler> Worker<H> {
             return;
         }
         self.paused = None;
-        let addr = match self.shared.master_addr(&self.mq.broker_name) {
+        let (addr, slave) = match self.shared.pull_addr(&self.mq.broker_name, self.pull_from) {
             Ok(a) => a,
             Err(e) => {
                 debug!(queue = %self.mq, error = %e, "No broker address; retrying the pull later.");
@@ -690,7 +696,17 @@ impl<H: Handler> Worker<H> {
                 return;
             }
         };
-        let clustering = self.shared.config.model == Model::Clustering;
+        if slave != self.pulling_slave {
+            self.pulling_slave = slave;
+            if slave {
+                info!(group = %self.shared.group(), queue = %self.mq, %addr, suggested = self.pull_from, "Pulling from a slave (the broker suggested it, or the route has no master); offsets are committed to the master only.");
+            } else {
+                info!(group = %self.shared.group(), queue = %self.mq, %addr, "Pulling from the master again.");
+            }
+        }
+        // A pull from a slave commits nothing (Java clears the flag too): the group's offsets
+        // live on the master, and the persist task writes them there.
+        let commits = self.shared.config.model == Model::Clustering && !slave;
         let sub = self.shared.subscription_data(&self.mq.topic);
         let mut request = PullMessage {
             consumer_group: self.shared.config.group.clone(),
@@ -711,7 +727,7 @@ impl<H: Handler> Worker<H> {
             broker_name: Some(self.mq.broker_name.clone()),
         };
         let pool = self.shared.client.pool().clone();
-        let shared = clustering.then(|| (Arc::clone(&self.shared), self.mq.clone()));
+        let shared = commits.then(|| (Arc::clone(&self.shared), self.mq.clone()));
         self.pull_asked = size;
         self.pull = Some(Box::pin(async move {
             // The commit it carries is read when the pull goes out, not when it was built: the
@@ -803,7 +819,11 @@ impl<H: Handler> Worker<H> {
             .observe(elapsed.as_secs_f64());
         self.backlog = false;
         let result = match result {
-            Ok(r) => r,
+            Ok(r) => {
+                // Every answer says where to pull next (Java's `updatePullFromWhichNode`).
+                self.pull_from = r.suggest_which_broker_id;
+                r
+            }
             Err(e) => {
                 let delay = match &e {
                     ClientError::Broker {

@@ -2,8 +2,8 @@
 //! made to do on cue: every request frame the daemon sends is shown to the test's `intercept`,
 //! which relays it, answers it in the broker's place, swallows it (the request then times out
 //! at the daemon), or relays it and sends the daemon a request of the broker's; every frame the
-//! broker sends goes back unchanged. Whole frames only
-//! reach either side.
+//! broker sends goes back unchanged, or changed by the test's `rewrite` ([`serve_rewriting`]).
+//! Whole frames only reach either side.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rocketmq_webhook::remoting::{FrameDecoder, RemotingCommand, SerializeType};
@@ -63,9 +63,10 @@ async fn frames(
 }
 
 /// Relays one daemon connection to the broker at `broker_addr`, frame by frame.
-async fn relay<F>(daemon: TcpStream, broker_addr: String, intercept: F)
+async fn relay<F, R>(daemon: TcpStream, broker_addr: String, intercept: F, rewrite: R)
 where
     F: Fn(&RemotingCommand) -> Verdict,
+    R: Fn(&mut RemotingCommand) -> bool + Send + 'static,
 {
     let Ok(broker) = TcpStream::connect(&broker_addr).await else {
         return;
@@ -92,7 +93,11 @@ where
     let down_tx = daemon_tx.clone();
     tasks.spawn(async move {
         frames(from_broker, move |frame| {
-            down_tx.try_send(prefixed(&frame)).is_ok()
+            let rewritten = RemotingCommand::decode(frame.clone())
+                .ok()
+                .and_then(|mut command| rewrite(&mut command).then(|| encode(&command)));
+            let out = rewritten.unwrap_or_else(|| prefixed(&frame));
+            down_tx.try_send(out).is_ok()
         })
         .await;
     });
@@ -117,8 +122,33 @@ pub(crate) async fn serve<F>(listener: TcpListener, broker_addr: String, interce
 where
     F: Fn(&RemotingCommand) -> Verdict + Clone + Send + Sync + 'static,
 {
+    serve_rewriting(
+        listener,
+        broker_addr,
+        intercept,
+        |_: &mut RemotingCommand| false,
+    )
+    .await;
+}
+
+/// [`serve`], and every frame the broker sends is shown to `rewrite`, which may change it
+/// (returning true) before it goes on to the daemon.
+pub(crate) async fn serve_rewriting<F, R>(
+    listener: TcpListener,
+    broker_addr: String,
+    intercept: F,
+    rewrite: R,
+) where
+    F: Fn(&RemotingCommand) -> Verdict + Clone + Send + Sync + 'static,
+    R: Fn(&mut RemotingCommand) -> bool + Clone + Send + Sync + 'static,
+{
     let mut connections = JoinSet::new();
     while let Ok((socket, _)) = listener.accept().await {
-        connections.spawn(relay(socket, broker_addr.clone(), intercept.clone()));
+        connections.spawn(relay(
+            socket,
+            broker_addr.clone(),
+            intercept.clone(),
+            rewrite.clone(),
+        ));
     }
 }
