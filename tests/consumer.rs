@@ -1865,7 +1865,6 @@ async fn a_refused_send_back_keeps_the_message_until_it_is_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_send_back_is_published_to_the_retry_topic_instead() {
     use rocketmq_webhook::remoting::message::properties;
-    use rocketmq_webhook::remoting::{RemotingCommand, RequestCode};
     let mq = RocketMq::start().await;
     let topic = unique("T_republish");
     let group = unique("G_republish");
@@ -1874,34 +1873,12 @@ async fn a_refused_send_back_is_published_to_the_retry_topic_instead() {
     mq.create_topic(&format!("%RETRY%{group}"), 1).await;
     let p = producer(&mq).await;
     produce(&p, &topic, &["fail-me".to_owned()], None).await;
-    // Each send to the retry topic: its reconsumeTimes and maxReconsumeTimes header fields
-    // and its properties.
-    type Send = (Option<String>, Option<String>, String);
-    let sends: Arc<Mutex<Vec<Send>>> = Arc::default();
-    let commits: Arc<Mutex<Vec<i64>>> = Arc::default();
-    let (namesrv_addr, refused) = {
-        let (sends, commits, topic) = (Arc::clone(&sends), Arc::clone(&commits), topic.clone());
-        refusing_send_backs(&mq, usize::MAX, true, move |command: &RemotingCommand| {
-            let field = |k: &str| command.ext_fields.get(k).map(str::to_owned);
-            if command.code == i32::from(RequestCode::SendMessageV2)
-                && field("b").is_some_and(|t| t.starts_with("%RETRY%"))
-            {
-                sends.lock().unwrap().push((
-                    field("j"),
-                    field("l"),
-                    field("i").unwrap_or_default(),
-                ));
-            }
-            if command.code == i32::from(RequestCode::UpdateConsumerOffset)
-                && field("topic").as_deref() == Some(topic.as_str())
-            {
-                if let Some(offset) = field("commitOffset").and_then(|o| o.parse().ok()) {
-                    commits.lock().unwrap().push(offset);
-                }
-            }
-        })
-        .await
-    };
+    let RetrySends {
+        namesrv_addr,
+        refused,
+        sends,
+        commits,
+    } = retry_sends_recorded(&mq, &topic).await;
     // The redelivery: its reconsume count and RETRY_TOPIC.
     type Again = (i32, Option<String>);
     let again: Arc<Mutex<Option<Again>>> = Arc::default();
@@ -1969,6 +1946,55 @@ async fn a_refused_send_back_is_published_to_the_retry_topic_instead() {
         assert_eq!(times, 1, "reconsume count of the published retry");
         assert_eq!(retry_topic.as_deref(), Some(topic.as_str()));
     }
+    consumer.shutdown().await;
+}
+
+/// A DLQ send-back the broker refuses (for good once the broker deleted the stored record it
+/// names) falls back to publishing the message to the retry topic with its reconsume count at
+/// the limit, so the broker's rule dead-letters it (as Java's orderly consumer dead-letters
+/// every message), and the offset moves on. Before, the queue retried the send-back every 5 s
+/// and never got past the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_dlq_send_back_is_published_at_the_reconsume_limit() {
+    let mq = RocketMq::start().await;
+    let topic = unique("T_dead_letter");
+    let group = unique("G_dead_letter");
+    mq.create_topic(&topic, 1).await;
+    mq.create_topic(&format!("%RETRY%{group}"), 1).await;
+    let p = producer(&mq).await;
+    produce(&p, &topic, &["drop-me".to_owned()], None).await;
+    let RetrySends {
+        namesrv_addr,
+        refused,
+        sends,
+        commits,
+    } = retry_sends_recorded(&mq, &topic).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut config = fast_config(&group, &topic);
+    config.max_reconsume_times = 3;
+    let consumer = start_on(
+        namesrv_addr,
+        &unique("dead_letter"),
+        config,
+        Recorder::new("c", &seen).deciding(|_| Outcome::Drop),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "drop-me published to the retry topic and committed",
+        || !sends.lock().unwrap().is_empty() && commits.lock().unwrap().contains(&1),
+    )
+    .await;
+    assert!(refused.load(SeqCst) >= 1, "no send-back was tried");
+    let (reconsume, max, props) = sends.lock().unwrap()[0].clone();
+    assert_eq!(reconsume.as_deref(), Some("3"), "reconsumeTimes header");
+    assert_eq!(max.as_deref(), Some("3"), "maxReconsumeTimes header");
+    assert!(props.contains("RETRY_TOPIC\u{1}"), "{props:?}");
+    // Straight to the DLQ, not first through the delay levels.
+    assert!(!props.contains("DELAY\u{1}"), "{props:?}");
+    // The publish was stored before the commit, and the broker stores it in the DLQ at once.
+    assert_eq!(mq.dlq_count(&group).await, 1, "drop-me is not in the DLQ");
+    assert_eq!(bodies_seen(&seen), BTreeSet::from(["drop-me".to_owned()]));
     consumer.shutdown().await;
 }
 
@@ -2187,6 +2213,58 @@ async fn consume_directly_refuses_a_body_that_does_not_inflate() {
         "the handler got the stored bytes"
     );
     consumer.shutdown().await;
+}
+
+/// A send to the retry topic: its reconsumeTimes and maxReconsumeTimes header fields and its
+/// properties.
+type RetrySend = (Option<String>, Option<String>, String);
+
+/// What [`retry_sends_recorded`] records behind its name server.
+struct RetrySends {
+    namesrv_addr: String,
+    /// Send-backs asked for (all refused).
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+    /// Each send to the retry topic.
+    sends: Arc<Mutex<Vec<RetrySend>>>,
+    /// The offsets committed for the topic.
+    commits: Arc<Mutex<Vec<i64>>>,
+}
+
+/// [`refusing_send_backs`] refusing every send-back and relaying the fallback's sends, which it
+/// records with the topic's commits.
+async fn retry_sends_recorded(mq: &RocketMq, topic: &str) -> RetrySends {
+    use rocketmq_webhook::remoting::{RemotingCommand, RequestCode};
+    let sends: Arc<Mutex<Vec<_>>> = Arc::default();
+    let commits: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let (sends_seen, commits_seen, topic) =
+        (Arc::clone(&sends), Arc::clone(&commits), topic.to_owned());
+    let (namesrv_addr, refused) =
+        refusing_send_backs(mq, usize::MAX, true, move |command: &RemotingCommand| {
+            let field = |k: &str| command.ext_fields.get(k).map(str::to_owned);
+            if command.code == i32::from(RequestCode::SendMessageV2)
+                && field("b").is_some_and(|t| t.starts_with("%RETRY%"))
+            {
+                sends_seen.lock().unwrap().push((
+                    field("j"),
+                    field("l"),
+                    field("i").unwrap_or_default(),
+                ));
+            }
+            if command.code == i32::from(RequestCode::UpdateConsumerOffset)
+                && field("topic").as_deref() == Some(topic.as_str())
+            {
+                if let Some(offset) = field("commitOffset").and_then(|o| o.parse().ok()) {
+                    commits_seen.lock().unwrap().push(offset);
+                }
+            }
+        })
+        .await;
+    RetrySends {
+        namesrv_addr,
+        refused,
+        sends,
+        commits,
+    }
 }
 
 /// A fake name server whose routes lead to a proxy in front of the real broker. The proxy

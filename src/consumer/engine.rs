@@ -678,16 +678,46 @@ impl<H: Handler> Shared<H> {
         msg: &MessageExt,
         delay_level: Option<i32>,
     ) -> Result<(), ProducerError> {
+        let delay = match delay_level {
+            Some(level) if level > 0 => level,
+            _ => msg.reconsume_times.saturating_add(3),
+        };
+        self.republish(msg, msg.reconsume_times.saturating_add(1), Some(delay))
+            .await?;
+        self.count_send_back(msg, false);
+        Ok(())
+    }
+
+    /// The fallback when a DLQ send-back fails: publishes a copy of `msg` to `%RETRY%<group>`
+    /// with its reconsume count at least the limit, so the broker's rule (reconsumeTimes >=
+    /// maxReconsumeTimes) stores it in `%DLQ%<group>` instead. Java's orderly consumer
+    /// dead-letters every message this way. A send-back names the message by its commit-log
+    /// offset, so once the broker has deleted that record (retention, a full disk) it fails for
+    /// good; this copy is made from the body in memory.
+    pub(crate) async fn republish_dead_letter(
+        &self,
+        msg: &MessageExt,
+    ) -> Result<(), ProducerError> {
+        let at_limit = msg.reconsume_times.max(self.config.max_reconsume_times);
+        self.republish(msg, at_limit, None).await?;
+        self.count_send_back(msg, true);
+        Ok(())
+    }
+
+    /// Publishes a copy of `msg` to `%RETRY%<group>` with the properties the broker's
+    /// send-back would have set: `reconsume` as its reconsume count, after `delay` (a delay
+    /// level) when one is given.
+    async fn republish(
+        &self,
+        msg: &MessageExt,
+        reconsume: i32,
+        delay: Option<i32>,
+    ) -> Result<(), ProducerError> {
         use crate::remoting::message::properties::{self as keys, ByteString};
         let mut props = msg.properties.clone();
         let origin = match props.get(keys::ORIGIN_MESSAGE_ID) {
             Some(id) if !id.is_empty() => id.to_owned(),
             _ => msg.msg_id().into_owned(),
-        };
-        let reconsume = msg.reconsume_times.saturating_add(1);
-        let delay = match delay_level {
-            Some(level) if level > 0 => level,
-            _ => msg.reconsume_times.saturating_add(3),
         };
         for (key, value) in [
             (keys::ORIGIN_MESSAGE_ID, origin),
@@ -698,9 +728,19 @@ impl<H: Handler> Shared<H> {
                 keys::MAX_RECONSUME_TIMES,
                 self.config.max_reconsume_times.to_string(),
             ),
-            (keys::DELAY, delay.to_string()),
         ] {
             props.insert(ByteString::from_static(key), value.into());
+        }
+        match delay {
+            Some(level) => {
+                props.insert(
+                    ByteString::from_static(keys::DELAY),
+                    level.to_string().into(),
+                );
+            }
+            None => {
+                props.remove(keys::DELAY);
+            }
         }
         props.remove(keys::TRAN_MSG);
         let copy = crate::remoting::message::Message {
@@ -710,7 +750,6 @@ impl<H: Handler> Shared<H> {
             properties: props,
         };
         self.producer.send(copy, &QueueSelector::RoundRobin).await?;
-        self.count_send_back(msg, false);
         Ok(())
     }
 

@@ -431,13 +431,11 @@ impl<H: Handler> Worker<H> {
                     let mq = self.mq.clone();
                     self.in_flight.push(batch_future(async move {
                         let mut done = Done::empty();
-                        match shared.send_back(&mq, &msg, -1).await {
-                            Ok(()) => done.finished.push(msg.queue_offset),
-                            Err(e) => {
-                                shared.count_error("send_back", &e);
-                                done.later
-                                    .push((msg, SEND_BACK_RETRY_DELAY, Pending::DeadLetter));
-                            }
+                        if dead_letter(&shared, &mq, &msg).await {
+                            done.finished.push(msg.queue_offset);
+                        } else {
+                            done.later
+                                .push((msg, SEND_BACK_RETRY_DELAY, Pending::DeadLetter));
                         }
                         done
                     }));
@@ -1242,17 +1240,45 @@ async fn settle_drop<H: Handler>(
         give_up(shared, &msg, "the handler asked to drop it", done);
         return;
     }
-    match shared.send_back(mq, &msg, -1).await {
-        Ok(()) => done.finished.push(msg.queue_offset),
+    if dead_letter(shared, mq, &msg).await {
+        done.finished.push(msg.queue_offset);
+    } else if shared.config.mode == ConsumeMode::Orderly {
+        done.suspend_orderly(shared.config.suspend_time);
+    } else {
+        done.later
+            .push((msg, SEND_BACK_RETRY_DELAY, Pending::DeadLetter));
+    }
+}
+
+/// Hands `msg` to the DLQ: a send-back, or if the broker refuses it, a copy published to the
+/// retry topic at the reconsume limit, which the broker dead-letters. False when neither was
+/// stored (the caller tries again later; the message is not finished). Orderly: the queue is
+/// suspended meanwhile and the message comes back with its batch, as in Java.
+async fn dead_letter<H: Handler>(
+    shared: &Arc<Shared<H>>,
+    mq: &MessageQueue,
+    msg: &MessageExt,
+) -> bool {
+    let refused = match shared.send_back(mq, msg, -1).await {
+        Ok(()) => return true,
+        Err(e) => e,
+    };
+    shared.count_error("send_back", &refused);
+    // A record that cannot be decoded has no body a copy could carry: only the broker's own
+    // copy of the stored record keeps it (flags included).
+    if msg.undeliverable().is_some() {
+        warn!(msg_id = %LogId(&msg.msg_id()), error = %refused, "DLQ send-back failed; trying again later.");
+        return false;
+    }
+    match shared.republish_dead_letter(msg).await {
+        Ok(()) => {
+            warn!(msg_id = %LogId(&msg.msg_id()), error = %refused, "DLQ send-back failed; the message was published to the retry topic at its reconsume limit instead, which the broker dead-letters.");
+            true
+        }
         Err(e) => {
             shared.count_error("send_back", &e);
-            warn!(msg_id = %LogId(&msg.msg_id()), error = %e, "DLQ send-back failed; retrying it later.");
-            if shared.config.mode == ConsumeMode::Orderly {
-                done.suspend_orderly(shared.config.suspend_time);
-            } else {
-                done.later
-                    .push((msg, SEND_BACK_RETRY_DELAY, Pending::DeadLetter));
-            }
+            warn!(msg_id = %LogId(&msg.msg_id()), error = %refused, fallback_error = %e, "DLQ send-back and its fallback failed; trying again later.");
+            false
         }
     }
 }
