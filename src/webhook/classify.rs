@@ -26,7 +26,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, CONTENT_ENCODING, RETRY_AFTER};
 use serde_json::Value;
 
 use crate::consumer::Outcome;
@@ -270,7 +270,11 @@ pub fn classify_response(
     }
     match classes.verdict(status) {
         Verdict::Success => {
-            let (outcomes, unread) = body_outcomes(body, ids);
+            let (outcomes, unread) = match decoded_body(headers, body) {
+                Ok(body) => body_outcomes(&body, ids),
+                // As for JSON that cannot be read: the 2xx stands, and the reason is logged.
+                Err(reason) => (vec![Outcome::Success; count], Some(reason)),
+            };
             Answer {
                 outcomes,
                 healthy,
@@ -291,6 +295,42 @@ pub fn classify_failure(failure: Failure, count: usize) -> Answer {
     // spent) and keeps the distinction for metrics and logs.
     let _ = failure;
     Answer::uniform(Outcome::Retry { delay_level: None }, count, false)
+}
+
+/// The answer's body as the endpoint wrote it. Requests ask for `identity`, but a server may
+/// compress anyway, and a `{"status": "RETRY"}` it gzipped must not pass for a plain success:
+/// gzip and deflate are undone (to at most the 1 MiB read of any answer). The reason when the
+/// body cannot be read: another coding, or a stream that does not inflate.
+fn decoded_body<'a>(
+    headers: &HeaderMap,
+    body: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, &'static str> {
+    use std::io::Read as _;
+    let coding = headers
+        .get(CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim())
+        .unwrap_or_default();
+    let limit = u64::try_from(super::MAX_ANSWER_BYTES).unwrap_or(u64::MAX);
+    let mut out = Vec::new();
+    let read = if coding.is_empty() || coding.eq_ignore_ascii_case("identity") {
+        return Ok(std::borrow::Cow::Borrowed(body));
+    } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+        flate2::read::GzDecoder::new(body)
+            .take(limit + 1)
+            .read_to_end(&mut out)
+    } else if coding.eq_ignore_ascii_case("deflate") {
+        // HTTP's "deflate" is the zlib format (RFC 9110, 8.4.1.2).
+        flate2::read::ZlibDecoder::new(body)
+            .take(limit + 1)
+            .read_to_end(&mut out)
+    } else {
+        return Err("the answer is compressed with a Content-Encoding other than gzip or deflate");
+    };
+    match read {
+        Ok(_) if out.len() <= super::MAX_ANSWER_BYTES => Ok(std::borrow::Cow::Owned(out)),
+        Ok(_) => Err("the compressed answer inflates past 1 MiB"),
+        Err(_) => Err("the compressed answer does not inflate"),
+    }
 }
 
 /// Outcomes of a success-class answer, refined by its JSON body when it has one; the reason
@@ -846,6 +886,59 @@ mod tests {
             assert!(answer.healthy, "{body}");
         }
         assert_eq!(classify(200, &HeaderMap::new(), "{}", &ids).unread, None);
+    }
+
+    /// A compressed answer's RETRY is read (servers may compress though asked for `identity`);
+    /// one that cannot be read is acknowledged like unreadable JSON, with the reason.
+    #[test]
+    fn a_compressed_answer_is_read() {
+        use std::io::Write as _;
+        let ids = ["A", "B"];
+        let json = br#"{"statuses":[{"id":"A","status":"SUCCESS"}]}"#;
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(json).unwrap();
+        let gzip = gzip.finish().unwrap();
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        zlib.write_all(json).unwrap();
+        let zlib = zlib.finish().unwrap();
+        let answer = |coding: &str, body: &[u8]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_str(coding).unwrap());
+            classify_response(
+                &StatusClasses::default(),
+                200,
+                &headers,
+                body,
+                MessageIds::new(&ids),
+                CAP,
+                at(1_000_000_000),
+            )
+        };
+        for (coding, body) in [("gzip", &gzip), ("X-GZIP", &gzip), ("deflate", &zlib)] {
+            let a = answer(coding, body);
+            assert_eq!(a.outcomes, vec![Outcome::Success, RETRY], "{coding}");
+            assert_eq!(a.unread, None, "{coding}");
+        }
+        assert_eq!(
+            answer("identity", json).outcomes,
+            vec![Outcome::Success, RETRY]
+        );
+        for (coding, body) in [
+            ("br", &gzip[..]),
+            ("gzip, br", &gzip[..]),
+            ("gzip", &gzip[..gzip.len() / 2]),
+            ("deflate", &gzip[..]),
+        ] {
+            let a = answer(coding, body);
+            assert_eq!(a.outcomes, vec![Outcome::Success; 2], "{coding}");
+            assert!(a.unread.is_some(), "{coding}");
+        }
+        // A bomb stops at the read limit.
+        let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        bomb.write_all(&vec![b' '; super::super::MAX_ANSWER_BYTES + 1])
+            .unwrap();
+        let a = answer("gzip", &bomb.finish().unwrap());
+        assert_eq!(a.unread, Some("the compressed answer inflates past 1 MiB"));
     }
 
     /// A byte order mark before the JSON (then whitespace) must not hide its RETRY.

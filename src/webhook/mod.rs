@@ -43,7 +43,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, HOST};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, HOST,
+};
 use http::{Method, Uri};
 use http_body_util::Full;
 use reqwest::Url;
@@ -362,6 +364,11 @@ impl Webhook {
         // reqwest sent `Accept: */*` by default; endpoints saw it, so it stays unless configured.
         if !headers.contains_key(ACCEPT) {
             headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        }
+        // Without it a server may pick any coding (RFC 9110, 12.5.3); answers are read for
+        // their `status`, so ask for them plain (gzip and deflate are read anyway).
+        if !headers.contains_key(ACCEPT_ENCODING) {
+            headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         }
         let pool = match &options.transport {
             Some(shared) => shared.pool(&options.tls)?,

@@ -200,6 +200,7 @@ async fn request_on_the_wire_has_host_origin_form_and_no_credentials() {
     for expected in [
         format!("host: 127.0.0.1:{port}"),
         "accept: */*".to_owned(),
+        "accept-encoding: identity".to_owned(),
         "content-type: application/json".to_owned(),
         "content-length: 7".to_owned(),
         "x-api-key: k".to_owned(),
@@ -220,11 +221,14 @@ async fn request_on_the_wire_has_host_origin_form_and_no_credentials() {
 }
 
 #[tokio::test]
-async fn configured_accept_wins_and_method_is_kept() {
+async fn configured_accept_headers_win_and_method_is_kept() {
     let (port, mut seen, task) = server(OK, false).await;
     let mut options = WebhookOptions::new(format!("http://127.0.0.1:{port}/"));
     options.method = Method::PUT;
-    options.headers = vec![("Accept".to_owned(), "application/json".to_owned())];
+    options.headers = vec![
+        ("Accept".to_owned(), "application/json".to_owned()),
+        ("Accept-Encoding".to_owned(), "gzip".to_owned()),
+    ];
     let webhook = Webhook::new(options).expect("webhook");
     assert!(matches!(
         transmit(&webhook, b"x").await,
@@ -234,6 +238,13 @@ async fn configured_accept_wins_and_method_is_kept() {
     assert!(got.head.starts_with("put / http/1.1\r\n"), "{}", got.head);
     assert_eq!(got.head.matches("accept:").count(), 1, "{}", got.head);
     assert!(got.head.contains("accept: application/json\r\n"));
+    assert_eq!(
+        got.head.matches("accept-encoding:").count(),
+        1,
+        "{}",
+        got.head
+    );
+    assert!(got.head.contains("accept-encoding: gzip\r\n"));
     task.abort();
 }
 
