@@ -869,15 +869,21 @@ fn append_limited(body: &mut Vec<u8>, chunk: &[u8]) -> bool {
 
 /// A failed exchange: unreachable when the request was never sent (connecting, the TLS or
 /// HTTP handshake failed or timed out, or the connection closed as the request was handed to
-/// it); else a timeout when any error in the chain is one (an I/O timeout); a transport failure
-/// for the rest. The text never holds the URL: neither hyper's errors nor the pool's
-/// carry it.
+/// it) or never left the server's TLS layer (below); else a timeout when any error in the
+/// chain is one (an I/O timeout); a transport failure for the rest. The text never holds the
+/// URL: neither hyper's errors nor the pool's carry it.
 fn failed(err: &(dyn std::error::Error + 'static)) -> Sent {
     let mut timed_out = false;
+    let mut refused_handshake = false;
     let mut current = Some(err);
     while let Some(e) = current {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+            // `io::Error::source` skips the error it wraps; rustls's is only seen here.
+            refused_handshake |= io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
+                .is_some_and(handshake_refused);
         }
         if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
             timed_out |= hyper.is_timeout();
@@ -893,7 +899,7 @@ fn failed(err: &(dyn std::error::Error + 'static)) -> Sent {
         )
     );
     // Nothing sent beats timed out: a connect that timed out never reached the application.
-    let kind = if not_sent {
+    let kind = if not_sent || refused_handshake {
         Failure::Unreachable
     } else if timed_out {
         Failure::Timeout
@@ -901,6 +907,29 @@ fn failed(err: &(dyn std::error::Error + 'static)) -> Sent {
         Failure::Transport
     };
     Sent::Failed(kind, error_chain(err))
+}
+
+/// Whether the server refused the TLS handshake: an alert about our certificate or the
+/// handshake itself. With TLS 1.3 the client finishes its side of the handshake before the
+/// server has checked the client's certificate, so the request is written and the refusal comes
+/// as the answer is read; the server's TLS layer never passed the request on, so it counts as
+/// not sent (a missing or expired client certificate waits instead of spending attempts).
+fn handshake_refused(error: &tokio_rustls::rustls::Error) -> bool {
+    use tokio_rustls::rustls::{AlertDescription as A, Error};
+    matches!(
+        error,
+        Error::AlertReceived(
+            A::HandshakeFailure
+                | A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::AccessDenied
+                | A::CertificateRequired
+        )
+    )
 }
 
 /// An error and its sources, `: `-separated (the pool's own message is only the outermost,
