@@ -1705,10 +1705,12 @@ async fn pulls_follow_the_suggested_broker_and_commit_only_at_the_master() {
             .all(|(_, flag, offset)| !commit(*flag) && *offset == 0),
         "a pull to the slave carried a commit: {pulls:?}"
     );
-    // Back to the master after each slave answer, committing there once there is progress.
+    // Back to the master after each slave answer, committing there once there is progress. (A
+    // failed pull keeps its broker, so only the slave's answered suggestion is checked: no two
+    // pulls to the slave in a row.)
     assert!(
-        pulls.windows(2).all(|w| w[0].0 != w[1].0),
-        "pulls did not alternate as suggested: {pulls:?}"
+        pulls.windows(2).all(|w| !(w[0].0 == "S" && w[1].0 == "S")),
+        "a pull after the slave's answer did not go back to the master: {pulls:?}"
     );
     assert!(
         pulls
@@ -1950,10 +1952,12 @@ async fn a_refused_send_back_is_published_to_the_retry_topic_instead() {
 }
 
 /// A DLQ send-back the broker refuses (for good once the broker deleted the stored record it
-/// names) falls back to publishing the message to the retry topic with its reconsume count at
-/// the limit, so the broker's rule dead-letters it (as Java's orderly consumer dead-letters
-/// every message), and the offset moves on. Before, the queue retried the send-back every 5 s
-/// and never got past the message.
+/// names) falls back to publishing the message to the retry topic with its reconsume count one
+/// past the limit, so the broker's rule dead-letters it (as Java's orderly consumer
+/// dead-letters every message), and the offset moves on. Before, the queue retried the
+/// send-back every 5 s and never got past the message. rocketmq-broker-rust 1.0.0 dead-letters
+/// every retry-topic send of this group (see the test above), so the DLQ check here does not
+/// test the broker's rule; the header fields do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_dlq_send_back_is_published_at_the_reconsume_limit() {
     let mq = RocketMq::start().await;
@@ -1987,13 +1991,22 @@ async fn a_refused_dlq_send_back_is_published_at_the_reconsume_limit() {
     .await;
     assert!(refused.load(SeqCst) >= 1, "no send-back was tried");
     let (reconsume, max, props) = sends.lock().unwrap()[0].clone();
-    assert_eq!(reconsume.as_deref(), Some("3"), "reconsumeTimes header");
+    // Past the limit for a 5.x broker (reconsumeTimes > maxReconsumeTimes) as for 4.x (>=).
+    assert_eq!(reconsume.as_deref(), Some("4"), "reconsumeTimes header");
     assert_eq!(max.as_deref(), Some("3"), "maxReconsumeTimes header");
     assert!(props.contains("RETRY_TOPIC\u{1}"), "{props:?}");
     // Straight to the DLQ, not first through the delay levels.
     assert!(!props.contains("DELAY\u{1}"), "{props:?}");
-    // The publish was stored before the commit, and the broker stores it in the DLQ at once.
-    assert_eq!(mq.dlq_count(&group).await, 1, "drop-me is not in the DLQ");
+    // The broker's consume queue is written after the store answers: wait for it.
+    let mut in_dlq = 0;
+    for _ in 0..40 {
+        in_dlq = mq.dlq_count(&group).await;
+        if in_dlq == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(in_dlq, 1, "drop-me is not in the DLQ");
     assert_eq!(bodies_seen(&seen), BTreeSet::from(["drop-me".to_owned()]));
     consumer.shutdown().await;
 }

@@ -689,17 +689,21 @@ impl<H: Handler> Shared<H> {
     }
 
     /// The fallback when a DLQ send-back fails: publishes a copy of `msg` to `%RETRY%<group>`
-    /// with its reconsume count at least the limit, so the broker's rule (reconsumeTimes >=
-    /// maxReconsumeTimes) stores it in `%DLQ%<group>` instead. Java's orderly consumer
-    /// dead-letters every message this way. A send-back names the message by its commit-log
+    /// with its reconsume count past the limit, so the broker stores it in `%DLQ%<group>`
+    /// instead (Java's orderly consumer dead-letters every message this way). One past the
+    /// limit, because brokers differ on the rule: 4.x dead-letters a send at reconsumeTimes >=
+    /// maxReconsumeTimes, 5.x only above it. A send-back names the message by its commit-log
     /// offset, so once the broker has deleted that record (retention, a full disk) it fails for
     /// good; this copy is made from the body in memory.
     pub(crate) async fn republish_dead_letter(
         &self,
         msg: &MessageExt,
     ) -> Result<(), ProducerError> {
-        let at_limit = msg.reconsume_times.max(self.config.max_reconsume_times);
-        self.republish(msg, at_limit, None).await?;
+        let past_limit = msg
+            .reconsume_times
+            .max(self.config.max_reconsume_times)
+            .saturating_add(1);
+        self.republish(msg, past_limit, None).await?;
         self.count_send_back(msg, true);
         Ok(())
     }

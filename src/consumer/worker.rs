@@ -1251,7 +1251,7 @@ async fn settle_drop<H: Handler>(
 }
 
 /// Hands `msg` to the DLQ: a send-back, or if the broker refuses it, a copy published to the
-/// retry topic at the reconsume limit, which the broker dead-letters. False when neither was
+/// retry topic past the reconsume limit, which the broker dead-letters. False when neither was
 /// stored (the caller tries again later; the message is not finished). Orderly: the queue is
 /// suspended meanwhile and the message comes back with its batch, as in Java.
 async fn dead_letter<H: Handler>(
@@ -1272,7 +1272,7 @@ async fn dead_letter<H: Handler>(
     }
     match shared.republish_dead_letter(msg).await {
         Ok(()) => {
-            warn!(msg_id = %LogId(&msg.msg_id()), error = %refused, "DLQ send-back failed; the message was published to the retry topic at its reconsume limit instead, which the broker dead-letters.");
+            warn!(msg_id = %LogId(&msg.msg_id()), error = %refused, "DLQ send-back failed; the message was published to the retry topic past its reconsume limit instead, which the broker dead-letters.");
             true
         }
         Err(e) => {
