@@ -271,9 +271,12 @@ pub fn classify_response(
     match classes.verdict(status) {
         Verdict::Success => {
             let (outcomes, unread) = match decoded_body(headers, body) {
-                Ok(body) => body_outcomes(&body, ids),
+                Decoded::Body(body) => body_outcomes(&body, ids),
                 // As for JSON that cannot be read: the 2xx stands, and the reason is logged.
-                Err(reason) => (vec![Outcome::Success; count], Some(reason)),
+                Decoded::Unreadable(reason) => (vec![Outcome::Success; count], Some(reason)),
+                // As for a plain JSON answer over 1 MiB (`Inner::send`): the part not read may
+                // have said RETRY, so nothing is acknowledged.
+                Decoded::CutJson => (vec![Outcome::Retry { delay_level: None }; count], None),
             };
             Answer {
                 outcomes,
@@ -297,23 +300,34 @@ pub fn classify_failure(failure: Failure, count: usize) -> Answer {
     Answer::uniform(Outcome::Retry { delay_level: None }, count, false)
 }
 
+/// A success answer's body, its content coding undone ([`decoded_body`]).
+enum Decoded<'a> {
+    Body(std::borrow::Cow<'a, [u8]>),
+    /// Why it cannot be read: another coding, or a stream that does not inflate.
+    Unreadable(&'static str),
+    /// JSON that inflates past the 1 MiB read of any answer.
+    CutJson,
+}
+
 /// The answer's body as the endpoint wrote it. Requests ask for `identity`, but a server may
 /// compress anyway, and a `{"status": "RETRY"}` it gzipped must not pass for a plain success:
-/// gzip and deflate are undone (to at most the 1 MiB read of any answer). The reason when the
-/// body cannot be read: another coding, or a stream that does not inflate.
-fn decoded_body<'a>(
-    headers: &HeaderMap,
-    body: &'a [u8],
-) -> Result<std::borrow::Cow<'a, [u8]>, &'static str> {
+/// gzip and deflate are undone, to at most the 1 MiB read of any answer.
+fn decoded_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Decoded<'a> {
     use std::io::Read as _;
-    let coding = headers
-        .get(CONTENT_ENCODING)
+    let mut codings = headers.get_all(CONTENT_ENCODING).iter();
+    let coding = codings
+        .next()
         .map(|v| v.to_str().unwrap_or("?").trim())
         .unwrap_or_default();
+    if codings.next().is_some() {
+        // Several header lines are several codings, applied in turn.
+        return Decoded::Unreadable("the answer is compressed with more than one coding");
+    }
     let limit = u64::try_from(super::MAX_ANSWER_BYTES).unwrap_or(u64::MAX);
     let mut out = Vec::new();
-    let read = if coding.is_empty() || coding.eq_ignore_ascii_case("identity") {
-        return Ok(std::borrow::Cow::Borrowed(body));
+    // An empty body has nothing to inflate, whatever the header says.
+    let read = if body.is_empty() || coding.is_empty() || coding.eq_ignore_ascii_case("identity") {
+        return Decoded::Body(std::borrow::Cow::Borrowed(body));
     } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
         flate2::read::GzDecoder::new(body)
             .take(limit + 1)
@@ -324,12 +338,17 @@ fn decoded_body<'a>(
             .take(limit + 1)
             .read_to_end(&mut out)
     } else {
-        return Err("the answer is compressed with a Content-Encoding other than gzip or deflate");
+        return Decoded::Unreadable(
+            "the answer is compressed with a Content-Encoding other than gzip or deflate",
+        );
     };
     match read {
-        Ok(_) if out.len() <= super::MAX_ANSWER_BYTES => Ok(std::borrow::Cow::Owned(out)),
-        Ok(_) => Err("the compressed answer inflates past 1 MiB"),
-        Err(_) => Err("the compressed answer does not inflate"),
+        Ok(_) if out.len() <= super::MAX_ANSWER_BYTES => {
+            Decoded::Body(std::borrow::Cow::Owned(out))
+        }
+        Ok(_) if json_text(&out).starts_with(b"{") => Decoded::CutJson,
+        Ok(_) => Decoded::Unreadable("the compressed answer inflates past 1 MiB"),
+        Err(_) => Decoded::Unreadable("the compressed answer does not inflate"),
     }
 }
 
@@ -923,6 +942,14 @@ mod tests {
             answer("identity", json).outcomes,
             vec![Outcome::Success, RETRY]
         );
+        let mut twice = HeaderMap::new();
+        twice.append(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        twice.append(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert!(matches!(
+            decoded_body(&twice, &gzip),
+            Decoded::Unreadable(_)
+        ));
+        assert_eq!(answer("gzip", b"").unread, None);
         for (coding, body) in [
             ("br", &gzip[..]),
             ("gzip, br", &gzip[..]),
@@ -938,7 +965,16 @@ mod tests {
         bomb.write_all(&vec![b' '; super::super::MAX_ANSWER_BYTES + 1])
             .unwrap();
         let a = answer("gzip", &bomb.finish().unwrap());
+        assert_eq!(a.outcomes, vec![Outcome::Success; 2]);
         assert_eq!(a.unread, Some("the compressed answer inflates past 1 MiB"));
+        // JSON past the limit is not acknowledged, as when it comes plain.
+        let mut cut = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        cut.write_all(br#"{"status":"SUCCESS","pad":""#).unwrap();
+        cut.write_all(&vec![b'a'; super::super::MAX_ANSWER_BYTES])
+            .unwrap();
+        cut.write_all(br#""}"#).unwrap();
+        let a = answer("gzip", &cut.finish().unwrap());
+        assert_eq!(a.outcomes, vec![RETRY; 2]);
     }
 
     /// A byte order mark before the JSON (then whitespace) must not hide its RETRY.
