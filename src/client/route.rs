@@ -108,8 +108,8 @@ impl Routes {
         };
         at(suggested)
             .or_else(|| {
-                // A suggested id no route names is a hostile or confused broker's: any id is
-                // looked up, none can overflow.
+                // The suggested slave is gone: Java tries the next id. The id is whatever the
+                // broker sent, so the step is checked.
                 (suggested != MASTER_ID)
                     .then(|| suggested.checked_add(1).and_then(at))
                     .flatten()
