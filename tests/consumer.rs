@@ -1868,19 +1868,8 @@ async fn a_refused_send_back_keeps_the_message_until_it_is_accepted() {
 async fn a_refused_send_back_is_published_to_the_retry_topic_instead() {
     use rocketmq_webhook::remoting::message::properties;
     let mq = RocketMq::start().await;
-    let topic = unique("T_republish");
-    let group = unique("G_republish");
-    mq.create_topic(&topic, 1).await;
-    // The broker creates the retry topic on a send-back, which the proxy refuses here.
-    mq.create_topic(&format!("%RETRY%{group}"), 1).await;
-    let p = producer(&mq).await;
-    produce(&p, &topic, &["fail-me".to_owned()], None).await;
-    let RetrySends {
-        namesrv_addr,
-        refused,
-        sends,
-        commits,
-    } = retry_sends_recorded(&mq, &topic).await;
+    let recorded = retry_sends_recorded(&mq, "republish", "fail-me").await;
+    let (topic, group) = (recorded.topic.clone(), recorded.group.clone());
     // The redelivery: its reconsume count and RETRY_TOPIC.
     type Again = (i32, Option<String>);
     let again: Arc<Mutex<Option<Again>>> = Arc::default();
@@ -1902,20 +1891,13 @@ async fn a_refused_send_back_is_published_to_the_retry_topic_instead() {
         })
     };
     let consumer = start_on(
-        namesrv_addr,
+        recorded.namesrv_addr.clone(),
         &unique("republish"),
         fast_config(&group, &topic),
         recorder,
     )
     .await;
-    eventually(
-        Duration::from_secs(60),
-        "fail-me published to the retry topic and committed",
-        || !sends.lock().unwrap().is_empty() && commits.lock().unwrap().contains(&1),
-    )
-    .await;
-    assert!(refused.load(SeqCst) >= 1, "no send-back was tried");
-    let (reconsume, max, props) = sends.lock().unwrap()[0].clone();
+    let (reconsume, max, props) = recorded.first_publish().await;
     assert_eq!(reconsume.as_deref(), Some("1"), "reconsumeTimes header");
     assert_eq!(max.as_deref(), Some("16"), "maxReconsumeTimes header");
     // Properties travel as `key\u{1}value\u{2}`.
@@ -1961,36 +1943,19 @@ async fn a_refused_send_back_is_published_to_the_retry_topic_instead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_dlq_send_back_is_published_at_the_reconsume_limit() {
     let mq = RocketMq::start().await;
-    let topic = unique("T_dead_letter");
-    let group = unique("G_dead_letter");
-    mq.create_topic(&topic, 1).await;
-    mq.create_topic(&format!("%RETRY%{group}"), 1).await;
-    let p = producer(&mq).await;
-    produce(&p, &topic, &["drop-me".to_owned()], None).await;
-    let RetrySends {
-        namesrv_addr,
-        refused,
-        sends,
-        commits,
-    } = retry_sends_recorded(&mq, &topic).await;
+    let recorded = retry_sends_recorded(&mq, "dead_letter", "drop-me").await;
+    let (topic, group) = (recorded.topic.clone(), recorded.group.clone());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut config = fast_config(&group, &topic);
     config.max_reconsume_times = 3;
     let consumer = start_on(
-        namesrv_addr,
+        recorded.namesrv_addr.clone(),
         &unique("dead_letter"),
         config,
         Recorder::new("c", &seen).deciding(|_| Outcome::Drop),
     )
     .await;
-    eventually(
-        Duration::from_secs(60),
-        "drop-me published to the retry topic and committed",
-        || !sends.lock().unwrap().is_empty() && commits.lock().unwrap().contains(&1),
-    )
-    .await;
-    assert!(refused.load(SeqCst) >= 1, "no send-back was tried");
-    let (reconsume, max, props) = sends.lock().unwrap()[0].clone();
+    let (reconsume, max, props) = recorded.first_publish().await;
     // Past the limit for a 5.x broker (reconsumeTimes > maxReconsumeTimes) as for 4.x (>=).
     assert_eq!(reconsume.as_deref(), Some("4"), "reconsumeTimes header");
     assert_eq!(max.as_deref(), Some("3"), "maxReconsumeTimes header");
@@ -2232,8 +2197,12 @@ async fn consume_directly_refuses_a_body_that_does_not_inflate() {
 /// properties.
 type RetrySend = (Option<String>, Option<String>, String);
 
-/// What [`retry_sends_recorded`] records behind its name server.
+/// What [`retry_sends_recorded`] set up, and what it records behind its name server.
 struct RetrySends {
+    /// A one-queue topic holding the one message.
+    topic: String,
+    /// The consumer group, whose retry topic exists.
+    group: String,
     namesrv_addr: String,
     /// Send-backs asked for (all refused).
     refused: Arc<std::sync::atomic::AtomicUsize>,
@@ -2243,14 +2212,36 @@ struct RetrySends {
     commits: Arc<Mutex<Vec<i64>>>,
 }
 
-/// [`refusing_send_backs`] refusing every send-back and relaying the fallback's sends, which it
-/// records with the topic's commits.
-async fn retry_sends_recorded(mq: &RocketMq, topic: &str) -> RetrySends {
+impl RetrySends {
+    /// Waits until the message was published to the retry topic and its offset committed (a
+    /// send-back having been tried first), and returns that publish.
+    async fn first_publish(&self) -> RetrySend {
+        eventually(
+            Duration::from_secs(60),
+            "the message published to the retry topic and committed",
+            || !self.sends.lock().unwrap().is_empty() && self.commits.lock().unwrap().contains(&1),
+        )
+        .await;
+        assert!(self.refused.load(SeqCst) >= 1, "no send-back was tried");
+        self.sends.lock().unwrap()[0].clone()
+    }
+}
+
+/// A topic (`T_<name>`) holding one message `body`, the retry topic of a group (`G_<name>`),
+/// and [`refusing_send_backs`] refusing every send-back and relaying the fallback's sends,
+/// which it records with the topic's commits.
+async fn retry_sends_recorded(mq: &RocketMq, name: &str, body: &str) -> RetrySends {
     use rocketmq_webhook::remoting::{RemotingCommand, RequestCode};
+    let topic = unique(&format!("T_{name}"));
+    let group = unique(&format!("G_{name}"));
+    mq.create_topic(&topic, 1).await;
+    // The broker creates the retry topic on a send-back, which the proxy refuses here.
+    mq.create_topic(&format!("%RETRY%{group}"), 1).await;
+    produce(&producer(mq).await, &topic, &[body.to_owned()], None).await;
     let sends: Arc<Mutex<Vec<_>>> = Arc::default();
     let commits: Arc<Mutex<Vec<i64>>> = Arc::default();
-    let (sends_seen, commits_seen, topic) =
-        (Arc::clone(&sends), Arc::clone(&commits), topic.to_owned());
+    let (sends_seen, commits_seen, watched) =
+        (Arc::clone(&sends), Arc::clone(&commits), topic.clone());
     let (namesrv_addr, refused) =
         refusing_send_backs(mq, usize::MAX, true, move |command: &RemotingCommand| {
             let field = |k: &str| command.ext_fields.get(k).map(str::to_owned);
@@ -2264,7 +2255,7 @@ async fn retry_sends_recorded(mq: &RocketMq, topic: &str) -> RetrySends {
                 ));
             }
             if command.code == i32::from(RequestCode::UpdateConsumerOffset)
-                && field("topic").as_deref() == Some(topic.as_str())
+                && field("topic").as_deref() == Some(watched.as_str())
             {
                 if let Some(offset) = field("commitOffset").and_then(|o| o.parse().ok()) {
                     commits_seen.lock().unwrap().push(offset);
@@ -2273,6 +2264,8 @@ async fn retry_sends_recorded(mq: &RocketMq, topic: &str) -> RetrySends {
         })
         .await;
     RetrySends {
+        topic,
+        group,
         namesrv_addr,
         refused,
         sends,
