@@ -252,7 +252,9 @@ impl<H: Handler> Shared<H> {
 
     /// Master address of `broker_name` from the known routes.
     pub(crate) fn master_addr(&self, broker_name: &str) -> Result<String, ConsumerError> {
-        self.addr_of(broker_name, Routes::master_addr)
+        self.addr_of(broker_name, |routes, name| {
+            routes.master_addr(name).map(str::to_owned)
+        })
     }
 
     /// Where to pull a queue of `broker_name` from, given the broker id its last pull answer
@@ -262,33 +264,33 @@ impl<H: Handler> Shared<H> {
         broker_name: &str,
         suggested: i64,
     ) -> Result<(String, bool), ConsumerError> {
-        self.client
-            .routes()
-            .snapshot()
-            .pull_addr(broker_name, suggested)
-            .map(|p| (p.addr.to_owned(), p.slave))
-            .ok_or_else(|| ConsumerError::NoBrokerAddress {
-                broker: broker_name.to_owned(),
-            })
+        self.addr_of(broker_name, |routes, name| {
+            routes
+                .pull_addr(name, suggested)
+                .map(|p| (p.addr.to_owned(), p.slave))
+        })
     }
 
     /// Master address of `broker_name`, or its last one if no route names it any more: for a
     /// queue's last words (its final offset, its lock), which a broker missing from the name
     /// servers' answers may still take.
     pub(crate) fn last_master_addr(&self, broker_name: &str) -> Result<String, ConsumerError> {
-        self.addr_of(broker_name, Routes::last_master_addr)
+        self.addr_of(broker_name, |routes, name| {
+            routes.last_master_addr(name).map(str::to_owned)
+        })
     }
 
-    fn addr_of(
+    /// What `pick` finds for `broker_name` in the current routes, or the error naming the broker.
+    fn addr_of<T>(
         &self,
         broker_name: &str,
-        pick: impl for<'r> Fn(&'r Routes, &str) -> Option<&'r str>,
-    ) -> Result<String, ConsumerError> {
-        pick(&self.client.routes().snapshot(), broker_name)
-            .map(str::to_owned)
-            .ok_or_else(|| ConsumerError::NoBrokerAddress {
+        pick: impl FnOnce(&Routes, &str) -> Option<T>,
+    ) -> Result<T, ConsumerError> {
+        pick(&self.client.routes().snapshot(), broker_name).ok_or_else(|| {
+            ConsumerError::NoBrokerAddress {
                 broker: broker_name.to_owned(),
-            })
+            }
+        })
     }
 
     /// Every broker address (masters and slaves) of the subscribed topics.
