@@ -12,6 +12,11 @@
 //! for twice as long (capped at `max_open_duration`). A probe that never reports (its future was
 //! dropped) is forgotten after its deadline so the circuit cannot stay half-open forever.
 //!
+//! Each admission carries a [`Ticket`] naming the phase it was given in; a result counts only
+//! in that same phase. A slow request sent before the circuit opened, or a probe given up on
+//! and replaced, would otherwise count against the circuit that followed: stale failures could
+//! reopen a freshly closed circuit, and a forgotten probe could decide its successor's phase.
+//!
 //! Pure state machine: every method takes `now` (tokio's `Instant`, so tests pause time); the
 //! owner keeps it under a short synchronous lock.
 
@@ -72,13 +77,17 @@ impl CircuitState {
     }
 }
 
+/// The phase a request was admitted in; [`Breaker::record`] ignores results from other phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
 /// Whether a request may be sent now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// Send it; report the result with [`Breaker::record`].
-    Send,
+    Send(Ticket),
     /// Send it as the half-open probe; its result decides the circuit.
-    Probe,
+    Probe(Ticket),
     /// Do not send; offer the messages again after this long.
     Wait(Duration),
 }
@@ -97,6 +106,8 @@ pub struct Breaker {
     /// The longest a probe may take before another is allowed (the request timeout).
     probe_timeout: Duration,
     phase: Phase,
+    /// Counts phase changes (every open, close and probe), so tickets of earlier phases differ.
+    epoch: u64,
     consecutive_failures: u32,
     /// The open duration to use next time the circuit opens from a failed probe.
     current_open: Duration,
@@ -111,6 +122,7 @@ impl Breaker {
             config,
             probe_timeout,
             phase: Phase::Closed,
+            epoch: 0,
             consecutive_failures: 0,
             current_open: config.open_duration,
             paused_until: None,
@@ -147,14 +159,14 @@ impl Breaker {
                 if let Some(wait) = paused {
                     return Admission::Wait(wait);
                 }
-                self.phase = Phase::HalfOpen {
+                self.enter(Phase::HalfOpen {
                     probe_deadline: now + self.probe_timeout.max(self.current_open),
-                };
-                return Admission::Probe;
+                });
+                return Admission::Probe(Ticket(self.epoch));
             }
         };
         match (paused, breaker_wait) {
-            (None, None) => Admission::Send,
+            (None, None) => Admission::Send(Ticket(self.epoch)),
             (a, b) => Admission::Wait(a.unwrap_or_default().max(b.unwrap_or_default())),
         }
     }
@@ -163,7 +175,7 @@ impl Breaker {
     /// that was not a 5xx, 408 or 429).
     pub fn record(&mut self, now: Instant, admission: Admission, healthy: bool) {
         match (admission, self.phase) {
-            (Admission::Probe, Phase::HalfOpen { .. }) => {
+            (Admission::Probe(ticket), Phase::HalfOpen { .. }) if ticket.0 == self.epoch => {
                 if healthy {
                     self.close();
                 } else {
@@ -171,7 +183,7 @@ impl Breaker {
                     self.open(now);
                 }
             }
-            (Admission::Send, Phase::Closed) => {
+            (Admission::Send(ticket), Phase::Closed) if ticket.0 == self.epoch => {
                 if healthy {
                     self.consecutive_failures = 0;
                 } else {
@@ -183,8 +195,8 @@ impl Breaker {
                     }
                 }
             }
-            // Results of requests sent before the circuit changed say nothing new: the circuit
-            // already opened, or a probe is deciding.
+            // Results of requests admitted in an earlier phase say nothing about this one: the
+            // circuit already opened or closed since, or another probe is deciding.
             _ => {}
         }
     }
@@ -206,13 +218,18 @@ impl Breaker {
     }
 
     fn open(&mut self, now: Instant) {
-        self.phase = Phase::Open {
+        self.enter(Phase::Open {
             until: now + self.current_open,
-        };
+        });
+    }
+
+    fn enter(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.epoch = self.epoch.wrapping_add(1);
     }
 
     fn close(&mut self) {
-        self.phase = Phase::Closed;
+        self.enter(Phase::Closed);
         self.consecutive_failures = 0;
         self.current_open = self.config.open_duration;
     }
@@ -248,7 +265,7 @@ mod tests {
         fail(&mut b);
         // A success resets the count.
         let a = b.admit(Instant::now());
-        assert_eq!(a, Admission::Send);
+        assert!(matches!(a, Admission::Send(_)));
         b.record(Instant::now(), a, true);
         fail(&mut b);
         fail(&mut b);
@@ -268,15 +285,41 @@ mod tests {
         }
         advance(2 * SEC).await;
         assert_eq!(b.state(Instant::now()), CircuitState::HalfOpen);
-        assert_eq!(b.admit(Instant::now()), Admission::Probe);
+        let probe = b.admit(Instant::now());
+        assert!(matches!(probe, Admission::Probe(_)));
         // Others wait while the probe is out.
         assert_eq!(b.admit(Instant::now()), Admission::Wait(2 * SEC));
-        // A stale result of an ordinary request changes nothing.
-        b.record(Instant::now(), Admission::Send, true);
-        assert_eq!(b.state(Instant::now()), CircuitState::HalfOpen);
-        b.record(Instant::now(), Admission::Probe, true);
+        b.record(Instant::now(), probe, true);
         assert_eq!(b.state(Instant::now()), CircuitState::Closed);
-        assert_eq!(b.admit(Instant::now()), Admission::Send);
+        assert!(matches!(b.admit(Instant::now()), Admission::Send(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn results_from_an_earlier_phase_are_ignored() {
+        let mut b = breaker();
+        // Three slow requests go out while the circuit is closed...
+        let slow: Vec<_> = (0..3).map(|_| b.admit(Instant::now())).collect();
+        // ...others fail meanwhile and open it, and a probe closes it again.
+        for _ in 0..3 {
+            fail(&mut b);
+        }
+        advance(2 * SEC).await;
+        let probe = b.admit(Instant::now());
+        // A success of an ordinary request does not close a half-open circuit.
+        b.record(Instant::now(), slow[0], true);
+        assert_eq!(b.state(Instant::now()), CircuitState::HalfOpen);
+        b.record(Instant::now(), probe, true);
+        assert_eq!(b.state(Instant::now()), CircuitState::Closed);
+        // The slow requests now fail: they belong to the first closed phase, not this one.
+        for a in slow {
+            b.record(Instant::now(), a, false);
+        }
+        assert_eq!(b.state(Instant::now()), CircuitState::Closed);
+        // Failures admitted in this phase still count.
+        for _ in 0..3 {
+            fail(&mut b);
+        }
+        assert_eq!(b.state(Instant::now()), CircuitState::Open);
     }
 
     #[tokio::test(start_paused = true)]
@@ -292,15 +335,17 @@ mod tests {
             };
             waits.push(wait);
             advance(wait).await;
-            assert_eq!(b.admit(Instant::now()), Admission::Probe);
-            b.record(Instant::now(), Admission::Probe, false);
+            let probe = b.admit(Instant::now());
+            assert!(matches!(probe, Admission::Probe(_)));
+            b.record(Instant::now(), probe, false);
             assert_eq!(b.state(Instant::now()), CircuitState::Open);
         }
         assert_eq!(waits, vec![2 * SEC, 4 * SEC, 5 * SEC, 5 * SEC]);
         // Success resets to the base duration.
         advance(5 * SEC).await;
-        assert_eq!(b.admit(Instant::now()), Admission::Probe);
-        b.record(Instant::now(), Admission::Probe, true);
+        let probe = b.admit(Instant::now());
+        b.record(Instant::now(), probe, true);
+        assert_eq!(b.state(Instant::now()), CircuitState::Closed);
         for _ in 0..3 {
             fail(&mut b);
         }
@@ -314,12 +359,19 @@ mod tests {
             fail(&mut b);
         }
         advance(2 * SEC).await;
-        assert_eq!(b.admit(Instant::now()), Admission::Probe);
+        let lost = b.admit(Instant::now());
+        assert!(matches!(lost, Admission::Probe(_)));
         // The probe never reports; the deadline is max(probe timeout, open duration) = 2 s.
         advance(SEC).await;
         assert_eq!(b.admit(Instant::now()), Admission::Wait(SEC));
         advance(SEC).await;
-        assert_eq!(b.admit(Instant::now()), Admission::Probe);
+        let second = b.admit(Instant::now());
+        assert!(matches!(second, Admission::Probe(_)));
+        // The first probe answers late: the second one decides, not it.
+        b.record(Instant::now(), lost, false);
+        assert_eq!(b.state(Instant::now()), CircuitState::HalfOpen);
+        b.record(Instant::now(), second, true);
+        assert_eq!(b.state(Instant::now()), CircuitState::Closed);
     }
 
     #[tokio::test(start_paused = true)]
@@ -335,7 +387,7 @@ mod tests {
             fail(&mut b);
         }
         assert_eq!(b.state(Instant::now()), CircuitState::Closed);
-        assert_eq!(b.admit(Instant::now()), Admission::Send);
+        assert!(matches!(b.admit(Instant::now()), Admission::Send(_)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -346,7 +398,7 @@ mod tests {
         assert_eq!(b.admit(Instant::now()), Admission::Wait(10 * SEC));
         assert_eq!(b.state(Instant::now()), CircuitState::Closed);
         advance(10 * SEC).await;
-        assert_eq!(b.admit(Instant::now()), Admission::Send);
+        assert!(matches!(b.admit(Instant::now()), Admission::Send(_)));
         // A pause longer than the open period holds back the probe too.
         for _ in 0..3 {
             fail(&mut b);
@@ -356,7 +408,7 @@ mod tests {
         advance(3 * SEC).await;
         assert_eq!(b.admit(Instant::now()), Admission::Wait(SEC));
         advance(SEC).await;
-        assert_eq!(b.admit(Instant::now()), Admission::Probe);
+        assert!(matches!(b.admit(Instant::now()), Admission::Probe(_)));
     }
 
     #[test]

@@ -750,7 +750,7 @@ impl Inner {
         // into the DLQ. A connection lost after the request was written is not deferred, not
         // even on the probe: the request may have crashed the application, and deferring would
         // offer it again forever instead of letting it reach the DLQ.
-        let failed_probe = admission == Admission::Probe && !transport_lost;
+        let failed_probe = matches!(admission, Admission::Probe(_)) && !transport_lost;
         if !answer.healthy && (unreachable || failed_probe) {
             // A failed probe's messages come back after the circuit next half-opens, so another
             // waiting request probes first: one message that fails on its own (a 500 for
