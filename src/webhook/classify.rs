@@ -305,7 +305,7 @@ enum Decoded<'a> {
     Body(std::borrow::Cow<'a, [u8]>),
     /// Why it cannot be read: another coding, or a stream that does not inflate.
     Unreadable(&'static str),
-    /// JSON that inflates past the 1 MiB read of any answer.
+    /// JSON that inflates past the 1 MiB read of any answer, or whose stream breaks off.
     CutJson,
 }
 
@@ -346,7 +346,10 @@ fn decoded_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Decoded<'a> {
         Ok(_) if out.len() <= super::MAX_ANSWER_BYTES => {
             Decoded::Body(std::borrow::Cow::Owned(out))
         }
-        Ok(_) if json_text(&out).starts_with(b"{") => Decoded::CutJson,
+        // JSON we could not read whole may have said RETRY: never acknowledge it. A stream
+        // breaks off when the answer is cut at the read limit, or the server stops mid-stream;
+        // what inflated before the break tells whether it was JSON.
+        _ if json_text(&out).starts_with(b"{") => Decoded::CutJson,
         Ok(_) => Decoded::Unreadable("the compressed answer inflates past 1 MiB"),
         Err(_) => Decoded::Unreadable("the compressed answer does not inflate"),
     }
@@ -953,7 +956,7 @@ mod tests {
         for (coding, body) in [
             ("br", &gzip[..]),
             ("gzip, br", &gzip[..]),
-            ("gzip", &gzip[..gzip.len() / 2]),
+            ("gzip", b"\x1f\x8b\x08\x00garbage"),
             ("deflate", &gzip[..]),
         ] {
             let a = answer(coding, body);
@@ -975,6 +978,10 @@ mod tests {
         cut.write_all(br#""}"#).unwrap();
         let a = answer("gzip", &cut.finish().unwrap());
         assert_eq!(a.outcomes, vec![RETRY; 2]);
+        // So is JSON whose stream breaks off.
+        let a = answer("gzip", &gzip[..gzip.len() - 12]);
+        assert_eq!(a.outcomes, vec![RETRY; 2]);
+        assert_eq!(a.unread, None);
     }
 
     /// A byte order mark before the JSON (then whitespace) must not hide its RETRY.
