@@ -1765,6 +1765,46 @@ async fn a_batch_dropped_by_the_drain_timeout_leaves_the_in_flight_gauge() {
     assert_eq!(gauge.get(), 0, "batches in flight after the drain gave up");
 }
 
+/// An owner that gives up on the drain (the daemon's deadline passed) drops the shutdown; the
+/// rebalancer and its workers must stop with it, not go on unowned until the runtime dies. The
+/// drain timeout here is far longer than the test waits, so only the abort ends the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_given_up_on_stops_the_workers() {
+    let mq = RocketMq::start().await;
+    let topic = unique("T_abandon");
+    let group = unique("G_abandon");
+    mq.create_topic(&topic, 1).await;
+    let p = producer(&mq).await;
+    produce(&p, &topic, &bodies("stuck", 4), None).await;
+    let metrics = Metrics::new();
+    let mut config = fast_config(&group, &topic);
+    config.drain_timeout = Duration::from_secs(600);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let consumer = start_metered(
+        &mq,
+        &unique("abandon"),
+        config,
+        Recorder::new("c", &seen).slow(Duration::from_secs(3600)),
+        &metrics,
+    )
+    .await;
+    let gauge = metrics
+        .batches_in_flight
+        .with_label_values(&[group.as_str(), topic.as_str()]);
+    eventually(Duration::from_secs(60), "a batch in the handler", || {
+        gauge.get() >= 1
+    })
+    .await;
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), consumer.shutdown()).await;
+    assert!(gave_up.is_err(), "the drain cannot finish within a second");
+    eventually(
+        Duration::from_secs(10),
+        "the batch dropped with its worker",
+        || gauge.get() == 0,
+    )
+    .await;
+}
+
 /// A send-back the broker refuses, whose fallback publish to the retry topic is refused too, is
 /// not a finished message: the message is consumed again locally (with its reconsume count
 /// raised) until it is accepted, and no committed offset passes it before then. A proxy in

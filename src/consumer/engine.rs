@@ -926,7 +926,7 @@ pub struct Consumer<H: Handler> {
     cancel: CancellationToken,
     tasks: JoinSet<()>,
     rebalancer: Option<tokio::task::JoinHandle<Option<Vec<MessageQueue>>>>,
-    failure: Arc<Failure>,
+    supervisor: Supervisor,
 }
 
 /// Read-only view of a running consumer for status and readiness.
@@ -1144,7 +1144,7 @@ impl<H: Handler> Consumer<H> {
             stats: Arc::clone(&self.shared.stats),
             ready: Arc::clone(&self.shared.ready),
             client_id: self.shared.client_id.clone(),
-            failure: Arc::clone(&self.failure),
+            failure: self.supervisor.failure(),
         }
     }
 
@@ -1156,14 +1156,29 @@ impl<H: Handler> Consumer<H> {
     /// Orderly shutdown: stop pulling, let in-flight batches finish within the drain timeout
     /// (unfinished ones stay uncommitted and are redelivered later), persist offsets, unlock
     /// orderly queues, unregister from every broker.
+    ///
+    /// A panic while draining is recorded as the consumer's failure, so the daemon exits with
+    /// an error instead of reporting a clean stop.
     pub async fn shutdown(mut self) {
+        let supervisor = self.supervisor.clone();
+        supervisor.run("shutdown", self.drain()).await;
+    }
+
+    async fn drain(&mut self) {
         info!(group = %self.shared.config.group, "Consumer shutting down.");
         self.cancel.cancel();
         self.shared.mark_draining().await;
         // The rebalancer cancels its workers; each drains its in-flight batches, persists its
-        // offset and releases its orderly lock before it ends.
-        let held = match self.rebalancer.take() {
-            Some(h) => match h.await {
+        // offset and releases its orderly lock before it ends. Awaited in place rather than
+        // taken: if the owner gives up on the drain (its deadline passed), dropping the
+        // consumer aborts the rebalancer and its workers instead of leaving them unowned.
+        let rebalanced = match self.rebalancer.as_mut() {
+            Some(h) => Some(h.await),
+            None => None,
+        };
+        self.rebalancer = None;
+        let held = match rebalanced {
+            Some(joined) => match joined {
                 Ok(Some(held)) => held,
                 // It panicked (a bug, recorded as the consumer's failure): its workers were
                 // aborted with it, without their release. Done here for every queue still in
@@ -1236,13 +1251,12 @@ impl<H: Handler> Prepared<H> {
         let rebalancer = Some(tokio::spawn(
             supervisor.run("rebalancer", rebalancer.run(token())),
         ));
-        let failure = supervisor.failure();
         Consumer {
             shared,
             cancel,
             tasks,
             rebalancer,
-            failure,
+            supervisor,
         }
     }
 }
@@ -1325,6 +1339,10 @@ async fn open_local_store(
 impl<H: Handler> Drop for Consumer<H> {
     fn drop(&mut self) {
         self.cancel.cancel();
+        // Dropped before its drain finished: nothing will await the rebalancer any more.
+        if let Some(rebalancer) = &self.rebalancer {
+            rebalancer.abort();
+        }
     }
 }
 
