@@ -422,7 +422,7 @@ fn apply_indexed(
         errors.push(ConfigError::Invalid {
             key: display_path(&entry.path),
             origin,
-            value: render_value(Some(&entry.value)),
+            value: shown_value(&entry.path, Some(&entry.value)),
             reason: format!(
                 "a subscription cannot be set by one variable; set its keys, e.g. \
                  {}__TOPIC",
@@ -435,7 +435,7 @@ fn apply_indexed(
         errors.push(ConfigError::Invalid {
             key: display_path(&entry.path),
             origin,
-            value: render_value(Some(&entry.value)),
+            value: shown_value(&entry.path, Some(&entry.value)),
             reason: format!(
                 "there is no subscription {index}: {} are defined",
                 subscriptions.len()
@@ -455,6 +455,39 @@ fn apply_indexed(
     prov.assign(&entry.path, &entry.value, &layer);
 }
 
+/// The value at `path` as an error quotes it: credentials (secrets, sensitive-looking header
+/// values) as `***`, a webhook URL without its password, as `check-config` shows them.
+fn shown_value(path: &[String], value: Option<&Value>) -> String {
+    match value {
+        Some(_) if is_credential(path) => "***".to_owned(),
+        Some(Value::String(_, url)) if path.last().is_some_and(|k| k == "url") => {
+            format!("{:?}", super::shown_url(url))
+        }
+        other => render_value(other),
+    }
+}
+
+/// Whether the value at `path` is a credential: a secret, or a sensitive-looking header.
+fn is_credential(path: &[String]) -> bool {
+    let sensitive_header = path.len() >= 2
+        && path[path.len() - 2] == "headers"
+        && super::is_sensitive_header(&path[path.len() - 1]);
+    env::is_secret_key(path) || sensitive_header
+}
+
+/// What kind of value is at hand, without the value (for errors about credentials).
+fn value_kind(value: Option<&Value>) -> &'static str {
+    match value {
+        None => "nothing",
+        Some(Value::String(..) | Value::Char(..)) => "text",
+        Some(Value::Bool(..)) => "a boolean",
+        Some(Value::Num(..)) => "a number",
+        Some(Value::Empty(..)) => "null",
+        Some(Value::Dict(..)) => "a mapping",
+        Some(Value::Array(..)) => "a list",
+    }
+}
+
 /// Turns a figment extraction error into a [`ConfigError`] with origin and value.
 fn map_figment_error(error: figment::Error, tree: &Dict, prov: &Provenance) -> ConfigError {
     use figment::error::Kind;
@@ -464,13 +497,7 @@ fn map_figment_error(error: figment::Error, tree: &Dict, prov: &Provenance) -> C
         .map(|e| {
             let path: Path = e.path.clone();
             let origin = prov.origin(&path);
-            let value = || {
-                if env::is_secret_key(&path) {
-                    "***".to_owned()
-                } else {
-                    render_value(value_at(tree, &path))
-                }
-            };
+            let value = || shown_value(&path, value_at(tree, &path));
             match &e.kind {
                 Kind::UnknownField(field, expected) => ConfigError::UnknownKey {
                     key: display_path(&prov.written_key(&path)),
@@ -487,7 +514,15 @@ fn map_figment_error(error: figment::Error, tree: &Dict, prov: &Provenance) -> C
                     ),
                 },
                 Kind::InvalidType(actual, expected) => {
-                    let mut reason = format!("expected {expected}, found {actual}");
+                    // figment's `actual` quotes the value.
+                    let mut reason = if is_credential(&path) {
+                        format!(
+                            "expected {expected}, found {}",
+                            value_kind(value_at(tree, &path))
+                        )
+                    } else {
+                        format!("expected {expected}, found {actual}")
+                    };
                     if expected.contains("string") && is_number(value_at(tree, &path)) {
                         reason.push_str(
                             "; quote it in YAML (e.g. \"0001\") to keep it text, leading zeros \

@@ -505,7 +505,9 @@ pub struct AllocateQueue {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// `http://` or `https://` endpoint. Required. Env: `ROCKETMQ_WEBHOOK_URL`.
+    /// `http://` or `https://` endpoint. Required. Env: `ROCKETMQ_WEBHOOK_URL`. Output shows
+    /// its password, and query values of sensitive-looking names, as `***`.
+    #[serde(serialize_with = "redact_url")]
     pub url: String,
     /// `POST`, `PUT` or `PATCH`. Default `POST`.
     pub method: HttpMethod,
@@ -633,7 +635,54 @@ impl WebhookConfig {
     }
 }
 
-/// Header names whose values are redacted in output.
+/// A webhook URL for output: the password of its user info (the user name when there is no
+/// password: a token), and the values of query parameters with sensitive-looking names, as
+/// `***`. Host, path and parameter names stay, so `check-config` still shows where requests
+/// go. Text that does not parse as a URL is masked the same way in its user info (between
+/// `://` and the last `@` before the path), for the error that quotes it.
+pub(crate) fn shown_url(text: &str) -> String {
+    let Ok(mut url) = reqwest::Url::parse(text) else {
+        let start = text.find("://").map_or(0, |i| i + 3);
+        let end = text[start..].find('/').map_or(text.len(), |i| start + i);
+        let Some(at) = text[start..end].rfind('@').map(|at| start + at) else {
+            return text.to_owned();
+        };
+        let user = text[start..at]
+            .find(':')
+            .map_or(start, |colon| start + colon + 1);
+        return format!("{}***{}", &text[..user], &text[at..]);
+    };
+    // Both setters fail only for URLs without a host, which have no user info.
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    } else if !url.username().is_empty() {
+        let _ = url.set_username("***");
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_sensitive_header(&k) {
+                    "***".to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
+}
+
+fn redact_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    if url.is_empty() {
+        return s.serialize_str(url);
+    }
+    s.serialize_str(&shown_url(url))
+}
+
+/// Header names (and query parameter names) whose values are redacted in output.
 pub(crate) fn is_sensitive_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     name == "cookie"

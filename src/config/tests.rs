@@ -1487,6 +1487,74 @@ fn secrets_never_appear_in_debug_or_redacted_output() {
     );
 }
 
+/// Errors quote the value they refuse, but never a credential: not one set for a subscription
+/// that does not exist, not a sensitive header that is not text, not a URL's password.
+#[test]
+fn errors_never_quote_credentials() {
+    for (var, key) in [
+        (
+            "ROCKETMQ_SUBSCRIPTIONS__1__WEBHOOK__BEARER_TOKEN",
+            "bearer_token",
+        ),
+        (
+            "ROCKETMQ_SUBSCRIPTIONS__1__WEBHOOK__HEADERS__AUTHORIZATION",
+            "authorization",
+        ),
+    ] {
+        let e = fail(Some(&one_sub("")), &[(var, "s3cr3t-value")]);
+        let text = e.to_string();
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains(key) && text.contains("***"), "{text}");
+    }
+    let e = fail(
+        Some(&one_sub(
+            "      headers:\n        X-Api-Key: 12345678901234\n",
+        )),
+        &[],
+    );
+    let text = e.to_string();
+    assert!(!text.contains("12345678901234"), "{text}");
+    assert!(text.contains("X-Api-Key"), "{text}");
+    for url in ["ftp://user:pw-secret@h/x", "http://user:pw-secret@"] {
+        let yaml =
+            format!("subscriptions:\n  - group: g\n    topic: t\n    webhook:\n      url: {url}\n");
+        let text = fail(Some(&yaml), &[]).to_string();
+        assert!(!text.contains("pw-secret"), "{text}");
+        assert!(text.contains("user:***@"), "{text}");
+    }
+}
+
+/// `check-config` shows where requests go without the URL's credentials.
+#[test]
+fn the_redacted_output_masks_url_credentials() {
+    let config = ok(
+        None,
+        &[
+            ("ROCKETMQ_CONSUMER_GROUP", "g"),
+            ("ROCKETMQ_TOPIC", "t"),
+            (
+                "ROCKETMQ_WEBHOOK_URL",
+                "https://app:pw-secret@h:8443/hook?tenant=acme&api_key=k-secret",
+            ),
+        ],
+    );
+    let yaml = config.redacted_yaml();
+    assert!(
+        !yaml.contains("pw-secret") && !yaml.contains("k-secret"),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("https://app:***@h:8443/hook?tenant=acme&api_key=***"),
+        "{yaml}"
+    );
+    // The configuration itself keeps them.
+    assert!(config.subscriptions[0].webhook.url.contains("pw-secret"));
+    // A user name without a password is a token.
+    assert_eq!(shown_url("https://tok-secret@h/x"), "https://***@h/x");
+    assert_eq!(shown_url("http://h/x?a=1"), "http://h/x?a=1");
+    assert_eq!(shown_url("not a url"), "not a url");
+}
+
 #[test]
 fn redacted_output_loads_back_to_the_same_configuration() {
     let config = ok(Some(FULL), &[]);

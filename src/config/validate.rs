@@ -13,7 +13,7 @@ use super::error::{ConfigError, ConfigWarning};
 use super::tree::{display_path, key_path, Path};
 use super::values::bytes::render;
 use super::values::{AllocateStrategy, MessageModel};
-use super::{is_sensitive_header, Config, Subscription, WebhookConfig};
+use super::{is_sensitive_header, shown_url, Config, Subscription, WebhookConfig};
 use crate::consumer::offset_store::valid_path_component;
 use crate::consumer::ConsumeMode;
 
@@ -514,7 +514,7 @@ impl WebhookConfig {
                 Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
                 Ok(url) => c.fail(
                     key("url"),
-                    format!("{:?}", self.url),
+                    format!("{:?}", shown_url(&self.url)),
                     format!(
                         "must be an http:// or https:// URL with a host (scheme is `{}`)",
                         url.scheme()
@@ -522,7 +522,7 @@ impl WebhookConfig {
                 ),
                 Err(e) => c.fail(
                     key("url"),
-                    format!("{:?}", self.url),
+                    format!("{:?}", shown_url(&self.url)),
                     format!("not a URL ({e})"),
                 ),
             }
