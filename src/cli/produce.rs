@@ -16,6 +16,9 @@ use super::{describe, tool_client, validate_topic, CliError, NamesrvArg};
 
 /// Up to this many messages, every id is printed.
 pub(crate) const LIST_LIMIT: u64 = 20;
+
+/// The slowest `--rate`: one message every 1000 s.
+const MIN_RATE: f64 = 0.001;
 /// The broker's default `maxMessageSize` (4 MiB): larger bodies or batches are refused.
 const MAX_MESSAGE_SIZE: u64 = 4 * 1024 * 1024;
 
@@ -102,9 +105,11 @@ impl Plan {
     pub(crate) fn from_args(args: &ProduceArgs) -> Result<Self, CliError> {
         validate_topic(&args.topic)?;
         if let Some(rate) = args.rate {
-            if !(rate.is_finite() && rate > 0.0) {
+            // The floor keeps every send's due time (sent / rate) within a Duration.
+            if !(rate.is_finite() && rate >= MIN_RATE) {
                 return Err(CliError::usage(format!(
-                    "invalid --rate '{rate}': expected a positive number of messages per second"
+                    "invalid --rate '{rate}': expected a number of messages per second, at least \
+                     {MIN_RATE}"
                 )));
             }
         }
@@ -260,7 +265,14 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), CliError> {
         let high = (low + CHUNK).min(plan.count);
         for group in group_sends(&plan, low..high) {
             if let Some(rate) = plan.rate {
-                tokio::time::sleep_until(start + Duration::from_secs_f64(sent as f64 / rate)).await;
+                // Beyond what a Duration holds (billions of years at the slowest rate): never.
+                match Duration::try_from_secs_f64(sent as f64 / rate)
+                    .ok()
+                    .and_then(|due| start.checked_add(due))
+                {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
             }
             let first = group[0];
             let selector = plan.selector(first);
@@ -360,6 +372,8 @@ mod tests {
     fn bad_arguments_are_usage_errors() {
         for extra in [
             &["--rate", "0"][..],
+            &["--rate", "1e-300"],
+            &["--rate", "NaN"],
             &["--size", "5MiB"],
             &["--sharding-key-count", "3"],
             &["--selector", "hash"],
