@@ -357,6 +357,12 @@ impl<T> ProcessQueue<T> {
         self.cached.contains_key(&offset) || self.consuming.contains_key(&offset)
     }
 
+    /// Whether any offset in `range` is held, cached or consuming.
+    pub fn holds_any_in(&self, range: std::ops::RangeInclusive<i64>) -> bool {
+        self.cached.range(range.clone()).next().is_some()
+            || self.consuming.range(range).next().is_some()
+    }
+
     /// Forgets everything, as a freshly created queue (Java `clear`, used on offset reset).
     pub fn clear(&mut self) {
         *self = Self::default();

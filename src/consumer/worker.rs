@@ -66,6 +66,16 @@ type BatchFuture = Pin<Box<dyn Future<Output = Result<Done, ()>> + Send>>;
 /// A wait for room in the process cache pool.
 type RoomFuture = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
+/// A pull answer whose messages the queue holds, for the room it keeps in the process pool.
+#[derive(Debug, Clone, Copy)]
+struct HeldAnswer {
+    /// The first and last offsets of its messages that the queue took.
+    first: i64,
+    last: i64,
+    /// Its messages, filtered ones included: they share the answer's buffer.
+    found: usize,
+}
+
 /// The room a worker holds in the process cache pool ([`super::CacheBudget`]): at least its
 /// cached messages plus the size of its pull in flight. Given back on drop, so a queue that is
 /// released, cancelled or panics returns its room whatever the exit path.
@@ -185,11 +195,10 @@ struct Worker<H> {
     /// Room in the process cache pool: held, and the wait for more when the pool is empty.
     claim: Claim,
     waiting_room: Option<RoomFuture>,
-    /// (last offset, messages) of each pull answer some of whose messages are still held, and
-    /// their total. Message bodies are slices of their answer's buffer, which lives until the
+    /// Each pull answer some of whose messages are still held, and their total messages. Message bodies are slices of their answer's buffer, which lives until the
     /// last of them is finished: the pool counts the whole answer until then, so it bounds the
     /// memory held, not only the messages.
-    answers: VecDeque<(i64, usize)>,
+    answers: VecDeque<HeldAnswer>,
     answers_held: usize,
     pull_not_before: Instant,
     max_offset: Option<i64>,
@@ -796,17 +805,22 @@ impl<H: Handler> Worker<H> {
         self.claim.release_to(held + in_flight);
     }
 
-    /// Messages of the pull answers still held: an answer is done once every offset up to its
-    /// last is finished.
+    /// Messages of the pull answers still held: an answer is done once none of the offsets it
+    /// brought is held any more. Not once everything below its last offset is finished: one
+    /// slow message would then keep every later answer counted, finished or not, and the queue
+    /// would take room from the process pool for all of them (up to the span limit) while other
+    /// queues wait for it.
     fn answers_held(&mut self) -> usize {
-        let finished_below = self.pq.committable_offset();
-        while let Some(&(last, n)) = self.answers.front() {
-            if finished_below.is_some_and(|low| low <= last) {
-                break;
+        let pq = &self.pq;
+        let mut freed = 0;
+        self.answers.retain(|a| {
+            let held = pq.holds_any_in(a.first..=a.last);
+            if !held {
+                freed += a.found;
             }
-            self.answers.pop_front();
-            self.answers_held -= n;
-        }
+            held
+        });
+        self.answers_held -= freed;
         self.answers_held
     }
 
@@ -857,12 +871,12 @@ impl<H: Handler> Worker<H> {
                     self.shared.restore_topic(m);
                 }
                 // The answer's buffer lives while a message of it is held: its room is given
-                // back once every offset up to the highest message held from it is finished.
-                // Not up to the answer's last offset: trailing messages filtered out here are
-                // never held, so with the process queue empty the committable offset (highest
-                // held + 1) stayed at or below it and the room was kept until another matching
-                // message came and finished.
-                let mut held_last = kept.last().map(|m| m.queue_offset);
+                // back once none of the offsets it brought is held. Trailing messages filtered
+                // out here are never held, so they do not keep it.
+                let mut held_range = kept
+                    .first()
+                    .zip(kept.last())
+                    .map(|(a, b)| (a.queue_offset, b.queue_offset));
                 if kept.is_empty() {
                     if self.pq.is_empty() {
                         self.commit(self.next_offset, true);
@@ -881,12 +895,15 @@ impl<H: Handler> Worker<H> {
                     if !held.is_empty() {
                         kept.retain(|m| !held.contains(&m.queue_offset));
                         // The re-pulled copies are dropped with this answer.
-                        held_last = kept.last().map(|m| m.queue_offset);
+                        held_range = kept
+                            .first()
+                            .zip(kept.last())
+                            .map(|(a, b)| (a.queue_offset, b.queue_offset));
                     }
                     self.ready.append(kept);
                 }
-                if let Some(last) = held_last {
-                    self.answers.push_back((last, found));
+                if let Some((first, last)) = held_range {
+                    self.answers.push_back(HeldAnswer { first, last, found });
                     self.answers_held += found;
                 }
                 self.pull_not_before = Instant::now() + self.shared.config.pull_interval;
@@ -1515,6 +1532,36 @@ mod tests {
             0,
             "nothing of the answer is held any more"
         );
+    }
+
+    /// A slow message keeps only its own answer's room: later answers whose messages all
+    /// finished give theirs back, though the committed offset cannot pass the slow one.
+    #[tokio::test]
+    async fn a_slow_message_holds_only_its_own_answer() {
+        let mut w = worker().await;
+        let answer = |from: i64| {
+            found(
+                (from..from + 4).map(|o| message(o, "a")).collect(),
+                from + 4,
+            )
+        };
+        w.on_pull(Ok(answer(0)), Duration::ZERO).await;
+        w.on_pull(Ok(answer(4)), Duration::ZERO).await;
+        w.on_pull(Ok(answer(8)), Duration::ZERO).await;
+        assert_eq!(w.answers_held(), 12);
+        let mut done = Done::empty();
+        done.finished = vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+        w.on_done(done).await;
+        assert_eq!(w.pq.committable_offset(), Some(0));
+        assert_eq!(
+            w.answers_held(),
+            8,
+            "the first answer (offset 0 held) and the last (offset 11 held) count"
+        );
+        let mut done = Done::empty();
+        done.finished = vec![0];
+        w.on_done(done).await;
+        assert_eq!(w.answers_held(), 4);
     }
 
     #[tokio::test]
