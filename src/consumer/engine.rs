@@ -811,6 +811,10 @@ impl<H: Handler> Shared<H> {
                 mq_set: mqs.clone(),
             },
         };
+        // The broker starts a lock's expiry when it handles the request, after this; counted
+        // from the answer instead, a slow answer would stretch the lock past the broker's
+        // expiry by the round trip, up to the call's timeout.
+        let sent = Instant::now();
         match self
             .client
             .pool()
@@ -822,7 +826,6 @@ impl<H: Handler> Shared<H> {
             .await
         {
             Ok(granted) => {
-                let now = Instant::now();
                 let ttl = self.config.lock_ttl;
                 let mut locks = lock(&self.locks);
                 for mq in &mqs {
@@ -836,7 +839,7 @@ impl<H: Handler> Shared<H> {
                         locks.insert(
                             mq.clone(),
                             HeldLock {
-                                granted_at: now,
+                                granted_at: sent,
                                 term,
                             },
                         );
