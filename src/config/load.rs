@@ -172,24 +172,32 @@ impl Config {
             .map_err(|e| map_figment_error(e, &tree, &prov))?;
         config.provenance = prov;
         config.warnings = env.warnings.clone();
-        config.resolve(&env);
+        config.resolve(&env, &tree);
         config.validate()?;
         let found = config.setting_warnings();
         config.warnings.extend(found);
         Ok(config)
     }
 
-    /// Fills the values whose default depends on other values.
-    fn resolve(&mut self, env: &EnvLayer) {
+    /// Fills the values whose default depends on other values (`tree`: what the layers set).
+    fn resolve(&mut self, env: &EnvLayer, tree: &Dict) {
         for (i, sub) in self.subscriptions.iter_mut().enumerate() {
             dedupe_headers(i, &mut sub.webhook.headers, &self.provenance);
+            // The minimum has no effect (kept for compatibility): its default must not turn a
+            // small `consume_thread_max` into an error about a key nobody wrote.
+            let min_key = key_path!["subscriptions", i, "consume_thread_min"];
+            if value_at(tree, &min_key).is_none() {
+                sub.consume_thread_min = sub.consume_thread_min.min(sub.consume_thread_max.max(1));
+            }
         }
         for sub in &mut self.subscriptions {
             if sub.name.trim().is_empty() && !sub.group.is_empty() && !sub.topic.is_empty() {
                 sub.name = format!("{}/{}", sub.group, sub.topic);
             }
             if sub.webhook.concurrency.is_none() {
-                sub.webhook.concurrency = Some(sub.consume_thread_max);
+                // At least 1: a maximum of 0 is reported under its own key, not a second time
+                // as this derived value.
+                sub.webhook.concurrency = Some(sub.consume_thread_max.max(1));
             }
             if let (Some(home), Ok(rest)) = (&env.home, sub.offset_store_path.strip_prefix("~")) {
                 sub.offset_store_path = PathBuf::from(home).join(rest);

@@ -885,6 +885,40 @@ fn bad_name_server_addresses_are_rejected() {
     assert_error(&e, "namesrv_addr", &["line 1"]);
 }
 
+/// `consume_thread_min` has no effect: left unset, it follows a small `consume_thread_max`
+/// rather than fail on its default; set above the maximum, it still fails as in Java.
+#[test]
+fn an_unset_thread_minimum_follows_a_small_maximum() {
+    let config = ok(
+        None,
+        &[IDENTITY, &[("ROCKETMQ_CONSUME_THREAD_MAX", "4")]].concat(),
+    );
+    let sub = &config.subscriptions[0];
+    assert_eq!((sub.consume_thread_min, sub.consume_thread_max), (4, 4));
+    let config = ok(Some(&one_sub("    consume_thread_max: 64\n")), &[]);
+    assert_eq!(config.subscriptions[0].consume_thread_min, 20);
+    let e = fail(
+        Some(&one_sub(
+            "    consume_thread_min: 20\n    consume_thread_max: 4\n",
+        )),
+        &[],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].consume_thread_min",
+        &["consume_thread_max (4)"],
+    );
+    let e = fail(Some(&one_sub("    consume_thread_max: 0\n")), &[]);
+    // One error, under the key that was written (webhook.concurrency follows the maximum but
+    // is not reported again).
+    assert_eq!(e.errors().len(), 1, "{e}");
+    assert_error(
+        &e,
+        "subscriptions[0].consume_thread_max",
+        &["between 1 and 1000"],
+    );
+}
+
 #[test]
 fn java_ranges_are_enforced() {
     let cases: &[(&str, &str, &str)] = &[

@@ -354,7 +354,10 @@ impl Subscription {
         }
         c.range(key("consume_thread_min"), self.consume_thread_min, 1, 1000);
         c.range(key("consume_thread_max"), self.consume_thread_max, 1, 1000);
-        if self.consume_thread_min > self.consume_thread_max {
+        // Against a maximum out of range the comparison says nothing new.
+        if (1..=1000).contains(&self.consume_thread_max)
+            && self.consume_thread_min > self.consume_thread_max
+        {
             c.fail(
                 key("consume_thread_min"),
                 self.consume_thread_min,
