@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
+use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ use crate::consumer::{self, CacheBudget, Consumer, ConsumerError, Prepared, Prob
 use crate::metrics::{names, Metrics};
 use crate::remoting::acl::AclCredentials;
 use crate::remoting::MessageQueue;
-use crate::webhook::stats::RequestClass;
+use crate::webhook::stats::{LatencySnapshot, RequestClass};
 use crate::webhook::{
     BearerToken, BreakerConfig, Format, SigningSecret, StatusClasses, StatusPattern, Transport,
     Webhook, WebhookError, WebhookOptions, WebhookTls,
@@ -385,10 +385,15 @@ struct WebhookCollector {
 #[derive(Debug)]
 struct WebhookFamilies {
     requests: IntCounterVec,
+    /// Built by hand at each scrape from the webhook's own buckets, so only described here.
+    duration: Desc,
     circuit: IntGaugeVec,
     in_flight: IntGaugeVec,
     waiting: IntGauge,
 }
+
+const DURATION_HELP: &str =
+    "Webhook HTTP round trips (timeouts and transport errors included), seconds.";
 
 impl WebhookFamilies {
     fn new() -> Self {
@@ -400,6 +405,13 @@ impl WebhookFamilies {
                     "Webhook requests by status class.",
                 ),
                 &["consumer_group", "topic", "status_class"],
+            )
+            .expect("valid metric"),
+            duration: Desc::new(
+                names::WEBHOOK_REQUEST_DURATION_SECONDS.to_owned(),
+                DURATION_HELP.to_owned(),
+                labels.iter().map(|l| (*l).to_owned()).collect(),
+                std::collections::HashMap::new(),
             )
             .expect("valid metric"),
             circuit: IntGaugeVec::new(
@@ -441,6 +453,7 @@ impl Collector for WebhookCollector {
     fn desc(&self) -> Vec<&Desc> {
         let f = &self.descs;
         let mut d = f.requests.desc();
+        d.push(&f.duration);
         d.extend(f.circuit.desc());
         d.extend(f.in_flight.desc());
         d.extend(f.waiting.desc());
@@ -449,8 +462,10 @@ impl Collector for WebhookCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let f = WebhookFamilies::new();
+        let mut durations = Vec::with_capacity(self.webhooks.len());
         for (group, topic, hook) in &self.webhooks {
             let stats = hook.stats();
+            durations.push(duration_metric(group, topic, &stats.latency()));
             for class in RequestClass::ALL {
                 let n = stats.requests(class);
                 if n > 0 {
@@ -469,11 +484,46 @@ impl Collector for WebhookCollector {
         f.waiting
             .set(i64::try_from(self.transport.waiting()).unwrap_or(i64::MAX));
         let mut out = f.requests.collect();
+        let mut duration = MetricFamily::default();
+        duration.set_name(names::WEBHOOK_REQUEST_DURATION_SECONDS.to_owned());
+        duration.set_help(DURATION_HELP.to_owned());
+        duration.set_field_type(MetricType::HISTOGRAM);
+        duration.set_metric(durations);
+        out.push(duration);
         out.extend(f.circuit.collect());
         out.extend(f.in_flight.collect());
         out.extend(f.waiting.collect());
         out
     }
+}
+
+/// One webhook's request histogram as a Prometheus sample.
+fn duration_metric(group: &str, topic: &str, latency: &LatencySnapshot) -> Metric {
+    let label = |name: &str, value: &str| {
+        let mut pair = LabelPair::default();
+        pair.set_name(name.to_owned());
+        pair.set_value(value.to_owned());
+        pair
+    };
+    let buckets = latency
+        .buckets
+        .iter()
+        .map(|&(bound, count)| {
+            let mut bucket = Bucket::default();
+            bucket.set_upper_bound(bound);
+            bucket.set_cumulative_count(count);
+            bucket
+        })
+        .collect();
+    let mut histogram = Histogram::default();
+    histogram.set_sample_count(latency.count);
+    histogram.set_sample_sum(latency.sum_seconds);
+    histogram.set_bucket(buckets);
+    let mut metric = Metric::default();
+    // Sorted by name, as the encoder expects.
+    metric.set_label(vec![label("consumer_group", group), label("topic", topic)]);
+    metric.set_histogram(histogram);
+    metric
 }
 
 /// One started subscription, as `/status` shows it.
@@ -927,7 +977,7 @@ mod tests {
             .register(Box::new(WebhookCollector::new(webhooks, Transport::new(4))))
             .unwrap();
         let families = registry.gather();
-        assert_eq!(families.len(), 4, "one family per webhook collector");
+        assert_eq!(families.len(), 5, "one family per webhook collector");
         for family in &families {
             let name = family.name();
             let counter = family.get_field_type() == prometheus::proto::MetricType::COUNTER;
@@ -936,6 +986,45 @@ mod tests {
                 name.ends_with("_total"),
                 "{name}: `_total` iff a counter"
             );
+        }
+    }
+
+    /// The request histogram reaches `/metrics` with the webhook's own observations.
+    #[test]
+    fn the_request_duration_histogram_is_exported() {
+        let hook = webhook_with(&[]);
+        hook.stats()
+            .record_request(RequestClass::of_status(200), Some(Duration::from_millis(3)));
+        hook.stats()
+            .record_request(RequestClass::Timeout, Some(Duration::from_secs(10)));
+        // Not sent: no round trip to observe.
+        hook.stats().record_request(RequestClass::NotSent, None);
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(WebhookCollector::new(
+                vec![("g".to_owned(), "t".to_owned(), hook)],
+                Transport::new(4),
+            )))
+            .unwrap();
+        let mut text = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut text,
+        )
+        .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let name = names::WEBHOOK_REQUEST_DURATION_SECONDS;
+        for line in [
+            format!("# TYPE {name} histogram"),
+            format!("{name}_bucket{{consumer_group=\"g\",topic=\"t\",le=\"0.0025\"}} 0"),
+            format!("{name}_bucket{{consumer_group=\"g\",topic=\"t\",le=\"0.005\"}} 1"),
+            format!("{name}_bucket{{consumer_group=\"g\",topic=\"t\",le=\"10\"}} 2"),
+            format!("{name}_bucket{{consumer_group=\"g\",topic=\"t\",le=\"+Inf\"}} 2"),
+            format!("{name}_sum{{consumer_group=\"g\",topic=\"t\"}} 10.003"),
+            format!("{name}_count{{consumer_group=\"g\",topic=\"t\"}} 2"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
         }
     }
 

@@ -46,6 +46,10 @@ pub mod names {
     pub const CONSUMER_ERRORS_TOTAL: &str = "rocketmq_webhook_consumer_errors_total";
     /// Webhook HTTP requests by status class (2xx, 3xx, 4xx, 5xx, timeout, transport).
     pub const WEBHOOK_REQUESTS_TOTAL: &str = "rocketmq_webhook_webhook_requests_total";
+    /// Webhook HTTP round trips (timeouts and transport errors included; requests not sent
+    /// are not observed).
+    pub const WEBHOOK_REQUEST_DURATION_SECONDS: &str =
+        "rocketmq_webhook_webhook_request_duration_seconds";
     /// Webhook HTTP requests in flight.
     pub const WEBHOOK_REQUESTS_IN_FLIGHT: &str = "rocketmq_webhook_webhook_requests_in_flight";
     /// Webhook requests waiting for a place under `delivery.max_in_flight` (no labels: the
@@ -57,7 +61,8 @@ pub mod names {
     pub const BUILD_INFO: &str = "rocketmq_webhook_build_info";
 }
 
-const LATENCY_BUCKETS: &[f64] = &[
+/// Buckets of every latency histogram, seconds (the webhook's request histogram too).
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
 ];

@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use crate::consumer::Outcome;
 
-/// Upper bounds (seconds) of the delivery latency histogram buckets; an implicit `+Inf` follows.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+// The request latency histogram has the daemon's latency buckets (an implicit `+Inf` follows),
+// so the exported histogram lines up with the consumer's.
+use crate::metrics::LATENCY_BUCKETS;
 
 /// How a request ended, by class (the `status_class` metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,7 +124,7 @@ impl OutcomeKind {
 /// A point-in-time copy of the latency histogram.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatencySnapshot {
-    /// `(upper bound in seconds, cumulative count)` per [`LATENCY_BUCKETS`] entry.
+    /// `(upper bound in seconds, cumulative count)` per bucket, `+Inf` excepted.
     pub buckets: Vec<(f64, u64)>,
     /// Sum of all observations, seconds.
     pub sum_seconds: f64,
@@ -234,10 +233,13 @@ mod tests {
         assert_eq!(s.requests(RequestClass::ClientError), 0);
         let h = s.latency();
         assert_eq!(h.count, 3);
-        assert_eq!(h.buckets[0], (0.005, 1));
-        assert_eq!(h.buckets[3], (0.05, 1));
-        assert_eq!(h.buckets[4], (0.1, 2));
-        assert_eq!(h.buckets[11], (30.0, 2));
+        let at = |bound: f64| h.buckets.iter().find(|b| b.0 == bound).copied();
+        assert_eq!(at(0.0025), Some((0.0025, 0)));
+        assert_eq!(at(0.005), Some((0.005, 1)));
+        assert_eq!(at(0.05), Some((0.05, 1)));
+        assert_eq!(at(0.1), Some((0.1, 2)));
+        assert_eq!(at(30.0), Some((30.0, 2)));
+        assert_eq!(at(60.0), Some((60.0, 3)));
         assert!((h.sum_seconds - 60.073).abs() < 1e-9);
 
         s.record_outcomes(&[
