@@ -27,7 +27,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use bytes::Bytes;
-use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS, NON_ALPHANUMERIC};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::de::IgnoredAny;
 use serde::Serialize;
@@ -65,6 +65,11 @@ pub const DEFAULT_CLOUDEVENTS_TYPE: &str = "org.apache.rocketmq.message";
 /// anyway, and for `raw` and binary `cloudevents` delivering the body matters more.
 const METADATA_HEADER_BUDGET: usize = 4096;
 
+/// The most `rocketmq-property-*` headers on one request. Servers limit the number of headers
+/// too, not only their size (Tomcat, so Spring Boot: 100 by default, then 400, a DROP); the
+/// other headers of a request number about 40 with signing and `ce-*` ones.
+const MAX_PROPERTY_HEADERS: usize = 40;
+
 /// The CloudEvents extension attribute carrying the message keys.
 const KEYS_EXTENSION: &str = "rocketmqkeys";
 
@@ -74,6 +79,16 @@ const KEYS_EXTENSION: &str = "rocketmqkeys";
 /// RECOMMENDED. [`utf8_percent_encode`] encodes every byte of a non-ASCII character's UTF-8
 /// form, in the upper-case hex the spec prefers.
 const CE_HEADER_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
+/// What a broker or topic name must have encoded to be one part of the default `source`
+/// URI-reference: everything but RFC 3986's unreserved characters. Topic names may hold `%`
+/// (namespaces: `ns%orders`) and `|`, which SDKs parsing `source` as a URI (Go's, Java's)
+/// refuse unencoded.
+const URI_PART: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Properties already sent under their own header name.
 const PROPERTIES_WITH_OWN_HEADER: [&str; 3] = ["UNIQ_KEY", "TAGS", "KEYS"];
@@ -207,7 +222,11 @@ impl<'a> MessageView<'a> {
                 .get_all([properties::UNIQ_KEY, properties::TAGS, properties::KEYS]);
         let offset_msg_id = msg.offset_msg_id();
         Self {
-            msg_id: uniq_key.map_or_else(|| offset_msg_id.clone().into(), Into::into),
+            // An empty `UNIQ_KEY` names nothing (an event `id` must not be empty): the offset
+            // msgId stands in, as when there is none.
+            msg_id: uniq_key
+                .filter(|id| !id.is_empty())
+                .map_or_else(|| offset_msg_id.clone().into(), Into::into),
             offset_msg_id,
             topic: &msg.topic,
             queue_id: msg.queue_id,
@@ -382,9 +401,13 @@ impl Encoder {
     }
 
     fn source(&self, msg: &MessageView<'_>) -> String {
-        self.ce_source
-            .clone()
-            .unwrap_or_else(|| format!("rocketmq://{}/{}", msg.broker_name, msg.topic))
+        self.ce_source.clone().unwrap_or_else(|| {
+            format!(
+                "rocketmq://{}/{}",
+                utf8_percent_encode(msg.broker_name, URI_PART),
+                utf8_percent_encode(msg.topic, URI_PART)
+            )
+        })
     }
 
     /// CloudEvents HTTP binary mode: attributes as `ce-*` headers, data as the body. The id,
@@ -458,6 +481,7 @@ impl Encoder {
             let value = match value {
                 Extension::Text(s) => serde_json::Value::from(s),
                 Extension::Int(i) => serde_json::Value::from(i),
+                Extension::Long(i) => serde_json::Value::from(i.to_string()),
             };
             attributes.insert(name.to_owned(), value);
         }
@@ -533,33 +557,47 @@ impl HeaderBudget {
         }
     }
 
-    /// Appends `name: value` if it fits in what is left; gives `name` back when it does not. A
-    /// value that is no valid header value is left out as by [`set`], and costs nothing.
+    /// Appends `name: value` if it fits in what is left and is a valid header value; gives
+    /// `name` back, with why, when not. An invalid value costs nothing.
     fn append(
         &mut self,
         headers: &mut HeaderMap,
         name: HeaderName,
         value: &str,
-    ) -> Result<(), HeaderName> {
+    ) -> Result<(), (HeaderName, Refused)> {
         // Checked before the value is copied: the value may be tens of KB.
         let cost = name.as_str().len() + value.len() + 4;
         if cost > self.left {
-            return Err(name);
+            return Err((name, Refused::TooBig));
         }
-        if let Ok(value) = HeaderValue::from_str(value) {
-            self.left -= cost;
-            headers.append(name, value);
+        match HeaderValue::from_str(value) {
+            Ok(value) => {
+                self.left -= cost;
+                headers.append(name, value);
+                Ok(())
+            }
+            Err(_) => Err((name, Refused::Invalid)),
         }
-        Ok(())
     }
 
-    /// [`Self::append`] for a tag or key header, noting it in `left_out` when it does not fit.
-    /// Later, smaller headers may still fit: one oversized value does not end the others.
+    /// [`Self::append`] for a msgId, tag or key header, noting it in `left_out` when it does not
+    /// fit or cannot be a header value (a line break): a request without `rocketmq-msg-id` then
+    /// names its message by the offset msgId. Later, smaller headers may still fit: one
+    /// oversized value does not end the others.
     fn add(&mut self, headers: &mut HeaderMap, name: HeaderName, value: &str) {
-        if let Err(name) = self.append(headers, name, value) {
+        if let Err((name, _)) = self.append(headers, name, value) {
             self.left_out.push(name);
         }
     }
+}
+
+/// Why [`HeaderBudget::append`] left a header out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// It does not fit in what is left of the budget.
+    TooBig,
+    /// Its value cannot be a header value.
+    Invalid,
 }
 
 // Header names are built at compile time: parsing them for every request showed up in
@@ -609,9 +647,13 @@ fn metadata_headers(headers: &mut HeaderMap, msg: &MessageView<'_>, budget: &mut
         budget.add(headers, H_KEYS, keys);
     }
     let mut name = String::with_capacity(64);
+    let mut sent = 0;
     for (key, value) in msg.properties {
         if PROPERTIES_WITH_OWN_HEADER.contains(&key) {
             continue;
+        }
+        if sent == MAX_PROPERTY_HEADERS {
+            break;
         }
         let header = match known_property_header(key) {
             Some(known) => Ok(known),
@@ -623,8 +665,12 @@ fn metadata_headers(headers: &mut HeaderMap, msg: &MessageView<'_>, budget: &mut
             }
         };
         let Ok(header) = header else { continue };
-        if budget.append(headers, header, value).is_err() {
-            break;
+        // The first property that does not fit ends them (the budget is spent); one whose
+        // value cannot be a header value is only skipped.
+        match budget.append(headers, header, value) {
+            Ok(()) => sent += 1,
+            Err((_, Refused::TooBig)) => break,
+            Err((_, Refused::Invalid)) => {}
         }
     }
 }
@@ -724,7 +770,12 @@ fn rfc3339(ms: i64) -> String {
 #[derive(Debug)]
 enum Extension<'a> {
     Text(&'a str),
-    Int(i64),
+    /// A CloudEvents Integer: signed 32 bits.
+    Int(i32),
+    /// A number that may not fit an Integer (an offset, milliseconds since the epoch): a
+    /// String attribute holding its decimal digits. As a JSON number, SDKs that check the
+    /// type system (Go's, so Knative's) refuse the whole event.
+    Long(i64),
 }
 
 impl fmt::Display for Extension<'_> {
@@ -732,6 +783,7 @@ impl fmt::Display for Extension<'_> {
         match self {
             Self::Text(s) => f.write_str(s),
             Self::Int(i) => write!(f, "{i}"),
+            Self::Long(i) => write!(f, "{i}"),
         }
     }
 }
@@ -742,14 +794,11 @@ fn extensions<'a>(msg: &'a MessageView<'a>) -> Vec<(&'static str, Extension<'a>)
     let mut out = vec![
         ("rocketmqtopic", Extension::Text(msg.topic)),
         ("rocketmqbroker", Extension::Text(msg.broker_name)),
-        ("rocketmqqueueid", Extension::Int(i64::from(msg.queue_id))),
-        ("rocketmqqueueoffset", Extension::Int(msg.queue_offset)),
+        ("rocketmqqueueid", Extension::Int(msg.queue_id)),
+        ("rocketmqqueueoffset", Extension::Long(msg.queue_offset)),
         ("rocketmqoffsetmsgid", Extension::Text(&msg.offset_msg_id)),
-        (
-            "rocketmqreconsume",
-            Extension::Int(i64::from(msg.reconsume_times)),
-        ),
-        ("rocketmqborntime", Extension::Int(msg.born_timestamp)),
+        ("rocketmqreconsume", Extension::Int(msg.reconsume_times)),
+        ("rocketmqborntime", Extension::Long(msg.born_timestamp)),
     ];
     if let Some(keys) = msg.keys {
         out.push((KEYS_EXTENSION, Extension::Text(keys)));
@@ -764,6 +813,9 @@ pub fn structured_cloudevent_id(body: &[u8]) -> Option<String> {
     if !trimmed.starts_with(b"{") || !contains(body, b"\"specversion\"") {
         return None;
     }
+    // Forwarded byte for byte as JSON, so it must be UTF-8 whole, not only in the four
+    // attributes read here (see `is_valid_json`).
+    let body = std::str::from_utf8(body).ok()?;
     #[derive(serde::Deserialize)]
     struct Required<'a> {
         #[serde(borrow)]
@@ -775,7 +827,7 @@ pub fn structured_cloudevent_id(body: &[u8]) -> Option<String> {
         #[serde(borrow, rename = "type")]
         ty: std::borrow::Cow<'a, str>,
     }
-    let r = serde_json::from_slice::<Required<'_>>(body).ok()?;
+    let r = serde_json::from_str::<Required<'_>>(body).ok()?;
     [&r.specversion, &r.id, &r.source, &r.ty]
         .iter()
         .all(|s| !s.trim().is_empty())
@@ -786,8 +838,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Valid JSON, and valid UTF-8 throughout: serde_json checks UTF-8 only in the strings it
+/// keeps, not in those it skips, and a body copied into a JSON request must be UTF-8 whole.
 fn is_valid_json(body: &[u8]) -> bool {
-    serde_json::from_slice::<IgnoredAny>(body).is_ok()
+    std::str::from_utf8(body).is_ok_and(|text| serde_json::from_str::<IgnoredAny>(text).is_ok())
 }
 
 /// The media type without parameters, lowercased.
@@ -1160,6 +1214,37 @@ mod tests {
         r
     }
 
+    /// JSON whose strings are not UTF-8 (GBK text, say) is no JSON a request may carry: it goes
+    /// as `data_base64`, and a "structured event" with such bytes is wrapped, not forwarded.
+    #[test]
+    fn json_that_is_not_utf8_is_not_copied_into_a_request() {
+        let gbk: &[u8] = b"{\"name\":\"\xD6\xD0\"}";
+        let event: &[u8] =
+            b"{\"specversion\":\"1.0\",\"id\":\"e\",\"source\":\"/s\",\"type\":\"t\",\"data\":\"\xff\"}";
+        assert_eq!(structured_cloudevent_id(event), None);
+        for body in [gbk, event] {
+            for declared in [None, Some("application/json")] {
+                let props: Vec<(&str, &str)> =
+                    declared.iter().map(|ct| ("CONTENT_TYPE", *ct)).collect();
+                let f = Fixture::new(body, &props);
+                let r = encoder(Format::CloudEventsBatch)
+                    .encode(CTX, &[f.view("A")])
+                    .unwrap();
+                let text = std::str::from_utf8(&r.body).expect("the request is UTF-8");
+                let v: Value = serde_json::from_str(text).unwrap();
+                let data = BASE64
+                    .decode(v[0]["data_base64"].as_str().unwrap())
+                    .unwrap();
+                assert_eq!(data, body);
+                let r = encoder(Format::CloudEvents)
+                    .encode(CTX, &[f.view("A")])
+                    .unwrap();
+                assert_eq!(header(&r, "ce-id"), Some("A"), "wrapped in binary mode");
+                assert_eq!(&r.body[..], body);
+            }
+        }
+    }
+
     /// A KEYS property of tens of KB must not push the request past what servers accept (8 KiB
     /// of headers is a common limit; the answer, 431, would retry the message into the DLQ).
     #[test]
@@ -1208,6 +1293,49 @@ mod tests {
         assert_eq!(header(&r, "ce-subject"), Some("TagA"));
         assert_eq!(header(&r, "rocketmq-tags"), Some("TagA"));
         assert!(header_bytes(&r) < 8192, "{} bytes", header_bytes(&r));
+    }
+
+    /// Many short properties stop at a count of headers, not only at the byte budget.
+    #[test]
+    fn property_headers_are_bounded_in_number() {
+        let names: Vec<String> = (0..100).map(|i| format!("p{i:03}")).collect();
+        let pairs: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+        let f = Fixture::new(b"x", &pairs);
+        for format in [Format::Raw, Format::CloudEvents] {
+            let r = encoder(format).encode(CTX, &[f.view("A")]).unwrap();
+            let properties = r
+                .headers
+                .keys()
+                .filter(|h| h.as_str().starts_with(HEADER_PROPERTY_PREFIX))
+                .count();
+            assert_eq!(properties, MAX_PROPERTY_HEADERS, "{format}");
+            assert!(
+                r.headers.len() < 100,
+                "{format}: {} headers",
+                r.headers.len()
+            );
+        }
+    }
+
+    /// A msgId that cannot be a header value is left out like one that does not fit, so the
+    /// request names its message by the offset msgId; an empty one is no msgId at all.
+    #[test]
+    fn a_msg_id_that_cannot_be_a_header_is_replaced_by_the_offset_msg_id() {
+        let f = Fixture::new(
+            b"x",
+            &[("UNIQ_KEY", "id\r\nx-injected: 1"), ("Color", "red\n")],
+        );
+        let view = f.view("id\r\nx-injected: 1");
+        let r = encoder(Format::Raw)
+            .encode(CTX, std::slice::from_ref(&view))
+            .unwrap();
+        assert_eq!(header(&r, "rocketmq-msg-id"), None);
+        assert_eq!(header(&r, "x-injected"), None);
+        assert!(r.left_out.iter().any(|h| h == "rocketmq-msg-id"));
+        assert_eq!(r.event_ids, vec![(0, OFFSET_ID.to_owned())]);
+        // A property whose value cannot be a header is skipped; it does not end the others.
+        assert_eq!(header(&r, "rocketmq-property-color"), None);
+        assert_eq!(&r.body[..], b"x");
     }
 
     /// A producer that sets its own `UNIQ_KEY` can make the msgId any length. It goes in the
@@ -1491,7 +1619,21 @@ mod tests {
         assert_eq!(v[0]["type"], DEFAULT_CLOUDEVENTS_TYPE);
         assert_eq!(v[0]["time"], "2023-11-14T22:13:20.456Z");
         assert_eq!(v[0]["subject"], "TagA");
+        // Integers where they fit a CloudEvents Integer (32 bits), strings where they may not.
         assert_eq!(v[0]["rocketmqqueueid"], 3);
+        assert_eq!(v[0]["rocketmqreconsume"], 1);
+        assert_eq!(v[0]["rocketmqqueueoffset"], "42");
+        assert_eq!(v[0]["rocketmqborntime"], "1700000000123");
+        // A namespaced topic (`%`) and `|` are encoded in the source, not in the extension.
+        let f = Fixture::new(b"x", &[]);
+        let mut view = f.view("A");
+        view.topic = "ns%orders|v2";
+        let r = encoder(Format::CloudEventsBatch)
+            .encode(CTX, std::slice::from_ref(&view))
+            .unwrap();
+        let ns = json_body_of(std::str::from_utf8(&r.body).unwrap());
+        assert_eq!(ns[0]["source"], "rocketmq://broker-a/ns%25orders%7Cv2");
+        assert_eq!(ns[0]["rocketmqtopic"], "ns%orders|v2");
         assert_eq!(v[1]["data"], "hi");
         assert_eq!(v[1]["datacontenttype"], "text/plain; charset=utf-8");
         assert_eq!(v[2]["data_base64"], "/wA=");

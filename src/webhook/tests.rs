@@ -136,6 +136,16 @@ fn message(id: &str, body: &str) -> MessageExt {
     }
 }
 
+/// An empty `UNIQ_KEY` names nothing: the offset msgId stands in (a CloudEvent's `id` must not
+/// be empty).
+#[test]
+fn an_empty_uniq_key_gives_way_to_the_offset_msg_id() {
+    let msg = message("", "x");
+    let view = encode::MessageView::new(&msg, "broker-a");
+    assert_eq!(view.msg_id, msg.offset_msg_id());
+    assert!(!view.msg_id.is_empty());
+}
+
 fn batch(ids: &[&str], mode: ConsumeMode) -> Batch {
     Batch {
         group: "g1".to_owned(),
