@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::fmt::Display;
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytesize::ByteSize;
 
 use super::error::{ConfigError, ConfigWarning};
@@ -90,14 +89,11 @@ fn valid_resource_name(name: &str) -> bool {
 
 /// Decodes a Standard Webhooks secret: optional `whsec_` prefix, then standard base64.
 pub(crate) fn decode_signing_secret(secret: &str) -> Result<Vec<u8>, String> {
-    let body = secret.strip_prefix("whsec_").unwrap_or(secret);
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(body.trim())
-        .map_err(|_| "must be `whsec_` followed by base64 (Standard Webhooks)".to_owned())?;
-    if key.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    Ok(key)
+    // The webhook's own reading, so what passes here is the key the daemon signs with.
+    crate::webhook::sign::decode_secret(secret).map_err(|e| match e {
+        crate::webhook::sign::SignError::EmptySecret => "must not be empty".to_owned(),
+        _ => "must be `whsec_` followed by base64 (Standard Webhooks)".to_owned(),
+    })
 }
 
 impl Config {

@@ -31,8 +31,9 @@ const SECRET_PREFIX: &str = "whsec_";
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SignError {
-    /// A `whsec_` secret whose remainder is not valid base64. The secret itself is not included.
-    #[error("signing secret starts with `whsec_` but the rest is not valid base64")]
+    /// A secret that is not base64 after its optional `whsec_` prefix. The secret itself is
+    /// not included.
+    #[error("signing secret must be `whsec_` followed by base64 (Standard Webhooks)")]
     SecretNotBase64,
     /// An empty secret would sign with a publicly known key.
     #[error("signing secret is empty")]
@@ -40,6 +41,24 @@ pub enum SignError {
     /// A bearer token that cannot be sent in an HTTP header (control characters, non-ASCII).
     #[error("bearer token contains characters not allowed in an HTTP header")]
     InvalidToken,
+}
+
+/// The key bytes of a configured secret: `whsec_<base64>`, the prefix optional, as the Standard
+/// Webhooks reference libraries read it (they strip the prefix if present and always decode).
+/// A secret pasted without its prefix is the same key, not its text.
+///
+/// # Errors
+/// [`SignError::SecretNotBase64`] when the rest is not base64, [`SignError::EmptySecret`] when
+/// no key bytes remain.
+pub fn decode_secret(secret: &str) -> Result<Vec<u8>, SignError> {
+    let encoded = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
+    let key = BASE64
+        .decode(encoded.trim())
+        .map_err(|_| SignError::SecretNotBase64)?;
+    if key.is_empty() {
+        return Err(SignError::EmptySecret);
+    }
+    Ok(key)
 }
 
 /// The HMAC key of Standard Webhooks signing, decoded once.
@@ -50,20 +69,13 @@ pub struct SigningSecret {
 }
 
 impl SigningSecret {
-    /// Parses a secret as configured: `whsec_<base64>` (the Standard Webhooks form) is decoded,
-    /// anything else is used as raw key bytes.
+    /// Parses a secret as configured (see [`decode_secret`]). For a raw key, use
+    /// [`Self::from_bytes`].
     ///
     /// # Errors
-    /// [`SignError::SecretNotBase64`] for a malformed `whsec_` secret, [`SignError::EmptySecret`]
-    /// when no key bytes remain.
+    /// As [`decode_secret`].
     pub fn parse(secret: &str) -> Result<Self, SignError> {
-        let key = match secret.strip_prefix(SECRET_PREFIX) {
-            Some(encoded) => BASE64
-                .decode(encoded.trim())
-                .map_err(|_| SignError::SecretNotBase64)?,
-            None => secret.as_bytes().to_vec(),
-        };
-        Self::from_bytes(&key)
+        Self::from_bytes(&decode_secret(secret)?)
     }
 
     /// Uses `key` as the raw HMAC key.
@@ -204,12 +216,22 @@ mod tests {
             br#"{"test": 2432232314}"#,
         );
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        // The same key pasted without its prefix signs the same.
+        let bare = SigningSecret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert_eq!(
+            bare.signature(
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1_614_265_330,
+                br#"{"test": 2432232314}"#,
+            ),
+            sig
+        );
     }
 
     #[test]
     fn raw_secret_vector_and_headers() {
         // Expected value computed independently with Python's hmac module.
-        let secret = SigningSecret::parse("raw-secret").unwrap();
+        let secret = SigningSecret::from_bytes(b"raw-secret").unwrap();
         let mut headers = HeaderMap::new();
         secret.sign(&mut headers, "7F000001ABCD", 1_700_000_000, b"hello");
         assert_eq!(headers[WEBHOOK_ID], "7F000001ABCD");
@@ -223,7 +245,7 @@ mod tests {
 
     #[test]
     fn an_id_that_cannot_be_a_header_or_is_too_long_is_hashed_and_signed_as_sent() {
-        let secret = SigningSecret::parse("raw-secret").unwrap();
+        let secret = SigningSecret::from_bytes(b"raw-secret").unwrap();
         let huge = "u".repeat(MAX_PLAIN_ID + 1);
         for id in ["bad\nid", " padded ", "tab\tid", "", "caf\u{e9}", &huge] {
             let mut headers = HeaderMap::new();
@@ -249,6 +271,11 @@ mod tests {
     fn bad_secrets_are_refused() {
         assert_eq!(
             SigningSecret::parse("whsec_!!!").unwrap_err(),
+            SignError::SecretNotBase64
+        );
+        // Without the prefix a secret is still base64, as the reference libraries read it.
+        assert_eq!(
+            SigningSecret::parse("raw-secret").unwrap_err(),
             SignError::SecretNotBase64
         );
         assert_eq!(
