@@ -73,10 +73,8 @@ impl AllocateStrategy {
         cid_all: &[String],
     ) -> Vec<MessageQueue> {
         if let Self::Config(queues) = self {
-            if mq_all
-                .first()
-                .is_some_and(|mq| mq.topic.starts_with("%RETRY%"))
-            {
+            let retry_topic = format!("%RETRY%{group}");
+            if mq_all.first().is_some_and(|mq| mq.topic == retry_topic) {
                 return Self::Average.allocate(group, current_cid, mq_all, cid_all);
             }
             return queues.clone();
@@ -318,6 +316,11 @@ mod tests {
         assert_eq!(
             x,
             AllocateStrategy::Average.allocate("g", "x", &retry, &members)
+        );
+        // Another group's retry topic is no retry topic of this group: the configured queues.
+        assert_eq!(
+            s.allocate("h", "x", &retry, &members),
+            [MessageQueue::new("T", "a", 1)]
         );
     }
 

@@ -759,13 +759,11 @@ impl<H: Handler> Shared<H> {
         Ok(())
     }
 
-    /// Restores the real topic of a message pulled from `%RETRY%group` (section 7.11).
+    /// Restores the real topic of a message pulled from this group's `%RETRY%group` (section
+    /// 7.11). Only this group's, as Java: a subscription may name another group's retry topic
+    /// as its topic, whose messages keep it.
     pub(crate) fn restore_topic(&self, msg: &mut MessageExt) {
-        if msg.topic.starts_with("%RETRY%") {
-            if let Some(real) = msg.property("RETRY_TOPIC") {
-                msg.topic = real.to_owned();
-            }
-        }
+        msg.restore_retry_topic(&self.config.group);
     }
 
     /// Orderly: whether the broker lock of `mq` is held and fresh.

@@ -288,7 +288,9 @@ impl<H: Handler> Worker<H> {
         // The rebalancer locked the queue just before it started this worker.
         let lock_term = shared.lock_term(&mq);
         Self {
-            is_retry_queue: mq.topic.starts_with("%RETRY%"),
+            // This group's retry topic only (its subscription is `*`); another group's, as the
+            // subscribed topic, is filtered like any topic.
+            is_retry_queue: mq.topic == shared.config.retry_topic(),
             shared,
             mq,
             pq: ProcessQueue::new(),
@@ -1562,6 +1564,41 @@ mod tests {
         done.finished = vec![0];
         w.on_done(done).await;
         assert_eq!(w.answers_held(), 4);
+    }
+
+    /// Only this group's retry topic is restored to the real topic and spared the tag check;
+    /// another group's, subscribed as a topic, is a topic like any other.
+    #[tokio::test]
+    async fn only_this_groups_retry_topic_is_treated_as_one() {
+        let mut config = Config::new("G_worker", "%RETRY%other");
+        config.filter = crate::consumer::Filter::Tag("a".into());
+        let shared = testing::shared(config).await;
+        let mut w = Worker::new(Arc::clone(&shared), testing::queue("%RETRY%other"), 0);
+        assert!(!w.is_retry_queue);
+        let tagged = |topic: &str, tags: &str| {
+            let mut m = message(0, tags);
+            m.topic = topic.to_owned();
+            m.properties.insert(
+                crate::remoting::message::properties::RETRY_TOPIC.into(),
+                "T_real".into(),
+            );
+            m
+        };
+        let mut other = tagged("%RETRY%other", "a");
+        shared.restore_topic(&mut other);
+        assert_eq!(other.topic, "%RETRY%other");
+        let mut own = tagged("%RETRY%G_worker", "b");
+        shared.restore_topic(&mut own);
+        assert_eq!(own.topic, "T_real");
+        // A message of the subscribed topic whose tag does not match is filtered out.
+        w.on_pull(
+            Ok(found(vec![tagged("%RETRY%other", "b")], 1)),
+            Duration::ZERO,
+        )
+        .await;
+        assert!(w.pq.is_empty());
+        let own_retry = Worker::new(shared, testing::queue("%RETRY%G_worker"), 0);
+        assert!(own_retry.is_retry_queue);
     }
 
     #[tokio::test]
