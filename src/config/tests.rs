@@ -919,6 +919,25 @@ fn an_unset_thread_minimum_follows_a_small_maximum() {
     );
 }
 
+/// An expression that names no tag (a template whose parts came out empty) is refused, not
+/// taken as `*`.
+#[test]
+fn a_tag_expression_naming_no_tag_is_refused() {
+    for expression in ["'||'", "' || '", "'||||'"] {
+        let e = fail(
+            Some(&one_sub(&format!("    expression: {expression}\n"))),
+            &[],
+        );
+        assert_error(&e, "subscriptions[0].expression", &["names no tag"]);
+    }
+    for expression in ["'*'", "'a||'", "' a || b '", "'*||'"] {
+        ok(
+            Some(&one_sub(&format!("    expression: {expression}\n"))),
+            &[],
+        );
+    }
+}
+
 #[test]
 fn java_ranges_are_enforced() {
     let cases: &[(&str, &str, &str)] = &[

@@ -347,6 +347,19 @@ impl Subscription {
                 "\"\"",
                 "must not be empty (`*` takes every tag)",
             );
+        } else if self.expression_type == super::ExpressionType::Tag
+            && self
+                .expression
+                .split("||")
+                .all(|part| part.trim().is_empty())
+        {
+            // `||` or ` || ` (a template whose parts came out empty) names no tag; taken as
+            // `*`, it would deliver the whole topic to an endpoint that asked for some tags.
+            c.fail(
+                key("expression"),
+                format!("{:?}", self.expression),
+                "names no tag (`*` takes every tag)",
+            );
         }
         c.range(key("consume_thread_min"), self.consume_thread_min, 1, 1000);
         c.range(key("consume_thread_max"), self.consume_thread_max, 1, 1000);
