@@ -710,8 +710,16 @@ mod tests {
             vec![0u8; DEFAULT_MAX_MESSAGE_SIZE + 1]
         ))));
         assert!(invalid(
-            p.prepare(Message::new("T", "x").with_property("k", "a\u{1}b"))
+            p.prepare(Message::new("T", "x").with_property("k", "a\u{2}b"))
         ));
+        assert!(invalid(
+            p.prepare(Message::new("T", "x").with_property("k\u{1}", "a"))
+        ));
+        // A value may hold the key separator: decoding splits at the first one. Such values
+        // come from brokers, and a retry's republish sends them back as they came.
+        assert!(p
+            .prepare(Message::new("T", "x").with_property("k", "a\u{1}b"))
+            .is_ok());
 
         let any = QueueSelector::RoundRobin;
         for batch in [
