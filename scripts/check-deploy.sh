@@ -39,19 +39,22 @@ fail() {
 
 # ---------------------------------------------------------------------------------------------
 step "Tools (installed once into $VENV and with apt-get, then reused)"
+# Dependencies pinned too (scripts/python-constraints.txt); a change to either reinstalls.
+CONSTRAINTS="scripts/python-constraints.txt"
+STAMP="${PY_REQUIREMENTS[*]} $(sha256sum <"$CONSTRAINTS" | cut -c1-16)"
 if [ ! -x "$VENV/bin/hadolint" ] || [ ! -x "$VENV/bin/kubernetes-validate" ] \
-  || [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "${PY_REQUIREMENTS[*]}" ]; then
+  || [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$STAMP" ]; then
   echo "installing ${PY_REQUIREMENTS[*]} into $VENV"
   python3 -m venv "$VENV" || fail "cannot create the virtual environment $VENV (python3 -m venv)"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_REQUIREMENTS[@]}" \
-    || fail "pip install ${PY_REQUIREMENTS[*]} into $VENV failed"
-  echo "${PY_REQUIREMENTS[*]}" >"$VENV/.requirements"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c "$CONSTRAINTS" \
+    "${PY_REQUIREMENTS[@]}" || fail "pip install ${PY_REQUIREMENTS[*]} into $VENV failed"
+  echo "$STAMP" >"$VENV/.requirements"
 fi
 if ! command -v docker-compose >/dev/null 2>&1; then
   echo "installing docker-compose (Debian package)"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   apt_log="$(mktemp)"
-  if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-compose; } >"$apt_log" 2>&1; then
+  if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends docker-compose; } >"$apt_log" 2>&1; then
     cat "$apt_log" >&2
     fail "apt-get install docker-compose failed (output above)"
   fi

@@ -47,7 +47,8 @@ fi
 
 echo "creating $VENV with ${PACKAGES[*]}" >&2
 python3 -m venv "$VENV" >&2
-"$PY" -m pip install --quiet --disable-pip-version-check "${PACKAGES[@]}" >&2
+"$PY" -m pip install --quiet --disable-pip-version-check -c scripts/python-constraints.txt \
+  "${PACKAGES[@]}" >&2
 if ! have; then
   echo "the python tools were installed but do not import; see the pip output above" >&2
   exit 1
