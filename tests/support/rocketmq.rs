@@ -484,7 +484,8 @@ impl RocketMq {
         }
     }
 
-    /// True when the name server returns a TBW102 route naming this broker.
+    /// True when the name server returns a TBW102 route naming this broker's address (every
+    /// test broker has the same name: the address tells it from another instance's).
     async fn route_ready(&self) -> bool {
         match raw::request(
             &self.namesrv_addr(),
@@ -494,7 +495,11 @@ impl RocketMq {
         )
         .await
         {
-            Ok(resp) => resp.code == 0 && String::from_utf8_lossy(&resp.body).contains(BROKER_NAME),
+            Ok(resp) => {
+                resp.code == 0
+                    && String::from_utf8_lossy(&resp.body)
+                        .contains(&format!("\"{}\"", self.broker_addr()))
+            }
             Err(_) => false,
         }
     }
