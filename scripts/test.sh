@@ -15,6 +15,26 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "Rust toolchain (pinned in rust-toolchain.toml)"
+# rust-toolchain.toml names 1.95.0. Where no toolchain can be downloaded but the machine's
+# stable one is that version, register it under the pinned name instead of failing at the
+# first cargo call.
+pinned="$(sed -n 's/^channel = "\(.*\)"$/\1/p' rust-toolchain.toml)"
+if command -v rustup >/dev/null 2>&1 && ! rustup run "$pinned" rustc --version >/dev/null 2>&1; then
+  if [ "$(rustup run stable rustc --version 2>/dev/null | cut -d' ' -f2)" = "$pinned" ]; then
+    # `rustup toolchain link` refuses names that look like versions; rustup finds a toolchain
+    # by its directory, so a symbolic link under the pinned name does it.
+    host="$(rustup run stable rustc -vV | sed -n 's/^host: //p')"
+    toolchains="${RUSTUP_HOME:-$HOME/.rustup}/toolchains"
+    echo "using the installed stable toolchain ($pinned) as $pinned-$host"
+    ln -sfn "$toolchains/stable-$host" "$toolchains/$pinned-$host"
+  else
+    echo "toolchain $pinned (rust-toolchain.toml) is not installed: rustup toolchain install $pinned" >&2
+    exit 1
+  fi
+fi
+cargo --version
+
 step "RocketMQ name server and broker (installed once, then reused)"
 ROCKETMQ_BIN_DIR="$(scripts/install-rocketmq.sh | tail -n 1)"
 export ROCKETMQ_BIN_DIR
@@ -46,5 +66,6 @@ scripts/disk-headroom.sh "${ROCKETMQ_TEST_SCRATCH_DIR:-${TMPDIR:-/tmp}}"
 step "cargo test (unit, property, component and integration tests)"
 # Test binaries run one after another (cargo's default); inside one binary tests run on two
 # threads so broker-backed tests do not starve each other on a 2-core machine.
-cargo test --locked --no-fail-fast -- --test-threads=2
+# The timeout makes a hang a readable failure inside CI's limit (the suite takes about 10 min).
+timeout "${ROCKETMQ_TEST_TIMEOUT:-45m}" cargo test --locked --no-fail-fast -- --test-threads=2
 
