@@ -3,10 +3,12 @@
 //! Invariants:
 //! - the address list is parsed and validated once, at construction; a bad entry is reported
 //!   by name and never reaches a socket;
-//! - look-ups start at the name server that answered last and move on in list order, so a dead
-//!   name server costs one failed attempt (or a fast pool backoff error), not one per call;
-//! - `TOPIC_NOT_EXIST` is an answer, not a failure: it ends the look-up as
-//!   [`ClientError::NoRoute`] without trying the other name servers.
+//! - look-ups start at the name server that last gave a route and move on in list order, so a
+//!   dead name server costs one failed attempt (or a fast pool backoff error), not one per call;
+//! - `TOPIC_NOT_EXIST` is the look-up's answer ([`ClientError::NoRoute`]) only when no other
+//!   name server has the route: a name server cut off from the brokers (or just restarted,
+//!   before they register again) says it for every topic, and must not hold every client that
+//!   asks it first. Java sticks to its one name server, but starts each client at a random one.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -61,11 +63,11 @@ impl NameServer {
         &self.addrs
     }
 
-    /// The route of `topic`, from the first name server that answers.
+    /// The route of `topic`, from the first name server that has it.
     ///
     /// # Errors
-    /// [`ClientError::NoRoute`] when a name server says the topic does not exist;
-    /// [`ClientError::NoNameServer`] (with the last failure) when none answered.
+    /// [`ClientError::NoRoute`] when a name server says the topic does not exist and none has
+    /// it; [`ClientError::NoNameServer`] (with the last failure) when none answered.
     pub async fn route(&self, topic: &str) -> Result<TopicRouteData, ClientError> {
         let n = self.addrs.len();
         let start = self.last_good.load(Ordering::Relaxed) % n;
@@ -73,6 +75,7 @@ impl NameServer {
             topic: topic.to_owned(),
         };
         let mut last = None;
+        let mut not_exist = false;
         for i in 0..n {
             let index = (start + i) % n;
             let addr = &self.addrs[index];
@@ -85,16 +88,19 @@ impl NameServer {
                     code: ResponseCode::TopicNotExist,
                     ..
                 }) => {
-                    self.last_good.store(index, Ordering::Relaxed);
-                    return Err(ClientError::NoRoute {
-                        topic: topic.to_owned(),
-                    });
+                    debug!(namesrv = %addr, %topic, "Name server has no route; asking the next.");
+                    not_exist = true;
                 }
                 Err(e) => {
                     debug!(namesrv = %addr, %topic, error = %e, "Route look-up failed; trying the next name server.");
                     last = Some(e);
                 }
             }
+        }
+        if not_exist {
+            return Err(ClientError::NoRoute {
+                topic: topic.to_owned(),
+            });
         }
         let order = (0..n)
             .map(|i| self.addrs[(start + i) % n].clone())

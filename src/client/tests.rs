@@ -1153,11 +1153,25 @@ async fn name_server_fails_over_to_the_next_address() {
     );
     assert_eq!(route.queue_datas[0].read_queue_nums, 4);
     // The next look-up starts at the good one, so the dead address is not even tried.
+    within(ns.route("T")).await.expect("route");
+    assert_eq!(pool.addrs(), [live.as_str()]);
+    // A topic no name server has is NoRoute, once every one was asked.
     assert!(matches!(
         within(ns.route("missing")).await,
         Err(ClientError::NoRoute { ref topic }) if topic == "missing"
     ));
-    assert_eq!(pool.addrs(), [live.as_str()]);
+
+    // A name server that says no topic exists (cut off from the brokers, or restarted before
+    // they register again) does not hide the route another one has, though it is asked first.
+    let (l, empty) = listener().await;
+    serve(&mut tasks, l, |frame| {
+        response(frame.opaque(), 17, "Topic route was not found", b"")
+    });
+    let ns = NameServer::new(&format!("{empty};{live}"), pool.clone()).expect("addrs");
+    for _ in 0..2 {
+        let route = within(ns.route("T")).await.expect("route from the second");
+        assert_eq!(route.queue_datas[0].read_queue_nums, 4);
+    }
 
     // Through the client instance the route is published.
     let client = Client::new(
