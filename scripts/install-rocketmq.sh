@@ -41,7 +41,14 @@ start=$(date +%s)
 log="$ROOT/install.log"
 # Progress: cargo prints one "Compiling" line per crate; show a count every 30 s so a user
 # knows it is alive without flooding the terminal.
-cargo install --locked --root "$ROOT" "rocketmq-namesrv@$VERSION" "rocketmq-broker@$VERSION" >"$log" 2>&1 &
+# One target directory for both crates: with cargo's default (a temporary one per crate) the
+# broker recompiled nearly every crate the name server had just built, and an interrupted build
+# started over. It is removed once both are installed. The timeout turns a stalled download
+# into an error well inside a CI job's limit.
+build="$ROOT/build"
+timeout "${ROCKETMQ_INSTALL_TIMEOUT:-50m}" \
+  cargo install --locked --root "$ROOT" --target-dir "$build" \
+  "rocketmq-namesrv@$VERSION" "rocketmq-broker@$VERSION" >"$log" 2>&1 &
 pid=$!
 while kill -0 "$pid" 2>/dev/null; do
   for _ in $(seq 1 30); do
@@ -59,5 +66,6 @@ if ! wait "$pid"; then
   exit 1
 fi
 touch "$ROOT/.installed-$VERSION"
+rm -rf "$build"
 echo "rocketmq $VERSION installed in $(( $(date +%s) - start ))s" >&2
 echo "$BIN"

@@ -183,10 +183,13 @@ impl Config {
     fn resolve(&mut self, env: &EnvLayer, tree: &Dict) {
         for (i, sub) in self.subscriptions.iter_mut().enumerate() {
             dedupe_headers(i, &mut sub.webhook.headers, &self.provenance);
-            // The minimum has no effect (kept for compatibility): its default must not turn a
-            // small `consume_thread_max` into an error about a key nobody wrote.
+            // The minimum has no effect (kept for compatibility): its default, or a profile's,
+            // must not turn a smaller `consume_thread_max` into an error about a key the
+            // operator never wrote.
             let min_key = key_path!["subscriptions", i, "consume_thread_min"];
-            if value_at(tree, &min_key).is_none() {
+            let written = value_at(tree, &min_key).is_some()
+                && !matches!(self.provenance.origin(&min_key), Origin::Profile { .. });
+            if !written {
                 sub.consume_thread_min = sub.consume_thread_min.min(sub.consume_thread_max.max(1));
             }
         }

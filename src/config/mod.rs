@@ -373,8 +373,8 @@ pub struct Subscription {
     /// `ROCKETMQ_SUBSCRIPTIONS__0__ALLOCATE_QUEUES=broker-a:0,broker-a:1`. Default: empty.
     pub allocate_queues: Vec<AllocateQueue>,
     /// Minimum consume concurrency (count, 1..=1000, at most `consume_thread_max`); accepted for
-    /// compatibility, no effect. Env: `ROCKETMQ_CONSUME_THREAD_MIN`. Default `20`, or
-    /// `consume_thread_max` when that is smaller.
+    /// compatibility, no effect. Env: `ROCKETMQ_CONSUME_THREAD_MIN`. Default `20` (or a
+    /// profile's), lowered to `consume_thread_max` when that is smaller.
     pub consume_thread_min: u32,
     /// Maximum consume concurrency (count, 1..=1000, >= min). Env:
     /// `ROCKETMQ_CONSUME_THREAD_MAX`. Default `20`.

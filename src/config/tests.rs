@@ -897,6 +897,20 @@ fn an_unset_thread_minimum_follows_a_small_maximum() {
     assert_eq!((sub.consume_thread_min, sub.consume_thread_max), (4, 4));
     let config = ok(Some(&one_sub("    consume_thread_max: 64\n")), &[]);
     assert_eq!(config.subscriptions[0].consume_thread_min, 20);
+    // A profile's minimum is no more written by the operator than the default.
+    let config = ok(
+        None,
+        &[
+            IDENTITY,
+            &[
+                ("ROCKETMQ_PROFILE", "high_throughput"),
+                ("ROCKETMQ_CONSUME_THREAD_MAX", "16"),
+            ],
+        ]
+        .concat(),
+    );
+    let sub = &config.subscriptions[0];
+    assert_eq!((sub.consume_thread_min, sub.consume_thread_max), (16, 16));
     let e = fail(
         Some(&one_sub(
             "    consume_thread_min: 20\n    consume_thread_max: 4\n",
