@@ -478,12 +478,18 @@ fn shown_value(path: &[String], value: Option<&Value>) -> String {
     }
 }
 
-/// Whether the value at `path` is a credential: a secret, or a sensitive-looking header.
+/// Whether the value at `path` is a credential: a secret, a sensitive-looking header, or a
+/// mapping that holds them (headers, a webhook, a subscription) given as text by mistake, e.g.
+/// `ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__HEADERS="Authorization: Bearer ..."`.
 fn is_credential(path: &[String]) -> bool {
     let sensitive_header = path.len() >= 2
         && path[path.len() - 2] == "headers"
         && super::is_sensitive_header(&path[path.len() - 1]);
-    env::is_secret_key(path) || sensitive_header
+    let holds_credentials = matches!(
+        path.last().map(String::as_str),
+        Some("headers" | "webhook" | "subscriptions" | "subscription_defaults")
+    ) || (path.len() == 2 && path[0] == "subscriptions");
+    env::is_secret_key(path) || sensitive_header || holds_credentials
 }
 
 /// What kind of value is at hand, without the value (for errors about credentials).

@@ -139,9 +139,9 @@ impl Config {
         &self.warnings
     }
 
-    /// The configuration as YAML with every secret (and sensitive-looking header) as `***`:
-    /// what `check-config` prints. Loading the output again gives the same configuration,
-    /// secrets aside.
+    /// The configuration as YAML with every secret (sensitive-looking headers, and a webhook
+    /// URL's credentials and query values) as `***`: what `check-config` prints. Loading the
+    /// output again gives the same configuration, those aside.
     pub fn redacted_yaml(&self) -> String {
         serde_yaml::to_string(self)
             .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
@@ -507,7 +507,7 @@ pub struct AllocateQueue {
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookConfig {
     /// `http://` or `https://` endpoint. Required. Env: `ROCKETMQ_WEBHOOK_URL`. Output shows
-    /// its password, and query values of sensitive-looking names, as `***`.
+    /// its password (or a lone user name) and its query values as `***`.
     #[serde(serialize_with = "redact_url")]
     pub url: String,
     /// `POST`, `PUT` or `PATCH`. Default `POST`.
@@ -637,43 +637,60 @@ impl WebhookConfig {
 }
 
 /// A webhook URL for output: the password of its user info (the user name when there is no
-/// password: a token), and the values of query parameters with sensitive-looking names, as
-/// `***`. Host, path and parameter names stay, so `check-config` still shows where requests
-/// go. Text that does not parse as a URL is masked the same way in its user info (between
-/// `://` and the last `@` before the path), for the error that quotes it.
+/// password: a token), and every query value, as `***`: services put keys in queries under
+/// many names (`code`, `sig`, `api_key`). Scheme, host, path and parameter names stay as
+/// written, so `check-config` still shows where requests go. Text that does not parse as a
+/// URL is masked the same way (user info between `://` and the last `@` before the path, and
+/// query values), for the error that quotes it.
 pub(crate) fn shown_url(text: &str) -> String {
-    let Ok(mut url) = reqwest::Url::parse(text) else {
-        let start = text.find("://").map_or(0, |i| i + 3);
-        let end = text[start..].find('/').map_or(text.len(), |i| start + i);
-        let Some(at) = text[start..end].rfind('@').map(|at| start + at) else {
-            return text.to_owned();
-        };
-        let user = text[start..at]
-            .find(':')
-            .map_or(start, |colon| start + colon + 1);
-        return format!("{}***{}", &text[..user], &text[at..]);
+    let (before_query, query) = match text.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (text, None),
     };
-    // Both setters fail only for URLs without a host, which have no user info.
-    if url.password().is_some() {
-        let _ = url.set_password(Some("***"));
-    } else if !url.username().is_empty() {
-        let _ = url.set_username("***");
-    }
-    if url.query().is_some() {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if is_sensitive_header(&k) {
-                    "***".to_owned()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
+    let mut out = match reqwest::Url::parse(before_query) {
+        Ok(mut url) => {
+            // Both setters fail only for URLs without a host, which have no user info.
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            } else if !url.username().is_empty() {
+                let _ = url.set_username("***");
+            }
+            let shown = url.to_string();
+            // The parser adds a `/` to an empty path; keep the text as written otherwise.
+            if before_query.ends_with('/') || !shown.ends_with('/') {
+                shown
+            } else {
+                shown[..shown.len() - 1].to_owned()
+            }
+        }
+        Err(_) => {
+            let start = before_query.find("://").map_or(0, |i| i + 3);
+            let end = before_query[start..]
+                .find('/')
+                .map_or(before_query.len(), |i| start + i);
+            match before_query[start..end].rfind('@').map(|at| start + at) {
+                Some(at) => {
+                    let user = before_query[start..at]
+                        .find(':')
+                        .map_or(start, |colon| start + colon + 1);
+                    format!("{}***{}", &before_query[..user], &before_query[at..])
+                }
+                None => before_query.to_owned(),
+            }
+        }
+    };
+    if let Some(query) = query {
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) => format!("{name}=***"),
+                None => pair.to_owned(),
             })
             .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
+        out.push_str(&pairs.join("&"));
     }
-    url.to_string()
+    out
 }
 
 fn redact_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -683,7 +700,7 @@ fn redact_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&shown_url(url))
 }
 
-/// Header names (and query parameter names) whose values are redacted in output.
+/// Header names whose values are redacted in output.
 pub(crate) fn is_sensitive_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     name == "cookie"

@@ -1582,6 +1582,15 @@ fn errors_never_quote_credentials() {
     let text = e.to_string();
     assert!(!text.contains("12345678901234"), "{text}");
     assert!(text.contains("X-Api-Key"), "{text}");
+    // A mapping that holds credentials, given as text by mistake.
+    for var in [
+        "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK__HEADERS",
+        "ROCKETMQ_SUBSCRIPTIONS__0__WEBHOOK",
+    ] {
+        let e = fail(Some(&one_sub("")), &[(var, "Authorization: Bearer s3cr3t")]);
+        let text = e.to_string();
+        assert!(!text.contains("s3cr3t"), "{var}: {text}");
+    }
     for url in ["ftp://user:pw-secret@h/x", "http://user:pw-secret@"] {
         let yaml =
             format!("subscriptions:\n  - group: g\n    topic: t\n    webhook:\n      url: {url}\n");
@@ -1611,15 +1620,27 @@ fn the_redacted_output_masks_url_credentials() {
         "{yaml}"
     );
     assert!(
-        yaml.contains("https://app:***@h:8443/hook?tenant=acme&api_key=***"),
+        yaml.contains("https://app:***@h:8443/hook?tenant=***&api_key=***"),
         "{yaml}"
     );
     // The configuration itself keeps them.
     assert!(config.subscriptions[0].webhook.url.contains("pw-secret"));
     // A user name without a password is a token.
     assert_eq!(shown_url("https://tok-secret@h/x"), "https://***@h/x");
-    assert_eq!(shown_url("http://h/x?a=1"), "http://h/x?a=1");
+    // Every query value (keys hide under many names: Azure's `code`, SAS `sig`); names and
+    // valueless parameters stay as written.
+    assert_eq!(
+        shown_url("http://h/x?code=k1&sig=k2&flag&a%20b=c"),
+        "http://h/x?code=***&sig=***&flag&a%20b=***"
+    );
+    assert_eq!(shown_url("http://h"), "http://h");
+    assert_eq!(shown_url("http://h/"), "http://h/");
     assert_eq!(shown_url("not a url"), "not a url");
+    // Text that is no URL (the port) is masked the same way.
+    assert_eq!(
+        shown_url("http://u:pw@h:99999/hook?api_key=s3cr3t"),
+        "http://u:***@h:99999/hook?api_key=***"
+    );
 }
 
 #[test]
