@@ -1600,6 +1600,42 @@ fn errors_never_quote_credentials() {
     }
 }
 
+/// A signing secret without its `whsec_` prefix is decoded as base64 (the Standard Webhooks
+/// reading); the operator is told, since a receiver using the text as the key would refuse it.
+#[test]
+fn a_signing_secret_without_its_prefix_is_flagged() {
+    let bare = ok(
+        None,
+        &[
+            IDENTITY,
+            &[(
+                "ROCKETMQ_WEBHOOK_SECRET",
+                "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            )],
+        ]
+        .concat(),
+    );
+    let text: Vec<String> = bare.warnings().iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter()
+            .any(|w| w.contains("signing_secret") && w.contains("no `whsec_` prefix")),
+        "{text:?}"
+    );
+    assert!(!text.iter().any(|w| w.contains("MfKQ9r8G")), "{text:?}");
+    let prefixed = ok(
+        None,
+        &[
+            IDENTITY,
+            &[(
+                "ROCKETMQ_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            )],
+        ]
+        .concat(),
+    );
+    assert!(prefixed.warnings().is_empty(), "{:?}", prefixed.warnings());
+}
+
 /// `check-config` shows where requests go without the URL's credentials.
 #[test]
 fn the_redacted_output_masks_url_credentials() {

@@ -192,6 +192,24 @@ impl Config {
                     reason,
                 });
             }
+            let bare_secret = sub
+                .webhook
+                .signing_secret
+                .as_ref()
+                .is_some_and(|secret| !secret.expose().starts_with("whsec_"));
+            if bare_secret {
+                let key = key_path!["subscriptions", i, "webhook", "signing_secret"];
+                warnings.push(ConfigWarning::Risk {
+                    key: display_path(&key),
+                    origin: self.provenance.origin(&key),
+                    value: "***".to_owned(),
+                    reason: "it has no `whsec_` prefix: it is decoded as base64, as the Standard \
+                             Webhooks libraries read it, not used as text. A receiver that uses \
+                             the text itself as the HMAC key rejects every signature; give it the \
+                             decoded key, or write the secret as `whsec_` + base64"
+                        .to_owned(),
+                });
+            }
             if !sub.enable_auto_recovery {
                 let key = key_path!["subscriptions", i, "enable_auto_recovery"];
                 warnings.push(ConfigWarning::NoEffect {
