@@ -18,8 +18,14 @@ STANDARDWEBHOOKS_VERSION=1.1.0
 CLOUDEVENTS_VERSION=2.2.0
 PACKAGES=("standardwebhooks==$STANDARDWEBHOOKS_VERSION" "cloudevents==$CLOUDEVENTS_VERSION")
 
+# Installed from scripts/python-constraints.txt (every dependency pinned); a change to it
+# reinstalls, as a change of the two versions does.
+CONSTRAINTS="scripts/python-constraints.txt"
+STAMP="$(sha256sum <"$CONSTRAINTS" | cut -c1-16)"
+
 have() {
-  [ -x "$PY" ] && "$PY" - "$STANDARDWEBHOOKS_VERSION" "$CLOUDEVENTS_VERSION" >/dev/null 2>&1 <<'PYTHON'
+  [ -x "$PY" ] && [ "$(cat "$VENV/.constraints" 2>/dev/null)" = "$STAMP" ] &&
+    "$PY" - "$STANDARDWEBHOOKS_VERSION" "$CLOUDEVENTS_VERSION" >/dev/null 2>&1 <<'PYTHON'
 import sys
 from importlib.metadata import version
 import standardwebhooks.webhooks, cloudevents.core.bindings.http
@@ -47,8 +53,8 @@ fi
 
 echo "creating $VENV with ${PACKAGES[*]}" >&2
 python3 -m venv "$VENV" >&2
-"$PY" -m pip install --quiet --disable-pip-version-check -c scripts/python-constraints.txt \
-  "${PACKAGES[@]}" >&2
+"$PY" -m pip install --quiet --disable-pip-version-check -c "$CONSTRAINTS" "${PACKAGES[@]}" >&2
+echo "$STAMP" >"$VENV/.constraints"
 if ! have; then
   echo "the python tools were installed but do not import; see the pip output above" >&2
   exit 1

@@ -19,9 +19,12 @@ step "Rust toolchain (pinned in rust-toolchain.toml)"
 # rust-toolchain.toml names 1.95.0. Where no toolchain can be downloaded but the machine's
 # stable one is that version, register it under the pinned name instead of failing at the
 # first cargo call.
+# A link made so follows stable: after stable moves on, the pinned name would run another
+# version, so the version itself is checked, not only that the name runs.
 pinned="$(sed -n 's/^channel = "\(.*\)"$/\1/p' rust-toolchain.toml)"
-if command -v rustup >/dev/null 2>&1 && ! rustup run "$pinned" rustc --version >/dev/null 2>&1; then
-  if [ "$(rustup run stable rustc --version 2>/dev/null | cut -d' ' -f2)" = "$pinned" ]; then
+version_of() { rustup run "$1" rustc --version 2>/dev/null | cut -d' ' -f2 || true; }
+if command -v rustup >/dev/null 2>&1 && [ "$(version_of "$pinned")" != "$pinned" ]; then
+  if [ "$(version_of stable)" = "$pinned" ]; then
     # `rustup toolchain link` refuses names that look like versions; rustup finds a toolchain
     # by its directory, so a symbolic link under the pinned name does it.
     host="$(rustup run stable rustc -vV | sed -n 's/^host: //p')"
@@ -29,7 +32,8 @@ if command -v rustup >/dev/null 2>&1 && ! rustup run "$pinned" rustc --version >
     echo "using the installed stable toolchain ($pinned) as $pinned-$host"
     ln -sfn "$toolchains/stable-$host" "$toolchains/$pinned-$host"
   else
-    echo "toolchain $pinned (rust-toolchain.toml) is not installed: rustup toolchain install $pinned" >&2
+    echo "toolchain $pinned (rust-toolchain.toml) is not installed (or its name runs" \
+      "$(version_of "$pinned")): rustup toolchain install $pinned" >&2
     exit 1
   fi
 fi
@@ -67,5 +71,11 @@ step "cargo test (unit, property, component and integration tests)"
 # Test binaries run one after another (cargo's default); inside one binary tests run on two
 # threads so broker-backed tests do not starve each other on a 2-core machine.
 # The timeout makes a hang a readable failure inside CI's limit (the suite takes about 10 min).
-timeout "${ROCKETMQ_TEST_TIMEOUT:-45m}" cargo test --locked --no-fail-fast -- --test-threads=2
+test_timeout="${ROCKETMQ_TEST_TIMEOUT:-45m}"
+status=0
+timeout "$test_timeout" cargo test --locked --no-fail-fast -- --test-threads=2 || status=$?
+if [ "$status" -eq 124 ]; then
+  echo "cargo test did not finish within $test_timeout (ROCKETMQ_TEST_TIMEOUT); a test hangs" >&2
+fi
+[ "$status" -eq 0 ] || exit "$status"
 
