@@ -5,7 +5,7 @@
 #   scripts/demo.sh            run until Ctrl-C
 #   scripts/demo.sh --once     exit (and clean up) as soon as the demo messages have arrived
 #
-# The first run installs the broker (about 18 minutes on 2 cores, progress printed every 30 s)
+# The first run installs the broker (about 12 minutes on 2 cores, progress printed every 30 s)
 # and builds the daemon; later runs start in seconds. Ports: name server 29876, broker 30911,
 # echo receiver 18080, admin 19090 (override with DEMO_* variables below).
 set -euo pipefail
@@ -35,7 +35,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-say "RocketMQ name server and broker (first run: installs them, about 18 minutes)"
+say "RocketMQ name server and broker (first run: installs them, about 12 minutes)"
 scripts/install-rocketmq.sh >/dev/null
 say "Building rocketmq-webhook"
 cargo build --quiet

@@ -3,7 +3,7 @@
 # the Rust implementation from crates.io (see docs/compatibility.md). No Java distribution can be
 # downloaded here, so this is the only real broker available.
 #
-# The build takes about 18 minutes on 2 cores the first time; afterwards it is skipped. The
+# The build takes about 12 minutes on 2 cores the first time; afterwards it is skipped. The
 # binaries go to a stable root outside the repository (override with ROCKETMQ_TOOLS_DIR).
 # Prints the bin directory on the last line of stdout.
 set -euo pipefail
@@ -36,7 +36,7 @@ if have; then
 fi
 
 echo "installing rocketmq-namesrv and rocketmq-broker $VERSION into $ROOT" >&2
-echo "first time only: this compiles the broker from crates.io and takes about 18 minutes on 2 cores" >&2
+echo "first time only: this compiles the broker from crates.io and takes about 12 minutes on 2 cores" >&2
 start=$(date +%s)
 log="$ROOT/install.log"
 # Progress: cargo prints one "Compiling" line per crate; show a count every 30 s so a user
@@ -60,7 +60,12 @@ while kill -0 "$pid" 2>/dev/null; do
     echo "  ... $(( $(date +%s) - start ))s, $n crates compiled" >&2
   fi
 done
-if ! wait "$pid"; then
+status=0
+wait "$pid" || status=$?
+if [ "$status" -ne 0 ]; then
+  if [ "$status" -eq 124 ]; then
+    echo "cargo install did not finish within ${ROCKETMQ_INSTALL_TIMEOUT:-50m} (ROCKETMQ_INSTALL_TIMEOUT)" >&2
+  fi
   echo "cargo install failed; last lines of $log:" >&2
   tail -n 30 "$log" >&2
   exit 1

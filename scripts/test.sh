@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README "Tests"; .ci/run calls it).
 #
-# 1. installs the real RocketMQ name server and broker when missing (about 18 minutes the
+# 1. installs the real RocketMQ name server and broker when missing (about 12 minutes the
 #    first time on 2 cores, skipped afterwards),
 # 2. checks formatting and lints,
 # 3. runs every test: unit, property, component and integration tests against the real broker,
