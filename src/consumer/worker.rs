@@ -57,6 +57,11 @@ const PULL_FLOW_CONTROL_DELAY: Duration = Duration::from_millis(20);
 const FLOW_CONTROL_RECHECK: Duration = Duration::from_millis(50);
 /// How often a worker publishes its queue state (status page, gauges).
 const STATE_PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
+/// Held answers always looked through in full ([`Worker::answers_held`]); beyond this many,
+/// at most every [`ANSWER_SCAN_INTERVAL`].
+const ANSWER_SCAN_ALWAYS: usize = 16;
+const ANSWER_SCAN_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Redelivery delay after a failed send-back (Java 5 s).
 const SEND_BACK_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -200,6 +205,8 @@ struct Worker<H> {
     /// memory held, not only the messages.
     answers: VecDeque<HeldAnswer>,
     answers_held: usize,
+    /// When the answers behind the first may be looked through again ([`Self::answers_held`]).
+    answers_scanned_at: Instant,
     pull_not_before: Instant,
     max_offset: Option<i64>,
     paused: Option<Pause>,
@@ -307,6 +314,7 @@ impl<H: Handler> Worker<H> {
             waiting_room: None,
             answers: VecDeque::new(),
             answers_held: 0,
+            answers_scanned_at: Instant::now(),
             pull_not_before: Instant::now(),
             max_offset: None,
             paused: None,
@@ -812,17 +820,35 @@ impl<H: Handler> Worker<H> {
     /// slow message would then keep every later answer counted, finished or not, and the queue
     /// would take room from the process pool for all of them (up to the span limit) while other
     /// queues wait for it.
+    ///
+    /// Answers finish mostly in order: those at the front are let go at once; the others are
+    /// looked through only while few are held, else at most every [`ANSWER_SCAN_INTERVAL`] (a
+    /// slow endpoint on a trickling topic can hold an answer per message, and this runs on
+    /// every turn of the worker's loop).
     fn answers_held(&mut self) -> usize {
         let pq = &self.pq;
-        let mut freed = 0;
-        self.answers.retain(|a| {
-            let held = pq.holds_any_in(a.first..=a.last);
-            if !held {
-                freed += a.found;
+        while let Some(a) = self.answers.front() {
+            if pq.holds_any_in(a.first..=a.last) {
+                break;
             }
-            held
-        });
-        self.answers_held -= freed;
+            self.answers_held -= a.found;
+            self.answers.pop_front();
+        }
+        if self.answers.len() > 1 {
+            let now = Instant::now();
+            if self.answers.len() <= ANSWER_SCAN_ALWAYS || now >= self.answers_scanned_at {
+                self.answers_scanned_at = now + ANSWER_SCAN_INTERVAL;
+                let mut freed = 0;
+                self.answers.retain(|a| {
+                    let held = pq.holds_any_in(a.first..=a.last);
+                    if !held {
+                        freed += a.found;
+                    }
+                    held
+                });
+                self.answers_held -= freed;
+            }
+        }
         self.answers_held
     }
 
@@ -1599,6 +1625,30 @@ mod tests {
         assert!(w.pq.is_empty());
         let own_retry = Worker::new(shared, testing::queue("%RETRY%G_worker"), 0);
         assert!(own_retry.is_retry_queue);
+    }
+
+    /// With many answers held behind a slow first one, the ones behind are looked through at
+    /// most every ANSWER_SCAN_INTERVAL, not on every turn of the loop.
+    #[tokio::test(start_paused = true)]
+    async fn many_held_answers_are_looked_through_at_intervals() {
+        let mut w = worker().await;
+        let one = |o: i64| found(vec![message(o, "a")], o + 1);
+        for o in 0..40 {
+            w.on_pull(Ok(one(o)), Duration::ZERO).await;
+        }
+        assert_eq!(w.answers_held(), 40);
+        let mut done = Done::empty();
+        done.finished = (1..20).collect();
+        w.on_done(done).await;
+        // Scanned a moment ago: the finished ones still count until the interval has passed.
+        assert_eq!(w.answers_held(), 40);
+        tokio::time::advance(ANSWER_SCAN_INTERVAL).await;
+        assert_eq!(w.answers_held(), 21);
+        // Those at the front go at once.
+        let mut done = Done::empty();
+        done.finished = vec![0];
+        w.on_done(done).await;
+        assert_eq!(w.answers_held(), 20);
     }
 
     #[tokio::test]
