@@ -268,7 +268,8 @@ pub struct EncodedRequest {
     /// The body.
     pub body: Bytes,
     /// MsgId, tag and key headers (`rocketmq-msg-id`, `rocketmq-tags`, `rocketmq-keys`,
-    /// `ce-subject`, `ce-rocketmqkeys`) left out because they did not fit in the header budget,
+    /// `ce-subject`, `ce-rocketmqkeys`) left out because they did not fit in the header budget
+    /// or their value cannot be a header value (a line break),
     /// for the sender to log: in `raw` and binary `cloudevents` the receiver gets the message
     /// without them. Properties cut by the budget are not listed (they never were headers the
     /// receiver could count on). A `ce-id` that did not fit is not listed either: it is
@@ -542,7 +543,7 @@ fn set(headers: &mut HeaderMap, name: impl reqwest::header::IntoHeaderName, valu
 }
 
 /// What is left of [`METADATA_HEADER_BUDGET`] while one request's headers are built, and the
-/// tag and key headers that did not fit.
+/// msgId, tag and key headers left out.
 #[derive(Debug)]
 struct HeaderBudget {
     left: usize,
@@ -814,7 +815,7 @@ pub fn structured_cloudevent_id(body: &[u8]) -> Option<String> {
         return None;
     }
     // Forwarded byte for byte as JSON, so it must be UTF-8 whole, not only in the four
-    // attributes read here (see `is_valid_json`).
+    // attributes read here: serde_json checks UTF-8 only in the strings it keeps.
     let body = std::str::from_utf8(body).ok()?;
     #[derive(serde::Deserialize)]
     struct Required<'a> {
@@ -836,12 +837,6 @@ pub fn structured_cloudevent_id(body: &[u8]) -> Option<String> {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Valid JSON, and valid UTF-8 throughout: serde_json checks UTF-8 only in the strings it
-/// keeps, not in those it skips, and a body copied into a JSON request must be UTF-8 whole.
-fn is_valid_json(body: &[u8]) -> bool {
-    std::str::from_utf8(body).is_ok_and(|text| serde_json::from_str::<IgnoredAny>(text).is_ok())
 }
 
 /// The media type without parameters, lowercased.
@@ -886,7 +881,10 @@ impl<'a> Data<'a> {
         let body: &'a [u8] = msg.body;
         let declared = msg.content_type();
         let text = std::str::from_utf8(body).ok();
-        let json_ok = declared.is_none_or(is_json_media) && is_valid_json(body);
+        // JSON copied into a request must be UTF-8 whole: serde_json checks UTF-8 only in the
+        // strings it keeps, not in those it skips, so the text is checked first.
+        let json_ok = declared.is_none_or(is_json_media)
+            && text.is_some_and(|t| serde_json::from_str::<IgnoredAny>(t).is_ok());
         if json_ok {
             return Self {
                 content_type: declared.unwrap_or(APPLICATION_JSON),

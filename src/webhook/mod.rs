@@ -589,7 +589,8 @@ impl Inner {
         self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Logs msgId, tag or key headers the encoder left out for their size: at warn the first
+    /// Logs msgId, tag or key headers the encoder left out (too large, or not a valid header
+    /// value): at warn the first
     /// time for this webhook, at debug afterwards. The message is still delivered (its body
     /// carries the values in `json`; in `raw` and binary `cloudevents` the receiver goes
     /// without them). A msgId too long for a header is too long for a log line: it is cut.
@@ -603,10 +604,10 @@ impl Inner {
                 %topic,
                 %msg_id,
                 %headers,
-                "Oversized metadata headers left out of the request (a json body still carries the values). Logged at debug from now on."
+                "Metadata headers left out of the request: too large, or not valid header values (a json body still carries the values). Logged at debug from now on."
             );
         } else {
-            tracing::debug!(%group, %topic, %msg_id, %headers, "Oversized metadata headers left out.");
+            tracing::debug!(%group, %topic, %msg_id, %headers, "Metadata headers left out.");
         }
     }
 

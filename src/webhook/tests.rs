@@ -715,7 +715,7 @@ async fn oversized_key_headers_are_logged_at_warn_once() {
     let logs = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = logs
         .lines()
-        .filter(|l| l.contains("Oversized metadata headers left out"))
+        .filter(|l| l.contains("Metadata headers left out"))
         .collect();
     assert_eq!(lines.len(), 2, "{logs}");
     assert!(
