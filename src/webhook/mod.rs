@@ -751,6 +751,9 @@ impl Inner {
         // into the DLQ. A connection lost after the request was written is not deferred, not
         // even on the probe: the request may have crashed the application, and deferring would
         // offer it again forever instead of letting it reach the DLQ.
+        // A probe given up on and replaced no longer decides the circuit, but its failure is
+        // still one against an endpoint the circuit found failing: deferred too, rather than
+        // spend an attempt, so a dead application never drains the topic into the DLQ.
         let failed_probe = matches!(admission, Admission::Probe(_)) && !transport_lost;
         if !answer.healthy && (unreachable || failed_probe) {
             // A failed probe's messages come back after the circuit next half-opens, so another
