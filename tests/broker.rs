@@ -907,3 +907,50 @@ async fn restarted_broker_keeps_its_messages() {
         .collect();
     assert_eq!(ids, want);
 }
+
+/// A producer whose name server stops answering keeps sending with the route it knows, as
+/// Java keeps its publish info: the consumer's retry fallback publishes exactly when things are
+/// failing. The route's lifetime is a millisecond, so every send asks the name server first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_sends_with_the_route_it_knows_when_the_name_server_is_gone() {
+    use rocketmq_webhook::client::producer::{Producer, ProducerConfig};
+    use rocketmq_webhook::client::{ClientConfig, NotSupported};
+    use rocketmq_webhook::remoting::body::route::TopicRouteData;
+    let mq = RocketMq::start().await;
+    let topic = unique("T_known_route");
+    mq.create_topic(&topic, 2).await;
+    let (listener, namesrv_addr) = support::namesrv::listen().await;
+    let namesrv = tokio::spawn(support::namesrv::serve(
+        listener,
+        mq.client(),
+        |_: &str, _: &mut TopicRouteData| {},
+    ));
+    let client = Client::new(
+        ClientConfig {
+            namesrv_addr,
+            ..ClientConfig::default()
+        },
+        Arc::new(NotSupported),
+    )
+    .expect("client");
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            route_ttl: Duration::from_millis(1),
+            ..ProducerConfig::default()
+        },
+    );
+    let any = QueueSelector::RoundRobin;
+    producer
+        .send(Message::new(&topic, "first"), &any)
+        .await
+        .expect("first send");
+    namesrv.abort();
+    let _ = namesrv.await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let sent = producer
+        .send(Message::new(&topic, "second"), &any)
+        .await
+        .expect("sent with the route known");
+    assert_eq!(sent.queue.topic, topic);
+}

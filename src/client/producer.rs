@@ -448,7 +448,7 @@ impl Producer {
     }
 
     /// The queue for the next send of `topic` and its master's address. After a failed attempt
-    /// on `failed_broker` the route is fetched again (the cached one is used if that fails) and,
+    /// on `failed_broker` the route is fetched again (see [`Self::route`]) and,
     /// as Java's `selectOneMessageQueue(lastBrokerName)` does, that broker's queues are skipped
     /// while another broker has some, unless the selector is a key hash (which must keep its
     /// queue). Queues are listed broker by broker, so the next queue in turn would otherwise
@@ -459,20 +459,7 @@ impl Producer {
         selector: &QueueSelector,
         failed_broker: Option<&str>,
     ) -> Result<(MessageQueue, String), ProducerError> {
-        let route = match failed_broker {
-            None => self.route(topic, false).await?,
-            Some(_) => match self.route(topic, true).await {
-                Ok(route) => route,
-                Err(e) => {
-                    let cached = self.inner.client.routes().snapshot().topic(topic).cloned();
-                    let Some(route) = cached else {
-                        return Err(e);
-                    };
-                    tracing::debug!(%topic, error = %e, "Route refresh failed; retrying on the cached route.");
-                    route
-                }
-            },
-        };
+        let route = self.route(topic, failed_broker.is_some()).await?;
         let queues = avoiding(route.publish_queues(topic), selector, failed_broker);
         if queues.is_empty() {
             return Err(ProducerError::NoWritableQueue {
@@ -490,6 +477,8 @@ impl Producer {
         Ok((queue, addr))
     }
 
+    /// The route of `topic`: the known one while younger than `route_ttl` (unless `refresh`),
+    /// else a fresh one, else, when the look-up fails, the known one anyway.
     async fn route(
         &self,
         topic: &str,
@@ -503,9 +492,23 @@ impl Producer {
                 return Ok(Arc::clone(route));
             }
         }
-        let route = self.inner.client.refresh_route(topic).await?;
-        lock(&self.inner.fetched).insert(topic.to_owned(), Instant::now());
-        Ok(route)
+        match self.inner.client.refresh_route(topic).await {
+            Ok(route) => {
+                lock(&self.inner.fetched).insert(topic.to_owned(), Instant::now());
+                Ok(route)
+            }
+            // The name servers are unreachable (or none has the route now): a route already
+            // known is better than none, as Java keeps its publish info. The retry fallback
+            // runs exactly when things are failing, and the consumer keeps this topic's route
+            // in the same table.
+            Err(e) => match self.inner.client.routes().snapshot().topic(topic) {
+                Some(route) => {
+                    tracing::debug!(%topic, error = %e, "Route refresh failed; sending with the route known.");
+                    Ok(Arc::clone(route))
+                }
+                None => Err(e.into()),
+            },
+        }
     }
 }
 
