@@ -2408,3 +2408,62 @@ async fn the_locks_gauge_follows_grants_and_releases_at_once() {
     consumer.shutdown().await;
     assert_eq!(gauge.get(), 0, "locks released but still shown");
 }
+
+/// A heartbeat round no broker takes (the broker refuses them here, as one still starting would)
+/// is tried again within seconds, not a whole heartbeat interval later: until a broker has the
+/// heartbeat, a broadcasting consumer is not ready (and a clustering one has no retry topic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_no_broker_took_is_tried_again_soon() {
+    use rocketmq_webhook::remoting::{RemotingCommand, RequestCode, ResponseCode};
+    use support::proxy::{encode, Verdict};
+    let mq = RocketMq::start().await;
+    let topic = unique("T_hb_retry");
+    let group = unique("G_hb_retry");
+    mq.create_topic(&topic, 1).await;
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (proxy_listener, proxy_addr) = support::namesrv::listen().await;
+    {
+        let refused = Arc::clone(&refused);
+        tokio::spawn(support::proxy::serve(
+            proxy_listener,
+            mq.broker_addr(),
+            move |command: &RemotingCommand| {
+                // Two: the first round, and the one the first assignment asks for.
+                if command.code == i32::from(RequestCode::HeartBeat)
+                    && refused.fetch_add(1, SeqCst) < 2
+                {
+                    return Verdict::Answer(encode(&RemotingCommand::response_to(
+                        command,
+                        ResponseCode::SystemError,
+                        Some("refused by the test".to_owned()),
+                    )));
+                }
+                Verdict::Relay
+            },
+        ));
+    }
+    let namesrv_addr = support::namesrv::through_proxy(mq.client(), proxy_addr).await;
+    let mut config = fast_config(&group, &topic);
+    config.model = Model::Broadcasting;
+    config.heartbeat_interval = Duration::from_secs(120);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let consumer = start_on(
+        namesrv_addr,
+        &unique("hb-retry"),
+        config,
+        Recorder::new("c", &seen),
+    )
+    .await;
+    let probe = consumer.probe();
+    eventually(
+        Duration::from_secs(15),
+        "ready after a retried heartbeat",
+        || probe.is_ready(),
+    )
+    .await;
+    assert!(
+        refused.load(SeqCst) >= 3,
+        "the first heartbeats were refused"
+    );
+    consumer.shutdown().await;
+}

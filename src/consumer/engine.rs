@@ -1355,7 +1355,12 @@ async fn route_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToke
     let mut seen = route_revisions(&shared, &routes.borrow_and_update());
     let mut first = true;
     loop {
-        let refresh = shared.refresh_routes().await;
+        // Not awaited past the cancel: with the name servers unreachable a round takes a
+        // timeout per server and topic, and the drain must not wait for it.
+        let refresh = tokio::select! {
+            _ = cancel.cancelled() => return,
+            refresh = shared.refresh_routes() => refresh,
+        };
         if first && refresh.main_ok {
             first = false;
             // Brokers learn the group (and create %RETRY%group) from the heartbeat; then the
@@ -1401,15 +1406,31 @@ fn route_revisions<H: Handler>(shared: &Shared<H>, routes: &Routes) -> Vec<Optio
 }
 
 async fn heartbeat_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken) {
+    let mut wait = shared.config.heartbeat_interval;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = shared.heartbeat_now.notified() => {}
-            _ = tokio::time::sleep(shared.config.heartbeat_interval) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        shared.heartbeat_all().await;
+        // Not awaited past the cancel: a round takes a timeout per unreachable broker.
+        let answered = tokio::select! {
+            _ = cancel.cancelled() => return,
+            answered = shared.heartbeat_all() => answered,
+        };
+        // No broker took it (they are starting, or unreachable): until one does, the group
+        // has no member here (no retry topic, no consumer list, not ready), so try again soon
+        // rather than a whole interval later.
+        wait = if answered == 0 && !shared.broker_addrs().is_empty() {
+            HEARTBEAT_RETRY.min(shared.config.heartbeat_interval)
+        } else {
+            shared.config.heartbeat_interval
+        };
     }
 }
+
+/// How soon a heartbeat round that no broker took is tried again.
+const HEARTBEAT_RETRY: Duration = Duration::from_secs(2);
 
 /// Keeps the per-subscription gauges (cached messages and bytes, lag) in step with the queue
 /// states the workers publish. Once a second is plenty for scrapes and costs one short lock.
