@@ -198,6 +198,8 @@ impl Routes {
             .partition(|(name, _)| named.contains(name.as_str()));
         self.brokers = kept;
         for (name, addrs) in gone {
+            // Which go matters little: the bound only bites with hundreds of departed names.
+            // The first by name go, so a test can tell which.
             while self.departed.len() >= MAX_DEPARTED {
                 self.departed.pop_first();
             }
@@ -570,7 +572,7 @@ mod tests {
         // Forgetting the topic also sets the broker aside.
         table.remove("T");
         assert_eq!(table.snapshot().last_master_addr("a"), Some("h:3"));
-        // Bounded: the oldest names go first.
+        // Bounded: the first names (by name) go first.
         for i in 0..=MAX_DEPARTED {
             let name = format!("b{i:04}");
             table.update("U", route(&[(name.as_str(), &[(0, "h:9")])], &[]));
