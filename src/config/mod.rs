@@ -507,7 +507,7 @@ pub struct AllocateQueue {
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookConfig {
     /// `http://` or `https://` endpoint. Required. Env: `ROCKETMQ_WEBHOOK_URL`. Output shows
-    /// its password (or a lone user name) and its query values as `***`.
+    /// its password (or a lone user name) and its query values as `***` (see `shown_url`).
     #[serde(serialize_with = "redact_url")]
     pub url: String,
     /// `POST`, `PUT` or `PATCH`. Default `POST`.
@@ -637,58 +637,43 @@ impl WebhookConfig {
 }
 
 /// A webhook URL for output: the password of its user info (the user name when there is no
-/// password: a token), and every query value, as `***`: services put keys in queries under
-/// many names (`code`, `sig`, `api_key`). Scheme, host, path and parameter names stay as
-/// written, so `check-config` still shows where requests go. Text that does not parse as a
-/// URL is masked the same way (user info between `://` and the last `@` before the path, and
-/// query values), for the error that quotes it.
+/// password: a token), and every query parameter's value (or the parameter, when it has no
+/// `=`), as `***`: services put keys in queries under many names (`code`, `sig`, `api_key`).
+/// Scheme, host, path and parameter names stay as written, so `check-config` still shows
+/// where requests go. Works on the text, so a URL that does not parse (a bad port, a `?` left
+/// unescaped in the password) is masked the same way for the error that quotes it.
 pub(crate) fn shown_url(text: &str) -> String {
-    let (before_query, query) = match text.split_once('?') {
-        Some((head, query)) => (head, Some(query)),
-        None => (text, None),
-    };
-    let mut out = match reqwest::Url::parse(before_query) {
-        Ok(mut url) => {
-            // Both setters fail only for URLs without a host, which have no user info.
-            if url.password().is_some() {
-                let _ = url.set_password(Some("***"));
-            } else if !url.username().is_empty() {
-                let _ = url.set_username("***");
+    let start = text.find("://").map_or(0, |i| i + 3);
+    // The user info ends at the last `@` before the path: a `?` or `#` before that `@` is the
+    // password's, not the start of a query.
+    let authority_end = text[start..].find('/').map_or(text.len(), |i| start + i);
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..start]);
+    let rest = match text[start..authority_end].rfind('@').map(|at| start + at) {
+        Some(at) => {
+            if let Some(colon) = text[start..at].find(':') {
+                out.push_str(&text[start..=start + colon]);
             }
-            let shown = url.to_string();
-            // The parser adds a `/` to an empty path; keep the text as written otherwise.
-            if before_query.ends_with('/') || !shown.ends_with('/') {
-                shown
-            } else {
-                shown[..shown.len() - 1].to_owned()
-            }
+            out.push_str("***");
+            &text[at..]
         }
-        Err(_) => {
-            let start = before_query.find("://").map_or(0, |i| i + 3);
-            let end = before_query[start..]
-                .find('/')
-                .map_or(before_query.len(), |i| start + i);
-            match before_query[start..end].rfind('@').map(|at| start + at) {
-                Some(at) => {
-                    let user = before_query[start..at]
-                        .find(':')
-                        .map_or(start, |colon| start + colon + 1);
-                    format!("{}***{}", &before_query[..user], &before_query[at..])
-                }
-                None => before_query.to_owned(),
-            }
-        }
+        None => &text[start..],
     };
-    if let Some(query) = query {
-        out.push('?');
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, _)) => format!("{name}=***"),
-                None => pair.to_owned(),
-            })
-            .collect();
-        out.push_str(&pairs.join("&"));
+    match rest.split_once('?') {
+        Some((base, query)) => {
+            out.push_str(base);
+            out.push('?');
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) => format!("{name}=***"),
+                    None if pair.is_empty() => String::new(),
+                    None => "***".to_owned(),
+                })
+                .collect();
+            out.push_str(&pairs.join("&"));
+        }
+        None => out.push_str(rest),
     }
     out
 }

@@ -1663,19 +1663,26 @@ fn the_redacted_output_masks_url_credentials() {
     assert!(config.subscriptions[0].webhook.url.contains("pw-secret"));
     // A user name without a password is a token.
     assert_eq!(shown_url("https://tok-secret@h/x"), "https://***@h/x");
-    // Every query value (keys hide under many names: Azure's `code`, SAS `sig`); names and
-    // valueless parameters stay as written.
+    // Every query value (keys hide under many names: Azure's `code`, SAS `sig`), and a
+    // parameter without `=` (it may be a token); names stay as written.
     assert_eq!(
-        shown_url("http://h/x?code=k1&sig=k2&flag&a%20b=c"),
-        "http://h/x?code=***&sig=***&flag&a%20b=***"
+        shown_url("http://h/x?code=k1&sig=k2&s3cr3t&a%20b=c"),
+        "http://h/x?code=***&sig=***&***&a%20b=***"
     );
     assert_eq!(shown_url("http://h"), "http://h");
     assert_eq!(shown_url("http://h/"), "http://h/");
+    assert_eq!(shown_url("http://h?k=v"), "http://h?k=***");
+    assert_eq!(shown_url("http://[::1]:8080/x"), "http://[::1]:8080/x");
     assert_eq!(shown_url("not a url"), "not a url");
     // Text that is no URL (the port) is masked the same way.
     assert_eq!(
         shown_url("http://u:pw@h:99999/hook?api_key=s3cr3t"),
         "http://u:***@h:99999/hook?api_key=***"
+    );
+    // A `?` left unescaped in the password belongs to the password, not to a query.
+    assert_eq!(
+        shown_url("http://user:pa?ss@host/hook"),
+        "http://user:***@host/hook"
     );
 }
 
