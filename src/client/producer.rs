@@ -11,7 +11,8 @@
 //!   as long as the topic's queues do not change (and to the queue Java's
 //!   `SelectMessageQueueByHash` picks for the same key and route);
 //! - routes are fetched on first use and refreshed after [`ProducerConfig::route_ttl`] or a
-//!   failed send.
+//!   failed send; a refresh that fails keeps the known route (as Java keeps its publish info)
+//!   and is not tried again for a few seconds.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -501,9 +502,18 @@ impl Producer {
             // known is better than none, as Java keeps its publish info. The retry fallback
             // runs exactly when things are failing, and the consumer keeps this topic's route
             // in the same table.
+            // The known route then counts as fresh for a few seconds: a name server that
+            // accepts connections but never answers would otherwise cost a timeout per server
+            // on every send, inside a worker's batch.
             Err(e) => match self.inner.client.routes().snapshot().topic(topic) {
                 Some(route) => {
                     tracing::debug!(%topic, error = %e, "Route refresh failed; sending with the route known.");
+                    let ttl = self.inner.config.route_ttl;
+                    let now = Instant::now();
+                    let as_if_fetched = now
+                        .checked_sub(ttl.saturating_sub(ROUTE_RETRY_AFTER_FAILURE))
+                        .unwrap_or(now);
+                    lock(&self.inner.fetched).insert(topic.to_owned(), as_if_fetched);
                     Ok(Arc::clone(route))
                 }
                 None => Err(e.into()),
@@ -526,6 +536,9 @@ fn avoiding(
     }
     queues
 }
+
+/// How long a route refresh that failed is not tried again (the known route is used).
+const ROUTE_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// How long [`Producer::create_topic`] waits for the route to appear.
 pub const TOPIC_ROUTE_WAIT: Duration = Duration::from_secs(15);
