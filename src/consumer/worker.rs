@@ -424,6 +424,11 @@ impl<H: Handler> Worker<H> {
         if let Some(t) = self.suspended_until.filter(|&t| t > now) {
             wake = wake.min(t);
         }
+        // Many answers held: the next look through them (`answers_held`, which `settle_room`
+        // ran just before, so this is ahead), so finished ones give their room back on time.
+        if self.answers.len() > ANSWER_SCAN_ALWAYS {
+            wake = wake.min(self.answers_scanned_at);
+        }
         wake
     }
 
