@@ -331,6 +331,15 @@ impl<H: Handler> Shared<H> {
             // Changes are noticed through the table (see `route_task`), not here: the
             // send-back producer may have applied one first.
             match self.client.refresh_route(&topic).await {
+                // Brokers learn the group (and create %RETRY%group) from the heartbeat; then
+                // the retry topic's route appears and the rebalancer can assign it. Asked for
+                // as soon as the main route is known, not after the retry topic's look-up,
+                // which asks every name server while the topic does not exist.
+                Ok(_) if topic == self.config.topic => {
+                    if !self.heartbeat_taken.load(Ordering::Relaxed) {
+                        self.heartbeat_now.notify_one();
+                    }
+                }
                 Ok(_) => {}
                 Err(e) if topic != self.config.topic => {
                     outcome.complete &= self.client.routes().snapshot().topic(&topic).is_some();
@@ -1353,7 +1362,6 @@ async fn route_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToke
     // of ours that follows.
     let mut routes = shared.client.routes().subscribe();
     let mut seen = route_revisions(&shared, &routes.borrow_and_update());
-    let mut first = true;
     loop {
         // Not awaited past the cancel: with the name servers unreachable a round takes a
         // timeout per server and topic, and the drain must not wait for it.
@@ -1361,12 +1369,6 @@ async fn route_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToke
             _ = cancel.cancelled() => return,
             refresh = shared.refresh_routes() => refresh,
         };
-        if first && refresh.main_ok {
-            first = false;
-            // Brokers learn the group (and create %RETRY%group) from the heartbeat; then the
-            // retry topic's route appears and the rebalancer can assign it.
-            shared.heartbeat_now.notify_one();
-        }
         // Until every route is known (the retry topic appears after the first heartbeat), look
         // again soon instead of waiting a whole interval.
         let wait = if refresh.main_ok && refresh.complete {
@@ -1407,6 +1409,8 @@ fn route_revisions<H: Handler>(shared: &Shared<H>, routes: &Routes) -> Vec<Optio
 
 async fn heartbeat_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken) {
     let mut wait = shared.config.heartbeat_interval;
+    // The last retry delay while no broker takes the heartbeat.
+    let mut retry: Option<Duration> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -1420,16 +1424,19 @@ async fn heartbeat_task<H: Handler>(shared: Arc<Shared<H>>, cancel: Cancellation
         };
         // No broker took it (they are starting, or unreachable): until one does, the group
         // has no member here (no retry topic, no consumer list, not ready), so try again soon
-        // rather than a whole interval later.
-        wait = if answered == 0 && !shared.broker_addrs().is_empty() {
-            HEARTBEAT_RETRY.min(shared.config.heartbeat_interval)
+        // rather than a whole interval later, then less often (doubling) while it lasts.
+        let interval = shared.config.heartbeat_interval;
+        retry = if answered == 0 && !shared.broker_addrs().is_empty() {
+            Some(retry.map_or(HEARTBEAT_RETRY, |last| last * 2).min(interval))
         } else {
-            shared.config.heartbeat_interval
+            None
         };
+        wait = retry.unwrap_or(interval);
     }
 }
 
-/// How soon a heartbeat round that no broker took is tried again.
+/// How soon a heartbeat round that no broker took is first tried again; later retries wait
+/// twice as long each, up to the heartbeat interval.
 const HEARTBEAT_RETRY: Duration = Duration::from_secs(2);
 
 /// Keeps the per-subscription gauges (cached messages and bytes, lag) in step with the queue
@@ -1458,7 +1465,12 @@ async fn persist_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationTo
             _ = tokio::time::sleep(shared.config.persist_interval) => {}
         }
         let held: Vec<MessageQueue> = shared.stats.queues().into_keys().collect();
-        shared.persist_all(&held).await;
+        // Not awaited past the cancel: each worker persists its own queue as it is released,
+        // and a round against a broker that hangs takes a timeout per queue.
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            () = shared.persist_all(&held) => {}
+        }
     }
 }
 
@@ -1483,7 +1495,11 @@ async fn lock_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken
             } => {}
         }
         last = Instant::now();
-        renew_locks(&shared).await;
+        // Not awaited past the cancel: each worker unlocks its queue as it is released.
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            () = renew_locks(&shared) => {}
+        }
     }
 }
 
