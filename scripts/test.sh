@@ -32,8 +32,12 @@ if command -v rustup >/dev/null 2>&1 && [ "$(version_of "$pinned")" != "$pinned"
     echo "using the installed stable toolchain ($pinned) as $pinned-$host"
     ln -sfn "$toolchains/stable-$host" "$toolchains/$pinned-$host"
   else
+    link="${RUSTUP_HOME:-$HOME/.rustup}/toolchains/$pinned-$(rustup run stable rustc -vV 2>/dev/null | sed -n 's/^host: //p' || true)"
     echo "toolchain $pinned (rust-toolchain.toml) is not installed (or its name runs" \
       "$(version_of "$pinned")): rustup toolchain install $pinned" >&2
+    if [ -L "$link" ]; then
+      echo "first remove $link: it is a link to another toolchain, which an install would update" >&2
+    fi
     exit 1
   fi
 fi
@@ -71,9 +75,13 @@ step "cargo test (unit, property, component and integration tests)"
 # Test binaries run one after another (cargo's default); inside one binary tests run on two
 # threads so broker-backed tests do not starve each other on a 2-core machine.
 # The timeout makes a hang a readable failure inside CI's limit (the suite takes about 10 min).
+# Only under CI: `timeout` runs the tests in a process group of their own, out of reach of a
+# terminal's Ctrl-C.
 test_timeout="${ROCKETMQ_TEST_TIMEOUT:-45m}"
+limit=()
+if [ -n "${CI:-}" ]; then limit=(timeout "$test_timeout"); fi
 status=0
-timeout "$test_timeout" cargo test --locked --no-fail-fast -- --test-threads=2 || status=$?
+"${limit[@]}" cargo test --locked --no-fail-fast -- --test-threads=2 || status=$?
 if [ "$status" -eq 124 ]; then
   echo "cargo test did not finish within $test_timeout (ROCKETMQ_TEST_TIMEOUT); a test hangs" >&2
 fi

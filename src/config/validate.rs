@@ -205,8 +205,9 @@ impl Config {
                     value: "***".to_owned(),
                     reason: "it has no `whsec_` prefix: it is decoded as base64, as the Standard \
                              Webhooks libraries read it, not used as text. A receiver that uses \
-                             the text itself as the HMAC key rejects every signature; give it the \
-                             decoded key, or write the secret as `whsec_` + base64"
+                             the text itself as the HMAC key rejects every signature: give it the \
+                             decoded key, or set this to `whsec_` followed by the base64 of the \
+                             text the receiver uses (adding the prefix alone changes nothing)"
                         .to_owned(),
                 });
             }
