@@ -640,16 +640,38 @@ impl WebhookConfig {
 /// password: a token), and every query parameter's value (or the parameter, when it has no
 /// `=`), as `***`: services put keys in queries under many names (`code`, `sig`, `api_key`).
 /// Scheme, host, path and parameter names stay as written, so `check-config` still shows
-/// where requests go. Works on the text, so a URL that does not parse (a bad port, a `?` left
-/// unescaped in the password) is masked the same way for the error that quotes it.
+/// where requests go.
+///
+/// Works on the text, as the URL parser reads it: after `scheme:` any run of `/` and `\` is
+/// skipped (`http:/u:pw@h` parses), and the authority ends at the first `/`, `?`, `#` or `\`.
+/// Text that does not parse (a bad port, a `/` or `?` left unescaped in a password) is what an
+/// error quotes: there everything up to the last `@` counts as user info, masking too much
+/// rather than too little.
 pub(crate) fn shown_url(text: &str) -> String {
-    let start = text.find("://").map_or(0, |i| i + 3);
-    // The user info ends at the last `@` before the path: a `?` or `#` before that `@` is the
-    // password's, not the start of a query.
-    let authority_end = text[start..].find('/').map_or(text.len(), |i| start + i);
+    let is_scheme = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    };
+    let mut start = text
+        .find(':')
+        .filter(|&colon| is_scheme(&text[..colon]))
+        .map_or(0, |colon| colon + 1);
+    while text[start..].starts_with(['/', '\\']) {
+        start += 1;
+    }
+    let user_info_end = if reqwest::Url::parse(text).is_ok() {
+        let authority_end = text[start..]
+            .find(['/', '?', '#', '\\'])
+            .map_or(text.len(), |i| start + i);
+        text[start..authority_end].rfind('@')
+    } else {
+        text[start..].rfind('@')
+    }
+    .map(|at| start + at);
     let mut out = String::with_capacity(text.len());
     out.push_str(&text[..start]);
-    let rest = match text[start..authority_end].rfind('@').map(|at| start + at) {
+    let rest = match user_info_end {
         Some(at) => {
             if let Some(colon) = text[start..at].find(':') {
                 out.push_str(&text[start..=start + colon]);

@@ -1679,11 +1679,25 @@ fn the_redacted_output_masks_url_credentials() {
         shown_url("http://u:pw@h:99999/hook?api_key=s3cr3t"),
         "http://u:***@h:99999/hook?api_key=***"
     );
-    // A `?` left unescaped in the password belongs to the password, not to a query.
+    // A `?` or `/` left unescaped in the password belongs to the password (the text does not
+    // parse: everything up to the last `@` is user info).
     assert_eq!(
         shown_url("http://user:pa?ss@host/hook"),
         "http://user:***@host/hook"
     );
+    assert_eq!(shown_url("http://u:p/w@h/x"), "http://u:***@h/x");
+    assert_eq!(shown_url("http://u:p/w@h"), "http://u:***@h");
+    // Slashes after the scheme are skipped as the parser skips them.
+    assert_eq!(shown_url("http:/u:pw@h/x"), "http:/u:***@h/x");
+    assert_eq!(shown_url("http:///u:pw@h/x"), "http:///u:***@h/x");
+    // An `@` in the query of a URL without a path is no user info.
+    assert_eq!(
+        shown_url("https://h?sig=abc:def&to=a@b.c"),
+        "https://h?sig=***&to=***"
+    );
+    // Without `://`: the scheme-like head is a scheme, the password still goes.
+    assert_eq!(shown_url("u:pw@h/x?cb=http://y"), "u:***@h/x?cb=***");
+    assert_eq!(shown_url("HTTPS://U:PW@H/X#frag"), "HTTPS://U:***@H/X#frag");
 }
 
 #[test]
