@@ -115,6 +115,9 @@ pub(crate) struct Shared<H> {
     pub(crate) ready: Arc<AtomicBool>,
     /// A broker has taken a heartbeat of this consumer (broadcasting's readiness).
     pub(crate) heartbeat_taken: AtomicBool,
+    /// The first heartbeat was asked for, once the main route was known (`refresh_routes`);
+    /// later ones come from the heartbeat task's own retries.
+    first_heartbeat_asked: AtomicBool,
     /// Offset resets asked for by brokers, applied by the rebalancer.
     pub(crate) resets: PendingResets,
     /// Publishes a failed message to the retry topic itself when the broker refuses its
@@ -335,8 +338,11 @@ impl<H: Handler> Shared<H> {
                 // the retry topic's route appears and the rebalancer can assign it. Asked for
                 // as soon as the main route is known, not after the retry topic's look-up,
                 // which asks every name server while the topic does not exist.
+                // Once: while no broker takes it, the heartbeat task retries on its own,
+                // less and less often; asking on every route round (every 2 s until the retry
+                // topic exists) would undo that.
                 Ok(_) if topic == self.config.topic => {
-                    if !self.heartbeat_taken.load(Ordering::Relaxed) {
+                    if !self.first_heartbeat_asked.swap(true, Ordering::Relaxed) {
                         self.heartbeat_now.notify_one();
                     }
                 }
@@ -1122,6 +1128,7 @@ impl<H: Handler> Consumer<H> {
             cache_budget: runtime.cache_budget,
             ready: Arc::new(AtomicBool::new(false)),
             heartbeat_taken: AtomicBool::new(false),
+            first_heartbeat_asked: AtomicBool::new(false),
             resets: PendingResets::default(),
             producer,
             #[cfg(test)]
@@ -1495,11 +1502,11 @@ async fn lock_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken
             } => {}
         }
         last = Instant::now();
-        // Not awaited past the cancel: each worker unlocks its queue as it is released.
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            () = renew_locks(&shared) => {}
-        }
+        // Awaited past the cancel, unlike the other rounds: dropped mid-call, its LOCK_BATCH_MQ
+        // is already on the wire but no longer holds `lock_calls`, so a worker's UNLOCK at
+        // release could overtake it and the broker keep the queue locked for us. A round is
+        // bounded by the lock call's timeout per broker.
+        renew_locks(&shared).await;
     }
 }
 
