@@ -12,7 +12,7 @@
 //!   `SelectMessageQueueByHash` picks for the same key and route);
 //! - routes are fetched on first use and refreshed after [`ProducerConfig::route_ttl`] or a
 //!   failed send; a refresh that fails keeps the known route (as Java keeps its publish info)
-//!   and is not tried again for a few seconds.
+//!   and is not tried again for [`ROUTE_RETRY_AFTER_FAILURE`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -201,6 +201,8 @@ struct Inner {
     turn: AtomicUsize,
     /// When each topic's route was last fetched; the routes live in the client's table.
     fetched: Mutex<HashMap<String, Instant>>,
+    /// When a topic's last refresh failed, while the known route is used instead.
+    refresh_failed: Mutex<HashMap<String, Instant>>,
 }
 
 impl Producer {
@@ -220,6 +222,7 @@ impl Producer {
                 uniq: Mutex::new(uniq),
                 turn: AtomicUsize::new(rng.random_range(0..1024)),
                 fetched: Mutex::new(HashMap::new()),
+                refresh_failed: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -479,7 +482,10 @@ impl Producer {
     }
 
     /// The route of `topic`: the known one while younger than `route_ttl` (unless `refresh`),
-    /// else a fresh one, else, when the look-up fails, the known one anyway.
+    /// else a fresh one; when the look-up fails, the known one anyway, and for
+    /// [`ROUTE_RETRY_AFTER_FAILURE`] no look-up is tried again (`refresh` or not): a name server
+    /// that accepts connections and never answers would otherwise cost a timeout per server on
+    /// every send, inside a worker's batch.
     async fn route(
         &self,
         topic: &str,
@@ -488,7 +494,10 @@ impl Producer {
         let fresh = lock(&self.inner.fetched)
             .get(topic)
             .is_some_and(|at| at.elapsed() < self.inner.config.route_ttl);
-        if !refresh && fresh {
+        let held = lock(&self.inner.refresh_failed)
+            .get(topic)
+            .is_some_and(|at| at.elapsed() < ROUTE_RETRY_AFTER_FAILURE);
+        if (!refresh && fresh) || held {
             if let Some(route) = self.inner.client.routes().snapshot().topic(topic) {
                 return Ok(Arc::clone(route));
             }
@@ -496,24 +505,17 @@ impl Producer {
         match self.inner.client.refresh_route(topic).await {
             Ok(route) => {
                 lock(&self.inner.fetched).insert(topic.to_owned(), Instant::now());
+                lock(&self.inner.refresh_failed).remove(topic);
                 Ok(route)
             }
             // The name servers are unreachable (or none has the route now): a route already
             // known is better than none, as Java keeps its publish info. The retry fallback
             // runs exactly when things are failing, and the consumer keeps this topic's route
             // in the same table.
-            // The known route then counts as fresh for a few seconds: a name server that
-            // accepts connections but never answers would otherwise cost a timeout per server
-            // on every send, inside a worker's batch.
             Err(e) => match self.inner.client.routes().snapshot().topic(topic) {
                 Some(route) => {
                     tracing::debug!(%topic, error = %e, "Route refresh failed; sending with the route known.");
-                    let ttl = self.inner.config.route_ttl;
-                    let now = Instant::now();
-                    let as_if_fetched = now
-                        .checked_sub(ttl.saturating_sub(ROUTE_RETRY_AFTER_FAILURE))
-                        .unwrap_or(now);
-                    lock(&self.inner.fetched).insert(topic.to_owned(), as_if_fetched);
+                    lock(&self.inner.refresh_failed).insert(topic.to_owned(), Instant::now());
                     Ok(Arc::clone(route))
                 }
                 None => Err(e.into()),
@@ -538,7 +540,7 @@ fn avoiding(
 }
 
 /// How long a route refresh that failed is not tried again (the known route is used).
-const ROUTE_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+pub const ROUTE_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// How long [`Producer::create_topic`] waits for the route to appear.
 pub const TOPIC_ROUTE_WAIT: Duration = Duration::from_secs(15);
