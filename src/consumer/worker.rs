@@ -1645,8 +1645,10 @@ mod tests {
         let mut done = Done::empty();
         done.finished = (1..20).collect();
         w.on_done(done).await;
-        // Scanned a moment ago: the finished ones still count until the interval has passed.
+        // Scanned a moment ago: the finished ones still count until the interval has passed,
+        // and the worker wakes for the next look.
         assert_eq!(w.answers_held(), 40);
+        assert!(w.next_wake() <= Instant::now() + ANSWER_SCAN_INTERVAL);
         tokio::time::advance(ANSWER_SCAN_INTERVAL).await;
         assert_eq!(w.answers_held(), 21);
         // Those at the front go at once.
@@ -1688,7 +1690,9 @@ mod tests {
     /// One round of the run loop up to its sleep: the worker must sleep until a time still
     /// ahead, since nothing in these states can act on a time already past.
     fn assert_sleeps(w: &mut Worker<Accept>) {
+        // The loop's steps before its sleep.
         w.maybe_pull();
+        w.settle_room();
         let now = Instant::now();
         let wake = w.next_wake();
         assert!(
