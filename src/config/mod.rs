@@ -639,15 +639,48 @@ impl WebhookConfig {
 /// A webhook URL for output: the password of its user info (the user name when there is no
 /// password: a token), and every query parameter's value (or the parameter, when it has no
 /// `=`), as `***`: services put keys in queries under many names (`code`, `sig`, `api_key`).
-/// Scheme, host, path and parameter names stay as written, so `check-config` still shows
-/// where requests go.
+/// Scheme, host, path and parameter names stay, so `check-config` still shows where requests
+/// go.
 ///
-/// Works on the text, as the URL parser reads it: after `scheme:` any run of `/` and `\` is
-/// skipped (`http:/u:pw@h` parses), and the authority ends at the first `/`, `?`, `#` or `\`.
-/// Text that does not parse (a bad port, a `/` or `?` left unescaped in a password) is what an
-/// error quotes: there everything up to the last `@` counts as user info, masking too much
-/// rather than too little.
+/// A URL that parses is read by the parser (which also drops tabs and line breaks and trims
+/// spaces, and skips any run of slashes after `http:`) and shown as it normalises it. An `@` in
+/// its path is taken for user info whose `/` was left unescaped (`https://tok/en@h` parses as
+/// host `tok`): everything before it is masked, an `@` that really is in the path too. Text
+/// that does not parse (a bad port, a `?` in a password) is what an error quotes: there
+/// everything up to the last `@` is masked as user info. Masking too much beats too little.
 pub(crate) fn shown_url(text: &str) -> String {
+    match reqwest::Url::parse(text) {
+        Ok(url) => shown_parsed(url),
+        Err(_) => shown_text(text),
+    }
+}
+
+fn shown_parsed(mut url: reqwest::Url) -> String {
+    // Both setters fail only for URLs that cannot have user info, which have none.
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    } else if !url.username().is_empty() {
+        let _ = url.set_username("***");
+    }
+    if let Some(query) = url.query().map(masked_query) {
+        url.set_query(Some(&query));
+    }
+    let shown = url.to_string();
+    if !url.path().contains('@') {
+        return shown;
+    }
+    let mut start = url.scheme().len() + 1;
+    while shown[start..].starts_with('/') {
+        start += 1;
+    }
+    let cut = shown.find(['?', '#']).unwrap_or(shown.len());
+    match shown[start..cut].rfind('@') {
+        Some(at) => format!("{}***{}", &shown[..start], &shown[start + at..]),
+        None => shown,
+    }
+}
+
+fn shown_text(text: &str) -> String {
     let is_scheme = |s: &str| {
         s.starts_with(|c: char| c.is_ascii_alphabetic())
             && s.chars()
@@ -660,18 +693,9 @@ pub(crate) fn shown_url(text: &str) -> String {
     while text[start..].starts_with(['/', '\\']) {
         start += 1;
     }
-    let user_info_end = if reqwest::Url::parse(text).is_ok() {
-        let authority_end = text[start..]
-            .find(['/', '?', '#', '\\'])
-            .map_or(text.len(), |i| start + i);
-        text[start..authority_end].rfind('@')
-    } else {
-        text[start..].rfind('@')
-    }
-    .map(|at| start + at);
     let mut out = String::with_capacity(text.len());
     out.push_str(&text[..start]);
-    let rest = match user_info_end {
+    let rest = match text[start..].rfind('@').map(|at| start + at) {
         Some(at) => {
             if let Some(colon) = text[start..at].find(':') {
                 out.push_str(&text[start..=start + colon]);
@@ -685,19 +709,24 @@ pub(crate) fn shown_url(text: &str) -> String {
         Some((base, query)) => {
             out.push_str(base);
             out.push('?');
-            let pairs: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((name, _)) => format!("{name}=***"),
-                    None if pair.is_empty() => String::new(),
-                    None => "***".to_owned(),
-                })
-                .collect();
-            out.push_str(&pairs.join("&"));
+            out.push_str(&masked_query(query));
         }
         None => out.push_str(rest),
     }
     out
+}
+
+/// `query` with every value (and every parameter without `=`) as `***`, names as written.
+fn masked_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) => format!("{name}=***"),
+            None if pair.is_empty() => String::new(),
+            None => "***".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 fn redact_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
