@@ -244,7 +244,9 @@ pub fn classify_response(
     // how long (a usable `Retry-After` is handled below): counted against the circuit, so an
     // endpoint that throttles with a bare 429 opens it and stops spending attempts instead of
     // draining the topic into the DLQ.
-    let healthy = !(status / 100 == 5 || status == 408 || status == 429);
+    // 600-999 pass hyper too; counted as 5xx in the metrics, they count against the circuit
+    // the same way.
+    let healthy = !(status >= 500 || status == 408 || status == 429);
     // A zero cap means "ignore Retry-After", not "pause for zero": a zero pause would put every
     // message straight back and spin on a throttling endpoint without spending an attempt.
     if (status == 429 || status == 503) && !retry_after_cap.is_zero() {
@@ -329,7 +331,8 @@ fn decoded_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Decoded<'a> {
     let read = if body.is_empty() || coding.is_empty() || coding.eq_ignore_ascii_case("identity") {
         return Decoded::Body(std::borrow::Cow::Borrowed(body));
     } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
-        flate2::read::GzDecoder::new(body)
+        // Every member: a gzip stream may be several, and the first alone may cut the JSON.
+        flate2::read::MultiGzDecoder::new(body)
             .take(limit + 1)
             .read_to_end(&mut out)
     } else if coding.eq_ignore_ascii_case("deflate") {
@@ -730,6 +733,13 @@ mod tests {
         let answer = classify(200, &HeaderMap::new(), "", &ids);
         assert!(answer.healthy);
         assert_eq!(answer.pause, None);
+        // Codes past 599 (hyper passes up to 999) count against the circuit as 5xx do.
+        for status in [500, 599, 600, 999] {
+            assert!(
+                !classify(status, &HeaderMap::new(), "", &ids).healthy,
+                "{status}"
+            );
+        }
     }
 
     #[test]
@@ -981,6 +991,17 @@ mod tests {
         // So is JSON whose stream breaks off.
         let a = answer("gzip", &gzip[..gzip.len() - 12]);
         assert_eq!(a.outcomes, vec![RETRY; 2]);
+        assert_eq!(a.unread, None);
+        // A stream of several gzip members is read whole.
+        let (head, tail) = json.split_at(20);
+        let mut members = Vec::new();
+        for part in [head, tail] {
+            let mut member = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            member.write_all(part).unwrap();
+            members.extend(member.finish().unwrap());
+        }
+        let a = answer("gzip", &members);
+        assert_eq!(a.outcomes, vec![Outcome::Success, RETRY]);
         assert_eq!(a.unread, None);
     }
 

@@ -708,6 +708,9 @@ impl Inner {
                             other => *other,
                         })
                         .collect();
+                    // Not "not understood, so accepted": it was retried.
+                    answer.unread = None;
+                    tracing::warn!(group = %log.group, topic = %log.topic, status, messages = count, "Webhook answer was JSON past the 1 MiB read; its messages are retried.");
                 }
                 if let Some(reason) = answer.unread {
                     if first_time(&self.warned_unread) {
