@@ -170,8 +170,13 @@ async fn producer(mq: &RocketMq) -> Producer {
     Producer::new(client, ProducerConfig::default())
 }
 
-/// Produces `bodies` in batches of up to 32, round robin over the queues.
+/// Produces `bodies` in batches of up to 32, round robin over the queues, and returns once
+/// the broker serves every one of them: it answers a send before its consume queue shows the
+/// message, and a consumer that starts at the queue's end (LAST_OFFSET, broadcasting) would
+/// otherwise start inside what was just sent.
 async fn produce(p: &Producer, topic: &str, bodies: &[String], tag: Option<&str>) {
+    use rocketmq_webhook::remoting::rpc::GetMaxOffset;
+    let mut last: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for chunk in bodies.chunks(32) {
         let msgs = chunk
             .iter()
@@ -183,9 +188,43 @@ async fn produce(p: &Producer, topic: &str, bodies: &[String], tag: Option<&str>
                 }
             })
             .collect();
-        p.send_batch(msgs, &QueueSelector::RoundRobin)
+        let sent = p
+            .send_batch(msgs, &QueueSelector::RoundRobin)
             .await
             .expect("batch sent");
+        let end = sent.queue_offset + sent.msg_ids.len() as i64;
+        let at = last
+            .entry((sent.queue.broker_name.clone(), sent.queue.queue_id))
+            .or_insert(end);
+        *at = (*at).max(end);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for ((broker, queue_id), end) in last {
+        let addr = p
+            .client()
+            .routes()
+            .snapshot()
+            .master_addr(&broker)
+            .expect("the broker of a queue just sent to")
+            .to_owned();
+        let request = GetMaxOffset {
+            topic: topic.to_owned(),
+            queue_id,
+        };
+        loop {
+            let max = p
+                .client()
+                .pool()
+                .call(&addr, &request, Duration::from_secs(5))
+                .await;
+            match max {
+                Ok(max) if max >= end => break,
+                _ if tokio::time::Instant::now() >= deadline => {
+                    panic!("{topic}#{queue_id}: {end} messages not served after 10 s ({max:?})")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
     }
 }
 
