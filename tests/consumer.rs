@@ -175,8 +175,7 @@ async fn producer(mq: &RocketMq) -> Producer {
 /// message, and a consumer that starts at the queue's end (LAST_OFFSET, broadcasting) would
 /// otherwise start inside what was just sent.
 async fn produce(p: &Producer, topic: &str, bodies: &[String], tag: Option<&str>) {
-    use rocketmq_webhook::remoting::rpc::GetMaxOffset;
-    let mut last: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut sent: BTreeMap<String, Vec<(i32, i64)>> = BTreeMap::new();
     for chunk in bodies.chunks(32) {
         let msgs = chunk
             .iter()
@@ -188,18 +187,16 @@ async fn produce(p: &Producer, topic: &str, bodies: &[String], tag: Option<&str>
                 }
             })
             .collect();
-        let sent = p
+        let batch = p
             .send_batch(msgs, &QueueSelector::RoundRobin)
             .await
             .expect("batch sent");
-        let end = sent.queue_offset + sent.msg_ids.len() as i64;
-        let at = last
-            .entry((sent.queue.broker_name.clone(), sent.queue.queue_id))
-            .or_insert(end);
-        *at = (*at).max(end);
+        let last = batch.queue_offset + batch.msg_ids.len() as i64 - 1;
+        sent.entry(batch.queue.broker_name)
+            .or_default()
+            .push((batch.queue.queue_id, last));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for ((broker, queue_id), end) in last {
+    for (broker, queues) in sent {
         let addr = p
             .client()
             .routes()
@@ -207,24 +204,7 @@ async fn produce(p: &Producer, topic: &str, bodies: &[String], tag: Option<&str>
             .master_addr(&broker)
             .expect("the broker of a queue just sent to")
             .to_owned();
-        let request = GetMaxOffset {
-            topic: topic.to_owned(),
-            queue_id,
-        };
-        loop {
-            let max = p
-                .client()
-                .pool()
-                .call(&addr, &request, Duration::from_secs(5))
-                .await;
-            match max {
-                Ok(max) if max >= end => break,
-                _ if tokio::time::Instant::now() >= deadline => {
-                    panic!("{topic}#{queue_id}: {end} messages not served after 10 s ({max:?})")
-                }
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+        support::rocketmq::wait_served(p.client(), &addr, topic, queues, String::new).await;
     }
 }
 

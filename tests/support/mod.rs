@@ -20,7 +20,7 @@ pub(crate) mod http;
 pub(crate) mod namesrv;
 pub(crate) mod proxy;
 pub(crate) mod raw;
-mod rocketmq;
+pub(crate) mod rocketmq;
 
 pub(crate) use rocketmq::RocketMq;
 

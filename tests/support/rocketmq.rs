@@ -311,32 +311,10 @@ impl RocketMq {
         topic: &str,
         sent: impl IntoIterator<Item = (i32, i64)>,
     ) {
-        let mut last = std::collections::BTreeMap::new();
-        for (queue_id, offset) in sent {
-            let at = last.entry(queue_id).or_insert(offset);
-            *at = (*at).max(offset);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (queue_id, offset) in last {
-            let request = GetMaxOffset {
-                topic: topic.to_owned(),
-                queue_id,
-            };
-            loop {
-                let max = client
-                    .pool()
-                    .call(&self.broker_addr(), &request, Duration::from_secs(5))
-                    .await;
-                match max {
-                    Ok(max) if max > offset => break,
-                    _ if Instant::now() >= deadline => panic!(
-                        "{topic}#{queue_id}: offset {offset} not pullable after 10 s ({max:?})\n{}",
-                        self.log_tails(20)
-                    ),
-                    _ => sleep(Duration::from_millis(20)).await,
-                }
-            }
-        }
+        wait_served(client, &self.broker_addr(), topic, sent, || {
+            self.log_tails(20)
+        })
+        .await;
     }
 
     /// The instance's scratch directory (configs, logs, store).
@@ -633,6 +611,47 @@ impl RocketMq {
             .stderr(log_err)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", program.display()))
+    }
+}
+
+/// Waits until the broker at `broker_addr` serves the messages stored at `sent` (queue id,
+/// queue offset) of `topic`: its max offset has passed each queue's last one (see
+/// [`RocketMq::wait_pullable`]). `context` adds to the panic message.
+///
+/// # Panics
+/// When a queue's max offset has not passed its last message within 10 s.
+pub(crate) async fn wait_served(
+    client: &Client,
+    broker_addr: &str,
+    topic: &str,
+    sent: impl IntoIterator<Item = (i32, i64)>,
+    context: impl Fn() -> String,
+) {
+    let mut last = std::collections::BTreeMap::new();
+    for (queue_id, offset) in sent {
+        let at = last.entry(queue_id).or_insert(offset);
+        *at = (*at).max(offset);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (queue_id, offset) in last {
+        let request = GetMaxOffset {
+            topic: topic.to_owned(),
+            queue_id,
+        };
+        loop {
+            let max = client
+                .pool()
+                .call(broker_addr, &request, Duration::from_secs(5))
+                .await;
+            match max {
+                Ok(max) if max > offset => break,
+                _ if Instant::now() >= deadline => panic!(
+                    "{topic}#{queue_id}: offset {offset} not pullable after 10 s ({max:?})\n{}",
+                    context()
+                ),
+                _ => sleep(Duration::from_millis(20)).await,
+            }
+        }
     }
 }
 
