@@ -1749,26 +1749,26 @@ async fn pulls_follow_the_suggested_broker_and_commit_only_at_the_master() {
     );
 }
 
-/// A batch still in the handler when the drain times out is dropped mid-await; the gauge of
-/// batches in flight must give its unit back (it was decremented after the await only, and
-/// crept up for good with every such drain).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_dropped_by_the_drain_timeout_leaves_the_in_flight_gauge() {
-    let mq = RocketMq::start().await;
-    let topic = unique("T_gauge");
-    let group = unique("G_gauge");
+/// A consumer of one queue whose handler never answers within a test, with `drain_timeout`,
+/// once a batch is in the handler; and the gauge of batches in flight.
+async fn consumer_stuck_in_its_handler(
+    mq: &RocketMq,
+    name: &str,
+    drain_timeout: Duration,
+) -> (Consumer<Recorder>, prometheus::IntGauge) {
+    let topic = unique(&format!("T_{name}"));
+    let group = unique(&format!("G_{name}"));
     mq.create_topic(&topic, 1).await;
-    let p = producer(&mq).await;
+    let p = producer(mq).await;
     produce(&p, &topic, &bodies("stuck", 4), None).await;
     let metrics = Metrics::new();
     let mut config = fast_config(&group, &topic);
-    config.drain_timeout = Duration::from_secs(1);
+    config.drain_timeout = drain_timeout;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let consumer = start_metered(
-        &mq,
-        &unique("gauge"),
+        mq,
+        &unique(name),
         config,
-        // Never answers within the test.
         Recorder::new("c", &seen).slow(Duration::from_secs(3600)),
         &metrics,
     )
@@ -1780,6 +1780,17 @@ async fn a_batch_dropped_by_the_drain_timeout_leaves_the_in_flight_gauge() {
         gauge.get() >= 1
     })
     .await;
+    (consumer, gauge)
+}
+
+/// A batch still in the handler when the drain times out is dropped mid-await; the gauge of
+/// batches in flight must give its unit back (it was decremented after the await only, and
+/// crept up for good with every such drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_dropped_by_the_drain_timeout_leaves_the_in_flight_gauge() {
+    let mq = RocketMq::start().await;
+    let (consumer, gauge) =
+        consumer_stuck_in_its_handler(&mq, "gauge", Duration::from_secs(1)).await;
     consumer.shutdown().await;
     assert_eq!(gauge.get(), 0, "batches in flight after the drain gave up");
 }
@@ -1790,30 +1801,8 @@ async fn a_batch_dropped_by_the_drain_timeout_leaves_the_in_flight_gauge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_given_up_on_stops_the_workers() {
     let mq = RocketMq::start().await;
-    let topic = unique("T_abandon");
-    let group = unique("G_abandon");
-    mq.create_topic(&topic, 1).await;
-    let p = producer(&mq).await;
-    produce(&p, &topic, &bodies("stuck", 4), None).await;
-    let metrics = Metrics::new();
-    let mut config = fast_config(&group, &topic);
-    config.drain_timeout = Duration::from_secs(600);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let consumer = start_metered(
-        &mq,
-        &unique("abandon"),
-        config,
-        Recorder::new("c", &seen).slow(Duration::from_secs(3600)),
-        &metrics,
-    )
-    .await;
-    let gauge = metrics
-        .batches_in_flight
-        .with_label_values(&[group.as_str(), topic.as_str()]);
-    eventually(Duration::from_secs(60), "a batch in the handler", || {
-        gauge.get() >= 1
-    })
-    .await;
+    let (consumer, gauge) =
+        consumer_stuck_in_its_handler(&mq, "abandon", Duration::from_secs(600)).await;
     let gave_up = tokio::time::timeout(Duration::from_secs(1), consumer.shutdown()).await;
     assert!(gave_up.is_err(), "the drain cannot finish within a second");
     eventually(
