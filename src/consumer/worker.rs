@@ -447,25 +447,28 @@ impl<H: Handler> Worker<H> {
             }
         });
         due.sort_by_key(|(m, _)| m.queue_offset);
+        let mut dead_letters = Vec::new();
         for (msg, pending) in due {
             match pending {
                 Pending::Deliver => self.ready.push(msg),
-                Pending::DeadLetter => {
-                    let shared = Arc::clone(&self.shared);
-                    let mq = self.mq.clone();
-                    self.in_flight.push(batch_future(async move {
-                        let mut done = Done::empty();
-                        if dead_letter(&shared, &mq, &msg).await {
-                            done.finished.push(msg.queue_offset);
-                        } else {
-                            done.later
-                                .push((msg, SEND_BACK_RETRY_DELAY, Pending::DeadLetter));
-                        }
-                        done
-                    }));
-                }
+                Pending::DeadLetter => dead_letters.push(msg),
             }
         }
+        if dead_letters.is_empty() {
+            return;
+        }
+        // One task tries them in turn and stops at the first the broker refuses: one task per
+        // message put every send-back (and fallback) of a whole dropped backlog on the wire at
+        // the same instant, every 5 s, against a broker that was refusing them.
+        let shared = Arc::clone(&self.shared);
+        let mq = self.mq.clone();
+        self.in_flight.push(batch_future(async move {
+            let mut done = Done::empty();
+            for msg in dead_letters {
+                settle_drop(&shared, &mq, msg, &mut done).await;
+            }
+            done
+        }));
     }
 
     async fn on_batch_result(&mut self, result: Result<Done, ()>) {
@@ -1290,9 +1293,14 @@ async fn settle_drop<H: Handler>(
         give_up(shared, &msg, "the handler asked to drop it", done);
         return;
     }
-    if dead_letter(shared, mq, &msg).await {
+    // After a hand-back that failed both ways, the broker is not asked again for this batch:
+    // each try could cost both calls' timeouts while the batch holds its consume slot.
+    if !done.hand_back_failed && dead_letter(shared, mq, &msg).await {
         done.finished.push(msg.queue_offset);
-    } else if shared.config.mode == ConsumeMode::Orderly {
+        return;
+    }
+    done.hand_back_failed = true;
+    if shared.config.mode == ConsumeMode::Orderly {
         done.suspend_orderly(shared.config.suspend_time);
     } else {
         done.later
@@ -1486,6 +1494,44 @@ mod tests {
         let offsets: Vec<i64> = done.later.iter().map(|(m, _, _)| m.queue_offset).collect();
         assert_eq!(offsets, [0, 1, 2]);
         assert!(done.finished.is_empty());
+    }
+
+    /// Drops too: once a DLQ hand-back failed both ways, the rest of the batch waits for the
+    /// next round without asking the broker again.
+    #[tokio::test]
+    async fn after_a_failed_hand_back_the_rest_of_the_drops_wait() {
+        let w = worker().await;
+        let mut done = Done::empty();
+        for offset in 0..3 {
+            settle_drop(&w.shared, &w.mq, message(offset, "a"), &mut done).await;
+        }
+        assert_eq!(send_back_errors(&w.shared), 2, "the broker was asked again");
+        let later: Vec<(i64, Pending)> = done
+            .later
+            .iter()
+            .map(|(m, _, p)| (m.queue_offset, *p))
+            .collect();
+        assert_eq!(later, [0, 1, 2].map(|o| (o, Pending::DeadLetter)));
+        assert!(done.finished.is_empty());
+    }
+
+    /// Dead letters that come due together are tried by one task, in offset order, which stops
+    /// asking at the first refusal; before, each message had a task of its own.
+    #[tokio::test]
+    async fn dead_letters_due_together_are_tried_in_one_task() {
+        let mut w = worker().await;
+        let due = Instant::now() - Duration::from_millis(1);
+        for offset in [2, 0, 1] {
+            w.delayed
+                .push((due, message(offset, "a"), Pending::DeadLetter));
+        }
+        w.move_due_delayed();
+        assert!(w.delayed.is_empty());
+        assert_eq!(w.in_flight.len(), 1);
+        let done = w.in_flight.next().await.expect("a task").expect("no panic");
+        assert_eq!(send_back_errors(&w.shared), 2, "the broker was asked again");
+        let later: Vec<i64> = done.later.iter().map(|(m, _, _)| m.queue_offset).collect();
+        assert_eq!(later, [0, 1, 2]);
     }
 
     /// A clustering worker whose final persist fails leaves its committed offset behind, and
