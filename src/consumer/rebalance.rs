@@ -60,6 +60,11 @@ pub(crate) struct Rebalancer<H> {
     /// Queues with a running worker: its cancel token and task id.
     active: HashMap<MessageQueue, (CancellationToken, tokio::task::Id)>,
     retiring: HashSet<MessageQueue>,
+    /// Queues a reset stopped that are still ours but not started again: a further reset
+    /// applies to them as to a running queue. Without this, a second reset asked for while the
+    /// first drained was taken before the rebalance that restarts the queues, found none of them
+    /// running, and was dropped without a word.
+    reset_stopped: HashSet<MessageQueue>,
     ids: HashMap<tokio::task::Id, MessageQueue>,
     /// Queues whose worker ended while still assigned, for the restart back-off.
     crashes: HashMap<MessageQueue, Crashes>,
@@ -100,6 +105,7 @@ impl<H: Handler> Rebalancer<H> {
             workers: JoinSet::new(),
             active: HashMap::new(),
             retiring: HashSet::new(),
+            reset_stopped: HashSet::new(),
             ids: HashMap::new(),
             crashes: HashMap::new(),
         }
@@ -207,6 +213,9 @@ impl<H: Handler> Rebalancer<H> {
                             &cids,
                         );
                         debug!(group = %shared.group(), %topic, members = cids.len(), queues = mq_all.len(), assigned = mine.len(), "Allocation computed.");
+                        // A queue that moved to another member is its new owner's to reset.
+                        self.reset_stopped
+                            .retain(|mq| mq.topic != topic || mine.contains(mq));
                         target.extend(mine);
                     }
                     None => {
@@ -414,6 +423,7 @@ impl<H: Handler> Rebalancer<H> {
             queue
         });
         self.ids.insert(handle.id(), mq.clone());
+        self.reset_stopped.remove(&mq);
         self.active.insert(mq, (token, handle.id()));
     }
 
@@ -433,7 +443,7 @@ impl<H: Handler> Rebalancer<H> {
         // writing another member's queue from here could rewind an offset its owner has moved
         // on from since.
         // (A queue still draining after a rebalance belongs to its next owner already.)
-        offsets.retain(|(mq, _)| self.active.contains_key(mq));
+        offsets.retain(|(mq, _)| self.active.contains_key(mq) || self.reset_stopped.contains(mq));
         for (mq, _) in &offsets {
             self.revoke(mq);
         }
@@ -449,9 +459,16 @@ impl<H: Handler> Rebalancer<H> {
             info!(group = %self.shared.group(), queue = %mq, offset, "Offset reset by the broker.");
             self.shared.offsets.update(mq, *offset, false);
             // The queue's next worker reads its offset from the broker first.
-            if !self.shared.persist(mq).await {
+            if self.shared.persist(mq).await {
+                // As in `worker::release`: the broker keeps it now, and an entry left here
+                // would be reported as ours (GET_CONSUMER_STATUS) if the queue moves away.
+                if self.shared.config.model == Model::Clustering {
+                    self.shared.offsets.remove(mq);
+                }
+            } else {
                 warn!(group = %self.shared.group(), queue = %mq, offset, "The reset offset could not be stored at the broker, so it does not take effect; reset the offset again.");
             }
+            self.reset_stopped.insert(mq.clone());
         }
         self.shared.rebalance_now.notify_one();
     }
@@ -523,6 +540,41 @@ mod tests {
         assert!(!*lock(&held), "the broker still locks the queue for us");
         assert!(!rb.shared.lock_valid(&mq));
         broker.abort();
+    }
+
+    /// A second reset asked for while the first drained the queue was taken before the
+    /// rebalance that starts the queue again, found it not running, and was dropped: the queue
+    /// resumed at the first reset's offset.
+    #[tokio::test]
+    async fn a_reset_of_a_queue_a_reset_stopped_applies() {
+        let mut rb = rebalancer().await;
+        let mq = testing::queue("T_reap");
+        let token = CancellationToken::new();
+        let stopped = token.clone();
+        let queue = mq.clone();
+        let handle = rb.workers.spawn(async move {
+            stopped.cancelled().await;
+            queue
+        });
+        rb.ids.insert(handle.id(), mq.clone());
+        rb.active.insert(mq.clone(), (token, handle.id()));
+        rb.reset(vec![(mq.clone(), 5)]).await;
+        assert!(rb.active.is_empty());
+        // No broker answers here, so the offsets stay in the table, where they can be read.
+        assert_eq!(rb.shared.offsets.read(&mq), Some(5));
+        rb.reset(vec![(mq.clone(), 9)]).await;
+        assert_eq!(
+            rb.shared.offsets.read(&mq),
+            Some(9),
+            "the second reset was dropped"
+        );
+        // A queue this member never held is not touched.
+        let other = MessageQueue {
+            queue_id: mq.queue_id + 1,
+            ..mq.clone()
+        };
+        rb.reset(vec![(other.clone(), 3)]).await;
+        assert_eq!(rb.shared.offsets.read(&other), None);
     }
 
     /// Starts a worker of `mq` that panics at once, and reaps it.
