@@ -41,7 +41,7 @@ use crate::remoting::command::{
     LanguageCode, RemotingCommand, SerializeType, CLIENT_VERSION, FLAG_RESPONSE,
 };
 use crate::remoting::frame::{FrameDecoder, DEFAULT_MAX_FRAME_LEN};
-use crate::remoting::rpc::Rpc;
+use crate::remoting::rpc::{not_supported_response, Rpc};
 use crate::remoting::{RequestCode, ResponseCode};
 
 use super::error::{ClientError, CloseReason};
@@ -61,19 +61,14 @@ pub trait InboundHandler: Send + Sync + 'static {
 }
 
 /// An [`InboundHandler`] that answers every request `REQUEST_CODE_NOT_SUPPORTED`, as a peer
-/// without a processor for the code must (section 1.6).
+/// without a processor for the code must (section 1.6); a oneway request gets no answer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NotSupported;
 
 impl InboundHandler for NotSupported {
     fn handle(&self, _from: &str, request: RemotingCommand) -> BoxFuture<Option<RemotingCommand>> {
-        let remark = format!(" request type {} not supported", request.code);
-        let answer = RemotingCommand::response_to(
-            &request,
-            ResponseCode::RequestCodeNotSupported,
-            Some(remark),
-        );
-        Box::pin(std::future::ready(Some(answer)))
+        let answer = (!request.is_oneway()).then(|| not_supported_response(&request));
+        Box::pin(std::future::ready(answer))
     }
 }
 

@@ -8,6 +8,7 @@
 //! runs consume-directly (an endpoint call, seconds) in tasks of its own, a few at a time, so
 //! a slow endpoint never holds up a rebalance notice or an offset reset behind it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,12 +20,12 @@ use tracing::{debug, info, warn};
 
 use crate::remoting::body::consume_directly::{ConsumeMessageDirectlyResult, ConsumeResult};
 use crate::remoting::body::offset_table::write_offset_table;
-use crate::remoting::body::running_info::{ConsumerRunningInfo, ProcessQueueInfo};
+use crate::remoting::body::running_info::{ConsumeStatus, ConsumerRunningInfo, ProcessQueueInfo};
 use crate::remoting::command::RemotingCommand;
-use crate::remoting::rpc::{group_not_found_response, BrokerRequest};
-use crate::remoting::{RequestCode, ResponseCode};
+use crate::remoting::rpc::{group_not_found_response, not_supported_response, BrokerRequest};
+use crate::remoting::{MessageQueue, RequestCode, ResponseCode};
 
-use super::engine::{now_millis, Shared};
+use super::engine::{lock, now_millis, Shared};
 use super::handler::{Batch, ConsumeMode, Handler, Outcome};
 
 /// One request from a broker and the way back to its connection.
@@ -57,17 +58,23 @@ impl Forwarder {
         // only). The request is dropped: a request with an answer times out at the broker; a
         // oneway one (membership notice, offset reset) is lost, hence the warning.
         let code = request.code;
-        if self
-            .tx
-            .try_send(BrokerEvent {
-                from: from.clone(),
-                request,
-                reply,
-            })
-            .is_err()
-        {
-            warn!(broker = %from, code, "Broker request dropped: too many waiting.");
-            return None;
+        let sent = self.tx.try_send(BrokerEvent {
+            from: from.clone(),
+            request,
+            reply,
+        });
+        match sent {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(broker = %from, code, "Broker request dropped: too many waiting.");
+                return None;
+            }
+            // The engine is shutting down (its inbound task ends first, while the queues
+            // drain): not a backlog worth a warning.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                debug!(broker = %from, code, "Broker request dropped: the consumer is stopping.");
+                return None;
+            }
         }
         tokio::time::timeout(ANSWER_WAIT, answer).await.ok()?.ok()?
     }
@@ -261,16 +268,9 @@ async fn answer<H: Handler>(
                     .with_body(result.to_json()),
             )
         }
-        BrokerRequest::Other { code } => {
-            if request.is_oneway() {
-                None
-            } else {
-                Some(RemotingCommand::response_to(
-                    request,
-                    ResponseCode::RequestCodeNotSupported,
-                    Some(format!(" request type {code} not supported")),
-                ))
-            }
+        // Java's remark names the code's number; `code` would print its name for a known one.
+        BrokerRequest::Other { .. } => {
+            (!request.is_oneway()).then(|| not_supported_response(request))
         }
     }
 }
@@ -323,7 +323,28 @@ fn running_info<H: Handler>(shared: &Arc<Shared<H>>) -> ConsumerRunningInfo {
         .iter()
         .map(|t| shared.subscription_data(t))
         .collect();
+    // What the stats hold, near Java's figures: the subscription's (Java's are per topic, so
+    // the main topic's entry carries them), the mean batch time since start (Java: the last
+    // minute), and the last 10 s of finished messages split by the success rate since start.
+    // No pull figures are kept; the failed count of the last hour is not either.
+    info.status_table.insert(
+        cfg.topic.clone(),
+        ConsumeStatus {
+            consume_rt: snapshot.latency_avg_ms,
+            consume_ok_tps: snapshot.consume_tps * snapshot.success_rate,
+            consume_failed_tps: snapshot.consume_tps * (1.0 - snapshot.success_rate),
+            ..ConsumeStatus::default()
+        },
+    );
+    let locks: HashMap<MessageQueue, i64> = lock(&shared.locks)
+        .iter()
+        .map(|(mq, held)| {
+            let age = i64::try_from(held.granted_at.elapsed().as_millis()).unwrap_or(i64::MAX);
+            (mq.clone(), now_millis().saturating_sub(age))
+        })
+        .collect();
     for (mq, q) in shared.stats.queues() {
+        let last_lock_timestamp = locks.get(&mq).copied().unwrap_or(0);
         info.mq_table.insert(
             mq,
             ProcessQueueInfo {
@@ -333,6 +354,11 @@ fn running_info<H: Handler>(shared: &Arc<Shared<H>>) -> ConsumerRunningInfo {
                 cached_msg_count: q.cached_messages as i32,
                 cached_msg_size_in_mib: (q.cached_bytes / (1024 * 1024)) as i32,
                 locked: q.locked,
+                // Zero read as "nothing for 56 years": every queue holding messages was
+                // reported blocked.
+                last_pull_timestamp: q.last_pull_ms,
+                last_consume_timestamp: q.last_consume_ms,
+                last_lock_timestamp,
                 ..ProcessQueueInfo::default()
             },
         );
@@ -384,6 +410,61 @@ mod tests {
             .await
             .expect("a reset recorded");
         assert_eq!(taken, vec![(testing::queue("T_inbound"), 5)]);
+    }
+
+    /// Running info carries each queue's last pull, consume and lock times: at zero, admin
+    /// tools (`mqadmin consumerStatus`) reported every queue holding messages as blocked.
+    #[tokio::test]
+    async fn running_info_says_when_each_queue_last_pulled_and_consumed() {
+        let shared = testing::shared(Config::new("G_inbound", "T_inbound")).await;
+        let mq = testing::queue("T_inbound");
+        shared.stats.set_queue(
+            &mq,
+            crate::consumer::stats::QueueState {
+                cached_messages: 3,
+                last_pull_ms: 1_700_000_000_001,
+                last_consume_ms: 1_700_000_000_002,
+                ..Default::default()
+            },
+        );
+        let before = now_millis();
+        lock(&shared.locks).insert(
+            mq.clone(),
+            crate::consumer::engine::HeldLock {
+                granted_at: Instant::now(),
+                term: 1,
+            },
+        );
+        let info = running_info(&shared);
+        let queue = &info.mq_table[&mq];
+        assert_eq!(queue.last_pull_timestamp, 1_700_000_000_001);
+        assert_eq!(queue.last_consume_timestamp, 1_700_000_000_002);
+        assert!(
+            (before - 1_000..=now_millis()).contains(&queue.last_lock_timestamp),
+            "{}",
+            queue.last_lock_timestamp
+        );
+        assert!(info.status_table.contains_key("T_inbound"));
+    }
+
+    /// A request code nobody handles gets Java's remark, which names the number.
+    #[tokio::test]
+    async fn an_unsupported_request_is_answered_with_its_number() {
+        let shared = testing::shared(Config::new("G_inbound", "T_inbound")).await;
+        let request = RemotingCommand::request(
+            RequestCode::PushReplyMessageToClient,
+            ExtFields::new(),
+            bytes::Bytes::new(),
+        );
+        let answer = answer(&shared, "broker", &request).await.expect("answered");
+        assert_eq!(
+            answer.response_code(),
+            ResponseCode::RequestCodeNotSupported
+        );
+        assert_eq!(
+            answer.remark.as_deref(),
+            Some(" request type 326 not supported")
+        );
     }
 
     /// A broker asking about a group this consumer does not run gets Java's answer, remark

@@ -38,6 +38,12 @@ pub struct QueueState {
     pub locked: bool,
     /// Why pulling is paused, if it is.
     pub paused: Option<String>,
+    /// When the last pull went out (Unix ms; the queue's start before the first).
+    pub last_pull_ms: i64,
+    /// When the last batch was handed to the handler (Unix ms; the queue's start before the
+    /// first). Admin tools (`mqadmin consumerStatus`) take a queue holding messages with no
+    /// batch for a minute as blocked.
+    pub last_consume_ms: i64,
 }
 
 /// Counters and windows of one subscription.

@@ -39,7 +39,7 @@ use crate::remoting::rpc::{PullMessage, PullResult, PullStatus, PullSysFlag};
 use crate::remoting::{MessageExt, MessageQueue, ResponseCode};
 
 use super::config::{Model, OrderlyExhausted};
-use super::engine::{needs_heartbeat, Shared, Start};
+use super::engine::{needs_heartbeat, now_millis, Shared, Start};
 use super::handler::{Batch, ConsumeMode, Handler, Outcome};
 use super::process_queue::{Cached, FlowControl, FlowLimits, ProcessQueue};
 use super::ready::Ready;
@@ -226,6 +226,9 @@ struct Worker<H> {
     moved_to: Option<i64>,
     /// When the queue state was last published to the stats.
     last_published: Instant,
+    /// When the last pull went out and the last batch started (Unix ms), for admin tools.
+    last_pull_ms: i64,
+    last_consume_ms: i64,
     /// Concurrent: a batch panicked after its handler, and its messages went with it. Their
     /// marks would hold the commit back for good (and the span limit would stop the pulls), so
     /// the worker ends; the rebalancer starts a fresh one from the committed offset, which
@@ -254,6 +257,8 @@ pub(crate) async fn run<H: Handler>(
             committed_offset: Some(start_offset),
             next_pull_offset: start_offset,
             locked: shared.is_orderly_clustering() && shared.lock_valid(&mq),
+            last_pull_ms: now_millis(),
+            last_consume_ms: now_millis(),
             ..QueueState::default()
         },
     );
@@ -324,6 +329,8 @@ impl<H: Handler> Worker<H> {
             recompute_offset: false,
             moved_to: None,
             last_published: Instant::now(),
+            last_pull_ms: now_millis(),
+            last_consume_ms: now_millis(),
             restart: false,
         }
     }
@@ -564,6 +571,7 @@ impl<H: Handler> Worker<H> {
         if msgs.is_empty() {
             return;
         }
+        self.last_consume_ms = now_millis();
         let shared = Arc::clone(&self.shared);
         let mq = self.mq.clone();
         self.in_flight.push(batch_future(async move {
@@ -754,6 +762,7 @@ impl<H: Handler> Worker<H> {
         let pool = self.shared.client.pool().clone();
         let shared = commits.then(|| (Arc::clone(&self.shared), self.mq.clone()));
         self.pull_asked = size;
+        self.last_pull_ms = now_millis();
         self.pull = Some(Box::pin(async move {
             // The commit it carries is read when the pull goes out, not when it was built: the
             // worker finishes batches first, and an offset read earlier could reach the broker
@@ -1029,6 +1038,8 @@ impl<H: Handler> Worker<H> {
                 .zip(self.pq.queue_offset_max()),
             locked: self.shared.is_orderly_clustering() && self.shared.lock_valid(&self.mq),
             paused: self.paused.map(Pause::describe),
+            last_pull_ms: self.last_pull_ms,
+            last_consume_ms: self.last_consume_ms,
         };
         self.shared.stats.set_queue(&self.mq, state);
     }
