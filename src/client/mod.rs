@@ -34,6 +34,7 @@ pub use error::{ClientError, CloseReason, Origin};
 pub use instance::{Client, ClientConfig};
 pub use namesrv::{NameServer, DEFAULT_NAMESRV_TIMEOUT};
 pub use pool::Pool;
+pub(crate) use route::MASTER_ID;
 pub use route::{subscribe_queues, Lookup, PullAddr, RouteTable, Routes};
 pub(crate) use tls::{read_certs, read_key};
 pub use tls::{TlsConfig, TlsSetting};

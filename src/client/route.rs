@@ -28,7 +28,7 @@ use crate::remoting::body::route::TopicRouteData;
 use crate::remoting::MessageQueue;
 
 /// Broker id of a master.
-const MASTER_ID: i64 = 0;
+pub(crate) const MASTER_ID: i64 = 0;
 
 /// A broker address to pull from ([`Routes::pull_addr`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

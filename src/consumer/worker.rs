@@ -31,7 +31,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::client::ClientError;
+use crate::client::{ClientError, MASTER_ID};
 use crate::remoting::body::heartbeat::ExpressionType;
 use crate::remoting::filter;
 use crate::remoting::message::LogId;
@@ -149,6 +149,14 @@ impl Cached for Entry {
             Self::Message(m) => m.size_bytes(),
         }
     }
+}
+
+/// The offset a pull carries for the broker to store: any the queue has, 0 included. Java
+/// sends only offsets above 0, so a young queue's start (0) reached the broker through the
+/// worker's first persist alone; when that failed and the member then crashed with nothing
+/// finished, the next owner found no offset and a LAST_OFFSET start skipped what had arrived.
+fn pull_commit<H: Handler>(shared: &Shared<H>, mq: &MessageQueue) -> Option<i64> {
+    shared.offsets.read(mq).filter(|offset| *offset >= 0)
 }
 
 /// What to do later with a message that is not finished.
@@ -767,12 +775,9 @@ impl<H: Handler> Worker<H> {
             // The commit it carries is read when the pull goes out, not when it was built: the
             // worker finishes batches first, and an offset read earlier could reach the broker
             // after the persist task sent a newer one, moving the broker's offset back.
-            if let Some((shared, mq)) = shared {
-                let commit = shared.offsets.read(&mq).unwrap_or(0);
-                if commit > 0 {
-                    request.sys_flag |= PullSysFlag::COMMIT_OFFSET;
-                    request.commit_offset = commit;
-                }
+            if let Some(commit) = shared.and_then(|(shared, mq)| pull_commit(&shared, &mq)) {
+                request.sys_flag |= PullSysFlag::COMMIT_OFFSET;
+                request.commit_offset = commit;
             }
             let started = Instant::now();
             let r = pool.call(&addr, &request, PULL_TIMEOUT).await;
@@ -893,6 +898,12 @@ impl<H: Handler> Worker<H> {
                     self.shared.heartbeat_now.notify_one();
                 }
                 self.shared.count_error("pull", &e);
+                // A slave the master suggested that fails (gone, refusing): the next pull goes
+                // to the master, which suggests a slave again if the queue still lags. Java
+                // keeps asking the slave until the route drops it, minutes for a dead one.
+                if self.pulling_slave {
+                    self.pull_from = MASTER_ID;
+                }
                 warn!(group = %self.shared.group(), queue = %self.mq, offset = self.next_offset, error = %e, "Pull failed; retrying.");
                 self.pull_not_before = Instant::now() + delay;
                 return;
@@ -901,15 +912,23 @@ impl<H: Handler> Worker<H> {
         self.max_offset = Some(result.max_offset);
         match result.status {
             PullStatus::Found => {
+                // The offset this pull asked for: a pull in flight is dropped whenever the
+                // worker moves its position.
+                let asked = self.next_offset;
                 self.next_offset = result.next_begin_offset;
                 self.backlog = result.next_begin_offset < result.max_offset;
                 // Counted before filtering: filtered messages share the answer's buffer.
                 let found = result.messages.len();
                 let sub = self.shared.subscription_data(&self.mq.topic);
                 let check_tags = !self.is_retry_queue;
+                // Below the offset asked for, a message is finished or held already: a broker
+                // may answer from the start of a batch entry (5.x batch consume queues) or
+                // serve a range again. Kept, a finished one was delivered again, and in orderly
+                // mode its commit moved the queue's offset back.
                 let mut kept: Vec<MessageExt> = result
                     .messages
                     .into_iter()
+                    .filter(|m| m.queue_offset >= asked)
                     .filter(|m| !check_tags || filter::matches_tags(&sub, m.tags()))
                     .collect();
                 for m in &mut kept {
@@ -1545,6 +1564,33 @@ mod tests {
         assert_eq!(later, [0, 1, 2]);
     }
 
+    /// A pull from a slave the master suggested failed, and the next one went to the same
+    /// slave, every time, until the route dropped it: minutes for a dead one.
+    #[tokio::test]
+    async fn a_failed_pull_from_a_slave_sends_the_next_to_the_master() {
+        let mut w = worker().await;
+        w.pull_from = 1;
+        w.pulling_slave = true;
+        let gone = ClientError::Timeout {
+            addr: "127.0.0.1:10921".into(),
+            code: crate::remoting::RequestCode::PullMessage,
+            after: Duration::from_secs(30),
+        };
+        w.on_pull(Err(gone), Duration::ZERO).await;
+        assert_eq!(w.pull_from, MASTER_ID);
+    }
+
+    /// A young queue starts at 0, and its pulls carry that 0 for the broker to store: only
+    /// the first persist sent it before, and a crash after that persist failed left the next
+    /// owner without an offset (LAST_OFFSET then skipped what had arrived).
+    #[tokio::test]
+    async fn pulls_carry_an_offset_of_zero() {
+        let w = worker().await;
+        assert_eq!(pull_commit(&w.shared, &w.mq), None);
+        w.shared.offsets.update(&w.mq, 0, false);
+        assert_eq!(pull_commit(&w.shared, &w.mq), Some(0));
+    }
+
     /// A clustering worker whose final persist fails leaves its committed offset behind, and
     /// the queue's next start uses it when the broker has none: a young group's queue would
     /// otherwise restart from `consume_from` (LAST_OFFSET: the end) past what it had not
@@ -1726,6 +1772,24 @@ mod tests {
         w.on_pull(Ok(answer()), Duration::ZERO).await;
         let queued: Vec<i64> = w.ready.take(10).iter().map(|m| m.queue_offset).collect();
         assert_eq!(queued, vec![0, 1]);
+    }
+
+    /// An answer that starts below the offset asked for (a 5.x batch entry, a range served
+    /// again): what was finished already is not delivered again.
+    #[tokio::test]
+    async fn messages_below_the_offset_asked_for_are_not_delivered_again() {
+        let mut w = worker().await;
+        w.on_pull(
+            Ok(found(vec![message(0, "a"), message(1, "a")], 2)),
+            Duration::ZERO,
+        )
+        .await;
+        assert_eq!(w.ready.take(10).len(), 2);
+        assert_eq!(w.pq.remove([0, 1]), Some(2));
+        let answer = found(vec![message(0, "a"), message(1, "a"), message(2, "a")], 3);
+        w.on_pull(Ok(answer), Duration::ZERO).await;
+        let queued: Vec<i64> = w.ready.take(10).iter().map(|m| m.queue_offset).collect();
+        assert_eq!(queued, vec![2]);
     }
 
     /// A record the decoder left whole as an inner batch it could not unwrap never reaches the
