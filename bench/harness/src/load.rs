@@ -107,9 +107,20 @@ pub fn producer(client: Client) -> Producer {
     )
 }
 
+/// One message the open loop stored.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    /// Its msgId (`UNIQ_KEY`, what consumers deliver as msgId) as the sink keys it
+    /// ([`crate::sink::id_key`]).
+    pub id: u64,
+    /// Unix microseconds when its send started.
+    pub at_us: i64,
+}
+
 /// Sends `tag`ged single messages at `rate` per second for `duration` (open loop: sends are
-/// started on schedule whether or not earlier ones finished, up to 256 in flight). Returns how
-/// many were stored.
+/// started on schedule whether or not earlier ones finished, up to 256 in flight). Returns the
+/// messages stored, by msgId: a count would let a send that failed after the broker stored
+/// its message stand in for one the consumer lost.
 pub async fn open_loop(
     producer: &Producer,
     topic: &str,
@@ -117,12 +128,12 @@ pub async fn open_loop(
     duration: Duration,
     size: usize,
     tag: &str,
-) -> u64 {
+) -> Vec<Sent> {
     let start = Instant::now();
     let total = (rate * duration.as_secs_f64()).round() as u64;
-    let sent = Arc::new(AtomicU64::new(0));
     let permits = Arc::new(tokio::sync::Semaphore::new(256));
     let mut set = tokio::task::JoinSet::new();
+    let mut sent = Vec::with_capacity(total as usize);
     for i in 0..total {
         tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
@@ -130,34 +141,37 @@ pub async fn open_loop(
         };
         let producer = producer.clone();
         let message = Message::new(topic.to_owned(), body(i, size)).with_tags(tag.to_owned());
-        let sent = Arc::clone(&sent);
         set.spawn(async move {
-            if producer
-                .send(message, &QueueSelector::RoundRobin)
-                .await
-                .is_ok()
-            {
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
+            let at_us = crate::now_us();
+            let stored = producer.send(message, &QueueSelector::RoundRobin).await;
             drop(permit);
+            stored.ok().map(|r| Sent {
+                id: crate::sink::id_key(&r.msg_id),
+                at_us,
+            })
         });
-        while set.try_join_next().is_some() {}
+        while let Some(done) = set.try_join_next() {
+            sent.extend(done.ok().flatten());
+        }
     }
-    while set.join_next().await.is_some() {}
-    sent.load(Ordering::Relaxed)
+    while let Some(done) = set.join_next().await {
+        sent.extend(done.ok().flatten());
+    }
+    sent
 }
 
 /// [`pull_ceiling`] on a thread of its own with a one-thread runtime and a client of its own,
 /// as the daemon runs by default. On the harness's two-worker runtime the pull loop paid for
 /// hand-offs between the workers, CPU the broker could have used: a ceiling measured that way
 /// reads low.
-pub async fn pull_ceiling_alone(
+pub async fn pull_ceiling_alone<M: Send + 'static>(
     namesrv: &str,
-    topic: &str,
+    topics: &[String],
     batch: i32,
     expected: u64,
-) -> Result<(u64, f64), String> {
-    let (namesrv, topic) = (namesrv.to_owned(), topic.to_owned());
+    mark: impl Fn() -> M + Send + 'static,
+) -> Result<PullCeiling<M>, String> {
+    let (namesrv, topics) = (namesrv.to_owned(), topics.to_vec());
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("pull-ceiling".into())
@@ -168,7 +182,7 @@ pub async fn pull_ceiling_alone(
                 .map_err(|e| e.to_string())
                 .and_then(|rt| {
                     rt.block_on(async {
-                        pull_ceiling(&client(&namesrv)?, &topic, batch, expected).await
+                        pull_ceiling(&client(&namesrv)?, &topics, batch, expected, mark).await
                     })
                 });
             let _ = tx.send(result);
@@ -178,23 +192,44 @@ pub async fn pull_ceiling_alone(
         .map_err(|_| "the pull ceiling's thread ended without an answer".to_owned())?
 }
 
-/// The pull ceiling: every queue of `topic` pulled from offset 0 to its current end by one
-/// task per queue (`batch` messages per pull, decoded by our client, then discarded).
-/// Returns (messages, seconds).
-pub async fn pull_ceiling(
+/// What one pull ceiling read, and the marks taken just around its pull loop.
+#[derive(Debug)]
+pub struct PullCeiling<M> {
+    /// Messages pulled, over every topic.
+    pub messages: u64,
+    /// Seconds from the first pull to the last answer: one window for all topics.
+    pub secs: f64,
+    /// Taken when the pulls start (after set-up and the wait for dispatch).
+    pub before: M,
+    /// Taken when the last pull has answered.
+    pub after: M,
+}
+
+/// The pull ceiling: every queue of every topic in `topics` pulled from offset 0 to its current
+/// end by one task per queue, all at once as a consumer of all of them would (`batch` messages
+/// per pull, decoded by our client, then discarded). `mark` is called just before the first
+/// pull and after the last, so figures taken through it (CPU) leave out the set-up and the
+/// wait for the broker's dispatch.
+pub async fn pull_ceiling<M>(
     client: &Client,
-    topic: &str,
+    topics: &[String],
     batch: i32,
     expected: u64,
-) -> Result<(u64, f64), String> {
-    let queues = read_queues(client, topic).await?;
+    mark: impl Fn() -> M,
+) -> Result<PullCeiling<M>, String> {
+    let mut queues = Vec::new();
+    for topic in topics {
+        for (addr, broker, id) in read_queues(client, topic).await? {
+            queues.push((topic.clone(), addr, broker, id));
+        }
+    }
     let group = format!("bench-ceiling-{}", crate::now_us());
     // The broker dispatches stored messages to its consume queues asynchronously: wait until
     // every queue's max offset adds up to what was stored, so the loop does not stop early.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut sum = 0;
-        for (addr, broker, id) in &queues {
+        for (topic, addr, broker, id) in &queues {
             let probe = probe_request(&group, topic, *id, broker);
             if let Ok(r) = client
                 .pool()
@@ -209,11 +244,11 @@ pub async fn pull_ceiling(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let before = mark();
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
-    for (addr, broker, id) in queues {
+    for (topic, addr, broker, id) in queues {
         let pool = client.pool().clone();
-        let topic = topic.to_owned();
         let group = group.clone();
         set.spawn(async move {
             let (mut offset, mut end, mut got) = (0_i64, i64::MAX, 0_u64);
@@ -243,7 +278,13 @@ pub async fn pull_ceiling(
     while let Some(r) = set.join_next().await {
         total += r.map_err(|e| e.to_string())??;
     }
-    Ok((total, start.elapsed().as_secs_f64()))
+    let secs = start.elapsed().as_secs_f64();
+    Ok(PullCeiling {
+        messages: total,
+        secs,
+        before,
+        after: mark(),
+    })
 }
 
 /// (master address, broker name, queue id) of every readable queue of `topic`.

@@ -301,22 +301,42 @@ impl Ctx {
     }
 
     fn save(&self) {
+        let setup = report::Setup {
+            quick: self.args.quick,
+            reps: self.reps,
+            namesrv: self.args.namesrv.clone(),
+            daemon: Some(self.args.daemon.display().to_string()),
+            daemon_yaml: self.args.daemon_yaml.clone(),
+        };
         let path = self.args.out.join("report.json");
-        let json = report::json(
-            &self.results,
-            &self.args.quick,
-            self.reps,
-            &self.args.namesrv,
-        );
-        if let Err(e) = std::fs::write(&path, json) {
+        if let Err(e) = std::fs::write(&path, report::json(&self.results, &setup)) {
             eprintln!("cannot write {}: {e}", path.display());
         }
-        let md = report::markdown(&self.results, self.args.quick, self.reps);
+        let md = report::markdown(&self.results, &setup);
         let _ = std::fs::write(self.args.out.join("report.md"), md);
     }
 
-    /// The sink's request ceiling for this envelope shape, measured once per run.
-    async fn sink_ceiling(&mut self, scenario: &str, case: &str, batch: usize, size: usize) {
+    /// The sink's request ceiling for this envelope shape, measured once per run, without
+    /// injected latency. A case whose sink holds each request is not given one: measured at
+    /// that latency the figure would be the ceiling's own 20 senders divided by the latency
+    /// (2,000 requests/s at 10 ms), a property of the senders, not of the sink, and the 0 ms
+    /// figure says nothing about such a case.
+    async fn sink_ceiling(
+        &mut self,
+        scenario: &str,
+        case: &str,
+        batch: usize,
+        size: usize,
+        latency_us: u64,
+    ) {
+        if latency_us > 0 {
+            let why = format!(
+                "the sink holds each request {} ms, so requests in flight, not the sink, set the ceiling",
+                latency_us as f64 / 1000.0
+            );
+            self.push(scenario, case, "sink-ceiling", Err(why));
+            return;
+        }
         let run = if let Some(r) = self.sink_ceilings.get(&(batch, size)) {
             r.clone()
         } else {
@@ -365,13 +385,13 @@ fn latencies(run: &mut Run, rec: &sink::Recorder) {
 const LOAD_TAG: &str = "load";
 
 /// The open-loop load of scenarios 1 and 6: single 1 KiB sends tagged [`LOAD_TAG`] at `rate` for
-/// `secs`. Returns how many were stored.
+/// `secs`. Returns the messages stored.
 async fn open_loop(
     producer: &rocketmq_webhook::client::producer::Producer,
     topic: &str,
     rate: f64,
     secs: u64,
-) -> u64 {
+) -> Vec<load::Sent> {
     load::open_loop(
         producer,
         topic,
@@ -395,14 +415,21 @@ fn percentiles(run: &mut Run, name: &str, mut v: Vec<f64>) {
     }
 }
 
-/// Common figures from the sink's recorder.
-fn sink_figures(run: &mut Run, rec: &sink::Recorder, size: usize) {
+/// Common figures from the sink's recorder. Ordering figures only for `orderly` runs: a
+/// concurrent consumer overlaps requests and reorders offsets by design.
+fn sink_figures(run: &mut Run, rec: &sink::Recorder, size: usize, orderly: bool) {
     let real: Vec<&sink::Receipt> = rec.receipts.iter().filter(|r| !r.warmup).collect();
     let n = real.len() as f64;
     run.insert("messages".into(), n);
     run.insert("requests".into(), rec.requests as f64);
     run.insert("duplicates".into(), rec.duplicates as f64);
-    run.insert("order_violations".into(), rec.order_violations as f64);
+    if orderly {
+        run.insert(
+            "order_violations".into(),
+            (rec.order_violations + rec.overlaps) as f64,
+        );
+        run.insert("overlapping_requests".into(), rec.overlaps as f64);
+    }
     run.insert("failed_requests".into(), rec.failed_requests as f64);
     let firsts: Vec<i64> = rec.topics.iter().filter_map(|t| t.first_us).collect();
     if firsts.len() > 1 {
@@ -462,20 +489,40 @@ impl CpuMark {
     }
 }
 
-/// Waits until the sink has `expected` distinct messages or `timeout` passes; the marks are
-/// taken at the first delivery and at the end. An error if the consumer exits first (see
+/// What a wait for a drain waits for.
+#[derive(Debug, Clone, Copy)]
+enum Awaited<'a> {
+    /// This many distinct messages: for preloads, where every stored message was sent once
+    /// and a failed send fails the case, so a count of the fresh topic's msgIds is exact.
+    Count(u64),
+    /// Every one of these messages, by msgId: for open loops, where a send may fail after the
+    /// broker stored the message, which then arrives beside the sent ones.
+    Sent(&'a [load::Sent]),
+}
+
+/// How often the msgIds of [`Awaited::Sent`] are looked up once the count is reached: the
+/// look-up holds the sink's lock.
+const ID_CHECK: Duration = Duration::from_millis(500);
+
+/// Waits until the sink has every awaited message or `timeout` passes; the marks are taken at
+/// the first delivery and at the end. An error if the consumer exits first (see
 /// [`Proc::exited`]).
 async fn wait_drained(
     sink: &Sink,
     p: &mut Proc,
     broker: Option<u32>,
-    expected: u64,
+    awaited: Awaited<'_>,
     timeout: Duration,
 ) -> Result<(bool, CpuMark, CpuMark), String> {
     let deadline = Instant::now() + timeout;
     let pid = p.pid;
     let mark = || CpuMark::now(Some(pid), broker);
     let mut first = mark();
+    let (expected, mut pending) = match awaited {
+        Awaited::Count(n) => (n, Vec::new()),
+        Awaited::Sent(sent) => (sent.len() as u64, sent.iter().map(|s| s.id).collect()),
+    };
+    let mut checked: Option<Instant> = None;
     loop {
         let n = sink.unique.load(Ordering::Relaxed);
         if n == 0 {
@@ -484,11 +531,46 @@ async fn wait_drained(
         if let Some(why) = p.exited() {
             return Err(why);
         }
-        if n >= expected || Instant::now() >= deadline {
-            return Ok((n >= expected, first, mark()));
+        // Every awaited msgId received implies the count; the ids are looked up only then.
+        let mut done = n >= expected;
+        if done && !pending.is_empty() {
+            if checked.is_none_or(|at| at.elapsed() >= ID_CHECK) {
+                let rec = sink.recorder.lock().map_err(|e| e.to_string())?;
+                pending.retain(|id| !rec.received(*id));
+                checked = Some(Instant::now());
+            }
+            done = pending.is_empty();
+        }
+        if done || Instant::now() >= deadline {
+            return Ok((done, first, mark()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// How many of `sent` the sink has not received.
+fn missing(rec: &sink::Recorder, sent: &[load::Sent]) -> usize {
+    sent.iter().filter(|s| !rec.received(s.id)).count()
+}
+
+/// Seconds from `until_us` to the last receipt (first deliveries and redeliveries alike) of
+/// the messages sent by then; `None` when one of them never arrived or none was sent.
+fn recovery_secs(rec: &sink::Recorder, sent: &[load::Sent], until_us: i64) -> Option<f64> {
+    let before: std::collections::HashSet<u64> = sent
+        .iter()
+        .filter(|s| s.at_us <= until_us)
+        .map(|s| s.id)
+        .collect();
+    if before.is_empty() || before.iter().any(|id| !rec.received(*id)) {
+        return None;
+    }
+    let last = rec
+        .receipts
+        .iter()
+        .filter(|r| before.contains(&r.id))
+        .map(|r| r.recv_us)
+        .max()?;
+    Some(((last - until_us) as f64 / 1e6).max(0.0))
 }
 
 impl Ctx {
@@ -536,38 +618,27 @@ impl Ctx {
                 continue;
             }
             let expected = per_topic * topics as u64;
-            // Pull ceiling over the same data.
-            let mut ceiling = Run::new();
-            let mut ok = Ok(());
-            let (mut msgs, mut secs) = (0, 0.0_f64);
-            let before = CpuMark::now(None, self.args.broker_pid);
-            for t in &names {
-                match load::pull_ceiling_alone(
-                    &self.args.namesrv,
-                    t,
-                    mode.batch.max(32) as i32,
-                    per_topic,
-                )
-                .await
-                {
-                    Ok((m, s)) => {
-                        msgs += m;
-                        secs += s;
-                    }
-                    Err(e) => ok = Err(e),
-                }
-            }
-            let ceiling = ok.map(|()| {
-                ceiling.insert("messages".into(), msgs as f64);
-                ceiling.insert("secs".into(), secs);
-                ceiling.insert("msgs_per_s".into(), msgs as f64 / secs.max(1e-6));
+            // Pull ceiling over the same data: every topic at once, as the consumers drain
+            // their subscriptions, timed over one window.
+            let broker = self.args.broker_pid;
+            let ceiling = load::pull_ceiling_alone(
+                &self.args.namesrv,
+                &names,
+                mode.batch.max(32) as i32,
+                expected,
+                move || CpuMark::now(None, broker),
+            )
+            .await
+            .map(|c| {
+                let (msgs, secs) = (c.messages as f64, c.secs.max(1e-6));
+                let mut run = Run::new();
+                run.insert("messages".into(), msgs);
+                run.insert("secs".into(), secs);
+                run.insert("msgs_per_s".into(), msgs / secs);
                 // The pull loop runs in this harness: its cores are the ceiling's consumer.
-                CpuMark::now(None, self.args.broker_pid).since(&before, &mut ceiling);
-                ceiling.insert(
-                    "mb_per_s".into(),
-                    msgs as f64 * size as f64 / secs.max(1e-6) / 1e6,
-                );
-                ceiling
+                c.after.since(&c.before, &mut run);
+                run.insert("mb_per_s".into(), msgs * size as f64 / secs / 1e6);
+                run
             });
             self.push(scenario, case, "pull-ceiling", ceiling);
             for kind in [Kind::Ours, Kind::Peer] {
@@ -585,7 +656,8 @@ impl Ctx {
             }
             self.save();
         }
-        self.sink_ceiling(scenario, case, mode.batch, size).await;
+        self.sink_ceiling(scenario, case, mode.batch, size, sink_latency_us)
+            .await;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -605,8 +677,14 @@ impl Ctx {
             .latency_us
             .store(sink_latency_us, Ordering::SeqCst);
         let mut p = self.spawn(kind, subs, mode).await?;
-        let (done, first, last) =
-            wait_drained(&self.sink, &mut p, self.args.broker_pid, expected, timeout).await?;
+        let (done, first, last) = wait_drained(
+            &self.sink,
+            &mut p,
+            self.args.broker_pid,
+            Awaited::Count(expected),
+            timeout,
+        )
+        .await?;
         let at_deadline = self.sink.unique.load(Ordering::Relaxed);
         let peak = proc::peak_rss_mib(p.pid);
         let trips = p.round_trips().await;
@@ -622,7 +700,7 @@ impl Ctx {
         let rec = self.sink.take();
         self.sink.reset();
         let mut run = Run::new();
-        sink_figures(&mut run, &rec, size);
+        sink_figures(&mut run, &rec, size, mode.orderly);
         let cpu = last.since(&first, &mut run);
         let n = rec.count() as f64;
         if !done {
@@ -714,7 +792,7 @@ impl Ctx {
             self.push(scenario, case, "pull-ceiling", run);
             self.save();
         }
-        self.sink_ceiling(scenario, case, 1, 1024).await;
+        self.sink_ceiling(scenario, case, 1, 1024, 0).await;
     }
 
     /// The pull floor of an open-loop case: the same load, read by one long-polling pull loop
@@ -730,9 +808,9 @@ impl Ctx {
         // Every long poll reaches the broker before the first send.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let sent = open_loop(&self.producer, &topic, rate, secs).await;
-        let received = || floor.lock().map_or(0, |f| f.store_ms.len()) as u64;
+        let received = || floor.lock().map_or(0, |f| f.store_ms.len());
         let deadline = Instant::now() + Duration::from_secs(30);
-        while received() < sent && Instant::now() < deadline {
+        while received() < sent.len() && Instant::now() < deadline {
             if let Some(Ok(Err(e))) = tasks.try_join_next() {
                 return Err(e);
             }
@@ -742,7 +820,7 @@ impl Ctx {
         let f = std::mem::take(&mut *floor.lock().map_err(|e| e.to_string())?);
         let mut run = Run::new();
         run.insert("messages".into(), f.store_ms.len() as f64);
-        run.insert("sent".into(), sent as f64);
+        run.insert("sent".into(), sent.len() as f64);
         percentiles(&mut run, "store", f.store_ms);
         percentiles(&mut run, "born", f.born_ms);
         Ok(run)
@@ -764,17 +842,23 @@ impl Ctx {
             .await?;
         let cpu0 = p.cpu();
         let sent = open_loop(&self.producer, &topic, rate, secs).await;
-        let (done, ..) =
-            wait_drained(&self.sink, &mut p, None, sent, Duration::from_secs(30)).await?;
+        let (done, ..) = wait_drained(
+            &self.sink,
+            &mut p,
+            None,
+            Awaited::Sent(&sent),
+            Duration::from_secs(30),
+        )
+        .await?;
         let cpu = p.cpu().zip(cpu0).map(|(a, b)| a - b);
         let peak = proc::peak_rss_mib(p.pid);
         p.stop().await;
         let rec = self.sink.take();
         let mut run = Run::new();
-        sink_figures(&mut run, &rec, 1024);
+        sink_figures(&mut run, &rec, 1024, false);
         latencies(&mut run, &rec);
-        run.insert("sent".into(), sent as f64);
-        run.insert("undelivered".into(), sent as f64 - rec.count() as f64);
+        run.insert("sent".into(), sent.len() as f64);
+        run.insert("undelivered".into(), missing(&rec, &sent) as f64);
         if let Some(c) = cpu {
             run.insert("cpu_s_per_m".into(), c / (rec.count().max(1) as f64) * 1e6);
         }
@@ -841,7 +925,7 @@ impl Ctx {
         let sent = open_loop(&producer, &t2, rate, secs).await;
         // Retries come back through the retry topic after 10 s, 30 s, ...: wait for them.
         let wait = Duration::from_secs(if self.args.quick { 75 } else { 240 });
-        let (done, ..) = wait_drained(&self.sink, &mut p, None, sent, wait).await?;
+        let (done, ..) = wait_drained(&self.sink, &mut p, None, Awaited::Sent(&sent), wait).await?;
         let cpu = p.cpu().zip(cpu0).map(|(a, b)| a - b);
         let peak = proc::peak_rss_mib(p.pid);
         let outage_rss = sampler.await.unwrap_or(0.0);
@@ -849,10 +933,10 @@ impl Ctx {
         let rec = self.sink.take();
         self.sink.reset();
         let mut run = Run::new();
-        sink_figures(&mut run, &rec, 1024);
+        sink_figures(&mut run, &rec, 1024, false);
         latencies(&mut run, &rec);
-        run.insert("sent".into(), sent as f64);
-        run.insert("undelivered".into(), sent as f64 - rec.count() as f64);
+        run.insert("sent".into(), sent.len() as f64);
+        run.insert("undelivered".into(), missing(&rec, &sent) as f64);
         run.insert(
             "retried_messages".into(),
             rec.receipts.iter().filter(|r| r.reconsume > 0).count() as f64,
@@ -870,14 +954,8 @@ impl Ctx {
                 (f - until_us) as f64 / 1e6,
             );
         }
-        let caught_up = rec
-            .receipts
-            .iter()
-            .filter(|r| !r.warmup && r.reconsume == 0 && r.store_ms * 1000 <= until_us)
-            .map(|r| r.recv_us)
-            .max();
-        if let Some(c) = caught_up {
-            run.insert("recovery_s".into(), ((c - until_us) as f64 / 1e6).max(0.0));
+        if let Some(secs) = recovery_secs(&rec, &sent, until_us) {
+            run.insert("recovery_s".into(), secs);
         }
         if let Some(c) = cpu {
             run.insert("cpu_s_per_m".into(), c / (rec.count().max(1) as f64) * 1e6);
@@ -934,7 +1012,7 @@ impl Ctx {
             &self.sink,
             &mut p,
             None,
-            load_count,
+            Awaited::Count(load_count),
             Duration::from_secs(300),
         )
         .await?;
@@ -943,7 +1021,7 @@ impl Ctx {
         p.stop().await;
         let rec = self.sink.take();
         self.sink.reset();
-        sink_figures(&mut run, &rec, 1024);
+        sink_figures(&mut run, &rec, 1024, false);
         run.insert("producer_secs".into(), pre);
         if let Some(v) = idle_cpu {
             run.insert("idle_cpu_s_per_min".into(), v);
@@ -978,14 +1056,20 @@ fn render_only(args: &Args) -> Result<(), String> {
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     let results: Vec<CaseResult> =
         serde_json::from_value(v["cases"].clone()).map_err(|e| e.to_string())?;
-    let quick = v["quick"].as_bool().unwrap_or(false);
-    let reps = v["repetitions"].as_u64().unwrap_or(1) as usize;
-    let namesrv = v["namesrv"].as_str().unwrap_or_default();
-    std::fs::write(&path, report::json(&results, &quick, reps, namesrv))
-        .map_err(|e| e.to_string())?;
+    let text_of = |key: &str| v[key].as_str().map(str::to_owned);
+    // The run's own setup, not this invocation's: a report written before the daemon was
+    // recorded keeps saying so.
+    let setup = report::Setup {
+        quick: v["quick"].as_bool().unwrap_or(false),
+        reps: v["repetitions"].as_u64().unwrap_or(1) as usize,
+        namesrv: text_of("namesrv").unwrap_or_default(),
+        daemon: text_of("daemon"),
+        daemon_yaml: text_of("daemon_yaml"),
+    };
+    std::fs::write(&path, report::json(&results, &setup)).map_err(|e| e.to_string())?;
     std::fs::write(
         args.out.join("report.md"),
-        report::markdown(&results, quick, reps),
+        report::markdown(&results, &setup),
     )
     .map_err(|e| e.to_string())
 }
@@ -1202,3 +1286,72 @@ fn main() -> std::process::ExitCode {
 
 #[allow(dead_code)]
 fn _path(_: &Path) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let mut run = Run::new();
+        percentiles(&mut run, "store", (1..=1000).rev().map(f64::from).collect());
+        assert_eq!(run["store_p50_ms"], 500.0);
+        assert_eq!(run["store_p99_ms"], 990.0);
+        assert_eq!(run["store_p999_ms"], 999.0);
+        let mut one = Run::new();
+        percentiles(&mut one, "born", vec![3.0]);
+        assert_eq!(one["born_p999_ms"], 3.0);
+        let mut none = Run::new();
+        percentiles(&mut none, "born", Vec::new());
+        assert!(none.is_empty());
+    }
+
+    fn envelope(id: &str, reconsume: i32) -> String {
+        serde_json::json!({"messages": [{
+            "msgId": id, "topic": "t", "queueId": 0, "queueOffset": 0,
+            "reconsumeTimes": reconsume, "bornTimestamp": 1, "storeTimestamp": 1,
+        }]})
+        .to_string()
+    }
+
+    async fn post(sink: &Sink, body: String) {
+        let status = reqwest::Client::new()
+            .post(sink.url())
+            .body(body)
+            .send()
+            .await
+            .expect("the sink answers")
+            .status();
+        assert!(status.is_success());
+    }
+
+    #[tokio::test]
+    async fn recovery_waits_for_retried_messages_and_loss_is_by_msg_id() {
+        let sink = sink::start("127.0.0.1:0".parse().expect("address"))
+            .await
+            .expect("sink");
+        let until_us = now_us();
+        let sent = |id: &str, at_us: i64| load::Sent {
+            id: sink::id_key(id),
+            at_us,
+        };
+        let before = sent("before", until_us - 1_000);
+        let after = sent("after", until_us + 1_000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The message sent before the outage ended comes back through the retry topic.
+        post(&sink, envelope("before", 1)).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        post(&sink, envelope("after", 0)).await;
+        // Stored by a send that failed: received, but not one of the sent.
+        post(&sink, envelope("unsent", 0)).await;
+        let rec = sink.take();
+        let recovery = recovery_secs(&rec, &[before, after], until_us).expect("measured");
+        assert!((0.019..0.045).contains(&recovery), "{recovery}");
+        assert_eq!(missing(&rec, &[before, after]), 0);
+
+        let lost = sent("lost", until_us - 2_000);
+        assert_eq!(recovery_secs(&rec, &[before, after, lost], until_us), None);
+        // Three received, three sent: a count would call this complete.
+        assert_eq!(missing(&rec, &[before, after, lost]), 1);
+    }
+}

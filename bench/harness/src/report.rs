@@ -6,6 +6,90 @@ use std::fmt::Write as _;
 
 use crate::CaseResult;
 
+/// How a run was set up: printed at the head of report.md and kept in report.json, so a
+/// figure can be traced to the binary and configuration that produced it.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// A `--quick` smoke run.
+    pub quick: bool,
+    /// Repetitions per case.
+    pub reps: usize,
+    /// The broker's name server.
+    pub namesrv: String,
+    /// The daemon binary measured (`--daemon`; scripts/bench.sh passes `BENCH_DAEMON` or its
+    /// own release build). `None` for a report written before it was recorded.
+    pub daemon: Option<String>,
+    /// Extra top-level YAML for our daemon (`--daemon-yaml`, from `BENCH_DAEMON_YAML`).
+    pub daemon_yaml: Option<String>,
+}
+
+impl Setup {
+    /// The daemon's limits in words, for targets that assume the defaults.
+    fn limits(&self) -> &'static str {
+        match (&self.daemon, &self.daemon_yaml) {
+            (None, _) => "limits not recorded",
+            (Some(_), None) => "default limits",
+            (Some(_), Some(_)) => "limits as set by the extra daemon YAML",
+        }
+    }
+}
+
+/// Where ours stands against the peer in one case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Every run of ours is better than every run of the peer.
+    Ahead,
+    /// The ranges of the runs overlap (or touch).
+    Tie,
+    /// Every run of ours is worse than every run of the peer.
+    Behind,
+}
+
+impl Standing {
+    /// Compares `(median, min, max)` of ours and the peer's. A difference of medians inside the
+    /// spread of the runs is not a lead: only ranges apart count.
+    pub fn of(ours: (f64, f64, f64), peer: (f64, f64, f64), higher_is_better: bool) -> Self {
+        let (ours_lo, ours_hi, peer_lo, peer_hi) = if higher_is_better {
+            (ours.1, ours.2, peer.1, peer.2)
+        } else {
+            // Lower is better: negate, so that "above" means better.
+            (-ours.2, -ours.1, -peer.2, -peer.1)
+        };
+        if ours_lo > peer_hi {
+            Self::Ahead
+        } else if ours_hi < peer_lo {
+            Self::Behind
+        } else {
+            Self::Tie
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Self::Ahead => "ahead",
+            Self::Tie => "tie: the runs' ranges overlap",
+            Self::Behind => "behind",
+        }
+    }
+}
+
+/// Ours against the peer in `c`'s case (`c` is ours): more msg/s for drains, lower store p99
+/// for open-loop cases. `None` when either was not measured, and for scenario 6: the peer
+/// sends every failed message back to the broker, the daemon holds them through the outage,
+/// so their first-delivery latencies differ in kind (see its section).
+fn versus_peer(all: &[CaseResult], c: &CaseResult) -> Option<Standing> {
+    if c.scenario.starts_with("6 ") {
+        return None;
+    }
+    let peer = find(all, &c.scenario, &c.case, "peer")?;
+    let (metric, higher) = if c.scenario.starts_with("1 ") {
+        ("store_p99_ms", false)
+    } else {
+        ("msgs_per_s", true)
+    };
+    Some(Standing::of(stat(c, metric)?, stat(peer, metric)?, higher))
+}
+
 /// Median, minimum and maximum of `metric` over the runs that measured it.
 pub fn stat(c: &CaseResult, metric: &str) -> Option<(f64, f64, f64)> {
     let mut v: Vec<f64> = c
@@ -42,7 +126,7 @@ fn med(all: &[CaseResult], scenario: &str, case: &str, system: &str, metric: &st
 }
 
 /// The JSON report: every run and the medians.
-pub fn json(all: &[CaseResult], quick: &bool, reps: usize, namesrv: &str) -> String {
+pub fn json(all: &[CaseResult], setup: &Setup) -> String {
     let cases: Vec<serde_json::Value> = all
         .iter()
         .map(|c| {
@@ -63,12 +147,13 @@ pub fn json(all: &[CaseResult], quick: &bool, reps: usize, namesrv: &str) -> Str
             })
         })
         .collect();
-    let targets: Vec<serde_json::Value> = targets(all)
+    let targets: Vec<serde_json::Value> = targets(all, setup)
         .into_iter()
         .map(|(name, measured, met)| serde_json::json!({"target": name, "measured": measured, "met": met}))
         .collect();
     serde_json::to_string_pretty(&serde_json::json!({
-        "quick": quick, "repetitions": reps, "namesrv": namesrv,
+        "quick": setup.quick, "repetitions": setup.reps, "namesrv": setup.namesrv,
+        "daemon": setup.daemon, "daemon_yaml": setup.daemon_yaml,
         "machine": machine(),
         "cases": cases, "targets": targets,
     }))
@@ -117,7 +202,7 @@ fn pcts(c: &CaseResult, prefix: &str) -> String {
 }
 
 /// The targets: (description with target, measured text, met?).
-pub fn targets(all: &[CaseResult]) -> Vec<(String, String, Option<bool>)> {
+pub fn targets(all: &[CaseResult], setup: &Setup) -> Vec<(String, String, Option<bool>)> {
     let mut t = Vec::new();
     let mut check = |name: &str, v: Option<f64>, ok: &dyn Fn(f64) -> bool| {
         t.push((name.to_owned(), fmt(v), v.map(ok)));
@@ -208,7 +293,10 @@ pub fn targets(all: &[CaseResult]) -> Vec<(String, String, Option<bool>)> {
         .flat_map(|c| c.runs.iter().filter_map(|r| r.get("peak_rss_mib").copied()))
         .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
     check(
-        "RSS <= 64 MiB peak, default limits, 1 KiB (max over scenarios 1-6, 8)",
+        &format!(
+            "RSS <= 64 MiB peak, {}, 1 KiB (max over scenarios 1-6, 8)",
+            setup.limits()
+        ),
         peak,
         &|v| v <= 64.0,
     );
@@ -246,48 +334,39 @@ pub fn targets(all: &[CaseResult]) -> Vec<(String, String, Option<bool>)> {
     check("orderly: zero ordering violations", violations, &|v| {
         v == 0.0
     });
-    // Ahead of the peer: more msg/s for drains, lower store p99 for open-loop cases.
-    let mut ahead = (0, 0);
-    for c in all.iter().filter(|c| c.system == "ours") {
-        let Some(peer) = find(all, &c.scenario, &c.case, "peer") else {
-            continue;
-        };
-        // Scenario 6 is not compared: the peer sends every failed message back to the broker,
-        // the daemon holds them through the outage, so their first-delivery latencies differ
-        // in kind (see its section).
-        if c.scenario.starts_with("6 ") {
-            continue;
-        }
-        let (ours, theirs, higher) = if c.scenario.starts_with("1 ") {
-            (stat(c, "store_p99_ms"), stat(peer, "store_p99_ms"), false)
-        } else {
-            (stat(c, "msgs_per_s"), stat(peer, "msgs_per_s"), true)
-        };
-        if let (Some(o), Some(p)) = (ours, theirs) {
-            ahead.1 += 1;
-            if (higher && o.0 > p.0) || (!higher && o.0 < p.0) {
-                ahead.0 += 1;
-            }
-        }
-    }
+    let standings: Vec<Standing> = all
+        .iter()
+        .filter(|c| c.system == "ours")
+        .filter_map(|c| versus_peer(all, c))
+        .collect();
+    let count = |s: Standing| standings.iter().filter(|&&x| x == s).count();
+    let (ahead, tie, behind) = (
+        count(Standing::Ahead),
+        count(Standing::Tie),
+        count(Standing::Behind),
+    );
     t.push((
-        "every case ahead of the peer (cases ahead / cases measured for both; scenario 6 not compared)".into(),
-        if ahead.1 == 0 {
+        "every case ahead of the peer, the runs' ranges apart (cases measured for both; scenario 6 not compared)".into(),
+        if standings.is_empty() {
             "-".into()
         } else {
-            format!("{} / {}", ahead.0, ahead.1)
+            format!(
+                "{ahead} ahead, {tie} tie, {behind} behind of {}",
+                standings.len()
+            )
         },
-        if ahead.1 == 0 {
+        if standings.is_empty() {
             None
         } else {
-            Some(ahead.0 == ahead.1)
+            Some(ahead == standings.len())
         },
     ));
     t
 }
 
 /// The readable report.
-pub fn markdown(all: &[CaseResult], quick: bool, reps: usize) -> String {
+pub fn markdown(all: &[CaseResult], setup: &Setup) -> String {
+    let (quick, reps) = (setup.quick, setup.reps);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -299,13 +378,25 @@ pub fn markdown(all: &[CaseResult], quick: bool, reps: usize) -> String {
         }
     );
     let _ = writeln!(s, "Machine: {}. Repetitions per case: {reps}. Figures are medians, `[min–max]` over repetitions when more than one.", machine());
+    match &setup.daemon {
+        Some(daemon) => {
+            let yaml = setup
+                .daemon_yaml
+                .as_deref()
+                .map_or_else(|| "none".to_owned(), |y| format!("`{}`", y.trim()));
+            let _ = writeln!(s, "Daemon: `{daemon}`. Extra daemon YAML (`BENCH_DAEMON_YAML`; the peer is not affected): {yaml}.");
+        }
+        None => {
+            let _ = writeln!(s, "Daemon and extra daemon YAML: not recorded.");
+        }
+    }
     let _ = writeln!(s, "Latency: ms from the broker's store time (or the producer's born time) to the sink receiving the request; both stamps have millisecond resolution, so figures carry up to 1 ms of truncation. Drain scenarios show no latency (it would be the backlog's age). In open-loop cases the pull-ceiling row is the pull floor: the same load read by long polls of our client, nothing delivered, timed at the pull's answer; what the broker adds, which no consumer can beat.");
     let _ = writeln!(s, "CPU: consumer process user+system seconds per million messages (from /proc), from just before the first delivery to the last. RSS: VmHWM of the consumer process.\n");
     let _ = writeln!(
         s,
         "## Targets\n\n| target | measured | met |\n|---|---|---|"
     );
-    for (name, measured, met) in targets(all) {
+    for (name, measured, met) in targets(all, setup) {
         let m = match met {
             Some(true) => "yes",
             Some(false) => "**no**",
@@ -344,6 +435,7 @@ pub fn markdown(all: &[CaseResult], quick: bool, reps: usize) -> String {
                     ("requests_per_s", "req/s"),
                     ("duplicates", "duplicates"),
                     ("order_violations", "order violations"),
+                    ("overlapping_requests", "of which overlapping requests"),
                     ("sent", "sent"),
                     ("undelivered", "not delivered by the end"),
                     ("retried_messages", "retried"),
@@ -368,7 +460,9 @@ pub fn markdown(all: &[CaseResult], quick: bool, reps: usize) -> String {
                     ("incomplete", "INCOMPLETE runs"),
                 ] {
                     if let Some((m, _, _)) = stat(c, k) {
-                        if k == "order_violations" && !sc.starts_with("5 ") {
+                        if (k == "order_violations" || k == "overlapping_requests")
+                            && !sc.starts_with("5 ")
+                        {
                             continue;
                         }
                         if (k == "duplicates" || k == "failed_requests") && m == 0.0 {
@@ -400,6 +494,9 @@ pub fn markdown(all: &[CaseResult], quick: bool, reps: usize) -> String {
         );
         for case in &cases {
             let ours = med(all, sc, case, "ours", "msgs_per_s");
+            let standing = find(all, sc, case, "ours")
+                .and_then(|c| versus_peer(all, c))
+                .map_or(String::new(), |st| format!(" ({})", st.word()));
             let mut parts = Vec::new();
             if sc.starts_with("6 ") {
                 parts.push("not compared by latency: first deliveries only are counted, and the peer answers every failure (outage included) by sending the message back to the broker (retried column), while the daemon holds messages through the outage (circuit breaker) and delivers them afterwards; compare 'not delivered by the end', 'retried' and 'recovery s'".into());
@@ -408,9 +505,10 @@ pub fn markdown(all: &[CaseResult], quick: bool, reps: usize) -> String {
                     med(all, sc, case, "ours", "store_p99_ms"),
                     med(all, sc, case, "peer", "store_p99_ms"),
                 ) {
-                    (Some(o), Some(p)) => {
-                        parts.push(format!("peer p99 / ours p99 = {}", fmt(Some(p / o))))
-                    }
+                    (Some(o), Some(p)) => parts.push(format!(
+                        "peer p99 / ours p99 = {}{standing}",
+                        fmt(Some(p / o))
+                    )),
                     _ => parts.push("ours / peer: not measured".into()),
                 }
                 for label in ["p99", "p999"] {
@@ -432,8 +530,11 @@ pub fn markdown(all: &[CaseResult], quick: bool, reps: usize) -> String {
                     ("sink-ceiling", "ours / sink ceiling"),
                     ("peer", "ours / peer"),
                 ] {
+                    let standing = if sys == "peer" { standing.as_str() } else { "" };
                     match (ours, med(all, sc, case, sys, "msgs_per_s")) {
-                        (Some(o), Some(x)) => parts.push(format!("{label} = {}", fmt(Some(o / x)))),
+                        (Some(o), Some(x)) => {
+                            parts.push(format!("{label} = {}{standing}", fmt(Some(o / x))))
+                        }
                         _ => parts.push(format!("{label}: not measured")),
                     }
                 }
@@ -442,4 +543,121 @@ pub fn markdown(all: &[CaseResult], quick: bool, reps: usize) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Run;
+
+    fn case(scenario: &str, system: &str, metric: &str, values: &[f64]) -> CaseResult {
+        CaseResult {
+            scenario: scenario.into(),
+            case: "c".into(),
+            system: system.into(),
+            runs: values
+                .iter()
+                .map(|v| Run::from([(metric.to_owned(), *v)]))
+                .collect(),
+            note: None,
+        }
+    }
+
+    fn setup(daemon: Option<&str>, yaml: Option<&str>) -> Setup {
+        Setup {
+            quick: false,
+            reps: 3,
+            namesrv: "127.0.0.1:9876".into(),
+            daemon: daemon.map(Into::into),
+            daemon_yaml: yaml.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn ahead_only_when_the_ranges_are_apart() {
+        use Standing::*;
+        // (median, min, max)
+        assert_eq!(
+            Standing::of((10.0, 9.0, 11.0), (8.0, 7.0, 8.5), true),
+            Ahead
+        );
+        assert_eq!(Standing::of((10.0, 8.0, 11.0), (8.5, 7.0, 9.0), true), Tie);
+        assert_eq!(Standing::of((10.0, 9.0, 11.0), (8.0, 7.0, 9.0), true), Tie);
+        assert_eq!(Standing::of((5.0, 4.0, 6.0), (8.0, 7.0, 9.0), true), Behind);
+        // Lower is better (latency).
+        assert_eq!(Standing::of((1.0, 0.9, 1.1), (2.0, 1.5, 2.5), false), Ahead);
+        assert_eq!(Standing::of((1.0, 0.9, 1.6), (2.0, 1.5, 2.5), false), Tie);
+        assert_eq!(
+            Standing::of((3.0, 2.6, 3.1), (2.0, 1.5, 2.5), false),
+            Behind
+        );
+        // One run each: the values themselves.
+        assert_eq!(Standing::of((2.0, 2.0, 2.0), (2.0, 2.0, 2.0), true), Tie);
+    }
+
+    #[test]
+    fn the_summary_counts_ties_and_is_not_met_with_one() {
+        let all = vec![
+            case(
+                "2 max throughput",
+                "ours",
+                "msgs_per_s",
+                &[100.0, 120.0, 130.0],
+            ),
+            case(
+                "2 max throughput",
+                "peer",
+                "msgs_per_s",
+                &[90.0, 110.0, 115.0],
+            ),
+            case("1 latency floor", "ours", "store_p99_ms", &[1.0, 1.1, 1.2]),
+            case("1 latency floor", "peer", "store_p99_ms", &[2.0, 2.5, 3.0]),
+            case("6 slow and failing sink", "ours", "msgs_per_s", &[1.0]),
+            case("6 slow and failing sink", "peer", "msgs_per_s", &[0.5]),
+        ];
+        let t = targets(&all, &setup(Some("d"), None));
+        let (_, measured, met) = t.last().expect("the peer line");
+        assert_eq!(measured, "1 ahead, 1 tie, 0 behind of 2");
+        assert_eq!(*met, Some(false));
+        let md = markdown(&all, &setup(Some("d"), None));
+        assert!(
+            md.contains("ours / peer = 1.09 (tie: the runs' ranges overlap)"),
+            "{md}"
+        );
+        assert!(md.contains("peer p99 / ours p99 = 2.27 (ahead)"), "{md}");
+    }
+
+    #[test]
+    fn the_header_records_the_daemon_and_its_extra_yaml() {
+        let md = markdown(
+            &[],
+            &setup(Some("/x/rocketmq-webhook"), Some("cache: {max_count: 1}\n")),
+        );
+        assert!(md.contains("Daemon: `/x/rocketmq-webhook`"), "{md}");
+        assert!(
+            md.contains(
+                "YAML (`BENCH_DAEMON_YAML`; the peer is not affected): `cache: {max_count: 1}`."
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("limits as set by the extra daemon YAML"),
+            "{md}"
+        );
+        let md = markdown(&[], &setup(Some("/x/rocketmq-webhook"), None));
+        assert!(
+            md.contains("YAML (`BENCH_DAEMON_YAML`; the peer is not affected): none."),
+            "{md}"
+        );
+        assert!(md.contains("RSS <= 64 MiB peak, default limits"), "{md}");
+        assert!(markdown(&[], &setup(None, None)).contains("not recorded"));
+
+        let v: serde_json::Value =
+            serde_json::from_str(&json(&[], &setup(Some("/x/d"), Some("a: 1")))).expect("json");
+        assert_eq!(v["daemon"], "/x/d");
+        assert_eq!(v["daemon_yaml"], "a: 1");
+        let v: serde_json::Value =
+            serde_json::from_str(&json(&[], &setup(Some("/x/d"), None))).expect("json");
+        assert!(v["daemon_yaml"].is_null());
+    }
 }

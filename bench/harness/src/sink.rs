@@ -5,6 +5,12 @@
 //! latency figures measure delivery and not the sink's own sleep. Only messages of requests
 //! answered 2xx count as received: a 500 or an outage answer is a failed delivery.
 //! Invariants: the recorder is reset between runs; unique messages are keyed by msgId.
+//!
+//! Ordering is checked twice: a message whose queue offset is below one already received on
+//! its queue, and a request that arrives while another for the same queue is still open (an
+//! orderly consumer keeps at most one request per queue in flight). The second sees what the
+//! first cannot: two overlapping requests sent in offset order arrive, and are answered, in
+//! offset order.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -37,6 +43,8 @@ pub struct Receipt {
     pub reconsume: i32,
     /// Warm-up messages are excluded from figures.
     pub warmup: bool,
+    /// Its msgId as the sink keys it ([`id_key`]).
+    pub id: u64,
 }
 
 /// What the sink saw of one topic.
@@ -46,8 +54,10 @@ pub struct TopicState {
     pub name: String,
     /// First receipt (unix microseconds), warm-ups excluded.
     pub first_us: Option<i64>,
-    /// The highest queue offset of a first delivery, per queue id.
+    /// The highest queue offset received, per queue id.
     last_offset: HashMap<i32, i64>,
+    /// Requests open (arrived, not yet answered), per queue id.
+    open: HashMap<i32, u32>,
 }
 
 /// What the sink saw since the last reset.
@@ -61,7 +71,7 @@ pub struct Recorder {
     /// First receipt of every unique message (by msgId).
     pub receipts: Vec<Receipt>,
     seen: HashSet<u64, BuildHasherDefault<Prehashed>>,
-    /// Every topic received, in order of first receipt.
+    /// Every topic received, in order of its first request.
     pub topics: Vec<TopicState>,
     /// Requests answered 2xx.
     pub requests: u64,
@@ -70,8 +80,11 @@ pub struct Recorder {
     /// Messages received again after a 2xx (at-least-once duplicates).
     pub duplicates: u64,
     /// Messages whose queue offset was below one already received on the same queue
-    /// (only meaningful for orderly subscriptions without failures).
+    /// (only meaningful for orderly subscriptions).
     pub order_violations: u64,
+    /// Requests that arrived while another request for one of their queues was open (only
+    /// meaningful for orderly subscriptions: concurrent ones overlap by design).
+    pub overlaps: u64,
     /// Body bytes of 2xx requests.
     pub bytes: u64,
     /// Requests whose body was not a parsable envelope.
@@ -82,6 +95,36 @@ impl Recorder {
     /// Unique non-warm-up messages received.
     pub fn count(&self) -> usize {
         self.receipts.iter().filter(|r| !r.warmup).count()
+    }
+
+    /// Whether the message with this msgId key ([`id_key`]) arrived in a request answered 2xx.
+    pub fn received(&self, id: u64) -> bool {
+        self.seen.contains(&id)
+    }
+
+    /// Notes a request for `queues` (topic, queue id; each once) as open, counting an overlap
+    /// for every queue that already has one open.
+    fn open(&mut self, queues: &[(String, i32)]) {
+        let mut hint = 0;
+        for (topic, queue) in queues {
+            hint = self.topic_index(topic, hint);
+            let open = self.topics[hint].open.entry(*queue).or_insert(0);
+            self.overlaps += u64::from(*open > 0);
+            *open += 1;
+        }
+    }
+
+    /// Notes the request for `queues` answered. A request of a recorder since reset finds
+    /// nothing to close.
+    fn close(&mut self, queues: &[(String, i32)]) {
+        for (topic, queue) in queues {
+            let Some(t) = self.topics.iter_mut().find(|t| &t.name == topic) else {
+                continue;
+            };
+            if let Some(open) = t.open.get_mut(queue) {
+                *open = open.saturating_sub(1);
+            }
+        }
     }
 
     /// The index of `name` in `topics`, trying `hint` first; added if new.
@@ -96,6 +139,7 @@ impl Recorder {
             name: name.to_owned(),
             first_us: None,
             last_offset: HashMap::new(),
+            open: HashMap::new(),
         });
         self.topics.len() - 1
     }
@@ -219,11 +263,50 @@ pub async fn start(listen: SocketAddr) -> std::io::Result<Sink> {
     Ok(sink)
 }
 
-fn hash_id(id: &str) -> u64 {
+/// The key the sink records a msgId under (its hash: the recorder keeps no strings).
+pub fn id_key(id: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     id.hash(&mut h);
     h.finish()
+}
+
+/// A request's queues while it is open. Closed in the critical section that answers it, or
+/// on drop when the handler goes away first (the client closed the connection).
+struct OpenRequest {
+    recorder: Arc<Mutex<Recorder>>,
+    queues: Vec<(String, i32)>,
+}
+
+impl OpenRequest {
+    /// Opens a request for the distinct queues of `env`.
+    fn start(recorder: &Arc<Mutex<Recorder>>, env: &Envelope<'_>) -> Self {
+        let mut queues: Vec<(String, i32)> = Vec::new();
+        for m in &env.messages {
+            if !queues.iter().any(|(t, q)| t == m.topic && *q == m.queue_id) {
+                queues.push((m.topic.to_owned(), m.queue_id));
+            }
+        }
+        recorder.lock().expect("sink lock").open(&queues);
+        Self {
+            recorder: Arc::clone(recorder),
+            queues,
+        }
+    }
+
+    fn close(mut self, rec: &mut Recorder) {
+        rec.close(&std::mem::take(&mut self.queues));
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        if !self.queues.is_empty() {
+            if let Ok(mut rec) = self.recorder.lock() {
+                rec.close(&self.queues);
+            }
+        }
+    }
 }
 
 async fn receive(State(state): State<AppState>, body: Bytes) -> StatusCode {
@@ -235,6 +318,12 @@ async fn receive(State(state): State<AppState>, body: Bytes) -> StatusCode {
     let outage = now_ms >= faults.outage_from_ms.load(Ordering::Relaxed)
         && now_ms < faults.outage_until_ms.load(Ordering::Relaxed);
     let fail_ppm = faults.fail_ppm.load(Ordering::Relaxed);
+    // Parsed on arrival, so the request's queues count as open while it waits.
+    let parsed: Result<Envelope<'_>, _> = serde_json::from_slice(&body);
+    let open = parsed
+        .as_ref()
+        .ok()
+        .map(|env| OpenRequest::start(&state.sink.recorder, env));
     let status = if outage {
         StatusCode::SERVICE_UNAVAILABLE
     } else if fail_ppm > 0 && rand::random_range(0..1_000_000) < fail_ppm {
@@ -249,8 +338,10 @@ async fn receive(State(state): State<AppState>, body: Bytes) -> StatusCode {
             .until(arrived + Duration::from_micros(latency))
             .await;
     }
-    let parsed: Result<Envelope<'_>, _> = serde_json::from_slice(&body);
     let mut rec = state.sink.recorder.lock().expect("sink lock");
+    if let Some(open) = open {
+        open.close(&mut rec);
+    }
     if status != StatusCode::OK {
         rec.failed_requests += 1;
         return status;
@@ -263,7 +354,8 @@ async fn receive(State(state): State<AppState>, body: Bytes) -> StatusCode {
     rec.bytes += body.len() as u64;
     let mut topic_at = 0;
     for m in env.messages {
-        if !rec.seen.insert(hash_id(m.msg_id)) {
+        let id = id_key(m.msg_id);
+        if !rec.seen.insert(id) {
             rec.duplicates += 1;
             continue;
         }
@@ -273,16 +365,22 @@ async fn receive(State(state): State<AppState>, body: Bytes) -> StatusCode {
         if !warmup && topic.first_us.is_none() {
             topic.first_us = Some(recv_us);
         }
-        let mut violation = false;
-        if m.reconsume_times == 0 {
-            match topic.last_offset.entry(m.queue_id) {
-                Entry::Occupied(e) if m.queue_offset < *e.get() => violation = true,
-                Entry::Occupied(mut e) => *e.get_mut() = m.queue_offset,
-                Entry::Vacant(e) => {
-                    e.insert(m.queue_offset);
-                }
+        // Redeliveries are checked too: an orderly consumer retries in place, on the message's
+        // own queue and offset, so a retried message must keep order like a first delivery.
+        // (A message sent back through %RETRY% carries the retry queue's id and offset, which
+        // makes this figure meaningless for concurrent subscriptions; it is read for orderly
+        // ones only.)
+        let violation = match topic.last_offset.entry(m.queue_id) {
+            Entry::Occupied(e) if m.queue_offset < *e.get() => true,
+            Entry::Occupied(mut e) => {
+                *e.get_mut() = m.queue_offset;
+                false
             }
-        }
+            Entry::Vacant(e) => {
+                e.insert(m.queue_offset);
+                false
+            }
+        };
         rec.order_violations += u64::from(violation);
         rec.receipts.push(Receipt {
             recv_us,
@@ -290,10 +388,106 @@ async fn receive(State(state): State<AppState>, body: Bytes) -> StatusCode {
             store_ms: m.store_timestamp,
             reconsume: m.reconsume_times,
             warmup,
+            id,
         });
         if !warmup {
             state.sink.unique.fetch_add(1, Ordering::Relaxed);
         }
     }
     StatusCode::OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queues(list: &[(&str, i32)]) -> Vec<(String, i32)> {
+        list.iter().map(|(t, q)| ((*t).to_owned(), *q)).collect()
+    }
+
+    #[test]
+    fn a_request_opened_on_an_open_queue_is_an_overlap() {
+        let mut rec = Recorder::default();
+        let a0 = queues(&[("a", 0)]);
+        rec.open(&a0);
+        rec.open(&queues(&[("a", 1), ("b", 0)]));
+        assert_eq!(rec.overlaps, 0, "other queues, other topics");
+        rec.open(&a0);
+        assert_eq!(rec.overlaps, 1);
+        rec.close(&a0);
+        rec.close(&a0);
+        rec.open(&a0);
+        assert_eq!(rec.overlaps, 1, "one after the other is no overlap");
+    }
+
+    #[test]
+    fn closing_on_a_reset_recorder_finds_nothing() {
+        let mut rec = Recorder::default();
+        rec.close(&queues(&[("gone", 3)]));
+        rec.open(&queues(&[("gone", 3)]));
+        assert_eq!(rec.overlaps, 0);
+    }
+
+    /// A JSON envelope of messages (msgId, queue id, queue offset) on topic `t`.
+    fn envelope(msgs: &[(&str, i32, i64)]) -> String {
+        let messages: Vec<serde_json::Value> = msgs
+            .iter()
+            .map(|(id, queue, offset)| {
+                serde_json::json!({
+                    "msgId": id, "topic": "t", "queueId": queue, "queueOffset": offset,
+                    "bornTimestamp": 1, "storeTimestamp": 1,
+                })
+            })
+            .collect();
+        serde_json::json!({ "messages": messages }).to_string()
+    }
+
+    async fn post(sink: &Sink, body: String) -> u16 {
+        reqwest::Client::new()
+            .post(sink.url())
+            .body(body)
+            .send()
+            .await
+            .expect("the sink answers")
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapping_requests_in_offset_order_are_counted() {
+        let sink = start("127.0.0.1:0".parse().expect("address"))
+            .await
+            .expect("sink");
+        sink.faults.latency_us.store(200_000, Ordering::SeqCst);
+        // Sent in offset order while the first is held: the offsets alone look clean.
+        let first = tokio::spawn({
+            let sink = sink.clone();
+            async move { post(&sink, envelope(&[("m1", 0, 1)])).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = post(&sink, envelope(&[("m2", 0, 2), ("m3", 1, 7)])).await;
+        assert_eq!((first.await.expect("first"), second), (200, 200));
+        // One after the other, and on another queue: no overlap.
+        assert_eq!(post(&sink, envelope(&[("m4", 0, 3)])).await, 200);
+        let rec = sink.take();
+        assert_eq!(rec.overlaps, 1);
+        assert_eq!(rec.order_violations, 0);
+        assert_eq!(rec.count(), 4);
+    }
+
+    #[tokio::test]
+    async fn offsets_going_back_are_violations_redeliveries_included() {
+        let sink = start("127.0.0.1:0".parse().expect("address"))
+            .await
+            .expect("sink");
+        assert_eq!(post(&sink, envelope(&[("m1", 0, 5)])).await, 200);
+        let mut back = envelope(&[("m0", 0, 4)]);
+        back = back.replace("\"queueOffset\"", "\"reconsumeTimes\":1,\"queueOffset\"");
+        assert_eq!(post(&sink, back).await, 200);
+        let rec = sink.take();
+        assert_eq!(rec.order_violations, 1);
+        assert_eq!(rec.overlaps, 0);
+        assert!(rec.received(id_key("m0")) && rec.received(id_key("m1")));
+        assert!(!rec.received(id_key("m2")));
+    }
 }
