@@ -358,6 +358,10 @@ impl LocalFileStore {
         self.dir.join(format!("{}.tmp", Self::FILE_NAME))
     }
 
+    fn backup_temp_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.bak.tmp", Self::FILE_NAME))
+    }
+
     /// `<dir>/.lock`, the file [`LocalFileStore::lock`] locks.
     pub fn lock_path(&self) -> PathBuf {
         self.dir.join(".lock")
@@ -489,7 +493,24 @@ impl LocalFileStore {
         match read_table_bytes(&path) {
             // Only content that loads is worth keeping: copying a corrupt file over a good
             // backup would destroy the one fallback we have.
-            Ok(bytes) => write_synced(&self.backup_path(), &bytes)?,
+            Ok(bytes) => {
+                // Renamed into place like the file itself: written in place, a full disk left
+                // the good backup truncated, and a backup this process may not write (left by
+                // a root run) failed every save, though the save itself needs only the
+                // directory. A backup that cannot be written does not stop the save.
+                let temp = self.backup_temp_path();
+                let backed_up = write_synced(&temp, &bytes).and_then(|()| {
+                    fs::rename(&temp, self.backup_path()).map_err(|source| {
+                        OffsetStoreError::Write {
+                            path: self.backup_path(),
+                            source,
+                        }
+                    })
+                });
+                if let Err(e) = backed_up {
+                    tracing::warn!(error = %e, "Offset backup not written; saving the offsets without it.");
+                }
+            }
             Err(FileFault::Missing) => {}
             Err(fault) => tracing::warn!(
                 path = %path.display(),
@@ -560,7 +581,13 @@ fn sync_dir(dir: &Path) -> Result<(), OffsetStoreError> {
 /// and fsync a directory.
 fn fsync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
-    File::open(dir)?.sync_all()?;
+    match File::open(dir)?.sync_all() {
+        // Filesystems that cannot fsync a directory (some CIFS and FUSE mounts) say EINVAL;
+        // their renames are as durable as they get, and failing on it failed every save after
+        // a rename that worked (PostgreSQL ignores it for directories too).
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => {}
+        other => other?,
+    }
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
@@ -736,6 +763,19 @@ mod tests {
             sorted(sample())
         );
         assert!(!store.temp_path().exists(), "temp file renamed away");
+    }
+
+    /// A backup that cannot be replaced (here a directory in its place; in the field, a file
+    /// a root run left) failed every save before, though the save needs only the directory.
+    #[test]
+    fn a_backup_that_cannot_be_written_does_not_stop_the_save() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalFileStore::new(dir.path(), None, "g");
+        store.save(&sample()).expect("first save");
+        fs::create_dir(store.backup_path()).expect("a directory in the backup's place");
+        let second = vec![(mq("T1", "broker-a", 0), 50)];
+        store.save(&second).expect("saved without its backup");
+        assert_eq!(store.load().expect("load"), second);
     }
 
     #[test]
