@@ -9,7 +9,8 @@
 //!
 //! Rules:
 //! - an empty value counts as unset (Kubernetes manifests often template empty variables);
-//! - `ROCKETMQ_HOME` and `ROCKETMQ_CONFIG` (the file's path, for the command line) are ignored;
+//! - `ROCKETMQ_HOME`, `ROCKETMQ_CONFIG` (the file's path, for the command line) and the
+//!   repository scripts' variables (`ROCKETMQ_TOOLS_DIR`, `ROCKETMQ_TEST_*`, ...) are ignored;
 //!   other unknown `ROCKETMQ_*` names are warnings (other RocketMQ tools set their own), with a
 //!   suggestion when the name looks like a typo of a known one;
 //! - `ROCKETMQ_<KEY>__<KEY>...` (double underscore) sets any key of the tree by path, e.g.
@@ -273,9 +274,22 @@ pub const VARIABLES: &[Variable] = &[
 ];
 
 /// Variables that are known to be someone else's and are skipped without a warning:
-/// `ROCKETMQ_HOME` is the Java distribution's, and `ROCKETMQ_CONFIG` names the configuration
-/// file (read by the command line, not a setting).
-const IGNORED: &[&str] = &["ROCKETMQ_HOME", "ROCKETMQ_CONFIG"];
+/// `ROCKETMQ_HOME` is the Java distribution's, `ROCKETMQ_CONFIG` names the configuration file
+/// (read by the command line, not a setting), and the rest are this repository's scripts'
+/// (installing the broker, running the tests), which a developer may export in the shell that
+/// starts the daemon.
+const IGNORED: &[&str] = &[
+    "ROCKETMQ_HOME",
+    "ROCKETMQ_CONFIG",
+    "ROCKETMQ_BIN_DIR",
+    "ROCKETMQ_INSTALL_TIMEOUT",
+    "ROCKETMQ_PYTHON_VENV",
+    "ROCKETMQ_RUST_VERSION",
+    "ROCKETMQ_TEST_PYTHON",
+    "ROCKETMQ_TEST_SCRATCH_DIR",
+    "ROCKETMQ_TEST_TIMEOUT",
+    "ROCKETMQ_TOOLS_DIR",
+];
 
 const PREFIX: &str = "ROCKETMQ_";
 
@@ -618,6 +632,7 @@ mod tests {
             ("ROCKETMQ_CONSUMER_GROUP", "0001"),
             ("ROCKETMQ_HOME", "/home/rocketmq/rocketmq-5.3.0"),
             ("ROCKETMQ_CONFIG", "/etc/rocketmq-webhook/config.yaml"),
+            ("ROCKETMQ_TOOLS_DIR", "/opt/rocketmq-tools"),
             ("ROCKETMQ_EMPTY_THING", ""),
         ]));
         assert_eq!(

@@ -393,8 +393,8 @@ pub struct Subscription {
     /// than it. Env: `ROCKETMQ_CONSUME_TIMEOUT` in minutes. Default `15m`.
     #[serde(with = "values::duration")]
     pub consume_timeout: Duration,
-    /// Deliveries before a message goes to `%DLQ%<group>` (orderly too). Env:
-    /// `ROCKETMQ_MAX_RETRY_TIMES` (`-1` = default). Default `16`.
+    /// Retries before a message goes to `%DLQ%<group>` (orderly too): 16 means 17 deliveries
+    /// in all. Env: `ROCKETMQ_MAX_RETRY_TIMES` (`-1` = default). Default `16`.
     pub max_reconsume_times: u32,
     /// Flow control: stop pulling a queue holding this many messages (count, 1..=65535).
     /// Env: `ROCKETMQ_MAX_CACHE_COUNT_PER_QUEUE`. Default `1000`.

@@ -1392,6 +1392,9 @@ fn webhook_and_client_cross_checks() {
         &[],
     );
     assert_error(&e, "log.level", &["tracing filter"]);
+    // Empty parses as a filter without a directive: logging off.
+    let e = fail(Some(&format!("log: {{level: \"\"}}\n{}", one_sub(""))), &[]);
+    assert_error(&e, "log.level", &["must not be empty"]);
 }
 
 #[test]

@@ -324,7 +324,13 @@ impl Config {
                 );
             }
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+        if self.log.level.trim().is_empty() {
+            c.fail(
+                key_path!["log", "level"],
+                "\"\"",
+                "must not be empty: a filter without a directive turns logging off; use e.g. `info`",
+            );
+        } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             c.fail(
                 key_path!["log", "level"],
                 format!("{:?}", self.log.level),
