@@ -89,6 +89,18 @@ impl Value {
         }
     }
 
+    /// Whether an object in this value (itself included) has a key that is neither a string
+    /// nor a number.
+    fn has_composite_key(&self) -> bool {
+        match self {
+            Self::Array(items) => items.iter().any(Self::has_composite_key),
+            Self::Object(entries) => entries.iter().any(|(k, v)| {
+                !matches!(k, Self::String(_) | Self::Number(_)) || v.has_composite_key()
+            }),
+            _ => false,
+        }
+    }
+
     /// Converts to a standard JSON value; non-string keys become their compact JSON text, so an
     /// integer key `0` becomes `"0"` and an object key becomes `"{\"brokerName\":...}"`.
     pub(crate) fn into_json(self) -> Result<serde_json::Value, ParseError> {
@@ -108,6 +120,15 @@ impl Value {
                 for (k, v) in entries {
                     let key = match k {
                         Self::String(s) | Self::Number(s) => s,
+                        // Each level of keys inside keys escapes the text of the one below it
+                        // again, doubling it: 40 levels in 170 bytes asked for terabytes.
+                        // fastjson writes object keys (message queues) one level deep.
+                        other if other.has_composite_key() => {
+                            return Err(ParseError::Syntax(
+                                "an object key holds an object whose own key is not a string"
+                                    .to_owned(),
+                            ))
+                        }
                         other => other.into_json()?.to_string(),
                     };
                     map.insert(key, v.into_json()?);
@@ -400,6 +421,25 @@ pub(crate) fn to_string<T: serde::Serialize>(value: &T) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Object keys inside object keys: each level's text was escaped again by the level above,
+    /// doubling it, and this 167-byte body asked for terabytes (the process died).
+    #[test]
+    fn keys_inside_keys_are_refused_not_doubled_level_by_level() {
+        let mut text = r#"{"a":1}"#.to_owned();
+        for _ in 0..40 {
+            text = format!("{{{text}:1}}");
+        }
+        assert!(text.len() < 200);
+        let parsed = parse(text.as_bytes()).expect("parses");
+        assert!(matches!(parsed.into_json(), Err(ParseError::Syntax(_))));
+        // One level, as fastjson writes message queues, still converts.
+        let v = parse(br#"{{"a":{"b":[1]}}:2}"#)
+            .unwrap()
+            .into_json()
+            .unwrap();
+        assert_eq!(v[r#"{"a":{"b":[1]}}"#], 2);
+    }
 
     #[test]
     fn reads_fastjson_extensions() {

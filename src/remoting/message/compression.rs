@@ -96,6 +96,11 @@ pub fn decompress(algorithm: Compression, data: &[u8]) -> Result<Vec<u8>, Remoti
     if out.len() > MAX_DECOMPRESSED_LEN {
         return Err(fail(format!("output exceeds {MAX_DECOMPRESSED_LEN} bytes")));
     }
+    // `read_to_end` grows by doubling, and the body keeps the whole allocation while the
+    // message waits, where the cache budget counts its length: up to twice what was counted.
+    if out.capacity() - out.len() > out.len() / 4 {
+        out.shrink_to_fit();
+    }
     Ok(out)
 }
 

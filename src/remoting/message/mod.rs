@@ -356,7 +356,9 @@ fn decode_bounded(
     // Sized up front: the vector goes on to hold the messages while they wait for delivery
     // (consumer::Ready), so growing it by doubling would move them up to five times and leave
     // up to half of it unused.
-    let mut out = Vec::with_capacity(count_records(body));
+    // At most the cap: a body of minimal records reserved room for every one of them, kept
+    // unused while the messages wait and counted by no budget.
+    let mut out = Vec::with_capacity(count_records(body).min(max_messages));
     let mut at = 0;
     let mut spent = 0_usize;
     while at < body.len() {
