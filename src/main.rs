@@ -48,17 +48,31 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let (cli, config_flag) = match parse() {
-        Ok(parsed) => parsed,
-        Err(err) => return cli::report_clap_error(&err),
+    let code = match parse() {
+        Ok((cli, config_flag)) => match dispatch(cli, &config_flag) {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("rocketmq-webhook: {err}");
+                err.exit_code()
+            }
+        },
+        Err(err) => cli::report_clap_error(&err),
     };
-    match dispatch(cli, &config_flag) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("rocketmq-webhook: {err}");
-            err.exit_code()
-        }
+    // Docker reserves 2 in a health check's status; a bad `healthcheck` line is a failed check.
+    if code == ExitCode::from(2) && subcommand_named().as_deref() == Some("healthcheck") {
+        return ExitCode::from(1);
     }
+    code
+}
+
+/// The subcommand on the command line, read without clap (which may have refused the line).
+fn subcommand_named() -> Option<String> {
+    let command = Cli::command();
+    let names: Vec<&str> = command.get_subcommands().map(|c| c.get_name()).collect();
+    std::env::args_os()
+        .skip(1)
+        .filter_map(|arg| arg.into_string().ok())
+        .find(|arg| names.contains(&arg.as_str()))
 }
 
 /// Parses the command line and notes where `--config` was given on it. clap fills the

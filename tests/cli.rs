@@ -499,3 +499,48 @@ async fn configuration_warnings_reach_check_config_and_the_log() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// SIGTERM stops a tool with 128 + 15: before, `topic`, `produce` and `route` had no handler,
+/// and as a container's PID 1 (compose's jobs) a process without one ignores SIGTERM, so
+/// `docker stop` waited for its SIGKILL.
+#[tokio::test]
+async fn a_tool_stops_on_sigterm_with_its_status() {
+    use tokio::io::AsyncBufReadExt;
+    let mq = RocketMq::start().await;
+    let topic = unique("T_sigterm");
+    mq.create_topic(&topic, 1).await;
+    let namesrv = mq.namesrv_addr();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["produce", "--namesrv", &namesrv, "--topic", &topic])
+        // Few enough to be listed on stdout as they go out; at 1 msg/s, 20 s of them.
+        .args(["--count", "20", "--rate", "1"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    // The first message's line: the tool runs, with its handler in place.
+    let stdout = child.stdout.take().expect("stdout piped");
+    let first = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::io::BufReader::new(stdout).lines().next_line(),
+    )
+    .await;
+    assert!(
+        matches!(first, Ok(Ok(Some(_)))),
+        "no message sent: {first:?}"
+    );
+    let pid = child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+    assert!(killed.success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("the tool did not stop within 10 s")
+        .expect("waited");
+    // A process the signal killed has no code; one that handled it exits 143.
+    assert_eq!(status.code(), Some(143), "{status:?}");
+}

@@ -2035,6 +2035,28 @@ async fn the_healthcheck_probes_the_admin_port_of_the_configuration_file() {
     let out = healthcheck(&["--config", &bad], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("admin.listen"), "{}", text(&out));
+
+    // Empty variables count as unset: clap took them for empty values, refused an empty path
+    // (exit 2) and probed `http:///healthz`.
+    let empty = [("ROCKETMQ_CONFIG", ""), ("ROCKETMQ_ADMIN_LISTEN", " ")];
+    let out = healthcheck(&["--config", &every], &empty).await;
+    assert!(out.status.success(), "{}", text(&out));
+    // Without a file, the variables give the address as they give it to the daemon.
+    let port = daemon.admin().port().to_string();
+    let listen = format!("0.0.0.0:{port}");
+    let namesrv = mq.namesrv_addr();
+    let variables = [
+        ("ROCKETMQ_NAMESRV_ADDR", namesrv.as_str()),
+        ("ROCKETMQ_CONSUMER_GROUP", group.as_str()),
+        ("ROCKETMQ_TOPIC", topic.as_str()),
+        ("ROCKETMQ_WEBHOOK_URL", "http://127.0.0.1:1/hook"),
+        ("ROCKETMQ_ADMIN__LISTEN", listen.as_str()),
+    ];
+    let out = healthcheck(&[], &variables).await;
+    assert!(out.status.success(), "{}", text(&out));
+    // A bad argument is a failed check, not Docker's reserved 2.
+    let out = healthcheck(&["--no-such-flag"], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
 
 // === Secrets never leak ===

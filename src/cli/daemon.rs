@@ -13,8 +13,9 @@ use super::CliError;
 /// `rocketmq-webhook run` (also the default when no subcommand is given).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct RunArgs {
-    /// YAML configuration file; without it, the configuration comes from ROCKETMQ_* variables.
-    #[arg(long, short = 'c', env = "ROCKETMQ_CONFIG")]
+    /// YAML configuration file (default: ROCKETMQ_CONFIG); without it, the configuration comes
+    /// from ROCKETMQ_* variables.
+    #[arg(long, short = 'c')]
     pub(crate) config: Option<PathBuf>,
 }
 
@@ -75,8 +76,9 @@ impl ConfigFlag {
 /// `rocketmq-webhook check-config`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct CheckConfigArgs {
-    /// YAML configuration file; without it, the configuration comes from ROCKETMQ_* variables.
-    #[arg(long, short = 'c', env = "ROCKETMQ_CONFIG")]
+    /// YAML configuration file (default: ROCKETMQ_CONFIG); without it, the configuration comes
+    /// from ROCKETMQ_* variables.
+    #[arg(long, short = 'c')]
     pub(crate) config: Option<PathBuf>,
 }
 
@@ -103,12 +105,14 @@ fn parse_status(text: &str) -> Result<http::StatusCode, String> {
 /// `rocketmq-webhook healthcheck`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct HealthcheckArgs {
-    /// The admin server's address. Default: `admin.listen` of the configuration file when one is
-    /// given, else 127.0.0.1:9090.
-    #[arg(long, env = "ROCKETMQ_ADMIN_LISTEN")]
+    /// The admin server's address. Default: ROCKETMQ_ADMIN_LISTEN, else `admin.listen` of the
+    /// configuration (the file when one is given, and the ROCKETMQ_* variables), else
+    /// 127.0.0.1:9090.
+    #[arg(long)]
     pub(crate) admin: Option<String>,
-    /// The daemon's YAML configuration file, to read `admin.listen` from.
-    #[arg(long, short = 'c', env = "ROCKETMQ_CONFIG")]
+    /// The daemon's YAML configuration file (default: ROCKETMQ_CONFIG), to read `admin.listen`
+    /// from.
+    #[arg(long, short = 'c')]
     pub(crate) config: Option<PathBuf>,
     /// Check readiness (`/readyz`) instead of liveness (`/healthz`).
     #[arg(long)]
@@ -175,10 +179,12 @@ fn report_config_error(e: &ConfigError) {
 
 fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
-    // RUST_LOG wins over the configured level, as operators expect.
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // RUST_LOG wins over the configured level, as operators expect. An empty one is unset, as
+    // every variable is here: taken as a filter it has no directive, and turned logging off.
+    let filter = super::env_value("RUST_LOG")
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| EnvFilter::try_new(&cfg.log.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -224,7 +230,7 @@ fn thread_count(configured: WorkerThreads, cpus: impl FnOnce() -> usize) -> usiz
 /// SIGTERM and SIGINT, listened to from the moment this is built: a signal during start-up then
 /// stops the daemon in order (before any subscription has started: at once; after: with a
 /// drain) instead of killing the process with the default action.
-struct Signals {
+pub(crate) struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
@@ -232,7 +238,8 @@ struct Signals {
 }
 
 impl Signals {
-    fn new() -> Self {
+    /// Listens for SIGTERM and SIGINT; call inside a runtime.
+    pub(crate) fn new() -> Self {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
@@ -248,7 +255,7 @@ impl Signals {
     }
 
     /// The next signal, as the exit status a process killed by it would have (128 + number).
-    async fn next(&mut self) -> i32 {
+    pub(crate) async fn next(&mut self) -> u8 {
         #[cfg(unix)]
         {
             async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
@@ -309,11 +316,11 @@ fn signal_thread() -> tokio::sync::watch::Receiver<bool> {
                 // which this signal need not wait for.
                 if stop.send(true).is_err() {
                     eprintln!("rocketmq-webhook: signal after the drain, exiting without waiting for blocking work");
-                    std::process::exit(code);
+                    std::process::exit(i32::from(code));
                 }
                 let code = signals.next().await;
                 eprintln!("rocketmq-webhook: second signal, exiting without draining");
-                std::process::exit(code);
+                std::process::exit(i32::from(code));
             });
         });
     match spawned {
@@ -331,8 +338,15 @@ async fn shutdown_signal(mut stop: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// `--config`, else `ROCKETMQ_CONFIG`. Read here, not by clap: clap takes a variable set to the
+/// empty string for an empty value and refuses it, so `ROCKETMQ_CONFIG: ""` in a template
+/// failed every command, where an empty `ROCKETMQ_*` variable counts as unset.
+fn config_file(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| super::env_value("ROCKETMQ_CONFIG").map(PathBuf::from))
+}
+
 pub(crate) fn run(args: RunArgs) -> ExitCode {
-    let (cfg, plan) = match load(args.config) {
+    let (cfg, plan) = match load(config_file(args.config)) {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -356,7 +370,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
 }
 
 pub(crate) fn check_config(args: CheckConfigArgs) -> ExitCode {
-    match load(args.config) {
+    match load(config_file(args.config)) {
         Ok((cfg, _)) => {
             print_warnings(&cfg);
             print!("{}", cfg.redacted_yaml());
@@ -388,7 +402,11 @@ pub(crate) fn echo(args: EchoArgs) -> ExitCode {
 
 pub(crate) fn healthcheck(args: HealthcheckArgs) -> ExitCode {
     let path = if args.ready { "readyz" } else { "healthz" };
-    let host = match (args.admin, args.config) {
+    // Read here, as `config_file` is: an empty variable is unset, not an address.
+    let admin = args
+        .admin
+        .or_else(|| super::env_value("ROCKETMQ_ADMIN_LISTEN"));
+    let host = match (admin, config_file(args.config)) {
         (Some(admin), _) => match admin.parse::<SocketAddr>() {
             Ok(addr) => probe_address(addr).to_string(),
             Err(_) => admin,
@@ -402,7 +420,13 @@ pub(crate) fn healthcheck(args: HealthcheckArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         },
-        (None, None) => "127.0.0.1:9090".to_owned(),
+        // Variables alone (`ROCKETMQ_ADMIN__LISTEN` moves the port as well as
+        // `ROCKETMQ_ADMIN_LISTEN`); a configuration the daemon could not have started with
+        // leaves the default to probe.
+        (None, None) => match Config::load(&Sources::from_process(None)) {
+            Ok(cfg) => probe_address(cfg.admin.listen).to_string(),
+            Err(_) => "127.0.0.1:9090".to_owned(),
+        },
     };
     let url = format!("http://{host}/{path}");
     let result = runtime(WorkerThreads(1)).block_on(async {
