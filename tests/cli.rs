@@ -521,12 +521,9 @@ async fn a_tool_stops_on_sigterm_with_its_status() {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
     // The first message's line: the tool runs, with its handler in place.
-    let stdout = child.stdout.take().expect("stdout piped");
-    let first = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        tokio::io::BufReader::new(stdout).lines().next_line(),
-    )
-    .await;
+    // Kept open to the end: closed, the tool's next line would fail on the broken pipe.
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line()).await;
     assert!(
         matches!(first, Ok(Ok(Some(_)))),
         "no message sent: {first:?}"
@@ -543,4 +540,5 @@ async fn a_tool_stops_on_sigterm_with_its_status() {
         .expect("waited");
     // A process the signal killed has no code; one that handled it exits 143.
     assert_eq!(status.code(), Some(143), "{status:?}");
+    drop(lines);
 }

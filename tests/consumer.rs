@@ -1724,9 +1724,9 @@ async fn pulls_follow_the_suggested_broker_and_commit_only_at_the_master() {
             .all(|(_, flag, offset)| !commit(*flag) && *offset == 0),
         "a pull to the slave carried a commit: {pulls:?}"
     );
-    // Back to the master after each slave answer, committing there once there is progress. (A
-    // failed pull keeps its broker, so only the slave's answered suggestion is checked: no two
-    // pulls to the slave in a row.)
+    // Back to the master after each slave answer, committing there once there is progress (a
+    // failed pull from the slave goes back to the master too): no two pulls to the slave in a
+    // row.
     assert!(
         pulls.windows(2).all(|w| !(w[0].0 == "S" && w[1].0 == "S")),
         "a pull after the slave's answer did not go back to the master: {pulls:?}"

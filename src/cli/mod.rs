@@ -97,21 +97,26 @@ where
         .enable_all()
         .build()
         .map_err(|e| CliError::runtime(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let mut signals = daemon::Signals::new();
         tokio::select! {
             result = fut => result,
             code = signals.next() => Err(CliError::Signal(code)),
         }
-    })
+    });
+    // Dropped, the runtime would wait for blocking work without limit (a name server's DNS
+    // look-up), with no handler left for a second signal.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// Installs a stderr log subscriber for the tools, only when `RUST_LOG` asks for one: by default
 /// the tools print their own one-line results and nothing else.
 pub(crate) fn init_tool_logging() {
-    if std::env::var_os("RUST_LOG").is_some() {
+    // Empty is unset, as for the daemon (a template's `RUST_LOG: ""`).
+    if let Some(filter) = env_value("RUST_LOG") {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(std::io::stderr)
             .try_init();
     }

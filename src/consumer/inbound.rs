@@ -80,9 +80,11 @@ impl Forwarder {
     }
 }
 
-/// How long the connection waits for the engine's answer to a broker request; the broker
-/// (Java: 10 s for consume-directly) has usually given up before.
-const ANSWER_WAIT: Duration = Duration::from_secs(60);
+/// How long the connection waits for the engine's answer to a broker request. Java brokers
+/// wait 10 s for a client (`Broker2Client.callClient`): later answers go nowhere, and a
+/// consume-directly past that held one of its few places for a minute, so an admin who tried
+/// again got SYSTEM_BUSY.
+const ANSWER_WAIT: Duration = Duration::from_secs(15);
 
 /// Consume-directly requests run at once at most; more are answered SYSTEM_BUSY (an admin's
 /// tool, not traffic: a handful is plenty, and each holds a webhook request).
@@ -244,7 +246,11 @@ async fn answer<H: Handler>(
             // No longer than anyone waits for the answer: a delivery past that would hold one
             // of the few places for consume-directly (up to `consume_timeout`, 15 min) for an
             // answer that goes nowhere.
-            let within = shared.config.consume_timeout.min(ANSWER_WAIT);
+            // A second short of it, so that an answer at the limit still finds its waiter.
+            let within = shared
+                .config
+                .consume_timeout
+                .min(ANSWER_WAIT.saturating_sub(Duration::from_secs(1)));
             let outcome = tokio::time::timeout(within, shared.handler.handle(&batch))
                 .await
                 .ok()

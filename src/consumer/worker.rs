@@ -256,7 +256,7 @@ pub(crate) async fn run<H: Handler>(
     shared.offsets.update(&mq, start_offset, false);
     if start.unsaved {
         // Before the first pull: a crash must find this position in the store (see `Start`).
-        // Clustering pulls also carry it, but only from 1 up, and a young queue starts at 0.
+        // Clustering pulls also carry it (0 included), but only once one goes out.
         shared.persist(&mq).await;
     }
     shared.stats.set_queue(
@@ -924,11 +924,14 @@ impl<H: Handler> Worker<H> {
                 // Below the offset asked for, a message is finished or held already: a broker
                 // may answer from the start of a batch entry (5.x batch consume queues) or
                 // serve a range again. Kept, a finished one was delivered again, and in orderly
-                // mode its commit moved the queue's offset back.
+                // mode its commit moved the queue's offset back. Except a record that cannot
+                // be delivered: an inner batch kept whole carries its first offset and may
+                // span the one asked for (a start inside it), and skipped, the commit below
+                // went past its messages with none of them dead-lettered.
                 let mut kept: Vec<MessageExt> = result
                     .messages
                     .into_iter()
-                    .filter(|m| m.queue_offset >= asked)
+                    .filter(|m| m.queue_offset >= asked || m.undeliverable().is_some())
                     .filter(|m| !check_tags || filter::matches_tags(&sub, m.tags()))
                     .collect();
                 for m in &mut kept {
@@ -1790,6 +1793,24 @@ mod tests {
         w.on_pull(Ok(answer), Duration::ZERO).await;
         let queued: Vec<i64> = w.ready.take(10).iter().map(|m| m.queue_offset).collect();
         assert_eq!(queued, vec![2]);
+    }
+
+    /// Except an inner batch the decoder kept whole: it carries its first offset, and a queue
+    /// that starts inside it must still dead-letter it, not commit past its messages.
+    #[tokio::test]
+    async fn a_whole_batch_below_the_offset_asked_for_is_kept() {
+        use crate::remoting::message::sys_flag::{INNER_BATCH, NEED_UNWRAP};
+        let mut w = Worker::new(
+            testing::shared(Config::new("G_worker", "T_worker")).await,
+            queue(),
+            5,
+        );
+        let mut batch = message(3, "a");
+        batch.sys_flag |= NEED_UNWRAP | INNER_BATCH;
+        w.on_pull(Ok(found(vec![batch, message(8, "a")], 9)), Duration::ZERO)
+            .await;
+        let queued: Vec<i64> = w.ready.take(10).iter().map(|m| m.queue_offset).collect();
+        assert_eq!(queued, vec![3, 8]);
     }
 
     /// A record the decoder left whole as an inner batch it could not unwrap never reaches the
