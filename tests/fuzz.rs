@@ -388,7 +388,7 @@ const JSON_SAMPLES: &[&str] = &[
 ];
 
 /// Text for the JSON parsers: samples mutated at byte level, JSON-ish character soup, deep
-/// nesting and random bytes.
+/// nesting (open, and as keys inside keys) and random bytes.
 fn json_body() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         4 => (prop::sample::select(JSON_SAMPLES), mutations())
@@ -396,6 +396,15 @@ fn json_body() -> impl Strategy<Value = Vec<u8>> {
         2 => r#"[{}\[\]:,"'\\0-9a-zA-Z \-.eu]{0,120}"#.prop_map(String::into_bytes),
         1 => (1usize..5000, prop::sample::select(vec!["[", "{", "{{", "[{\"a\":"]))
             .prop_map(|(n, open)| open.repeat(n).into_bytes()),
+        // Closed object keys inside object keys: each level's text was escaped again by the
+        // level above, doubling it (30 levels asked for gigabytes).
+        1 => (1usize..64).prop_map(|n| {
+            let mut text = r#"{"a":1}"#.to_owned();
+            for _ in 0..n {
+                text = format!("{{{text}:1}}");
+            }
+            text.into_bytes()
+        }),
         1 => prop::collection::vec(any::<u8>(), 0..128),
     ]
 }
