@@ -8,7 +8,6 @@
 //! runs consume-directly (an endpoint call, seconds) in tasks of its own, a few at a time, so
 //! a slow endpoint never holds up a rebalance notice or an offset reset behind it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use crate::remoting::body::offset_table::write_offset_table;
 use crate::remoting::body::running_info::{ConsumeStatus, ConsumerRunningInfo, ProcessQueueInfo};
 use crate::remoting::command::RemotingCommand;
 use crate::remoting::rpc::{group_not_found_response, not_supported_response, BrokerRequest};
-use crate::remoting::{MessageQueue, RequestCode, ResponseCode};
+use crate::remoting::{RequestCode, ResponseCode};
 
 use super::engine::{lock, now_millis, Shared};
 use super::handler::{Batch, ConsumeMode, Handler, Outcome};
@@ -342,15 +341,15 @@ fn running_info<H: Handler>(shared: &Arc<Shared<H>>) -> ConsumerRunningInfo {
             ..ConsumeStatus::default()
         },
     );
-    let locks: HashMap<MessageQueue, i64> = lock(&shared.locks)
-        .iter()
-        .map(|(mq, held)| {
+    // The stats are copied out first, so their lock is not taken under the locks' one.
+    let queues = shared.stats.queues();
+    let now = now_millis();
+    let locks = lock(&shared.locks);
+    for (mq, q) in queues {
+        let last_lock_timestamp = locks.get(&mq).map_or(0, |held| {
             let age = i64::try_from(held.granted_at.elapsed().as_millis()).unwrap_or(i64::MAX);
-            (mq.clone(), now_millis().saturating_sub(age))
-        })
-        .collect();
-    for (mq, q) in shared.stats.queues() {
-        let last_lock_timestamp = locks.get(&mq).copied().unwrap_or(0);
+            now.saturating_sub(age)
+        });
         info.mq_table.insert(
             mq,
             ProcessQueueInfo {
