@@ -12,8 +12,9 @@
 //!   [`CloseReason::Aborted`] as it is dropped, so the pool replaces it;
 //! - frames without the response bit are broker-initiated requests, handed to the
 //!   [`InboundHandler`] in tasks owned by the connection task (at most
-//!   [`ConnectOptions::inbound_concurrency`] at once, further ones are answered `SYSTEM_BUSY`,
-//!   or ignored while the write queue is above its high-water mark), so a slow handler never
+//!   [`ConnectOptions::inbound_concurrency`] at once, and as many again for oneway ones;
+//!   further ones are answered `SYSTEM_BUSY`, or ignored while the write queue is above its
+//!   high-water mark), so a slow handler never
 //!   stops the reading and a peer that does not read cannot grow our memory;
 //! - dropping the last handle aborts the connection task, which drops (and so aborts) the handler
 //!   tasks it owns: no task outlives its connection.
@@ -91,7 +92,8 @@ pub struct ConnectOptions {
     pub serialize_type: SerializeType,
     /// Frames that may wait for the connection task before senders are held back.
     pub request_queue: usize,
-    /// Broker-initiated requests handled at once per connection.
+    /// Broker-initiated requests handled at once per connection; oneway ones may use as many
+    /// slots again.
     pub inbound_concurrency: usize,
     /// A connection on which nothing was read for this long, with no request awaiting an
     /// answer, is closed (Java's `clientChannelMaxIdleTimeSeconds`, 120 s). Zero keeps
@@ -752,7 +754,15 @@ impl Driver {
         let addr = &self.shared.addr;
         let oneway = command.is_oneway();
         let opaque = command.opaque;
-        if handlers.len() >= self.inbound_concurrency {
+        // A oneway request (membership notice, offset reset) gets no SYSTEM_BUSY to try again
+        // on: rejected, it is lost. It has a reserve of as many slots again, so requests that
+        // wait on slow answers never crowd it out.
+        let limit = if oneway {
+            2 * self.inbound_concurrency
+        } else {
+            self.inbound_concurrency
+        };
+        if handlers.len() >= limit {
             // Reading never stops, so without this check a peer that floods requests but does not
             // read our writes would make us queue one busy answer per request, without bound.
             // Such a peer cannot be helped by more bytes: above the high-water mark the answer is

@@ -474,6 +474,14 @@ async fn broker_requests_are_answered_with_their_opaque() {
     let busy = within(read_frame(&mut s)).await.expect("busy answer");
     assert_eq!(busy.opaque(), 82);
     assert_eq!(busy.int("code"), 2);
+    // A oneway request cannot be told to try again: it still finds a slot and is handled.
+    s.write_all(&broker_request(40, 83, true))
+        .await
+        .expect("write");
+    assert_eq!(
+        within(seen.recv()).await.expect("seen"),
+        (addr.clone(), 40, 83)
+    );
 
     // Our own calls still work while handlers hang.
     let call = conn.call_raw(tagged("mine"), STEP);

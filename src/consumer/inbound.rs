@@ -46,7 +46,7 @@ pub(crate) fn forwarder(tx: mpsc::Sender<BrokerEvent>) -> Arc<Forwarder> {
 }
 
 impl Forwarder {
-    /// Forwards `request` and waits for the engine's answer (none for oneway requests).
+    /// Forwards `request` and waits for the engine's answer; a oneway request has none to wait for.
     pub(crate) async fn forward(
         &self,
         from: String,
@@ -57,12 +57,16 @@ impl Forwarder {
         // only). The request is dropped: a request with an answer times out at the broker; a
         // oneway one (membership notice, offset reset) is lost, hence the warning.
         let code = request.code;
+        let oneway = request.is_oneway();
         let sent = self.tx.try_send(BrokerEvent {
             from: from.clone(),
             request,
             reply,
         });
         match sent {
+            // Nothing to wait for: the engine answers oneway requests with nothing, and waiting
+            // would hold one of the connection's inbound slots while the engine is busy.
+            Ok(()) if oneway => return None,
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 warn!(broker = %from, code, "Broker request dropped: too many waiting.");
@@ -389,6 +393,33 @@ mod tests {
     use crate::consumer::engine::testing;
     use crate::consumer::Config;
     use crate::remoting::ExtFields;
+
+    /// A oneway request is handed over without waiting for the engine, which answers it with
+    /// nothing: waiting would hold one of the connection's inbound slots while the engine is
+    /// busy, and a oneway request crowded out of those is lost.
+    #[tokio::test]
+    async fn a_oneway_request_is_handed_over_without_waiting() {
+        let (tx, mut events) = mpsc::channel(4);
+        let forwarder = forwarder(tx);
+        let mut request = RemotingCommand::request(
+            RequestCode::NotifyConsumerIdsChanged,
+            ExtFields::new().with("consumerGroup", "G_inbound"),
+            bytes::Bytes::new(),
+        );
+        request.set_oneway(true);
+        // Nobody answers: the engine is busy.
+        let forwarded = tokio::time::timeout(
+            Duration::from_secs(1),
+            forwarder.forward("broker".to_owned(), request),
+        )
+        .await;
+        assert!(
+            matches!(forwarded, Ok(None)),
+            "returned at once, with no answer"
+        );
+        let event = events.try_recv().expect("the request reached the engine");
+        assert!(event.request.is_oneway());
+    }
 
     /// An offset reset never waits (the requests behind it would), and a negative offset in it
     /// is left out: stored, it would read as "no offset" and the queue would restart from
