@@ -1524,12 +1524,23 @@ async fn a_later_subscription_s_unusable_offsets_fail_before_any_connects() {
             Sub::new("G_second", "T_second", "http://127.0.0.1:9/hook".to_owned())
                 .broadcasting(&blocker),
         ],
-    ));
+    ))
+    // With a JSON log, the reason for the exit is a JSON line like the rest: a collector that
+    // parses every line got the plain `rocketmq-webhook: ...` line as garbage.
+    .env("ROCKETMQ_LOG_FORMAT", "json");
     let mut daemon = Daemon::spawn(&launch);
     let status = daemon.wait_exit(Duration::from_secs(15)).await;
     let output = daemon.output();
     assert_eq!(status.code(), Some(1), "{output}");
-    assert!(output.contains(&blocker.display().to_string()), "{output}");
+    let lines: Vec<Value> = output
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().unwrap_or_else(|| panic!("no output"));
+    assert_eq!(last["level"], "ERROR", "{output}");
+    let said = last["fields"]["message"].as_str().unwrap_or_default();
+    assert!(said.contains(&blocker.display().to_string()), "{output}");
     assert_never_connected(
         &namesrv,
         "the first subscription connected before the second's offsets were found unusable",

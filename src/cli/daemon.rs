@@ -288,7 +288,7 @@ impl Signals {
 /// exit shuts that runtime down and then waits up to [`daemon::BLOCKING_SHUTDOWN`] for blocking
 /// work (an offsets write on a hung volume), and a task would be gone by then, leaving the
 /// signal unheard. Returns once the signals are registered, so none is lost from then on.
-fn signal_thread() -> tokio::sync::watch::Receiver<bool> {
+fn signal_thread(last_words: LastWords) -> tokio::sync::watch::Receiver<bool> {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let (registered, wait_registered) = std::sync::mpsc::sync_channel(1);
     let spawned = std::thread::Builder::new()
@@ -315,11 +315,12 @@ fn signal_thread() -> tokio::sync::watch::Receiver<bool> {
                 // No receiver left: the daemon has drained and only waits for blocking work,
                 // which this signal need not wait for.
                 if stop.send(true).is_err() {
-                    eprintln!("rocketmq-webhook: signal after the drain, exiting without waiting for blocking work");
+                    last_words
+                        .say("signal after the drain, exiting without waiting for blocking work");
                     std::process::exit(i32::from(code));
                 }
                 let code = signals.next().await;
-                eprintln!("rocketmq-webhook: second signal, exiting without draining");
+                last_words.say("second signal, exiting without draining");
                 std::process::exit(i32::from(code));
             });
         });
@@ -355,7 +356,8 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
     for warning in cfg.warnings() {
         tracing::warn!(%warning, "Configuration warning.");
     }
-    let stop = signal_thread();
+    let last_words = LastWords(cfg.log.format);
+    let stop = signal_thread(last_words);
     let runtime = runtime(cfg.worker_threads);
     let outcome = runtime.block_on(daemon::run(plan, shutdown_signal(stop)));
     // Blocking work still running would otherwise hold the exit for as long as it hangs.
@@ -363,8 +365,33 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rocketmq-webhook: {e}");
+            last_words.say(&e.to_string());
             ExitCode::from(1)
+        }
+    }
+}
+
+/// How the daemon's last line is written once logging has started: as a log record when the
+/// log is JSON, so that a collector parsing every line as JSON gets the reason for the exit too
+/// (whatever the level: it is the last thing said); as the plain `rocketmq-webhook: ...` line
+/// otherwise, as before logging started.
+#[derive(Debug, Clone, Copy)]
+struct LastWords(config::LogFormat);
+
+impl LastWords {
+    fn say(self, text: &str) {
+        match self.0 {
+            config::LogFormat::Json => {
+                let line = serde_json::json!({
+                    "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now())
+                        .to_string(),
+                    "level": "ERROR",
+                    "fields": { "message": text },
+                    "target": "rocketmq_webhook",
+                });
+                eprintln!("{line}");
+            }
+            config::LogFormat::Pretty => eprintln!("rocketmq-webhook: {text}"),
         }
     }
 }
