@@ -241,6 +241,21 @@ impl ClientError {
         }
     }
 
+    /// The `error_type` label of the consumer's error counter: `timeout` (no answer in time),
+    /// `network`, `broker` (the peer answered with an error) or `other`. From the variant, not
+    /// the text: a timeout's text names neither, and a broker's remark may name anything.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::Timeout { .. } => "timeout",
+            Self::NoNameServer { last, .. } => last.error_type(),
+            _ => match self.origin() {
+                Origin::Network => "network",
+                Origin::Broker => "broker",
+                Origin::Protocol | Origin::Config => "other",
+            },
+        }
+    }
+
     /// The peer address this error is about, if it is about one peer.
     pub fn addr(&self) -> Option<&str> {
         match self {
@@ -297,6 +312,25 @@ mod tests {
             })),
         };
         assert_eq!(malformed.origin(), Origin::Protocol);
+        assert_eq!(malformed.error_type(), "other");
+        assert_eq!(closed.error_type(), "network");
+        let timeout = ClientError::Timeout {
+            addr: "broker-a:10911".into(),
+            code: RequestCode::PullMessage,
+            after: Duration::from_secs(30),
+        };
+        assert_eq!(timeout.error_type(), "timeout");
+        let none_answered = ClientError::NoNameServer {
+            addrs: vec!["ns:9876".into()],
+            last: Box::new(timeout),
+        };
+        assert_eq!(none_answered.error_type(), "timeout");
+        let busy = ClientError::Broker {
+            addr: "b:1".into(),
+            code: ResponseCode::SystemBusy,
+            remark: Some("[TIMEOUT_CLEAN_QUEUE]broker busy".into()),
+        };
+        assert_eq!(busy.error_type(), "broker");
 
         let busy = ClientError::from_response(
             "b:2",

@@ -175,6 +175,16 @@ pub enum ProducerError {
 }
 
 impl ProducerError {
+    /// The `error_type` label of the consumer's error counter (see [`ClientError::error_type`]).
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::Client(e) => e.error_type(),
+            Self::RouteTimeout { .. } => "timeout",
+            Self::NoWritableQueue { .. } | Self::NoBroker { .. } => "broker",
+            Self::InvalidMessage { .. } | Self::Encode { .. } => "other",
+        }
+    }
+
     /// Whether the same call may succeed later.
     pub fn is_retriable(&self) -> bool {
         match self {

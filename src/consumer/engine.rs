@@ -245,8 +245,8 @@ impl<H: Handler> Shared<H> {
         [&self.config.group, &self.config.topic]
     }
 
-    pub(crate) fn count_error(&self, stage: &str, err: &dyn std::fmt::Display) {
-        let kind = error_type(&err.to_string());
+    /// Counts an error of `stage`, of the `error_type` its error's `error_type()` says.
+    pub(crate) fn count_error(&self, stage: &str, kind: &'static str) {
         self.metrics
             .errors
             .with_label_values(&[&self.config.group, &self.config.topic, kind, stage])
@@ -353,7 +353,7 @@ impl<H: Handler> Shared<H> {
                 }
                 Err(e) => {
                     outcome.main_ok = false;
-                    self.count_error("route", &e);
+                    self.count_error("route", e.error_type());
                     warn!(group = %self.group(), %topic, error = %e, "Route refresh failed.");
                 }
             }
@@ -421,7 +421,7 @@ impl<H: Handler> Shared<H> {
                     self.heartbeat_taken.store(true, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    self.count_error("heartbeat", &e);
+                    self.count_error("heartbeat", e.error_type());
                     warn!(group = %self.group(), broker = %addr, error = %e, "Heartbeat failed.");
                 }
             }
@@ -553,7 +553,7 @@ impl<H: Handler> Shared<H> {
                         true
                     }
                     Err(e) => {
-                        self.count_error("offset", &e);
+                        self.count_error("offset", e.error_type());
                         warn!(group = %self.group(), queue = %mq, offset, error = %e, "Offset persist failed.");
                         false
                     }
@@ -639,7 +639,7 @@ impl<H: Handler> Shared<H> {
                 .with_label_values(&self.labels())
                 .inc(),
             Ok(Err(e)) => {
-                self.count_error("offset", &e);
+                self.count_error("offset", "other");
                 warn!(group = %self.group(), error = %e, "Writing the local offset file failed.");
             }
             Err(e) => warn!(group = %self.group(), error = %e, "Offset writer task failed."),
@@ -874,7 +874,7 @@ impl<H: Handler> Shared<H> {
                 granted
             }
             Err(e) => {
-                self.count_error("lock", &e);
+                self.count_error("lock", e.error_type());
                 warn!(group = %self.group(), broker = %broker_name, error = %e, "Locking queues failed.");
                 Vec::new()
             }
@@ -923,20 +923,6 @@ impl<H: Handler> Shared<H> {
 
     pub(crate) fn is_orderly_clustering(&self) -> bool {
         self.config.mode == ConsumeMode::Orderly && self.config.model == Model::Clustering
-    }
-}
-
-/// A coarse, low-cardinality error type label from an error's text.
-fn error_type(text: &str) -> &'static str {
-    let t = text.to_ascii_lowercase();
-    if t.contains("timed out") || t.contains("timeout") {
-        "timeout"
-    } else if t.contains("connect") || t.contains("closed") || t.contains("i/o") {
-        "network"
-    } else if t.contains("answered") || t.contains("broker") {
-        "broker"
-    } else {
-        "other"
     }
 }
 

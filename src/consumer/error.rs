@@ -30,6 +30,14 @@ pub enum ConsumerError {
 }
 
 impl ConsumerError {
+    /// The `error_type` label of the error counter (see [`ClientError::error_type`]).
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::Client(e) => e.error_type(),
+            Self::OffsetStore(_) | Self::Invalid { .. } | Self::NoBrokerAddress { .. } => "other",
+        }
+    }
+
     /// Whether the failed step may succeed when retried later (the engine retries these on its
     /// own schedule; the others need an operator).
     pub fn is_retriable(&self) -> bool {

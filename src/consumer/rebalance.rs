@@ -268,7 +268,7 @@ impl<H: Handler> Rebalancer<H> {
                     changed = true;
                 }
                 Err(e) => {
-                    shared.count_error("rebalance", &e);
+                    shared.count_error("rebalance", e.error_type());
                     warn!(group = %shared.group(), queue = %mq, error = %e, "Cannot compute the start offset; retrying soon.");
                     // Nobody renews a lock of a queue without a worker: left to lapse, it
                     // would hold off another member the allocation moves the queue to.
@@ -327,7 +327,7 @@ impl<H: Handler> Rebalancer<H> {
                     return Some(ids);
                 }
                 Err(e) => {
-                    self.shared.count_error("rebalance", &e);
+                    self.shared.count_error("rebalance", e.error_type());
                     debug!(broker = %addr, error = %e, "Consumer list unavailable.");
                 }
             }
@@ -364,8 +364,7 @@ impl<H: Handler> Rebalancer<H> {
             .is_some_and(|(_, active_id)| *active_id == id)
         {
             self.active.remove(&mq);
-            self.shared
-                .count_error("rebalance", &"worker ended while assigned");
+            self.shared.count_error("rebalance", "other");
             let now = Instant::now();
             let crashes = self.crashes.entry(mq.clone()).or_insert(Crashes {
                 count: 0,

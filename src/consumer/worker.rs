@@ -897,7 +897,7 @@ impl<H: Handler> Worker<H> {
                 if needs_heartbeat(&e) {
                     self.shared.heartbeat_now.notify_one();
                 }
-                self.shared.count_error("pull", &e);
+                self.shared.count_error("pull", e.error_type());
                 // A slave the master suggested that fails (gone, refusing): the next pull goes
                 // to the master, which suggests a slave again if the queue still lags. Java
                 // keeps asking the slave until the route drops it, minutes for a dead one.
@@ -1296,7 +1296,7 @@ async fn settle_undeliverable<H: Handler>(
     for msg in undeliverable {
         let why = msg.undeliverable().unwrap_or("it cannot be decoded");
         warn!(group = %shared.group(), queue = %mq, offset = msg.queue_offset, msg_id = %LogId(&msg.msg_id()), sys_flag = format_args!("{:#x}", msg.sys_flag), stored_body_bytes = msg.body.len(), "Message cannot be delivered: {why}; moving it to the DLQ.");
-        shared.count_error("decode", &"undeliverable message");
+        shared.count_error("decode", "other");
         if shared.config.model == Model::Broadcasting {
             give_up(shared, &msg, why, done);
         } else {
@@ -1354,7 +1354,7 @@ async fn dead_letter<H: Handler>(
         Ok(()) => return true,
         Err(e) => e,
     };
-    shared.count_error("send_back", &refused);
+    shared.count_error("send_back", refused.error_type());
     // A record that cannot be decoded has no body a copy could carry: only the broker's own
     // copy of the stored record keeps it (flags included).
     if msg.undeliverable().is_some() {
@@ -1367,7 +1367,7 @@ async fn dead_letter<H: Handler>(
             true
         }
         Err(e) => {
-            shared.count_error("send_back", &e);
+            shared.count_error("send_back", e.error_type());
             warn!(msg_id = %LogId(&msg.msg_id()), error = %refused, fallback_error = %e, "DLQ send-back and its fallback failed; trying again later.");
             false
         }
@@ -1404,7 +1404,7 @@ async fn settle_retry<H: Handler>(
         }
         Err(e) => e,
     };
-    shared.count_error("send_back", &refused);
+    shared.count_error("send_back", refused.error_type());
     // Java's fallback: publish the retry ourselves. Stored, it is the broker's like a
     // send-back, so the message is finished here.
     match shared.republish_retry(&msg, delay_level).await {
@@ -1413,7 +1413,7 @@ async fn settle_retry<H: Handler>(
             done.finished.push(msg.queue_offset);
         }
         Err(e) => {
-            shared.count_error("send_back", &e);
+            shared.count_error("send_back", e.error_type());
             warn!(msg_id = %LogId(&msg.msg_id()), error = %refused, fallback_error = %e, "Send-back and its fallback failed; consuming the message again locally in 5 s.");
             done.hand_back_failed = true;
             retry_locally(msg, done);
