@@ -207,8 +207,18 @@ impl Stats {
         let retried = self.retried.load(Ordering::Relaxed);
         let dropped = self.dropped.load(Ordering::Relaxed);
         let (avg, p50, p99, max) = {
-            let w = lock(&self.latency);
-            let mut v: Vec<Duration> = w.recent.iter().copied().collect();
+            // Copied under the lock and sorted after it: every batch records into it, and a
+            // status page polled often would hold them up for each sort.
+            let (mut v, avg, max) = {
+                let w = lock(&self.latency);
+                let v: Vec<Duration> = w.recent.iter().copied().collect();
+                let avg = if w.count == 0 {
+                    0.0
+                } else {
+                    ms(w.total) / w.count as f64
+                };
+                (v, avg, ms(w.max))
+            };
             v.sort_unstable();
             let pct = |p: f64| -> f64 {
                 if v.is_empty() {
@@ -217,12 +227,7 @@ impl Stats {
                 let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
                 ms(v[idx.min(v.len() - 1)])
             };
-            let avg = if w.count == 0 {
-                0.0
-            } else {
-                ms(w.total) / w.count as f64
-            };
-            (avg, pct(0.50), pct(0.99), ms(w.max))
+            (avg, pct(0.50), pct(0.99), max)
         };
         let now_sec = self.started.elapsed().as_secs();
         let tps = {
