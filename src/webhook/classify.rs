@@ -372,8 +372,14 @@ fn body_outcomes(body: &[u8], ids: MessageIds<'_>) -> (Vec<Outcome>, Option<&'st
     if !body.starts_with(b"{") {
         return (all(Outcome::Success), None);
     }
-    let Ok(Value::Object(root)) = serde_json::from_slice::<Value>(body) else {
-        return unreadable("the answer starts with `{` but is not one JSON object");
+    let root = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(root)) => root,
+        // JSON that breaks off was cut, not written wrong: an answer without a length ends
+        // where its connection closes (HTTP/1.0, or `Connection: close` without one), so an
+        // endpoint that dies mid-answer looks like one that finished. The part not read may
+        // have said RETRY: nothing is acknowledged, as for JSON cut at the 1 MiB read.
+        Err(e) if e.is_eof() => return (all(Outcome::Retry { delay_level: None }), None),
+        _ => return unreadable("the answer starts with `{` but is not one JSON object"),
     };
     match field(&root, "statuses") {
         Some(Value::Array(entries)) => return (per_message(entries, ids), None),
@@ -903,7 +909,6 @@ mod tests {
         for body in [
             "{not json",
             "{'status': 'SUCCESS'}",
-            r#"{"status": "SUCCESS""#,
             r#"{"statuses": {"A": "SUCCESS", "B": "SUCCESS"}}"#,
             r#"{"statuses": "SUCCESS"}"#,
             r#"{"status": 1}"#,
@@ -918,6 +923,24 @@ mod tests {
             assert!(answer.healthy, "{body}");
         }
         assert_eq!(classify(200, &HeaderMap::new(), "{}", &ids).unread, None);
+    }
+
+    /// JSON that breaks off was cut (an answer without a length ends where its connection
+    /// closes, so an endpoint dying mid-answer looks finished): what was not read may have said
+    /// RETRY, so nothing is acknowledged, even what the part read said SUCCESS for.
+    #[test]
+    fn json_that_breaks_off_is_retried() {
+        let ids = ["A", "B"];
+        for body in [
+            r#"{"statuses":[{"id":"A","status":"SUCCESS"},{"id":"B","status":"RE"#,
+            r#"{"statuses":[{"id":"A","status":"SUCCESS"}"#,
+            r#"{"status": "SUCCESS""#,
+            "{",
+        ] {
+            let answer = classify(200, &HeaderMap::new(), body, &ids);
+            assert_eq!(answer.outcomes, vec![RETRY; 2], "{body}");
+            assert_eq!(answer.unread, None, "{body}");
+        }
     }
 
     /// A compressed answer's RETRY is read (servers may compress though asked for `identity`);

@@ -324,6 +324,32 @@ async fn a_request_cut_off_after_it_was_written_is_retried() {
     server.abort();
 }
 
+/// An answer without a length ends where its connection closes, so an endpoint that dies in
+/// the middle of its JSON looks to HTTP like one that finished: the JSON that breaks off is
+/// what tells, and nothing in it is acknowledged, not even the SUCCESS the part read says.
+#[tokio::test]
+async fn an_endpoint_dying_mid_answer_is_retried() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut buf = [0_u8; 4096];
+            let _ = tcp.read(&mut buf).await;
+            let _ = tcp
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-type: application/json\r\n\r\n\
+                      {\"statuses\":[{\"id\":\"A\",\"status\":\"SUCCESS\"},{\"id\":\"B\",\"status\":\"RE",
+                )
+                .await;
+        }
+    });
+    let webhook = Webhook::new(options(format!("http://{addr}/hook"))).unwrap();
+    let outcomes = handle(&webhook, &batch(&["A", "B"], ConsumeMode::Concurrent)).await;
+    assert_eq!(outcomes, vec![RETRY; 2]);
+    server.abort();
+}
+
 /// ... and not even as the probe of an open circuit: a crash on the probe is the message's
 /// failure too, or the message would be offered once per open period forever.
 #[tokio::test]
