@@ -327,8 +327,14 @@ fn decoded_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Decoded<'a> {
     }
     let limit = u64::try_from(super::MAX_ANSWER_BYTES).unwrap_or(u64::MAX);
     let mut out = Vec::new();
-    // An empty body has nothing to inflate, whatever the header says.
-    let read = if body.is_empty() || coding.is_empty() || coding.eq_ignore_ascii_case("identity") {
+    // An empty body has nothing to inflate, whatever the header says; nor has JSON text, which
+    // no gzip or zlib stream starts with (a proxy that labels what it did not compress): read
+    // as it is, its RETRY counts, where "does not inflate" would have acknowledged it.
+    let read = if body.is_empty()
+        || coding.is_empty()
+        || coding.eq_ignore_ascii_case("identity")
+        || json_text(body).starts_with(b"{")
+    {
         return Decoded::Body(std::borrow::Cow::Borrowed(body));
     } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
         // Every member: a gzip stream may be several, and the first alone may cut the JSON.
@@ -986,6 +992,12 @@ mod tests {
             Decoded::Unreadable(_)
         ));
         assert_eq!(answer("gzip", b"").unread, None);
+        // JSON labelled compressed but sent plain (a proxy's header) is read as it is.
+        for coding in ["gzip", "deflate", "br"] {
+            let a = answer(coding, json);
+            assert_eq!(a.outcomes, vec![Outcome::Success, RETRY], "{coding}");
+            assert_eq!(a.unread, None, "{coding}");
+        }
         for (coding, body) in [
             ("br", &gzip[..]),
             ("gzip, br", &gzip[..]),
