@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -388,6 +388,7 @@ struct WebhookFamilies {
     /// Built by hand at each scrape from the webhook's own buckets, so only described here.
     duration: Desc,
     circuit: IntGaugeVec,
+    pause: GaugeVec,
     in_flight: IntGaugeVec,
     waiting: IntGauge,
 }
@@ -418,6 +419,14 @@ impl WebhookFamilies {
                 Opts::new(
                     names::WEBHOOK_CIRCUIT_STATE,
                     "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+                ),
+                &labels,
+            )
+            .expect("valid metric"),
+            pause: GaugeVec::new(
+                Opts::new(
+                    names::WEBHOOK_PAUSE_SECONDS,
+                    "Seconds left of the endpoint's Retry-After pause (0 when there is none).",
                 ),
                 &labels,
             )
@@ -455,6 +464,7 @@ impl Collector for WebhookCollector {
         let mut d = f.requests.desc();
         d.push(&f.duration);
         d.extend(f.circuit.desc());
+        d.extend(f.pause.desc());
         d.extend(f.in_flight.desc());
         d.extend(f.waiting.desc());
         d
@@ -477,6 +487,9 @@ impl Collector for WebhookCollector {
             f.circuit
                 .with_label_values(&[group, topic])
                 .set(hook.circuit_state().gauge_value());
+            f.pause
+                .with_label_values(&[group, topic])
+                .set(hook.paused_for().as_secs_f64());
             f.in_flight
                 .with_label_values(&[group, topic])
                 .set(stats.in_flight());
@@ -491,6 +504,7 @@ impl Collector for WebhookCollector {
         duration.set_metric(durations);
         out.push(duration);
         out.extend(f.circuit.collect());
+        out.extend(f.pause.collect());
         out.extend(f.in_flight.collect());
         out.extend(f.waiting.collect());
         out
@@ -598,6 +612,8 @@ impl crate::admin::StatusSource for DaemonStatus {
                     "ready": s.probe.is_ready(),
                     "failure": s.probe.failure(),
                     "circuit": s.webhook.circuit_state().as_str(),
+                    "pause_left_ms": u64::try_from(s.webhook.paused_for().as_millis())
+                        .unwrap_or(u64::MAX),
                     "stats": s.probe.stats(),
                 })
             })

@@ -57,6 +57,8 @@ pub mod names {
     pub const WEBHOOK_REQUESTS_WAITING: &str = "rocketmq_webhook_webhook_requests_waiting";
     /// Circuit breaker state: 0 closed, 1 half-open, 2 open.
     pub const WEBHOOK_CIRCUIT_STATE: &str = "rocketmq_webhook_webhook_circuit_state";
+    /// Seconds left of the endpoint's `Retry-After` pause (0 when there is none).
+    pub const WEBHOOK_PAUSE_SECONDS: &str = "rocketmq_webhook_webhook_pause_seconds";
     /// Constant 1 with the version as a label.
     pub const BUILD_INFO: &str = "rocketmq_webhook_build_info";
 }

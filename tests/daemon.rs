@@ -724,7 +724,7 @@ async fn retry_after_pauses_without_spending_a_reconsume_attempt() {
     let counter = Arc::clone(&answered);
     receiver.respond(move |_| {
         if counter.fetch_add(1, Ordering::SeqCst) == 0 {
-            Reply::status(429).with_header("Retry-After", "2")
+            Reply::status(429).with_header("Retry-After", "5")
         } else {
             Reply::ok()
         }
@@ -735,6 +735,25 @@ async fn retry_after_pauses_without_spending_a_reconsume_attempt() {
     )))
     .await;
     let sent = produce(&mq, &topic, &["slow-down-0"]).await;
+
+    // While the pause lasts, the metrics and /status say so (the circuit alone read "closed").
+    receiver
+        .wait_until(Duration::from_secs(60), "the throttled request", |r| {
+            !r.is_empty()
+        })
+        .await;
+    let text = daemon.metrics().await;
+    let pause = metric(
+        &text,
+        "rocketmq_webhook_webhook_pause_seconds",
+        &[("consumer_group", &group)],
+    );
+    assert!(pause > 0.0 && pause <= 5.0, "{text}");
+    let status = daemon.status().await;
+    let left = status["subscriptions"][0]["pause_left_ms"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(left > 0 && left <= 5000, "{status}");
 
     let requests = receiver
         .wait_until(Duration::from_secs(60), "a second request", |r| {
@@ -756,8 +775,8 @@ async fn retry_after_pauses_without_spending_a_reconsume_attempt() {
     assert_eq!(delivered[1]["msgId"], json!(sent[0].msg_id));
     let gap = requests[1].at - requests[0].at;
     assert!(
-        gap >= Duration::from_millis(1900),
-        "Retry-After: 2 was not honoured: the next request came {gap:?} later"
+        gap >= Duration::from_millis(4900),
+        "Retry-After: 5 was not honoured: the next request came {gap:?} later"
     );
     // The throttled delivery was deferred, not sent back for a retry.
     let text = wait_metrics(&daemon, Duration::from_secs(10), "one success", |t| {

@@ -138,6 +138,12 @@ impl Breaker {
         }
     }
 
+    /// How long the `Retry-After` pause has left at `now` (zero when there is none).
+    pub fn paused_for(&self, now: Instant) -> Duration {
+        self.paused_until
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
+    }
+
     /// Decides whether a request may go out at `now`.
     pub fn admit(&mut self, now: Instant) -> Admission {
         let paused = self

@@ -430,6 +430,12 @@ impl Webhook {
         self.inner.breaker().state(Instant::now())
     }
 
+    /// How long the endpoint's `Retry-After` pause has left (zero when there is none). The
+    /// circuit state does not show it: a paused endpoint's circuit stays closed.
+    pub fn paused_for(&self) -> Duration {
+        self.inner.breaker().paused_for(Instant::now())
+    }
+
     /// The delivery format.
     pub fn format(&self) -> Format {
         self.inner.encoder.format()

@@ -237,7 +237,13 @@ async fn retry_after_defers_without_spending_attempts() {
     );
     assert_eq!(server.seen().len(), 1);
     assert_eq!(webhook.stats().requests(stats::RequestClass::NotSent), 1);
+    // The circuit stays closed: only the pause says why nothing is sent.
     assert_eq!(webhook.circuit_state(), CircuitState::Closed);
+    let left = webhook.paused_for();
+    assert!(
+        left > Duration::from_secs(25) && left <= Duration::from_secs(30),
+        "{left:?}"
+    );
 }
 
 #[tokio::test]
