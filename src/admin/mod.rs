@@ -83,8 +83,12 @@ async fn status_handler(State(state): State<AppState>) -> Response {
 }
 
 /// How long a request may take to send its headers. Also closes an idle keep-alive connection
-/// after as long, since hyper reads the next request's head from then on.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// after as long, since hyper reads the next request's head from then on. Short: a probe or a
+/// scrape sends its head at once, and a client holding [`MAX_CONNECTIONS`] silent connections
+/// makes the kubelet's probes wait in the backlog, past their timeout (3 s in the manifests),
+/// until a healthy pod is restarted. A scraper's kept-alive connection closing between scrapes
+/// costs a connect per scrape.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a write to a client may wait for the client to read. A scrape of even a large
 /// registry fits the socket buffers; a client that asks and never reads would otherwise hold its
