@@ -742,18 +742,36 @@ async fn retry_after_pauses_without_spending_a_reconsume_attempt() {
             !r.is_empty()
         })
         .await;
-    let text = daemon.metrics().await;
-    let pause = metric(
-        &text,
-        "rocketmq_webhook_webhook_pause_seconds",
-        &[("consumer_group", &group)],
-    );
-    assert!(pause > 0.0 && pause <= 5.0, "{text}");
-    let status = daemon.status().await;
-    let left = status["subscriptions"][0]["pause_left_ms"]
-        .as_u64()
-        .unwrap_or(0);
-    assert!(left > 0 && left <= 5000, "{status}");
+    // The receiver records a request before it answers: the daemon may not have read the
+    // 429 yet, so each is awaited rather than read once.
+    let pause = |t: &str| {
+        metric(
+            t,
+            "rocketmq_webhook_webhook_pause_seconds",
+            &[("consumer_group", &group)],
+        )
+    };
+    let text = wait_metrics(&daemon, Duration::from_secs(4), "the pause", |t| {
+        pause(t) > 0.0
+    })
+    .await;
+    assert!(pause(&text) <= 5.0, "{text}");
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        let status = daemon.status().await;
+        let left = status["subscriptions"][0]["pause_left_ms"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(left <= 5000, "{status}");
+        if left > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/status never showed the pause: {status}"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
 
     let requests = receiver
         .wait_until(Duration::from_secs(60), "a second request", |r| {

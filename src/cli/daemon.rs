@@ -201,7 +201,7 @@ fn init_logging(cfg: &Config) {
 /// `block_on` on a thread of its own. The two measured the same CPU per message within the
 /// benchmark's spread; the saving of the one-thread default comes from having one thread, not
 /// from the scheduler (docs/performance.md, "One thread by default").
-fn runtime(worker_threads: WorkerThreads) -> tokio::runtime::Runtime {
+fn runtime(worker_threads: WorkerThreads, last_words: LastWords) -> tokio::runtime::Runtime {
     let threads = thread_count(worker_threads, || {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
@@ -213,7 +213,7 @@ fn runtime(worker_threads: WorkerThreads) -> tokio::runtime::Runtime {
         b
     };
     builder.enable_all().build().unwrap_or_else(|e| {
-        eprintln!("rocketmq-webhook: cannot start the async runtime: {e}");
+        last_words.say(&format!("cannot start the async runtime: {e}"));
         std::process::exit(1)
     })
 }
@@ -300,7 +300,7 @@ fn signal_thread(last_words: LastWords) -> tokio::sync::watch::Receiver<bool> {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("rocketmq-webhook: cannot listen for signals: {e}");
+                    last_words.say(&format!("cannot listen for signals: {e}"));
                     return;
                 }
             };
@@ -327,7 +327,7 @@ fn signal_thread(last_words: LastWords) -> tokio::sync::watch::Receiver<bool> {
     match spawned {
         // An error: the thread ended without registering (said why on stderr).
         Ok(_) => drop(wait_registered.recv()),
-        Err(e) => eprintln!("rocketmq-webhook: cannot start the signal thread: {e}"),
+        Err(e) => last_words.say(&format!("cannot start the signal thread: {e}")),
     }
     stop_rx
 }
@@ -357,8 +357,19 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         tracing::warn!(%warning, "Configuration warning.");
     }
     let last_words = LastWords(cfg.log.format);
+    if matches!(cfg.log.format, config::LogFormat::Json) {
+        // A panic's plain text would be the one line a JSON collector cannot parse. The
+        // default hook's backtrace is given up for it (RUST_BACKTRACE is not read).
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            last_words.say(&format!(
+                "thread '{}' {info}",
+                thread.name().unwrap_or("<unnamed>")
+            ));
+        }));
+    }
     let stop = signal_thread(last_words);
-    let runtime = runtime(cfg.worker_threads);
+    let runtime = runtime(cfg.worker_threads, last_words);
     let outcome = runtime.block_on(daemon::run(plan, shutdown_signal(stop)));
     // Blocking work still running would otherwise hold the exit for as long as it hangs.
     runtime.shutdown_timeout(daemon::BLOCKING_SHUTDOWN);
@@ -371,10 +382,10 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-/// How the daemon's last line is written once logging has started: as a log record when the
-/// log is JSON, so that a collector parsing every line as JSON gets the reason for the exit too
-/// (whatever the level: it is the last thing said); as the plain `rocketmq-webhook: ...` line
-/// otherwise, as before logging started.
+/// How the daemon's own stderr lines are written once logging has started (the reason for an
+/// exit, a failed signal listener, a panic): as a log record when the log is JSON, so that a
+/// collector parsing every line as JSON gets them too (whatever the level: they are rare and
+/// matter); as the plain `rocketmq-webhook: ...` line otherwise, as before logging started.
 #[derive(Debug, Clone, Copy)]
 struct LastWords(config::LogFormat);
 
@@ -408,13 +419,11 @@ pub(crate) fn check_config(args: CheckConfigArgs) -> ExitCode {
 }
 
 pub(crate) fn echo(args: EchoArgs) -> ExitCode {
-    let result = runtime(WorkerThreads(0)).block_on(rocketmq_webhook::echo::serve(
-        args.listen,
-        args.status,
-        async {
+    let result = runtime(WorkerThreads(0), LastWords(config::LogFormat::Pretty)).block_on(
+        rocketmq_webhook::echo::serve(args.listen, args.status, async {
             Signals::new().next().await;
-        },
-    ));
+        }),
+    );
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -456,7 +465,7 @@ pub(crate) fn healthcheck(args: HealthcheckArgs) -> ExitCode {
         },
     };
     let url = format!("http://{host}/{path}");
-    let result = runtime(WorkerThreads(1)).block_on(async {
+    let result = runtime(WorkerThreads(1), LastWords(config::LogFormat::Pretty)).block_on(async {
         // The probe is local: a container's HTTP_PROXY (for its egress) must not carry it.
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(3))

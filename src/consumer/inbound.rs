@@ -3,10 +3,11 @@
 //! and status come from the engine's state, consume-directly runs the handler once.
 //!
 //! The connection task hands each request to a [`Forwarder`], which passes it over a bounded
-//! channel to the engine's inbound task and waits for the answer; the connection is never
-//! blocked by engine work. The inbound task answers the quick requests itself, in order, and
-//! runs consume-directly (an endpoint call, seconds) in tasks of its own, a few at a time, so
-//! a slow endpoint never holds up a rebalance notice or an offset reset behind it.
+//! channel to the engine's inbound task and waits for the answer (a oneway request has none to
+//! wait for); the connection is never blocked by engine work. The inbound task answers the
+//! quick requests itself, in order, and runs consume-directly (an endpoint call, seconds) in
+//! tasks of its own, a few at a time, so a slow endpoint never holds up a rebalance notice or
+//! an offset reset behind it.
 
 use std::sync::Arc;
 use std::time::Duration;

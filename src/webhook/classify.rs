@@ -192,6 +192,9 @@ pub struct Answer {
     /// Why a success-class body that looked like JSON could not be read (for the log; its
     /// messages count as accepted, as Dapr counts them).
     pub unread: Option<&'static str>,
+    /// A success-class body was JSON that breaks off (for the log; its messages retry): the
+    /// endpoint stopped mid-answer, or its `Content-Length` was short.
+    pub broke_off: bool,
 }
 
 impl Answer {
@@ -201,6 +204,7 @@ impl Answer {
             healthy,
             pause: None,
             unread: None,
+            broke_off: false,
         }
     }
 }
@@ -267,24 +271,30 @@ pub fn classify_response(
                 healthy: status != 503,
                 pause: Some(after),
                 unread: None,
+                broke_off: false,
             };
         }
     }
     match classes.verdict(status) {
         Verdict::Success => {
-            let (outcomes, unread) = match decoded_body(headers, body) {
+            let (outcomes, unread, broke_off) = match decoded_body(headers, body) {
                 Decoded::Body(body) => body_outcomes(&body, ids),
                 // As for JSON that cannot be read: the 2xx stands, and the reason is logged.
-                Decoded::Unreadable(reason) => (vec![Outcome::Success; count], Some(reason)),
+                Decoded::Unreadable(reason) => (vec![Outcome::Success; count], Some(reason), false),
                 // As for a plain JSON answer over 1 MiB (`Inner::send`): the part not read may
                 // have said RETRY, so nothing is acknowledged.
-                Decoded::CutJson => (vec![Outcome::Retry { delay_level: None }; count], None),
+                Decoded::CutJson => (
+                    vec![Outcome::Retry { delay_level: None }; count],
+                    None,
+                    true,
+                ),
             };
             Answer {
                 outcomes,
                 healthy,
                 pause: None,
                 unread,
+                broke_off,
             }
         }
         Verdict::Retry => Answer::uniform(Outcome::Retry { delay_level: None }, count, healthy),
@@ -365,18 +375,18 @@ fn decoded_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Decoded<'a> {
 }
 
 /// Outcomes of a success-class answer, refined by its JSON body when it has one; the reason
-/// when the body looked like JSON but could not be read.
-fn body_outcomes(body: &[u8], ids: MessageIds<'_>) -> (Vec<Outcome>, Option<&'static str>) {
+/// when the body looked like JSON but could not be read; whether its JSON broke off.
+fn body_outcomes(body: &[u8], ids: MessageIds<'_>) -> (Vec<Outcome>, Option<&'static str>, bool) {
     let all = |outcome: Outcome| vec![outcome; ids.msg_ids.len()];
     // A body that starts with `{` but cannot be read (not JSON, a `status` that is a number)
     // acknowledges every message, as Dapr does: REST endpoints commonly answer
     // `{"status": 200}`, and retrying those would send every message they took to the DLQ. The
     // reason goes to the log, so an endpoint whose RETRY we cannot read is found there.
-    let unreadable = |reason| (all(Outcome::Success), Some(reason));
+    let unreadable = |reason| (all(Outcome::Success), Some(reason), false);
     // Cheap pre-check: most endpoints answer with an empty body or plain text.
     let body = json_text(body);
     if !body.starts_with(b"{") {
-        return (all(Outcome::Success), None);
+        return (all(Outcome::Success), None, false);
     }
     let root = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(root)) => root,
@@ -384,20 +394,22 @@ fn body_outcomes(body: &[u8], ids: MessageIds<'_>) -> (Vec<Outcome>, Option<&'st
         // where its connection closes (HTTP/1.0, or `Connection: close` without one), so an
         // endpoint that dies mid-answer looks like one that finished. The part not read may
         // have said RETRY: nothing is acknowledged, as for JSON cut at the 1 MiB read.
-        Err(e) if e.is_eof() => return (all(Outcome::Retry { delay_level: None }), None),
+        Err(e) if e.is_eof() => return (all(Outcome::Retry { delay_level: None }), None, true),
         _ => return unreadable("the answer starts with `{` but is not one JSON object"),
     };
     match field(&root, "statuses") {
-        Some(Value::Array(entries)) => return (per_message(entries, ids), None),
+        Some(Value::Array(entries)) => return (per_message(entries, ids), None, false),
         None | Some(Value::Null) => {}
         Some(_) => return unreadable("`statuses` is not an array"),
     }
     match field(&root, "status") {
         // Dapr treats a 2xx without a status (or with an empty one) as success.
-        Some(Value::String(s)) if !s.trim().is_empty() => {
-            (all(status_outcome(s, field(&root, "delayLevel"))), None)
-        }
-        None | Some(Value::Null | Value::String(_)) => (all(Outcome::Success), None),
+        Some(Value::String(s)) if !s.trim().is_empty() => (
+            all(status_outcome(s, field(&root, "delayLevel"))),
+            None,
+            false,
+        ),
+        None | Some(Value::Null | Value::String(_)) => (all(Outcome::Success), None, false),
         Some(_) => unreadable("`status` is not a string"),
     }
 }
@@ -929,6 +941,7 @@ mod tests {
             assert!(answer.healthy, "{body}");
         }
         assert_eq!(classify(200, &HeaderMap::new(), "{}", &ids).unread, None);
+        assert!(!classify(200, &HeaderMap::new(), "{}", &ids).broke_off);
     }
 
     /// JSON that breaks off was cut (an answer without a length ends where its connection
@@ -946,6 +959,7 @@ mod tests {
             let answer = classify(200, &HeaderMap::new(), body, &ids);
             assert_eq!(answer.outcomes, vec![RETRY; 2], "{body}");
             assert_eq!(answer.unread, None, "{body}");
+            assert!(answer.broke_off, "{body}");
         }
     }
 

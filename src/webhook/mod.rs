@@ -307,6 +307,8 @@ struct Inner {
     warned_left_out: AtomicBool,
     /// Whether an answer we could not read was logged at warn (then debug, as above).
     warned_unread: AtomicBool,
+    /// Whether an answer whose JSON broke off was logged at warn (then debug, as above).
+    warned_broke_off: AtomicBool,
 }
 
 impl Webhook {
@@ -416,6 +418,7 @@ impl Webhook {
                 log: std::sync::OnceLock::new(),
                 warned_left_out: AtomicBool::new(false),
                 warned_unread: AtomicBool::new(false),
+                warned_broke_off: AtomicBool::new(false),
             }),
         })
     }
@@ -717,6 +720,13 @@ impl Inner {
                     // Not "not understood, so accepted": it was retried.
                     answer.unread = None;
                     tracing::warn!(group = %log.group, topic = %log.topic, status, messages = count, "Webhook answer was JSON past the 1 MiB read; its messages are retried.");
+                }
+                if answer.broke_off {
+                    if first_time(&self.warned_broke_off) {
+                        tracing::warn!(group = %log.group, topic = %log.topic, status, messages = count, "Webhook answer was JSON that breaks off (the endpoint stopped mid-answer, or its Content-Length was short); its messages are retried. Logged at debug from now on.");
+                    } else {
+                        tracing::debug!(group = %log.group, topic = %log.topic, status, messages = count, "Webhook answer was JSON that breaks off; its messages are retried.");
+                    }
                 }
                 if let Some(reason) = answer.unread {
                     if first_time(&self.warned_unread) {
