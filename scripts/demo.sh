@@ -26,15 +26,40 @@ mkdir -p "$work"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
+# The echo receiver and the daemon run in sessions of their own (setsid), out of reach of the
+# terminal's Ctrl-C, so that only cleanup signals them, once: the daemon takes a second signal
+# as "exit at once", without draining and committing its offsets.
 pids=()
+daemon=""
+# Signals PID once and waits up to SECONDS for it to exit, then kills it.
+stop() { # PID SECONDS
+  kill "$1" 2>/dev/null || true
+  local i
+  for ((i = 0; i < $2 * 2; i++)); do
+    kill -0 "$1" 2>/dev/null || break
+    # `|| true`: a Ctrl-C kills the sleep, and `set -e` would end the cleanup there.
+    sleep 0.5 || true
+  done
+  if kill -0 "$1" 2>/dev/null; then
+    echo "demo: process $1 did not exit within $2 s; killing it" >&2
+    kill -KILL "$1" 2>/dev/null || true
+  fi
+  wait "$1" 2>/dev/null || true
+}
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # Another Ctrl-C while the daemon drains is passed on to it: its second signal, exit at once.
+  trap '[ -z "$daemon" ] || kill "$daemon" 2>/dev/null || true' INT TERM
+  # The daemon first, while the echo receiver still answers its last deliveries. It exits
+  # within shutdown.grace_period (30 s) + 18 s.
+  if [ -n "$daemon" ]; then stop "$daemon" 50; fi
+  for pid in ${pids[@]+"${pids[@]}"}; do stop "$pid" 10; done
   scripts/rocketmq-local.sh stop --dir "$work/rocketmq" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Before the first cargo command (the broker install): installs the pinned toolchain if missing.
+scripts/toolchain.sh
 say "RocketMQ name server and broker (first run: installs them, about 12 minutes)"
 scripts/install-rocketmq.sh >/dev/null
 say "Building rocketmq-webhook"
@@ -48,18 +73,40 @@ say "Creating topic $TOPIC"
 "$bin" topic create --namesrv "$namesrv" --topic "$TOPIC" --queues 4
 
 say "Starting the echo receiver on http://$ECHO_ADDR (prints every request it gets)"
-"$bin" echo --listen "$ECHO_ADDR" >"$work/echo.jsonl" 2>"$work/echo.log" &
-pids+=($!)
+# Probed as the admin port is below: if it cannot listen (port taken), echo exits at once and
+# every delivery would fail. A wildcard address is probed on loopback. A port already taken is
+# refused first: the probe would otherwise reach whatever holds it.
+echo_host="${ECHO_ADDR%:*}" echo_port="${ECHO_ADDR##*:}"
+echo_host="${echo_host#[}" && echo_host="${echo_host%]}"
+case "$echo_host" in 0.0.0.0) echo_host=127.0.0.1 ;; ::) echo_host=::1 ;; esac
+echo_listening() { (exec 3<>"/dev/tcp/$echo_host/$echo_port") 2>/dev/null; }
+if echo_listening; then
+  echo "demo: $ECHO_ADDR (echo receiver) is already in use; stop what listens there or set DEMO_ECHO_ADDR" >&2
+  exit 1
+fi
+setsid "$bin" echo --listen "$ECHO_ADDR" >"$work/echo.jsonl" 2>"$work/echo.log" &
+echo_pid=$!
+pids+=("$echo_pid")
+for _ in $(seq 1 60); do
+  kill -0 "$echo_pid" 2>/dev/null || break
+  echo_listening && break
+  sleep 0.5
+done
+if ! kill -0 "$echo_pid" 2>/dev/null || ! echo_listening; then
+  echo "demo: the echo receiver is not listening on $ECHO_ADDR (set DEMO_ECHO_ADDR to use another); its log:" >&2
+  cat "$work/echo.log" >&2
+  exit 1
+fi
 
 say "Starting the daemon (configured by environment only; admin on http://$ADMIN_ADDR)"
-env ROCKETMQ_NAMESRV_ADDR="$namesrv" \
+setsid env ROCKETMQ_NAMESRV_ADDR="$namesrv" \
   ROCKETMQ_CONSUMER_GROUP="$GROUP" \
   ROCKETMQ_TOPIC="$TOPIC" \
   ROCKETMQ_WEBHOOK_URL="http://$ECHO_ADDR/rocketmq" \
   ROCKETMQ_ADMIN_LISTEN="$ADMIN_ADDR" \
   ROCKETMQ_CONSUME_FROM_WHERE=FIRST_OFFSET \
   "$bin" run 2>"$work/daemon.log" &
-pids+=($!)
+daemon=$!
 
 for _ in $(seq 1 60); do
   "$bin" healthcheck --ready --admin "$ADMIN_ADDR" 2>/dev/null && break

@@ -50,6 +50,19 @@ timeout "${ROCKETMQ_INSTALL_TIMEOUT:-50m}" \
   cargo install --locked --root "$ROOT" --target-dir "$build" \
   "rocketmq-namesrv@$VERSION" "rocketmq-broker@$VERSION" >"$log" 2>&1 &
 pid=$!
+# `timeout` runs the build in a process group of its own, so a terminal's Ctrl-C reaches only
+# this script: without these traps the build would go on in the background, holding the lock
+# (fd 9 is inherited) and never writing the installed marker. Killing timeout makes it pass the
+# signal on to cargo. The traps are removed as soon as the build has been waited for, so they
+# never signal a process that has ended (or a pid reused since).
+stop_build() {
+  trap - INT TERM EXIT
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+trap 'echo "interrupted: stopping the rocketmq build" >&2; stop_build; exit 130' INT
+trap 'echo "terminated: stopping the rocketmq build" >&2; stop_build; exit 143' TERM
+trap stop_build EXIT
 while kill -0 "$pid" 2>/dev/null; do
   for _ in $(seq 1 30); do
     kill -0 "$pid" 2>/dev/null || break
@@ -62,6 +75,7 @@ while kill -0 "$pid" 2>/dev/null; do
 done
 status=0
 wait "$pid" || status=$?
+trap - INT TERM EXIT
 if [ "$status" -ne 0 ]; then
   if [ "$status" -eq 124 ]; then
     echo "cargo install did not finish within ${ROCKETMQ_INSTALL_TIMEOUT:-50m} (ROCKETMQ_INSTALL_TIMEOUT)" >&2

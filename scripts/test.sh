@@ -16,31 +16,9 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 step "Rust toolchain (pinned in rust-toolchain.toml)"
-# rust-toolchain.toml names 1.95.0. Where no toolchain can be downloaded but the machine's
-# stable one is that version, register it under the pinned name instead of failing at the
-# first cargo call.
-# A link made so follows stable: after stable moves on, the pinned name would run another
-# version, so the version itself is checked, not only that the name runs.
-pinned="$(sed -n 's/^channel = "\(.*\)"$/\1/p' rust-toolchain.toml)"
-version_of() { rustup run "$1" rustc --version 2>/dev/null | cut -d' ' -f2 || true; }
-if command -v rustup >/dev/null 2>&1 && [ "$(version_of "$pinned")" != "$pinned" ]; then
-  if [ "$(version_of stable)" = "$pinned" ]; then
-    # `rustup toolchain link` refuses names that look like versions; rustup finds a toolchain
-    # by its directory, so a symbolic link under the pinned name does it.
-    host="$(rustup run stable rustc -vV | sed -n 's/^host: //p')"
-    toolchains="${RUSTUP_HOME:-$HOME/.rustup}/toolchains"
-    echo "using the installed stable toolchain ($pinned) as $pinned-$host"
-    ln -sfn "$toolchains/stable-$host" "$toolchains/$pinned-$host"
-  else
-    link="${RUSTUP_HOME:-$HOME/.rustup}/toolchains/$pinned-$(rustup run stable rustc -vV 2>/dev/null | sed -n 's/^host: //p' || true)"
-    echo "toolchain $pinned (rust-toolchain.toml) is not installed (or its name runs" \
-      "$(version_of "$pinned")): rustup toolchain install $pinned" >&2
-    if [ -L "$link" ]; then
-      echo "first remove $link: it is a link to another toolchain, which an install would update" >&2
-    fi
-    exit 1
-  fi
-fi
+# Installs the pinned toolchain when missing, or registers stable under its name (see there);
+# shared with scripts/demo.sh.
+scripts/toolchain.sh
 cargo --version
 
 step "RocketMQ name server and broker (installed once, then reused)"
