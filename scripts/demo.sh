@@ -51,7 +51,10 @@ cleanup() {
   trap '[ -z "$daemon" ] || kill "$daemon" 2>/dev/null || true' INT TERM
   # The daemon first, while the echo receiver still answers its last deliveries. It exits
   # within shutdown.grace_period (30 s) + 18 s.
-  if [ -n "$daemon" ]; then stop "$daemon" 50; fi
+  if [ -n "$daemon" ]; then
+    stop "$daemon" 50
+    daemon=""
+  fi
   for pid in ${pids[@]+"${pids[@]}"}; do stop "$pid" 10; done
   scripts/rocketmq-local.sh stop --dir "$work/rocketmq" >/dev/null 2>&1 || true
 }

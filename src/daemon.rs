@@ -993,7 +993,7 @@ mod tests {
             .register(Box::new(WebhookCollector::new(webhooks, Transport::new(4))))
             .unwrap();
         let families = registry.gather();
-        assert_eq!(families.len(), 5, "one family per webhook collector");
+        assert_eq!(families.len(), 6, "one family per webhook collector");
         for family in &families {
             let name = family.name();
             let counter = family.get_field_type() == prometheus::proto::MetricType::COUNTER;

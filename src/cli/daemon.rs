@@ -390,8 +390,13 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
 struct LastWords(config::LogFormat);
 
 impl LastWords {
+    /// Writes `text`, ignoring a failed write: `eprintln!` panics on one (stderr's reader gone,
+    /// EPIPE), and a panic in the panic hook aborts the process instead of letting the
+    /// supervisor drain and commit.
     fn say(self, text: &str) {
-        match self.0 {
+        use std::io::Write as _;
+        let mut stderr = std::io::stderr().lock();
+        let _ = match self.0 {
             config::LogFormat::Json => {
                 let line = serde_json::json!({
                     "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now())
@@ -400,10 +405,10 @@ impl LastWords {
                     "fields": { "message": text },
                     "target": "rocketmq_webhook",
                 });
-                eprintln!("{line}");
+                writeln!(stderr, "{line}")
             }
-            config::LogFormat::Pretty => eprintln!("rocketmq-webhook: {text}"),
-        }
+            config::LogFormat::Pretty => writeln!(stderr, "rocketmq-webhook: {text}"),
+        };
     }
 }
 

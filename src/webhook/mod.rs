@@ -717,15 +717,17 @@ impl Inner {
                             other => *other,
                         })
                         .collect();
-                    // Not "not understood, so accepted": it was retried.
+                    // Not "not understood, so accepted": it was retried. Nor broke off: the
+                    // read was cut, and the warning below says so.
                     answer.unread = None;
+                    answer.broke_off = false;
                     tracing::warn!(group = %log.group, topic = %log.topic, status, messages = count, "Webhook answer was JSON past the 1 MiB read; its messages are retried.");
                 }
                 if answer.broke_off {
                     if first_time(&self.warned_broke_off) {
-                        tracing::warn!(group = %log.group, topic = %log.topic, status, messages = count, "Webhook answer was JSON that breaks off (the endpoint stopped mid-answer, or its Content-Length was short); its messages are retried. Logged at debug from now on.");
+                        tracing::warn!(group = %log.group, topic = %log.topic, status, messages = count, "Webhook answer was JSON that could not be read whole (it breaks off: the endpoint stopped mid-answer or its Content-Length was short; or, compressed, it inflates past 1 MiB); its messages are retried. Logged at debug from now on.");
                     } else {
-                        tracing::debug!(group = %log.group, topic = %log.topic, status, messages = count, "Webhook answer was JSON that breaks off; its messages are retried.");
+                        tracing::debug!(group = %log.group, topic = %log.topic, status, messages = count, "Webhook answer was JSON that could not be read whole; its messages are retried.");
                     }
                 }
                 if let Some(reason) = answer.unread {
