@@ -1749,13 +1749,15 @@ async fn pulls_follow_the_suggested_broker_and_commit_only_at_the_master() {
     );
 }
 
-/// A consumer of one queue whose handler never answers within a test, with `drain_timeout`,
-/// once a batch is in the handler; and the gauge of batches in flight.
+/// A consumer (`mode`) of one queue whose handler never answers within a test, with
+/// `drain_timeout`, once a batch is in the handler; the gauge of batches in flight; its group
+/// and topic.
 async fn consumer_stuck_in_its_handler(
     mq: &RocketMq,
     name: &str,
     drain_timeout: Duration,
-) -> (Consumer<Recorder>, prometheus::IntGauge) {
+    mode: ConsumeMode,
+) -> (Consumer<Recorder>, prometheus::IntGauge, String, String) {
     let topic = unique(&format!("T_{name}"));
     let group = unique(&format!("G_{name}"));
     mq.create_topic(&topic, 1).await;
@@ -1764,6 +1766,7 @@ async fn consumer_stuck_in_its_handler(
     let metrics = Metrics::new();
     let mut config = fast_config(&group, &topic);
     config.drain_timeout = drain_timeout;
+    config.mode = mode;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let consumer = start_metered(
         mq,
@@ -1780,7 +1783,7 @@ async fn consumer_stuck_in_its_handler(
         gauge.get() >= 1
     })
     .await;
-    (consumer, gauge)
+    (consumer, gauge, group, topic)
 }
 
 /// A batch still in the handler when the drain times out is dropped mid-await; the gauge of
@@ -1789,10 +1792,53 @@ async fn consumer_stuck_in_its_handler(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_dropped_by_the_drain_timeout_leaves_the_in_flight_gauge() {
     let mq = RocketMq::start().await;
-    let (consumer, gauge) =
-        consumer_stuck_in_its_handler(&mq, "gauge", Duration::from_secs(1)).await;
+    let (consumer, gauge, ..) = consumer_stuck_in_its_handler(
+        &mq,
+        "gauge",
+        Duration::from_secs(1),
+        ConsumeMode::Concurrent,
+    )
+    .await;
     consumer.shutdown().await;
     assert_eq!(gauge.get(), 0, "batches in flight after the drain gave up");
+}
+
+/// Orderly: a batch the drain gave up on may still be running at the endpoint (only this side
+/// of its request was dropped), so its queue is not unlocked: another client is refused the
+/// lock until the broker's expiry. Before, the unlock let the next owner deliver beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orderly_batch_the_drain_gave_up_on_keeps_its_queue_locked() {
+    use rocketmq_webhook::remoting::body::lock::LockBatchRequest;
+    use rocketmq_webhook::remoting::rpc::LockBatchMq;
+    use rocketmq_webhook::remoting::MessageQueue;
+    let mq = RocketMq::start().await;
+    let (consumer, _, group, topic) = consumer_stuck_in_its_handler(
+        &mq,
+        "orderly_abandon",
+        Duration::from_secs(1),
+        ConsumeMode::Orderly,
+    )
+    .await;
+    consumer.shutdown().await;
+    let other = mq.client();
+    let queue = MessageQueue::new(&topic, mq.broker_name(), 0);
+    let got = other
+        .pool()
+        .call(
+            &mq.broker_addr(),
+            &LockBatchMq {
+                body: LockBatchRequest {
+                    consumer_group: group,
+                    client_id: other.client_id().to_owned(),
+                    only_this_broker: false,
+                    mq_set: vec![queue],
+                },
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("lock call");
+    assert!(got.is_empty(), "the queue was unlocked: {got:?}");
 }
 
 /// An owner that gives up on the drain (the daemon's deadline passed) drops the shutdown; the
@@ -1801,8 +1847,13 @@ async fn a_batch_dropped_by_the_drain_timeout_leaves_the_in_flight_gauge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_given_up_on_stops_the_workers() {
     let mq = RocketMq::start().await;
-    let (consumer, gauge) =
-        consumer_stuck_in_its_handler(&mq, "abandon", Duration::from_secs(600)).await;
+    let (consumer, gauge, ..) = consumer_stuck_in_its_handler(
+        &mq,
+        "abandon",
+        Duration::from_secs(600),
+        ConsumeMode::Concurrent,
+    )
+    .await;
     let gave_up = tokio::time::timeout(Duration::from_secs(1), consumer.shutdown()).await;
     assert!(gave_up.is_err(), "the drain cannot finish within a second");
     eventually(

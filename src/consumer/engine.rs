@@ -895,16 +895,20 @@ impl<H: Handler> Shared<H> {
             .set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
+    /// Forgets this side's lock of `mq` without telling the broker (it expires there), after
+    /// any lock call in flight (see `lock_calls`), which could otherwise record it again.
+    pub(crate) async fn forget_lock(&self, mq: &MessageQueue) {
+        drop(self.lock_calls.lock().await);
+        let mut locks = lock(&self.locks);
+        locks.remove(mq);
+        self.publish_locked_queues(&locks);
+    }
+
     /// Releases the broker lock of `mq`, after any lock call in flight (see `lock_calls`).
     /// Unlocks do not wait for one another: a drain releasing many queues of a broker that
     /// stopped answering takes one call's timeout, not one per queue.
     pub(crate) async fn unlock_queue(&self, mq: &MessageQueue) {
-        drop(self.lock_calls.lock().await);
-        {
-            let mut locks = lock(&self.locks);
-            locks.remove(mq);
-            self.publish_locked_queues(&locks);
-        }
+        self.forget_lock(mq).await;
         let Ok(addr) = self.last_master_addr(&mq.broker_name) else {
             return;
         };
@@ -932,6 +936,9 @@ impl<H: Handler> Shared<H> {
 pub struct Consumer<H: Handler> {
     shared: Arc<Shared<H>>,
     cancel: CancellationToken,
+    /// The orderly lock renewals' own: they go on while the workers drain (a batch may outlast
+    /// the broker's 60 s lock with a long grace period), and stop once every worker released.
+    lock_cancel: CancellationToken,
     tasks: JoinSet<()>,
     rebalancer: Option<tokio::task::JoinHandle<Option<Vec<MessageQueue>>>>,
     supervisor: Supervisor,
@@ -1211,6 +1218,8 @@ impl<H: Handler> Consumer<H> {
         if self.shared.config.model == Model::Broadcasting {
             self.shared.persist_all(&held).await;
         }
+        // Every worker has released its queue (unlocked, or left it to expire).
+        self.lock_cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
         for addr in self.shared.broker_addrs() {
             let rpc = UnregisterClient {
@@ -1249,8 +1258,14 @@ impl<H: Handler> Prepared<H> {
             persist_task(Arc::clone(&shared), token()).boxed(),
         );
         spawn("gauge", gauge_task(Arc::clone(&shared), token()).boxed());
+        // Not a child of `cancel`: see `Consumer::lock_cancel`. Dropping the consumer still ends
+        // it with the other tasks (the join set aborts them).
+        let lock_cancel = CancellationToken::new();
         if shared.is_orderly_clustering() {
-            spawn("lock", lock_task(Arc::clone(&shared), token()).boxed());
+            spawn(
+                "lock",
+                lock_task(Arc::clone(&shared), lock_cancel.clone()).boxed(),
+            );
         }
         spawn(
             "broker request",
@@ -1263,6 +1278,7 @@ impl<H: Handler> Prepared<H> {
         Consumer {
             shared,
             cancel,
+            lock_cancel,
             tasks,
             rebalancer,
             supervisor,
@@ -1348,6 +1364,7 @@ async fn open_local_store(
 impl<H: Handler> Drop for Consumer<H> {
     fn drop(&mut self) {
         self.cancel.cancel();
+        self.lock_cancel.cancel();
         // Dropped before its drain finished: nothing will await the rebalancer any more.
         if let Some(rebalancer) = &self.rebalancer {
             rebalancer.abort();

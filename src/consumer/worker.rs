@@ -273,8 +273,12 @@ pub(crate) async fn run<H: Handler>(
     let mut w = Worker::new(shared, mq, start_offset);
     info!(group = %w.shared.group(), queue = %w.mq, offset = start_offset, "Queue assigned.");
     w.run(cancel).await;
-    w.drain().await;
-    release(&w.shared, &w.mq).await;
+    let abandoned = w.drain().await;
+    // Orderly: a batch the drain gave up on may still be running at the endpoint (only our side
+    // of its request was dropped). Unlocked now, the queue's next owner could deliver its
+    // messages beside it; left locked, it waits for the broker's expiry (60 s after the last
+    // renewal), as Java's consumer, which keeps a queue whose batch it cannot stop.
+    release_as(&w.shared, &w.mq, !abandoned).await;
 }
 
 /// The end of a queue's worker, after its drain: persists the committed offset, releases the
@@ -283,6 +287,11 @@ pub(crate) async fn run<H: Handler>(
 /// so a queue left there kept its stale offset written and its lock renewed for good, stalling
 /// the queue's next owner.
 pub(crate) async fn release<H: Handler>(shared: &Shared<H>, mq: &MessageQueue) {
+    release_as(shared, mq, true).await;
+}
+
+/// [`release`], unlocking an orderly queue only when `unlock`.
+async fn release_as<H: Handler>(shared: &Shared<H>, mq: &MessageQueue, unlock: bool) {
     let persisted = shared.persist(mq).await;
     // Clustering: the broker keeps the offset now, and whoever holds the queue next reads it
     // there; an entry left here would be reported as ours (GET_CONSUMER_STATUS) for good.
@@ -297,7 +306,12 @@ pub(crate) async fn release<H: Handler>(shared: &Shared<H>, mq: &MessageQueue) {
     // `Shared::lock_calls`).
     shared.stats.remove_queue(mq);
     if shared.is_orderly_clustering() {
-        shared.unlock_queue(mq).await;
+        if unlock {
+            shared.unlock_queue(mq).await;
+        } else {
+            shared.forget_lock(mq).await;
+            warn!(group = %shared.group(), queue = %mq, "Queue released with a batch the drain gave up on; its broker lock is left to expire, so that its next owner does not deliver beside it.");
+        }
     }
     info!(group = %shared.group(), queue = %mq, "Queue released.");
 }
@@ -1067,8 +1081,9 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Stops pulling and gives in-flight batches the drain timeout to finish. Whatever is not
-    /// finished by then stays uncommitted and is redelivered to the next owner.
-    async fn drain(&mut self) {
+    /// finished by then stays uncommitted and is redelivered to the next owner. Returns whether
+    /// a batch was given up on.
+    async fn drain(&mut self) -> bool {
         self.pull = None;
         let deadline = Instant::now() + self.shared.config.drain_timeout;
         while !self.in_flight.is_empty() {
@@ -1086,10 +1101,11 @@ impl<H: Handler> Worker<H> {
                 Err(_) => {
                     warn!(queue = %self.mq, batches = self.in_flight.len(), "Drain timeout; unfinished batches will be redelivered.");
                     self.in_flight.clear();
-                    break;
+                    return true;
                 }
             }
         }
+        false
     }
 }
 
