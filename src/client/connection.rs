@@ -409,6 +409,12 @@ impl Connection {
         shared.last_read_us.load(Ordering::Relaxed) > at_us
     }
 
+    /// Whether the peer has sent anything on this connection yet. One that accepts and closes
+    /// at once (a TLS broker refusing plain text, a load balancer without backends) never has.
+    pub fn has_read(&self) -> bool {
+        self.handle.shared.last_read_us.load(Ordering::Relaxed) > 0
+    }
+
     /// Whether `self` and `other` are handles to the same connection.
     pub fn same_as(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.handle, &other.handle)
@@ -627,6 +633,8 @@ impl Driver {
         let mut input = BytesMut::with_capacity(READ_CHUNK);
         let mut output: VecDeque<Bytes> = VecDeque::new();
         let mut queued = 0usize;
+        // Bytes written since the last flush.
+        let mut unflushed = false;
         // Handler tasks live here: dropping the set (when this task ends or is aborted) aborts
         // them.
         let mut handlers: JoinSet<Option<Bytes>> = JoinSet::new();
@@ -646,6 +654,7 @@ impl Driver {
                 () = &mut idle, if idle_close => {
                     let quiet_until = self.shared.last_read() + self.idle_timeout;
                     let unused = output.is_empty()
+                        && !unflushed
                         && handlers.is_empty()
                         && self.requests.is_empty();
                     if quiet_until <= Instant::now()
@@ -664,25 +673,27 @@ impl Driver {
                         now + self.idle_timeout
                     });
                 }
+                // Writing, then flushing once the queue is empty (TLS buffers records; make
+                // sure they leave), both inside the select: a flush awaited in an arm's body
+                // stopped the reading until a peer slow to read took every record, so answers
+                // that had arrived were not read and their calls timed out.
                 written = async {
                     match output.front_mut() {
-                        Some(front) => writer.write_buf(front).await,
-                        None => std::future::pending().await,
+                        Some(front) => writer.write_buf(front).await.map(Some),
+                        None => writer.flush().await.map(|()| None),
                     }
-                }, if !output.is_empty() => match written {
-                    Ok(0) => return CloseReason::Io(Arc::new(io::ErrorKind::WriteZero.into())),
-                    Ok(n) => {
+                }, if !output.is_empty() || unflushed => match written {
+                    Ok(Some(0)) => {
+                        return CloseReason::Io(Arc::new(io::ErrorKind::WriteZero.into()))
+                    }
+                    Ok(Some(n)) => {
                         queued -= n;
                         if output.front().is_some_and(|f| !f.has_remaining()) {
                             output.pop_front();
                         }
-                        if output.is_empty() {
-                            // TLS buffers records; make sure they leave.
-                            if let Err(e) = writer.flush().await {
-                                return CloseReason::Io(Arc::new(e));
-                            }
-                        }
+                        unflushed = true;
                     }
+                    Ok(None) => unflushed = false,
                     Err(e) => return CloseReason::Io(Arc::new(e)),
                 },
                 read = reader.read_buf(&mut input) => match read {
@@ -691,7 +702,8 @@ impl Driver {
                     Ok(_) => {
                         let now_us = u64::try_from(self.shared.opened.elapsed().as_micros())
                             .unwrap_or(u64::MAX);
-                        self.shared.last_read_us.store(now_us, Ordering::Relaxed);
+                        // At least 1: 0 is "nothing read yet" (see `has_read`).
+                        self.shared.last_read_us.store(now_us.max(1), Ordering::Relaxed);
                         loop {
                         match decoder.decode(&mut input) {
                             Ok(Some(frame)) => {

@@ -5,8 +5,9 @@
 //! - concurrent callers for the same address share one connect attempt (they queue on the
 //!   address's connect lock and find the fresh connection when it is their turn);
 //! - after a failed connect the address backs off exponentially (100 ms doubling to 10 s, reset
-//!   on success); within that window callers fail fast with [`ClientError::Backoff`] instead of
-//!   hammering a dead broker;
+//!   once a connection is answered on); within that window callers fail fast with
+//!   [`ClientError::Backoff`] instead of hammering a dead broker. A connection the peer closed
+//!   before answering anything counts as a failed connect;
 //! - [`Pool::invalidate`] closes a connection only if it is still the cached one, so a caller
 //!   holding an old handle never tears down the connection another caller just opened
 //!   (rskafka's generation check);
@@ -132,6 +133,19 @@ impl Pool {
             return Ok(conn);
         }
         let now = Instant::now();
+        // The connection this one replaces: one the peer closed before sending anything counts
+        // as a failed connect, or a peer that accepts and drops (a TLS broker refusing plain
+        // text, a load balancer without backends) would be reconnected to at every call; one
+        // that was answered on forgets past failures.
+        if let Some(previous) = lock(&slot.current).take() {
+            if previous.has_read() {
+                attempts.backoff.reset();
+            } else {
+                let delay = attempts.backoff.fail();
+                attempts.retry_at = Some(now + delay);
+                warn!(%addr, retry_in = ?delay, "The peer closed the connection before answering anything; waiting before connecting again.");
+            }
+        }
         if let Some(at) = attempts.retry_at.filter(|at| *at > now) {
             return Err(ClientError::Backoff {
                 addr: addr.to_owned(),
@@ -141,7 +155,7 @@ impl Pool {
         match Connection::connect(addr, &self.inner.options, Arc::clone(&self.inner.inbound)).await
         {
             Ok(conn) => {
-                attempts.backoff.reset();
+                // The backoff is reset once the peer answers on it (see above), not here.
                 attempts.retry_at = None;
                 attempts.generation += 1;
                 debug!(%addr, generation = attempts.generation, "Pool connection opened.");

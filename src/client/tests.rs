@@ -563,6 +563,65 @@ async fn busy_answers_stay_bounded_when_the_peer_does_not_read() {
     assert_eq!(mine.expect("call").remark.as_deref(), Some("mine"));
 }
 
+/// A transport whose flush never completes, as a TLS stream's does not while the peer is slow to
+/// read: the records stay buffered. Reads and writes pass through.
+struct FlushNeverEnds(tokio::io::DuplexStream);
+
+impl AsyncRead for FlushNeverEnds {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for FlushNeverEnds {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Pending
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// A flush that waits (TLS records a slow peer has not taken yet) must not stop the reading:
+/// the answer that arrived meanwhile completes its call. Before, the flush was awaited in the
+/// write's arm, and the call timed out with its answer unread.
+#[tokio::test]
+async fn a_flush_that_waits_does_not_stop_the_reading() {
+    let (ours, mut peer) = tokio::io::duplex(64 * 1024);
+    let conn = Connection::from_stream(
+        "peer",
+        Box::new(FlushNeverEnds(ours)),
+        &ConnectOptions::default(),
+        Arc::new(NotSupported),
+    );
+    let call = conn.call_raw(tagged("answered"), STEP);
+    let serve_one = async {
+        let req = read_frame(&mut peer).await.expect("request");
+        peer.write_all(&echo_tag(&req)).await.expect("write");
+    };
+    let (answer, ()) = within(async { tokio::join!(call, serve_one) }).await;
+    assert_eq!(answer.expect("call").remark.as_deref(), Some("answered"));
+}
+
 #[tokio::test]
 async fn unsupported_broker_requests_get_code_3() {
     let (l, addr) = listener().await;
@@ -817,6 +876,40 @@ async fn pool_backs_off_and_reconnects_after_the_peer_restarts() {
         .await
         .expect("call");
     assert_eq!(r.remark.as_deref(), Some("2"));
+}
+
+/// A peer that accepts and closes before answering anything (a TLS broker refusing plain text,
+/// a load balancer without backends) counts as a failed connect: the next request backs off
+/// instead of connecting again at once. Before, the connect itself reset the backoff, and every
+/// request opened a connection.
+#[tokio::test]
+async fn a_peer_that_closes_before_answering_is_backed_off() {
+    let (l, addr) = listener().await;
+    let pool = Pool::new(ConnectOptions::default(), Arc::new(NotSupported));
+    let accepts = tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok(Ok((socket, _))) =
+            tokio::time::timeout(Duration::from_millis(500), l.accept()).await
+        {
+            drop(socket);
+            n += 1;
+        }
+        n
+    });
+    let first = within(pool.connection(&addr)).await.expect("connect");
+    within(async {
+        while !first.is_closed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    match within(pool.connection(&addr)).await {
+        Err(ClientError::Backoff { retry_in, .. }) => {
+            assert!(retry_in <= Duration::from_millis(100));
+        }
+        other => panic!("expected a backoff, got {other:?}"),
+    }
+    assert_eq!(accepts.await.expect("listener task"), 1, "connected again");
 }
 
 /// A peer that accepts, reads and never answers (a NAT that forgot the flow looks like this):
