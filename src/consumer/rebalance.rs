@@ -286,7 +286,13 @@ impl<H: Handler> Rebalancer<H> {
                 .rebalances
                 .with_label_values(&shared.labels())
                 .inc();
-            shared.sub_version.store(now_millis(), Ordering::Relaxed);
+            // Only ever up: brokers ignore a subscription whose version is not above the one
+            // they hold, and the wall clock may step back or repeat a millisecond.
+            let _ = shared
+                .sub_version
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(now_millis().max(v.saturating_add(1)))
+                });
             shared.heartbeat_now.notify_one();
             info!(group = %shared.group(), queues = self.active.len(), "Assignment changed.");
         }

@@ -23,13 +23,14 @@ pub fn parse_tags(expression: &str) -> Vec<String> {
     if e.is_empty() || e == SUB_ALL {
         return Vec::new();
     }
-    let tags: Vec<String> = e
-        .split("||")
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned)
-        .collect();
-    // `*||` would normalise to `*`; keep the two meaning the same thing.
+    let mut tags: Vec<String> = Vec::new();
+    for tag in e.split("||").map(str::trim).filter(|t| !t.is_empty()) {
+        // Once each, as Java's tag set holds them.
+        if !tags.iter().any(|t| t == tag) {
+            tags.push(tag.to_owned());
+        }
+    }
+    // `*||` (and `*||*`) would normalise to `*`; keep them meaning the same thing.
     if tags.len() == 1 && tags[0] == SUB_ALL {
         return Vec::new();
     }
@@ -102,6 +103,8 @@ mod tests {
         assert_eq!(parse_tags("TagA || TagB"), vec!["TagA", "TagB"]);
         assert_eq!(parse_tags(" a ||  || b||"), vec!["a", "b"]);
         assert!(parse_tags("*").is_empty());
+        assert!(parse_tags("*||*").is_empty(), "as `*||`");
+        assert_eq!(parse_tags("a || b||a"), ["a", "b"]);
         assert!(parse_tags("  ").is_empty());
         assert_eq!(normalize_tag_expression("TagA || TagB"), "TagA||TagB");
         assert_eq!(normalize_tag_expression(""), "*");
