@@ -101,6 +101,12 @@ pub(crate) struct Shared<H> {
     /// and the queue's next owner would wait out the broker's lock expiry (60 s in Java). A
     /// renewal that takes it later skips the queue, which left the stats before its unlock.
     lock_calls: tokio::sync::Mutex<()>,
+    /// Orderly: queues released without their unlock (a batch the endpoint may still be
+    /// working on), and until when this member leaves them alone. The broker re-grants a lock
+    /// to the client that holds it, so without this a rebalance that gave the queue back to
+    /// us (or an offset reset) would deliver it at once beside that batch; other members wait
+    /// for the broker's expiry as long.
+    lock_holds: Mutex<HashMap<MessageQueue, Instant>>,
     /// `subVersion` of the subscription; bumped when the assignment changes.
     pub(crate) sub_version: AtomicI64,
     /// Queues with a running worker, main and retry topic together: the subscription-wide cache
@@ -438,7 +444,7 @@ impl<H: Handler> Shared<H> {
             });
         }
         // Clustering: an offset an earlier worker of this queue committed but could not persist
-        // as it ended (see `worker::release`). Without it a young group's queue restarted from
+        // as it ended (see `worker::release_as`). Without it a young group's queue restarted from
         // `consume_from`, which for LAST_OFFSET skipped what that worker had not finished.
         if self.config.model == Model::Clustering {
             if let Some(offset) = self.offsets.read(mq).filter(|o| *o >= 0) {
@@ -904,6 +910,23 @@ impl<H: Handler> Shared<H> {
         self.publish_locked_queues(&locks);
     }
 
+    /// Forgets `mq`'s lock and keeps this member off the queue for as long as the broker keeps
+    /// the lock (see `lock_holds`).
+    pub(crate) async fn leave_locked(&self, mq: &MessageQueue) {
+        self.forget_lock(mq).await;
+        let mut holds = lock(&self.lock_holds);
+        let now = Instant::now();
+        holds.retain(|_, until| *until > now);
+        holds.insert(mq.clone(), now + BROKER_LOCK_EXPIRY);
+    }
+
+    /// Whether this member leaves `mq` alone for now (see `lock_holds`).
+    pub(crate) fn lock_held_back(&self, mq: &MessageQueue) -> bool {
+        lock(&self.lock_holds)
+            .get(mq)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
     /// Releases the broker lock of `mq`, after any lock call in flight (see `lock_calls`).
     /// Unlocks do not wait for one another: a drain releasing many queues of a broker that
     /// stopped answering takes one call's timeout, not one per queue.
@@ -1122,6 +1145,7 @@ impl<H: Handler> Consumer<H> {
             locks: Mutex::new(HashMap::new()),
             lock_terms: AtomicU64::new(0),
             lock_calls: tokio::sync::Mutex::new(()),
+            lock_holds: Mutex::new(HashMap::new()),
             sub_version: AtomicI64::new(now_millis()),
             queues_held: AtomicUsize::new(0),
             cache_budget: runtime.cache_budget,
@@ -1199,15 +1223,15 @@ impl<H: Handler> Consumer<H> {
                 // It panicked (a bug, recorded as the consumer's failure): its workers were
                 // aborted with it, without their release. Done here for every queue still in
                 // the stats, as for one worker that panicked: committed offsets persisted (no
-                // redelivery past the last periodic save), orderly locks released (the next
-                // owner need not wait out the broker's expiry).
+                // redelivery past the last periodic save), orderly locks forgotten and left to
+                // expire (an aborted batch may still be at the endpoint).
                 _ => {
                     let orphans: Vec<MessageQueue> =
                         self.shared.stats.queues().into_keys().collect();
                     futures_util::future::join_all(
                         orphans
                             .iter()
-                            .map(|mq| super::worker::release(&self.shared, mq)),
+                            .map(|mq| super::worker::release_aborted(&self.shared, mq)),
                     )
                     .await;
                     orphans
@@ -1518,6 +1542,9 @@ async fn lock_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToken
         renew_locks(&shared).await;
     }
 }
+
+/// How long a broker keeps a queue lock nobody renews (Java's `rebalance.lockMaxLiveTime`).
+pub(crate) const BROKER_LOCK_EXPIRY: Duration = Duration::from_secs(60);
 
 /// Orderly: the shortest time between two lock rounds that workers asked for.
 pub(crate) const RELOCK_DELAY: Duration = Duration::from_secs(3);
@@ -2122,7 +2149,7 @@ mod tests {
         });
         // The renewal's LOCK_BATCH_MQ is at the broker now.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        crate::consumer::worker::release(&shared, &mq).await;
+        crate::consumer::worker::release_as(&shared, &mq, true).await;
         renewal.await.expect("renewal");
         assert!(
             !*lock(&held),

@@ -253,6 +253,12 @@ impl<H: Handler> Rebalancer<H> {
                 continue;
             }
             if shared.is_orderly_clustering() {
+                // Released with a batch that may still be at the endpoint: not before the
+                // broker's lock expiry (see `Shared::leave_locked`).
+                if shared.lock_held_back(&mq) {
+                    balanced = false;
+                    continue;
+                }
                 let granted = shared
                     .lock_queues(&mq.broker_name, vec![mq.clone()], |_| true)
                     .await;
@@ -407,7 +413,8 @@ impl<H: Handler> Rebalancer<H> {
 
     /// Does what a worker that panicked (or was aborted) left undone when it ended: persists
     /// the offset it last committed (the lowest one not finished, so redelivery covers what
-    /// it held), unlocks the orderly queue and forgets it. Otherwise the persist task kept
+    /// it held), leaves the orderly queue's lock to expire (its batch may still be at the
+    /// endpoint) and forgets the queue. Otherwise the persist task kept
     /// writing that offset, and the lock task renewing the lock, for a queue that may be
     /// someone else's by now.
     async fn release_panicked(&mut self, e: tokio::task::JoinError) {
@@ -415,7 +422,7 @@ impl<H: Handler> Rebalancer<H> {
             return;
         };
         warn!(queue = %mq, error = %e, "Queue worker ended abnormally; releasing its queue.");
-        worker::release(&self.shared, &mq).await;
+        worker::release_aborted(&self.shared, &mq).await;
     }
 
     fn spawn(&mut self, mq: MessageQueue, start: Start) {
@@ -465,7 +472,7 @@ impl<H: Handler> Rebalancer<H> {
             self.shared.offsets.update(mq, *offset, false);
             // The queue's next worker reads its offset from the broker first.
             if self.shared.persist(mq).await {
-                // As in `worker::release`: the broker keeps it now, and an entry left here
+                // As in `worker::release_as`: the broker keeps it now, and an entry left here
                 // would be reported as ours (GET_CONSUMER_STATUS) if the queue moves away.
                 if self.shared.config.model == Model::Clustering {
                     self.shared.offsets.remove(mq);
@@ -527,9 +534,32 @@ mod tests {
             "still in the stats"
         );
         // Its persist failed (no broker answers here), so the offset stays for the queue's
-        // next start (see `worker::release`), though no task persists it any more.
+        // next start (see `worker::release_as`), though no task persists it any more.
         assert_eq!(rb.shared.offsets.read(&mq), Some(7));
         assert!(!rb.shared.lock_valid(&mq), "lock still held");
+        // Its batch may still be at the endpoint: the lock is left to expire, and this member
+        // keeps off the queue as long.
+        assert!(rb.shared.lock_held_back(&mq));
+    }
+
+    /// Orderly: a queue released with a batch that may still be at the endpoint is not taken
+    /// again by this member before the broker's lock expiry. The broker grants a lock again to
+    /// the client that holds it, so a rebalance that gave the queue back delivered it beside
+    /// that batch.
+    #[tokio::test]
+    async fn a_queue_left_locked_is_not_taken_again_at_once() {
+        let mut rb = rebalancer().await;
+        let mq = testing::queue("T_reap");
+        let (held, broker) = testing::lock_broker(&rb.shared, &mq).await;
+        // As a worker's end after a drain that gave up: the lock stays with the broker.
+        *lock(&held) = true;
+        rb.shared.leave_locked(&mq).await;
+        assert!(!rb.rebalance().await, "balanced while the queue waits");
+        assert!(rb.active.is_empty());
+        // Asked for, the lock would have been granted, then given back: the start offset
+        // cannot be read here.
+        assert!(*lock(&held), "the lock was asked for again");
+        broker.abort();
     }
 
     /// Orderly: the broker granted a new queue's lock but its start offset could not be read

@@ -277,21 +277,25 @@ pub(crate) async fn run<H: Handler>(
     // Orderly: a batch the drain gave up on may still be running at the endpoint (only our side
     // of its request was dropped). Unlocked now, the queue's next owner could deliver its
     // messages beside it; left locked, it waits for the broker's expiry (60 s after the last
-    // renewal), as Java's consumer, which keeps a queue whose batch it cannot stop.
+    // renewal), as with Java's consumer, which keeps a queue whose batch it cannot stop. This
+    // member waits as long (`Shared::leave_locked`): the broker would grant it the lock again.
     release_as(&w.shared, &w.mq, !abandoned).await;
 }
 
-/// The end of a queue's worker, after its drain: persists the committed offset, releases the
-/// orderly broker lock and forgets the queue. Also run by the rebalancer for a worker that
-/// panicked (its own call never ran): the persist and lock tasks go by the queues in the stats,
-/// so a queue left there kept its stale offset written and its lock renewed for good, stalling
-/// the queue's next owner.
-pub(crate) async fn release<H: Handler>(shared: &Shared<H>, mq: &MessageQueue) {
-    release_as(shared, mq, true).await;
+/// What a worker that panicked (or was aborted) left undone: persists the committed offset,
+/// leaves the orderly broker lock to expire (a batch may still be at the endpoint, as after a
+/// drain that gave up; see `run`) and forgets the queue. Run by the rebalancer, since the
+/// worker's own release never ran: the persist and lock tasks go by the queues in the stats,
+/// so a queue left there kept its stale offset written and its lock renewed for good,
+/// stalling the queue's next owner.
+pub(crate) async fn release_aborted<H: Handler>(shared: &Shared<H>, mq: &MessageQueue) {
+    release_as(shared, mq, false).await;
 }
 
-/// [`release`], unlocking an orderly queue only when `unlock`.
-async fn release_as<H: Handler>(shared: &Shared<H>, mq: &MessageQueue, unlock: bool) {
+/// The end of a queue's worker, after its drain: persists the committed offset, releases the
+/// orderly broker lock (only when `unlock`; otherwise leaves it to expire) and forgets the
+/// queue.
+pub(crate) async fn release_as<H: Handler>(shared: &Shared<H>, mq: &MessageQueue, unlock: bool) {
     let persisted = shared.persist(mq).await;
     // Clustering: the broker keeps the offset now, and whoever holds the queue next reads it
     // there; an entry left here would be reported as ours (GET_CONSUMER_STATUS) for good.
@@ -309,8 +313,8 @@ async fn release_as<H: Handler>(shared: &Shared<H>, mq: &MessageQueue, unlock: b
         if unlock {
             shared.unlock_queue(mq).await;
         } else {
-            shared.forget_lock(mq).await;
-            warn!(group = %shared.group(), queue = %mq, "Queue released with a batch the drain gave up on; its broker lock is left to expire, so that its next owner does not deliver beside it.");
+            shared.leave_locked(mq).await;
+            warn!(group = %shared.group(), queue = %mq, "Queue released with a batch that may still be at the endpoint; its broker lock is left to expire (60 s), and no member, this one included, takes the queue before then.");
         }
     }
     info!(group = %shared.group(), queue = %mq, "Queue released.");
@@ -1618,7 +1622,7 @@ mod tests {
     async fn an_offset_that_could_not_be_persisted_is_kept_for_the_next_start() {
         let w = worker().await;
         w.shared.offsets.update(&w.mq, 7, false);
-        release(&w.shared, &w.mq).await;
+        release_aborted(&w.shared, &w.mq).await;
         assert_eq!(w.shared.offsets.read(&w.mq), Some(7));
         assert!(!w.shared.stats.queues().contains_key(&w.mq));
     }
