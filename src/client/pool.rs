@@ -137,10 +137,17 @@ impl Pool {
         // as a failed connect, or a peer that accepts and drops (a TLS broker refusing plain
         // text, a load balancer without backends) would be reconnected to at every call; one
         // that was answered on forgets past failures.
+        // Our own closes (idle, local, aborted) say nothing about the peer.
         if let Some(previous) = lock(&slot.current).take() {
+            let closed_by_peer = matches!(
+                previous.close_reason(),
+                Some(
+                    CloseReason::PeerClosed | CloseReason::EofMidFrame { .. } | CloseReason::Io(_)
+                )
+            );
             if previous.has_read() {
                 attempts.backoff.reset();
-            } else {
+            } else if closed_by_peer {
                 let delay = attempts.backoff.fail();
                 attempts.retry_at = Some(now + delay);
                 warn!(%addr, retry_in = ?delay, "The peer closed the connection before answering anything; waiting before connecting again.");
@@ -236,6 +243,14 @@ impl Pool {
             let mut current = lock(&slot.current);
             if current.as_ref().is_some_and(|c| c.same_as(conn)) {
                 *current = None;
+                // Taken out here, so the next connect does not see it: a connection that was
+                // answered on forgets past failures now. Not waited for: a connect in progress
+                // holds the lock, and its own outcome decides.
+                if conn.has_read() {
+                    if let Ok(mut attempts) = slot.connect.try_lock() {
+                        attempts.backoff.reset();
+                    }
+                }
             }
         }
         conn.close();

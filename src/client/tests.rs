@@ -912,6 +912,40 @@ async fn a_peer_that_closes_before_answering_is_backed_off() {
     assert_eq!(accepts.await.expect("listener task"), 1, "connected again");
 }
 
+/// Only the peer's closes count against it: a connection this side closed (here idle, with
+/// nothing ever sent or read on it) is replaced at once, not backed off.
+#[tokio::test]
+async fn a_connection_closed_by_this_side_is_not_backed_off() {
+    let (l, addr) = listener().await;
+    let options = ConnectOptions {
+        idle_timeout: Duration::from_millis(100),
+        ..ConnectOptions::default()
+    };
+    let pool = Pool::new(options, Arc::new(NotSupported));
+    let peer = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = l.accept().await {
+            held.push(socket);
+        }
+    });
+    let first = within(pool.connection(&addr)).await.expect("connect");
+    within(async {
+        while !first.is_closed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(matches!(
+        first.close_reason(),
+        Some(CloseReason::Idle { .. })
+    ));
+    let second = within(pool.connection(&addr))
+        .await
+        .expect("connected again at once");
+    assert!(!second.same_as(&first));
+    peer.abort();
+}
+
 /// A peer that accepts, reads and never answers (a NAT that forgot the flow looks like this):
 /// the pool closes the connection a request timed out on, and the next request gets a new one.
 #[tokio::test]
