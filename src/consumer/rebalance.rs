@@ -256,6 +256,9 @@ impl<H: Handler> Rebalancer<H> {
                 // Released with a batch that may still be at the endpoint: not before the
                 // broker's lock expiry (see `Shared::leave_locked`).
                 if shared.lock_held_back(&mq) {
+                    // Ours, not started: an offset reset meanwhile applies to it as to a
+                    // queue a reset stopped (it would find no worker and be dropped).
+                    self.reset_stopped.insert(mq.clone());
                     balanced = false;
                     continue;
                 }
@@ -559,6 +562,15 @@ mod tests {
         // Asked for, the lock would have been granted, then given back: the start offset
         // cannot be read here.
         assert!(*lock(&held), "the lock was asked for again");
+        // Still ours: an offset reset meanwhile applies to it (it found no worker, and was
+        // dropped). Applied, the offset is 5, or stored and forgotten here.
+        rb.shared.offsets.update(&mq, 9, false);
+        rb.reset(vec![(mq.clone(), 5)]).await;
+        assert_ne!(
+            rb.shared.offsets.read(&mq),
+            Some(9),
+            "the reset was dropped"
+        );
         broker.abort();
     }
 
