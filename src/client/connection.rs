@@ -24,7 +24,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -164,6 +164,8 @@ struct Shared {
     opened: Instant,
     /// Microseconds after `opened` of the last read that returned bytes.
     last_read_us: AtomicU64,
+    /// Whether a frame from the peer decoded: it speaks the protocol (see `has_answered`).
+    answered: AtomicBool,
 }
 
 /// The correlation table, or why there is none any more.
@@ -347,6 +349,7 @@ impl Connection {
             pending: Mutex::new(Pending::Open(HashMap::new())),
             opened: Instant::now(),
             last_read_us: AtomicU64::new(0),
+            answered: AtomicBool::new(false),
         });
         let (outgoing, requests) = mpsc::channel(options.request_queue.max(1));
         let cancel = CancellationToken::new();
@@ -409,10 +412,11 @@ impl Connection {
         shared.last_read_us.load(Ordering::Relaxed) > at_us
     }
 
-    /// Whether the peer has sent anything on this connection yet. One that accepts and closes
-    /// at once (a TLS broker refusing plain text, a load balancer without backends) never has.
-    pub fn has_read(&self) -> bool {
-        self.handle.shared.last_read_us.load(Ordering::Relaxed) > 0
+    /// Whether a frame the peer sent on this connection decoded. One that accepts and closes
+    /// at once (a TLS broker refusing plain text, a load balancer without backends), or that
+    /// answers in another protocol (an HTTP server on the wrong port), never has.
+    pub fn has_answered(&self) -> bool {
+        self.handle.shared.answered.load(Ordering::Relaxed)
     }
 
     /// Whether `self` and `other` are handles to the same connection.
@@ -702,8 +706,7 @@ impl Driver {
                     Ok(_) => {
                         let now_us = u64::try_from(self.shared.opened.elapsed().as_micros())
                             .unwrap_or(u64::MAX);
-                        // At least 1: 0 is "nothing read yet" (see `has_read`).
-                        self.shared.last_read_us.store(now_us.max(1), Ordering::Relaxed);
+                        self.shared.last_read_us.store(now_us, Ordering::Relaxed);
                         loop {
                         match decoder.decode(&mut input) {
                             Ok(Some(frame)) => {
@@ -759,6 +762,7 @@ impl Driver {
             // trusted with the rest of the stream; Java closes the channel too.
             Err(e) => return Some(Err(CloseReason::Protocol(Arc::new(e)))),
         };
+        self.shared.answered.store(true, Ordering::Relaxed);
         if command.is_response() {
             self.shared.complete(command);
             return None;

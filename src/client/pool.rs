@@ -133,19 +133,22 @@ impl Pool {
             return Ok(conn);
         }
         let now = Instant::now();
-        // The connection this one replaces: one the peer closed before sending anything counts
-        // as a failed connect, or a peer that accepts and drops (a TLS broker refusing plain
-        // text, a load balancer without backends) would be reconnected to at every call; one
-        // that was answered on forgets past failures.
+        // The connection this one replaces: one the peer closed before a frame of it decoded
+        // counts as a failed connect, or a peer that accepts and drops (a TLS broker refusing
+        // plain text, a load balancer without backends, an HTTP server on the wrong port) would
+        // be reconnected to at every call; one that was answered on forgets past failures.
         // Our own closes (idle, local, aborted) say nothing about the peer.
         if let Some(previous) = lock(&slot.current).take() {
             let closed_by_peer = matches!(
                 previous.close_reason(),
                 Some(
-                    CloseReason::PeerClosed | CloseReason::EofMidFrame { .. } | CloseReason::Io(_)
+                    CloseReason::PeerClosed
+                        | CloseReason::EofMidFrame { .. }
+                        | CloseReason::Io(_)
+                        | CloseReason::Protocol(_)
                 )
             );
-            if previous.has_read() {
+            if previous.has_answered() {
                 attempts.backoff.reset();
             } else if closed_by_peer {
                 let delay = attempts.backoff.fail();
@@ -246,7 +249,7 @@ impl Pool {
                 // Taken out here, so the next connect does not see it: a connection that was
                 // answered on forgets past failures now. Not waited for: a connect in progress
                 // holds the lock, and its own outcome decides.
-                if conn.has_read() {
+                if conn.has_answered() {
                     if let Ok(mut attempts) = slot.connect.try_lock() {
                         attempts.backoff.reset();
                     }

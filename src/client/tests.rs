@@ -912,6 +912,37 @@ async fn a_peer_that_closes_before_answering_is_backed_off() {
     assert_eq!(accepts.await.expect("listener task"), 1, "connected again");
 }
 
+/// A peer that answers in another protocol and closes (an HTTP server on the wrong port) is
+/// backed off like one that closes at once: bytes came, but no frame of ours decoded.
+#[tokio::test]
+async fn a_peer_that_answers_in_another_protocol_is_backed_off() {
+    let (l, addr) = listener().await;
+    let pool = Pool::new(ConnectOptions::default(), Arc::new(NotSupported));
+    let peer = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = l.accept().await {
+            let _ = socket
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let first = within(pool.connection(&addr)).await.expect("connect");
+    within(async {
+        while !first.is_closed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(matches!(
+        first.close_reason(),
+        Some(CloseReason::Protocol(_))
+    ));
+    match within(pool.connection(&addr)).await {
+        Err(ClientError::Backoff { .. }) => {}
+        other => panic!("expected a backoff, got {other:?}"),
+    }
+    peer.abort();
+}
+
 /// Only the peer's closes count against it: a connection this side closed (here idle, with
 /// nothing ever sent or read on it) is replaced at once, not backed off.
 #[tokio::test]
