@@ -13,8 +13,8 @@
 //! - frames without the response bit are broker-initiated requests, handed to the
 //!   [`InboundHandler`] in tasks owned by the connection task (at most
 //!   [`ConnectOptions::inbound_concurrency`] at once, and as many again for oneway ones;
-//!   further ones are answered `SYSTEM_BUSY`, or ignored while the write queue is above its
-//!   high-water mark), so a slow handler never
+//!   further ones are answered `SYSTEM_BUSY` (oneway ones are dropped with a warning), or
+//!   ignored while the write queue is above its high-water mark), so a slow handler never
 //!   stops the reading and a peer that does not read cannot grow our memory;
 //! - dropping the last handle aborts the connection task, which drops (and so aborts) the handler
 //!   tasks it owns: no task outlives its connection.

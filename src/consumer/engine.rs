@@ -927,6 +927,16 @@ impl<H: Handler> Shared<H> {
             .is_some_and(|until| *until > Instant::now())
     }
 
+    /// When the first hold still running ends (see `lock_holds`), for the rebalancer's wake-up.
+    pub(crate) fn lock_holds_end(&self) -> Option<Instant> {
+        let now = Instant::now();
+        lock(&self.lock_holds)
+            .values()
+            .filter(|until| **until > now)
+            .min()
+            .copied()
+    }
+
     /// Releases the broker lock of `mq`, after any lock call in flight (see `lock_calls`).
     /// Unlocks do not wait for one another: a drain releasing many queues of a broker that
     /// stopped answering takes one call's timeout, not one per queue.
@@ -954,7 +964,8 @@ impl<H: Handler> Shared<H> {
 }
 
 /// A running subscription. Dropping it cancels every task; call [`Consumer::shutdown`] for the
-/// orderly drain (finish in-flight batches, persist offsets, unlock, unregister).
+/// orderly drain (finish in-flight batches, persist offsets, unlock unless a batch was given
+/// up on, unregister).
 #[derive(Debug)]
 pub struct Consumer<H: Handler> {
     shared: Arc<Shared<H>>,
@@ -1195,7 +1206,8 @@ impl<H: Handler> Consumer<H> {
 
     /// Orderly shutdown: stop pulling, let in-flight batches finish within the drain timeout
     /// (unfinished ones stay uncommitted and are redelivered later), persist offsets, unlock
-    /// orderly queues, unregister from every broker.
+    /// orderly queues (but a queue whose batch was given up on, whose lock is left to expire),
+    /// unregister from every broker.
     ///
     /// A panic while draining is recorded as the consumer's failure, so the daemon exits with
     /// an error instead of reporting a clean stop.
@@ -1209,7 +1221,8 @@ impl<H: Handler> Consumer<H> {
         self.cancel.cancel();
         self.shared.mark_draining().await;
         // The rebalancer cancels its workers; each drains its in-flight batches, persists its
-        // offset and releases its orderly lock before it ends. Awaited in place rather than
+        // offset and releases its orderly lock (or leaves it to expire, if it gave up on a
+        // batch) before it ends. Awaited in place rather than
         // taken: if the owner gives up on the drain (its deadline passed), dropping the
         // consumer aborts the rebalancer and its workers instead of leaving them unowned.
         let rebalanced = match self.rebalancer.as_mut() {

@@ -255,11 +255,12 @@ impl<H: Handler> Rebalancer<H> {
             if shared.is_orderly_clustering() {
                 // Released with a batch that may still be at the endpoint: not before the
                 // broker's lock expiry (see `Shared::leave_locked`).
+                // Not a reason to call the pass unbalanced (a pass a second for a minute):
+                // `next_wait` wakes the loop when the hold ends.
                 if shared.lock_held_back(&mq) {
                     // Ours, not started: an offset reset meanwhile applies to it as to a
                     // queue a reset stopped (it would find no worker and be dropped).
                     self.reset_stopped.insert(mq.clone());
-                    balanced = false;
                     continue;
                 }
                 let granted = shared
@@ -403,12 +404,14 @@ impl<H: Handler> Rebalancer<H> {
             .is_some_and(|c| Instant::now() < c.restart_at())
     }
 
-    /// How long the loop sleeps: `wait`, or less when a queue's restart back-off ends sooner.
+    /// How long the loop sleeps: `wait`, or less when a queue's restart back-off, or an
+    /// orderly queue's lock hold (`Shared::leave_locked`), ends sooner.
     fn next_wait(&self, wait: Duration) -> Duration {
         let now = Instant::now();
         self.crashes
             .values()
             .map(Crashes::restart_at)
+            .chain(self.shared.lock_holds_end())
             .filter(|at| *at > now)
             .map(|at| at.duration_since(now))
             .fold(wait, Duration::min)
@@ -557,8 +560,14 @@ mod tests {
         // As a worker's end after a drain that gave up: the lock stays with the broker.
         *lock(&held) = true;
         rb.shared.leave_locked(&mq).await;
-        assert!(!rb.rebalance().await, "balanced while the queue waits");
+        rb.rebalance().await;
         assert!(rb.active.is_empty());
+        // The loop wakes when the hold ends, not at the next regular pass.
+        let wait = rb.next_wait(Duration::from_secs(3600));
+        assert!(
+            wait <= crate::consumer::engine::BROKER_LOCK_EXPIRY,
+            "{wait:?}"
+        );
         // Asked for, the lock would have been granted, then given back: the start offset
         // cannot be read here.
         assert!(*lock(&held), "the lock was asked for again");
@@ -647,7 +656,7 @@ mod tests {
             tokio::time::advance(wait).await;
             assert!(!rb.restart_pending(&mq), "still waiting after the back-off");
         }
-        // `release` inside `reap` may take some (paused, auto-advanced) time against no
+        // `release_aborted` inside `reap` may take some (paused, auto-advanced) time against no
         // broker before the wait is read, hence the slack below each step.
         let steps = [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000];
         for (wait, step) in waits.iter().zip(steps) {

@@ -192,8 +192,9 @@ pub struct Answer {
     /// Why a success-class body that looked like JSON could not be read (for the log; its
     /// messages count as accepted, as Dapr counts them).
     pub unread: Option<&'static str>,
-    /// A success-class body was JSON that breaks off (for the log; its messages retry): the
-    /// endpoint stopped mid-answer, or its `Content-Length` was short.
+    /// A success-class body was JSON that could not be read whole (for the log; its messages
+    /// retry): it breaks off (the endpoint stopped mid-answer, or its `Content-Length` was
+    /// short), or, compressed, it inflates past 1 MiB.
     pub broke_off: bool,
 }
 
