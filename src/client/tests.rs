@@ -837,12 +837,7 @@ async fn pool_backs_off_and_reconnects_after_the_peer_restarts() {
 
     // The peer dies: listener and connections go away.
     tasks.shutdown().await;
-    within(async {
-        while !first.is_closed() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_closed(&first).await;
 
     match within(pool.connection(&addr)).await {
         Err(ClientError::Connect { addr: a, .. }) => assert_eq!(a, addr),
@@ -897,12 +892,7 @@ async fn a_peer_that_closes_before_answering_is_backed_off() {
         n
     });
     let first = within(pool.connection(&addr)).await.expect("connect");
-    within(async {
-        while !first.is_closed() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_closed(&first).await;
     match within(pool.connection(&addr)).await {
         Err(ClientError::Backoff { retry_in, .. }) => {
             assert!(retry_in <= Duration::from_millis(100));
@@ -926,16 +916,8 @@ async fn a_peer_that_answers_in_another_protocol_is_backed_off() {
         }
     });
     let first = within(pool.connection(&addr)).await.expect("connect");
-    within(async {
-        while !first.is_closed() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(matches!(
-        first.close_reason(),
-        Some(CloseReason::Protocol(_))
-    ));
+    let reason = until_closed(&first).await;
+    assert!(matches!(reason, CloseReason::Protocol(_)));
     match within(pool.connection(&addr)).await {
         Err(ClientError::Backoff { .. }) => {}
         other => panic!("expected a backoff, got {other:?}"),
@@ -960,16 +942,8 @@ async fn a_connection_closed_by_this_side_is_not_backed_off() {
         }
     });
     let first = within(pool.connection(&addr)).await.expect("connect");
-    within(async {
-        while !first.is_closed() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(matches!(
-        first.close_reason(),
-        Some(CloseReason::Idle { .. })
-    ));
+    let reason = until_closed(&first).await;
+    assert!(matches!(reason, CloseReason::Idle { .. }));
     let second = within(pool.connection(&addr))
         .await
         .expect("connected again at once");
