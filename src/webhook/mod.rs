@@ -678,8 +678,10 @@ impl Inner {
         }
         let started = Instant::now();
         let sent = {
-            let _in_flight = self.stats.in_flight_guard();
-            self.transmit(&prepared.ids, request).await
+            let in_flight = self.stats.in_flight_guard();
+            let sent = self.transmit(&prepared.ids, request).await;
+            in_flight.finish();
+            sent
         };
         let latency = started.elapsed();
         let unreachable = matches!(sent, Sent::Failed(Failure::Unreachable, _));

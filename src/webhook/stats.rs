@@ -196,19 +196,42 @@ impl WebhookStats {
         }
     }
 
+    /// Counts a request in flight from now until the guard is dropped. A guard dropped before
+    /// [`InFlight::finish`] was cut short (the batch's `consume_timeout`, or a shutdown that
+    /// stopped waiting): it counts as a timeout then, so every request sent shows in
+    /// `requests_total` and the latency histogram.
     pub(crate) fn in_flight_guard(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self)
+        InFlight {
+            stats: self,
+            started: tokio::time::Instant::now(),
+            finished: false,
+        }
     }
 }
 
 /// Decrements `in_flight` on drop, so cancelled deliveries are not counted forever.
 #[derive(Debug)]
-pub(crate) struct InFlight<'a>(&'a WebhookStats);
+pub(crate) struct InFlight<'a> {
+    stats: &'a WebhookStats,
+    started: tokio::time::Instant,
+    finished: bool,
+}
+
+impl InFlight<'_> {
+    /// The request ended and its caller records it.
+    pub(crate) fn finish(mut self) {
+        self.finished = true;
+    }
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.finished {
+            self.stats
+                .record_request(RequestClass::Timeout, Some(self.started.elapsed()));
+        }
     }
 }
 
@@ -255,11 +278,15 @@ mod tests {
         assert_eq!(counts, vec![2, 1, 1, 1]);
 
         {
-            let _a = s.in_flight_guard();
+            let a = s.in_flight_guard();
             let _b = s.in_flight_guard();
             assert_eq!(s.in_flight(), 2);
+            a.finish();
         }
         assert_eq!(s.in_flight(), 0);
+        // The finished guard left the recording to its caller; the other was cut short.
+        assert_eq!(s.requests(RequestClass::Timeout), 2);
+        assert_eq!(s.latency().count, 4);
     }
 
     #[test]

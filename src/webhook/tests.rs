@@ -259,6 +259,26 @@ async fn timeout_retries() {
     assert_eq!(webhook.stats().requests(stats::RequestClass::Timeout), 1);
 }
 
+/// A request the worker stops waiting for (its batch's `consume_timeout`) still shows in the
+/// request counts and the latency histogram.
+#[tokio::test]
+async fn a_request_cut_short_by_its_caller_counts_as_a_timeout() {
+    let mut slow = reply(200);
+    slow.delay = Duration::from_secs(3);
+    let server = Server::start(vec![slow]).await;
+    let webhook = Webhook::new(options(server.url())).unwrap();
+    let cut = tokio::time::timeout(
+        Duration::from_millis(300),
+        webhook.handle(&batch(&["A"], ConsumeMode::Concurrent)),
+    )
+    .await;
+    assert!(cut.is_err(), "the endpoint answered before the cut");
+    let counts = webhook.stats();
+    assert_eq!(counts.requests(stats::RequestClass::Timeout), 1);
+    assert_eq!(counts.latency().count, 1);
+    assert_eq!(counts.in_flight(), 0);
+}
+
 #[tokio::test]
 async fn unreachable_endpoint_opens_the_circuit() {
     // A port that was just free: connections are refused.
