@@ -5,6 +5,8 @@
 //!   by name and never reaches a socket;
 //! - look-ups start at the name server that last gave a route and move on in list order, so a
 //!   dead name server costs one failed attempt (or a fast pool backoff error), not one per call;
+//!   the first look-up starts at a random one, as Java's does, so a fleet of sidecars spreads
+//!   over the name servers instead of all asking the first;
 //! - `TOPIC_NOT_EXIST` is the look-up's answer ([`ClientError::NoRoute`]) only when no other
 //!   name server has the route: a name server cut off from the brokers (or just restarted,
 //!   before they register again) says it for every topic, and must not hold every client that
@@ -14,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::Rng;
 use tracing::debug;
 
 use crate::remoting::body::route::TopicRouteData;
@@ -43,9 +46,10 @@ impl NameServer {
     /// holds no address.
     pub fn new(addrs: &str, pool: Pool) -> Result<Self, ClientError> {
         let list = parse_addrs(addrs)?;
+        let start = rand::rng().random_range(0..list.len());
         Ok(Self {
             addrs: list.into(),
-            last_good: Arc::new(AtomicUsize::new(0)),
+            last_good: Arc::new(AtomicUsize::new(start)),
             pool,
             timeout: DEFAULT_NAMESRV_TIMEOUT,
         })
