@@ -332,7 +332,7 @@ pub struct Decoded {
 /// inner batch that cannot be unwrapped, is no error: its record comes back whole
 /// ([`MessageExt::undeliverable`]).
 pub fn decode_messages(body: &Bytes) -> Result<Vec<MessageExt>, RemotingError> {
-    decode_bounded(body, usize::MAX, usize::MAX).map(|d| d.messages)
+    decode_bounded(body, usize::MAX, usize::MAX, false).map(|d| d.messages)
 }
 
 /// [`decode_messages`], stopping before a record once the records decoded so far built
@@ -341,17 +341,24 @@ pub fn decode_messages(body: &Bytes) -> Result<Vec<MessageExt>, RemotingError> {
 /// so a pull makes progress whatever the budget; the caller pulls the rest from
 /// [`Decoded::rest_from`].
 ///
+/// A record that does not decode after others that did ends the call like the budget: the
+/// records before it come back, and [`Decoded::rest_from`] is the broken one's queue offset
+/// (see [`broken_record`]).
+///
 /// # Errors
-/// As [`decode_messages`], for the records decoded.
+/// As [`decode_messages`], for a broken first record (naming its queue offset when its head
+/// reads), or one whose queue offset cannot be read.
 pub fn decode_messages_within(body: &Bytes, budget: usize) -> Result<Decoded, RemotingError> {
-    decode_bounded(body, budget, MAX_BODY_MESSAGES)
+    decode_bounded(body, budget, MAX_BODY_MESSAGES, true)
 }
 
-/// [`decode_messages_within`] with the message cap as a parameter.
+/// [`decode_messages_within`] with the message cap as a parameter; `keep_prefix` says whether
+/// the records before a broken one come back (else it fails the whole body).
 fn decode_bounded(
     body: &Bytes,
     budget: usize,
     max_messages: usize,
+    keep_prefix: bool,
 ) -> Result<Decoded, RemotingError> {
     // Sized up front: the vector goes on to hold the messages while they wait for delivery
     // (consumer::Ready), so growing it by doubling would move them up to five times and leave
@@ -366,7 +373,11 @@ fn decode_bounded(
         if !out.is_empty() && (spent >= budget || out.len() >= max_messages) {
             return rest_from(body, at, out);
         }
-        let (msg, len, heap) = decode_record(body, at)?;
+        let (msg, len, heap) = match decode_record(body, at) {
+            Ok(decoded) => decoded,
+            Err(e) if keep_prefix => return broken_record(body, at, out, e),
+            Err(e) => return Err(e),
+        };
         match unwrap_into(msg, heap, &mut out, max_messages) {
             Some(cost) => spent = spent.saturating_add(cost),
             // Its messages would not fit: the next pull starts with it.
@@ -377,6 +388,36 @@ fn decode_bounded(
     Ok(Decoded {
         messages: out,
         rest_from: None,
+    })
+}
+
+/// A record at `at` that does not decode. The records before it are whole: they are returned,
+/// and the next pull starts at the broken one, whose own pull then fails. So a queue moves up to
+/// the broken record and stops there, and the error names its queue offset, which an operator
+/// can reset past. (Java keeps the records before it too, but skips the rest of the pull.)
+/// Without a readable queue offset (its length field is broken too) nothing can say where the
+/// next pull should start, and the whole pull fails.
+fn broken_record(
+    body: &[u8],
+    at: usize,
+    out: Vec<MessageExt>,
+    error: RemotingError,
+) -> Result<Decoded, RemotingError> {
+    let Ok(queue_offset) = record_queue_offset(body, at) else {
+        return Err(error);
+    };
+    if !out.is_empty() {
+        return Ok(Decoded {
+            messages: out,
+            rest_from: Some(queue_offset),
+        });
+    }
+    Err(match error {
+        RemotingError::MalformedMessage { at, reason } => RemotingError::MalformedMessage {
+            at,
+            reason: format!("{reason} (the record of queue offset {queue_offset})"),
+        },
+        other => other,
     })
 }
 

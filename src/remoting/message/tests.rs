@@ -157,6 +157,40 @@ fn truncated_and_corrupt_records_are_errors() {
     assert!(decode_message(&[]).is_err());
 }
 
+/// A pull body with a broken record after whole ones delivers the whole ones and starts the
+/// next pull at the broken one, whose own decode then fails naming its queue offset; failing
+/// the whole pull stalled the queue before the good records too.
+#[test]
+fn records_before_a_broken_one_come_back() {
+    let good = golden_record();
+    let mut broken = good.clone();
+    broken[4] = 0xCB; // unknown magic code
+    broken[20..28].copy_from_slice(&1_i64.to_be_bytes());
+    let mut body = good.clone();
+    body.extend_from_slice(&broken);
+    let d = decode_messages_within(&Bytes::from(body.clone()), usize::MAX).unwrap();
+    assert_eq!(d.messages.len(), 1);
+    assert_eq!(d.messages[0].queue_offset, 0);
+    assert_eq!(d.rest_from, Some(1));
+    // The strict decoder still refuses the body.
+    assert!(decode_messages(&Bytes::from(body)).is_err());
+
+    match decode_messages_within(&Bytes::from(broken), usize::MAX) {
+        Err(RemotingError::MalformedMessage { at: 0, reason }) => {
+            assert!(reason.contains("unknown magic code"), "{reason}");
+            assert!(reason.contains("queue offset 1"), "{reason}");
+        }
+        other => panic!("expected MalformedMessage, got {other:?}"),
+    }
+    // A broken length leaves no queue offset to start from: the whole body fails.
+    let mut cut = good.clone();
+    cut.extend_from_slice(&good[..50]);
+    assert!(matches!(
+        decode_messages_within(&Bytes::from(cut), usize::MAX),
+        Err(RemotingError::MalformedMessage { at: 229, .. })
+    ));
+}
+
 #[test]
 fn total_size_errors_name_what_and_the_bound() {
     fn reason<T: std::fmt::Debug>(result: Result<T, RemotingError>) -> String {
