@@ -952,6 +952,16 @@ impl<H: Handler> Worker<H> {
                     .filter(|m| m.queue_offset >= asked || m.undeliverable().is_some())
                     .filter(|m| !check_tags || filter::matches_tags(&sub, m.tags()))
                     .collect();
+                // Brokers answer in ascending offset order without repeats, and what follows
+                // relies on it: the held range spans first to last (a reversed one panics the
+                // worker, again after each restart), and a repeated offset would be both put
+                // and skipped as held, so its mark stayed with no message to finish it, and the
+                // commit point stood still for good. An answer that breaks the rule (a faulty
+                // broker or proxy) is put right here, at the cost of one pass over it.
+                if !kept.is_sorted_by_key(|m| m.queue_offset) {
+                    kept.sort_by_key(|m| m.queue_offset);
+                }
+                kept.dedup_by_key(|m| m.queue_offset);
                 for m in &mut kept {
                     self.shared.restore_topic(m);
                 }
@@ -1795,6 +1805,28 @@ mod tests {
         w.on_pull(Ok(answer()), Duration::ZERO).await;
         let queued: Vec<i64> = w.ready.take(10).iter().map(|m| m.queue_offset).collect();
         assert_eq!(queued, vec![0, 1]);
+    }
+
+    /// An answer out of order, with an offset twice: each message is queued once, in order,
+    /// and the queue's commit point moves once they are finished (a reversed range panicked the
+    /// worker; a repeat left a mark that nothing finished).
+    #[tokio::test]
+    async fn an_answer_out_of_order_or_with_repeats_is_put_right() {
+        let mut w = worker().await;
+        let answer = found(
+            vec![
+                message(2, "a"),
+                message(0, "a"),
+                message(1, "a"),
+                message(0, "a"),
+            ],
+            3,
+        );
+        w.on_pull(Ok(answer), Duration::ZERO).await;
+        assert_eq!(w.answers_held(), 4);
+        let queued: Vec<i64> = w.ready.take(10).iter().map(|m| m.queue_offset).collect();
+        assert_eq!(queued, vec![0, 1, 2]);
+        assert_eq!(w.pq.remove([0, 1, 2]), Some(3));
     }
 
     /// An answer that starts below the offset asked for (a 5.x batch entry, a range served
