@@ -125,6 +125,7 @@ impl Plan {
             connect,
             instance_name: Some(cfg.resolved_instance_name()),
             client_ip: None,
+            namesrv_timeout: Some(cfg.client.rpc_timeout),
         };
         // Filled in at load time; the fallback only serves a tree built by hand.
         let transport = Transport::new(
@@ -151,6 +152,9 @@ impl Plan {
                     &tls_key(&key("webhook.tls"), Some(setting)),
                     format!("{path}: {reason}"),
                 ),
+                e @ WebhookError::InvalidUrl { .. } => {
+                    PlanError::at(cfg, &key("webhook.url"), e.to_string())
+                }
                 other => PlanError::at(cfg, &key("webhook"), other.to_string()),
             })?;
             let mut sub_client = client.clone();
@@ -942,6 +946,44 @@ mod tests {
         assert_eq!(configured.retry_after_cap, library.retry_after_cap);
         assert_eq!(configured.breaker, library.breaker);
         assert_eq!(configured.tls, library.tls);
+    }
+
+    /// A URL the webhook refuses after the configuration took it (here a token with an
+    /// unescaped `/`, which parses as the host) is reported at `webhook.url` with its origin,
+    /// masked as `check-config` masks it.
+    #[test]
+    fn a_webhook_url_refused_by_the_library_is_named_and_masked() {
+        let sources = config::Sources::default()
+            .with_env(
+                "ROCKETMQ_WEBHOOK_URL",
+                "https://AbC+dEf/gh==@example.com/hook",
+            )
+            .with_env("ROCKETMQ_CONSUMER_GROUP", "g")
+            .with_env("ROCKETMQ_TOPIC", "t");
+        let cfg = config::Config::load(&sources).expect("the configuration takes it");
+        let e = Plan::new(&cfg).expect_err("the webhook refuses it");
+        assert_eq!(e.key, "subscriptions[0].webhook.url");
+        let shown = e.to_string();
+        assert!(shown.contains("ROCKETMQ_WEBHOOK_URL"), "{shown}");
+        assert!(shown.contains("https://***@example.com/hook"), "{shown}");
+        assert!(!shown.to_ascii_lowercase().contains("gh=="), "{shown}");
+    }
+
+    /// `client.rpc_timeout` bounds name-server look-ups too, as documented.
+    #[test]
+    fn the_rpc_timeout_reaches_the_name_server_client() {
+        let sources = config::Sources::default()
+            .with_env("ROCKETMQ_WEBHOOK_URL", "http://127.0.0.1:8080/hook")
+            .with_env("ROCKETMQ_CONSUMER_GROUP", "g")
+            .with_env("ROCKETMQ_TOPIC", "t")
+            .with_env("ROCKETMQ_CLIENT__RPC_TIMEOUT", "7s");
+        let cfg = config::Config::load(&sources).expect("configuration");
+        let plan = Plan::new(&cfg).expect("plan");
+        assert_eq!(plan.client.namesrv_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(
+            plan.subscriptions[0].consumer.rpc_timeout,
+            Duration::from_secs(7)
+        );
     }
 
     fn webhook_with(requests: &[(RequestClass, u64)]) -> Webhook {

@@ -57,6 +57,7 @@ fn client(mq: &RocketMq, acl: Option<AclCredentials>) -> Client {
             },
             instance_name: Some(unique("acl-client")),
             client_ip: Some("127.0.0.1".to_owned()),
+            namesrv_timeout: None,
         },
         Arc::new(NotSupported),
     )

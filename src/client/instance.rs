@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::remoting::body::route::TopicRouteData;
 
@@ -29,6 +29,9 @@ pub struct ClientConfig {
     /// IP announced in the client id. Default: the local IPv4 address used to reach the name
     /// servers, else the first non-loopback one found, else `127.0.0.1`.
     pub client_ip: Option<String>,
+    /// How long a name server has for one route look-up. Default:
+    /// [`DEFAULT_NAMESRV_TIMEOUT`](super::namesrv::DEFAULT_NAMESRV_TIMEOUT).
+    pub namesrv_timeout: Option<Duration>,
 }
 
 /// Identity plus shared connections and routes. Cheap to clone.
@@ -60,7 +63,10 @@ impl Client {
             .unwrap_or_else(|| local_ipv4(&addrs).to_string());
         let instance = config.instance_name.unwrap_or_else(default_instance_name);
         let pool = Pool::new(config.connect, inbound);
-        let namesrv = NameServer::new(&config.namesrv_addr, pool.clone())?;
+        let mut namesrv = NameServer::new(&config.namesrv_addr, pool.clone())?;
+        if let Some(timeout) = config.namesrv_timeout {
+            namesrv = namesrv.with_timeout(timeout);
+        }
         Ok(Self {
             id: format!("{ip}@{instance}").into(),
             pool,

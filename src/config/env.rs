@@ -334,7 +334,11 @@ pub(crate) fn read(pairs: &[(String, String)]) -> EnvLayer {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let mut layer = EnvLayer {
-        home: vars.get("HOME").map(|h| (*h).to_owned()),
+        // Empty is unset: joined to it, `~/x` would become the relative `x`.
+        home: vars
+            .get("HOME")
+            .filter(|h| !h.trim().is_empty())
+            .map(|h| (*h).to_owned()),
         ..EnvLayer::default()
     };
     for known in VARIABLES {
@@ -415,11 +419,71 @@ pub(crate) fn read(pairs: &[(String, String)]) -> EnvLayer {
         } else {
             layer.warnings.push(ConfigWarning::UnknownVariable {
                 variable: name.to_owned(),
-                suggestion: closest(name, VARIABLES.iter().map(|v| v.name)).map(str::to_owned),
+                suggestion: closest(name, VARIABLES.iter().map(|v| v.name))
+                    .map(str::to_owned)
+                    .or_else(|| variable_for_key(rest)),
             });
         }
     }
     layer
+}
+
+/// The variable for a name that spells out a key of the tree rather than a typo of a variable:
+/// `ROCKETMQ_WEBHOOK_BEARER_TOKEN` (webhook.bearer_token, set by `ROCKETMQ_WEBHOOK_TOKEN`),
+/// `ROCKETMQ_RPC_TIMEOUT` (client.rpc_timeout, which has only the path form). `rest` is the
+/// name after the prefix; a subscription key is spelt without `subscriptions`, and a key's
+/// leading sections may be left out when what is left names one key alone. Left unsuggested,
+/// such a name was a warning only, and a token meant for the endpoint was never sent.
+fn variable_for_key(rest: &str) -> Option<String> {
+    let wanted = rest.to_ascii_lowercase();
+    let mut leaves = Vec::new();
+    if let Some(value) = default_shape() {
+        collect_leaves(&value, &mut Vec::new(), &mut leaves);
+    }
+    let spelt = |key: &[String]| key.join("_");
+    let mut found = leaves.iter().filter(|(_, key)| {
+        let flat = spelt(key);
+        flat == wanted || flat.ends_with(&format!("_{wanted}"))
+    });
+    let (scope, key) = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    let plain = VARIABLES
+        .iter()
+        .find(|v| v.scope == *scope && v.key.iter().copied().eq(key.iter().map(String::as_str)));
+    if let Some(variable) = plain {
+        return Some(variable.name.to_owned());
+    }
+    let mut path: Path = match scope {
+        Scope::Global => Vec::new(),
+        Scope::Subscription => vec![SUBSCRIPTION_DEFAULTS.to_owned()],
+    };
+    path.extend(key.iter().cloned());
+    Some(format!("{PREFIX}{}", path.join("__").to_ascii_uppercase()))
+}
+
+/// The keys of the tree that hold values, by scope (a subscription's without its index).
+fn collect_leaves(value: &Value, at: &mut Path, out: &mut Vec<(Scope, Path)>) {
+    match value {
+        Value::Dict(_, dict) if !dict.is_empty() => {
+            for (key, child) in dict {
+                at.push(key.clone());
+                collect_leaves(child, at, out);
+                at.pop();
+            }
+        }
+        Value::Array(_, items) if at.as_slice() == ["subscriptions"] => {
+            if let Some(Value::Dict(_, first)) = items.first() {
+                let mut keys = Vec::new();
+                for (key, child) in first {
+                    collect_leaves(child, &mut vec![key.clone()], &mut keys);
+                }
+                out.extend(keys.into_iter().map(|(_, key)| (Scope::Subscription, key)));
+            }
+        }
+        _ => out.push((Scope::Global, at.clone())),
+    }
 }
 
 /// The list-typed keys of the tree, as paths with `*` for the subscription index
@@ -428,17 +492,23 @@ pub(crate) fn read(pairs: &[(String, String)]) -> EnvLayer {
 /// no table to update. (A list behind an `Option` that defaults to `None` would not be found;
 /// there is none.)
 pub(crate) fn list_keys() -> Vec<Path> {
+    let mut keys = Vec::new();
+    // No keys would only mean that lists are read as text, which extraction then reports as a
+    // type error.
+    if let Some(value) = default_shape() {
+        collect_lists(&value, &mut Vec::new(), &mut keys);
+    }
+    keys
+}
+
+/// The default tree with one subscription, as a figment value: the shape of every key.
+/// Serialising plain data cannot fail; `None` only if it somehow did.
+fn default_shape() -> Option<Value> {
     let shape = Config {
         subscriptions: vec![Subscription::default()],
         ..Config::default()
     };
-    let mut keys = Vec::new();
-    // Serialising plain data into a figment value cannot fail; no keys would only mean
-    // that lists are read as text, which extraction then reports as a type error.
-    if let Ok(value) = Value::serialize(&shape) {
-        collect_lists(&value, &mut Vec::new(), &mut keys);
-    }
-    keys
+    Value::serialize(&shape).ok()
 }
 
 fn collect_lists(value: &Value, at: &mut Path, out: &mut Vec<Path>) {
@@ -661,6 +731,45 @@ mod tests {
                 suggestion: Some("ROCKETMQ_CONSUME_THREAD_MAX".to_owned()),
             }]
         );
+    }
+
+    /// Names that spell out a key instead of its variable's name are pointed to the variable
+    /// (or the path form, for keys without one).
+    #[test]
+    fn names_that_spell_out_a_key_are_pointed_to_its_variable() {
+        for (name, want) in [
+            (
+                "ROCKETMQ_WEBHOOK_BEARER_TOKEN",
+                Some("ROCKETMQ_WEBHOOK_TOKEN"),
+            ),
+            (
+                "ROCKETMQ_WEBHOOK_SIGNING_SECRET",
+                Some("ROCKETMQ_WEBHOOK_SECRET"),
+            ),
+            (
+                "ROCKETMQ_MAX_RECONSUME_TIMES",
+                Some("ROCKETMQ_MAX_RETRY_TIMES"),
+            ),
+            ("ROCKETMQ_CONSUME_FROM", Some("ROCKETMQ_CONSUME_FROM_WHERE")),
+            ("ROCKETMQ_RPC_TIMEOUT", Some("ROCKETMQ_CLIENT__RPC_TIMEOUT")),
+            (
+                "ROCKETMQ_WEBHOOK_TIMEOUT",
+                Some("ROCKETMQ_SUBSCRIPTION_DEFAULTS__WEBHOOK__TIMEOUT"),
+            ),
+            // Several keys end so: no guess.
+            ("ROCKETMQ_TIMEOUT", None),
+            ("ROCKETMQ_SOMETHING_ELSE", None),
+        ] {
+            let layer = read(&env(&[(name, "x")]));
+            assert_eq!(
+                layer.warnings,
+                [ConfigWarning::UnknownVariable {
+                    variable: name.to_owned(),
+                    suggestion: want.map(str::to_owned),
+                }],
+                "{name}"
+            );
+        }
     }
 
     #[test]

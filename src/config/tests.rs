@@ -553,6 +553,28 @@ fn numeric_looking_strings_stay_strings() {
     assert_eq!(config.subscriptions[0].pull_batch_size, 64);
 }
 
+/// Without HOME (or with it empty) `~` cannot be expanded: a broadcasting subscription would
+/// keep its offsets under a directory named `~` wherever it was started. Clustering does not
+/// use the path.
+#[test]
+fn a_broadcasting_offset_path_under_an_unset_home_is_refused() {
+    let broadcasting = one_sub("    message_model: BROADCASTING\n");
+    for vars in [&[][..], &[("HOME", "")][..]] {
+        let e = fail(Some(&broadcasting), vars);
+        assert_error(
+            &e,
+            "subscriptions[0].offset_store_path",
+            &["HOME is not set", "~/.rocketmq_offsets"],
+        );
+    }
+    ok(Some(&one_sub("")), &[]);
+    let config = ok(Some(&broadcasting), &[("HOME", "/home/app")]);
+    assert_eq!(
+        config.subscriptions[0].offset_store_path,
+        PathBuf::from("/home/app/.rocketmq_offsets")
+    );
+}
+
 #[test]
 fn instance_name_of_a_broadcasting_daemon_must_be_a_directory_name() {
     let broadcasting = |name: &str| {
@@ -561,11 +583,12 @@ fn instance_name_of_a_broadcasting_daemon_must_be_a_directory_name() {
             one_sub("    message_model: BROADCASTING\n")
         )
     };
+    let home = [("HOME", "/home/app")];
     for bad in ["..", "a/b", "a\\b"] {
-        let e = fail(Some(&broadcasting(bad)), &[]);
+        let e = fail(Some(&broadcasting(bad)), &home);
         assert_error(&e, "instance_name", &["offset_store_path", "line 1"]);
     }
-    let config = ok(Some(&broadcasting("pod-7.ns")), &[]);
+    let config = ok(Some(&broadcasting("pod-7.ns")), &home);
     assert_eq!(config.instance_name.as_deref(), Some("pod-7.ns"));
     // Clustering does not use the name as a directory, so it keeps any name.
     let config = ok(
@@ -713,6 +736,7 @@ fn bad_urls_are_rejected() {
         ("ftp://h/x", "scheme is `ftp`"),
         ("not a url", "not a URL"),
         ("http://", "not a URL"),
+        ("http://127.0.0.1:0/x", "port 0 reaches nothing"),
     ] {
         let e = fail(
             None,
@@ -1018,7 +1042,12 @@ fn java_ranges_are_enforced() {
         (
             "persist_interval: 0s",
             "subscriptions[0].persist_interval",
-            "longer than 0s",
+            "at least 100ms",
+        ),
+        (
+            "persist_interval: 1ms",
+            "subscriptions[0].persist_interval",
+            "at least 100ms",
         ),
         (
             "pull_interval: 2m",
@@ -1030,6 +1059,29 @@ fn java_ranges_are_enforced() {
         let e = fail(Some(&one_sub(&format!("    {line}\n"))), &[]);
         assert_error(&e, key, &[needle, "config.yaml line 6"]);
     }
+    // The unit slip the floor is for: a bare number is milliseconds.
+    let e = fail(
+        None,
+        &[
+            IDENTITY[0],
+            IDENTITY[1],
+            IDENTITY[2],
+            ("ROCKETMQ_PERSIST_INTERVAL", "1"),
+        ],
+    );
+    assert_error(
+        &e,
+        "subscriptions[0].persist_interval",
+        &["at least 100ms", "environment ROCKETMQ_PERSIST_INTERVAL"],
+    );
+    let e = fail(
+        Some(&format!(
+            "client: {{rebalance_interval: 500ms}}\n{}",
+            one_sub("")
+        )),
+        &[],
+    );
+    assert_error(&e, "client.rebalance_interval", &["at least 1s"]);
     let e = fail(
         None,
         &[
@@ -1392,6 +1444,29 @@ fn webhook_and_client_cross_checks() {
         &[],
     );
     assert_error(&e, "log.level", &["tracing filter"]);
+    // Filters that parse but would silence the daemon.
+    for (level, needle) in [
+        ("warning", "`warning` is not a level"),
+        ("info,WARNING", "`WARNING` is not a level"),
+        ("rocketmq-webhook=debug", "`rocketmq_webhook`"),
+    ] {
+        let e = fail(
+            Some(&format!("log: {{level: \"{level}\"}}\n{}", one_sub(""))),
+            &[],
+        );
+        assert_error(&e, "log.level", &[needle]);
+    }
+    for level in [
+        "WARN",
+        "info,rocketmq_webhook=debug",
+        "debug,hyper[conn]=off",
+        "3",
+    ] {
+        ok(
+            Some(&format!("log: {{level: \"{level}\"}}\n{}", one_sub(""))),
+            &[],
+        );
+    }
     // Empty parses as a filter without a directive: logging off.
     let e = fail(Some(&format!("log: {{level: \"\"}}\n{}", one_sub(""))), &[]);
     assert_error(&e, "log.level", &["must not be empty"]);
@@ -1527,7 +1602,10 @@ fn profile_values_differ_from_the_defaults() {
 fn secrets_never_appear_in_debug_or_redacted_output() {
     let config = ok(
         Some(FULL),
-        &[("ROCKETMQ_WEBHOOK_SECRET", "whsec_ZW52LXNlY3JldC12YWx1ZQ==")],
+        &[
+            ("ROCKETMQ_WEBHOOK_SECRET", "whsec_ZW52LXNlY3JldC12YWx1ZQ=="),
+            ("HOME", "/home/app"),
+        ],
     );
     let debug = format!("{config:?}");
     let yaml = config.redacted_yaml();
@@ -1716,7 +1794,7 @@ fn the_redacted_output_masks_url_credentials() {
 
 #[test]
 fn redacted_output_loads_back_to_the_same_configuration() {
-    let config = ok(Some(FULL), &[]);
+    let config = ok(Some(FULL), &[("HOME", "/home/app")]);
     let yaml = config.redacted_yaml();
     // Secrets come back as "***", which is not a valid signing secret; drop them.
     let reloadable: String = yaml

@@ -60,6 +60,22 @@ impl Checker<'_> {
             self.fail(key, show(value), "must be longer than 0s");
         }
     }
+
+    /// An interval of periodic requests: each round asks every broker (or every held queue's
+    /// broker) something, so a slip of unit (`ROCKETMQ_PERSIST_INTERVAL=1` is 1 ms) would
+    /// flood them.
+    fn interval(&mut self, key: Path, value: Duration, min: Duration) {
+        if value < min {
+            self.fail(
+                key,
+                show(value),
+                format!(
+                    "must be at least {}: each round sends requests to the brokers",
+                    show(min)
+                ),
+            );
+        }
+    }
 }
 
 /// Headers the webhook transport sets itself (framing and connection management).
@@ -250,18 +266,16 @@ impl Config {
             }
         }
         let client = &self.client;
-        c.positive(
-            key_path!["client", "heartbeat_interval"],
-            client.heartbeat_interval,
-        );
-        c.positive(
-            key_path!["client", "poll_name_server_interval"],
-            client.poll_name_server_interval,
-        );
-        c.positive(
-            key_path!["client", "rebalance_interval"],
-            client.rebalance_interval,
-        );
+        for (name, value) in [
+            ("heartbeat_interval", client.heartbeat_interval),
+            (
+                "poll_name_server_interval",
+                client.poll_name_server_interval,
+            ),
+            ("rebalance_interval", client.rebalance_interval),
+        ] {
+            c.interval(key_path!["client", name], value, Duration::from_secs(1));
+        }
         c.positive(key_path!["client", "rpc_timeout"], client.rpc_timeout);
         c.range(key_path!["worker_threads"], self.worker_threads.0, 0, 1024);
         c.range(
@@ -338,8 +352,48 @@ impl Config {
                     "not a tracing filter ({e}); use e.g. `info` or `info,rocketmq_webhook=debug`"
                 ),
             );
+        } else if let Some(why) = misread_directive(&self.log.level) {
+            c.fail(
+                key_path!["log", "level"],
+                format!("{:?}", self.log.level),
+                why,
+            );
         }
     }
+}
+
+/// A directive the filter takes, but not as meant: a bare word that is no level (`warning`)
+/// is read as a target to log at every level, so every other line is filtered out and the
+/// daemon runs silent; a target with `-` (`rocketmq-webhook=debug`) names no Rust module.
+fn misread_directive(filter: &str) -> Option<String> {
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let target = match directive.split_once('=') {
+            Some((target, _)) => target,
+            None if directive.starts_with('[') => continue,
+            None if directive
+                .parse::<tracing::level_filters::LevelFilter>()
+                .is_ok() =>
+            {
+                continue
+            }
+            None => {
+                return Some(format!(
+                    "`{directive}` is not a level (trace, debug, info, warn, error, off): a bare \
+                     word is read as a target name, and everything else would be filtered out; \
+                     write a level, or `<target>=<level>`"
+                ))
+            }
+        };
+        let target = target.split('[').next().unwrap_or_default();
+        if target.contains('-') {
+            return Some(format!(
+                "target `{target}` has a `-`, which no module path has (crate names are written \
+                 with `_`: `{}`)",
+                target.replace('-', "_")
+            ));
+        }
+    }
+    None
 }
 
 impl Subscription {
@@ -460,7 +514,11 @@ impl Subscription {
                 "must be at most 65535ms",
             );
         }
-        c.positive(key("persist_interval"), self.persist_interval);
+        c.interval(
+            key("persist_interval"),
+            self.persist_interval,
+            Duration::from_millis(100),
+        );
         c.positive(
             key("suspend_current_queue_time"),
             self.suspend_current_queue_time,
@@ -476,6 +534,16 @@ impl Subscription {
         }
         if self.offset_store_path.as_os_str().is_empty() {
             c.fail(key("offset_store_path"), "\"\"", "must not be empty");
+        } else if self.message_model == MessageModel::Broadcasting
+            && self.offset_store_path.starts_with("~")
+        {
+            // Loading expands `~` from HOME; still here, HOME is unset or empty, and the
+            // offsets would go to a directory named `~` under whatever the working directory is.
+            c.fail(
+                key("offset_store_path"),
+                format!("{:?}", self.offset_store_path.display().to_string()),
+                "`~` cannot be expanded: HOME is not set; give an absolute path",
+            );
         }
         match (self.allocate_strategy, self.allocate_queues.is_empty()) {
             (AllocateStrategy::Config, true) => c.fail(
@@ -548,6 +616,13 @@ impl WebhookConfig {
             );
         } else {
             match reqwest::Url::parse(&self.url) {
+                // Port 0 reaches nothing: every request would fail as unreachable, the
+                // circuit open, and the queues stall with no error pointing here.
+                Ok(url) if url.port() == Some(0) => c.fail(
+                    key("url"),
+                    format!("{:?}", shown_url(&self.url)),
+                    "port 0 reaches nothing: give the endpoint's port (or none, for 80 / 443)",
+                ),
                 Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
                 Ok(url) => c.fail(
                     key("url"),

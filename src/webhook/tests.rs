@@ -732,7 +732,12 @@ fn invalid_options_are_refused() {
     }
     assert_eq!(
         redact_url("https://user:pw@example.com:8443/a/b?token=s"),
-        "https://redacted@example.com:8443/a/b?redacted"
+        "https://user:***@example.com:8443/a/b?token=***"
+    );
+    // A token with an unescaped `/` parses as a host and a path: all of it is masked.
+    assert_eq!(
+        redact_url("https://AbC+dEf/gh==@example.com/hook"),
+        "https://***@example.com/hook"
     );
 }
 

@@ -342,8 +342,8 @@ pub fn decode_messages(body: &Bytes) -> Result<Vec<MessageExt>, RemotingError> {
 /// [`Decoded::rest_from`].
 ///
 /// A record that does not decode after others that did ends the call like the budget: the
-/// records before it come back, and [`Decoded::rest_from`] is the broken one's queue offset
-/// (see [`broken_record`]).
+/// records before it come back, and [`Decoded::rest_from`] is the broken one's queue offset, so
+/// the next pull starts there and fails on it alone.
 ///
 /// # Errors
 /// As [`decode_messages`], for a broken first record (naming its queue offset when its head
