@@ -425,6 +425,21 @@ pub(crate) fn read(pairs: &[(String, String)]) -> EnvLayer {
             });
         }
     }
+    // Two variables for one key (`ROCKETMQ_ADMIN_LISTEN` and `ROCKETMQ_ADMIN__LISTEN`): one
+    // would win silently, and a tool that reads only one of them (the health check reads the
+    // first) would disagree with the daemon.
+    for (i, later) in layer.entries.iter().enumerate() {
+        if let Some(first) = layer.entries[..i].iter().find(|e| e.path == later.path) {
+            layer.errors.push(ConfigError::Invalid {
+                key: display_path(&later.path),
+                origin: Origin::Env {
+                    variable: later.variable.clone(),
+                },
+                value: "(set)".to_owned(),
+                reason: format!("{} sets it too: set one of them", first.variable),
+            });
+        }
+    }
     layer
 }
 
@@ -731,6 +746,32 @@ mod tests {
                 suggestion: Some("ROCKETMQ_CONSUME_THREAD_MAX".to_owned()),
             }]
         );
+    }
+
+    #[test]
+    fn two_variables_for_one_key_are_an_error() {
+        let layer = read(&env(&[
+            ("ROCKETMQ_ADMIN_LISTEN", "0.0.0.0:9091"),
+            ("ROCKETMQ_ADMIN__LISTEN", "0.0.0.0:9092"),
+        ]));
+        let text = layer
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
+        assert_eq!(text.len(), 1, "{text:?}");
+        assert!(text[0].contains("`admin.listen`"), "{text:?}");
+        assert!(
+            text[0].contains("ROCKETMQ_ADMIN_LISTEN sets it too"),
+            "{text:?}"
+        );
+        assert!(text[0].contains("ROCKETMQ_ADMIN__LISTEN"), "{text:?}");
+        // A subscription's own key beside the default for all is layering, not a clash.
+        let layer = read(&env(&[
+            ("ROCKETMQ_TOPIC", "a"),
+            ("ROCKETMQ_SUBSCRIPTIONS__0__TOPIC", "b"),
+        ]));
+        assert!(layer.errors.is_empty(), "{:?}", layer.errors);
     }
 
     /// Names that spell out a key instead of its variable's name are pointed to the variable
