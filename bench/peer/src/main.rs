@@ -19,6 +19,38 @@ use rocketmq_runtime::{RuntimeConfig, RuntimeOwner};
 /// Batches in flight per consumer, as the daemon's default `consume_thread_max`.
 const CONCURRENCY: usize = 20;
 
+/// The daemon's default cap on requests in flight over all subscriptions
+/// (`delivery.max_in_flight`).
+const MAX_IN_FLIGHT: usize = 128;
+
+/// The envelope the sink reads, serialised straight from borrowed fields, as a client
+/// application would write it: no intermediate JSON tree, no copy of the body.
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    topic: &'a str,
+    #[serde(rename = "consumerGroup")]
+    consumer_group: &'a str,
+    messages: Vec<Entry<'a>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry<'a> {
+    msg_id: &'a str,
+    topic: &'a str,
+    queue_id: i32,
+    broker_name: &'a str,
+    queue_offset: i64,
+    tags: Option<&'a str>,
+    reconsume_times: i32,
+    born_timestamp: i64,
+    store_timestamp: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+}
+
 struct Forwarder {
     http: reqwest::Client,
     url: String,
@@ -29,45 +61,52 @@ struct Forwarder {
 impl Forwarder {
     /// Posts one envelope; true on 2xx. Runs on the client's blocking consume thread.
     fn forward(&self, msgs: &[&MessageExt]) -> bool {
-        let messages: Vec<serde_json::Value> = msgs
+        // Owned per message only where the client's accessors hand out owned values.
+        let bodies: Vec<_> = msgs.iter().map(|m| m.body().unwrap_or_default()).collect();
+        let tags: Vec<_> = msgs.iter().map(|m| m.get_tags()).collect();
+        let messages: Vec<Entry<'_>> = msgs
             .iter()
-            .map(|m| {
-                let id = m
+            .zip(&bodies)
+            .zip(&tags)
+            .map(|((m, body), tags)| {
+                let msg_id = m
                     .properties()
                     .iter()
                     .find(|(k, _)| k.as_str() == "UNIQ_KEY")
-                    .map_or_else(|| m.msg_id().to_string(), |(_, v)| v.to_string());
-                let body = m.body().unwrap_or_default();
-                let mut v = serde_json::json!({
-                    "msgId": id,
-                    "topic": m.topic().as_str(),
-                    "queueId": m.queue_id(),
-                    "brokerName": m.broker_name(),
-                    "queueOffset": m.queue_offset(),
-                    "tags": m.get_tags().map(|t| t.to_string()),
-                    "reconsumeTimes": m.reconsume_times(),
-                    "bornTimestamp": m.born_timestamp(),
-                    "storeTimestamp": m.store_timestamp(),
-                });
-                match std::str::from_utf8(&body) {
-                    Ok(text) => v["body"] = serde_json::Value::from(text),
-                    Err(_) => {
+                    .map_or_else(|| m.msg_id().as_str(), |(_, v)| v.as_str());
+                let text = std::str::from_utf8(body).ok();
+                Entry {
+                    msg_id,
+                    topic: m.topic().as_str(),
+                    queue_id: m.queue_id(),
+                    broker_name: m.broker_name(),
+                    queue_offset: m.queue_offset(),
+                    tags: tags.as_ref().map(|t| t.as_str()),
+                    reconsume_times: m.reconsume_times(),
+                    born_timestamp: m.born_timestamp(),
+                    store_timestamp: m.store_timestamp(),
+                    body: text,
+                    body_base64: text.is_none().then(|| {
                         use base64::Engine as _;
-                        v["bodyBase64"] = base64::engine::general_purpose::STANDARD
-                            .encode(&body)
-                            .into();
-                    }
+                        base64::engine::general_purpose::STANDARD.encode(body)
+                    }),
                 }
-                v
             })
             .collect();
-        let topic = msgs
-            .first()
-            .map(|m| m.topic().to_string())
-            .unwrap_or_default();
-        let envelope =
-            serde_json::json!({"topic": topic, "consumerGroup": self.group, "messages": messages});
-        let request = self.http.post(&self.url).json(&envelope).send();
+        let envelope = Envelope {
+            topic: msgs.first().map_or("", |m| m.topic().as_str()),
+            consumer_group: &self.group,
+            messages,
+        };
+        let Ok(json) = serde_json::to_vec(&envelope) else {
+            return false;
+        };
+        let request = self
+            .http
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(json)
+            .send();
         // The listener is synchronous and runs on a blocking thread: wait for the answer there.
         self.handle
             .block_on(request)
@@ -152,21 +191,26 @@ async fn main() -> ClientResult<()> {
         }
     };
     // The client runs listeners on its metadata-io blocking lane, whose default concurrency is
-    // 2 x cores (4 here): raise it to 20, the daemon's default requests in flight (and Java's
-    // consumeThreadMax), so both consumers get the same concurrency.
+    // 2 x cores (4 here), one budget for the whole process: raise it to what the daemon allows
+    // by default, 20 requests per subscription (Java's consumeThreadMax) and at most 128 in
+    // all (`delivery.max_in_flight`), so both consumers get the same concurrency however many
+    // subscriptions there are.
+    let lane = (CONCURRENCY * args.subs.len()).min(MAX_IN_FLIGHT);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut config = RuntimeConfig::for_parallelism("bench-peer", cores)
-        .with_max_blocking_threads(64)
+        .with_max_blocking_threads(64.max(lane + 16))
         .map_err(|e| ClientError::internal("runtime config", e))?;
-    config.blocking_lane_policies.metadata_io.max_concurrency = CONCURRENCY;
+    config.blocking_lane_policies.metadata_io.max_concurrency = lane;
     config.blocking_lane_policies.metadata_io.max_queue_depth = 1024;
     let owner = RuntimeOwner::plan(config)
         .map_err(|e| ClientError::internal("plan runtime", e))?
         .build()
         .map_err(|e| ClientError::internal("build runtime", e))?;
-    let telemetry = rocketmq_observability::install_global(
-        &rocketmq_observability::TelemetryBootstrapConfig::default(),
-    )
+    // At warn, as the daemon logs in the bench: the library's filter comes from its own
+    // configuration (default `info`), not from RUST_LOG.
+    let mut telemetry_config = rocketmq_observability::TelemetryBootstrapConfig::default();
+    telemetry_config.logging.filter = "warn".to_owned();
+    let telemetry = rocketmq_observability::install_global(&telemetry_config)
     .map_err(|e| ClientError::internal("telemetry", e))?;
     let runtime: Arc<ClientRuntime> = ClientRuntime::try_new(
         owner.root_context().component("client"),
