@@ -19,6 +19,8 @@
 # BENCH_DAEMON=PATH (measure that daemon binary, e.g. an older build, instead of building one),
 # BENCH_SCALE_CASES (only these cases of scenario 9, e.g. 64x1,8x16: queues x subscriptions),
 # BENCH_DAEMON_YAML (extra top-level configuration for our daemon, e.g. "cache: {max_count: 40000}").
+# One run at a time (target/bench/bench.lock); each run starts with an empty target/bench/logs.
+# Needs python3 (the broker's readiness check, the plot).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,13 +35,64 @@ scenarios=()
 for a in "$@"; do
   case "$a" in
     --quick) quick=(--quick) ;;
-    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,23p "$0"; exit 0 ;;
     -*) echo "bench: unknown option $a" >&2; exit 2 ;;
     *) scenarios+=("$a") ;;
   esac
 done
 
+# scripts/rocketmq-local.sh asks the name server for the broker's route with python3: without it
+# the start would wait for a readiness that can never be seen. Said before anything is built.
+command -v python3 >/dev/null 2>&1 || {
+  echo "bench: python3 is needed (scripts/rocketmq-local.sh checks the broker's readiness with it; the plot uses it too)" >&2
+  exit 2
+}
+
 mkdir -p "$out"
+# A second run at once would stop this run's broker, remove its store and mix its logs and
+# report: the lock is taken before any of that. The harness inherits the descriptor, so one left
+# running by a killed run keeps the lock while it writes to $out; the broker does not (it is
+# started with the descriptor closed): a broker left over is what the next run stops below.
+lock="$out/bench.lock"
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$lock"
+  flock -n 9 || {
+    echo "bench: another scripts/bench.sh run (or a process left from one) holds $lock; wait for it or stop it" >&2
+    exit 1
+  }
+else
+  echo "bench: flock not found; running without the lock $lock" >&2
+fi
+# Logs of this run only: the harness names them by sequence number, which restarts every run.
+rm -rf "$out/logs"
+
+# On INT, TERM or HUP, stop the harness (which kills its consumers) and exit; the EXIT trap
+# then stops the broker. Without this the harness (and the sink in it), the daemon and the peer
+# would run on against a broker that is gone.
+harness_pid=""
+harness_group=""
+on_signal() {
+  trap - INT TERM HUP
+  if [ -n "$harness_pid" ]; then
+    echo "bench: interrupted; stopping the harness" >&2
+    kill -TERM "$harness_pid" 2>/dev/null || true
+    # It drops its consumers on TERM; 10 s for that, then whatever is left of its group.
+    for _ in $(seq 50); do
+      kill -0 "$harness_pid" 2>/dev/null || break
+      sleep 0.2
+    done
+    if [ -n "$harness_group" ]; then
+      kill -KILL -- "-$harness_group" 2>/dev/null || true
+    else
+      kill -KILL "$harness_pid" 2>/dev/null || true
+    fi
+  fi
+  exit "$1"
+}
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
+trap 'on_signal 129' HUP
+
 daemon="${BENCH_DAEMON:-$repo/target/release/rocketmq-webhook}"
 if [ -n "${BENCH_DAEMON:-}" ]; then
   [ -x "$daemon" ] || { echo "bench: BENCH_DAEMON '$daemon' is not an executable" >&2; exit 2; }
@@ -75,7 +128,7 @@ rm -rf "$mq_dir"
 trap '"$here/rocketmq-local.sh" stop --dir "$mq_dir" >&2 || true; [ -n "${BENCH_KEEP_STORE:-}" ] || rm -rf "$mq_dir/store"' EXIT
 # The broker logs every request at INFO (tens of MB per run): warnings only, so its logging does
 # not eat the cores the consumers are measured on. Both consumers face the same broker.
-namesrv="$(RUST_LOG="${BENCH_BROKER_LOG:-warn}" "$here/rocketmq-local.sh" start --dir "$mq_dir" --namesrv-port "$ns_port" --broker-port "$br_port" | tail -n 1)"
+namesrv="$(RUST_LOG="${BENCH_BROKER_LOG:-warn}" "$here/rocketmq-local.sh" start --dir "$mq_dir" --namesrv-port "$ns_port" --broker-port "$br_port" 9>&- | tail -n 1)"
 
 reps=()
 [ -n "${BENCH_REPS:-}" ] && reps=(--reps "$BENCH_REPS")
@@ -87,9 +140,26 @@ cases=()
 # The broker's CPU during drains shows how the 2 cores are shared (report: "cores").
 [ -f "$mq_dir/broker.pid" ] && cases+=(--broker-pid "$(cat "$mq_dir/broker.pid")")
 echo "== running scenarios ${scenarios[*]:-all}${quick:+ (quick)}" >&2
-"$repo/bench/harness/target/release/bench-harness" --namesrv "$namesrv" \
-  --daemon "$daemon" --out "$out" \
-  "${peer_args[@]}" "${quick[@]}" "${reps[@]}" "${cases[@]}" "${scenarios[@]}"
+# In the background, so that a signal reaches the trap at once (bash runs a trap only after the
+# foreground command ends), and in a process group of its own (setsid), so that the trap can
+# kill whatever of the harness's children would be left. setsid does not fork here (the
+# background child is no group leader), so $! is the harness and its group; --wait keeps the
+# harness's exit status should it fork all the same.
+harness=("$repo/bench/harness/target/release/bench-harness" --namesrv "$namesrv"
+  --daemon "$daemon" --out "$out" --repo "$repo"
+  "${peer_args[@]}" "${quick[@]}" "${reps[@]}" "${cases[@]}" "${scenarios[@]}")
+if command -v setsid >/dev/null 2>&1; then
+  setsid --wait "${harness[@]}" &
+  harness_pid=$!
+  harness_group=$harness_pid
+else
+  "${harness[@]}" &
+  harness_pid=$!
+fi
+# A failing harness fails the run (set -e), as in the foreground.
+wait "$harness_pid"
+harness_pid=""
+harness_group=""
 
 # The plot: matplotlib in a private venv (git-ignored .tools/).
 venv="$repo/.tools/bench-venv"

@@ -47,6 +47,10 @@ struct Args {
     /// Output directory (report.json, report.md, logs).
     #[arg(long)]
     out: PathBuf,
+    /// The repository whose commit the report records (default: the one the harness was built
+    /// in).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))]
+    repo: PathBuf,
     /// Short runs of every scenario, one repetition.
     #[arg(long)]
     quick: bool,
@@ -101,6 +105,26 @@ impl Kind {
     }
 }
 
+/// Which of ours and the peer runs first in repetition `rep` (from 0): ours in even ones, the
+/// peer in odd ones, so that over two repetitions the order is ours, peer, peer, ours (ABBA). A
+/// host that drifts during a case (page cache, thermal state, a neighbour's load) would otherwise
+/// always land on the one that runs second; alternated, the drift falls on both and shows as
+/// spread instead of as a difference. With an odd count ours runs first once more, and a single
+/// repetition (`--quick`) runs ours first. Results are kept per system, so the order does not
+/// change what is attributed to whom; what each consumer gets before it is measured (its own
+/// warm-up in open-loop cases, none in drains) does not depend on the order either.
+fn order(rep: usize) -> [Kind; 2] {
+    if rep.is_multiple_of(2) {
+        [Kind::Ours, Kind::Peer]
+    } else {
+        [Kind::Peer, Kind::Ours]
+    }
+}
+
+/// [`order`] in words, for the report.
+pub const ORDER: &str =
+    "alternating, ours first in repetitions 1, 3, ..., the peer first in 2, 4, ...";
+
 /// One subscription of a consumer process.
 #[derive(Debug, Clone)]
 struct Sub {
@@ -125,6 +149,8 @@ struct Ctx {
     seq: u64,
     reps: usize,
     sink_ceilings: BTreeMap<(usize, usize), Run>,
+    /// Taken once at the start, before anything is measured.
+    provenance: report::Provenance,
 }
 
 /// A running consumer process.
@@ -307,6 +333,7 @@ impl Ctx {
             namesrv: self.args.namesrv.clone(),
             daemon: Some(self.args.daemon.display().to_string()),
             daemon_yaml: self.args.daemon_yaml.clone(),
+            provenance: self.provenance.clone(),
         };
         let path = self.args.out.join("report.json");
         if let Err(e) = std::fs::write(&path, report::json(&self.results, &setup)) {
@@ -641,7 +668,7 @@ impl Ctx {
                 run
             });
             self.push(scenario, case, "pull-ceiling", ceiling);
-            for kind in [Kind::Ours, Kind::Peer] {
+            for kind in order(rep) {
                 let subs: Vec<Sub> = names
                     .iter()
                     .map(|t| Sub {
@@ -782,7 +809,7 @@ impl Ctx {
     async fn latency_case(&mut self, scenario: &str, case: &str, rate: f64, secs: u64) {
         for rep in 0..self.reps {
             eprintln!("[{scenario}] {case}: rep {}/{}", rep + 1, self.reps);
-            for kind in [Kind::Ours, Kind::Peer] {
+            for kind in order(rep) {
                 let run = self.latency_one(kind, rate, secs).await;
                 self.push(scenario, case, kind.name(), run);
             }
@@ -1049,6 +1076,20 @@ fn wanted(list: &[String], n: u32, name: &str) -> bool {
     list.is_empty() || list.iter().any(|s| s == &n.to_string() || s == name)
 }
 
+/// The setup a report.json recorded.
+fn stored_setup(v: &serde_json::Value) -> report::Setup {
+    let text_of = |key: &str| v[key].as_str().map(str::to_owned);
+    report::Setup {
+        quick: v["quick"].as_bool().unwrap_or(false),
+        reps: v["repetitions"].as_u64().unwrap_or(1) as usize,
+        namesrv: text_of("namesrv").unwrap_or_default(),
+        daemon: text_of("daemon"),
+        daemon_yaml: text_of("daemon_yaml"),
+        // Fields absent from an older report stay unrecorded.
+        provenance: serde_json::from_value(v.clone()).unwrap_or_default(),
+    }
+}
+
 /// Re-renders report.md (and the targets in report.json) from report.json's runs.
 fn render_only(args: &Args) -> Result<(), String> {
     let path = args.out.join("report.json");
@@ -1056,16 +1097,10 @@ fn render_only(args: &Args) -> Result<(), String> {
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     let results: Vec<CaseResult> =
         serde_json::from_value(v["cases"].clone()).map_err(|e| e.to_string())?;
-    let text_of = |key: &str| v[key].as_str().map(str::to_owned);
-    // The run's own setup, not this invocation's: a report written before the daemon was
-    // recorded keeps saying so.
-    let setup = report::Setup {
-        quick: v["quick"].as_bool().unwrap_or(false),
-        reps: v["repetitions"].as_u64().unwrap_or(1) as usize,
-        namesrv: text_of("namesrv").unwrap_or_default(),
-        daemon: text_of("daemon"),
-        daemon_yaml: text_of("daemon_yaml"),
-    };
+    // The run's own setup, commit, binaries and host, not this invocation's: a report written
+    // before the daemon was recorded keeps saying so, and one re-rendered elsewhere keeps the
+    // machine it was measured on.
+    let setup = stored_setup(&v);
     std::fs::write(&path, report::json(&results, &setup)).map_err(|e| e.to_string())?;
     std::fs::write(
         args.out.join("report.md"),
@@ -1079,6 +1114,17 @@ async fn run(args: Args) -> Result<(), String> {
         return render_only(&args);
     }
     std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
+    let provenance = report::Provenance::collect(
+        &args.repo,
+        &args.daemon,
+        args.peer.as_deref().filter(|p| p.exists()),
+    );
+    eprintln!(
+        "commit {}, daemon {}, host {}",
+        provenance.commit.as_deref().unwrap_or_default(),
+        provenance.daemon_version.as_deref().unwrap_or_default(),
+        provenance.host.as_deref().unwrap_or_default()
+    );
     let sink = sink::start("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
         .await
         .map_err(|e| format!("sink: {e}"))?;
@@ -1097,6 +1143,7 @@ async fn run(args: Args) -> Result<(), String> {
         seq: 0,
         reps,
         sink_ceilings: BTreeMap::new(),
+        provenance,
     };
     let started = Instant::now();
     let one = Mode {
@@ -1193,7 +1240,7 @@ async fn run(args: Args) -> Result<(), String> {
         let case = format!("{rate} msg/s {secs} s, 10 ms, 1% 500, {outage} s outage");
         for rep in 0..ctx.reps {
             eprintln!("[6 slow and failing sink] rep {}/{}", rep + 1, ctx.reps);
-            for kind in [Kind::Ours, Kind::Peer] {
+            for kind in order(rep) {
                 let r = ctx.faults_one(kind, rate, secs, at, outage).await;
                 ctx.push("6 slow and failing sink", &case, kind.name(), r);
             }
@@ -1223,7 +1270,7 @@ async fn run(args: Args) -> Result<(), String> {
         let case = format!("{idle} s idle, then {n} msgs");
         for rep in 0..ctx.reps {
             eprintln!("[8 idle footprint] rep {}/{}", rep + 1, ctx.reps);
-            for kind in [Kind::Ours, Kind::Peer] {
+            for kind in order(rep) {
                 let r = ctx.idle_one(kind, Duration::from_secs(idle), n).await;
                 ctx.push("8 idle footprint", &case, kind.name(), r);
             }
@@ -1275,12 +1322,54 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
+    match rt.block_on(until_signal(run(args))) {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("bench: {e}");
             std::process::ExitCode::FAILURE
         }
+        Err(signal) => {
+            eprintln!(
+                "bench: stopped by signal {signal}; the consumers were stopped, report.json holds \
+                 the repetitions finished before"
+            );
+            std::process::ExitCode::from(128 + signal)
+        }
+    }
+}
+
+/// `work`'s output, or `Err(signal number)` on SIGINT, SIGTERM or SIGHUP. The consumers are
+/// spawned with `kill_on_drop`: a signal drops `work`, and with it every running consumer, which
+/// is killed rather than left running against the broker after the harness is gone (the default
+/// action of these signals would end the harness without dropping anything). report.json is
+/// saved after every repetition, so the finished ones are kept.
+async fn until_signal<T>(work: impl std::future::Future<Output = T>) -> Result<T, u8> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Without its handler a signal keeps its default action: the harness still ends, only
+    // without dropping the consumers.
+    let handle = |kind: SignalKind, number: u8| {
+        signal(kind)
+            .map_err(|e| eprintln!("bench: cannot handle signal {number}: {e}"))
+            .ok()
+    };
+    let mut int = handle(SignalKind::interrupt(), 2);
+    let mut term = handle(SignalKind::terminate(), 15);
+    let mut hup = handle(SignalKind::hangup(), 1);
+    tokio::select! {
+        out = work => Ok(out),
+        () = received(&mut int) => Err(2),
+        () = received(&mut term) => Err(15),
+        () = received(&mut hup) => Err(1),
+    }
+}
+
+/// Resolves when `signal` arrives; never when it has no handler.
+async fn received(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -1353,5 +1442,87 @@ mod tests {
         assert_eq!(recovery_secs(&rec, &[before, after, lost], until_us), None);
         // Three received, three sent: a count would call this complete.
         assert_eq!(missing(&rec, &[before, after, lost]), 1);
+    }
+
+    #[test]
+    fn ours_and_the_peer_alternate_abba() {
+        let firsts: Vec<Kind> = (0..4).map(|rep| order(rep)[0]).collect();
+        assert_eq!(firsts, [Kind::Ours, Kind::Peer, Kind::Ours, Kind::Peer]);
+        for rep in 0..4 {
+            let [a, b] = order(rep);
+            assert_ne!(a, b, "both run in every repetition");
+        }
+    }
+
+    #[test]
+    fn render_only_keeps_the_recorded_machine_and_provenance() {
+        let recorded = report::Provenance {
+            commit: Some("0123abc".into()),
+            date: Some(report::utc(0)),
+            host: Some("the-bench-host".into()),
+            kernel: Some("5.0".into()),
+            machine: Some("64 cpus, Not This One".into()),
+            daemon_version: Some("rocketmq-webhook 0.0.1".into()),
+            daemon_sha256: Some("unknown".into()),
+            peer: None,
+            peer_sha256: None,
+            order: Some(ORDER.into()),
+        };
+        let setup = report::Setup {
+            quick: true,
+            reps: 2,
+            namesrv: "127.0.0.1:1".into(),
+            daemon: Some("/x/d".into()),
+            daemon_yaml: None,
+            provenance: recorded.clone(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&report::json(&[], &setup)).expect("json");
+        let again = stored_setup(&v);
+        assert_eq!(again.provenance, recorded);
+        assert_eq!((again.quick, again.reps), (true, 2));
+        // Rendering again writes the same fields back.
+        let v2: serde_json::Value = serde_json::from_str(&report::json(&[], &again)).expect("json");
+        assert_eq!(v2["machine"], "64 cpus, Not This One");
+        assert_eq!(v2["host"], "the-bench-host");
+    }
+
+    #[tokio::test]
+    async fn a_signal_drops_the_work_and_its_children() {
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("30")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sleep");
+        let pid = child.id().expect("pid");
+        let work = async move {
+            let _ = child.wait().await;
+        };
+        let raise = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            // To this whole test process: `until_signal` has installed its handlers by now, so
+            // the signal's default action (ending the process) does not apply.
+            let _ = std::process::Command::new("kill")
+                .args(["-HUP", &std::process::id().to_string()])
+                .status();
+            std::future::pending::<()>().await
+        };
+        let ended = tokio::select! {
+            r = until_signal(work) => r,
+            () = raise => unreachable!(),
+        };
+        assert_eq!(ended, Err(1));
+        // kill_on_drop sent SIGKILL: the child is gone (or a zombie until reaped).
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !gone() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone(), "the child {pid} still runs");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 
 use crate::CaseResult;
 
@@ -21,6 +22,139 @@ pub struct Setup {
     pub daemon: Option<String>,
     /// Extra top-level YAML for our daemon (`--daemon-yaml`, from `BENCH_DAEMON_YAML`).
     pub daemon_yaml: Option<String>,
+    /// Where and from what the figures came.
+    pub provenance: Provenance,
+}
+
+/// Which source, binaries and host produced a report, taken once when the run starts and kept
+/// by `--render-only`: figures from different days and machines differ by tens of percent, so
+/// a report that cannot say where it came from cannot be compared with another.
+///
+/// Kept at the top level of report.json. `None` means not recorded (a report written before
+/// the field was); a value that could not be found out is recorded as `unknown`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Provenance {
+    /// `git describe --always --dirty` of the repository: the harness and, unless
+    /// `BENCH_DAEMON` names another build, the daemon's source.
+    pub commit: Option<String>,
+    /// When the run started, UTC.
+    pub date: Option<String>,
+    /// /proc/sys/kernel/hostname.
+    pub host: Option<String>,
+    /// /proc/sys/kernel/osrelease.
+    pub kernel: Option<String>,
+    /// CPUs and CPU model.
+    pub machine: Option<String>,
+    /// The daemon's `--version`.
+    pub daemon_version: Option<String>,
+    /// SHA-256 of the daemon binary: the version string does not change between builds.
+    pub daemon_sha256: Option<String>,
+    /// The peer binary; `None` when the peer was not available.
+    pub peer: Option<String>,
+    /// SHA-256 of the peer binary.
+    pub peer_sha256: Option<String>,
+    /// Which of ours and the peer ran first in each repetition.
+    pub order: Option<String>,
+}
+
+/// What an unrecorded field prints as.
+const NOT_RECORDED: &str = "not recorded";
+
+/// `v`, or `not recorded`.
+fn recorded(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or(NOT_RECORDED)
+}
+
+impl Provenance {
+    /// This host and these binaries, now. Every look-up tolerates its tool or file missing.
+    pub fn collect(repo: &Path, daemon: &Path, peer: Option<&Path>) -> Self {
+        let known = |v: Option<String>| Some(v.unwrap_or_else(|| "unknown".to_owned()));
+        let proc_text = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        };
+        let mut git = std::process::Command::new("git");
+        git.arg("-C")
+            .arg(repo)
+            .args(["describe", "--always", "--dirty"]);
+        let mut version = std::process::Command::new(daemon);
+        version.arg("--version");
+        Self {
+            commit: known(stdout_of(git)),
+            date: Some(utc(crate::now_us() / 1_000_000)),
+            host: known(proc_text("/proc/sys/kernel/hostname")),
+            kernel: known(proc_text("/proc/sys/kernel/osrelease")),
+            machine: Some(machine()),
+            daemon_version: known(stdout_of(version)),
+            daemon_sha256: known(sha256(daemon)),
+            peer: peer.map(|p| p.display().to_string()),
+            peer_sha256: peer.and_then(|p| known(sha256(p))),
+            order: Some(crate::ORDER.to_owned()),
+        }
+    }
+}
+
+/// The trimmed stdout of `cmd` when it runs and succeeds with some output.
+fn stdout_of(mut cmd: std::process::Command) -> Option<String> {
+    let out = cmd.stdin(std::process::Stdio::null()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// SHA-256 of a file, by `sha256sum` (coreutils): the harness has no hash crate, and one is not
+/// worth adding for a digest taken once per run.
+fn sha256(path: &Path) -> Option<String> {
+    let mut cmd = std::process::Command::new("sha256sum");
+    cmd.arg("--").arg(path);
+    let line = stdout_of(cmd)?;
+    let digest = line.split_whitespace().next()?;
+    (digest.len() == 64).then(|| digest.to_owned())
+}
+
+/// Unix time `secs` as `YYYY-MM-DD HH:MM:SS UTC`: the harness has no date crate.
+pub fn utc(secs: i64) -> String {
+    let (mut days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let mut year = 1970;
+    loop {
+        let len = if leap(year) { 366 } else { 365 };
+        if days < len {
+            break;
+        }
+        days -= len;
+        year += 1;
+    }
+    let mut month = 1;
+    for len in [
+        31,
+        if leap(year) { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ] {
+        if days < len {
+            break;
+        }
+        days -= len;
+        month += 1;
+    }
+    format!(
+        "{year:04}-{month:02}-{:02} {:02}:{:02}:{:02} UTC",
+        days + 1,
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 impl Setup {
@@ -151,15 +285,22 @@ pub fn json(all: &[CaseResult], setup: &Setup) -> String {
         .into_iter()
         .map(|(name, measured, met)| serde_json::json!({"target": name, "measured": measured, "met": met}))
         .collect();
-    serde_json::to_string_pretty(&serde_json::json!({
+    let mut report = serde_json::json!({
         "quick": setup.quick, "repetitions": setup.reps, "namesrv": setup.namesrv,
         "daemon": setup.daemon, "daemon_yaml": setup.daemon_yaml,
-        "machine": machine(),
         "cases": cases, "targets": targets,
-    }))
-    .unwrap_or_default()
+    });
+    // At the top level, where `machine` has always been.
+    if let (Some(top), Ok(serde_json::Value::Object(fields))) = (
+        report.as_object_mut(),
+        serde_json::to_value(&setup.provenance),
+    ) {
+        top.extend(fields);
+    }
+    serde_json::to_string_pretty(&report).unwrap_or_default()
 }
 
+/// CPUs and CPU model of this host.
 fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -377,18 +518,30 @@ pub fn markdown(all: &[CaseResult], setup: &Setup) -> String {
             ""
         }
     );
-    let _ = writeln!(s, "Machine: {}. Repetitions per case: {reps}. Figures are medians, `[min–max]` over repetitions when more than one.", machine());
+    let p = &setup.provenance;
+    let _ = writeln!(
+        s,
+        "Commit: `{}`. Host: {} (kernel {}). Date: {}.",
+        recorded(&p.commit),
+        recorded(&p.host),
+        recorded(&p.kernel),
+        recorded(&p.date)
+    );
+    let _ = writeln!(s, "Machine: {}. Repetitions per case: {reps}; order of ours and the peer: {}. Figures are medians, `[min–max]` over repetitions when more than one.", recorded(&p.machine), recorded(&p.order));
     match &setup.daemon {
         Some(daemon) => {
             let yaml = setup
                 .daemon_yaml
                 .as_deref()
                 .map_or_else(|| "none".to_owned(), |y| format!("`{}`", y.trim()));
-            let _ = writeln!(s, "Daemon: `{daemon}`. Extra daemon YAML (`BENCH_DAEMON_YAML`; the peer is not affected): {yaml}.");
+            let _ = writeln!(s, "Daemon: `{daemon}` ({}, sha256 `{}`). Extra daemon YAML (`BENCH_DAEMON_YAML`; the peer is not affected): {yaml}.", recorded(&p.daemon_version), recorded(&p.daemon_sha256));
         }
         None => {
             let _ = writeln!(s, "Daemon and extra daemon YAML: not recorded.");
         }
+    }
+    if let Some(peer) = &p.peer {
+        let _ = writeln!(s, "Peer: `{peer}` (sha256 `{}`).", recorded(&p.peer_sha256));
     }
     let _ = writeln!(s, "Latency: ms from the broker's store time (or the producer's born time) to the sink receiving the request; both stamps have millisecond resolution, so figures carry up to 1 ms of truncation. Drain scenarios show no latency (it would be the backlog's age). In open-loop cases the pull-ceiling row is the pull floor: the same load read by long polls of our client, nothing delivered, timed at the pull's answer; what the broker adds, which no consumer can beat.");
     let _ = writeln!(s, "CPU: consumer process user+system seconds per million messages (from /proc), from just before the first delivery to the last. RSS: VmHWM of the consumer process.\n");
@@ -570,6 +723,7 @@ mod tests {
             namesrv: "127.0.0.1:9876".into(),
             daemon: daemon.map(Into::into),
             daemon_yaml: yaml.map(Into::into),
+            provenance: Provenance::default(),
         }
     }
 
@@ -659,5 +813,77 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&json(&[], &setup(Some("/x/d"), None))).expect("json");
         assert!(v["daemon_yaml"].is_null());
+    }
+
+    #[test]
+    fn utc_counts_leap_years() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_709_251_199), "2024-02-29 23:59:59 UTC");
+        assert_eq!(utc(1_735_689_600), "2025-01-01 00:00:00 UTC");
+        assert_eq!(utc(4_102_444_799), "2099-12-31 23:59:59 UTC");
+    }
+
+    #[test]
+    fn provenance_is_collected_without_failing_on_missing_tools() {
+        let nowhere = Path::new("/nonexistent/bench-harness-test");
+        let p = Provenance::collect(nowhere, nowhere, Some(nowhere));
+        // Not a repository, not a binary, not a file: recorded as unknown, not left out.
+        assert_eq!(p.commit.as_deref(), Some("unknown"));
+        assert_eq!(p.daemon_version.as_deref(), Some("unknown"));
+        assert_eq!(p.daemon_sha256.as_deref(), Some("unknown"));
+        assert_eq!(p.peer_sha256.as_deref(), Some("unknown"));
+        assert!(p.date.is_some() && p.machine.is_some() && p.order.is_some());
+        let without_peer = Provenance::collect(nowhere, nowhere, None);
+        assert_eq!((without_peer.peer, without_peer.peer_sha256), (None, None));
+    }
+
+    #[test]
+    fn the_header_and_the_json_carry_the_provenance() {
+        let mut s = setup(Some("/x/d"), None);
+        s.provenance = Provenance {
+            commit: Some("abc1234-dirty".into()),
+            date: Some(utc(0)),
+            host: Some("bench-host".into()),
+            kernel: Some("6.1.0".into()),
+            machine: Some("2 cpus, Some CPU".into()),
+            daemon_version: Some("rocketmq-webhook 0.1.0".into()),
+            daemon_sha256: Some("ab".repeat(32)),
+            peer: Some("/x/peer".into()),
+            peer_sha256: Some("unknown".into()),
+            order: Some("alternating".into()),
+        };
+        let md = markdown(&[], &s);
+        assert!(
+            md.contains("Commit: `abc1234-dirty`. Host: bench-host (kernel 6.1.0). Date: 1970-01-01 00:00:00 UTC."),
+            "{md}"
+        );
+        assert!(md.contains("Machine: 2 cpus, Some CPU."), "{md}");
+        assert!(
+            md.contains("order of ours and the peer: alternating."),
+            "{md}"
+        );
+        assert!(md.contains("(rocketmq-webhook 0.1.0, sha256 `abab"), "{md}");
+        assert!(md.contains("Peer: `/x/peer` (sha256 `unknown`)."), "{md}");
+        let v: serde_json::Value = serde_json::from_str(&json(&[], &s)).expect("json");
+        // At the top level, where older reports keep `machine`.
+        assert_eq!(v["machine"], "2 cpus, Some CPU");
+        assert_eq!(v["host"], "bench-host");
+        let back: Provenance = serde_json::from_value(v).expect("provenance");
+        assert_eq!(back, s.provenance);
+
+        // A report from before: only `machine`, the rest not recorded (and no peer line).
+        let old: Provenance =
+            serde_json::from_value(serde_json::json!({"machine": "4 cpus, Old CPU", "cases": []}))
+                .expect("provenance");
+        let mut s = setup(Some("/x/d"), None);
+        s.provenance = old;
+        let md = markdown(&[], &s);
+        assert!(
+            md.contains("Commit: `not recorded`. Host: not recorded"),
+            "{md}"
+        );
+        assert!(md.contains("Machine: 4 cpus, Old CPU."), "{md}");
+        assert!(!md.contains("Peer:"), "{md}");
     }
 }
