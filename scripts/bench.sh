@@ -53,6 +53,8 @@ mkdir -p "$out"
 # report: the lock is taken before any of that. The harness inherits the descriptor, so one left
 # running by a killed run keeps the lock while it writes to $out; the broker does not (it is
 # started with the descriptor closed): a broker left over is what the next run stops below.
+# Nor do the builds get it (`9>&-`): a compiler cache server they start (sccache) would hold
+# the lock for its idle timeout.
 lock="$out/bench.lock"
 if command -v flock >/dev/null 2>&1; then
   exec 9>"$lock"
@@ -99,17 +101,17 @@ if [ -n "${BENCH_DAEMON:-}" ]; then
   echo "== measuring $daemon (BENCH_DAEMON; not rebuilt)" >&2
 else
   echo "== building the daemon (release)" >&2
-  (cd "$repo" && cargo build --release --bin rocketmq-webhook)
+  (cd "$repo" && cargo build --release --bin rocketmq-webhook) 9>&-
 fi
 echo "== building the driver (bench/harness, release)" >&2
-(cd "$repo/bench/harness" && cargo build --release)
+(cd "$repo/bench/harness" && cargo build --release) 9>&-
 
 peer_args=()
 peer_bin="$repo/bench/peer/target/release/bench-peer"
 peer_log="$out/peer-build.log"
 if [ "${BENCH_SKIP_PEER_BUILD:-0}" != 1 ]; then
   echo "== building the peer (bench/peer: rocketmq-client-rust; the first build takes long)" >&2
-  if ! (cd "$repo/bench/peer" && nice -n 10 cargo build --release) >"$peer_log" 2>&1; then
+  if ! (cd "$repo/bench/peer" && nice -n 10 cargo build --release) >"$peer_log" 2>&1 9>&-; then
     echo "bench: the peer did not build (see $peer_log); peer columns will say so" >&2
     peer_args=(--peer-missing "the peer (bench/peer) did not build: $(grep -m1 '^error' "$peer_log" || tail -n 1 "$peer_log")")
     peer_bin=""
@@ -143,13 +145,13 @@ echo "== running scenarios ${scenarios[*]:-all}${quick:+ (quick)}" >&2
 # In the background, so that a signal reaches the trap at once (bash runs a trap only after the
 # foreground command ends), and in a process group of its own (setsid), so that the trap can
 # kill whatever of the harness's children would be left. setsid does not fork here (the
-# background child is no group leader), so $! is the harness and its group; --wait keeps the
-# harness's exit status should it fork all the same.
+# background child is no group leader), so $! is the harness and its group (no --wait:
+# busybox's setsid lacks it).
 harness=("$repo/bench/harness/target/release/bench-harness" --namesrv "$namesrv"
   --daemon "$daemon" --out "$out" --repo "$repo"
   "${peer_args[@]}" "${quick[@]}" "${reps[@]}" "${cases[@]}" "${scenarios[@]}")
 if command -v setsid >/dev/null 2>&1; then
-  setsid --wait "${harness[@]}" &
+  setsid "${harness[@]}" &
   harness_pid=$!
   harness_group=$harness_pid
 else
@@ -164,7 +166,7 @@ harness_group=""
 # The plot: matplotlib in a private venv (git-ignored .tools/).
 venv="$repo/.tools/bench-venv"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
-  python3 -m venv "$venv" && "$venv/bin/pip" install -q matplotlib >&2 || true
+  { python3 -m venv "$venv" && "$venv/bin/pip" install -q matplotlib >&2; } 9>&- || true
 fi
 if "$venv/bin/python" "$repo/bench/plot.py" "$out/report.json" "$out/latency.png"; then
   echo "plot: $out/latency.png" >&2

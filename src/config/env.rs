@@ -425,11 +425,16 @@ pub(crate) fn read(pairs: &[(String, String)]) -> EnvLayer {
             });
         }
     }
-    // Two variables for one key (`ROCKETMQ_ADMIN_LISTEN` and `ROCKETMQ_ADMIN__LISTEN`): one
-    // would win silently, and a tool that reads only one of them (the health check reads the
-    // first) would disagree with the daemon.
+    // A plain variable and a path variable for one key (`ROCKETMQ_ADMIN_LISTEN` and
+    // `ROCKETMQ_ADMIN__LISTEN`): one would win silently, and a tool that reads only one of
+    // them (the health check reads the first) would disagree with the daemon. Two plain names
+    // of one key are aliases with a documented order (`ROCKETMQ_NAMESRV_ADDR` over
+    // `NAMESRV_ADDR`, which RocketMQ deployments commonly set for every container).
     for (i, later) in layer.entries.iter().enumerate() {
-        if let Some(first) = layer.entries[..i].iter().find(|e| e.path == later.path) {
+        let clash = layer.entries[..i].iter().find(|e| {
+            e.path == later.path && (e.variable.contains("__") || later.variable.contains("__"))
+        });
+        if let Some(first) = clash {
             layer.errors.push(ConfigError::Invalid {
                 key: display_path(&later.path),
                 origin: Origin::Env {
@@ -836,6 +841,8 @@ mod tests {
             value(&layer, &[SUBSCRIPTION_DEFAULTS, "max_reconsume_times"]),
             None
         );
+        // Aliases with a documented order, not a clash.
+        assert!(layer.errors.is_empty(), "{:?}", layer.errors);
     }
 
     #[test]

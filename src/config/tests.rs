@@ -1448,7 +1448,10 @@ fn webhook_and_client_cross_checks() {
     for (level, needle) in [
         ("warning", "`warning` is not a level"),
         ("info,WARNING", "`WARNING` is not a level"),
+        ("fatal", "`fatal` is not a level"),
+        ("eror", "`eror` is not a level"),
         ("rocketmq-webhook=debug", "`rocketmq_webhook`"),
+        ("info,rocketmq-webhook", "`rocketmq_webhook`"),
     ] {
         let e = fail(
             Some(&format!("log: {{level: \"{level}\"}}\n{}", one_sub(""))),
@@ -1456,11 +1459,17 @@ fn webhook_and_client_cross_checks() {
         );
         assert_error(&e, "log.level", &[needle]);
     }
+    // Bare targets mean every level of that target, as written.
     for level in [
         "WARN",
         "info,rocketmq_webhook=debug",
         "debug,hyper[conn]=off",
         "3",
+        "OFF",
+        "info,rocketmq_webhook",
+        "rocketmq_webhook::consumer",
+        "rocketmq_webhook[span]",
+        "warn,mio,h2,axum,tower,tokio,hyper,reqwest,rustls",
     ] {
         ok(
             Some(&format!("log: {{level: \"{level}\"}}\n{}", one_sub(""))),

@@ -362,19 +362,38 @@ impl Config {
     }
 }
 
-/// A directive the filter takes, but not as meant: a bare word that is no level (`warning`)
-/// is read as a target to log at every level, so every other line is filtered out and the
-/// daemon runs silent; a target with `-` (`rocketmq-webhook=debug`) names no Rust module.
+/// A directive the filter takes, but not as meant: a bare word that looks like a level but is
+/// none (`warning`, `fatal`, `eror`) is read as a target to log at every level, so every other
+/// line is filtered out and the daemon runs silent; a target with `-` (`rocketmq-webhook=debug`)
+/// names no Rust module. A bare target (`rocketmq_webhook`, `hyper[conn]`) is meant as written:
+/// every level of it.
 fn misread_directive(filter: &str) -> Option<String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    const NOT_LEVELS: [&str; 9] = [
+        "warning",
+        "information",
+        "informational",
+        "fatal",
+        "critical",
+        "verbose",
+        "notice",
+        "all",
+        "none",
+    ];
     for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let target = match directive.split_once('=') {
             Some((target, _)) => target,
-            None if directive.starts_with('[') => continue,
+            None if directive.contains('[') => continue,
             None if directive
                 .parse::<tracing::level_filters::LevelFilter>()
                 .is_ok() =>
             {
                 continue
+            }
+            None if !NOT_LEVELS.contains(&directive.to_ascii_lowercase().as_str())
+                && super::error::closest(&directive.to_ascii_lowercase(), LEVELS).is_none() =>
+            {
+                directive
             }
             None => {
                 return Some(format!(

@@ -406,7 +406,13 @@ fn broken_record(
     let Ok(queue_offset) = record_queue_offset(body, at) else {
         return Err(error);
     };
-    if !out.is_empty() {
+    // The next pull starts at the broken record, so its offset must lie past what comes back:
+    // one that does not (a head that is not a record's) would skip messages or pull the same
+    // ones forever. Then the whole pull fails, as with no readable offset.
+    if let Some(last) = out.last() {
+        if queue_offset <= last.queue_offset {
+            return Err(error);
+        }
         return Ok(Decoded {
             messages: out,
             rest_from: Some(queue_offset),
@@ -621,6 +627,18 @@ fn decode_record(body: &Bytes, at: usize) -> Result<(MessageExt, usize, usize), 
     let topic = String::from_utf8_lossy(c.take(topic_len, "topic")?).into_owned();
     let props_len = c.len(2, "propertiesLength")?;
     let stored_props = c.take(props_len, "properties")?;
+    // Brokers write totalSize as the exact sum of the fields (Java reads the next record where
+    // the fields end). A record that claims more than its fields would put the next one's start
+    // inside it, where a head read as a record's says nothing true (its "queue offset" included).
+    if c.pos != total {
+        return Err(malformed(
+            at,
+            format!(
+                "totalSize {total} but the fields end at byte {} of the record",
+                c.pos
+            ),
+        ));
+    }
     let compressed = sys_flag & sys_flag::COMPRESSED != 0;
     // Views into the pull response, like uncompressed bodies (see below). A compressed record's
     // body is a new buffer, so its properties are copied too: otherwise they alone would keep

@@ -182,6 +182,27 @@ fn records_before_a_broken_one_come_back() {
         }
         other => panic!("expected MalformedMessage, got {other:?}"),
     }
+    // A broken record whose offset does not lie past the records before it is no place to
+    // start the next pull from: the whole body fails.
+    let mut behind = good.clone();
+    let mut stale = good.clone();
+    stale[4] = 0xCB;
+    behind.extend_from_slice(&stale);
+    assert!(matches!(
+        decode_messages_within(&Bytes::from(behind), usize::MAX),
+        Err(RemotingError::MalformedMessage { at: 229, .. })
+    ));
+    // A record claiming more bytes than its fields is broken itself (the next record's start
+    // would fall inside it): with nothing before it, its pull fails.
+    let mut padded = good.clone();
+    padded.extend_from_slice(&[0; 8]);
+    padded[..4].copy_from_slice(&(229_i32 + 8).to_be_bytes());
+    match decode_messages_within(&Bytes::from(padded), usize::MAX) {
+        Err(RemotingError::MalformedMessage { at: 0, reason }) => {
+            assert!(reason.contains("totalSize 237"), "{reason}");
+        }
+        other => panic!("expected MalformedMessage, got {other:?}"),
+    }
     // A broken length leaves no queue offset to start from: the whole body fails.
     let mut cut = good.clone();
     cut.extend_from_slice(&good[..50]);
