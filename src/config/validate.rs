@@ -368,18 +368,6 @@ impl Config {
 /// names no Rust module. A bare target (`rocketmq_webhook`, `hyper[conn]`) is meant as written:
 /// every level of it.
 fn misread_directive(filter: &str) -> Option<String> {
-    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
-    const NOT_LEVELS: [&str; 9] = [
-        "warning",
-        "information",
-        "informational",
-        "fatal",
-        "critical",
-        "verbose",
-        "notice",
-        "all",
-        "none",
-    ];
     for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let target = match directive.split_once('=') {
             Some((target, _)) => target,
@@ -390,11 +378,7 @@ fn misread_directive(filter: &str) -> Option<String> {
             {
                 continue
             }
-            None if !NOT_LEVELS.contains(&directive.to_ascii_lowercase().as_str())
-                && super::error::closest(&directive.to_ascii_lowercase(), LEVELS).is_none() =>
-            {
-                directive
-            }
+            None if !looks_like_a_level(directive) => directive,
             None => {
                 return Some(format!(
                     "`{directive}` is not a level (trace, debug, info, warn, error, off): a bare \
@@ -413,6 +397,25 @@ fn misread_directive(filter: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether a word that is no level was meant as one: a level's name in other loggers
+/// (`warning`, `fatal`), or a misspelt one (`eror`).
+fn looks_like_a_level(word: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    const NOT_LEVELS: [&str; 9] = [
+        "warning",
+        "information",
+        "informational",
+        "fatal",
+        "critical",
+        "verbose",
+        "notice",
+        "all",
+        "none",
+    ];
+    let word = word.to_ascii_lowercase();
+    NOT_LEVELS.contains(&word.as_str()) || super::error::closest(&word, LEVELS).is_some()
 }
 
 impl Subscription {

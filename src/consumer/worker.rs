@@ -958,10 +958,13 @@ impl<H: Handler> Worker<H> {
                 // and skipped as held, so its mark stayed with no message to finish it, and the
                 // commit point stood still for good. An answer that breaks the rule (a faulty
                 // broker or proxy) is put right here, at the cost of one pass over it.
-                if !kept.is_sorted_by_key(|m| m.queue_offset) {
+                if !kept
+                    .windows(2)
+                    .all(|pair| pair[0].queue_offset < pair[1].queue_offset)
+                {
                     kept.sort_by_key(|m| m.queue_offset);
+                    kept.dedup_by_key(|m| m.queue_offset);
                 }
-                kept.dedup_by_key(|m| m.queue_offset);
                 for m in &mut kept {
                     self.shared.restore_topic(m);
                 }

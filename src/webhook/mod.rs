@@ -665,14 +665,9 @@ impl Inner {
             tracing::debug!(group = %log.group, topic = %log.topic, ?after, "Webhook paused; delivery deferred.");
             return outcomes;
         }
-        let started = Instant::now();
-        let sent = {
-            let in_flight = self.stats.in_flight_guard();
-            let sent = self.transmit(&prepared.ids, request).await;
-            in_flight.finish();
-            sent
-        };
-        let latency = started.elapsed();
+        let in_flight = self.stats.in_flight_guard();
+        let sent = self.transmit(&prepared.ids, request).await;
+        let latency = in_flight.finish();
         let unreachable = matches!(sent, Sent::Failed(Failure::Unreachable, _));
         let transport_lost = matches!(sent, Sent::Failed(Failure::Transport, _));
         let mut answer = match sent {

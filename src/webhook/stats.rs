@@ -219,9 +219,10 @@ pub(crate) struct InFlight<'a> {
 }
 
 impl InFlight<'_> {
-    /// The request ended and its caller records it.
-    pub(crate) fn finish(mut self) {
+    /// The request ended and its caller records it: how long it took.
+    pub(crate) fn finish(mut self) -> Duration {
         self.finished = true;
+        self.started.elapsed()
     }
 }
 
