@@ -114,47 +114,12 @@ fn sha256(path: &Path) -> Option<String> {
     (digest.len() == 64).then(|| digest.to_owned())
 }
 
-/// Unix time `secs` as `YYYY-MM-DD HH:MM:SS UTC`: the harness has no date crate.
+/// Unix time `secs` as `YYYY-MM-DD HH:MM:SS UTC` (times before the epoch read as the epoch).
 pub fn utc(secs: i64) -> String {
-    let (mut days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let mut year = 1970;
-    loop {
-        let len = if leap(year) { 366 } else { 365 };
-        if days < len {
-            break;
-        }
-        days -= len;
-        year += 1;
-    }
-    let mut month = 1;
-    for len in [
-        31,
-        if leap(year) { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ] {
-        if days < len {
-            break;
-        }
-        days -= len;
-        month += 1;
-    }
-    format!(
-        "{year:04}-{month:02}-{:02} {:02}:{:02}:{:02} UTC",
-        days + 1,
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0).unsigned_abs());
+    let text = humantime::format_rfc3339_seconds(t).to_string();
+    // `1970-01-01T00:00:00Z`.
+    format!("{} UTC", text.trim_end_matches('Z').replacen('T', " ", 1))
 }
 
 impl Setup {
