@@ -78,8 +78,14 @@ pub(crate) struct Shared<H> {
     /// Held across one snapshot-and-save of the local offset file. Every worker persists when
     /// its queue is released (all at once at shutdown) and the periodic task persists too:
     /// unserialised, two saves shared one temporary file (one could truncate the other's before
-    /// its rename) and an older snapshot could land after a newer one.
-    local_save: Arc<tokio::sync::Mutex<()>>,
+    /// its rename) and an older snapshot could land after a newer one. It guards the last
+    /// request ([`Self::save_requests`]) a successful save covered: the requests queued behind
+    /// one save are all covered by the next, so a release of every queue at once (start,
+    /// shutdown) writes the file a few times, not once per queue.
+    local_save: Arc<tokio::sync::Mutex<u64>>,
+    /// Broadcasting: requests to save the local offset file so far, each counted after the
+    /// change to the table it asks to save.
+    save_requests: AtomicU64,
     pub(crate) metrics: Metrics,
     /// The hot-path collectors with this subscription's labels resolved once.
     pub(crate) meters: Meters,
@@ -626,16 +632,29 @@ impl<H: Handler> Shared<H> {
         let (Some(store), Some(lock)) = (&self.local_store, &self.offsets_lock) else {
             return;
         };
+        let request = self.save_requests.fetch_add(1, Ordering::SeqCst) + 1;
         // Both owned and moved into the save: if this future is dropped (a cancelled shutdown
         // step), saves stay serialised and the file lock held until the blocking save is done.
-        let saving = Arc::clone(&self.local_save).lock_owned().await;
+        let mut saving = Arc::clone(&self.local_save).lock_owned().await;
+        if *saving >= request {
+            // A save that took its snapshot after this request was made has written it.
+            return;
+        }
         let lock = Arc::clone(lock);
+        // Read before the snapshot: every request up to here was made after its change to the
+        // table, so the snapshot holds those changes.
+        let covers = self.save_requests.load(Ordering::SeqCst);
         // Taken under the mutex, so the saves land in the order of their snapshots.
         let snapshot = self.offsets.snapshot();
         let store = store.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let _saving = (saving, lock);
-            store.save(&snapshot)
+            let saved = store.save(&snapshot);
+            if saved.is_ok() {
+                // A failed save covers nothing: the next request writes again.
+                *saving = covers;
+            }
+            drop((saving, lock));
+            saved
         })
         .await;
         match result {
@@ -1147,7 +1166,8 @@ impl<H: Handler> Consumer<H> {
             offsets,
             local_store,
             offsets_lock: offsets_lock.map(Arc::new),
-            local_save: Arc::new(tokio::sync::Mutex::new(())),
+            local_save: Arc::new(tokio::sync::Mutex::new(0)),
+            save_requests: AtomicU64::new(0),
             metrics: runtime.metrics,
             stats: Arc::new(Stats::new()),
             rebalance_now: Notify::new(),
@@ -1961,6 +1981,70 @@ mod tests {
             .await
             .expect("the shutdown ends once the save is done")
             .expect("task");
+    }
+
+    /// Saves requested while one is in progress (every queue released at once, at start or
+    /// shutdown) are written by one save after it, not one each; a request made after that
+    /// save's snapshot still gets a save of its own.
+    #[tokio::test]
+    async fn saves_queued_behind_one_are_written_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalFileStore::new(dir.path(), None, "G_store");
+        let consumer = start(refusing_addr(), broadcasting(dir.path(), None))
+            .await
+            .expect("starts");
+        let shared = Arc::clone(&consumer.shared);
+        let saves = || {
+            shared
+                .metrics
+                .offset_commits
+                .with_label_values(&shared.labels())
+                .get()
+        };
+        let before = saves();
+        let in_progress = Arc::clone(&shared.local_save).lock_owned().await;
+        let requested = shared.save_requests.load(Ordering::SeqCst);
+        let mut queued = JoinSet::new();
+        for id in 0..8 {
+            shared.offsets.update(
+                &MessageQueue::new("T_store", "b", id),
+                10 + i64::from(id),
+                false,
+            );
+            let shared = Arc::clone(&shared);
+            queued.spawn(async move { shared.persist_local().await });
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shared.save_requests.load(Ordering::SeqCst) < requested + 8 {
+            assert!(Instant::now() < deadline, "the saves were not requested");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(in_progress);
+        while queued.join_next().await.is_some() {}
+        assert_eq!(
+            saves() - before,
+            1,
+            "one save for the eight queued requests"
+        );
+        let mut saved = store.load().expect("loads");
+        saved.sort_by_key(|(mq, _)| mq.queue_id);
+        assert_eq!(
+            saved.len(),
+            8,
+            "every queue's offset is in the file: {saved:?}"
+        );
+        assert_eq!(saved[7].1, 17);
+
+        shared
+            .offsets
+            .update(&MessageQueue::new("T_store", "b", 3), 99, false);
+        shared.persist_local().await;
+        assert_eq!(saves() - before, 2, "a later request is saved again");
+        let saved = store.load().expect("loads");
+        assert!(saved
+            .iter()
+            .any(|(mq, offset)| mq.queue_id == 3 && *offset == 99));
+        consumer.shutdown().await;
     }
 
     /// A draining record read just before a successor (running) wrote its own ends the wait
