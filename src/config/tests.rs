@@ -2173,6 +2173,94 @@ fn enable_auto_recovery_false_is_a_warning_naming_its_source() {
     assert!(ok(Some(&one_sub("")), &[]).warnings().is_empty());
 }
 
+/// A setting the subscription's modes never read, changed for that subscription, is a warning
+/// naming it; a default written out, or a default for several subscriptions that only some of
+/// them read, is not.
+#[test]
+fn settings_a_subscription_never_reads_are_warnings_when_changed() {
+    let warnings = |yaml: Option<&str>, vars: &[(&str, &str)]| -> Vec<String> {
+        ok(yaml, vars)
+            .warnings()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    let warned = |w: &[String], key: &str| {
+        w.iter()
+            .any(|w| w.contains(&format!("subscriptions[0].{key}`")) && w.contains("no effect"))
+    };
+    let w = warnings(
+        Some(&one_sub(
+            "    lock_expire_time: 20s\n    orderly_dlq_policy: BLOCK\n    \
+             suspend_current_queue_time: 3s\n    offset_store_path: /tmp/offsets\n    \
+             consume_timestamp: \"20260101000000\"\n",
+        )),
+        &[],
+    );
+    for key in [
+        "lock_expire_time",
+        "orderly_dlq_policy",
+        "suspend_current_queue_time",
+        "offset_store_path",
+        "consume_timestamp",
+    ] {
+        assert!(warned(&w, key), "{key}: {w:?}");
+    }
+    assert_eq!(w.len(), 5, "{w:?}");
+    let w = warnings(
+        Some(&one_sub(
+            "    consume_mode: ORDERLY\n    lock_expire_time: 20s\n    \
+             orderly_dlq_policy: BLOCK\n    max_span: 10\n",
+        )),
+        &[],
+    );
+    assert!(warned(&w, "max_span") && w.len() == 1, "{w:?}");
+    let w = warnings(
+        Some(&one_sub(
+            "    message_model: BROADCASTING\n    consume_mode: ORDERLY\n    \
+             allocate_strategy: CONSISTENT_HASH\n    lock_expire_time: 20s\n    \
+             offset_store_path: /tmp/offsets\n",
+        )),
+        &[],
+    );
+    assert!(
+        warned(&w, "allocate_strategy") && warned(&w, "lock_expire_time") && w.len() == 2,
+        "{w:?}"
+    );
+    assert!(
+        warnings(
+            Some(&one_sub(
+                "    lock_expire_time: 30s\n    orderly_dlq_policy: DLQ\n"
+            )),
+            &[]
+        )
+        .is_empty(),
+        "a default written out"
+    );
+    let two = "subscription_defaults:\n  lock_expire_time: 20s\nsubscriptions:\n  - group: g\n    \
+               topic: t\n    webhook:\n      url: http://h/x\n  - group: g2\n    topic: t\n    \
+               consume_mode: ORDERLY\n    webhook:\n      url: http://h/x\n";
+    assert!(
+        warnings(Some(two), &[]).is_empty(),
+        "a default the second reads"
+    );
+    let one = "subscription_defaults:\n  lock_expire_time: 20s\n".to_owned() + &one_sub("");
+    assert!(warned(&warnings(Some(&one), &[]), "lock_expire_time"));
+    let w = warnings(
+        None,
+        &[
+            IDENTITY[0],
+            IDENTITY[1],
+            IDENTITY[2],
+            ("ROCKETMQ_LOCK_EXPIRE_TIME", "20000"),
+        ],
+    );
+    assert!(
+        warned(&w, "lock_expire_time") && w.iter().any(|w| w.contains("ROCKETMQ_LOCK_EXPIRE_TIME")),
+        "{w:?}"
+    );
+}
+
 #[test]
 fn a_heartbeat_interval_the_broker_expiry_cannot_absorb_is_a_warning() {
     let yaml = |interval: &str| {

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 
-use super::error::{ConfigError, ConfigWarning};
+use super::error::{ConfigError, ConfigWarning, Origin};
 use super::tree::{display_path, key_path, Path};
 use super::values::bytes::render;
-use super::values::{AllocateStrategy, MessageModel};
+use super::values::{AllocateStrategy, ConsumeFrom, MessageModel};
 use super::{is_sensitive_header, shown_url, Config, Subscription, WebhookConfig};
 use crate::consumer::offset_store::valid_path_component;
 use crate::consumer::ConsumeMode;
@@ -226,6 +226,31 @@ impl Config {
                              text the receiver uses (adding the prefix alone changes nothing)"
                         .to_owned(),
                 });
+            }
+            for (name, value, reason) in sub.unused_settings() {
+                let key = key_path!["subscriptions", i, name];
+                let origin = self.provenance.origin(&key);
+                // Defaults (the code's, a profile's, `subscription_defaults`, per-subscription
+                // variables) are for every subscription: one that some subscription ignores is
+                // no mistake unless it has no other subscription to apply to.
+                let written_for_it = match &origin {
+                    Origin::File { written: None, .. } => true,
+                    Origin::Env { variable }
+                        if variable.starts_with("ROCKETMQ_SUBSCRIPTIONS__") =>
+                    {
+                        true
+                    }
+                    Origin::File { .. } | Origin::Env { .. } => self.subscriptions.len() == 1,
+                    _ => false,
+                };
+                if written_for_it {
+                    warnings.push(ConfigWarning::NoEffect {
+                        key: display_path(&key),
+                        origin,
+                        value,
+                        reason: reason.to_owned(),
+                    });
+                }
             }
             if !sub.enable_auto_recovery {
                 let key = key_path!["subscriptions", i, "enable_auto_recovery"];
@@ -588,6 +613,80 @@ impl Subscription {
 // === impl Subscription: warnings ===
 
 impl Subscription {
+    /// The settings this subscription's modes never read and that hold something other than
+    /// their default, each with its value and why: changed anyway, they show the operator
+    /// expects a behaviour the subscription does not have. (A default written out, as in
+    /// `config/reference.yaml`, changes nothing and says nothing.)
+    fn unused_settings(&self) -> Vec<(&'static str, String, &'static str)> {
+        let default = Self::default();
+        let orderly = self.consume_mode == ConsumeMode::Orderly;
+        let broadcasting = self.message_model == MessageModel::Broadcasting;
+        let only_orderly = "only ORDERLY subscriptions use it";
+        let mut unused = Vec::new();
+        if orderly && self.max_span != default.max_span {
+            unused.push((
+                "max_span",
+                self.max_span.to_string(),
+                "only CONCURRENT subscriptions check it; an ORDERLY queue holds no gaps",
+            ));
+        }
+        if (!orderly || broadcasting) && self.lock_expire_time != default.lock_expire_time {
+            unused.push((
+                "lock_expire_time",
+                show(self.lock_expire_time).to_string(),
+                if orderly {
+                    "BROADCASTING takes no broker queue locks: every instance consumes every \
+                     queue on its own"
+                } else {
+                    only_orderly
+                },
+            ));
+        }
+        if !orderly && self.suspend_current_queue_time != default.suspend_current_queue_time {
+            unused.push((
+                "suspend_current_queue_time",
+                show(self.suspend_current_queue_time).to_string(),
+                only_orderly,
+            ));
+        }
+        if !orderly && self.orderly_dlq_policy != default.orderly_dlq_policy {
+            unused.push((
+                "orderly_dlq_policy",
+                self.orderly_dlq_policy.to_string(),
+                only_orderly,
+            ));
+        }
+        let every_queue = "every BROADCASTING instance consumes every queue";
+        if broadcasting && self.allocate_strategy != default.allocate_strategy {
+            unused.push((
+                "allocate_strategy",
+                self.allocate_strategy.to_string(),
+                every_queue,
+            ));
+        }
+        if broadcasting && !self.allocate_queues.is_empty() {
+            unused.push(("allocate_queues", "(a list)".to_owned(), every_queue));
+        }
+        if !broadcasting && self.offset_store_path != default.offset_store_path {
+            unused.push((
+                "offset_store_path",
+                format!("{:?}", self.offset_store_path.display().to_string()),
+                "CLUSTERING offsets are stored at the broker; only BROADCASTING uses a local file",
+            ));
+        }
+        if let (Some(at), false) = (
+            &self.consume_timestamp,
+            self.consume_from == ConsumeFrom::Timestamp,
+        ) {
+            unused.push((
+                "consume_timestamp",
+                at.to_string(),
+                "only consume_from TIMESTAMP reads it",
+            ));
+        }
+        unused
+    }
+
     /// Why a batch's requests may outlast `consume_timeout`, when they may: with one message per
     /// request, an orderly batch sends its messages one after another, and a concurrent one at
     /// most `webhook.concurrency` at a time (other batches share those places too), each request
