@@ -430,13 +430,17 @@ async fn open_loop(
     .await
 }
 
-/// `<name>_p50_ms`, `_p99_ms` and `_p999_ms` of `v` (milliseconds); nothing when empty.
+/// `<name>_p50_ms`, `_p99_ms` and `_p999_ms` of `v` (milliseconds), each only from enough
+/// samples that at least ten lie above it (p99 from 1,000, p999 from 10,000): below that, the
+/// nearest rank is the largest sample or close to it, one outlier's figure, not a percentile.
+/// Nothing when empty.
 fn percentiles(run: &mut Run, name: &str, mut v: Vec<f64>) {
-    if v.is_empty() {
-        return;
-    }
     v.sort_by(f64::total_cmp);
-    for (p, label) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")] {
+    for (p, label, min_samples) in [(0.5, "p50", 1), (0.99, "p99", 1_000), (0.999, "p999", 10_000)]
+    {
+        if v.len() < min_samples {
+            continue;
+        }
         let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
         run.insert(format!("{name}_{label}_ms"), v[i]);
     }
@@ -1383,13 +1387,21 @@ mod tests {
     #[test]
     fn percentiles_take_the_nearest_rank() {
         let mut run = Run::new();
-        percentiles(&mut run, "store", (1..=1000).rev().map(f64::from).collect());
-        assert_eq!(run["store_p50_ms"], 500.0);
-        assert_eq!(run["store_p99_ms"], 990.0);
-        assert_eq!(run["store_p999_ms"], 999.0);
+        percentiles(&mut run, "store", (1..=10_000).rev().map(f64::from).collect());
+        assert_eq!(run["store_p50_ms"], 5_000.0);
+        assert_eq!(run["store_p99_ms"], 9_900.0);
+        assert_eq!(run["store_p999_ms"], 9_990.0);
+        let mut thousand = Run::new();
+        percentiles(&mut thousand, "store", (1..=1000).map(f64::from).collect());
+        assert_eq!(thousand["store_p99_ms"], 990.0);
+        assert!(
+            !thousand.contains_key("store_p999_ms"),
+            "a p999 of 1,000 samples is their maximum"
+        );
         let mut one = Run::new();
         percentiles(&mut one, "born", vec![3.0]);
-        assert_eq!(one["born_p999_ms"], 3.0);
+        assert_eq!(one["born_p50_ms"], 3.0);
+        assert_eq!(one.len(), 1);
         let mut none = Run::new();
         percentiles(&mut none, "born", Vec::new());
         assert!(none.is_empty());
