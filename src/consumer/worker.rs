@@ -57,10 +57,6 @@ const PULL_FLOW_CONTROL_DELAY: Duration = Duration::from_millis(20);
 const FLOW_CONTROL_RECHECK: Duration = Duration::from_millis(50);
 /// How often a worker publishes its queue state (status page, gauges).
 const STATE_PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
-/// Held answers always looked through in full ([`Worker::answers_held`]); beyond this many,
-/// at most every [`ANSWER_SCAN_INTERVAL`].
-const ANSWER_SCAN_ALWAYS: usize = 16;
-const ANSWER_SCAN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Redelivery delay after a failed send-back (Java 5 s).
 const SEND_BACK_RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -211,10 +207,10 @@ struct Worker<H> {
     /// Each pull answer some of whose messages are still held, and their total messages. Message bodies are slices of their answer's buffer, which lives until the
     /// last of them is finished: the pool counts the whole answer until then, so it bounds the
     /// memory held, not only the messages.
+    /// In offset order, without overlaps ([`Self::hold_answer`]); a finished one is left in
+    /// place with `found` 0 until it reaches the front.
     answers: VecDeque<HeldAnswer>,
     answers_held: usize,
-    /// When the answers behind the first may be looked through again ([`Self::answers_held`]).
-    answers_scanned_at: Instant,
     pull_not_before: Instant,
     max_offset: Option<i64>,
     paused: Option<Pause>,
@@ -345,7 +341,6 @@ impl<H: Handler> Worker<H> {
             waiting_room: None,
             answers: VecDeque::new(),
             answers_held: 0,
-            answers_scanned_at: Instant::now(),
             pull_not_before: Instant::now(),
             max_offset: None,
             paused: None,
@@ -456,11 +451,6 @@ impl<H: Handler> Worker<H> {
         // messages, which the pull path and the periodic re-check bring.
         if let Some(t) = self.suspended_until.filter(|&t| t > now) {
             wake = wake.min(t);
-        }
-        // Many answers held: the next look through them (`answers_held`, which `settle_room`
-        // ran just before, so this is ahead), so finished ones give their room back on time.
-        if self.answers.len() > ANSWER_SCAN_ALWAYS {
-            wake = wake.min(self.answers_scanned_at);
         }
         wake
     }
@@ -618,6 +608,7 @@ impl<H: Handler> Worker<H> {
         if let Some(offset) = self.pq.remove(done.finished.iter().copied()) {
             self.commit(offset, true);
         }
+        self.release_answers(&done.finished);
     }
 
     async fn on_orderly_done(&mut self, done: Done) {
@@ -861,35 +852,59 @@ impl<H: Handler> Worker<H> {
     /// would take room from the process pool for all of them (up to the span limit) while other
     /// queues wait for it.
     ///
-    /// Answers finish mostly in order: those at the front are let go at once; the others are
-    /// looked through only while few are held, else at most every [`ANSWER_SCAN_INTERVAL`] (a
-    /// slow endpoint on a trickling topic can hold an answer per message, and this runs on
-    /// every turn of the worker's loop).
+    /// Runs on every turn of the worker's loop, so it looks at the first answer only: answers
+    /// behind it are let go by [`Self::release_answers`] when their last message finishes. An
+    /// orderly queue finishes in offset order, so its answers end here, at the front.
     fn answers_held(&mut self) -> usize {
-        let pq = &self.pq;
         while let Some(a) = self.answers.front() {
-            if pq.holds_any_in(a.first..=a.last) {
+            if a.found != 0 && self.pq.holds_any_in(a.first..=a.last) {
                 break;
             }
             self.answers_held -= a.found;
             self.answers.pop_front();
         }
-        if self.answers.len() > 1 {
-            let now = Instant::now();
-            if self.answers.len() <= ANSWER_SCAN_ALWAYS || now >= self.answers_scanned_at {
-                self.answers_scanned_at = now + ANSWER_SCAN_INTERVAL;
-                let mut freed = 0;
-                self.answers.retain(|a| {
-                    let held = pq.holds_any_in(a.first..=a.last);
-                    if !held {
-                        freed += a.found;
-                    }
-                    held
-                });
-                self.answers_held -= freed;
+        self.answers_held
+    }
+
+    /// Holds the answer that brought `first..=last` (`found` messages), keeping the answers in
+    /// offset order without overlaps, as [`Self::release_answers`] needs: an answer reaching
+    /// back into those held (a re-pulled range) is merged with them, and their room goes back
+    /// together, once none of the merged range is held.
+    fn hold_answer(&mut self, first: i64, last: i64, found: usize) {
+        let mut answer = HeldAnswer { first, last, found };
+        self.answers_held += found;
+        while let Some(back) = self.answers.back() {
+            if back.last < answer.first {
+                break;
+            }
+            answer.first = answer.first.min(back.first);
+            answer.last = answer.last.max(back.last);
+            answer.found += back.found;
+            self.answers.pop_back();
+        }
+        self.answers.push_back(answer);
+    }
+
+    /// Lets go of the answers that the offsets `finished`, just removed from the process
+    /// queue, leave with nothing held: one look per answer a batch touched, not at every
+    /// answer on every turn. Every message leaves the process queue in a finished batch, so no
+    /// answer ends unseen.
+    fn release_answers(&mut self, finished: &[i64]) {
+        let mut looked_at = None;
+        for &offset in finished {
+            let i = self.answers.partition_point(|a| a.last < offset);
+            if looked_at == Some(i) {
+                continue;
+            }
+            looked_at = Some(i);
+            let Some(a) = self.answers.get_mut(i) else {
+                continue;
+            };
+            if a.first <= offset && a.found != 0 && !self.pq.holds_any_in(a.first..=a.last) {
+                self.answers_held -= a.found;
+                a.found = 0;
             }
         }
-        self.answers_held
     }
 
     async fn on_pull(&mut self, result: Result<PullResult, ClientError>, elapsed: Duration) {
@@ -1001,8 +1016,7 @@ impl<H: Handler> Worker<H> {
                     self.ready.append(kept);
                 }
                 if let Some((first, last)) = held_range {
-                    self.answers.push_back(HeldAnswer { first, last, found });
-                    self.answers_held += found;
+                    self.hold_answer(first, last, found);
                 }
                 self.pull_not_before = Instant::now() + self.shared.config.pull_interval;
             }
@@ -1771,10 +1785,10 @@ mod tests {
         assert!(own_retry.is_retry_queue);
     }
 
-    /// With many answers held behind a slow first one, the ones behind are looked through at
-    /// most every ANSWER_SCAN_INTERVAL, not on every turn of the loop.
-    #[tokio::test(start_paused = true)]
-    async fn many_held_answers_are_looked_through_at_intervals() {
+    /// Answers behind a slow first one give their room back as soon as their last message
+    /// finishes, however many are held.
+    #[tokio::test]
+    async fn answers_behind_a_slow_one_are_let_go_as_they_finish() {
         let mut w = worker().await;
         let one = |o: i64| found(vec![message(o, "a")], o + 1);
         for o in 0..40 {
@@ -1782,21 +1796,45 @@ mod tests {
         }
         assert_eq!(w.answers_held(), 40);
         let mut done = Done::empty();
-        done.finished = (1..20).collect();
+        done.finished = (1..20).rev().collect();
         w.on_done(done).await;
-        // Scanned a moment ago: the finished ones still count until the interval has passed,
-        // and the worker wakes for the next look (nothing else is due: the next pull is far).
-        assert_eq!(w.answers_held(), 40);
-        w.pull_not_before = Instant::now() + Duration::from_secs(3600);
-        let wake = w.next_wake();
-        assert!(wake > Instant::now() && wake <= Instant::now() + ANSWER_SCAN_INTERVAL);
-        tokio::time::advance(ANSWER_SCAN_INTERVAL).await;
         assert_eq!(w.answers_held(), 21);
-        // Those at the front go at once.
         let mut done = Done::empty();
         done.finished = vec![0];
         w.on_done(done).await;
         assert_eq!(w.answers_held(), 20);
+        assert_eq!(
+            w.answers.len(),
+            20,
+            "the finished ones are gone from the front"
+        );
+    }
+
+    /// An answer reaching back into the held ones (a re-pulled range) is merged with them: the
+    /// answers stay in order, and the merged room goes back once none of it is held.
+    #[tokio::test]
+    async fn a_re_pulled_range_is_merged_with_the_answers_it_overlaps() {
+        let mut w = worker().await;
+        let range = |from: i64, to: i64| found((from..to).map(|o| message(o, "a")).collect(), to);
+        let finish = |offsets: Vec<i64>| {
+            let mut done = Done::empty();
+            done.finished = offsets;
+            done
+        };
+        w.on_pull(Ok(range(0, 4)), Duration::ZERO).await;
+        w.on_done(finish(vec![2])).await;
+        // A broker that gave a next offset below what it served (the worker asks from there)
+        // serves 0..8 again: 2 is no longer held and comes back, so the new answer spans
+        // 2..=7, into the first one's 0..=3.
+        w.next_offset = 0;
+        w.on_pull(Ok(range(0, 8)), Duration::ZERO).await;
+        assert_eq!(w.answers_held(), 12);
+        let spans: Vec<(i64, i64)> = w.answers.iter().map(|a| (a.first, a.last)).collect();
+        assert_eq!(spans, vec![(0, 7)]);
+        w.on_done(finish(vec![0, 1, 3, 4, 5, 6])).await;
+        assert_eq!(w.answers_held(), 12, "2 and 7 are held");
+        w.on_done(finish(vec![2, 7])).await;
+        assert_eq!(w.answers_held(), 0, "the merged answer went back whole");
     }
 
     #[tokio::test]
