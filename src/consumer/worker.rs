@@ -1342,7 +1342,8 @@ async fn settle_undeliverable<H: Handler>(
 ) {
     for msg in undeliverable {
         let why = msg.undeliverable().unwrap_or("it cannot be decoded");
-        warn!(group = %shared.group(), queue = %mq, offset = msg.queue_offset, msg_id = %LogId(&msg.msg_id()), sys_flag = format_args!("{:#x}", msg.sys_flag), stored_body_bytes = msg.body.len(), "Message cannot be delivered: {why}; moving it to the DLQ.");
+        let error = msg.inflate_error().map(tracing::field::display);
+        warn!(group = %shared.group(), queue = %mq, offset = msg.queue_offset, msg_id = %LogId(&msg.msg_id()), sys_flag = format_args!("{:#x}", msg.sys_flag), stored_body_bytes = msg.body.len(), error, "Message cannot be delivered: {why}; moving it to the DLQ.");
         shared.count_error("decode", "other");
         if shared.config.model == Model::Broadcasting {
             give_up(shared, &msg, why, done);

@@ -116,6 +116,18 @@ impl MessageExt {
         self.sys_flag & sys_flag::COMPRESSED != 0
     }
 
+    /// Why the stored body does not inflate, found by trying again: the decoder keeps no error
+    /// per message (every message would carry room for one), and this is asked only on the way
+    /// to the DLQ. `None` when the body was inflated.
+    pub fn inflate_error(&self) -> Option<RemotingError> {
+        if !self.body_undecoded() {
+            return None;
+        }
+        Compression::from_sys_flag(self.sys_flag)
+            .and_then(|algorithm| compression::decompress(algorithm, &self.body))
+            .err()
+    }
+
     /// Why this record cannot be delivered, if it cannot: its body does not inflate
     /// ([`Self::body_undecoded`]), or it is a 5.x inner batch the decoder left whole because it
     /// is malformed or would build more than [`MAX_BATCH_MESSAGES`] messages or

@@ -308,6 +308,10 @@ fn compressed_bodies_are_inflated_and_flag_cleared() {
     assert!(got[1].body_undecoded());
     assert_eq!(&got[1].body[..], &stored[..]);
     assert_eq!(got[1].sys_flag & sys_flag::COMPRESSED, sys_flag::COMPRESSED);
+    // The reason is there for the DLQ's warning; an inflated body has none.
+    let reason = got[1].inflate_error().expect("a reason").to_string();
+    assert!(reason.contains("zlib"), "{reason}");
+    assert!(got[0].inflate_error().is_none());
 }
 
 /// A compression type this client does not know (4-7) is kept as stored too, and an inner
@@ -329,6 +333,8 @@ fn bodies_that_do_not_inflate_come_back_as_stored() {
     let got = decode_messages(&Bytes::from(bytes)).unwrap();
     assert_eq!(got.len(), 1);
     assert!(got[0].body_undecoded());
+    let reason = got[0].inflate_error().expect("a reason").to_string();
+    assert!(reason.contains("compression type 4"), "{reason}");
 }
 
 /// A stored record at `offset` whose zlib body inflates to `len` bytes of `x`.
