@@ -172,10 +172,12 @@ impl Config {
             .map_err(|e| map_figment_error(e, &tree, &prov))?;
         config.provenance = prov;
         config.warnings = env.warnings.clone();
+        let unused = config.unused_setting_warnings();
         config.resolve(&env, &tree);
         config.validate()?;
         let found = config.setting_warnings();
         config.warnings.extend(found);
+        config.warnings.extend(unused);
         Ok(config)
     }
 

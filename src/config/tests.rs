@@ -1827,6 +1827,11 @@ fn every_file_in_the_config_directory_loads() {
     let reference = Config::load(&Sources::default().with_file(root.join("reference.yaml")))
         .unwrap_or_else(|e| panic!("reference.yaml: {e}"));
     assert!(!reference.subscriptions.is_empty());
+    assert!(
+        reference.warnings().is_empty(),
+        "reference.yaml writes defaults only: {:?}",
+        reference.warnings()
+    );
 
     let mut count = 0;
     let profiles = std::fs::read_dir(root.join("profiles")).expect("config/profiles exists");
@@ -2227,15 +2232,21 @@ fn settings_a_subscription_never_reads_are_warnings_when_changed() {
         warned(&w, "allocate_strategy") && warned(&w, "lock_expire_time") && w.len() == 2,
         "{w:?}"
     );
+    let home = [("HOME", "/home/app")];
     assert!(
         warnings(
             Some(&one_sub(
-                "    lock_expire_time: 30s\n    orderly_dlq_policy: DLQ\n"
+                "    lock_expire_time: 30s\n    orderly_dlq_policy: DLQ\n    \
+                 offset_store_path: ~/.rocketmq_offsets\n"
             )),
-            &[]
+            &home
         )
         .is_empty(),
-        "a default written out"
+        "a default written out, `~` expanded or not"
+    );
+    assert!(
+        warnings(Some(&one_sub("")), &home).is_empty(),
+        "a key not written takes no warning from its subscription's origin"
     );
     let two = "subscription_defaults:\n  lock_expire_time: 20s\nsubscriptions:\n  - group: g\n    \
                topic: t\n    webhook:\n      url: http://h/x\n  - group: g2\n    topic: t\n    \

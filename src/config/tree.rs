@@ -131,6 +131,11 @@ impl Provenance {
         self.written.extend(copies);
     }
 
+    /// Whether a layer wrote `path` itself, not only an ancestor of it.
+    pub(crate) fn is_written(&self, path: &[String]) -> bool {
+        self.lookup(path).is_some_and(|(_, n)| n == path.len())
+    }
+
     /// The layer that wrote `path` (or its closest written ancestor).
     pub(crate) fn layer(&self, path: &[String]) -> Option<&Layer> {
         self.lookup(path).map(|(w, _)| &w.layer)

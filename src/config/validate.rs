@@ -227,12 +227,39 @@ impl Config {
                         .to_owned(),
                 });
             }
+            if !sub.enable_auto_recovery {
+                let key = key_path!["subscriptions", i, "enable_auto_recovery"];
+                warnings.push(ConfigWarning::NoEffect {
+                    key: display_path(&key),
+                    origin: self.provenance.origin(&key),
+                    value: "false".to_owned(),
+                    reason: "queue workers always back off and retry after broker or \
+                             connection failures"
+                        .to_owned(),
+                });
+            }
+        }
+        warnings
+    }
+
+    /// Settings a subscription's modes never read that were written for it with a value other
+    /// than their default ([`Subscription::unused_settings`]). Taken before `resolve`, which
+    /// expands the `~` of `offset_store_path`: after it, the default written out
+    /// (`config/reference.yaml`) no longer equals the default.
+    pub(super) fn unused_setting_warnings(&self) -> Vec<ConfigWarning> {
+        let mut warnings = Vec::new();
+        for (i, sub) in self.subscriptions.iter().enumerate() {
             for (name, value, reason) in sub.unused_settings() {
                 let key = key_path!["subscriptions", i, name];
+                // A key no layer wrote reports the origin of its closest written parent (the
+                // subscription's entry in the file): not a value anyone gave it.
+                if !self.provenance.is_written(&key) {
+                    continue;
+                }
                 let origin = self.provenance.origin(&key);
-                // Defaults (the code's, a profile's, `subscription_defaults`, per-subscription
-                // variables) are for every subscription: one that some subscription ignores is
-                // no mistake unless it has no other subscription to apply to.
+                // Defaults (a profile's, `subscription_defaults`, per-subscription variables)
+                // are for every subscription: one that some subscription ignores is no mistake
+                // unless it has no other subscription to apply to.
                 let written_for_it = match &origin {
                     Origin::File { written: None, .. } => true,
                     Origin::Env { variable }
@@ -251,17 +278,6 @@ impl Config {
                         reason: reason.to_owned(),
                     });
                 }
-            }
-            if !sub.enable_auto_recovery {
-                let key = key_path!["subscriptions", i, "enable_auto_recovery"];
-                warnings.push(ConfigWarning::NoEffect {
-                    key: display_path(&key),
-                    origin: self.provenance.origin(&key),
-                    value: "false".to_owned(),
-                    reason: "queue workers always back off and retry after broker or \
-                             connection failures"
-                        .to_owned(),
-                });
             }
         }
         warnings
