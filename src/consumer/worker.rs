@@ -204,11 +204,11 @@ struct Worker<H> {
     /// Room in the process cache pool: held, and the wait for more when the pool is empty.
     claim: Claim,
     waiting_room: Option<RoomFuture>,
-    /// Each pull answer some of whose messages are still held, and their total messages. Message bodies are slices of their answer's buffer, which lives until the
-    /// last of them is finished: the pool counts the whole answer until then, so it bounds the
-    /// memory held, not only the messages.
-    /// In offset order, without overlaps ([`Self::hold_answer`]); a finished one is left in
-    /// place with `found` 0 until it reaches the front.
+    /// Each pull answer some of whose messages are still held, and its message count. Message
+    /// bodies are slices of their answer's buffer, which lives until the last of them is
+    /// finished: the pool counts the whole answer until then, so it bounds the memory held,
+    /// not only the messages. In offset order, without overlaps ([`Self::hold_answer`]); a
+    /// finished one stays in place with `found` 0 until it reaches the front.
     answers: VecDeque<HeldAnswer>,
     answers_held: usize,
     pull_not_before: Instant,
@@ -626,6 +626,9 @@ impl<H: Handler> Worker<H> {
             if let Some(offset) = self.pq.retry_unfinished(done.finished.iter().copied()) {
                 self.commit(offset, true);
             }
+            // Not necessarily a prefix: records dead-lettered at once and per-message answers
+            // finish offsets behind one that failed, which stays at the front meanwhile.
+            self.release_answers(&done.finished);
             let pause = done
                 .orderly_suspend
                 .unwrap_or(self.shared.config.suspend_time)
@@ -854,7 +857,7 @@ impl<H: Handler> Worker<H> {
     ///
     /// Runs on every turn of the worker's loop, so it looks at the first answer only: answers
     /// behind it are let go by [`Self::release_answers`] when their last message finishes. An
-    /// orderly queue finishes in offset order, so its answers end here, at the front.
+    /// orderly queue commits in offset order, so its answers mostly end here, at the front.
     fn answers_held(&mut self) -> usize {
         while let Some(a) = self.answers.front() {
             if a.found != 0 && self.pq.holds_any_in(a.first..=a.last) {
@@ -893,14 +896,14 @@ impl<H: Handler> Worker<H> {
         let mut looked_at = None;
         for &offset in finished {
             let i = self.answers.partition_point(|a| a.last < offset);
-            if looked_at == Some(i) {
-                continue;
-            }
-            looked_at = Some(i);
             let Some(a) = self.answers.get_mut(i) else {
                 continue;
             };
-            if a.first <= offset && a.found != 0 && !self.pq.holds_any_in(a.first..=a.last) {
+            if a.first > offset || looked_at == Some(i) {
+                continue;
+            }
+            looked_at = Some(i);
+            if a.found != 0 && !self.pq.holds_any_in(a.first..=a.last) {
                 self.answers_held -= a.found;
                 a.found = 0;
             }
@@ -1978,6 +1981,32 @@ mod tests {
         let mut config = Config::new("G_worker", "T_worker");
         config.mode = ConsumeMode::Orderly;
         testing::shared(config).await
+    }
+
+    /// Orderly: a failed batch whose later offsets finished anyway (dead-lettered at once, or
+    /// accepted one by one) gives back the room of an answer they emptied, while the failed
+    /// one stays at the front.
+    #[tokio::test]
+    async fn an_orderly_batch_failing_before_its_finished_offsets_lets_their_answer_go() {
+        let shared = orderly_shared().await;
+        set_lock(&shared, Some(1));
+        let mut w = Worker::new(shared, queue(), 0);
+        let two = found(vec![message(0, "a"), message(1, "a")], 2);
+        w.on_pull(Ok(two), Duration::ZERO).await;
+        w.on_pull(Ok(found(vec![message(2, "a")], 3)), Duration::ZERO)
+            .await;
+        assert_eq!(w.answers_held(), 3);
+        assert_eq!(w.pq.take(3).len(), 3);
+        let mut done = Done::empty();
+        done.orderly_retry = true;
+        done.finished = vec![2];
+        done.orderly_retry_offsets = vec![0, 1];
+        w.on_done(done).await;
+        assert_eq!(
+            w.answers_held(),
+            2,
+            "the second answer's only message is finished"
+        );
     }
 
     /// Orderly: the lock lapsed and was granted again under a new term while a long poll was
