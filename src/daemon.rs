@@ -579,6 +579,13 @@ impl Phase {
             Self::Running(subs) | Self::Stopping(subs) => subs,
         }
     }
+
+    fn ready(&self) -> bool {
+        match self {
+            Self::Running(subs) => subs.iter().all(|s| s.probe.is_ready()),
+            Self::Starting | Self::Stopping(_) => false,
+        }
+    }
 }
 
 /// `/status` and `/readyz` over the daemon's phase and its consumers.
@@ -590,10 +597,7 @@ struct DaemonStatus {
 
 impl crate::admin::StatusSource for DaemonStatus {
     fn ready(&self) -> bool {
-        match &*self.phase.borrow() {
-            Phase::Running(subs) => subs.iter().all(|s| s.probe.is_ready()),
-            Phase::Starting | Phase::Stopping(_) => false,
-        }
+        self.phase.borrow().ready()
     }
 
     fn failure(&self) -> Option<String> {
@@ -626,7 +630,9 @@ impl crate::admin::StatusSource for DaemonStatus {
         serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "state": phase.name(),
-            "ready": self.ready(),
+            // From the same copy as `state`: read again, a change in between could show
+            // `starting` and ready together.
+            "ready": phase.ready(),
             "cache": {
                 "max_messages": budget.max_messages(),
                 "max_bytes": budget.max_bytes(),

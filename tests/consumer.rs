@@ -596,6 +596,43 @@ async fn flow_control_keeps_the_cache_within_its_limit() {
     consumer.shutdown().await;
 }
 
+/// While flow control holds a queue's pulls back (its handler is stuck, as behind a dead
+/// endpoint), the lag still follows the broker: messages produced meanwhile are counted, where
+/// it stood at what the last pull answer said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_follows_the_broker_while_pulls_are_held_back() {
+    let mq = RocketMq::start().await;
+    let topic = unique("T_lag");
+    let group = unique("G_lag");
+    mq.create_topic(&topic, 1).await;
+    let p = producer(&mq).await;
+    produce(&p, &topic, &bodies("lag", 30), None).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut cfg = fast_config(&group, &topic);
+    cfg.limits.max_cached_messages = 10;
+    cfg.consume_concurrency = 1;
+    let consumer = start(
+        &mq,
+        &unique("c"),
+        cfg,
+        Recorder::new("c", &seen).slow(Duration::from_secs(3600)),
+    )
+    .await;
+    eventually(Duration::from_secs(60), "the queue paused, lag 30", || {
+        let stats = consumer.stats();
+        stats.lag == 30
+            && stats.lag_unknown_queues == 0
+            && stats.queues.values().any(|q| q.paused.is_some())
+    })
+    .await;
+    produce(&p, &topic, &bodies("more", 20), None).await;
+    eventually(Duration::from_secs(30), "lag 50", || {
+        consumer.stats().lag == 50
+    })
+    .await;
+    consumer.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcasting_members_each_get_everything_and_keep_offsets_across_restarts() {
     let mq = RocketMq::start().await;

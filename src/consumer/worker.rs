@@ -40,6 +40,7 @@ use crate::remoting::{MessageExt, MessageQueue, ResponseCode};
 
 use super::config::{Model, OrderlyExhausted};
 use super::engine::{needs_heartbeat, now_millis, Shared, Start};
+use super::error::ConsumerError;
 use super::handler::{Batch, ConsumeMode, Handler, Outcome};
 use super::process_queue::{Cached, FlowControl, FlowLimits, ProcessQueue};
 use super::ready::Ready;
@@ -55,6 +56,9 @@ const PULL_ERROR_DELAY: Duration = Duration::from_secs(3);
 const PULL_FLOW_CONTROL_DELAY: Duration = Duration::from_millis(20);
 /// Re-check interval while a process-queue limit is exceeded (Java 50 ms).
 const FLOW_CONTROL_RECHECK: Duration = Duration::from_millis(50);
+/// How long the broker's max offset may go unrefreshed while no pull is in flight
+/// ([`Worker::maybe_probe_max`]).
+const MAX_OFFSET_REFRESH: Duration = Duration::from_secs(10);
 /// How often a worker publishes its queue state (status page, gauges).
 const STATE_PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -62,6 +66,7 @@ const STATE_PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
 const SEND_BACK_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 type PullFuture = Pin<Box<dyn Future<Output = (Result<PullResult, ClientError>, Duration)> + Send>>;
+type MaxProbe = Pin<Box<dyn Future<Output = Result<i64, ConsumerError>> + Send>>;
 /// A handler batch (or a DLQ send-back) polled by the worker; `Err` when its code panicked.
 type BatchFuture = Pin<Box<dyn Future<Output = Result<Done, ()>> + Send>>;
 /// A wait for room in the process cache pool.
@@ -212,7 +217,12 @@ struct Worker<H> {
     answers: VecDeque<HeldAnswer>,
     answers_held: usize,
     pull_not_before: Instant,
+    /// The broker's max offset (for the lag), from the last pull answer or GET_MAX_OFFSET.
     max_offset: Option<i64>,
+    /// When `max_offset` was last learned, or last asked for.
+    max_offset_at: Instant,
+    /// A GET_MAX_OFFSET in flight ([`Self::maybe_probe_max`]).
+    max_probe: Option<MaxProbe>,
     paused: Option<Pause>,
     /// Orderly: local reconsume counts (retries never leave the process queue).
     local_reconsume: HashMap<i64, i32>,
@@ -343,6 +353,8 @@ impl<H: Handler> Worker<H> {
             answers_held: 0,
             pull_not_before: Instant::now(),
             max_offset: None,
+            max_offset_at: Instant::now(),
+            max_probe: None,
             paused: None,
             local_reconsume: HashMap::new(),
             suspended_until: None,
@@ -387,6 +399,7 @@ impl<H: Handler> Worker<H> {
             }
             self.move_due_delayed();
             self.maybe_pull();
+            self.maybe_probe_max();
             self.settle_room();
             let wake = self.next_wake();
             let wants_slot = self.wants_slot();
@@ -400,6 +413,13 @@ impl<H: Handler> Worker<H> {
                 result = poll_pull(&mut self.pull), if self.pull.is_some() => {
                     self.pull = None;
                     self.on_pull(result.0, result.1).await;
+                }
+                max = poll_probe(&mut self.max_probe), if self.max_probe.is_some() => {
+                    self.max_probe = None;
+                    match max {
+                        Ok(max) => self.max_offset = Some(max),
+                        Err(e) => debug!(group = %self.shared.group(), queue = %self.mq, error = %e, "Max offset not refreshed."),
+                    }
                 }
                 got = wait_room(&mut self.waiting_room), if self.waiting_room.is_some() => {
                     self.waiting_room = None;
@@ -453,6 +473,24 @@ impl<H: Handler> Worker<H> {
             wake = wake.min(t);
         }
         wake
+    }
+
+    /// Asks the broker for the queue's max offset (GET_MAX_OFFSET) when no pull has told it for
+    /// [`MAX_OFFSET_REFRESH`] and none is in flight: while flow control holds pulls back (an
+    /// endpoint down, a slow one) or pulls fail, nothing else tells it, and the lag stood still
+    /// at what the last answer said while the backlog grew, through the very outage a lag
+    /// alert is for. A long poll in flight needs no probe: a new message ends it at once.
+    fn maybe_probe_max(&mut self) {
+        if self.pull.is_some()
+            || self.max_probe.is_some()
+            || self.max_offset_at.elapsed() < MAX_OFFSET_REFRESH
+        {
+            return;
+        }
+        self.max_offset_at = Instant::now();
+        let shared = Arc::clone(&self.shared);
+        let mq = self.mq.clone();
+        self.max_probe = Some(Box::pin(async move { shared.max_offset(&mq).await }));
     }
 
     fn move_due_delayed(&mut self) {
@@ -946,6 +984,7 @@ impl<H: Handler> Worker<H> {
             }
         };
         self.max_offset = Some(result.max_offset);
+        self.max_offset_at = Instant::now();
         match result.status {
             PullStatus::Found => {
                 // The offset this pull asked for: a pull in flight is dropped whenever the
@@ -1215,6 +1254,13 @@ async fn wait_room(wait: &mut Option<RoomFuture>) -> Result<OwnedSemaphorePermit
 
 async fn poll_pull(pull: &mut Option<PullFuture>) -> (Result<PullResult, ClientError>, Duration) {
     match pull.as_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_probe(probe: &mut Option<MaxProbe>) -> Result<i64, ConsumerError> {
+    match probe.as_mut() {
         Some(f) => f.await,
         None => std::future::pending().await,
     }
