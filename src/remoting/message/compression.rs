@@ -73,6 +73,18 @@ impl Compression {
 /// # Errors
 /// [`RemotingError::Decompress`] if the data is corrupt or the output too large.
 pub fn decompress(algorithm: Compression, data: &[u8]) -> Result<Vec<u8>, RemotingError> {
+    decompress_within(algorithm, data, MAX_DECOMPRESSED_LEN)
+}
+
+/// [`decompress`], refusing output longer than `max_len`.
+///
+/// # Errors
+/// [`RemotingError::Decompress`] if the data is corrupt or the output longer than `max_len`.
+pub fn decompress_within(
+    algorithm: Compression,
+    data: &[u8],
+    max_len: usize,
+) -> Result<Vec<u8>, RemotingError> {
     let fail = |reason: String| RemotingError::Decompress {
         algorithm: algorithm.name(),
         reason,
@@ -89,14 +101,14 @@ pub fn decompress(algorithm: Compression, data: &[u8]) -> Result<Vec<u8>, Remoti
         }
         Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(data)),
     };
-    let limit = MAX_DECOMPRESSED_LEN as u64 + 1;
+    let limit = max_len as u64 + 1;
     let mut out = Vec::new();
     reader
         .take(limit)
         .read_to_end(&mut out)
         .map_err(|e| fail(e.to_string()))?;
-    if out.len() > MAX_DECOMPRESSED_LEN {
-        return Err(fail(format!("output exceeds {MAX_DECOMPRESSED_LEN} bytes")));
+    if out.len() > max_len {
+        return Err(fail(format!("output exceeds {max_len} bytes")));
     }
     // `read_to_end` grows by doubling, and the body keeps the whole allocation while the
     // message waits, where the cache budget counts its length: up to twice what was counted.
