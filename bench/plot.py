@@ -37,6 +37,8 @@ def main() -> int:
     ):
         names = []
         width = 0.27
+        # Labelled where first drawn: a case with too few samples for a p999 has no bar.
+        labelled = set()
         for i, c in enumerate(rows):
             s = c["summary"]
             names.append(f"{c['case']}\n{c['system']}")
@@ -45,7 +47,8 @@ def main() -> int:
                 if m is None:
                     continue
                 v = max(m["median"], 0.01)
-                ax.bar(i + (k - 1) * width, v, width, color=color, label=p if i == 0 else None)
+                ax.bar(i + (k - 1) * width, v, width, color=color, label=None if p in labelled else p)
+                labelled.add(p)
                 ax.text(i + (k - 1) * width, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels(names, fontsize=7)

@@ -189,14 +189,16 @@ fn versus_peer(all: &[CaseResult], c: &CaseResult) -> Option<Standing> {
     Some(Standing::of(stat(c, metric)?, stat(peer, metric)?, higher))
 }
 
-/// Median, minimum and maximum of `metric` over the runs that measured it.
+/// Median, minimum and maximum of `metric` over the runs that measured it. A latency
+/// percentile only when every run has it: a run without one had too few samples for it, and the
+/// median of the others would pass for the case's figure.
 pub fn stat(c: &CaseResult, metric: &str) -> Option<(f64, f64, f64)> {
     let mut v: Vec<f64> = c
         .runs
         .iter()
         .filter_map(|r| r.get(metric).copied())
         .collect();
-    if v.is_empty() {
+    if v.is_empty() || (is_percentile(metric) && v.len() < c.runs.len()) {
         return None;
     }
     v.sort_by(f64::total_cmp);
@@ -206,6 +208,12 @@ pub fn stat(c: &CaseResult, metric: &str) -> Option<(f64, f64, f64)> {
         (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
     };
     Some((mid, v[0], v[v.len() - 1]))
+}
+
+/// `store_p99_ms`, `born_p999_ms`, ...: the figures `percentiles` leaves out below their sample
+/// minimum.
+fn is_percentile(metric: &str) -> bool {
+    metric.ends_with("_ms") && ["_p50_", "_p99_", "_p999_"].iter().any(|p| metric.contains(p))
 }
 
 fn find<'a>(
@@ -627,7 +635,10 @@ pub fn markdown(all: &[CaseResult], setup: &Setup) -> String {
                         "peer p99 / ours p99 = {}{standing}",
                         fmt(Some(p / o))
                     )),
-                    _ => parts.push("ours / peer: not measured".into()),
+                    _ => parts.push(
+                        "ours / peer: not measured (a run failed, or had too few samples for a p99)"
+                            .into(),
+                    ),
                 }
                 for label in ["p99", "p999"] {
                     let key = format!("store_{label}_ms");
@@ -639,7 +650,9 @@ pub fn markdown(all: &[CaseResult], setup: &Setup) -> String {
                             "ours {label} - pull floor {label} = {} ms",
                             fmt(Some(o - f))
                         )),
-                        _ => parts.push(format!("pull floor {label}: not measured")),
+                        _ => parts.push(format!(
+                            "pull floor {label}: not measured (a run failed, or had too few samples)"
+                        )),
                     }
                 }
             } else {
@@ -712,6 +725,19 @@ mod tests {
         );
         // One run each: the values themselves.
         assert_eq!(Standing::of((2.0, 2.0, 2.0), (2.0, 2.0, 2.0), true), Tie);
+    }
+
+    /// A percentile some runs lack (too few samples) gives no median of the others; any other
+    /// figure is the median of the runs that have it.
+    #[test]
+    fn a_percentile_missing_from_a_run_is_not_reported() {
+        let mut c = case("1 latency floor", "ours", "store_p999_ms", &[1.0, 2.0]);
+        c.runs.push(Run::from([("store_p99_ms".to_owned(), 3.0)]));
+        assert_eq!(stat(&c, "store_p999_ms"), None);
+        assert_eq!(stat(&c, "store_p99_ms"), None);
+        let mut c = case("2 max throughput", "ours", "msgs_per_s", &[1.0, 3.0]);
+        c.runs.push(Run::new());
+        assert_eq!(stat(&c, "msgs_per_s"), Some((2.0, 1.0, 3.0)));
     }
 
     #[test]
