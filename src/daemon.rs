@@ -672,7 +672,7 @@ pub const EXIT_AFTER_GRACE: Duration = DRAIN_OVERRUN
 #[non_exhaustive]
 pub enum DaemonError {
     /// The admin server cannot listen on its address.
-    #[error("cannot bind the admin server to {addr}: {source}")]
+    #[error("cannot bind the admin server to {addr} (admin.listen): {source}")]
     AdminBind {
         /// `admin.listen`.
         addr: SocketAddr,

@@ -24,7 +24,8 @@ pub struct QueueState {
     pub committed_offset: Option<i64>,
     /// Next offset to pull.
     pub next_pull_offset: i64,
-    /// Broker's max offset at the last pull.
+    /// Broker's max offset: from the last pull answer, or asked for every 10 s while no pull
+    /// is in flight.
     pub max_offset: Option<i64>,
     /// `max_offset - committed_offset`.
     pub lag: Option<i64>,
@@ -44,6 +45,9 @@ pub struct QueueState {
     /// first). Admin tools (`mqadmin consumerStatus`) take a queue holding messages with no
     /// batch for a minute as blocked.
     pub last_consume_ms: i64,
+    /// Why the last pull failed, until a pull is answered again (`last_pull_ms` keeps moving
+    /// while pulls fail: it is when one went out).
+    pub last_pull_error: Option<String>,
 }
 
 /// Counters and windows of one subscription.

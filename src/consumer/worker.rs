@@ -243,6 +243,8 @@ struct Worker<H> {
     /// When the last pull went out and the last batch started (Unix ms), for admin tools.
     last_pull_ms: i64,
     last_consume_ms: i64,
+    /// Why the last pull failed, until one is answered.
+    last_pull_error: Option<String>,
     /// Concurrent: a batch panicked after its handler, and its messages went with it. Their
     /// marks would hold the commit back for good (and the span limit would stop the pulls), so
     /// the worker ends; the rebalancer starts a fresh one from the committed offset, which
@@ -364,6 +366,7 @@ impl<H: Handler> Worker<H> {
             last_published: Instant::now(),
             last_pull_ms: now_millis(),
             last_consume_ms: now_millis(),
+            last_pull_error: None,
             restart: false,
         }
     }
@@ -949,13 +952,16 @@ impl<H: Handler> Worker<H> {
     }
 
     async fn on_pull(&mut self, result: Result<PullResult, ClientError>, elapsed: Duration) {
-        self.shared
-            .meters
-            .pull_duration
-            .observe(elapsed.as_secs_f64());
         self.backlog = false;
         let result = match result {
             Ok(r) => {
+                // Answered pulls only: a failure's time (a connect timeout, a refusal) is not
+                // a round trip's, and the histogram's count is the answers.
+                self.shared
+                    .meters
+                    .pull_duration
+                    .observe(elapsed.as_secs_f64());
+                self.last_pull_error = None;
                 // Every answer says where to pull next (Java's `updatePullFromWhichNode`).
                 self.pull_from = r.suggest_which_broker_id;
                 r
@@ -979,6 +985,7 @@ impl<H: Handler> Worker<H> {
                     self.pull_from = MASTER_ID;
                 }
                 warn!(group = %self.shared.group(), queue = %self.mq, offset = self.next_offset, error = %e, "Pull failed; retrying.");
+                self.last_pull_error = Some(e.to_string());
                 self.pull_not_before = Instant::now() + delay;
                 return;
             }
@@ -1149,6 +1156,7 @@ impl<H: Handler> Worker<H> {
             paused: self.paused.map(Pause::describe),
             last_pull_ms: self.last_pull_ms,
             last_consume_ms: self.last_consume_ms,
+            last_pull_error: self.last_pull_error.clone(),
         };
         self.shared.stats.set_queue(&self.mq, state);
     }
@@ -1678,6 +1686,31 @@ mod tests {
         };
         w.on_pull(Err(gone), Duration::ZERO).await;
         assert_eq!(w.pull_from, MASTER_ID);
+    }
+
+    /// The status page says why pulls fail until one is answered, and the pull histogram counts
+    /// answers only.
+    #[tokio::test]
+    async fn a_failed_pull_is_reported_until_one_is_answered() {
+        let mut w = worker().await;
+        let histogram = w.shared.meters.pull_duration.clone();
+        let answers = || histogram.get_sample_count();
+        let before = answers();
+        let gone = ClientError::Timeout {
+            addr: "127.0.0.1:10911".into(),
+            code: crate::remoting::RequestCode::PullMessage,
+            after: Duration::from_secs(30),
+        };
+        w.on_pull(Err(gone), Duration::from_secs(30)).await;
+        w.publish_state();
+        let error = w.shared.stats.queues()[&w.mq].last_pull_error.clone();
+        assert!(error.is_some_and(|e| e.contains("127.0.0.1:10911")));
+        assert_eq!(answers(), before, "a failure is not a round trip");
+        w.on_pull(Ok(found(vec![message(0, "a")], 1)), Duration::ZERO)
+            .await;
+        w.publish_state();
+        assert_eq!(w.shared.stats.queues()[&w.mq].last_pull_error, None);
+        assert_eq!(answers(), before + 1);
     }
 
     /// A young queue starts at 0, and its pulls carry that 0 for the broker to store: only
