@@ -1523,7 +1523,7 @@ async fn gauge_task<H: Handler>(shared: Arc<Shared<H>>, cancel: CancellationToke
         let queues = shared.stats.queues();
         cached.set(queues.values().map(|q| q.cached_messages as i64).sum());
         bytes.set(queues.values().map(|q| q.cached_bytes as i64).sum());
-        lag.set(queues.values().filter_map(|q| q.lag).sum());
+        lag.set(super::stats::total_lag(queues.values()));
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}

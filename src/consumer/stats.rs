@@ -108,8 +108,8 @@ pub struct StatsSnapshot {
     pub cached_messages: usize,
     /// Total lag (sum over queues that know it).
     pub lag: i64,
-    /// Queues whose lag is not known yet (no pull answer or max offset from their broker):
-    /// `lag` leaves them out, so it is a lower bound while this is not 0.
+    /// Queues whose lag is not known yet (no max offset from their broker, or no committed
+    /// offset): `lag` leaves them out, so it is a lower bound while this is not 0.
     pub lag_unknown_queues: usize,
     /// Seconds since the consumer started.
     pub uptime_secs: u64,
@@ -250,7 +250,8 @@ impl Stats {
             // 10 % low, and far lower in the first seconds.
             let secs = elapsed.as_secs_f64();
             let covered = secs.min((TPS_WINDOW_SECS - 1) as f64 + secs.fract());
-            n as f64 / covered.max(1.0)
+            // A floor against the first instants, where one message would read as thousands.
+            n as f64 / covered.max(0.1)
         };
         let queues = self.queues();
         let all = succeeded + retried + dropped;
@@ -273,7 +274,7 @@ impl Stats {
             latency_max_ms: max,
             rebalances: self.rebalances.load(Ordering::Relaxed),
             cached_messages: queues.values().map(|q| q.cached_messages).sum(),
-            lag: queues.values().filter_map(|q| q.lag).sum(),
+            lag: total_lag(queues.values()),
             lag_unknown_queues: queues.values().filter(|q| q.lag.is_none()).count(),
             queues: queues
                 .into_iter()
@@ -291,6 +292,12 @@ fn ms(d: Duration) -> f64 {
 /// Locks a stats mutex; a poisoned one (a panic elsewhere) still holds valid counters.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The lag of the queues that know it, summed without overflow (each queue's lag is whatever
+/// its broker's max offset makes it).
+pub(crate) fn total_lag<'a>(queues: impl Iterator<Item = &'a QueueState>) -> i64 {
+    queues.filter_map(|q| q.lag).fold(0, i64::saturating_add)
 }
 
 #[cfg(test)]

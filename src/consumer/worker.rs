@@ -786,6 +786,7 @@ impl<H: Handler> Worker<H> {
             Ok(a) => a,
             Err(e) => {
                 debug!(queue = %self.mq, error = %e, "No broker address; retrying the pull later.");
+                self.last_pull_error = Some(e.to_string());
                 self.pull_not_before = Instant::now() + PULL_ERROR_DELAY;
                 return;
             }
@@ -962,6 +963,8 @@ impl<H: Handler> Worker<H> {
                     .pull_duration
                     .observe(elapsed.as_secs_f64());
                 self.last_pull_error = None;
+                // A probe sent before this pull went out would answer an older max offset.
+                self.max_probe = None;
                 // Every answer says where to pull next (Java's `updatePullFromWhichNode`).
                 self.pull_from = r.suggest_which_broker_id;
                 r
@@ -1166,6 +1169,7 @@ impl<H: Handler> Worker<H> {
     /// a batch was given up on.
     async fn drain(&mut self) -> bool {
         self.pull = None;
+        self.max_probe = None;
         let deadline = Instant::now() + self.shared.config.drain_timeout;
         while !self.in_flight.is_empty() {
             match tokio::time::timeout_at(deadline, self.in_flight.next()).await {
