@@ -408,6 +408,15 @@ pub(crate) fn read(pairs: &[(String, String)]) -> EnvLayer {
                     *header = header.replace('_', "-");
                 }
             }
+            // `00` and `0` name the same subscription: one spelling, so that its provenance
+            // and the check for a key set twice see one key.
+            if let [first, index, ..] = path.as_mut_slice() {
+                if first == "subscriptions" {
+                    if let Ok(n) = index.parse::<usize>() {
+                        *index = n.to_string();
+                    }
+                }
+            }
             match path_value(&lists, &path, name, text) {
                 Ok(value) => layer.entries.push(EnvEntry {
                     variable: name.to_owned(),

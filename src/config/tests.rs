@@ -2270,6 +2270,12 @@ fn settings_a_subscription_never_reads_are_warnings_when_changed() {
         warned(&w, "lock_expire_time") && w.iter().any(|w| w.contains("ROCKETMQ_LOCK_EXPIRE_TIME")),
         "{w:?}"
     );
+    // An index written `00` is subscription 0's.
+    let w = warnings(
+        Some(&one_sub("")),
+        &[("ROCKETMQ_SUBSCRIPTIONS__00__LOCK_EXPIRE_TIME", "20s")],
+    );
+    assert!(warned(&w, "lock_expire_time"), "{w:?}");
 }
 
 #[test]
