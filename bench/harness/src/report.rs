@@ -636,7 +636,7 @@ pub fn markdown(all: &[CaseResult], setup: &Setup) -> String {
                         fmt(Some(p / o))
                     )),
                     _ => parts.push(
-                        "ours / peer: not measured (a run failed, or had too few samples for a p99)"
+                        "ours / peer: not measured, or a run had too few samples for a p99"
                             .into(),
                     ),
                 }
@@ -651,7 +651,7 @@ pub fn markdown(all: &[CaseResult], setup: &Setup) -> String {
                             fmt(Some(o - f))
                         )),
                         _ => parts.push(format!(
-                            "pull floor {label}: not measured (a run failed, or had too few samples)"
+                            "pull floor {label}: not measured, or a run had too few samples for it"
                         )),
                     }
                 }
