@@ -413,18 +413,18 @@ impl<H: Handler> Worker<H> {
                 Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.on_batch_result(done).await;
                 }
-                result = poll_pull(&mut self.pull), if self.pull.is_some() => {
+                result = in_slot(&mut self.pull), if self.pull.is_some() => {
                     self.pull = None;
                     self.on_pull(result.0, result.1).await;
                 }
-                max = poll_probe(&mut self.max_probe), if self.max_probe.is_some() => {
+                max = in_slot(&mut self.max_probe), if self.max_probe.is_some() => {
                     self.max_probe = None;
                     match max {
                         Ok(max) => self.max_offset = Some(max),
                         Err(e) => debug!(group = %self.shared.group(), queue = %self.mq, error = %e, "Max offset not refreshed."),
                     }
                 }
-                got = wait_room(&mut self.waiting_room), if self.waiting_room.is_some() => {
+                got = in_slot(&mut self.waiting_room), if self.waiting_room.is_some() => {
                     self.waiting_room = None;
                     if let Ok(permit) = got {
                         self.claim.held += permit.num_permits();
@@ -1257,22 +1257,10 @@ fn batch_future(f: impl Future<Output = Done> + Send + 'static) -> BatchFuture {
     Box::pin(AssertUnwindSafe(f).catch_unwind().map(|r| r.map_err(drop)))
 }
 
-async fn wait_room(wait: &mut Option<RoomFuture>) -> Result<OwnedSemaphorePermit, AcquireError> {
-    match wait.as_mut() {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn poll_pull(pull: &mut Option<PullFuture>) -> (Result<PullResult, ClientError>, Duration) {
-    match pull.as_mut() {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn poll_probe(probe: &mut Option<MaxProbe>) -> Result<i64, ConsumerError> {
-    match probe.as_mut() {
+/// The output of the future in `slot`, for a `select!` branch guarded by `slot.is_some()`
+/// (the guard keeps an empty slot from being polled; pending covers it all the same).
+async fn in_slot<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot.as_mut() {
         Some(f) => f.await,
         None => std::future::pending().await,
     }
