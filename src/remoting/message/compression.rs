@@ -76,6 +76,15 @@ pub fn decompress(algorithm: Compression, data: &[u8]) -> Result<Vec<u8>, Remoti
     decompress_within(algorithm, data, MAX_DECOMPRESSED_LEN)
 }
 
+/// How a [`decompress_within`] error that met its output limit begins.
+const OUTPUT_LIMIT: &str = "output exceeds";
+
+/// Whether `error` is [`decompress_within`] stopping at its output limit, not a fault of the
+/// data seen so far.
+pub fn hit_output_limit(error: &RemotingError) -> bool {
+    matches!(error, RemotingError::Decompress { reason, .. } if reason.starts_with(OUTPUT_LIMIT))
+}
+
 /// [`decompress`], refusing output longer than `max_len`.
 ///
 /// # Errors
@@ -108,7 +117,7 @@ pub fn decompress_within(
         .read_to_end(&mut out)
         .map_err(|e| fail(e.to_string()))?;
     if out.len() > max_len {
-        return Err(fail(format!("output exceeds {max_len} bytes")));
+        return Err(fail(format!("{OUTPUT_LIMIT} {max_len} bytes")));
     }
     // `read_to_end` grows by doubling, and the body keeps the whole allocation while the
     // message waits, where the cache budget counts its length: up to twice what was counted.

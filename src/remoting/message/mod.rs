@@ -131,14 +131,7 @@ impl MessageExt {
         let result = Compression::from_sys_flag(self.sys_flag).and_then(|algorithm| {
             compression::decompress_within(algorithm, &self.body, INFLATE_ERROR_SCAN_LEN)
         });
-        match result {
-            Err(RemotingError::Decompress { reason, .. })
-                if reason.starts_with("output exceeds") =>
-            {
-                None
-            }
-            other => other.err(),
-        }
+        result.err().filter(|e| !compression::hit_output_limit(e))
     }
 
     /// Why this record cannot be delivered, if it cannot: its body does not inflate
