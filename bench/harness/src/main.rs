@@ -430,14 +430,11 @@ async fn open_loop(
     .await
 }
 
-/// `<name>_p50_ms`, `_p99_ms` and `_p999_ms` of `v` (milliseconds), each only from enough
-/// samples that at least ten lie above it (p99 from 1,000, p999 from 10,000): below that, the
-/// nearest rank is the largest sample or close to it, one outlier's figure, not a percentile.
-/// Nothing when empty.
+/// `<name>_p50_ms`, `_p99_ms` and `_p999_ms` of `v` (milliseconds), each only from the samples
+/// [`report::PERCENTILES`] asks for it (p99 from 1,000, p999 from 10,000). Nothing when empty.
 fn percentiles(run: &mut Run, name: &str, mut v: Vec<f64>) {
     v.sort_by(f64::total_cmp);
-    for (p, label, min_samples) in [(0.5, "p50", 1), (0.99, "p99", 1_000), (0.999, "p999", 10_000)]
-    {
+    for (p, label, min_samples) in report::PERCENTILES {
         if v.len() < min_samples {
             continue;
         }
@@ -1387,7 +1384,11 @@ mod tests {
     #[test]
     fn percentiles_take_the_nearest_rank() {
         let mut run = Run::new();
-        percentiles(&mut run, "store", (1..=10_000).rev().map(f64::from).collect());
+        percentiles(
+            &mut run,
+            "store",
+            (1..=10_000).rev().map(f64::from).collect(),
+        );
         assert_eq!(run["store_p50_ms"], 5_000.0);
         assert_eq!(run["store_p99_ms"], 9_900.0);
         assert_eq!(run["store_p999_ms"], 9_990.0);

@@ -210,10 +210,23 @@ pub fn stat(c: &CaseResult, metric: &str) -> Option<(f64, f64, f64)> {
     Some((mid, v[0], v[v.len() - 1]))
 }
 
+/// The latency percentiles runs record (`<name>_<label>_ms`): rank, label, and the samples
+/// needed for one, enough that at least ten lie above it (below that the nearest rank is the
+/// largest sample or close to it, one outlier's figure, not a percentile).
+pub const PERCENTILES: [(f64, &str, usize); 3] = [
+    (0.5, "p50", 1),
+    (0.99, "p99", 1_000),
+    (0.999, "p999", 10_000),
+];
+
 /// `store_p99_ms`, `born_p999_ms`, ...: the figures `percentiles` leaves out below their sample
 /// minimum.
 fn is_percentile(metric: &str) -> bool {
-    metric.ends_with("_ms") && ["_p50_", "_p99_", "_p999_"].iter().any(|p| metric.contains(p))
+    metric.strip_suffix("_ms").is_some_and(|m| {
+        PERCENTILES
+            .iter()
+            .any(|(_, label, _)| m.strip_suffix(label).is_some_and(|n| n.ends_with('_')))
+    })
 }
 
 fn find<'a>(
@@ -636,8 +649,7 @@ pub fn markdown(all: &[CaseResult], setup: &Setup) -> String {
                         fmt(Some(p / o))
                     )),
                     _ => parts.push(
-                        "ours / peer: not measured, or a run had too few samples for a p99"
-                            .into(),
+                        "ours / peer: not measured, or a run had too few samples for a p99".into(),
                     ),
                 }
                 for label in ["p99", "p999"] {
