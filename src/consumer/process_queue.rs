@@ -203,9 +203,8 @@ impl<T: Cached> ProcessQueue<T> {
         batch
     }
 
-    /// Orderly: the consuming batch is done. Forgets it and returns the offset to commit (with
-    /// increase-only off, as in Java): the last consuming offset + 1, or `None` when nothing was
-    /// being consumed.
+    /// Orderly: the consuming batch is done. Forgets it and returns the offset to commit: the
+    /// last consuming offset + 1, or `None` when nothing was being consumed.
     ///
     /// Unlike Java, the result is capped at the lowest offset still cached, so a partial
     /// [`Self::reconsume`] followed by a commit cannot skip the message that was put back.

@@ -683,7 +683,11 @@ impl<H: Handler> Worker<H> {
             for off in &done.finished {
                 self.local_reconsume.remove(off);
             }
-            self.commit(offset, false);
+            // Increase-only, unlike Java's orderly commit: the one commit that could go back is
+            // an inner batch kept whole that starts below where the queue started (kept so that
+            // it is dead-lettered), and it would move the queue back into messages already
+            // finished. A position the broker moves the queue to is set by `restart_at`.
+            self.commit(offset, true);
         }
     }
 
@@ -1979,6 +1983,26 @@ mod tests {
             .await;
         let queued: Vec<i64> = w.ready.take(10).iter().map(|m| m.queue_offset).collect();
         assert_eq!(queued, vec![3, 8]);
+    }
+
+    /// Orderly: finishing such a batch (dead-lettered) does not move the committed offset
+    /// back below where the queue started, into messages finished before.
+    #[tokio::test]
+    async fn an_orderly_commit_does_not_go_below_where_the_queue_started() {
+        use crate::remoting::message::sys_flag::{INNER_BATCH, NEED_UNWRAP};
+        let mut config = Config::new("G_worker", "T_worker");
+        config.mode = ConsumeMode::Orderly;
+        let mut w = Worker::new(testing::shared(config).await, queue(), 5);
+        w.shared.offsets.update(&w.mq, 5, false);
+        let mut batch = message(3, "a");
+        batch.sys_flag |= NEED_UNWRAP | INNER_BATCH;
+        w.on_pull(Ok(found(vec![batch], 9)), Duration::ZERO).await;
+        let taken: Vec<i64> = w.pq.take(10).iter().map(Cached::offset).collect();
+        assert_eq!(taken, vec![3]);
+        let mut done = Done::empty();
+        done.finished = vec![3];
+        w.on_done(done).await;
+        assert_eq!(w.shared.offsets.read(&w.mq), Some(5));
     }
 
     /// A record the decoder left whole as an inner batch it could not unwrap never reaches the
