@@ -550,6 +550,48 @@ async fn new_groups_start_from_first_last_or_timestamp() {
     }
 }
 
+/// Queues added to a topic while a LAST_OFFSET group consumes it (the topic scaled out) deliver
+/// what producers sent to them before the consumer saw them in its route: started at their end
+/// when assigned, they skipped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_added_while_the_group_consumes_deliver_what_was_sent_to_them_first() {
+    let mq = RocketMq::start().await;
+    let topic = unique("T_grow");
+    let p = producer(&mq).await;
+    p.create_topic(&topic, 1, false)
+        .await
+        .expect("topic created");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut cfg = fast_config(&unique("G_grow"), &topic);
+    cfg.consume_from = ConsumeFrom::LastOffset;
+    // Long enough that the messages below reach the new queues before the consumer's next
+    // route refresh shows it those queues.
+    cfg.route_interval = Duration::from_secs(10);
+    let c = start(&mq, &unique("grow"), cfg, Recorder::new("grow", &seen)).await;
+    eventually(
+        Duration::from_secs(60),
+        "the consumer holds the queue",
+        || assigned(&c, &topic).len() == 1,
+    )
+    .await;
+    p.create_topic(&topic, 4, false)
+        .await
+        .expect("topic scaled out");
+    // Four batches, one per queue (round robin): three land on queues the consumer has not
+    // seen yet.
+    let sent = bodies("grown", 128);
+    produce(&p, &topic, &sent, None).await;
+    let want: BTreeSet<String> = sent.iter().cloned().collect();
+    eventually(
+        Duration::from_secs(60),
+        "every message sent to the new queues is delivered",
+        || bodies_seen(&seen) == want,
+    )
+    .await;
+    assert_eq!(assigned(&c, &topic).len(), 4);
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flow_control_keeps_the_cache_within_its_limit() {
     let mq = RocketMq::start().await;

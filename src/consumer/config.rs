@@ -14,7 +14,9 @@ use super::handler::ConsumeMode;
 /// Where a group with no stored offset starts (rocketmq-remoting.md section 7.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsumeFrom {
-    /// The queue's max offset (but see the broker's "young queue answers 0" shortcut).
+    /// The first message stored since the consumer started: a new group's queues start at
+    /// their end, a queue added to the topic later at its first message
+    /// (`Shared::configured_start`).
     LastOffset,
     /// Offset 0 (corrected by the broker when older messages were deleted).
     FirstOffset,

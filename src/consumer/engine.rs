@@ -115,6 +115,9 @@ pub(crate) struct Shared<H> {
     lock_holds: Mutex<HashMap<MessageQueue, Instant>>,
     /// `subVersion` of the subscription; bumped when the assignment changes.
     pub(crate) sub_version: AtomicI64,
+    /// When this consumer started (Unix ms): where LAST_OFFSET starts a queue without an
+    /// offset (see [`Shared::configured_start`]).
+    started_ms: i64,
     /// Queues with a running worker, main and retry topic together: the subscription-wide cache
     /// limits are shared by this many ([`super::Limits::per_queue`]). Changed through
     /// [`Shared::hold_queues`] only, which keeps `cache_budget` in step.
@@ -496,28 +499,43 @@ impl<H: Handler> Shared<H> {
     }
 
     /// Where a queue without a stored offset starts: `consume_from`.
+    ///
+    /// LAST_OFFSET is the first message stored since this consumer started, not the queue's
+    /// end when the queue is assigned. For the queues of a new group that is the end, but for
+    /// a queue added to the topic while the group consumes it (a topic scaled out, a broker
+    /// added) it is everything in it: producers see a new queue in their routes before this
+    /// member does (up to a route interval and a rebalance later), and started at its end the
+    /// queue skipped what they had sent to it. Java's consumer gets there through the broker's
+    /// "young queue answers 0" shortcut, which this client turns off ([`Self::stored_offset`]).
+    /// A group whose offsets the broker lost replays what was stored since the start instead
+    /// of skipping to the end.
     pub(crate) async fn configured_start(&self, mq: &MessageQueue) -> Result<i64, ConsumerError> {
         let is_retry = mq.topic.starts_with("%RETRY%");
         let offset = match self.config.consume_from {
             _ if is_retry => RETRY_QUEUE_START,
             ConsumeFrom::FirstOffset => 0,
-            ConsumeFrom::LastOffset => self.max_offset(mq).await?,
-            ConsumeFrom::Timestamp(ts) => {
-                let addr = self.master_addr(&mq.broker_name)?;
-                self.call(
-                    &addr,
-                    &SearchOffsetByTimestamp {
-                        topic: mq.topic.clone(),
-                        queue_id: mq.queue_id,
-                        timestamp: ts,
-                        boundary: crate::remoting::rpc::Boundary::Lower,
-                    },
-                )
-                .await?
-            }
+            ConsumeFrom::LastOffset => self.offset_at(mq, self.started_ms).await?,
+            ConsumeFrom::Timestamp(ts) => self.offset_at(mq, ts).await?,
         };
         info!(group = %self.group(), queue = %mq, offset, "No stored offset; starting from the configured position.");
         Ok(offset)
+    }
+
+    /// The offset of the first message of `mq` stored at or after `timestamp` (Unix ms); the
+    /// queue's end when there is none.
+    async fn offset_at(&self, mq: &MessageQueue, timestamp: i64) -> Result<i64, ConsumerError> {
+        let addr = self.master_addr(&mq.broker_name)?;
+        Ok(self
+            .call(
+                &addr,
+                &SearchOffsetByTimestamp {
+                    topic: mq.topic.clone(),
+                    queue_id: mq.queue_id,
+                    timestamp,
+                    boundary: crate::remoting::rpc::Boundary::Lower,
+                },
+            )
+            .await?)
     }
 
     pub(crate) async fn max_offset(&self, mq: &MessageQueue) -> Result<i64, ConsumerError> {
@@ -1178,6 +1196,7 @@ impl<H: Handler> Consumer<H> {
             lock_calls: tokio::sync::Mutex::new(()),
             lock_holds: Mutex::new(HashMap::new()),
             sub_version: AtomicI64::new(now_millis()),
+            started_ms: now_millis(),
             queues_held: AtomicUsize::new(0),
             cache_budget: runtime.cache_budget,
             ready: Arc::new(AtomicBool::new(false)),
