@@ -59,6 +59,9 @@ use super::supervise::{Failure, Supervisor};
 /// whose head is still in memory; this client asks them not to, see [`Shared::stored_offset`]).
 const RETRY_QUEUE_START: i64 = 0;
 
+/// How long a broadcasting offset save may take before a warning says so (and again as often).
+const SLOW_SAVE_WARNING: Duration = Duration::from_secs(10);
+
 /// Producer group of the send-back fallback, as Java's internal producer names it.
 const INNER_PRODUCER_GROUP: &str = "CLIENT_INNER_PRODUCER";
 
@@ -646,6 +649,25 @@ impl<H: Handler> Shared<H> {
         }
     }
 
+    /// Awaits `fut`, with a warning every [`SLOW_SAVE_WARNING`] it takes. A save cannot be
+    /// skipped (a queue's start position must be on disk before its first pull, a released
+    /// queue's final offset before it is given up), so on an offsets volume that hangs the
+    /// queue waits as long; this says why its pulls stopped.
+    async fn warn_while_slow<F: std::future::Future>(&self, fut: F, what: &str) -> F::Output {
+        let started = Instant::now();
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            match tokio::time::timeout(SLOW_SAVE_WARNING, fut.as_mut()).await {
+                Ok(out) => return out,
+                Err(_) => warn!(
+                    group = %self.group(),
+                    waited = ?started.elapsed(),
+                    "{what} takes long; waiting for it (the offsets volume may hang)."
+                ),
+            }
+        }
+    }
+
     async fn persist_local(&self) {
         let (Some(store), Some(lock)) = (&self.local_store, &self.offsets_lock) else {
             return;
@@ -653,7 +675,12 @@ impl<H: Handler> Shared<H> {
         let request = self.save_requests.fetch_add(1, Ordering::SeqCst) + 1;
         // Both owned and moved into the save: if this future is dropped (a cancelled shutdown
         // step), saves stay serialised and the file lock held until the blocking save is done.
-        let mut saving = Arc::clone(&self.local_save).lock_owned().await;
+        let mut saving = self
+            .warn_while_slow(
+                Arc::clone(&self.local_save).lock_owned(),
+                "Waiting for the save before this one",
+            )
+            .await;
         if *saving >= request {
             // A save that took its snapshot after this request was made has written it.
             return;
@@ -665,7 +692,7 @@ impl<H: Handler> Shared<H> {
         // Taken under the mutex, so the saves land in the order of their snapshots.
         let snapshot = self.offsets.snapshot();
         let store = store.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let save = tokio::task::spawn_blocking(move || {
             let saved = store.save(&snapshot);
             if saved.is_ok() {
                 // A failed save covers nothing: the next request writes again.
@@ -673,8 +700,10 @@ impl<H: Handler> Shared<H> {
             }
             drop((saving, lock));
             saved
-        })
-        .await;
+        });
+        let result = self
+            .warn_while_slow(save, "Writing the local offset file")
+            .await;
         match result {
             Ok(Ok(())) => self
                 .metrics
