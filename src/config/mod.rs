@@ -83,7 +83,7 @@ pub struct Config {
     /// Env: `ROCKETMQ_NAMESRV_ADDR`, else `NAMESRV_ADDR`. Default `127.0.0.1:9876`.
     pub namesrv_addr: NameServers,
     /// Client instance name (the part after `@` in the client id the broker sees). Default:
-    /// none, meaning the process id (see [`Config::resolved_instance_name`]).
+    /// none, meaning `<process id>#<start time in ns>` (see [`Config::resolved_instance_name`]).
     /// Env: `ROCKETMQ_INSTANCE_NAME`.
     pub instance_name: Option<String>,
     /// Connection-level settings shared by every subscription.
@@ -124,12 +124,23 @@ pub struct Config {
 }
 
 impl Config {
-    /// The instance name to register with: `instance_name`, or the process id when unset (the
-    /// Java client's behaviour for the default name), so two sidecars on one host differ.
+    /// The instance name to register with: `instance_name`, or when unset
+    /// `<process id>#<start time in ns>`, as the Java client names a clustering consumer. The
+    /// process id alone is 1 in most containers: two replicas sharing an IP address (host
+    /// networking) had one client id, so both took the same queues, and the same orderly
+    /// locks. The same for the whole process.
     pub fn resolved_instance_name(&self) -> String {
-        self.instance_name
-            .clone()
-            .unwrap_or_else(|| std::process::id().to_string())
+        static DEFAULT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        self.instance_name.clone().unwrap_or_else(|| {
+            DEFAULT
+                .get_or_init(|| {
+                    let nanos = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos());
+                    format!("{}#{nanos}", std::process::id())
+                })
+                .clone()
+        })
     }
 
     /// Non-fatal findings of [`Config::load`] (unknown `ROCKETMQ_*` variables, settings that

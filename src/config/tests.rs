@@ -101,9 +101,14 @@ fn defaults_fill_everything_not_set() {
     let config = ok(None, IDENTITY);
     assert_eq!(config.namesrv_addr.addrs(), ["127.0.0.1:9876"]);
     assert_eq!(config.instance_name, None);
+    let instance = config.resolved_instance_name();
+    let (pid, started) = instance.split_once('#').expect("pid#nanos");
+    assert_eq!(pid, std::process::id().to_string());
+    assert!(started.parse::<u128>().is_ok_and(|n| n > 0), "{instance}");
     assert_eq!(
         config.resolved_instance_name(),
-        std::process::id().to_string()
+        instance,
+        "one name for the whole process"
     );
     assert_eq!(config.admin.listen.to_string(), "0.0.0.0:9090");
     assert_eq!(config.log.format, LogFormat::Pretty);
