@@ -114,9 +114,11 @@ impl<H: Handler> Rebalancer<H> {
     /// Runs until `cancel`, then stops every worker (each drains and persists) and returns the
     /// queues that were held.
     pub(crate) async fn run(mut self, cancel: CancellationToken) -> Vec<MessageQueue> {
-        let mut wait = self.shared.config.rebalance_interval;
+        // A deadline, not a period: a worker's end or a reset handled meanwhile does not push
+        // the next pass back (with workers ending one after another it never came).
+        let mut next_pass = Instant::now() + self.shared.config.rebalance_interval;
         loop {
-            let sleep = self.next_wait(wait);
+            let sleep = self.next_wait(next_pass.saturating_duration_since(Instant::now()));
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -133,7 +135,7 @@ impl<H: Handler> Rebalancer<H> {
                         _ = cancel.cancelled() => break,
                         () = self.reset(reset) => {}
                     }
-                    wait = Duration::from_millis(100);
+                    next_pass = Instant::now() + Duration::from_millis(100);
                     continue;
                 }
                 _ = self.shared.rebalance_now.notified() => {}
@@ -149,11 +151,12 @@ impl<H: Handler> Rebalancer<H> {
                 _ = cancel.cancelled() => break,
                 balanced = self.rebalance() => balanced,
             };
-            wait = if balanced {
-                self.shared.config.rebalance_interval
-            } else {
-                Duration::from_secs(1)
-            };
+            next_pass = Instant::now()
+                + if balanced {
+                    self.shared.config.rebalance_interval
+                } else {
+                    Duration::from_secs(1)
+                };
         }
         let held: Vec<MessageQueue> = self.active.keys().cloned().collect();
         for (token, _) in self.active.values() {
@@ -236,7 +239,7 @@ impl<H: Handler> Rebalancer<H> {
         let held: Vec<MessageQueue> = self.active.keys().cloned().collect();
         for mq in held {
             if !target.contains(&mq) {
-                self.revoke(&mq);
+                self.revoke(&mq, "revoked");
                 changed = true;
             }
         }
@@ -321,7 +324,8 @@ impl<H: Handler> Rebalancer<H> {
         balanced
     }
 
-    /// The group's members, sorted, from a master broker of the topic.
+    /// The group's members, sorted, from the first master broker of the topic whose list holds
+    /// this member; `None` when no broker answers with one.
     async fn consumer_ids(&self, mq_all: &[MessageQueue]) -> Option<Vec<String>> {
         let brokers: BTreeSet<&str> = mq_all.iter().map(|mq| mq.broker_name.as_str()).collect();
         for broker in brokers {
@@ -336,9 +340,10 @@ impl<H: Handler> Rebalancer<H> {
                     ids.sort();
                     ids.dedup();
                     if !ids.contains(&self.shared.client_id) {
-                        // The broker has not seen our heartbeat yet.
+                        // This broker has not taken our heartbeat yet (it restarted, say);
+                        // another may have, and its list is as good.
                         self.shared.heartbeat_now.notify_one();
-                        return None;
+                        continue;
                     }
                     return Some(ids);
                 }
@@ -445,9 +450,9 @@ impl<H: Handler> Rebalancer<H> {
         self.active.insert(mq, (token, handle.id()));
     }
 
-    fn revoke(&mut self, mq: &MessageQueue) {
+    fn revoke(&mut self, mq: &MessageQueue, why: &str) {
         if let Some((token, _)) = self.active.remove(mq) {
-            info!(group = %self.shared.group(), queue = %mq, "Queue revoked; draining.");
+            info!(group = %self.shared.group(), queue = %mq, "Queue {why}; draining.");
             token.cancel();
             self.retiring.insert(mq.clone());
         }
@@ -461,9 +466,16 @@ impl<H: Handler> Rebalancer<H> {
         // writing another member's queue from here could rewind an offset its owner has moved
         // on from since.
         // (A queue still draining after a rebalance belongs to its next owner already.)
+        let asked = offsets.len();
         offsets.retain(|(mq, _)| self.active.contains_key(mq) || self.reset_stopped.contains(mq));
+        info!(
+            group = %self.shared.group(),
+            queues = asked,
+            held = offsets.len(),
+            "Offset reset asked for; applying it to the queues this member holds."
+        );
         for (mq, _) in &offsets {
-            self.revoke(mq);
+            self.revoke(mq, "stopped for an offset reset");
         }
         // Wait for the affected workers to finish so their final commit cannot overwrite the
         // reset offset.
