@@ -245,11 +245,11 @@ impl Metrics {
     }
 
     /// Renders every metric in the Prometheus text format.
-    pub fn render(&self) -> String {
-        let encoder = prometheus::TextEncoder::new();
-        encoder
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_else(|e| format!("# metrics encoding failed: {e}\n"))
+    ///
+    /// # Errors
+    /// The encoder refused a family (one without metrics, which `gather` does not return).
+    pub fn render(&self) -> prometheus::Result<String> {
+        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather())
     }
 }
 
@@ -335,7 +335,7 @@ mod tests {
         m.batch_duration.with_label_values(&gt).observe(0.1);
         m.batch_size.with_label_values(&gt).observe(1.0);
         m.pull_duration.with_label_values(&gt).observe(0.1);
-        let text = m.render();
+        let text = m.render().unwrap();
         assert!(text.contains("rocketmq_webhook_consumer_messages_total{consumer_group=\"g\",outcome=\"x\",topic=\"t\"} 1"));
         let families = m.registry().gather();
         let declared = declared();

@@ -52,11 +52,18 @@ pub fn router(metrics: Metrics, source: Arc<dyn StatusSource>) -> Router {
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    match state.metrics.render() {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        // A 500 makes the scrape fail visibly (`up` = 0) instead of recording a page of nothing.
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot render the metrics.");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("metrics encoding failed: {e}\n"),
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn live_handler(State(state): State<AppState>) -> Response {
@@ -106,6 +113,9 @@ pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// until one closes (an idle one closes after [`HEADER_READ_TIMEOUT`]).
 const MAX_CONNECTIONS: usize = 64;
 
+/// The least time between two warnings that the admin server is at its connection cap.
+const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The limits of the admin server (constants in production; small in tests).
 #[derive(Debug, Clone, Copy)]
 struct Limits {
@@ -150,15 +160,17 @@ fn serve_with(
     // detached task and waits for all of them on graceful shutdown, without a limit.
     let task = tokio::spawn(async move {
         let mut connections = JoinSet::new();
-        let mut cap_reached = false;
+        // At most one warning a minute: a client holding the cap keeps it there, connection
+        // after connection, but a second episode an hour later is news.
+        let mut last_cap_warning: Option<tokio::time::Instant> = None;
         loop {
             let room = connections.len() < limits.connections;
-            if !room && !cap_reached {
-                cap_reached = true;
+            if !room && last_cap_warning.is_none_or(|at| at.elapsed() >= CAP_WARNING_INTERVAL) {
+                last_cap_warning = Some(tokio::time::Instant::now());
                 tracing::warn!(
                     open = connections.len(),
                     "Admin server at its connection cap; further connections wait until one \
-                     closes (logged once)."
+                     closes (logged at most once a minute)."
                 );
             }
             tokio::select! {
