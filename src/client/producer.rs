@@ -28,7 +28,7 @@ use crate::remoting::filter::java_hash;
 use crate::remoting::message::compression::{self, Compression};
 use crate::remoting::message::id::millis_since_month_start;
 use crate::remoting::message::ByteString;
-use crate::remoting::message::{properties, Message, UniqKeyGenerator};
+use crate::remoting::message::{encode_batch, properties, Message, UniqKeyGenerator};
 use crate::remoting::rpc::{
     Rpc, SendBatchMessage, SendMessage, SendMessageHeader, SendResult as WireSendResult,
     SendStatus, UpdateAndCreateTopic, DEFAULT_TOPIC,
@@ -319,7 +319,6 @@ impl Producer {
             return Err(invalid("batches cannot target a retry topic".to_owned()));
         }
         let mut prepared = Vec::with_capacity(messages.len());
-        let mut total = 0usize;
         for message in messages {
             if message.topic != topic {
                 return Err(invalid(format!(
@@ -330,13 +329,20 @@ impl Producer {
             if message.properties.contains_key(properties::DELAY) {
                 return Err(invalid("batched messages cannot be delayed".to_owned()));
             }
-            let message = self.prepare(message)?;
-            total += message.body.len();
-            prepared.push(message);
+            prepared.push(self.prepare(message)?);
         }
-        if total > self.inner.config.max_message_size {
+        // Encoded once for every attempt. The broker holds the encoded batch, each message's
+        // framing and properties included, to its size limit (Java `Validators.checkMessage`
+        // on the `MessageBatch`), so that is what is checked here.
+        let body = encode_batch(&prepared).map_err(|source| ProducerError::Encode {
+            topic: topic.clone(),
+            source,
+        })?;
+        if body.len() > self.inner.config.max_message_size {
             return Err(invalid(format!(
-                "batch bodies total {total} bytes, over the limit of {} bytes",
+                "the batch encodes to {} bytes (bodies with their framing and properties), over \
+                 the limit of {} bytes",
+                body.len(),
                 self.inner.config.max_message_size
             )));
         }
@@ -352,11 +358,9 @@ impl Producer {
         let (queue, wire) = self
             .call_with_retries(&topic, selector, |queue_id| {
                 header.queue_id = queue_id;
-                SendBatchMessage::new(header.clone(), &prepared).map_err(|source| {
-                    ProducerError::Encode {
-                        topic: topic.clone(),
-                        source,
-                    }
+                Ok(SendBatchMessage {
+                    header: header.clone(),
+                    body: body.clone(),
                 })
             })
             .await?;
@@ -757,6 +761,11 @@ mod tests {
             vec![Message::new("%RETRY%g", "a")],
             vec![
                 Message::new("T", vec![0u8; 3 << 20]),
+                Message::new("T", vec![0u8; 2 << 20]),
+            ],
+            // Bodies of exactly the limit: their framing and properties take it over.
+            vec![
+                Message::new("T", vec![0u8; 2 << 20]),
                 Message::new("T", vec![0u8; 2 << 20]),
             ],
         ] {
