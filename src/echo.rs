@@ -1,7 +1,10 @@
 //! `rocketmq-webhook echo`: a tiny webhook receiver for demos, docker-compose and tests. Prints
 //! one JSON line per request (method, path, headers, body) and answers with a fixed status.
 
+use std::future::IntoFuture as _;
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -11,6 +14,7 @@ use base64::Engine as _;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
 struct EchoState {
@@ -18,7 +22,11 @@ struct EchoState {
     out: Arc<Mutex<tokio::io::Stdout>>,
 }
 
-/// Serves on `listen` until `shutdown` completes, answering every request with `status`.
+/// How long open connections get to finish once `shutdown` completes.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves on `listen` until `shutdown` completes, answering every request with `status`; then
+/// lets the requests in progress finish for at most [`STOP_TIMEOUT`].
 ///
 /// # Errors
 /// The address cannot be bound.
@@ -34,9 +42,24 @@ pub async fn serve(
     let app = Router::new().fallback(handle).with_state(state);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     eprintln!("echo: listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let stop = CancellationToken::new();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .into_future();
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        result = server.as_mut() => return result,
+        () = shutdown => stop.cancel(),
+    }
+    // axum's graceful shutdown waits for every connection without a limit: a client that sent
+    // half a request, or a stdout nobody reads, held the exit for good.
+    if tokio::time::timeout(STOP_TIMEOUT, server).await.is_err() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "echo: requests still open {STOP_TIMEOUT:?} after the signal; closing them"
+        );
+    }
+    Ok(())
 }
 
 async fn handle(

@@ -237,6 +237,20 @@ async fn errors_are_one_line_with_the_right_exit_code() {
     assert_one_line_failure(&out, 2, &["--rate"]);
     let out = run(&["no-such-command"]).await;
     assert_one_line_failure(&out, 2, &["no-such-command"]);
+    // Clap's lines after the first name what is missing, or what a value may be.
+    let out = run(&["produce", "--namesrv", "127.0.0.1:9876"]).await;
+    assert_one_line_failure(&out, 2, &["required", "--topic"]);
+    let out = run(&[
+        "produce",
+        "--namesrv",
+        "127.0.0.1:9876",
+        "--topic",
+        "T",
+        "--selector",
+        "nearest",
+    ])
+    .await;
+    assert_one_line_failure(&out, 2, &["nearest", "round-robin"]);
 
     // Unknown topic on a live name server: exit 1, naming the topic.
     let mq = RocketMq::start().await;
@@ -392,7 +406,7 @@ async fn a_tls_file_that_does_not_parse_is_a_configuration_error() {
 
 #[tokio::test]
 async fn echo_takes_only_an_http_status() {
-    for bad in ["42", "1000", "ok"] {
+    for bad in ["42", "101", "1000", "ok"] {
         let out = run_clean(&["echo", "--listen", "127.0.0.1:0", "--status", bad]).await;
         assert_one_line_failure(&out, 2, &["--status", bad]);
     }
@@ -418,6 +432,49 @@ async fn echo_takes_only_an_http_status() {
         }
     };
     assert_eq!(status, 503);
+}
+
+/// A client that sent half a request does not hold `echo`'s exit: axum's graceful shutdown
+/// waited for it without a limit, and further signals did nothing.
+#[tokio::test]
+async fn echo_stops_on_sigterm_beside_a_half_sent_request() {
+    use tokio::io::AsyncWriteExt;
+    let listen = support::daemon::free_port().to_string();
+    let mut echo = tokio::process::Command::new(BIN)
+        .args(["echo", "--listen", &listen])
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {BIN} echo: {e}"));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut half = loop {
+        match tokio::net::TcpStream::connect(&listen).await {
+            Ok(stream) => break stream,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                panic!("echo did not listen on {listen}: {e}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    half.write_all(b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+        .await
+        .expect("half a request written");
+    // The request is being read before the signal comes.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let pid = echo.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+    assert!(killed.success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), echo.wait())
+        .await
+        .expect("echo did not stop within 10 s of SIGTERM")
+        .expect("waited");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    drop(half);
 }
 
 /// Configuration warnings found while loading (a setting that has no effect, a

@@ -88,7 +88,7 @@ pub(crate) struct EchoArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
-    /// HTTP status to answer every request with (100-999).
+    /// HTTP status to answer every request with (200-999).
     #[arg(long, default_value = "200", value_parser = parse_status)]
     pub(crate) status: http::StatusCode,
 }
@@ -98,8 +98,11 @@ fn parse_status(text: &str) -> Result<http::StatusCode, String> {
     let code: u16 = text
         .parse()
         .map_err(|_| "not a number: use an HTTP status such as 200 or 503".to_owned())?;
-    http::StatusCode::from_u16(code)
-        .map_err(|_| "not an HTTP status: use a code from 100 to 999".to_owned())
+    // A 1xx is no final answer: hyper sends a 500 in its place.
+    if !(200..=999).contains(&code) {
+        return Err("not a final HTTP status: use a code from 200 to 999".to_owned());
+    }
+    http::StatusCode::from_u16(code).map_err(|e| e.to_string())
 }
 
 /// `rocketmq-webhook healthcheck`.
@@ -416,19 +419,30 @@ pub(crate) fn check_config(args: CheckConfigArgs) -> ExitCode {
     match load(config_file(args.config)) {
         Ok((cfg, _)) => {
             print_warnings(&cfg);
-            print!("{}", cfg.redacted_yaml());
-            ExitCode::SUCCESS
+            match super::print_out(&cfg.redacted_yaml()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    LastWords(config::LogFormat::Pretty).say(&e.to_string());
+                    e.exit_code()
+                }
+            }
         }
         Err(code) => code,
     }
 }
 
 pub(crate) fn echo(args: EchoArgs) -> ExitCode {
-    let result = runtime(WorkerThreads(0), LastWords(config::LogFormat::Pretty)).block_on(
-        rocketmq_webhook::echo::serve(args.listen, args.status, async {
+    let runtime = runtime(WorkerThreads(0), LastWords(config::LogFormat::Pretty));
+    let result = runtime.block_on(rocketmq_webhook::echo::serve(
+        args.listen,
+        args.status,
+        async {
             Signals::new().next().await;
-        }),
-    );
+        },
+    ));
+    // A write to a stdout nobody reads is stuck in a blocking thread, which dropping the
+    // runtime would wait for.
+    runtime.shutdown_timeout(Duration::from_millis(500));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -56,6 +56,20 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Writes `text` to stdout. `print!` panics when the reader has gone (`| head`: Rust ignores
+/// SIGPIPE); this is an error instead, which names what happened.
+pub(crate) fn print_out(text: &str) -> Result<(), CliError> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| {
+            CliError::runtime(format!(
+                "cannot write to stdout (its reader may have exited): {e}"
+            ))
+        })
+}
+
 /// Prints a clap parse error: help and version as clap renders them (exit 0), anything else as
 /// one `error:` line (exit 2) instead of clap's multi-line usage block.
 pub(crate) fn report_clap_error(err: &clap::Error) -> ExitCode {
@@ -73,16 +87,30 @@ pub(crate) fn report_clap_error(err: &clap::Error) -> ExitCode {
             }
         }
         _ => {
-            let rendered = err.render().to_string();
-            let first = rendered
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("rocketmq-webhook: {first} (see --help)");
+            eprintln!(
+                "rocketmq-webhook: {} (see --help)",
+                clap_message(&err.render().to_string())
+            );
             ExitCode::from(2)
         }
+    }
+}
+
+/// Clap's error message on one line, without its usage block: what follows the first line
+/// names the arguments a missing-argument error is about, the values an invalid one may take,
+/// or a tip, so it is kept.
+fn clap_message(rendered: &str) -> String {
+    let text = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    match text.strip_prefix("error: ") {
+        Some(rest) => rest.to_owned(),
+        None if text.is_empty() => "invalid arguments".to_owned(),
+        None => text,
     }
 }
 
@@ -165,19 +193,21 @@ impl NamesrvArg {
     /// # Errors
     /// [`CliError::Usage`] when none is given or one is not `host:port`.
     pub(crate) fn addrs(&self) -> Result<Vec<String>, CliError> {
-        let (raw, source) =
-            match &self.namesrv {
-                Some(v) => (v.clone(), "--namesrv"),
-                None => match env_value("ROCKETMQ_NAMESRV_ADDR") {
-                    Some(v) => (v, "ROCKETMQ_NAMESRV_ADDR"),
-                    None => match env_value("NAMESRV_ADDR") {
-                        Some(v) => (v, "NAMESRV_ADDR"),
-                        None => return Err(CliError::usage(
-                            "no name server given: pass --namesrv HOST:PORT or set NAMESRV_ADDR",
-                        )),
-                    },
+        let (raw, source) = match &self.namesrv {
+            Some(v) => (v.clone(), "--namesrv"),
+            None => match env_value("ROCKETMQ_NAMESRV_ADDR") {
+                Some(v) => (v, "ROCKETMQ_NAMESRV_ADDR"),
+                None => match env_value("NAMESRV_ADDR") {
+                    Some(v) => (v, "NAMESRV_ADDR"),
+                    None => {
+                        return Err(CliError::usage(
+                            "no name server given: pass --namesrv HOST:PORT or set \
+                             ROCKETMQ_NAMESRV_ADDR or NAMESRV_ADDR",
+                        ))
+                    }
                 },
-            };
+            },
+        };
         parse_namesrv_list(&raw).map_err(|bad| {
             CliError::usage(format!(
                 "invalid {source} address '{bad}': expected HOST:PORT"

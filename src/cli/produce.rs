@@ -4,7 +4,7 @@
 //! print a progress line to stderr every second and a rate summary at the end.
 
 use std::collections::BTreeMap;
-
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +12,7 @@ use rocketmq_webhook::client::producer::{Producer, ProducerConfig, ProducerError
 use rocketmq_webhook::remoting::message::Message;
 use tokio::time::Instant;
 
-use super::{describe, tool_client, validate_topic, CliError, NamesrvArg};
+use super::{describe, print_out, tool_client, validate_topic, CliError, NamesrvArg};
 
 /// Up to this many messages, every id is printed.
 pub(crate) const LIST_LIMIT: u64 = 20;
@@ -114,6 +114,11 @@ impl Plan {
             }
         }
         let body = match (&args.body, args.size) {
+            (Some(text), _) if text.is_empty() => {
+                return Err(CliError::usage(
+                    "invalid --body '': a message needs a body (the broker refuses an empty one)",
+                ));
+            }
             (Some(text), _) => BodySpec::Fixed(Bytes::from(text.clone())),
             (None, Some(size)) => {
                 if size.as_u64() == 0 || size.as_u64() > MAX_MESSAGE_SIZE {
@@ -129,9 +134,22 @@ impl Plan {
             BodySpec::Fixed(b) => b.len() as u64,
             BodySpec::Generated(n) => n.map_or(32, |n| n as u64),
         };
-        if u64::from(args.batch) > 1 && body_len * u64::from(args.batch) > MAX_MESSAGE_SIZE {
+        // The broker limits the encoded batch: each message's framing (22 bytes) and the
+        // properties the producer writes (UNIQ_KEY 42 bytes, WAIT 10, TAGS and KEYS each 6 and
+        // their value) count. The producer checks the exact size; this catches it as a usage
+        // error, before anything connects.
+        let per_message = body_len
+            + 74
+            + [&args.tag, &args.key]
+                .iter()
+                .filter_map(|v| v.as_ref())
+                .map(|v| v.len() as u64 + 6)
+                .sum::<u64>();
+        let encoded = per_message.saturating_mul(u64::from(args.batch));
+        if args.batch > 1 && encoded > MAX_MESSAGE_SIZE {
             return Err(CliError::usage(format!(
-                "invalid --batch {}: {} bodies of {body_len} bytes exceed the broker's 4 MiB request limit",
+                "invalid --batch {}: {} messages of {body_len} bytes encode to about {encoded} \
+                 bytes, over the broker's 4 MiB request limit",
                 args.batch, args.batch
             )));
         }
@@ -292,10 +310,10 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), CliError> {
                     .ok_or_else(|| CliError::runtime("empty send"))?;
                 let result = producer.send(message, &selector).await.map_err(fail)?;
                 if list {
-                    println!(
-                        "{} {} offset={}",
+                    print_out(&format!(
+                        "{} {} offset={}\n",
                         result.msg_id, result.queue, result.queue_offset
-                    );
+                    ))?;
                 }
             } else {
                 let result = producer
@@ -303,13 +321,16 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), CliError> {
                     .await
                     .map_err(fail)?;
                 if list {
+                    let mut lines = String::new();
                     for (k, id) in result.msg_ids.iter().enumerate() {
-                        println!(
+                        let _ = writeln!(
+                            lines,
                             "{id} {} offset={}",
                             result.queue,
                             result.queue_offset + k as i64
                         );
                     }
+                    print_out(&lines)?;
                 }
             }
             sent += group.len() as u64;
@@ -327,12 +348,12 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), CliError> {
     }
     if !list {
         let secs = start.elapsed().as_secs_f64().max(1e-9);
-        println!(
-            "sent {sent} messages ({bytes} body bytes) to topic {} in {secs:.3} s: {:.0} msg/s, {:.2} MiB/s",
+        print_out(&format!(
+            "sent {sent} messages ({bytes} body bytes) to topic {} in {secs:.3} s: {:.0} msg/s, {:.2} MiB/s\n",
             plan.topic,
             sent as f64 / secs,
             bytes as f64 / secs / (1024.0 * 1024.0)
-        );
+        ))?;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use rocketmq_webhook::remoting::body::route::TopicRouteData;
 
-use super::{describe, tool_client, validate_topic, CliError, NamesrvArg};
+use super::{describe, print_out, tool_client, validate_topic, CliError, NamesrvArg};
 
 /// Arguments of `route`.
 #[derive(Debug, clap::Args)]
@@ -36,11 +36,10 @@ pub(crate) async fn run(args: RouteArgs) -> Result<(), CliError> {
         let text = serde_json::from_slice::<serde_json::Value>(&json)
             .and_then(|v| serde_json::to_string_pretty(&v))
             .unwrap_or_else(|_| String::from_utf8_lossy(&json).into_owned());
-        println!("{text}");
+        print_out(&format!("{text}\n"))
     } else {
-        print!("{}", render(&args.topic, &route));
+        print_out(&render(&args.topic, &route))
     }
-    Ok(())
 }
 
 /// The readable form: one line per broker address, then one per queue set, then a summary.
