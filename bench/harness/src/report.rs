@@ -219,6 +219,14 @@ pub const PERCENTILES: [(f64, &str, usize); 3] = [
     (0.999, "p999", 10_000),
 ];
 
+/// The samples a run needs before [`PERCENTILES`] reports the percentile `label`.
+fn samples_needed(label: &str) -> usize {
+    PERCENTILES
+        .iter()
+        .find(|(_, l, _)| *l == label)
+        .map_or(0, |(_, _, needed)| *needed)
+}
+
 /// `store_p99_ms`, `born_p999_ms`, ...: the figures `percentiles` leaves out below their sample
 /// minimum.
 fn is_percentile(metric: &str) -> bool {
@@ -648,9 +656,11 @@ pub fn markdown(all: &[CaseResult], setup: &Setup) -> String {
                         "peer p99 / ours p99 = {}{standing}",
                         fmt(Some(p / o))
                     )),
-                    _ => parts.push(
-                        "ours / peer: not measured, or a run had too few samples for a p99".into(),
-                    ),
+                    _ => parts.push(format!(
+                        "ours / peer: not measured, or a run had fewer than {} samples, the \
+                         least a p99 needs",
+                        samples_needed("p99")
+                    )),
                 }
                 for label in ["p99", "p999"] {
                     let key = format!("store_{label}_ms");
@@ -663,7 +673,9 @@ pub fn markdown(all: &[CaseResult], setup: &Setup) -> String {
                             fmt(Some(o - f))
                         )),
                         _ => parts.push(format!(
-                            "pull floor {label}: not measured, or a run had too few samples for it"
+                            "pull floor {label}: not measured, or a run had fewer than {} \
+                             samples, the least a {label} needs",
+                            samples_needed(label)
                         )),
                     }
                 }
