@@ -26,7 +26,7 @@ struct EchoState {
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serves on `listen` until `shutdown` completes, answering every request with `status`; then
-/// lets the requests in progress finish for at most [`STOP_TIMEOUT`].
+/// lets the requests in progress finish for at most 3 s.
 ///
 /// # Errors
 /// The address cannot be bound.
