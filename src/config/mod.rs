@@ -368,9 +368,9 @@ pub struct Subscription {
     /// `CONCURRENT` or `ORDERLY`. Env: `ROCKETMQ_CONSUME_MODE`. Default `CONCURRENT`.
     #[serde(with = "values::consume_mode")]
     pub consume_mode: ConsumeMode,
-    /// Start point for a queue with no committed offset: `LAST_OFFSET` (the first message stored
-    /// since the daemon started), `FIRST_OFFSET` or `TIMESTAMP` (Java `CONSUME_FROM_*` names
-    /// accepted). Env: `ROCKETMQ_CONSUME_FROM_WHERE`.
+    /// Start point for a queue with no committed offset: `LAST_OFFSET` (its end; for a queue
+    /// added to the topic while the daemon runs, what was stored since the daemon started),
+    /// `FIRST_OFFSET` or `TIMESTAMP` (Java `CONSUME_FROM_*` names accepted). Env: `ROCKETMQ_CONSUME_FROM_WHERE`.
     /// Default `LAST_OFFSET`.
     pub consume_from: ConsumeFrom,
     /// For `TIMESTAMP`: RFC 3339 or `yyyyMMddHHmmss` (UTC). Default: none, meaning 30 minutes

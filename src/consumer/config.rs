@@ -14,8 +14,8 @@ use super::handler::ConsumeMode;
 /// Where a group with no stored offset starts (rocketmq-remoting.md section 7.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsumeFrom {
-    /// The first message stored since the consumer started: a new group's queues start at
-    /// their end, a queue added to the topic later at its first message
+    /// The queue's end; for a queue that came into the route after the consumer's first look at
+    /// it (a topic scaled out), the first message stored since the consumer started
     /// (`Shared::configured_start`).
     LastOffset,
     /// Offset 0 (corrected by the broker when older messages were deleted).

@@ -59,6 +59,11 @@ use super::supervise::{Failure, Supervisor};
 /// whose head is still in memory; this client asks them not to, see [`Shared::stored_offset`]).
 const RETRY_QUEUE_START: i64 = 0;
 
+/// How long before the daemon's start a LAST_OFFSET queue that came into the route later starts
+/// ([`Shared::configured_start`]): the broker's store times and this host's clock may differ by
+/// that much without a message of such a queue being skipped.
+const LATER_QUEUE_MARGIN: Duration = Duration::from_secs(60);
+
 /// How long a broadcasting offset save may take before a warning says so (and again as often).
 const SLOW_SAVE_WARNING: Duration = Duration::from_secs(10);
 
@@ -118,8 +123,8 @@ pub(crate) struct Shared<H> {
     lock_holds: Mutex<HashMap<MessageQueue, Instant>>,
     /// `subVersion` of the subscription; bumped when the assignment changes.
     pub(crate) sub_version: AtomicI64,
-    /// When this consumer started (Unix ms): where LAST_OFFSET starts a queue without an
-    /// offset (see [`Shared::configured_start`]).
+    /// When this consumer started (Unix ms): where LAST_OFFSET starts a queue that came into
+    /// the route later (see [`Shared::configured_start`]).
     started_ms: i64,
     /// Queues with a running worker, main and retry topic together: the subscription-wide cache
     /// limits are shared by this many ([`super::Limits::per_queue`]). Changed through
@@ -447,8 +452,13 @@ impl<H: Handler> Shared<H> {
         ok
     }
 
-    /// Where a newly assigned queue starts (rocketmq-remoting.md section 7.6).
-    pub(crate) async fn start_offset(&self, mq: &MessageQueue) -> Result<Start, ConsumerError> {
+    /// Where a newly assigned queue starts (rocketmq-remoting.md section 7.6). `came_later`:
+    /// the queue was not in its topic's route when this member first saw it.
+    pub(crate) async fn start_offset(
+        &self,
+        mq: &MessageQueue,
+        came_later: bool,
+    ) -> Result<Start, ConsumerError> {
         if let Some(offset) = self.stored_offset(mq).await? {
             return Ok(Start {
                 offset,
@@ -467,7 +477,7 @@ impl<H: Handler> Shared<H> {
             }
         }
         Ok(Start {
-            offset: self.configured_start(mq).await?,
+            offset: self.configured_start(mq, came_later).await?,
             unsaved: true,
         })
     }
@@ -503,21 +513,31 @@ impl<H: Handler> Shared<H> {
 
     /// Where a queue without a stored offset starts: `consume_from`.
     ///
-    /// LAST_OFFSET is the first message stored since this consumer started, not the queue's
-    /// end when the queue is assigned. For the queues of a new group that is the end, but for
-    /// a queue added to the topic while the group consumes it (a topic scaled out, a broker
-    /// added) it is everything in it: producers see a new queue in their routes before this
-    /// member does (up to a route interval and a rebalance later), and started at its end the
-    /// queue skipped what they had sent to it. Java's consumer gets there through the broker's
-    /// "young queue answers 0" shortcut, which this client turns off ([`Self::stored_offset`]).
-    /// A group whose offsets the broker lost replays what was stored since the start instead
-    /// of skipping to the end.
-    pub(crate) async fn configured_start(&self, mq: &MessageQueue) -> Result<i64, ConsumerError> {
+    /// With LAST_OFFSET, a queue that `came_later` into the route than this member's first look
+    /// at it (a topic scaled out, created after the start, a broker added or back) starts at the
+    /// first message stored since the daemon started, less [`LATER_QUEUE_MARGIN`], not at its
+    /// end: producers see a new queue in their routes before this member does (up to a route
+    /// interval and a rebalance later), and started at its end the queue skipped what they had
+    /// sent to it. Java's consumer gets there through the broker's "young queue answers 0"
+    /// shortcut, which this client turns off ([`Self::stored_offset`]). The queues of the first
+    /// look start at their end, as before: no clock is involved, and a group whose offsets the
+    /// broker lost does not replay what was stored since the start.
+    pub(crate) async fn configured_start(
+        &self,
+        mq: &MessageQueue,
+        came_later: bool,
+    ) -> Result<i64, ConsumerError> {
         let is_retry = mq.topic.starts_with("%RETRY%");
         let offset = match self.config.consume_from {
             _ if is_retry => RETRY_QUEUE_START,
             ConsumeFrom::FirstOffset => 0,
-            ConsumeFrom::LastOffset => self.offset_at(mq, self.started_ms).await?,
+            ConsumeFrom::LastOffset if came_later => {
+                let since = self
+                    .started_ms
+                    .saturating_sub(LATER_QUEUE_MARGIN.as_millis() as i64);
+                self.offset_at(mq, since).await?
+            }
+            ConsumeFrom::LastOffset => self.max_offset(mq).await?,
             ConsumeFrom::Timestamp(ts) => self.offset_at(mq, ts).await?,
         };
         info!(group = %self.group(), queue = %mq, offset, "No stored offset; starting from the configured position.");
@@ -1882,7 +1902,7 @@ mod tests {
             let shared = testing::shared(config).await;
             // No broker is asked (none answers here): the max offset would skip the messages
             // sent back before this queue's worker first started.
-            let start = shared.configured_start(&retry).await;
+            let start = shared.configured_start(&retry, false).await;
             assert_eq!(start.ok(), Some(0), "{from:?}");
         }
     }

@@ -68,6 +68,42 @@ pub(crate) struct Rebalancer<H> {
     ids: HashMap<tokio::task::Id, MessageQueue>,
     /// Queues whose worker ended while still assigned, for the restart back-off.
     crashes: HashMap<MessageQueue, Crashes>,
+    sightings: Sightings,
+}
+
+/// Which queues of each topic came into its route after this member's first look at it: with
+/// LAST_OFFSET they start at what was stored since the daemon started rather than at their end
+/// (`Shared::configured_start`).
+#[derive(Debug, Default)]
+struct Sightings {
+    /// Every queue seen in each topic's route so far.
+    known: HashMap<String, HashSet<MessageQueue>>,
+    /// Topics a pass found no route for before one was seen (created after the start, or the
+    /// name servers unreachable): every queue of theirs came later.
+    unrouted: HashSet<String>,
+    later: HashSet<MessageQueue>,
+}
+
+impl Sightings {
+    fn no_route(&mut self, topic: &str) {
+        if !self.known.contains_key(topic) {
+            self.unrouted.insert(topic.to_owned());
+        }
+    }
+
+    fn route(&mut self, topic: &str, queues: &[MessageQueue]) {
+        let first_look = !self.known.contains_key(topic) && !self.unrouted.contains(topic);
+        let known = self.known.entry(topic.to_owned()).or_default();
+        for mq in queues {
+            if known.insert(mq.clone()) && !first_look {
+                self.later.insert(mq.clone());
+            }
+        }
+    }
+
+    fn came_later(&self, mq: &MessageQueue) -> bool {
+        self.later.contains(mq)
+    }
 }
 
 /// The first restart of a queue whose worker ended while assigned waits this long; each
@@ -108,6 +144,7 @@ impl<H: Handler> Rebalancer<H> {
             reset_stopped: HashSet::new(),
             ids: HashMap::new(),
             crashes: HashMap::new(),
+            sightings: Sightings::default(),
         }
     }
 
@@ -184,11 +221,13 @@ impl<H: Handler> Rebalancer<H> {
         let mut taken = false;
         for topic in shared.config.topics() {
             let Some(mq_all) = shared.subscribe_queues(&topic) else {
+                self.sightings.no_route(&topic);
                 if topic == shared.config.topic {
                     balanced = false;
                 }
                 continue;
             };
+            self.sightings.route(&topic, &mq_all);
             let main = topic == shared.config.topic;
             match shared.config.model {
                 Model::Broadcasting => {
@@ -275,7 +314,10 @@ impl<H: Handler> Rebalancer<H> {
                     continue;
                 }
             }
-            match shared.start_offset(&mq).await {
+            match shared
+                .start_offset(&mq, self.sightings.came_later(&mq))
+                .await
+            {
                 Ok(start) => {
                     self.spawn(mq, start);
                     changed = true;
@@ -518,6 +560,30 @@ mod tests {
         let mut config = Config::new("G_reap", "T_reap");
         config.mode = ConsumeMode::Orderly;
         Rebalancer::new(testing::shared(config).await)
+    }
+
+    /// The queues of a topic's first route start at their end; those added later, or of a topic
+    /// whose route came only after a pass had looked for it, at what was stored since the start.
+    #[test]
+    fn queues_that_come_into_the_route_later_are_told_apart() {
+        let q = |topic: &str, id: i32| MessageQueue::new(topic, "b", id);
+        let mut s = Sightings::default();
+        s.route("T", &[q("T", 0), q("T", 1)]);
+        s.route("T", &[q("T", 0), q("T", 1), q("T", 2)]);
+        assert!(!s.came_later(&q("T", 0)));
+        assert!(!s.came_later(&q("T", 1)));
+        assert!(s.came_later(&q("T", 2)));
+        // A queue gone from the route (its broker down) and back is known.
+        s.route("T", &[q("T", 2)]);
+        s.route("T", &[q("T", 0), q("T", 1), q("T", 2)]);
+        assert!(!s.came_later(&q("T", 0)));
+        s.no_route("U");
+        s.route("U", &[q("U", 0)]);
+        assert!(s.came_later(&q("U", 0)));
+        // No route after one was seen (a name server lapse) changes nothing.
+        s.no_route("T");
+        s.route("T", &[q("T", 0)]);
+        assert!(!s.came_later(&q("T", 0)));
     }
 
     #[tokio::test]

@@ -1121,7 +1121,7 @@ impl<H: Handler> Worker<H> {
                 Some(offset) => Ok((offset, "this worker's own")),
                 None => self
                     .shared
-                    .configured_start(&self.mq)
+                    .configured_start(&self.mq, false)
                     .await
                     .map(|offset| (offset, "the configured start")),
             },
