@@ -53,13 +53,16 @@ pub async fn serve(
     }
     // axum's graceful shutdown waits for every connection without a limit: a client that sent
     // half a request, or a stdout nobody reads, held the exit for good.
-    if tokio::time::timeout(STOP_TIMEOUT, server).await.is_err() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "echo: requests still open {STOP_TIMEOUT:?} after the signal; closing them"
-        );
+    match tokio::time::timeout(STOP_TIMEOUT, server).await {
+        Ok(result) => result,
+        Err(_) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "echo: requests still open {STOP_TIMEOUT:?} after the signal; closing them"
+            );
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 async fn handle(

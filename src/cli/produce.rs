@@ -138,11 +138,16 @@ impl Plan {
         // properties the producer writes (UNIQ_KEY 42 bytes, WAIT 10, TAGS and KEYS each 6 and
         // their value) count. The producer checks the exact size; this catches it as a usage
         // error, before anything connects.
+        // Without --key, --sharding-key-count writes the sharding key as KEYS.
+        let sharding_key = args
+            .sharding_key_count
+            .filter(|_| args.key.is_none())
+            .map(|k| format!("key-{}", k.saturating_sub(1)));
         let per_message = body_len
             + 74
-            + [&args.tag, &args.key]
+            + [args.tag.as_ref(), args.key.as_ref(), sharding_key.as_ref()]
                 .iter()
-                .filter_map(|v| v.as_ref())
+                .flatten()
                 .map(|v| v.len() as u64 + 6)
                 .sum::<u64>();
         let encoded = per_message.saturating_mul(u64::from(args.batch));
@@ -401,10 +406,24 @@ mod tests {
             &["--size", "1MiB", "--batch", "8"],
             &["--count", "0"],
             &["--body", "x", "--size", "10"],
+            &["--body", ""],
+            // 1029 messages of 4,085 bytes encoded (the sharding key is their KEYS): over 4 MiB.
+            &[
+                "--selector",
+                "hash",
+                "--sharding-key-count",
+                "1",
+                "--size",
+                "4000",
+                "--batch",
+                "1029",
+            ],
         ] {
             let err = plan(extra).unwrap_err();
             assert!(matches!(err, CliError::Usage(_)), "{extra:?}: {err:?}");
         }
+        // 4,074 bytes each without the key: under.
+        assert!(plan(&["--size", "4000", "--batch", "1029"]).is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use rocketmq_webhook::client::producer::{create_topic, ProducerError, TOPIC_ROUTE_WAIT};
 
-use super::{describe, tool_client, validate_topic, CliError, NamesrvArg};
+use super::{describe, print_out, tool_client, validate_topic, CliError, NamesrvArg};
 
 /// Topic subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -53,14 +53,14 @@ async fn create(args: CreateArgs) -> Result<(), CliError> {
     })?;
     for q in &route.queue_datas {
         let addr = route.master_addr(&q.broker_name).unwrap_or("-");
-        println!(
-            "topic {} ready on {} ({addr}): {} read / {} write queues{}",
+        print_out(&format!(
+            "topic {} ready on {} ({addr}): {} read / {} write queues{}\n",
             args.topic,
             q.broker_name,
             q.read_queue_nums,
             q.write_queue_nums,
             if args.order { ", ordered" } else { "" }
-        );
+        ))?;
     }
     Ok(())
 }
