@@ -550,6 +550,33 @@ async fn new_groups_start_from_first_last_or_timestamp() {
     }
 }
 
+/// A LAST_OFFSET consumer of `topic` that records what it gets.
+async fn last_offset_consumer(
+    mq: &RocketMq,
+    topic: &str,
+    route_interval: Duration,
+) -> (Consumer<Recorder>, Arc<Mutex<Vec<Seen>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut cfg = fast_config(&unique("G_start"), topic);
+    cfg.consume_from = ConsumeFrom::LastOffset;
+    cfg.route_interval = route_interval;
+    let c = start(mq, &unique("start"), cfg, Recorder::new("start", &seen)).await;
+    (c, seen)
+}
+
+/// Produces `n` messages to `topic` and waits until `seen` holds exactly them.
+async fn produce_and_await(p: &Producer, topic: &str, n: usize, seen: &Arc<Mutex<Vec<Seen>>>) {
+    let sent = bodies(topic, n);
+    produce(p, topic, &sent, None).await;
+    let want: BTreeSet<String> = sent.into_iter().collect();
+    eventually(
+        Duration::from_secs(60),
+        "every message sent is delivered",
+        || bodies_seen(seen) == want,
+    )
+    .await;
+}
+
 /// Queues added to a topic while a LAST_OFFSET group consumes it (the topic scaled out) deliver
 /// what producers sent to them before the consumer saw them in its route: started at their end
 /// when assigned, they skipped it.
@@ -561,13 +588,9 @@ async fn queues_added_while_the_group_consumes_deliver_what_was_sent_to_them_fir
     p.create_topic(&topic, 1, false)
         .await
         .expect("topic created");
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut cfg = fast_config(&unique("G_grow"), &topic);
-    cfg.consume_from = ConsumeFrom::LastOffset;
-    // Long enough that the messages below reach the new queues before the consumer's next
-    // route refresh shows it those queues.
-    cfg.route_interval = Duration::from_secs(10);
-    let c = start(&mq, &unique("grow"), cfg, Recorder::new("grow", &seen)).await;
+    // A route interval long enough that the messages below reach the new queues before the
+    // consumer's next route refresh shows it those queues.
+    let (c, seen) = last_offset_consumer(&mq, &topic, Duration::from_secs(10)).await;
     eventually(
         Duration::from_secs(60),
         "the consumer holds the queue",
@@ -579,16 +602,26 @@ async fn queues_added_while_the_group_consumes_deliver_what_was_sent_to_them_fir
         .expect("topic scaled out");
     // Four batches, one per queue (round robin): three land on queues the consumer has not
     // seen yet.
-    let sent = bodies("grown", 128);
-    produce(&p, &topic, &sent, None).await;
-    let want: BTreeSet<String> = sent.iter().cloned().collect();
-    eventually(
-        Duration::from_secs(60),
-        "every message sent to the new queues is delivered",
-        || bodies_seen(&seen) == want,
-    )
-    .await;
+    produce_and_await(&p, &topic, 128, &seen).await;
     assert_eq!(assigned(&c, &topic).len(), 4);
+    c.shutdown().await;
+}
+
+/// The same for a topic created after the consumer started (the sidecar deployed first): the
+/// name servers said it did not exist, so its queues all came later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_created_after_the_start_delivers_what_was_sent_before_it_was_seen() {
+    let mq = RocketMq::start().await;
+    let topic = unique("T_late");
+    let (c, seen) = last_offset_consumer(&mq, &topic, Duration::from_secs(3)).await;
+    // A rebalance pass (every 2 s here) finds no route after the name servers said the topic
+    // does not exist.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let p = producer(&mq).await;
+    p.create_topic(&topic, 2, false)
+        .await
+        .expect("topic created");
+    produce_and_await(&p, &topic, 64, &seen).await;
     c.shutdown().await;
 }
 

@@ -9,7 +9,7 @@
 //! for short synchronous sections only (style rule 6). Queue workers own their process queues
 //! outright.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -141,6 +141,11 @@ pub(crate) struct Shared<H> {
     /// The first heartbeat was asked for, once the main route was known (`refresh_routes`);
     /// later ones come from the heartbeat task's own retries.
     first_heartbeat_asked: AtomicBool,
+    /// Topics the name servers said do not exist (TOPIC_NOT_EXIST), for the rebalancer: a pass
+    /// that found no route for one of these has looked at it, and its queues, once they come,
+    /// came later. A pass without a route for another reason (the first look-up still under
+    /// way, or no name server answering) has not.
+    absent_topics: Mutex<HashSet<String>>,
     /// Offset resets asked for by brokers, applied by the rebalancer.
     pub(crate) resets: PendingResets,
     /// Publishes a failed message to the retry topic itself when the broker refuses its
@@ -356,7 +361,11 @@ impl<H: Handler> Shared<H> {
         for topic in self.config.topics() {
             // Changes are noticed through the table (see `route_task`), not here: the
             // send-back producer may have applied one first.
-            match self.client.refresh_route(&topic).await {
+            let refreshed = self.client.refresh_route(&topic).await;
+            if let Err(ClientError::NoRoute { .. }) = &refreshed {
+                lock(&self.absent_topics).insert(topic.clone());
+            }
+            match refreshed {
                 // Brokers learn the group (and create %RETRY%group) from the heartbeat; then
                 // the retry topic's route appears and the rebalancer can assign it. Asked for
                 // as soon as the main route is known, not after the retry topic's look-up,
@@ -382,6 +391,11 @@ impl<H: Handler> Shared<H> {
             }
         }
         outcome
+    }
+
+    /// Whether the name servers have said that `topic` does not exist.
+    pub(crate) fn said_absent(&self, topic: &str) -> bool {
+        lock(&self.absent_topics).contains(topic)
     }
 
     /// The subscription as the broker sees it (filter normalised: the broker under test skips
@@ -1251,6 +1265,7 @@ impl<H: Handler> Consumer<H> {
             ready: Arc::new(AtomicBool::new(false)),
             heartbeat_taken: AtomicBool::new(false),
             first_heartbeat_asked: AtomicBool::new(false),
+            absent_topics: Mutex::new(HashSet::new()),
             resets: PendingResets::default(),
             producer,
             #[cfg(test)]

@@ -78,8 +78,8 @@ pub(crate) struct Rebalancer<H> {
 struct Sightings {
     /// Every queue seen in each topic's route so far.
     known: HashMap<String, HashSet<MessageQueue>>,
-    /// Topics a pass found no route for before one was seen (created after the start, or the
-    /// name servers unreachable): every queue of theirs came later.
+    /// Topics a pass found no route for, before one was seen, after the name servers said they
+    /// do not exist (created after the start): every queue of theirs came later.
     unrouted: HashSet<String>,
     later: HashSet<MessageQueue>,
 }
@@ -221,7 +221,12 @@ impl<H: Handler> Rebalancer<H> {
         let mut taken = false;
         for topic in shared.config.topics() {
             let Some(mq_all) = shared.subscribe_queues(&topic) else {
-                self.sightings.no_route(&topic);
+                // Not while the first look-up is under way or no name server answers: the
+                // rebalancer's own timer may run a pass before any route is known, and a new
+                // group's queues would all have counted as later.
+                if shared.said_absent(&topic) {
+                    self.sightings.no_route(&topic);
+                }
                 if topic == shared.config.topic {
                     balanced = false;
                 }

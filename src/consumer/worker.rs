@@ -1119,6 +1119,8 @@ impl<H: Handler> Worker<H> {
             // `consume_from` (LAST_OFFSET) could skip messages.
             Ok(None) => match self.shared.offsets.read(&self.mq) {
                 Some(offset) => Ok((offset, "this worker's own")),
+                // Not reached while the worker runs (the table is seeded when it starts, and
+                // the entry removed after it ends), so whether the queue came later is moot.
                 None => self
                     .shared
                     .configured_start(&self.mq, false)
