@@ -41,7 +41,12 @@ pub async fn serve(
     };
     let app = Router::new().fallback(handle).with_state(state);
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    eprintln!("echo: listening on http://{}", listener.local_addr()?);
+    // Not eprintln!, which panics on a closed stderr.
+    let _ = writeln!(
+        std::io::stderr(),
+        "echo: listening on http://{}",
+        listener.local_addr()?
+    );
     let stop = CancellationToken::new();
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(stop.clone().cancelled_owned())

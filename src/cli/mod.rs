@@ -87,7 +87,9 @@ pub(crate) fn report_clap_error(err: &clap::Error) -> ExitCode {
             }
         }
         _ => {
-            eprintln!(
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
                 "rocketmq-webhook: {} (see --help)",
                 clap_message(&err.render().to_string())
             );

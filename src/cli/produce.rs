@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -342,7 +343,9 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), CliError> {
             bytes += size;
             if !list && last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
-                eprintln!(
+                // Progress only: a closed stderr must not stop the sends (eprintln! panics).
+                let _ = writeln!(
+                    std::io::stderr(),
                     "sent {sent}/{} messages ({:.0} msg/s)",
                     plan.count,
                     sent as f64 / start.elapsed().as_secs_f64()
