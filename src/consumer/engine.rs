@@ -554,7 +554,7 @@ impl<H: Handler> Shared<H> {
             ConsumeFrom::LastOffset => self.max_offset(mq).await?,
             ConsumeFrom::Timestamp(ts) => self.offset_at(mq, ts).await?,
         };
-        info!(group = %self.group(), queue = %mq, offset, "No stored offset; starting from the configured position.");
+        info!(group = %self.group(), queue = %mq, offset, came_later, "No stored offset; starting from the configured position.");
         Ok(offset)
     }
 
