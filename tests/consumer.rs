@@ -625,6 +625,65 @@ async fn a_topic_created_after_the_start_delivers_what_was_sent_before_it_was_se
     c.shutdown().await;
 }
 
+/// But a pass that finds no route only because no name server has answered yet is no look: a
+/// new group's queues then start at their end when the route comes, not a minute before the
+/// daemon started (the rebalancer's own timer runs its first pass whether or not the first
+/// route look-up is done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_before_the_first_route_answer_leaves_a_new_group_at_the_end() {
+    let mq = RocketMq::start().await;
+    let topic = unique("T_slow_ns");
+    let p = producer(&mq).await;
+    p.create_topic(&topic, 1, false)
+        .await
+        .expect("topic created");
+    // Stored just before the start: within the minute a queue that came later starts from.
+    let old = bodies("old", 16);
+    produce(&p, &topic, &old, None).await;
+    // A name server that answers only after the first rebalance passes (every 2 s here, then
+    // every second while unbalanced) have found no route: connections wait in its backlog.
+    let (listener, namesrv_addr) = support::namesrv::listen().await;
+    let real =
+        Client::new(client_config(&mq, &unique("real")), Arc::new(NotSupported)).expect("client");
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        support::namesrv::serve(listener, real, |_: &str, _: &mut _| {}).await;
+    });
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut cfg = fast_config(&unique("G_slow_ns"), &topic);
+    cfg.consume_from = ConsumeFrom::LastOffset;
+    let c = start_on(
+        namesrv_addr,
+        &unique("slow_ns"),
+        cfg,
+        Recorder::new("s", &seen),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "the consumer holds the queue",
+        || assigned(&c, &topic).len() == 1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let new = bodies("new", 16);
+    produce(&p, &topic, &new, None).await;
+    let want: BTreeSet<String> = new.into_iter().collect();
+    eventually(
+        Duration::from_secs(60),
+        "the new messages are delivered",
+        || bodies_seen(&seen).is_superset(&want),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        bodies_seen(&seen),
+        want,
+        "only what was sent after the start"
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flow_control_keeps_the_cache_within_its_limit() {
     let mq = RocketMq::start().await;
