@@ -63,6 +63,20 @@ fn assert_one_line_failure(o: &Output, code: i32, needles: &[&str]) {
     );
 }
 
+/// Sends SIGTERM to `child` and waits for it to exit, at most 10 s.
+async fn terminate(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+    assert!(killed.success());
+    tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("the process did not stop within 10 s of SIGTERM")
+        .expect("waited")
+}
+
 fn is_msg_id(s: &str) -> bool {
     s.len() == 32 && s.chars().all(|c| c.is_ascii_hexdigit())
 }
@@ -463,16 +477,7 @@ async fn echo_stops_on_sigterm_beside_a_half_sent_request() {
         .expect("half a request written");
     // The request is being read before the signal comes.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let pid = echo.id().expect("running").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
-    assert!(killed.success());
-    let status = tokio::time::timeout(std::time::Duration::from_secs(10), echo.wait())
-        .await
-        .expect("echo did not stop within 10 s of SIGTERM")
-        .expect("waited");
+    let status = terminate(&mut echo).await;
     assert_eq!(status.code(), Some(0), "{status:?}");
     drop(half);
 }
@@ -585,16 +590,7 @@ async fn a_tool_stops_on_sigterm_with_its_status() {
         matches!(first, Ok(Ok(Some(_)))),
         "no message sent: {first:?}"
     );
-    let pid = child.id().expect("running").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
-    assert!(killed.success());
-    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
-        .await
-        .expect("the tool did not stop within 10 s")
-        .expect("waited");
+    let status = terminate(&mut child).await;
     // A process the signal killed has no code; one that handled it exits 143.
     assert_eq!(status.code(), Some(143), "{status:?}");
     drop(lines);
